@@ -1,0 +1,42 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+# Both create .venv with Python >= 3.12 and (re)install the package only when
+# pyproject.toml is newer than the last install.
+
+SHELL := /bin/bash
+VENV := .venv
+STAMP := $(VENV)/.geocl-installed
+DEMO_OUT ?= demo_out
+
+# The first interpreter >= 3.12 that really runs: pyenv shims exist for versions
+# that are not selected and fail when called, so each candidate is tried.
+PYTHON_CANDIDATES := python3.13 python3.12 \
+	$(sort $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.1[2-9]*/bin/python))
+FIND_PYTHON := for p in $(PYTHON_CANDIDATES); do \
+	  if "$$p" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; then \
+	    echo "$$p"; break; fi; done
+
+.PHONY: demo test venv clean
+
+$(VENV)/bin/python:
+	@py="$$($(FIND_PYTHON))"; \
+	if [ -z "$$py" ]; then \
+	  echo "error: geocl needs Python >= 3.12; none found (tried: $(PYTHON_CANDIDATES))." >&2; \
+	  echo "Install python3.12 (or 3.13) and run make again." >&2; exit 1; fi; \
+	echo "creating $(VENV) with $$py"; \
+	"$$py" -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/geocl demo --out $(DEMO_OUT)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT)

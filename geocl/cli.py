@@ -1,0 +1,99 @@
+"""``geocl <command>``: parses arguments, calls the packages, prints user errors in one line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from geocl.errors import GeoclError
+
+
+def _make_scene(args: argparse.Namespace) -> None:
+    from geocl.data.synthetic import make_scene
+
+    files = make_scene(args.dir, size=args.size, seed=args.seed, bands=args.bands, overwrite=args.overwrite)
+    print(f"scene: {files.image}\nmask:  {files.mask}")
+
+
+def _tile(args: argparse.Namespace) -> None:
+    from geocl.data.tiler import TilingOptions, tile_scene
+
+    options = TilingOptions(
+        size=args.size,
+        stride=args.stride if args.stride is not None else args.size,
+        max_nodata=args.max_nodata,
+        split_block=args.split_block if args.split_block is not None else 4 * args.size,
+        split_fractions=tuple(args.split),
+        seed=args.seed,
+        roi=None if args.roi is None else str(args.roi),
+    )
+    from geocl.report.maps import plot_tile_index
+
+    summary = tile_scene(args.scene, args.out, mask=args.mask, options=options, progress=not args.quiet)
+    plot = plot_tile_index(args.out, args.out / "tiles.png")
+    print(summary.describe())
+    print(f"  map: {plot}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from geocl.demo import run_demo
+
+    run_demo(args.out, size=args.size)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``geocl`` argument parser."""
+    parser = argparse.ArgumentParser(prog="geocl", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    scene = commands.add_parser("make-scene", help="write the embedded labelled demo scene")
+    scene.add_argument("dir", type=Path, help="output folder (image.tif, mask.tif)")
+    scene.add_argument("--size", type=int, default=4096, help="side in px (default 4096)")
+    scene.add_argument("--seed", type=int, default=0)
+    scene.add_argument("--bands", type=int, default=4, help="band count, >= 4 (default 4)")
+    scene.add_argument("--overwrite", action="store_true", help="regenerate even if cached")
+    scene.set_defaults(run=_make_scene)
+
+    tile = commands.add_parser("tile", help="cut a scene into GeoTIFF tiles with a GeoPackage index")
+    tile.add_argument("scene", type=Path, help="a GeoTIFF or a folder of GeoTIFFs")
+    tile.add_argument("--out", type=Path, required=True, help="output folder (rerun to resume)")
+    tile.add_argument("--mask", type=Path, help="one-band class mask (file or folder)")
+    tile.add_argument("--roi", type=Path, help="vector file of the region of interest")
+    tile.add_argument("--size", type=int, default=256, help="tile side in px (default 256)")
+    tile.add_argument("--stride", type=int, help="px between tile origins (default: size)")
+    tile.add_argument("--max-nodata", type=float, default=0.2, help="skip tiles above this nodata fraction")
+    tile.add_argument("--split-block", type=int, help="side of split blocks in px (default: 4 x size)")
+    tile.add_argument(
+        "--split", type=float, nargs=3, default=(0.7, 0.15, 0.15), metavar=("TRAIN", "VAL", "TEST"),
+        help="fractions of blocks per split (default 0.7 0.15 0.15)",
+    )
+    tile.add_argument("--seed", type=int, default=0, help="seed of the split draw")
+    tile.add_argument("--quiet", action="store_true", help="no progress bars")
+    tile.set_defaults(run=_tile)
+
+    demo = commands.add_parser("demo", help="run the main job on the embedded scene")
+    demo.add_argument("--out", type=Path, default=Path("demo_out"))
+    demo.add_argument("--size", type=int, default=4096, help="scene side in px")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``geocl``; returns the exit status (0 ok, 2 user error, 130 interrupted)."""
+    args = build_parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], None] = args.run
+    try:
+        run(args)
+    except GeoclError as error:
+        print(f"geocl {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"geocl {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Raster data: scene datasets on TorchGeo, tiling, tile index and the fast tile dataset."""

@@ -1,0 +1,164 @@
+"""Finding and checking the user's raster files before any work starts.
+
+TorchGeo silently skips files rasterio cannot open; a user pointing geocl at a folder
+wants to hear which file is broken instead. Everything here raises
+:class:`~geocl.errors.GeoclError` naming the file at fault.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import rasterio
+import rasterio.errors
+from rasterio.crs import CRS
+from rasterio.transform import Affine
+
+from geocl.errors import GeoclError
+
+#: File name patterns taken as rasters when a folder is given.
+RASTER_SUFFIXES = (".tif", ".tiff", ".TIF", ".TIFF")
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What geocl needs to know about one raster file.
+
+    Attributes:
+        path: the file.
+        crs: its coordinate reference system.
+        transform: pixel-to-map affine transform.
+        width: columns (px).
+        height: rows (px).
+        count: number of bands.
+        dtype: numpy dtype name of the bands, e.g. ``"uint16"``.
+        nodata: the nodata value, or None when the file sets none.
+        bounds: (left, bottom, right, top) in map units of ``crs``.
+    """
+
+    path: Path
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+    count: int
+    dtype: str
+    nodata: float | None
+    bounds: tuple[float, float, float, float]
+
+    @property
+    def res(self) -> tuple[float, float]:
+        """Pixel size (x, y) in map units, both positive."""
+        return (abs(self.transform.a), abs(self.transform.e))
+
+
+def find_rasters(path: str | os.PathLike[str], *, role: str = "scene") -> list[Path]:
+    """List the raster files of a scene: one GeoTIFF, or every GeoTIFF in a folder.
+
+    Args:
+        path: a GeoTIFF file or a folder holding GeoTIFFs (searched recursively).
+        role: what the files are for, used in error messages (``"scene"``, ``"mask"``).
+
+    Returns:
+        The files, sorted so that runs are deterministic.
+
+    Raises:
+        GeoclError: if the path does not exist or a folder holds no GeoTIFF.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise GeoclError(f"{role} not found", path=path)
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in RASTER_SUFFIXES)
+    if not files:
+        raise GeoclError(f"{role} folder holds no GeoTIFF (*.tif, *.tiff)", path=path)
+    return files
+
+
+def inspect_raster(path: str | os.PathLike[str]) -> RasterInfo:
+    """Open a raster's header and check it is usable as georeferenced data.
+
+    Args:
+        path: the raster file.
+
+    Returns:
+        Its :class:`RasterInfo`.
+
+    Raises:
+        GeoclError: if the file is not a readable raster, is empty or has no CRS.
+    """
+    path = Path(path)
+    try:
+        with rasterio.open(path) as src:
+            info = RasterInfo(
+                path=path,
+                crs=src.crs,
+                transform=src.transform,
+                width=src.width,
+                height=src.height,
+                count=src.count,
+                dtype=src.dtypes[0] if src.count else "",
+                nodata=src.nodata,
+                bounds=tuple(src.bounds),
+            )
+    except rasterio.errors.RasterioError as error:
+        raise GeoclError(f"not a readable raster (corrupt or not a GeoTIFF): {error}", path=path) from None
+    if info.count == 0 or info.width == 0 or info.height == 0:
+        raise GeoclError("raster is empty (no bands or no pixels)", path=path)
+    if info.crs is None:
+        raise GeoclError(
+            "raster has no CRS; geocl needs georeferenced data (assign one, e.g. with "
+            "`gdal_edit.py -a_srs EPSG:XXXX`)",
+            path=path,
+        )
+    if info.transform.is_identity:
+        raise GeoclError("raster has no geotransform (identity transform)", path=path)
+    return info
+
+
+def inspect_rasters(paths: Sequence[Path], *, role: str = "scene") -> list[RasterInfo]:
+    """Inspect several files of one scene and check they can be mosaicked.
+
+    Different CRSs are fine (TorchGeo reprojects to the first file's CRS); different band
+    counts are not, because a mosaic needs one band layout.
+
+    Args:
+        paths: the files, as returned by :func:`find_rasters`.
+        role: what the files are for, used in error messages.
+
+    Returns:
+        One :class:`RasterInfo` per file, in the same order.
+
+    Raises:
+        GeoclError: naming the first unusable file or the first band-count mismatch.
+    """
+    infos = [inspect_raster(path) for path in paths]
+    first = infos[0]
+    for info in infos[1:]:
+        if info.count != first.count:
+            raise GeoclError(
+                f"{role} files have inconsistent band counts: {info.count} bands here but "
+                f"{first.count} in {first.path}",
+                path=info.path,
+            )
+    return infos
+
+
+def nodata_value(infos: Sequence[RasterInfo]) -> float:
+    """The value that marks missing pixels in a scene's reads.
+
+    TorchGeo's mosaic fills gaps with the first file's nodata value; files that set none
+    get 0, GDAL's fill value, so 0 in every band is then taken as nodata.
+
+    Args:
+        infos: the scene's files.
+
+    Returns:
+        The nodata value to test against.
+    """
+    value = infos[0].nodata
+    return 0.0 if value is None else float(value)

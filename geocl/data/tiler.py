@@ -1,0 +1,451 @@
+"""Cut a scene into georeferenced GeoTIFF tiles with a GeoPackage tile index.
+
+One tile goes from the scene to disk at a time (TorchGeo's ``GriddedPatchSampler``
+plans the grid, the scene dataset reads each tile), so memory does not grow with
+the scene. Every file is written atomically, and a rerun into the same folder
+reads back the tiles that exist and writes only the missing ones, so an
+interrupted run resumes where it stopped and ends with the same files.
+
+Layout of the output folder::
+
+    OUT/tiles.json          options, band statistics, classes, split counts
+    OUT/tiles.gpkg          layer "tiles": one polygon per tile
+    OUT/images/r0000_c0000.tif
+    OUT/masks/r0000_c0000.tif   (with --mask)
+
+Splits are drawn per spatial block (``split_block`` px square) so train, val and test
+tiles come from different places; a val or test tile that overlaps a train tile
+(possible when ``stride < size``) is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+import rasterio.errors
+import shapely
+import torch
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.transform import from_origin
+from torchgeo.samplers import GriddedPatchSampler
+from tqdm.auto import tqdm
+
+from geocl.data.roi import check_roi_overlaps, read_roi
+from geocl.data.scene import SceneImage, SceneMask, labelled_scene
+from geocl.data.stats import BandStats, scene_band_stats, valid_pixels
+from geocl.errors import GeoclError
+from geocl.io import atomic_path, atomic_write_text
+
+SPLITS = ("train", "val", "test")
+INDEX_FILE = "tiles.gpkg"
+INDEX_LAYER = "tiles"
+METADATA_FILE = "tiles.json"
+#: GDAL block cache while tiling (MiB): bounds memory on large compressed scenes.
+GDAL_CACHE_MB = 128
+_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TilingOptions:
+    """What defines a tile set; a rerun into the same folder must use the same options.
+
+    Attributes:
+        size: tile side (px).
+        stride: distance between tile origins (px); ``stride < size`` overlaps tiles.
+        max_nodata: tiles whose nodata fraction is above this are skipped.
+        split_block: side of the square blocks that get one split each (px).
+        split_fractions: fractions of blocks for train, val and test.
+        seed: seed of the block-to-split draw.
+        roi: the ROI file, if any.
+    """
+
+    size: int = 256
+    stride: int = 256
+    max_nodata: float = 0.2
+    split_block: int = 1024
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    seed: int = 0
+    roi: str | None = None
+
+    def validate(self) -> None:
+        """Raise :class:`GeoclError` naming the first bad option."""
+        if self.size < 8:
+            raise GeoclError(f"tile size must be >= 8 px, got {self.size}", key="--size")
+        if not 1 <= self.stride:
+            raise GeoclError(f"stride must be >= 1 px, got {self.stride}", key="--stride")
+        if not 0.0 <= self.max_nodata <= 1.0:
+            raise GeoclError(f"must be within [0, 1], got {self.max_nodata}", key="--max-nodata")
+        if self.split_block < self.stride:
+            raise GeoclError(
+                f"split block ({self.split_block} px) must be >= stride ({self.stride} px)",
+                key="--split-block",
+            )
+        fractions = self.split_fractions
+        if len(fractions) != 3 or min(fractions) < 0 or not math.isclose(sum(fractions), 1.0):
+            raise GeoclError(f"need 3 non-negative fractions summing to 1, got {fractions}", key="--split")
+
+
+@dataclass(frozen=True)
+class PlannedTile:
+    """One cell of the tile grid.
+
+    Attributes:
+        row: grid row, 0 at the top.
+        col: grid column, 0 at the left.
+        bounds: (xmin, ymin, xmax, ymax) in map units of the scene CRS.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+    """
+
+    row: int
+    col: int
+    bounds: tuple[float, float, float, float]
+    split: str
+
+    @property
+    def name(self) -> str:
+        """File name of the tile."""
+        return f"r{self.row:04d}_c{self.col:04d}.tif"
+
+
+@dataclass
+class TilingSummary:
+    """What a tiling run did.
+
+    Attributes:
+        out: the output folder.
+        index: the GeoPackage tile index.
+        written: tiles written by this run.
+        reused: tiles found complete from an earlier run.
+        skipped_nodata: tiles skipped for too much nodata.
+        dropped_overlap: val/test tiles dropped because they overlap a train tile.
+        splits: tiles kept per split.
+        classes: class values seen in the mask (empty without a mask).
+    """
+
+    out: Path
+    index: Path
+    written: int = 0
+    reused: int = 0
+    skipped_nodata: int = 0
+    dropped_overlap: int = 0
+    splits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
+    classes: list[int] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """A short human-readable report."""
+        kept = sum(self.splits.values())
+        parts = ", ".join(f"{name} {count}" for name, count in self.splits.items())
+        lines = [
+            f"{kept} tiles in {self.out} ({parts})",
+            f"  written {self.written}, already there {self.reused}, "
+            f"skipped for nodata {self.skipped_nodata}, dropped for train overlap {self.dropped_overlap}",
+            f"  index: {self.index}",
+        ]
+        if self.classes:
+            lines.append(f"  mask classes: {self.classes}")
+        return "\n".join(lines)
+
+
+def plan_tiles(
+    dataset: Any, options: TilingOptions, roi: shapely.Geometry | None = None
+) -> tuple[list[PlannedTile], int]:
+    """Lay the tile grid over a TorchGeo dataset and draw the split of each tile.
+
+    Args:
+        dataset: a TorchGeo ``GeoDataset`` (scene or labelled scene).
+        options: tiling options.
+        roi: region of interest in the dataset CRS, or None for the whole scene.
+
+    Returns:
+        The tiles in row-major order (top row first), without the val/test tiles that
+        overlap a tile of a higher-priority split, and how many of those were dropped.
+
+    Raises:
+        GeoclError: if the tile is larger than the scene (or the part inside the ROI).
+    """
+    res_x, res_y = dataset.res
+    footprint = dataset.index.geometry.union_all()
+    area = footprint if roi is None else roi
+    left, bottom, right, top = area.bounds
+    width_px, height_px = (right - left) / res_x, (top - bottom) / res_y
+    if options.size > round(width_px) or options.size > round(height_px):
+        where = "the part of the scene inside the ROI" if roi is not None else "the scene"
+        raise GeoclError(
+            f"tile size {options.size} px is larger than {where} "
+            f"({round(width_px)} x {round(height_px)} px)",
+            key="--size",
+        )
+    sampler = GriddedPatchSampler(dataset, size=options.size, stride=options.stride, roi=roi)
+    boxes = [(x.start, y.start, x.stop, y.stop) for x, y in sampler]
+    x0 = min(box[0] for box in boxes)
+    y_top = max(box[3] for box in boxes)
+    step_x, step_y = options.stride * res_x, options.stride * res_y
+    cells = {
+        (round((y_top - box[3]) / step_y), round((box[0] - x0) / step_x)): box for box in boxes
+    }
+    splits = _draw_splits(cells, options)
+    tiles = [
+        PlannedTile(row, col, cells[row, col], splits[row, col]) for row, col in sorted(cells)
+    ]
+    kept = _drop_cross_split_overlaps(tiles, options)
+    return kept, len(tiles) - len(kept)
+
+
+def _draw_splits(cells: dict[tuple[int, int], Any], options: TilingOptions) -> dict[tuple[int, int], str]:
+    def block_of(cell: tuple[int, int]) -> tuple[int, int]:
+        return (cell[0] * options.stride // options.split_block, cell[1] * options.stride // options.split_block)
+
+    blocks = sorted({block_of(cell) for cell in cells})
+    order = np.random.default_rng(options.seed).permutation(len(blocks))
+    n = len(blocks)
+    _, val_fraction, test_fraction = options.split_fractions
+    n_val, n_test = round(val_fraction * n), round(test_fraction * n)
+    if n >= 3:  # every split gets a block when there are enough of them
+        n_val = max(n_val, 1) if val_fraction > 0 else 0
+        n_test = max(n_test, 1) if test_fraction > 0 else 0
+    block_split: dict[tuple[int, int], str] = {}
+    for rank, position in enumerate(order):
+        split = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
+        block_split[blocks[position]] = split
+    return {cell: block_split[block_of(cell)] for cell in cells}
+
+
+def _drop_cross_split_overlaps(tiles: list[PlannedTile], options: TilingOptions) -> list[PlannedTile]:
+    """Keep a tile only if no tile of a higher-priority split (train > val > test) overlaps it."""
+    priority = {name: rank for rank, name in enumerate(SPLITS)}
+    by_cell = {(tile.row, tile.col): tile for tile in tiles}
+    reach = math.ceil(options.size / options.stride) - 1
+    kept = []
+    for tile in tiles:
+        clash = any(
+            (other := by_cell.get((tile.row + dr, tile.col + dc))) is not None
+            and priority[other.split] < priority[tile.split]
+            for dr in range(-reach, reach + 1)
+            for dc in range(-reach, reach + 1)
+        )
+        if not clash:
+            kept.append(tile)
+    return kept
+
+
+def _rio_crs(dataset: Any) -> CRS:
+    return CRS.from_wkt(dataset.crs.to_wkt())
+
+
+def _write_tile(path: Path, array: np.ndarray, transform: Any, crs: CRS, nodata: float | None) -> None:
+    count, height, width = array.shape
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": count,
+        "dtype": array.dtype.name,
+        "crs": crs,
+        "transform": transform,
+        "nodata": nodata,
+        "compress": "deflate",
+        "predictor": 3 if np.issubdtype(array.dtype, np.floating) else 2,
+        "interleave": "pixel",
+    }
+    if width % 16 == 0 and height % 16 == 0:
+        profile.update(tiled=True, blockxsize=min(width, 256), blockysize=min(height, 256))
+    with atomic_path(path) as temp, rasterio.open(temp, "w", **profile) as dst:
+        dst.write(array)
+
+
+def _read_tile(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read()
+
+
+def _load_options(out: Path, options: TilingOptions, sources: dict[str, list[str]]) -> None:
+    """Refuse to mix tiles of different options in one folder; record the options."""
+    metadata_file = out / METADATA_FILE
+    wanted = {"options": asdict(options), "sources": sources}
+    if metadata_file.exists():
+        earlier = json.loads(metadata_file.read_text())
+        earlier_options = {"options": earlier.get("options"), "sources": earlier.get("sources")}
+        if json.loads(json.dumps(wanted)) != earlier_options:
+            raise GeoclError(
+                "folder holds tiles made from other inputs or options; use a new --out folder",
+                path=out,
+            )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(metadata_file, json.dumps({**wanted, "complete": False}, indent=1))
+
+
+def tile_scene(
+    scene: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    mask: str | os.PathLike[str] | None = None,
+    options: TilingOptions | None = None,
+    progress: bool = True,
+) -> TilingSummary:
+    """Cut a scene (and optionally its mask) into GeoTIFF tiles with an index.
+
+    Args:
+        scene: a GeoTIFF or a folder of GeoTIFFs (same band count; CRSs may differ).
+        out: output folder; rerunning into it resumes an interrupted run.
+        mask: a one-band class mask (file or folder) overlapping the scene.
+        options: tile size, stride, nodata limit, split and ROI.
+        progress: show tqdm bars.
+
+    Returns:
+        A :class:`TilingSummary`.
+
+    Raises:
+        GeoclError: for any bad input, naming the file or option.
+    """
+    options = options or TilingOptions()
+    options.validate()
+    out = Path(out)
+    image_ds = SceneImage(scene, dtype=torch.float64, resampling=Resampling.nearest)
+    mask_ds = SceneMask(mask, crs=image_ds.crs, res=image_ds.res) if mask is not None else None
+    dataset = labelled_scene(image_ds, mask_ds) if mask_ds is not None else image_ds
+    roi = None
+    if options.roi is not None:
+        footprint = dataset.index.geometry.union_all()
+        roi = check_roi_overlaps(read_roi(options.roi, dataset.crs), footprint, options.roi)
+    stats = scene_band_stats(image_ds.infos, progress=progress)
+    tiles, dropped = plan_tiles(dataset, options, roi)
+    sources = {
+        "scene": [str(info.path.resolve()) for info in image_ds.infos],
+        "mask": [str(info.path.resolve()) for info in mask_ds.infos] if mask_ds else [],
+    }
+    _load_options(out, options, sources)
+
+    summary = TilingSummary(out=out, index=out / INDEX_FILE, dropped_overlap=dropped)
+    crs = _rio_crs(dataset)
+    res_x, res_y = dataset.res
+    nodata = image_ds.nodata_value
+    mask_nodata = mask_ds.mask_nodata if mask_ds else None
+    rows: list[dict[str, Any]] = []
+    histograms: list[dict[int, int]] = []
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        for tile in tqdm(tiles, desc="tiling", unit="tile", disable=not progress):
+            image_path = out / "images" / tile.name
+            mask_path = out / "masks" / tile.name
+            done = image_path.exists() and (mask_ds is None or mask_path.exists())
+            if done:
+                image = _read_tile(image_path)
+                label = _read_tile(mask_path)[0] if mask_ds is not None else None
+            else:
+                image, label = _read_scene(dataset, tile, image_ds, mask_ds)
+            valid = valid_pixels(image, nodata)
+            nodata_fraction = 1.0 - float(valid.mean())
+            if nodata_fraction > options.max_nodata:
+                summary.skipped_nodata += 1
+                continue
+            if done:
+                summary.reused += 1
+            else:
+                transform = from_origin(tile.bounds[0], tile.bounds[3], res_x, res_y)
+                if label is not None:
+                    _write_tile(mask_path, label[None], transform, crs, mask_nodata)
+                _write_tile(image_path, image, transform, crs, nodata)
+                summary.written += 1
+            summary.splits[tile.split] += 1
+            rows.append(
+                {
+                    "path": f"images/{tile.name}",
+                    "mask_path": f"masks/{tile.name}" if label is not None else None,
+                    "split": tile.split,
+                    "row": tile.row,
+                    "col": tile.col,
+                    "nodata_fraction": nodata_fraction,
+                    "geometry": shapely.box(*tile.bounds),
+                }
+            )
+            histograms.append(_class_histogram(label, valid, mask_nodata) if label is not None else {})
+    if not rows:
+        raise GeoclError(
+            f"no tile has at most {options.max_nodata:.0%} nodata; raise --max-nodata or check the scene",
+            path=scene,
+        )
+    summary.classes = sorted({value for histogram in histograms for value in histogram})
+    for row, histogram in zip(rows, histograms, strict=True):
+        for value in summary.classes:
+            row[f"class_{value}"] = histogram.get(value, 0)
+    _write_index(summary.index, rows, dataset.crs)
+    _write_metadata(out, options, sources, image_ds, mask_nodata, stats, summary)
+    return summary
+
+
+def _read_scene(
+    dataset: Any, tile: PlannedTile, image_ds: SceneImage, mask_ds: SceneMask | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    xmin, ymin, xmax, ymax = tile.bounds
+    try:
+        sample = dataset[xmin:xmax, ymin:ymax]
+    except rasterio.errors.RasterioError as error:
+        raise GeoclError(f"cannot read pixels (corrupt file?): {error}", path=image_ds.source) from None
+    image = sample["image"].numpy().astype(image_ds.source_dtype)
+    label = None
+    if mask_ds is not None:
+        label = sample["mask"].numpy().astype(mask_ds.source_dtype)
+    return image, label
+
+
+def _class_histogram(label: np.ndarray, valid: np.ndarray, mask_nodata: int | None) -> dict[int, int]:
+    keep = valid if mask_nodata is None else valid & (label != mask_nodata)
+    values, counts = np.unique(label[keep], return_counts=True)
+    return {int(value): int(count) for value, count in zip(values, counts, strict=True)}
+
+
+def _write_index(path: Path, rows: list[dict[str, Any]], crs: Any) -> None:
+    frame = gpd.GeoDataFrame(rows, geometry="geometry", crs=crs)
+    with atomic_path(path) as temp:
+        frame.to_file(temp, layer=INDEX_LAYER, driver="GPKG")
+
+
+def _write_metadata(
+    out: Path,
+    options: TilingOptions,
+    sources: dict[str, list[str]],
+    image_ds: SceneImage,
+    mask_nodata: int | None,
+    stats: BandStats,
+    summary: TilingSummary,
+) -> None:
+    metadata = {
+        "format_version": _FORMAT_VERSION,
+        "options": asdict(options),
+        "sources": sources,
+        "complete": True,
+        "crs": image_ds.crs.to_wkt(),
+        "res": list(image_ds.res),
+        "bands": image_ds.band_count,
+        "dtype": image_ds.source_dtype,
+        "nodata": image_ds.nodata_value,
+        "mask_nodata": mask_nodata,
+        "classes": summary.classes,
+        "splits": summary.splits,
+        "band_stats": stats.to_dict(),
+    }
+    atomic_write_text(out / METADATA_FILE, json.dumps(metadata, indent=1))
+
+
+def read_metadata(out: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``tiles.json`` of a finished tile set.
+
+    Raises:
+        GeoclError: if the folder holds no finished tile set.
+    """
+    path = Path(out) / METADATA_FILE
+    if not path.exists():
+        raise GeoclError("no tile set here (tiles.json missing); run `geocl tile` first", path=out)
+    metadata = json.loads(path.read_text())
+    if not metadata.get("complete"):
+        raise GeoclError("tile set is incomplete; rerun `geocl tile` to finish it", path=out)
+    return metadata

@@ -1,0 +1,1 @@
+"""Things people look at: maps, tables and plots."""

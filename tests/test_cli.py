@@ -1,0 +1,129 @@
+"""Bad input through the CLI: one line naming the file or option, exit 2, nothing lost."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import shapely
+
+from geocl.cli import main
+from tests.conftest import RasterWriter, coordinate_image
+
+
+@pytest.fixture
+def scene(tmp_path: Path, write_raster: RasterWriter) -> Path:
+    return write_raster(tmp_path / "scene" / "a.tif", coordinate_image(128, 128), nodata=0)
+
+
+def _run_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    status = main(list(argv))
+    captured = capsys.readouterr()
+    assert status == 2, captured
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert "Traceback" not in captured.err
+    return lines[0]
+
+
+def _tile(scene: Path | str, out: Path, *extra: str) -> list[str]:
+    return ["tile", str(scene), "--out", str(out), "--size", "32", "--quiet", *extra]
+
+
+def test_non_raster_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "notes.tif"
+    bad.write_text("this is not a raster")
+    line = _run_error(capsys, *_tile(bad, tmp_path / "out"))
+    assert str(bad) in line and "not a readable raster" in line
+
+
+def test_corrupt_geotiff(tmp_path: Path, scene: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corrupt = tmp_path / "corrupt.tif"
+    data = scene.read_bytes()
+    corrupt.write_bytes(data[: len(data) // 2])  # header intact, pixels cut off
+    line = _run_error(capsys, *_tile(corrupt, tmp_path / "out"))
+    assert str(corrupt) in line
+
+
+def test_empty_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    line = _run_error(capsys, *_tile(empty, tmp_path / "out"))
+    assert str(empty) in line and "no GeoTIFF" in line
+
+
+def test_raster_without_crs(tmp_path: Path, write_raster: RasterWriter, capsys: pytest.CaptureFixture[str]) -> None:
+    plain = write_raster(tmp_path / "plain.tif", coordinate_image(64, 64), crs=None)
+    line = _run_error(capsys, *_tile(plain, tmp_path / "out"))
+    assert str(plain) in line and "no CRS" in line
+
+
+def test_image_and_mask_that_do_not_overlap(
+    tmp_path: Path, scene: Path, write_raster: RasterWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    far = write_raster(tmp_path / "mask.tif", np.ones((64, 64), np.uint8), origin=(700_000.0, 5_100_000.0))
+    line = _run_error(capsys, *_tile(scene.parent, tmp_path / "out", "--mask", str(far)))
+    assert "do not overlap" in line and str(scene.parent) in line
+
+
+def test_inconsistent_band_counts(tmp_path: Path, write_raster: RasterWriter, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "mixed"
+    write_raster(folder / "a.tif", coordinate_image(64, 64, bands=3))
+    odd = write_raster(folder / "b.tif", coordinate_image(64, 64, bands=4), origin=(500_640.0, 5_100_000.0))
+    line = _run_error(capsys, *_tile(folder, tmp_path / "out"))
+    assert str(odd) in line and "band counts" in line
+
+
+def test_all_nodata_scene(tmp_path: Path, write_raster: RasterWriter, capsys: pytest.CaptureFixture[str]) -> None:
+    blank = write_raster(tmp_path / "blank.tif", np.zeros((3, 64, 64), np.uint16), nodata=0)
+    line = _run_error(capsys, *_tile(blank, tmp_path / "out"))
+    assert str(blank) in line and "all nodata" in line
+
+
+def test_roi_outside_the_scene(tmp_path: Path, scene: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    roi = tmp_path / "roi.gpkg"
+    gpd.GeoDataFrame(geometry=[shapely.box(0, 0, 1000, 1000)], crs="EPSG:32633").to_file(roi)
+    line = _run_error(capsys, *_tile(scene, tmp_path / "out", "--roi", str(roi)))
+    assert str(roi) in line and "outside the scene" in line
+
+
+def test_tile_larger_than_scene(tmp_path: Path, scene: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    line = _run_error(capsys, "tile", str(scene), "--out", str(tmp_path / "out"), "--size", "512", "--quiet")
+    assert "--size" in line and "larger than the scene" in line
+
+
+def test_bad_input_keeps_what_was_written(tmp_path: Path, scene: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert main(_tile(scene, out)) == 0
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    _run_error(capsys, *_tile(scene, out, "--max-nodata", "1.5"))
+    _run_error(capsys, *_tile(tmp_path / "missing.tif", out))
+    after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_console_script_prints_one_line_without_traceback(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "geocl.cli", *_tile(empty, tmp_path / "out")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("geocl tile: error:")
+
+
+def test_tile_command_writes_tiles_index_and_plot(tmp_path: Path, scene: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert main(_tile(scene, out, "--max-nodata", "1")) == 0
+    printed = capsys.readouterr().out
+    index = gpd.read_file(out / "tiles.gpkg")
+    assert len(index) == 16 and f"{len(index)} tiles" in printed
+    assert (out / "tiles.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
