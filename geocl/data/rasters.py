@@ -7,6 +7,7 @@ wants to hear which file is broken instead. Everything here raises
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,10 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 
 from geocl.errors import GeoclError
+
+#: GDAL block cache (MiB) while geocl streams a scene. GDAL's default, 5 % of RAM, lets
+#: a pass over a large compressed scene grow the process by that much.
+GDAL_CACHE_MB = 128
 
 #: File name patterns taken as rasters when a folder is given.
 RASTER_SUFFIXES = (".tif", ".tiff", ".TIF", ".TIFF")
@@ -53,6 +58,27 @@ class RasterInfo:
     def res(self) -> tuple[float, float]:
         """Pixel size (x, y) in map units, both positive."""
         return (abs(self.transform.a), abs(self.transform.e))
+
+
+#: glibc's mmap threshold while streaming (bytes). glibc raises it after a large buffer
+#: is freed; tile-sized buffers then come from the heap, which fragments and grows by
+#: about a tile per tile read. A fixed threshold keeps them in mmap, returned on free.
+MMAP_THRESHOLD = 128 * 1024
+_M_MMAP_THRESHOLD = -3
+
+
+def bounded_memory() -> rasterio.Env:
+    """A rasterio environment for streaming a scene in bounded memory.
+
+    Its GDAL block cache is :data:`GDAL_CACHE_MB`; entering it also fixes glibc's mmap
+    threshold for the process (where the C library is glibc), so memory does not grow
+    with the number of tiles read.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
 
 
 def find_rasters(path: str | os.PathLike[str], *, role: str = "scene") -> list[Path]:

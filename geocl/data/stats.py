@@ -25,7 +25,7 @@ from geocl.errors import GeoclError
 from geocl.io import atomic_write_text
 
 #: Pixels read per strip when streaming (all bands); bounds memory, not results.
-STRIP_PIXELS = 4_000_000
+STRIP_PIXELS = 1_000_000
 _CACHE_VERSION = 1
 
 

@@ -80,10 +80,14 @@ class TileDataset(Dataset[Sample]):
         self.classes: list[int] = list(self.metadata["classes"])
         self.crs = _crs_name(self.metadata["crs"])
         stats = self.metadata["band_stats"]
-        self.mean = torch.tensor(stats["mean"], dtype=torch.float32)[:, None, None]
-        self.std = torch.tensor(stats["std"], dtype=torch.float32).clamp_min(1e-6)[:, None, None]
+        self.mean = np.asarray(stats["mean"], dtype=np.float32)
+        self.std = np.maximum(np.asarray(stats["std"], dtype=np.float32), 1e-6)
+        # (x - mean) / std as one multiply-add per pixel
+        self._scale = (1.0 / self.std)[:, None, None]
+        self._shift = (-self.mean / self.std)[:, None, None]
         self.nodata = self.metadata["nodata"]
-        self.bounds = torch.from_numpy(self.index.geometry.bounds.to_numpy(dtype=np.float64))
+        self.bounds = torch.tensor(self.index.geometry.bounds.to_numpy(dtype=np.float64))
+        self._has_nodata = self.index["nodata_fraction"].to_numpy() > 0
         self._lookup = _class_lookup(self.classes, self.metadata["mask_nodata"])
         self._cache_dir = self._ensure_cache(progress)
         self._images: np.ndarray | None = None
@@ -105,13 +109,19 @@ class TileDataset(Dataset[Sample]):
     def __getitem__(self, item: int) -> Sample:
         row = int(self.rows[item])
         images, masks = self._arrays()
-        raw = torch.from_numpy(np.asarray(images[row]).astype(np.float32))
-        invalid = (raw == self.nodata).all(dim=0)
-        image = ((raw - self.mean) / self.std).masked_fill_(invalid, 0.0)
-        sample: Sample = {"image": image, "bounds": self.bounds[row], "crs": self.crs, "index": row}
+        raw = images[row]
+        image = np.empty(raw.shape, dtype=np.float32)
+        np.multiply(raw, self._scale, out=image, casting="unsafe")
+        image += self._shift
+        invalid = (raw == self.nodata).all(axis=0) if self._has_nodata[row] else None
+        if invalid is not None:
+            image[:, invalid] = 0.0
+        sample: Sample = {"image": torch.from_numpy(image), "bounds": self.bounds[row], "crs": self.crs, "index": row}
         if self.with_mask and masks is not None:
-            mask = self._lookup[torch.from_numpy(np.asarray(masks[row]).astype(np.int64))]
-            sample["mask"] = mask.masked_fill_(invalid, IGNORE_INDEX)
+            mask = self._lookup[masks[row]]
+            if invalid is not None:
+                mask[invalid] = IGNORE_INDEX
+            sample["mask"] = torch.from_numpy(mask)
         if self.transforms is not None:
             sample = self.transforms(sample)
         return sample
@@ -176,10 +186,10 @@ def _pack(
         del array
 
 
-def _class_lookup(classes: Sequence[int], mask_nodata: int | None) -> torch.Tensor:
+def _class_lookup(classes: Sequence[int], mask_nodata: int | None) -> np.ndarray:
     """Table mapping raw mask values to class indices, other values to IGNORE_INDEX."""
     largest = max([*classes, mask_nodata or 0, 255])
-    lookup = torch.full((largest + 1,), IGNORE_INDEX, dtype=torch.long)
+    lookup = np.full(largest + 1, IGNORE_INDEX, dtype=np.int64)
     for position, value in enumerate(classes):
         lookup[value] = position
     return lookup

@@ -39,6 +39,7 @@ from rasterio.transform import from_origin
 from torchgeo.samplers import GriddedPatchSampler
 from tqdm.auto import tqdm
 
+from geocl.data.rasters import bounded_memory
 from geocl.data.roi import check_roi_overlaps, read_roi
 from geocl.data.scene import SceneImage, SceneMask, labelled_scene
 from geocl.data.stats import BandStats, scene_band_stats, valid_pixels
@@ -49,8 +50,6 @@ SPLITS = ("train", "val", "test")
 INDEX_FILE = "tiles.gpkg"
 INDEX_LAYER = "tiles"
 METADATA_FILE = "tiles.json"
-#: GDAL block cache while tiling (MiB): bounds memory on large compressed scenes.
-GDAL_CACHE_MB = 128
 _FORMAT_VERSION = 1
 
 
@@ -307,7 +306,17 @@ def tile_scene(
     Raises:
         GeoclError: for any bad input, naming the file or option.
     """
-    options = options or TilingOptions()
+    with bounded_memory():
+        return _tile_scene(scene, out, mask, options or TilingOptions(), progress)
+
+
+def _tile_scene(
+    scene: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    mask: str | os.PathLike[str] | None,
+    options: TilingOptions,
+    progress: bool,
+) -> TilingSummary:
     options.validate()
     out = Path(out)
     image_ds = SceneImage(scene, dtype=torch.float64, resampling=Resampling.nearest)
@@ -332,42 +341,41 @@ def tile_scene(
     mask_nodata = mask_ds.mask_nodata if mask_ds else None
     rows: list[dict[str, Any]] = []
     histograms: list[dict[int, int]] = []
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
-        for tile in tqdm(tiles, desc="tiling", unit="tile", disable=not progress):
-            image_path = out / "images" / tile.name
-            mask_path = out / "masks" / tile.name
-            done = image_path.exists() and (mask_ds is None or mask_path.exists())
-            if done:
-                image = _read_tile(image_path)
-                label = _read_tile(mask_path)[0] if mask_ds is not None else None
-            else:
-                image, label = _read_scene(dataset, tile, image_ds, mask_ds)
-            valid = valid_pixels(image, nodata)
-            nodata_fraction = 1.0 - float(valid.mean())
-            if nodata_fraction > options.max_nodata:
-                summary.skipped_nodata += 1
-                continue
-            if done:
-                summary.reused += 1
-            else:
-                transform = from_origin(tile.bounds[0], tile.bounds[3], res_x, res_y)
-                if label is not None:
-                    _write_tile(mask_path, label[None], transform, crs, mask_nodata)
-                _write_tile(image_path, image, transform, crs, nodata)
-                summary.written += 1
-            summary.splits[tile.split] += 1
-            rows.append(
-                {
-                    "path": f"images/{tile.name}",
-                    "mask_path": f"masks/{tile.name}" if label is not None else None,
-                    "split": tile.split,
-                    "row": tile.row,
-                    "col": tile.col,
-                    "nodata_fraction": nodata_fraction,
-                    "geometry": shapely.box(*tile.bounds),
-                }
-            )
-            histograms.append(_class_histogram(label, valid, mask_nodata) if label is not None else {})
+    for tile in tqdm(tiles, desc="tiling", unit="tile", disable=not progress):
+        image_path = out / "images" / tile.name
+        mask_path = out / "masks" / tile.name
+        done = image_path.exists() and (mask_ds is None or mask_path.exists())
+        if done:
+            image = _read_tile(image_path)
+            label = _read_tile(mask_path)[0] if mask_ds is not None else None
+        else:
+            image, label = _read_scene(dataset, tile, image_ds, mask_ds)
+        valid = valid_pixels(image, nodata)
+        nodata_fraction = 1.0 - float(valid.mean())
+        if nodata_fraction > options.max_nodata:
+            summary.skipped_nodata += 1
+            continue
+        if done:
+            summary.reused += 1
+        else:
+            transform = from_origin(tile.bounds[0], tile.bounds[3], res_x, res_y)
+            if label is not None:
+                _write_tile(mask_path, label[None], transform, crs, mask_nodata)
+            _write_tile(image_path, image, transform, crs, nodata)
+            summary.written += 1
+        summary.splits[tile.split] += 1
+        rows.append(
+            {
+                "path": f"images/{tile.name}",
+                "mask_path": f"masks/{tile.name}" if label is not None else None,
+                "split": tile.split,
+                "row": tile.row,
+                "col": tile.col,
+                "nodata_fraction": nodata_fraction,
+                "geometry": shapely.box(*tile.bounds),
+            }
+        )
+        histograms.append(_class_histogram(label, valid, mask_nodata) if label is not None else {})
     if not rows:
         raise GeoclError(
             f"no tile has at most {options.max_nodata:.0%} nodata; raise --max-nodata or check the scene",

@@ -1,0 +1,75 @@
+"""Tests for geocl.data.scene and geocl.data.roi with TorchGeo samplers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import shapely
+import torch
+from torchgeo.samplers import GriddedPatchSampler, RandomPatchSampler
+
+from geocl.data.roi import read_roi
+from geocl.data.scene import SceneImage, SceneMask, labelled_scene
+from geocl.errors import GeoclError
+from tests.conftest import RasterWriter, coordinate_image
+
+
+@pytest.fixture
+def pair(tmp_path: Path, write_raster: RasterWriter) -> tuple[Path, Path]:
+    image = write_raster(tmp_path / "image.tif", coordinate_image(200, 200, bands=5), nodata=0)
+    labels = (np.arange(200 * 200).reshape(200, 200) % 3).astype(np.uint8)
+    mask = write_raster(tmp_path / "mask.tif", labels)
+    return image, mask
+
+
+def test_labelled_scene_samples_hold_image_and_mask_on_one_grid(pair: tuple[Path, Path]) -> None:
+    image, mask = pair
+    dataset = labelled_scene(SceneImage(image), SceneMask(mask))
+    left, top = 500_000.0, 5_100_000.0
+    sample = dataset[left + 100 : left + 420, top - 640 : top - 320]  # 32 x 32 px at 10 m
+    assert sample["image"].shape == (5, 32, 32) and sample["image"].dtype == torch.float32
+    assert sample["mask"].shape == (32, 32) and sample["mask"].dtype == torch.long
+    # row 32, col 10 of the scene: band 0 = row + 1, band 1 = col + 1, label = (row*200+col) % 3
+    assert sample["image"][0, 0, 0] == 33 and sample["image"][1, 0, 0] == 11
+    assert sample["mask"][0, 0] == (32 * 200 + 10) % 3
+
+
+def test_mask_must_have_one_band(tmp_path: Path, write_raster: RasterWriter) -> None:
+    two = write_raster(tmp_path / "two.tif", np.ones((2, 32, 32), np.uint8))
+    with pytest.raises(GeoclError, match="one band"):
+        SceneMask(two)
+
+
+def test_samplers_with_roi_from_vector_file_yield_readable_boxes_inside_roi(tmp_path: Path, pair: tuple[Path, Path]) -> None:
+    image, _ = pair
+    dataset = SceneImage(image)
+    left, top = 500_000.0, 5_100_000.0
+    roi_utm = shapely.box(left + 300, top - 1500, left + 1700, top - 200)
+    roi_file = tmp_path / "roi.gpkg"
+    gpd.GeoDataFrame(geometry=[roi_utm], crs="EPSG:32633").to_crs("EPSG:3857").to_file(roi_file)
+    roi = read_roi(roi_file, dataset.crs)
+    assert roi.symmetric_difference(roi_utm).area < 1e-3
+
+    random_sampler = RandomPatchSampler(dataset, size=16, length=50, roi=roi, generator=0)
+    boxes = list(random_sampler)
+    assert len(boxes) == 50
+    for x, y in boxes:
+        box = shapely.box(x.start, y.start, x.stop, y.stop)
+        assert roi_utm.buffer(1e-6).contains(box)
+        assert dataset[x, y]["image"].shape == (5, 16, 16)
+
+    grid = list(GriddedPatchSampler(dataset, size=16, stride=16, roi=roi))
+    covered = shapely.union_all([shapely.box(x.start, y.start, x.stop, y.stop) for x, y in grid])
+    assert roi_utm.difference(covered).area < 1e-3
+
+
+def test_unreadable_roi_file_is_named(tmp_path: Path, pair: tuple[Path, Path]) -> None:
+    image, _ = pair
+    broken = tmp_path / "roi.geojson"
+    broken.write_text("{not json")
+    with pytest.raises(GeoclError) as error:
+        read_roi(broken, SceneImage(image).crs)
+    assert str(broken) in str(error.value)

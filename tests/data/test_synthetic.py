@@ -1,0 +1,342 @@
+"""Tests of the embedded synthetic scene (geocl.data.synthetic)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+
+from geocl.data import synthetic
+from geocl.data.synthetic import (
+    CLASS_NAMES,
+    GENERATOR_VERSION,
+    IMAGE_NODATA,
+    MASK_NODATA,
+    SceneFiles,
+    make_scene,
+    nearest_class_mean_miou,
+)
+from geocl.errors import GeoclError
+
+WATER, FOREST, CROPLAND, GRASSLAND, BUILDINGS, ROADS, BARE_SOIL = range(7)
+NIR, RED = 3, 2
+
+
+def _read(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _shares(mask: np.ndarray) -> np.ndarray:
+    """Share of each class among the valid pixels, shape (7,)."""
+    counts = np.bincount(mask[mask != MASK_NODATA].ravel(), minlength=len(CLASS_NAMES))
+    return counts / counts.sum()
+
+
+@pytest.fixture(scope="module")
+def scene512(tmp_path_factory: pytest.TempPathFactory) -> SceneFiles:
+    return make_scene(tmp_path_factory.mktemp("s512"), size=512, seed=0)
+
+
+@pytest.fixture(scope="module")
+def scene1024(tmp_path_factory: pytest.TempPathFactory) -> SceneFiles:
+    return make_scene(tmp_path_factory.mktemp("s1024"), size=1024, seed=3)
+
+
+def test_api_constants() -> None:
+    assert CLASS_NAMES == ("water", "forest", "cropland", "grassland", "buildings", "roads", "bare_soil")
+    assert MASK_NODATA == 255
+    assert IMAGE_NODATA == 0
+
+
+def test_files_and_profiles(scene512: SceneFiles) -> None:
+    assert scene512.image.name == "image.tif" and scene512.image.is_file()
+    assert scene512.mask.name == "mask.tif" and scene512.mask.is_file()
+    assert scene512.metadata.name == "scene.json" and scene512.metadata.is_file()
+    # nothing else (no temporary files) is left behind
+    assert sorted(p.name for p in scene512.image.parent.iterdir()) == ["image.tif", "mask.tif", "scene.json"]
+    # the sidecar, which marks the scene complete, is written last
+    stamp = scene512.metadata.stat().st_mtime_ns
+    assert stamp >= scene512.image.stat().st_mtime_ns and stamp >= scene512.mask.stat().st_mtime_ns
+    with rasterio.open(scene512.image) as img, rasterio.open(scene512.mask) as msk:
+        assert img.count == 4
+        assert img.dtypes == ("uint16",) * 4
+        assert img.crs.is_projected and img.crs == CRS.from_epsg(32633)
+        assert img.nodata == 0
+        assert img.res == (1.0, 1.0)
+        assert (img.width, img.height) == (512, 512)
+        assert img.transform.c == 500_000 and img.transform.f == 5_100_000
+        assert img.profile["tiled"] and img.block_shapes[0] == (256, 256)
+        assert img.compression.name.lower() in {"zstd", "deflate"}
+        assert img.descriptions == ("blue", "green", "red", "nir")
+        assert msk.count == 1 and msk.dtypes == ("uint8",)
+        assert msk.nodata == 255
+        assert msk.crs == img.crs and msk.transform == img.transform
+        assert msk.shape == img.shape
+        assert msk.profile["tiled"] and msk.block_shapes[0] == (256, 256)
+
+
+def test_metadata(scene512: SceneFiles) -> None:
+    meta = json.loads(scene512.metadata.read_text())
+    assert meta["generator_version"] == GENERATOR_VERSION
+    assert meta["params"] == {"size": 512, "seed": 0, "bands": 4, "resolution": 1.0, "epsg": 32633}
+    assert meta["class_names"] == list(CLASS_NAMES)
+    mask = _read(scene512.mask)[0]
+    counts = np.bincount(mask.ravel(), minlength=256)
+    assert meta["class_pixels"] == {name: int(counts[i]) for i, name in enumerate(CLASS_NAMES)}
+    assert meta["nodata_pixels"] == int(counts[255])
+
+
+def test_nodata_matches_mask(scene512: SceneFiles) -> None:
+    image = _read(scene512.image)
+    mask = _read(scene512.mask)[0]
+    image_nodata = np.all(image == IMAGE_NODATA, axis=0)
+    np.testing.assert_array_equal(image_nodata, mask == MASK_NODATA)
+    # valid pixels are >= 1 in every band, so nodata is unambiguous
+    assert image[:, ~image_nodata].min() >= 1
+    # no partial nodata: a pixel is either 0 in every band or in none
+    assert not np.any(np.any(image == 0, axis=0) & ~image_nodata)
+    fraction = image_nodata.mean()
+    assert 0.03 <= fraction <= 0.085
+    # a strip along one edge: a whole border row or column is nodata
+    edges = [image_nodata[0], image_nodata[-1], image_nodata[:, 0], image_nodata[:, -1]]
+    assert any(edge.all() for edge in edges)
+    # and a triangular corner: exactly one corner region reaching ~15 % along both edges
+    k = int(0.15 * 512)
+    corners = [
+        image_nodata[:k, :k],
+        image_nodata[:k, -k:],
+        image_nodata[-k:, :k],
+        image_nodata[-k:, -k:],
+    ]
+    assert sum(c[0, 0] or c[0, -1] or c[-1, 0] or c[-1, -1] for c in corners) >= 1
+    assert max(c.mean() for c in corners) > 0.4
+
+
+def test_classes_present_and_balanced(scene512: SceneFiles, scene1024: SceneFiles) -> None:
+    shares512 = _shares(_read(scene512.mask)[0])
+    assert np.count_nonzero(shares512) >= 6
+    shares = _shares(_read(scene1024.mask)[0])
+    assert np.count_nonzero(shares) == len(CLASS_NAMES)
+    assert shares.max() < 0.45
+    assert shares.min() > 0.005
+    mask = _read(scene1024.mask)[0]
+    assert set(np.unique(mask)) <= set(range(len(CLASS_NAMES))) | {MASK_NODATA}
+
+
+def test_spatially_coherent(scene1024: SceneFiles) -> None:
+    mask = _read(scene1024.mask)[0]
+    same, total = 0, 0
+    for a, b in ((mask[:, 1:], mask[:, :-1]), (mask[1:, :], mask[:-1, :])):
+        valid = (a != MASK_NODATA) & (b != MASK_NODATA)
+        same += int(np.count_nonzero((a == b) & valid))
+        total += int(np.count_nonzero(valid))
+    assert same / total > 0.9  # a random mask would give ~1/7
+    # and objects of very different sizes: buildings are small, water/forest bodies large
+    buildings = mask == BUILDINGS
+    assert buildings.any()
+    # share of building pixels that touch a non-building pixel (small objects: high)
+    inner = buildings[1:-1, 1:-1] & buildings[:-2, 1:-1] & buildings[2:, 1:-1] & buildings[1:-1, :-2] & buildings[1:-1, 2:]
+    forest = mask == FOREST
+    forest_inner = forest[1:-1, 1:-1] & forest[:-2, 1:-1] & forest[2:, 1:-1] & forest[1:-1, :-2] & forest[1:-1, 2:]
+    assert inner.sum() / buildings.sum() < forest_inner.sum() / forest.sum()
+
+
+def test_spectral_signatures(scene1024: SceneFiles) -> None:
+    image = _read(scene1024.image).astype(np.float64)
+    mask = _read(scene1024.mask)[0]
+
+    def mean(cls: int, band: int) -> float:
+        return float(image[band][mask == cls].mean())
+
+    assert mean(FOREST, NIR) > 2 * mean(WATER, NIR)
+    assert mean(WATER, NIR) < 600
+    assert mean(FOREST, NIR) > 2000 and mean(CROPLAND, NIR) > 2000 and mean(GRASSLAND, NIR) > 2000
+    assert mean(FOREST, NIR) > mean(BUILDINGS, NIR)
+    assert mean(CROPLAND, NIR) > mean(BARE_SOIL, NIR)
+    assert mean(BARE_SOIL, RED) > mean(FOREST, RED)
+    assert mean(ROADS, NIR) < mean(GRASSLAND, NIR)
+    # within-class variability: not a flat colour per class
+    for cls in range(len(CLASS_NAMES)):
+        assert image[NIR][mask == cls].std() > 20
+
+
+def test_deterministic(tmp_path: Path) -> None:
+    a = make_scene(tmp_path / "a", size=256, seed=7)
+    b = make_scene(tmp_path / "b", size=256, seed=7)
+    c = make_scene(tmp_path / "c", size=256, seed=8)
+    for name in ("image", "mask", "metadata"):
+        assert _sha256(getattr(a, name)) == _sha256(getattr(b, name))
+    assert _sha256(a.image) != _sha256(c.image)
+    assert _sha256(a.mask) != _sha256(c.mask)
+    assert not np.array_equal(_read(a.mask), _read(c.mask))
+
+
+def test_cache_and_overwrite(tmp_path: Path) -> None:
+    files = make_scene(tmp_path, size=128, seed=1)
+    stamps = {p: p.stat().st_mtime_ns for p in (files.image, files.mask, files.metadata)}
+    time.sleep(0.02)
+    again = make_scene(tmp_path, size=128, seed=1)
+    assert again == files
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    time.sleep(0.02)
+    make_scene(tmp_path, size=128, seed=1, overwrite=True)
+    for path, stamp in stamps.items():
+        assert path.stat().st_mtime_ns > stamp
+    # other parameters regenerate too, and the sidecar follows
+    make_scene(tmp_path, size=128, seed=2)
+    assert json.loads(files.metadata.read_text())["params"]["seed"] == 2
+    # an incomplete scene (no sidecar) is regenerated
+    files.metadata.unlink()
+    make_scene(tmp_path, size=128, seed=2)
+    assert files.metadata.is_file()
+    # a missing tif invalidates the cache
+    files.mask.unlink()
+    make_scene(tmp_path, size=128, seed=2)
+    assert files.mask.is_file()
+
+
+def test_sizes_bands_and_crs(tmp_path: Path) -> None:
+    files = make_scene(tmp_path / "x", size=64, seed=0, bands=7, resolution=10.0, epsg=32632)
+    with rasterio.open(files.image) as src:
+        assert src.count == 7 and src.shape == (64, 64)
+        assert src.res == (10.0, 10.0)
+        assert src.crs == CRS.from_epsg(32632)
+        assert src.descriptions == ("blue", "green", "red", "nir", "swir1", "swir2", "red_edge1")
+        image = src.read()
+    mask = _read(files.mask)[0]
+    np.testing.assert_array_equal(np.all(image == 0, axis=0), mask == MASK_NODATA)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"size": 32}, "size"),
+        ({"size": 100_000}, "size"),
+        ({"size": 512.0}, "size"),
+        ({"bands": 3}, "bands"),
+        ({"bands": 33}, "bands"),
+        ({"seed": -1}, "seed"),
+        ({"resolution": 0.0}, "resolution"),
+        ({"resolution": float("nan")}, "resolution"),
+        ({"epsg": 4326}, "epsg"),
+        ({"epsg": 999_999}, "epsg"),
+    ],
+)
+def test_bad_arguments(tmp_path: Path, kwargs: dict, key: str) -> None:
+    with pytest.raises(GeoclError) as info:
+        make_scene(tmp_path / "bad", **kwargs)
+    assert info.value.key == key
+    assert not (tmp_path / "bad").exists()
+
+
+def test_unwritable_folder(tmp_path: Path) -> None:
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    with pytest.raises(GeoclError) as info:
+        make_scene(blocker / "scene", size=64)
+    assert info.value.path is not None and "file.txt" in info.value.path
+    with pytest.raises(GeoclError) as info:
+        make_scene(blocker, size=64)
+    assert info.value.path == str(blocker)
+
+
+def test_ncm_miou_not_trivial_not_hopeless(scene1024: SceneFiles) -> None:
+    score = nearest_class_mean_miou(scene1024.image, scene1024.mask, sample_pixels=400_000)
+    assert 0.2 < score < 0.9
+
+
+def _naive_miou(target: np.ndarray, pred: np.ndarray) -> float:
+    classes = sorted(set(target.tolist()) | set(pred.tolist()))
+    ious = []
+    for c in classes:
+        tp = np.sum((target == c) & (pred == c))
+        fp = np.sum((target != c) & (pred == c))
+        fn = np.sum((target == c) & (pred != c))
+        ious.append(tp / (tp + fp + fn))
+    return float(np.mean(ious))
+
+
+def test_ncm_miou_matches_naive_confusion_matrix(scene512: SceneFiles) -> None:
+    image = _read(scene512.image)
+    mask = _read(scene512.mask)[0]
+    target, pred, _ = synthetic._ncm_predict(image, mask, sample_pixels=50_000, seed=5)
+    assert target.size == 25_000 and MASK_NODATA not in target
+    expected = _naive_miou(target, pred)
+    score = nearest_class_mean_miou(scene512.image, scene512.mask, sample_pixels=50_000, seed=5)
+    assert score == pytest.approx(expected, abs=1e-6)
+
+
+def _write_pair(folder: Path, image: np.ndarray, mask: np.ndarray) -> tuple[Path, Path]:
+    profile = {
+        "driver": "GTiff",
+        "height": mask.shape[0],
+        "width": mask.shape[1],
+        "crs": "EPSG:32633",
+        "transform": from_origin(0.0, float(mask.shape[0]), 1.0, 1.0),
+    }
+    with rasterio.open(folder / "img.tif", "w", count=image.shape[0], dtype="uint16", nodata=0, **profile) as dst:
+        dst.write(image)
+    with rasterio.open(folder / "msk.tif", "w", count=1, dtype="uint8", nodata=255, **profile) as dst:
+        dst.write(mask[None])
+    return folder / "img.tif", folder / "msk.tif"
+
+
+def test_ncm_miou_hand_made(tmp_path: Path) -> None:
+    # 3 well separated spectra, one per class, plus a nodata row: perfect score.
+    mask = np.repeat(np.array([0, 1, 2, 255], dtype=np.uint8), 100).reshape(20, 20)
+    spectra = {0: (100, 200), 1: (1000, 900), 2: (3000, 50), 255: (0, 0)}
+    image = np.stack([np.vectorize(lambda c, b=b: spectra[c][b])(mask) for b in range(2)]).astype(np.uint16)
+    img, msk = _write_pair(tmp_path, image, mask)
+    assert nearest_class_mean_miou(img, msk) == pytest.approx(1.0)
+
+    # Classes 1 and 2 share one spectrum: every class-2 pixel is labelled 1 (ties go to
+    # the lower class). By hand: IoU(0) = 1, IoU(2) = 0, IoU(1) = n1 / (n1 + n2) with
+    # n1, n2 the class counts of the evaluation half; class 3 (absent) does not count.
+    spectra[2] = spectra[1]
+    image = np.stack([np.vectorize(lambda c, b=b: spectra[c][b])(mask) for b in range(2)]).astype(np.uint16)
+    img, msk = _write_pair(tmp_path, image, mask)
+    target, pred, _ = synthetic._ncm_predict(image, mask, sample_pixels=1_000_000, seed=0)
+    assert target.size == 150  # half of the 300 valid pixels
+    np.testing.assert_array_equal(pred, np.where(target == 2, 1, target))
+    n1, n2 = int(np.sum(target == 1)), int(np.sum(target == 2))
+    expected = (1.0 + n1 / (n1 + n2) + 0.0) / 3
+    assert nearest_class_mean_miou(img, msk) == pytest.approx(expected, abs=1e-6)
+    assert expected == pytest.approx(_naive_miou(target, pred))
+
+
+def test_ncm_miou_errors(tmp_path: Path, scene512: SceneFiles) -> None:
+    with pytest.raises(GeoclError):
+        nearest_class_mean_miou(tmp_path / "missing.tif", scene512.mask)
+    with pytest.raises(GeoclError) as info:
+        nearest_class_mean_miou(scene512.image, scene512.mask, sample_pixels=1)
+    assert info.value.key == "sample_pixels"
+    small = make_scene(tmp_path / "small", size=64)
+    with pytest.raises(GeoclError):
+        nearest_class_mean_miou(scene512.image, small.mask)
+
+
+@pytest.mark.slow
+def test_default_scene_fast_and_balanced(tmp_path: Path) -> None:
+    start = time.perf_counter()
+    files = make_scene(tmp_path)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 30.0
+    with rasterio.open(files.image) as src:
+        assert src.shape == (4096, 4096) and src.count == 4
+    shares = _shares(_read(files.mask)[0])
+    assert np.count_nonzero(shares) == len(CLASS_NAMES)
+    assert shares.max() < 0.45
+    score = nearest_class_mean_miou(files.image, files.mask)
+    assert 0.2 < score < 0.9
