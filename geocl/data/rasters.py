@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import rasterio
 import rasterio.errors
@@ -79,6 +80,50 @@ def bounded_memory() -> rasterio.Env:
     except (OSError, AttributeError):  # not glibc: nothing to tune
         pass
     return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
+
+
+def geotiff_profile(
+    array_shape: tuple[int, int, int],
+    dtype: str,
+    *,
+    crs: CRS,
+    transform: Affine,
+    nodata: float | None,
+    block: int = 256,
+    **creation: Any,
+) -> dict[str, Any]:
+    """Creation profile of a tiled, pixel-interleaved GeoTIFF.
+
+    Args:
+        array_shape: ``(bands, height, width)`` of what will be written.
+        dtype: numpy dtype name.
+        crs: its CRS.
+        transform: its pixel-to-map transform.
+        nodata: nodata value to record, or None.
+        block: internal tile side (px); striped layout when the raster is too small
+            for a block side that is a multiple of 16, as GDAL requires.
+        creation: further GDAL creation options (compression, predictor, ...).
+
+    Returns:
+        Keyword arguments for ``rasterio.open(path, "w", **profile)``.
+    """
+    count, height, width = array_shape
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": count,
+        "dtype": dtype,
+        "crs": crs,
+        "transform": transform,
+        "nodata": nodata,
+        "interleave": "pixel",
+    }
+    block_x, block_y = min(width, block), min(height, block)
+    if block_x % 16 == 0 and block_y % 16 == 0:
+        profile.update(tiled=True, blockxsize=block_x, blockysize=block_y)
+    profile.update(creation)
+    return profile
 
 
 def find_rasters(path: str | os.PathLike[str], *, role: str = "scene") -> list[Path]:

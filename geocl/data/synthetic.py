@@ -48,6 +48,7 @@ from rasterio.errors import CRSError, RasterioIOError
 from rasterio.features import rasterize
 from rasterio.transform import Affine
 
+from geocl.data.rasters import geotiff_profile
 from geocl.errors import GeoclError
 from geocl.io import atomic_path
 
@@ -476,25 +477,12 @@ def _write_tif(
         kind: ``"image"`` or ``"mask"``.
         band_names: band descriptions (image only).
     """
-    count, height, width = data.shape
-    profile: dict[str, Any] = {
-        "driver": "GTiff",
-        "width": width,
-        "height": height,
-        "count": count,
-        "dtype": data.dtype.name,
-        "crs": crs,
-        "transform": transform,
-        "nodata": nodata,
-        "tiled": True,
-        "blockxsize": _BLOCK,
-        "blockysize": _BLOCK,
-        "compress": "zstd",
-        "zstd_level": 1 if kind == "image" else 3,
-    }
+    creation: dict[str, Any] = {"compress": "zstd", "zstd_level": 1 if kind == "image" else 3}
     if kind == "image":
-        profile["predictor"] = 2
-        profile["interleave"] = "pixel"
+        creation["predictor"] = 2
+    profile = geotiff_profile(
+        data.shape, data.dtype.name, crs=crs, transform=transform, nodata=nodata, block=_BLOCK, **creation
+    )
     try:
         with atomic_path(target) as tmp, rasterio.open(tmp, "w", **profile) as dst:
             dst.write(data)

@@ -39,7 +39,7 @@ from rasterio.transform import from_origin
 from torchgeo.samplers import GriddedPatchSampler
 from tqdm.auto import tqdm
 
-from geocl.data.rasters import bounded_memory
+from geocl.data.rasters import bounded_memory, geotiff_profile
 from geocl.data.roi import check_roi_overlaps, read_roi
 from geocl.data.scene import SceneImage, SceneMask, labelled_scene
 from geocl.data.stats import BandStats, scene_band_stats, valid_pixels
@@ -241,22 +241,11 @@ def _rio_crs(dataset: Any) -> CRS:
 
 
 def _write_tile(path: Path, array: np.ndarray, transform: Any, crs: CRS, nodata: float | None) -> None:
-    count, height, width = array.shape
-    profile: dict[str, Any] = {
-        "driver": "GTiff",
-        "width": width,
-        "height": height,
-        "count": count,
-        "dtype": array.dtype.name,
-        "crs": crs,
-        "transform": transform,
-        "nodata": nodata,
-        "compress": "deflate",
-        "predictor": 3 if np.issubdtype(array.dtype, np.floating) else 2,
-        "interleave": "pixel",
-    }
-    if width % 16 == 0 and height % 16 == 0:
-        profile.update(tiled=True, blockxsize=min(width, 256), blockysize=min(height, 256))
+    predictor = 3 if np.issubdtype(array.dtype, np.floating) else 2
+    profile = geotiff_profile(
+        array.shape, array.dtype.name, crs=crs, transform=transform, nodata=nodata,
+        compress="deflate", predictor=predictor,
+    )
     with atomic_path(path) as temp, rasterio.open(temp, "w", **profile) as dst:
         dst.write(array)
 
