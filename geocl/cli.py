@@ -37,6 +37,20 @@ def _tile(args: argparse.Namespace) -> None:
     print(f"  map: {plot}")
 
 
+def _pretrain(args: argparse.Namespace) -> None:
+    from geocl.methods import METHODS  # noqa: F401  (registers every method's parameters)
+    from geocl.recipes import load_recipe
+    from geocl.training.pretrain import run_pretrain
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    result = run_pretrain(recipe, resume=args.resume)
+    print(
+        f"{recipe.method.name}: {result.global_step} steps, final loss {result.final_loss:.4f}, "
+        f"{result.seconds:.0f} s\n  checkpoint: {result.checkpoint}\n  run folder: {result.out} "
+        "(config.yaml, logs/, plots/, maps/, metrics.json)"
+    )
+
+
 def _demo(args: argparse.Namespace) -> None:
     from geocl.demo import run_demo
 
@@ -72,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     tile.add_argument("--seed", type=int, default=0, help="seed of the split draw")
     tile.add_argument("--quiet", action="store_true", help="no progress bars")
     tile.set_defaults(run=_tile)
+
+    pretrain = commands.add_parser("pretrain", help="pretrain an encoder as a recipe says")
+    pretrain.add_argument("recipe", type=Path, help="recipe YAML (see recipes/)")
+    pretrain.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE",
+        help="dotted recipe overrides, e.g. trainer.max_epochs=1 data.batch_size=8 out=runs/x",
+    )
+    pretrain.add_argument("--resume", action="store_true", help="continue the run in `out` from its last checkpoint")
+    pretrain.set_defaults(run=_pretrain)
 
     demo = commands.add_parser("demo", help="run the main job on the embedded scene")
     demo.add_argument("--out", type=Path, default=Path("demo_out"))

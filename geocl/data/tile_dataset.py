@@ -26,10 +26,12 @@ import geopandas as gpd
 import numpy as np
 import rasterio
 import torch
+from rasterio.transform import from_origin
 from pyproj import CRS as ProjCRS
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from geocl.data.normalize import BandNormalizer
 from geocl.data.tiler import INDEX_FILE, INDEX_LAYER, METADATA_FILE, SPLITS, read_metadata
 from geocl.errors import GeoclError
 from geocl.io import atomic_path
@@ -79,13 +81,7 @@ class TileDataset(Dataset[Sample]):
         self.transforms = transforms
         self.classes: list[int] = list(self.metadata["classes"])
         self.crs = _crs_name(self.metadata["crs"])
-        stats = self.metadata["band_stats"]
-        self.mean = np.asarray(stats["mean"], dtype=np.float32)
-        self.std = np.maximum(np.asarray(stats["std"], dtype=np.float32), 1e-6)
-        # (x - mean) / std as one multiply-add per pixel
-        self._scale = (1.0 / self.std)[:, None, None]
-        self._shift = (-self.mean / self.std)[:, None, None]
-        self.nodata = self.metadata["nodata"]
+        self.normalizer = BandNormalizer.from_metadata(self.metadata)
         self.bounds = torch.tensor(self.index.geometry.bounds.to_numpy(dtype=np.float64))
         self._has_nodata = self.index["nodata_fraction"].to_numpy() > 0
         self._lookup = _class_lookup(self.classes, self.metadata["mask_nodata"])
@@ -110,12 +106,8 @@ class TileDataset(Dataset[Sample]):
         row = int(self.rows[item])
         images, masks = self._arrays()
         raw = images[row]
-        image = np.empty(raw.shape, dtype=np.float32)
-        np.multiply(raw, self._scale, out=image, casting="unsafe")
-        image += self._shift
-        invalid = (raw == self.nodata).all(axis=0) if self._has_nodata[row] else None
-        if invalid is not None:
-            image[:, invalid] = 0.0
+        invalid = self.normalizer.invalid(raw) if self._has_nodata[row] else None
+        image = self.normalizer(raw, invalid)
         sample: Sample = {"image": torch.from_numpy(image), "bounds": self.bounds[row], "crs": self.crs, "index": row}
         if self.with_mask and masks is not None:
             mask = self._lookup[masks[row]]
@@ -125,6 +117,17 @@ class TileDataset(Dataset[Sample]):
         if self.transforms is not None:
             sample = self.transforms(sample)
         return sample
+
+    def valid(self, item: int) -> np.ndarray:
+        """``[H, W]`` bool: which pixels of sample ``item`` hold data."""
+        images, _ = self._arrays()
+        return ~self.normalizer.invalid(images[int(self.rows[item])])
+
+    def tile_transform(self, item: int) -> Any:
+        """Pixel-to-map affine transform of sample ``item`` (its tile's grid)."""
+        xmin, _, _, ymax = self.bounds[int(self.rows[item])].tolist()
+        res_x, res_y = self.metadata["res"]
+        return from_origin(xmin, ymax, res_x, res_y)
 
     def __getstate__(self) -> dict[str, Any]:
         # Memory maps are reopened in each DataLoader worker rather than pickled.

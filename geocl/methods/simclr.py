@@ -1,0 +1,60 @@
+"""SimCLR: instance discrimination with NT-Xent over in-batch negatives.
+
+The baseline of every comparison and stage 1 of GraSS. Negatives are gathered
+across devices (lightly's ``NTXentLoss(gather_distributed=True)``), so a run on N
+devices sees the same negatives as one device with the whole batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from geocl.losses import NTXentLoss
+from geocl.methods.base import PretrainMethod
+from geocl.models import projection_head
+
+
+@dataclass
+class SimCLRConfig:
+    """Parameters of ``method: simclr``.
+
+    Attributes:
+        temperature: NT-Xent temperature (GraSS spec: 0.5).
+        hidden_dim: projection head hidden width.
+        output_dim: embedding size (spec: 128).
+        head_batch_norm: BatchNorm in the head (spec A5 reading: none).
+    """
+
+    temperature: float = 0.5
+    hidden_dim: int = 512
+    output_dim: int = 128
+    head_batch_norm: bool = False
+
+
+class SimCLR(PretrainMethod):
+    """SimCLR on multi-band tiles (see :class:`PretrainMethod` for the arguments)."""
+
+    config_class = SimCLRConfig
+
+    def __init__(self, recipe: Any, in_chans: int, band_stats: dict[str, Any]) -> None:
+        super().__init__(recipe, in_chans, band_stats)
+        params = self.recipe.method
+        self.head = projection_head(self.encoder.num_features, params.hidden_dim, params.output_dim, params.head_batch_norm)
+        self.criterion = NTXentLoss(temperature=params.temperature, gather_distributed=True)
+
+    def embed(self, views: Tensor) -> Tensor:
+        """Projection of views: ``[B, C, S, S]`` -> ``[B, output_dim]``."""
+        return self.head(self.encoder(views))
+
+    def contrast(self, view_a: Tensor, view_b: Tensor) -> Tensor:
+        """NT-Xent between two aligned batches of views (positives: same row)."""
+        return self.criterion(self.embed(view_a), self.embed(view_b))
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        view_a, view_b = self.views(batch["image"])
+        loss = self.check_finite(self.contrast(view_a, view_b))
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True, batch_size=len(view_a))
+        return loss

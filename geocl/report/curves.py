@@ -1,0 +1,58 @@
+"""Training curves as PNG."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from geocl.io import atomic_path  # noqa: E402
+
+
+def read_lightning_csv(logs: str | os.PathLike[str]) -> pd.DataFrame:
+    """All ``metrics.csv`` under a Lightning CSV log folder, one row per step.
+
+    A resumed run writes a new ``version_*`` folder and repeats the steps after its
+    checkpoint; the later version wins.
+    """
+    frames = []
+    for number, path in enumerate(sorted(Path(logs).glob("version_*/metrics.csv"), key=_version)):
+        frame = pd.read_csv(path)
+        frame["version"] = number
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame()
+    metrics = pd.concat(frames, ignore_index=True)
+    return metrics
+
+
+def _version(path: Path) -> int:
+    return int(path.parent.name.removeprefix("version_"))
+
+
+def plot_loss_curve(logs: str | os.PathLike[str], out_png: str | os.PathLike[str], title: str = "") -> Path | None:
+    """Plot step and epoch training loss from Lightning CSV logs; None when nothing is logged yet."""
+    metrics = read_lightning_csv(logs)
+    if metrics.empty or "train/loss_step" not in metrics:
+        return None
+    figure, axes = plt.subplots(figsize=(7, 4))
+    steps = metrics.dropna(subset=["train/loss_step"]).drop_duplicates("step", keep="last")
+    axes.plot(steps["step"], steps["train/loss_step"], lw=0.8, alpha=0.6, label="step")
+    if "train/loss_epoch" in metrics:
+        epochs = metrics.dropna(subset=["train/loss_epoch"]).drop_duplicates("epoch", keep="last")
+        axes.plot(epochs["step"], epochs["train/loss_epoch"], "o-", label="epoch mean")
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("contrastive loss")
+    axes.set_title(title)
+    axes.legend()
+    figure.tight_layout()
+    out_png = Path(out_png)
+    with atomic_path(out_png) as temp:
+        figure.savefig(temp, dpi=110, format="png")
+    plt.close(figure)
+    return out_png

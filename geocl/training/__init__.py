@@ -1,0 +1,1 @@
+"""Running recipes: the pretraining loop on Lightning, its data and its callbacks."""

@@ -1,0 +1,165 @@
+"""``geocl pretrain``: run a recipe with Lightning into one output folder.
+
+Output folder (``recipe.out``)::
+
+    config.yaml        the resolved recipe
+    checkpoints/       one checkpoint per epoch (latest kept) and last.ckpt
+    logs/version_*/    Lightning CSV logs (one version per start or resume)
+    plots/             loss.png, GraSS region overlays
+    maps/              GraSS region maps as GeoTIFF (same grid as their tiles)
+    metrics.json       final loss, steps, time
+
+``resume=True`` continues from ``checkpoints/last.ckpt`` with Lightning's stored
+optimizer, scheduler and loop state; the sampler order and the augmentations are
+functions of (seed, epoch) and (seed, step), so the resumed run draws what the
+uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig, OmegaConf
+
+from geocl.data.tile_dataset import TileDataset
+from geocl.errors import GeoclError
+from geocl.io import atomic_write_text
+from geocl.methods import method_class
+from geocl.recipes import save_recipe
+from geocl.training.callbacks import LossCurvePlot, RegionMapWriter
+from geocl.training.data import PretrainData
+
+#: Keys a resumed run may change (to extend or shorten training).
+RESUMABLE_CHANGES = ("trainer",)
+
+
+@dataclass
+class PretrainResult:
+    """What a pretraining run produced.
+
+    Attributes:
+        out: the run folder.
+        checkpoint: the final checkpoint (``last.ckpt``).
+        global_step: optimizer steps done in total.
+        final_loss: mean training loss of the last epoch.
+        seconds: wall time of this invocation.
+    """
+
+    out: Path
+    checkpoint: Path
+    global_step: int
+    final_loss: float
+    seconds: float
+
+
+def _check_run_folder(recipe: DictConfig, out: Path, resume: bool) -> Path | None:
+    """Refuse to mix runs in one folder; return the checkpoint to resume from."""
+    saved = out / "config.yaml"
+    last = out / "checkpoints" / "last.ckpt"
+    if resume:
+        if not last.exists():
+            raise GeoclError("nothing to resume: no checkpoints/last.ckpt here", path=out)
+        if saved.exists():
+            before = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
+            now = OmegaConf.to_container(recipe, resolve=True)
+            for key in set(before) | set(now):
+                if key not in RESUMABLE_CHANGES and before.get(key) != now.get(key):
+                    raise GeoclError(
+                        f"recipe differs from the run being resumed in {key!r} (see {saved})", key=key
+                    )
+        return last
+    if last.exists():
+        raise GeoclError("folder holds an earlier run; pass --resume to continue it or choose another out", path=out)
+    return None
+
+
+def build_trainer(
+    recipe: DictConfig, out: Path, callbacks: list[lightning.Callback], reload_data_every_epoch: bool = False
+) -> lightning.Trainer:
+    """A Lightning trainer for a recipe's ``trainer`` section."""
+    config = recipe.trainer
+    checkpoints = ModelCheckpoint(
+        dirpath=out / "checkpoints",
+        filename="epoch{epoch:03d}",
+        auto_insert_metric_name=False,
+        every_n_epochs=1,
+        save_top_k=1,
+        save_last=True,
+    )
+    return lightning.Trainer(
+        default_root_dir=out,
+        max_epochs=config.max_epochs,
+        max_steps=config.max_steps,
+        devices=config.devices,
+        accelerator=config.accelerator,
+        strategy=config.strategy,
+        precision=config.precision,
+        log_every_n_steps=config.log_every_n_steps,
+        limit_train_batches=config.limit_train_batches,
+        logger=CSVLogger(out, name="logs"),
+        callbacks=[checkpoints, LearningRateMonitor(logging_interval="step"), *callbacks],
+        use_distributed_sampler=False,  # PretrainData shards with its own seeded sampler
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        reload_dataloaders_every_n_epochs=1 if reload_data_every_epoch else 0,
+    )
+
+
+def run_pretrain(recipe: DictConfig, *, resume: bool = False) -> PretrainResult:
+    """Pretrain an encoder as the recipe says.
+
+    Args:
+        recipe: a validated recipe (:func:`geocl.recipes.load_recipe`).
+        resume: continue the run in ``recipe.out`` from its last checkpoint.
+
+    Returns:
+        A :class:`PretrainResult`.
+
+    Raises:
+        GeoclError: for bad data, a run-folder clash, or a NaN loss.
+    """
+    start = time.perf_counter()
+    out = Path(recipe.out)
+    ckpt_path = _check_run_folder(recipe, out, resume)
+    out.mkdir(parents=True, exist_ok=True)
+    save_recipe(recipe, out / "config.yaml")
+    lightning.seed_everything(int(recipe.seed), workers=True, verbose=False)
+
+    tiles = TileDataset(recipe.data.tiles, recipe.data.split, with_mask=False)
+    model = method_class(recipe.method.name)(recipe, tiles.band_count, tiles.metadata["band_stats"])
+    data = PretrainData(recipe, tiles, out)
+    callbacks: list[lightning.Callback] = [LossCurvePlot(out / "plots" / "loss.png")]
+    if recipe.method.name == "grass":
+        callbacks.append(RegionMapWriter(tiles, out, count=recipe.method.map_tiles))
+    trainer = build_trainer(recipe, out, callbacks, reload_data_every_epoch=data.geo_sampling)
+    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
+
+    loss = trainer.callback_metrics.get("train/loss_epoch")
+    result = PretrainResult(
+        out=out,
+        checkpoint=out / "checkpoints" / "last.ckpt",
+        global_step=trainer.global_step,
+        final_loss=float(loss) if loss is not None else float("nan"),
+        seconds=time.perf_counter() - start,
+    )
+    if trainer.is_global_zero:
+        metrics: dict[str, Any] = {
+            "method": recipe.method.name,
+            "global_step": result.global_step,
+            "epochs": trainer.current_epoch,
+            "final_loss": result.final_loss,
+            "seconds": round(result.seconds, 1),
+            "checkpoint": str(result.checkpoint),
+            "device": str(model.device),
+        }
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
+    return result
+
+

@@ -1,0 +1,137 @@
+"""`geocl pretrain` end to end on a tiny tile set: outputs, resume after SIGKILL, NaN guard."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import rasterio
+import torch
+
+import geocl.methods  # noqa: F401  (registers the methods' recipe sections)
+from geocl.data.tile_dataset import TileDataset
+from geocl.errors import GeoclError
+from geocl.methods import CHECKPOINT_KEY, SimCLR
+from geocl.recipes import load_recipe
+from geocl.training.pretrain import run_pretrain
+from tests.training.conftest import write_recipe
+
+GRASS = {"name": "grass", "warmup_epochs": 1, "hidden_dim": 32, "output_dim": 16, "map_tiles": 2}
+
+
+def _epoch_losses(run: Path) -> list[float]:
+    frames = [pd.read_csv(path) for path in sorted((run / "logs").glob("version_*/metrics.csv"))]
+    metrics = pd.concat(frames)
+    return metrics.dropna(subset=["train/loss_epoch"]).drop_duplicates("epoch", keep="last")["train/loss_epoch"].tolist()
+
+
+def test_grass_runs_both_stages_and_writes_checkpoints_maps_plots_and_logs(tmp_path: Path, tiny_tiles: Path) -> None:
+    recipe = load_recipe(write_recipe(tmp_path, tiny_tiles, GRASS))
+    result = run_pretrain(recipe)
+    run = result.out
+    assert result.global_step == 6  # 2 epochs x 3 batches
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    meta = checkpoint[CHECKPOINT_KEY]
+    assert meta["method"] == "grass" and meta["in_chans"] == 4 and meta["encoder"] == "test_resnet"
+    assert len(meta["band_stats"]["mean"]) == 4 and "torch" in meta["versions"]
+    assert any(key.startswith("encoder.") for key in checkpoint["state_dict"])
+    assert load_recipe(run / "config.yaml") == recipe
+    assert len(_epoch_losses(run)) == 2
+    assert (run / "plots" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    maps = sorted((run / "maps" / "final").glob("*.tif"))
+    assert len(maps) == 2 and len(list((run / "plots").glob("regions_*.png"))) == 2
+    with rasterio.open(maps[0]) as region, rasterio.open(tiny_tiles / "images" / maps[0].name) as tile:
+        assert region.transform == tile.transform and region.crs == tile.crs and region.shape == tile.shape
+    assert json.loads((run / "metrics.json").read_text())["global_step"] == 6
+
+
+def test_warmup_epochs_never_call_the_crop(tmp_path: Path, tiny_tiles: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    import geocl.methods.grass as grass
+
+    real = grass.GraSS.sample_regions
+
+    def counting(self: grass.GraSS, views: torch.Tensor):  # type: ignore[no-untyped-def]
+        calls.append(self.current_epoch)
+        return real(self, views)
+
+    monkeypatch.setattr(grass.GraSS, "sample_regions", counting)
+    recipe = load_recipe(write_recipe(tmp_path, tiny_tiles, {**GRASS, "warmup_epochs": 1, "map_tiles": 0}))
+    run_pretrain(recipe)
+    assert calls and set(calls) == {1}
+
+
+def test_geo_sampling_writes_maps_for_all_train_tiles_and_trains_on_regions(tmp_path: Path, tiny_tiles: Path) -> None:
+    method = {**GRASS, "stage2_sampling": "geo", "region_size": 32, "regions_per_epoch": 24, "map_tiles": 0}
+    recipe = load_recipe(write_recipe(tmp_path, tiny_tiles, method))
+    result = run_pretrain(recipe)
+    maps = list((result.out / "maps" / "epoch001").glob("*.tif"))
+    assert len(maps) == len(TileDataset(tiny_tiles, "train", progress=False))
+    assert result.global_step == 6 and len(_epoch_losses(result.out)) == 2
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, tiny_tiles: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = SimCLR.contrast
+
+    def poisoned(self: SimCLR, view_a: torch.Tensor, view_b: torch.Tensor) -> torch.Tensor:
+        loss = real(self, view_a, view_b)
+        return loss * float("nan") if self.current_epoch == 1 else loss
+
+    monkeypatch.setattr(SimCLR, "contrast", poisoned)
+    recipe = load_recipe(write_recipe(tmp_path, tiny_tiles, {"name": "simclr"}))
+    with pytest.raises(GeoclError, match="loss became nan at epoch 1"):
+        run_pretrain(recipe)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=False)
+    assert checkpoint["epoch"] == 0 and checkpoint["global_step"] == 3
+    assert all(torch.isfinite(value).all() for value in checkpoint["state_dict"].values() if value.is_floating_point())
+
+
+def test_pretrain_killed_mid_epoch_resumes_to_the_same_steps_and_loss(tmp_path: Path, tiny_tiles: Path) -> None:
+    # steps long enough (resnet18, 64 px views) that a kill can land inside an epoch
+    budget = {
+        "trainer": {"max_epochs": 3, "limit_train_batches": 1.0},
+        "encoder": {"name": "resnet18"},
+        "data": {"view_size": 64, "batch_size": 12},
+    }
+    clean = write_recipe(tmp_path / "clean", tiny_tiles, {"name": "simclr"}, **budget)
+    killed = write_recipe(tmp_path / "killed", tiny_tiles, {"name": "simclr"}, **budget)
+    command = [sys.executable, "-m", "geocl.cli", "pretrain"]
+    subprocess.run([*command, str(clean)], check=True, capture_output=True, timeout=300)
+
+    process = subprocess.Popen([*command, str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "killed" / "run" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    while not last.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # into epoch 1, well before its end
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert last.exists(), "the run never reached its first checkpoint"
+    assert torch.load(last, weights_only=False)["epoch"] == 0, "the kill did not land in epoch 1"
+    assert not (tmp_path / "killed" / "run" / "metrics.json").exists()
+
+    subprocess.run([*command, str(killed), "--resume"], check=True, capture_output=True, timeout=300)
+    done = json.loads((tmp_path / "killed" / "run" / "metrics.json").read_text())
+    reference = json.loads((tmp_path / "clean" / "run" / "metrics.json").read_text())
+    assert done["global_step"] == reference["global_step"] == 3 * (len(TileDataset(tiny_tiles, "train", progress=False)) // 12)
+    assert done["final_loss"] == pytest.approx(reference["final_loss"], rel=1e-3)
+
+
+def test_resume_refuses_a_changed_recipe_and_a_run_folder_is_not_reused(tmp_path: Path, tiny_tiles: Path) -> None:
+    path = write_recipe(tmp_path, tiny_tiles, {"name": "simclr"}, trainer={"max_epochs": 1})
+    run_pretrain(load_recipe(path))
+    with pytest.raises(GeoclError, match="--resume"):
+        run_pretrain(load_recipe(path))
+    with pytest.raises(GeoclError, match="method"):
+        run_pretrain(load_recipe(path, ["method.temperature=0.2"]), resume=True)
+    extended = run_pretrain(load_recipe(path, ["trainer.max_epochs=2"]), resume=True)
+    assert extended.global_step == 6
