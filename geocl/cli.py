@@ -44,6 +44,8 @@ def _pretrain(args: argparse.Namespace) -> None:
 
     recipe = load_recipe(args.recipe, args.overrides)
     result = run_pretrain(recipe, resume=args.resume)
+    if not result.is_global_zero:
+        return
     print(
         f"{recipe.method.name}: {result.global_step} steps, final loss {result.final_loss:.4f}, "
         f"{result.seconds:.0f} s\n  checkpoint: {result.checkpoint}\n  run folder: {result.out} "

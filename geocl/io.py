@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -32,3 +33,23 @@ def atomic_write_text(final: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``final`` atomically."""
     with atomic_path(final) as temp:
         temp.write_text(text)
+
+
+def save_figure(figure: Any, final: str | os.PathLike[str], dpi: int = 110) -> Path:
+    """Write a matplotlib figure as PNG atomically, then close it.
+
+    Args:
+        figure: a ``matplotlib.figure.Figure``.
+        final: the PNG path.
+        dpi: resolution.
+
+    Returns:
+        The PNG path.
+    """
+    final = Path(final)
+    with atomic_path(final) as temp:
+        figure.savefig(temp, dpi=dpi, format="png")
+    import matplotlib.pyplot as plt  # only here: writing a figure implies matplotlib
+
+    plt.close(figure)
+    return final

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from geocl.errors import GeoclError
+from geocl.losses import NTXentLoss
 from geocl.methods.simclr import SimCLR, SimCLRConfig
 from geocl.sampling.regions import crop_and_resize, gradient_maps, select_boxes, upsample_maps
 from geocl.transforms import photometric_only
@@ -83,6 +84,8 @@ class GraSS(SimCLR):
         if not 0.0 <= params.threshold_ratio < 1.0:
             raise GeoclError(f"must be in [0, 1), got {params.threshold_ratio}", key="method.threshold_ratio")
         self._layer = self._find_layer(params.layer) if params.layer else None
+        # maps of whole tiles are written by one process: no cross-device gather there
+        self.local_criterion = NTXentLoss(temperature=params.temperature, gather_distributed=False)
 
     def _find_layer(self, name: str) -> torch.nn.Module:
         modules = dict(self.encoder.body.named_modules())
@@ -96,11 +99,13 @@ class GraSS(SimCLR):
         """Whether the current epoch uses gradient-guided sampling."""
         return self.current_epoch >= self.recipe.method.warmup_epochs
 
-    def guide(self, views: Tensor) -> tuple[Tensor, Tensor]:
+    def guide(self, views: Tensor, criterion: torch.nn.Module | None = None) -> tuple[Tensor, Tensor]:
         """Guide pass: feature map A of the gradient layer and dL/dA.
 
         Args:
             views: ``[2N, C, S, S]``, the N first and N last rows being the two views.
+            criterion: the contrastive loss (default: the training loss, negatives
+                gathered across devices).
 
         Returns:
             A and dL/dA, both ``[2N, D, h, w]`` and without graph. Only dL/dA is computed:
@@ -128,7 +133,7 @@ class GraSS(SimCLR):
                 finally:
                     handle.remove()
                 features = captured[0]
-            loss = self.criterion(embeddings[:n], embeddings[n:])
+            loss = (criterion or self.criterion)(embeddings[:n], embeddings[n:])
             (gradients,) = torch.autograd.grad(loss, features)
         return features.detach(), gradients
 
@@ -150,7 +155,7 @@ class GraSS(SimCLR):
         try:
             photometric = photometric_only(self.augmentation)
             views = torch.cat([photometric(images), photometric(images)])
-            features, gradients = self.guide(views)
+            features, gradients = self.guide(views, self.local_criterion)
             maps = upsample_maps(gradient_maps(features, gradients), (images.shape[-2], images.shape[-1]))
         finally:
             self.train(was_training)

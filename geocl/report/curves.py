@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from geocl.io import atomic_path  # noqa: E402
+from geocl.io import save_figure  # noqa: E402
 
 
 def read_lightning_csv(logs: str | os.PathLike[str]) -> pd.DataFrame:
@@ -51,8 +51,4 @@ def plot_loss_curve(logs: str | os.PathLike[str], out_png: str | os.PathLike[str
     axes.set_title(title)
     axes.legend()
     figure.tight_layout()
-    out_png = Path(out_png)
-    with atomic_path(out_png) as temp:
-        figure.savefig(temp, dpi=110, format="png")
-    plt.close(figure)
-    return out_png
+    return save_figure(figure, out_png)

@@ -17,7 +17,7 @@ from pyproj import CRS as ProjCRS  # noqa: E402
 
 from geocl.data.rasters import bounded_memory  # noqa: E402
 from geocl.data.tiler import INDEX_FILE, INDEX_LAYER, read_metadata  # noqa: E402
-from geocl.io import atomic_path  # noqa: E402
+from geocl.io import save_figure  # noqa: E402
 
 SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
 
@@ -81,8 +81,4 @@ def plot_tile_index(tiles: str | os.PathLike[str], out_png: str | os.PathLike[st
     axes.set_xlabel(f"x ({index.crs.axis_info[0].unit_name})")
     axes.set_ylabel(f"y ({index.crs.axis_info[1].unit_name})")
     figure.tight_layout()
-    out_png = Path(out_png)
-    with atomic_path(out_png) as temp:
-        figure.savefig(temp, dpi=110, format="png")
-    plt.close(figure)
-    return out_png
+    return save_figure(figure, out_png)

@@ -32,7 +32,7 @@ from torchgeo.samplers import GeoSampler  # noqa: E402
 
 from geocl.data.rasters import find_rasters, geotiff_profile, inspect_rasters  # noqa: E402
 from geocl.errors import GeoclError  # noqa: E402
-from geocl.io import atomic_path  # noqa: E402
+from geocl.io import atomic_path, save_figure  # noqa: E402
 from geocl.sampling.regions import Box  # noqa: E402
 
 
@@ -132,9 +132,7 @@ def plot_region_overlay(
     for ax in (tile_ax, heat_ax, box_ax):
         ax.set_xticks([])
         ax.set_yticks([])
-    with atomic_path(path_png) as temp:
-        figure.savefig(temp, format="png", dpi=100)
-    return Path(path_png)
+    return save_figure(figure, path_png, dpi=100)
 
 
 def box_sums(values: np.ndarray, size: int, stride: int = 1) -> np.ndarray:

@@ -50,6 +50,7 @@ class PretrainResult:
         global_step: optimizer steps done in total.
         final_loss: mean training loss of the last epoch.
         seconds: wall time of this invocation.
+        is_global_zero: whether this process is the main one (DDP runs one process per device).
     """
 
     out: Path
@@ -57,6 +58,7 @@ class PretrainResult:
     global_step: int
     final_loss: float
     seconds: float
+    is_global_zero: bool = True
 
 
 def _check_run_folder(recipe: DictConfig, out: Path, resume: bool) -> Path | None:
@@ -148,6 +150,7 @@ def run_pretrain(recipe: DictConfig, *, resume: bool = False) -> PretrainResult:
         global_step=trainer.global_step,
         final_loss=float(loss) if loss is not None else float("nan"),
         seconds=time.perf_counter() - start,
+        is_global_zero=trainer.is_global_zero,
     )
     if trainer.is_global_zero:
         metrics: dict[str, Any] = {

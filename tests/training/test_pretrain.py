@@ -135,3 +135,18 @@ def test_resume_refuses_a_changed_recipe_and_a_run_folder_is_not_reused(tmp_path
         run_pretrain(load_recipe(path, ["method.temperature=0.2"]), resume=True)
     extended = run_pretrain(load_recipe(path, ["trainer.max_epochs=2"]), resume=True)
     assert extended.global_step == 6
+
+
+def test_same_recipe_runs_on_two_cpu_processes_with_ddp(tmp_path: Path, tiny_tiles: Path) -> None:
+    path = write_recipe(tmp_path, tiny_tiles, GRASS, trainer={"limit_train_batches": 1.0})
+    overrides = ["trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu"]
+    result = subprocess.run(
+        [sys.executable, "-m", "geocl.cli", "pretrain", str(path), *overrides],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("final loss") == 1  # printed by the main process only
+    train = len(TileDataset(tiny_tiles, "train", progress=False))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["global_step"] == 2 * (-(-train // 2) // 8)  # 2 epochs; each process takes half the tiles
+    assert len(list((tmp_path / "run" / "maps" / "final").glob("*.tif"))) == 2

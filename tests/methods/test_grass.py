@@ -1,0 +1,92 @@
+"""GraSS's guide pass against full autograd, and its gradient bookkeeping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import geocl.methods  # noqa: F401  (registers the methods)
+from geocl.errors import GeoclError
+from geocl.methods import GraSS
+from geocl.recipes import load_recipe
+from tests.training.conftest import write_recipe
+
+BAND_STATS = {"mean": [0.0] * 4, "std": [1.0] * 4}
+
+
+def _grass(tmp_path: Path, **method: object) -> GraSS:
+    params = {"name": "grass", "hidden_dim": 16, "output_dim": 8, **method}
+    recipe = load_recipe(write_recipe(tmp_path, tmp_path / "tiles", params))
+    torch.manual_seed(0)
+    return GraSS(recipe, in_chans=4, band_stats=BAND_STATS)
+
+
+def _views(n: int = 6, size: int = 64) -> torch.Tensor:
+    return torch.randn(2 * n, 4, size, size, generator=torch.Generator().manual_seed(1))
+
+
+def _reference(model: GraSS, views: torch.Tensor, layer: torch.nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """dL/dA by a plain full backward with the map tensor's .grad retained."""
+    captured: list[torch.Tensor] = []
+    handle = None
+    if layer is not None:
+        handle = layer.register_forward_hook(lambda _m, _i, out: captured.append(out) or out.retain_grad())
+    features = model.encoder.feature_map(views)
+    if layer is None:
+        features.retain_grad()
+        captured.append(features)
+    embeddings = model.head(model.encoder.pool(features))
+    n = len(views) // 2
+    model.criterion(embeddings[:n], embeddings[n:]).backward()
+    if handle is not None:
+        handle.remove()
+    model.zero_grad()
+    return captured[0].detach(), captured[0].grad
+
+
+@pytest.mark.parametrize("layer", ["", "layer3"])
+def test_guide_gradient_equals_full_backward(tmp_path: Path, layer: str) -> None:
+    model = _grass(tmp_path, layer=layer)
+    model.eval()  # fixed BatchNorm statistics, so both passes see the same network
+    views = _views()
+    features, gradients = model.guide(views)
+    reference_features, reference_gradients = _reference(model, views, model._layer)
+    torch.testing.assert_close(features, reference_features)
+    torch.testing.assert_close(gradients, reference_gradients, atol=1e-7, rtol=1e-5)
+    assert gradients.abs().sum() > 0
+
+
+def test_guide_pass_leaves_no_parameter_gradient_and_step_gradients_come_from_the_crops(tmp_path: Path) -> None:
+    model = _grass(tmp_path)
+    model.eval()
+    views = _views()
+    cropped, boxes = model.sample_regions(views)
+    assert all(p.grad is None for p in model.parameters()), "the guide pass must not touch .grad"
+    assert cropped.shape == views.shape and any(box is not None for box in boxes)
+    n = len(views) // 2
+    model.contrast(cropped[:n], cropped[n:]).backward()
+    from_step = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    model.contrast(cropped[:n].clone(), cropped[n:].clone()).backward()  # L on X' alone
+    alone = [p.grad for p in model.parameters() if p.grad is not None]
+    for a, b in zip(from_step, alone, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_tile_region_maps_have_tile_shape_and_keep_train_mode(tmp_path: Path) -> None:
+    model = _grass(tmp_path)
+    model.train()
+    running = model.encoder.body.bn1.running_mean.clone()
+    maps = model.tile_region_maps(torch.randn(3, 4, 48, 48))
+    assert maps.shape == (3, 48, 48) and torch.isfinite(maps).all()
+    assert model.training
+    torch.testing.assert_close(model.encoder.body.bn1.running_mean, running)  # eval-mode guide pass
+
+
+def test_bad_grass_parameters_name_their_key(tmp_path: Path) -> None:
+    with pytest.raises(GeoclError, match="method.layer"):
+        _grass(tmp_path, layer="layer9")
+    with pytest.raises(GeoclError, match="method.stage2_sampling"):
+        _grass(tmp_path / "b", stage2_sampling="offline")
