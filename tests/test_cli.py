@@ -127,3 +127,11 @@ def test_tile_command_writes_tiles_index_and_plot(tmp_path: Path, scene: Path, c
     index = gpd.read_file(out / "tiles.gpkg")
     assert len(index) == 16 and f"{len(index)} tiles" in printed
     assert (out / "tiles.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pretrain_with_a_misspelt_key_fails_before_training_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "grass.yaml"
+    out = tmp_path / "run"
+    line = _run_error(capsys, "pretrain", str(recipe), "data.batchsize=8", f"out={out}")
+    assert "data.batchsize" in line and "data.batch_size" in line
+    assert not out.exists(), "nothing may be written before the recipe is valid"

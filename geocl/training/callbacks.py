@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning
+from lightning.pytorch.loggers import CSVLogger
 
 from geocl.data.tile_dataset import TileDataset
 from geocl.report.curves import plot_loss_curve
@@ -23,9 +24,10 @@ class LossCurvePlot(lightning.Callback):
         self.png = png
 
     def _draw(self, trainer: lightning.Trainer, module: lightning.LightningModule) -> None:
-        if trainer.is_global_zero and trainer.logger is not None:
-            trainer.logger.save()
-            plot_loss_curve(Path(trainer.logger.log_dir).parent, self.png, title=module.method_name)
+        csv = next((logger for logger in trainer.loggers if isinstance(logger, CSVLogger)), None)
+        if trainer.is_global_zero and csv is not None:
+            csv.save()
+            plot_loss_curve(Path(csv.log_dir).parent, self.png, title=module.method_name)
 
     def on_train_epoch_end(self, trainer: lightning.Trainer, module: lightning.LightningModule) -> None:
         self._draw(trainer, module)

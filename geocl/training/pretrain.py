@@ -17,6 +17,7 @@ uninterrupted one would have.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from typing import Any
 
 import lightning
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from geocl.data.tile_dataset import TileDataset
@@ -82,6 +83,14 @@ def _check_run_folder(recipe: DictConfig, out: Path, resume: bool) -> Path | Non
     return None
 
 
+def _loggers(out: Path) -> list[Any]:
+    """CSV logs always; TensorBoard logs too where the tensorboard package is installed."""
+    loggers: list[Any] = [CSVLogger(out, name="logs")]
+    if importlib.util.find_spec("tensorboard") is not None:
+        loggers.append(TensorBoardLogger(out, name="tensorboard"))
+    return loggers
+
+
 def build_trainer(
     recipe: DictConfig, out: Path, callbacks: list[lightning.Callback], reload_data_every_epoch: bool = False
 ) -> lightning.Trainer:
@@ -105,7 +114,7 @@ def build_trainer(
         precision=config.precision,
         log_every_n_steps=config.log_every_n_steps,
         limit_train_batches=config.limit_train_batches,
-        logger=CSVLogger(out, name="logs"),
+        logger=_loggers(out),
         callbacks=[checkpoints, LearningRateMonitor(logging_interval="step"), *callbacks],
         use_distributed_sampler=False,  # PretrainData shards with its own seeded sampler
         enable_model_summary=False,
