@@ -53,6 +53,43 @@ def _pretrain(args: argparse.Namespace) -> None:
     )
 
 
+def _finetune(args: argparse.Namespace) -> None:
+    from geocl.finetune.train import run_finetune
+
+    result = run_finetune(
+        tiles=args.tiles, out=args.out, encoder_checkpoint=args.encoder, encoder=args.encoder_name,
+        arch=args.arch, label_fraction=args.label_fraction, seed=args.seed, max_epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, freeze_encoder=args.freeze_encoder, num_workers=args.num_workers,
+    )
+    iou = ", ".join("-" if value != value else f"{value:.3f}" for value in result.iou)
+    print(
+        f"test mIoU {result.miou:.4f} (val {result.val_miou:.4f}) with {result.train_tiles} labelled tiles\n"
+        f"  per class: {iou}\n  checkpoint: {result.checkpoint}"
+    )
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from geocl.finetune.inference import predict_with_checkpoint
+
+    result = predict_with_checkpoint(
+        args.checkpoint, args.scene, args.out, polygons=args.polygons, window=args.window, overlap=args.overlap
+    )
+    print(f"prediction: {result.path}\n  preview: {result.png}" + (f"\n  polygons: {result.polygons}" if result.polygons else ""))
+
+
+def _compare(args: argparse.Namespace) -> None:
+    import geocl.methods  # noqa: F401  (registers every method's parameters)
+    from geocl.training.compare import CompareOptions, run_compare
+
+    finetune = {"max_epochs": args.epochs} if args.epochs else {}
+    run_compare(
+        CompareOptions(
+            recipes=list(args.recipes), label_fractions=list(args.label_fractions), seeds=args.seeds,
+            out=args.out, overrides=list(args.override), finetune=finetune,
+        )
+    )
+
+
 def _demo(args: argparse.Namespace) -> None:
     from geocl.demo import run_demo
 
@@ -97,6 +134,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pretrain.add_argument("--resume", action="store_true", help="continue the run in `out` from its last checkpoint")
     pretrain.set_defaults(run=_pretrain)
+
+    finetune = commands.add_parser("finetune", help="finetune a segmentation model with few labels")
+    finetune.add_argument("--tiles", type=Path, required=True, help="tile set with masks (geocl tile --mask)")
+    finetune.add_argument("--encoder", type=Path, help="a geocl pretrain checkpoint (default: random init)")
+    finetune.add_argument("--encoder-name", default="resnet18", help="encoder for random init (default resnet18)")
+    finetune.add_argument("--arch", default="unet", choices=["unet", "deeplabv3plus"])
+    finetune.add_argument("--label-fraction", type=float, default=0.05)
+    finetune.add_argument("--seed", type=int, default=0)
+    finetune.add_argument("--epochs", type=int, default=15)
+    finetune.add_argument("--batch-size", type=int, default=8)
+    finetune.add_argument("--lr", type=float, default=1e-3)
+    finetune.add_argument("--freeze-encoder", action="store_true", help="train the decoder only")
+    finetune.add_argument("--num-workers", type=int, default=0)
+    finetune.add_argument("--out", type=Path, required=True, help="run folder")
+    finetune.set_defaults(run=_finetune)
+
+    predict = commands.add_parser("predict", help="predict a whole scene with a finetuned checkpoint")
+    predict.add_argument("checkpoint", type=Path)
+    predict.add_argument("scene", type=Path)
+    predict.add_argument("--out", type=Path, required=True, help="prediction GeoTIFF")
+    predict.add_argument("--polygons", type=Path, help="also write class polygons (GeoPackage)")
+    predict.add_argument("--window", type=int, default=256)
+    predict.add_argument("--overlap", type=int, default=64)
+    predict.set_defaults(run=_predict)
+
+    compare = commands.add_parser("compare", help="pretrain and finetune several recipes; results table")
+    compare.add_argument("recipes", type=Path, nargs="+")
+    compare.add_argument("--label-fractions", type=float, nargs="+", default=[0.01, 0.05, 0.2])
+    compare.add_argument("--seeds", type=int, default=3)
+    compare.add_argument("--out", type=Path, default=Path("runs/compare"))
+    compare.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="recipe override for every recipe")
+    compare.add_argument("--epochs", type=int, help="finetuning epochs")
+    compare.set_defaults(run=_compare)
 
     demo = commands.add_parser("demo", help="run the main job on the embedded scene")
     demo.add_argument("--out", type=Path, default=Path("demo_out"))

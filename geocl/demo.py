@@ -1,65 +1,90 @@
 """The main job on the embedded scene, as ``make demo`` runs it.
 
-Today: make the labelled scene, tile it with its mask, open the training tiles
-through the fast tile dataset and print a summary. Later stages (pretraining,
-finetuning, the comparison table) extend this pipeline.
+make the labelled scene -> tile it with its mask -> pretrain SimCLR and GraSS (small
+budgets) -> finetune at 5 % labels, with a random-init row -> print the comparison
+table and where the PNGs are. Every step reuses what a previous run finished.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-import torch
-from torch.utils.data import DataLoader
-
-from geocl.data.synthetic import CLASS_NAMES, make_scene, nearest_class_mean_miou
-from geocl.data.tile_dataset import IGNORE_INDEX, TileDataset
+from geocl.data.synthetic import make_scene, nearest_class_mean_miou
 from geocl.data.tiler import TilingOptions, tile_scene
 from geocl.report.maps import plot_tile_index
 
+#: Recipes the demo compares (CPU-sized).
+DEMO_RECIPES = ("simclr.yaml", "grass.yaml")
+#: Finetuning budget of the demo (steps = epochs x 10).
+DEMO_FINETUNE = {"max_epochs": 10}
 
-def run_demo(out: str | os.PathLike[str], *, size: int = 4096, seed: int = 0) -> dict[str, object]:
+
+def recipes_folder() -> Path:
+    """The ``recipes/`` folder of the checkout geocl runs from."""
+    return Path(__file__).resolve().parents[1] / "recipes"
+
+
+def run_demo(
+    out: str | os.PathLike[str],
+    *,
+    size: int = 4096,
+    seed: int = 0,
+    label_fraction: float = 0.05,
+    overrides: Sequence[str] = (),
+    finetune: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Run the demo pipeline into ``out`` and print what it made.
 
     Args:
-        out: output folder (``scene/``, ``tiles/``, ``plots/``); reruns reuse finished steps.
+        out: output folder (``scene/``, ``tiles/``, ``compare/``, ``plots/``).
         size: side of the embedded scene (px).
-        seed: seed of the scene and of the split.
+        seed: seed of the scene and the split.
+        label_fraction: labelled fraction of the train tiles for finetuning.
+        overrides: recipe overrides for every pretraining (e.g. a smaller budget).
+        finetune: finetuning options (default :data:`DEMO_FINETUNE`).
 
     Returns:
-        A summary dict (tile counts per split, class shares of the train tiles, paths).
+        A summary dict: split counts, the spectral baseline, the results table and plots.
     """
+    import geocl.methods  # noqa: F401  (registers the methods' recipe sections)
+    from geocl.training.compare import CompareOptions, run_compare
+
     out = Path(out)
     start = time.perf_counter()
     scene = make_scene(out / "scene", size=size, seed=seed)
     baseline = nearest_class_mean_miou(scene.image, scene.mask, seed=seed)
-    print(f"[1/3] scene   {scene.image} ({size} x {size} px) + {scene.mask.name}")
-    print(f"              per-pixel spectral baseline (nearest class mean): mIoU {baseline:.3f}")
+    print(f"[1/4] scene     {scene.image} ({size} x {size} px) + {scene.mask.name}")
+    print(f"                per-pixel spectral baseline (nearest class mean): mIoU {baseline:.3f}")
 
     # 4 x 4 split blocks whatever the scene size, so every split gets some
     options = TilingOptions(size=256, stride=256, max_nodata=0.2, split_block=max(256, size // 4), seed=seed)
-    tiling = tile_scene(scene.image, out / "tiles", mask=scene.mask, options=options)
-    print("[2/3] tiles   " + tiling.describe().replace("\n", "\n              "))
-    split_map = plot_tile_index(out / "tiles", out / "plots" / "tiles.png")
+    tiles = out / "tiles"
+    tiling = tile_scene(scene.image, tiles, mask=scene.mask, options=options)
+    split_map = plot_tile_index(tiles, out / "plots" / "tiles.png")
+    print("[2/4] tiles     " + tiling.describe().replace("\n", "\n                "))
 
-    train = TileDataset(out / "tiles", "train")
-    loader = DataLoader(train, batch_size=16, num_workers=2, shuffle=False)
-    counts = torch.zeros(len(train.classes), dtype=torch.long)
-    for batch in loader:
-        labels = batch["mask"][batch["mask"] != IGNORE_INDEX]
-        counts += torch.bincount(labels, minlength=len(train.classes))
-    shares = (counts / counts.sum()).tolist()
-    names = [CLASS_NAMES[value] if value < len(CLASS_NAMES) else str(value) for value in train.classes]
-    print(f"[3/3] loader  {len(train)} train tiles, image {tuple(batch['image'].shape[1:])}, bands normalised")
-    print("              train class shares: " + ", ".join(f"{n} {s:.1%}" for n, s in zip(names, shares)))
-    print(f"plots: {split_map}")
+    print(f"[3/4] pretrain  {', '.join(DEMO_RECIPES)} -> [4/4] finetune at {label_fraction:.0%} labels")
+    compare_out = out / "compare"
+    results = run_compare(
+        CompareOptions(
+            recipes=[recipes_folder() / name for name in DEMO_RECIPES],
+            label_fractions=[label_fraction],
+            seeds=1,
+            out=compare_out,
+            overrides=[f"data.tiles={tiles}", f"seed={seed}", *overrides],
+            finetune=dict(DEMO_FINETUNE if finetune is None else finetune),
+        )
+    )
+    plots = [split_map, compare_out / "results.png", *sorted(compare_out.glob("pretrain/*/plots/*.png"))]
+    print("plots:\n  " + "\n  ".join(str(path) for path in plots))
     print(f"done in {time.perf_counter() - start:.0f} s")
     return {
         "baseline_miou": baseline,
         "splits": tiling.splits,
-        "class_shares": dict(zip(names, np.round(shares, 4).tolist())),
-        "plots": [str(split_map)],
+        "results": results,
+        "plots": [str(path) for path in plots],
     }

@@ -8,7 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import yaml
 from rasterio.transform import from_origin
+
+from geocl.data.synthetic import make_scene
+from geocl.data.tiler import TilingOptions, tile_scene
 
 #: Real rasters for tests (never copied into the project; see ../shared/data/README.md).
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -70,3 +74,33 @@ def coordinate_image(height: int, width: int, bands: int = 3) -> np.ndarray:
     rows, cols = np.mgrid[0:height, 0:width].astype(np.uint16)
     layers = [rows + 1, cols + 1] + [(rows * 7 + cols * 3 + 11 * b) % 6000 + 1 for b in range(bands - 2)]
     return np.stack(layers).astype(np.uint16)
+
+
+@pytest.fixture(scope="session")
+def tiny_tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """48-ish 64 px tiles of a 512 px embedded scene."""
+    root = tmp_path_factory.mktemp("tiny")
+    scene = make_scene(root / "scene", size=512, seed=0)
+    out = root / "tiles"
+    tile_scene(scene.image, out, mask=scene.mask, options=TilingOptions(size=64, stride=64, max_nodata=0.3, split_block=128), progress=False)
+    return out
+
+
+def write_recipe(folder: Path, tiles: Path, method: dict, **sections: dict) -> Path:
+    """A tiny recipe (test_resnet encoder, 32 px views, batch 8) as YAML."""
+    recipe = {
+        "name": method["name"],
+        "out": str(folder / "run"),
+        "seed": 0,
+        "data": {"tiles": str(tiles), "batch_size": 8, "num_workers": 0, "view_size": 32},
+        "encoder": {"name": "test_resnet"},
+        "method": method,
+        "optimizer": {"name": "adamw", "lr": 0.001},
+        "trainer": {"max_epochs": 2, "accelerator": "cpu", "log_every_n_steps": 1, "limit_train_batches": 3},
+    }
+    for name, values in sections.items():
+        recipe.setdefault(name, {}).update(values)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path

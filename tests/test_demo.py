@@ -1,4 +1,4 @@
-"""The demo pipeline end to end on a small embedded scene."""
+"""The demo pipeline end to end on a small embedded scene with tiny budgets."""
 
 from __future__ import annotations
 
@@ -6,21 +6,20 @@ from pathlib import Path
 
 import pytest
 
-from geocl.data.synthetic import CLASS_NAMES
 from geocl.demo import run_demo
 
+TINY_PRETRAIN = ["encoder.name=test_resnet", "trainer.max_epochs=1", "data.view_size=32", "data.batch_size=8", "data.num_workers=0"]
+TINY_FINETUNE = {"max_epochs": 1, "steps_per_epoch": 2, "val_every": 1, "batch_size": 4, "crop": 32, "progress": False}
 
-def test_demo_makes_scene_tiles_plot_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    summary = run_demo(tmp_path / "demo", size=1024)
+
+def test_demo_runs_scene_tiles_pretraining_finetuning_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    summary = run_demo(tmp_path / "demo", size=1024, overrides=TINY_PRETRAIN, finetune=TINY_FINETUNE)
     printed = capsys.readouterr().out
     assert all(count > 0 for count in summary["splits"].values())
-    shares = summary["class_shares"]
-    assert set(shares) <= set(CLASS_NAMES) and len(shares) >= 5
-    assert sum(shares.values()) == pytest.approx(1.0, abs=1e-3)
     assert 0.0 < summary["baseline_miou"] < 0.9
-    plot = Path(summary["plots"][0])
-    assert plot.read_bytes()[:4] == b"\x89PNG" and str(plot) in printed
-    # a rerun reuses the scene and the tiles
-    again = run_demo(tmp_path / "demo", size=1024)
-    assert again["splits"] == summary["splits"]
-    assert "already there" in capsys.readouterr().out
+    results = summary["results"]
+    assert set(results["recipe"]) == {"random-init", "simclr", "grass"}
+    assert results["miou"].between(0, 1).all()
+    for plot in summary["plots"]:
+        assert Path(plot).read_bytes()[:4] == b"\x89PNG" and plot in printed
+    assert (tmp_path / "demo" / "compare" / "results.md").exists()

@@ -11,7 +11,7 @@ import geocl.methods  # noqa: F401  (registers the methods)
 from geocl.errors import GeoclError
 from geocl.methods import GraSS
 from geocl.recipes import load_recipe
-from tests.training.conftest import write_recipe
+from tests.conftest import write_recipe
 
 BAND_STATS = {"mean": [0.0] * 4, "std": [1.0] * 4}
 

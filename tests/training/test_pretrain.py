@@ -20,7 +20,7 @@ from geocl.errors import GeoclError
 from geocl.methods import CHECKPOINT_KEY, SimCLR
 from geocl.recipes import load_recipe
 from geocl.training.pretrain import run_pretrain
-from tests.training.conftest import write_recipe
+from tests.conftest import write_recipe
 
 GRASS = {"name": "grass", "warmup_epochs": 1, "hidden_dim": 32, "output_dim": 16, "map_tiles": 2}
 

@@ -1,0 +1,1 @@
+"""Segmentation finetuning at label fractions, metrics and whole-scene prediction."""

@@ -1,0 +1,258 @@
+"""``geocl finetune``: segmentation with few labels, judged by mIoU on the held-out split.
+
+The encoder of an smp model starts from a pretrain checkpoint (any method) or from
+random init; the model trains on a deterministic subset of the train tiles (a
+fraction, drawn with the seed), stops early on val mIoU, and the best checkpoint is
+evaluated on the test tiles, which lie in other spatial blocks than the train tiles.
+Nodata pixels are ignored (``IGNORE_INDEX``) in the loss and in the metric.
+
+Readings where the GraSS spec leaves the protocol open (A4): full finetuning by
+default (``freeze_encoder`` trains the decoder only, as FALSE's config does);
+random 128 px crops, flips and quarter turns of the labelled tiles for training.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, RandomSampler, Subset
+
+from geocl.data.tile_dataset import IGNORE_INDEX, TileDataset
+from geocl.errors import GeoclError
+from geocl.finetune.metrics import segmentation_metric, summarize_iou
+from geocl.finetune.model import build_segmenter, load_pretrained_encoder
+from geocl.io import atomic_write_text
+
+#: Checkpoint key of a finetuned model's metadata (what ``geocl predict`` needs).
+SEGMENTER_KEY = "geocl_segmenter"
+
+
+class SegmentationModule(lightning.LightningModule):
+    """An smp segmenter trained with cross-entropy and validated by mIoU.
+
+    Args:
+        arch: ``unet`` or ``deeplabv3plus``.
+        encoder: timm encoder name.
+        in_chans: input bands.
+        num_classes: classes.
+        lr: AdamW learning rate.
+        crop: side of random training crops (px).
+        freeze_encoder: train the decoder only.
+        meta: stored in checkpoints (classes, band statistics, ...).
+    """
+
+    def __init__(
+        self, arch: str, encoder: str, in_chans: int, num_classes: int, lr: float = 1e-3,
+        crop: int = 128, freeze_encoder: bool = False, meta: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_segmenter(arch, encoder, in_chans, num_classes)
+        self.criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+        self.val_metric = segmentation_metric(num_classes)
+        self.test_metric = segmentation_metric(num_classes)
+        self.meta = meta or {}
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``[B, C, H, W]`` -> logits ``[B, K, H, W]``."""
+        return self.model(images)
+
+    def _augment(self, images: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+        size = self.hparams.crop
+        height, width = images.shape[-2:]
+        if size < min(height, width):
+            top = int(torch.randint(0, height - size + 1, ()))
+            left = int(torch.randint(0, width - size + 1, ()))
+            images = images[..., top : top + size, left : left + size]
+            masks = masks[..., top : top + size, left : left + size]
+        turns = int(torch.randint(0, 4, ()))
+        images, masks = torch.rot90(images, turns, (-2, -1)), torch.rot90(masks, turns, (-2, -1))
+        if bool(torch.randint(0, 2, ())):
+            images, masks = images.flip(-1), masks.flip(-1)
+        return images.contiguous(), masks.contiguous()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        images, masks = self._augment(batch["image"], batch["mask"])
+        loss = self.criterion(self(images), masks)
+        if not torch.isfinite(loss):
+            raise GeoclError(f"finetuning loss became {loss.item()} at step {self.global_step}", key="--lr")
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.val_metric.update(self(batch["image"]).argmax(1), batch["mask"])
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/miou", summarize_iou(self.val_metric.compute())["miou"], prog_bar=True)
+        self.val_metric.reset()
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.test_metric.update(self(batch["image"]).argmax(1), batch["mask"])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        if self.hparams.freeze_encoder:
+            self.model.encoder.requires_grad_(False)
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=1e-4)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[SEGMENTER_KEY] = self.meta
+
+
+@dataclass
+class FinetuneResult:
+    """What a finetuning run produced.
+
+    Attributes:
+        miou: mean IoU on the test tiles (best checkpoint).
+        iou: per-class IoU (NaN for a class absent from truth and prediction).
+        val_miou: best val mIoU.
+        checkpoint: the best checkpoint.
+        out: the run folder.
+        train_tiles: labelled tiles used.
+    """
+
+    miou: float
+    iou: list[float]
+    val_miou: float
+    checkpoint: Path
+    out: Path
+    train_tiles: int
+
+
+def label_subset(count: int, fraction: float, seed: int) -> np.ndarray:
+    """Deterministic subset of ``count`` train tiles of the given fraction (at least one)."""
+    if not 0.0 < fraction <= 1.0:
+        raise GeoclError(f"must be in (0, 1], got {fraction}", key="--label-fraction")
+    keep = max(1, math.ceil(fraction * count))
+    return np.sort(np.random.default_rng(seed).permutation(count)[:keep])
+
+
+def run_finetune(
+    *,
+    tiles: str | Path,
+    out: str | Path,
+    encoder_checkpoint: str | Path | None = None,
+    encoder: str = "resnet18",
+    arch: str = "unet",
+    label_fraction: float = 0.05,
+    seed: int = 0,
+    max_epochs: int = 15,
+    steps_per_epoch: int = 10,
+    val_every: int = 3,
+    patience: int = 3,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    crop: int = 128,
+    freeze_encoder: bool = False,
+    num_workers: int = 0,
+    accelerator: str = "auto",
+    progress: bool = True,
+) -> FinetuneResult:
+    """Finetune a segmenter on a fraction of the labelled train tiles; mIoU on the test tiles.
+
+    Args:
+        tiles: a tile set with masks (``geocl tile --mask``).
+        out: run folder (checkpoints/, logs/, metrics.json).
+        encoder_checkpoint: a geocl pretrain checkpoint, or None for random init.
+        encoder: encoder name for random init (a checkpoint brings its own).
+        arch: ``unet`` (default) or ``deeplabv3plus``.
+        label_fraction: fraction of the train tiles with labels.
+        seed: seed of the subset, the init and the training order.
+        max_epochs: epochs of ``steps_per_epoch`` steps (the subset is drawn with
+            replacement, so every fraction gets the same number of steps).
+        steps_per_epoch: optimizer steps per epoch.
+        val_every: epochs between validations.
+        patience: validations without val-mIoU gain before stopping.
+        batch_size: tiles per step.
+        lr: AdamW learning rate.
+        crop: training crop side (px).
+        freeze_encoder: train the decoder only.
+        num_workers: DataLoader workers.
+        accelerator: Lightning accelerator.
+        progress: show Lightning's progress bar.
+
+    Returns:
+        A :class:`FinetuneResult`; ``out/metrics.json`` holds the same figures.
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    lightning.seed_everything(seed, workers=True, verbose=False)
+    train_all = TileDataset(tiles, "train", with_mask=True, progress=progress)
+    val = TileDataset(tiles, "val", with_mask=True, progress=False)
+    test = TileDataset(tiles, "test", with_mask=True, progress=False)
+    if len(val) == 0 or len(test) == 0:
+        raise GeoclError("tile set has no val or test tiles; tile with more split blocks", path=tiles)
+    subset = label_subset(len(train_all), label_fraction, seed)
+    meta: dict[str, Any] = {
+        "arch": arch,
+        "in_chans": train_all.band_count,
+        "classes": train_all.classes,
+        "band_stats": train_all.metadata["band_stats"],
+        "nodata": train_all.metadata["nodata"],
+        "tile_size": train_all.tile_size,
+        "encoder_checkpoint": str(encoder_checkpoint) if encoder_checkpoint else None,
+    }
+    if encoder_checkpoint is not None:
+        from geocl.finetune.model import read_pretrain_checkpoint
+
+        encoder = read_pretrain_checkpoint(encoder_checkpoint)["meta"]["encoder"]
+    meta["encoder"] = encoder
+    module = SegmentationModule(
+        arch, encoder, train_all.band_count, len(train_all.classes), lr=lr, crop=crop,
+        freeze_encoder=freeze_encoder, meta=meta,
+    )
+    if encoder_checkpoint is not None:
+        pretrain_meta = load_pretrained_encoder(module.model, encoder_checkpoint, train_all.band_count)
+        meta["pretrain_method"] = pretrain_meta["method"]
+
+    sampler = RandomSampler(
+        Subset(train_all, subset.tolist()), replacement=True, num_samples=steps_per_epoch * batch_size,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    loaders = {
+        "train": DataLoader(Subset(train_all, subset.tolist()), batch_size=batch_size, sampler=sampler, num_workers=num_workers),
+        "val": DataLoader(val, batch_size=batch_size, num_workers=num_workers),
+        "test": DataLoader(test, batch_size=batch_size, num_workers=num_workers),
+    }
+    best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val/miou", mode="max", save_top_k=1)
+    trainer = lightning.Trainer(
+        default_root_dir=out, max_epochs=max_epochs, accelerator=accelerator, devices=1,
+        check_val_every_n_epoch=val_every, logger=CSVLogger(out, name="logs"),
+        callbacks=[best, EarlyStopping(monitor="val/miou", mode="max", patience=patience)],
+        enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=5,
+    )
+    trainer.fit(module, loaders["train"], loaders["val"])
+    checkpoint = Path(best.best_model_path) if best.best_model_path else out / "checkpoints" / "last.ckpt"
+    if not best.best_model_path:
+        trainer.save_checkpoint(checkpoint)
+    trainer.test(module, loaders["test"], ckpt_path=str(checkpoint), verbose=False)
+    summary = summarize_iou(module.test_metric.compute())
+    result = FinetuneResult(
+        miou=float(summary["miou"]),
+        iou=[float(value) for value in summary["iou"]],
+        val_miou=float(best.best_model_score) if best.best_model_score is not None else float("nan"),
+        checkpoint=checkpoint,
+        out=out,
+        train_tiles=len(subset),
+    )
+    metrics = {
+        # strict JSON: a class absent from the test tiles is null, not NaN
+        "miou": result.miou, "iou": [None if math.isnan(v) else v for v in result.iou], "val_miou": result.val_miou, "classes": train_all.classes,
+        "label_fraction": label_fraction, "seed": seed, "train_tiles": result.train_tiles,
+        "encoder": encoder, "encoder_checkpoint": meta["encoder_checkpoint"], "arch": arch,
+        "checkpoint": str(checkpoint), "seconds": round(time.perf_counter() - start, 1),
+    }
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
+    return result

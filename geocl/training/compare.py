@@ -1,0 +1,380 @@
+"""``geocl compare``: pretrain several recipes, finetune each at several label fractions and seeds.
+
+For every recipe (in the order given):
+
+1. load it with the shared overrides plus ``out=<out>/pretrain/<recipe file stem>``;
+2. pretrain it, or reuse the finished run in that folder (``metrics.json`` present and
+   ``config.yaml`` equal to the resolved recipe); an interrupted run (``last.ckpt``
+   but no ``metrics.json``) of the same recipe is resumed;
+3. finetune a segmentation model from its encoder at every label fraction and seed
+   (seeds ``0 .. seeds-1``) into ``<out>/finetune/<name>-f<fraction>-s<seed>``.
+
+Then the same finetunes from a random encoder (row ``random-init``, method ``none``)
+on the first recipe's tiles with its encoder architecture.
+
+Output folder::
+
+    results.csv   one row per (recipe, fraction, seed): recipe, method, label_fraction,
+                  seed, miou, status ("ok" or "failed: <message>"), seconds, checkpoint
+                  (the finetuned model); rewritten after every row
+    results.md    mean ± std per recipe and fraction (see geocl.report.table)
+    results.png   mIoU against label fraction
+    pretrain/     one pretraining run folder per recipe
+    finetune/     one finetuning run folder per row
+
+Failures: an exception while pretraining marks all rows of that recipe failed; one
+while finetuning marks that row failed; either way the other rows still run.
+User errors in the arguments or in a recipe file are raised before any work starts,
+since finding a typo after hours of pretraining helps nobody.
+
+Resuming: rerunning the same command after a crash redoes only what is missing.
+A finetune folder whose ``metrics.json`` holds an ``miou`` is read instead of rerun,
+provided its encoder came from a pretraining that was itself reused (a recipe
+pretrained afresh in this call has its finetunes redone: old ones would describe the
+old encoder). Reuse goes by folder name, so changed finetuning options
+(``CompareOptions.finetune``) need a new ``--out`` or the old folders deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from omegaconf import DictConfig
+
+from geocl.errors import GeoclError
+from geocl.io import atomic_path, atomic_write_text
+from geocl.recipes import load_recipe, recipe_to_yaml
+from geocl.report.table import RANDOM_INIT, plot_results, results_markdown
+
+log = logging.getLogger(__name__)
+
+#: Columns of ``results.csv`` and of the frame :func:`run_compare` returns.
+COLUMNS = ["recipe", "method", "label_fraction", "seed", "miou", "status", "seconds", "checkpoint"]
+#: Keyword arguments of the finetune function that compare sets itself.
+_OWN_FINETUNE_ARGS = ("tiles", "encoder_checkpoint", "encoder", "label_fraction", "seed", "out")
+#: Longest failure message kept in a status (a CSV cell, a table footnote).
+_MAX_MESSAGE = 300
+
+
+@dataclass
+class CompareOptions:
+    """What ``geocl compare`` runs.
+
+    Attributes:
+        recipes: recipe YAML files; their file stems name the pretraining folders and
+            their ``name`` fields the table rows, so both must be unique.
+        label_fractions: fractions of the labelled train tiles to finetune with, in (0, 1].
+        seeds: finetuning seeds per fraction (seeds ``0 .. seeds-1``).
+        out: the comparison folder.
+        overrides: ``dotted.key=value`` applied to every recipe (``out`` is set by compare).
+        finetune: extra keyword arguments of the finetune function (epochs, batch size...).
+    """
+
+    recipes: list[Path]
+    label_fractions: list[float]
+    seeds: int
+    out: Path
+    overrides: list[str] = field(default_factory=list)
+    finetune: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Candidate:
+    """One recipe under comparison: its file, loaded recipe and table row name."""
+
+    path: Path
+    recipe: DictConfig
+
+    @property
+    def name(self) -> str:
+        return str(self.recipe.name)
+
+
+def run_compare(
+    options: CompareOptions,
+    *,
+    pretrain_fn: Callable[..., Any] | None = None,
+    finetune_fn: Callable[..., Any] | None = None,
+    echo: Callable[[str], None] | None = print,
+) -> pd.DataFrame:
+    """Pretrain and finetune every recipe, then write results.csv, results.md and results.png.
+
+    Args:
+        options: see :class:`CompareOptions`.
+        pretrain_fn: ``pretrain_fn(recipe) -> result`` with ``.checkpoint``; called with
+            ``resume=True`` too when an interrupted run is continued. Default:
+            :func:`geocl.training.pretrain.run_pretrain`.
+        finetune_fn: ``finetune_fn(*, tiles, encoder_checkpoint, encoder, label_fraction,
+            seed, out, **options.finetune) -> result`` with ``.miou`` and ``.checkpoint``;
+            it writes ``out/metrics.json`` (with ``miou``) when done. Default:
+            :func:`geocl.finetune.train.run_finetune`.
+        echo: receives one progress line per row and, at the end, the markdown table;
+            None for silence.
+
+    Returns:
+        The rows of ``results.csv`` (columns :data:`COLUMNS`).
+
+    Raises:
+        GeoclError: bad options or a bad recipe file (before anything runs).
+    """
+    say = echo or (lambda _text: None)
+    fractions = _check_options(options)
+    # Imported here, not at module level: both pull in Lightning (seconds), and the
+    # finetune package may be absent from a partial install that only reads results.
+    if pretrain_fn is None:
+        from geocl.training.pretrain import run_pretrain as pretrain_fn
+    if finetune_fn is None:
+        from geocl.finetune.train import run_finetune as finetune_fn
+
+    out = Path(options.out)
+    candidates = [_load(path, options) for path in options.recipes]
+    _check_unique(candidates)
+    first = candidates[0].recipe
+    if len({str(candidate.recipe.data.tiles) for candidate in candidates}) > 1:
+        log.warning("recipes read different tile sets; %s finetunes on %s", RANDOM_INIT, first.data.tiles)
+
+    rows: list[dict[str, Any]] = []
+    total = (len(candidates) + 1) * len(fractions) * options.seeds
+
+    def record(row: dict[str, Any]) -> None:
+        rows.append(row)
+        # Rewritten after every row so that a crash keeps what was finished.
+        _write_csv(rows, out / "results.csv")
+        result = f"mIoU {row['miou']:.3f}" if row["status"] == "ok" else row["status"]
+        say(f"[{len(rows)}/{total}] {row['recipe']} f={row['label_fraction']:g} seed={row['seed']}: {result}")
+
+    def finetune_all(name: str, method: str, tiles: str, encoder: str, checkpoint: Path | None, reuse: bool) -> None:
+        for fraction, seed in _grid(fractions, options.seeds):
+            run_out = out / "finetune" / f"{name}-f{fraction}-s{seed}"
+            record(
+                _finetune_row(
+                    finetune_fn, options.finetune, name=name, method=method, tiles=tiles, encoder=encoder,
+                    checkpoint=checkpoint, fraction=fraction, seed=seed, out=run_out, reuse=reuse,
+                )
+            )
+
+    for candidate in candidates:
+        recipe = candidate.recipe
+        method = str(recipe.method.name)
+        try:
+            say(f"pretraining {candidate.name} ({candidate.path}) into {recipe.out}")
+            checkpoint, reused = _pretrained(recipe, pretrain_fn)
+            if reused:
+                say(f"  reusing the finished run in {recipe.out}")
+        except Exception as exc:  # noqa: BLE001 - one recipe's failure must not stop the others
+            status = _failure(exc, f"pretraining {candidate.name}")
+            for fraction, seed in _grid(fractions, options.seeds):
+                record(_row(candidate.name, method, fraction, seed, status=status))
+            continue
+        finetune_all(candidate.name, method, str(recipe.data.tiles), str(recipe.encoder.name), checkpoint, reused)
+    # No pretraining: its old finetunes are as valid as ever.
+    finetune_all(RANDOM_INIT, "none", str(first.data.tiles), str(first.encoder.name), None, True)
+
+    results = pd.DataFrame(rows, columns=COLUMNS)
+    _write_csv(rows, out / "results.csv")
+    table = results_markdown(results)
+    atomic_write_text(out / "results.md", table)
+    plot_results(results, out / "results.png")
+    say(f"\n{table}\nresults: {out / 'results.csv'}, {out / 'results.md'}, {out / 'results.png'}")
+    return results
+
+
+# ------------------------------------------------------------------- checking
+
+
+def _check_options(options: CompareOptions) -> list[float]:
+    """Refuse bad options; return the label fractions without repeats, in the given order."""
+    if not options.recipes:
+        raise GeoclError("no recipes to compare", key="recipes")
+    if isinstance(options.seeds, bool) or not isinstance(options.seeds, int) or options.seeds < 1:
+        raise GeoclError(f"must be a whole number >= 1, got {options.seeds!r}", key="--seeds")
+    if not options.label_fractions:
+        raise GeoclError("no label fractions given", key="--label-fractions")
+    fractions: list[float] = []
+    for fraction in options.label_fractions:
+        value = float(fraction)
+        if not 0.0 < value <= 1.0:
+            raise GeoclError(f"each must be in (0, 1], got {fraction}", key="--label-fractions")
+        if value not in fractions:
+            fractions.append(value)
+    clash = sorted(set(options.finetune) & set(_OWN_FINETUNE_ARGS))
+    if clash:
+        raise GeoclError(
+            f"finetune options must not set {', '.join(clash)}: compare sets them per row", key="finetune"
+        )
+    return fractions
+
+
+def _load(path: Path, options: CompareOptions) -> _Candidate:
+    """Load one recipe with the shared overrides and compare's own ``out``."""
+    path = Path(path)
+    # Last, so it wins over an ``out=`` among the user's overrides: compare owns the layout.
+    overrides = [*options.overrides, f"out={Path(options.out) / 'pretrain' / path.stem}"]
+    try:
+        recipe = load_recipe(path, overrides)
+    except GeoclError as exc:
+        # Loading needs the recipe's method registered. The built-in ones register on
+        # importing geocl.methods, which pulls in Lightning (seconds); import it only
+        # when a recipe names a method nobody registered yet, then try again.
+        if exc.key != "method.name" or "geocl.methods" in sys.modules:
+            raise
+        import geocl.methods  # noqa: F401
+
+        recipe = load_recipe(path, overrides)
+    return _Candidate(path, recipe)
+
+
+def _check_unique(candidates: list[_Candidate]) -> None:
+    """Folder names (file stems) and row names (``name`` fields) must not collide."""
+    stems: dict[str, Path] = {}
+    names: dict[str, Path] = {}
+    for candidate in candidates:
+        stem, name = candidate.path.stem, candidate.name
+        if stem in stems:
+            raise GeoclError(
+                f"same file name as {stems[stem]}: both would pretrain into pretrain/{stem}; rename one",
+                path=candidate.path,
+            )
+        if name in names:
+            raise GeoclError(f"name {name!r} is also the name of {names[name]}; rows need distinct names", path=candidate.path)
+        if name == RANDOM_INIT:
+            raise GeoclError(f"name {name!r} is reserved for the random-init baseline", path=candidate.path)
+        if "/" in name or "\\" in name:
+            raise GeoclError(f"name {name!r} names finetune folders and must not contain a slash", path=candidate.path)
+        stems[stem], names[name] = candidate.path, candidate.path
+
+
+# ------------------------------------------------------------------ running
+
+
+def _grid(fractions: list[float], seeds: int) -> Iterator[tuple[float, int]]:
+    """(fraction, seed) in table order."""
+    for fraction in fractions:
+        for seed in range(seeds):
+            yield fraction, seed
+
+
+def _same_recipe(saved: Path, recipe: DictConfig) -> bool:
+    """Whether ``saved`` (a run's config.yaml) holds ``recipe``.
+
+    Both sides go through the same YAML reader, so formatting and key order do not
+    matter and any reading quirk cancels out.
+    """
+    try:
+        return yaml.safe_load(saved.read_text(encoding="utf-8")) == yaml.safe_load(recipe_to_yaml(recipe))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+
+
+def _pretrained(recipe: DictConfig, pretrain_fn: Callable[..., Any]) -> tuple[Path, bool]:
+    """(encoder checkpoint, whether a finished run was reused) for one recipe."""
+    out = Path(recipe.out)
+    last = out / "checkpoints" / "last.ckpt"
+    saved = out / "config.yaml"
+    same = saved.exists() and _same_recipe(saved, recipe)
+    started = (out / "metrics.json").exists() or last.exists()
+    if started and not same:
+        # Said here because run_pretrain's own refusal would point at --resume, which
+        # compare does not have.
+        raise GeoclError(
+            "holds a pretraining run of a different recipe (config.yaml differs); "
+            "delete the folder or compare into another --out",
+            path=out,
+        )
+    if (out / "metrics.json").exists():
+        if not last.exists():
+            raise GeoclError("finished pretraining run has no checkpoints/last.ckpt", path=out)
+        return last, True
+    result = pretrain_fn(recipe, resume=True) if last.exists() else pretrain_fn(recipe)
+    return Path(result.checkpoint), False
+
+
+def _finished_finetune(out: Path) -> dict[str, Any] | None:
+    """The metrics of a finished finetune in ``out``, or None when there is none."""
+    path = out / "metrics.json"
+    if not path.exists():
+        return None
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+        float(metrics["miou"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # not a finetune's metrics: run it again
+    return metrics
+
+
+def _finetune_row(
+    finetune_fn: Callable[..., Any],
+    extra: dict[str, Any],
+    *,
+    name: str,
+    method: str,
+    tiles: str,
+    encoder: str,
+    checkpoint: Path | None,
+    fraction: float,
+    seed: int,
+    out: Path,
+    reuse: bool,
+) -> dict[str, Any]:
+    """One finetune (or its earlier result) as a results row; exceptions become a failed row."""
+    finished = _finished_finetune(out) if reuse else None
+    if finished is not None:
+        return _row(
+            name, method, fraction, seed, miou=float(finished["miou"]),
+            seconds=float(finished.get("seconds", math.nan)), checkpoint=str(finished.get("checkpoint", "")),
+        )
+    start = time.perf_counter()
+    try:
+        result = finetune_fn(
+            tiles=Path(tiles), encoder_checkpoint=checkpoint, encoder=encoder,
+            label_fraction=fraction, seed=seed, out=out, **extra,
+        )
+        miou = float(result.miou)
+    except Exception as exc:  # noqa: BLE001 - one row's failure must not stop the others
+        return _row(name, method, fraction, seed, status=_failure(exc, f"finetuning {out.name}"))
+    seconds = time.perf_counter() - start
+    if not math.isfinite(miou):
+        return _row(name, method, fraction, seed, status=f"failed: mIoU is {miou}", seconds=seconds)
+    return _row(name, method, fraction, seed, miou=miou, seconds=seconds, checkpoint=str(result.checkpoint))
+
+
+def _row(
+    name: str, method: str, fraction: float, seed: int, *, miou: float = math.nan, status: str = "ok",
+    seconds: float = math.nan, checkpoint: str = "",
+) -> dict[str, Any]:
+    """A results row (see :data:`COLUMNS`)."""
+    return {
+        "recipe": name, "method": method, "label_fraction": fraction, "seed": seed, "miou": miou,
+        "status": status, "seconds": round(seconds, 1), "checkpoint": checkpoint,
+    }
+
+
+def _failure(exc: Exception, doing: str) -> str:
+    """``failed: <one line>``; logs the traceback of anything that is not a user error."""
+    message = " ".join(str(exc).split())
+    if isinstance(exc, GeoclError):
+        log.warning("%s failed: %s", doing, message)
+    else:
+        # Probably a bug: keep its type in the status and its traceback in the log
+        # (printed on stderr when logging is not configured).
+        message = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+        log.warning("%s failed", doing, exc_info=exc)
+    if len(message) > _MAX_MESSAGE:
+        message = message[: _MAX_MESSAGE - 1] + "…"
+    return f"failed: {message}"
+
+
+def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """Write the rows so far as CSV, atomically."""
+    with atomic_path(path) as temp:
+        pd.DataFrame(rows, columns=COLUMNS).to_csv(temp, index=False)

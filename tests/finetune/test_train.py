@@ -1,0 +1,97 @@
+"""Finetuning: encoder loading, band checks, label subsets, a tiny run, prediction, real scene."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import shapely
+import torch
+
+import geocl.methods  # noqa: F401  (registers the methods)
+from geocl.data.tiler import TilingOptions, tile_scene
+from geocl.errors import GeoclError
+from geocl.finetune.inference import predict_with_checkpoint
+from geocl.finetune.model import build_segmenter, load_pretrained_encoder
+from geocl.finetune.train import SEGMENTER_KEY, label_subset, run_finetune
+from geocl.recipes import load_recipe
+from geocl.training.pretrain import run_pretrain
+from tests.conftest import write_recipe
+
+TINY = {"max_epochs": 2, "steps_per_epoch": 2, "val_every": 1, "batch_size": 4, "crop": 32, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory: pytest.TempPathFactory, tiny_tiles: Path) -> Path:
+    folder = tmp_path_factory.mktemp("pretrain")
+    recipe = load_recipe(write_recipe(folder, tiny_tiles, {"name": "simclr"}, trainer={"max_epochs": 1}))
+    return run_pretrain(recipe).checkpoint
+
+
+def test_pretrained_encoder_weights_are_really_loaded(pretrained: Path) -> None:
+    stored = torch.load(pretrained, weights_only=False)["state_dict"]["encoder.body.layer1.0.conv1.weight"]
+    model = build_segmenter("unet", "test_resnet", 4, 7)
+    before = model.encoder.model.layer1[0].conv1.weight.detach().clone()
+    assert not torch.equal(before, stored)
+    meta = load_pretrained_encoder(model, pretrained, in_chans=4)
+    assert meta["method"] == "simclr"
+    assert torch.equal(model.encoder.model.layer1[0].conv1.weight, stored)
+
+
+def test_band_count_mismatch_is_a_clear_error(pretrained: Path) -> None:
+    model = build_segmenter("unet", "test_resnet", 3, 7)
+    with pytest.raises(GeoclError, match="pretrained on 4 bands but the data has 3") as error:
+        load_pretrained_encoder(model, pretrained, in_chans=3)
+    assert str(pretrained) in str(error.value)
+
+
+def test_label_subset_is_deterministic_and_sized() -> None:
+    a, b, c = label_subset(166, 0.05, 0), label_subset(166, 0.05, 0), label_subset(166, 0.05, 1)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert len(a) == 9 and len(set(a)) == 9 and a.max() < 166
+    assert len(label_subset(10, 0.01, 0)) == 1
+    with pytest.raises(GeoclError, match="--label-fraction"):
+        label_subset(10, 0.0, 0)
+
+
+def test_tiny_finetune_from_pretrained_checkpoint_then_predict(tmp_path: Path, tiny_tiles: Path, pretrained: Path) -> None:
+    result = run_finetune(tiles=tiny_tiles, out=tmp_path / "ft", encoder_checkpoint=pretrained, label_fraction=0.2, **TINY)
+    metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert 0.0 <= result.miou <= 1.0 and metrics["miou"] == pytest.approx(result.miou)
+    assert metrics["encoder"] == "test_resnet" and result.train_tiles == metrics["train_tiles"] > 0
+    checkpoint = torch.load(result.checkpoint, weights_only=False)
+    assert checkpoint[SEGMENTER_KEY]["pretrain_method"] == "simclr"
+
+    scene = tiny_tiles.parent / "scene" / "image.tif"
+    prediction = predict_with_checkpoint(result.checkpoint, scene, tmp_path / "pred.tif", polygons=tmp_path / "pred.gpkg")
+    with rasterio.open(scene) as src, rasterio.open(prediction.path) as out:
+        assert out.crs == src.crs and out.transform == src.transform and out.shape == src.shape
+        values = set(np.unique(out.read(1)).tolist())
+    assert values <= set(checkpoint[SEGMENTER_KEY]["classes"]) | {255}
+
+
+def test_prediction_refuses_a_scene_with_other_bands(tmp_path: Path, tiny_tiles: Path, write_raster) -> None:  # type: ignore[no-untyped-def]
+    result = run_finetune(tiles=tiny_tiles, out=tmp_path / "ft", encoder="test_resnet", label_fraction=0.1, **TINY)
+    three = write_raster(tmp_path / "three.tif", np.ones((3, 64, 64), np.uint16))
+    with pytest.raises(GeoclError, match="3 bands but the model was trained on 4"):
+        predict_with_checkpoint(result.checkpoint, three, tmp_path / "pred.tif")
+
+
+def test_spacenet_scene_tile_finetune_predict(tmp_path: Path, shared_data: Path) -> None:
+    image = shared_data / "spacenet_atlanta_pan.tif"
+    tiles = tmp_path / "tiles"
+    tile_scene(image, tiles, mask=shared_data / "spacenet_atlanta_buildings.tif",
+               options=TilingOptions(size=128, stride=128, max_nodata=0.5, split_block=256), progress=False)
+    result = run_finetune(tiles=tiles, out=tmp_path / "ft", encoder="test_resnet", label_fraction=0.5, **TINY)
+    assert 0.0 <= result.miou <= 1.0
+    prediction = predict_with_checkpoint(result.checkpoint, image, tmp_path / "pred.tif", polygons=tmp_path / "pred.gpkg")
+    with rasterio.open(image) as src, rasterio.open(prediction.path) as out:
+        assert out.crs == src.crs and out.transform == src.transform and out.shape == src.shape
+        footprint = shapely.box(*src.bounds)
+    polygons = gpd.read_file(prediction.polygons)
+    assert polygons.crs == gpd.read_file(prediction.polygons).crs and len(polygons) > 0
+    assert polygons.geometry.union_all().intersects(footprint)

@@ -1,0 +1,259 @@
+"""`geocl compare` with fake pretrain and finetune functions: rows, table, failures, reuse."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+from omegaconf import DictConfig
+
+from geocl.errors import GeoclError
+from geocl.recipes import register_method_config, save_recipe
+from geocl.training.compare import COLUMNS, CompareOptions, run_compare
+
+
+@dataclass
+class _StandInConfig:
+    """Parameters of a stand-in method, so recipes load without importing geocl.methods
+    (which pulls in Lightning and would take most of this file's time budget)."""
+
+    temperature: float = 0.5
+    hidden_dim: int = 512
+    output_dim: int = 128
+
+
+register_method_config("compare-stand-in", _StandInConfig)
+
+#: mIoU = base of the encoder + label fraction + offset of the seed.
+BASE = {"alpha": 0.3, "gamma": 0.2, None: 0.1}
+OFFSET = [0.0, 0.02, 0.07]  # mean 0.03, sample std sqrt(0.0013) = 0.036 (ddof=0 would give 0.029)
+FRACTIONS = [0.01, 0.2]
+
+
+def _recipe(folder: Path, stem: str, name: str) -> Path:
+    """A tiny recipe shaped like recipes/simclr.yaml (the fakes never read the tiles)."""
+    recipe = {
+        "name": name,
+        "out": "runs/ignored",  # compare sets out itself
+        "seed": 0,
+        "data": {"tiles": str(folder / "tiles"), "split": "train", "batch_size": 8, "num_workers": 0, "view_size": 32},
+        "encoder": {"name": "resnet18", "pretrained": False},
+        "method": {"name": "compare-stand-in", "temperature": 0.5, "hidden_dim": 32, "output_dim": 16},
+        "augment": {"scale": [0.2, 1.0]},
+        "optimizer": {"name": "adamw", "lr": 0.001, "weight_decay": 1.0e-6},
+        "scheduler": {"name": "cosine", "warmup_epochs": 0},
+        "trainer": {"max_epochs": 2, "devices": 1, "accelerator": "cpu", "log_every_n_steps": 1},
+    }
+    path = folder / f"{stem}.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+class Fakes:
+    """Pretrain and finetune stand-ins that leave the files the real ones leave, and count calls."""
+
+    def __init__(self, out: Path, failing: str = "beta") -> None:
+        self.out = out
+        self.failing = failing
+        self.pretrained: list[tuple[str, bool]] = []
+        self.finetuned: list[dict[str, Any]] = []
+        self.csv_rows_seen: list[int] = []
+
+    def pretrain(self, recipe: DictConfig, resume: bool = False) -> SimpleNamespace:
+        self.pretrained.append((str(recipe.name), resume))
+        if recipe.name == self.failing:
+            raise RuntimeError("boom")
+        out = Path(recipe.out)
+        save_recipe(recipe, out / "config.yaml")
+        checkpoint = out / "checkpoints" / "last.ckpt"
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_text(str(recipe.name))  # lets the finetune fake tell encoders apart
+        (out / "metrics.json").write_text(json.dumps({"final_loss": 1.0}))
+        return SimpleNamespace(checkpoint=checkpoint, out=out)
+
+    def finetune(
+        self, *, tiles: Path, encoder_checkpoint: Path | None, encoder: str, label_fraction: float, seed: int,
+        out: Path, **extra: Any,
+    ) -> SimpleNamespace:
+        csv = self.out / "results.csv"
+        self.csv_rows_seen.append(len(pd.read_csv(csv)) if csv.exists() else 0)
+        self.finetuned.append(
+            {"tiles": tiles, "encoder_checkpoint": encoder_checkpoint, "encoder": encoder,
+             "label_fraction": label_fraction, "seed": seed, "out": out, **extra}
+        )
+        source = encoder_checkpoint.read_text() if encoder_checkpoint is not None else None
+        miou = BASE[source] + label_fraction + OFFSET[seed]
+        checkpoint = out / "checkpoints" / "best.ckpt"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps({"miou": miou, "checkpoint": str(checkpoint), "seconds": 2.5}))
+        return SimpleNamespace(miou=miou, checkpoint=checkpoint)
+
+
+def _compare(options: CompareOptions, fakes: Fakes, **kwargs: Any) -> pd.DataFrame:
+    return run_compare(options, pretrain_fn=fakes.pretrain, finetune_fn=fakes.finetune, **kwargs)
+
+
+@pytest.fixture
+def recipes(tmp_path: Path) -> list[Path]:
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    return [_recipe(folder, "a", "alpha"), _recipe(folder, "b", "beta")]
+
+
+def test_rows_table_plot_and_a_failing_recipe(tmp_path: Path, recipes: list[Path]) -> None:
+    out = tmp_path / "cmp"
+    fakes = Fakes(out)
+    printed: list[str] = []
+    options = CompareOptions(
+        recipes=recipes, label_fractions=FRACTIONS, seeds=3, out=out,
+        overrides=["trainer.max_epochs=1"], finetune={"max_epochs": 4},
+    )
+    returned = _compare(options, fakes, echo=printed.append)
+
+    assert {p.name for p in out.iterdir()} >= {"results.csv", "results.md", "results.png"}
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    results = pd.read_csv(out / "results.csv")
+    assert list(results.columns) == COLUMNS
+    pd.testing.assert_frame_equal(results.fillna({"checkpoint": ""}), returned, check_dtype=False)
+
+    # recipes (incl. random-init) x fractions x seeds, in that order
+    expected_keys = [(r, f, s) for r in ("alpha", "beta", "random-init") for f in FRACTIONS for s in range(3)]
+    assert list(zip(results["recipe"], results["label_fraction"], results["seed"])) == expected_keys
+    alpha = results[results["recipe"] == "alpha"]
+    assert alpha["miou"].tolist() == pytest.approx([0.3 + f + OFFSET[s] for f in FRACTIONS for s in range(3)])
+    assert set(alpha["status"]) == {"ok"} and set(alpha["method"]) == {"compare-stand-in"}
+    assert alpha["checkpoint"].str.endswith("best.ckpt").all()
+    random = results[results["recipe"] == "random-init"]
+    assert random["miou"].tolist() == pytest.approx([0.1 + f + OFFSET[s] for f in FRACTIONS for s in range(3)])
+    assert set(random["method"]) == {"none"}
+    beta = results[results["recipe"] == "beta"]
+    assert set(beta["status"]) == {"failed: RuntimeError: boom"} and beta["miou"].isna().all()
+
+    # what the finetune function was given
+    assert fakes.pretrained == [("alpha", False), ("beta", False)]
+    assert len(fakes.finetuned) == 12  # alpha + random-init; none for the failed recipe
+    first = fakes.finetuned[0]
+    assert first["encoder_checkpoint"] == out / "pretrain" / "a" / "checkpoints" / "last.ckpt"
+    assert first["out"] == out / "finetune" / "alpha-f0.01-s0"
+    assert first["tiles"] == tmp_path / "recipes" / "tiles" and first["max_epochs"] == 4
+    last = fakes.finetuned[-1]
+    assert last["encoder_checkpoint"] is None and last["encoder"] == "resnet18"
+    assert last["out"] == out / "finetune" / "random-init-f0.2-s2"
+    # overrides reached the recipe; compare chose the run folder
+    saved = yaml.safe_load((out / "pretrain" / "a" / "config.yaml").read_text())
+    assert saved["trainer"]["max_epochs"] == 1 and saved["out"] == str(out / "pretrain" / "a")
+    # the CSV was rewritten after every row: alpha's 6 rows, then beta's 6 failed ones
+    assert fakes.csv_rows_seen == [0, 1, 2, 3, 4, 5, 12, 13, 14, 15, 16, 17]
+
+    # table: means and sample stds computed by hand (mean offset 0.03, std 0.036)
+    md = (out / "results.md").read_text()
+    lines = md.splitlines()
+    assert lines[0] == "| recipe | 0.01 | 0.2 | n |"
+    assert "| alpha | 0.340 ± 0.036 | 0.530 ± 0.036 | 3 |" in lines
+    assert "| beta | failed | failed | 0 |" in lines
+    assert "| random-init | 0.140 ± 0.036 | 0.330 ± 0.036 | 3 |" in lines
+    assert "- beta: RuntimeError: boom" in lines
+    assert md in printed[-1]  # the table is printed at the end
+
+
+def test_second_run_reuses_pretraining_and_finetunes(tmp_path: Path, recipes: list[Path]) -> None:
+    out = tmp_path / "cmp"
+    options = CompareOptions(recipes=recipes[:1], label_fractions=FRACTIONS, seeds=2, out=out)
+    first = _compare(options, Fakes(out), echo=None)
+
+    again = Fakes(out)
+    second = _compare(options, again, echo=None)
+    assert again.pretrained == [] and again.finetuned == []
+    pd.testing.assert_frame_equal(first.drop(columns="seconds"), second.drop(columns="seconds"))
+    assert set(second["seconds"]) == {2.5}  # reused rows report the original run's time
+
+    # an interrupted compare: one finetune never finished -> only that one runs again
+    (out / "finetune" / "alpha-f0.2-s1" / "metrics.json").unlink()
+    resumed = Fakes(out)
+    third = _compare(options, resumed, echo=None)
+    assert [call["out"].name for call in resumed.finetuned] == ["alpha-f0.2-s1"]
+    assert third["miou"].tolist() == pytest.approx(first["miou"].tolist())
+
+
+def test_fresh_pretraining_redoes_its_finetunes_and_interrupted_pretraining_resumes(
+    tmp_path: Path, recipes: list[Path]
+) -> None:
+    out = tmp_path / "cmp"
+    options = CompareOptions(recipes=recipes[:1], label_fractions=[0.5], seeds=1, out=out)
+    _compare(options, Fakes(out), echo=None)
+    # pretraining killed before it finished: checkpoint and config there, no metrics.json
+    (out / "pretrain" / "a" / "metrics.json").unlink()
+    fakes = Fakes(out)
+    _compare(options, fakes, echo=None)
+    assert fakes.pretrained == [("alpha", True)]
+    # the old alpha finetune described the old encoder; random-init's stays valid
+    assert [call["out"].name for call in fakes.finetuned] == ["alpha-f0.5-s0"]
+
+
+def test_finished_run_of_another_recipe_is_reported_not_overwritten(tmp_path: Path, recipes: list[Path]) -> None:
+    out = tmp_path / "cmp"
+    options = CompareOptions(recipes=recipes[:1], label_fractions=[0.5], seeds=1, out=out)
+    _compare(options, Fakes(out), echo=None)
+    changed = CompareOptions(recipes=recipes[:1], label_fractions=[0.5], seeds=1, out=out, overrides=["seed=7"])
+    fakes = Fakes(out)
+    results = _compare(changed, fakes, echo=None)
+    assert fakes.pretrained == []
+    status = results.set_index("recipe").loc["alpha", "status"]
+    assert status.startswith("failed: ") and "config.yaml differs" in status
+    assert results.set_index("recipe").loc["random-init", "status"] == "ok"
+
+
+def test_a_failing_finetune_fails_its_row_only(tmp_path: Path, recipes: list[Path]) -> None:
+    out = tmp_path / "cmp"
+    fakes = Fakes(out)
+    real = fakes.finetune
+
+    def flaky(**kwargs: Any) -> SimpleNamespace:
+        if kwargs["seed"] == 1 and kwargs["encoder_checkpoint"] is not None:
+            raise ValueError("bad\nbatch")
+        return real(**kwargs)
+
+    options = CompareOptions(recipes=recipes[:1], label_fractions=[0.5], seeds=2, out=out)
+    results = run_compare(options, pretrain_fn=fakes.pretrain, finetune_fn=flaky, echo=None)
+    assert results["status"].tolist() == ["ok", "failed: ValueError: bad batch", "ok", "ok"]
+    assert "| alpha | 0.800 ± – (1 failed) | 1 |" in (out / "results.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"label_fractions": [0.0]}, "(0, 1]"),
+        ({"seeds": 0}, ">= 1"),
+        ({"finetune": {"seed": 3}}, "must not set seed"),
+        ({"recipes": []}, "no recipes"),
+    ],
+)
+def test_bad_options_fail_before_any_work(tmp_path: Path, recipes: list[Path], change: dict, message: str) -> None:
+    options = CompareOptions(**{"recipes": recipes[:1], "label_fractions": [0.5], "seeds": 1, "out": tmp_path / "cmp", **change})
+    fakes = Fakes(tmp_path / "cmp")
+    with pytest.raises(GeoclError, match=re.escape(message)):
+        _compare(options, fakes, echo=None)
+    assert fakes.pretrained == [] and not (tmp_path / "cmp").exists()
+
+
+def test_clashing_names_and_stems_fail_before_any_work(tmp_path: Path) -> None:
+    (tmp_path / "x").mkdir()
+    one = _recipe(tmp_path / "x", "a", "same")
+    two = _recipe(tmp_path, "b", "same")
+    fakes = Fakes(tmp_path / "cmp")
+    with pytest.raises(GeoclError, match="distinct names"):
+        _compare(CompareOptions(recipes=[one, two], label_fractions=[0.5], seeds=1, out=tmp_path / "cmp"), fakes)
+    three = _recipe(tmp_path, "a", "other")  # same stem as `one`
+    with pytest.raises(GeoclError, match="same file name"):
+        _compare(CompareOptions(recipes=[one, three], label_fractions=[0.5], seeds=1, out=tmp_path / "cmp"), fakes)
+    reserved = _recipe(tmp_path, "c", "random-init")
+    with pytest.raises(GeoclError, match="reserved"):
+        _compare(CompareOptions(recipes=[reserved], label_fractions=[0.5], seeds=1, out=tmp_path / "cmp"), fakes)
+    assert fakes.pretrained == []
