@@ -135,3 +135,11 @@ def test_pretrain_with_a_misspelt_key_fails_before_training_naming_it(tmp_path: 
     line = _run_error(capsys, "pretrain", str(recipe), "data.batchsize=8", f"out={out}")
     assert "data.batchsize" in line and "data.batch_size" in line
     assert not out.exists(), "nothing may be written before the recipe is valid"
+
+
+def test_predict_with_a_file_that_is_not_a_checkpoint(tmp_path: Path, scene: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bogus = tmp_path / "model.ckpt"
+    bogus.write_text("not a checkpoint")
+    line = _run_error(capsys, "predict", str(bogus), str(scene), "--out", str(tmp_path / "pred.tif"))
+    assert str(bogus) in line and "checkpoint" in line
+    assert not (tmp_path / "pred.tif").exists()

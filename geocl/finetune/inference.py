@@ -10,6 +10,7 @@ import torch
 from geocl.data.normalize import BandNormalizer
 from geocl.data.rasters import find_rasters, inspect_rasters
 from geocl.errors import GeoclError
+from geocl.finetune.model import read_checkpoint
 from geocl.finetune.predict import PredictionResult, predict_scene
 from geocl.finetune.train import SEGMENTER_KEY, SegmentationModule
 
@@ -20,11 +21,8 @@ def load_segmenter(checkpoint: str | os.PathLike[str]) -> tuple[SegmentationModu
     Raises:
         GeoclError: if the file is not a geocl finetuning checkpoint.
     """
-    try:
-        stored = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError) as error:
-        raise GeoclError(f"cannot read checkpoint: {error}", path=checkpoint) from None
-    if not isinstance(stored, dict) or SEGMENTER_KEY not in stored:
+    stored = read_checkpoint(checkpoint)
+    if SEGMENTER_KEY not in stored:
         raise GeoclError("not a geocl finetuning checkpoint (made by `geocl finetune`)", path=checkpoint)
     module = SegmentationModule.load_from_checkpoint(checkpoint, map_location="cpu")
     module.eval()

@@ -37,6 +37,19 @@ def build_segmenter(arch: str, encoder: str, in_chans: int, num_classes: int) ->
     )
 
 
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A checkpoint file's contents on the CPU.
+
+    Raises:
+        GeoclError: naming the file if it cannot be read.
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError) as error:
+        raise GeoclError(f"cannot read checkpoint: {error}", path=path) from None
+    return checkpoint if isinstance(checkpoint, dict) else {}
+
+
 def read_pretrain_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The ``geocl`` entry and encoder weights of a pretrain checkpoint (any method).
 
@@ -46,11 +59,8 @@ def read_pretrain_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     Raises:
         GeoclError: if the file is not a geocl pretrain checkpoint.
     """
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError) as error:
-        raise GeoclError(f"cannot read checkpoint: {error}", path=path) from None
-    meta = checkpoint.get("geocl") if isinstance(checkpoint, dict) else None
+    checkpoint = read_checkpoint(path)
+    meta = checkpoint.get("geocl")
     if meta is None or "state_dict" not in checkpoint:
         raise GeoclError("not a geocl pretrain checkpoint (no 'geocl' entry)", path=path)
     state = {
