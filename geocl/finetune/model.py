@@ -7,6 +7,7 @@ parameter names, so a pretrained encoder loads key for key.
 from __future__ import annotations
 
 import os
+import pickle
 from typing import Any
 
 import segmentation_models_pytorch as smp
@@ -45,7 +46,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError) as error:
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
         raise GeoclError(f"cannot read checkpoint: {error}", path=path) from None
     return checkpoint if isinstance(checkpoint, dict) else {}
 
