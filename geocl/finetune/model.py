@@ -74,13 +74,17 @@ def read_pretrain_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {"meta": meta, "encoder_state": state}
 
 
-def load_pretrained_encoder(model: nn.Module, path: str | os.PathLike[str], in_chans: int) -> dict[str, Any]:
+def load_pretrained_encoder(
+    model: nn.Module, path: str | os.PathLike[str], in_chans: int, loaded: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Copy a pretrain checkpoint's encoder weights into an smp model's ``tu-`` encoder.
 
     Args:
         model: from :func:`build_segmenter`.
         path: a pretrain checkpoint.
         in_chans: band count of the data the model will see.
+        loaded: :func:`read_pretrain_checkpoint` of ``path`` when the caller already
+            read it (a checkpoint is large: read it once).
 
     Returns:
         The checkpoint's ``geocl`` entry.
@@ -88,7 +92,7 @@ def load_pretrained_encoder(model: nn.Module, path: str | os.PathLike[str], in_c
     Raises:
         GeoclError: on a band-count or encoder mismatch, naming the checkpoint.
     """
-    loaded = read_pretrain_checkpoint(path)
+    loaded = loaded if loaded is not None else read_pretrain_checkpoint(path)
     meta = loaded["meta"]
     if int(meta["in_chans"]) != in_chans:
         raise GeoclError(

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, RandomSampler, Subset
 from geocl.data.tile_dataset import IGNORE_INDEX, TileDataset
 from geocl.errors import GeoclError
 from geocl.finetune.metrics import segmentation_metric, summarize_iou
-from geocl.finetune.model import build_segmenter, load_pretrained_encoder
+from geocl.finetune.model import build_segmenter, load_pretrained_encoder, read_pretrain_checkpoint
 from geocl.io import atomic_write_text
 
 #: Checkpoint key of a finetuned model's metadata (what ``geocl predict`` needs).
@@ -204,18 +204,17 @@ def run_finetune(
         "tile_size": train_all.tile_size,
         "encoder_checkpoint": str(encoder_checkpoint) if encoder_checkpoint else None,
     }
-    if encoder_checkpoint is not None:
-        from geocl.finetune.model import read_pretrain_checkpoint
-
-        encoder = read_pretrain_checkpoint(encoder_checkpoint)["meta"]["encoder"]
+    pretrained = read_pretrain_checkpoint(encoder_checkpoint) if encoder_checkpoint is not None else None
+    if pretrained is not None:
+        encoder = pretrained["meta"]["encoder"]
     meta["encoder"] = encoder
     module = SegmentationModule(
         arch, encoder, train_all.band_count, len(train_all.classes), lr=lr, crop=crop,
         freeze_encoder=freeze_encoder, meta=meta,
     )
-    if encoder_checkpoint is not None:
-        pretrain_meta = load_pretrained_encoder(module.model, encoder_checkpoint, train_all.band_count)
-        meta["pretrain_method"] = pretrain_meta["method"]
+    if pretrained is not None:
+        load_pretrained_encoder(module.model, encoder_checkpoint, train_all.band_count, loaded=pretrained)
+        meta["pretrain_method"] = pretrained["meta"]["method"]
 
     sampler = RandomSampler(
         Subset(train_all, subset.tolist()), replacement=True, num_samples=steps_per_epoch * batch_size,

@@ -22,6 +22,13 @@ from geocl.io import save_figure  # noqa: E402
 SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
 
 
+def stretch(band: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """A band scaled to [0, 1] between its 2nd and 98th percentiles (of the valid pixels)."""
+    values = band[valid] if valid is not None else band
+    low, high = np.percentile(values, [2, 98]) if values.size else (0.0, 1.0)
+    return np.clip((band - low) / max(high - low, 1e-9), 0, 1)
+
+
 def quicklook(path: str | os.PathLike[str], max_side: int = 1024) -> tuple[np.ndarray, tuple[float, ...]]:
     """A small display image of a raster, read decimated by GDAL (never at full size).
 
@@ -42,9 +49,7 @@ def quicklook(path: str | os.PathLike[str], max_side: int = 1024) -> tuple[np.nd
         left, bottom, right, top = src.bounds
     rgb = np.zeros((*shape, 3))
     for band in range(3):
-        values = data[band][valid]
-        low, high = np.percentile(values, [2, 98]) if values.size else (0.0, 1.0)
-        rgb[..., band] = np.clip((data[band] - low) / max(high - low, 1e-9), 0, 1)
+        rgb[..., band] = stretch(data[band], valid)
     rgb[~valid] = 1.0
     return rgb, (left, right, bottom, top)
 

@@ -12,6 +12,7 @@ import torch
 from rasterio.crs import CRS
 
 from geocl.data.tile_dataset import TileDataset
+from geocl.report.maps import stretch
 from geocl.sampling.geo_sampler import plot_region_overlay, write_region_map
 from geocl.sampling.regions import select_box
 
@@ -52,9 +53,8 @@ def write_tile_maps(
 def tile_rgb(image: torch.Tensor) -> np.ndarray:
     """Display RGB of a normalised tile ``[C, H, W]``: bands 3, 2, 1 (or band 1), 2-98 % stretch."""
     bands = [2, 1, 0] if image.shape[0] >= 3 else [0, 0, 0]
-    rgb = image[bands].permute(1, 2, 0).numpy().astype(np.float64)
-    low, high = np.percentile(rgb, [2, 98], axis=(0, 1))
-    return np.clip((rgb - low) / np.maximum(high - low, 1e-9), 0, 1)
+    data = image[bands].numpy().astype(np.float64)
+    return np.stack([stretch(band) for band in data], axis=-1)
 
 
 def plot_tile_maps(
