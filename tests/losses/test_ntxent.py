@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import math
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
 from geocl.losses import NTXentLoss
+from tests.distributed import run_distributed
 
 
 def naive_ntxent(z0: torch.Tensor, z1: torch.Tensor, temperature: float) -> float:
@@ -47,30 +45,19 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(8, 10, generator=generator), torch.randn(8, 10, generator=generator)
 
 
-def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        model = nn.parallel.DistributedDataParallel(_model())
-        view_a, view_b = _data()
-        rows = slice(rank * 8 // world, (rank + 1) * 8 // world)
-        criterion = NTXentLoss(temperature=0.5, gather_distributed=True)
-        loss = criterion(model(view_a[rows]), model(view_b[rows]))
-        loss.backward()
-        grads = [p.grad.clone() for p in model.parameters()]
-        torch.save({"loss": loss.detach(), "grads": grads}, Path(out) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _ddp_worker(rank: int, world: int, out: Path) -> None:
+    model = nn.parallel.DistributedDataParallel(_model())
+    view_a, view_b = _data()
+    rows = slice(rank * 8 // world, (rank + 1) * 8 // world)
+    criterion = NTXentLoss(temperature=0.5, gather_distributed=True)
+    loss = criterion(model(view_a[rows]), model(view_b[rows]))
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    torch.save({"loss": loss.detach(), "grads": grads}, out / f"rank{rank}.pt")
 
 
 def test_two_gloo_processes_match_one_process_on_the_whole_batch(tmp_path: Path) -> None:
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_distributed(_ddp_worker, world=2, out=tmp_path)
 
     model = _model()
     view_a, view_b = _data()
