@@ -82,6 +82,30 @@ def bounded_memory() -> rasterio.Env:
     return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
 
 
+def read_decimated(
+    path: str | os.PathLike[str], indexes: int | Sequence[int], shape: tuple[int, int]
+) -> tuple[Any, Any, float | None]:
+    """Read a whole raster decimated to ``shape`` (nearest neighbour), for previews.
+
+    Deliberately outside :func:`bounded_memory`: with ``GDAL_CACHEMAX`` set through
+    ``rasterio.Env`` (any size, 128 MB to 1 GB), GDAL's decimated whole-raster read
+    of the 4096 px demo scene took about 50 s against 0.3-0.6 s with the default
+    cache (measured with rasterio 1.5.2). The output is small and GDAL's default
+    cache is itself bounded (5 % of RAM).
+
+    Args:
+        path: the raster.
+        indexes: band number (-> ``[h, w]``) or band numbers (-> ``[len, h, w]``).
+        shape: ``(h, w)`` of the result.
+
+    Returns:
+        The array, the raster's bounds and its nodata value.
+    """
+    with rasterio.open(path) as src:
+        out_shape = shape if isinstance(indexes, int) else (len(indexes), *shape)
+        return src.read(indexes, out_shape=out_shape), src.bounds, src.nodata
+
+
 def geotiff_profile(
     array_shape: tuple[int, int, int],
     dtype: str,

@@ -35,7 +35,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from geocl.data.normalize import BandNormalizer
-from geocl.data.rasters import bounded_memory, find_rasters, geotiff_profile, inspect_raster
+from geocl.data.rasters import bounded_memory, find_rasters, geotiff_profile, inspect_raster, read_decimated
 from geocl.errors import GeoclError
 from geocl.io import atomic_path, save_figure
 
@@ -449,10 +449,8 @@ def _write_preview(
     from geocl.report.maps import quicklook
 
     rgb, extent = quicklook(scene)
-    with bounded_memory(), rasterio.open(prediction) as src:
-        # decimated read of a class raster: nearest neighbour (rasterio's default), so
-        # every preview pixel holds a real class value
-        shown = src.read(1, out_shape=rgb.shape[:2])
+    # nearest neighbour (rasterio's default), so every preview pixel holds a real class value
+    shown, _, _ = read_decimated(prediction, 1, rgb.shape[:2])
     palette = np.ones((*shown.shape, 3))  # nodata stays white, as in the quicklook
     for value, colour in zip(values, colours):
         palette[shown == value] = np.asarray(colour) / 255.0

@@ -15,7 +15,7 @@ import rasterio  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from pyproj import CRS as ProjCRS  # noqa: E402
 
-from geocl.data.rasters import bounded_memory  # noqa: E402
+from geocl.data.rasters import read_decimated  # noqa: E402
 from geocl.data.tiler import INDEX_FILE, INDEX_LAYER, read_metadata  # noqa: E402
 from geocl.io import save_figure  # noqa: E402
 
@@ -40,13 +40,13 @@ def quicklook(path: str | os.PathLike[str], max_side: int = 1024) -> tuple[np.nd
         ``[H, W, 3]`` float array in [0, 1] (bands 3, 2, 1 when there are >= 3, else
         band 1 as grey; 2-98 % stretch per band) and its extent (left, right, bottom, top).
     """
-    with bounded_memory(), rasterio.open(path) as src:
+    with rasterio.open(path) as src:
         scale = max(src.width, src.height) / max_side
         shape = (max(1, round(src.height / max(scale, 1))), max(1, round(src.width / max(scale, 1))))
         bands = [3, 2, 1] if src.count >= 3 else [1, 1, 1]
-        data = src.read(bands, out_shape=(3, *shape)).astype(np.float64)
-        valid = ~np.all(data == (src.nodata if src.nodata is not None else np.nan), axis=0)
-        left, bottom, right, top = src.bounds
+    data, (left, bottom, right, top), nodata = read_decimated(path, bands, shape)
+    data = data.astype(np.float64)
+    valid = ~np.all(data == (nodata if nodata is not None else np.nan), axis=0)
     rgb = np.zeros((*shape, 3))
     for band in range(3):
         rgb[..., band] = stretch(data[band], valid)
