@@ -19,9 +19,10 @@ from geocl.report.maps import plot_tile_index
 
 #: Recipes the demo compares (CPU-sized).
 DEMO_RECIPES = ("simclr.yaml", "grass.yaml")
-#: Finetuning options of the demo: run_finetune's defaults (15 epochs x 10 steps), the
-#: budget of the figures reported for `geocl compare` (10 epochs left SimCLR at 0.18).
-DEMO_FINETUNE: dict[str, Any] = {}
+#: Finetuning options of the demo: run_finetune's training budget (15 epochs x 10 steps,
+#: as for the figures of `geocl compare`; 10 epochs left SimCLR at 0.18), validated every
+#: 5 epochs instead of 3, which saves two val passes (about 20 s) per finetune.
+DEMO_FINETUNE: dict[str, Any] = {"val_every": 5}
 
 
 def recipes_folder() -> Path:
