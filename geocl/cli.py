@@ -82,12 +82,44 @@ def _compare(args: argparse.Namespace) -> None:
     from geocl.training.compare import CompareOptions, run_compare
 
     finetune = {"max_epochs": args.epochs} if args.epochs else {}
+    evaluate = {"k": args.k, "temperature": args.temperature, "probe_epochs": args.probe_epochs}
     run_compare(
         CompareOptions(
             recipes=list(args.recipes), label_fractions=list(args.label_fractions), seeds=args.seeds,
-            out=args.out, overrides=list(args.override), finetune=finetune,
+            out=args.out, overrides=list(args.override), finetune=finetune, evaluate=evaluate,
         )
     )
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from geocl.evaluation import run_evaluation
+    from geocl.evaluation.evaluate import default_out
+
+    if (args.checkpoint is None) == (args.encoder_name is None):
+        raise GeoclError("give a checkpoint or --encoder-name (a randomly initialised encoder), not both", key="CKPT")
+    out = args.out or (default_out(args.checkpoint) if args.checkpoint is not None else Path("."))
+    result = run_evaluation(
+        args.checkpoint, args.data, args.format, out=out, encoder=args.encoder_name or "resnet18", k=args.k,
+        temperature=args.temperature, probe_epochs=args.probe_epochs, probe_lr=args.probe_lr,
+        image_size=args.image_size, batch_size=args.batch_size, seed=args.seed,
+    )
+    print(
+        f"{result.method} ({result.encoder}) on {result.val_images} images, {result.num_classes} classes:\n"
+        f"  kNN top-1 (k={result.k}, T={result.temperature:g}): {result.knn_top1:.4f}\n"
+        f"  linear-probe top-1 ({result.probe_epochs} epochs): {result.probe_top1:.4f}\n"
+        f"  written: {result.path}"
+    )
+
+
+def _make_natural(args: argparse.Namespace) -> None:
+    from geocl.data.natural import write_toy_cifar, write_toy_image_folder
+
+    cifar = write_toy_cifar(
+        args.out / "cifar", num_classes=args.classes, per_class=args.per_class,
+        test_per_class=max(1, args.per_class // 5), seed=args.seed,
+    )
+    images = write_toy_image_folder(args.out / "images", args.classes, args.per_class, size=args.size, seed=args.seed)
+    print(f"CIFAR-style batches: {cifar}\nimage folder:        {images}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -166,7 +198,33 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", type=Path, default=Path("runs/compare"))
     compare.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="recipe override for every recipe")
     compare.add_argument("--epochs", type=int, help="finetuning epochs")
+    compare.add_argument("--k", type=int, default=20, help="natural images: kNN neighbours (default 20)")
+    compare.add_argument("--temperature", type=float, default=0.07, help="natural images: kNN temperature (default 0.07)")
+    compare.add_argument("--probe-epochs", type=int, default=100, help="natural images: linear-probe epochs (default 100)")
     compare.set_defaults(run=_compare)
+
+    evaluate = commands.add_parser("evaluate", help="kNN and linear-probe top-1 of an encoder on natural images")
+    evaluate.add_argument("checkpoint", type=Path, nargs="?", help="a geocl pretrain checkpoint (omit with --encoder-name)")
+    evaluate.add_argument("--data", type=Path, required=True, help="image folder or CIFAR python-batch folder")
+    evaluate.add_argument("--format", required=True, choices=["cifar", "image_folder"])
+    evaluate.add_argument("--k", type=int, default=20, help="kNN neighbours (default 20)")
+    evaluate.add_argument("--temperature", type=float, default=0.07, help="kNN vote temperature (default 0.07)")
+    evaluate.add_argument("--probe-epochs", type=int, default=100, help="linear-probe epochs (default 100)")
+    evaluate.add_argument("--probe-lr", type=float, default=0.1, help="linear-probe SGD learning rate (default 0.1)")
+    evaluate.add_argument("--image-size", type=int, help="resize images to this side (default: as in pretraining)")
+    evaluate.add_argument("--batch-size", type=int, default=256)
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the probe (and of a random encoder)")
+    evaluate.add_argument("--encoder-name", help="evaluate a randomly initialised encoder of this name instead")
+    evaluate.add_argument("--out", type=Path, help="folder for evaluation.json (default: the checkpoint's run folder)")
+    evaluate.set_defaults(run=_evaluate)
+
+    natural = commands.add_parser("make-natural", help="write toy natural-image data (CIFAR-style batches, image folder)")
+    natural.add_argument("out", type=Path, help="output folder (cifar/, images/)")
+    natural.add_argument("--classes", type=int, default=10)
+    natural.add_argument("--per-class", type=int, default=100, help="train images per class (test: a fifth)")
+    natural.add_argument("--size", type=int, default=48, help="side of the image-folder images in px (CIFAR: 32)")
+    natural.add_argument("--seed", type=int, default=0)
+    natural.set_defaults(run=_make_natural)
 
     demo = commands.add_parser("demo", help="run the main job on the embedded scene")
     demo.add_argument("--out", type=Path, default=Path("demo_out"))

@@ -143,3 +143,32 @@ def test_predict_with_a_file_that_is_not_a_checkpoint(tmp_path: Path, scene: Pat
     line = _run_error(capsys, "predict", str(bogus), str(scene), "--out", str(tmp_path / "pred.tif"))
     assert str(bogus) in line and "checkpoint" in line
     assert not (tmp_path / "pred.tif").exists()
+
+
+def test_make_natural_then_evaluate_a_random_encoder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    assert main(["make-natural", str(tmp_path / "toy"), "--classes", "3", "--per-class", "5", "--size", "16"]) == 0
+    assert (tmp_path / "toy" / "cifar" / "data_batch_5").exists() and len(list((tmp_path / "toy" / "images").iterdir())) == 3
+    capsys.readouterr()
+    argv = ["evaluate", "--encoder-name", "test_resnet", "--data", str(tmp_path / "toy" / "cifar"), "--format", "cifar",
+            "--k", "3", "--probe-epochs", "2", "--out", str(tmp_path / "eval")]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    written = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert written["k"] == 3 and written["val_images"] == 3 and written["method"] == "none"
+    assert f"{written['knn_top1']:.4f}" in printed and f"{written['probe_top1']:.4f}" in printed
+
+
+def test_evaluate_with_a_file_that_is_not_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bogus = tmp_path / "model.ckpt"
+    bogus.write_text("not a checkpoint")
+    line = _run_error(capsys, "evaluate", str(bogus), "--data", str(tmp_path), "--format", "cifar")
+    assert str(bogus) in line and "checkpoint" in line
+    assert not (tmp_path / "evaluation.json").exists()
+
+
+def test_evaluate_on_a_missing_data_folder_names_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "no-such-folder"
+    line = _run_error(capsys, "evaluate", "--encoder-name", "test_resnet", "--data", str(missing), "--format", "image_folder")
+    assert str(missing) in line

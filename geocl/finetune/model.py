@@ -2,6 +2,10 @@
 
 smp's ``tu-<name>`` encoders wrap the same timm model geocl pretrains, with the same
 parameter names, so a pretrained encoder loads key for key.
+
+CNN encoders get a U-Net or DeepLabV3+. A plain ViT (e.g. a PatchMix checkpoint's) has no
+multi-scale pyramid for those decoders to read, so it always gets smp's DPT (Ranftl et
+al., "Vision Transformers for Dense Prediction"), see :class:`ViTSegmenter`.
 """
 
 from __future__ import annotations
@@ -11,31 +15,138 @@ import pickle
 from typing import Any
 
 import segmentation_models_pytorch as smp
+import timm
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from geocl.errors import GeoclError
-from geocl.models.encoders import timm_name
+from geocl.models.encoders import is_vision_transformer, timm_arguments, timm_name
 
 ARCHITECTURES = {"unet": smp.Unet, "deeplabv3plus": smp.DeepLabV3Plus}
+#: Architecture names a ViT encoder accepts; all of them give :class:`ViTSegmenter` (DPT).
+VIT_ARCHITECTURES = ("dpt", *ARCHITECTURES)
 #: Prefix of encoder weights in a pretrain checkpoint's state dict (``PretrainMethod.encoder.body``).
 PRETRAIN_ENCODER_PREFIX = "encoder.body."
 
 
-def build_segmenter(arch: str, encoder: str, in_chans: int, num_classes: int) -> nn.Module:
+class ViTSegmenter(nn.Module):
+    """smp's DPT decoder on a timm ViT built with the pretrained encoder's timm arguments.
+
+    Why DPT: it is smp's decoder made for plain ViTs (it reassembles the tokens of four
+    blocks into a four-level pyramid and fuses it up to full resolution), it builds its
+    encoder with ``timm.create_model`` and passes extra keyword arguments through, so a
+    ViT with a custom ``patch_size``/``img_size`` and any band count works offline, and its
+    ``encoder.model`` is the same timm module (same parameter names) as a pretrain
+    checkpoint's ``encoder.body``. The decoder widths are DPT-Base's
+    (96, 192, 384, 768 and 256 fusion channels for a 768-wide ViT-B) scaled by the ViT
+    width, which keeps the decoder of a ViT-Tiny small enough for the CPU.
+
+    A ViT's weight shapes depend on its timm arguments (patch size, token grid), which
+    only the pretrain checkpoint knows: the segmenter keeps them in its state dict
+    (PyTorch's extra state) and rebuilds itself when a state dict made with other
+    arguments is loaded, so a finetuned checkpoint loads back with
+    ``load_from_checkpoint`` alone. ``dynamic_img_size`` is always on: finetuning crops
+    and prediction windows are larger than the pretraining views.
+
+    Args:
+        encoder: timm (or smp ``tu-``) ViT name.
+        in_chans: input bands.
+        num_classes: output classes.
+        encoder_args: ``timm.create_model`` arguments of the ViT (recipe ``encoder.args``).
+
+    Shape:
+        ``[B, C, H, W]`` -> logits ``[B, K, H, W]``, any H and W (padded inside to a
+        multiple of 4 patches, which DPT's pyramid needs).
+    """
+
+    def __init__(
+        self, encoder: str, in_chans: int, num_classes: int, encoder_args: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__()
+        self.encoder_name = timm_name(encoder)
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.encoder_args: dict[str, Any] = {}
+        self.net = self._build(self._normalised(encoder_args))
+
+    @staticmethod
+    def _normalised(args: dict[str, Any] | None) -> dict[str, Any]:
+        return {**timm_arguments(args), "dynamic_img_size": True}
+
+    def _build(self, args: dict[str, Any]) -> nn.Module:
+        with torch.device("meta"):  # only the width is needed: no weights allocated
+            width = timm.create_model(self.encoder_name, in_chans=self.in_chans, num_classes=0, **args).num_features
+        net = smp.DPT(
+            encoder_name=f"tu-{self.encoder_name}", encoder_weights=None, in_channels=self.in_chans,
+            classes=self.num_classes, decoder_intermediate_channels=[max(8, width * k // 8) for k in (1, 2, 4, 8)],
+            decoder_fusion_channels=max(8, width // 3), num_classes=0, global_pool="", **args,
+        )
+        self.encoder_args = args
+        return net
+
+    def configure(self, encoder_args: dict[str, Any] | None) -> None:
+        """Rebuild (new random weights) if ``encoder_args`` differ from the current ones."""
+        args = self._normalised(encoder_args)
+        if args != self.encoder_args:
+            device = next(self.net.parameters()).device
+            self.net = self._build(args).to(device).train(self.training)
+
+    @property
+    def encoder(self) -> nn.Module:
+        """smp's ViT encoder; ``encoder.model`` is the timm ViT (as for smp ``tu-`` CNN encoders)."""
+        return self.net.encoder
+
+    def forward(self, images: Tensor) -> Tensor:
+        # DPT's pyramid goes down to half the token grid and fuses back up by doubling, so
+        # the grid must be a multiple of 4 tokens: pad the edges (replicated) and crop back
+        multiple = 4 * int(self.encoder.model.patch_embed.patch_size[0])
+        height, width = images.shape[-2:]
+        pad_h, pad_w = -height % multiple, -width % multiple
+        if pad_h or pad_w:
+            images = F.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
+        return self.net(images)[..., :height, :width]
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"encoder_args": dict(self.encoder_args)}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        # called before the children are loaded, so they load into the rebuilt network
+        self.configure(state["encoder_args"])
+
+
+def build_segmenter(
+    arch: str, encoder: str, in_chans: int, num_classes: int, encoder_args: dict[str, Any] | None = None
+) -> nn.Module:
     """An smp model with a timm encoder, randomly initialised (no download).
 
     Args:
-        arch: ``unet`` or ``deeplabv3plus``.
+        arch: ``unet`` or ``deeplabv3plus`` for CNN encoders; a ViT encoder always gets
+            :class:`ViTSegmenter` (``dpt``; the CNN names are accepted for it, so the
+            default ``unet`` works with any checkpoint).
         encoder: timm (or smp ``tu-``) encoder name.
         in_chans: input bands.
         num_classes: output classes.
+        encoder_args: timm arguments of the encoder (recipe ``encoder.args``; a ViT's
+            patch size and grid). :func:`load_pretrained_encoder` sets a ViT's from the
+            checkpoint.
     """
+    if is_vision_transformer(encoder):
+        if arch not in VIT_ARCHITECTURES:
+            raise GeoclError(f"unknown architecture {arch!r}; choose from {', '.join(VIT_ARCHITECTURES)}", key="--arch")
+        return ViTSegmenter(encoder, in_chans, num_classes, encoder_args)
     if arch not in ARCHITECTURES:
-        raise GeoclError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}", key="--arch")
+        hint = " (dpt is for ViT encoders)" if arch == "dpt" else ""
+        raise GeoclError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}{hint}", key="--arch")
     return ARCHITECTURES[arch](
-        encoder_name=f"tu-{timm_name(encoder)}", encoder_weights=None, in_channels=in_chans, classes=num_classes
+        encoder_name=f"tu-{timm_name(encoder)}", encoder_weights=None, in_channels=in_chans, classes=num_classes,
+        **timm_arguments(encoder_args),
     )
+
+
+def pretrained_encoder_args(meta: dict[str, Any]) -> dict[str, Any]:
+    """The timm arguments a pretrain checkpoint's encoder was built with (``{}`` before they existed)."""
+    return dict(((meta.get("recipe") or {}).get("encoder") or {}).get("args") or {})
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -79,6 +190,9 @@ def load_pretrained_encoder(
 ) -> dict[str, Any]:
     """Copy a pretrain checkpoint's encoder weights into an smp model's ``tu-`` encoder.
 
+    A :class:`ViTSegmenter` is first rebuilt with the timm arguments the checkpoint's
+    recipe gave its encoder (patch size, token grid), so the weights fit shape for shape.
+
     Args:
         model: from :func:`build_segmenter`.
         path: a pretrain checkpoint.
@@ -98,6 +212,8 @@ def load_pretrained_encoder(
         raise GeoclError(
             f"checkpoint was pretrained on {meta['in_chans']} bands but the data has {in_chans}", path=path
         )
+    if isinstance(model, ViTSegmenter):
+        model.configure(pretrained_encoder_args(meta))
     target = model.encoder.model
     own = target.state_dict()
     missing = [key for key in own if key not in loaded["encoder_state"]]

@@ -2,4 +2,7 @@
 
 from lightly.loss import NTXentLoss
 
-__all__ = ["NTXentLoss"]
+from geocl.losses.local_infonce import LocalInfoNCELoss
+from geocl.losses.soft_infonce import SoftTargetInfoNCELoss
+
+__all__ = ["LocalInfoNCELoss", "NTXentLoss", "SoftTargetInfoNCELoss"]

@@ -60,7 +60,9 @@ class PretrainMethod(lightning.LightningModule):
         self.recipe = OmegaConf.create(container)
         self.in_chans = in_chans
         self.band_stats = band_stats
-        self.encoder = create_encoder(self.recipe.encoder.name, in_chans, self.recipe.encoder.pretrained)
+        self.encoder = create_encoder(
+            self.recipe.encoder.name, in_chans, self.recipe.encoder.pretrained, self.recipe.encoder.get("args")
+        )
         augment = OmegaConf.to_container(self.recipe.augment, resolve=True) or {}
         self.augmentation = MultiBandViewAugmentation.from_config(self.recipe.data.view_size, augment)
         self.views = TwoViews(self.augmentation)

@@ -76,6 +76,13 @@ class GraSS(SimCLR):
     def __init__(self, recipe: Any, in_chans: int, band_stats: dict[str, Any]) -> None:
         super().__init__(recipe, in_chans, band_stats)
         params = self.recipe.method
+        if params.spps.enabled:
+            # neither spec defines the mix, and geo stage 2 draws regions, not the tiles pairs index
+            raise GeoclError(
+                "GraSS does not combine with semantic positive pairs; set it to false "
+                "or use method simclr or moco with spps",
+                key="method.spps.enabled",
+            )
         if params.stage2_sampling not in STAGE2_SAMPLINGS:
             raise GeoclError(
                 f"must be one of {', '.join(STAGE2_SAMPLINGS)}, got {params.stage2_sampling!r}",

@@ -7,14 +7,16 @@ devices sees the same negatives as one device with the whole batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
 
+from geocl.data.semantic_pairs import pair_views
 from geocl.losses import NTXentLoss
 from geocl.methods.base import PretrainMethod
-from geocl.models import projection_head
+from geocl.models import Encoder, projection_head
+from geocl.sampling.semantic_pairs import SPPSConfig
 
 
 @dataclass
@@ -26,12 +28,14 @@ class SimCLRConfig:
         hidden_dim: projection head hidden width.
         output_dim: embedding size (spec: 128).
         head_batch_norm: BatchNorm in the head (spec A5 reading: none).
+        spps: semantic positive pairs (off by default).
     """
 
     temperature: float = 0.5
     hidden_dim: int = 512
     output_dim: int = 128
     head_batch_norm: bool = False
+    spps: SPPSConfig = field(default_factory=SPPSConfig)
 
 
 class SimCLR(PretrainMethod):
@@ -44,6 +48,12 @@ class SimCLR(PretrainMethod):
         params = self.recipe.method
         self.head = projection_head(self.encoder.num_features, params.hidden_dim, params.output_dim, params.head_batch_norm)
         self.criterion = NTXentLoss(temperature=params.temperature, gather_distributed=True)
+        SPPSConfig.from_node(params.get("spps")).validate()
+
+    @property
+    def semantic_encoder(self) -> Encoder:
+        """The encoder that mines semantic pairs from this run (SPPS)."""
+        return self.encoder
 
     def embed(self, views: Tensor) -> Tensor:
         """Projection of views: ``[B, C, S, S]`` -> ``[B, output_dim]``."""
@@ -54,7 +64,18 @@ class SimCLR(PretrainMethod):
         return self.criterion(self.embed(view_a), self.embed(view_b))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        view_a, view_b = self.views(batch["image"])
+        view_a, view_b = pair_views(self.views, batch)
         loss = self.check_finite(self.contrast(view_a, view_b))
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True, batch_size=len(view_a))
+        log_semantic_fraction(self, batch)
         return loss
+
+
+def log_semantic_fraction(method: PretrainMethod, batch: dict[str, Any]) -> None:
+    """Log the share of semantic pairs in a batch (only batches from the SPPS dataset have one)."""
+    if "semantic" in batch:
+        semantic = batch["semantic"].float()
+        method.log(
+            "train/semantic_fraction", semantic.mean(), on_step=False, on_epoch=True, sync_dist=True,
+            batch_size=len(semantic),
+        )

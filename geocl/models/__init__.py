@@ -1,6 +1,15 @@
-"""Encoders by name (timm) for any band count, and projection heads."""
+"""Encoders by name (timm) for any band count, projection heads, split-encode-combine tiles."""
 
 from geocl.models.encoders import Encoder, create_encoder
 from geocl.models.heads import projection_head
+from geocl.models.split_combine import combine_tiles, num_combinations, split_tiles, tile_combinations
 
-__all__ = ["Encoder", "create_encoder", "projection_head"]
+__all__ = [
+    "Encoder",
+    "combine_tiles",
+    "create_encoder",
+    "num_combinations",
+    "projection_head",
+    "split_tiles",
+    "tile_combinations",
+]

@@ -3,17 +3,29 @@
 A recipe says ``encoder: {name: resnet18}``; smp-style ``tu-resnet18`` names are
 accepted too (the same timm model), so a checkpoint's encoder loads into a
 segmentation-models-pytorch ``tu-`` encoder for finetuning.
+
+Vision transformers are encoders too: ``encoder: {name: vit_tiny_patch16_224, args:
+{patch_size: 8, img_size: 64, dynamic_img_size: true}}`` passes ``args`` to
+``timm.create_model``, so one registered architecture serves small tiles with a small
+patch (the token count, not the name's 16 px / 224 px, is what matters on 64 px tiles).
+A ViT's token output ``[B, T, D]`` is turned into the same two views a CNN gives: a
+spatial map of its patch tokens and one vector (its class token).
 """
 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping, Sequence
 from functools import cache
+from typing import Any
 
 import timm
 from torch import Tensor, nn
 
 from geocl.errors import GeoclError
+
+#: ``timm.create_model`` arguments the encoder sets itself; recipe ``encoder.args`` may not.
+RESERVED_ARGS = ("in_chans", "num_classes", "global_pool", "pretrained")
 
 
 @cache
@@ -35,6 +47,37 @@ def timm_name(name: str) -> str:
     return model
 
 
+def is_vision_transformer(name: str) -> bool:
+    """Whether a timm name is a plain ViT (a token grid with prefix tokens), told without building it.
+
+    The model's timm module decides: ``vision_transformer`` and ``deit`` models give
+    ``[B, prefix + h*w, D]`` tokens and support ``forward_intermediates`` (what smp's DPT
+    decoder reads).
+    """
+    module = timm.models.model_entrypoint(timm_name(name)).__module__
+    return module.rsplit(".", 1)[-1] in ("vision_transformer", "deit")
+
+
+def timm_arguments(args: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Recipe ``encoder.args`` as plain ``timm.create_model`` keyword arguments.
+
+    Lists (also OmegaConf's) become tuples: YAML has no tuples, and timm wants ``img_size``
+    as an int or a pair.
+
+    Raises:
+        GeoclError: for a key the encoder sets itself (see :data:`RESERVED_ARGS`).
+    """
+    plain: dict[str, Any] = {}
+    for key, value in dict(args or {}).items():
+        if key in RESERVED_ARGS:
+            raise GeoclError(
+                f"{key!r} is set by geocl (band count, no classifier, pooling), not by encoder.args",
+                key=f"encoder.args.{key}",
+            )
+        plain[str(key)] = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
+    return plain
+
+
 class Encoder(nn.Module):
     """A timm backbone that exposes its last spatial feature map and a pooled vector.
 
@@ -43,24 +86,58 @@ class Encoder(nn.Module):
         in_chans: number of input bands.
         pretrained: load timm's pretrained weights (off by default: nothing is
             downloaded unless asked for, and only 3-band weights exist).
+        args: further ``timm.create_model`` keyword arguments (e.g. a ViT's
+            ``patch_size``, ``img_size``, ``dynamic_img_size``).
 
     Attributes:
         body: the timm model without classifier and pooling.
         num_features: channels D of the feature map and of the pooled vector.
+        args: the keyword arguments the body was built with (plain values).
+        patch_size: a ViT's patch side in px; None for a CNN.
     """
 
-    def __init__(self, name: str, in_chans: int, pretrained: bool = False) -> None:
+    def __init__(
+        self, name: str, in_chans: int, pretrained: bool = False, args: Mapping[str, Any] | None = None
+    ) -> None:
         super().__init__()
         self.name = name
         self.in_chans = in_chans
-        self.body = timm.create_model(
-            timm_name(name), pretrained=pretrained, in_chans=in_chans, num_classes=0, global_pool=""
-        )
+        self.args = timm_arguments(args)
+        try:
+            self.body = timm.create_model(
+                timm_name(name), pretrained=pretrained, in_chans=in_chans, num_classes=0, global_pool="", **self.args
+            )
+        except TypeError as error:  # timm passes unknown keywords down to the model class
+            raise GeoclError(f"encoder {name!r} does not take these arguments: {error}", key="encoder.args") from None
         self.num_features: int = self.body.num_features
+        patch = getattr(getattr(self.body, "patch_embed", None), "patch_size", None)
+        self.is_token_model = hasattr(self.body, "num_prefix_tokens") and patch is not None
+        if self.is_token_model and patch[0] != patch[1]:
+            raise GeoclError(f"need square patches, got {tuple(patch)}", key="encoder.args.patch_size")
+        self.patch_size: int | None = int(patch[0]) if self.is_token_model else None
+
+    def _tokens_to_map(self, tokens: Tensor, size: tuple[int, int]) -> Tensor:
+        """Patch tokens ``[B, prefix + h*w, D]`` of images ``size`` (H, W) -> ``[B, D, h, w]``."""
+        assert self.patch_size is not None
+        h, w = size[0] // self.patch_size, size[1] // self.patch_size
+        patches = tokens[:, self.body.num_prefix_tokens :]
+        if patches.shape[1] != h * w:
+            raise GeoclError(
+                f"encoder {self.name!r} gave {patches.shape[1]} patch tokens for {size[0]}x{size[1]} px "
+                f"(expected {h}x{w}; image sides must be multiples of the patch size {self.patch_size})",
+                key="encoder.args",
+            )
+        return patches.transpose(1, 2).reshape(len(tokens), -1, h, w)
 
     def feature_map(self, images: Tensor) -> Tensor:
-        """Last feature map: ``[B, C, H, W]`` -> ``[B, D, h, w]`` (h = H / 32 for a ResNet)."""
+        """Last feature map: ``[B, C, H, W]`` -> ``[B, D, h, w]``.
+
+        h = H / 32 for a ResNet; h = H / patch for a ViT (its patch tokens on their
+        grid, prefix tokens such as CLS dropped).
+        """
         features = self.body.forward_features(images)
+        if self.is_token_model and features.ndim == 3:
+            return self._tokens_to_map(features, (images.shape[-2], images.shape[-1]))
         if features.ndim != 4:
             raise GeoclError(
                 f"encoder {self.name!r} gives no spatial feature map (shape {tuple(features.shape)})",
@@ -74,12 +151,24 @@ class Encoder(nn.Module):
         return features.mean(dim=(2, 3))
 
     def forward(self, images: Tensor) -> Tensor:
-        """Pooled representation: ``[B, C, H, W]`` -> ``[B, D]``."""
-        return self.pool(self.feature_map(images))
+        """Representation ``[B, C, H, W]`` -> ``[B, D]``.
+
+        A CNN's feature map, average-pooled; a ViT's class token after the final norm
+        (timm's ``global_pool="token"`` pre-logits), or the mean of its patch tokens when
+        it has no class token (timm's ``"avg"`` without ``fc_norm``).
+        """
+        if not self.is_token_model:
+            return self.pool(self.feature_map(images))
+        tokens = self.body.forward_features(images)
+        if getattr(self.body, "has_class_token", self.body.num_prefix_tokens > 0):
+            return tokens[:, 0]
+        return tokens[:, self.body.num_prefix_tokens :].mean(dim=1)
 
 
-def create_encoder(name: str, in_chans: int, pretrained: bool = False) -> Encoder:
+def create_encoder(
+    name: str, in_chans: int, pretrained: bool = False, args: Mapping[str, Any] | None = None
+) -> Encoder:
     """Build an :class:`Encoder` (see its arguments)."""
     if in_chans < 1:
         raise GeoclError(f"need at least one input band, got {in_chans}", key="encoder.in_chans")
-    return Encoder(name, in_chans, pretrained)
+    return Encoder(name, in_chans, pretrained, args)

@@ -6,7 +6,7 @@ fail with a :class:`~geocl.errors.GeoclError` that names the dotted key and the
 closest valid one. Methods declare their parameters with ``register_method_config``.
 """
 
-from geocl.recipes.loader import load_recipe, method_params, recipe_to_yaml, save_recipe
+from geocl.recipes.loader import load_recipe, method_params, read_saved_recipe, recipe_to_yaml, save_recipe
 from geocl.recipes.schema import (
     ACCELERATORS,
     OPTIMIZERS,
@@ -40,6 +40,7 @@ __all__ = [
     "method_config_class",
     "method_names",
     "method_params",
+    "read_saved_recipe",
     "recipe_to_yaml",
     "register_method_config",
     "save_recipe",

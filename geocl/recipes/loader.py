@@ -530,8 +530,23 @@ def _check_values(cfg: DictConfig, src: _Source) -> None:
     _check_choice(src, "scheduler.name", cfg.scheduler.name, SCHEDULERS)
     _check_choice(src, "trainer.accelerator", cfg.trainer.accelerator, ACCELERATORS)
     _check_choice(src, "trainer.precision", cfg.trainer.precision, PRECISIONS)
-    for key in ("name", "out", "data.tiles", "encoder.name", "trainer.strategy"):
+    # Kept here rather than imported from geocl.data.natural, which pulls in torch.
+    _check_choice(src, "data.format", cfg.data.format, ("tiles", "image_folder", "cifar"))
+    for key in ("name", "out", "encoder.name", "trainer.strategy"):
         require(key, bool(str(OmegaConf.select(cfg, key)).strip()), "must not be empty")
+    # The data folder is mandatory, but which key names it depends on the format.
+    folder_key = "data.tiles" if cfg.data.format == "tiles" else "data.path"
+    if not str(OmegaConf.select(cfg, folder_key)).strip():
+        hint = "" if cfg.data.format == "tiles" else f" (data.format {cfg.data.format} reads its folder from data.path)"
+        raise src.error(folder_key, f"missing value for {folder_key}", hint)
+    if cfg.data.format == "tiles":
+        require("data.image_size", cfg.data.image_size == 0, "tiles are not resized; only natural formats read it")
+    else:
+        require(
+            "data.image_size", cfg.data.image_size == 0 or cfg.data.image_size >= 8,
+            "must be 0 (images as stored) or at least 8 px",
+        )
+    require("data.val_fraction", 0 <= cfg.data.val_fraction < 1, "must be in [0, 1)")
     # numpy and Lightning take seeds as unsigned 32-bit integers.
     require("seed", 0 <= cfg.seed < 2**32, "must be between 0 and 4294967295")
     require("data.batch_size", cfg.data.batch_size >= 1, "must be at least 1")
@@ -546,6 +561,7 @@ def _check_values(cfg: DictConfig, src: _Source) -> None:
     require("trainer.max_epochs", trainer.max_epochs >= 1 or trainer.max_epochs == -1, unlimited)
     require("trainer.max_steps", trainer.max_steps >= 1 or trainer.max_steps == -1, unlimited)
     require("trainer.log_every_n_steps", trainer.log_every_n_steps >= 1, "must be at least 1")
+    require("trainer.gradient_clip_val", trainer.gradient_clip_val >= 0, "must be at least 0 (0: no clipping)")
     devices = trainer.devices
     require(
         "trainer.devices",
@@ -640,6 +656,22 @@ def load_recipe(path: str | PathLike[str], overrides: Sequence[str] = ()) -> Dic
         src.overrides.pop(key, None)  # re-insert: the later override is the one that counts
         src.overrides[key] = text
     return _build(data, src)
+
+
+def read_saved_recipe(path: str | PathLike[str]) -> dict[str, Any] | None:
+    """A run's saved ``config.yaml`` as plain data, read as today's schema reads it.
+
+    Keys the schema gained since the run was saved take their defaults, so a run made
+    before a new recipe key existed still counts as the same recipe (for resuming it, or
+    for ``geocl compare`` to reuse it).
+
+    Returns:
+        The resolved recipe, or None when the file is missing or no longer a valid recipe.
+    """
+    try:
+        return OmegaConf.to_container(load_recipe(path), resolve=True)  # type: ignore[return-value]
+    except GeoclError:
+        return None
 
 
 def method_params(recipe: DictConfig) -> tuple[str, Any]:

@@ -9,9 +9,10 @@ A recipe has fixed sections (``data``, ``encoder``, ``optimizer``, ``scheduler``
   methods in the dependency order and a method's parameters sit next to its code.
 * ``augment``: a free-form mapping, validated by the view-augmentation module.
 
-Defaults are the CPU-sized values of the example recipe; ``name``, ``out``,
-``data.tiles`` and ``method.name`` have none (a run must say where its data comes
-from, where it goes and what it trains).
+Defaults are the CPU-sized values of the example recipe; ``name``, ``out`` and
+``method.name`` have none, and the loader requires the data folder of the chosen
+``data.format`` (``data.tiles`` for tiles, ``data.path`` otherwise): a run must say
+where its data comes from, where it goes and what it trains.
 """
 
 from __future__ import annotations
@@ -37,21 +38,35 @@ ACCELERATORS: tuple[str, ...] = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 
 @dataclass
 class DataConfig:
-    """Where the training tiles come from and how they are batched.
+    """Where the training images come from and how they are batched.
+
+    ``format`` says what the data folder holds; tile sets are named by ``tiles``, the
+    natural-image formats by ``path`` (the loader requires the one the format reads).
 
     Attributes:
-        tiles: a tile-set folder written by ``geocl tile`` (mandatory).
-        split: which split of the tile index to train on (train, val or test).
-        batch_size: tiles per batch (per device).
+        tiles: a tile-set folder written by ``geocl tile`` (mandatory for ``tiles``).
+        split: which split to train on (train, val or test).
+        batch_size: images per batch (per device).
         num_workers: DataLoader worker processes.
         view_size: side in px of the augmented views.
+        format: ``tiles`` (a tile set), ``image_folder`` (one sub-folder of images a
+            class) or ``cifar`` (CIFAR-10/100 python batches); see :mod:`geocl.data.natural`.
+        path: the image folder or CIFAR folder (mandatory for the natural formats).
+        image_size: natural formats: resize (shorter side) and centre-crop images to this
+            side in px; 0 = as stored. Tiles are never resized.
+        val_fraction: ``image_folder`` without ``val/``: share of each class held out as val.
     """
 
-    tiles: str = MISSING
+    tiles: str = ""
     split: str = "train"
     batch_size: int = 32
     num_workers: int = 2
     view_size: int = 96
+    # After the tile-set keys, so "valid keys" lists read as before for tile recipes.
+    format: str = "tiles"
+    path: str = ""
+    image_size: int = 0
+    val_fraction: float = 0.2
 
 
 @dataclass
@@ -61,10 +76,13 @@ class EncoderConfig:
     Attributes:
         name: a timm model name (checked by :mod:`geocl.models` when it is built).
         pretrained: start from the timm ImageNet weights.
+        args: further ``timm.create_model`` keyword arguments, e.g. a ViT's
+            ``{patch_size: 8, img_size: 64, dynamic_img_size: true}`` (checked by timm).
     """
 
     name: str = "resnet18"
     pretrained: bool = False
+    args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -115,6 +133,7 @@ class TrainerConfig:
         precision: a Lightning precision (32-true, 16-mixed, bf16-mixed, ...).
         log_every_n_steps: logging interval in steps.
         limit_train_batches: batches per epoch (int) or fraction of them (float in (0, 1]).
+        gradient_clip_val: clip the global gradient norm to this value (0: no clipping).
     """
 
     max_epochs: int = 3
@@ -125,6 +144,7 @@ class TrainerConfig:
     precision: str = "32-true"
     log_every_n_steps: int = 5
     limit_train_batches: Any = 1.0
+    gradient_clip_val: float = 0.0
 
 
 @dataclass

@@ -13,6 +13,11 @@ Conventions:
 - a cell whose runs all failed reads ``failed``; a cell where only some seeds failed
   shows the others' mean ± std and ``(k failed)``.
 - recipes keep the order in which they first appear; label fractions are sorted.
+
+Natural-image comparisons (a frame with :data:`ACCURACY_COLUMNS` instead of
+``miou``/``label_fraction``, one row per (recipe, seed)) get the same conventions with
+the accuracies as columns: ``| recipe | kNN top-1 | linear-probe top-1 | n |``, and a
+bar plot of both accuracies per recipe.
 """
 
 from __future__ import annotations
@@ -32,6 +37,54 @@ SUMMARY_COLUMNS = ["recipe", "method", "label_fraction", "mean", "std", "n", "fa
 RANDOM_INIT = "random-init"
 #: Shown for a std that one seed cannot give.
 NO_STD = "–"
+#: Metric columns of a natural-image results frame and their names in the table and plot.
+ACCURACY_COLUMNS = {"knn_top1": "kNN top-1", "probe_top1": "linear-probe top-1"}
+#: Columns of :func:`summarize_accuracy`'s frame.
+ACCURACY_SUMMARY_COLUMNS = ["recipe", "method", "metric", "mean", "std", "n", "failed", "error"]
+
+
+def is_accuracy_frame(results: pd.DataFrame) -> bool:
+    """Whether ``results`` holds natural-image accuracies rather than mIoU at label fractions."""
+    return all(column in results.columns for column in ACCURACY_COLUMNS) and "miou" not in results.columns
+
+
+def summarize_accuracy(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean, std (ddof=1) and count of each accuracy per recipe, failures marked.
+
+    Args:
+        results: one row per (recipe, seed) with the :data:`ACCURACY_COLUMNS`, ``recipe``
+            and ``status`` (``method`` optional).
+
+    Returns:
+        One row per (recipe, metric) with columns :data:`ACCURACY_SUMMARY_COLUMNS`
+        (``metric`` a key of :data:`ACCURACY_COLUMNS`); a run counts for a metric when
+        its status is ``ok`` and that metric is a number.
+    """
+    if results.empty:
+        return pd.DataFrame(columns=ACCURACY_SUMMARY_COLUMNS)
+    rows = []
+    for recipe in results["recipe"].drop_duplicates():
+        of_recipe = results[results["recipe"] == recipe]
+        method = str(of_recipe["method"].iloc[0]) if "method" in of_recipe else ""
+        for metric in ACCURACY_COLUMNS:
+            values = pd.to_numeric(of_recipe[metric], errors="coerce")
+            ok = values.notna()
+            if "status" in of_recipe:
+                ok &= of_recipe["status"].astype(str) == "ok"
+            good, bad = values[ok], of_recipe[~ok]
+            error = ""
+            if len(bad):
+                status = str(bad["status"].iloc[0]) if "status" in bad else "no value"
+                error = status.removeprefix("failed:").strip()
+            rows.append(
+                {
+                    "recipe": recipe, "method": method, "metric": metric,
+                    "mean": float(good.mean()) if len(good) else math.nan,
+                    "std": float(good.std(ddof=1)) if len(good) else math.nan,
+                    "n": len(good), "failed": len(bad), "error": error,
+                }
+            )
+    return pd.DataFrame(rows, columns=ACCURACY_SUMMARY_COLUMNS)
 
 
 def _succeeded(results: pd.DataFrame) -> pd.Series:
@@ -111,6 +164,18 @@ def _cell(row: pd.Series) -> str:
     return text
 
 
+def _table_row(recipe: str, cells: list[str], counts: list[str]) -> str:
+    """One markdown row; ``n`` is one count when the cells agree, else one per cell."""
+    n = counts[0] if len(set(counts)) == 1 else ", ".join(counts)
+    return "| " + " | ".join([_escape(recipe), *cells, n]) + " |"
+
+
+def _first_failure(recipe: str, of_recipe: pd.DataFrame) -> list[str]:
+    """The recipe's first failure message as a list item (empty when nothing failed)."""
+    errors = of_recipe.loc[of_recipe["failed"] > 0, "error"]
+    return [f"- {_escape(recipe)}: {_escape(errors.iloc[0])}"] if len(errors) else []
+
+
 def results_markdown(results: pd.DataFrame) -> str:
     """The comparison as a markdown table: recipes as rows, label fractions as columns.
 
@@ -126,6 +191,8 @@ def results_markdown(results: pd.DataFrame) -> str:
     Returns:
         Markdown text ending in a newline.
     """
+    if is_accuracy_frame(results):
+        return _accuracy_markdown(results)
     summary = summarize(results)
     fractions = sorted(summary["label_fraction"].unique())
     header = ["recipe", *(_fraction_label(fraction) for fraction in fractions), "n"]
@@ -143,11 +210,8 @@ def results_markdown(results: pd.DataFrame) -> str:
                 counts.append(str(of_recipe.loc[fraction, "n"]))
             else:  # a recipe run at fewer fractions than the others: leave the cell empty
                 cells.append("")
-        n = counts[0] if len(set(counts)) == 1 else ", ".join(counts)
-        lines.append("| " + " | ".join([_escape(recipe), *cells, n]) + " |")
-        errors = of_recipe.loc[of_recipe["failed"] > 0, "error"]
-        if len(errors):
-            failures.append(f"- {_escape(recipe)}: {_escape(errors.iloc[0])}")
+        lines.append(_table_row(recipe, cells, counts))
+        failures += _first_failure(recipe, of_recipe)
     lines += [
         "",
         "mIoU on the test tiles, mean ± sample std (ddof=1) over seeds; "
@@ -158,11 +222,67 @@ def results_markdown(results: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _accuracy_markdown(results: pd.DataFrame) -> str:
+    """:func:`results_markdown` of a natural-image frame: the accuracies as columns."""
+    summary = summarize_accuracy(results)
+    header = ["recipe", *ACCURACY_COLUMNS.values(), "n"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", *("---:" for _ in ACCURACY_COLUMNS), "---:"]) + "|"]
+    failures: list[str] = []
+    for recipe in summary["recipe"].drop_duplicates():
+        of_recipe = summary[summary["recipe"] == recipe].set_index("metric")
+        cells = [_cell(of_recipe.loc[metric]) for metric in ACCURACY_COLUMNS]
+        counts = [str(of_recipe.loc[metric, "n"]) for metric in ACCURACY_COLUMNS]
+        lines.append(_table_row(recipe, cells, counts))
+        failures += _first_failure(recipe, of_recipe)
+    lines += [
+        "",
+        "Top-1 accuracy on the val split (CIFAR: test batch) of the frozen encoder: weighted cosine kNN "
+        "and a linear probe; mean ± sample std (ddof=1) over seeds; "
+        f"{NO_STD} where only one seed succeeded. n: successful seeds per cell.",
+    ]
+    if failures:
+        lines += ["", "Failures (first message of each recipe):", *failures]
+    return "\n".join(lines) + "\n"
+
+
+def _plot_accuracy(results: pd.DataFrame, out_png: str | os.PathLike[str]) -> Path:
+    """Bars of each accuracy per recipe (error bars = std); random-init hatched grey."""
+    from matplotlib.figure import Figure
+
+    summary = summarize_accuracy(results)
+    recipes = list(summary["recipe"].drop_duplicates())
+    figure = Figure(figsize=(max(5.0, 1.6 * len(recipes) + 2), 4.5))
+    axes = figure.add_subplot()
+    width = 0.8 / len(ACCURACY_COLUMNS)
+    for offset, (metric, label) in enumerate(ACCURACY_COLUMNS.items()):
+        of_metric = summary[summary["metric"] == metric].set_index("recipe").reindex(recipes)
+        positions = [index + (offset - (len(ACCURACY_COLUMNS) - 1) / 2) * width for index in range(len(recipes))]
+        bars = axes.bar(
+            positions, of_metric["mean"].fillna(0.0), width, yerr=of_metric["std"].fillna(0.0), capsize=3, label=label
+        )
+        for bar, recipe in zip(bars, recipes, strict=True):
+            if recipe == RANDOM_INIT:
+                bar.set_hatch("//")
+                bar.set_alpha(0.6)
+    succeeded = summary.groupby("recipe", sort=False)["n"].max() if not summary.empty else pd.Series(dtype=int)
+    axes.set_xticks(range(len(recipes)), [name if succeeded.get(name, 0) > 0 else f"{name}\n(failed)" for name in recipes])
+    if summary.empty or not (summary["n"] > 0).any():
+        axes.text(0.5, 0.5, "no successful runs", ha="center", va="center", transform=axes.transAxes)
+    axes.set_ylim(0, 1)
+    axes.set_ylabel("top-1 accuracy")
+    axes.set_title("Frozen-encoder top-1 accuracy (mean ± std over seeds)")
+    axes.grid(True, axis="y", alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    return save_figure(figure, out_png)
+
+
 def plot_results(results: pd.DataFrame, out_png: str | os.PathLike[str]) -> Path:
     """Plot mIoU against label fraction (log x), one line per recipe, error bars = std.
 
     The random-init baseline is dashed and grey; a recipe with no successful run gets
-    a legend entry ``<name>: failed`` and no line. Written atomically.
+    a legend entry ``<name>: failed`` and no line. Written atomically. A natural-image
+    frame (see :func:`is_accuracy_frame`) is drawn as bars of both accuracies per recipe.
 
     Args:
         results: one row per run (see :func:`summarize`).
@@ -171,6 +291,8 @@ def plot_results(results: pd.DataFrame, out_png: str | os.PathLike[str]) -> Path
     Returns:
         The PNG path.
     """
+    if is_accuracy_frame(results):
+        return _plot_accuracy(results, out_png)
     # A bare Figure draws with the Agg canvas without touching pyplot's global backend,
     # so a caller's interactive session keeps its own.
     from matplotlib.figure import Figure

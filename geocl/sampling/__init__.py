@@ -4,6 +4,8 @@
   map into one crop box per view and crops the views (GraSS, spec "Stage 2").
 * :mod:`geocl.sampling.geo_sampler` stores region maps as GeoTIFFs on their tiles' grid
   and draws training boxes from a scene with probability following them.
+* :mod:`geocl.sampling.semantic_pairs` mines SPPS semantic positive pairs: images a
+  frozen encoder finds alike, footprints apart.
 """
 
 from geocl.sampling.geo_sampler import GradientRegionSampler, box_sums, plot_region_overlay, write_region_map
@@ -15,13 +17,27 @@ from geocl.sampling.regions import (
     select_boxes,
     upsample_maps,
 )
+from geocl.sampling.semantic_pairs import (
+    SemanticPairs,
+    SemanticPairSampler,
+    SPPSConfig,
+    embed_dataset,
+    footprint_conflicts,
+    mine_pairs,
+)
 
 __all__ = [
     "Box",
     "GradientRegionSampler",
+    "SPPSConfig",
+    "SemanticPairSampler",
+    "SemanticPairs",
     "box_sums",
     "crop_and_resize",
+    "embed_dataset",
+    "footprint_conflicts",
     "gradient_maps",
+    "mine_pairs",
     "plot_region_overlay",
     "select_box",
     "select_boxes",

@@ -27,6 +27,14 @@ while finetuning marks that row failed; either way the other rows still run.
 User errors in the arguments or in a recipe file are raised before any work starts,
 since finding a typo after hours of pretraining helps nobody.
 
+Natural images: when the recipes read an image folder or CIFAR batches
+(``data.format`` ``image_folder`` or ``cifar``), step 3 is instead an evaluation of the
+frozen encoder (kNN and linear-probe top-1 on the val split, see
+:mod:`geocl.evaluation`) per seed into ``<out>/evaluate/<name>-s<seed>``; the label
+fractions do not apply, ``results.csv`` has the columns :data:`NATURAL_COLUMNS` and
+the table and plot show the two accuracies. The random-init row evaluates an encoder
+initialised with each seed. Recipes of both kinds cannot be mixed in one comparison.
+
 Resuming: rerunning the same command after a crash redoes only what is missing.
 A finetune folder whose ``metrics.json`` holds an ``miou`` is read instead of rerun,
 provided its encoder came from a pretraining that was itself reused (a recipe
@@ -48,18 +56,23 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from geocl.errors import GeoclError
 from geocl.io import atomic_path, atomic_write_text
-from geocl.recipes import load_recipe, recipe_to_yaml
+from geocl.recipes import load_recipe, read_saved_recipe
 from geocl.report.table import RANDOM_INIT, plot_results, results_markdown
 
 log = logging.getLogger(__name__)
 
 #: Columns of ``results.csv`` and of the frame :func:`run_compare` returns.
 COLUMNS = ["recipe", "method", "label_fraction", "seed", "miou", "status", "seconds", "checkpoint"]
+#: Columns of ``results.csv`` when the recipes train on natural images.
+NATURAL_COLUMNS = ["recipe", "method", "seed", "knn_top1", "probe_top1", "status", "seconds", "checkpoint"]
+#: Keyword arguments of the evaluation function that compare sets itself.
+_OWN_EVALUATE_ARGS = (
+    "checkpoint", "data", "format", "out", "encoder", "encoder_args", "seed", "image_size", "val_fraction",
+)
 #: Keyword arguments of the finetune function that compare sets itself.
 _OWN_FINETUNE_ARGS = ("tiles", "encoder_checkpoint", "encoder", "label_fraction", "seed", "out")
 #: Longest failure message kept in a status (a CSV cell, a table footnote).
@@ -78,6 +91,8 @@ class CompareOptions:
         out: the comparison folder.
         overrides: ``dotted.key=value`` applied to every recipe (``out`` is set by compare).
         finetune: extra keyword arguments of the finetune function (epochs, batch size...).
+        evaluate: natural images: extra keyword arguments of the evaluation function
+            (``k``, ``temperature``, ``probe_epochs``...).
     """
 
     recipes: list[Path]
@@ -86,6 +101,7 @@ class CompareOptions:
     out: Path
     overrides: list[str] = field(default_factory=list)
     finetune: dict[str, Any] = field(default_factory=dict)
+    evaluate: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -106,6 +122,7 @@ def run_compare(
     pretrain_fn: Callable[..., Any] | None = None,
     finetune_fn: Callable[..., Any] | None = None,
     echo: Callable[[str], None] | None = print,
+    evaluate_fn: Callable[..., Any] | None = None,
 ) -> pd.DataFrame:
     """Pretrain and finetune every recipe, then write results.csv, results.md and results.png.
 
@@ -120,9 +137,14 @@ def run_compare(
             :func:`geocl.finetune.train.run_finetune`.
         echo: receives one progress line per row and, at the end, the markdown table;
             None for silence.
+        evaluate_fn: natural images: ``evaluate_fn(checkpoint, data, format, *, out,
+            encoder, encoder_args, seed, image_size, val_fraction, **options.evaluate) -> result`` with
+            ``.knn_top1`` and ``.probe_top1``; it writes ``out/evaluation.json``.
+            Default: :func:`geocl.evaluation.run_evaluation`.
 
     Returns:
-        The rows of ``results.csv`` (columns :data:`COLUMNS`).
+        The rows of ``results.csv`` (columns :data:`COLUMNS`, or
+        :data:`NATURAL_COLUMNS` for natural-image recipes).
 
     Raises:
         GeoclError: bad options or a bad recipe file (before anything runs).
@@ -133,12 +155,16 @@ def run_compare(
     # finetune package may be absent from a partial install that only reads results.
     if pretrain_fn is None:
         from geocl.training.pretrain import run_pretrain as pretrain_fn
-    if finetune_fn is None:
-        from geocl.finetune.train import run_finetune as finetune_fn
 
     out = Path(options.out)
     candidates = [_load(path, options) for path in options.recipes]
     _check_unique(candidates)
+    if _natural(candidates):
+        if evaluate_fn is None:
+            from geocl.evaluation import run_evaluation as evaluate_fn
+        return _compare_natural(candidates, options, pretrain_fn, evaluate_fn, say)
+    if finetune_fn is None:
+        from geocl.finetune.train import run_finetune as finetune_fn
     first = candidates[0].recipe
     if len({str(candidate.recipe.data.tiles) for candidate in candidates}) > 1:
         log.warning("recipes read different tile sets; %s finetunes on %s", RANDOM_INIT, first.data.tiles)
@@ -166,27 +192,17 @@ def run_compare(
     for candidate in candidates:
         recipe = candidate.recipe
         method = str(recipe.method.name)
-        try:
-            say(f"pretraining {candidate.name} ({candidate.path}) into {recipe.out}")
-            checkpoint, reused = _pretrained(recipe, pretrain_fn)
-            if reused:
-                say(f"  reusing the finished run in {recipe.out}")
-        except Exception as exc:  # noqa: BLE001 - one recipe's failure must not stop the others
-            status = _failure(exc, f"pretraining {candidate.name}")
+        pretrained = _pretrain_or_failure(candidate, pretrain_fn, say)
+        if isinstance(pretrained, str):
             for fraction, seed in _grid(fractions, options.seeds):
-                record(_row(candidate.name, method, fraction, seed, status=status))
+                record(_row(candidate.name, method, fraction, seed, status=pretrained))
             continue
+        checkpoint, reused = pretrained
         finetune_all(candidate.name, method, str(recipe.data.tiles), str(recipe.encoder.name), checkpoint, reused)
     # No pretraining: its old finetunes are as valid as ever.
     finetune_all(RANDOM_INIT, "none", str(first.data.tiles), str(first.encoder.name), None, True)
 
-    results = pd.DataFrame(rows, columns=COLUMNS)
-    _write_csv(rows, out / "results.csv")
-    table = results_markdown(results)
-    atomic_write_text(out / "results.md", table)
-    plot_results(results, out / "results.png")
-    say(f"\n{table}\nresults: {out / 'results.csv'}, {out / 'results.md'}, {out / 'results.png'}")
-    return results
+    return _write_results(rows, COLUMNS, out, say)
 
 
 # ------------------------------------------------------------------- checking
@@ -211,6 +227,11 @@ def _check_options(options: CompareOptions) -> list[float]:
     if clash:
         raise GeoclError(
             f"finetune options must not set {', '.join(clash)}: compare sets them per row", key="finetune"
+        )
+    clash = sorted(set(options.evaluate) & set(_OWN_EVALUATE_ARGS))
+    if clash:
+        raise GeoclError(
+            f"evaluation options must not set {', '.join(clash)}: compare sets them per row", key="evaluate"
         )
     return fractions
 
@@ -254,6 +275,20 @@ def _check_unique(candidates: list[_Candidate]) -> None:
         stems[stem], names[name] = candidate.path, candidate.path
 
 
+def _natural(candidates: list[_Candidate]) -> bool:
+    """Whether the recipes train on natural images (refusing a mix with tile sets)."""
+    natural = [candidate.recipe.data.format != "tiles" for candidate in candidates]
+    if any(natural) and not all(natural):
+        tiles = next(c.path for c, n in zip(candidates, natural, strict=True) if not n)
+        images = next(c.path for c, n in zip(candidates, natural, strict=True) if n)
+        raise GeoclError(
+            f"recipes mix tile sets ({tiles}: mIoU) and natural images ({images}: top-1 accuracy); "
+            "compare them separately",
+            key="recipes",
+        )
+    return all(natural)
+
+
 # ------------------------------------------------------------------ running
 
 
@@ -265,15 +300,8 @@ def _grid(fractions: list[float], seeds: int) -> Iterator[tuple[float, int]]:
 
 
 def _same_recipe(saved: Path, recipe: DictConfig) -> bool:
-    """Whether ``saved`` (a run's config.yaml) holds ``recipe``.
-
-    Both sides go through the same YAML reader, so formatting and key order do not
-    matter and any reading quirk cancels out.
-    """
-    try:
-        return yaml.safe_load(saved.read_text(encoding="utf-8")) == yaml.safe_load(recipe_to_yaml(recipe))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return False
+    """Whether ``saved`` (a run's config.yaml) holds ``recipe`` (keys added since: defaults)."""
+    return read_saved_recipe(saved) == OmegaConf.to_container(recipe, resolve=True)
 
 
 def _pretrained(recipe: DictConfig, pretrain_fn: Callable[..., Any]) -> tuple[Path, bool]:
@@ -359,6 +387,32 @@ def _row(
     }
 
 
+def _pretrain_or_failure(
+    candidate: _Candidate, pretrain_fn: Callable[..., Any], say: Callable[[str], None]
+) -> tuple[Path, bool] | str:
+    """(checkpoint, reused) of a recipe's pretraining, or the failure status of its rows."""
+    recipe = candidate.recipe
+    try:
+        say(f"pretraining {candidate.name} ({candidate.path}) into {recipe.out}")
+        checkpoint, reused = _pretrained(recipe, pretrain_fn)
+    except Exception as exc:  # noqa: BLE001 - one recipe's failure must not stop the others
+        return _failure(exc, f"pretraining {candidate.name}")
+    if reused:
+        say(f"  reusing the finished run in {recipe.out}")
+    return checkpoint, reused
+
+
+def _write_results(rows: list[dict[str, Any]], columns: list[str], out: Path, say: Callable[[str], None]) -> pd.DataFrame:
+    """results.csv, results.md and results.png of the finished rows; the table is echoed."""
+    results = pd.DataFrame(rows, columns=columns)
+    _write_csv(rows, out / "results.csv", columns)
+    table = results_markdown(results)
+    atomic_write_text(out / "results.md", table)
+    plot_results(results, out / "results.png")
+    say(f"\n{table}\nresults: {out / 'results.csv'}, {out / 'results.md'}, {out / 'results.png'}")
+    return results
+
+
 def _failure(exc: Exception, doing: str) -> str:
     """``failed: <one line>``; logs the traceback of anything that is not a user error."""
     message = " ".join(str(exc).split())
@@ -374,7 +428,118 @@ def _failure(exc: Exception, doing: str) -> str:
     return f"failed: {message}"
 
 
-def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+def _write_csv(rows: list[dict[str, Any]], path: Path, columns: list[str] = COLUMNS) -> None:
     """Write the rows so far as CSV, atomically."""
     with atomic_path(path) as temp:
-        pd.DataFrame(rows, columns=COLUMNS).to_csv(temp, index=False)
+        pd.DataFrame(rows, columns=columns).to_csv(temp, index=False)
+
+
+# ------------------------------------------------------------------ natural images
+
+
+def _compare_natural(
+    candidates: list[_Candidate],
+    options: CompareOptions,
+    pretrain_fn: Callable[..., Any],
+    evaluate_fn: Callable[..., Any],
+    say: Callable[[str], None],
+) -> pd.DataFrame:
+    """The natural-image comparison: pretrain, then evaluate each encoder once per seed."""
+    out = Path(options.out)
+    first = candidates[0].recipe
+    if len({(str(c.recipe.data.format), str(c.recipe.data.path)) for c in candidates}) > 1:
+        log.warning("recipes read different data; %s is evaluated on %s", RANDOM_INIT, first.data.path)
+    rows: list[dict[str, Any]] = []
+    total = (len(candidates) + 1) * options.seeds
+
+    def record(row: dict[str, Any]) -> None:
+        rows.append(row)
+        _write_csv(rows, out / "results.csv", NATURAL_COLUMNS)
+        result = (
+            f"kNN top-1 {row['knn_top1']:.3f}, linear-probe top-1 {row['probe_top1']:.3f}"
+            if row["status"] == "ok" else row["status"]
+        )
+        say(f"[{len(rows)}/{total}] {row['recipe']} seed={row['seed']}: {result}")
+
+    def evaluate_all(name: str, method: str, recipe: DictConfig, checkpoint: Path | None, reuse: bool) -> None:
+        for seed in range(options.seeds):
+            run_out = out / "evaluate" / f"{name}-s{seed}"
+            record(_evaluate_row(evaluate_fn, options.evaluate, name, method, recipe, checkpoint, seed, run_out, reuse))
+
+    for candidate in candidates:
+        recipe = candidate.recipe
+        method = str(recipe.method.name)
+        pretrained = _pretrain_or_failure(candidate, pretrain_fn, say)
+        if isinstance(pretrained, str):
+            for seed in range(options.seeds):
+                record(_natural_row(candidate.name, method, seed, status=pretrained))
+            continue
+        checkpoint, reused = pretrained
+        evaluate_all(candidate.name, method, recipe, checkpoint, reused)
+    evaluate_all(RANDOM_INIT, "none", first, None, True)
+
+    return _write_results(rows, NATURAL_COLUMNS, out, say)
+
+
+def _finished_evaluation(out: Path) -> dict[str, Any] | None:
+    """The numbers of a finished evaluation in ``out``, or None when there is none."""
+    try:
+        metrics = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
+        float(metrics["knn_top1"]), float(metrics["probe_top1"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return metrics
+
+
+def _evaluate_row(
+    evaluate_fn: Callable[..., Any],
+    extra: dict[str, Any],
+    name: str,
+    method: str,
+    recipe: DictConfig,
+    checkpoint: Path | None,
+    seed: int,
+    out: Path,
+    reuse: bool,
+) -> dict[str, Any]:
+    """One evaluation (or its earlier result) as a results row; exceptions become a failed row."""
+    finished = _finished_evaluation(out) if reuse else None
+    if finished is not None:
+        return _natural_row(
+            name, method, seed, knn=float(finished["knn_top1"]), probe=float(finished["probe_top1"]),
+            seconds=float(finished.get("seconds", math.nan)), checkpoint=str(finished.get("checkpoint", "")),
+        )
+    start = time.perf_counter()
+    data = recipe.data
+    try:
+        result = evaluate_fn(
+            checkpoint, data.path, str(data.format), out=out, encoder=str(recipe.encoder.name),
+            encoder_args=_encoder_args(recipe), seed=seed, image_size=int(data.image_size),
+            val_fraction=float(data.val_fraction), **extra,
+        )
+        knn, probe = float(result.knn_top1), float(result.probe_top1)
+    except Exception as exc:  # noqa: BLE001 - one row's failure must not stop the others
+        return _natural_row(name, method, seed, status=_failure(exc, f"evaluating {out.name}"))
+    seconds = time.perf_counter() - start
+    if not (math.isfinite(knn) and math.isfinite(probe)):
+        return _natural_row(name, method, seed, status=f"failed: accuracy is {knn}, {probe}", seconds=seconds)
+    return _natural_row(
+        name, method, seed, knn=knn, probe=probe, seconds=seconds, checkpoint="" if checkpoint is None else str(checkpoint)
+    )
+
+
+def _encoder_args(recipe: DictConfig) -> dict[str, Any]:
+    """The recipe's timm encoder arguments (``encoder.args``; none in older recipes)."""
+    args = OmegaConf.select(recipe, "encoder.args", default=None)
+    return dict(OmegaConf.to_container(args, resolve=True)) if args is not None else {}
+
+
+def _natural_row(
+    name: str, method: str, seed: int, *, knn: float = math.nan, probe: float = math.nan, status: str = "ok",
+    seconds: float = math.nan, checkpoint: str = "",
+) -> dict[str, Any]:
+    """A natural-image results row (see :data:`NATURAL_COLUMNS`)."""
+    return {
+        "recipe": name, "method": method, "seed": seed, "knn_top1": knn, "probe_top1": probe,
+        "status": status, "seconds": round(seconds, 1), "checkpoint": checkpoint,
+    }

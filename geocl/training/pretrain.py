@@ -1,12 +1,16 @@
 """``geocl pretrain``: run a recipe with Lightning into one output folder.
 
+The training images are a tile set (``data.format: tiles``) or natural images (an
+image folder or CIFAR batches, see :mod:`geocl.data.natural`); every method trains on
+either, except GraSS's geo sampling and region maps, which need georeferenced tiles.
+
 Output folder (``recipe.out``)::
 
     config.yaml        the resolved recipe
     checkpoints/       one checkpoint per epoch (latest kept) and last.ckpt
     logs/version_*/    Lightning CSV logs (one version per start or resume)
     plots/             loss.png, GraSS region overlays
-    maps/              GraSS region maps as GeoTIFF (same grid as their tiles)
+    maps/              GraSS region maps as GeoTIFF (same grid as their tiles; tile sets only)
     metrics.json       final loss, steps, time
 
 ``resume=True`` continues from ``checkpoints/last.ckpt`` with Lightning's stored
@@ -29,11 +33,12 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from geocl.data.natural import CifarDataset, ImageFolderDataset, open_natural_dataset
 from geocl.data.tile_dataset import TileDataset
 from geocl.errors import GeoclError
 from geocl.io import atomic_write_text
 from geocl.methods import method_class
-from geocl.recipes import save_recipe
+from geocl.recipes import read_saved_recipe, save_recipe
 from geocl.training.callbacks import LossCurvePlot, RegionMapWriter
 from geocl.training.data import PretrainData
 
@@ -70,7 +75,9 @@ def _check_run_folder(recipe: DictConfig, out: Path, resume: bool) -> Path | Non
         if not last.exists():
             raise GeoclError("nothing to resume: no checkpoints/last.ckpt here", path=out)
         if saved.exists():
-            before = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
+            before = read_saved_recipe(saved)
+            if before is None:
+                raise GeoclError("the saved recipe of the run is no longer valid; start a new run", path=saved)
             now = OmegaConf.to_container(recipe, resolve=True)
             for key in set(before) | set(now):
                 if key not in RESUMABLE_CHANGES and before.get(key) != now.get(key):
@@ -89,6 +96,43 @@ def _loggers(out: Path) -> list[Any]:
     if importlib.util.find_spec("tensorboard") is not None:
         loggers.append(TensorBoardLogger(out, name="tensorboard"))
     return loggers
+
+
+def train_dataset(recipe: DictConfig) -> TileDataset | CifarDataset | ImageFolderDataset:
+    """The images a recipe trains on, as its ``data.format`` says.
+
+    Tile sets give :class:`TileDataset`; ``image_folder`` and ``cifar`` give the
+    natural-image datasets of :mod:`geocl.data.natural` (same batch contract, statistics
+    of their train split).
+
+    Raises:
+        GeoclError: for a missing or unreadable data folder, or GraSS geo sampling
+            asked of natural images (it draws regions from georeferenced tiles).
+    """
+    config = recipe.data
+    if config.format == "tiles":
+        return TileDataset(config.tiles, config.split, with_mask=False)
+    method = recipe.method
+    if method.name == "grass" and method.get("stage2_sampling") == "geo":
+        raise GeoclError(
+            f"stage2_sampling 'geo' draws regions from georeferenced tiles; data.format {config.format} "
+            "has none: use stage2_sampling 'online'",
+            key="method.stage2_sampling",
+        )
+    return open_natural_dataset(
+        config.format, config.path, config.split, image_size=config.image_size, val_fraction=config.val_fraction
+    )
+
+
+def _reload_every_epoch(data: PretrainData) -> bool:
+    """Whether the train loader must be rebuilt every epoch.
+
+    ``PretrainData.reloads_every_epoch`` decides where it exists (so that any method
+    whose loader changes between epochs, GraSS geo sampling or SPPS, can say so);
+    otherwise only GraSS geo sampling does.
+    """
+    reload = getattr(data, "reloads_every_epoch", None)
+    return bool(data.geo_sampling if reload is None else reload)
 
 
 def build_trainer(
@@ -114,6 +158,7 @@ def build_trainer(
         precision=config.precision,
         log_every_n_steps=config.log_every_n_steps,
         limit_train_batches=config.limit_train_batches,
+        gradient_clip_val=config.gradient_clip_val or None,
         logger=_loggers(out),
         callbacks=[checkpoints, LearningRateMonitor(logging_interval="step"), *callbacks],
         use_distributed_sampler=False,  # PretrainData shards with its own seeded sampler
@@ -143,13 +188,14 @@ def run_pretrain(recipe: DictConfig, *, resume: bool = False) -> PretrainResult:
     save_recipe(recipe, out / "config.yaml")
     lightning.seed_everything(int(recipe.seed), workers=True, verbose=False)
 
-    tiles = TileDataset(recipe.data.tiles, recipe.data.split, with_mask=False)
-    model = method_class(recipe.method.name)(recipe, tiles.band_count, tiles.metadata["band_stats"])
-    data = PretrainData(recipe, tiles, out)
+    images = train_dataset(recipe)
+    model = method_class(recipe.method.name)(recipe, images.band_count, images.metadata["band_stats"])
+    data = PretrainData(recipe, images, out)
     callbacks: list[lightning.Callback] = [LossCurvePlot(out / "plots" / "loss.png")]
-    if recipe.method.name == "grass":
-        callbacks.append(RegionMapWriter(tiles, out, count=recipe.method.map_tiles))
-    trainer = build_trainer(recipe, out, callbacks, reload_data_every_epoch=data.geo_sampling)
+    if recipe.method.name == "grass" and isinstance(images, TileDataset):
+        # Region maps are georeferenced rasters on the tiles' grids; natural images have none.
+        callbacks.append(RegionMapWriter(images, out, count=recipe.method.map_tiles))
+    trainer = build_trainer(recipe, out, callbacks, reload_data_every_epoch=_reload_every_epoch(data))
     trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
 
     loss = trainer.callback_metrics.get("train/loss_epoch")

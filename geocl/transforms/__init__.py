@@ -8,9 +8,11 @@ from geocl.transforms.augment import (
     blur_kernel_size,
     photometric_only,
 )
+from geocl.transforms.patchmix import PatchMix
 
 __all__ = [
     "MultiBandViewAugmentation",
+    "PatchMix",
     "RandomBandBrightnessContrast",
     "RandomRot90",
     "TwoViews",

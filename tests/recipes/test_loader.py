@@ -19,6 +19,7 @@ from geocl.recipes import (
     load_recipe,
     method_names,
     method_params,
+    read_saved_recipe,
     recipe_to_yaml,
     register_method_config,
     save_recipe,
@@ -375,6 +376,30 @@ def test_yaml_round_trip_gives_an_equal_config(example: Path, tmp_path: Path) ->
     assert reloaded.name == "1e5" and reloaded.trainer.precision == "16"  # strings stayed strings
     # Plain OmegaConf.load (as a resumed run reads config.yaml) agrees.
     assert OmegaConf.to_container(OmegaConf.load(again)) == OmegaConf.to_container(recipe)
+
+
+def test_a_saved_recipe_missing_a_key_added_since_reads_as_the_same_recipe(example: Path, tmp_path: Path) -> None:
+    recipe = load_recipe(example)
+    saved = tmp_path / "config.yaml"
+    save_recipe(recipe, saved)
+    assert read_saved_recipe(saved) == OmegaConf.to_container(recipe)
+    # a run saved before trainer.gradient_clip_val existed: the default fills it in
+    data = yaml.safe_load(saved.read_text())
+    del data["trainer"]["gradient_clip_val"]
+    saved.write_text(yaml.safe_dump(data))
+    assert read_saved_recipe(saved) == OmegaConf.to_container(recipe)
+    # a real difference is still one, and a file that is no recipe reads as None
+    data["trainer"]["max_epochs"] += 1
+    saved.write_text(yaml.safe_dump(data))
+    assert read_saved_recipe(saved) != OmegaConf.to_container(recipe)
+    saved.write_text("method: {name: nosuchmethod}\n")
+    assert read_saved_recipe(saved) is None
+
+
+def test_gradient_clip_val_must_not_be_negative(example: Path) -> None:
+    assert load_recipe(example, ["trainer.gradient_clip_val=1.0"]).trainer.gradient_clip_val == 1.0
+    with pytest.raises(GeoclError, match="trainer.gradient_clip_val"):
+        load_recipe(example, ["trainer.gradient_clip_val=-1"])
 
 
 def test_save_recipe_writes_atomically(

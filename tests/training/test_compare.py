@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from geocl.errors import GeoclError
 from geocl.recipes import register_method_config, save_recipe
-from geocl.training.compare import COLUMNS, CompareOptions, run_compare
+from geocl.training.compare import COLUMNS, NATURAL_COLUMNS, CompareOptions, run_compare
 
 
 @dataclass
@@ -257,3 +257,72 @@ def test_clashing_names_and_stems_fail_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(GeoclError, match="reserved"):
         _compare(CompareOptions(recipes=[reserved], label_fractions=[0.5], seeds=1, out=tmp_path / "cmp"), fakes)
     assert fakes.pretrained == []
+
+
+# ------------------------------------------------------------------ natural images
+
+
+def _natural_recipe(folder: Path, stem: str, name: str) -> Path:
+    path = _recipe(folder, stem, name)
+    recipe = yaml.safe_load(path.read_text())
+    recipe["data"] = {"format": "cifar", "path": str(folder / "cifar"), "batch_size": 8, "num_workers": 0, "view_size": 32}
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+class NaturalFakes(Fakes):
+    """Adds an evaluation stand-in: kNN = base of the encoder + 0.01 x seed, probe = kNN + 0.1."""
+
+    def __init__(self, out: Path, failing: str = "beta") -> None:
+        super().__init__(out, failing)
+        self.evaluated: list[dict[str, Any]] = []
+
+    def evaluate(self, checkpoint: Path | None, data: str, format: str, **kwargs: Any) -> SimpleNamespace:
+        self.evaluated.append({"checkpoint": checkpoint, "data": data, "format": format, **kwargs})
+        source = checkpoint.read_text() if checkpoint is not None else None
+        knn = BASE[source] + 0.01 * kwargs["seed"]
+        out = kwargs["out"]
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "evaluation.json").write_text(json.dumps({"knn_top1": knn, "probe_top1": knn + 0.1, "seconds": 1.0}))
+        return SimpleNamespace(knn_top1=knn, probe_top1=knn + 0.1)
+
+
+def _natural_compare(options: CompareOptions, fakes: NaturalFakes) -> pd.DataFrame:
+    return run_compare(options, pretrain_fn=fakes.pretrain, finetune_fn=fakes.finetune, evaluate_fn=fakes.evaluate, echo=None)
+
+
+def test_natural_recipes_give_knn_and_probe_rows_table_and_plot(tmp_path: Path) -> None:
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    paths = [_natural_recipe(folder, "a", "alpha"), _natural_recipe(folder, "b", "beta"), _natural_recipe(folder, "g", "gamma")]
+    out = tmp_path / "cmp"
+    fakes = NaturalFakes(out)
+    options = CompareOptions(recipes=paths, label_fractions=FRACTIONS, seeds=2, out=out, evaluate={"k": 7})
+    results = _natural_compare(options, fakes)
+    assert list(results.columns) == NATURAL_COLUMNS and not fakes.finetuned
+    assert list(results["recipe"]) == ["alpha", "alpha", "beta", "beta", "gamma", "gamma", "random-init", "random-init"]
+    alpha = results[results["recipe"] == "alpha"]
+    assert alpha["knn_top1"].tolist() == pytest.approx([0.3, 0.31]) and alpha["probe_top1"].tolist() == pytest.approx([0.4, 0.41])
+    assert (results[results["recipe"] == "beta"]["status"] == "failed: RuntimeError: boom").all()
+    baseline = [call for call in fakes.evaluated if call["checkpoint"] is None]
+    assert [call["seed"] for call in baseline] == [0, 1] and all(call["k"] == 7 and call["format"] == "cifar" for call in fakes.evaluated)
+    assert pd.read_csv(out / "results.csv")["knn_top1"].notna().sum() == 6
+    table = (out / "results.md").read_text()
+    assert "| recipe | kNN top-1 | linear-probe top-1 | n |" in table and "mIoU" not in table
+    # alpha: kNN mean 0.305, sample std of (0.30, 0.31) = 0.00707
+    assert "| alpha | 0.305 ± 0.007 | 0.405 ± 0.007 | 2 |" in table and "| beta | failed | failed | 0 |" in table
+    assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
+    # A second run reuses the finished pretraining and evaluations.
+    again = NaturalFakes(out)
+    second = _natural_compare(options, again)
+    assert again.evaluated == [] and [name for name, _ in again.pretrained] == ["beta"]
+    assert second[second["recipe"] == "alpha"]["knn_top1"].tolist() == pytest.approx([0.3, 0.31])
+
+
+def test_mixing_tile_and_natural_recipes_fails_before_any_work(tmp_path: Path, recipes: list[Path]) -> None:
+    natural = _natural_recipe(tmp_path / "recipes", "n", "natural")
+    fakes = NaturalFakes(tmp_path / "cmp")
+    options = CompareOptions(recipes=[recipes[0], natural], label_fractions=FRACTIONS, seeds=1, out=tmp_path / "cmp")
+    with pytest.raises(GeoclError, match="compare them separately") as caught:
+        _natural_compare(options, fakes)
+    assert caught.value.key == "recipes" and not fakes.pretrained and not (tmp_path / "cmp").exists()

@@ -137,6 +137,23 @@ def test_resume_refuses_a_changed_recipe_and_a_run_folder_is_not_reused(tmp_path
     assert extended.global_step == 6
 
 
+def test_gradient_clip_val_bounds_the_gradient_norm_of_every_step(
+    tmp_path: Path, tiny_tiles: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    norms: list[float] = []
+
+    def clip_and_record(self: SimCLR, optimizer: torch.optim.Optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+
+    monkeypatch.setattr(SimCLR, "configure_gradient_clipping", clip_and_record)
+    path = write_recipe(tmp_path, tiny_tiles, {"name": "simclr"}, trainer={"max_epochs": 1, "gradient_clip_val": 0.01})
+    run_pretrain(load_recipe(path))
+    assert len(norms) == 3
+    assert max(norms) == pytest.approx(0.01, rel=1e-3)  # unclipped norms of this run are ~1
+
+
 def test_same_recipe_runs_on_two_cpu_processes_with_ddp(tmp_path: Path, tiny_tiles: Path) -> None:
     path = write_recipe(tmp_path, tiny_tiles, GRASS, trainer={"limit_train_batches": 1.0})
     overrides = ["trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu"]

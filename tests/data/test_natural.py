@@ -1,0 +1,153 @@
+"""Natural-image adapters: CIFAR batches round trip, image-folder splits, statistics, bad input."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from geocl.data.natural import (
+    CifarDataset,
+    ImageFolderDataset,
+    stratified_split,
+    write_toy_cifar,
+    write_toy_image_folder,
+)
+from geocl.errors import GeoclError
+
+
+def _unpickle(path: Path) -> dict:
+    with path.open("rb") as handle:
+        return pickle.load(handle, encoding="latin1")
+
+
+def test_cifar10_reads_the_writers_exact_pixels_labels_and_names(tmp_path: Path) -> None:
+    root = write_toy_cifar(tmp_path / "c10", num_classes=4, per_class=6, test_per_class=2, train_batches=3, seed=1)
+    assert sorted(p.name for p in root.iterdir()) == ["batches.meta", "data_batch_1", "data_batch_2", "data_batch_3", "test_batch"]
+    batches = [_unpickle(root / f"data_batch_{n}") for n in (1, 2, 3)]
+    assert all(b["data"].dtype == np.uint8 and b["data"].shape[1] == 3072 for b in batches)
+    train = CifarDataset(root, "train")
+    assert len(train) == 24 and train.classes == ["class0", "class1", "class2", "class3"]
+    assert train.labels.tolist() == [label for b in batches for label in b["labels"]]
+    # CIFAR's row layout: the red 32x32 plane, then green, then blue, each row-major.
+    row = batches[1]["data"][3]
+    item = len(batches[0]["labels"]) + 3
+    raw = train.raw(item)
+    for channel, y, x in [(0, 0, 0), (1, 5, 17), (2, 31, 2)]:
+        assert raw[channel, y, x] == row[channel * 1024 + y * 32 + x]
+    test = CifarDataset(root, "test")
+    assert test.labels.tolist() == _unpickle(root / "test_batch")["labels"] and len(test) == 8
+    assert CifarDataset(root, "val").labels.tolist() == test.labels.tolist()
+
+
+def test_cifar_statistics_are_the_train_pixels_and_normalise_samples(tmp_path: Path) -> None:
+    root = write_toy_cifar(tmp_path / "c10", num_classes=3, per_class=4, test_per_class=1, train_batches=2)
+    train = CifarDataset(root)
+    pixels = np.concatenate([_unpickle(root / f"data_batch_{n}")["data"] for n in (1, 2)]).reshape(-1, 3, 1024)
+    stats = train.metadata["band_stats"]
+    assert stats["mean"] == pytest.approx(pixels.mean(axis=(0, 2)).tolist())
+    assert stats["std"] == pytest.approx(pixels.std(axis=(0, 2)).tolist())
+    sample = train[5]
+    expected = (train.raw(5).astype(np.float64) - np.array(stats["mean"])[:, None, None]) / np.array(stats["std"])[:, None, None]
+    assert sample["image"].dtype == torch.float32 and sample["label"] == int(train.labels[5])
+    assert np.allclose(sample["image"].numpy(), expected, atol=1e-4)
+    # The test split is normalised with the train statistics, not its own.
+    assert CifarDataset(root, "test").metadata["band_stats"] == stats
+
+
+def test_cifar100_layout_and_key_names(tmp_path: Path) -> None:
+    root = write_toy_cifar(tmp_path / "cifar-100-python", num_classes=7, per_class=2, test_per_class=1, variant="cifar100")
+    assert sorted(p.name for p in root.iterdir()) == ["meta", "test", "train"]
+    stored = _unpickle(root / "train")
+    assert "fine_labels" in stored and "coarse_labels" in stored and "labels" not in stored
+    data = CifarDataset(tmp_path, "train")  # the folder the archive was extracted into works too
+    assert data.labels.tolist() == stored["fine_labels"]
+    assert data.classes == _unpickle(root / "meta")["fine_label_names"]
+    assert np.array_equal(data.images.reshape(len(data), -1), stored["data"])
+
+
+def test_python2_style_bytes_keys_are_read(tmp_path: Path) -> None:
+    root = tmp_path / "bytes"
+    root.mkdir()
+    data = np.arange(2 * 3072, dtype=np.int64).astype(np.uint8).reshape(2, 3072)
+    for name in ("data_batch_1", "test_batch"):
+        with (root / name).open("wb") as handle:
+            pickle.dump({b"data": data, b"labels": [1, 0], b"batch_label": b"x"}, handle, protocol=2)
+    dataset = CifarDataset(root)
+    assert dataset.labels.tolist() == [1, 0] and dataset.classes == ["0", "1"]
+    assert np.array_equal(dataset.raw(1).reshape(-1), data[1])
+
+
+def test_missing_and_corrupt_cifar_files_are_named(tmp_path: Path) -> None:
+    with pytest.raises(GeoclError) as caught:
+        CifarDataset(tmp_path / "nowhere")
+    assert str(tmp_path / "nowhere") in str(caught.value)
+    root = write_toy_cifar(tmp_path / "c10", num_classes=2, per_class=2, test_per_class=1, train_batches=2)
+    (root / "data_batch_2").write_bytes(b"not a pickle at all")
+    with pytest.raises(GeoclError, match="corrupt") as caught:
+        CifarDataset(root)
+    assert caught.value.path == str(root / "data_batch_2")
+    (root / "test_batch").unlink()
+    with pytest.raises(GeoclError) as caught:
+        CifarDataset(root, "test", band_stats={"mean": [0, 0, 0], "std": [1, 1, 1]})
+    assert caught.value.path == str(root / "test_batch")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(GeoclError, match="not a CIFAR python folder"):
+        CifarDataset(empty)
+
+
+def test_image_folder_pixels_classes_and_deterministic_stratified_split(tmp_path: Path) -> None:
+    root = write_toy_image_folder(tmp_path / "images", ["cat", "dog", "owl"], per_class=10, size=20, seed=3)
+    train = ImageFolderDataset(root, "train", val_fraction=0.2, seed=0)
+    val = ImageFolderDataset(root, "val", val_fraction=0.2, seed=0)
+    assert train.classes == ["cat", "dog", "owl"] and len(train) == 24 and len(val) == 6
+    assert np.bincount(val.labels).tolist() == [2, 2, 2]
+    train_paths = {path for path, _ in train.samples}
+    val_paths = {path for path, _ in val.samples}
+    assert not train_paths & val_paths and len(train_paths | val_paths) == 30
+    assert val.samples == ImageFolderDataset(root, "val", val_fraction=0.2, seed=0).samples
+    assert val.samples != ImageFolderDataset(root, "val", val_fraction=0.2, seed=1).samples
+    path, label = val.samples[0]
+    stored = np.asarray(Image.open(path)).transpose(2, 0, 1)
+    assert np.array_equal(val.raw(0), stored) and Path(path).parent.name == val.classes[label]
+    assert val.metadata["band_stats"] == train.metadata["band_stats"]
+
+
+def test_stratified_split_by_hand() -> None:
+    labels = [0] * 10 + [1] * 3 + [2] * 1
+    train, val = stratified_split(labels, 0.2, seed=0)
+    # class 0: round(2.0) = 2 held out; class 1: round(0.6) = 1; class 2: a single image stays in train
+    assert np.bincount(np.asarray(labels)[val], minlength=3).tolist() == [2, 1, 0]
+    assert sorted(train.tolist() + val.tolist()) == list(range(14))
+
+
+def test_train_and_val_subfolders_are_the_splits_and_image_size_resizes(tmp_path: Path) -> None:
+    root = write_toy_image_folder(tmp_path / "split", 2, per_class=3, size=24, val_per_class=2)
+    train = ImageFolderDataset(root, "train", image_size=16)
+    val = ImageFolderDataset(root, "val", image_size=16)
+    assert len(train) == 6 and len(val) == 4 and all("/val/" in path for path, _ in val.samples)
+    assert val[0]["image"].shape == (3, 16, 16)
+    with pytest.raises(GeoclError, match="test"):
+        ImageFolderDataset(root, "test")
+
+
+def test_bad_image_folders_and_images_are_named(tmp_path: Path) -> None:
+    with pytest.raises(GeoclError) as caught:
+        ImageFolderDataset(tmp_path / "missing")
+    assert caught.value.path == str(tmp_path / "missing")
+    root = write_toy_image_folder(tmp_path / "images", 2, per_class=3, size=16)
+    bad = root / "class1" / "zz_broken.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(GeoclError) as caught:
+        ImageFolderDataset(root, val_fraction=0.0)
+    assert caught.value.path == str(bad)
+    bad.unlink()
+    Image.fromarray(np.zeros((20, 16, 3), dtype=np.uint8)).save(root / "class1" / "zz_tall.png")
+    dataset = ImageFolderDataset(root, val_fraction=0.0, band_stats={"mean": [0, 0, 0], "std": [1, 1, 1]})
+    with pytest.raises(GeoclError, match="data.image_size"):
+        dataset[len(dataset) - 1]

@@ -1,0 +1,121 @@
+"""Every recipe shipped under recipes/ loads, rejects a misspelt key, and runs a tiny budget.
+
+The CPU-sized remote-sensing recipes run in the default suite, the paper-scale ones
+(ResNet-50 / ViT-S at 224 px) are marked slow; the natural-image recipes run in
+tests/training/test_pretrain_natural.py (then evaluated by kNN and probe). The budget is two
+epochs of one batch, with the method's stage switches moved to epoch 1 so that both
+stages run: GraSS's gradient-guided sampling and SPPS's pair mining.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+import geocl.methods  # noqa: F401  (registers every method's parameters)
+from geocl.errors import GeoclError
+from geocl.finetune.model import build_segmenter, load_pretrained_encoder, read_pretrain_checkpoint
+from geocl.recipes import load_recipe
+from geocl.training.pretrain import run_pretrain
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+CPU_TILES = sorted(RECIPES.glob("*.yaml"))
+NATURAL = sorted((RECIPES / "natural").glob("*.yaml"))
+PAPER = sorted((RECIPES / "paper").glob("*.yaml"))
+
+
+def _id(path: Path) -> str:
+    return str(path.relative_to(RECIPES))
+
+
+def _raw(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def tiny_overrides(path: Path, data: Path, out: Path) -> list[str]:
+    """Overrides that keep the recipe's method, encoder and views but cut the budget."""
+    raw = _raw(path)
+    overrides = [
+        f"out={out}",
+        f"data.tiles={data}",
+        "data.batch_size=6",
+        "data.num_workers=0",
+        "trainer.max_epochs=2",
+        "trainer.max_steps=-1",
+        "trainer.limit_train_batches=1",
+        "trainer.log_every_n_steps=1",
+        "trainer.accelerator=cpu",
+        "trainer.devices=1",
+        "trainer.precision=32-true",
+        "scheduler.warmup_epochs=0",
+    ]
+    method = raw["method"]
+    if method["name"] == "grass":
+        overrides.append("method.warmup_epochs=1")
+    if method.get("spps", {}).get("enabled"):
+        overrides += ["method.spps.warmup_epochs=1", "method.spps.checkpoint=''"]
+    if "queue_size" in method:  # the paper's queues are sized for ImageNet-scale epochs
+        overrides.append("method.queue_size=12")
+    return overrides
+
+
+def run_tiny(path: Path, data: Path, out: Path) -> None:
+    recipe = load_recipe(path, tiny_overrides(path, data, out))
+    result = run_pretrain(recipe)
+
+    assert result.checkpoint.exists()
+    assert result.global_step == 2
+    assert math.isfinite(result.final_loss)
+    if recipe.method.get("spps") is not None and recipe.method.spps.enabled:
+        assert (out / "spps" / "pairs_epoch001.csv").exists()
+    # finetuning starts from every method's checkpoint: the encoder loads into a segmenter
+    loaded = read_pretrain_checkpoint(result.checkpoint)
+    meta = loaded["meta"]
+    segmenter = build_segmenter("unet", meta["encoder"], int(meta["in_chans"]), 3)
+    load_pretrained_encoder(segmenter, result.checkpoint, int(meta["in_chans"]), loaded=loaded)
+    with torch.no_grad():
+        logits = segmenter.eval()(torch.zeros(1, int(meta["in_chans"]), 64, 64))
+    assert logits.shape == (1, 3, 64, 64)
+
+
+@pytest.mark.parametrize("path", CPU_TILES, ids=_id)
+def test_cpu_recipe_runs_a_tiny_budget(path: Path, tiny_tiles: Path, tmp_path: Path) -> None:
+    run_tiny(path, tiny_tiles, tmp_path / "run")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", PAPER, ids=_id)
+def test_paper_recipe_runs_a_tiny_budget(path: Path, tiny_tiles: Path, tmp_path: Path) -> None:
+    run_tiny(path, tiny_tiles, tmp_path / "run")
+
+
+def test_every_method_has_a_cpu_paper_and_natural_recipe() -> None:
+    methods = {(raw := _raw(path))["method"]["name"] + ("+spps" if raw["method"].get("spps") else "") for path in CPU_TILES}
+    assert methods == {"simclr", "grass", "moco", "multinet", "patchmix", "simclr+spps", "moco+spps"}
+    for path in CPU_TILES:
+        assert (RECIPES / "paper" / path.name).exists(), f"no paper-scale form of {path.name}"
+        assert (RECIPES / "natural" / path.name).exists(), f"no natural-image form of {path.name}"
+
+
+def _misspelt(key: str) -> str:
+    return key[:-1] if len(key) > 3 else key + "x"
+
+
+@pytest.mark.parametrize("path", CPU_TILES + NATURAL + PAPER, ids=_id)
+@pytest.mark.parametrize("section", ["method", "data"])
+def test_misspelt_key_fails_before_training_naming_it(path: Path, section: str, tmp_path: Path) -> None:
+    raw = _raw(path)
+    key = next(name for name in raw[section] if name not in ("name", "format"))
+    wrong = _misspelt(key)
+    raw[section][wrong] = raw[section].pop(key)
+    bad = tmp_path / path.name
+    bad.write_text(yaml.safe_dump(raw))
+
+    with pytest.raises(GeoclError) as error:
+        load_recipe(bad)
+    assert f"{section}.{wrong}" in str(error.value)
