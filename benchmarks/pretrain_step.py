@@ -1,29 +1,35 @@
-"""Step-time ratios of pretraining methods, measured in one run with one encoder and batch.
+"""Step-time ratios of pretraining methods, measured in one run with one batch size.
 
 Prints the median optimizer-step time (data already in memory, same kornia views) of
 
-  * geocl SimCLR through Lightning's Trainer,
-  * geocl GraSS in stage 2 (guide pass + crop + training pass) through the Trainer,
+  * every method of the CPU recipes under ``recipes/`` (their method sections and
+    encoders; GraSS in stage 2), through Lightning's Trainer, relative to SimCLR with
+    the same encoder: ResNet-18 for the CNN methods; for PatchMix's ViT-Tiny, SimCLR with
+    that ViT too, so each ratio compares the same encoder size class;
+  * SPPS's one-off cost: mining the pairs of 166 tiles (the demo's train split) once,
+    in SimCLR steps (an SPPS step is its host's step: the pairs are ordinary batch items);
   * a minimal hand-written lightly SimCLR loop (timm encoder, lightly head and NT-Xent),
 
-and the ratios GraSS / SimCLR (target <= 1.5: the guide pass needs dL/dA only) and
-geocl SimCLR / minimal loop (target <= 1.1: the framework adds little).
+and the targets GraSS / SimCLR <= 1.5 (the guide pass needs dL/dA only) and geocl
+SimCLR / minimal loop <= 1.1 (the framework adds little).
 
-    .venv/bin/python benchmarks/pretrain_step.py [--encoder resnet18] [--batch 32] [--size 96] [--steps 12]
+    .venv/bin/python benchmarks/pretrain_step.py [--batch 32] [--steps 12]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import lightning
 import torch
-import yaml
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 import geocl.methods  # noqa: F401  (registers the methods)
@@ -31,6 +37,7 @@ from geocl.losses import NTXentLoss
 from geocl.methods import method_class
 from geocl.models import create_encoder, projection_head
 from geocl.recipes import load_recipe
+from geocl.sampling import SemanticPairSampler
 from geocl.transforms import MultiBandViewAugmentation, TwoViews
 
 BANDS = 4
@@ -64,17 +71,20 @@ class StepTimer(lightning.Callback):
         self.times.append(time.perf_counter() - self._start)
 
 
-def recipe(folder: Path, method: dict[str, Any], args: argparse.Namespace) -> Any:
-    path = folder / f"{method['name']}.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": method["name"], "out": str(folder / method["name"]), "seed": 0,
-        "data": {"tiles": str(folder), "batch_size": args.batch, "num_workers": 0, "view_size": args.size},
-        "encoder": {"name": args.encoder},
-        "method": {"hidden_dim": 512, "output_dim": 128, **method},
-        "optimizer": {"name": "sgd", "lr": 0.01},
-        "scheduler": {"name": "none"},
-    }))
-    return load_recipe(path)
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+#: CPU recipes measured, in print order (SPPS is its host's step plus one-off mining).
+MEASURED = ("simclr", "grass", "moco", "multinet", "patchmix")
+
+
+def recipe(folder: Path, name: str, args: argparse.Namespace, extra: Sequence[str] = ()) -> Any:
+    """A shipped CPU recipe with the benchmark's batch, no workers and a constant LR."""
+    overrides = [
+        f"out={folder / name}", f"data.tiles={folder}", f"data.batch_size={args.batch}", "data.num_workers=0",
+        "scheduler.name=none", *extra,
+    ]
+    if name == "grass":
+        overrides.append("method.warmup_epochs=0")  # stage 2 from the first step
+    return load_recipe(RECIPES / f"{name}.yaml", overrides)
 
 
 def lightning_step_times(config: Any, args: argparse.Namespace) -> list[float]:
@@ -92,10 +102,10 @@ def lightning_step_times(config: Any, args: argparse.Namespace) -> list[float]:
 def lightly_loop_step_times(args: argparse.Namespace) -> list[float]:
     """The minimal loop: encoder, lightly head and loss, the same views, plain SGD."""
     torch.manual_seed(0)
-    encoder = create_encoder(args.encoder, BANDS)
+    encoder = create_encoder("resnet18", BANDS)
     head = projection_head(encoder.num_features, 512, 128)
     criterion = NTXentLoss(temperature=0.5)
-    views = TwoViews(MultiBandViewAugmentation(args.size))
+    views = TwoViews(MultiBandViewAugmentation(96))
     optimizer = torch.optim.SGD([*encoder.parameters(), *head.parameters()], lr=0.01, momentum=0.9)
     images = RandomTiles(args.batch).images
     times = []
@@ -110,30 +120,49 @@ def lightly_loop_step_times(args: argparse.Namespace) -> list[float]:
     return times
 
 
+def spps_mining_seconds(config: Any, tiles: int = 166) -> float:
+    """Seconds to mine SPPS pairs of ``tiles`` tiles with the recipe's encoder and settings."""
+    model = method_class(config.method.name)(config, BANDS, {"mean": [0.0] * BANDS, "std": [1.0] * BANDS})
+    params = OmegaConf.to_object(config.method.spps)
+    sampler = SemanticPairSampler(params, size=int(config.data.view_size))
+    start = time.perf_counter()
+    sampler(model.semantic_encoder, RandomTiles(tiles))
+    return time.perf_counter() - start
+
+
 def median_after_warmup(times: list[float], warmup: int = 2) -> float:
     return statistics.median(times[warmup:])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--encoder", default="resnet18")
     parser.add_argument("--batch", type=int, default=32, help="images per step (2 views each)")
-    parser.add_argument("--size", type=int, default=96, help="view side (px)")
     parser.add_argument("--steps", type=int, default=12)
     args = parser.parse_args()
     lightning.seed_everything(0, verbose=False)
+    medians: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        simclr = median_after_warmup(lightning_step_times(recipe(folder, {"name": "simclr"}, args), args))
-        grass = median_after_warmup(lightning_step_times(recipe(folder, {"name": "grass", "warmup_epochs": 0}, args), args))
+        for name in MEASURED:
+            medians[name] = median_after_warmup(lightning_step_times(recipe(folder, name, args), args))
+        vit = OmegaConf.to_container(recipe(folder, "patchmix", args).encoder)
+        vit_overrides = [f"encoder.name={vit['name']}", f"encoder.args={json.dumps(vit['args'])}", "data.view_size=64"]
+        medians["simclr-vit"] = median_after_warmup(
+            lightning_step_times(recipe(folder, "simclr", args, vit_overrides), args)
+        )
+        mining = spps_mining_seconds(recipe(folder, "spps_simclr", args))
         minimal = median_after_warmup(lightly_loop_step_times(args))
-    print(f"{args.encoder}, batch {args.batch} x 2 views of {args.size} px, {BANDS} bands, {torch.get_num_threads()} threads, "
-          f"median of {args.steps - 2} steps:")
-    print(f"  geocl SimCLR (Lightning)   {simclr * 1000:8.1f} ms/step")
-    print(f"  geocl GraSS stage 2        {grass * 1000:8.1f} ms/step")
-    print(f"  minimal lightly loop       {minimal * 1000:8.1f} ms/step")
-    print(f"GraSS / SimCLR = {grass / simclr:.2f} (target <= 1.5)   "
-          f"geocl SimCLR / minimal loop = {simclr / minimal:.2f} (target <= 1.1)")
+    print(f"batch {args.batch} x 2 views, {BANDS} bands, {torch.get_num_threads()} threads, median of {args.steps - 2} steps:")
+    print(f"  {'method':<10} {'encoder':<32} {'ms/step':>8} {'/ SimCLR':>9}")
+    for name in MEASURED:
+        baseline = medians["simclr-vit"] if name == "patchmix" else medians["simclr"]
+        encoder = "ViT-Tiny, patch 8, 64 px views" if name == "patchmix" else "ResNet-18, 96 px views"
+        print(f"  {name:<10} {encoder:<32} {medians[name] * 1000:8.1f} {medians[name] / baseline:9.2f}")
+    print(f"  {'simclr':<10} {'ViT-Tiny, patch 8, 64 px views':<32} {medians['simclr-vit'] * 1000:8.1f} {1.0:9.2f}")
+    print(f"  SPPS: a step is its host's; mining 166 tiles once = {mining / medians['simclr']:.1f} SimCLR steps")
+    print(f"  minimal lightly loop (ResNet-18)  {minimal * 1000:8.1f} ms/step")
+    print(f"GraSS / SimCLR = {medians['grass'] / medians['simclr']:.2f} (target <= 1.5)   "
+          f"geocl SimCLR / minimal loop = {medians['simclr'] / minimal:.2f} (target <= 1.1)")
 
 
 if __name__ == "__main__":
