@@ -7,8 +7,10 @@ item of the first source (``image``, ``bounds``, ... of x_n) plus ``image_pair``
 image of the second source; methods take view 1 from ``image`` and view 2 from
 ``image_pair`` and feed both through their unchanged loss (ambiguity 1's reading).
 An epoch holds N + P items (the spec's first reading of ambiguity 4: the epoch count
-stays, the step count grows), or, with :func:`fixed_length_epoch`, N items drawn from
-them (its second reading).
+stays, the step count grows), or, with :func:`fixed_length_epoch`, N items of which a
+fixed fraction are semantic pairs (its second reading: SPPS subsampled to a fixed
+fraction). No partner masking (ambiguity 5): lightly's losses take no mask, so an image
+and its partner can meet as negatives in one batch, as the host method would have them.
 """
 
 from __future__ import annotations
@@ -89,17 +91,27 @@ def pair_views(views: Any, batch: Sample) -> tuple[Tensor, Tensor]:
     return views.augment(batch["image"]), second(pair)
 
 
-def fixed_length_epoch(dataset: SemanticPairDataset, length: int, seed: int) -> Subset[Sample]:
-    """``length`` items of ``dataset`` drawn without replacement, a function of ``seed`` alone.
+def fixed_length_epoch(dataset: SemanticPairDataset, length: int, seed: int, semantic_fraction: float) -> Subset[Sample]:
+    """An epoch of ``length`` items, ``semantic_fraction`` of them semantic pairs, a function of ``seed`` alone.
+
+    Semantic items are drawn without replacement from the P pairs (all of them when
+    fewer), ordinary items without replacement from the N base items for the rest, so
+    an epoch keeps the host's step count and most of its instances.
 
     Args:
         dataset: the ordinary ∪ semantic items.
         length: items per epoch (the plain dataset's length keeps the steps per epoch).
         seed: e.g. a function of the run's seed and the epoch, so a resumed run draws the same.
+        semantic_fraction: share of semantic items, in [0, 1].
 
     Returns:
         A :class:`~torch.utils.data.Subset` in ascending item order (the loader's sampler shuffles).
     """
     generator = torch.Generator().manual_seed(seed)
-    chosen = torch.randperm(len(dataset), generator=generator)[: min(length, len(dataset))]
-    return Subset(dataset, chosen.sort().values.tolist())
+    base, semantic = len(dataset) - dataset.semantic_count, dataset.semantic_count
+    length = min(length, len(dataset))
+    n_semantic = min(semantic, round(semantic_fraction * length))
+    n_ordinary = min(base, length - n_semantic)
+    ordinary = torch.randperm(base, generator=generator)[:n_ordinary]
+    pairs = base + torch.randperm(semantic, generator=generator)[:n_semantic]
+    return Subset(dataset, torch.cat([ordinary, pairs]).sort().values.tolist())

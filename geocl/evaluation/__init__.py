@@ -1,7 +1,7 @@
 """Evaluation of pretrained encoders on labelled natural images: kNN and linear-probe top-1."""
 
 from geocl.evaluation.evaluate import EVALUATION_FILE, EvaluationResult, run_evaluation
-from geocl.evaluation.features import embed_dataset, load_checkpoint_encoder
+from geocl.evaluation.features import embed_labelled, load_checkpoint_encoder
 from geocl.evaluation.knn import knn_classify, knn_top1
 from geocl.evaluation.linear_probe import LinearProbe, linear_probe_top1, top1_accuracy, train_linear_probe
 
@@ -9,7 +9,7 @@ __all__ = [
     "EVALUATION_FILE",
     "EvaluationResult",
     "LinearProbe",
-    "embed_dataset",
+    "embed_labelled",
     "knn_classify",
     "knn_top1",
     "linear_probe_top1",

@@ -21,7 +21,7 @@ import torch
 
 from geocl.data.natural import NATURAL_FORMATS, open_natural_dataset
 from geocl.errors import GeoclError
-from geocl.evaluation.features import embed_dataset, evaluation_encoder, load_checkpoint_encoder
+from geocl.evaluation.features import embed_labelled, evaluation_encoder, load_checkpoint_encoder
 from geocl.evaluation.knn import DEFAULT_TEMPERATURE, knn_top1
 from geocl.evaluation.linear_probe import linear_probe_top1
 from geocl.io import atomic_write_text
@@ -140,8 +140,8 @@ def run_evaluation(
             f"checkpoint was pretrained on {model.in_chans} bands but the images have {train.band_count}",
             path=checkpoint,
         )
-    train_features, train_labels = embed_dataset(model, train, batch_size=batch_size, num_workers=num_workers)
-    val_features, val_labels = embed_dataset(model, val, batch_size=batch_size, num_workers=num_workers)
+    train_features, train_labels = embed_labelled(model, train, batch_size=batch_size, num_workers=num_workers)
+    val_features, val_labels = embed_labelled(model, val, batch_size=batch_size, num_workers=num_workers)
     knn = knn_top1(train_features, train_labels, val_features, val_labels, train.num_classes, k, temperature)
     probe = linear_probe_top1(
         train_features, train_labels, val_features, val_labels, train.num_classes,

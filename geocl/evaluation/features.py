@@ -7,11 +7,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from geocl.errors import GeoclError
 from geocl.finetune.model import pretrained_encoder_args, read_pretrain_checkpoint
-from geocl.models import Encoder, create_encoder
+from geocl.models import Encoder, create_encoder, embed_dataset
 from geocl.models.encoders import is_vision_transformer
 
 
@@ -48,35 +48,17 @@ def load_checkpoint_encoder(path: str | os.PathLike[str]) -> tuple[Encoder, dict
     return encoder.eval(), meta
 
 
-@torch.no_grad()
-def embed_dataset(
-    encoder: Encoder,
-    dataset: Dataset[dict[str, Any]],
-    *,
-    batch_size: int = 256,
-    num_workers: int = 0,
-    device: str | torch.device | None = None,
+def embed_labelled(
+    encoder: Encoder, dataset: Dataset[dict[str, Any]], *, batch_size: int = 256, num_workers: int = 0
 ) -> tuple[Tensor, Tensor]:
-    """Pooled features of every image of a labelled dataset, in dataset order.
-
-    Args:
-        encoder: the (frozen) encoder; put in eval mode here.
-        dataset: samples ``{"image": [C, H, W], "label": int}``.
-        batch_size: images per forward pass.
-        num_workers: DataLoader workers.
-        device: where to run (default: CUDA when available, else the CPU).
+    """Pooled features and labels of a labelled dataset (CUDA when available, else the CPU).
 
     Returns:
         (features float ``[N, D]`` on the CPU, labels long ``[N]``).
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    encoder = encoder.to(device).eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    features: list[Tensor] = []
-    labels: list[Tensor] = []
-    for batch in loader:
-        features.append(encoder(batch["image"].to(device)).float().cpu())
-        labels.append(torch.as_tensor(batch["label"]).long())
-    if not features:
-        return torch.empty(0, encoder.num_features), torch.empty(0, dtype=torch.long)
-    return torch.cat(features), torch.cat(labels)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    features, fields = embed_dataset(
+        encoder, dataset, batch_size=batch_size, collect=("label",), num_workers=num_workers, device=device
+    )
+    labels = fields.get("label", torch.empty(0))
+    return features, labels.long()

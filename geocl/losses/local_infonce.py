@@ -46,7 +46,8 @@ class LocalInfoNCELoss(nn.Module):
         if targets.shape[0] % batch:
             raise ValueError(f"{targets.shape[0]} target rows are not blocks of {batch}")
         predictions = F.normalize(predictions, dim=1)
-        keys = F.normalize(targets, dim=1).reshape(-1, batch, targets.shape[1])  # [K, B, D]
+        # targets are stop-gradient (spec: c_j); detached here so no caller can leak a gradient through them
+        keys = F.normalize(targets.detach(), dim=1).reshape(-1, batch, targets.shape[1])  # [K, B, D]
         labels = torch.arange(batch, device=predictions.device)
         if self.gather_distributed and dist.world_size() > 1:
             # [world, K, B, D] -> [K, world * B, D]: every block sees all devices' images

@@ -13,7 +13,10 @@ key image a query holds. With ``CE`` the soft-target InfoNCE
 Readings of the spec's ambiguities: (1) ``num_mix`` is a list, one m drawn per step
 (default ``[2]``, the released configs); (5) the contrasts are asymmetric as in the
 released code (only ``x1`` and ``x~2`` go through the online network); (6) the 1/2
-weights are the code's (``mix_weight``, ``mixed_pair_weight``); (9) the momentum encoder
+weights are the code's (``mix_weight``, ``mixed_pair_weight``); (8) images are mixed within
+each device's batch while keys (negatives) are gathered from all devices, so with several
+devices the mixed terms differ from one device holding the whole batch (the spec keeps
+this; ``L_src`` is identical); (9) the momentum encoder
 is on by default (``momentum_encoder: false`` uses the online network, detached, for the
 keys, as the ViT-T CIFAR config does); (10) the momentum follows the cosine schedule
 ``m_t = 1 - (1 - m0)(1 + cos(pi t / T)) / 2`` per optimizer step, applied before the
@@ -163,10 +166,11 @@ class PatchMix(PretrainMethod):
         update_momentum(self.projector, self.key_projector, momentum)
 
     def draw_num_mix(self) -> int:
-        """m for this step, uniformly among ``num_mix`` (torch's global generator, seeded per step)."""
+        """m for this step, uniformly among ``num_mix``; the same on every device (seeded by seed and step)."""
         if len(self.num_mix) == 1:
             return self.num_mix[0]
-        return self.num_mix[int(torch.randint(len(self.num_mix), ()))]
+        generator = torch.Generator().manual_seed(int(self.recipe.seed) * 1_000_003 + self.global_step)
+        return self.num_mix[int(torch.randint(len(self.num_mix), (), generator=generator))]
 
     def losses(self, view_a: Tensor, view_b: Tensor, num_mix: int | None = None) -> dict[str, Tensor]:
         """The three contrasts of one step and their weighted sum.

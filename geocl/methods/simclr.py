@@ -3,6 +3,12 @@
 The baseline of every comparison and stage 1 of GraSS. Negatives are gathered
 across devices (lightly's ``NTXentLoss(gather_distributed=True)``), so a run on N
 devices sees the same negatives as one device with the whole batch.
+
+With ``spps.enabled`` (SPPS, ``../shared/specs/spps.md``) the loader also yields
+semantic pairs (x_n, x_m) mined by a frozen encoder; view 1 comes from ``image`` and
+view 2 from ``image_pair``, and the NT-Xent loss is unchanged (ambiguity 1). Partners
+are not masked out of the negatives (ambiguity 5: lightly's loss takes no mask); with
+SPPS off the method is plain SimCLR, step for step.
 """
 
 from __future__ import annotations

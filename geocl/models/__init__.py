@@ -1,5 +1,6 @@
-"""Encoders by name (timm) for any band count, projection heads, split-encode-combine tiles."""
+"""Encoders by name (timm) for any band count, projection heads, split-encode-combine tiles, frozen embeddings."""
 
+from geocl.models.embedding import embed_dataset
 from geocl.models.encoders import Encoder, create_encoder
 from geocl.models.heads import projection_head
 from geocl.models.split_combine import combine_tiles, num_combinations, split_tiles, tile_combinations
@@ -8,6 +9,7 @@ __all__ = [
     "Encoder",
     "combine_tiles",
     "create_encoder",
+    "embed_dataset",
     "num_combinations",
     "projection_head",
     "split_tiles",

@@ -21,7 +21,6 @@ from geocl.sampling.semantic_pairs import (
     SemanticPairs,
     SemanticPairSampler,
     SPPSConfig,
-    embed_dataset,
     footprint_conflicts,
     mine_pairs,
 )
@@ -34,7 +33,6 @@ __all__ = [
     "SemanticPairs",
     "box_sums",
     "crop_and_resize",
-    "embed_dataset",
     "footprint_conflicts",
     "gradient_maps",
     "mine_pairs",

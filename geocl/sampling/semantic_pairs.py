@@ -36,10 +36,11 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from geocl.errors import GeoclError
 from geocl.io import atomic_path
+from geocl.models.embedding import embed_dataset
 
 #: Header of the pairs CSV written to ``OUT/spps/``.
 PAIR_COLUMNS = ("anchor", "partner", "similarity", "anchor_name", "partner_name")
@@ -63,11 +64,14 @@ class SPPSConfig:
             lies closer than this distance, in map units of the tiles' CRS.
         refresh_epochs: mine again with the run's current encoder every this many
             epochs after the first mining (0 = mine once).
-        fixed_epoch_length: keep an epoch at as many items as the plain dataset, drawn
-            (seeded by epoch) from ordinary ∪ semantic items (spec ambiguity 4, its
-            "subsample" reading), so the learning-rate and momentum schedules, sized
-            from the first epoch, end with the run; false: epochs grow by the pair
-            count (the spec's first reading) and those schedules end early.
+        fixed_epoch_length: keep an epoch at as many items as the plain dataset,
+            ``semantic_fraction`` of them semantic pairs and the rest ordinary items,
+            drawn (seeded by epoch) without replacement (spec ambiguity 4, its "subsample
+            SPPS to a fixed fraction" reading), so the learning-rate and momentum
+            schedules, sized from the first epoch, end with the run; false: epochs hold
+            every ordinary and semantic item and grow by the pair count (the spec's first
+            reading), and those schedules end early.
+        semantic_fraction: share of semantic pairs in a fixed-length epoch.
         batch_size: images per forward pass while embedding the dataset.
     """
 
@@ -80,6 +84,7 @@ class SPPSConfig:
     buffer: float = 0.0
     refresh_epochs: int = 0
     fixed_epoch_length: bool = True
+    semantic_fraction: float = 0.25
     batch_size: int = 64
 
     @classmethod
@@ -101,6 +106,7 @@ class SPPSConfig:
             ("buffer", self.buffer >= 0, "must be at least 0 (map units)"),
             ("refresh_epochs", self.refresh_epochs >= 0, "must be at least 0 (0 = mine once)"),
             ("batch_size", self.batch_size >= 1, "must be at least 1"),
+            ("semantic_fraction", 0.0 <= self.semantic_fraction <= 1.0, "must be in [0, 1]"),
         ]
         for name, ok, rule in rules:
             if not ok:
@@ -243,54 +249,6 @@ def mine_pairs(
     )
 
 
-@torch.no_grad()
-def embed_dataset(
-    encoder: nn.Module,
-    dataset: Dataset[dict[str, Any]],
-    *,
-    batch_size: int = 64,
-    size: int | None = None,
-    device: torch.device | str | None = None,
-) -> tuple[Tensor, Tensor | None]:
-    """Embed every item's un-augmented ``image`` with a frozen encoder.
-
-    The encoder runs in eval mode (BatchNorm uses its running statistics and is not
-    updated) without gradients; its mode is restored afterwards.
-
-    Args:
-        encoder: ``[B, C, H, W]`` -> ``[B, D]``.
-        dataset: items with ``image`` ``[C, H, W]`` and, for georeferenced data, ``bounds`` ``[4]``.
-        batch_size: images per forward pass.
-        size: resize images to ``size`` x ``size`` first (the encoder's view size); None keeps them.
-        device: where to run (default: the encoder's device).
-
-    Returns:
-        ``([N, D]`` L2-normalised embeddings on the CPU, ``[N, 4]`` bounds or None when
-        any item lacks them).
-    """
-    if device is None:
-        device = next(encoder.parameters()).device
-    was_training = encoder.training
-    encoder.eval()
-    embeddings: list[Tensor] = []
-    bounds: list[Tensor] | None = []
-    try:
-        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
-            images = batch["image"].to(device)
-            if size is not None and tuple(images.shape[-2:]) != (size, size):
-                images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-            embeddings.append(F.normalize(encoder(images).float(), dim=1).cpu())
-            if bounds is not None and "bounds" in batch:
-                bounds.append(batch["bounds"].double())
-            else:
-                bounds = None
-    finally:
-        encoder.train(was_training)
-    if not embeddings:
-        raise GeoclError("no images to mine semantic pairs from", key="data.split")
-    return torch.cat(embeddings), torch.cat(bounds) if bounds else None
-
-
 class SemanticPairSampler:
     """The Semantic Sampler: frozen encoder + cosine top-k ∩ threshold (+ footprint rule).
 
@@ -304,9 +262,20 @@ class SemanticPairSampler:
         self.config = config
         self.size = size
 
+    def embed(self, encoder: nn.Module, dataset: Dataset[dict[str, Any]]) -> tuple[Tensor, Tensor | None]:
+        """L2-normalised embeddings ``[N, D]`` of the un-augmented images (frozen encoder, eval
+        mode, resized to the view size) and their footprints ``[N, 4]`` (None without bounds)."""
+        features, fields = embed_dataset(
+            encoder, dataset, batch_size=self.config.batch_size, size=self.size, collect=("bounds",)
+        )
+        if len(features) == 0:
+            raise GeoclError("no images to mine semantic pairs from", key="data.split")
+        bounds = fields.get("bounds")
+        return F.normalize(features, dim=1), bounds.double() if bounds is not None else None
+
     def __call__(self, encoder: nn.Module, dataset: Dataset[dict[str, Any]]) -> SemanticPairs:
         """Mine the pairs of ``dataset`` with ``encoder`` (deterministic for a fixed encoder)."""
-        embeddings, bounds = embed_dataset(encoder, dataset, batch_size=self.config.batch_size, size=self.size)
+        embeddings, bounds = self.embed(encoder, dataset)
         return mine_pairs(
             embeddings,
             self.config.k,

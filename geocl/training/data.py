@@ -17,8 +17,8 @@ from geocl.data.scene import SceneImage
 from geocl.data.semantic_pairs import SemanticPairDataset, fixed_length_epoch
 from geocl.data.tile_dataset import TileDataset
 from geocl.errors import GeoclError
-from geocl.finetune.model import read_pretrain_checkpoint
-from geocl.models import Encoder, create_encoder
+from geocl.evaluation.features import load_checkpoint_encoder
+from geocl.models import Encoder
 from geocl.sampling.geo_sampler import GradientRegionSampler
 from geocl.sampling.semantic_pairs import SemanticPairs, SemanticPairSampler, SPPSConfig
 from geocl.training.region_maps import write_tile_maps
@@ -90,7 +90,8 @@ class PretrainData(lightning.LightningDataModule):
         pairs = SemanticPairDataset(self.tiles, self._semantic_pairs(model, mining_epoch).pairs)
         if not self.spps.fixed_epoch_length:
             return self._tile_loader(pairs)
-        return self._tile_loader(fixed_length_epoch(pairs, len(self.tiles), int(self.recipe.seed) * 1_000_003 + epoch))
+        seed = int(self.recipe.seed) * 1_000_003 + epoch
+        return self._tile_loader(fixed_length_epoch(pairs, len(self.tiles), seed, self.spps.semantic_fraction))
 
     def _loader_options(self) -> dict[str, Any]:
         workers = int(self.recipe.data.num_workers)
@@ -131,16 +132,13 @@ class PretrainData(lightning.LightningDataModule):
         return pairs
 
     def _checkpoint_encoder(self, path: str) -> Encoder:
-        """The encoder of a geocl pretrain checkpoint, for mining."""
-        loaded = read_pretrain_checkpoint(path)
-        meta = loaded["meta"]
+        """The (online) encoder of a geocl pretrain checkpoint, for mining, built with its recipe's timm arguments."""
+        encoder, meta = load_checkpoint_encoder(path)
         if int(meta["in_chans"]) != self.tiles.band_count:
             raise GeoclError(
                 f"checkpoint encoder takes {meta['in_chans']} bands, the tiles have {self.tiles.band_count}",
                 key="method.spps.checkpoint",
             )
-        encoder = create_encoder(str(meta["encoder"]), int(meta["in_chans"]))
-        encoder.body.load_state_dict(loaded["encoder_state"])
         return encoder
 
     def _tile_names(self) -> list[str] | None:

@@ -66,9 +66,15 @@ def test_views_come_from_image_and_image_pair_and_reduce_to_two_views_for_ordina
 
 def test_fixed_length_epoch_draws_distinct_items_as_a_function_of_the_seed() -> None:
     dataset = SemanticPairDataset(_Base(), PAIRS)
-    epoch = fixed_length_epoch(dataset, 5, seed=7)
+    base = len(dataset) - dataset.semantic_count
+    epoch = fixed_length_epoch(dataset, 5, seed=7, semantic_fraction=0.4)
     assert len(epoch) == 5 and len(set(epoch.indices)) == 5 and max(epoch.indices) < len(dataset)
-    assert epoch.indices == fixed_length_epoch(dataset, 5, seed=7).indices
-    draws = {tuple(fixed_length_epoch(dataset, 5, seed=s).indices) for s in range(20)}
-    assert len(draws) > 1 and any(max(d) >= 5 for d in draws)  # semantic items are drawn too
-    assert len(fixed_length_epoch(dataset, 50, seed=0)) == len(dataset)
+    assert sum(i >= base for i in epoch.indices) == 2  # 40 % of 5 items are semantic pairs
+    assert epoch.indices == fixed_length_epoch(dataset, 5, seed=7, semantic_fraction=0.4).indices
+    draws = {tuple(fixed_length_epoch(dataset, 5, seed=s, semantic_fraction=0.4).indices) for s in range(20)}
+    assert len(draws) > 1
+    # no semantic share: the plain epoch; more pairs asked for than mined: all of them
+    assert fixed_length_epoch(dataset, base, seed=0, semantic_fraction=0.0).indices == list(range(base))
+    every_pair = fixed_length_epoch(dataset, base, seed=0, semantic_fraction=1.0).indices
+    assert [i for i in every_pair if i >= base] == list(range(base, len(dataset)))
+    assert len(every_pair) == base

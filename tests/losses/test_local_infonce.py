@@ -40,9 +40,10 @@ def test_local_infonce_equals_naive_loop(temperature: float, blocks: int) -> Non
 def test_gradient_reaches_predictions_only() -> None:
     generator = torch.Generator().manual_seed(1)
     predictions = torch.randn(4, 8, generator=generator, requires_grad=True)
-    targets = torch.randn(24, 8, generator=generator)
-    LocalInfoNCELoss()(predictions, targets.detach()).backward()
+    targets = torch.randn(24, 8, generator=generator, requires_grad=True)
+    LocalInfoNCELoss()(predictions, targets).backward()
     assert predictions.grad is not None and predictions.grad.abs().sum() > 0
+    assert targets.grad is None  # stop-gradient even when the caller's targets carry a graph
 
 
 def test_matching_orthogonal_targets_fall_toward_zero_as_temperature_falls() -> None:

@@ -93,3 +93,16 @@ def test_bad_patchmix_recipes_name_their_key(tmp_path: Path) -> None:
     with pytest.raises(GeoclError) as error:
         _patchmix(tmp_path / "c", num_mix=[5])  # batch 8 < 2 * 5 - 1
     assert error.value.key == "data.batch_size"
+
+
+def test_mix_count_is_a_function_of_seed_and_step_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _patchmix(tmp_path, num_mix=[2, 3, 4])
+    draws = []
+    for step in range(12):
+        monkeypatch.setattr(PatchMix, "global_step", property(lambda self, step=step: step))
+        torch.manual_seed(step)  # another device's global generator: must not matter
+        first = model.draw_num_mix()
+        torch.manual_seed(1000 + step)
+        assert model.draw_num_mix() == first
+        draws.append(first)
+    assert set(draws) <= {2, 3, 4} and len(set(draws)) > 1

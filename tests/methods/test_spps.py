@@ -58,6 +58,23 @@ def test_spps_off_is_the_base_method_exactly(tmp_path: Path, cls: type, name: st
     assert all(torch.equal(a, b) for a, b in zip(base_grads, ordinary_grads, strict=True))
 
 
+@pytest.mark.parametrize("name", ["simclr", "moco"])
+def test_a_run_with_spps_off_is_the_base_run_exactly(tmp_path: Path, tiny_tiles: Path, name: str) -> None:
+    """End to end (data module, loader, steps): same losses and weights as the base recipe."""
+    budget = {"trainer": {"max_epochs": 2, "limit_train_batches": 2}}
+    base_method = {"name": name, **HEADS, **({"queue_size": 32} if name == "moco" else {})}
+    base = run_pretrain(load_recipe(write_recipe(tmp_path / "base", tiny_tiles, base_method, **budget)))
+    # mining would start at epoch 0 if SPPS were on: off must ignore every other setting
+    off_method = {**base_method, "spps": {**SPPS_OFF, "warmup_epochs": 0}}
+    off = run_pretrain(load_recipe(write_recipe(tmp_path / "off", tiny_tiles, off_method, **budget)))
+    assert base.global_step == off.global_step == 4 and base.final_loss == off.final_loss
+    base_state = torch.load(base.checkpoint, weights_only=False)["state_dict"]
+    off_state = torch.load(off.checkpoint, weights_only=False)["state_dict"]
+    assert base_state.keys() == off_state.keys()
+    assert all(torch.equal(base_state[key], off_state[key]) for key in base_state)
+    assert not (off.out / "spps").exists()
+
+
 def test_semantic_pairs_change_the_positives(tmp_path: Path) -> None:
     images = torch.randn(6, 4, 40, 40, generator=torch.Generator().manual_seed(3))
     partners = images[[3, 4, 5, 0, 1, 2]]
@@ -112,6 +129,19 @@ def test_moco_runs_and_its_checkpoint_mines_the_pairs_of_a_later_run(tmp_path: P
     expected = SemanticPairSampler(SPPSConfig(**spps), size=32)(encoder, tiles)
     assert len(expected) > 0 and torch.equal(mined.pairs, expected.pairs)
     assert _logged(later.out, "train/semantic_fraction")["epoch"].tolist() == [0]
+
+
+def test_a_vit_checkpoint_mines_the_pairs_with_its_own_patch_grid(tmp_path: Path, tiny_tiles: Path) -> None:
+    vit = {"name": "test_vit", "args": {"patch_size": 8, "img_size": 32}}
+    one_epoch = {"trainer": {"max_epochs": 1, "limit_train_batches": 1}}
+    method = {"name": "patchmix", "proj_hidden_dim": 16, "proj_output_dim": 8, "pred_hidden_dim": 16}
+    result = run_pretrain(load_recipe(write_recipe(tmp_path / "vit", tiny_tiles, method, encoder=vit, **one_epoch)))
+
+    spps = {**SPPS_ON, "checkpoint": str(result.checkpoint), "warmup_epochs": 5}
+    later = run_pretrain(
+        load_recipe(write_recipe(tmp_path / "spps", tiny_tiles, {"name": "simclr", **HEADS, "spps": spps}, **one_epoch))
+    )
+    assert len(SemanticPairs.load_csv(later.out / "spps" / "pairs_epoch000.csv")) > 0
 
 
 @pytest.mark.parametrize("name", ["simclr", "moco"])

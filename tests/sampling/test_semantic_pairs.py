@@ -12,8 +12,8 @@ from torch import nn
 from geocl.errors import GeoclError
 from geocl.sampling.semantic_pairs import (
     SemanticPairs,
+    SemanticPairSampler,
     SPPSConfig,
-    embed_dataset,
     footprint_conflicts,
     mine_pairs,
 )
@@ -152,8 +152,9 @@ def test_embedding_is_frozen_eval_mode_and_deterministic() -> None:
     encoder = _encoder().train()
     running = encoder[1].running_mean.clone()
     dataset = _Images(10, with_bounds=True)
-    embeddings, bounds = embed_dataset(encoder, dataset, batch_size=4, size=16)
-    again, _ = embed_dataset(encoder, dataset, batch_size=3, size=16)
+    sampler = SemanticPairSampler(SPPSConfig(enabled=True, batch_size=4), size=16)
+    embeddings, bounds = sampler.embed(encoder, dataset)
+    again, _ = SemanticPairSampler(SPPSConfig(enabled=True, batch_size=3), size=16).embed(encoder, dataset)
     assert embeddings.shape == (10, 8) and not embeddings.requires_grad
     torch.testing.assert_close(embeddings.norm(dim=1), torch.ones(10))
     torch.testing.assert_close(embeddings, again)  # batch composition does not matter: eval-mode BN
@@ -167,7 +168,7 @@ def test_embedding_is_frozen_eval_mode_and_deterministic() -> None:
 
 
 def test_images_without_footprints_skip_the_rule() -> None:
-    _, bounds = embed_dataset(_encoder(), _Images(5, with_bounds=False), batch_size=2)
+    _, bounds = SemanticPairSampler(SPPSConfig(enabled=True, batch_size=2)).embed(_encoder(), _Images(5, with_bounds=False))
     assert bounds is None
 
 
