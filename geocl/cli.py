@@ -102,6 +102,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         args.checkpoint, args.data, args.format, out=out, encoder=args.encoder_name or "resnet18", k=args.k,
         temperature=args.temperature, probe_epochs=args.probe_epochs, probe_lr=args.probe_lr,
         image_size=args.image_size, batch_size=args.batch_size, seed=args.seed,
+        momentum_encoder=args.momentum_encoder,
     )
     print(
         f"{result.method} ({result.encoder}) on {result.val_images} images, {result.num_classes} classes:\n"
@@ -171,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--tiles", type=Path, required=True, help="tile set with masks (geocl tile --mask)")
     finetune.add_argument("--encoder", type=Path, help="a geocl pretrain checkpoint (default: random init)")
     finetune.add_argument("--encoder-name", default="resnet18", help="encoder for random init (default resnet18)")
-    finetune.add_argument("--arch", default="unet", choices=["unet", "deeplabv3plus"])
+    finetune.add_argument("--arch", default="unet", choices=["unet", "deeplabv3plus", "dpt"],
+                          help="segmentation decoder; a ViT encoder always gets dpt")
     finetune.add_argument("--label-fraction", type=float, default=0.05)
     finetune.add_argument("--seed", type=int, default=0)
     finetune.add_argument("--epochs", type=int, default=15)
@@ -215,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=256)
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the probe (and of a random encoder)")
     evaluate.add_argument("--encoder-name", help="evaluate a randomly initialised encoder of this name instead")
+    evaluate.add_argument("--momentum-encoder", action="store_true", help="evaluate the momentum (EMA) encoder (MoCo, PatchMix, MultiNet), as the PatchMix spec does")
     evaluate.add_argument("--out", type=Path, help="folder for evaluation.json (default: the checkpoint's run folder)")
     evaluate.set_defaults(run=_evaluate)
 

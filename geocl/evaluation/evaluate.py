@@ -88,6 +88,7 @@ def run_evaluation(
     batch_size: int = 256,
     seed: int = 0,
     num_workers: int = 0,
+    momentum_encoder: bool = False,
 ) -> EvaluationResult:
     """kNN and linear-probe top-1 accuracy of an encoder on a natural-image data set.
 
@@ -110,6 +111,8 @@ def run_evaluation(
         batch_size: images per forward pass.
         seed: seed of the random encoder and of the probe.
         num_workers: DataLoader workers.
+        momentum_encoder: evaluate the checkpoint's momentum (EMA) encoder, as the
+            PatchMix spec does, instead of the online one.
 
     Raises:
         GeoclError: an unknown format, unreadable data or checkpoint, or a band-count mismatch.
@@ -118,7 +121,7 @@ def run_evaluation(
     if format not in NATURAL_FORMATS:
         raise GeoclError(f"unknown format {format!r}; choose from {', '.join(NATURAL_FORMATS)}", key="--format")
     if checkpoint is not None:
-        model, meta = load_checkpoint_encoder(checkpoint)
+        model, meta = load_checkpoint_encoder(checkpoint, momentum_encoder)
         band_stats: dict[str, Any] | None = meta["band_stats"]
         recipe_data = dict(meta.get("recipe", {}).get("data", {}))
         method = str(meta["method"])

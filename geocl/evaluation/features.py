@@ -27,8 +27,12 @@ def evaluation_encoder(name: str, in_chans: int, args: dict[str, Any] | None = N
     return create_encoder(name, in_chans, args=args)
 
 
-def load_checkpoint_encoder(path: str | os.PathLike[str]) -> tuple[Encoder, dict[str, Any]]:
+def load_checkpoint_encoder(path: str | os.PathLike[str], momentum_encoder: bool = False) -> tuple[Encoder, dict[str, Any]]:
     """The encoder a pretraining checkpoint trained (any method), in eval mode on the CPU.
+
+    Args:
+        path: the checkpoint.
+        momentum_encoder: the method's momentum (EMA) encoder instead of the online one.
 
     Returns:
         (encoder, the checkpoint's ``geocl`` entry: recipe, band statistics, names...).
@@ -37,7 +41,7 @@ def load_checkpoint_encoder(path: str | os.PathLike[str]) -> tuple[Encoder, dict
         GeoclError: naming the file if it is not a geocl pretrain checkpoint or its
             weights do not fit the encoder it names.
     """
-    loaded = read_pretrain_checkpoint(path)
+    loaded = read_pretrain_checkpoint(path, momentum_encoder)
     meta = loaded["meta"]
     encoder = evaluation_encoder(str(meta["encoder"]), int(meta["in_chans"]), pretrained_encoder_args(meta))
     try:

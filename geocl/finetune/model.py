@@ -162,8 +162,13 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return checkpoint if isinstance(checkpoint, dict) else {}
 
 
-def read_pretrain_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+def read_pretrain_checkpoint(path: str | os.PathLike[str], momentum_encoder: bool = False) -> dict[str, Any]:
     """The ``geocl`` entry and encoder weights of a pretrain checkpoint (any method).
+
+    Args:
+        path: the checkpoint.
+        momentum_encoder: read the method's momentum (EMA) encoder instead of the
+            online one (MoCo, PatchMix, MultiNet).
 
     Returns:
         ``{"meta": <checkpoint["geocl"]>, "encoder_state": {timm key: tensor}}``.
@@ -175,10 +180,14 @@ def read_pretrain_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     meta = checkpoint.get("geocl")
     if meta is None or "state_dict" not in checkpoint:
         raise GeoclError("not a geocl pretrain checkpoint (no 'geocl' entry)", path=path)
+    prefix = PRETRAIN_ENCODER_PREFIX
+    if momentum_encoder:
+        attribute = meta.get("momentum_encoder_attribute")
+        if not attribute:
+            raise GeoclError(f"method {meta.get('method')!r} keeps no momentum encoder", path=path)
+        prefix = f"{attribute}.body."
     state = {
-        key.removeprefix(PRETRAIN_ENCODER_PREFIX): value
-        for key, value in checkpoint["state_dict"].items()
-        if key.startswith(PRETRAIN_ENCODER_PREFIX)
+        key.removeprefix(prefix): value for key, value in checkpoint["state_dict"].items() if key.startswith(prefix)
     }
     if not state:
         raise GeoclError("checkpoint holds no encoder weights", path=path)

@@ -50,8 +50,13 @@ class PretrainMethod(lightning.LightningModule):
 
     Attributes:
         encoder: the network being pretrained (what downstream tasks load).
+        momentum_encoder_attribute: name of the EMA copy of ``encoder`` in methods that
+            keep one (None otherwise); stored in checkpoints so that evaluation can use
+            it (``geocl evaluate --momentum-encoder``, as the PatchMix spec evaluates).
         views: two-view augmentation of a batch ``[B, C, H, W]``.
     """
+
+    momentum_encoder_attribute: str | None = None
 
     def __init__(self, recipe: DictConfig | dict[str, Any], in_chans: int, band_stats: dict[str, Any]) -> None:
         super().__init__()
@@ -115,5 +120,6 @@ class PretrainMethod(lightning.LightningModule):
             "in_chans": self.in_chans,
             "band_stats": self.band_stats,
             "encoder_attribute": "encoder",
+            "momentum_encoder_attribute": self.momentum_encoder_attribute,
             "versions": library_versions(),
         }

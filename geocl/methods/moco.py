@@ -92,6 +92,7 @@ class MoCo(PretrainMethod):
     """
 
     config_class = MoCoConfig
+    momentum_encoder_attribute = "key_encoder"
 
     def __init__(self, recipe: Any, in_chans: int, band_stats: dict[str, Any]) -> None:
         super().__init__(recipe, in_chans, band_stats)

@@ -111,6 +111,7 @@ class MultiNet(PretrainMethod):
     """MNCLGLF on multi-band tiles (see :class:`~geocl.methods.base.PretrainMethod` for the arguments)."""
 
     config_class = MultiNetConfig
+    momentum_encoder_attribute = "momentum_encoder"
 
     def __init__(self, recipe: Any, in_chans: int, band_stats: dict[str, Any]) -> None:
         super().__init__(recipe, in_chans, band_stats)

@@ -96,6 +96,7 @@ class PatchMix(PretrainMethod):
     """
 
     config_class = PatchMixConfig
+    momentum_encoder_attribute = "key_encoder"
 
     def __init__(self, recipe: Any, in_chans: int, band_stats: dict[str, Any]) -> None:
         super().__init__(recipe, in_chans, band_stats)
