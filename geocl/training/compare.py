@@ -327,16 +327,14 @@ def _pretrained(recipe: DictConfig, pretrain_fn: Callable[..., Any]) -> tuple[Pa
     return Path(result.checkpoint), False
 
 
-def _finished_finetune(out: Path) -> dict[str, Any] | None:
-    """The metrics of a finished finetune in ``out``, or None when there is none."""
-    path = out / "metrics.json"
-    if not path.exists():
-        return None
+def _finished(path: Path, numbers: tuple[str, ...]) -> dict[str, Any] | None:
+    """The JSON metrics a finished run wrote to ``path``, or None when it holds no such ``numbers`` (run it again)."""
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
-        float(metrics["miou"])
+        for name in numbers:
+            float(metrics[name])
     except (OSError, ValueError, KeyError, TypeError):
-        return None  # not a finetune's metrics: run it again
+        return None
     return metrics
 
 
@@ -355,7 +353,7 @@ def _finetune_row(
     reuse: bool,
 ) -> dict[str, Any]:
     """One finetune (or its earlier result) as a results row; exceptions become a failed row."""
-    finished = _finished_finetune(out) if reuse else None
+    finished = _finished(out / "metrics.json", ("miou",)) if reuse else None
     if finished is not None:
         return _row(
             name, method, fraction, seed, miou=float(finished["miou"]),
@@ -481,16 +479,6 @@ def _compare_natural(
     return _write_results(rows, NATURAL_COLUMNS, out, say)
 
 
-def _finished_evaluation(out: Path) -> dict[str, Any] | None:
-    """The numbers of a finished evaluation in ``out``, or None when there is none."""
-    try:
-        metrics = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
-        float(metrics["knn_top1"]), float(metrics["probe_top1"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return metrics
-
-
 def _evaluate_row(
     evaluate_fn: Callable[..., Any],
     extra: dict[str, Any],
@@ -503,7 +491,7 @@ def _evaluate_row(
     reuse: bool,
 ) -> dict[str, Any]:
     """One evaluation (or its earlier result) as a results row; exceptions become a failed row."""
-    finished = _finished_evaluation(out) if reuse else None
+    finished = _finished(out / "evaluation.json", ("knn_top1", "probe_top1")) if reuse else None
     if finished is not None:
         return _natural_row(
             name, method, seed, knn=float(finished["knn_top1"]), probe=float(finished["probe_top1"]),
