@@ -29,13 +29,12 @@ With ``spps.enabled`` semantic positive pairs join the ordinary ones as in
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from lightly.models.modules import MoCoProjectionHead
-from lightly.models.utils import batch_shuffle, batch_unshuffle, deactivate_requires_grad, update_momentum
+from lightly.models.utils import batch_shuffle, batch_unshuffle, update_momentum
 from lightly.utils import dist
 from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor
@@ -45,7 +44,7 @@ from geocl.errors import GeoclError
 from geocl.losses import NTXentLoss
 from geocl.methods.base import PretrainMethod
 from geocl.methods.simclr import log_semantic_fraction
-from geocl.models import Encoder
+from geocl.models import Encoder, frozen_copy
 from geocl.sampling.semantic_pairs import SPPSConfig
 
 #: Checkpoint key of the queue (lightly keeps it in a non-persistent buffer, outside the state dict).
@@ -106,10 +105,8 @@ class MoCo(PretrainMethod):
             raise GeoclError(f"must be greater than 0, got {params.temperature}", key="method.temperature")
         SPPSConfig.from_node(params.get("spps")).validate()
         self.head = MoCoProjectionHead(self.encoder.num_features, params.hidden_dim, params.output_dim)
-        self.key_encoder = copy.deepcopy(self.encoder)
-        self.key_head = copy.deepcopy(self.head)
-        deactivate_requires_grad(self.key_encoder)
-        deactivate_requires_grad(self.key_head)
+        self.key_encoder = frozen_copy(self.encoder)
+        self.key_head = frozen_copy(self.head)
         self.criterion = NTXentLoss(
             temperature=params.temperature,
             memory_bank_size=(params.queue_size, params.output_dim),

@@ -36,7 +36,6 @@ the running statistics).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,14 +43,14 @@ from typing import Any
 
 import torch
 from lightly.models.modules import BYOLPredictionHead, MoCoProjectionHead, NNMemoryBankModule
-from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.models.utils import update_momentum
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from geocl.errors import GeoclError
 from geocl.losses import LocalInfoNCELoss, NTXentLoss
 from geocl.methods.base import PretrainMethod
-from geocl.models import combine_tiles, split_tiles
+from geocl.models import combine_tiles, frozen_copy, split_tiles
 
 TILE_BATCH_NORMS = ("batch", "eval", "train")
 
@@ -121,10 +120,8 @@ class MultiNet(PretrainMethod):
             self.encoder.num_features, params.hidden_dim, params.output_dim, num_layers=3, batch_norm=True
         )
         self.predictor = BYOLPredictionHead(params.output_dim, params.predictor_hidden_dim, params.output_dim)
-        self.momentum_encoder = copy.deepcopy(self.encoder)
-        self.momentum_projector = copy.deepcopy(self.projector)
-        deactivate_requires_grad(self.momentum_encoder)
-        deactivate_requires_grad(self.momentum_projector)
+        self.momentum_encoder = frozen_copy(self.encoder)
+        self.momentum_projector = frozen_copy(self.projector)
         self.support = NNMemoryBankModule(size=(params.queue_size, params.output_dim))
         self.support.gather_distributed = True
         # lightly keeps the queue out of the state dict; a resumed run must continue with it

@@ -28,13 +28,12 @@ geocl method; the paper evaluates the momentum encoder, kept as ``key_encoder.*`
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from lightly.models.modules import BYOLPredictionHead, MoCoProjectionHead
-from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.models.utils import update_momentum
 from lightly.utils import dist
 from lightly.utils.scheduler import cosine_schedule
 from omegaconf import OmegaConf
@@ -43,6 +42,7 @@ from torch import Tensor, nn
 from geocl.errors import GeoclError
 from geocl.losses import SoftTargetInfoNCELoss
 from geocl.methods.base import PretrainMethod
+from geocl.models import frozen_copy
 from geocl.transforms import MultiBandViewAugmentation, PatchMix as PatchMixer, TwoViews
 from geocl.transforms.patchmix import instance_targets, mix_targets, mixed_pair_targets
 
@@ -136,10 +136,8 @@ class PatchMix(PretrainMethod):
         self.key_encoder: nn.Module | None = None
         self.key_projector: nn.Module | None = None
         if params.momentum_encoder:
-            self.key_encoder = copy.deepcopy(self.encoder)
-            self.key_projector = copy.deepcopy(self.projector)
-            deactivate_requires_grad(self.key_encoder)
-            deactivate_requires_grad(self.key_projector)
+            self.key_encoder = frozen_copy(self.encoder)
+            self.key_projector = frozen_copy(self.projector)
         self.mixer = PatchMixer(patch, self.num_mix[0])
         self.criterion = SoftTargetInfoNCELoss(temperature=params.temperature, gather_distributed=True)
 

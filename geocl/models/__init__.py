@@ -1,8 +1,9 @@
-"""Encoders by name (timm) for any band count, projection heads, split-encode-combine tiles, frozen embeddings."""
+"""Encoders by name (timm) for any band count, projection heads, split-encode-combine tiles, frozen embeddings, momentum copies."""
 
 from geocl.models.embedding import embed_dataset
 from geocl.models.encoders import Encoder, create_encoder
 from geocl.models.heads import projection_head
+from geocl.models.momentum import frozen_copy
 from geocl.models.split_combine import combine_tiles, num_combinations, split_tiles, tile_combinations
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "combine_tiles",
     "create_encoder",
     "embed_dataset",
+    "frozen_copy",
     "num_combinations",
     "projection_head",
     "split_tiles",
