@@ -29,12 +29,11 @@ from typing import Any
 
 import lightning
 import torch
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 import geocl.methods  # noqa: F401  (registers the methods)
 from geocl.losses import NTXentLoss
-from geocl.methods import method_class
+from geocl.methods import build_method
 from geocl.models import create_encoder, projection_head
 from geocl.recipes import load_recipe
 from geocl.sampling import SemanticPairSampler
@@ -88,7 +87,7 @@ def recipe(folder: Path, name: str, args: argparse.Namespace, extra: Sequence[st
 
 
 def lightning_step_times(config: Any, args: argparse.Namespace) -> list[float]:
-    model = method_class(config.method.name)(config, BANDS, {"mean": [0.0] * BANDS, "std": [1.0] * BANDS})
+    model = build_method(config, BANDS, {"mean": [0.0] * BANDS, "std": [1.0] * BANDS})
     timer = StepTimer()
     trainer = lightning.Trainer(
         max_steps=args.steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
@@ -122,8 +121,8 @@ def lightly_loop_step_times(args: argparse.Namespace) -> list[float]:
 
 def spps_mining_seconds(config: Any, tiles: int = 166) -> float:
     """Seconds to mine SPPS pairs of ``tiles`` tiles with the recipe's encoder and settings."""
-    model = method_class(config.method.name)(config, BANDS, {"mean": [0.0] * BANDS, "std": [1.0] * BANDS})
-    params = OmegaConf.to_object(config.method.spps)
+    model = build_method(config, BANDS, {"mean": [0.0] * BANDS, "std": [1.0] * BANDS})
+    params = config.method.spps
     sampler = SemanticPairSampler(params, size=int(config.data.view_size))
     start = time.perf_counter()
     sampler(model.semantic_encoder, RandomTiles(tiles))
@@ -145,7 +144,7 @@ def main() -> None:
         folder = Path(tmp)
         for name in MEASURED:
             medians[name] = median_after_warmup(lightning_step_times(recipe(folder, name, args), args))
-        vit = OmegaConf.to_container(recipe(folder, "patchmix", args).encoder)
+        vit = recipe(folder, "patchmix", args).encoder.model_dump()
         vit_overrides = [f"encoder.name={vit['name']}", f"encoder.args={json.dumps(vit['args'])}", "data.view_size=64"]
         medians["simclr-vit"] = median_after_warmup(
             lightning_step_times(recipe(folder, "simclr", args, vit_overrides), args)

@@ -1,4 +1,12 @@
-"""``geocl <command>``: parses arguments, calls the packages, prints user errors in one line."""
+"""``geocl <command>``: the command line.
+
+Thin: the flags, defaults and help of ``tile``, ``finetune``, ``evaluate``, ``predict``
+and ``compare`` come from the option models of :mod:`geocl.recipes.options`, and
+their values are validated there before anything heavy (torch, Lightning, rasterio) is
+imported, so a bad value is answered at once. User errors (:class:`GeoclError`) print
+as one line ``geocl <command>: error: ...`` and exit 2; an interrupt exits 130 with the
+hint to rerun. Output is quiet unless ``--verbose`` (:mod:`geocl.console`).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +15,32 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from geocl.console import configure_output
 from geocl.errors import GeoclError
+from geocl.recipes.cli_args import FLAGS_ATTRIBUTE, add_model_arguments, options_from_args
+from geocl.recipes.options import CompareOptions, EvaluateCommand, FinetuneCommand, PredictOptions, TileOptions
+
+#: What ``geocl --help`` says first.
+DESCRIPTION = (
+    "Self-supervised contrastive pretraining on GeoTIFF scenes: cut scenes into tiles, pretrain an "
+    "encoder as a recipe says, finetune it with few labels, predict whole scenes and compare methods."
+)
+EPILOG = "Run 'geocl COMMAND --help' for the options of a command."
+
+#: Flags that differ from the option field they set (the names users know).
+TILE_ARGUMENTS = {"split": {"metavar": ("TRAIN", "VAL", "TEST")}}
+FINETUNE_FLAGS = {"encoder_checkpoint": "--encoder", "encoder": "--encoder-name", "max_epochs": "--epochs"}
+EVALUATE_FLAGS = {"checkpoint": "CHECKPOINT", "encoder": "--encoder-name"}
+PREDICT_FLAGS = {"checkpoint": "CHECKPOINT", "scene": "SCENE"}
+COMPARE_FLAGS = {
+    "recipes": "RECIPE",
+    "overrides": "--override",
+    "finetune.max_epochs": "--epochs",
+    "evaluate.k": "--k",
+    "evaluate.temperature": "--temperature",
+    "evaluate.probe_epochs": "--probe-epochs",
+}
+COMPARE_ARGUMENTS = {"overrides": {"action": "append", "metavar": "KEY=VALUE"}}
 
 
 def _make_scene(args: argparse.Namespace) -> None:
@@ -18,27 +51,22 @@ def _make_scene(args: argparse.Namespace) -> None:
 
 
 def _tile(args: argparse.Namespace) -> None:
+    options: TileOptions = options_from_args(TileOptions, args)
     from geocl.data.tiler import TilingOptions, tile_scene
-
-    options = TilingOptions(
-        size=args.size,
-        stride=args.stride if args.stride is not None else args.size,
-        max_nodata=args.max_nodata,
-        split_block=args.split_block if args.split_block is not None else 4 * args.size,
-        split_fractions=tuple(args.split),
-        seed=args.seed,
-        roi=None if args.roi is None else str(args.roi),
-    )
     from geocl.report.maps import plot_tile_index
 
-    summary = tile_scene(args.scene, args.out, mask=args.mask, options=options, progress=not args.quiet)
-    plot = plot_tile_index(args.out, args.out / "tiles.png")
+    tiling = TilingOptions(
+        size=options.size, stride=options.stride, max_nodata=options.max_nodata, split_block=options.split_block,
+        split_fractions=options.split, seed=options.seed, roi=None if options.roi is None else str(options.roi),
+    )
+    summary = tile_scene(options.scene, options.out, mask=options.mask, options=tiling, progress=not options.quiet)
+    plot = plot_tile_index(options.out, options.out / "tiles.png")
     print(summary.describe())
     print(f"  map: {plot}")
 
 
 def _pretrain(args: argparse.Namespace) -> None:
-    from geocl.methods import METHODS  # noqa: F401  (registers every method's parameters)
+    import geocl.methods  # noqa: F401  (the methods register their recipe sections)
     from geocl.recipes import load_recipe
     from geocl.training.pretrain import run_pretrain
 
@@ -54,13 +82,10 @@ def _pretrain(args: argparse.Namespace) -> None:
 
 
 def _finetune(args: argparse.Namespace) -> None:
+    options: FinetuneCommand = options_from_args(FinetuneCommand, args)
     from geocl.finetune.train import run_finetune
 
-    result = run_finetune(
-        tiles=args.tiles, out=args.out, encoder_checkpoint=args.encoder, encoder=args.encoder_name,
-        arch=args.arch, label_fraction=args.label_fraction, seed=args.seed, max_epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, freeze_encoder=args.freeze_encoder, num_workers=args.num_workers,
-    )
+    result = run_finetune(**options.model_dump())
     iou = ", ".join("-" if value != value else f"{value:.3f}" for value in result.iou)
     print(
         f"test mIoU {result.miou:.4f} (val {result.val_miou:.4f}) with {result.train_tiles} labelled tiles\n"
@@ -69,41 +94,31 @@ def _finetune(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
+    options: PredictOptions = options_from_args(PredictOptions, args)
     from geocl.finetune.inference import predict_with_checkpoint
 
     result = predict_with_checkpoint(
-        args.checkpoint, args.scene, args.out, polygons=args.polygons, window=args.window, overlap=args.overlap
+        options.checkpoint, options.scene, options.out, polygons=options.polygons, window=options.window,
+        overlap=options.overlap,
     )
-    print(f"prediction: {result.path}\n  preview: {result.png}" + (f"\n  polygons: {result.polygons}" if result.polygons else ""))
+    polygons = f"\n  polygons: {result.polygons}" if result.polygons else ""
+    print(f"prediction: {result.path}\n  preview: {result.png}{polygons}")
 
 
 def _compare(args: argparse.Namespace) -> None:
-    import geocl.methods  # noqa: F401  (registers every method's parameters)
-    from geocl.training.compare import CompareOptions, run_compare
+    options: CompareOptions = options_from_args(CompareOptions, args)
+    from geocl.training.compare import run_compare
 
-    finetune = {"max_epochs": args.epochs} if args.epochs else {}
-    evaluate = {"k": args.k, "temperature": args.temperature, "probe_epochs": args.probe_epochs}
-    run_compare(
-        CompareOptions(
-            recipes=list(args.recipes), label_fractions=list(args.label_fractions), seeds=args.seeds,
-            out=args.out, overrides=list(args.override), finetune=finetune, evaluate=evaluate,
-        )
-    )
+    run_compare(options)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    options: EvaluateCommand = options_from_args(EvaluateCommand, args)
     from geocl.evaluation import run_evaluation
     from geocl.evaluation.evaluate import default_out
 
-    if (args.checkpoint is None) == (args.encoder_name is None):
-        raise GeoclError("give a checkpoint or --encoder-name (a randomly initialised encoder), not both", key="CKPT")
-    out = args.out or (default_out(args.checkpoint) if args.checkpoint is not None else Path("."))
-    result = run_evaluation(
-        args.checkpoint, args.data, args.format, out=out, encoder=args.encoder_name or "resnet18", k=args.k,
-        temperature=args.temperature, probe_epochs=args.probe_epochs, probe_lr=args.probe_lr,
-        image_size=args.image_size, batch_size=args.batch_size, seed=args.seed,
-        momentum_encoder=args.momentum_encoder,
-    )
+    out = options.out or (default_out(options.checkpoint) if options.checkpoint is not None else Path("."))
+    result = run_evaluation(**{**options.model_dump(), "encoder": options.encoder or "resnet18", "out": out})
     print(
         f"{result.method} ({result.encoder}) on {result.val_images} images, {result.num_classes} classes:\n"
         f"  kNN top-1 (k={result.k}, T={result.temperature:g}): {result.knn_top1:.4f}\n"
@@ -113,7 +128,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _make_natural(args: argparse.Namespace) -> None:
-    from geocl.data.natural import write_toy_cifar, write_toy_image_folder
+    from geocl.data.natural_toy import write_toy_cifar, write_toy_image_folder
 
     cifar = write_toy_cifar(
         args.out / "cifar", num_classes=args.classes, per_class=args.per_class,
@@ -131,35 +146,37 @@ def _demo(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``geocl`` argument parser."""
-    parser = argparse.ArgumentParser(prog="geocl", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: given before or after the command, neither parser overwrites the other
+    common.add_argument(
+        "--verbose", action="store_true", default=argparse.SUPPRESS,
+        help="show everything: Lightning's banners and tips, the libraries' warnings",
+    )
+    parser = argparse.ArgumentParser(prog="geocl", description=DESCRIPTION, epilog=EPILOG, parents=[common])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    scene = commands.add_parser("make-scene", help="write the embedded labelled demo scene")
+    def command(name: str, summary: str, details: str = "") -> argparse.ArgumentParser:
+        first = summary[:2] if summary[1:2].isupper() else summary[0].upper() + summary[1:2]  # "kNN" stays
+        description = first + summary[2:] + "." + (f" {details}" if details else "")
+        return commands.add_parser(name, help=summary, description=description, parents=[common])
+
+    scene = command("make-scene", "write the embedded labelled demo scene")
     scene.add_argument("dir", type=Path, help="output folder (image.tif, mask.tif)")
-    scene.add_argument("--size", type=int, default=4096, help="side in px (default 4096)")
-    scene.add_argument("--seed", type=int, default=0)
-    scene.add_argument("--bands", type=int, default=4, help="band count, >= 4 (default 4)")
+    scene.add_argument("--size", type=int, default=4096, help="side in px (default: 4096)")
+    scene.add_argument("--seed", type=int, default=0, help="seed of the scene (default: 0)")
+    scene.add_argument("--bands", type=int, default=4, help="band count, at least 4 (default: 4)")
     scene.add_argument("--overwrite", action="store_true", help="regenerate even if cached")
     scene.set_defaults(run=_make_scene)
 
-    tile = commands.add_parser("tile", help="cut a scene into GeoTIFF tiles with a GeoPackage index")
-    tile.add_argument("scene", type=Path, help="a GeoTIFF or a folder of GeoTIFFs")
-    tile.add_argument("--out", type=Path, required=True, help="output folder (rerun to resume)")
-    tile.add_argument("--mask", type=Path, help="one-band class mask (file or folder)")
-    tile.add_argument("--roi", type=Path, help="vector file of the region of interest")
-    tile.add_argument("--size", type=int, default=256, help="tile side in px (default 256)")
-    tile.add_argument("--stride", type=int, help="px between tile origins (default: size)")
-    tile.add_argument("--max-nodata", type=float, default=0.2, help="skip tiles above this nodata fraction")
-    tile.add_argument("--split-block", type=int, help="side of split blocks in px (default: 4 x size)")
-    tile.add_argument(
-        "--split", type=float, nargs=3, default=(0.7, 0.15, 0.15), metavar=("TRAIN", "VAL", "TEST"),
-        help="fractions of blocks per split (default 0.7 0.15 0.15)",
+    tile = command(
+        "tile", "cut a scene into GeoTIFF tiles with a GeoPackage index",
+        "Tiles are assigned to train, val and test by square blocks, so the splits lie apart; "
+        "rerun the same command to resume.",
     )
-    tile.add_argument("--seed", type=int, default=0, help="seed of the split draw")
-    tile.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_model_arguments(tile, TileOptions, positional=("scene",), flags={"scene": "SCENE"}, arguments=TILE_ARGUMENTS)
     tile.set_defaults(run=_tile)
 
-    pretrain = commands.add_parser("pretrain", help="pretrain an encoder as a recipe says")
+    pretrain = command("pretrain", "pretrain an encoder as a recipe says")
     pretrain.add_argument("recipe", type=Path, help="recipe YAML (see recipes/)")
     pretrain.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE",
@@ -168,82 +185,73 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--resume", action="store_true", help="continue the run in `out` from its last checkpoint")
     pretrain.set_defaults(run=_pretrain)
 
-    finetune = commands.add_parser("finetune", help="finetune a segmentation model with few labels")
-    finetune.add_argument("--tiles", type=Path, required=True, help="tile set with masks (geocl tile --mask)")
-    finetune.add_argument("--encoder", type=Path, help="a geocl pretrain checkpoint (default: random init)")
-    finetune.add_argument("--encoder-name", default="resnet18", help="encoder for random init (default resnet18)")
-    finetune.add_argument("--arch", default="unet", choices=["unet", "deeplabv3plus", "dpt"],
-                          help="segmentation decoder; a ViT encoder always gets dpt")
-    finetune.add_argument("--label-fraction", type=float, default=0.05)
-    finetune.add_argument("--seed", type=int, default=0)
-    finetune.add_argument("--epochs", type=int, default=15)
-    finetune.add_argument("--batch-size", type=int, default=8)
-    finetune.add_argument("--lr", type=float, default=1e-3)
-    finetune.add_argument("--freeze-encoder", action="store_true", help="train the decoder only")
-    finetune.add_argument("--num-workers", type=int, default=0)
-    finetune.add_argument("--out", type=Path, required=True, help="run folder")
+    finetune = command(
+        "finetune", "finetune a segmentation model with few labels",
+        "The encoder starts from a pretrain checkpoint or from random init; the test mIoU is measured "
+        "on the test tiles with the best checkpoint on val.",
+    )
+    add_model_arguments(finetune, FinetuneCommand, flags=FINETUNE_FLAGS)
     finetune.set_defaults(run=_finetune)
 
-    predict = commands.add_parser("predict", help="predict a whole scene with a finetuned checkpoint")
-    predict.add_argument("checkpoint", type=Path)
-    predict.add_argument("scene", type=Path)
-    predict.add_argument("--out", type=Path, required=True, help="prediction GeoTIFF")
-    predict.add_argument("--polygons", type=Path, help="also write class polygons (GeoPackage)")
-    predict.add_argument("--window", type=int, default=256)
-    predict.add_argument("--overlap", type=int, default=64)
+    predict = command("predict", "predict a whole scene with a finetuned checkpoint")
+    add_model_arguments(predict, PredictOptions, positional=("checkpoint", "scene"), flags=PREDICT_FLAGS)
     predict.set_defaults(run=_predict)
 
-    compare = commands.add_parser("compare", help="pretrain and finetune several recipes; results table")
-    compare.add_argument("recipes", type=Path, nargs="+")
-    compare.add_argument("--label-fractions", type=float, nargs="+", default=[0.01, 0.05, 0.2])
-    compare.add_argument("--seeds", type=int, default=3)
-    compare.add_argument("--out", type=Path, default=Path("runs/compare"))
-    compare.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="recipe override for every recipe")
-    compare.add_argument("--epochs", type=int, help="finetuning epochs")
-    compare.add_argument("--k", type=int, default=20, help="natural images: kNN neighbours (default 20)")
-    compare.add_argument("--temperature", type=float, default=0.07, help="natural images: kNN temperature (default 0.07)")
-    compare.add_argument("--probe-epochs", type=int, default=100, help="natural images: linear-probe epochs (default 100)")
+    compare = command(
+        "compare", "pretrain and finetune several recipes; results table",
+        "Tile-set recipes are finetuned at each label fraction and seed (mIoU); natural-image recipes "
+        "are evaluated by kNN and linear probe per seed (top-1). A random-init row is added. Rerun the "
+        "same command to resume.",
+    )
+    add_model_arguments(
+        compare, CompareOptions, positional=("recipes",), flags=COMPARE_FLAGS, arguments=COMPARE_ARGUMENTS
+    )
     compare.set_defaults(run=_compare)
 
-    evaluate = commands.add_parser("evaluate", help="kNN and linear-probe top-1 of an encoder on natural images")
-    evaluate.add_argument("checkpoint", type=Path, nargs="?", help="a geocl pretrain checkpoint (omit with --encoder-name)")
-    evaluate.add_argument("--data", type=Path, required=True, help="image folder or CIFAR python-batch folder")
-    evaluate.add_argument("--format", required=True, choices=["cifar", "image_folder"])
-    evaluate.add_argument("--k", type=int, default=20, help="kNN neighbours (default 20)")
-    evaluate.add_argument("--temperature", type=float, default=0.07, help="kNN vote temperature (default 0.07)")
-    evaluate.add_argument("--probe-epochs", type=int, default=100, help="linear-probe epochs (default 100)")
-    evaluate.add_argument("--probe-lr", type=float, default=0.1, help="linear-probe SGD learning rate (default 0.1)")
-    evaluate.add_argument("--image-size", type=int, help="resize images to this side (default: as in pretraining)")
-    evaluate.add_argument("--batch-size", type=int, default=256)
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of the probe (and of a random encoder)")
-    evaluate.add_argument("--encoder-name", help="evaluate a randomly initialised encoder of this name instead")
-    evaluate.add_argument("--momentum-encoder", action="store_true", help="evaluate the momentum (EMA) encoder (MoCo, PatchMix, MultiNet), as the PatchMix spec does")
-    evaluate.add_argument("--out", type=Path, help="folder for evaluation.json (default: the checkpoint's run folder)")
+    evaluate = command(
+        "evaluate", "kNN and linear-probe top-1 of an encoder on natural images",
+        "Give a pretrain checkpoint, or --encoder-name for a randomly initialised encoder.",
+    )
+    add_model_arguments(evaluate, EvaluateCommand, positional=("checkpoint",), flags=EVALUATE_FLAGS)
     evaluate.set_defaults(run=_evaluate)
 
-    natural = commands.add_parser("make-natural", help="write toy natural-image data (CIFAR-style batches, image folder)")
+    natural = command("make-natural", "write toy natural-image data (CIFAR-style batches, image folder)")
     natural.add_argument("out", type=Path, help="output folder (cifar/, images/)")
-    natural.add_argument("--classes", type=int, default=10)
-    natural.add_argument("--per-class", type=int, default=100, help="train images per class (test: a fifth)")
-    natural.add_argument("--size", type=int, default=48, help="side of the image-folder images in px (CIFAR: 32)")
-    natural.add_argument("--seed", type=int, default=0)
+    natural.add_argument("--classes", type=int, default=10, help="classes (default: 10)")
+    natural.add_argument(
+        "--per-class", type=int, default=100, help="train images per class, test: a fifth (default: 100)"
+    )
+    natural.add_argument(
+        "--size", type=int, default=48, help="side of the image-folder images in px, CIFAR: 32 (default: 48)"
+    )
+    natural.add_argument("--seed", type=int, default=0, help="seed of the images (default: 0)")
     natural.set_defaults(run=_make_natural)
 
-    demo = commands.add_parser("demo", help="run the main job on the embedded scene")
-    demo.add_argument("--out", type=Path, default=Path("demo_out"))
-    demo.add_argument("--size", type=int, default=4096, help="scene side in px")
+    demo = command("demo", "run the main job on the embedded scene")
+    demo.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
+    demo.add_argument("--size", type=int, default=4096, help="scene side in px (default: 4096)")
     demo.set_defaults(run=_demo)
     return parser
+
+
+def _as_typed(error: GeoclError, args: argparse.Namespace) -> str:
+    """The error's message, naming an option field by the flag the user typed."""
+    flags = getattr(args, FLAGS_ATTRIBUTE, None) or {}
+    text = str(error)
+    if error.path is None and error.key in flags and text.startswith(f"{error.key}: "):
+        return flags[error.key] + text[len(error.key) :]
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``geocl``; returns the exit status (0 ok, 2 user error, 130 interrupted)."""
     args = build_parser().parse_args(argv)
+    configure_output(verbose=getattr(args, "verbose", False))
     run: Callable[[argparse.Namespace], None] = args.run
     try:
         run(args)
     except GeoclError as error:
-        print(f"geocl {args.command}: error: {error}", file=sys.stderr)
+        print(f"geocl {args.command}: error: {_as_typed(error, args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"geocl {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from geocl.data.synthetic import make_scene, nearest_class_mean_miou
+from geocl.data.synthetic import make_scene
 from geocl.data.tiler import TilingOptions, tile_scene
+from geocl.evaluation.spectral_baseline import nearest_class_mean_miou
 from geocl.report.maps import plot_tile_index
 
 #: Recipes the demo compares (CPU-sized).
@@ -53,7 +54,8 @@ def run_demo(
         A summary dict: split counts, the spectral baseline, the results table and plots.
     """
     import geocl.methods  # noqa: F401  (registers the methods' recipe sections)
-    from geocl.training.compare import CompareOptions, run_compare
+    from geocl.recipes.options import CompareOptions, FinetuneOptions
+    from geocl.training.compare import run_compare
 
     out = Path(out)
     start = time.perf_counter()
@@ -78,7 +80,7 @@ def run_demo(
             seeds=1,
             out=compare_out,
             overrides=[f"data.tiles={tiles}", f"seed={seed}", *overrides],
-            finetune=dict(DEMO_FINETUNE if finetune is None else finetune),
+            finetune=FinetuneOptions(**(DEMO_FINETUNE if finetune is None else finetune)),
         )
     )
     plots = [split_map, compare_out / "results.png", *sorted(compare_out.glob("pretrain/*/plots/*.png"))]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import geopandas as gpd
@@ -172,3 +174,147 @@ def test_evaluate_on_a_missing_data_folder_names_it(tmp_path: Path, capsys: pyte
     missing = tmp_path / "no-such-folder"
     line = _run_error(capsys, "evaluate", "--encoder-name", "test_resnet", "--data", str(missing), "--format", "image_folder")
     assert str(missing) in line
+
+
+# ------------------------------------------------------------ options from the schema
+
+#: Modules a bad option must be answered without (each takes seconds to import).
+HEAVY = ("torch", "lightning", "torchgeo", "rasterio", "geopandas", "matplotlib")
+
+
+def test_bad_option_is_answered_before_any_heavy_import(tmp_path: Path) -> None:
+    code = (
+        "import sys, time\n"
+        "start = time.perf_counter()\n"
+        "from geocl.cli import main\n"
+        f"status = main(['tile', 'x', '--out', {str(tmp_path / 'y')!r}, '--size', '0'])\n"
+        "print('seconds', round(time.perf_counter() - start, 2))\n"
+        f"print('heavy', [m for m in {HEAVY!r} if m in sys.modules])\n"
+        "sys.exit(status)\n"
+    )
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    wall = time.perf_counter() - start
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == "geocl tile: error: --size: invalid value 0: must be at least 8"
+    assert "heavy []" in result.stdout, result.stdout
+    print(f"geocl tile --size 0: {wall:.2f} s wall in a fresh interpreter ({result.stdout.split()[1]} s in-process)")
+
+
+FT = ["finetune", "--tiles", "t", "--out", "o"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([*FT, "--label-fraction", "0"], "--label-fraction: invalid value 0: must be in (0, 1]"),
+        ([*FT, "--arch", "unt"], "--arch: invalid value unt; did you mean 'unet'? (choices: unet, deeplabv3plus, dpt)"),
+        ([*FT, "--epochs", "many"], "--epochs: invalid value many: expected an integer"),
+        (
+            ["predict", "a.ckpt", "s.tif", "--out", "p.tif", "--overlap", "300"],
+            "--overlap: must be smaller than --window (256 px), got 300",
+        ),
+        (["compare", "a.yaml", "--label-fractions", "0.1", "1.5"], "--label-fractions: invalid value 1.5: must be in (0, 1]"),
+        (["compare", "a.yaml", "--seeds", "0"], "--seeds: invalid value 0: must be at least 1"),
+        (["compare", "a.yaml", "--k", "0"], "--k: invalid value 0: must be at least 1"),
+        (
+            ["evaluate", "a.ckpt", "--encoder-name", "resnet18", "--data", "d", "--format", "cifar"],
+            "--encoder-name: give CHECKPOINT or --encoder-name, not both",
+        ),
+        (
+            ["evaluate", "--data", "d", "--format", "cifr"],
+            "--format: invalid value cifr; did you mean 'cifar'? (choices: cifar, image_folder)",
+        ),
+        (
+            ["tile", "s.tif", "--out", "o", "--split", "0.5", "0.5", "0.5"],
+            "--split: invalid value [0.5, 0.5, 0.5]: fractions must sum to 1, got 1.5",
+        ),
+        (
+            ["tile", "s.tif", "--out", "o", "--stride", "64", "--split-block", "32"],
+            "--split-block: must be at least --stride (64 px), got 32",
+        ),
+    ],
+)
+def test_bad_options_of_every_command_name_the_flag(capsys: pytest.CaptureFixture[str], argv: list[str], expected: str) -> None:
+    line = _run_error(capsys, *argv)
+    assert line == f"geocl {argv[0]}: error: {expected}"
+
+
+def test_help_is_user_facing_text() -> None:
+    from geocl import cli
+
+    text = cli.build_parser().format_help()
+    assert cli.DESCRIPTION.split(":")[0] in text and (cli.__doc__ or "").splitlines()[0] not in text
+    assert "--verbose" in text
+    finetune = _help("finetune")
+    assert "--epochs EPOCHS" in finetune and "(default: 15)" in finetune and "--encoder-name" in finetune
+    assert "{unet,deeplabv3plus,dpt}" in finetune and "(default: 0.05)" in finetune
+    compare = _help("compare")
+    assert "--label-fractions" in compare and "(default: 0.01 0.05 0.2)" in compare and "--override KEY=VALUE" in compare
+    assert "(default: runs/compare)" in compare and "--probe-epochs" in compare and "--temperature" in compare
+    tile = _help("tile")
+    assert "--split TRAIN VAL TEST" in tile and "(default: 0.7 0.15 0.15)" in tile and "(default: 256)" in tile
+
+
+def _help(command: str) -> str:
+    from geocl import cli
+
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices[command].format_help()
+
+
+def test_cli_defaults_come_from_the_schema(monkeypatch: pytest.MonkeyPatch) -> None:
+    from geocl import cli
+    from geocl.recipes.cli_args import options_from_args
+    from geocl.recipes.options import CompareOptions, FinetuneCommand, FinetuneOptions
+
+    models = (FinetuneOptions, FinetuneCommand, CompareOptions)
+    try:
+        for model in models[:2]:
+            monkeypatch.setattr(model.model_fields["max_epochs"], "default", 42)
+        for model in models:
+            model.model_rebuild(force=True)
+        assert "(default: 42)" in _help("finetune") and "(default: 42)" in _help("compare")
+        args = cli.build_parser().parse_args(["finetune", "--tiles", "t", "--out", "o"])
+        assert options_from_args(FinetuneCommand, args).max_epochs == 42
+        args = cli.build_parser().parse_args(["compare", "a.yaml"])
+        assert options_from_args(CompareOptions, args).finetune.max_epochs == 42
+    finally:
+        monkeypatch.undo()
+        for model in models:
+            model.model_rebuild(force=True)
+    assert FinetuneCommand(tiles="t", out="o").max_epochs == 15 and "(default: 15)" in _help("finetune")
+
+
+def test_verbose_before_or_after_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    from geocl import cli
+
+    seen: list[bool] = []
+    monkeypatch.setattr(cli, "configure_output", lambda verbose: seen.append(verbose))
+    monkeypatch.setattr(cli, "_demo", lambda args: None)
+    assert cli.main(["--verbose", "demo"]) == 0 and cli.main(["demo", "--verbose"]) == 0 and cli.main(["demo"]) == 0
+    assert seen == [True, True, False]
+
+
+def test_library_errors_name_option_fields_by_their_flag(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from geocl import cli
+    from geocl.errors import GeoclError
+
+    def fails(args: argparse.Namespace) -> None:
+        raise GeoclError("larger than the scene (100 x 100 px)", key="size")
+
+    monkeypatch.setattr(cli, "_tile", fails)
+    line = _run_error(capsys, "tile", "s.tif", "--out", "o")
+    assert line == "geocl tile: error: --size: larger than the scene (100 x 100 px)"
+
+
+def test_interrupt_exits_130_with_the_resume_hint(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from geocl import cli
+
+    def interrupted(args: argparse.Namespace) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_tile", interrupted)
+    assert cli.main(["tile", "s.tif", "--out", "o"]) == 130
+    assert capsys.readouterr().err.strip() == "geocl tile: interrupted; rerun the same command to resume"

@@ -1,65 +1,43 @@
-"""Whole-scene prediction: sliding windows, blended logits, a classified GeoTIFF.
+"""Whole-scene prediction: a classified GeoTIFF with a colour table, its preview and polygons.
 
-A scene is predicted in its own pixel grid with square windows of ``window`` px placed
-every ``stride = window - overlap`` px (the last row and column of windows are moved
-back to end on the scene's edge, so no window hangs out of the scene unless the scene
-is smaller than one window; there the window is padded with nodata). Where windows
-overlap, their logits are averaged with a smooth weight that is largest at the window
-centre and small, but above zero, at its border (:func:`blend_weight`): a pixel near one
-window's border, where the model sees the least context, is then decided mostly by the
-window that holds it near its centre, and the result shows no seams along window edges.
-
-The scene is streamed. Windows are processed one row band at a time into a strip
-buffer of ``K x window x width`` float32 logits (``K`` classes); rows that no later band
-reaches are finished, classified and written, and the buffer moves down. Memory is
-therefore independent of the scene's height and about ``4 K window width`` bytes (plus
-the raw row band, ``bands x window x width`` samples): e.g. 10 classes, 256 px windows
-and a 20 000 px wide scene take about 200 MB. It does grow with the width.
+:func:`predict_scene` streams the blended logits of
+:func:`~geocl.finetune.sliding_window.sliding_window_logits` (windows, blending and
+memory are described there), writes the argmax class of each pixel as the scene's
+grid in whole rows of internal blocks, then the preview
+(:func:`~geocl.report.prediction.plot_prediction_preview`) and, when asked for, the
+polygons (:func:`~geocl.finetune.polygons.write_polygons`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import rasterio
 import torch
-import torch.nn.functional as F
-from rasterio.io import DatasetReader, DatasetWriter
+from rasterio.io import DatasetWriter
 from rasterio.windows import Window
-from torch import Tensor
-from tqdm.auto import tqdm
 
 from geocl.data.normalize import BandNormalizer
-from geocl.data.rasters import bounded_memory, find_rasters, geotiff_profile, inspect_raster, read_decimated
+from geocl.data.rasters import bounded_memory, find_rasters, geotiff_profile, inspect_raster
 from geocl.errors import GeoclError
-from geocl.io import atomic_path, save_figure
+from geocl.finetune.polygons import write_polygons
+from geocl.finetune.sliding_window import Model, sliding_window_logits
+from geocl.io import atomic_path
+from geocl.report.prediction import plot_prediction_preview
 
 __all__ = [
     "PredictionResult",
-    "Strip",
-    "blend_weight",
     "default_colours",
     "predict_scene",
-    "sliding_window_logits",
-    "window_origins",
 ]
 
 #: Smallest window side accepted (px); smaller windows give the model no context.
 MIN_WINDOW = 16
 
-#: Blend weight at a window's corner, relative to 1 at its centre. Above zero so that a
-#: pixel covered by one window only (along the scene edge) still gets that window's logits.
-BLEND_FLOOR = 1e-3
-
-#: GeoPackage layer of the prediction polygons.
-POLYGON_LAYER = "prediction"
-
-Model = Callable[[Tensor], Tensor]
 Colour = tuple[int, int, int]
 
 
@@ -80,50 +58,6 @@ class PredictionResult:
     polygons: Path | None
     shape: tuple[int, int]
     classes: tuple[int, ...]
-
-
-class Strip(NamedTuple):
-    """Finished rows of blended logits, as yielded by :func:`sliding_window_logits`.
-
-    Attributes:
-        row: scene row of the first row (px).
-        logits: ``[K, rows, width]`` float32, the weighted mean of the covering windows'
-            logits (0 where every band of the scene is nodata and no window ran).
-        invalid: ``[rows, width]`` bool, True where every band of the scene is nodata.
-    """
-
-    row: int
-    logits: np.ndarray
-    invalid: np.ndarray
-
-
-def window_origins(length: int, window: int, stride: int) -> list[int]:
-    """Start offsets of windows covering ``[0, length)`` (px).
-
-    Every ``stride`` px from 0; the last window is moved back to end at ``length`` so it
-    stays inside the scene (a scene shorter than ``window`` gets the single origin 0).
-
-    Returns:
-        Increasing origins; consecutive ones differ by at most ``stride``.
-    """
-    if length <= window:
-        return [0]
-    origins = list(range(0, length - window + 1, stride))
-    if origins[-1] + window < length:
-        origins.append(length - window)
-    return origins
-
-
-def blend_weight(window: int, floor: float = BLEND_FLOOR) -> np.ndarray:
-    """The ``[window, window]`` float32 weight of one window's logits in the blend.
-
-    The outer product of a 1-D Hann window sampled at pixel centres, ``sin(pi (i + 0.5)
-    / window)^2``, so 1 at the centre and falling smoothly to about ``(pi / 2 window)^2``
-    at the border; clipped below at ``floor`` so no pixel gets zero weight.
-    """
-    centres = (np.arange(window, dtype=np.float64) + 0.5) / window
-    ramp = np.sin(np.pi * centres) ** 2
-    return np.maximum(np.outer(ramp, ramp), floor).astype(np.float32)
 
 
 def default_colours(count: int) -> list[Colour]:
@@ -181,127 +115,6 @@ def _single_scene_file(scene: str | os.PathLike[str]) -> Path:
         )
     inspect_raster(files[0])  # readable, not empty, has a CRS and a transform
     return files[0]
-
-
-def _read_band(src: DatasetReader, row: int, height: int, width: int, fill: float) -> np.ndarray:
-    """Rows ``[row, row + height)`` of every band, ``[C, height, width]``, nodata-padded.
-
-    One windowed read per row band rather than one boundless read per window: GDAL then
-    decompresses each block once per band instead of once per overlapping window, and
-    padding past the scene edge (only when the scene is smaller than a window) is a numpy
-    fill instead of a boundless read through a VRT.
-    """
-    rows = min(height, src.height - row)
-    data = src.read(window=Window(0, row, src.width, rows))
-    if data.shape[1:] == (height, width):
-        return data
-    padded = np.full((src.count, height, width), fill, dtype=data.dtype)
-    padded[:, :rows, : src.width] = data
-    return padded
-
-
-def sliding_window_logits(
-    model: Model,
-    src: DatasetReader,
-    normalizer: BandNormalizer,
-    *,
-    num_classes: int,
-    window: int = 256,
-    overlap: int = 64,
-    batch_size: int = 8,
-    device: str | torch.device = "cpu",
-    nodata: float | None = None,
-    progress: bool = False,
-) -> Iterator[Strip]:
-    """Blended logits of a whole scene, streamed top to bottom as :class:`Strip` s.
-
-    Args:
-        model: normalised images ``[B, C, window, window]`` float32 on ``device`` ->
-            logits ``[B, K, h, w]`` (resized bilinearly to the window when h, w differ).
-        src: the open scene.
-        normalizer: the band statistics the model was trained with.
-        num_classes: ``K``, the channels the model must return.
-        window: window side (px).
-        overlap: overlap of neighbouring windows (px).
-        batch_size: windows per model call.
-        device: where the model runs.
-        nodata: the scene value that marks a missing pixel when every band holds it;
-            default: the file's nodata, else the normaliser's.
-        progress: show a tqdm bar over windows.
-
-    Yields:
-        Consecutive strips covering rows ``0 .. src.height``, each ``src.width`` wide.
-        Windows whose pixels are all nodata are skipped (not run through the model).
-    """
-    height, width = src.height, src.width
-    stride = window - overlap
-    if nodata is None:
-        nodata = src.nodata if src.nodata is not None else normalizer.nodata
-    rows, cols = window_origins(height, window, stride), window_origins(width, window, stride)
-    buffer_width = max(width, window)
-    weight = blend_weight(window)
-    # The strip buffer holds scene rows [top, top + window): the sum of weighted logits,
-    # the sum of weights, and the nodata mask of those rows.
-    logits_sum = np.zeros((num_classes, window, buffer_width), dtype=np.float32)
-    weight_sum = np.zeros((window, buffer_width), dtype=np.float32)
-    invalid = np.ones((window, buffer_width), dtype=bool)
-    top = 0
-
-    def finished(stop: int) -> Strip:
-        """Rows [top, stop) as a strip; no band still to come reaches them."""
-        count = min(stop, height) - top
-        weights = weight_sum[:count, :width]
-        blended = np.zeros((num_classes, count, width), dtype=np.float32)
-        np.divide(logits_sum[:, :count, :width], weights, out=blended, where=weights > 0)
-        return Strip(top, blended, invalid[:count, :width].copy())
-
-    def run(images: list[np.ndarray]) -> np.ndarray:
-        batch = torch.from_numpy(np.stack(images)).to(device)
-        with torch.inference_mode():
-            out = model(batch)
-        if out.ndim != 4 or out.shape[0] != len(images):
-            raise ValueError(f"model must return logits [B, K, h, w]; got shape {tuple(out.shape)}")
-        if out.shape[1] != num_classes:
-            raise GeoclError(
-                f"the model returns {out.shape[1]} classes but {num_classes} class values were given",
-                key="class_values",
-            )
-        if out.shape[-2:] != (window, window):  # e.g. a model predicting at a coarser stride
-            out = F.interpolate(out.float(), size=(window, window), mode="bilinear", align_corners=False)
-        return out.float().cpu().numpy()
-
-    bar = tqdm(total=len(rows) * len(cols), unit="window", desc="predict", disable=not progress)
-    try:
-        for row in rows:
-            if row > top:
-                yield finished(row)
-                shift = row - top
-                # numpy copies through a temporary when source and target overlap
-                logits_sum[:, : window - shift] = logits_sum[:, shift:]
-                logits_sum[:, window - shift :] = 0
-                weight_sum[: window - shift] = weight_sum[shift:]
-                weight_sum[window - shift :] = 0
-                top = row
-            raw = _read_band(src, row, window, buffer_width, nodata)
-            # the band covers the whole buffer; NaN nodata (float scenes) never compares equal
-            invalid[:] = (np.isnan(raw) if np.isnan(nodata) else raw == nodata).all(axis=0)
-            pending: list[tuple[int, np.ndarray]] = []
-            for index, col in enumerate(cols):
-                mask = invalid[:, col : col + window]
-                if mask.all():  # nothing to predict: its pixels will be written as nodata
-                    bar.update(1)
-                else:
-                    pending.append((col, normalizer(raw[:, :, col : col + window], mask)))
-                if pending and (len(pending) == batch_size or index == len(cols) - 1):
-                    logits = run([image for _, image in pending])
-                    for (start, _), window_logits in zip(pending, logits):
-                        logits_sum[:, :, start : start + window] += window_logits * weight
-                        weight_sum[:, start : start + window] += weight
-                    bar.update(len(pending))
-                    pending = []
-        yield finished(top + window)
-    finally:
-        bar.close()
 
 
 class _BlockRowWriter:
@@ -374,7 +187,7 @@ def predict_scene(
         device: where the model runs.
         nodata: value written where every band of the scene is nodata (not a class value).
         polygons: also write the prediction as polygons to this GeoPackage (layer
-            :data:`POLYGON_LAYER`, one row per polygon, column ``class_value``, the scene's
+            :data:`~geocl.finetune.polygons.POLYGON_LAYER`, one row per polygon, column ``class_value``, the scene's
             CRS, nodata left out). The prediction is read back whole for this, which takes
             ``height x width`` bytes (2 for uint16 output): fine for scenes up to some
             10^8 px, not for continent-sized mosaics.
@@ -434,68 +247,6 @@ def predict_scene(
         if module is not None:
             module.train(was_training)
 
-    png = _write_preview(path, out, values, colours, nodata)
-    gpkg = _write_polygons(out, polygons) if polygons is not None else None
+    png = plot_prediction_preview(path, out, values, colours, nodata)
+    gpkg = write_polygons(out, polygons) if polygons is not None else None
     return PredictionResult(path=out, png=png, polygons=gpkg, shape=shape, classes=values)
-
-
-def _write_preview(
-    scene: Path, prediction: Path, values: Sequence[int], colours: Sequence[Colour], nodata: int
-) -> Path:
-    """``prediction.png``: the scene's quicklook and the prediction side by side."""
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-
-    from geocl.report.maps import quicklook
-
-    rgb, extent = quicklook(scene)
-    # nearest neighbour (rasterio's default), so every preview pixel holds a real class value
-    shown, _, _ = read_decimated(prediction, 1, rgb.shape[:2])
-    palette = np.ones((*shown.shape, 3))  # nodata stays white, as in the quicklook
-    for value, colour in zip(values, colours):
-        palette[shown == value] = np.asarray(colour) / 255.0
-
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 6.2), sharex=True, sharey=True)
-    left.imshow(rgb, extent=extent)
-    left.set_title(scene.name)
-    right.imshow(palette, extent=extent, interpolation="nearest")
-    right.set_title(f"prediction ({prediction.name})")
-    # long legends list only the classes that occur in the preview
-    handles = [
-        Patch(facecolor=np.asarray(c) / 255.0, edgecolor="black", label=f"class value {v}")
-        for v, c in zip(values, colours)
-        if len(values) <= 12 or (shown == v).any()
-    ]
-    if (shown == nodata).any():
-        handles.append(Patch(facecolor="white", edgecolor="black", label=f"nodata ({nodata})"))
-    right.legend(handles=handles, loc="upper right", fontsize="small", framealpha=0.9)
-    for axes in (left, right):
-        axes.ticklabel_format(useOffset=False, style="plain")
-        axes.tick_params(labelsize="x-small")
-    figure.tight_layout()
-    return save_figure(figure, prediction.with_suffix(".png"))
-
-
-def _write_polygons(prediction: Path, final: str | os.PathLike[str]) -> Path:
-    """Vectorise the prediction (4-connected regions of one value) into a GeoPackage."""
-    import geopandas as gpd
-    from rasterio.features import shapes
-    from shapely.geometry import shape
-
-    with bounded_memory(), rasterio.open(prediction) as src:
-        classes = src.read(1)
-        valid = classes != src.nodata
-        records = [
-            (int(value), shape(geometry))
-            for geometry, value in shapes(classes, mask=valid, connectivity=4, transform=src.transform)
-        ]
-        crs = src.crs
-    frame = gpd.GeoDataFrame(
-        {"class_value": np.asarray([value for value, _ in records], dtype=np.int64)},
-        geometry=[geometry for _, geometry in records],
-        crs=crs,
-    )
-    final = Path(final)
-    with atomic_path(final) as temp:
-        frame.to_file(temp, driver="GPKG", layer=POLYGON_LAYER)
-    return final

@@ -1,31 +1,60 @@
-"""What every pretraining method shares: encoder, views, optimiser, checkpoint contents.
+"""What every pretraining method shares: encoder, views, optimiser, checkpoint contents, hooks.
 
 A method is a Lightning module that trains ``self.encoder`` (a
 :class:`~geocl.models.Encoder`); finetuning, prediction and comparison load any
-method's checkpoint the same way through that attribute and the ``geocl`` entry
-the checkpoint carries (recipe, band count and statistics, encoder and method
-names, library versions).
+method's checkpoint the same way through that attribute and the ``geocl`` entry the
+checkpoint carries (recipe, band count and statistics, encoder and method names,
+library versions).
+
+A method is built from explicit, typed keyword arguments, like TorchGeo's trainers::
+
+    model = SimCLR("resnet18", in_chans=4, temperature=0.2, view_size=64)
+
+Its own arguments (those of its constructor that are not this base's) are the
+``method`` section of a recipe: :mod:`geocl.methods.registry` derives the recipe model
+from the constructor's signature, so types, ranges and defaults are written once, and
+the same model validates the arguments given from Python (:meth:`PretrainMethod.params`).
+
+Everything specific to a method stays with it, reached through hooks the generic
+pretraining loop (:mod:`geocl.training`) calls without knowing the method:
+
+* :meth:`PretrainMethod.check_train_data`: refuse training images the method cannot use;
+* :meth:`PretrainMethod.train_loader`: the method's own loader for an epoch (regions,
+  pairs, ...), or None for the plain seeded loader;
+* :attr:`PretrainMethod.reloads_data_every_epoch`: whether that loader changes per epoch;
+* Lightning's ``configure_callbacks``: outputs of its own (maps, plots).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from importlib.metadata import version
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import lightning
 import torch
 from lightly.utils.lars import LARS
 from lightly.utils.scheduler import CosineWarmupScheduler
-from omegaconf import DictConfig, OmegaConf
+from pydantic import BaseModel, ValidationError, create_model
 from torch import Tensor
 
 from geocl.errors import GeoclError
 from geocl.models import create_encoder
+from geocl.recipes import OptimizerConfig, SchedulerConfig
+from geocl.recipes.errors import validation_error
 from geocl.transforms import MultiBandViewAugmentation, TwoViews
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader, Dataset
 
 #: Checkpoint key under which geocl stores what is needed to use a checkpoint alone.
 CHECKPOINT_KEY = "geocl"
+#: Constructor arguments every method takes (the other recipe sections), not ``method.*`` keys.
+COMMON_ARGUMENTS = (
+    "encoder", "in_chans", "encoder_args", "pretrained", "band_stats", "view_size", "augment",
+    "optimizer", "scheduler", "seed",
+)
 
 
 def library_versions() -> dict[str, str]:
@@ -40,48 +69,130 @@ def library_versions() -> dict[str, str]:
     return found
 
 
+def validated_section(key: str, model: type[BaseModel], value: Any) -> Any:
+    """A recipe section given as a model, a mapping or None (defaults), validated.
+
+    Errors name the section's dotted key (``optimizer.lr``), as they do in a recipe.
+    """
+    if isinstance(value, model):
+        return value
+    holder = create_model(f"Section_{key}", **{key: (model, ...)})
+    try:
+        return getattr(holder.model_validate({key: dict(value or {})}), key)
+    except ValidationError as exc:
+        raise validation_error(exc, model=holder) from None
+
+
 class PretrainMethod(lightning.LightningModule):
     """Base of all pretraining methods.
 
     Args:
-        recipe: the resolved recipe (see :mod:`geocl.recipes`).
+        encoder: a timm model name (any band count; see :func:`geocl.models.create_encoder`).
         in_chans: number of input bands.
-        band_stats: per-band statistics of the training data (stored in checkpoints).
+        encoder_args: further ``timm.create_model`` arguments (a ViT's patch size, ...).
+        pretrained: start from timm's ImageNet weights (never downloaded by geocl itself).
+        band_stats: per-band statistics of the training data (``{"mean": [...], "std": [...]}``),
+            stored in checkpoints so that downstream tasks normalise alike.
+        view_size: side of the augmented views, px.
+        augment: keyword arguments of :class:`~geocl.transforms.MultiBandViewAugmentation`.
+        optimizer: see :class:`~geocl.recipes.OptimizerConfig` (model or mapping).
+        scheduler: see :class:`~geocl.recipes.SchedulerConfig` (model or mapping).
+        seed: seed of the per-step augmentation draws (a resumed run draws the same views).
 
     Attributes:
+        name: registry name (set by :func:`~geocl.methods.registry.register_method`).
         encoder: the network being pretrained (what downstream tasks load).
+        params: the method's own arguments, validated by its parameter model.
         momentum_encoder_attribute: name of the EMA copy of ``encoder`` in methods that
             keep one (None otherwise); stored in checkpoints so that evaluation can use
             it (``geocl evaluate --momentum-encoder``, as the PatchMix spec evaluates).
         views: two-view augmentation of a batch ``[B, C, H, W]``.
+        recipe: the whole recipe the method was built from (plain data), or None when
+            it was built from Python; checkpoints store it, or the recipe equivalent to
+            the arguments.
     """
 
-    momentum_encoder_attribute: str | None = None
+    name: ClassVar[str] = ""
+    momentum_encoder_attribute: ClassVar[str | None] = None
 
-    def __init__(self, recipe: DictConfig | dict[str, Any], in_chans: int, band_stats: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        encoder: str = "resnet18",
+        in_chans: int = 3,
+        *,
+        encoder_args: Mapping[str, Any] | None = None,
+        pretrained: bool = False,
+        band_stats: Mapping[str, Any] | None = None,
+        view_size: int = 96,
+        augment: Mapping[str, Any] | None = None,
+        optimizer: OptimizerConfig | Mapping[str, Any] | None = None,
+        scheduler: SchedulerConfig | Mapping[str, Any] | None = None,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
-        container = recipe if isinstance(recipe, dict) else OmegaConf.to_container(recipe, resolve=True)
-        self.save_hyperparameters({"recipe": container, "in_chans": in_chans, "band_stats": band_stats})
-        self.recipe = OmegaConf.create(container)
+        # collects the arguments of the whole constructor chain (the method's own too)
+        self.save_hyperparameters()
+        for key, value in self.hparams.items():  # checkpoints hold plain data, not geocl classes
+            if isinstance(value, BaseModel):
+                self.hparams[key] = value.model_dump(mode="json")
+        self.params = self._validated_params()
+        self.encoder_name = encoder
+        self.encoder_args = dict(encoder_args or {})
+        self.pretrained = pretrained
         self.in_chans = in_chans
-        self.band_stats = band_stats
-        self.encoder = create_encoder(
-            self.recipe.encoder.name, in_chans, self.recipe.encoder.pretrained, self.recipe.encoder.get("args")
-        )
-        augment = OmegaConf.to_container(self.recipe.augment, resolve=True) or {}
-        self.augmentation = MultiBandViewAugmentation.from_config(self.recipe.data.view_size, augment)
+        self.band_stats = dict(band_stats) if band_stats is not None else {"mean": [0.0] * in_chans, "std": [1.0] * in_chans}
+        self.view_size = view_size
+        self.augment_args = dict(augment or {})
+        self.optimizer_config: OptimizerConfig = validated_section("optimizer", OptimizerConfig, optimizer)
+        self.scheduler_config: SchedulerConfig = validated_section("scheduler", SchedulerConfig, scheduler)
+        self.seed = seed
+        self.recipe: dict[str, Any] | None = None
+        self.encoder = create_encoder(encoder, in_chans, pretrained, self.encoder_args)
+        self.augmentation = MultiBandViewAugmentation.from_config(view_size, self.augment_args)
         self.views = TwoViews(self.augmentation)
+
+    @classmethod
+    def parameters_model(cls) -> type[BaseModel]:
+        """The model of this method's own arguments (the recipe's ``method`` section)."""
+        from geocl.methods.registry import parameters_model
+
+        return parameters_model(cls)
+
+    def _validated_params(self) -> Any:
+        own = {key: value for key, value in self.hparams.items() if key not in COMMON_ARGUMENTS}
+        return validated_section("method", self.parameters_model(), own)
 
     @property
     def method_name(self) -> str:
         """Registry name of the method."""
-        return str(self.recipe.method.name)
+        return self.name
+
+    # ------------------------------------------------------------------ hooks
+
+    def check_train_data(self, dataset: Dataset[dict[str, Any]]) -> None:
+        """Hook: raise a :class:`GeoclError` for training images this method cannot use."""
+
+    def train_loader(self, data: Any) -> DataLoader[Any] | None:
+        """Hook: the method's own train loader for the current epoch, or None for the plain one.
+
+        Args:
+            data: the run's :class:`~geocl.training.data.PretrainData` (its ``dataset``,
+                ``out`` folder, ``seed``, ``batch_size``, ``trainer`` and ``loader()``).
+        """
+        return None
+
+    @property
+    def reloads_data_every_epoch(self) -> bool:
+        """Hook: whether :meth:`train_loader` must be asked again every epoch."""
+        return False
+
+    # --------------------------------------------------------------- training
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Augmentations draw from torch's global generator; seeding it from the step
         # makes a resumed run draw exactly what the uninterrupted run drew.
         world, rank = self.trainer.world_size, self.trainer.global_rank
-        torch.manual_seed(int(self.recipe.seed) * 1_000_003 + self.global_step * world + rank)
+        torch.manual_seed(int(self.seed) * 1_000_003 + self.global_step * world + rank)
 
     def check_finite(self, loss: Tensor) -> Tensor:
         """Stop with a clear error on a NaN or infinite loss (the last good checkpoint stays)."""
@@ -96,7 +207,7 @@ class PretrainMethod(lightning.LightningModule):
         return loss
 
     def configure_optimizers(self) -> Any:
-        config = self.recipe.optimizer
+        config = self.optimizer_config
         params = [p for p in self.parameters() if p.requires_grad]
         if config.name == "sgd":
             optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
@@ -104,19 +215,36 @@ class PretrainMethod(lightning.LightningModule):
             optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         else:
             optimizer = LARS(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-        if self.recipe.scheduler.name == "none":
+        if self.scheduler_config.name == "none":
             return optimizer
         total = self.trainer.estimated_stepping_batches
         steps_per_epoch = max(1, math.ceil(total / max(1, self.trainer.max_epochs or 1)))
-        warmup = int(self.recipe.scheduler.warmup_epochs * steps_per_epoch)
+        warmup = int(self.scheduler_config.warmup_epochs * steps_per_epoch)
         scheduler = CosineWarmupScheduler(optimizer, warmup_epochs=warmup, max_epochs=int(total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    # ------------------------------------------------------------- checkpoint
+
+    def as_recipe(self) -> dict[str, Any]:
+        """The recipe this method was built from, or the recipe its arguments amount to."""
+        if self.recipe is not None:
+            return self.recipe
+        return {
+            "name": self.name,
+            "seed": self.seed,
+            "data": {"view_size": self.view_size},
+            "encoder": {"name": self.encoder_name, "pretrained": self.pretrained, "args": self.encoder_args},
+            "method": {"name": self.name, **self.params.model_dump(mode="json")},
+            "augment": self.augment_args,
+            "optimizer": self.optimizer_config.model_dump(mode="json"),
+            "scheduler": self.scheduler_config.model_dump(mode="json"),
+        }
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {
-            "recipe": OmegaConf.to_container(self.recipe, resolve=True),
-            "method": self.method_name,
-            "encoder": self.recipe.encoder.name,
+            "recipe": self.as_recipe(),
+            "method": self.name,
+            "encoder": self.encoder_name,
             "in_chans": self.in_chans,
             "band_stats": self.band_stats,
             "encoder_attribute": "encoder",

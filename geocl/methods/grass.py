@@ -26,26 +26,29 @@ training step then contrasts two views of each drawn region.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 
+from geocl.data.tile_dataset import TileDataset
 from geocl.errors import GeoclError
 from geocl.losses import NTXentLoss
-from geocl.methods.simclr import SimCLR, SimCLRConfig
+from geocl.methods.registry import register_method
+from geocl.methods.simclr import SimCLR
 from geocl.sampling.regions import crop_and_resize, gradient_maps, select_boxes, upsample_maps
 from geocl.transforms import photometric_only
 
-STAGE2_SAMPLINGS = ("online", "geo")
 
+@register_method("grass")
+class GraSS(SimCLR):
+    """GraSS on multi-band tiles (defaults: the spec's values where it has them).
 
-@dataclass
-class GraSSConfig(SimCLRConfig):
-    """Parameters of ``method: grass`` (defaults: the spec's values where it has them).
-
-    Attributes:
+    Args:
+        encoder, in_chans, temperature, hidden_dim, output_dim, head_batch_norm, **common:
+            see :class:`~geocl.methods.simclr.SimCLR`.
         warmup_epochs: epochs of stage 1 (instance discrimination) before stage 2 (A1).
         threshold_ratio: map threshold as a fraction of its range (spec: 0.5).
         layer: module of the timm encoder whose output gives the map, e.g. ``layer3``;
@@ -58,24 +61,23 @@ class GraSSConfig(SimCLRConfig):
         map_tiles: tiles whose region maps are written as GeoTIFF and PNG at the end.
     """
 
-    warmup_epochs: int = 1
-    threshold_ratio: float = 0.5
-    layer: str = ""
-    min_box_side: int = 0
-    stage2_sampling: str = "online"
-    region_size: int = 0
-    regions_per_epoch: int = 0
-    map_tiles: int = 4
-
-
-class GraSS(SimCLR):
-    """GraSS on multi-band tiles (see :class:`~geocl.methods.base.PretrainMethod`)."""
-
-    config_class = GraSSConfig
-
-    def __init__(self, recipe: Any, in_chans: int, band_stats: dict[str, Any]) -> None:
-        super().__init__(recipe, in_chans, band_stats)
-        params = self.recipe.method
+    def __init__(
+        self,
+        encoder: str = "resnet18",
+        in_chans: int = 3,
+        *,
+        warmup_epochs: Annotated[int, Field(ge=0)] = 1,
+        threshold_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.5,
+        layer: str = "",
+        min_box_side: Annotated[int, Field(ge=0)] = 0,
+        stage2_sampling: Literal["online", "geo"] = "online",
+        region_size: Annotated[int, Field(ge=0)] = 0,
+        regions_per_epoch: Annotated[int, Field(ge=0)] = 0,
+        map_tiles: Annotated[int, Field(ge=0)] = 4,
+        **simclr: Any,
+    ) -> None:
+        super().__init__(encoder, in_chans, **simclr)
+        params = self.params
         if params.spps.enabled:
             # neither spec defines the mix, and geo stage 2 draws regions, not the tiles pairs index
             raise GeoclError(
@@ -83,16 +85,38 @@ class GraSS(SimCLR):
                 "or use method simclr or moco with spps",
                 key="method.spps.enabled",
             )
-        if params.stage2_sampling not in STAGE2_SAMPLINGS:
-            raise GeoclError(
-                f"must be one of {', '.join(STAGE2_SAMPLINGS)}, got {params.stage2_sampling!r}",
-                key="method.stage2_sampling",
-            )
-        if not 0.0 <= params.threshold_ratio < 1.0:
-            raise GeoclError(f"must be in [0, 1), got {params.threshold_ratio}", key="method.threshold_ratio")
         self._layer = self._find_layer(params.layer) if params.layer else None
         # maps of whole tiles are written by one process: no cross-device gather there
         self.local_criterion = NTXentLoss(temperature=params.temperature, gather_distributed=False)
+
+    # ------------------------------------------------------------------ hooks
+
+    def check_train_data(self, dataset: Dataset[dict[str, Any]]) -> None:
+        if self.params.stage2_sampling == "geo" and not isinstance(dataset, TileDataset):
+            raise GeoclError(
+                "stage2_sampling 'geo' draws regions from georeferenced tiles; these images have none: "
+                "use stage2_sampling 'online'",
+                key="method.stage2_sampling",
+            )
+
+    def train_loader(self, data: Any) -> DataLoader[Any] | None:
+        if self.params.stage2_sampling == "geo" and self.in_stage2:
+            from geocl.methods.grass_maps import region_loader
+
+            return region_loader(self, data)
+        return None
+
+    @property
+    def reloads_data_every_epoch(self) -> bool:
+        return self.params.stage2_sampling == "geo"
+
+    def configure_callbacks(self) -> list[Any]:
+        dataset = getattr(self.trainer.datamodule, "dataset", None)
+        if not isinstance(dataset, TileDataset):
+            return []  # region maps are georeferenced rasters on the tiles' grids
+        from geocl.methods.grass_maps import RegionMapWriter
+
+        return [RegionMapWriter(dataset, self.trainer.datamodule.out, count=self.params.map_tiles)]
 
     def _find_layer(self, name: str) -> torch.nn.Module:
         modules = dict(self.encoder.body.named_modules())
@@ -104,7 +128,7 @@ class GraSS(SimCLR):
     @property
     def in_stage2(self) -> bool:
         """Whether the current epoch uses gradient-guided sampling."""
-        return self.current_epoch >= self.recipe.method.warmup_epochs
+        return self.current_epoch >= self.params.warmup_epochs
 
     def guide(self, views: Tensor, criterion: torch.nn.Module | None = None) -> tuple[Tensor, Tensor]:
         """Guide pass: feature map A of the gradient layer and dL/dA.
@@ -180,12 +204,12 @@ class GraSS(SimCLR):
         """
         features, gradients = self.guide(views)
         maps = gradient_maps(features, gradients)
-        params = self.recipe.method
+        params = self.params
         boxes = select_boxes(maps, tuple(views.shape[-2:]), params.threshold_ratio, params.min_box_side)
         return crop_and_resize(views, boxes), boxes
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        if not self.in_stage2 or self.recipe.method.stage2_sampling == "geo":
+        if not self.in_stage2 or self.params.stage2_sampling == "geo":
             # stage 1, or stage 2 whose regions the geo sampler already drew
             return super().training_step(batch, batch_idx)
         view_a, view_b = self.views(batch["image"])

@@ -29,20 +29,22 @@ With ``spps.enabled`` semantic positive pairs join the ordinary ones as in
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from lightly.models.modules import MoCoProjectionHead
 from lightly.models.utils import batch_shuffle, batch_unshuffle, update_momentum
 from lightly.utils import dist
 from lightly.utils.scheduler import cosine_schedule
+from pydantic import Field
 from torch import Tensor
 
 from geocl.data.semantic_pairs import pair_views
 from geocl.errors import GeoclError
 from geocl.losses import NTXentLoss
 from geocl.methods.base import PretrainMethod
+from geocl.methods.registry import register_method
+from geocl.methods.spps import SemanticPairsHost, SemanticPairsPlugin
 from geocl.methods.simclr import log_semantic_fraction
 from geocl.models import Encoder, frozen_copy
 from geocl.sampling.semantic_pairs import SPPSConfig
@@ -51,11 +53,12 @@ from geocl.sampling.semantic_pairs import SPPSConfig
 QUEUE_CHECKPOINT_KEY = "geocl_moco_queue"
 
 
-@dataclass
-class MoCoConfig:
-    """Parameters of ``method: moco`` (CPU-sized defaults; MoCo v2's in ``recipes/paper/moco.yaml``).
+@register_method("moco")
+class MoCo(SemanticPairsHost, PretrainMethod):
+    """MoCo v2 on multi-band tiles (CPU-sized defaults; MoCo v2's in ``recipes/paper/moco.yaml``).
 
-    Attributes:
+    Args:
+        encoder, in_chans, **common: see :class:`~geocl.methods.base.PretrainMethod`.
         temperature: InfoNCE temperature τ (MoCo v2: 0.2).
         hidden_dim: projection head hidden width (MoCo v2: 2048).
         output_dim: embedding size (MoCo v2: 128).
@@ -67,21 +70,6 @@ class MoCoConfig:
         symmetric: also contrast queries of view 2 with keys of view 1 (loss = mean of both).
         shuffle_bn: shuffle the key batch across devices for the key encoder (MoCo's shuffling BN).
         spps: semantic positive pairs (off by default).
-    """
-
-    temperature: float = 0.2
-    hidden_dim: int = 512
-    output_dim: int = 128
-    queue_size: int = 128
-    momentum: float = 0.99
-    momentum_schedule: bool = False
-    symmetric: bool = False
-    shuffle_bn: bool = True
-    spps: SPPSConfig = field(default_factory=SPPSConfig)
-
-
-class MoCo(PretrainMethod):
-    """MoCo v2 on multi-band tiles (see :class:`~geocl.methods.base.PretrainMethod` for the arguments).
 
     Attributes:
         head: query projection head ``[B, D]`` -> ``[B, output_dim]``.
@@ -90,20 +78,27 @@ class MoCo(PretrainMethod):
         criterion: lightly's NT-Xent with the queue as its memory bank.
     """
 
-    config_class = MoCoConfig
     momentum_encoder_attribute = "key_encoder"
 
-    def __init__(self, recipe: Any, in_chans: int, band_stats: dict[str, Any]) -> None:
-        super().__init__(recipe, in_chans, band_stats)
-        params = self.recipe.method
-        if params.queue_size < 1:
-            # lightly reads 0 as "no memory bank", which would silently make this SimCLR
-            raise GeoclError(f"must be at least 1, got {params.queue_size}", key="method.queue_size")
-        if not 0.0 <= params.momentum <= 1.0:
-            raise GeoclError(f"must be in [0, 1], got {params.momentum}", key="method.momentum")
-        if params.temperature <= 0:
-            raise GeoclError(f"must be greater than 0, got {params.temperature}", key="method.temperature")
-        SPPSConfig.from_node(params.get("spps")).validate()
+    def __init__(
+        self,
+        encoder: str = "resnet18",
+        in_chans: int = 3,
+        *,
+        temperature: Annotated[float, Field(gt=0)] = 0.2,
+        hidden_dim: Annotated[int, Field(ge=1)] = 512,
+        output_dim: Annotated[int, Field(ge=1)] = 128,
+        # at least 1: lightly reads 0 as "no memory bank", which would silently make this SimCLR
+        queue_size: Annotated[int, Field(ge=1)] = 128,
+        momentum: Annotated[float, Field(ge=0.0, le=1.0)] = 0.99,
+        momentum_schedule: bool = False,
+        symmetric: bool = False,
+        shuffle_bn: bool = True,
+        spps: SPPSConfig = SPPSConfig(),
+        **common: Any,
+    ) -> None:
+        super().__init__(encoder, in_chans, **common)
+        params = self.params
         self.head = MoCoProjectionHead(self.encoder.num_features, params.hidden_dim, params.output_dim)
         self.key_encoder = frozen_copy(self.encoder)
         self.key_head = frozen_copy(self.head)
@@ -112,6 +107,7 @@ class MoCo(PretrainMethod):
             memory_bank_size=(params.queue_size, params.output_dim),
             gather_distributed=True,
         )
+        self.spps = SemanticPairsPlugin(params.spps, self.view_size)
 
     @property
     def semantic_encoder(self) -> Encoder:
@@ -125,7 +121,7 @@ class MoCo(PretrainMethod):
 
     def momentum_at(self, step: int) -> float:
         """Key-network momentum at an optimizer step (constant, or cosine from ``momentum`` to 1)."""
-        params = self.recipe.method
+        params = self.params
         if not params.momentum_schedule:
             return float(params.momentum)
         total = max(1, int(self.trainer.estimated_stepping_batches))
@@ -145,7 +141,7 @@ class MoCo(PretrainMethod):
     @torch.no_grad()
     def key(self, views: Tensor) -> Tensor:
         """Keys from the EMA network: ``[B, C, S, S]`` -> ``[B, output_dim]``, without graph."""
-        distributed = self.recipe.method.shuffle_bn and dist.world_size() > 1
+        distributed = self.params.shuffle_bn and dist.world_size() > 1
         if distributed:
             views, order = batch_shuffle(views, distributed=True)
         keys = self.key_head(self.key_encoder(views))
@@ -159,7 +155,7 @@ class MoCo(PretrainMethod):
         With ``symmetric`` the two directions go through one loss call, so both see the
         queue as it was before this step and a view's own key is never its negative.
         """
-        if self.recipe.method.symmetric:
+        if self.params.symmetric:
             queries = torch.cat([self.query(view_a), self.query(view_b)])
             keys = torch.cat([self.key(view_b), self.key(view_a)])
         else:

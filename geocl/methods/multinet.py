@@ -38,54 +38,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 from lightly.models.modules import BYOLPredictionHead, MoCoProjectionHead, NNMemoryBankModule
 from lightly.models.utils import update_momentum
 from lightning.pytorch.utilities import rank_zero_warn
+from pydantic import Field
 from torch import Tensor, nn
 
 from geocl.errors import GeoclError
 from geocl.losses import LocalInfoNCELoss, NTXentLoss
 from geocl.methods.base import PretrainMethod
+from geocl.methods.registry import register_method
 from geocl.models import combine_tiles, frozen_copy, split_tiles
-
-TILE_BATCH_NORMS = ("batch", "eval", "train")
-
-
-@dataclass
-class MultiNetConfig:
-    """Parameters of ``method: multinet`` (CPU-sized widths; the spec's values in comments).
-
-    Attributes:
-        hidden_dim: projector hidden width (spec: 2048).
-        output_dim: projection, prediction and queue width (spec: 2048).
-        predictor_hidden_dim: predictor hidden width (spec: 512).
-        momentum: EMA momentum m of the momentum network (spec: 0.99, constant).
-        splits: tiles per side s of the local views (spec: 2); must divide ``data.view_size``.
-        combs: tiles averaged per local target (spec: 2, giving C(4, 2) = 6 targets).
-        queue_size: rows of the nearest-neighbour support queue (spec: 16384 for
-            50k-100k images); keep it well below the number of train tiles.
-        local_temperature: temperature T of the local InfoNCE (spec: 1.0).
-        global_temperature: temperature T' of the global NT-Xent (spec: 1.0).
-        global_weight: weight a of the global term (spec: 6).
-        tile_batch_norm: BatchNorm of the tile pass: batch, eval or train (module docstring).
-    """
-
-    hidden_dim: int = 1024
-    output_dim: int = 256
-    predictor_hidden_dim: int = 512
-    momentum: float = 0.99
-    splits: int = 2
-    combs: int = 2
-    queue_size: int = 1024
-    local_temperature: float = 1.0
-    global_temperature: float = 1.0
-    global_weight: float = 6.0
-    tile_batch_norm: str = "batch"
-
 
 @contextmanager
 def tile_batch_norm(modules: list[nn.Module], mode: str) -> Iterator[None]:
@@ -106,16 +72,55 @@ def tile_batch_norm(modules: list[nn.Module], mode: str) -> Iterator[None]:
             norm.track_running_stats = tracking
 
 
+@register_method("multinet")
 class MultiNet(PretrainMethod):
-    """MNCLGLF on multi-band tiles (see :class:`~geocl.methods.base.PretrainMethod` for the arguments)."""
+    """MNCLGLF on multi-band tiles (CPU-sized widths; the spec's values in brackets).
 
-    config_class = MultiNetConfig
+    Args:
+        encoder, in_chans, **common: see :class:`~geocl.methods.base.PretrainMethod`.
+        hidden_dim: projector hidden width (spec: 2048).
+        output_dim: projection, prediction and queue width (spec: 2048).
+        predictor_hidden_dim: predictor hidden width (spec: 512).
+        momentum: EMA momentum m of the momentum network (spec: 0.99, constant).
+        splits: tiles per side s of the local views (spec: 2); must divide ``data.view_size``.
+        combs: tiles averaged per local target (spec: 2, giving C(4, 2) = 6 targets).
+        queue_size: rows of the nearest-neighbour support queue (spec: 16384 for
+            50k-100k images); keep it well below the number of train tiles.
+        local_temperature: temperature T of the local InfoNCE (spec: 1.0).
+        global_temperature: temperature T' of the global NT-Xent (spec: 1.0).
+        global_weight: weight a of the global term (spec: 6).
+        tile_batch_norm: BatchNorm of the tile pass: batch, eval or train (module docstring).
+    """
+
     momentum_encoder_attribute = "momentum_encoder"
 
-    def __init__(self, recipe: Any, in_chans: int, band_stats: dict[str, Any]) -> None:
-        super().__init__(recipe, in_chans, band_stats)
-        params = self.recipe.method
-        self._check(params)
+    def __init__(
+        self,
+        encoder: str = "resnet18",
+        in_chans: int = 3,
+        *,
+        hidden_dim: Annotated[int, Field(ge=1)] = 1024,
+        output_dim: Annotated[int, Field(ge=1)] = 256,
+        predictor_hidden_dim: Annotated[int, Field(ge=1)] = 512,
+        momentum: Annotated[float, Field(ge=0.0, le=1.0)] = 0.99,
+        splits: Annotated[int, Field(ge=1)] = 2,
+        combs: Annotated[int, Field(ge=1)] = 2,
+        queue_size: Annotated[int, Field(ge=1)] = 1024,
+        local_temperature: Annotated[float, Field(gt=0)] = 1.0,
+        global_temperature: Annotated[float, Field(gt=0)] = 1.0,
+        global_weight: Annotated[float, Field(ge=0)] = 6.0,
+        tile_batch_norm: Literal["batch", "eval", "train"] = "batch",
+        **common: Any,
+    ) -> None:
+        super().__init__(encoder, in_chans, **common)
+        params = self.params
+        if self.view_size % params.splits:
+            raise GeoclError(
+                f"data.view_size {self.view_size} px is not divisible into {params.splits} x {params.splits} tiles",
+                key="method.splits",
+            )
+        if params.combs > params.splits**2:
+            raise GeoclError(f"must be in [1, splits² = {params.splits**2}], got {params.combs}", key="method.combs")
         self.projector = MoCoProjectionHead(
             self.encoder.num_features, params.hidden_dim, params.output_dim, num_layers=3, batch_norm=True
         )
@@ -130,35 +135,9 @@ class MultiNet(PretrainMethod):
         self.local_criterion = LocalInfoNCELoss(temperature=params.local_temperature, gather_distributed=True)
         self.global_criterion = NTXentLoss(temperature=params.global_temperature, gather_distributed=True)
 
-    def _check(self, params: Any) -> None:
-        if params.splits < 1:
-            raise GeoclError(f"must be >= 1, got {params.splits}", key="method.splits")
-        size = int(self.recipe.data.view_size)
-        if size % params.splits:
-            raise GeoclError(
-                f"data.view_size {size} px is not divisible into {params.splits} x {params.splits} tiles",
-                key="method.splits",
-            )
-        if not 1 <= params.combs <= params.splits**2:
-            raise GeoclError(f"must be in [1, splits² = {params.splits**2}], got {params.combs}", key="method.combs")
-        if not 0.0 <= params.momentum <= 1.0:
-            raise GeoclError(f"must be in [0, 1], got {params.momentum}", key="method.momentum")
-        if params.queue_size < 1:
-            raise GeoclError(f"must be >= 1, got {params.queue_size}", key="method.queue_size")
-        for key in ("local_temperature", "global_temperature"):
-            if params[key] <= 0:
-                raise GeoclError(f"must be > 0, got {params[key]}", key=f"method.{key}")
-        if params.global_weight < 0:
-            raise GeoclError(f"must be >= 0, got {params.global_weight}", key="method.global_weight")
-        if params.tile_batch_norm not in TILE_BATCH_NORMS:
-            raise GeoclError(
-                f"must be one of {', '.join(TILE_BATCH_NORMS)}, got {params.tile_batch_norm!r}",
-                key="method.tile_batch_norm",
-            )
-
     def on_fit_start(self) -> None:
-        tiles = getattr(self.trainer.datamodule, "tiles", None)
-        size = int(self.recipe.method.queue_size)
+        tiles = getattr(self.trainer.datamodule, "dataset", None)
+        size = int(self.params.queue_size)
         if tiles is not None and size >= len(tiles):
             rank_zero_warn(
                 f"method.queue_size: the support queue ({size} rows) holds at least the whole train set "
@@ -176,7 +155,7 @@ class MultiNet(PretrainMethod):
 
         Block ``k`` (rows ``k * B`` to ``(k + 1) * B``) is combination ``k`` of every image.
         """
-        params = self.recipe.method
+        params = self.params
         tiles = split_tiles(views, params.splits)
         with tile_batch_norm([self.encoder, self.projector], params.tile_batch_norm):
             combined = combine_tiles(self.encoder(tiles), params.splits**2, params.combs)
@@ -197,7 +176,7 @@ class MultiNet(PretrainMethod):
 
     def update_momentum_network(self) -> None:
         """One EMA step of the momentum encoder and projector (the predictor has no copy)."""
-        momentum = float(self.recipe.method.momentum)
+        momentum = float(self.params.momentum)
         update_momentum(self.encoder, self.momentum_encoder, m=momentum)
         update_momentum(self.projector, self.momentum_projector, m=momentum)
 
@@ -221,7 +200,7 @@ class MultiNet(PretrainMethod):
         view_1, view_2 = self.views(batch["image"])
         view_3 = self.augmentation(batch["image"])
         local, global_ = self.losses(view_1, view_2, view_3)
-        loss = self.check_finite(local + self.recipe.method.global_weight * global_)
+        loss = self.check_finite(local + self.params.global_weight * global_)
         n = len(view_1)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True, batch_size=n)
         self.log("train/loss_local", local, on_step=True, on_epoch=True, sync_dist=True, batch_size=n)

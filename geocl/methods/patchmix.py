@@ -28,30 +28,40 @@ geocl method; the paper evaluates the momentum encoder, kept as ``key_encoder.*`
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from lightly.models.modules import BYOLPredictionHead, MoCoProjectionHead
 from lightly.models.utils import update_momentum
 from lightly.utils import dist
 from lightly.utils.scheduler import cosine_schedule
-from omegaconf import OmegaConf
+from pydantic import Field
 from torch import Tensor, nn
 
 from geocl.errors import GeoclError
 from geocl.losses import SoftTargetInfoNCELoss
 from geocl.methods.base import PretrainMethod
+from geocl.methods.registry import register_method
 from geocl.models import frozen_copy
 from geocl.transforms import MultiBandViewAugmentation, PatchMix as PatchMixer, TwoViews
 from geocl.transforms.patchmix import instance_targets, mix_targets, mixed_pair_targets
 
 
-@dataclass
-class PatchMixConfig:
-    """Parameters of ``method: patchmix`` (CPU-sized defaults; the paper's in ``recipes/paper/patchmix.yaml``).
+def patchmix_projector(input_dim: int, hidden_dim: int, output_dim: int) -> nn.Module:
+    """MoCo v3's projector: 3 linear layers with BN, the last BN without affine parameters."""
+    head = MoCoProjectionHead(input_dim, hidden_dim, output_dim, num_layers=3, batch_norm=True)
+    # MoCo v3 (and PatchMix) end on a plain standardisation; lightly's last BN is affine
+    head.layers[-1] = nn.BatchNorm1d(output_dim, affine=False)
+    return head
 
-    Attributes:
+
+@register_method("patchmix")
+class PatchMix(PretrainMethod):
+    """PatchMix on multi-band tiles (CPU-sized defaults; the paper's in ``recipes/paper/patchmix.yaml``).
+
+    Args:
+        encoder, in_chans, **common: see :class:`~geocl.methods.base.PretrainMethod`
+            (the encoder must be a ViT; ``view_size`` a multiple of its patch).
         temperature: tau of the soft-target InfoNCE (spec: 0.2).
         num_mix: numbers of images m mixed into one; one is drawn per step (spec: [2]).
         mix_weight: weight of the mixed-query/original-key contrast (spec code: 0.5).
@@ -63,30 +73,9 @@ class PatchMixConfig:
         momentum: start value m0 of the cosine momentum schedule, which ends at 1 (spec: 0.996).
         asymmetric_blur: blur view 1 always and view 2 with p = 0.1 (the spec's BYOL-style
             asymmetry); off = both views use ``augment.blur_p``.
-    """
-
-    temperature: float = 0.2
-    num_mix: list[int] = field(default_factory=lambda: [2])
-    mix_weight: float = 0.5
-    mixed_pair_weight: float = 0.5
-    proj_hidden_dim: int = 512
-    proj_output_dim: int = 128
-    pred_hidden_dim: int = 512
-    momentum_encoder: bool = True
-    momentum: float = 0.996
-    asymmetric_blur: bool = False
-
-
-def patchmix_projector(input_dim: int, hidden_dim: int, output_dim: int) -> nn.Module:
-    """MoCo v3's projector: 3 linear layers with BN, the last BN without affine parameters."""
-    head = MoCoProjectionHead(input_dim, hidden_dim, output_dim, num_layers=3, batch_norm=True)
-    # MoCo v3 (and PatchMix) end on a plain standardisation; lightly's last BN is affine
-    head.layers[-1] = nn.BatchNorm1d(output_dim, affine=False)
-    return head
-
-
-class PatchMix(PretrainMethod):
-    """PatchMix on multi-band tiles (see :class:`~geocl.methods.base.PretrainMethod` for the arguments).
+        label_smoothing: label smoothing eps of the instance target Y_src (off-value eps/G
+            over the G keys); 0.1 is the default of the released code's ``PatchMixer``,
+            which the spec's table misses (its configs do not override it).
 
     Attributes:
         projector, predictor: online heads (``[B, D] -> [B, out]``).
@@ -95,40 +84,41 @@ class PatchMix(PretrainMethod):
         criterion: soft-target InfoNCE with keys gathered across devices.
     """
 
-    config_class = PatchMixConfig
     momentum_encoder_attribute = "key_encoder"
 
-    def __init__(self, recipe: Any, in_chans: int, band_stats: dict[str, Any]) -> None:
-        super().__init__(recipe, in_chans, band_stats)
-        params = self.recipe.method
+    def __init__(
+        self,
+        encoder: str = "vit_tiny_patch16_224",
+        in_chans: int = 3,
+        *,
+        temperature: Annotated[float, Field(gt=0)] = 0.2,
+        num_mix: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)] = [2],  # noqa: B006 (validated, copied)
+        mix_weight: Annotated[float, Field(ge=0)] = 0.5,
+        mixed_pair_weight: Annotated[float, Field(ge=0)] = 0.5,
+        proj_hidden_dim: Annotated[int, Field(ge=1)] = 512,
+        proj_output_dim: Annotated[int, Field(ge=1)] = 128,
+        pred_hidden_dim: Annotated[int, Field(ge=1)] = 512,
+        momentum_encoder: bool = True,
+        momentum: Annotated[float, Field(ge=0.0, le=1.0)] = 0.996,
+        asymmetric_blur: bool = False,
+        label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1,
+        **common: Any,
+    ) -> None:
+        super().__init__(encoder, in_chans, **common)
+        params = self.params
         patch = self.encoder.patch_size
         if patch is None:
             raise GeoclError(
-                f"PatchMix mixes ViT tokens and needs a ViT encoder (e.g. vit_tiny_patch16_224), "
-                f"got {self.recipe.encoder.name!r}",
+                f"PatchMix mixes ViT tokens and needs a ViT encoder (e.g. vit_tiny_patch16_224), got {encoder!r}",
                 key="encoder.name",
             )
-        if self.recipe.data.view_size % patch:
-            raise GeoclError(
-                f"views of {self.recipe.data.view_size} px do not split into {patch} px patches",
-                key="data.view_size",
-            )
+        if self.view_size % patch:
+            raise GeoclError(f"views of {self.view_size} px do not split into {patch} px patches", key="data.view_size")
         self.num_mix = [int(m) for m in params.num_mix]
-        if not self.num_mix or min(self.num_mix) < 1:
-            raise GeoclError(f"need one or more numbers >= 1, got {self.num_mix}", key="method.num_mix")
-        if self.recipe.data.batch_size < 2 * max(self.num_mix) - 1:
-            raise GeoclError(
-                f"mixing {max(self.num_mix)} images needs batches of at least {2 * max(self.num_mix) - 1}",
-                key="data.batch_size",
-            )
-        if not 0.0 <= params.momentum <= 1.0:
-            raise GeoclError(f"must be in [0, 1], got {params.momentum}", key="method.momentum")
         if params.asymmetric_blur:
-            augment = OmegaConf.to_container(self.recipe.augment, resolve=True) or {}
-            size = self.recipe.data.view_size
             self.views = TwoViews(
-                MultiBandViewAugmentation.from_config(size, {**augment, "blur_p": 1.0}),
-                MultiBandViewAugmentation.from_config(size, {**augment, "blur_p": 0.1}),
+                MultiBandViewAugmentation.from_config(self.view_size, {**self.augment_args, "blur_p": 1.0}),
+                MultiBandViewAugmentation.from_config(self.view_size, {**self.augment_args, "blur_p": 0.1}),
             )
 
         self.projector = patchmix_projector(self.encoder.num_features, params.proj_hidden_dim, params.proj_output_dim)
@@ -140,6 +130,12 @@ class PatchMix(PretrainMethod):
             self.key_projector = frozen_copy(self.projector)
         self.mixer = PatchMixer(patch, self.num_mix[0])
         self.criterion = SoftTargetInfoNCELoss(temperature=params.temperature, gather_distributed=True)
+
+    def on_fit_start(self) -> None:
+        batch = getattr(self.trainer.datamodule, "batch_size", None)
+        needed = 2 * max(self.num_mix) - 1
+        if batch is not None and batch < needed:
+            raise GeoclError(f"mixing {max(self.num_mix)} images needs batches of at least {needed}", key="data.batch_size")
 
     def query(self, views: Tensor) -> Tensor:
         """Online embedding: ``[B, C, S, S]`` -> ``[B, out]`` (encoder, projector, predictor)."""
@@ -154,7 +150,7 @@ class PatchMix(PretrainMethod):
 
     def momentum_at(self, step: int, total_steps: int) -> float:
         """Cosine momentum from m0 at step 0 to 1 at the last step (lightly's ``cosine_schedule``)."""
-        return cosine_schedule(step, total_steps, self.recipe.method.momentum, 1.0)
+        return cosine_schedule(step, total_steps, self.params.momentum, 1.0)
 
     @torch.no_grad()
     def update_key_network(self, momentum: float) -> None:
@@ -168,7 +164,7 @@ class PatchMix(PretrainMethod):
         """m for this step, uniformly among ``num_mix``; the same on every device (seeded by seed and step)."""
         if len(self.num_mix) == 1:
             return self.num_mix[0]
-        generator = torch.Generator().manual_seed(int(self.recipe.seed) * 1_000_003 + self.global_step)
+        generator = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + self.global_step)
         return self.num_mix[int(torch.randint(len(self.num_mix), (), generator=generator))]
 
     def losses(self, view_a: Tensor, view_b: Tensor, num_mix: int | None = None) -> dict[str, Tensor]:
@@ -187,7 +183,7 @@ class PatchMix(PretrainMethod):
         rank, world = dist.rank(), dist.world_size()
         q_a, q_mixed_b = self.query(view_a), self.query(mixed_b.images)
         k_a, k_b, k_mixed_a = self.key(view_a), self.key(view_b), self.key(mixed_a.images)
-        y_src = instance_targets(len(view_a), rank, world, device=view_a.device)
+        y_src = instance_targets(len(view_a), rank, world, device=view_a.device, smoothing=self.params.label_smoothing)
         y_mix = mix_targets(mixed_b.sources, rank, world)
         y_mm = mixed_pair_targets(mixed_b.sources, mixed_a.sources, rank, world)
         parts = {
@@ -195,7 +191,7 @@ class PatchMix(PretrainMethod):
             "loss_mix": self.criterion(q_mixed_b, k_a, y_mix),
             "loss_mm": self.criterion(q_mixed_b, k_mixed_a, y_mm),
         }
-        params = self.recipe.method
+        params = self.params
         total = parts["loss_src"] + params.mix_weight * parts["loss_mix"] + params.mixed_pair_weight * parts["loss_mm"]
         return {"loss": total, **parts}
 

@@ -13,48 +13,50 @@ SPPS off the method is plain SimCLR, step for step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import Field
 from torch import Tensor
 
 from geocl.data.semantic_pairs import pair_views
 from geocl.losses import NTXentLoss
 from geocl.methods.base import PretrainMethod
+from geocl.methods.registry import register_method
+from geocl.methods.spps import SemanticPairsHost, SemanticPairsPlugin
 from geocl.models import Encoder, projection_head
 from geocl.sampling.semantic_pairs import SPPSConfig
 
 
-@dataclass
-class SimCLRConfig:
-    """Parameters of ``method: simclr``.
+@register_method("simclr")
+class SimCLR(SemanticPairsHost, PretrainMethod):
+    """SimCLR on multi-band tiles.
 
-    Attributes:
+    Args:
+        encoder, in_chans, **common: see :class:`~geocl.methods.base.PretrainMethod`.
         temperature: NT-Xent temperature (GraSS spec: 0.5).
         hidden_dim: projection head hidden width.
         output_dim: embedding size (spec: 128).
         head_batch_norm: BatchNorm in the head (spec A5 reading: none).
-        spps: semantic positive pairs (off by default).
+        spps: semantic positive pairs (off by default; a :class:`SPPSConfig` or a mapping).
     """
 
-    temperature: float = 0.5
-    hidden_dim: int = 512
-    output_dim: int = 128
-    head_batch_norm: bool = False
-    spps: SPPSConfig = field(default_factory=SPPSConfig)
-
-
-class SimCLR(PretrainMethod):
-    """SimCLR on multi-band tiles (see :class:`PretrainMethod` for the arguments)."""
-
-    config_class = SimCLRConfig
-
-    def __init__(self, recipe: Any, in_chans: int, band_stats: dict[str, Any]) -> None:
-        super().__init__(recipe, in_chans, band_stats)
-        params = self.recipe.method
+    def __init__(
+        self,
+        encoder: str = "resnet18",
+        in_chans: int = 3,
+        *,
+        temperature: Annotated[float, Field(gt=0)] = 0.5,
+        hidden_dim: Annotated[int, Field(ge=1)] = 512,
+        output_dim: Annotated[int, Field(ge=1)] = 128,
+        head_batch_norm: bool = False,
+        spps: SPPSConfig = SPPSConfig(),
+        **common: Any,
+    ) -> None:
+        super().__init__(encoder, in_chans, **common)
+        params = self.params
         self.head = projection_head(self.encoder.num_features, params.hidden_dim, params.output_dim, params.head_batch_norm)
         self.criterion = NTXentLoss(temperature=params.temperature, gather_distributed=True)
-        SPPSConfig.from_node(params.get("spps")).validate()
+        self.spps = SemanticPairsPlugin(params.spps, self.view_size)
 
     @property
     def semantic_encoder(self) -> Encoder:

@@ -1,32 +1,42 @@
-"""The recipe schema: one OmegaConf structured-config dataclass per section.
+"""The recipe schema: one pydantic model per section, holding types, ranges, choices and defaults.
 
 A recipe has fixed sections (``data``, ``encoder``, ``optimizer``, ``scheduler``,
 ``trainer``) described here, and two open ones:
 
 * ``method``: ``name`` selects a pretraining method; its other keys are that method's
-  parameters, declared by the method itself with :func:`register_method_config`. The
-  registry lives here, not in :mod:`geocl.methods`, so that recipes stay below the
-  methods in the dependency order and a method's parameters sit next to its code.
-* ``augment``: a free-form mapping, validated by the view-augmentation module.
+  parameters. A method declares them once, as the typed keyword arguments of its
+  constructor; :mod:`geocl.methods.registry` turns that signature into a model and
+  registers it here with :func:`register_method_config`. The registry lives here, not
+  in :mod:`geocl.methods`, so that recipes stay below the methods in the dependency
+  order and this module imports no torch.
+* ``augment``: the keyword arguments of the view augmentation, validated by it.
+
+Why pydantic (v2) and not jsonargparse: the recipes are YAML documents with nested
+sections and a section (``method``) whose model depends on a value (``method.name``);
+pydantic validates nested data with full dotted locations in one pass, and its error
+list is what :mod:`geocl.recipes.errors` turns into one line. Loading YAML, dotted
+overrides and ``${...}`` interpolations stay OmegaConf's (:mod:`geocl.recipes.loader`).
 
 Defaults are the CPU-sized values of the example recipe; ``name``, ``out`` and
-``method.name`` have none, and the loader requires the data folder of the chosen
-``data.format`` (``data.tiles`` for tiles, ``data.path`` otherwise): a run must say
-where its data comes from, where it goes and what it trains.
+``method.name`` have none, and the data folder of the chosen ``data.format`` is
+required (``data.tiles`` for tiles, ``data.path`` otherwise): a run must say where its
+data comes from, where it goes and what it trains.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any
+import typing
+from functools import lru_cache
+from typing import Annotated, Any, Literal, Union
 
-from omegaconf import MISSING
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-#: Values allowed for the keys that are a choice among names (validated by the loader).
+SPLITS: tuple[str, ...] = ("train", "val", "test")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw", "lars")
 SCHEDULERS: tuple[str, ...] = ("cosine", "none")
-SPLITS: tuple[str, ...] = ("train", "val", "test")
+DATA_FORMATS: tuple[str, ...] = ("tiles", "image_folder", "cifar")
 #: Lightning's ``precision`` values (2.x); checked here so a typo fails before any work.
 PRECISIONS: tuple[str, ...] = (
     "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true",
@@ -35,150 +45,190 @@ PRECISIONS: tuple[str, ...] = (
 #: Lightning's built-in accelerator names.
 ACCELERATORS: tuple[str, ...] = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 
+#: numpy and Lightning take seeds as unsigned 32-bit integers.
+Seed = Annotated[int, Field(ge=0, lt=2**32, description="seed of every random generator")]
 
-@dataclass
-class DataConfig:
+
+def field_error(model: str, field: str, value: Any, message: str) -> ValidationError:
+    """An error of one field found by a rule over several (raised from a model validator).
+
+    Pydantic puts a model validator's own errors at the model; raising this instead
+    puts it at ``field``, so that the message names the dotted key at fault.
+    ``message`` ``"missing"`` reports a missing value.
+    """
+    kind: Any = "missing" if message == "missing" else PydanticCustomError("value_error", message)
+    return ValidationError.from_exception_data(model, [{"type": kind, "loc": (field,), "input": value}])
+
+
+class Section(BaseModel):
+    """Base of every recipe section: unknown keys refused, values read-only once validated.
+
+    Numbers given for a string field (``name: 1e5``) stay strings, as YAML users expect.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True, validate_default=True)
+
+
+class DataConfig(Section):
     """Where the training images come from and how they are batched.
 
     ``format`` says what the data folder holds; tile sets are named by ``tiles``, the
-    natural-image formats by ``path`` (the loader requires the one the format reads).
-
-    Attributes:
-        tiles: a tile-set folder written by ``geocl tile`` (mandatory for ``tiles``).
-        split: which split to train on (train, val or test).
-        batch_size: images per batch (per device).
-        num_workers: DataLoader worker processes.
-        view_size: side in px of the augmented views.
-        format: ``tiles`` (a tile set), ``image_folder`` (one sub-folder of images a
-            class) or ``cifar`` (CIFAR-10/100 python batches); see :mod:`geocl.data.natural`.
-        path: the image folder or CIFAR folder (mandatory for the natural formats).
-        image_size: natural formats: resize (shorter side) and centre-crop images to this
-            side in px; 0 = as stored. Tiles are never resized.
-        val_fraction: ``image_folder`` without ``val/``: share of each class held out as val.
+    natural-image formats by ``path`` (the one the format reads is required).
     """
 
-    tiles: str = ""
-    split: str = "train"
-    batch_size: int = 32
-    num_workers: int = 2
-    view_size: int = 96
-    # After the tile-set keys, so "valid keys" lists read as before for tile recipes.
-    format: str = "tiles"
-    path: str = ""
-    image_size: int = 0
-    val_fraction: float = 0.2
+    tiles: str = Field("", description="a tile-set folder written by `geocl tile` (format tiles)")
+    split: Literal["train", "val", "test"] = Field("train", description="the split to train on")
+    batch_size: int = Field(32, ge=1, description="images per batch (per device)")
+    num_workers: int = Field(2, ge=0, description="DataLoader worker processes")
+    view_size: int = Field(96, ge=1, description="side in px of the augmented views")
+    format: Literal["tiles", "image_folder", "cifar"] = Field(
+        "tiles", description="tiles, image_folder (a sub-folder of images a class) or cifar (python batches)"
+    )
+    path: str = Field("", description="the image folder or CIFAR folder (natural formats)")
+    image_size: int = Field(
+        0, ge=0, description="natural formats: resize and centre-crop images to this side in px (0 = as stored)"
+    )
+    val_fraction: float = Field(0.2, ge=0, lt=1, description="image_folder without val/: share held out as val")
+
+    @model_validator(mode="after")
+    def _folder_of_the_format(self) -> DataConfig:
+        folder = "tiles" if self.format == "tiles" else "path"
+        if not getattr(self, folder):
+            raise field_error("DataConfig", folder, "", "missing")
+        if self.format == "tiles" and self.image_size != 0:
+            raise field_error("DataConfig", "image_size", self.image_size, "tiles are not resized; only natural formats read it")
+        if self.format != "tiles" and 0 < self.image_size < 8:
+            raise field_error("DataConfig", "image_size", self.image_size, "must be 0 (images as stored) or at least 8 px")
+        return self
 
 
-@dataclass
-class EncoderConfig:
-    """The backbone being pretrained.
+class EncoderConfig(Section):
+    """The backbone being pretrained."""
 
-    Attributes:
-        name: a timm model name (checked by :mod:`geocl.models` when it is built).
-        pretrained: start from the timm ImageNet weights.
-        args: further ``timm.create_model`` keyword arguments, e.g. a ViT's
-            ``{patch_size: 8, img_size: 64, dynamic_img_size: true}`` (checked by timm).
-    """
-
-    name: str = "resnet18"
-    pretrained: bool = False
-    args: dict[str, Any] = field(default_factory=dict)
+    name: str = Field("resnet18", description="a timm model name (checked when the encoder is built)")
+    pretrained: bool = Field(False, description="start from the timm ImageNet weights")
+    args: dict[str, Any] = Field(
+        default_factory=dict, description="further timm.create_model arguments, e.g. a ViT's patch_size"
+    )
 
 
-@dataclass
-class OptimizerConfig:
-    """The optimiser.
+class OptimizerConfig(Section):
+    """The optimiser."""
 
-    Attributes:
-        name: sgd, adamw or lars.
-        lr: base learning rate.
-        weight_decay: L2 weight decay.
-        momentum: momentum of sgd and lars (adamw ignores it).
-    """
-
-    name: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 1e-6
-    momentum: float = 0.9
+    name: Literal["sgd", "adamw", "lars"] = Field("adamw", description="sgd, adamw or lars")
+    lr: float = Field(1e-3, gt=0, description="base learning rate")
+    weight_decay: float = Field(1e-6, ge=0, description="L2 weight decay")
+    momentum: float = Field(0.9, ge=0, lt=1, description="momentum of sgd and lars (adamw ignores it)")
 
 
-@dataclass
-class SchedulerConfig:
-    """The learning-rate schedule.
+class SchedulerConfig(Section):
+    """The learning-rate schedule."""
 
-    Attributes:
-        name: cosine (decay to zero over the run) or none (constant).
-        warmup_epochs: epochs of linear warm-up before the schedule.
-    """
-
-    name: str = "cosine"
-    warmup_epochs: int = 0
+    name: Literal["cosine", "none"] = Field("cosine", description="cosine (decay to zero over the run) or none")
+    warmup_epochs: int = Field(0, ge=0, description="epochs of linear warm-up before the schedule")
 
 
-@dataclass
-class TrainerConfig:
+def _count_or_unlimited(value: int) -> int:
+    if value < 1 and value != -1:
+        raise ValueError("must be at least 1, or -1 (no limit)")
+    return value
+
+
+class TrainerConfig(Section):
     """Arguments passed to the Lightning trainer (same names, same meaning).
 
-    ``devices`` and ``limit_train_batches`` are typed ``Any`` because Lightning gives
-    their type a meaning (``devices``: a count or ``"auto"``; ``limit_train_batches``:
-    an int is a number of batches, a float a fraction) that OmegaConf's typed nodes would
-    erase by converting; the loader checks them instead.
-
-    Attributes:
-        max_epochs: epochs to train (-1: no limit, then ``max_steps`` must stop it).
-        max_steps: optimiser steps to train (-1: no limit).
-        devices: device count, -1 for all, or ``"auto"``.
-        accelerator: auto, cpu, gpu, cuda, mps or tpu.
-        strategy: a Lightning strategy name (auto, ddp, ...).
-        precision: a Lightning precision (32-true, 16-mixed, bf16-mixed, ...).
-        log_every_n_steps: logging interval in steps.
-        limit_train_batches: batches per epoch (int) or fraction of them (float in (0, 1]).
-        gradient_clip_val: clip the global gradient norm to this value (0: no clipping).
+    ``devices`` and ``limit_train_batches`` keep Lightning's reading of their type:
+    ``devices`` is a count or ``"auto"``; for ``limit_train_batches`` an int is a
+    number of batches and a float a fraction of them.
     """
 
-    max_epochs: int = 3
-    max_steps: int = -1
-    devices: Any = 1
-    accelerator: str = "auto"
-    strategy: str = "auto"
-    precision: str = "32-true"
-    log_every_n_steps: int = 5
-    limit_train_batches: Any = 1.0
-    gradient_clip_val: float = 0.0
+    max_epochs: int = Field(3, description="epochs to train (-1: no limit, then max_steps must stop it)")
+    max_steps: int = Field(-1, description="optimiser steps to train (-1: no limit)")
+    devices: int | Literal["auto"] = Field(1, description="device count, -1 for all, or 'auto'")
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"] = Field("auto", description="Lightning accelerator")
+    strategy: str = Field("auto", description="a Lightning strategy name (auto, ddp, ...)")
+    precision: Literal[PRECISIONS] = Field("32-true", description="a Lightning precision (32-true, bf16-mixed, ...)")  # type: ignore[valid-type]
+    log_every_n_steps: int = Field(5, ge=1, description="logging interval in steps")
+    limit_train_batches: int | float = Field(
+        1.0, description="batches per epoch (integer) or a fraction of them (float in (0, 1])"
+    )
+    gradient_clip_val: float = Field(0.0, ge=0, description="clip the global gradient norm (0: no clipping)")
+
+    _max_epochs = field_validator("max_epochs")(_count_or_unlimited)
+    _max_steps = field_validator("max_steps")(_count_or_unlimited)
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, value: Any) -> Any:
+        # YAML reads `precision: 16` as a number; Lightning's names are strings
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("devices")
+    @classmethod
+    def _device_count(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1 and value != -1:
+            raise ValueError("expected a device count (at least 1), -1 (all) or 'auto'")
+        return value
+
+    @field_validator("limit_train_batches")
+    @classmethod
+    def _batches_or_fraction(cls, value: int | float) -> int | float:
+        if isinstance(value, int) and value < 1 or isinstance(value, float) and not 0 < value <= 1:
+            raise ValueError("expected a number of batches (integer, at least 1) or a fraction in (0, 1]")
+        return value
 
 
-@dataclass
-class Recipe:
+class MethodParams(Section):
+    """Base of every method's parameter model: ``name`` selects the method."""
+
+    name: str
+
+
+class Recipe(Section):
     """A whole pretraining recipe (the top level of the YAML file).
 
-    Attributes:
-        name: the run's name.
-        out: the run folder (``config.yaml``, ``checkpoints/``, ``logs/``, ...).
-        seed: seed of every random generator of the run.
-        data: see :class:`DataConfig`.
-        encoder: see :class:`EncoderConfig`.
-        method: ``name`` plus the registered method's parameters; the loader replaces
-            this with a structured config of the method's dataclass.
-        augment: free-form parameters of the view augmentation.
-        optimizer: see :class:`OptimizerConfig`.
-        scheduler: see :class:`SchedulerConfig`.
-        trainer: see :class:`TrainerConfig`.
+    ``method`` is validated against the model registered for ``method.name``
+    (:func:`recipe_model` builds the recipe model of one method).
     """
 
-    name: str = MISSING
-    out: str = MISSING
-    seed: int = 0
-    data: DataConfig = field(default_factory=DataConfig)
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    method: Any = MISSING
-    augment: Any = field(default_factory=dict)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    name: str = Field(description="the run's name")
+    out: str = Field(description="the run folder (config.yaml, checkpoints/, logs/, ...)")
+    seed: Seed = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    method: MethodParams
+    augment: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the view augmentation")
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
 
 
-#: Method name -> the dataclass of its parameters.
-_METHOD_CONFIGS: dict[str, type] = {}
+#: Method name -> the model of its parameters (with ``name``); its ``registered_from``
+#: is the class given to :func:`register_method_config`.
+_METHOD_CONFIGS: dict[str, type[MethodParams]] = {}
+
+
+def _params_model(name: str, config_cls: type) -> type[MethodParams]:
+    """The parameter model of a method from a pydantic model or a dataclass."""
+    is_model = isinstance(config_cls, type) and issubclass(config_cls, BaseModel)
+    if is_model:
+        fields = {key: (info.annotation, info) for key, info in config_cls.model_fields.items()}
+    else:
+        hints = typing.get_type_hints(config_cls, include_extras=True)
+        fields = {}
+        for item in dataclasses.fields(config_cls):
+            if item.default is not dataclasses.MISSING:
+                fields[item.name] = (hints[item.name], item.default)
+            elif item.default_factory is not dataclasses.MISSING:
+                fields[item.name] = (hints[item.name], Field(default_factory=item.default_factory))
+            else:
+                fields[item.name] = (hints[item.name], ...)
+    model = create_model(  # type: ignore[call-overload]
+        config_cls.__name__ if is_model else f"{config_cls.__name__}Params", __base__=MethodParams, __doc__=config_cls.__doc__,
+        name=(Literal[name], name), **fields,
+    )
+    model.registered_from = config_cls
+    return model  # type: ignore[no-any-return]
 
 
 def register_method_config(name: str, config_cls: type) -> None:
@@ -186,31 +236,29 @@ def register_method_config(name: str, config_cls: type) -> None:
 
     Args:
         name: the method's name in recipes.
-        config_cls: a dataclass whose fields are the method's parameters, each with a
-            type OmegaConf supports; it must not have a ``name`` field (the recipe's
-            ``method.name`` is the selector).
+        config_cls: a pydantic model or a dataclass whose fields are the method's
+            parameters (types, defaults and ``Field`` ranges); it must not have a
+            ``name`` field (the recipe's ``method.name`` is the selector).
 
     Raises:
-        TypeError: ``config_cls`` is not a dataclass.
+        TypeError: ``config_cls`` is neither a pydantic model nor a dataclass.
         ValueError: an empty name, a ``name`` field, or a second, different class
             under a name already taken.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"a method name must be a non-empty string, got {name!r}")
-    if not (isinstance(config_cls, type) and dataclasses.is_dataclass(config_cls)):
-        raise TypeError(f"method {name!r}: config class must be a dataclass, got {config_cls!r}")
-    if any(f.name == "name" for f in dataclasses.fields(config_cls)):
+    is_model = isinstance(config_cls, type) and issubclass(config_cls, BaseModel)
+    if not (is_model or (isinstance(config_cls, type) and dataclasses.is_dataclass(config_cls))):
+        raise TypeError(f"method {name!r}: config class must be a pydantic model or a dataclass, got {config_cls!r}")
+    names = config_cls.model_fields if is_model else {f.name for f in dataclasses.fields(config_cls)}
+    if "name" in names:
         raise ValueError(f"method {name!r}: {config_cls.__qualname__} must not have a 'name' field")
-    known = _METHOD_CONFIGS.get(name)
+    known = getattr(_METHOD_CONFIGS.get(name), "registered_from", None)
     # The same class seen again (module reloaded, e.g. by a notebook's autoreload)
     # replaces the old one; a different class under the same name is a clash.
-    if known is not None and (known.__module__, known.__qualname__) != (
-        config_cls.__module__, config_cls.__qualname__,
-    ):
-        raise ValueError(
-            f"method {name!r} is already registered with {known.__module__}.{known.__qualname__}"
-        )
-    _METHOD_CONFIGS[name] = config_cls
+    if known is not None and (known.__module__, known.__qualname__) != (config_cls.__module__, config_cls.__qualname__):
+        raise ValueError(f"method {name!r} is already registered with {known.__module__}.{known.__qualname__}")
+    _METHOD_CONFIGS[name] = _params_model(name, config_cls)
 
 
 def method_names() -> list[str]:
@@ -218,6 +266,19 @@ def method_names() -> list[str]:
     return sorted(_METHOD_CONFIGS)
 
 
-def method_config_class(name: str) -> type | None:
-    """The parameter dataclass registered under ``name``, or None."""
+def method_config_class(name: str) -> type[MethodParams] | None:
+    """The parameter model (with ``name``) registered under ``name``, or None."""
     return _METHOD_CONFIGS.get(name)
+
+
+def recipe_model() -> type[Recipe]:
+    """The recipe model over the registered methods: ``method`` is a union tagged by ``method.name``."""
+    return _recipe_model(tuple(_METHOD_CONFIGS[name] for name in method_names()))
+
+
+@lru_cache(maxsize=8)
+def _recipe_model(models: tuple[type[MethodParams], ...]) -> type[Recipe]:
+    if not models:
+        return Recipe
+    section: Any = models[0] if len(models) == 1 else Annotated[Union[models], Field(discriminator="name")]  # noqa: UP007
+    return create_model("Recipe", __base__=Recipe, __doc__=Recipe.__doc__, method=(section, ...))  # type: ignore[call-overload, no-any-return]

@@ -1,23 +1,30 @@
-"""The comparison table and plot of ``geocl compare``: mIoU per recipe and label fraction.
+"""The comparison table and plot of ``geocl compare``: an evaluation's metrics per recipe and label subset.
 
 Input everywhere is the results frame that ``geocl compare`` writes as ``results.csv``:
 one row per (recipe, label fraction, seed) with at least the columns ``recipe``,
-``label_fraction``, ``miou`` and ``status`` (``"ok"`` or ``"failed: <message>"``).
+``status`` (``"ok"`` or ``"failed: <message>"``) and the metric columns of one
+evaluation (:mod:`geocl.evaluation.protocol`); ``label_fraction`` (1.0 when absent),
+``method`` and ``evaluation`` are optional. Which columns are metrics, and their names,
+come from that evaluation: the one passed in, else the one the ``evaluation`` column
+names, else the registered one whose metric columns the frame has (files written
+before that column existed).
 
 Conventions:
 
-- mean and std are over the successful seeds of one (recipe, label fraction) cell;
-  std is the *sample* standard deviation (``ddof=1``, pandas' default), so it is
+- mean and std are over the successful seeds of one (recipe, label fraction, metric)
+  cell; std is the *sample* standard deviation (``ddof=1``, pandas' default), so it is
   undefined for a single seed: the table then shows ``–`` in its place rather than
   a misleading ``0.000``, and the plot draws no error bar.
+- a run counts for a metric when its status is ``ok`` and that metric is a number.
 - a cell whose runs all failed reads ``failed``; a cell where only some seeds failed
   shows the others' mean ± std and ``(k failed)``.
 - recipes keep the order in which they first appear; label fractions are sorted.
-
-Natural-image comparisons (a frame with :data:`ACCURACY_COLUMNS` instead of
-``miou``/``label_fraction``, one row per (recipe, seed)) get the same conventions with
-the accuracies as columns: ``| recipe | kNN top-1 | linear-probe top-1 | n |``, and a
-bar plot of both accuracies per recipe.
+- table columns, one per (metric, label fraction): the label fractions when there is
+  one metric (segmentation: ``| recipe | 0.01 | 0.2 | n |``), the metric names when
+  there is one fraction (natural images: ``| recipe | kNN top-1 | linear-probe top-1 | n |``),
+  ``<metric> @ <fraction>`` otherwise.
+- plot: each metric against label fraction (log x), one line per recipe, when there
+  are several fractions; bars per recipe, one per metric, otherwise.
 """
 
 from __future__ import annotations
@@ -29,77 +36,53 @@ from typing import Any
 
 import pandas as pd
 
+from geocl.evaluation.protocol import Evaluation, evaluation_names, get_evaluation
 from geocl.io import save_figure
 
 #: Columns of :func:`summarize`'s frame.
 SUMMARY_COLUMNS = ["recipe", "method", "label_fraction", "mean", "std", "n", "failed", "error"]
-#: The recipe name of the baseline row (finetuning from a random encoder).
+#: The recipe name of the baseline row (evaluating a random encoder).
 RANDOM_INIT = "random-init"
 #: Shown for a std that one seed cannot give.
 NO_STD = "–"
-#: Metric columns of a natural-image results frame and their names in the table and plot.
-ACCURACY_COLUMNS = {"knn_top1": "kNN top-1", "probe_top1": "linear-probe top-1"}
-#: Columns of :func:`summarize_accuracy`'s frame.
-ACCURACY_SUMMARY_COLUMNS = ["recipe", "method", "metric", "mean", "std", "n", "failed", "error"]
+
+#: An evaluation, as a class or an instance: the report reads only its class attributes.
+EvaluationLike = Evaluation | type[Evaluation]
 
 
-def is_accuracy_frame(results: pd.DataFrame) -> bool:
-    """Whether ``results`` holds natural-image accuracies rather than mIoU at label fractions."""
-    return all(column in results.columns for column in ACCURACY_COLUMNS) and "miou" not in results.columns
+def evaluation_of(results: pd.DataFrame) -> type[Evaluation]:
+    """The registered evaluation whose numbers ``results`` holds.
 
+    The one the ``evaluation`` column names, else the one with the most metric columns
+    all present in the frame.
 
-def summarize_accuracy(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean, std (ddof=1) and count of each accuracy per recipe, failures marked.
-
-    Args:
-        results: one row per (recipe, seed) with the :data:`ACCURACY_COLUMNS`, ``recipe``
-            and ``status`` (``method`` optional).
-
-    Returns:
-        One row per (recipe, metric) with columns :data:`ACCURACY_SUMMARY_COLUMNS`
-        (``metric`` a key of :data:`ACCURACY_COLUMNS`); a run counts for a metric when
-        its status is ``ok`` and that metric is a number.
+    Raises:
+        ValueError: the frame names several evaluations, or holds no known metric columns.
     """
-    if results.empty:
-        return pd.DataFrame(columns=ACCURACY_SUMMARY_COLUMNS)
-    rows = []
-    for recipe in results["recipe"].drop_duplicates():
-        of_recipe = results[results["recipe"] == recipe]
-        method = str(of_recipe["method"].iloc[0]) if "method" in of_recipe else ""
-        for metric in ACCURACY_COLUMNS:
-            values = pd.to_numeric(of_recipe[metric], errors="coerce")
-            ok = values.notna()
-            if "status" in of_recipe:
-                ok &= of_recipe["status"].astype(str) == "ok"
-            good, bad = values[ok], of_recipe[~ok]
-            error = ""
-            if len(bad):
-                status = str(bad["status"].iloc[0]) if "status" in bad else "no value"
-                error = status.removeprefix("failed:").strip()
-            rows.append(
-                {
-                    "recipe": recipe, "method": method, "metric": metric,
-                    "mean": float(good.mean()) if len(good) else math.nan,
-                    "std": float(good.std(ddof=1)) if len(good) else math.nan,
-                    "n": len(good), "failed": len(bad), "error": error,
-                }
-            )
-    return pd.DataFrame(rows, columns=ACCURACY_SUMMARY_COLUMNS)
+    if "evaluation" in results.columns:
+        named = [str(name) for name in results["evaluation"].dropna().unique()]
+        if len(named) > 1:
+            raise ValueError(f"results of several evaluations ({', '.join(named)}); report them separately")
+        if named and named[0] in evaluation_names():
+            return get_evaluation(named[0])
+    matching = [
+        get_evaluation(name) for name in evaluation_names()
+        if all(column in results.columns for column in get_evaluation(name).metric_columns)
+    ]
+    if not matching:
+        raise ValueError(f"no evaluation's metric columns among {', '.join(map(str, results.columns))}")
+    return max(matching, key=lambda cls: len(cls.metric_columns))
 
 
-def _succeeded(results: pd.DataFrame) -> pd.Series:
-    """Rows that count: status ``ok`` (when there is a status column) and a finite mIoU."""
-    ok = pd.to_numeric(results["miou"], errors="coerce").notna()
-    if "status" in results:
-        ok &= results["status"].astype(str) == "ok"
-    return ok
-
-
-def summarize(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean, std (ddof=1) and count of mIoU per (recipe, label fraction), failures marked.
+def summarize(
+    results: pd.DataFrame, metric: str | None = None, evaluation: EvaluationLike | None = None
+) -> pd.DataFrame:
+    """Mean, std (ddof=1) and count of one metric per (recipe, label fraction), failures marked.
 
     Args:
         results: one row per run (the ``results.csv`` columns; ``method`` optional).
+        metric: the metric column; default: the evaluation's primary metric.
+        evaluation: whose numbers these are (default: :func:`evaluation_of`).
 
     Returns:
         One row per (recipe, label fraction) with columns :data:`SUMMARY_COLUMNS`:
@@ -110,23 +93,27 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
     """
     if results.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
-    frame = results.assign(
-        miou=pd.to_numeric(results["miou"], errors="coerce"),
-        label_fraction=results["label_fraction"].astype(float),
-        _ok=_succeeded(results),
-    )
+    evaluation = evaluation or evaluation_of(results)
+    metric = metric or evaluation.primary()
+    values = pd.to_numeric(results[metric], errors="coerce")
+    ok = values.notna()
+    if "status" in results:
+        ok &= results["status"].astype(str) == "ok"
+    fractions = results["label_fraction"].astype(float) if "label_fraction" in results else 1.0
+    frame = results.assign(_value=values, _ok=ok, label_fraction=fractions)
     rows = []
     for recipe in frame["recipe"].drop_duplicates():
         of_recipe = frame[frame["recipe"] == recipe]
         method = str(of_recipe["method"].iloc[0]) if "method" in of_recipe else ""
         for fraction in sorted(of_recipe["label_fraction"].unique()):
             cell = of_recipe[of_recipe["label_fraction"] == fraction]
-            good = cell.loc[cell["_ok"], "miou"]
+            good = cell.loc[cell["_ok"], "_value"]
             bad = cell[~cell["_ok"]]
             error = ""
             if len(bad):
-                status = str(bad["status"].iloc[0]) if "status" in bad else "no mIoU"
-                error = status.removeprefix("failed:").strip()
+                status = str(bad["status"].iloc[0]) if "status" in bad else "ok"
+                # a run that succeeded without this number still failed to give it
+                error = f"no {evaluation.label(metric)}" if status == "ok" else status.removeprefix("failed:").strip()
             rows.append(
                 {
                     "recipe": recipe,
@@ -141,6 +128,11 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def _summaries(results: pd.DataFrame, evaluation: EvaluationLike) -> dict[str, pd.DataFrame]:
+    """:func:`summarize` of every metric column of the evaluation, in column order."""
+    return {metric: summarize(results, metric, evaluation) for metric in evaluation.metric_columns}
 
 
 def _fraction_label(fraction: float) -> str:
@@ -164,143 +156,128 @@ def _cell(row: pd.Series) -> str:
     return text
 
 
-def _table_row(recipe: str, cells: list[str], counts: list[str]) -> str:
-    """One markdown row; ``n`` is one count when the cells agree, else one per cell."""
-    n = counts[0] if len(set(counts)) == 1 else ", ".join(counts)
-    return "| " + " | ".join([_escape(recipe), *cells, n]) + " |"
+def _columns(
+    summaries: dict[str, pd.DataFrame], evaluation: EvaluationLike
+) -> tuple[list[tuple[str, float]], list[str], str]:
+    """The table's (metric, fraction) columns, their headers and the caption's note on them."""
+    fractions = sorted({float(f) for summary in summaries.values() for f in summary["label_fraction"]})
+    columns = [(metric, fraction) for metric in summaries for fraction in fractions]
+    if len(summaries) == 1:
+        return columns, [_fraction_label(f) for _, f in columns], " Columns: label fraction."
+    if len(fractions) == 1:
+        return columns, [evaluation.label(metric) for metric, _ in columns], ""
+    headers = [f"{evaluation.label(metric)} @ {_fraction_label(f)}" for metric, f in columns]
+    return columns, headers, " Columns: metric @ label fraction."
 
 
-def _first_failure(recipe: str, of_recipe: pd.DataFrame) -> list[str]:
-    """The recipe's first failure message as a list item (empty when nothing failed)."""
-    errors = of_recipe.loc[of_recipe["failed"] > 0, "error"]
-    return [f"- {_escape(recipe)}: {_escape(errors.iloc[0])}"] if len(errors) else []
+def results_markdown(results: pd.DataFrame, evaluation: EvaluationLike | None = None) -> str:
+    """The comparison as a markdown table: recipes as rows, (metric, label fraction) as columns.
 
-
-def results_markdown(results: pd.DataFrame) -> str:
-    """The comparison as a markdown table: recipes as rows, label fractions as columns.
-
-    Cells read ``mean ± std`` of the mIoU over seeds (3 decimals, std with ddof=1,
-    ``–`` for one seed), ``failed`` where every run failed. The last column ``n`` is
-    the number of successful seeds per cell: one number when all cells of the row
-    agree, else one per label fraction (``3, 2, 3``). A caption and, when anything
-    failed, each failing recipe's first message follow the table.
+    Cells read ``mean ± std`` over seeds (3 decimals, std with ddof=1, ``–`` for one
+    seed), ``failed`` where every run failed. The last column ``n`` is the number of
+    successful seeds per cell: one number when all cells of the row agree, else one
+    per column (``3, 2, 3``). A caption (the evaluation's, then the conventions) and,
+    when anything failed, each failing recipe's first message follow the table.
 
     Args:
         results: one row per run (see :func:`summarize`).
+        evaluation: whose numbers these are (default: :func:`evaluation_of`).
 
     Returns:
         Markdown text ending in a newline.
     """
-    if is_accuracy_frame(results):
-        return _accuracy_markdown(results)
-    summary = summarize(results)
-    fractions = sorted(summary["label_fraction"].unique())
-    header = ["recipe", *(_fraction_label(fraction) for fraction in fractions), "n"]
+    evaluation = evaluation or evaluation_of(results)
+    summaries = _summaries(results, evaluation)
+    columns, headers, note = _columns(summaries, evaluation)
     lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---", *("---:" for _ in fractions), "---:"]) + "|",
+        "| " + " | ".join(["recipe", *headers, "n"]) + " |",
+        "|" + "|".join(["---", *("---:" for _ in columns), "---:"]) + "|",
     ]
+    cells_of = {metric: summary.set_index(["recipe", "label_fraction"]) for metric, summary in summaries.items()}
+    recipes = next(iter(summaries.values()))["recipe"].drop_duplicates()
     failures: list[str] = []
-    for recipe in summary["recipe"].drop_duplicates():
-        of_recipe = summary[summary["recipe"] == recipe].set_index("label_fraction")
-        cells, counts = [], []
-        for fraction in fractions:
-            if fraction in of_recipe.index:
-                cells.append(_cell(of_recipe.loc[fraction]))
-                counts.append(str(of_recipe.loc[fraction, "n"]))
-            else:  # a recipe run at fewer fractions than the others: leave the cell empty
-                cells.append("")
-        lines.append(_table_row(recipe, cells, counts))
-        failures += _first_failure(recipe, of_recipe)
+    for recipe in recipes:
+        cells, counts, errors = [], [], []
+        for metric, fraction in columns:
+            if (recipe, fraction) not in cells_of[metric].index:
+                cells.append("")  # a recipe run at fewer fractions than the others: leave the cell empty
+                continue
+            summary = cells_of[metric].loc[(recipe, fraction)]
+            cells.append(_cell(summary))
+            counts.append(str(summary["n"]))
+            if summary["failed"]:
+                errors.append(summary["error"])
+        n = counts[0] if len(set(counts)) == 1 else ", ".join(counts)
+        lines.append("| " + " | ".join([_escape(recipe), *cells, n]) + " |")
+        if errors:
+            failures.append(f"- {_escape(recipe)}: {_escape(errors[0])}")
     lines += [
         "",
-        "mIoU on the test tiles, mean ± sample std (ddof=1) over seeds; "
-        f"{NO_STD} where only one seed succeeded. Columns: label fraction. n: successful seeds per cell.",
+        f"{evaluation.caption} mean ± sample std (ddof=1) over seeds; "
+        f"{NO_STD} where only one seed succeeded.{note} n: successful seeds per cell.",
     ]
     if failures:
         lines += ["", "Failures (first message of each recipe):", *failures]
     return "\n".join(lines) + "\n"
 
 
-def _accuracy_markdown(results: pd.DataFrame) -> str:
-    """:func:`results_markdown` of a natural-image frame: the accuracies as columns."""
-    summary = summarize_accuracy(results)
-    header = ["recipe", *ACCURACY_COLUMNS.values(), "n"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", *("---:" for _ in ACCURACY_COLUMNS), "---:"]) + "|"]
-    failures: list[str] = []
-    for recipe in summary["recipe"].drop_duplicates():
-        of_recipe = summary[summary["recipe"] == recipe].set_index("metric")
-        cells = [_cell(of_recipe.loc[metric]) for metric in ACCURACY_COLUMNS]
-        counts = [str(of_recipe.loc[metric, "n"]) for metric in ACCURACY_COLUMNS]
-        lines.append(_table_row(recipe, cells, counts))
-        failures += _first_failure(recipe, of_recipe)
-    lines += [
-        "",
-        "Top-1 accuracy on the val split (CIFAR: test batch) of the frozen encoder: weighted cosine kNN "
-        "and a linear probe; mean ± sample std (ddof=1) over seeds; "
-        f"{NO_STD} where only one seed succeeded. n: successful seeds per cell.",
-    ]
-    if failures:
-        lines += ["", "Failures (first message of each recipe):", *failures]
-    return "\n".join(lines) + "\n"
+def plot_results(
+    results: pd.DataFrame, out_png: str | os.PathLike[str], evaluation: EvaluationLike | None = None
+) -> Path:
+    """Plot the comparison (error bars = std over seeds); written atomically.
 
-
-def _plot_accuracy(results: pd.DataFrame, out_png: str | os.PathLike[str]) -> Path:
-    """Bars of each accuracy per recipe (error bars = std); random-init hatched grey."""
-    from matplotlib.figure import Figure
-
-    summary = summarize_accuracy(results)
-    recipes = list(summary["recipe"].drop_duplicates())
-    figure = Figure(figsize=(max(5.0, 1.6 * len(recipes) + 2), 4.5))
-    axes = figure.add_subplot()
-    width = 0.8 / len(ACCURACY_COLUMNS)
-    for offset, (metric, label) in enumerate(ACCURACY_COLUMNS.items()):
-        of_metric = summary[summary["metric"] == metric].set_index("recipe").reindex(recipes)
-        positions = [index + (offset - (len(ACCURACY_COLUMNS) - 1) / 2) * width for index in range(len(recipes))]
-        bars = axes.bar(
-            positions, of_metric["mean"].fillna(0.0), width, yerr=of_metric["std"].fillna(0.0), capsize=3, label=label
-        )
-        for bar, recipe in zip(bars, recipes, strict=True):
-            if recipe == RANDOM_INIT:
-                bar.set_hatch("//")
-                bar.set_alpha(0.6)
-    succeeded = summary.groupby("recipe", sort=False)["n"].max() if not summary.empty else pd.Series(dtype=int)
-    axes.set_xticks(range(len(recipes)), [name if succeeded.get(name, 0) > 0 else f"{name}\n(failed)" for name in recipes])
-    if summary.empty or not (summary["n"] > 0).any():
-        axes.text(0.5, 0.5, "no successful runs", ha="center", va="center", transform=axes.transAxes)
-    axes.set_ylim(0, 1)
-    axes.set_ylabel("top-1 accuracy")
-    axes.set_title("Frozen-encoder top-1 accuracy (mean ± std over seeds)")
-    axes.grid(True, axis="y", alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    return save_figure(figure, out_png)
-
-
-def plot_results(results: pd.DataFrame, out_png: str | os.PathLike[str]) -> Path:
-    """Plot mIoU against label fraction (log x), one line per recipe, error bars = std.
-
-    The random-init baseline is dashed and grey; a recipe with no successful run gets
-    a legend entry ``<name>: failed`` and no line. Written atomically. A natural-image
-    frame (see :func:`is_accuracy_frame`) is drawn as bars of both accuracies per recipe.
+    Several label fractions: each metric against label fraction (log x), one panel a
+    metric, one line a recipe; the random-init baseline dashed and grey, a recipe with
+    no successful run a legend entry ``<name>: failed`` and no line. One fraction: bars
+    per recipe, one a metric; random-init hatched, a failed recipe's tick marked.
 
     Args:
         results: one row per run (see :func:`summarize`).
         out_png: the PNG path.
+        evaluation: whose numbers these are (default: :func:`evaluation_of`).
 
     Returns:
         The PNG path.
     """
-    if is_accuracy_frame(results):
-        return _plot_accuracy(results, out_png)
     # A bare Figure draws with the Agg canvas without touching pyplot's global backend,
     # so a caller's interactive session keeps its own.
     from matplotlib.figure import Figure
+
+    evaluation = evaluation or evaluation_of(results)
+    summaries = _summaries(results, evaluation)
+    fractions = sorted({float(f) for summary in summaries.values() for f in summary["label_fraction"]})
+    if len(fractions) > 1:
+        figure = Figure(figsize=(7 * len(summaries), 4.5))
+        for index, (metric, summary) in enumerate(summaries.items()):
+            axes = figure.add_subplot(1, len(summaries), index + 1)
+            _plot_lines(axes, summary, fractions, evaluation)
+            if len(summaries) > 1:
+                axes.set_title(evaluation.label(metric))
+        if len(summaries) == 1:
+            axes.set_title(f"{evaluation.title} against label fraction (mean ± std over seeds)")
+        else:
+            figure.suptitle(f"{evaluation.title} against label fraction (mean ± std over seeds)")
+    else:
+        recipes = list(next(iter(summaries.values()))["recipe"].drop_duplicates())
+        figure = Figure(figsize=(max(5.0, 1.6 * len(recipes) + 2), 4.5))
+        _plot_bars(figure.add_subplot(), summaries, recipes, evaluation)
+        if fractions:
+            all_labels = " (all labels)" if fractions[0] == 1.0 else ""
+            figure.axes[0].set_xlabel(f"label fraction {_fraction_label(fractions[0])}{all_labels}")
+    figure.tight_layout()
+    return save_figure(figure, out_png)
+
+
+def _no_runs(axes: Any, summaries: list[pd.DataFrame]) -> None:
+    """Say so on the axes when no run succeeded."""
+    if not any((summary["n"] > 0).any() for summary in summaries):
+        axes.text(0.5, 0.5, "no successful runs", ha="center", va="center", transform=axes.transAxes)
+
+
+def _plot_lines(axes: Any, summary: pd.DataFrame, fractions: list[float], evaluation: EvaluationLike) -> None:
+    """One metric against label fraction (log x), one line a recipe."""
     from matplotlib.lines import Line2D
 
-    summary = summarize(results)
-    figure = Figure(figsize=(7, 4.5))
-    axes = figure.add_subplot()
     # Legend in recipe order; failed recipes get a bare label that takes no colour.
     handles: list[Any] = []
     for recipe in summary["recipe"].drop_duplicates():
@@ -319,18 +296,44 @@ def plot_results(results: pd.DataFrame, out_png: str | os.PathLike[str]) -> Path
             **style,
         )
         handles.append(handle)
-    fractions = sorted(f for f in summary["label_fraction"].unique() if f > 0)
-    if fractions:
+    positive = [f for f in fractions if f > 0]
+    if positive:
         axes.set_xscale("log")
-        axes.set_xticks(fractions, [_fraction_label(f) for f in fractions])
+        axes.set_xticks(positive, [_fraction_label(f) for f in positive])
         axes.minorticks_off()
-    if summary.empty or not (summary["n"] > 0).any():
-        axes.text(0.5, 0.5, "no successful runs", ha="center", va="center", transform=axes.transAxes)
+    _no_runs(axes, [summary])
     axes.set_xlabel("label fraction (log scale)")
-    axes.set_ylabel("test mIoU")
-    axes.set_title("mIoU against label fraction (mean ± std over seeds)")
+    axes.set_ylabel(evaluation.axis_label)
     axes.grid(True, alpha=0.3)
     if handles:
         axes.legend(handles=handles)
-    figure.tight_layout()
-    return save_figure(figure, out_png)
+
+
+def _plot_bars(axes: Any, summaries: dict[str, pd.DataFrame], recipes: list[str], evaluation: EvaluationLike) -> None:
+    """Bars of each metric per recipe (one label fraction); random-init hatched grey."""
+    width = 0.8 / len(summaries)
+    top = 0.0
+    for offset, (metric, summary) in enumerate(summaries.items()):
+        of_metric = summary.set_index("recipe").reindex(recipes)
+        positions = [index + (offset - (len(summaries) - 1) / 2) * width for index in range(len(recipes))]
+        top = max(top, float((of_metric["mean"] + of_metric["std"].fillna(0.0)).max(skipna=True) or 0.0))
+        bars = axes.bar(
+            positions, of_metric["mean"].fillna(0.0), width, yerr=of_metric["std"].fillna(0.0), capsize=3,
+            label=evaluation.label(metric),
+        )
+        for bar, recipe in zip(bars, recipes, strict=True):
+            if recipe == RANDOM_INIT:
+                bar.set_hatch("//")
+                bar.set_alpha(0.6)
+    succeeded = {
+        recipe: any((summary.loc[summary["recipe"] == recipe, "n"] > 0).any() for summary in summaries.values())
+        for recipe in recipes
+    }
+    axes.set_xticks(range(len(recipes)), [name if succeeded[name] else f"{name}\n(failed)" for name in recipes])
+    _no_runs(axes, list(summaries.values()))
+    axes.set_ylim(0, 1 if not top > 1 else None)  # scores in [0, 1] (accuracy, IoU, Dice) on a fixed scale
+    axes.set_ylabel(evaluation.axis_label)
+    axes.set_title(f"{evaluation.title} (mean ± std over seeds)")
+    axes.grid(True, axis="y", alpha=0.3)
+    if len(summaries) > 1:
+        axes.legend()

@@ -8,7 +8,8 @@
   frozen encoder finds alike, footprints apart.
 """
 
-from geocl.sampling.geo_sampler import GradientRegionSampler, box_sums, plot_region_overlay, write_region_map
+from geocl.sampling.geo_sampler import GradientRegionSampler, box_sums
+from geocl.sampling.region_rasters import write_region_map
 from geocl.sampling.regions import (
     Box,
     crop_and_resize,
@@ -36,7 +37,6 @@ __all__ = [
     "footprint_conflicts",
     "gradient_maps",
     "mine_pairs",
-    "plot_region_overlay",
     "select_box",
     "select_boxes",
     "upsample_maps",

@@ -1,10 +1,11 @@
-"""Gradient region maps as georeferenced rasters, and a TorchGeo sampler that follows them.
+"""A TorchGeo sampler that draws training boxes where gradient region maps are high.
 
 GraSS (``specs/grass.md``) crops each view at the region that drives the contrastive
 loss. For geospatial data the same signal can steer *where* training boxes are cut from
-a scene: a method writes its per-tile maps with :func:`write_region_map` (one
-single-band GeoTIFF on the tile's grid), and :class:`GradientRegionSampler` draws boxes
-with probability following those maps, for any TorchGeo dataset over the scene.
+a scene: a method writes its per-tile maps with
+:func:`~geocl.sampling.region_rasters.write_region_map` (one single-band GeoTIFF on the
+tile's grid), and :class:`GradientRegionSampler` draws boxes with probability following
+those maps, for any TorchGeo dataset over the scene.
 """
 
 from __future__ import annotations
@@ -14,125 +15,17 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import rasterio
+import rasterio.warp
+from numpy.random import Generator
+from pyproj import CRS as ProjCRS
+from rasterio.crs import CRS
+from rasterio.transform import Affine
+from torchgeo.samplers import GeoSampler
 
-matplotlib.use("Agg")
-import numpy as np  # noqa: E402
-import rasterio  # noqa: E402
-import rasterio.warp  # noqa: E402
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.cm import ScalarMappable  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-from numpy.random import Generator  # noqa: E402
-from pyproj import CRS as ProjCRS  # noqa: E402
-from rasterio.crs import CRS  # noqa: E402
-from rasterio.transform import Affine  # noqa: E402
-from torchgeo.samplers import GeoSampler  # noqa: E402
-
-from geocl.data.rasters import find_rasters, geotiff_profile, inspect_rasters  # noqa: E402
-from geocl.errors import GeoclError  # noqa: E402
-from geocl.io import atomic_path, save_figure  # noqa: E402
-from geocl.sampling.regions import Box  # noqa: E402
-
-
-def write_region_map(
-    path: str | os.PathLike[str],
-    heatmap: np.ndarray,
-    *,
-    transform: Affine,
-    crs: CRS | ProjCRS | str,
-    valid: np.ndarray | None = None,
-) -> Path:
-    """Write a region map as a single-band float32 GeoTIFF on its tile's grid.
-
-    Args:
-        path: the GeoTIFF to write (parent folders are created).
-        heatmap: ``[H, W]`` map, one value per tile pixel (any units; the sampler uses
-            ``max(value, 0)`` as weight).
-        transform: the tile's pixel-to-map transform.
-        crs: the tile's CRS (anything rasterio accepts: ``CRS``, pyproj CRS, ``"EPSG:..."``).
-        valid: optional ``[H, W]`` bool mask; pixels where it is False (nodata in the
-            tile) are written as NaN, the file's nodata value.
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`. The write is atomic and deflate-compressed
-        with the floating-point predictor.
-
-    Raises:
-        ValueError: if ``heatmap`` is not 2-D or ``valid`` has another shape.
-    """
-    heat = np.array(heatmap, dtype=np.float32)  # a copy: NaN is written into it
-    if heat.ndim != 2:
-        raise ValueError(f"heatmap must be [H, W]; got shape {heat.shape}")
-    if valid is not None:
-        valid = np.asarray(valid, dtype=bool)
-        if valid.shape != heat.shape:
-            raise ValueError(f"valid mask shape {valid.shape} differs from heatmap shape {heat.shape}")
-        heat[~valid] = np.nan
-    profile = geotiff_profile(
-        (1, *heat.shape),
-        "float32",
-        crs=CRS.from_user_input(crs),
-        transform=transform,
-        nodata=float("nan"),
-        compress="deflate",
-        predictor=3,
-    )
-    with atomic_path(path) as temp, rasterio.open(temp, "w", **profile) as dst:
-        dst.write(heat[None])
-    return Path(path)
-
-
-def plot_region_overlay(
-    path_png: str | os.PathLike[str],
-    rgb: np.ndarray,
-    heatmap: np.ndarray,
-    boxes: Sequence[Box | None],
-) -> Path:
-    """Draw a tile, its region map and the chosen boxes side by side.
-
-    Panels: the tile as RGB; the map (``jet`` colour map, half transparent) over the
-    tile; the tile with each box outlined. NaN map pixels are left transparent.
-
-    Args:
-        path_png: the PNG to write (atomic).
-        rgb: ``[H, W, 3]`` float image in ``[0, 1]`` (values outside are clipped).
-        heatmap: ``[H, W]`` map on the same pixels.
-        boxes: ``(r0, r1, c0, c1)`` boxes in those pixels; ``None`` entries are skipped.
-
-    Returns:
-        ``path_png`` as a :class:`~pathlib.Path`.
-    """
-    image = np.clip(np.asarray(rgb, dtype=np.float64), 0.0, 1.0)
-    heat = np.asarray(heatmap, dtype=np.float64)
-    if image.ndim != 3 or image.shape[2] != 3 or heat.shape != image.shape[:2]:
-        raise ValueError(f"need rgb [H, W, 3] and heatmap [H, W]; got {image.shape} and {heat.shape}")
-    # Figure + Agg canvas, not pyplot: no global figure state in a training process.
-    figure = Figure(figsize=(12, 4.4), layout="constrained")
-    FigureCanvasAgg(figure)
-    tile_ax, heat_ax, box_ax = figure.subplots(1, 3)
-    tile_ax.imshow(image)
-    tile_ax.set_title("tile")
-    heat_ax.imshow(image)
-    shown = heat_ax.imshow(np.ma.masked_invalid(heat), cmap="jet", alpha=0.5)
-    # an opaque colour bar: the overlay's transparency would wash it out
-    figure.colorbar(ScalarMappable(norm=shown.norm, cmap=shown.cmap), ax=heat_ax, shrink=0.8)
-    heat_ax.set_title("region map")
-    box_ax.imshow(image)
-    for box in boxes:
-        if box is None:
-            continue
-        r0, r1, c0, c1 = box
-        # imshow puts pixel (r, c) at [c - 0.5, c + 0.5]; a box's outer edge is at r0 - 0.5
-        box_ax.add_patch(
-            Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, fill=False, edgecolor="red", linewidth=1.5)
-        )
-    box_ax.set_title(f"boxes ({sum(box is not None for box in boxes)})")
-    for ax in (tile_ax, heat_ax, box_ax):
-        ax.set_xticks([])
-        ax.set_yticks([])
-    return save_figure(figure, path_png, dpi=100)
+from geocl.data.rasters import find_rasters, inspect_rasters
+from geocl.errors import GeoclError
 
 
 def box_sums(values: np.ndarray, size: int, stride: int = 1) -> np.ndarray:
@@ -211,7 +104,7 @@ class GradientRegionSampler(GeoSampler):
 
     Args:
         maps: a region-map GeoTIFF, a folder of them (searched recursively), or a list of
-            files, as written by :func:`write_region_map`.
+            files, as written by :func:`~geocl.sampling.region_rasters.write_region_map`.
         size: box side in pixels of the maps' grid.
         length: boxes per epoch (``len(sampler)``).
         crs: CRS to yield boxes in, e.g. ``dataset.crs`` (pyproj or rasterio CRS, or a

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -46,8 +46,7 @@ from geocl.models.embedding import embed_dataset
 PAIR_COLUMNS = ("anchor", "partner", "similarity", "anchor_name", "partner_name")
 
 
-@dataclass
-class SPPSConfig:
+class SPPSConfig(BaseModel):
     """Parameters of the ``spps`` section of a host method (``method.spps``).
 
     Attributes:
@@ -75,42 +74,19 @@ class SPPSConfig:
         batch_size: images per forward pass while embedding the dataset.
     """
 
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
     enabled: bool = False
-    k: int = 1
-    min_similarity: float = 0.8
+    k: int = Field(1, ge=1)
+    min_similarity: float = Field(0.8, ge=-1.0, le=1.0, description="a cosine similarity in [-1, 1]")
     mutual: bool = False
-    warmup_epochs: int = 1
+    warmup_epochs: int = Field(1, ge=0)
     checkpoint: str = ""
-    buffer: float = 0.0
-    refresh_epochs: int = 0
+    buffer: float = Field(0.0, ge=0, description="map units")
+    refresh_epochs: int = Field(0, ge=0, description="0 = mine once")
     fixed_epoch_length: bool = True
-    semantic_fraction: float = 0.25
-    batch_size: int = 64
-
-    @classmethod
-    def from_node(cls, node: Any) -> SPPSConfig:
-        """The parameters from a recipe node (typed or plain, as checkpoints store it); None -> defaults."""
-        if node is None:
-            return cls()
-        if isinstance(node, cls):
-            return node
-        values = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
-        return cls(**values)
-
-    def validate(self, prefix: str = "method.spps") -> None:
-        """Raise a :class:`GeoclError` naming the key of the first out-of-range value."""
-        rules = [
-            ("k", self.k >= 1, "must be at least 1"),
-            ("min_similarity", -1.0 <= self.min_similarity <= 1.0, "must be a cosine similarity in [-1, 1]"),
-            ("warmup_epochs", self.warmup_epochs >= 0, "must be at least 0"),
-            ("buffer", self.buffer >= 0, "must be at least 0 (map units)"),
-            ("refresh_epochs", self.refresh_epochs >= 0, "must be at least 0 (0 = mine once)"),
-            ("batch_size", self.batch_size >= 1, "must be at least 1"),
-            ("semantic_fraction", 0.0 <= self.semantic_fraction <= 1.0, "must be in [0, 1]"),
-        ]
-        for name, ok, rule in rules:
-            if not ok:
-                raise GeoclError(f"{rule}, got {getattr(self, name)!r}", key=f"{prefix}.{name}")
+    semantic_fraction: float = Field(0.25, ge=0.0, le=1.0)
+    batch_size: int = Field(64, ge=1)
 
     @property
     def first_epoch(self) -> int:
@@ -258,7 +234,6 @@ class SemanticPairSampler:
     """
 
     def __init__(self, config: SPPSConfig, size: int | None = None) -> None:
-        config.validate()
         self.config = config
         self.size = size
 

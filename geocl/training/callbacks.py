@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import lightning
 from lightning.pytorch.loggers import CSVLogger
 
-from geocl.data.tile_dataset import TileDataset
 from geocl.report.curves import plot_loss_curve
-from geocl.training.region_maps import plot_tile_maps
 
 
 class LossCurvePlot(lightning.Callback):
@@ -34,27 +31,3 @@ class LossCurvePlot(lightning.Callback):
 
     def on_train_end(self, trainer: lightning.Trainer, module: lightning.LightningModule) -> None:
         self._draw(trainer, module)
-
-
-class RegionMapWriter(lightning.Callback):
-    """At the end of training, write GraSS region maps of a few fixed tiles.
-
-    GeoTIFFs go to ``maps/final/`` (the tiles' grids) and overlays to ``plots/``.
-
-    Args:
-        tiles: the train tiles.
-        out: the run folder.
-        count: how many tiles (the first ones, so every run shows the same).
-    """
-
-    def __init__(self, tiles: TileDataset, out: Path, count: int = 4) -> None:
-        self.tiles = tiles
-        self.out = out
-        self.count = count
-        self.pngs: list[Path] = []
-
-    def on_train_end(self, trainer: lightning.Trainer, module: Any) -> None:
-        if not trainer.is_global_zero or self.count <= 0:
-            return
-        items = list(range(min(max(self.count, 2), len(self.tiles))))
-        self.pngs = plot_tile_maps(module, self.tiles, items, self.out / "maps" / "final", self.out / "plots")

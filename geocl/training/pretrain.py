@@ -1,16 +1,18 @@
 """``geocl pretrain``: run a recipe with Lightning into one output folder.
 
 The training images are a tile set (``data.format: tiles``) or natural images (an
-image folder or CIFAR batches, see :mod:`geocl.data.natural`); every method trains on
-either, except GraSS's geo sampling and region maps, which need georeferenced tiles.
+image folder or CIFAR batches, see :mod:`geocl.data.natural`). The loop knows no
+method: what a method needs beyond the images in a seeded order (its own loader,
+callbacks, a refusal of unsuitable data) it supplies through its hooks
+(:class:`~geocl.methods.base.PretrainMethod`).
 
 Output folder (``recipe.out``)::
 
     config.yaml        the resolved recipe
     checkpoints/       one checkpoint per epoch (latest kept) and last.ckpt
     logs/version_*/    Lightning CSV logs (one version per start or resume)
-    plots/             loss.png, GraSS region overlays
-    maps/              GraSS region maps as GeoTIFF (same grid as their tiles; tile sets only)
+    plots/             loss.png, and the method's own pictures
+    maps/              the method's georeferenced outputs (same grid as their tiles; tile sets only)
     metrics.json       final loss, steps, time
 
 ``resume=True`` continues from ``checkpoints/last.ckpt`` with Lightning's stored
@@ -31,15 +33,15 @@ from typing import Any
 import lightning
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import Dataset
 
-from geocl.data.natural import CifarDataset, ImageFolderDataset, open_natural_dataset
+from geocl.data.natural import open_natural_dataset
 from geocl.data.tile_dataset import TileDataset
 from geocl.errors import GeoclError
 from geocl.io import atomic_write_text
-from geocl.methods import method_class
-from geocl.recipes import read_saved_recipe, save_recipe
-from geocl.training.callbacks import LossCurvePlot, RegionMapWriter
+from geocl.methods import build_method
+from geocl.recipes import Recipe, read_saved_recipe, recipe_to_dict, save_recipe
+from geocl.training.callbacks import LossCurvePlot
 from geocl.training.data import PretrainData
 
 #: Keys a resumed run may change (to extend or shorten training).
@@ -67,7 +69,7 @@ class PretrainResult:
     is_global_zero: bool = True
 
 
-def _check_run_folder(recipe: DictConfig, out: Path, resume: bool) -> Path | None:
+def _check_run_folder(recipe: Recipe, out: Path, resume: bool) -> Path | None:
     """Refuse to mix runs in one folder; return the checkpoint to resume from."""
     saved = out / "config.yaml"
     last = out / "checkpoints" / "last.ckpt"
@@ -78,7 +80,7 @@ def _check_run_folder(recipe: DictConfig, out: Path, resume: bool) -> Path | Non
             before = read_saved_recipe(saved)
             if before is None:
                 raise GeoclError("the saved recipe of the run is no longer valid; start a new run", path=saved)
-            now = OmegaConf.to_container(recipe, resolve=True)
+            now = recipe_to_dict(recipe)
             for key in set(before) | set(now):
                 if key not in RESUMABLE_CHANGES and before.get(key) != now.get(key):
                     raise GeoclError(
@@ -98,7 +100,7 @@ def _loggers(out: Path) -> list[Any]:
     return loggers
 
 
-def train_dataset(recipe: DictConfig) -> TileDataset | CifarDataset | ImageFolderDataset:
+def train_dataset(recipe: Recipe) -> Dataset[dict[str, Any]]:
     """The images a recipe trains on, as its ``data.format`` says.
 
     Tile sets give :class:`TileDataset`; ``image_folder`` and ``cifar`` give the
@@ -106,37 +108,18 @@ def train_dataset(recipe: DictConfig) -> TileDataset | CifarDataset | ImageFolde
     of their train split).
 
     Raises:
-        GeoclError: for a missing or unreadable data folder, or GraSS geo sampling
-            asked of natural images (it draws regions from georeferenced tiles).
+        GeoclError: for a missing or unreadable data folder.
     """
     config = recipe.data
     if config.format == "tiles":
         return TileDataset(config.tiles, config.split, with_mask=False)
-    method = recipe.method
-    if method.name == "grass" and method.get("stage2_sampling") == "geo":
-        raise GeoclError(
-            f"stage2_sampling 'geo' draws regions from georeferenced tiles; data.format {config.format} "
-            "has none: use stage2_sampling 'online'",
-            key="method.stage2_sampling",
-        )
     return open_natural_dataset(
         config.format, config.path, config.split, image_size=config.image_size, val_fraction=config.val_fraction
     )
 
 
-def _reload_every_epoch(data: PretrainData) -> bool:
-    """Whether the train loader must be rebuilt every epoch.
-
-    ``PretrainData.reloads_every_epoch`` decides where it exists (so that any method
-    whose loader changes between epochs, GraSS geo sampling or SPPS, can say so);
-    otherwise only GraSS geo sampling does.
-    """
-    reload = getattr(data, "reloads_every_epoch", None)
-    return bool(data.geo_sampling if reload is None else reload)
-
-
 def build_trainer(
-    recipe: DictConfig, out: Path, callbacks: list[lightning.Callback], reload_data_every_epoch: bool = False
+    recipe: Recipe, out: Path, callbacks: list[lightning.Callback], reload_data_every_epoch: bool = False
 ) -> lightning.Trainer:
     """A Lightning trainer for a recipe's ``trainer`` section."""
     config = recipe.trainer
@@ -168,7 +151,7 @@ def build_trainer(
     )
 
 
-def run_pretrain(recipe: DictConfig, *, resume: bool = False) -> PretrainResult:
+def run_pretrain(recipe: Recipe, *, resume: bool = False) -> PretrainResult:
     """Pretrain an encoder as the recipe says.
 
     Args:
@@ -189,13 +172,13 @@ def run_pretrain(recipe: DictConfig, *, resume: bool = False) -> PretrainResult:
     lightning.seed_everything(int(recipe.seed), workers=True, verbose=False)
 
     images = train_dataset(recipe)
-    model = method_class(recipe.method.name)(recipe, images.band_count, images.metadata["band_stats"])
-    data = PretrainData(recipe, images, out)
+    model = build_method(recipe, images.band_count, images.metadata["band_stats"])
+    model.check_train_data(images)
+    data = PretrainData(
+        images, out, batch_size=recipe.data.batch_size, num_workers=recipe.data.num_workers, seed=recipe.seed
+    )
     callbacks: list[lightning.Callback] = [LossCurvePlot(out / "plots" / "loss.png")]
-    if recipe.method.name == "grass" and isinstance(images, TileDataset):
-        # Region maps are georeferenced rasters on the tiles' grids; natural images have none.
-        callbacks.append(RegionMapWriter(images, out, count=recipe.method.map_tiles))
-    trainer = build_trainer(recipe, out, callbacks, reload_data_every_epoch=_reload_every_epoch(data))
+    trainer = build_trainer(recipe, out, callbacks, reload_data_every_epoch=model.reloads_data_every_epoch)
     trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
 
     loss = trainer.callback_metrics.get("train/loss_epoch")

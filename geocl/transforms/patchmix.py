@@ -184,9 +184,18 @@ def dense_targets(local: Tensor, rank: int, world_size: int) -> Tensor:
     return dense
 
 
-def instance_targets(batch_size: int, rank: int = 0, world_size: int = 1, device: torch.device | None = None) -> Tensor:
-    """``Y_src``: one-hot at each query's own key, ``[N, N * world]``."""
-    return dense_targets(torch.eye(batch_size, device=device), rank, world_size)
+def instance_targets(
+    batch_size: int, rank: int = 0, world_size: int = 1, device: torch.device | None = None, smoothing: float = 0.0
+) -> Tensor:
+    """``Y_src``: one-hot at each query's own key, ``[N, N * world]``, optionally label-smoothed.
+
+    With smoothing eps over the G = N * world keys (the released code's one-hot helper):
+    off-value eps / G, on-value 1 - eps + eps / G; rows still sum to 1.
+    """
+    targets = dense_targets(torch.eye(batch_size, device=device), rank, world_size)
+    if smoothing:
+        targets = targets * (1.0 - smoothing) + smoothing / targets.shape[1]
+    return targets
 
 
 def mix_targets(sources: Tensor, rank: int = 0, world_size: int = 1) -> Tensor:

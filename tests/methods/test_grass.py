@@ -9,7 +9,7 @@ import torch
 
 import geocl.methods  # noqa: F401  (registers the methods)
 from geocl.errors import GeoclError
-from geocl.methods import GraSS
+from geocl.methods import GraSS, build_method
 from geocl.recipes import load_recipe
 from tests.conftest import write_recipe
 
@@ -20,7 +20,7 @@ def _grass(tmp_path: Path, **method: object) -> GraSS:
     params = {"name": "grass", "hidden_dim": 16, "output_dim": 8, **method}
     recipe = load_recipe(write_recipe(tmp_path, tmp_path / "tiles", params))
     torch.manual_seed(0)
-    return GraSS(recipe, in_chans=4, band_stats=BAND_STATS)
+    return build_method(recipe, 4, BAND_STATS)
 
 
 def _views(n: int = 6, size: int = 64) -> torch.Tensor:

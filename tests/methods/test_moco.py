@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import geocl.methods  # noqa: F401  (registers the methods)
 from geocl.errors import GeoclError
-from geocl.methods import MoCo
+from geocl.methods import MoCo, build_method
 from geocl.recipes import load_recipe
 from tests.conftest import write_recipe
 from tests.distributed import run_distributed
@@ -25,7 +25,7 @@ PARAMS = {"name": "moco", "hidden_dim": 16, "output_dim": 8, "queue_size": 32, "
 def _moco(folder: Path, **method: object) -> MoCo:
     recipe = load_recipe(write_recipe(folder, folder / "tiles", {**PARAMS, **method}))
     torch.manual_seed(0)
-    return MoCo(recipe, in_chans=4, band_stats=BAND_STATS)
+    return build_method(recipe, 4, BAND_STATS)
 
 
 def _views(n: int = 8, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

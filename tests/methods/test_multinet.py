@@ -10,7 +10,7 @@ import torch
 
 import geocl.methods  # noqa: F401  (registers the methods)
 from geocl.errors import GeoclError
-from geocl.methods import CHECKPOINT_KEY, MultiNet
+from geocl.methods import CHECKPOINT_KEY, MultiNet, build_method
 from geocl.recipes import load_recipe
 from geocl.training.pretrain import run_pretrain
 from tests.conftest import write_recipe
@@ -25,7 +25,7 @@ def _multinet(tmp_path: Path, in_chans: int = 4, **method: object) -> MultiNet:
     recipe = load_recipe(write_recipe(tmp_path, tmp_path / "tiles", {**SMALL, **method}))
     torch.manual_seed(0)
     stats = {"mean": [0.0] * in_chans, "std": [1.0] * in_chans}
-    return MultiNet(recipe, in_chans=in_chans, band_stats=stats)
+    return build_method(recipe, in_chans, stats)
 
 
 def _views(count: int = 3, in_chans: int = 4, seed: int = 1) -> list[torch.Tensor]:
@@ -93,7 +93,7 @@ def test_batch_mode_tile_pass_uses_batch_statistics_and_leaves_running_statistic
     batch_targets = model.local_targets(views)
     for now, then in zip(_running_stats(model), before, strict=True):
         assert torch.equal(now, then)
-    model.recipe.method.tile_batch_norm = "train"  # as released: same outputs, running stats move
+    model.params = model.params.model_copy(update={"tile_batch_norm": "train"})  # as released: same outputs, running stats move
     torch.testing.assert_close(model.local_targets(views), batch_targets)
     assert not torch.equal(_running_stats(model)[0], before[0])
     assert all(m.track_running_stats for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
@@ -109,7 +109,7 @@ def test_no_gradient_reaches_momentum_network_queue_or_tile_pass(tmp_path: Path)
     assert not model.support.bank.requires_grad and model.support.bank.grad is None
     assert not model.local_targets(_views(1)[0]).requires_grad
     assert all(p.grad is not None for p in model.predictor.parameters())
-    model.recipe.scheduler.name = "none"  # the optimiser alone, no trainer needed
+    model.scheduler_config = model.scheduler_config.model_copy(update={"name": "none"})  # the optimiser alone, no trainer needed
     optimised = {id(p) for group in model.configure_optimizers().param_groups for p in group["params"]}
     assert not optimised & {id(p) for p in momentum} and {id(p) for p in model.predictor.parameters()} <= optimised
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import geocl.methods  # noqa: F401  (registers the methods)
 from geocl.errors import GeoclError
-from geocl.methods import PatchMix
+from geocl.methods import PatchMix, build_method
 from geocl.recipes import load_recipe
 from tests.conftest import write_recipe
 
@@ -21,7 +22,7 @@ METHOD = {"name": "patchmix", "proj_hidden_dim": 32, "proj_output_dim": 16, "pre
 def _patchmix(tmp_path: Path, bands: int = 4, encoder: dict | None = None, **method: object) -> PatchMix:
     recipe = load_recipe(write_recipe(tmp_path, tmp_path / "tiles", {**METHOD, **method}, encoder=encoder or VIT))
     torch.manual_seed(0)
-    return PatchMix(recipe, in_chans=bands, band_stats={"mean": [0.0] * bands, "std": [1.0] * bands})
+    return build_method(recipe, bands, {"mean": [0.0] * bands, "std": [1.0] * bands})
 
 
 def _views(n: int = 5, bands: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,15 +84,18 @@ def test_without_momentum_encoder_keys_come_from_the_online_network(tmp_path: Pa
     assert not model.key(views).requires_grad
 
 
-def test_bad_patchmix_recipes_name_their_key(tmp_path: Path) -> None:
+def test_bad_patchmix_recipes_name_their_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(GeoclError, match="needs a ViT") as error:
         _patchmix(tmp_path / "a", encoder={"name": "test_resnet"})
     assert error.value.key == "encoder.name"
     with pytest.raises(GeoclError) as error:
         _patchmix(tmp_path / "b", encoder={"name": "test_vit", "args": {"patch_size": 6, "img_size": 30}})
     assert error.value.key == "data.view_size"
+    model = _patchmix(tmp_path / "c", num_mix=[5])
+    # the batch size is the data module's: checked when training starts, before the first step
+    monkeypatch.setattr(PatchMix, "trainer", property(lambda self: SimpleNamespace(datamodule=SimpleNamespace(batch_size=8))))
     with pytest.raises(GeoclError) as error:
-        _patchmix(tmp_path / "c", num_mix=[5])  # batch 8 < 2 * 5 - 1
+        model.on_fit_start()  # batch 8 < 2 * 5 - 1
     assert error.value.key == "data.batch_size"
 
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import geocl.methods  # noqa: F401  (registers the methods)
-from geocl.data.natural import write_toy_cifar
+from geocl.data.natural_toy import write_toy_cifar
 from geocl.data.semantic_pairs import SemanticPairDataset, pair_views
 from geocl.data.tile_dataset import TileDataset
 from geocl.errors import GeoclError
-from geocl.methods import GraSS, MoCo, SimCLR
+from geocl.methods import GraSS, MoCo, SimCLR, build_method
 from geocl.methods.moco import QUEUE_CHECKPOINT_KEY
 from geocl.recipes import load_recipe
 from geocl.sampling.semantic_pairs import SemanticPairs, SemanticPairSampler, SPPSConfig, footprint_conflicts
@@ -30,7 +30,7 @@ SPPS_ON = {"enabled": True, "k": 1, "min_similarity": -1.0, "warmup_epochs": 1, 
 def _model(cls: type, folder: Path, method: dict) -> SimCLR | MoCo:
     recipe = load_recipe(write_recipe(folder, folder / "tiles", {**HEADS, **method}))
     torch.manual_seed(0)
-    return cls(recipe, in_chans=4, band_stats=BAND_STATS)
+    return build_method(recipe, 4, BAND_STATS)
 
 
 def _step(model: SimCLR | MoCo, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -122,7 +122,7 @@ def test_moco_runs_and_its_checkpoint_mines_the_pairs_of_a_later_run(tmp_path: P
     method = {"name": "simclr", **HEADS, "spps": spps}
     later = run_pretrain(load_recipe(write_recipe(tmp_path / "spps", tiny_tiles, method, **one_epoch)))
     mined = SemanticPairs.load_csv(later.out / "spps" / "pairs_epoch000.csv")
-    encoder = MoCo(load_recipe(result.out / "config.yaml"), 4, BAND_STATS).encoder
+    encoder = build_method(load_recipe(result.out / "config.yaml"), 4, BAND_STATS).encoder
     state = checkpoint["state_dict"]
     encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")})
     tiles = TileDataset(tiny_tiles, "train", progress=False)

@@ -71,7 +71,7 @@ def run_tiny(path: Path, data: Path, out: Path) -> None:
     assert result.checkpoint.exists()
     assert result.global_step == 2
     assert math.isfinite(result.final_loss)
-    if recipe.method.get("spps") is not None and recipe.method.spps.enabled:
+    if getattr(recipe.method, "spps", None) is not None and recipe.method.spps.enabled:
         assert (out / "spps" / "pairs_epoch001.csv").exists()
     # finetuning starts from every method's checkpoint: the encoder loads into a segmenter
     loaded = read_pretrain_checkpoint(result.checkpoint)

@@ -1,4 +1,9 @@
-"""The comparison table and plot on hand-made results (no training)."""
+"""The comparison table and plot on hand-made results (no training).
+
+Segmentation (one metric, several label fractions) and natural-image results (two
+metrics, all labels) go through the same functions; which columns are metrics comes
+from the evaluation the frame names, or whose metric columns it has.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from geocl.report.table import plot_results, results_markdown, summarize
+from geocl.evaluation import KnnProbe, SegmentationFinetune
+from geocl.report.table import SUMMARY_COLUMNS, evaluation_of, plot_results, results_markdown, summarize
 
 
 def _results() -> pd.DataFrame:
@@ -28,8 +34,31 @@ def _results() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["recipe", "method", "label_fraction", "seed", "miou", "status"])
 
 
+def _natural() -> pd.DataFrame:
+    """Natural-image results as compare writes them: two accuracies, all labels (fraction 1.0)."""
+    rows = [
+        # a: kNN mean 0.305, sample std of (0.30, 0.31) = 0.00707
+        ("a", "simclr", 0, 0.30, 0.40, "ok"),
+        ("a", "simclr", 1, 0.31, 0.41, "ok"),
+        ("b", "grass", 0, math.nan, math.nan, "failed: RuntimeError: boom"),
+        # c: a run that gave kNN but no probe number: the probe cell fails
+        ("c", "moco", 0, 0.2, math.nan, "ok"),
+    ]
+    frame = pd.DataFrame(rows, columns=["recipe", "method", "seed", "knn_top1", "probe_top1", "status"])
+    return frame.assign(evaluation="knn-probe", label_fraction=1.0)
+
+
+def test_the_evaluation_comes_from_the_frame() -> None:
+    assert evaluation_of(_results()) is SegmentationFinetune  # no evaluation column: by metric columns
+    assert evaluation_of(_natural()) is KnnProbe
+    assert evaluation_of(_natural().drop(columns="evaluation")) is KnnProbe
+    with pytest.raises(ValueError, match="several evaluations"):
+        evaluation_of(pd.concat([_natural(), _results().assign(evaluation="finetune")]))
+
+
 def test_summarize_means_sample_std_counts_and_failures() -> None:
     summary = summarize(_results())
+    assert list(summary.columns) == SUMMARY_COLUMNS
     # recipes in order of appearance, fractions ascending
     assert list(zip(summary["recipe"], summary["label_fraction"])) == [("a", 0.01), ("a", 0.1), ("b", 0.01), ("b", 0.1)]
     cells = summary.set_index(["recipe", "label_fraction"])
@@ -66,3 +95,37 @@ def test_plot_is_a_png_even_when_everything_failed(tmp_path: Path) -> None:
     failed = _results().assign(miou=math.nan, status="failed: boom")
     assert plot_results(failed, tmp_path / "failed.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["failed.png", "plot"]  # no temp files left
+
+
+def test_natural_results_take_the_same_path() -> None:
+    knn = summarize(_natural(), "knn_top1")
+    assert list(knn.columns) == SUMMARY_COLUMNS
+    knn = knn.set_index("recipe")
+    assert knn.loc["a", "mean"] == pytest.approx(0.305) and knn.loc["a", "std"] == pytest.approx(math.sqrt(0.00005))
+    assert set(knn["label_fraction"]) == {1.0}
+    probe = summarize(_natural()).set_index("recipe")  # the primary metric: linear-probe top-1
+    assert probe.loc["a", "mean"] == pytest.approx(0.405)
+    assert probe.loc["c", ["n", "failed", "error"]].tolist() == [0, 1, "no linear-probe top-1"]
+
+    text = results_markdown(_natural())
+    lines = text.splitlines()
+    assert lines[0] == "| recipe | kNN top-1 | linear-probe top-1 | n |"
+    assert lines[1] == "|---|---:|---:|---:|"
+    assert lines[2] == "| a | 0.305 ± 0.007 | 0.405 ± 0.007 | 2 |"
+    assert lines[3] == "| b | failed | failed | 0 |"
+    assert lines[4] == "| c | 0.200 ± – | failed | 1, 0 |"
+    assert "Top-1 accuracy on the val split" in text and "ddof=1" in text and "Columns:" not in text
+    assert "- b: RuntimeError: boom" in lines and "- c: no linear-probe top-1" in lines
+    # given or found, the evaluation is the same
+    assert results_markdown(_natural(), KnnProbe) == text
+    assert results_markdown(_results(), SegmentationFinetune()) == results_markdown(_results())
+
+
+def test_natural_plot_is_a_png_even_when_everything_failed(tmp_path: Path) -> None:
+    assert plot_results(_natural(), tmp_path / "bars.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    failed = _natural().assign(knn_top1=math.nan, probe_top1=math.nan, status="failed: boom")
+    assert plot_results(failed, tmp_path / "failed.png").read_bytes()[:4] == b"\x89PNG"
+    # one label fraction of a segmentation comparison: bars too
+    one = _results()[_results()["label_fraction"] == 0.1]
+    assert plot_results(one, tmp_path / "one.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bars.png", "failed.png", "one.png"]

@@ -1,4 +1,4 @@
-"""Region maps as GeoTIFFs and GradientRegionSampler (geocl/sampling/geo_sampler.py)."""
+"""GradientRegionSampler and box sums (geocl/sampling/geo_sampler.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from torchgeo.datasets import stack_samples
 
 from geocl.data.scene import SceneImage
 from geocl.errors import GeoclError
-from geocl.sampling.geo_sampler import GradientRegionSampler, box_sums, plot_region_overlay, write_region_map
+from geocl.sampling.geo_sampler import GradientRegionSampler, box_sums
+from geocl.sampling.region_rasters import write_region_map
 from tests.conftest import RasterWriter, coordinate_image
 
 RES = 10.0
@@ -55,49 +56,6 @@ def window_of(box: tuple[slice, slice], transform: rasterio.Affine) -> tuple[flo
     col0, row0 = ~transform @ (x.start, y.stop)
     col1, row1 = ~transform @ (x.stop, y.start)
     return row0, row1, col0, col1
-
-
-# --- write_region_map / plot_region_overlay ------------------------------------------
-
-
-def test_region_map_keeps_the_tile_grid_and_marks_invalid_pixels(tmp_path: Path, write_raster: RasterWriter) -> None:
-    tile = write_raster(tmp_path / "tile.tif", coordinate_image(40, 56), crs="EPSG:32633", res=5.0)
-    heat = np.random.default_rng(0).normal(size=(40, 56))
-    valid = np.ones((40, 56), dtype=bool)
-    valid[3:9, 10:30] = False
-    with rasterio.open(tile) as src:
-        out = write_region_map(tmp_path / "maps" / "tile.tif", heat, transform=src.transform, crs=src.crs, valid=valid)
-        tile_transform, tile_crs = src.transform, src.crs
-    assert out == tmp_path / "maps" / "tile.tif"
-    with rasterio.open(out) as dst:
-        assert dst.transform == tile_transform and dst.crs == tile_crs
-        assert dst.count == 1 and dst.dtypes[0] == "float32"
-        assert math.isnan(dst.nodata)
-        assert dst.compression is not None and dst.compression.value.lower() == "deflate"
-        back = dst.read(1)
-    assert np.isnan(back[~valid]).all()
-    np.testing.assert_array_equal(back[valid], heat.astype(np.float32)[valid])
-    assert sorted(p.name for p in out.parent.iterdir()) == ["tile.tif"]  # no temporary left
-
-
-def test_region_map_rejects_a_mask_of_another_shape(tmp_path: Path) -> None:
-    with pytest.raises(ValueError):
-        write_region_map(
-            tmp_path / "m.tif", np.zeros((4, 4)), transform=from_origin(0, 0, 1, 1), crs="EPSG:32633",
-            valid=np.ones((4, 5), dtype=bool),
-        )
-
-
-def test_overlay_png_is_written(tmp_path: Path) -> None:
-    rows, cols = np.mgrid[0:96, 0:128]
-    rgb = np.stack([rows / 96, cols / 128, np.full((96, 128), 0.3)], axis=-1)
-    heat = np.exp(-((rows - 30.0) ** 2 + (cols - 90.0) ** 2) / 300.0)
-    heat[80:, :20] = np.nan
-    out = plot_region_overlay(tmp_path / "plots" / "overlay.png", rgb, heat, [(20, 41, 78, 103), None, (0, 10, 0, 10)])
-    data = out.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(data) > 5_000
-    assert [p.name for p in out.parent.iterdir()] == ["overlay.png"]
 
 
 # --- box_sums -------------------------------------------------------------------------

@@ -191,10 +191,17 @@ def test_mining_epochs_follow_warmup_checkpoint_and_refresh() -> None:
     assert SPPSConfig(enabled=False).mining_epoch(7) is None
 
 
-def test_bad_spps_values_name_their_key() -> None:
-    with pytest.raises(GeoclError, match="method.spps.k"):
-        SPPSConfig(k=0).validate()
-    with pytest.raises(GeoclError, match="method.spps.min_similarity"):
-        SPPSConfig(min_similarity=1.5).validate()
-    with pytest.raises(GeoclError, match="method.spps.buffer"):
-        SPPSConfig(buffer=-1.0).validate()
+@pytest.mark.parametrize(
+    ("spps", "key", "rule"),
+    [
+        ({"k": 0}, "method.spps.k", "must be at least 1"),
+        ({"min_similarity": 1.5}, "method.spps.min_similarity", r"must be in \[-1, 1\]"),
+        ({"buffer": -1.0}, "method.spps.buffer", "must be at least 0"),
+    ],
+)
+def test_bad_spps_values_name_their_key(spps: dict, key: str, rule: str) -> None:
+    from geocl.methods import SimCLR
+
+    with pytest.raises(GeoclError, match=rule) as caught:
+        SimCLR("resnet18", 4, spps=spps)
+    assert caught.value.key == key

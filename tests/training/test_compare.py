@@ -1,9 +1,15 @@
-"""`geocl compare` with fake pretrain and finetune functions: rows, table, failures, reuse."""
+"""`geocl compare` with fake pretrain, finetune and evaluation functions: rows, table, failures, reuse.
+
+Segmentation and natural-image recipes take the same path: compare picks the
+evaluation registered for their ``data.format``; the fakes only replace the functions
+those evaluations call (see :func:`_compare`).
+"""
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,11 +18,14 @@ from typing import Any
 import pandas as pd
 import pytest
 import yaml
-from omegaconf import DictConfig
+from pydantic import ValidationError
 
 from geocl.errors import GeoclError
+from geocl.evaluation import KnnProbe, SegmentationFinetune
 from geocl.recipes import register_method_config, save_recipe
-from geocl.training.compare import COLUMNS, NATURAL_COLUMNS, CompareOptions, run_compare
+from geocl.recipes.errors import validation_error
+from geocl.recipes.options import FinetuneCommand
+from geocl.training.compare import CompareOptions, results_columns, run_compare
 
 
 @dataclass
@@ -35,6 +44,8 @@ register_method_config("compare-stand-in", _StandInConfig)
 BASE = {"alpha": 0.3, "gamma": 0.2, None: 0.1}
 OFFSET = [0.0, 0.02, 0.07]  # mean 0.03, sample std sqrt(0.0013) = 0.036 (ddof=0 would give 0.029)
 FRACTIONS = [0.01, 0.2]
+#: results.csv columns of tile-set recipes: today's columns plus the evaluation's name.
+COLUMNS = ["recipe", "method", "evaluation", "label_fraction", "seed", "miou", "status", "seconds", "checkpoint"]
 
 
 def _recipe(folder: Path, stem: str, name: str) -> Path:
@@ -57,16 +68,20 @@ def _recipe(folder: Path, stem: str, name: str) -> Path:
 
 
 class Fakes:
-    """Pretrain and finetune stand-ins that leave the files the real ones leave, and count calls."""
+    """Pretrain, finetune and evaluation stand-ins that leave the files the real ones leave, and count calls.
+
+    The evaluation stand-in: kNN = base of the encoder + 0.01 x seed, probe = kNN + 0.1.
+    """
 
     def __init__(self, out: Path, failing: str = "beta") -> None:
         self.out = out
         self.failing = failing
         self.pretrained: list[tuple[str, bool]] = []
         self.finetuned: list[dict[str, Any]] = []
+        self.evaluated: list[dict[str, Any]] = []
         self.csv_rows_seen: list[int] = []
 
-    def pretrain(self, recipe: DictConfig, resume: bool = False) -> SimpleNamespace:
+    def pretrain(self, recipe: Any, resume: bool = False) -> SimpleNamespace:
         self.pretrained.append((str(recipe.name), resume))
         if recipe.name == self.failing:
             raise RuntimeError("boom")
@@ -95,9 +110,27 @@ class Fakes:
         (out / "metrics.json").write_text(json.dumps({"miou": miou, "checkpoint": str(checkpoint), "seconds": 2.5}))
         return SimpleNamespace(miou=miou, checkpoint=checkpoint)
 
+    def evaluate(self, checkpoint: Path | None, data: str, format: str, **kwargs: Any) -> SimpleNamespace:
+        self.evaluated.append({"checkpoint": checkpoint, "data": data, "format": format, **kwargs})
+        source = checkpoint.read_text() if checkpoint is not None else None
+        knn = BASE[source] + 0.01 * kwargs["seed"]
+        out = kwargs["out"]
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "evaluation.json").write_text(json.dumps({"knn_top1": knn, "probe_top1": knn + 0.1, "seconds": 1.0}))
+        return SimpleNamespace(knn_top1=knn, probe_top1=knn + 0.1)
 
-def _compare(options: CompareOptions, fakes: Fakes, **kwargs: Any) -> pd.DataFrame:
-    return run_compare(options, pretrain_fn=fakes.pretrain, finetune_fn=fakes.finetune, **kwargs)
+
+def _compare(
+    options: CompareOptions, fakes: Fakes, finetune: Callable[..., Any] | None = None, **kwargs: Any
+) -> pd.DataFrame:
+    """run_compare as the CLI calls it, the registered evaluations calling the fakes."""
+    finetune_fn = finetune or fakes.finetune
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            SegmentationFinetune, "from_options", classmethod(lambda cls, o: cls(o.finetune, finetune_fn=finetune_fn))
+        )
+        patch.setattr(KnnProbe, "from_options", classmethod(lambda cls, o: cls(o.evaluate, evaluate_fn=fakes.evaluate)))
+        return run_compare(options, pretrain_fn=fakes.pretrain, **kwargs)
 
 
 @pytest.fixture
@@ -120,7 +153,8 @@ def test_rows_table_plot_and_a_failing_recipe(tmp_path: Path, recipes: list[Path
     assert {p.name for p in out.iterdir()} >= {"results.csv", "results.md", "results.png"}
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     results = pd.read_csv(out / "results.csv")
-    assert list(results.columns) == COLUMNS
+    assert list(results.columns) == COLUMNS == results_columns(SegmentationFinetune)
+    assert set(results["evaluation"]) == {"finetune"}
     pd.testing.assert_frame_equal(results.fillna({"checkpoint": ""}), returned, check_dtype=False)
 
     # recipes (incl. random-init) x fractions x seeds, in that order
@@ -221,7 +255,7 @@ def test_a_failing_finetune_fails_its_row_only(tmp_path: Path, recipes: list[Pat
         return real(**kwargs)
 
     options = CompareOptions(recipes=recipes[:1], label_fractions=[0.5], seeds=2, out=out)
-    results = run_compare(options, pretrain_fn=fakes.pretrain, finetune_fn=flaky, echo=None)
+    results = _compare(options, fakes, finetune=flaky, echo=None)
     assert results["status"].tolist() == ["ok", "failed: ValueError: bad batch", "ok", "ok"]
     assert "| alpha | 0.800 ± – (1 failed) | 1 |" in (out / "results.md").read_text()
 
@@ -230,15 +264,24 @@ def test_a_failing_finetune_fails_its_row_only(tmp_path: Path, recipes: list[Pat
     ("change", "message"),
     [
         ({"label_fractions": [0.0]}, "(0, 1]"),
-        ({"seeds": 0}, ">= 1"),
-        ({"finetune": {"seed": 3}}, "must not set seed"),
-        ({"recipes": []}, "no recipes"),
+        ({"seeds": 0}, "at least 1"),
+        ({"finetune": {"seed": 3}}, "finetune.seed: unknown key"),  # compare sets the seed per row
+        ({"recipes": []}, "must not be empty"),
     ],
 )
 def test_bad_options_fail_before_any_work(tmp_path: Path, recipes: list[Path], change: dict, message: str) -> None:
-    options = CompareOptions(**{"recipes": recipes[:1], "label_fractions": [0.5], "seeds": 1, "out": tmp_path / "cmp", **change})
+    # The options model checks its values when it is built, so nothing can start.
+    with pytest.raises(ValidationError) as caught:
+        CompareOptions(**{"recipes": recipes[:1], "label_fractions": [0.5], "seeds": 1, "out": tmp_path / "cmp", **change})
+    assert message in str(validation_error(caught.value, model=CompareOptions))
+
+
+def test_finetune_options_that_set_what_compare_sets_fail_before_any_work(tmp_path: Path, recipes: list[Path]) -> None:
+    # A finetune command's options carry a seed; compare sets the seed per row.
+    command = FinetuneCommand(tiles=tmp_path / "tiles", out=tmp_path / "ft", seed=3, max_epochs=2)
+    options = CompareOptions(recipes=recipes[:1], label_fractions=[0.5], seeds=1, out=tmp_path / "cmp", finetune=command)
     fakes = Fakes(tmp_path / "cmp")
-    with pytest.raises(GeoclError, match=re.escape(message)):
+    with pytest.raises(GeoclError, match=re.escape("must not set out, seed, tiles")):
         _compare(options, fakes, echo=None)
     assert fakes.pretrained == [] and not (tmp_path / "cmp").exists()
 
@@ -270,25 +313,8 @@ def _natural_recipe(folder: Path, stem: str, name: str) -> Path:
     return path
 
 
-class NaturalFakes(Fakes):
-    """Adds an evaluation stand-in: kNN = base of the encoder + 0.01 x seed, probe = kNN + 0.1."""
-
-    def __init__(self, out: Path, failing: str = "beta") -> None:
-        super().__init__(out, failing)
-        self.evaluated: list[dict[str, Any]] = []
-
-    def evaluate(self, checkpoint: Path | None, data: str, format: str, **kwargs: Any) -> SimpleNamespace:
-        self.evaluated.append({"checkpoint": checkpoint, "data": data, "format": format, **kwargs})
-        source = checkpoint.read_text() if checkpoint is not None else None
-        knn = BASE[source] + 0.01 * kwargs["seed"]
-        out = kwargs["out"]
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "evaluation.json").write_text(json.dumps({"knn_top1": knn, "probe_top1": knn + 0.1, "seconds": 1.0}))
-        return SimpleNamespace(knn_top1=knn, probe_top1=knn + 0.1)
-
-
-def _natural_compare(options: CompareOptions, fakes: NaturalFakes) -> pd.DataFrame:
-    return run_compare(options, pretrain_fn=fakes.pretrain, finetune_fn=fakes.finetune, evaluate_fn=fakes.evaluate, echo=None)
+def _natural_compare(options: CompareOptions, fakes: Fakes) -> pd.DataFrame:
+    return _compare(options, fakes, echo=None)
 
 
 def test_natural_recipes_give_knn_and_probe_rows_table_and_plot(tmp_path: Path) -> None:
@@ -296,10 +322,14 @@ def test_natural_recipes_give_knn_and_probe_rows_table_and_plot(tmp_path: Path) 
     folder.mkdir()
     paths = [_natural_recipe(folder, "a", "alpha"), _natural_recipe(folder, "b", "beta"), _natural_recipe(folder, "g", "gamma")]
     out = tmp_path / "cmp"
-    fakes = NaturalFakes(out)
+    fakes = Fakes(out)
     options = CompareOptions(recipes=paths, label_fractions=FRACTIONS, seeds=2, out=out, evaluate={"k": 7})
     results = _natural_compare(options, fakes)
-    assert list(results.columns) == NATURAL_COLUMNS and not fakes.finetuned
+    natural_columns = ["recipe", "method", "evaluation", "label_fraction", "seed", "knn_top1", "probe_top1"]
+    assert list(results.columns) == [*natural_columns, "status", "seconds", "checkpoint"] and not fakes.finetuned
+    # one subset, all labels, whatever the fractions; one folder per (recipe, seed)
+    assert set(results["label_fraction"]) == {1.0} and set(results["evaluation"]) == {"knn-probe"}
+    assert (out / "evaluate" / "alpha-s1" / "evaluation.json").exists()
     assert list(results["recipe"]) == ["alpha", "alpha", "beta", "beta", "gamma", "gamma", "random-init", "random-init"]
     alpha = results[results["recipe"] == "alpha"]
     assert alpha["knn_top1"].tolist() == pytest.approx([0.3, 0.31]) and alpha["probe_top1"].tolist() == pytest.approx([0.4, 0.41])
@@ -313,7 +343,7 @@ def test_natural_recipes_give_knn_and_probe_rows_table_and_plot(tmp_path: Path) 
     assert "| alpha | 0.305 ± 0.007 | 0.405 ± 0.007 | 2 |" in table and "| beta | failed | failed | 0 |" in table
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
     # A second run reuses the finished pretraining and evaluations.
-    again = NaturalFakes(out)
+    again = Fakes(out)
     second = _natural_compare(options, again)
     assert again.evaluated == [] and [name for name, _ in again.pretrained] == ["beta"]
     assert second[second["recipe"] == "alpha"]["knn_top1"].tolist() == pytest.approx([0.3, 0.31])
@@ -321,7 +351,7 @@ def test_natural_recipes_give_knn_and_probe_rows_table_and_plot(tmp_path: Path) 
 
 def test_mixing_tile_and_natural_recipes_fails_before_any_work(tmp_path: Path, recipes: list[Path]) -> None:
     natural = _natural_recipe(tmp_path / "recipes", "n", "natural")
-    fakes = NaturalFakes(tmp_path / "cmp")
+    fakes = Fakes(tmp_path / "cmp")
     options = CompareOptions(recipes=[recipes[0], natural], label_fractions=FRACTIONS, seeds=1, out=tmp_path / "cmp")
     with pytest.raises(GeoclError, match="compare them separately") as caught:
         _natural_compare(options, fakes)

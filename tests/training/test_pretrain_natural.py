@@ -9,7 +9,9 @@ import pytest
 import torch
 
 import geocl.methods  # noqa: F401  (registers the methods' recipe sections)
-from geocl.data.natural import CifarDataset, ImageFolderDataset, write_toy_cifar, write_toy_image_folder
+from geocl.data.cifar import CifarDataset
+from geocl.data.image_folder import ImageFolderDataset
+from geocl.data.natural_toy import write_toy_cifar, write_toy_image_folder
 from geocl.errors import GeoclError
 from geocl.evaluation import run_evaluation
 from geocl.methods import CHECKPOINT_KEY
@@ -39,7 +41,7 @@ def _tiny(recipe_path: Path, toy: dict[str, Path], out: Path, *extra: str) -> li
         overrides.append("encoder.name=test_resnet")
     if recipe.method.name == "grass":
         overrides.append("method.warmup_epochs=1")  # reach stage 2 in the second epoch
-    if recipe.method.get("spps") is not None and recipe.method.spps.enabled:
+    if getattr(recipe.method, "spps", None) is not None and recipe.method.spps.enabled:
         overrides.append("method.spps.warmup_epochs=1")  # mine in the second epoch
     return [*overrides, *extra]
 

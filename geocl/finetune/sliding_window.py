@@ -1,0 +1,208 @@
+"""Sliding-window inference over a whole scene: window grid, blend weights, streamed logits.
+
+A scene is predicted in its own pixel grid with square windows of ``window`` px placed
+every ``stride = window - overlap`` px (the last row and column of windows are moved
+back to end on the scene's edge, so no window hangs out of the scene unless the scene
+is smaller than one window; there the window is padded with nodata). Where windows
+overlap, their logits are averaged with a smooth weight that is largest at the window
+centre and small, but above zero, at its border (:func:`blend_weight`): a pixel near one
+window's border, where the model sees the least context, is then decided mostly by the
+window that holds it near its centre, and the result shows no seams along window edges.
+
+The scene is streamed. Windows are processed one row band at a time into a strip
+buffer of ``K x window x width`` float32 logits (``K`` classes); rows that no later band
+reaches are finished and yielded (:func:`~geocl.finetune.predict.predict_scene`
+classifies and writes them), and the buffer moves down. Memory is
+therefore independent of the scene's height and about ``4 K window width`` bytes (plus
+the raw row band, ``bands x window x width`` samples): e.g. 10 classes, 256 px windows
+and a 20 000 px wide scene take about 200 MB. It does grow with the width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rasterio.io import DatasetReader
+from rasterio.windows import Window
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from geocl.data.normalize import BandNormalizer
+from geocl.errors import GeoclError
+
+__all__ = ["BLEND_FLOOR", "Model", "Strip", "blend_weight", "sliding_window_logits", "window_origins"]
+
+#: Blend weight at a window's corner, relative to 1 at its centre. Above zero so that a
+#: pixel covered by one window only (along the scene edge) still gets that window's logits.
+BLEND_FLOOR = 1e-3
+
+Model = Callable[[Tensor], Tensor]
+
+
+class Strip(NamedTuple):
+    """Finished rows of blended logits, as yielded by :func:`sliding_window_logits`.
+
+    Attributes:
+        row: scene row of the first row (px).
+        logits: ``[K, rows, width]`` float32, the weighted mean of the covering windows'
+            logits (0 where every band of the scene is nodata and no window ran).
+        invalid: ``[rows, width]`` bool, True where every band of the scene is nodata.
+    """
+
+    row: int
+    logits: np.ndarray
+    invalid: np.ndarray
+
+
+def window_origins(length: int, window: int, stride: int) -> list[int]:
+    """Start offsets of windows covering ``[0, length)`` (px).
+
+    Every ``stride`` px from 0; the last window is moved back to end at ``length`` so it
+    stays inside the scene (a scene shorter than ``window`` gets the single origin 0).
+
+    Returns:
+        Increasing origins; consecutive ones differ by at most ``stride``.
+    """
+    if length <= window:
+        return [0]
+    origins = list(range(0, length - window + 1, stride))
+    if origins[-1] + window < length:
+        origins.append(length - window)
+    return origins
+
+
+def blend_weight(window: int, floor: float = BLEND_FLOOR) -> np.ndarray:
+    """The ``[window, window]`` float32 weight of one window's logits in the blend.
+
+    The outer product of a 1-D Hann window sampled at pixel centres, ``sin(pi (i + 0.5)
+    / window)^2``, so 1 at the centre and falling smoothly to about ``(pi / 2 window)^2``
+    at the border; clipped below at ``floor`` so no pixel gets zero weight.
+    """
+    centres = (np.arange(window, dtype=np.float64) + 0.5) / window
+    ramp = np.sin(np.pi * centres) ** 2
+    return np.maximum(np.outer(ramp, ramp), floor).astype(np.float32)
+
+
+def _read_band(src: DatasetReader, row: int, height: int, width: int, fill: float) -> np.ndarray:
+    """Rows ``[row, row + height)`` of every band, ``[C, height, width]``, nodata-padded.
+
+    One windowed read per row band rather than one boundless read per window: GDAL then
+    decompresses each block once per band instead of once per overlapping window, and
+    padding past the scene edge (only when the scene is smaller than a window) is a numpy
+    fill instead of a boundless read through a VRT.
+    """
+    rows = min(height, src.height - row)
+    data = src.read(window=Window(0, row, src.width, rows))
+    if data.shape[1:] == (height, width):
+        return data
+    padded = np.full((src.count, height, width), fill, dtype=data.dtype)
+    padded[:, :rows, : src.width] = data
+    return padded
+
+
+def sliding_window_logits(
+    model: Model,
+    src: DatasetReader,
+    normalizer: BandNormalizer,
+    *,
+    num_classes: int,
+    window: int = 256,
+    overlap: int = 64,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    nodata: float | None = None,
+    progress: bool = False,
+) -> Iterator[Strip]:
+    """Blended logits of a whole scene, streamed top to bottom as :class:`Strip` s.
+
+    Args:
+        model: normalised images ``[B, C, window, window]`` float32 on ``device`` ->
+            logits ``[B, K, h, w]`` (resized bilinearly to the window when h, w differ).
+        src: the open scene.
+        normalizer: the band statistics the model was trained with.
+        num_classes: ``K``, the channels the model must return.
+        window: window side (px).
+        overlap: overlap of neighbouring windows (px).
+        batch_size: windows per model call.
+        device: where the model runs.
+        nodata: the scene value that marks a missing pixel when every band holds it;
+            default: the file's nodata, else the normaliser's.
+        progress: show a tqdm bar over windows.
+
+    Yields:
+        Consecutive strips covering rows ``0 .. src.height``, each ``src.width`` wide.
+        Windows whose pixels are all nodata are skipped (not run through the model).
+    """
+    height, width = src.height, src.width
+    stride = window - overlap
+    if nodata is None:
+        nodata = src.nodata if src.nodata is not None else normalizer.nodata
+    rows, cols = window_origins(height, window, stride), window_origins(width, window, stride)
+    buffer_width = max(width, window)
+    weight = blend_weight(window)
+    # The strip buffer holds scene rows [top, top + window): the sum of weighted logits,
+    # the sum of weights, and the nodata mask of those rows.
+    logits_sum = np.zeros((num_classes, window, buffer_width), dtype=np.float32)
+    weight_sum = np.zeros((window, buffer_width), dtype=np.float32)
+    invalid = np.ones((window, buffer_width), dtype=bool)
+    top = 0
+
+    def finished(stop: int) -> Strip:
+        """Rows [top, stop) as a strip; no band still to come reaches them."""
+        count = min(stop, height) - top
+        weights = weight_sum[:count, :width]
+        blended = np.zeros((num_classes, count, width), dtype=np.float32)
+        np.divide(logits_sum[:, :count, :width], weights, out=blended, where=weights > 0)
+        return Strip(top, blended, invalid[:count, :width].copy())
+
+    def run(images: list[np.ndarray]) -> np.ndarray:
+        batch = torch.from_numpy(np.stack(images)).to(device)
+        with torch.inference_mode():
+            out = model(batch)
+        if out.ndim != 4 or out.shape[0] != len(images):
+            raise ValueError(f"model must return logits [B, K, h, w]; got shape {tuple(out.shape)}")
+        if out.shape[1] != num_classes:
+            raise GeoclError(
+                f"the model returns {out.shape[1]} classes but {num_classes} class values were given",
+                key="class_values",
+            )
+        if out.shape[-2:] != (window, window):  # e.g. a model predicting at a coarser stride
+            out = F.interpolate(out.float(), size=(window, window), mode="bilinear", align_corners=False)
+        return out.float().cpu().numpy()
+
+    bar = tqdm(total=len(rows) * len(cols), unit="window", desc="predict", disable=not progress)
+    try:
+        for row in rows:
+            if row > top:
+                yield finished(row)
+                shift = row - top
+                # numpy copies through a temporary when source and target overlap
+                logits_sum[:, : window - shift] = logits_sum[:, shift:]
+                logits_sum[:, window - shift :] = 0
+                weight_sum[: window - shift] = weight_sum[shift:]
+                weight_sum[window - shift :] = 0
+                top = row
+            raw = _read_band(src, row, window, buffer_width, nodata)
+            # the band covers the whole buffer; NaN nodata (float scenes) never compares equal
+            invalid[:] = (np.isnan(raw) if np.isnan(nodata) else raw == nodata).all(axis=0)
+            pending: list[tuple[int, np.ndarray]] = []
+            for index, col in enumerate(cols):
+                mask = invalid[:, col : col + window]
+                if mask.all():  # nothing to predict: its pixels will be written as nodata
+                    bar.update(1)
+                else:
+                    pending.append((col, normalizer(raw[:, :, col : col + window], mask)))
+                if pending and (len(pending) == batch_size or index == len(cols) - 1):
+                    logits = run([image for _, image in pending])
+                    for (start, _), window_logits in zip(pending, logits):
+                        logits_sum[:, :, start : start + window] += window_logits * weight
+                        weight_sum[:, start : start + window] += weight
+                    bar.update(len(pending))
+                    pending = []
+        yield finished(top + window)
+    finally:
+        bar.close()

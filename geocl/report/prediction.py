@@ -1,0 +1,64 @@
+"""A preview of a scene prediction: the scene's quicklook and the classified map side by side."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from geocl.data.rasters import read_decimated
+from geocl.io import save_figure
+
+
+def plot_prediction_preview(
+    scene: Path, prediction: Path, values: Sequence[int], colours: Sequence[tuple[int, int, int]], nodata: int
+) -> Path:
+    """Write ``prediction.png`` beside the prediction: the scene's quicklook and the classes side by side.
+
+    Args:
+        scene: the predicted scene (its bands 3, 2, 1 are shown, 2-98 % stretch).
+        prediction: the classified GeoTIFF, read decimated to the quicklook's size.
+        values: the raster value of each class.
+        colours: RGB (0-255) of each class, as in the GeoTIFF's colour table.
+        nodata: the prediction's nodata value (shown white).
+
+    Returns:
+        The PNG path.
+    """
+    # imported on use: report.maps loads pyplot (selecting its backend) and geopandas, which
+    # importing geocl.finetune.predict should not do
+    from geocl.report.maps import quicklook
+
+    rgb, extent = quicklook(scene)
+    # nearest neighbour (rasterio's default), so every preview pixel holds a real class value
+    shown, _, _ = read_decimated(prediction, 1, rgb.shape[:2])
+    palette = np.ones((*shown.shape, 3))  # nodata stays white, as in the quicklook
+    for value, colour in zip(values, colours):
+        palette[shown == value] = np.asarray(colour) / 255.0
+
+    # Figure + Agg canvas, not pyplot: no global figure state and no backend to switch.
+    figure = Figure(figsize=(12, 6.2))
+    FigureCanvasAgg(figure)
+    left, right = figure.subplots(1, 2, sharex=True, sharey=True)
+    left.imshow(rgb, extent=extent)
+    left.set_title(scene.name)
+    right.imshow(palette, extent=extent, interpolation="nearest")
+    right.set_title(f"prediction ({prediction.name})")
+    # long legends list only the classes that occur in the preview
+    handles = [
+        Patch(facecolor=np.asarray(c) / 255.0, edgecolor="black", label=f"class value {v}")
+        for v, c in zip(values, colours)
+        if len(values) <= 12 or (shown == v).any()
+    ]
+    if (shown == nodata).any():
+        handles.append(Patch(facecolor="white", edgecolor="black", label=f"nodata ({nodata})"))
+    right.legend(handles=handles, loc="upper right", fontsize="small", framealpha=0.9)
+    for axes in (left, right):
+        axes.ticklabel_format(useOffset=False, style="plain")
+        axes.tick_params(labelsize="x-small")
+    figure.tight_layout()
+    return save_figure(figure, prediction.with_suffix(".png"))
