@@ -36,7 +36,7 @@ def atomic_write_text(final: str | os.PathLike[str], text: str) -> None:
 
 
 def save_figure(figure: Any, final: str | os.PathLike[str], dpi: int = 110) -> Path:
-    """Write a matplotlib figure as PNG atomically, then close it.
+    """Write a matplotlib figure (a bare ``Figure``, no pyplot state) as PNG atomically.
 
     Args:
         figure: a ``matplotlib.figure.Figure``.
@@ -49,7 +49,4 @@ def save_figure(figure: Any, final: str | os.PathLike[str], dpi: int = 110) -> P
     final = Path(final)
     with atomic_path(final) as temp:
         figure.savefig(temp, dpi=dpi, format="png")
-    import matplotlib.pyplot as plt  # only here: writing a figure implies matplotlib
-
-    plt.close(figure)
     return final

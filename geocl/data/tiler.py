@@ -78,19 +78,19 @@ class TilingOptions:
     def validate(self) -> None:
         """Raise :class:`GeoclError` naming the first bad option."""
         if self.size < 8:
-            raise GeoclError(f"tile size must be >= 8 px, got {self.size}", key="--size")
+            raise GeoclError(f"tile size must be >= 8 px, got {self.size}", key="size")
         if not 1 <= self.stride:
-            raise GeoclError(f"stride must be >= 1 px, got {self.stride}", key="--stride")
+            raise GeoclError(f"stride must be >= 1 px, got {self.stride}", key="stride")
         if not 0.0 <= self.max_nodata <= 1.0:
-            raise GeoclError(f"must be within [0, 1], got {self.max_nodata}", key="--max-nodata")
+            raise GeoclError(f"must be within [0, 1], got {self.max_nodata}", key="max_nodata")
         if self.split_block < self.stride:
             raise GeoclError(
                 f"split block ({self.split_block} px) must be >= stride ({self.stride} px)",
-                key="--split-block",
+                key="split_block",
             )
         fractions = self.split_fractions
         if len(fractions) != 3 or min(fractions) < 0 or not math.isclose(sum(fractions), 1.0):
-            raise GeoclError(f"need 3 non-negative fractions summing to 1, got {fractions}", key="--split")
+            raise GeoclError(f"need 3 non-negative fractions summing to 1, got {fractions}", key="split")
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,7 @@ def plan_tiles(
         raise GeoclError(
             f"tile size {options.size} px is larger than {where} "
             f"({round(width_px)} x {round(height_px)} px)",
-            key="--size",
+            key="size",
         )
     sampler = GriddedPatchSampler(dataset, size=options.size, stride=options.stride, roi=roi)
     boxes = [(x.start, y.start, x.stop, y.stop) for x, y in sampler]

@@ -119,7 +119,7 @@ def run_evaluation(
     """
     start = time.perf_counter()
     if format not in NATURAL_FORMATS:
-        raise GeoclError(f"unknown format {format!r}; choose from {', '.join(NATURAL_FORMATS)}", key="--format")
+        raise GeoclError(f"unknown format {format!r}; choose from {', '.join(NATURAL_FORMATS)}", key="format")
     if checkpoint is not None:
         model, meta = load_checkpoint_encoder(checkpoint, momentum_encoder)
         band_stats: dict[str, Any] | None = meta["band_stats"]

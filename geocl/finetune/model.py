@@ -133,11 +133,11 @@ def build_segmenter(
     """
     if is_vision_transformer(encoder):
         if arch not in VIT_ARCHITECTURES:
-            raise GeoclError(f"unknown architecture {arch!r}; choose from {', '.join(VIT_ARCHITECTURES)}", key="--arch")
+            raise GeoclError(f"unknown architecture {arch!r}; choose from {', '.join(VIT_ARCHITECTURES)}", key="arch")
         return ViTSegmenter(encoder, in_chans, num_classes, encoder_args)
     if arch not in ARCHITECTURES:
         hint = " (dpt is for ViT encoders)" if arch == "dpt" else ""
-        raise GeoclError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}{hint}", key="--arch")
+        raise GeoclError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}{hint}", key="arch")
     return ARCHITECTURES[arch](
         encoder_name=f"tu-{timm_name(encoder)}", encoder_weights=None, in_channels=in_chans, classes=num_classes,
         **timm_arguments(encoder_args),

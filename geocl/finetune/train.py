@@ -23,7 +23,8 @@ from typing import Any
 import lightning
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, RandomSampler, Subset
@@ -88,7 +89,7 @@ class SegmentationModule(lightning.LightningModule):
         images, masks = self._augment(batch["image"], batch["mask"])
         loss = self.criterion(self(images), masks)
         if not torch.isfinite(loss):
-            raise GeoclError(f"finetuning loss became {loss.item()} at step {self.global_step}", key="--lr")
+            raise GeoclError(f"finetuning loss became {loss.item()} at step {self.global_step}", key="lr")
         self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
         return loss
 
@@ -110,6 +111,20 @@ class SegmentationModule(lightning.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[SEGMENTER_KEY] = self.meta
+
+
+class TrainingProgressBar(TQDMProgressBar):
+    """One progress bar for the run: validation and test passes draw none of their own.
+
+    The validation mIoU still shows on the training bar (``val/miou``); Lightning's
+    default adds a bar per validation pass and one for the test pass.
+    """
+
+    def init_validation_tqdm(self) -> Tqdm:
+        return Tqdm(disable=True)
+
+    def init_test_tqdm(self) -> Tqdm:
+        return Tqdm(disable=True)
 
 
 @dataclass
@@ -136,7 +151,7 @@ class FinetuneResult:
 def label_subset(count: int, fraction: float, seed: int) -> np.ndarray:
     """Deterministic subset of ``count`` train tiles of the given fraction (at least one)."""
     if not 0.0 < fraction <= 1.0:
-        raise GeoclError(f"must be in (0, 1], got {fraction}", key="--label-fraction")
+        raise GeoclError(f"must be in (0, 1], got {fraction}", key="label_fraction")
     keep = max(1, math.ceil(fraction * count))
     return np.sort(np.random.default_rng(seed).permutation(count)[:keep])
 
@@ -231,7 +246,10 @@ def run_finetune(
     trainer = lightning.Trainer(
         default_root_dir=out, max_epochs=max_epochs, accelerator=accelerator, devices=1,
         check_val_every_n_epoch=val_every, logger=CSVLogger(out, name="logs"),
-        callbacks=[best, EarlyStopping(monitor="val/miou", mode="max", patience=patience)],
+        callbacks=[
+            best, EarlyStopping(monitor="val/miou", mode="max", patience=patience),
+            *([TrainingProgressBar()] if progress else []),
+        ],
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=5,
     )
     trainer.fit(module, loaders["train"], loaders["val"])

@@ -36,13 +36,13 @@ import lightning
 import torch
 from lightly.utils.lars import LARS
 from lightly.utils.scheduler import CosineWarmupScheduler
-from pydantic import BaseModel, ValidationError, create_model
+from pydantic import BaseModel
 from torch import Tensor
 
 from geocl.errors import GeoclError
 from geocl.models import create_encoder
 from geocl.recipes import OptimizerConfig, SchedulerConfig
-from geocl.recipes.errors import validation_error
+from geocl.recipes.errors import validated_section
 from geocl.transforms import MultiBandViewAugmentation, TwoViews
 
 if TYPE_CHECKING:
@@ -67,20 +67,6 @@ def library_versions() -> dict[str, str]:
         except Exception:  # a library missing from the metadata must not break saving
             found[name] = "unknown"
     return found
-
-
-def validated_section(key: str, model: type[BaseModel], value: Any) -> Any:
-    """A recipe section given as a model, a mapping or None (defaults), validated.
-
-    Errors name the section's dotted key (``optimizer.lr``), as they do in a recipe.
-    """
-    if isinstance(value, model):
-        return value
-    holder = create_model(f"Section_{key}", **{key: (model, ...)})
-    try:
-        return getattr(holder.model_validate({key: dict(value or {})}), key)
-    except ValidationError as exc:
-        raise validation_error(exc, model=holder) from None
 
 
 class PretrainMethod(lightning.LightningModule):
@@ -142,7 +128,7 @@ class PretrainMethod(lightning.LightningModule):
         self.in_chans = in_chans
         self.band_stats = dict(band_stats) if band_stats is not None else {"mean": [0.0] * in_chans, "std": [1.0] * in_chans}
         self.view_size = view_size
-        self.augment_args = dict(augment or {})
+        self.augment_args = dict(augment.model_dump() if isinstance(augment, BaseModel) else augment or {})
         self.optimizer_config: OptimizerConfig = validated_section("optimizer", OptimizerConfig, optimizer)
         self.scheduler_config: SchedulerConfig = validated_section("scheduler", SchedulerConfig, scheduler)
         self.seed = seed

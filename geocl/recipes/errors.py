@@ -558,3 +558,22 @@ def _model_by_title(title: str) -> type | None:
             if sub.__name__ == title and not getattr(sub, "__pydantic_generic_metadata__", {}).get("origin"):
                 found.append(sub)
     return found[0] if len(found) == 1 else None
+
+
+def validated_section(key: str, model: type[BaseModel], value: Any) -> Any:
+    """A section given as a model instance, a mapping or None (defaults), validated by ``model``.
+
+    For Python callers that pass one section of a recipe (a method's ``optimizer``, the
+    augmentation's parameters): errors name its dotted key (``optimizer.lr``), as they
+    do in a recipe.
+    """
+    if isinstance(value, model):
+        return value
+    from pydantic import create_model
+
+    holder = create_model(f"Section_{key}", **{key: (model, ...)})
+    data = value.model_dump() if isinstance(value, BaseModel) else dict(value or {})
+    try:
+        return getattr(holder.model_validate({key: data}), key)
+    except ValidationError as exc:
+        raise validation_error(exc, model=holder) from None

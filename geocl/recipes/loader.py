@@ -128,7 +128,7 @@ _SECTIONS = ("data", "encoder", "method", "augment", "optimizer", "scheduler", "
 def _with_defaults(data: dict[str, Any]) -> dict[str, Any]:
     """The schema's defaults under the file's values, so that ``${seed}`` resolves when the file omits it."""
     defaults: dict[str, Any] = {"seed": Recipe.model_fields["seed"].default}
-    for key in ("data", "encoder", "optimizer", "scheduler", "trainer"):
+    for key in ("data", "encoder", "augment", "optimizer", "scheduler", "trainer"):
         defaults[key] = Recipe.model_fields[key].annotation.model_construct().model_dump()  # type: ignore[union-attr]
     merged = {key: value for key, value in data.items() if not (key in _SECTIONS and value is None)}
     merged.setdefault("method", {})  # so that a recipe without one is told to name its method

@@ -28,30 +28,12 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
-from pydantic_core import PydanticKnownError
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from geocl.recipes.errors import field_relation
+from geocl.recipes.types import Integer, Number
 
 
-def _integer_not_bool(value: Any) -> Any:
-    # bool is an int to Python (and to pydantic's lax mode), but `seeds=True` is a
-    # mistake, not 1
-    if isinstance(value, bool):
-        raise PydanticKnownError("int_type")
-    return value
-
-
-def _number_not_bool(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise PydanticKnownError("float_type")
-    return value
-
-
-#: An integer that refuses true/false (pydantic would read them as 1/0).
-Integer = Annotated[int, BeforeValidator(_integer_not_bool)]
-#: A number (int or float given, float kept) that refuses true/false.
-Number = Annotated[float, BeforeValidator(_number_not_bool)]
 #: A seed: numpy and Lightning take unsigned 32-bit integers.
 Seed = Annotated[Integer, Field(ge=0, lt=2**32)]
 #: A fraction of the labelled train tiles.

@@ -1,7 +1,7 @@
 """The recipe schema: one pydantic model per section, holding types, ranges, choices and defaults.
 
-A recipe has fixed sections (``data``, ``encoder``, ``optimizer``, ``scheduler``,
-``trainer``) described here, and two open ones:
+A recipe has fixed sections (``data``, ``encoder``, ``augment``, ``optimizer``, ``scheduler``,
+``trainer``) described here, and one open one:
 
 * ``method``: ``name`` selects a pretraining method; its other keys are that method's
   parameters. A method declares them once, as the typed keyword arguments of its
@@ -9,7 +9,7 @@ A recipe has fixed sections (``data``, ``encoder``, ``optimizer``, ``scheduler``
   registers it here with :func:`register_method_config`. The registry lives here, not
   in :mod:`geocl.methods`, so that recipes stay below the methods in the dependency
   order and this module imports no torch.
-* ``augment``: the keyword arguments of the view augmentation, validated by it.
+* ``augment`` (:class:`AugmentConfig`) holds the view augmentation's parameters.
 
 Why pydantic (v2) and not jsonargparse: the recipes are YAML documents with nested
 sections and a section (``method``) whose model depends on a value (``method.name``);
@@ -32,6 +32,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 from pydantic_core import PydanticCustomError
+
+from geocl.recipes.types import FiniteNumber, Probability
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw", "lars")
@@ -178,6 +180,41 @@ class TrainerConfig(Section):
         return value
 
 
+Pair = tuple[FiniteNumber, FiniteNumber]
+
+
+class AugmentConfig(Section):
+    """The view augmentation (:class:`~geocl.transforms.MultiBandViewAugmentation`); the view
+    side itself is ``data.view_size``."""
+
+    scale: Pair = Field((0.08, 1.0), description="range of the crop area as a fraction of the tile area, 0 < low <= high <= 1")
+    ratio: Pair = Field((3.0 / 4.0, 4.0 / 3.0), description="range of the crop aspect ratio (width / height), 0 < low <= high")
+    hflip_p: Probability = Field(0.5, description="probability of a horizontal flip")
+    vflip_p: Probability = Field(0.5, description="probability of a vertical flip")
+    rot90_p: Probability = Field(0.5, description="probability of a random quarter-turn rotation")
+    jitter_p: Probability = Field(0.8, description="probability of the per-band brightness/contrast jitter")
+    brightness: FiniteNumber = Field(0.4, ge=0.0, description="jitter shift half-range, normalised units (band std)")
+    contrast: FiniteNumber = Field(
+        0.4, ge=0.0, le=1.0, description="jitter contrast-factor half-range around 1 (factors 1 +/- contrast stay >= 0)"
+    )
+    blur_p: Probability = Field(0.5, description="probability of a Gaussian blur")
+    blur_sigma: Pair = Field((0.1, 2.0), description="range of the blur sigma in px, 0 < low <= high")
+    noise_p: Probability = Field(0.2, description="probability of additive Gaussian noise")
+    noise_std: FiniteNumber = Field(0.05, ge=0.0, description="noise std, normalised units")
+
+    @field_validator("scale", "ratio", "blur_sigma")
+    @classmethod
+    def _ordered_positive_range(cls, value: tuple[float, float], info: Any) -> tuple[float, float]:
+        low, high = value
+        if low <= 0.0:
+            raise ValueError(f"low must be > 0, got {list(value)}")
+        if low > high:
+            raise ValueError(f"low must be <= high, got {list(value)}")
+        if info.field_name == "scale" and high > 1.0:
+            raise ValueError(f"must satisfy 0 < low <= high <= 1, got {list(value)}")
+        return value
+
+
 class MethodParams(Section):
     """Base of every method's parameter model: ``name`` selects the method."""
 
@@ -197,7 +234,7 @@ class Recipe(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     method: MethodParams
-    augment: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the view augmentation")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)

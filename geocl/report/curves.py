@@ -5,13 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from geocl.io import save_figure  # noqa: E402
+from geocl.io import save_figure
 
 
 def read_lightning_csv(logs: str | os.PathLike[str]) -> pd.DataFrame:
@@ -40,7 +37,9 @@ def plot_loss_curve(logs: str | os.PathLike[str], out_png: str | os.PathLike[str
     metrics = read_lightning_csv(logs)
     if metrics.empty or "train/loss_step" not in metrics:
         return None
-    figure, axes = plt.subplots(figsize=(7, 4))
+    # a bare Figure draws with the Agg canvas: no pyplot state, no backend switch
+    figure = Figure(figsize=(7, 4))
+    axes = figure.subplots()
     steps = metrics.dropna(subset=["train/loss_step"]).drop_duplicates("step", keep="last")
     axes.plot(steps["step"], steps["train/loss_step"], lw=0.8, alpha=0.6, label="step")
     if "train/loss_epoch" in metrics:

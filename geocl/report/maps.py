@@ -6,18 +6,15 @@ import os
 from pathlib import Path
 
 import geopandas as gpd
-import matplotlib
+import numpy as np
+import rasterio
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from pyproj import CRS as ProjCRS
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import rasterio  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from pyproj import CRS as ProjCRS  # noqa: E402
-
-from geocl.data.rasters import read_decimated  # noqa: E402
-from geocl.data.tiler import INDEX_FILE, INDEX_LAYER, read_metadata  # noqa: E402
-from geocl.io import save_figure  # noqa: E402
+from geocl.data.rasters import read_decimated
+from geocl.data.tiler import INDEX_FILE, INDEX_LAYER, read_metadata
+from geocl.io import save_figure
 
 SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
 
@@ -66,7 +63,9 @@ def plot_tile_index(tiles: str | os.PathLike[str], out_png: str | os.PathLike[st
     """
     metadata = read_metadata(tiles)
     index = gpd.read_file(Path(tiles) / INDEX_FILE, layer=INDEX_LAYER)
-    figure, axes = plt.subplots(figsize=(8, 8))
+    # a bare Figure draws with the Agg canvas: no pyplot state, no backend switch
+    figure = Figure(figsize=(8, 8))
+    axes = figure.subplots()
     for scene_file in metadata["sources"]["scene"]:
         with rasterio.open(scene_file) as src:
             same_crs = src.crs is not None and ProjCRS.from_user_input(src.crs) == index.crs

@@ -29,7 +29,7 @@ def plot_prediction_preview(
     Returns:
         The PNG path.
     """
-    # imported on use: report.maps loads pyplot (selecting its backend) and geopandas, which
+    # imported on use: report.maps loads geopandas, which
     # importing geocl.finetune.predict should not do
     from geocl.report.maps import quicklook
 

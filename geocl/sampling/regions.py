@@ -34,9 +34,12 @@ def gradient_maps(features: Tensor, gradients: Tensor) -> Tensor:
 
     ``alpha = mean_{i,j} G`` per channel, ``M = mean_c(alpha * A)``, then ``M / max(M)``
     per view. The raw loss gradient is used: no ReLU, no absolute value, no sign flip.
-    Ambiguity A2: dividing by a non-positive maximum would flip or blow up the map, so
-    the division is skipped for views whose ``max(M) <= 0``; the threshold of
-    :func:`select_box` is relative to the map's range, so this changes no box.
+    Ambiguity A2, a deliberate reading: the division is skipped for views whose
+    ``max(M) <= 0``. For a positive maximum this changes no box (the threshold of
+    :func:`select_box` is relative to the map's range). For a non-positive maximum it
+    does: the released code divides anyway, which flips the map (a negative maximum)
+    or blows it up (zero), so its box would surround the *least* salient region; this
+    package keeps the map's sign and boxes the most salient one.
 
     Args:
         features: last feature map ``A``, ``[B, C, h, w]`` (e.g. ResNet ``layer4``,

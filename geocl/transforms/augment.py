@@ -27,11 +27,9 @@ avoids copying the noise field.
 from __future__ import annotations
 
 import copy
-import difflib
-import inspect
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import kornia.augmentation as K
@@ -40,6 +38,8 @@ from kornia.augmentation.random_generator import RandomGeneratorBase
 from torch import Tensor, nn
 
 from geocl.errors import GeoclError
+from geocl.recipes.errors import validated_section
+from geocl.recipes.schema import AugmentConfig
 
 __all__ = [
     "MultiBandViewAugmentation",
@@ -251,32 +251,6 @@ def _fail(name: str, message: str) -> GeoclError:
     return GeoclError(message, key=f"augment.{name}")
 
 
-def _number(name: str, value: Any) -> float:
-    # bool is an int to Python, but `hflip_p: true` in a recipe is a mistake, not 1.0.
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise _fail(name, f"expected a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise _fail(name, f"expected a finite number, got {value!r}")
-    return value
-
-
-def _probability(name: str, value: Any) -> float:
-    value = _number(name, value)
-    if not 0.0 <= value <= 1.0:
-        raise _fail(name, f"must be a probability in [0, 1], got {value}")
-    return value
-
-
-def _pair(name: str, value: Any) -> tuple[float, float]:
-    if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2:
-        raise _fail(name, f"expected two numbers [low, high], got {value!r}")
-    low, high = (_number(name, v) for v in value)
-    if low > high:
-        raise _fail(name, f"low must be <= high, got [{low}, {high}]")
-    return low, high
-
-
 class MultiBandViewAugmentation(nn.Module):
     """One random view per input tile: a SimCLR-like recipe adapted to multi-band data.
 
@@ -343,35 +317,18 @@ class MultiBandViewAugmentation(nn.Module):
             raise _fail("size", f"expected an integer number of pixels, got {size!r}")
         if size < MIN_VIEW_SIZE:
             raise _fail("size", f"must be >= {MIN_VIEW_SIZE} px, got {size}")
-        scale = _pair("scale", scale)
-        if not 0.0 < scale[0] <= scale[1] <= 1.0:
-            raise _fail("scale", f"must satisfy 0 < low <= high <= 1, got {list(scale)}")
-        ratio = _pair("ratio", ratio)
-        if ratio[0] <= 0.0:
-            raise _fail("ratio", f"must be > 0, got {list(ratio)}")
-        blur_sigma = _pair("blur_sigma", blur_sigma)
-        if blur_sigma[0] <= 0.0:
-            raise _fail("blur_sigma", f"must be > 0 px, got {list(blur_sigma)}")
-        brightness = _number("brightness", brightness)
-        if brightness < 0.0:
-            raise _fail("brightness", f"must be >= 0, got {brightness}")
-        contrast = _number("contrast", contrast)
-        if not 0.0 <= contrast <= 1.0:
-            raise _fail("contrast", f"must be in [0, 1] (factors 1 +/- contrast stay >= 0), got {contrast}")
-        noise_std = _number("noise_std", noise_std)
-        if noise_std < 0.0:
-            raise _fail("noise_std", f"must be >= 0, got {noise_std}")
-        probs = {
-            name: _probability(name, value)
-            for name, value in (
-                ("hflip_p", hflip_p),
-                ("vflip_p", vflip_p),
-                ("rot90_p", rot90_p),
-                ("jitter_p", jitter_p),
-                ("blur_p", blur_p),
-                ("noise_p", noise_p),
-            )
-        }
+        # one validator for recipes and Python callers: the recipe schema's augment section
+        config = validated_section(
+            "augment", AugmentConfig,
+            {
+                "scale": scale, "ratio": ratio, "hflip_p": hflip_p, "vflip_p": vflip_p, "rot90_p": rot90_p,
+                "jitter_p": jitter_p, "brightness": brightness, "contrast": contrast, "blur_p": blur_p,
+                "blur_sigma": blur_sigma, "noise_p": noise_p, "noise_std": noise_std,
+            },
+        )
+        scale, ratio, blur_sigma = config.scale, config.ratio, config.blur_sigma
+        brightness, contrast, noise_std = config.brightness, config.contrast, config.noise_std
+        probs = {name: getattr(config, name) for name in ("hflip_p", "vflip_p", "rot90_p", "jitter_p", "blur_p", "noise_p")}
 
         self.size = int(size)
         self.blur_kernel_size = blur_kernel_size(self.size)
@@ -417,34 +374,26 @@ class MultiBandViewAugmentation(nn.Module):
     @classmethod
     def param_names(cls) -> tuple[str, ...]:
         """Names accepted by :meth:`from_config`: the constructor's arguments except ``size``."""
-        return tuple(name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "size"))
+        return tuple(AugmentConfig.model_fields)
 
     @classmethod
     def from_config(cls, size: int, params: Mapping[str, Any] | None = None) -> MultiBandViewAugmentation:
-        """Build from a recipe section; missing names keep their defaults.
+        """Build from a recipe's ``augment`` section; missing names keep their defaults.
 
         Args:
             size: output view side, px.
-            params: ``{name: value}`` with names from :meth:`param_names`; pairs may be any
-                two-item sequence (YAML lists, OmegaConf ``ListConfig``).
+            params: ``{name: value}`` with names from :meth:`param_names` (the fields of
+                :class:`~geocl.recipes.AugmentConfig`), or that model itself.
 
         Raises:
             GeoclError: an unknown name (with the closest valid one) or a bad value, with
                 key ``augment.<name>``.
         """
-        params = {} if params is None else params
-        valid = cls.param_names()
-        for name in params:
-            if not isinstance(name, str):
-                raise GeoclError(f"parameter names must be strings, got {name!r}", key=f"augment.{name}")
-            if name in valid:
-                continue
-            if name == "size":
-                raise _fail(name, "the view size is set by the method, not in the augmentation section")
-            close = difflib.get_close_matches(name, valid, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise _fail(name, f"unknown augmentation parameter {name!r}{hint} (valid: {', '.join(valid)})")
-        return cls(size, **dict(params))
+        params = dict(params or {})
+        if "size" in params:
+            raise _fail("size", "the view size is set by the method (data.view_size), not in the augmentation section")
+        config = validated_section("augment", AugmentConfig, params)
+        return cls(size, **dict(config))
 
     def forward(self, images: Tensor) -> Tensor:
         """Draw one view per tile.

@@ -54,7 +54,7 @@ def test_label_subset_is_deterministic_and_sized() -> None:
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert len(a) == 9 and len(set(a)) == 9 and a.max() < 166
     assert len(label_subset(10, 0.01, 0)) == 1
-    with pytest.raises(GeoclError, match="--label-fraction"):
+    with pytest.raises(GeoclError, match="label_fraction"):
         label_subset(10, 0.0, 0)
 
 

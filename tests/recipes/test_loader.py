@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from geocl.errors import GeoclError
 from geocl.recipes import (
+    AugmentConfig,
     OptimizerConfig,
     Recipe,
     load_recipe,
@@ -123,7 +124,7 @@ def test_example_loads_with_types_and_read_only(example: Path) -> None:
     assert recipe.optimizer.weight_decay == pytest.approx(1e-6)
     assert recipe.trainer.limit_train_batches == 1.0 and isinstance(recipe.trainer.limit_train_batches, float)
     assert recipe.trainer.devices == 1 and isinstance(recipe.trainer.devices, int)
-    assert list(recipe.augment["scale"]) == [0.2, 1.0]
+    assert recipe.augment.scale == (0.2, 1.0) and recipe.augment.hflip_p == 0.5  # the rest: defaults
     # The method section is the model made from the registered dataclass, plus its name.
     assert type(recipe.method).registered_from is DummyGrass
     assert recipe.method.name == "grass" and recipe.method.warmup_epochs == 1
@@ -141,13 +142,13 @@ def test_minimal_recipe_takes_defaults(tmp_path: Path) -> None:
     assert recipe.optimizer == OptimizerConfig()
     assert recipe.scheduler.name == "cosine" and recipe.trainer.precision == "32-true"
     assert recipe.method.temperature == pytest.approx(0.1)
-    assert dict(recipe.augment) == {}
+    assert recipe.augment == AugmentConfig()
 
 
 def test_empty_section_keeps_defaults(tmp_path: Path) -> None:
     data = {**MINIMAL, "encoder": None, "augment": None}
     recipe = load_recipe(write_recipe(tmp_path, data))
-    assert recipe.encoder.name == "resnet18" and dict(recipe.augment) == {}
+    assert recipe.encoder.name == "resnet18" and recipe.augment == AugmentConfig()
 
 
 def test_interpolations_are_resolved(tmp_path: Path) -> None:
@@ -166,7 +167,7 @@ def test_overrides_of_every_kind_apply(example: Path) -> None:
             "optimizer.lr=1e-2",  # float written without a dot (a string to plain YAML 1.1)
             "out=runs/x",  # str with a slash
             "augment.scale=[0.5,1.0]",  # list
-            "augment.jitter.brightness=0.4",  # new nested key in the free-form section
+            "encoder.args.extra.depth=3",  # new nested key in the free-form section
             "method.temperature=0.2",  # method parameter
             "method.warmup_epochs=2",
             "trainer.devices=auto",
@@ -178,8 +179,8 @@ def test_overrides_of_every_kind_apply(example: Path) -> None:
     assert recipe.trainer.max_epochs == 1
     assert recipe.optimizer.lr == pytest.approx(0.01)
     assert recipe.out == "runs/x"
-    assert list(recipe.augment["scale"]) == [0.5, 1.0]
-    assert recipe.augment["jitter"]["brightness"] == pytest.approx(0.4)
+    assert recipe.augment.scale == (0.5, 1.0)
+    assert recipe.encoder.args["extra"]["depth"] == 3
     assert recipe.method.temperature == pytest.approx(0.2) and recipe.method.warmup_epochs == 2
     assert recipe.trainer.devices == "auto"
     assert recipe.trainer.limit_train_batches == 10 and isinstance(recipe.trainer.limit_train_batches, int)
@@ -367,7 +368,7 @@ def test_missing_file_and_not_a_mapping(tmp_path: Path) -> None:
 
 
 def test_yaml_round_trip_gives_an_equal_config(example: Path, tmp_path: Path) -> None:
-    overrides = ["name='1e5'", "trainer.precision=16", "augment.when=2024-01-01", "out=runs/${name}"]
+    overrides = ["name='1e5'", "trainer.precision=16", "encoder.args.when=2024-01-01", "out=runs/${name}"]
     recipe = load_recipe(example, overrides)
     text = recipe_to_yaml(recipe)
     assert "${" not in text  # resolved

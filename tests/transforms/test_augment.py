@@ -312,7 +312,7 @@ def test_from_config_unknown_name_suggests_the_closest() -> None:
         MultiBandViewAugmentation.from_config(32, {"hflip_prob": 0.5})
     assert info.value.key == "augment.hflip_prob"
     assert "hflip_prob" in str(info.value)
-    assert "did you mean 'hflip_p'" in str(info.value)
+    assert "did you mean 'augment.hflip_p'" in str(info.value)
 
 
 def test_from_config_rejects_size_in_the_section() -> None:
