@@ -11,7 +11,7 @@ import rasterio
 import yaml
 from rasterio.transform import from_origin
 
-from geocl.data.synthetic import make_scene
+from geocl.data.synthetic import SceneFiles, make_scene
 from geocl.data.tiler import TilingOptions, tile_scene
 
 #: Real rasters for tests (never copied into the project; see ../shared/data/README.md).
@@ -104,3 +104,15 @@ def write_recipe(folder: Path, tiles: Path, method: dict, **sections: dict) -> P
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
+
+
+@pytest.fixture(scope="session")
+def scene512(tmp_path_factory: pytest.TempPathFactory) -> SceneFiles:
+    """The embedded scene at 512 px (seed 0)."""
+    return make_scene(tmp_path_factory.mktemp("s512"), size=512, seed=0)
+
+
+@pytest.fixture(scope="session")
+def scene1024(tmp_path_factory: pytest.TempPathFactory) -> SceneFiles:
+    """The embedded scene at 1024 px (seed 3)."""
+    return make_scene(tmp_path_factory.mktemp("s1024"), size=1024, seed=3)

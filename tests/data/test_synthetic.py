@@ -42,16 +42,6 @@ def _shares(mask: np.ndarray) -> np.ndarray:
     return counts / counts.sum()
 
 
-@pytest.fixture(scope="module")
-def scene512(tmp_path_factory: pytest.TempPathFactory) -> SceneFiles:
-    return make_scene(tmp_path_factory.mktemp("s512"), size=512, seed=0)
-
-
-@pytest.fixture(scope="module")
-def scene1024(tmp_path_factory: pytest.TempPathFactory) -> SceneFiles:
-    return make_scene(tmp_path_factory.mktemp("s1024"), size=1024, seed=3)
-
-
 def test_api_constants() -> None:
     assert CLASS_NAMES == ("water", "forest", "cropland", "grassland", "buildings", "roads", "bare_soil")
     assert MASK_NODATA == 255

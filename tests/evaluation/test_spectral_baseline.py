@@ -20,16 +20,6 @@ def _read(path: Path) -> np.ndarray:
         return src.read()
 
 
-@pytest.fixture(scope="module")
-def scene512(tmp_path_factory: pytest.TempPathFactory) -> SceneFiles:
-    return make_scene(tmp_path_factory.mktemp("s512"), size=512, seed=0)
-
-
-@pytest.fixture(scope="module")
-def scene1024(tmp_path_factory: pytest.TempPathFactory) -> SceneFiles:
-    return make_scene(tmp_path_factory.mktemp("s1024"), size=1024, seed=3)
-
-
 def test_ncm_miou_not_trivial_not_hopeless(scene1024: SceneFiles) -> None:
     score = nearest_class_mean_miou(scene1024.image, scene1024.mask, sample_pixels=400_000)
     assert 0.2 < score < 0.9
