@@ -11,6 +11,7 @@ hint to rerun. Output is quiet unless ``--verbose`` (:mod:`geocl.console`).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -254,8 +255,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"geocl {args.command}: error: {_as_typed(error, args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"geocl {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        # pretrain continues only when asked to: a plain rerun refuses the folder
+        hint = (
+            "rerun the same command with --resume to continue from the last checkpoint"
+            if args.command == "pretrain" else "rerun the same command to resume"
+        )
+        print(f"geocl {args.command}: interrupted; {hint}", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`geocl tile ... | head -1`): stop quietly, as shell tools do;
+        # stdout is pointed at devnull so that Python's flush at exit does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0
 
 

@@ -318,3 +318,34 @@ def test_interrupt_exits_130_with_the_resume_hint(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(cli, "_tile", interrupted)
     assert cli.main(["tile", "s.tif", "--out", "o"]) == 130
     assert capsys.readouterr().err.strip() == "geocl tile: interrupted; rerun the same command to resume"
+
+
+def test_interrupted_pretrain_hints_at_resume(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from geocl import cli
+
+    def interrupted(args: argparse.Namespace) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_pretrain", interrupted)
+    assert cli.main(["pretrain", "r.yaml"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == "geocl pretrain: interrupted; rerun the same command with --resume to continue from the last checkpoint"
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """`geocl ... | head -1`: the reader leaves early; no traceback, the shell's exit status for SIGPIPE."""
+    script = (
+        "import sys\n"
+        "from geocl import cli\n"
+        "def chatty(args):\n"
+        "    for i in range(100000):\n"
+        "        print('line', i)\n"
+        "cli._make_scene = chatty\n"
+        "sys.exit(cli.main(['make-scene', 'x']))\n"
+    )
+    result = subprocess.run(
+        f"{sys.executable} -c \"{script}\" | head -1", shell=True, capture_output=True, text=True, timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.stdout == "line 0\n"
+    assert "Traceback" not in result.stderr and result.stderr == ""
