@@ -108,9 +108,12 @@ def _predict(args: argparse.Namespace) -> None:
 
 def _compare(args: argparse.Namespace) -> None:
     options: CompareOptions = options_from_args(CompareOptions, args)
-    from geocl.training.compare import run_compare
+    from geocl.training.compare import describe_failures, run_compare
 
-    run_compare(options)
+    # failed rows do not stop the others, but the command must not look like a success
+    failures = describe_failures(run_compare(options), options.out)
+    if failures is not None:
+        raise GeoclError(failures)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -239,9 +242,13 @@ def _as_typed(error: GeoclError, args: argparse.Namespace) -> str:
     """The error's message, naming an option field by the flag the user typed."""
     flags = getattr(args, FLAGS_ATTRIBUTE, None) or {}
     text = str(error)
-    if error.path is None and error.key in flags and text.startswith(f"{error.key}: "):
-        return flags[error.key] + text[len(error.key) :]
-    return text
+    if error.key not in flags:
+        return text
+    flag = flags[error.key]
+    if error.path is None and text.startswith(f"{error.key}: "):
+        return flag + text[len(error.key) :]
+    # a message led by its file names the option in its body (io.check_output_*)
+    return text.replace(f"given by {error.key})", f"given by {flag})").replace(f"another {error.key}", f"another {flag}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,16 +8,19 @@ wants to hear which file is broken instead. Everything here raises
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import rasterio
 import rasterio.errors
 from rasterio.crs import CRS
 from rasterio.transform import Affine
+from rasterio.windows import Window
 
 from geocl.errors import GeoclError
 
@@ -257,3 +260,127 @@ def nodata_value(infos: Sequence[RasterInfo]) -> float:
     """
     value = infos[0].nodata
     return 0.0 if value is None else float(value)
+
+
+#: Integer dtypes a float mask's classes are stored as, smallest first.
+CLASS_DTYPES = ("uint8", "uint16", "int16", "int32")
+#: Pixels read per strip while checking a mask's values (bounds memory).
+_STRIP_PIXELS = 1 << 22
+
+
+@dataclass(frozen=True)
+class MaskClasses:
+    """How a class mask's pixel values become integer classes.
+
+    Class masks must hold integer class values. A mask stored as integers is used as it
+    is; a float mask (what many GIS exports write) is accepted when every valid pixel is
+    a whole number, and its classes are then stored in the smallest integer dtype of
+    :data:`CLASS_DTYPES` that holds them and the nodata value.
+
+    Attributes:
+        dtype: numpy dtype name of the classes as read and written (mask tiles).
+        nodata: the integer that marks pixels without a class, or None.
+        from_float: the mask files are floats (reads must be converted).
+        source_nodata: the first file's own nodata value (may be NaN), or None.
+    """
+
+    dtype: str
+    nodata: int | None
+    from_float: bool
+    source_nodata: float | None
+
+
+def mask_classes(infos: Sequence[RasterInfo]) -> MaskClasses:
+    """Check that a class mask holds integer classes; say how to store them.
+
+    Integer masks need no pixel pass. Float masks are read once in row strips (memory
+    bounded by :data:`_STRIP_PIXELS`): NaN and the file's nodata value are "no class";
+    every other value must be a whole number within 32-bit integers. A NaN nodata
+    (or NaN pixels, or a nodata that is no whole number) is replaced by an integer
+    outside the classes (255 for classes within 0..254).
+
+    Args:
+        infos: the mask's files (one band each).
+
+    Returns:
+        The :class:`MaskClasses` of the mask.
+
+    Raises:
+        GeoclError: naming the file and pixel of the first non-integer class value.
+    """
+    first = infos[0]
+    source_nodata = first.nodata
+    from_float = _is_float(first.dtype)
+    # an integer mosaic is read as the first file's integers: only float files can hide fractions
+    scans = [_scan_classes(info) for info in infos if from_float or _is_float(info.dtype)]
+    if not from_float:
+        return MaskClasses(first.dtype, _whole(source_nodata), False, source_nodata)
+    found = [(low, high) for low, high, _ in scans if low is not None and high is not None]
+    has_nan = any(nan for _, _, nan in scans)
+    seen = bool(found)
+    low = min((pair[0] for pair in found), default=0)
+    high = max((pair[1] for pair in found), default=0)
+    nodata = _whole(source_nodata)
+    need_nodata = nodata is None and (has_nan or source_nodata is not None)
+    if nodata is not None:
+        low, high = (min(low, nodata), max(high, nodata)) if seen else (nodata, nodata)
+    for name in CLASS_DTYPES:
+        limits = np.iinfo(name)
+        if low < limits.min or high > limits.max:
+            continue
+        if need_nodata:
+            if high < limits.max:
+                nodata = int(limits.max)
+            elif low > limits.min:
+                nodata = int(limits.min)
+            else:
+                continue
+        return MaskClasses(name, nodata, True, source_nodata)
+    raise GeoclError(
+        f"class values from {low} to {high} do not fit 32-bit integers; a class mask holds class numbers",
+        path=first.path,
+    )
+
+
+def _is_float(dtype: str) -> bool:
+    return np.issubdtype(np.dtype(dtype), np.floating)
+
+
+def _whole(value: float | None) -> int | None:
+    """``value`` as an int when it is a whole number within 32-bit integers, else None."""
+    if value is None or not math.isfinite(value) or value != math.floor(value) or abs(value) >= 2**31:
+        return None
+    return int(value)
+
+
+def _scan_classes(info: RasterInfo) -> tuple[int | None, int | None, bool]:
+    """Lowest and highest class value of one mask file (None without any) and whether it holds NaN."""
+    low: float | None = None
+    high: float | None = None
+    has_nan = False
+    rows = max(1, _STRIP_PIXELS // info.width)
+    try:
+        with rasterio.open(info.path) as src:
+            for top in range(0, info.height, rows):
+                window = Window(0, top, info.width, min(rows, info.height - top))
+                values = src.read(1, window=window)
+                nan = np.isnan(values)
+                has_nan |= bool(nan.any())
+                missing = nan if info.nodata is None or math.isnan(info.nodata) else nan | (values == info.nodata)
+                bad = ~missing & ~(np.isfinite(values) & (values == np.floor(values)) & (np.abs(values) < 2**31))
+                if bad.any():
+                    row, col = (int(i) for i in np.argwhere(bad)[0])
+                    raise GeoclError(
+                        f"a class mask needs integer class values, this one holds {values[row, col]} "
+                        f"(row {top + row}, col {col}); classify or round it, or mark such pixels as nodata",
+                        path=info.path,
+                    )
+                valid = values[~missing]
+                if valid.size:
+                    low = float(valid.min()) if low is None else min(low, float(valid.min()))
+                    high = float(valid.max()) if high is None else max(high, float(valid.max()))
+    except rasterio.errors.RasterioError as error:
+        raise GeoclError(f"cannot read pixels (corrupt file?): {error}", path=info.path) from None
+    if low is None or high is None:
+        return None, None, has_nan
+    return int(low), int(high), has_nan

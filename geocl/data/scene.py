@@ -8,6 +8,7 @@ TorchGeo :class:`~torchgeo.datasets.IntersectionDataset`, as TorchGeo recommends
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +18,7 @@ from pyproj import CRS as ProjCRS
 from rasterio.enums import Resampling
 from torchgeo.datasets import IntersectionDataset, RasterDataset
 
-from geocl.data.rasters import RasterInfo, find_rasters, inspect_rasters, nodata_value
+from geocl.data.rasters import MaskClasses, RasterInfo, find_rasters, inspect_rasters, mask_classes, nodata_value
 from geocl.errors import GeoclError
 
 Sample = dict[str, Any]
@@ -92,16 +93,22 @@ class SceneImage(RasterDataset):
 
 
 class SceneMask(SceneImage):
-    """Class mask of a scene; samples carry ``mask`` as ``[H, W]`` (nearest resampling).
+    """Class mask of a scene; samples carry ``mask`` as ``[H, W]`` long (nearest resampling).
+
+    Every class mask geocl reads goes through here, so every command holds masks to one
+    rule (:func:`~geocl.data.rasters.mask_classes`): class values are integers. A float
+    mask is accepted when its valid pixels are whole numbers; NaN pixels and the
+    file's nodata then read as :attr:`mask_nodata`, an integer outside the classes.
 
     Args:
         path: a one-band GeoTIFF or a folder of them.
         crs: CRS to reproject to (default: the first file's).
         res: pixel size in CRS units (default: the first file's).
-        transforms: TorchGeo-style sample transform.
+        transforms: TorchGeo-style sample transform (sees the integer ``mask``).
 
     Raises:
-        GeoclError: as :class:`SceneImage`, and if a mask has more than one band.
+        GeoclError: as :class:`SceneImage`, if a mask has more than one band, and if a
+            pixel holds a value that is no integer class (naming the file and pixel).
     """
 
     is_image = False
@@ -114,18 +121,48 @@ class SceneMask(SceneImage):
         res: float | tuple[float, float] | None = None,
         transforms: Callable[[Sample], Sample] | None = None,
     ) -> None:
-        super().__init__(path, crs=crs, res=res, dtype=torch.long, transforms=transforms)
+        super().__init__(path, crs=crs, res=res, dtype=torch.long, resampling=Resampling.nearest)
         if self.band_count != 1:
             raise GeoclError(
                 f"a class mask must have one band, this one has {self.band_count}",
                 path=self.infos[0].path,
             )
+        self.mask_classes: MaskClasses = mask_classes(self.infos)
+        if self.mask_classes.from_float:  # read floats (exact for float32), so NaN and nodata can be told apart
+            self._dtype = torch.float64
+        self._class_transforms = transforms
 
     @property
     def mask_nodata(self) -> int | None:
-        """The mask's own nodata value (pixels to ignore), or None."""
-        value = self.infos[0].nodata
-        return None if value is None else int(value)
+        """The integer that marks pixels without a class (in samples and mask tiles), or None."""
+        return self.mask_classes.nodata
+
+    @property
+    def class_dtype(self) -> str:
+        """Numpy dtype name that holds the classes and :attr:`mask_nodata` (what mask tiles are written as)."""
+        return self.mask_classes.dtype
+
+    def __getitem__(self, index: Any) -> Sample:
+        sample = super().__getitem__(index)
+        if self.mask_classes.from_float:
+            sample["mask"] = self._to_classes(sample["mask"])
+        if self._class_transforms is not None:
+            sample = self._class_transforms(sample)
+        return sample
+
+    def _to_classes(self, values: torch.Tensor) -> torch.Tensor:
+        missing = torch.isnan(values)
+        source_nodata = self.mask_classes.source_nodata
+        if source_nodata is not None and not math.isnan(source_nodata):
+            missing |= values == source_nodata
+        fractional = ~missing & (values != torch.floor(values))
+        if fractional.any():  # mask_classes read every pixel; only a file changed since can get here
+            raise GeoclError(
+                f"a class mask needs integer class values, this one holds {values[fractional][0].item()}",
+                path=self.source,
+            )
+        fill = self.mask_classes.nodata if self.mask_classes.nodata is not None else 0
+        return values.masked_fill(missing, fill).to(torch.long)
 
 
 def labelled_scene(image: SceneImage, mask: SceneMask) -> IntersectionDataset:

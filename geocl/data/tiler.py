@@ -6,6 +6,12 @@ the scene. Every file is written atomically, and a rerun into the same folder
 reads back the tiles that exist and writes only the missing ones, so an
 interrupted run resumes where it stopped and ends with the same files.
 
+A tile file is trusted by more than its name: a rerun goes on only in a folder whose
+``tiles.json`` records the same options and input files (tiles without it are refused,
+and a changed option is named), and a tile is reused only when its size, bounds, band
+count and dtype are what this run would write and its pixels read back; otherwise it
+is written again.
+
 Layout of the output folder::
 
     OUT/tiles.json          options, band statistics, classes, split counts
@@ -20,10 +26,12 @@ tiles come from different places; a val or test tile that overlaps a train tile
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +52,7 @@ from geocl.data.roi import check_roi_overlaps, read_roi
 from geocl.data.scene import SceneImage, SceneMask, labelled_scene
 from geocl.data.stats import BandStats, scene_band_stats, valid_pixels
 from geocl.errors import GeoclError
-from geocl.io import atomic_path, atomic_write_text
+from geocl.io import atomic_path, atomic_write_text, check_output_folder
 
 SPLITS = ("train", "val", "test")
 INDEX_FILE = "tiles.gpkg"
@@ -128,6 +136,8 @@ class TilingSummary:
         dropped_overlap: val/test tiles dropped because they overlap a train tile.
         splits: tiles kept per split.
         classes: class values seen in the mask (empty without a mask).
+        replaced: tiles found damaged or not matching this run, written again (in ``written``).
+        warnings: what the user should know about the result, with the option to change.
     """
 
     out: Path
@@ -138,6 +148,8 @@ class TilingSummary:
     dropped_overlap: int = 0
     splits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
     classes: list[int] = field(default_factory=list)
+    replaced: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         """A short human-readable report."""
@@ -151,6 +163,7 @@ class TilingSummary:
         ]
         if self.classes:
             lines.append(f"  mask classes: {self.classes}")
+        lines.extend(f"  warning: {warning}" for warning in self.warnings)
         return "\n".join(lines)
 
 
@@ -171,6 +184,15 @@ def plan_tiles(
     Raises:
         GeoclError: if the tile is larger than the scene (or the part inside the ROI).
     """
+    return _split_cells(_grid_cells(dataset, options, roi), options)
+
+
+Cell = tuple[int, int]
+Box = tuple[float, float, float, float]
+
+
+def _grid_cells(dataset: Any, options: TilingOptions, roi: shapely.Geometry | None) -> dict[Cell, Box]:
+    """The tile grid: (row, col) -> bounds, row 0 at the top."""
     res_x, res_y = dataset.res
     footprint = dataset.index.geometry.union_all()
     area = footprint if roi is None else roi
@@ -191,6 +213,11 @@ def plan_tiles(
     cells = {
         (round((y_top - box[3]) / step_y), round((box[0] - x0) / step_x)): box for box in boxes
     }
+    return cells
+
+
+def _split_cells(cells: dict[Cell, Box], options: TilingOptions) -> tuple[list[PlannedTile], int]:
+    """Draw the split of each grid cell; drop val/test tiles that overlap a higher split."""
     splits = _draw_splits(cells, options)
     tiles = [
         PlannedTile(row, col, cells[row, col], splits[row, col]) for row, col in sorted(cells)

@@ -166,7 +166,9 @@ class Evaluation(ABC):
             recipe: the loaded recipe (read-only attribute tree): data and encoder.
             subset: the labels to use.
             seed: the run's seed.
-            out: the run folder; a finished run leaves ``out/<result_file>`` there.
+            out: the run folder, absent or empty (compare moves a folder holding an
+                earlier run aside first); a finished run leaves ``out/<result_file>``
+                there.
 
         Returns:
             The row's numbers; a non-finite metric marks the row failed.

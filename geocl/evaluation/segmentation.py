@@ -28,7 +28,8 @@ class SegmentationFinetune(Evaluation):
         finetune_fn: ``finetune_fn(*, tiles, encoder_checkpoint, encoder, label_fraction,
             seed, out, **options) -> result`` with ``.miou`` and ``.checkpoint``, writing
             ``out/metrics.json`` (with ``miou``) when done. Default:
-            :func:`geocl.finetune.train.run_finetune`.
+            :func:`geocl.finetune.train.run_finetune`, which refuses an ``out`` holding
+            a run (compare hands it an empty folder).
 
     Raises:
         GeoclError: ``options`` set one of :data:`OWN_FINETUNE_ARGS`.

@@ -11,7 +11,7 @@ from geocl.data.normalize import BandNormalizer
 from geocl.data.rasters import find_rasters, inspect_rasters
 from geocl.errors import GeoclError
 from geocl.finetune.model import read_checkpoint
-from geocl.finetune.predict import PredictionResult, predict_scene
+from geocl.finetune.predict import PredictionResult, check_prediction_outputs, predict_scene
 from geocl.finetune.train import SEGMENTER_KEY, SegmentationModule
 
 
@@ -42,8 +42,11 @@ def predict_with_checkpoint(
     """``geocl predict``: sliding-window prediction of a scene with a finetuned checkpoint.
 
     Raises:
-        GeoclError: if the scene's band count differs from the model's.
+        GeoclError: before any work: ``out`` or ``polygons`` cannot be written (see
+            :func:`~geocl.finetune.predict.check_prediction_outputs`), the checkpoint is
+            not a finetuning checkpoint, the scene's band count differs from the model's.
     """
+    check_prediction_outputs(out, polygons, scene)  # before loading the model: seconds
     module, meta = load_segmenter(checkpoint)
     infos = inspect_rasters(find_rasters(scene))
     if infos[0].count != int(meta["in_chans"]):

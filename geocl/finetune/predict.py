@@ -26,11 +26,12 @@ from geocl.data.rasters import bounded_memory, find_rasters, geotiff_profile, in
 from geocl.errors import GeoclError
 from geocl.finetune.polygons import write_polygons
 from geocl.finetune.sliding_window import Model, sliding_window_logits
-from geocl.io import atomic_path
+from geocl.io import atomic_path, check_output_file
 from geocl.report.prediction import plot_prediction_preview
 
 __all__ = [
     "PredictionResult",
+    "check_prediction_outputs",
     "default_colours",
     "predict_scene",
 ]
@@ -103,6 +104,44 @@ def _check_options(
     if nodata < 0 or largest > np.iinfo(np.uint16).max:
         raise GeoclError("class values and nodata must lie in 0..65535", key="class_values")
     return "uint8" if largest <= np.iinfo(np.uint8).max else "uint16"
+
+
+def check_prediction_outputs(
+    out: str | os.PathLike[str], polygons: str | os.PathLike[str] | None = None,
+    scene: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Make sure the files of a prediction can be written, before any work.
+
+    Checks ``out`` (the GeoTIFF), its preview ``out`` with suffix ``.png`` and
+    ``polygons`` with :func:`geocl.io.check_output_file`, and that none of them is
+    the scene or another of them.
+
+    Returns:
+        ``out`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        GeoclError: naming the path and the option (``out``, ``polygons``) at fault: a
+            folder, a folder that cannot be written to, a file that would overwrite the
+            scene or another output.
+    """
+    out = check_output_file(out, key="out")
+    preview = check_output_file(out.with_suffix(".png"), key="out")
+    taken = {out.resolve(): "the prediction", preview.resolve(): "its preview (.png)"}
+    if scene is not None:
+        scene = Path(scene)
+        if out.resolve() == scene.resolve():
+            raise GeoclError("output would overwrite the scene; choose another out", path=out, key="out")
+        if preview.resolve() == scene.resolve():
+            raise GeoclError(
+                f"its preview {preview.name} would overwrite the scene; choose another out", path=out, key="out"
+            )
+        taken[scene.resolve()] = "the scene"
+    if polygons is not None:
+        polygons = check_output_file(polygons, key="polygons")
+        clash = taken.get(polygons.resolve())
+        if clash is not None:
+            raise GeoclError(f"would overwrite {clash}; choose another polygons file", path=polygons, key="polygons")
+    return out
 
 
 def _single_scene_file(scene: str | os.PathLike[str]) -> Path:
@@ -199,18 +238,17 @@ def predict_scene(
         a colour table, deflate compression and 256 px tiles; it is written atomically.
 
     Raises:
-        GeoclError: naming the scene when it is not a readable georeferenced raster or
-            its band count differs from the normaliser's, or the option at fault
-            (``window``, ``overlap``, ``batch_size``, ``class_values``, ``class_colours``,
-            ``nodata``).
+        GeoclError: before any work, naming the scene when it is not a readable
+            georeferenced raster or its band count differs from the normaliser's, an
+            output that cannot be written (:func:`check_prediction_outputs`), or the
+            option at fault (``window``, ``overlap``, ``batch_size``, ``class_values``,
+            ``class_colours``, ``nodata``).
     """
     dtype = _check_options(window, overlap, batch_size, class_values, nodata, class_colours)
     values = tuple(int(v) for v in class_values)
     colours = list(class_colours) if class_colours is not None else default_colours(len(values))
     path = _single_scene_file(scene)
-    out = Path(out)
-    if out.resolve() == path.resolve():
-        raise GeoclError("output would overwrite the scene; choose another --out", path=out)
+    out = check_prediction_outputs(out, polygons, path)
     lookup = np.asarray(values, dtype=dtype)
 
     module = model if isinstance(model, torch.nn.Module) else None

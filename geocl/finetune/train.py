@@ -9,6 +9,13 @@ Nodata pixels are ignored (``IGNORE_INDEX``) in the loss and in the metric.
 Readings where the GraSS spec leaves the protocol open (A4): full finetuning by
 default (``freeze_encoder`` trains the decoder only, as FALSE's config does);
 random 128 px crops, flips and quarter turns of the labelled tiles for training.
+
+One run a folder: ``out`` must not hold an earlier finetuning run (its ``metrics.json``
+or a checkpoint), since a second run would put its model beside the old one
+(``best-v1.ckpt``) and its figures over the old ones, and ``best.ckpt`` would no longer
+be the model ``metrics.json`` describes. :func:`run_finetune` refuses such a folder
+before any work; ``geocl compare`` moves the folder of a run it must redo aside first.
+``metrics.json`` is strict JSON: a figure that is not a finite number is ``null``.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from geocl.data.tile_dataset import IGNORE_INDEX, TileDataset
 from geocl.errors import GeoclError
 from geocl.finetune.metrics import segmentation_metric, summarize_iou
 from geocl.finetune.model import build_segmenter, load_pretrained_encoder, read_pretrain_checkpoint
-from geocl.io import atomic_write_text
+from geocl.io import atomic_write_text, check_output_folder
 
 #: Checkpoint key of a finetuned model's metadata (what ``geocl predict`` needs).
 SEGMENTER_KEY = "geocl_segmenter"
@@ -148,6 +155,67 @@ class FinetuneResult:
     train_tiles: int
 
 
+#: What marks a folder as holding a finetuning run (besides ``checkpoints/*.ckpt``).
+RESULT_FILE = "metrics.json"
+#: Options recorded in ``metrics.json`` that tell runs apart (named when a folder is refused).
+_RECORDED_OPTIONS = ("label_fraction", "seed", "encoder", "encoder_checkpoint", "arch")
+
+
+def check_finetune_folder(out: str | Path, options: dict[str, Any] | None = None) -> Path:
+    """Make sure ``out`` can take a new finetuning run, before any work (created when missing).
+
+    Args:
+        out: the run folder (the ``out`` option).
+        options: the new run's options (any of ``label_fraction``, ``seed``, ``encoder``,
+            ``encoder_checkpoint``, ``arch``), to say which of them differ from the run
+            found there.
+
+    Raises:
+        GeoclError: ``out`` (key ``out``) is a file or not writable, or holds a
+            finetuning run: ``metrics.json`` or any ``checkpoints/*.ckpt``, finished
+            or not. Its files are left untouched.
+    """
+    out = check_output_folder(out, key="out")
+    held = [RESULT_FILE] if (out / RESULT_FILE).exists() else []
+    held += sorted(path.relative_to(out).as_posix() for path in (out / "checkpoints").glob("*.ckpt"))
+    if not held:
+        return out
+    differs = _differing_options(out / RESULT_FILE, options or {})
+    raise GeoclError(
+        f"holds a finetuning run ({', '.join(held)}){differs}; a new run there would mix its model and "
+        "figures with the old ones: choose another out, or delete the folder to redo the run",
+        path=out,
+        key="out",
+    )
+
+
+def _differing_options(metrics: Path, options: dict[str, Any]) -> str:
+    """``" made with other options: seed 0 (now 1)"``, ``" made with the same options"`` or ``""``."""
+    try:
+        before = json.loads(metrics.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(before, dict):
+        return ""
+    shown = {key: (None if value is None else str(value) if key == "encoder_checkpoint" else value)
+             for key, value in options.items() if key in _RECORDED_OPTIONS}
+    changed = [f"{key} {before.get(key)} (now {value})" for key, value in shown.items() if before.get(key) != value]
+    if changed:
+        return f" made with other options: {', '.join(changed)}"
+    return " made with the same options" if shown else ""
+
+
+def _strict_json(value: Any) -> Any:
+    """``value`` with every float that is not finite (NaN, inf) replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(item) for item in value]
+    return value
+
+
 def label_subset(count: int, fraction: float, seed: int) -> np.ndarray:
     """Deterministic subset of ``count`` train tiles of the given fraction (at least one)."""
     if not 0.0 < fraction <= 1.0:
@@ -190,7 +258,9 @@ def run_finetune(
         max_epochs: epochs of ``steps_per_epoch`` steps (the subset is drawn with
             replacement, so every fraction gets the same number of steps).
         steps_per_epoch: optimizer steps per epoch.
-        val_every: epochs between validations.
+        val_every: epochs between validations; when it exceeds ``max_epochs`` the one
+            validation runs after the last epoch (a run is always validated, so
+            ``best.ckpt`` and ``val_miou`` exist).
         patience: validations without val-mIoU gain before stopping.
         batch_size: tiles per step.
         lr: AdamW learning rate.
@@ -201,10 +271,20 @@ def run_finetune(
         progress: show Lightning's progress bar.
 
     Returns:
-        A :class:`FinetuneResult`; ``out/metrics.json`` holds the same figures.
+        A :class:`FinetuneResult`; ``out/metrics.json`` holds the same figures (strict
+        JSON: ``null`` for a figure that is not a number, e.g. a class absent from the
+        test tiles).
+
+    Raises:
+        GeoclError: ``out`` already holds a finetuning run (see
+            :func:`check_finetune_folder`), or is no writable folder; a tile set
+            without val or test tiles; a bad ``label_fraction``; a loss that is not finite.
     """
     start = time.perf_counter()
-    out = Path(out)
+    out = check_finetune_folder(out, {
+        "label_fraction": label_fraction, "seed": seed, "arch": arch,
+        **({"encoder_checkpoint": encoder_checkpoint} if encoder_checkpoint is not None else {"encoder": encoder}),
+    })
     lightning.seed_everything(seed, workers=True, verbose=False)
     train_all = TileDataset(tiles, "train", with_mask=True, progress=progress)
     val = TileDataset(tiles, "val", with_mask=True, progress=False)
@@ -245,7 +325,7 @@ def run_finetune(
     best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val/miou", mode="max", save_top_k=1)
     trainer = lightning.Trainer(
         default_root_dir=out, max_epochs=max_epochs, accelerator=accelerator, devices=1,
-        check_val_every_n_epoch=val_every, logger=CSVLogger(out, name="logs"),
+        check_val_every_n_epoch=max(1, min(val_every, max_epochs)), logger=CSVLogger(out, name="logs"),
         callbacks=[
             best, EarlyStopping(monitor="val/miou", mode="max", patience=patience),
             *([TrainingProgressBar()] if progress else []),
@@ -267,11 +347,11 @@ def run_finetune(
         train_tiles=len(subset),
     )
     metrics = {
-        # strict JSON: a class absent from the test tiles is null, not NaN
-        "miou": result.miou, "iou": [None if math.isnan(v) else v for v in result.iou], "val_miou": result.val_miou, "classes": train_all.classes,
+        "miou": result.miou, "iou": result.iou, "val_miou": result.val_miou, "classes": train_all.classes,
         "label_fraction": label_fraction, "seed": seed, "train_tiles": result.train_tiles,
         "encoder": encoder, "encoder_checkpoint": meta["encoder_checkpoint"], "arch": arch,
         "checkpoint": str(checkpoint), "seconds": round(time.perf_counter() - start, 1),
     }
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
+    # strict JSON (allow_nan=False): a class absent from the test tiles is null, not NaN
+    atomic_write_text(out / RESULT_FILE, json.dumps(_strict_json(metrics), indent=1, allow_nan=False))
     return result

@@ -28,6 +28,7 @@ pretraining loop (:mod:`geocl.training`) calls without knowing the method:
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -181,13 +182,26 @@ class PretrainMethod(lightning.LightningModule):
         torch.manual_seed(int(self.seed) * 1_000_003 + self.global_step * world + rank)
 
     def check_finite(self, loss: Tensor) -> Tensor:
-        """Stop with a clear error on a NaN or infinite loss (the last good checkpoint stays)."""
+        """Stop with a clear error on a NaN or infinite loss, naming the last good checkpoint.
+
+        That is the last checkpoint the run's writer completed (geocl's
+        ``AtomicCheckpointIO`` keeps it, the resumed one until it writes another);
+        with another writer, the newest file the checkpoint callback wrote or the run
+        resumed from that exists; else the message says none was written yet.
+        """
         if not torch.isfinite(loss):
-            where = self.trainer.checkpoint_callback.dirpath if self.trainer.checkpoint_callback else "the run folder"
+            trainer = self.trainer
+            writer = getattr(trainer.strategy, "checkpoint_io", None)
+            if hasattr(writer, "last_complete"):
+                kept = writer.last_complete
+            else:
+                callback = trainer.checkpoint_callback
+                named = [getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", ""), trainer.ckpt_path]
+                kept = next((path for path in named if path and os.path.isfile(path)), None)
+            where = f"the last good checkpoint is {kept}" if kept else "no checkpoint was written yet"
             raise GeoclError(
                 f"loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}; "
-                f"training stopped, the last good checkpoint is kept in {where} "
-                "(lower optimizer.lr or check the data)",
+                f"training stopped, {where} (lower optimizer.lr or check the data)",
                 key="optimizer.lr",
             )
         return loss

@@ -33,6 +33,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from geocl.recipes.errors import field_relation
 from geocl.recipes.types import FiniteNumber, Probability
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -158,6 +159,20 @@ class TrainerConfig(Section):
 
     _max_epochs = field_validator("max_epochs")(_count_or_unlimited)
     _max_steps = field_validator("max_steps")(_count_or_unlimited)
+
+    @model_validator(mode="after")
+    def _something_stops_the_run(self) -> TrainerConfig:
+        # Lightning would train for ever (and the cosine schedule has no length to decay over)
+        if self.max_epochs == -1 and self.max_steps == -1:
+            rule = field_relation(
+                "is -1 (no limit) and so is {max_steps}: nothing would stop the run; "
+                "give {max_epochs} or {max_steps} a limit (a count of at least 1)",
+                max_epochs="max_epochs", max_steps="max_steps",
+            )
+            raise ValidationError.from_exception_data(
+                "TrainerConfig", [{"type": rule, "loc": ("max_epochs",), "input": self.max_epochs}]
+            )
+        return self
 
     @field_validator("precision", mode="before")
     @classmethod

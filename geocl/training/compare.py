@@ -42,13 +42,24 @@ recipes with the same file stem or name, recipes that need different evaluations
 (tile sets and natural images: compare them separately) and evaluation options an
 evaluation cannot use.
 
+The outcome: :func:`run_compare` returns every row, failed ones included;
+:func:`describe_failures` turns the failed rows into the one line a command shows
+before it exits non-zero (the reasons are in ``results.md``).
+
 Resuming: rerunning the same command after a crash redoes only what is missing.
 A run folder whose result file (``metrics.json``, ``evaluation.json``) holds every
 metric is read instead of rerun, provided its encoder came from a pretraining that was
 itself reused (a recipe pretrained afresh in this call has its runs redone: old ones
 would describe the old encoder). Reuse goes by folder name, so changed finetuning or
-evaluation options (``CompareOptions.finetune``, ``.evaluate``) need a new ``--out``
+evaluation options (``CompareOptions.finetune``, ``.evaluate``) need a new ``out``
 or the old folders deleted.
+
+Runs redone are never mixed with the old ones: a run folder that is not reused but
+holds files (the runs of a recipe pretrained afresh, a run interrupted before its
+result file) is first moved aside to ``<folder>.stale-<n>`` (the smallest free
+``n``), which a line of the progress output says. Nothing is deleted: the old model
+and figures stay there until the user removes them. (``geocl finetune`` itself
+refuses a folder that holds a run; compare decides for its own folders.)
 """
 
 from __future__ import annotations
@@ -71,7 +82,7 @@ from geocl.recipes import load_recipe, read_saved_recipe, recipe_to_dict
 from geocl.recipes.options import CompareOptions
 from geocl.report.table import RANDOM_INIT, plot_results, results_markdown
 
-__all__ = ["CompareOptions", "results_columns", "run_compare"]
+__all__ = ["CompareOptions", "describe_failures", "results_columns", "run_compare"]
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +133,9 @@ def run_compare(
             None for silence.
 
     Returns:
-        The rows of ``results.csv`` (columns :func:`results_columns`).
+        The rows of ``results.csv`` (columns :func:`results_columns`), failed ones
+        included (``status`` other than ``"ok"``): one recipe's failure does not stop
+        the others. :func:`describe_failures` says which failed, for a command's exit.
 
     Raises:
         GeoclError: a bad recipe file, recipes that need different evaluations, an
@@ -158,7 +171,7 @@ def run_compare(
 
     def evaluate_all(name: str, method: str, recipe: Any, checkpoint: Path | None, reuse: bool) -> None:
         for subset, seed in grid:
-            record(_evaluate_row(chosen, out, name, method, recipe, checkpoint, subset, seed, reuse))
+            record(_evaluate_row(chosen, out, name, method, recipe, checkpoint, subset, seed, reuse, say))
 
     for candidate in candidates:
         method = str(candidate.recipe.method.name)
@@ -248,9 +261,12 @@ def _describe(evaluation: type[Evaluation]) -> str:
 # ------------------------------------------------------------------ running
 
 
-def _same_recipe(saved: Path, recipe: Any) -> bool:
-    """Whether ``saved`` (a run's config.yaml) holds ``recipe`` (keys added since: defaults)."""
-    return read_saved_recipe(saved) == recipe_to_dict(recipe)
+def _differing_keys(before: Any, now: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain-data recipes (``seed``, ``method.temperature``)."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        keys = [*before, *(key for key in now if key not in before)]
+        return [name for key in keys for name in _differing_keys(before.get(key), now.get(key), f"{prefix}{key}.")]
+    return [] if before == now else [prefix.rstrip(".") or "the recipe"]
 
 
 def _pretrained(recipe: Any, pretrain_fn: Callable[..., Any]) -> tuple[Path, bool]:
@@ -258,14 +274,19 @@ def _pretrained(recipe: Any, pretrain_fn: Callable[..., Any]) -> tuple[Path, boo
     out = Path(recipe.out)
     last = out / "checkpoints" / "last.ckpt"
     saved = out / "config.yaml"
-    same = saved.exists() and _same_recipe(saved, recipe)
+    before = read_saved_recipe(saved) if saved.exists() else None
+    now = recipe_to_dict(recipe)
     started = (out / "metrics.json").exists() or last.exists()
-    if started and not same:
+    if started and before != now:
         # Said here because run_pretrain's own refusal would point at --resume, which
         # compare does not have.
+        if before is None:
+            why = "its config.yaml is missing or no longer a valid recipe"
+        else:
+            why = f"config.yaml differs in {', '.join(_differing_keys(before, now))}"
         raise GeoclError(
-            "holds a pretraining run of a different recipe (config.yaml differs); "
-            "delete the folder or compare into another --out",
+            f"holds a pretraining run of a different recipe ({why}); "
+            "delete the folder or compare into another out",
             path=out,
         )
     if (out / "metrics.json").exists():
@@ -301,8 +322,13 @@ def _evaluate_row(
     subset: Subset,
     seed: int,
     reuse: bool,
+    say: Callable[[str], None],
 ) -> dict[str, Any]:
-    """One run (or its earlier result) as a results row; exceptions become a failed row."""
+    """One run (or its earlier result) as a results row; exceptions become a failed row.
+
+    A run folder that is not reused but holds files is moved aside first (see the module
+    docstring), so the new run starts in an empty folder.
+    """
     out = root / evaluation.run_folder(name, subset, seed)
     finished = evaluation.read_finished(out) if reuse else None
     if finished is not None:
@@ -313,6 +339,10 @@ def _evaluate_row(
         )
     start = time.perf_counter()
     try:
+        stale = _set_aside(out)
+        if stale is not None:
+            why = "it left no complete result" if reuse else "its encoder was pretrained again"
+            say(f"  {out} held an earlier run ({why}); moved it to {stale.name}")
         measured = evaluation.run(checkpoint, recipe=recipe, subset=subset, seed=seed, out=out)
         metrics = {column: float(measured.metrics[column]) for column in evaluation.metric_columns}
     except Exception as exc:  # noqa: BLE001 - one row's failure must not stop the others
@@ -324,6 +354,52 @@ def _evaluate_row(
     return _row(
         evaluation, name, method, subset, seed, metrics=metrics, seconds=seconds,
         checkpoint=measured.checkpoint, extra=measured.extra,
+    )
+
+
+def _set_aside(folder: Path) -> Path | None:
+    """Rename a run folder that holds files to ``<folder>.stale-<n>`` (smallest free n); its new name, or None.
+
+    Raises:
+        GeoclError: the folder cannot be renamed (named, with the reason).
+    """
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return None
+    number = 1
+    while (stale := folder.with_name(f"{folder.name}.stale-{number}")).exists():
+        number += 1
+    try:
+        folder.rename(stale)
+    except OSError as exc:
+        raise GeoclError(
+            f"holds an earlier run that must be redone, and cannot be moved aside to {stale.name}: "
+            f"{exc.strerror or exc}; delete or move it yourself",
+            path=folder,
+        ) from None
+    log.info("moved %s aside to %s", folder, stale)
+    return stale
+
+
+def describe_failures(results: pd.DataFrame, out: str | Path) -> str | None:
+    """The one line that says which rows of a comparison failed, or None when all are ok.
+
+    Args:
+        results: what :func:`run_compare` returned (its ``recipe`` and ``status`` columns).
+        out: the comparison folder (``CompareOptions.out``), where ``results.md`` lists
+            the reasons.
+
+    Returns:
+        E.g. ``"7 of 18 runs failed: beta (6 of 6), alpha (1 of 6); the reasons are in
+        runs/compare/results.md"``; recipes in table order.
+    """
+    failed = results["status"] != "ok"
+    if not failed.any():
+        return None
+    counts = results.assign(failed=failed).groupby("recipe", sort=False)["failed"].agg(["sum", "size"])
+    named = [f"{recipe} ({int(row['sum'])} of {int(row['size'])})" for recipe, row in counts.iterrows() if row["sum"]]
+    return (
+        f"{int(failed.sum())} of {len(results)} runs failed: {', '.join(named)}; "
+        f"the reasons are in {Path(out) / 'results.md'}"
     )
 
 

@@ -25,7 +25,7 @@ from geocl.evaluation import KnnProbe, SegmentationFinetune
 from geocl.recipes import register_method_config, save_recipe
 from geocl.recipes.errors import validation_error
 from geocl.recipes.options import FinetuneCommand
-from geocl.training.compare import CompareOptions, results_columns, run_compare
+from geocl.training.compare import CompareOptions, describe_failures, results_columns, run_compare
 
 
 @dataclass
@@ -103,10 +103,14 @@ class Fakes:
             {"tiles": tiles, "encoder_checkpoint": encoder_checkpoint, "encoder": encoder,
              "label_fraction": label_fraction, "seed": seed, "out": out, **extra}
         )
+        # like run_finetune: a folder holding a run is refused, never mixed
+        if (out / "metrics.json").exists() or list(out.glob("checkpoints/*.ckpt")):
+            raise GeoclError("holds a finetuning run", path=out, key="out")
         source = encoder_checkpoint.read_text() if encoder_checkpoint is not None else None
         miou = BASE[source] + label_fraction + OFFSET[seed]
         checkpoint = out / "checkpoints" / "best.ckpt"
-        out.mkdir(parents=True, exist_ok=True)
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_text(f"{source} {label_fraction} {seed}")
         (out / "metrics.json").write_text(json.dumps({"miou": miou, "checkpoint": str(checkpoint), "seconds": 2.5}))
         return SimpleNamespace(miou=miou, checkpoint=checkpoint)
 
@@ -195,6 +199,8 @@ def test_rows_table_plot_and_a_failing_recipe(tmp_path: Path, recipes: list[Path
     assert "| random-init | 0.140 ± 0.036 | 0.330 ± 0.036 | 3 |" in lines
     assert "- beta: RuntimeError: boom" in lines
     assert md in printed[-1]  # the table is printed at the end
+    # the one line a command shows before exiting non-zero
+    assert describe_failures(returned, out) == f"6 of 18 runs failed: beta (6 of 6); the reasons are in {out / 'results.md'}"
 
 
 def test_second_run_reuses_pretraining_and_finetunes(tmp_path: Path, recipes: list[Path]) -> None:
@@ -207,13 +213,19 @@ def test_second_run_reuses_pretraining_and_finetunes(tmp_path: Path, recipes: li
     assert again.pretrained == [] and again.finetuned == []
     pd.testing.assert_frame_equal(first.drop(columns="seconds"), second.drop(columns="seconds"))
     assert set(second["seconds"]) == {2.5}  # reused rows report the original run's time
+    assert describe_failures(second, out) is None
 
-    # an interrupted compare: one finetune never finished -> only that one runs again
+    # an interrupted compare: one finetune never finished (a checkpoint, no metrics.json)
+    # -> only that one runs again, in a fresh folder; the leftovers are moved aside
     (out / "finetune" / "alpha-f0.2-s1" / "metrics.json").unlink()
     resumed = Fakes(out)
-    third = _compare(options, resumed, echo=None)
+    printed: list[str] = []
+    third = _compare(options, resumed, echo=printed.append)
     assert [call["out"].name for call in resumed.finetuned] == ["alpha-f0.2-s1"]
     assert third["miou"].tolist() == pytest.approx(first["miou"].tolist())
+    stale = out / "finetune" / "alpha-f0.2-s1.stale-1"
+    assert sorted(p.name for p in stale.rglob("*")) == ["best.ckpt", "checkpoints"]
+    assert any("held an earlier run (it left no complete result); moved it to alpha-f0.2-s1.stale-1" in line for line in printed)
 
 
 def test_fresh_pretraining_redoes_its_finetunes_and_interrupted_pretraining_resumes(
@@ -224,11 +236,26 @@ def test_fresh_pretraining_redoes_its_finetunes_and_interrupted_pretraining_resu
     _compare(options, Fakes(out), echo=None)
     # pretraining killed before it finished: checkpoint and config there, no metrics.json
     (out / "pretrain" / "a" / "metrics.json").unlink()
+    old = out / "finetune" / "alpha-f0.5-s0"
+    before = {path.name: path.read_bytes() for path in old.rglob("*") if path.is_file()}
     fakes = Fakes(out)
-    _compare(options, fakes, echo=None)
+    printed: list[str] = []
+    _compare(options, fakes, echo=printed.append)
     assert fakes.pretrained == [("alpha", True)]
     # the old alpha finetune described the old encoder; random-init's stays valid
     assert [call["out"].name for call in fakes.finetuned] == ["alpha-f0.5-s0"]
+    # redone in an empty folder (the fake, like run_finetune, refuses a folder holding a run);
+    # the old run is moved aside byte for byte, and the move is said
+    stale = out / "finetune" / "alpha-f0.5-s0.stale-1"
+    assert {path.name: path.read_bytes() for path in stale.rglob("*") if path.is_file()} == before
+    assert set(before) == {"metrics.json", "best.ckpt"}
+    assert json.loads((old / "metrics.json").read_text())["miou"] == pytest.approx(0.3 + 0.5)
+    assert f"  {old} held an earlier run (its encoder was pretrained again); moved it to alpha-f0.5-s0.stale-1" in printed
+    # once more: the next stale folder takes the next number, nothing is overwritten
+    (out / "pretrain" / "a" / "metrics.json").unlink()
+    _compare(options, Fakes(out), echo=None)
+    assert (out / "finetune" / "alpha-f0.5-s0.stale-2" / "metrics.json").exists()
+    assert {path.name: path.read_bytes() for path in stale.rglob("*") if path.is_file()} == before
 
 
 def test_finished_run_of_another_recipe_is_reported_not_overwritten(tmp_path: Path, recipes: list[Path]) -> None:
@@ -240,7 +267,9 @@ def test_finished_run_of_another_recipe_is_reported_not_overwritten(tmp_path: Pa
     results = _compare(changed, fakes, echo=None)
     assert fakes.pretrained == []
     status = results.set_index("recipe").loc["alpha", "status"]
-    assert status.startswith("failed: ") and "config.yaml differs" in status
+    assert status.startswith("failed: ") and "config.yaml differs in seed)" in status
+    assert "another out" in status and "--out" not in status
+    assert describe_failures(results, out) == f"1 of 2 runs failed: alpha (1 of 1); the reasons are in {out / 'results.md'}"
     assert results.set_index("recipe").loc["random-init", "status"] == "ok"
 
 
@@ -258,6 +287,7 @@ def test_a_failing_finetune_fails_its_row_only(tmp_path: Path, recipes: list[Pat
     results = _compare(options, fakes, finetune=flaky, echo=None)
     assert results["status"].tolist() == ["ok", "failed: ValueError: bad batch", "ok", "ok"]
     assert "| alpha | 0.800 ± – (1 failed) | 1 |" in (out / "results.md").read_text()
+    assert describe_failures(results, out) == f"1 of 4 runs failed: alpha (1 of 2); the reasons are in {out / 'results.md'}"
 
 
 @pytest.mark.parametrize(
