@@ -63,7 +63,7 @@ class KnnProbe(Evaluation):
         """Configured by ``options.evaluate``."""
         return cls(options.evaluate)
 
-    def subsets(self, label_fractions: Sequence[float]) -> list[Subset]:
+    def subsets(self, label_fractions: Sequence[float], subset_seeds: int | None = None) -> list[Subset]:
         """One subset, all labels: the fractions do not apply."""
         return [ALL_LABELS]
 

@@ -59,12 +59,15 @@ class Subset:
 
     Attributes:
         label_fraction: share of the labelled train set, in (0, 1]; 1.0 = all labels.
+        subset_seed: seed that draws the labelled subset, apart from the training seed,
+            so that every training seed of every recipe meets the same subset (pairs);
+            None: each run draws its subset with its training seed.
 
-    A value, so that it can name folders and group table cells; later fields (a subset
-    seed drawn apart from the training seed) extend it without changing its users.
+    A value, so that it can name folders and group table cells.
     """
 
     label_fraction: float = 1.0
+    subset_seed: int | None = None
 
 
 #: The one subset of evaluations that always use every label.
@@ -144,13 +147,16 @@ class Evaluation(ABC):
         """
         return cls()
 
-    def subsets(self, label_fractions: Sequence[float]) -> list[Subset]:
-        """The label subsets to run for the comparison's fractions (checked, without repeats)."""
-        return [Subset(float(fraction)) for fraction in label_fractions]
+    def subsets(self, label_fractions: Sequence[float], subset_seeds: int | None = None) -> list[Subset]:
+        """The label subsets to run: each fraction, drawn with subset seeds ``0 .. subset_seeds-1``
+        (None: with each run's training seed)."""
+        seeds: list[int | None] = [None] if subset_seeds is None else list(range(subset_seeds))
+        return [Subset(float(fraction), seed) for fraction in label_fractions for seed in seeds]
 
     def run_folder(self, name: str, subset: Subset, seed: int) -> str:
         """The run folder of one row, relative to the comparison folder (unique per row)."""
-        return f"{self.folder}/{name}-f{subset.label_fraction}-s{seed}"
+        drawn = "" if subset.subset_seed is None else f"-l{subset.subset_seed}"
+        return f"{self.folder}/{name}-f{subset.label_fraction}{drawn}-s{seed}"
 
     def labelled_data(self, recipe: Any) -> str:
         """The labelled data a recipe gets evaluated on (compare warns when recipes differ)."""

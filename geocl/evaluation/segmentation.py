@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from geocl.evaluation.protocol import Evaluation, Measurement, Subset, option_kwargs, register_evaluation
 
 #: Keyword arguments of the finetune function that the evaluation sets per run.
-OWN_FINETUNE_ARGS = ("tiles", "encoder_checkpoint", "encoder", "label_fraction", "seed", "out")
+OWN_FINETUNE_ARGS = ("tiles", "encoder_checkpoint", "encoder", "label_fraction", "seed", "subset_seed", "out")
 
 
 @register_evaluation
@@ -65,5 +65,6 @@ class SegmentationFinetune(Evaluation):
         result = finetune(
             tiles=Path(str(recipe.data.tiles)), encoder_checkpoint=checkpoint, encoder=str(recipe.encoder.name),
             label_fraction=subset.label_fraction, seed=seed, out=out, **self.options,
+            **({} if subset.subset_seed is None else {"subset_seed": subset.subset_seed}),
         )
         return Measurement({"miou": float(result.miou)}, checkpoint=str(result.checkpoint))

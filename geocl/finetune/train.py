@@ -233,6 +233,7 @@ def run_finetune(
     arch: str = "unet",
     label_fraction: float = 0.05,
     seed: int = 0,
+    subset_seed: int | None = None,
     max_epochs: int = 15,
     steps_per_epoch: int = 10,
     val_every: int = 3,
@@ -254,7 +255,10 @@ def run_finetune(
         encoder: encoder name for random init (a checkpoint brings its own).
         arch: ``unet`` (default) or ``deeplabv3plus``.
         label_fraction: fraction of the train tiles with labels.
-        seed: seed of the subset, the init and the training order.
+        seed: seed of the init and the training order (and of the subset, unless
+            ``subset_seed`` is given).
+        subset_seed: seed of the labelled subset alone, so that several training seeds
+            can share one subset (paired comparisons); None: ``seed``.
         max_epochs: epochs of ``steps_per_epoch`` steps (the subset is drawn with
             replacement, so every fraction gets the same number of steps).
         steps_per_epoch: optimizer steps per epoch.
@@ -282,7 +286,7 @@ def run_finetune(
     """
     start = time.perf_counter()
     out = check_finetune_folder(out, {
-        "label_fraction": label_fraction, "seed": seed, "arch": arch,
+        "label_fraction": label_fraction, "seed": seed, "subset_seed": subset_seed, "arch": arch,
         **({"encoder_checkpoint": encoder_checkpoint} if encoder_checkpoint is not None else {"encoder": encoder}),
     })
     lightning.seed_everything(seed, workers=True, verbose=False)
@@ -291,7 +295,7 @@ def run_finetune(
     test = TileDataset(tiles, "test", with_mask=True, progress=False)
     if len(val) == 0 or len(test) == 0:
         raise GeoclError("tile set has no val or test tiles; tile with more split blocks", path=tiles)
-    subset = label_subset(len(train_all), label_fraction, seed)
+    subset = label_subset(len(train_all), label_fraction, seed if subset_seed is None else subset_seed)
     meta: dict[str, Any] = {
         "arch": arch,
         "in_chans": train_all.band_count,
@@ -348,7 +352,8 @@ def run_finetune(
     )
     metrics = {
         "miou": result.miou, "iou": result.iou, "val_miou": result.val_miou, "classes": train_all.classes,
-        "label_fraction": label_fraction, "seed": seed, "train_tiles": result.train_tiles,
+        "label_fraction": label_fraction, "seed": seed, "subset_seed": seed if subset_seed is None else subset_seed,
+        "train_tiles": result.train_tiles,
         "encoder": encoder, "encoder_checkpoint": meta["encoder_checkpoint"], "arch": arch,
         "checkpoint": str(checkpoint), "seconds": round(time.perf_counter() - start, 1),
     }

@@ -236,7 +236,15 @@ class CompareOptions(OptionsModel):
     label_fractions: list[LabelFraction] = Field(
         [0.01, 0.05, 0.2], min_length=1, description="fractions of the labelled train tiles to finetune with"
     )
-    seeds: Integer = Field(3, ge=1, description="finetuning seeds per fraction (seeds 0 .. seeds-1)")
+    seeds: Integer = Field(3, ge=1, description="training seeds per label subset (seeds 0 .. seeds-1)")
+    subset_seeds: Integer | None = Field(
+        None, ge=1,
+        description="label subsets per fraction, drawn apart from the training seeds (subset seeds 0 .. N-1); "
+        "default: each run draws its subset with its training seed",
+    )
+    baseline: str | None = Field(
+        None, description="recipe name the paired differences are taken to (default: the first recipe)"
+    )
     out: Path = Field(Path("runs/compare"), description="the comparison folder")
     overrides: list[str] = Field([], description="dotted recipe override for every recipe, e.g. trainer.max_epochs=1")
     finetune: FinetuneOptions = Field(

@@ -80,6 +80,7 @@ from geocl.evaluation import Evaluation, Subset, evaluation_for, get_evaluation
 from geocl.io import atomic_path, atomic_write_text
 from geocl.recipes import load_recipe, read_saved_recipe, recipe_to_dict
 from geocl.recipes.options import CompareOptions
+from geocl.report.paired import paired_markdown, paired_summary
 from geocl.report.table import RANDOM_INIT, plot_results, results_markdown
 
 __all__ = ["CompareOptions", "describe_failures", "results_columns", "run_compare"]
@@ -93,7 +94,7 @@ _MAX_MESSAGE = 300
 def results_columns(evaluation: Evaluation | type[Evaluation]) -> list[str]:
     """Columns of ``results.csv`` (and of the frame :func:`run_compare` returns) for an evaluation."""
     return [
-        "recipe", "method", "evaluation", "label_fraction", "seed", *evaluation.metric_columns,
+        "recipe", "method", "evaluation", "label_fraction", "subset_seed", "seed", *evaluation.metric_columns,
         "status", "seconds", "checkpoint", *evaluation.extra_columns,
     ]
 
@@ -147,7 +148,8 @@ def run_compare(
     _check_unique(candidates)
     chosen = _choose(candidates, options, evaluation)
     fractions = [float(fraction) for fraction in options.label_fractions]
-    grid = [(subset, seed) for subset in chosen.subsets(fractions) for seed in range(options.seeds)]
+    grid = [(subset, seed) for subset in chosen.subsets(fractions, options.subset_seeds) for seed in range(options.seeds)]
+    baseline = _baseline(candidates, options)
     # Imported here, not at module level: it pulls in Lightning (seconds), which a
     # partial install that only reads results may lack.
     if pretrain_fn is None:
@@ -185,7 +187,7 @@ def run_compare(
     # No pretraining: its old runs are as valid as ever.
     evaluate_all(RANDOM_INIT, "none", first, None, True)
 
-    return _write_results(rows, chosen, out, say)
+    return _write_results(rows, chosen, out, say, baseline)
 
 
 # ------------------------------------------------------------------- checking
@@ -412,20 +414,37 @@ def _row(
     metrics, extra = metrics or {}, extra or {}
     return {
         "recipe": name, "method": method, "evaluation": evaluation.name, "label_fraction": subset.label_fraction,
-        "seed": seed, **{column: metrics.get(column, math.nan) for column in evaluation.metric_columns},
+        # the seed that drew the labelled subset: runs of two recipes pair up on it
+        "subset_seed": seed if subset.subset_seed is None else subset.subset_seed, "seed": seed, **{column: metrics.get(column, math.nan) for column in evaluation.metric_columns},
         "status": status, "seconds": round(seconds, 1), "checkpoint": checkpoint,
         **{column: extra.get(column) for column in evaluation.extra_columns},
     }
 
 
+def _baseline(candidates: list[_Candidate], options: Any) -> str:
+    """The recipe the paired differences are taken to: ``options.baseline`` or the first recipe."""
+    names = [candidate.name for candidate in candidates]
+    baseline = options.baseline or names[0]
+    if baseline not in [*names, RANDOM_INIT]:
+        raise GeoclError(f"{baseline!r} is none of the compared recipes ({', '.join(names)}, {RANDOM_INIT})", key="baseline")
+    return baseline
+
+
 def _write_results(
-    rows: list[dict[str, Any]], evaluation: Evaluation, out: Path, say: Callable[[str], None]
+    rows: list[dict[str, Any]], evaluation: Evaluation, out: Path, say: Callable[[str], None], baseline: str
 ) -> pd.DataFrame:
-    """results.csv, results.md and results.png of the finished rows; the table is echoed."""
+    """results.csv, results.md and results.png of the finished rows; the table is echoed.
+
+    results.md holds the mean ± std table and, under it, the paired table: each
+    recipe's mean with its interval and its paired difference to ``baseline``
+    (:mod:`geocl.report.paired`).
+    """
     columns = results_columns(evaluation)
     results = pd.DataFrame(rows, columns=columns)
     _write_csv(rows, out / "results.csv", columns)
-    table = results_markdown(results, evaluation)
+    metric = evaluation.primary()
+    paired = paired_summary(results, metric, baseline)
+    table = results_markdown(results, evaluation) + "\n" + paired_markdown(paired, evaluation.label(metric), baseline)
     atomic_write_text(out / "results.md", table)
     plot_results(results, out / "results.png", evaluation)
     say(f"\n{table}\nresults: {out / 'results.csv'}, {out / 'results.md'}, {out / 'results.png'}")

@@ -107,7 +107,7 @@ def test_subsets_folders_and_metric_columns() -> None:
     assert SegmentationFinetune.primary() == "miou" and KnnProbe.primary() == "probe_top1"
     assert ToyRetrieval.primary() == "hit_at_1" and ToyRetrieval.label("mrr") == "MRR"
     assert results_columns(KnnProbe) == [
-        "recipe", "method", "evaluation", "label_fraction", "seed", "knn_top1", "probe_top1",
+        "recipe", "method", "evaluation", "label_fraction", "subset_seed", "seed", "knn_top1", "probe_top1",
         "status", "seconds", "checkpoint",
     ]
 
@@ -211,7 +211,9 @@ def test_a_registered_evaluation_runs_through_compare_and_the_report(tmp_path: P
     assert "Toy retrieval scores, mean ± sample std" in md and "Columns: metric @ label fraction." in md
     assert "- alpha: hit@1 is nan" in lines
     # the CSV alone names its evaluation: the report reads it back to the same table
-    assert results_markdown(pd.read_csv(out / "results.csv")) == md
+    assert md.startswith(results_markdown(pd.read_csv(out / "results.csv")))
+    # and under it, the paired differences to the first recipe
+    assert "paired difference to alpha" in md and "| random-init | 0.2 |" in md
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
 
     # finished runs are read back, not rerun; the failed ones run again

@@ -45,7 +45,7 @@ BASE = {"alpha": 0.3, "gamma": 0.2, None: 0.1}
 OFFSET = [0.0, 0.02, 0.07]  # mean 0.03, sample std sqrt(0.0013) = 0.036 (ddof=0 would give 0.029)
 FRACTIONS = [0.01, 0.2]
 #: results.csv columns of tile-set recipes: today's columns plus the evaluation's name.
-COLUMNS = ["recipe", "method", "evaluation", "label_fraction", "seed", "miou", "status", "seconds", "checkpoint"]
+COLUMNS = ["recipe", "method", "evaluation", "label_fraction", "subset_seed", "seed", "miou", "status", "seconds", "checkpoint"]
 
 
 def _recipe(folder: Path, stem: str, name: str) -> Path:
@@ -355,7 +355,7 @@ def test_natural_recipes_give_knn_and_probe_rows_table_and_plot(tmp_path: Path) 
     fakes = Fakes(out)
     options = CompareOptions(recipes=paths, label_fractions=FRACTIONS, seeds=2, out=out, evaluate={"k": 7})
     results = _natural_compare(options, fakes)
-    natural_columns = ["recipe", "method", "evaluation", "label_fraction", "seed", "knn_top1", "probe_top1"]
+    natural_columns = ["recipe", "method", "evaluation", "label_fraction", "subset_seed", "seed", "knn_top1", "probe_top1"]
     assert list(results.columns) == [*natural_columns, "status", "seconds", "checkpoint"] and not fakes.finetuned
     # one subset, all labels, whatever the fractions; one folder per (recipe, seed)
     assert set(results["label_fraction"]) == {1.0} and set(results["evaluation"]) == {"knn-probe"}
@@ -386,3 +386,33 @@ def test_mixing_tile_and_natural_recipes_fails_before_any_work(tmp_path: Path, r
     with pytest.raises(GeoclError, match="compare them separately") as caught:
         _natural_compare(options, fakes)
     assert caught.value.key == "recipes" and not fakes.pretrained and not (tmp_path / "cmp").exists()
+
+
+def test_subset_seeds_pair_every_recipe_on_the_same_subsets_and_seeds(tmp_path: Path) -> None:
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    recipes = [_recipe(folder, "a", "alpha"), _recipe(folder, "g", "gamma")]
+    out = tmp_path / "cmp"
+    fakes = Fakes(out, failing="none")
+    options = CompareOptions(recipes=recipes, label_fractions=[0.2], seeds=2, subset_seeds=3, out=out, baseline="gamma")
+    results = _compare(options, fakes, echo=None)
+
+    # 3 subsets x 2 seeds for alpha, gamma and random-init; the subset seed reaches the finetune apart from the seed
+    assert len(fakes.finetuned) == 18
+    assert sorted({(call["subset_seed"], call["seed"]) for call in fakes.finetuned}) == [
+        (subset, seed) for subset in range(3) for seed in range(2)
+    ]
+    assert (out / "finetune" / "alpha-f0.2-l2-s1" / "metrics.json").exists()
+    assert sorted(results["subset_seed"].unique()) == [0, 1, 2]
+    # alpha - gamma = 0.3 - 0.2 on every pair: +0.100 with a point interval, alpha always wins
+    md = (out / "results.md").read_text()
+    assert "paired difference to gamma" in md
+    assert "| alpha | 0.2 |" in md and "+0.100 [+0.100, +0.100] | 6 / 0 of 6 | better |" in md
+    assert "| gamma | 0.2 |" in md and "(baseline)" in md
+
+
+def test_an_unknown_baseline_is_refused_before_any_work(tmp_path: Path, recipes: list[Path]) -> None:
+    fakes = Fakes(tmp_path / "cmp")
+    with pytest.raises(GeoclError, match="'omega' is none of the compared recipes") as caught:
+        _compare(CompareOptions(recipes=recipes, out=tmp_path / "cmp", baseline="omega"), fakes, echo=None)
+    assert caught.value.key == "baseline" and not fakes.pretrained

@@ -1,0 +1,186 @@
+"""Paired statistics of a comparison: intervals of each recipe's mean, and its paired difference to a baseline.
+
+Every recipe of a comparison is evaluated on the same label subsets with the same
+training seeds, so two recipes' runs pair up by (label fraction, subset seed, seed):
+the difference of a pair removes what the subset and the seed do to both. That is what
+tells methods apart when the seed alone moves a score by more than any method does.
+
+- **Mean and its interval** per (recipe, label fraction): the mean over successful
+  runs and Student's t interval ``mean ± t(0.975, n-1) s / sqrt(n)`` (``scipy.stats.t``);
+  undefined (NaN) for a single run.
+- **Paired difference** to the baseline recipe: the mean of ``recipe - baseline`` over
+  the pairs both have, its 95 % percentile bootstrap interval over the pairs
+  (``scipy.stats.bootstrap``, 9999 resamples, seeded so that a report is reproducible),
+  and the counts of wins and losses. When the interval covers 0 the difference is
+  *not distinguishable*; a single pair gives no interval and is never distinguishable.
+
+The percentile method, not BCa: with the few pairs a comparison has (often 2-10) BCa's
+acceleration estimate is unstable or undefined, and the percentile interval of the
+mean is what a reader checks by hand.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+#: The interval's confidence level.
+CONFIDENCE = 0.95
+#: Bootstrap resamples of the paired differences.
+RESAMPLES = 9999
+#: Columns that pair two recipes' runs (those the frame has).
+PAIR_KEYS = ("label_fraction", "subset_seed", "seed")
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean with its two-sided interval (NaN bounds where it is undefined)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    @property
+    def covers_zero(self) -> bool:
+        return not (self.low > 0 or self.high < 0)
+
+
+@dataclass(frozen=True)
+class PairedDifference(Interval):
+    """``recipe - baseline`` over the pairs both have, with wins and losses."""
+
+    wins: int = 0
+    losses: int = 0
+
+    @property
+    def distinguishable(self) -> bool:
+        """Whether the interval excludes 0 (never for a single pair)."""
+        return self.n >= 2 and not math.isnan(self.low) and not self.covers_zero
+
+    @property
+    def verdict(self) -> str:
+        if self.n == 0:
+            return "no pairs"
+        if not self.distinguishable:
+            return "not distinguishable"
+        return "better" if self.mean > 0 else "worse"
+
+
+def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
+    """Mean and Student's t interval of independent runs."""
+    data = np.asarray(values, dtype=np.float64)
+    n = len(data)
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    mean = float(data.mean())
+    if n == 1:
+        return Interval(mean, math.nan, math.nan, 1)
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * data.std(ddof=1) / math.sqrt(n))
+    return Interval(mean, mean - half, mean + half, n)
+
+
+def paired_difference(
+    differences: Sequence[float], confidence: float = CONFIDENCE, seed: int = 0, resamples: int = RESAMPLES
+) -> PairedDifference:
+    """Mean paired difference, its percentile bootstrap interval, wins and losses."""
+    data = np.asarray(differences, dtype=np.float64)
+    n = len(data)
+    wins, losses = int((data > 0).sum()), int((data < 0).sum())
+    if n == 0:
+        return PairedDifference(math.nan, math.nan, math.nan, 0)
+    mean = float(data.mean())
+    if n == 1:
+        return PairedDifference(mean, math.nan, math.nan, 1, wins, losses)
+    if np.ptp(data) == 0:  # every resample has the same mean: the interval is that point
+        return PairedDifference(mean, mean, mean, n, wins, losses)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy's note on few distinct resample means
+        result = stats.bootstrap(
+            (data,), np.mean, confidence_level=confidence, n_resamples=resamples, method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+    low, high = result.confidence_interval
+    return PairedDifference(mean, float(low), float(high), n, wins, losses)
+
+
+def paired_summary(results: pd.DataFrame, metric: str, baseline: str) -> pd.DataFrame:
+    """Per (recipe, label fraction): mean with interval, and the paired difference to ``baseline``.
+
+    Args:
+        results: ``results.csv`` rows (``recipe``, ``status``, ``seed``, the metric;
+            ``label_fraction`` and ``subset_seed`` where present).
+        metric: the metric column.
+        baseline: the recipe the others are compared with.
+
+    Returns:
+        Columns ``recipe, label_fraction, mean, low, high, n, delta, delta_low,
+        delta_high, pairs, wins, losses, verdict`` (the baseline's own row has no delta).
+    """
+    values = pd.to_numeric(results[metric], errors="coerce")
+    ok = values.notna()
+    if "status" in results:
+        ok &= results["status"].astype(str) == "ok"
+    frame = results.assign(_value=values)[ok]
+    if "label_fraction" not in frame:
+        frame = frame.assign(label_fraction=1.0)
+    keys = [key for key in PAIR_KEYS if key in frame.columns]
+    rows = []
+    for recipe in results["recipe"].drop_duplicates():
+        for fraction in sorted(frame["label_fraction"].astype(float).unique()):
+            mine = frame[(frame["recipe"] == recipe) & (frame["label_fraction"].astype(float) == fraction)]
+            cell = mean_interval(mine["_value"].tolist())
+            row = {
+                "recipe": recipe, "label_fraction": fraction, "mean": cell.mean, "low": cell.low,
+                "high": cell.high, "n": cell.n,
+            }
+            if recipe != baseline:
+                base = frame[(frame["recipe"] == baseline) & (frame["label_fraction"].astype(float) == fraction)]
+                pairs = mine[keys + ["_value"]].merge(base[keys + ["_value"]], on=keys, suffixes=("", "_base"))
+                diff = paired_difference((pairs["_value"] - pairs["_value_base"]).tolist())
+                row.update(
+                    delta=diff.mean, delta_low=diff.low, delta_high=diff.high, pairs=diff.n, wins=diff.wins,
+                    losses=diff.losses, verdict=diff.verdict,
+                )
+            rows.append(row)
+    columns = [
+        "recipe", "label_fraction", "mean", "low", "high", "n", "delta", "delta_low", "delta_high", "pairs", "wins",
+        "losses", "verdict",
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _number(value: float) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def _signed(value: float) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:+.3f}"
+
+
+def paired_markdown(summary: pd.DataFrame, metric_label: str, baseline: str) -> str:
+    """The paired summary as a markdown table, with how to read it."""
+    lines = [
+        f"{metric_label}: mean [95 % t interval] over runs, and the paired difference to {baseline} "
+        f"[95 % percentile bootstrap interval over the pairs of label subset and seed]; "
+        f"a difference whose interval covers 0 is not distinguishable.",
+        "",
+        f"| recipe | label fraction | mean [95 % CI] | n | Δ vs {baseline} [95 % CI] | wins / losses | verdict |",
+        "|---|---:|---|---:|---|---:|---|",
+    ]
+    for row in summary.itertuples(index=False):
+        interval = f"{_number(row.mean)} [{_number(row.low)}, {_number(row.high)}]"
+        if row.recipe == baseline:
+            delta, record, verdict = "(baseline)", "", ""
+        else:
+            delta = f"{_signed(row.delta)} [{_signed(row.delta_low)}, {_signed(row.delta_high)}]"
+            record = f"{int(row.wins)} / {int(row.losses)} of {int(row.pairs)}"
+            verdict = str(row.verdict)
+        lines.append(f"| {row.recipe} | {row.label_fraction:g} | {interval} | {int(row.n)} | {delta} | {record} | {verdict} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,84 @@
+"""Paired statistics against hand computations: t intervals, bootstrap intervals, pairing, verdicts."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from geocl.report.paired import mean_interval, paired_difference, paired_markdown, paired_summary
+
+
+def test_mean_interval_is_students_t() -> None:
+    # s = 0.1, t(0.975, 2) = 4.302653 (tables), half width = 4.302653 * 0.1 / sqrt(3) = 0.248414
+    cell = mean_interval([0.4, 0.5, 0.6])
+    assert cell.mean == pytest.approx(0.5)
+    assert cell.low == pytest.approx(0.5 - 0.248414, abs=1e-6) and cell.high == pytest.approx(0.5 + 0.248414, abs=1e-6)
+    single = mean_interval([0.3])
+    assert single.mean == 0.3 and math.isnan(single.low) and single.n == 1
+
+
+def test_two_pairs_give_the_interval_between_them() -> None:
+    # resample means of (a, b): a (1/4), (a+b)/2 (1/2), b (1/4): the 2.5 % and 97.5 % points are a and b
+    diff = paired_difference([0.01, 0.05])
+    assert (diff.low, diff.high) == pytest.approx((0.01, 0.05))
+    assert diff.mean == pytest.approx(0.03) and diff.wins == 2 and diff.losses == 0
+    assert diff.distinguishable and diff.verdict == "better"
+
+
+def test_bootstrap_interval_matches_the_exact_resampling_distribution() -> None:
+    data = [-0.02, 0.01, 0.03, 0.10]
+    exact = sorted(np.mean(sample) for sample in itertools.product(data, repeat=len(data)))  # 256 resamples
+    diff = paired_difference(data)
+    # the Monte Carlo percentile lies between the exact distribution's neighbouring values
+    for bound, q in ((diff.low, 0.025), (diff.high, 0.975)):
+        lower, upper = np.quantile(exact, q, method="lower"), np.quantile(exact, q, method="higher")
+        assert lower - 1e-12 <= bound <= upper + 1e-12
+    assert diff.covers_zero and diff.verdict == "not distinguishable"  # -0.02 .. 0.10 straddles 0
+
+
+def test_identical_and_single_pairs() -> None:
+    same = paired_difference([0.02, 0.02, 0.02])
+    assert (same.low, same.high) == (0.02, 0.02) and same.distinguishable
+    one = paired_difference([0.5])
+    assert math.isnan(one.low) and not one.distinguishable and one.verdict == "not distinguishable"
+    assert paired_difference([]).verdict == "no pairs"
+
+
+def _results() -> pd.DataFrame:
+    rows = []
+    for subset_seed, seed in itertools.product(range(2), range(2)):
+        base = 0.40 + 0.05 * subset_seed + 0.02 * seed  # the subset and the seed move both recipes alike
+        rows.append({"recipe": "simclr", "label_fraction": 0.05, "subset_seed": subset_seed, "seed": seed,
+                     "miou": base, "status": "ok"})
+        rows.append({"recipe": "grass", "label_fraction": 0.05, "subset_seed": subset_seed, "seed": seed,
+                     "miou": base + 0.01 + 0.001 * seed, "status": "ok"})
+        rows.append({"recipe": "random-init", "label_fraction": 0.05, "subset_seed": subset_seed, "seed": seed,
+                     "miou": base + (0.03 if seed else -0.03), "status": "ok"})
+    frame = pd.DataFrame(rows)
+    frame.loc[(frame["recipe"] == "grass") & (frame["subset_seed"] == 1) & (frame["seed"] == 1), "status"] = "failed: x"
+    return frame
+
+
+def test_paired_summary_pairs_runs_by_subset_and_seed() -> None:
+    summary = paired_summary(_results(), "miou", baseline="simclr").set_index("recipe")
+    grass = summary.loc["grass"]
+    # three pairs left (one grass run failed): differences 0.010, 0.011, 0.010
+    assert grass["pairs"] == 3 and grass["delta"] == pytest.approx((0.010 + 0.011 + 0.010) / 3)
+    assert grass["verdict"] == "better" and grass["wins"] == 3
+    # unpaired, grass's spread (0.40 .. 0.47) would hide that difference entirely
+    assert grass["low"] < summary.loc["simclr"]["mean"] < grass["high"]
+    noisy = summary.loc["random-init"]
+    assert noisy["delta"] == pytest.approx(0.0) and noisy["verdict"] == "not distinguishable"
+    assert (noisy["wins"], noisy["losses"]) == (2, 2)
+    assert math.isnan(summary.loc["simclr"]["delta"])
+
+
+def test_paired_markdown_labels_the_baseline_and_the_verdicts() -> None:
+    text = paired_markdown(paired_summary(_results(), "miou", "simclr"), "mIoU", "simclr")
+    assert "| simclr | 0.05 |" in text and "(baseline)" in text
+    assert "| grass | 0.05 |" in text and "3 / 0 of 3 | better |" in text
+    assert "not distinguishable" in text
