@@ -22,13 +22,17 @@ mean is what a reader checks by hand.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from geocl.io import save_figure
 
 #: The interval's confidence level.
 CONFIDENCE = 0.95
@@ -184,3 +188,31 @@ def paired_markdown(summary: pd.DataFrame, metric_label: str, baseline: str) -> 
             verdict = str(row.verdict)
         lines.append(f"| {row.recipe} | {row.label_fraction:g} | {interval} | {int(row.n)} | {delta} | {record} | {verdict} |")
     return "\n".join(lines) + "\n"
+
+
+def plot_paired(summary: pd.DataFrame, out_png: str | os.PathLike[str], metric_label: str, baseline: str) -> Path:
+    """A forest plot of the paired differences: one row per (recipe, label fraction), 0 marked.
+
+    Each row shows the mean difference to ``baseline`` and its 95 % bootstrap interval;
+    a filled marker is a distinguishable difference, a hollow one is not.
+    """
+    from matplotlib.figure import Figure  # a bare Figure: no pyplot state
+
+    rows = summary[summary["recipe"] != baseline].reset_index(drop=True)
+    figure = Figure(figsize=(7, max(2.5, 0.45 * len(rows) + 1.5)))
+    axes = figure.add_subplot()
+    for index, row in rows.iterrows():
+        y = len(rows) - 1 - index
+        if not math.isnan(row["delta_low"]):
+            axes.plot([row["delta_low"], row["delta_high"]], [y, y], color="0.3", linewidth=2)
+        filled = row["verdict"] in ("better", "worse")
+        axes.plot(row["delta"], y, "o", color="tab:blue", markerfacecolor="tab:blue" if filled else "white")
+    axes.axvline(0.0, color="tab:red", linewidth=1)
+    axes.set_yticks(
+        range(len(rows)), [f"{r.recipe} @ {r.label_fraction:g}" for r in rows.itertuples()][::-1]
+    )
+    axes.set_xlabel(f"{metric_label} − {baseline} (paired, 95 % bootstrap interval)")
+    axes.set_title(f"Paired differences to {baseline}; hollow: interval covers 0")
+    axes.grid(True, axis="x", alpha=0.3)
+    figure.tight_layout()
+    return save_figure(figure, out_png)

@@ -24,12 +24,22 @@ first recipe's data with its encoder architecture, initialised with each seed.
 Output folder::
 
     results.csv   one row per (recipe, subset, seed), columns :func:`results_columns`:
-                  recipe, method, evaluation, label_fraction (1.0 for all labels), seed,
+                  recipe, method, evaluation, label_fraction (1.0 for all labels),
+                  subset_seed (the seed that drew the labelled subset), seed,
                   the evaluation's metrics (miou; knn_top1, probe_top1), status ("ok" or
                   "failed: <message>"), seconds, checkpoint (the finetuned model; the
                   evaluated encoder); rewritten after every row
-    results.md    mean ± std per recipe and subset (see geocl.report.table)
+    results.md    mean ± std per recipe and subset (see geocl.report.table), then each
+                  recipe's mean [95 % t interval] and its paired difference to the
+                  baseline recipe [95 % bootstrap interval], wins/losses and whether it
+                  is distinguishable (see geocl.report.paired)
     results.png   the metrics against label fraction (bars when there is one)
+    results_paired.png  the paired differences with their intervals (forest plot)
+
+Pairs: every recipe (and random-init) runs the same grid of label subsets and
+training seeds. By default a run draws its subset with its training seed; with
+``subset_seeds`` N the subsets are drawn with subset seeds 0..N-1 apart from the
+training seeds 0..M-1, so N x M runs per fraction pair up across recipes.
     pretrain/     one pretraining run folder per recipe
     finetune/     (or evaluate/) one run folder per row
 
@@ -80,7 +90,7 @@ from geocl.evaluation import Evaluation, Subset, evaluation_for, get_evaluation
 from geocl.io import atomic_path, atomic_write_text
 from geocl.recipes import load_recipe, read_saved_recipe, recipe_to_dict
 from geocl.recipes.options import CompareOptions
-from geocl.report.paired import paired_markdown, paired_summary
+from geocl.report.paired import paired_markdown, paired_summary, plot_paired
 from geocl.report.table import RANDOM_INIT, plot_results, results_markdown
 
 __all__ = ["CompareOptions", "describe_failures", "results_columns", "run_compare"]
@@ -445,9 +455,11 @@ def _write_results(
     metric = evaluation.primary()
     paired = paired_summary(results, metric, baseline)
     table = results_markdown(results, evaluation) + "\n" + paired_markdown(paired, evaluation.label(metric), baseline)
+    plot_paired(paired, out / "results_paired.png", evaluation.label(metric), baseline)
     atomic_write_text(out / "results.md", table)
     plot_results(results, out / "results.png", evaluation)
-    say(f"\n{table}\nresults: {out / 'results.csv'}, {out / 'results.md'}, {out / 'results.png'}")
+    files = ", ".join(str(out / name) for name in ("results.csv", "results.md", "results.png", "results_paired.png"))
+    say(f"\n{table}\nresults: {files}")
     return results
 
 

@@ -82,3 +82,10 @@ def test_paired_markdown_labels_the_baseline_and_the_verdicts() -> None:
     assert "| simclr | 0.05 |" in text and "(baseline)" in text
     assert "| grass | 0.05 |" in text and "3 / 0 of 3 | better |" in text
     assert "not distinguishable" in text
+
+
+def test_plot_paired_writes_a_png(tmp_path) -> None:
+    from geocl.report.paired import plot_paired
+
+    png = plot_paired(paired_summary(_results(), "miou", "simclr"), tmp_path / "paired.png", "mIoU", "simclr")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
