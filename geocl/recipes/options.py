@@ -245,6 +245,9 @@ class CompareOptions(OptionsModel):
     baseline: str | None = Field(
         None, description="recipe name the paired differences are taken to (default: the first recipe)"
     )
+    deterministic: bool = Field(
+        False, description="use torch's deterministic algorithms (slower; still not equal across processors)"
+    )
     out: Path = Field(Path("runs/compare"), description="the comparison folder")
     overrides: list[str] = Field([], description="dotted recipe override for every recipe, e.g. trainer.max_epochs=1")
     finetune: FinetuneOptions = Field(

@@ -74,8 +74,10 @@ refuses a folder that holds a run; compare decides for its own folders.)
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -90,6 +92,7 @@ from geocl.evaluation import Evaluation, Subset, evaluation_for, get_evaluation
 from geocl.io import atomic_path, atomic_write_text
 from geocl.recipes import load_recipe, read_saved_recipe, recipe_to_dict
 from geocl.recipes.options import CompareOptions
+from geocl.report.environment import describe_environment, environment_line
 from geocl.report.paired import paired_markdown, paired_summary, plot_paired
 from geocl.report.table import RANDOM_INIT, plot_results, results_markdown
 
@@ -160,6 +163,8 @@ def run_compare(
     fractions = [float(fraction) for fraction in options.label_fractions]
     grid = [(subset, seed) for subset in chosen.subsets(fractions, options.subset_seeds) for seed in range(options.seeds)]
     baseline = _baseline(candidates, options)
+    if options.deterministic:
+        _use_deterministic_algorithms()
     # Imported here, not at module level: it pulls in Lightning (seconds), which a
     # partial install that only reads results may lack.
     if pretrain_fn is None:
@@ -197,7 +202,7 @@ def run_compare(
     # No pretraining: its old runs are as valid as ever.
     evaluate_all(RANDOM_INIT, "none", first, None, True)
 
-    return _write_results(rows, chosen, out, say, baseline)
+    return _write_results(rows, chosen, out, say, baseline, options.deterministic)
 
 
 # ------------------------------------------------------------------- checking
@@ -431,6 +436,15 @@ def _row(
     }
 
 
+def _use_deterministic_algorithms() -> None:
+    """torch's deterministic algorithms for every run of this process (slower; an op without
+    a deterministic version fails with a message naming it)."""
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
+    torch.use_deterministic_algorithms(True)
+
+
 def _baseline(candidates: list[_Candidate], options: Any) -> str:
     """The recipe the paired differences are taken to: ``options.baseline`` or the first recipe."""
     names = [candidate.name for candidate in candidates]
@@ -441,7 +455,8 @@ def _baseline(candidates: list[_Candidate], options: Any) -> str:
 
 
 def _write_results(
-    rows: list[dict[str, Any]], evaluation: Evaluation, out: Path, say: Callable[[str], None], baseline: str
+    rows: list[dict[str, Any]], evaluation: Evaluation, out: Path, say: Callable[[str], None], baseline: str,
+    deterministic: bool = False,
 ) -> pd.DataFrame:
     """results.csv, results.md and results.png of the finished rows; the table is echoed.
 
@@ -454,7 +469,12 @@ def _write_results(
     _write_csv(rows, out / "results.csv", columns)
     metric = evaluation.primary()
     paired = paired_summary(results, metric, baseline)
-    table = results_markdown(results, evaluation) + "\n" + paired_markdown(paired, evaluation.label(metric), baseline)
+    environment = describe_environment(deterministic=deterministic)
+    atomic_write_text(out / "environment.json", json.dumps(environment, indent=1))
+    table = (
+        results_markdown(results, evaluation) + "\n" + paired_markdown(paired, evaluation.label(metric), baseline)
+        + "\n" + environment_line(environment) + "\n"
+    )
     plot_paired(paired, out / "results_paired.png", evaluation.label(metric), baseline)
     atomic_write_text(out / "results.md", table)
     plot_results(results, out / "results.png", evaluation)

@@ -416,3 +416,23 @@ def test_an_unknown_baseline_is_refused_before_any_work(tmp_path: Path, recipes:
     with pytest.raises(GeoclError, match="'omega' is none of the compared recipes") as caught:
         _compare(CompareOptions(recipes=recipes, out=tmp_path / "cmp", baseline="omega"), fakes, echo=None)
     assert caught.value.key == "baseline" and not fakes.pretrained
+
+
+def test_results_name_their_machine_and_deterministic_mode(tmp_path: Path, recipes: list[Path]) -> None:
+    import torch
+
+    out = tmp_path / "cmp"
+    fakes = Fakes(out)
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        _compare(CompareOptions(recipes=recipes[:1], label_fractions=[0.2], seeds=1, out=out, deterministic=True),
+                 fakes, echo=None)
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before)
+    environment = json.loads((out / "environment.json").read_text())
+    assert environment["deterministic"] is True and environment["torch_threads"] >= 1
+    assert environment["cpu"] and environment["versions"]["torch"]
+    assert environment["versions"]["scipy"]
+    md = (out / "results.md").read_text()
+    assert f"Measured on {environment['cpu']}" in md and "deterministic algorithms" in md
