@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -248,7 +249,7 @@ def _as_typed(error: GeoclError, args: argparse.Namespace) -> str:
     if error.path is None and text.startswith(f"{error.key}: "):
         return flag + text[len(error.key) :]
     # a message led by its file names the option in its body (io.check_output_*)
-    return text.replace(f"given by {error.key})", f"given by {flag})").replace(f"another {error.key}", f"another {flag}")
+    return re.sub(rf"\b(given by|another) {re.escape(error.key)}\b", rf"\1 {flag}", text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -133,6 +133,14 @@ class SceneMask(SceneImage):
         self._class_transforms = transforms
 
     @property
+    def dtype(self) -> torch.dtype:
+        """Tensor dtype TorchGeo reads into: float64 for a float mask (exact for float32, NaN kept), else long.
+
+        Samples always carry ``mask`` as long.
+        """
+        return self._dtype
+
+    @property
     def mask_nodata(self) -> int | None:
         """The integer that marks pixels without a class (in samples and mask tiles), or None."""
         return self.mask_classes.nodata

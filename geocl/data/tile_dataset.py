@@ -84,7 +84,7 @@ class TileDataset(Dataset[Sample]):
         self.normalizer = BandNormalizer.from_metadata(self.metadata)
         self.bounds = torch.tensor(self.index.geometry.bounds.to_numpy(dtype=np.float64))
         self._has_nodata = self.index["nodata_fraction"].to_numpy() > 0
-        self._lookup = _class_lookup(self.classes, self.metadata["mask_nodata"])
+        self._lookup, self._lookup_low = _class_lookup(self.classes)
         self._cache_dir = self._ensure_cache(progress)
         self._images: np.ndarray | None = None
         self._masks: np.ndarray | None = None
@@ -110,7 +110,7 @@ class TileDataset(Dataset[Sample]):
         image = self.normalizer(raw, invalid)
         sample: Sample = {"image": torch.from_numpy(image), "bounds": self.bounds[row], "crs": self.crs, "index": row}
         if self.with_mask and masks is not None:
-            mask = self._lookup[masks[row]]
+            mask = _class_indices(masks[row], self._lookup, self._lookup_low)
             if invalid is not None:
                 mask[invalid] = IGNORE_INDEX
             sample["mask"] = torch.from_numpy(mask)
@@ -189,13 +189,24 @@ def _pack(
         del array
 
 
-def _class_lookup(classes: Sequence[int], mask_nodata: int | None) -> np.ndarray:
-    """Table mapping raw mask values to class indices, other values to IGNORE_INDEX."""
-    largest = max([*classes, mask_nodata or 0, 255])
-    lookup = np.full(largest + 1, IGNORE_INDEX, dtype=np.int64)
+def _class_lookup(classes: Sequence[int]) -> tuple[np.ndarray, int]:
+    """Table mapping raw mask values to class indices (other values: IGNORE_INDEX), and its lowest value.
+
+    The table spans the lowest to the highest class (at least 0..255), so negative
+    classes and a negative nodata (int16 masks) index it correctly.
+    """
+    low, high = min([*classes, 0]), max([*classes, 255])
+    lookup = np.full(high - low + 1, IGNORE_INDEX, dtype=np.int64)
     for position, value in enumerate(classes):
-        lookup[value] = position
-    return lookup
+        lookup[value - low] = position
+    return lookup, low
+
+
+def _class_indices(raw: np.ndarray, lookup: np.ndarray, low: int) -> np.ndarray:
+    """Class indices of raw mask values; values outside the table (nodata, unseen classes) -> IGNORE_INDEX."""
+    offsets = raw.astype(np.int64) - low
+    inside = (offsets >= 0) & (offsets < len(lookup))
+    return np.where(inside, lookup[np.clip(offsets, 0, len(lookup) - 1)], IGNORE_INDEX)
 
 
 def _crs_name(wkt: str) -> str:

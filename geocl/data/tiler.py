@@ -21,7 +21,11 @@ Layout of the output folder::
 
 Splits are drawn per spatial block (``split_block`` px square) so train, val and test
 tiles come from different places; a val or test tile that overlaps a train tile
-(possible when ``stride < size``) is dropped.
+(possible when ``stride < size``) is dropped. When a split ends up empty (a scene
+with too few blocks), the summary warns and names a split block that fills it.
+
+Mask tiles hold integer classes (see :class:`~geocl.data.scene.SceneMask`): a float
+mask is written in the smallest integer dtype that holds its classes and nodata.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import contextlib
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -277,26 +282,182 @@ def _write_tile(path: Path, array: np.ndarray, transform: Any, crs: CRS, nodata:
         dst.write(array)
 
 
-def _read_tile(path: Path) -> np.ndarray:
-    with rasterio.open(path) as src:
-        return src.read()
+@dataclass(frozen=True)
+class _TileSpec:
+    """What a tile file of this run holds besides its bounds: band count, dtype, side (px)."""
+
+    count: int
+    dtype: str
+    size: int
 
 
-def _load_options(out: Path, options: TilingOptions, sources: dict[str, list[str]]) -> None:
-    """Refuse to mix tiles of different options in one folder; record the options."""
+def _reusable(path: Path, spec: _TileSpec, bounds: Box, res: tuple[float, float]) -> np.ndarray | None:
+    """The pixels of an existing tile file if it is what this run would write there, else None.
+
+    None for a missing, truncated or unreadable file, and for one whose band count, dtype,
+    size or bounds (within a thousandth of a pixel) differ.
+    """
+    if not path.exists():
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # a cut header: rewritten
+            with rasterio.open(path) as src:
+                shape = (src.count, src.dtypes[0], src.width, src.height)
+                if shape != (spec.count, spec.dtype, spec.size, spec.size):
+                    return None
+                tolerance = min(res) * 1e-3
+                if not np.allclose(tuple(src.bounds), bounds, rtol=0, atol=tolerance):
+                    return None
+                return src.read()
+    except (rasterio.errors.RasterioError, OSError):
+        return None
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn a failed write (disk full, permissions changed) into a user error naming the file."""
+    try:
+        yield
+    except (OSError, rasterio.errors.RasterioError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise GeoclError(
+            f"cannot write ({reason}); free some space or fix the permissions, then rerun to resume",
+            path=path,
+        ) from None
+
+
+#: Option keys that differ from the :class:`TilingOptions` field (the name users give).
+_OPTION_KEYS = {"split_fractions": "split"}
+#: Input files recorded in ``tiles.json``, by option key.
+_SOURCE_KEYS = ("scene", "mask")
+
+
+def _holds_tiles(out: Path) -> bool:
+    if (out / INDEX_FILE).exists():
+        return True
+    return any(
+        not path.name.startswith(".") for sub in ("images", "masks") for path in (out / sub).glob("*.tif")
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise GeoclError(
+            f"cannot be read ({error}); use a new output folder or delete {path.parent}", path=path
+        ) from None
+    if not isinstance(data, dict):
+        raise GeoclError(f"is not what `geocl tile` writes; use a new output folder or delete {path.parent}", path=path)
+    return data
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, list | tuple):
+        return " ".join(str(item) for item in value)
+    return str(value)
+
+
+def _files_differ(was: list[str], now: list[str]) -> str:
+    if len(was) <= 1 and len(now) <= 1:
+        return f"was {was[0] if was else 'none'}, now {now[0] if now else 'none'}"
+    parts = []
+    if gone := [path for path in was if path not in now]:
+        parts.append(f"{len(gone)} file(s) no longer given, e.g. {gone[0]}")
+    if new := [path for path in now if path not in was]:
+        parts.append(f"{len(new)} new file(s), e.g. {new[0]}")
+    return "files differ: " + "; ".join(parts)
+
+
+def _difference(
+    earlier: dict[str, Any], options: TilingOptions, sources: dict[str, list[str]]
+) -> tuple[str, str] | None:
+    """(option key, what changed) of the first option or input that differs from ``earlier``, or None."""
+    was_options = earlier.get("options") if isinstance(earlier.get("options"), dict) else {}
+    for name, value in json.loads(json.dumps(asdict(options))).items():
+        if was_options.get(name) != value:
+            return _OPTION_KEYS.get(name, name), f"was {_shown(was_options.get(name))}, now {_shown(value)}"
+    was_sources = earlier.get("sources") if isinstance(earlier.get("sources"), dict) else {}
+    for key in _SOURCE_KEYS:
+        was, now = was_sources.get(key) or [], sources[key]
+        if was != now:
+            return key, _files_differ(was, now)
+    return None
+
+
+def _check_tile_folder(out: Path, options: TilingOptions, sources: dict[str, list[str]]) -> None:
+    """Refuse a folder whose tiles this run cannot trust, before any work.
+
+    Tiles are reused by name, so a folder may go on only with the options and inputs
+    that made its tiles: those ``tiles.json`` records. A folder holding tiles but no
+    ``tiles.json`` is refused (their options are unknown), and so is one whose
+    ``tiles.json`` differs, naming the first option or input that does. Without tiles
+    (a run that stopped before writing one) the new options replace the old.
+
+    Raises:
+        GeoclError: naming the folder, or the option that differs.
+    """
     metadata_file = out / METADATA_FILE
-    wanted = {"options": asdict(options), "sources": sources}
-    if metadata_file.exists():
-        earlier = json.loads(metadata_file.read_text())
-        earlier_options = {"options": earlier.get("options"), "sources": earlier.get("sources")}
-        if json.loads(json.dumps(wanted)) != earlier_options:
+    if not metadata_file.exists():
+        if _holds_tiles(out):
             raise GeoclError(
-                "folder holds tiles made from other inputs or options; use a new --out folder",
-                path=out,
+                f"holds tiles but no {METADATA_FILE}, so nothing says which options made them; "
+                "use a new output folder or delete this one",
+                path=out, key="out",
             )
         return
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(metadata_file, json.dumps({**wanted, "complete": False}, indent=1))
+    earlier = _read_json(metadata_file)
+    difference = _difference(earlier, options, sources)
+    if difference is not None and _holds_tiles(out):
+        key, change = difference
+        raise GeoclError(
+            f"{change} for the tiles already in {out}; use a new output folder or delete that one",
+            key=key,
+        )
+
+
+def _start_metadata(out: Path, options: TilingOptions, sources: dict[str, list[str]]) -> None:
+    """Record the options and inputs before the first tile, so a rerun can check them."""
+    metadata_file = out / METADATA_FILE
+    if metadata_file.exists() and _difference(_read_json(metadata_file), options, sources) is None:
+        return
+    with _writing(metadata_file):
+        atomic_write_text(
+            metadata_file, json.dumps({"options": asdict(options), "sources": sources, "complete": False}, indent=1)
+        )
+
+
+def _missing_split_warning(
+    cells: dict[Cell, Box], options: TilingOptions, summary: TilingSummary, skipped: set[Cell]
+) -> str | None:
+    """Say which splits got no tile and which split block would give every split tiles."""
+    wanted = [name for name, fraction in zip(SPLITS, options.split_fractions, strict=True) if fraction > 0]
+    missing = [name for name in wanted if summary.splits[name] == 0]
+    if not missing:
+        return None
+    what = " and no ".join(missing)
+    side = options.split_block
+    blocks = len({(row * options.stride // side, col * options.stride // side) for row, col in cells})
+    cover = (
+        f"{blocks} split blocks of {options.split_block} px cover the tiled area" if blocks != 1
+        else f"one split block of {options.split_block} px covers the tiled area"
+    )
+    # the largest block (a multiple of the stride, at most 32 tried) that gives every wanted split a tile
+    blocks_to_try = list(range(options.stride * ((options.split_block - 1) // options.stride), 0, -options.stride))
+    if len(blocks_to_try) > 32:
+        blocks_to_try = blocks_to_try[:: math.ceil(len(blocks_to_try) / 32)] + [options.stride]
+    for block in blocks_to_try:
+        tiles, _ = _split_cells(cells, replace(options, split_block=block))
+        counts = {name: 0 for name in SPLITS}
+        for tile in tiles:
+            if (tile.row, tile.col) not in skipped:
+                counts[tile.split] += 1
+        if all(counts[name] > 0 for name in wanted):
+            return f"no {what} tiles: {cover}; pass --split-block {block} to give every split tiles"
+    return f"no {what} tiles: {cover}, and no smaller --split-block helps; use a smaller --size or a larger scene"
 
 
 def tile_scene(
@@ -334,50 +495,61 @@ def _tile_scene(
     progress: bool,
 ) -> TilingSummary:
     options.validate()
-    out = Path(out)
+    out = check_output_folder(out, key="out")
     image_ds = SceneImage(scene, dtype=torch.float64, resampling=Resampling.nearest)
     mask_ds = SceneMask(mask, crs=image_ds.crs, res=image_ds.res) if mask is not None else None
     dataset = labelled_scene(image_ds, mask_ds) if mask_ds is not None else image_ds
-    roi = None
-    if options.roi is not None:
-        footprint = dataset.index.geometry.union_all()
-        roi = check_roi_overlaps(read_roi(options.roi, dataset.crs), footprint, options.roi)
-    stats = scene_band_stats(image_ds.infos, progress=progress)
-    tiles, dropped = plan_tiles(dataset, options, roi)
     sources = {
         "scene": [str(info.path.resolve()) for info in image_ds.infos],
         "mask": [str(info.path.resolve()) for info in mask_ds.infos] if mask_ds else [],
     }
-    _load_options(out, options, sources)
+    _check_tile_folder(out, options, sources)
+    roi = None
+    if options.roi is not None:
+        footprint = dataset.index.geometry.union_all()
+        roi = check_roi_overlaps(read_roi(options.roi, dataset.crs), footprint, options.roi)
+    cells = _grid_cells(dataset, options, roi)
+    tiles, dropped = _split_cells(cells, options)
+    _start_metadata(out, options, sources)
+    stats = scene_band_stats(image_ds.infos, progress=progress)
 
     summary = TilingSummary(out=out, index=out / INDEX_FILE, dropped_overlap=dropped)
     crs = _rio_crs(dataset)
-    res_x, res_y = dataset.res
+    res = dataset.res
     nodata = image_ds.nodata_value
     mask_nodata = mask_ds.mask_nodata if mask_ds else None
+    image_spec = _TileSpec(image_ds.band_count, image_ds.source_dtype, options.size)
+    mask_spec = _TileSpec(1, mask_ds.class_dtype, options.size) if mask_ds else None
     rows: list[dict[str, Any]] = []
     histograms: list[dict[int, int]] = []
+    skipped: set[Cell] = set()
     for tile in tqdm(tiles, desc="tiling", unit="tile", disable=not progress):
         image_path = out / "images" / tile.name
         mask_path = out / "masks" / tile.name
-        done = image_path.exists() and (mask_ds is None or mask_path.exists())
-        if done:
-            image = _read_tile(image_path)
-            label = _read_tile(mask_path)[0] if mask_ds is not None else None
-        else:
+        image = _reusable(image_path, image_spec, tile.bounds, res)
+        label = None
+        if image is not None and mask_spec is not None:
+            stored = _reusable(mask_path, mask_spec, tile.bounds, res)
+            label = None if stored is None else stored[0]
+        done = image is not None and (mask_spec is None or label is not None)
+        if not done:
+            summary.replaced += image_path.exists()
             image, label = _read_scene(dataset, tile, image_ds, mask_ds)
         valid = valid_pixels(image, nodata)
         nodata_fraction = 1.0 - float(valid.mean())
         if nodata_fraction > options.max_nodata:
             summary.skipped_nodata += 1
+            skipped.add((tile.row, tile.col))
             continue
         if done:
             summary.reused += 1
         else:
-            transform = from_origin(tile.bounds[0], tile.bounds[3], res_x, res_y)
+            transform = from_origin(tile.bounds[0], tile.bounds[3], *res)
             if label is not None:
-                _write_tile(mask_path, label[None], transform, crs, mask_nodata)
-            _write_tile(image_path, image, transform, crs, nodata)
+                with _writing(mask_path):
+                    _write_tile(mask_path, label[None], transform, crs, mask_nodata)
+            with _writing(image_path):
+                _write_tile(image_path, image, transform, crs, nodata)
             summary.written += 1
         summary.splits[tile.split] += 1
         rows.append(
@@ -401,8 +573,18 @@ def _tile_scene(
     for row, histogram in zip(rows, histograms, strict=True):
         for value in summary.classes:
             row[f"class_{value}"] = histogram.get(value, 0)
-    _write_index(summary.index, rows, dataset.crs)
-    _write_metadata(out, options, sources, image_ds, mask_nodata, stats, summary)
+    if summary.replaced:
+        summary.warnings.append(
+            f"{summary.replaced} tile(s) already there were unreadable or did not match this run "
+            "and were written again"
+        )
+    split_warning = _missing_split_warning(cells, options, summary, skipped)
+    if split_warning is not None:
+        summary.warnings.append(split_warning)
+    with _writing(summary.index):
+        _write_index(summary.index, rows, dataset.crs)
+    with _writing(out / METADATA_FILE):
+        _write_metadata(out, options, sources, image_ds, mask_nodata, stats, summary)
     return summary
 
 
@@ -417,7 +599,7 @@ def _read_scene(
     image = sample["image"].numpy().astype(image_ds.source_dtype)
     label = None
     if mask_ds is not None:
-        label = sample["mask"].numpy().astype(mask_ds.source_dtype)
+        label = sample["mask"].numpy().astype(mask_ds.class_dtype)
     return image, label
 
 

@@ -73,3 +73,80 @@ def test_unreadable_roi_file_is_named(tmp_path: Path, pair: tuple[Path, Path]) -
     with pytest.raises(GeoclError) as error:
         read_roi(broken, SceneImage(image).crs)
     assert str(broken) in str(error.value)
+
+
+def _grid_labels(dtype: str) -> np.ndarray:
+    return (np.arange(64 * 64).reshape(64, 64) % 3).astype(dtype)
+
+
+def test_a_float_mask_with_a_fraction_is_refused_naming_file_and_pixel(tmp_path: Path, write_raster: RasterWriter) -> None:
+    labels = _grid_labels("float32")
+    labels[5, 7] = 1.5
+    mask = write_raster(tmp_path / "mask.tif", labels)
+    with pytest.raises(GeoclError) as error:
+        SceneMask(mask)
+    assert str(error.value) == (
+        f"{mask}: a class mask needs integer class values, this one holds 1.5 (row 5, col 7); "
+        "classify or round it, or mark such pixels as nodata"
+    )
+
+
+@pytest.mark.parametrize("bad", [np.inf, 2.0**40])
+def test_a_float_mask_with_no_integer_class_is_refused(tmp_path: Path, write_raster: RasterWriter, bad: float) -> None:
+    labels = _grid_labels("float64")
+    labels[0, 0] = bad
+    with pytest.raises(GeoclError, match="needs integer class values"):
+        SceneMask(write_raster(tmp_path / "mask.tif", labels))
+
+
+def test_a_fraction_in_any_file_of_a_mask_folder_is_found(tmp_path: Path, write_raster: RasterWriter) -> None:
+    write_raster(tmp_path / "m" / "a.tif", _grid_labels("uint8"))
+    labels = _grid_labels("float32")
+    labels[-1, -1] = 0.25
+    second = write_raster(tmp_path / "m" / "b.tif", labels, origin=(500_640.0, 5_100_000.0))
+    with pytest.raises(GeoclError, match="holds 0.25 \\(row 63, col 63\\)") as error:
+        SceneMask(tmp_path / "m")
+    assert error.value.path == str(second)
+
+
+def test_nan_pixels_of_a_float_mask_read_as_nodata(tmp_path: Path, write_raster: RasterWriter) -> None:
+    labels = _grid_labels("float32")
+    labels[:4] = np.nan
+    mask = SceneMask(write_raster(tmp_path / "mask.tif", labels, nodata=float("nan")))
+    assert (mask.class_dtype, mask.mask_nodata) == ("uint8", 255)
+    left, top = 500_000.0, 5_100_000.0
+    sample = mask[left : left + 640, top - 640 : top]
+    assert sample["mask"].dtype == torch.long
+    expected = torch.from_numpy(np.where(np.isnan(labels), 255, labels).astype(np.int64))
+    assert torch.equal(sample["mask"], expected)
+
+
+@pytest.mark.parametrize(
+    ("values", "nodata", "expected"),
+    [
+        ((0, 300), -1.0, ("int16", -1)),  # a whole-number nodata is kept
+        ((-5, 3), float("nan"), ("int16", 32767)),  # negative classes: a signed dtype, nodata above them
+        ((0, 255), float("nan"), ("uint16", 65535)),  # 255 is a class: no room for nodata in uint8
+        ((0, 9), -3.4e38, ("uint8", 255)),  # a float nodata that is no class number is replaced
+        ((1, 4), None, ("uint8", None)),
+    ],
+)
+def test_float_mask_classes_are_stored_in_the_smallest_integer_dtype(
+    tmp_path: Path, write_raster: RasterWriter, values: tuple[int, int], nodata: float | None, expected: tuple
+) -> None:
+    labels = np.full((16, 16), values[0], np.float32)
+    labels[0, 0] = values[1]
+    if nodata is not None:
+        labels[-1, -1] = nodata
+    mask = SceneMask(write_raster(tmp_path / "mask.tif", labels, nodata=nodata))
+    assert (mask.class_dtype, mask.mask_nodata) == expected
+    sample = mask[500_000.0 : 500_160.0, 5_099_840.0 : 5_100_000.0]["mask"]
+    assert sample[0, 0] == values[1] and sample[1, 1] == values[0]
+    if nodata is not None:
+        assert sample[-1, -1] == expected[1]
+
+
+def test_an_integer_mask_is_read_as_it_is(pair: tuple[Path, Path]) -> None:
+    _, mask = pair
+    scene_mask = SceneMask(mask)
+    assert (scene_mask.class_dtype, scene_mask.mask_nodata, scene_mask.dtype) == ("uint8", None, torch.long)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import geopandas as gpd
@@ -192,9 +194,95 @@ def test_rerun_with_other_options_into_same_folder_is_refused(tmp_path: Path, sc
     out = tmp_path / "tiles"
     tile_scene(scene, out, options=TilingOptions(size=64, stride=64, max_nodata=1.0, split_block=128), progress=False)
     before = _hashes(out)
-    with pytest.raises(GeoclError, match="other inputs or options"):
+    with pytest.raises(GeoclError, match="was 64, now 32") as error:
         tile_scene(scene, out, options=TilingOptions(size=32, stride=32, max_nodata=1.0, split_block=128), progress=False)
+    assert error.value.key == "size" and str(out) in str(error.value)
     assert _hashes(out) == before
+
+
+def test_rerun_with_another_mask_names_the_mask(tmp_path: Path, scene: Path, mask: Path) -> None:
+    out = tmp_path / "tiles"
+    options = TilingOptions(size=64, stride=64, max_nodata=1.0, split_block=128)
+    tile_scene(scene, out, options=options, progress=False)
+    with pytest.raises(GeoclError, match=f"was none, now {mask.resolve()}") as error:
+        tile_scene(scene, out, mask=mask, options=options, progress=False)
+    assert error.value.key == "mask"
+
+
+def test_options_of_a_run_that_wrote_no_tile_may_change(tmp_path: Path, write_raster: RasterWriter) -> None:
+    """`raise --max-nodata`, as the error says, is not refused: no tile was written to mix up."""
+    data = coordinate_image(128, 128)
+    data[:, :, ::8] = 0  # every tile is 1/8 nodata
+    striped = write_raster(tmp_path / "striped.tif", data, nodata=0)
+    out = tmp_path / "tiles"
+    with pytest.raises(GeoclError, match="no tile has at most 10% nodata"):
+        tile_scene(striped, out, options=TilingOptions(size=64, stride=64, max_nodata=0.1, split_block=64), progress=False)
+    assert (out / "tiles.json").exists() and not list(out.rglob("*.tif"))
+    options = TilingOptions(size=64, stride=64, max_nodata=0.2, split_block=64)
+    summary = tile_scene(striped, out, options=options, progress=False)
+    assert summary.written == sum(summary.splits.values()) > 0
+
+
+def test_reused_tiles_are_checked_and_bad_ones_rewritten(tmp_path: Path, scene: Path, mask: Path) -> None:
+    options = TilingOptions(size=64, stride=64, max_nodata=0.5, split_block=128)
+    clean = tmp_path / "clean"
+    tile_scene(scene, clean, mask=mask, options=options, progress=False)
+    out = tmp_path / "out"
+    tile_scene(scene, out, mask=mask, options=options, progress=False)
+    tiles = sorted((out / "images").glob("*.tif"))
+    truncated, moved, wrong_mask, cut = tiles[0], tiles[1], out / "masks" / tiles[2].name, tiles[4]
+    truncated.write_bytes(truncated.read_bytes()[:-50])  # header intact, the last pixels cut: reading fails
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])  # the georeferencing cut off too
+    moved.write_bytes(tiles[3].read_bytes())  # readable, but another tile's footprint
+    with rasterio.open(wrong_mask) as src:  # readable, right place, wrong dtype
+        profile, data = src.profile, src.read()
+    profile.update(dtype="float32")
+    with rasterio.open(wrong_mask, "w", **profile) as dst:
+        dst.write(data.astype("float32"))
+    summary = tile_scene(scene, out, mask=mask, options=options, progress=False)
+    assert (summary.replaced, summary.written) == (4, 4)
+    assert summary.reused == sum(summary.splits.values()) - 4
+    assert "4 tile(s) already there" in summary.describe()
+    assert _hashes(out) == _hashes(clean)
+
+
+def test_a_small_scene_warns_which_split_block_gives_every_split_tiles(
+    tmp_path: Path, write_raster: RasterWriter
+) -> None:
+    small = write_raster(tmp_path / "small.tif", coordinate_image(128, 192), nodata=0)
+    options = TilingOptions(size=32, stride=32, max_nodata=1.0, split_block=128)  # 4 x size, the CLI default
+    summary = tile_scene(small, tmp_path / "a", options=options, progress=False)
+    assert summary.splits["val"] == summary.splits["test"] == 0
+    (warning,) = summary.warnings
+    assert warning.startswith("no val and no test tiles: 2 split blocks of 128 px cover the tiled area")
+    assert "--split-block 96" in warning and "warning: no val" in summary.describe()
+    better = tile_scene(small, tmp_path / "b", options=replace(options, split_block=96), progress=False)
+    assert min(better.splits.values()) > 0 and not better.warnings
+
+
+def test_a_failed_write_names_the_file_and_the_rerun_resumes(
+    tmp_path: Path, scene: Path, mask: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options = TilingOptions(size=64, stride=64, max_nodata=0.5, split_block=128)
+    clean = tmp_path / "clean"
+    tile_scene(scene, clean, mask=mask, options=options, progress=False)
+    out = tmp_path / "out"
+    real_write = tiler._write_tile
+    calls = {"n": 0}
+
+    def disk_fills(*args: object, **kwargs: object) -> None:
+        calls["n"] += 1
+        if calls["n"] > 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(*args, **kwargs)
+
+    monkeypatch.setattr(tiler, "_write_tile", disk_fills)
+    with pytest.raises(GeoclError, match="cannot write \\(No space left on device\\)") as error:
+        tile_scene(scene, out, mask=mask, options=options, progress=False)
+    assert error.value.path is not None and error.value.path.startswith(str(out / "masks"))
+    monkeypatch.setattr(tiler, "_write_tile", real_write)
+    tile_scene(scene, out, mask=mask, options=options, progress=False)
+    assert _hashes(out) == _hashes(clean)
 
 
 def test_tiles_from_files_in_two_crs_are_reprojected(tmp_path: Path, write_raster: RasterWriter) -> None:
