@@ -208,7 +208,7 @@ FT = ["finetune", "--tiles", "t", "--out", "o"]
     ("argv", "expected"),
     [
         ([*FT, "--label-fraction", "0"], "--label-fraction: invalid value 0: must be in (0, 1]"),
-        ([*FT, "--arch", "unt"], "--arch: invalid value unt; did you mean 'unet'? (choices: unet, deeplabv3plus, dpt)"),
+        ([*FT, "--arch", "unt"], "--arch: invalid value unt; did you mean 'unet'? (choices: unet, deeplabv3plus, dpt, linear)"),
         ([*FT, "--epochs", "many"], "--epochs: invalid value many: expected an integer"),
         (
             ["predict", "a.ckpt", "s.tif", "--out", "p.tif", "--overlap", "300"],
@@ -248,7 +248,7 @@ def test_help_is_user_facing_text() -> None:
     assert "--verbose" in text
     finetune = _help("finetune")
     assert "--epochs EPOCHS" in finetune and "(default: 15)" in finetune and "--encoder-name" in finetune
-    assert "{unet,deeplabv3plus,dpt}" in finetune and "(default: 0.05)" in finetune
+    assert "{unet,deeplabv3plus,dpt,linear}" in finetune and "(default: 0.05)" in finetune
     compare = _help("compare")
     assert "--label-fractions" in compare and "(default: 0.01 0.05 0.2)" in compare and "--override KEY=VALUE" in compare
     assert "(default: runs/compare)" in compare and "--probe-epochs" in compare and "--temperature" in compare

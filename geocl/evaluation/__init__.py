@@ -24,7 +24,7 @@ from geocl.evaluation.protocol import (
     get_evaluation,
     register_evaluation,
 )
-from geocl.evaluation.segmentation import SegmentationFinetune
+from geocl.evaluation.segmentation import FrozenLinearProbe, SegmentationFinetune
 
 #: Names imported on first use -> their module.
 _LAZY = {
@@ -53,6 +53,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "ALL_LABELS",
     "Evaluation",
+    "FrozenLinearProbe",
     "KnnProbe",
     "Measurement",
     "SegmentationFinetune",

@@ -68,3 +68,27 @@ class SegmentationFinetune(Evaluation):
             **({} if subset.subset_seed is None else {"subset_seed": subset.subset_seed}),
         )
         return Measurement({"miou": float(result.miou)}, checkpoint=str(result.checkpoint))
+
+
+@register_evaluation
+class FrozenLinearProbe(SegmentationFinetune):
+    """The frozen protocol: a dense linear probe on the frozen encoder; mIoU on the test tiles.
+
+    Same label subsets, seeds and training budget as :class:`SegmentationFinetune`, but
+    only a 1x1 classifier on the encoder's upsampled multi-level features trains
+    (:class:`~geocl.finetune.linear_probe.DenseLinearProbe`): every encoder weight and
+    BatchNorm statistic stays as pretrained. Registered after the finetune protocol, so
+    that stays the default for tile sets; ``geocl compare --protocol frozen`` picks this.
+    """
+
+    name: ClassVar[str] = "frozen"
+    caption: ClassVar[str] = "mIoU on the test tiles of a dense linear probe on the frozen encoder,"
+    title: ClassVar[str] = "Frozen-encoder mIoU"
+    axis_label: ClassVar[str] = "test mIoU (linear probe)"
+    folder: ClassVar[str] = "frozen"
+    doing: ClassVar[str] = "probing"
+
+    def __init__(self, options: Any = None, *, finetune_fn: Callable[..., Any] | None = None) -> None:
+        super().__init__(options, finetune_fn=finetune_fn)
+        # the probe is the architecture: a decoder choice does not apply
+        self.options = {**self.options, "arch": "linear", "freeze_encoder": True}

@@ -121,7 +121,9 @@ def build_segmenter(
     """An smp model with a timm encoder, randomly initialised (no download).
 
     Args:
-        arch: ``unet`` or ``deeplabv3plus`` for CNN encoders; a ViT encoder always gets
+        arch: ``unet`` or ``deeplabv3plus`` for CNN encoders, or ``linear`` for the frozen
+            dense linear probe (:class:`~geocl.finetune.linear_probe.DenseLinearProbe`,
+            CNN encoders); a ViT encoder always gets
             :class:`ViTSegmenter` (``dpt``; the CNN names are accepted for it, so the
             default ``unet`` works with any checkpoint).
         encoder: timm (or smp ``tu-``) encoder name.
@@ -132,9 +134,18 @@ def build_segmenter(
             checkpoint.
     """
     if is_vision_transformer(encoder):
+        if arch == "linear":
+            raise GeoclError(
+                f"the dense linear probe reads the stages of CNN encoders; {encoder!r} is a ViT: use the finetune protocol",
+                key="arch",
+            )
         if arch not in VIT_ARCHITECTURES:
             raise GeoclError(f"unknown architecture {arch!r}; choose from {', '.join(VIT_ARCHITECTURES)}", key="arch")
         return ViTSegmenter(encoder, in_chans, num_classes, encoder_args)
+    if arch == "linear":
+        from geocl.finetune.linear_probe import DenseLinearProbe
+
+        return DenseLinearProbe(encoder, in_chans, num_classes, encoder_args)
     if arch not in ARCHITECTURES:
         hint = " (dpt is for ViT encoders)" if arch == "dpt" else ""
         raise GeoclError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}{hint}", key="arch")

@@ -116,8 +116,8 @@ class TileOptions(OptionsModel):
 class FinetuneOptions(OptionsModel):
     """How a segmentation model is finetuned (what ``geocl compare`` passes to every row)."""
 
-    arch: Literal["unet", "deeplabv3plus", "dpt"] = Field(
-        "unet", description="segmentation decoder (a ViT encoder always gets dpt)"
+    arch: Literal["unet", "deeplabv3plus", "dpt", "linear"] = Field(
+        "unet", description="segmentation decoder (a ViT encoder always gets dpt); linear: the frozen dense linear probe"
     )
     max_epochs: Integer = Field(15, ge=1, description="finetuning epochs (each of a fixed number of steps)")
     steps_per_epoch: Integer = Field(
@@ -244,6 +244,11 @@ class CompareOptions(OptionsModel):
     )
     baseline: str | None = Field(
         None, description="recipe name the paired differences are taken to (default: the first recipe)"
+    )
+    protocol: Literal["finetune", "frozen"] = Field(
+        "finetune",
+        description="tile sets: finetune a segmenter, or train a dense linear probe on the frozen encoder "
+        "(cheap and far less noisy: it measures the representation itself)",
     )
     deterministic: bool = Field(
         False, description="use torch's deterministic algorithms (slower; still not equal across processors)"

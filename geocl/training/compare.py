@@ -249,6 +249,8 @@ def _check_unique(candidates: list[_Candidate]) -> None:
 
 def _choose(candidates: list[_Candidate], options: CompareOptions, evaluation: Evaluation | str | None) -> Evaluation:
     """The evaluation of every recipe, configured by the options (refusing recipes that need different ones)."""
+    if evaluation is None and options.protocol != "finetune":
+        evaluation = options.protocol  # the frozen protocol of tile sets, by its registry name
     if evaluation is None:
         kinds = [evaluation_for(str(candidate.recipe.data.format)) for candidate in candidates]
         for candidate, kind in zip(candidates, kinds, strict=True):

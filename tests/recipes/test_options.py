@@ -57,7 +57,7 @@ def _message(model: type[BaseModel], **values: Any) -> tuple[str | None, str]:
         (CompareOptions, {"seeds": True}, "seeds", "invalid value true: expected an integer"),
         (FinetuneCommand, {"lr": True}, "lr", "expected a number"),
         # choice
-        (FinetuneCommand, {"arch": "unt"}, "arch", "did you mean 'unet'? (choices: unet, deeplabv3plus, dpt)"),
+        (FinetuneCommand, {"arch": "unt"}, "arch", "did you mean 'unet'? (choices: unet, deeplabv3plus, dpt, linear)"),
         (EvaluateCommand, {"format": "imagefolder"}, "format", "did you mean 'image_folder'?"),
         # bool
         (FinetuneCommand, {"freeze_encoder": "maybe"}, "freeze_encoder", "expected true or false"),

@@ -21,7 +21,7 @@ import yaml
 from pydantic import ValidationError
 
 from geocl.errors import GeoclError
-from geocl.evaluation import KnnProbe, SegmentationFinetune
+from geocl.evaluation import FrozenLinearProbe, KnnProbe, SegmentationFinetune
 from geocl.recipes import register_method_config, save_recipe
 from geocl.recipes.errors import validation_error
 from geocl.recipes.options import FinetuneCommand
@@ -436,3 +436,18 @@ def test_results_name_their_machine_and_deterministic_mode(tmp_path: Path, recip
     assert environment["versions"]["scipy"]
     md = (out / "results.md").read_text()
     assert f"Measured on {environment['cpu']}" in md and "deterministic algorithms" in md
+
+
+def test_frozen_protocol_probes_with_the_linear_head_on_the_same_grid(tmp_path: Path, recipes: list[Path]) -> None:
+    out = tmp_path / "cmp"
+    fakes = Fakes(out)
+    options = CompareOptions(recipes=recipes[:1], label_fractions=[0.2], seeds=2, out=out, protocol="frozen")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FrozenLinearProbe, "from_options", classmethod(
+            lambda cls, o: cls(o.finetune, finetune_fn=fakes.finetune)
+        ))
+        results = run_compare(options, pretrain_fn=fakes.pretrain, echo=None)
+    assert set(results["evaluation"]) == {"frozen"} and len(fakes.finetuned) == 4
+    assert all(call["arch"] == "linear" and call["freeze_encoder"] for call in fakes.finetuned)
+    assert (out / "frozen" / "alpha-f0.2-s1" / "metrics.json").exists()
+    assert "dense linear probe on the frozen encoder" in (out / "results.md").read_text()

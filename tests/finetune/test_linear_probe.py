@@ -1,0 +1,52 @@
+"""The frozen protocol's dense linear probe: only the 1x1 classifier trains; the encoder stays as pretrained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from geocl.errors import GeoclError
+from geocl.finetune.linear_probe import DenseLinearProbe
+from geocl.finetune.model import build_segmenter
+from geocl.finetune.train import SegmentationModule
+
+
+def test_probe_is_linear_on_upsampled_multilevel_features() -> None:
+    probe = build_segmenter("linear", "test_resnet", 4, 5)
+    assert isinstance(probe, DenseLinearProbe)
+    images = torch.randn(2, 4, 32, 32)
+    logits = probe.eval()(images)
+    assert logits.shape == (2, 5, 32, 32)
+    # the head is a 1x1 convolution of the standardised features: recompute it by hand
+    features = probe.features(images)
+    assert features.shape[1] == sum(probe.encoder.out_channels[1:])
+    norm = probe.norm
+    standardised = (features - norm.running_mean[None, :, None, None]) / torch.sqrt(norm.running_var + norm.eps)[None, :, None, None]
+    expected = torch.einsum("bdhw,kd->bkhw", standardised, probe.classifier.weight[:, :, 0, 0])
+    expected = expected + probe.classifier.bias[None, :, None, None]
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(GeoclError, match="CNN encoders") as caught:
+        build_segmenter("linear", "vit_tiny_patch16_224", 4, 5)
+    assert caught.value.key == "arch"
+
+
+def test_training_leaves_every_encoder_weight_and_statistic_unchanged(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = SegmentationModule("linear", "test_resnet", 4, 3, crop=32, freeze_encoder=True)
+    encoder_before = {key: value.clone() for key, value in module.model.encoder.state_dict().items()}
+    classifier_before = module.model.classifier.weight.detach().clone()
+    batches = [{"image": torch.randn(4, 4, 32, 32), "mask": torch.randint(0, 3, (4, 32, 32))} for _ in range(3)]
+    trainer = lightning.Trainer(
+        max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
+    )
+    trainer.fit(module, DataLoader(batches, batch_size=None))
+    for key, value in module.model.encoder.state_dict().items():
+        assert torch.equal(value, encoder_before[key]), key  # weights and BatchNorm running statistics
+    assert not torch.equal(module.model.classifier.weight, classifier_before)
+    trainable = {name for name, p in module.named_parameters() if p.requires_grad}
+    assert trainable == {"model.classifier.weight", "model.classifier.bias"}
