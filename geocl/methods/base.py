@@ -196,7 +196,9 @@ class PretrainMethod(lightning.LightningModule):
                 kept = writer.last_complete
             else:
                 callback = trainer.checkpoint_callback
-                named = [getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", ""), trainer.ckpt_path]
+                named = [
+                    getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", ""), trainer.ckpt_path
+                ]
                 kept = next((path for path in named if path and os.path.isfile(path)), None)
             where = f"the last good checkpoint is {kept}" if kept else "no checkpoint was written yet"
             raise GeoclError(

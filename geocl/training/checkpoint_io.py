@@ -38,27 +38,32 @@ LAST_NAME = "last.ckpt"
 #: The per-epoch checkpoints of a run (``build_trainer``'s ``filename="epoch{epoch:03d}"``).
 EPOCH_PATTERN = re.compile(r"epoch(\d+)\.ckpt")
 #: Errors of the storage, not of geocl: the user can fix them (space, permissions).
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))  # EDQUOT: a quota full (not on Windows)
 NO_ACCESS = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
-def storage_error(exc: OSError, written: str | os.PathLike[str], last_complete: Path | None) -> GeoclError | None:
+def storage_error(
+    exc: OSError, written: str | os.PathLike[str] | None, last_complete: Path | None, folder: Path | None = None
+) -> GeoclError | None:
     """The one-line error for a failed write, or None for an error that is not the storage's.
 
     Args:
         exc: what the write raised.
-        written: the file being written (the final name, not a temporary one).
+        written: the file being written (the final name, not a temporary one), None when unknown.
         last_complete: the newest complete checkpoint of the run, None when none was written yet.
+        folder: where the run writes (named when ``written`` is unknown).
     """
+    target = f"{written}" if written is not None else f"into {folder}"
+    where = Path(written).parent if written is not None else folder
     if exc.errno in NO_SPACE:
-        what, fix = "no space left writing", "free space"
+        what, fix = f"no space left writing {target}", "free space"
     elif exc.errno in NO_ACCESS:
-        what, fix = "permission denied writing", f"make {Path(written).parent} writable"
+        what, fix = f"permission denied writing {target}", f"make {where} writable"
     else:
         return None
     kept = f"the last complete checkpoint is {last_complete}" if last_complete else "no checkpoint was written yet"
     rerun = "rerun with --resume" if last_complete else "rerun"
-    return GeoclError(f"{what} {written}; {kept}; {fix} and {rerun}")
+    return GeoclError(f"{what}; {kept}; {fix} and {rerun}")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -86,12 +91,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         final = Path(path)
         # serialised in memory first, as Lightning does: torch's own file writer reports
-        # a full disk as a RuntimeError without the errno, a Python write as OSError(ENOSPC)
+        # a full disk as a RuntimeError without the errno, a Python write as OSError(ENOSPC).
+        # bytes, not a view of the buffer: a view kept alive by the error's traceback
+        # would pin (and, collected with it, can crash) the BytesIO
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
+        data = buffer.getvalue()
+        del buffer
         try:
             with atomic_path(final) as temp, open(temp, "wb") as file:
-                file.write(buffer.getbuffer())
+                file.write(data)
                 file.flush()
                 os.fsync(file.fileno())  # the rename must not land before the bytes
         except OSError as exc:
@@ -124,7 +133,9 @@ def read_progress(path: Path) -> dict[str, Any] | None:
 
 def epoch_checkpoints(folder: Path) -> list[Path]:
     """The ``epochNNN.ckpt`` files of a checkpoint folder, newest epoch first."""
-    found = [(int(match[1]), path) for path in folder.glob("epoch*.ckpt") if (match := EPOCH_PATTERN.fullmatch(path.name))]
+    found = [
+        (int(match[1]), path) for path in folder.glob("epoch*.ckpt") if (match := EPOCH_PATTERN.fullmatch(path.name))
+    ]
     return [path for _, path in sorted(found, reverse=True)]
 
 

@@ -290,12 +290,15 @@ def _differing_keys(before: Any, now: Any, prefix: str = "") -> list[str]:
 
 def _pretrained(recipe: Any, pretrain_fn: Callable[..., Any]) -> tuple[Path, bool]:
     """(encoder checkpoint, whether a finished run was reused) for one recipe."""
+    from geocl.training.pretrain import holds_checkpoints  # Lightning: only when a recipe runs
+
     out = Path(recipe.out)
     last = out / "checkpoints" / "last.ckpt"
     saved = out / "config.yaml"
     before = read_saved_recipe(saved) if saved.exists() else None
     now = recipe_to_dict(recipe)
-    started = (out / "metrics.json").exists() or last.exists()
+    interrupted = holds_checkpoints(out)  # last.ckpt, or epoch checkpoints a crash left alone
+    started = (out / "metrics.json").exists() or interrupted
     if started and before != now:
         # Said here because run_pretrain's own refusal would point at --resume, which
         # compare does not have.
@@ -312,7 +315,7 @@ def _pretrained(recipe: Any, pretrain_fn: Callable[..., Any]) -> tuple[Path, boo
         if not last.exists():
             raise GeoclError("finished pretraining run has no checkpoints/last.ckpt", path=out)
         return last, True
-    result = pretrain_fn(recipe, resume=True) if last.exists() else pretrain_fn(recipe)
+    result = pretrain_fn(recipe, resume=True) if interrupted else pretrain_fn(recipe)
     return Path(result.checkpoint), False
 
 

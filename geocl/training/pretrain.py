@@ -36,6 +36,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import math
+import os
 import signal
 import threading
 import time
@@ -162,10 +164,16 @@ def _resume_checkpoint(out: Path) -> _Resume:
     return _Resume(chosen, progress["epoch"], progress["global_step"], progress["in_chans"])
 
 
+def holds_checkpoints(out: str | os.PathLike[str]) -> bool:
+    """Whether ``out`` holds checkpoints of a run (``last.ckpt`` or an ``epochNNN.ckpt``): a
+    new run there is refused, ``resume=True`` continues it."""
+    folder = Path(out) / "checkpoints"
+    return (folder / LAST_NAME).exists() or bool(epoch_checkpoints(folder))
+
+
 def _check_run_folder(recipe: Recipe, out: Path, resume: bool) -> _Resume | None:
     """Refuse to mix runs in one folder; return the checkpoint to resume from."""
     saved = out / "config.yaml"
-    folder = out / "checkpoints"
     if resume:
         found = _resume_checkpoint(out)
         if saved.exists():
@@ -182,7 +190,7 @@ def _check_run_folder(recipe: Recipe, out: Path, resume: bool) -> _Resume | None
                     path=saved,
                 )
         return found
-    if (folder / LAST_NAME).exists() or epoch_checkpoints(folder):
+    if holds_checkpoints(out):
         raise GeoclError("folder holds an earlier run; pass --resume to continue it or choose another out", path=out)
     return None
 
@@ -211,7 +219,7 @@ def _storage_failure(exc: OSError, out: Path, writer: AtomicCheckpointIO) -> Geo
         if isinstance(cause, GeoclError):
             return cause
         cause = cause.__context__
-    return storage_error(exc, exc.filename or out, writer.last_complete)
+    return storage_error(exc, exc.filename, writer.last_complete, folder=out)
 
 
 def _loggers(out: Path) -> list[Any]:
@@ -300,6 +308,8 @@ def run_pretrain(recipe: Recipe, *, resume: bool = False) -> PretrainResult:
         KeyboardInterrupt: on Ctrl-C (the last complete checkpoint stays).
     """
     start = time.perf_counter()
+    if resume and not Path(recipe.out).is_dir():
+        raise GeoclError("nothing to resume: no such folder (given by out)", path=recipe.out, key="out")
     out = check_output_folder(recipe.out, key="out")
     found = _check_run_folder(recipe, out, resume)
     remove_stale_temporaries(out / "checkpoints")
@@ -348,6 +358,14 @@ def _fit(
     return trainer, model
 
 
+def _read_metrics(path: Path) -> dict[str, Any] | None:
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return metrics if isinstance(metrics, dict) else None
+
+
 def _finish(
     recipe: Recipe, out: Path, found: _Resume | None, trainer: lightning.Trainer, model: lightning.LightningModule,
     start: float,
@@ -362,17 +380,24 @@ def _finish(
         is_global_zero=trainer.is_global_zero,
         resumed_from=found.checkpoint if found else None,
     )
+    if found is not None and loss is None and trainer.global_step == found.global_step:
+        # resuming a finished run trains nothing: its metrics.json stays the record
+        previous = _read_metrics(out / "metrics.json")
+        if previous is not None and previous.get("global_step") == trainer.global_step:
+            loss_before = previous.get("final_loss")
+            result.final_loss = float(loss_before) if isinstance(loss_before, (int, float)) else result.final_loss
+            return result
     if trainer.is_global_zero:
         metrics: dict[str, Any] = {
             "method": recipe.method.name,
             "global_step": result.global_step,
             "epochs": trainer.current_epoch,
-            "final_loss": result.final_loss,
+            "final_loss": result.final_loss if math.isfinite(result.final_loss) else None,  # strict JSON
             "seconds": round(result.seconds, 1),
             "checkpoint": str(result.checkpoint),
             "device": str(model.device),
         }
-        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1, allow_nan=False))
     return result
 
 
