@@ -220,10 +220,21 @@ class PretrainMethod(lightning.LightningModule):
         if self.scheduler_config.name == "none":
             return optimizer
         total = self.trainer.estimated_stepping_batches
-        steps_per_epoch = max(1, math.ceil(total / max(1, self.trainer.max_epochs or 1)))
-        warmup = int(self.scheduler_config.warmup_epochs * steps_per_epoch)
+        warmup = int(self.scheduler_config.warmup_epochs * self._steps_per_epoch(int(total)))
         scheduler = CosineWarmupScheduler(optimizer, warmup_epochs=warmup, max_epochs=int(total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _steps_per_epoch(self, total: int) -> int:
+        """Optimizer steps of one epoch, for warm-ups counted in epochs."""
+        epochs = self.trainer.max_epochs or -1
+        if epochs > 0:
+            return max(1, math.ceil(total / epochs))
+        # a step budget (max_epochs -1): Lightning has not sized the epoch yet, the data does
+        data = getattr(self.trainer, "datamodule", None)
+        if data is not None and hasattr(data, "dataset"):
+            per_device = len(data.dataset) // max(1, self.trainer.world_size)
+            return max(1, per_device // data.batch_size)
+        return total
 
     # ------------------------------------------------------------- checkpoint
 

@@ -245,6 +245,11 @@ class CompareOptions(OptionsModel):
     baseline: str | None = Field(
         None, description="recipe name the paired differences are taken to (default: the first recipe)"
     )
+    pretrain_steps: Integer | None = Field(
+        None, ge=1,
+        description="pretrain every recipe for this many optimizer steps (overrides their epochs); "
+        "default: each recipe's own trainer settings",
+    )
     protocol: Literal["finetune", "frozen"] = Field(
         "finetune",
         description="tile sets: finetune a segmenter, or train a dense linear probe on the frozen encoder "

@@ -40,6 +40,8 @@ Pairs: every recipe (and random-init) runs the same grid of label subsets and
 training seeds. By default a run draws its subset with its training seed; with
 ``subset_seeds`` N the subsets are drawn with subset seeds 0..N-1 apart from the
 training seeds 0..M-1, so N x M runs per fraction pair up across recipes.
+    pretraining.csv  each recipe's pretraining as spent: steps, samples seen, seconds, final
+                  loss (``pretrain_steps`` gives every recipe the same step budget)
     pretrain/     one pretraining run folder per recipe
     finetune/     (or evaluate/) one run folder per row
 
@@ -202,6 +204,7 @@ def run_compare(
     # No pretraining: its old runs are as valid as ever.
     evaluate_all(RANDOM_INIT, "none", first, None, True)
 
+    _write_pretraining(candidates, out)
     return _write_results(rows, chosen, out, say, baseline, options.deterministic)
 
 
@@ -213,13 +216,17 @@ def _load(path: Path, options: CompareOptions) -> _Candidate:
     path = Path(path)
     # Last, so it wins over an ``out=`` among the user's overrides: compare owns the layout.
     overrides = [*options.overrides, f"out={Path(options.out) / 'pretrain' / path.stem}"]
+    if options.pretrain_steps is not None:
+        # one budget for every recipe: the same optimizer steps, whatever their epoch lengths
+        overrides += [f"trainer.max_steps={options.pretrain_steps}", "trainer.max_epochs=-1"]
     try:
         recipe = load_recipe(path, overrides)
     except GeoclError as exc:
         # Loading needs the recipe's method registered. The built-in ones register on
         # importing geocl.methods, which pulls in Lightning (seconds); import it only
-        # when a recipe names a method nobody registered yet, then try again.
-        if exc.key != "method.name" or "geocl.methods" in sys.modules:
+        # when the recipe's method section is refused (its method not registered yet),
+        # then try again.
+        if not (exc.key or "").startswith("method") or "geocl.methods" in sys.modules:
             raise
         import geocl.methods  # noqa: F401
 
@@ -448,6 +455,23 @@ def _use_deterministic_algorithms() -> None:
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
     torch.use_deterministic_algorithms(True)
+
+
+def _write_pretraining(candidates: list[_Candidate], out: Path) -> None:
+    """``pretraining.csv``: each recipe's budget as spent (steps, samples seen, wall time, final loss)."""
+    rows = []
+    for candidate in candidates:
+        metrics_file = Path(candidate.recipe.out) / "metrics.json"
+        try:
+            metrics = json.loads(metrics_file.read_text())
+        except (OSError, ValueError):
+            metrics = {}
+        rows.append({
+            "recipe": candidate.name, "method": str(candidate.recipe.method.name),
+            **{key: metrics.get(key) for key in ("global_step", "samples_seen", "seconds", "final_loss")},
+        })
+    with atomic_path(out / "pretraining.csv") as temp:
+        pd.DataFrame(rows).to_csv(temp, index=False)
 
 
 def _baseline(candidates: list[_Candidate], options: Any) -> str:

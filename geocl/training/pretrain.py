@@ -391,6 +391,9 @@ def _finish(
         metrics: dict[str, Any] = {
             "method": recipe.method.name,
             "global_step": result.global_step,
+            # images whose views trained the encoder (steps x batch x devices): the budget
+            # to compare methods at, whatever their epoch lengths
+            "samples_seen": result.global_step * recipe.data.batch_size * trainer.world_size,
             "epochs": trainer.current_epoch,
             "final_loss": result.final_loss if math.isfinite(result.final_loss) else None,  # strict JSON
             "seconds": round(result.seconds, 1),

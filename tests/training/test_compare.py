@@ -451,3 +451,29 @@ def test_frozen_protocol_probes_with_the_linear_head_on_the_same_grid(tmp_path: 
     assert all(call["arch"] == "linear" and call["freeze_encoder"] for call in fakes.finetuned)
     assert (out / "frozen" / "alpha-f0.2-s1" / "metrics.json").exists()
     assert "dense linear probe on the frozen encoder" in (out / "results.md").read_text()
+
+
+def test_a_step_budget_gives_every_recipe_the_same_optimizer_steps(tmp_path: Path) -> None:
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    recipes = [_recipe(folder, "a", "alpha"), _recipe(folder, "g", "gamma")]
+    out = tmp_path / "cmp"
+    fakes = Fakes(out, failing="none")
+    budgets: list[tuple[int, int]] = []
+    pretrain = fakes.pretrain
+
+    def recording(recipe: Any, resume: bool = False) -> SimpleNamespace:
+        budgets.append((recipe.trainer.max_steps, recipe.trainer.max_epochs))
+        done = pretrain(recipe, resume)
+        (Path(recipe.out) / "metrics.json").write_text(json.dumps({
+            "global_step": recipe.trainer.max_steps, "samples_seen": recipe.trainer.max_steps * 8, "seconds": 1.5,
+            "final_loss": 1.0,
+        }))
+        return done
+
+    fakes.pretrain = recording
+    _compare(CompareOptions(recipes=recipes, label_fractions=[0.2], seeds=1, out=out, pretrain_steps=7), fakes, echo=None)
+    assert budgets == [(7, -1), (7, -1)]
+    spent = pd.read_csv(out / "pretraining.csv")
+    assert spent["recipe"].tolist() == ["alpha", "gamma"] and spent["global_step"].tolist() == [7, 7]
+    assert spent["samples_seen"].tolist() == [56, 56]

@@ -167,3 +167,11 @@ def test_same_recipe_runs_on_two_cpu_processes_with_ddp(tmp_path: Path, tiny_til
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["global_step"] == 2 * (-(-train // 2) // 8)  # 2 epochs; each process takes half the tiles
     assert len(list((tmp_path / "run" / "maps" / "final").glob("*.tif"))) == 2
+
+
+def test_a_step_budget_stops_at_that_many_steps_and_counts_samples(tmp_path: Path, tiny_tiles: Path) -> None:
+    path = write_recipe(tmp_path, tiny_tiles, {"name": "simclr"}, trainer={"max_epochs": -1, "max_steps": 5})
+    result = run_pretrain(load_recipe(path))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert result.global_step == metrics["global_step"] == 5
+    assert metrics["samples_seen"] == 5 * 8  # steps x batch size (write_recipe: batch 8) x one device
