@@ -15,7 +15,7 @@ FIND_PYTHON := for p in $(PYTHON_CANDIDATES); do \
 	  if "$$p" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; then \
 	    echo "$$p"; break; fi; done
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean browser
 
 $(VENV)/bin/python:
 	@py="$$($(FIND_PYTHON))"; \
@@ -35,7 +35,18 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/geocl demo --out $(DEMO_OUT)
 
-test: $(STAMP)
+# The retrieval search page's browser test drives Debian's Chromium: installed here when
+# missing (as root, with apt-get); otherwise that one test skips and says how to install it.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the search page's browser test"; \
+	    { apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; }; } || \
+	      echo "could not install chromium: the browser test will skip"; \
+	  else echo "chromium not found: the browser test will skip (install it: apt-get install chromium)"; fi; }
+
+test: $(STAMP) browser
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
 
 clean:

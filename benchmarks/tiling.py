@@ -1,22 +1,30 @@
-"""Tile-loading throughput and tiling memory, measured in one run.
+"""Tiling memory, tile-loading throughput and many-scene throughput, measured in one run.
 
-Prints samples/s of three ways to feed 256 px tiles of the embedded scene through the
-same DataLoader (batch 16, same worker count):
+1. Memory: the peak RSS of `geocl tile` (map included) on a scene of >= 1 GiB
+   uncompressed (target < 1 GiB) and on the embedded scene a ninth its size; their ratio
+   is the growth (target <= 1.1: memory must not grow with the scene).
+   tests/data/test_tiling_memory.py guards the growth at test sizes.
+2. Loading: samples/s of three ways to feed 256 px tiles of the embedded scene through
+   the same DataLoader (batch 16, same worker count):
 
-  (a) geocl's TileDataset over a tile set made by `geocl tile`, images only as in
-      pretraining, the same work as (b) and (c) (a+mask: with the long masks too),
-  (b) plain TorchGeo: RasterDataset over the scene + RandomGeoSampler,
-  (c) raw rasterio windowed reads of the scene (one open handle per worker),
+     (a) geocl's TileDataset over a tile set made by `geocl tile`, images only as in
+         pretraining, the same work as (b) and (c) (a+mask: with the long masks too),
+     (b) plain TorchGeo: RasterDataset over the scene + RandomGeoSampler,
+     (c) raw rasterio windowed reads of the scene (one open handle per worker),
 
-as ratios a/b (target >= 2) and a/c (target >= 0.7); then the peak RSS of
-`geocl tile` on a scene of >= 1 GiB uncompressed (target < 1 GiB).
+   as ratios a/b (target >= 2) and a/c (target >= 0.7).
+3. Many scenes: `geocl tile` (and with --predict `geocl predict`) of --scenes scenes,
+   one after the other in one process against one Dask task a scene on a local cluster
+   of --cluster-workers processes (cluster start included; outputs checked identical).
 
     .venv/bin/python benchmarks/tiling.py [--work DIR] [--samples 2048] [--skip-rss]
+        [--skip-loading] [--skip-many] [--scenes 4] [--scene-size 2048] [--predict]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -32,7 +40,8 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from torchgeo.datasets import RasterDataset, stack_samples
 from torchgeo.samplers import RandomGeoSampler
 
-from geocl.data.synthetic import make_scene
+from geocl.console import configure_output
+from geocl.data.synthetic import SceneFiles, make_scene
 from geocl.data.tile_dataset import TileDataset
 from geocl.data.tiler import TilingOptions, tile_scene
 
@@ -149,6 +158,63 @@ def peak_rss_of(geocl_args: list[str]) -> int:
     return int(result.stderr.strip().splitlines()[-1])
 
 
+def _files(folder: Path, suffix: str) -> dict[str, str]:
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob(f"*{suffix}")) if path.is_file()
+    }
+
+
+def many_scenes(work: Path, count: int, size: int, cluster_workers: int, predict: bool) -> None:
+    """Throughput of `count` scenes: serial in this process against a local Dask cluster."""
+    from geocl.distributed import predict_scenes, tile_scenes
+
+    folder = work / f"many_{size}"
+    images, masks = [], []
+    for seed in range(count):  # one scene a seed, each its own name
+        files = make_scene(folder / f"made{seed}", size=size, seed=seed)
+        image = folder / f"scene{seed}.tif"
+        if not image.exists():
+            shutil.copy(files.image, image)
+        images.append(image)
+        masks.append(files.mask)
+    options = TilingOptions(size=TILE, stride=TILE, max_nodata=0.2, split_block=TILE)  # every split even at 512 px
+    megapixels = count * size * size / 1e6
+    print(f"many scenes: {count} scenes of {size} x {size} px ({megapixels:.0f} Mpx)")
+
+    def compare(what: str, run: object, suffix: str) -> Path:
+        seconds = {}
+        for label, workers in (("serial", 0), (f"{cluster_workers} workers", cluster_workers)):
+            out = folder / f"{what}_{workers}"
+            shutil.rmtree(out, ignore_errors=True)  # measure full runs, not reruns
+            start = time.perf_counter()
+            result = run(out, workers)  # type: ignore[operator]
+            seconds[label] = time.perf_counter() - start
+            assert not result.failed, result.failure_message()
+        same = _files(folder / f"{what}_0", suffix) == _files(folder / f"{what}_{cluster_workers}", suffix)
+        (serial, cluster) = seconds.values()
+        print(
+            f"  {what:8s} serial {serial:6.1f} s ({count / serial * 60:5.1f} scenes/min, {megapixels / serial:5.2f} Mpx/s)"
+            f"   local cluster of {cluster_workers}: {cluster:6.1f} s ({count / cluster * 60:5.1f} scenes/min, "
+            f"{megapixels / cluster:5.2f} Mpx/s)   speed-up {serial / cluster:.2f}x   identical {suffix} files: {same}"
+        )
+        return folder / f"{what}_0"
+
+    tiles = compare(
+        "tile", lambda out, workers: tile_scenes(images, out, masks=masks, options=options, workers=workers,
+                                                 progress=False), ".tif",
+    )
+    if predict:
+        from geocl.finetune.train import run_finetune
+
+        short = {"max_epochs": 1, "steps_per_epoch": 2, "val_every": 1, "batch_size": 4, "progress": False}
+        checkpoint = run_finetune(tiles=tiles / "scene0", out=folder / "finetune", label_fraction=0.2, **short).checkpoint
+        compare(
+            "predict", lambda out, workers: predict_scenes(checkpoint, images, out, workers=workers, progress=False),
+            ".tif",
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("benchmarks/_work"), help="scratch folder (kept for reruns)")
@@ -156,7 +222,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for all three")
     parser.add_argument("--repeat", type=int, default=3, help="copies per side of the embedded scene for the RSS scene")
     parser.add_argument("--skip-rss", action="store_true", help="skip the large-scene memory measurement")
+    parser.add_argument("--skip-loading", action="store_true", help="skip the DataLoader throughput")
+    parser.add_argument("--skip-many", action="store_true", help="skip the many-scene throughput")
+    parser.add_argument("--scenes", type=int, default=4, help="scenes of the many-scene throughput")
+    parser.add_argument("--scene-size", type=int, default=2048, help="side in px of each of those scenes")
+    parser.add_argument("--cluster-workers", type=int, default=2, help="workers of the local Dask cluster")
+    parser.add_argument("--predict", action="store_true", help="also time prediction of the scenes (finetunes first)")
     args = parser.parse_args()
+    configure_output(verbose=False)  # as the CLI: no Lightning banners between the figures
 
     scene = make_scene(args.work / "scene", size=4096, seed=0)
     if not args.skip_rss:
@@ -172,8 +245,16 @@ def main() -> None:
         print(f"peak RSS of geocl tile on it: {peak / 2**20:.0f} MiB (target < 1024 MiB) = "
               f"{peak / uncompressed:.2f} x scene size")
         print(f"peak RSS on the embedded scene ({uncompressed / args.repeat**2 / 2**20:.0f} MiB): "
-              f"{small_peak / 2**20:.0f} MiB; growth large/small = {peak / small_peak:.2f}")
+              f"{small_peak / 2**20:.0f} MiB; growth large/small = {peak / small_peak:.2f} (target <= 1.1)")
 
+    if not args.skip_loading:
+        loading(scene, args)
+    if not args.skip_many:
+        many_scenes(args.work, args.scenes, args.scene_size, args.cluster_workers, args.predict)
+
+
+def loading(scene: SceneFiles, args: argparse.Namespace) -> None:
+    """Section 2: DataLoader throughput of (a), (b) and (c)."""
     tiles = args.work / "tiles"
     tile_scene(scene.image, tiles, mask=scene.mask, options=TilingOptions(size=TILE, stride=TILE, max_nodata=0.2), progress=False)
     speeds = loader_speeds(scene.image, tiles, args.samples, args.workers)

@@ -21,6 +21,8 @@ from geocl.console import configure_output
 from geocl.errors import GeoclError
 from geocl.recipes.cli_args import FLAGS_ATTRIBUTE, add_model_arguments, options_from_args
 from geocl.recipes.options import CompareOptions, EvaluateCommand, FinetuneCommand, PredictOptions, TileOptions
+from geocl.recipes.options import PredictCommand
+from geocl.recipes.options import IndexOptions, SearchOptions, ServeOptions
 
 #: What ``geocl --help`` says first.
 DESCRIPTION = (
@@ -42,7 +44,14 @@ COMPARE_FLAGS = {
     "evaluate.temperature": "--temperature",
     "evaluate.probe_epochs": "--probe-epochs",
 }
-COMPARE_ARGUMENTS = {"overrides": {"action": "append", "metavar": "KEY=VALUE"}}
+INDEX_FLAGS = {"checkpoint": "CHECKPOINT", "tiles": "TILES"}
+SEARCH_FLAGS = {"index": "INDEX", "query": "QUERY", "k": "-k"}
+SERVE_FLAGS = {"index": "INDEX", "k": "-k"}
+COMPARE_FLAGS["retrieval.overrides"] = "--retrieval-override"
+COMPARE_ARGUMENTS = {
+    "overrides": {"action": "append", "metavar": "KEY=VALUE"},
+    "retrieval.overrides": {"action": "append", "metavar": "KEY=VALUE"},
+}
 
 
 def _make_scene(args: argparse.Namespace) -> None:
@@ -57,14 +66,40 @@ def _tile(args: argparse.Namespace) -> None:
     from geocl.data.tiler import TilingOptions, tile_scene
     from geocl.report.maps import plot_tile_index
 
-    tiling = TilingOptions(
-        size=options.size, stride=options.stride, max_nodata=options.max_nodata, split_block=options.split_block,
-        split_fractions=options.split, seed=options.seed, roi=None if options.roi is None else str(options.roi),
-    )
-    summary = tile_scene(options.scene, options.out, mask=options.mask, options=tiling, progress=not options.quiet)
+    if options.dataset is not None:
+        from geocl.data.benchmarks import export_benchmark
+
+        summary = export_benchmark(
+            options.dataset, options.root, options.out, size=options.size, stride=options.stride,
+            val_fraction=options.val_fraction, seed=options.seed, progress=not options.quiet,
+        )
+    else:
+        tiling = TilingOptions(
+            size=options.size, stride=options.stride, max_nodata=options.max_nodata, split_block=options.split_block,
+            split_fractions=options.split, seed=options.seed, roi=None if options.roi is None else str(options.roi),
+            mask_nodata=options.mask_nodata,
+        )
+        if len(options.scene) > 1:  # one Dask task a scene, each into OUT/<scene name>/
+            _tile_many(options, tiling, verbose=getattr(args, "verbose", False))
+            return
+        mask = options.mask[0] if options.mask else None
+        summary = tile_scene(options.scene[0], options.out, mask=mask, options=tiling, progress=not options.quiet)
     plot = plot_tile_index(options.out, options.out / "tiles.png")
     print(summary.describe())
     print(f"  map: {plot}")
+
+
+def _tile_many(options: TileOptions, tiling: object, *, verbose: bool) -> None:
+    from geocl.distributed import tile_scenes
+
+    result = tile_scenes(
+        options.scene, options.out, masks=options.mask, options=tiling, workers=options.workers,
+        scheduler=options.scheduler, progress=not options.quiet, verbose=verbose,
+    )
+    print(result.describe())
+    failures = result.failure_message()
+    if failures is not None:  # the others are done; the command must not look like a success
+        raise GeoclError(failures)
 
 
 def _pretrain(args: argparse.Namespace) -> None:
@@ -96,15 +131,62 @@ def _finetune(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    options: PredictOptions = options_from_args(PredictOptions, args)
+    options: PredictCommand = options_from_args(PredictCommand, args)
+    if len(options.scene) == 1 and str(options.scene[0]).lower().endswith((".nii", ".nii.gz")):
+        # the volume predictor takes one path (not validated again: it is one of the validated list)
+        _predict_volume(options.model_copy(update={"scene": options.scene[0]}))
+        return
+    if options.many_scenes:
+        _predict_many(options, verbose=getattr(args, "verbose", False))
+        return
     from geocl.finetune.inference import predict_with_checkpoint
 
-    result = predict_with_checkpoint(
-        options.checkpoint, options.scene, options.out, polygons=options.polygons, window=options.window,
-        overlap=options.overlap,
+    result = predict_with_checkpoint(**options.model_dump(exclude={"workers", "scheduler"}))
+    print(result.describe())
+
+
+def _predict_many(options: PredictCommand, *, verbose: bool) -> None:
+    from geocl.distributed import predict_scenes
+    from geocl.recipes.options import PredictSettings
+
+    settings = PredictSettings.model_validate(options.model_dump(include=set(PredictSettings.model_fields)))
+    result = predict_scenes(
+        options.checkpoint, options.scene, options.out, options=settings, workers=options.workers,
+        scheduler=options.scheduler, progress=True, verbose=verbose,
     )
-    polygons = f"\n  polygons: {result.polygons}" if result.polygons else ""
-    print(f"prediction: {result.path}\n  preview: {result.png}{polygons}")
+    print(result.describe())
+    failures = result.failure_message()
+    if failures is not None:  # the others are done; the command must not look like a success
+        raise GeoclError(failures)
+
+
+def _predict_volume(options: PredictOptions) -> None:
+    """``geocl predict CHECKPOINT VOLUME.nii.gz --out LABELS.nii.gz``: a NIfTI label map with the volume's affine."""
+    if options.polygons is not None:
+        raise GeoclError("polygons are written for GeoTIFF scenes, not NIfTI volumes", key="polygons")
+    from geocl.finetune.medical import label_beside, predict_volume
+
+    window = options.window if "window" in options.model_fields_set else None  # default: the training slice side
+    label = label_beside(options.scene)
+    overlap = options.overlap if "overlap" in options.model_fields_set else None  # default: a quarter window
+    result = predict_volume(options.checkpoint, options.scene, options.out, label=label, window=window, overlap=overlap)
+    scores = ""
+    if result.metrics is not None:
+        scores = (f"\n  against {label}: Dice {result.metrics['dice']:.4f}, 95HD {result.metrics['hd95']:.2f} mm, "
+                  f"ASD {result.metrics['asd']:.2f} mm\n  metrics: {result.csv}")
+    print(f"prediction: {result.path}\n  preview: {result.png}{scores}")
+
+
+def _make_volumes(args: argparse.Namespace) -> None:
+    from geocl.data.medical.synthetic import make_volumes
+
+    files = make_volumes(
+        args.dir, cases=args.cases, min_size=args.size[0], max_size=args.size[1], seed=args.seed,
+        overwrite=args.overwrite,
+    )
+    state = "found (same parameters)" if files.reused else "written"
+    print(f"{len(files.images)} volumes {state}: {files.root / 'images'}\nlabel maps: {files.root / 'labels'}\n"
+          f"  preview: {files.preview}")
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -143,6 +225,44 @@ def _make_natural(args: argparse.Namespace) -> None:
     print(f"CIFAR-style batches: {cifar}\nimage folder:        {images}")
 
 
+def _index(args: argparse.Namespace) -> None:
+    options: IndexOptions = options_from_args(IndexOptions, args)
+    from geocl.retrieval.index import build_index
+
+    summary = build_index(
+        options.checkpoint, options.tiles, options.out, split=options.split, batch_size=options.batch_size,
+        thumbnail_px=options.thumbnail_px, overwrite=options.overwrite,
+    )
+    print(
+        f"indexed {summary.count} tiles ({summary.dim}-d embeddings) in {summary.seconds:.0f} s\n"
+        f"  index: {summary.out}\n  search: geocl search {summary.out} \"QUERY\"   page: geocl serve {summary.out}"
+    )
+
+
+def _search(args: argparse.Namespace) -> None:
+    options: SearchOptions = options_from_args(SearchOptions, args)
+    from geocl.io import check_output_file
+    from geocl.retrieval.search import SearchIndex, format_hits, write_contact_sheet, write_hits_geopackage
+
+    for key in ("gpkg", "png"):  # before the search: a bad output path is answered at once
+        if getattr(options, key) is not None:
+            check_output_file(getattr(options, key), key=key)
+    index = SearchIndex(options.index)
+    hits = index.search(options.query, options.k)
+    print(format_hits(hits))
+    if options.gpkg is not None:
+        print(f"  footprints: {write_hits_geopackage(index, hits, options.gpkg, options.query)}")
+    if options.png is not None:
+        print(f"  contact sheet: {write_contact_sheet(index, hits, options.png, options.query)}")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    options: ServeOptions = options_from_args(ServeOptions, args)
+    from geocl.retrieval.server import serve
+
+    serve(options.index, host=options.host, port=options.port, k=options.k)
+
+
 def _demo(args: argparse.Namespace) -> None:
     from geocl.demo import run_demo
 
@@ -176,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     tile = command(
         "tile", "cut a scene into GeoTIFF tiles with a GeoPackage index",
         "Tiles are assigned to train, val and test by square blocks, so the splits lie apart; "
-        "rerun the same command to resume.",
+        "rerun the same command to resume. --dataset NAME --root DIR tiles a TorchGeo benchmark "
+        "(ISPRS Potsdam, Vaihingen, LoveDA) already on disk instead, in its official splits.",
     )
     add_model_arguments(tile, TileOptions, positional=("scene",), flags={"scene": "SCENE"}, arguments=TILE_ARGUMENTS)
     tile.set_defaults(run=_tile)
@@ -198,8 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(finetune, FinetuneCommand, flags=FINETUNE_FLAGS)
     finetune.set_defaults(run=_finetune)
 
-    predict = command("predict", "predict a whole scene with a finetuned checkpoint")
-    add_model_arguments(predict, PredictOptions, positional=("checkpoint", "scene"), flags=PREDICT_FLAGS)
+    predict = command(
+        "predict", "predict a whole scene with a finetuned checkpoint",
+        "A NIfTI volume (.nii, .nii.gz) gives a NIfTI label map with the volume's affine, a PNG of slices and, "
+        "when its label map lies in the labels/ folder beside its images/ folder, its metrics as CSV.",
+    )
+    add_model_arguments(predict, PredictCommand, positional=("checkpoint", "scene"), flags=PREDICT_FLAGS)
     predict.set_defaults(run=_predict)
 
     compare = command(
@@ -232,9 +357,48 @@ def build_parser() -> argparse.ArgumentParser:
     natural.add_argument("--seed", type=int, default=0, help="seed of the images (default: 0)")
     natural.set_defaults(run=_make_natural)
 
+    volumes = command(
+        "make-volumes", "write the embedded synthetic medical volumes (NIfTI images and label maps)",
+        "Seeded MRI-like volumes with a smooth organ of varying shape, size and position, intensity "
+        "inhomogeneity, noise and anisotropic spacing; point recipes with data.format nifti at DIR.",
+    )
+    volumes.add_argument("dir", type=Path, help="output folder (images/, labels/, preview.png)")
+    volumes.add_argument("--cases", type=int, default=20, help="number of cases (default: 20)")
+    volumes.add_argument(
+        "--size", type=int, nargs=2, default=(64, 96), metavar=("MIN", "MAX"),
+        help="range of the volume sides in voxels (default: 64 96)",
+    )
+    volumes.add_argument("--seed", type=int, default=0, help="seed of the volumes (default: 0)")
+    volumes.add_argument("--overwrite", action="store_true", help="rewrite the folder even if it holds volumes")
+    volumes.set_defaults(run=_make_volumes)
+
+    index = command(
+        "index", "embed every tile of a tile set for text search",
+        "CHECKPOINT is a checkpoint of the retrieval method (geocl pretrain recipes/retrieval.yaml); every tile "
+        "is embedded once, with its footprint, path, caption and thumbnail.",
+    )
+    add_model_arguments(index, IndexOptions, positional=("checkpoint", "tiles"), flags=INDEX_FLAGS)
+    index.set_defaults(run=_index)
+
+    search = command(
+        "search", "the tiles of an index that best match a text query",
+        "Prints the top k tiles (score, path, caption); --gpkg writes their footprints and scores, --png a "
+        "contact sheet.",
+    )
+    add_model_arguments(search, SearchOptions, positional=("index", "query"), flags=SEARCH_FLAGS)
+    search.set_defaults(run=_search)
+
+    serve = command(
+        "serve", "a local search page over an index",
+        "A text box, the top-k thumbnails with scores and captions, and the scene overview with the hits' "
+        "footprints; listens on 127.0.0.1 unless --host says otherwise. Ctrl-C stops it.",
+    )
+    add_model_arguments(serve, ServeOptions, positional=("index",), flags=SERVE_FLAGS)
+    serve.set_defaults(run=_serve)
+
     demo = command("demo", "run the main job on the embedded scene")
     demo.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
-    demo.add_argument("--size", type=int, default=4096, help="scene side in px (default: 4096)")
+    demo.add_argument("--size", type=int, default=2048, help="scene side in px (default: 2048)")
     demo.set_defaults(run=_demo)
     return parser
 

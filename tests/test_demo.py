@@ -13,7 +13,9 @@ TINY_FINETUNE = {"max_epochs": 1, "steps_per_epoch": 2, "val_every": 1, "batch_s
 
 
 def test_demo_runs_scene_tiles_pretraining_finetuning_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    summary = run_demo(tmp_path / "demo", size=1024, overrides=TINY_PRETRAIN, finetune=TINY_FINETUNE)
+    summary = run_demo(
+        tmp_path / "demo", size=1024, overrides=TINY_PRETRAIN, finetune=TINY_FINETUNE, subsets=2, pretrain_steps=2
+    )
     printed = capsys.readouterr().out
     assert all(count > 0 for count in summary["splits"].values())
     assert 0.0 < summary["baseline_miou"] < 0.9
@@ -22,4 +24,8 @@ def test_demo_runs_scene_tiles_pretraining_finetuning_and_table(tmp_path: Path, 
     assert results["miou"].between(0, 1).all()
     for plot in summary["plots"]:
         assert Path(plot).read_bytes()[:4] == b"\x89PNG" and plot in printed
-    assert (tmp_path / "demo" / "compare" / "results.md").exists()
+    table = (tmp_path / "demo" / "compare" / "results.md").read_text()
+    # the evidence: intervals and paired differences over the label subsets
+    assert "Δ vs simclr [95 % CI]" in table and "test split of" in table
+    assert set(results["evaluation"]) == {"frozen"} and results.groupby("recipe").size().tolist() == [2, 2, 2]
+    assert "Δ vs simclr" in printed

@@ -25,8 +25,9 @@ from rasterio.windows import Window
 from geocl.errors import GeoclError
 
 #: GDAL block cache (MiB) while geocl streams a scene. GDAL's default, 5 % of RAM, lets
-#: a pass over a large compressed scene grow the process by that much.
-GDAL_CACHE_MB = 128
+#: a pass over a large compressed scene grow the process by that much. Small on purpose:
+#: geocl reads whole blocks in order (tiles, strips), so a larger cache only costs memory.
+GDAL_CACHE_MB = 16
 
 #: File name patterns taken as rasters when a folder is given.
 RASTER_SUFFIXES = (".tif", ".tiff", ".TIF", ".TIFF")
@@ -82,19 +83,28 @@ def bounded_memory() -> rasterio.Env:
         ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
     except (OSError, AttributeError):  # not glibc: nothing to tune
         pass
-    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
+    # in bytes: rasterio hands GDAL_CACHEMAX to GDALSetCacheMax64 as it is, without
+    # GDAL's "small numbers are MB" rule (a bare 128 is a 128-byte cache)
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20)
 
 
 def read_decimated(
     path: str | os.PathLike[str], indexes: int | Sequence[int], shape: tuple[int, int]
 ) -> tuple[Any, Any, float | None]:
-    """Read a whole raster decimated to ``shape`` (nearest neighbour), for previews.
+    """Read a whole raster decimated to ``shape`` (nearest neighbour), for previews, in bounded memory.
 
-    Deliberately outside :func:`bounded_memory`: with ``GDAL_CACHEMAX`` set through
-    ``rasterio.Env`` (any size, 128 MB to 1 GB), GDAL's decimated whole-raster read
-    of the 4096 px demo scene took about 50 s against 0.3-0.6 s with the default
-    cache (measured with rasterio 1.5.2). The output is small and GDAL's default
-    cache is itself bounded (5 % of RAM).
+    Output pixel ``(i, j)`` holds source pixel ``(floor((i + 0.5) H / h), floor((j + 0.5) W / w))``,
+    GDAL's nearest-neighbour rule. When the file has overviews, the coarsest one still
+    at least ``shape`` is read instead of the full resolution (the same rule on its grid).
+
+    The source is read in full-width strips of whole block rows (at most
+    :data:`PREVIEW_STRIP_BYTES`, strips holding no wanted row are not read) inside
+    :func:`bounded_memory`, and each strip is decimated with numpy. Memory therefore
+    does not grow with the raster, and every block is decompressed once: GDAL's own
+    decimated read of a whole raster needs a block cache the size of the raster to be
+    fast (without one it decompresses a block row again for each output row: about 50 s
+    for the 4096 px demo scene), and with GDAL's default cache (5 % of RAM) it made a
+    preview of a 1 GiB scene cost 1 GiB.
 
     Args:
         path: the raster.
@@ -104,9 +114,50 @@ def read_decimated(
     Returns:
         The array, the raster's bounds and its nodata value.
     """
-    with rasterio.open(path) as src:
-        out_shape = shape if isinstance(indexes, int) else (len(indexes), *shape)
-        return src.read(indexes, out_shape=out_shape), src.bounds, src.nodata
+    bands = [indexes] if isinstance(indexes, int) else list(indexes)
+    with bounded_memory():
+        with rasterio.open(path) as src:
+            bounds, nodata = src.bounds, src.nodata
+            level = _overview_level(src, bands[0], shape)
+        opened = rasterio.open(path) if level is None else rasterio.open(path, overview_level=level)
+        with opened as src:
+            data = _decimate_in_strips(src, bands, shape)
+    return (data[0] if isinstance(indexes, int) else data), bounds, nodata
+
+
+#: Bytes of source pixels read at once by :func:`read_decimated` (one strip, all bands read).
+PREVIEW_STRIP_BYTES = 32 * 2**20
+
+
+def _overview_level(src: Any, band: int, shape: tuple[int, int]) -> int | None:
+    """Index of the coarsest overview of ``src`` at least ``shape`` in both sides, or None."""
+    height, width = shape
+    level = None
+    for position, factor in enumerate(src.overviews(band)):
+        if math.ceil(src.height / factor) >= height and math.ceil(src.width / factor) >= width:
+            level = position
+    return level
+
+
+def _nearest(source: int, target: int) -> np.ndarray:
+    """Source indices that GDAL's nearest-neighbour decimation picks for ``target`` outputs."""
+    return np.minimum(((np.arange(target) + 0.5) * (source / target)).astype(np.int64), source - 1)
+
+
+def _decimate_in_strips(src: Any, bands: list[int], shape: tuple[int, int]) -> np.ndarray:
+    rows, cols = _nearest(src.height, shape[0]), _nearest(src.width, shape[1])
+    block_rows = src.block_shapes[0][0] if src.block_shapes else 1
+    row_bytes = src.width * len(bands) * np.dtype(src.dtypes[0]).itemsize
+    strip = max(block_rows, PREVIEW_STRIP_BYTES // max(row_bytes, 1) // block_rows * block_rows)
+    out = np.empty((len(bands), *shape), dtype=src.dtypes[0])
+    for top in range(0, src.height, strip):
+        wanted = np.flatnonzero((rows >= top) & (rows < top + strip))
+        if wanted.size == 0:
+            continue
+        first, last = int(rows[wanted[0]]), int(rows[wanted[-1]])
+        data = src.read(bands, window=Window(0, first, src.width, last - first + 1))
+        out[:, wanted] = data[:, rows[wanted] - first][:, :, cols]
+    return out
 
 
 def geotiff_profile(
@@ -290,7 +341,7 @@ class MaskClasses:
     source_nodata: float | None
 
 
-def mask_classes(infos: Sequence[RasterInfo]) -> MaskClasses:
+def mask_classes(infos: Sequence[RasterInfo], unlabelled: int | None = None) -> MaskClasses:
     """Check that a class mask holds integer classes; say how to store them.
 
     Integer masks need no pixel pass. Float masks are read once in row strips (memory
@@ -299,14 +350,20 @@ def mask_classes(infos: Sequence[RasterInfo]) -> MaskClasses:
     (or NaN pixels, or a nodata that is no whole number) is replaced by an integer
     outside the classes (255 for classes within 0..254).
 
+    ``unlabelled`` is a class value that means "no class" although the file does not
+    say so (no nodata tag, 0 is common): it becomes the nodata (the file's own nodata,
+    if any, still means no class too and reads as ``unlabelled``).
+
     Args:
         infos: the mask's files (one band each).
+        unlabelled: the value that marks unlabelled pixels, or None (the file's nodata).
 
     Returns:
         The :class:`MaskClasses` of the mask.
 
     Raises:
-        GeoclError: naming the file and pixel of the first non-integer class value.
+        GeoclError: naming the file and pixel of the first non-integer class value, or
+            naming ``mask_nodata`` when ``unlabelled`` does not fit an integer mask's dtype.
     """
     first = infos[0]
     source_nodata = first.nodata
@@ -314,13 +371,22 @@ def mask_classes(infos: Sequence[RasterInfo]) -> MaskClasses:
     # an integer mosaic is read as the first file's integers: only float files can hide fractions
     scans = [_scan_classes(info) for info in infos if from_float or _is_float(info.dtype)]
     if not from_float:
-        return MaskClasses(first.dtype, _whole(source_nodata), False, source_nodata)
+        if unlabelled is None:
+            return MaskClasses(first.dtype, _whole(source_nodata), False, source_nodata)
+        limits = np.iinfo(first.dtype)
+        if not limits.min <= unlabelled <= limits.max:
+            raise GeoclError(
+                f"the unlabelled value {unlabelled} (given by mask_nodata) is outside the values "
+                f"of the mask's {first.dtype} ({limits.min}..{limits.max})",
+                path=first.path, key="mask_nodata",
+            )
+        return MaskClasses(first.dtype, unlabelled, False, source_nodata)
     found = [(low, high) for low, high, _ in scans if low is not None and high is not None]
     has_nan = any(nan for _, _, nan in scans)
     seen = bool(found)
     low = min((pair[0] for pair in found), default=0)
     high = max((pair[1] for pair in found), default=0)
-    nodata = _whole(source_nodata)
+    nodata = _whole(source_nodata) if unlabelled is None else unlabelled
     need_nodata = nodata is None and (has_nan or source_nodata is not None)
     if nodata is not None:
         low, high = (min(low, nodata), max(high, nodata)) if seen else (nodata, nodata)

@@ -100,15 +100,23 @@ class SceneMask(SceneImage):
     mask is accepted when its valid pixels are whole numbers; NaN pixels and the
     file's nodata then read as :attr:`mask_nodata`, an integer outside the classes.
 
+    ``nodata`` names a value that means "unlabelled" in a mask whose file does not say
+    so (no nodata tag; 0 is common): it becomes :attr:`mask_nodata`, so those pixels
+    are left out of the classes, the loss and the metrics instead of becoming a class.
+    The file's own nodata, if it sets one, still means unlabelled and reads as
+    ``nodata`` too, and so do parts of the image the mask does not cover.
+
     Args:
         path: a one-band GeoTIFF or a folder of them.
         crs: CRS to reproject to (default: the first file's).
         res: pixel size in CRS units (default: the first file's).
         transforms: TorchGeo-style sample transform (sees the integer ``mask``).
+        nodata: the value of unlabelled pixels, or None (the file's nodata).
 
     Raises:
-        GeoclError: as :class:`SceneImage`, if a mask has more than one band, and if a
-            pixel holds a value that is no integer class (naming the file and pixel).
+        GeoclError: as :class:`SceneImage`, if a mask has more than one band, if a
+            pixel holds a value that is no integer class (naming the file and pixel),
+            and if ``nodata`` does not fit an integer mask's dtype.
     """
 
     is_image = False
@@ -120,6 +128,7 @@ class SceneMask(SceneImage):
         crs: ProjCRS | None = None,
         res: float | tuple[float, float] | None = None,
         transforms: Callable[[Sample], Sample] | None = None,
+        nodata: int | None = None,
     ) -> None:
         super().__init__(path, crs=crs, res=res, dtype=torch.long, resampling=Resampling.nearest)
         if self.band_count != 1:
@@ -127,9 +136,13 @@ class SceneMask(SceneImage):
                 f"a class mask must have one band, this one has {self.band_count}",
                 path=self.infos[0].path,
             )
-        self.mask_classes: MaskClasses = mask_classes(self.infos)
+        self.mask_classes: MaskClasses = mask_classes(self.infos, unlabelled=nodata)
         if self.mask_classes.from_float:  # read floats (exact for float32), so NaN and nodata can be told apart
             self._dtype = torch.float64
+        if nodata is not None and self.mask_classes.source_nodata is None:
+            # TorchGeo fills what the files do not cover with their nodata, 0 without one:
+            # this nodata makes that fill "unlabelled" too (TorchGeo reads through a VRT then)
+            self.nodata = nodata
         self._class_transforms = transforms
 
     @property
@@ -154,9 +167,18 @@ class SceneMask(SceneImage):
         sample = super().__getitem__(index)
         if self.mask_classes.from_float:
             sample["mask"] = self._to_classes(sample["mask"])
+        elif self._file_nodata_differs():  # the file's nodata also means unlabelled
+            sample["mask"] = sample["mask"].masked_fill(
+                sample["mask"] == int(self.mask_classes.source_nodata), self.mask_classes.nodata
+            )
         if self._class_transforms is not None:
             sample = self._class_transforms(sample)
         return sample
+
+    def _file_nodata_differs(self) -> bool:
+        """An integer mask's file sets a nodata other than :attr:`mask_nodata` (``nodata`` was given)."""
+        source, nodata = self.mask_classes.source_nodata, self.mask_classes.nodata
+        return source is not None and nodata is not None and math.isfinite(source) and source != nodata
 
     def _to_classes(self, values: torch.Tensor) -> torch.Tensor:
         missing = torch.isnan(values)

@@ -26,6 +26,9 @@ from geocl.io import atomic_write_text
 
 #: Pixels read per strip when streaming (all bands); bounds memory, not results.
 STRIP_PIXELS = 1_000_000
+#: Pixels per :meth:`RunningBandStats.update` while streaming: the float64 copies the
+#: update makes are ``bands x UPDATE_PIXELS x 8`` bytes each, whatever the strip.
+UPDATE_PIXELS = 1 << 16
 _CACHE_VERSION = 1
 
 
@@ -121,6 +124,14 @@ def valid_pixels(block: np.ndarray, nodata: float | None) -> np.ndarray:
     return ~invalid
 
 
+def _add_valid_pixels(running: RunningBandStats, block: np.ndarray, nodata: float) -> None:
+    """Add the valid pixels of a ``[C, H, W]`` strip, :data:`UPDATE_PIXELS` at a time (no copy of the strip)."""
+    rows = max(1, UPDATE_PIXELS // max(1, block.shape[2]))
+    for top in range(0, block.shape[1], rows):
+        chunk = block[:, top : top + rows]
+        running.update(chunk[:, valid_pixels(chunk, nodata)])
+
+
 def _strips(info: RasterInfo) -> Iterable[Window]:
     rows = max(1, STRIP_PIXELS // max(1, info.width))
     for row in range(0, info.height, rows):
@@ -176,8 +187,8 @@ def scene_band_stats(infos: Sequence[RasterInfo], *, progress: bool = True) -> B
                 block = src.read(window=window)
             except rasterio.errors.RasterioError as error:
                 raise GeoclError(f"cannot read pixels (corrupt file?): {error}", path=info.path) from None
-            valid = valid_pixels(block, info.nodata if info.nodata is not None else 0.0)
-            running.update(block[:, valid])
+            _add_valid_pixels(running, block, info.nodata if info.nodata is not None else 0.0)
+            del block  # else the next strip is read while this one is still held: two strips in memory
     finally:
         if src is not None:
             src.close()

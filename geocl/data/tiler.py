@@ -78,6 +78,8 @@ class TilingOptions:
         split_fractions: fractions of blocks for train, val and test.
         seed: seed of the block-to-split draw.
         roi: the ROI file, if any.
+        mask_nodata: the mask value that means "unlabelled" when the mask file sets no
+            nodata (0 is common), or None: the file's nodata (see :class:`SceneMask`).
     """
 
     size: int = 256
@@ -87,6 +89,7 @@ class TilingOptions:
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     seed: int = 0
     roi: str | None = None
+    mask_nodata: int | None = None
 
     def validate(self) -> None:
         """Raise :class:`GeoclError` naming the first bad option."""
@@ -142,6 +145,8 @@ class TilingSummary:
         splits: tiles kept per split.
         classes: class values seen in the mask (empty without a mask).
         replaced: tiles found damaged or not matching this run, written again (in ``written``).
+        class_pixels: labelled pixels per class in each split's tiles, ``{split: {class: count}}``
+            (empty without a mask); ``tiles.json`` stores it with the classes as strings.
         warnings: what the user should know about the result, with the option to change.
     """
 
@@ -154,6 +159,7 @@ class TilingSummary:
     splits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
     classes: list[int] = field(default_factory=list)
     replaced: int = 0
+    class_pixels: dict[str, dict[int, int]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
@@ -168,12 +174,18 @@ class TilingSummary:
         ]
         if self.classes:
             lines.append(f"  mask classes: {self.classes}")
+        for name, pixels in self.class_pixels.items():
+            shown = ", ".join(f"{value}: {count:,}" for value, count in pixels.items())
+            lines.append(f"  {name} pixels per class: {shown}")
         lines.extend(f"  warning: {warning}" for warning in self.warnings)
         return "\n".join(lines)
 
 
 def plan_tiles(
-    dataset: Any, options: TilingOptions, roi: shapely.Geometry | None = None
+    dataset: Any,
+    options: TilingOptions,
+    roi: shapely.Geometry | None = None,
+    cell_classes: dict[Cell, dict[int, int]] | None = None,
 ) -> tuple[list[PlannedTile], int]:
     """Lay the tile grid over a TorchGeo dataset and draw the split of each tile.
 
@@ -181,6 +193,8 @@ def plan_tiles(
         dataset: a TorchGeo ``GeoDataset`` (scene or labelled scene).
         options: tiling options.
         roi: region of interest in the dataset CRS, or None for the whole scene.
+        cell_classes: class pixel counts of each grid cell (from the mask), which
+            stratify the draw (see :func:`draw_block_splits`); None draws by place only.
 
     Returns:
         The tiles in row-major order (top row first), without the val/test tiles that
@@ -189,7 +203,7 @@ def plan_tiles(
     Raises:
         GeoclError: if the tile is larger than the scene (or the part inside the ROI).
     """
-    return _split_cells(_grid_cells(dataset, options, roi), options)
+    return _split_cells(_grid_cells(dataset, options, roi), options, cell_classes)
 
 
 Cell = tuple[int, int]
@@ -221,33 +235,154 @@ def _grid_cells(dataset: Any, options: TilingOptions, roi: shapely.Geometry | No
     return cells
 
 
-def _split_cells(cells: dict[Cell, Box], options: TilingOptions) -> tuple[list[PlannedTile], int]:
+def _split_cells(
+    cells: dict[Cell, Box], options: TilingOptions, cell_classes: dict[Cell, dict[int, int]] | None = None
+) -> tuple[list[PlannedTile], int]:
     """Draw the split of each grid cell; drop val/test tiles that overlap a higher split."""
-    splits = _draw_splits(cells, options)
+    def block_of(cell: Cell) -> Cell:
+        return (cell[0] * options.stride // options.split_block, cell[1] * options.stride // options.split_block)
+
+    block_classes: dict[Cell, dict[int, int]] = {block_of(cell): {} for cell in cells}
+    for cell, histogram in (cell_classes or {}).items():
+        if cell in cells:
+            total = block_classes[block_of(cell)]
+            for value, count in histogram.items():
+                total[value] = total.get(value, 0) + count
+    block_split = draw_block_splits(
+        block_classes, options.split_fractions, options.seed, stratify=cell_classes is not None
+    )
     tiles = [
-        PlannedTile(row, col, cells[row, col], splits[row, col]) for row, col in sorted(cells)
+        PlannedTile(row, col, cells[row, col], block_split[block_of((row, col))]) for row, col in sorted(cells)
     ]
     kept = _drop_cross_split_overlaps(tiles, options)
     return kept, len(tiles) - len(kept)
 
 
-def _draw_splits(cells: dict[tuple[int, int], Any], options: TilingOptions) -> dict[tuple[int, int], str]:
-    def block_of(cell: tuple[int, int]) -> tuple[int, int]:
-        return (cell[0] * options.stride // options.split_block, cell[1] * options.stride // options.split_block)
+#: A class is promised a place in the test split when its pixels lie in at least this
+#: many split blocks: one each for train, val and test.
+SPREAD_CLASS_BLOCKS = 3
 
-    blocks = sorted({block_of(cell) for cell in cells})
-    order = np.random.default_rng(options.seed).permutation(len(blocks))
+
+def draw_block_splits(
+    block_classes: dict[Cell, dict[int, int]],
+    fractions: tuple[float, float, float],
+    seed: int,
+    *,
+    stratify: bool = True,
+) -> dict[Cell, str]:
+    """Give every split block (``(block_row, block_col)``) a split, spread over the scene.
+
+    The rule, so that a test split can carry a claim about the whole scene:
+
+    1. **Spread.** The blocks are walked in serpentine order (left to right on even
+       block rows, right to left on odd ones), so consecutive blocks are neighbours,
+       and cut into ``n_val + n_test`` runs of near-equal length; each run gives one
+       held-out block. Held-out runs alternate between test and val by an even
+       (largest-remainder) sequence with a seeded phase, so both splits reach every
+       part of the scene instead of one corner.
+    2. **Stratify** (with class counts). Each run's block is then chosen among the run's
+       blocks by coordinate ascent over the runs: the split's classes present first, then
+       the L1 distance of its class shares to the scene's, the other runs' choices held
+       fixed, sweeping until nothing changes. Without counts (no mask) the block of a run
+       is a seeded draw.
+    3. **Cover.** A class whose pixels lie in at least :data:`SPREAD_CLASS_BLOCKS`
+       blocks but in no test block gets its largest train block moved to test, in
+       exchange for the test block whose loss costs the test split no class (train
+       keeps a block of the class, val is not touched).
+
+    Every split with a fraction > 0 gets a block when there are 3 blocks or more.
+    Deterministic for a seed.
+
+    Args:
+        block_classes: class -> pixel count of every block (empty dicts: no mask).
+        fractions: shares of blocks for train, val and test.
+        seed: seed of the phase and the within-run draws.
+        stratify: use the class counts (steps 2 and 3).
+
+    Returns:
+        block -> ``"train"``, ``"val"`` or ``"test"``.
+    """
+    blocks = sorted(block_classes, key=lambda block: (block[0], block[1] if block[0] % 2 == 0 else -block[1]))
     n = len(blocks)
-    _, val_fraction, test_fraction = options.split_fractions
+    _, val_fraction, test_fraction = fractions
     n_val, n_test = round(val_fraction * n), round(test_fraction * n)
     if n >= 3:  # every split gets a block when there are enough of them
         n_val = max(n_val, 1) if val_fraction > 0 else 0
         n_test = max(n_test, 1) if test_fraction > 0 else 0
-    block_split: dict[tuple[int, int], str] = {}
-    for rank, position in enumerate(order):
-        split = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
-        block_split[blocks[position]] = split
-    return {cell: block_split[block_of(cell)] for cell in cells}
+    n_held = min(n_val + n_test, n)
+    n_test = min(n_test, n_held)
+    split = dict.fromkeys(blocks, "train")
+    if n_held == 0:
+        return split
+    rng = np.random.default_rng(seed)
+    phase = rng.random()
+    run_splits = [
+        "test" if math.floor((k + 1 + phase) * n_test / n_held) > math.floor((k + phase) * n_test / n_held) else "val"
+        for k in range(n_held)
+    ]
+    classes = sorted({value for counts in block_classes.values() for value in counts})
+    stratify = stratify and bool(classes)
+    scene = np.array([sum(block_classes[b].get(c, 0) for b in blocks) for c in classes], dtype=float)
+    scene_share = scene / scene.sum() if stratify else scene
+
+    def vector(block: Cell) -> np.ndarray:
+        return np.array([block_classes[block].get(c, 0) for c in classes], dtype=float)
+
+    runs = [[blocks[i] for i in rng.permutation(run)] for run in np.array_split(np.arange(n), n_held)]
+    chosen = [candidates[0] for candidates in runs]  # the seeded draw; stratified below
+    if stratify:
+
+        def score(name: str, counts: np.ndarray) -> tuple[int, float]:
+            total = counts.sum()
+            distance = float(np.abs(counts / total - scene_share).sum()) if total else 2.0
+            return int(np.sum(counts > 0)), -distance
+
+        # coordinate ascent: each run in turn takes the candidate that gives its split the
+        # most classes, then shares closest to the scene's, the other runs' choices fixed;
+        # a sweep that changes nothing ends it (a few sweeps in practice)
+        for _ in range(10):
+            changed = False
+            for k, (candidates, name) in enumerate(zip(runs, run_splits, strict=True)):
+                others = sum(
+                    (vector(chosen[j]) for j, other in enumerate(run_splits) if other == name and j != k),
+                    np.zeros(len(classes)),
+                )
+                best = max(candidates, key=lambda block: score(name, others + vector(block)))
+                if score(name, others + vector(best)) > score(name, others + vector(chosen[k])):
+                    chosen[k], changed = best, True
+            if not changed:
+                break
+    for block, name in zip(chosen, run_splits, strict=True):
+        split[block] = name
+    if stratify:
+        _cover_test_classes(split, blocks, classes, vector)
+    return split
+
+
+def _cover_test_classes(
+    split: dict[Cell, str], blocks: list[Cell], classes: list[int], vector: Any
+) -> None:
+    """Move a train block of each spread class missing from test into test (rule 3 above)."""
+    holders = {c: [b for b in blocks if vector(b)[i] > 0] for i, c in enumerate(classes)}
+    for i, value in enumerate(classes):
+        if len(holders[value]) < SPREAD_CLASS_BLOCKS or any(split[b] == "test" for b in holders[value]):
+            continue
+        train_holders = [b for b in holders[value] if split[b] == "train"]
+        if len(train_holders) < 2:  # train keeps at least one block of the class
+            continue
+        incoming = max(train_holders, key=lambda b: vector(b)[i])
+        test_blocks = [b for b in blocks if split[b] == "test"]
+
+        def classes_only_there(block: Cell) -> int:
+            others = sum((vector(b) for b in test_blocks if b != block), np.zeros(len(classes)))
+            return int(np.sum((vector(block) > 0) & (others == 0)))
+
+        outgoing = min(test_blocks, key=classes_only_there) if test_blocks else None
+        if outgoing is not None and classes_only_there(outgoing) > 0:
+            continue  # every test block holds a class no other one has: no free swap
+        split[incoming] = "test"
+        if outgoing is not None:
+            split[outgoing] = "train"
 
 
 def _drop_cross_split_overlaps(tiles: list[PlannedTile], options: TilingOptions) -> list[PlannedTile]:
@@ -431,7 +566,11 @@ def _start_metadata(out: Path, options: TilingOptions, sources: dict[str, list[s
 
 
 def _missing_split_warning(
-    cells: dict[Cell, Box], options: TilingOptions, summary: TilingSummary, skipped: set[Cell]
+    cells: dict[Cell, Box],
+    options: TilingOptions,
+    summary: TilingSummary,
+    skipped: set[Cell],
+    cell_classes: dict[Cell, dict[int, int]] | None = None,
 ) -> str | None:
     """Say which splits got no tile and which split block would give every split tiles."""
     wanted = [name for name, fraction in zip(SPLITS, options.split_fractions, strict=True) if fraction > 0]
@@ -450,7 +589,7 @@ def _missing_split_warning(
     if len(blocks_to_try) > 32:
         blocks_to_try = blocks_to_try[:: math.ceil(len(blocks_to_try) / 32)] + [options.stride]
     for block in blocks_to_try:
-        tiles, _ = _split_cells(cells, replace(options, split_block=block))
+        tiles, _ = _split_cells(cells, replace(options, split_block=block), cell_classes)
         counts = {name: 0 for name in SPLITS}
         for tile in tiles:
             if (tile.row, tile.col) not in skipped:
@@ -497,7 +636,11 @@ def _tile_scene(
     options.validate()
     out = check_output_folder(out, key="out")
     image_ds = SceneImage(scene, dtype=torch.float64, resampling=Resampling.nearest)
-    mask_ds = SceneMask(mask, crs=image_ds.crs, res=image_ds.res) if mask is not None else None
+    if options.mask_nodata is not None and mask is None:
+        raise GeoclError("an unlabelled mask value needs a mask; give --mask too", key="mask_nodata")
+    mask_ds = (
+        SceneMask(mask, crs=image_ds.crs, res=image_ds.res, nodata=options.mask_nodata) if mask is not None else None
+    )
     dataset = labelled_scene(image_ds, mask_ds) if mask_ds is not None else image_ds
     sources = {
         "scene": [str(info.path.resolve()) for info in image_ds.infos],
@@ -509,7 +652,8 @@ def _tile_scene(
         footprint = dataset.index.geometry.union_all()
         roi = check_roi_overlaps(read_roi(options.roi, dataset.crs), footprint, options.roi)
     cells = _grid_cells(dataset, options, roi)
-    tiles, dropped = _split_cells(cells, options)
+    cell_classes = _cell_class_counts(mask_ds, cells, progress) if mask_ds is not None else None
+    tiles, dropped = _split_cells(cells, options, cell_classes)
     _start_metadata(out, options, sources)
     stats = scene_band_stats(image_ds.infos, progress=progress)
 
@@ -564,6 +708,9 @@ def _tile_scene(
             }
         )
         histograms.append(_class_histogram(label, valid, mask_nodata) if label is not None else {})
+        split_pixels = summary.class_pixels.setdefault(tile.split, {})
+        for value, count in histograms[-1].items():
+            split_pixels[value] = split_pixels.get(value, 0) + count
     if not rows:
         raise GeoclError(
             f"no tile has at most {options.max_nodata:.0%} nodata; raise --max-nodata or check the scene",
@@ -578,7 +725,11 @@ def _tile_scene(
             f"{summary.replaced} tile(s) already there were unreadable or did not match this run "
             "and were written again"
         )
-    split_warning = _missing_split_warning(cells, options, summary, skipped)
+    summary.class_pixels = {
+        name: {value: summary.class_pixels.get(name, {}).get(value, 0) for value in summary.classes}
+        for name in SPLITS
+    } if summary.classes else {}
+    split_warning = _missing_split_warning(cells, options, summary, skipped, cell_classes)
     if split_warning is not None:
         summary.warnings.append(split_warning)
     with _writing(summary.index):
@@ -603,16 +754,44 @@ def _read_scene(
     return image, label
 
 
+def _cell_class_counts(mask_ds: SceneMask, cells: dict[Cell, Box], progress: bool) -> dict[Cell, dict[int, int]]:
+    """Class pixel counts of every grid cell, read from the mask one cell at a time (bounded memory)."""
+    counts: dict[Cell, dict[int, int]] = {}
+    nodata = mask_ds.mask_nodata
+    for cell, (xmin, ymin, xmax, ymax) in tqdm(
+        sorted(cells.items()), desc="class counts", unit="tile", disable=not progress, leave=False
+    ):
+        try:
+            label = mask_ds[xmin:xmax, ymin:ymax]["mask"].numpy()
+        except rasterio.errors.RasterioError as error:
+            raise GeoclError(f"cannot read pixels (corrupt file?): {error}", path=mask_ds.source) from None
+        counts[cell] = _class_histogram(label, np.ones(label.shape, dtype=bool), nodata)
+    return counts
+
+
 def _class_histogram(label: np.ndarray, valid: np.ndarray, mask_nodata: int | None) -> dict[int, int]:
     keep = valid if mask_nodata is None else valid & (label != mask_nodata)
     values, counts = np.unique(label[keep], return_counts=True)
     return {int(value): int(count) for value, count in zip(values, counts, strict=True)}
 
 
+#: ``last_change`` written into the tile index. GeoPackage stamps the write time there
+#: otherwise, the only byte that differs between two runs on the same inputs; fixed, the
+#: same scene and options give the same files (serial or on a cluster, now or later).
+INDEX_TIMESTAMP = "2000-01-01T00:00:00.000Z"
+
+
 def _write_index(path: Path, rows: list[dict[str, Any]], crs: Any) -> None:
+    import pyogrio  # geopandas' writer: its own GDAL, with its own configuration
+
     frame = gpd.GeoDataFrame(rows, geometry="geometry", crs=crs)
-    with atomic_path(path) as temp:
-        frame.to_file(temp, layer=INDEX_LAYER, driver="GPKG")
+    previous = pyogrio.get_gdal_config_option("OGR_CURRENT_DATE")
+    pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": INDEX_TIMESTAMP})
+    try:
+        with atomic_path(path) as temp:
+            frame.to_file(temp, layer=INDEX_LAYER, driver="GPKG", engine="pyogrio")
+    finally:
+        pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": previous})
 
 
 def _write_metadata(
@@ -637,6 +816,8 @@ def _write_metadata(
         "mask_nodata": mask_nodata,
         "classes": summary.classes,
         "splits": summary.splits,
+        "class_pixels": {name: {str(value): count for value, count in pixels.items()}
+                         for name, pixels in summary.class_pixels.items()},
         "band_stats": stats.to_dict(),
     }
     atomic_write_text(out / METADATA_FILE, json.dumps(metadata, indent=1))

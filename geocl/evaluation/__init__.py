@@ -26,6 +26,10 @@ from geocl.evaluation.protocol import (
 )
 from geocl.evaluation.segmentation import FrozenLinearProbe, SegmentationFinetune
 
+# after segmentation: tile sets keep finetuning as their default evaluation
+from geocl.evaluation.retrieval import TextRetrieval
+from geocl.evaluation.medical import MedicalDice
+
 #: Names imported on first use -> their module.
 _LAZY = {
     "EVALUATION_FILE": "geocl.evaluation.evaluate",
@@ -56,8 +60,10 @@ __all__ = [
     "FrozenLinearProbe",
     "KnnProbe",
     "Measurement",
+    "MedicalDice",
     "SegmentationFinetune",
     "Subset",
+    "TextRetrieval",
     "evaluation_for",
     "evaluation_names",
     "get_evaluation",

@@ -45,6 +45,7 @@ __all__ = [
     "Evaluation",
     "Measurement",
     "Subset",
+    "TestSet",
     "evaluation_for",
     "evaluation_names",
     "get_evaluation",
@@ -92,6 +93,21 @@ class Measurement:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class TestSet:
+    """What an evaluation's runs are scored on, as ``results.md`` states it.
+
+    Attributes:
+        description: one or two sentences: size and spread of the test data.
+        class_pixels: labelled test pixels (or samples) per class name; classes with
+            fewer than ``CompareOptions.min_test_pixels`` get a warning and their
+            per-class columns a flag.
+    """
+
+    description: str
+    class_pixels: dict[str, int] = field(default_factory=dict)
+
+
 class Evaluation(ABC):
     """One downstream task that turns an encoder checkpoint into named numbers.
 
@@ -102,10 +118,15 @@ class Evaluation(ABC):
     Class attributes:
         name: registry key; the ``evaluation`` column of ``results.csv``.
         formats: recipe ``data.format`` values whose data it evaluates on.
-        metric_columns: its numbers, in column order (higher is better).
+        metric_columns: its numbers, in column order (higher is better, but for those
+            in ``lower_is_better``; the primary metric is always higher-is-better, as
+            the paired verdicts read it).
+        lower_is_better: metric columns where smaller is better (distances in mm).
         metric_labels: column -> name in tables and plots (default: the column).
         primary_metric: the number that ranks recipes (default: the first column).
-        extra_columns: further per-run columns it fills (none so far).
+        extra_columns: further per-run columns it always fills. A run may add more in
+            ``Measurement.extra`` (per-class scores, whose names depend on the data);
+            compare writes those after these.
         caption: what the numbers are, the start of the table's caption, ending in
             the punctuation that goes before ``mean ± sample std ...``.
         title: plot title stem (``<title> against label fraction ...``).
@@ -120,6 +141,7 @@ class Evaluation(ABC):
     metric_columns: ClassVar[tuple[str, ...]]
     metric_labels: ClassVar[Mapping[str, str]] = {}
     primary_metric: ClassVar[str] = ""
+    lower_is_better: ClassVar[tuple[str, ...]] = ()
     extra_columns: ClassVar[tuple[str, ...]] = ()
     caption: ClassVar[str] = "Scores,"
     title: ClassVar[str] = "Score"
@@ -179,6 +201,10 @@ class Evaluation(ABC):
         Returns:
             The row's numbers; a non-finite metric marks the row failed.
         """
+
+    def test_set(self, recipe: Any) -> TestSet | None:
+        """What the runs of ``recipe`` are scored on; None when there is nothing to state (default)."""
+        return None
 
     def read_finished(self, out: Path) -> Measurement | None:
         """The measurement a finished run left in ``out``, or None (run it again).

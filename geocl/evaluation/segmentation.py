@@ -2,19 +2,42 @@
 
 Each run finetunes an smp segmenter from the encoder (:func:`geocl.finetune.train.run_finetune`)
 on a label fraction of the recipe's train tiles and reports its test mIoU; the rows of
-``geocl compare`` for tile-set recipes.
+``geocl compare`` for tile-set recipes. A method that trains the segmenter itself (a
+semi-supervised one: its class's ``downstream_training``) trains it instead, on the same
+label subset, seed and budget (:func:`method_training`).
 """
 
 from __future__ import annotations
 
+import json
+import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from geocl.evaluation.protocol import Evaluation, Measurement, Subset, option_kwargs, register_evaluation
+from geocl.evaluation.protocol import Evaluation, Measurement, Subset, TestSet, option_kwargs, register_evaluation
 
 #: Keyword arguments of the finetune function that the evaluation sets per run.
 OWN_FINETUNE_ARGS = ("tiles", "encoder_checkpoint", "encoder", "label_fraction", "seed", "subset_seed", "out")
+#: Finetune options that choose the network: a method that trains its own builds it, so they are not passed to it.
+ARCHITECTURE_OPTIONS = ("arch", "freeze_encoder")
+
+
+def method_training(recipe: Any, evaluation: str) -> Callable[..., Any] | None:
+    """The training the recipe's method brings for the rows of ``evaluation``, or None (the evaluation's own).
+
+    Asks the method class (:meth:`geocl.methods.base.PretrainMethod.training_for`); a
+    method registered by its parameters alone has no class and brings none. Method
+    classes register when :mod:`geocl.methods` is imported, and no recipe can name one
+    before, so nothing is imported here.
+
+    Raises:
+        GeoclError: the method pretrains no encoder and cannot serve ``evaluation``.
+    """
+    registry = sys.modules.get("geocl.methods.registry")
+    cls = None if registry is None else registry.METHODS.get(str(recipe.method.name))
+    return None if cls is None else cls.training_for(evaluation, recipe.method)
 
 
 @register_evaluation
@@ -29,7 +52,9 @@ class SegmentationFinetune(Evaluation):
             seed, out, **options) -> result`` with ``.miou`` and ``.checkpoint``, writing
             ``out/metrics.json`` (with ``miou``) when done. Default:
             :func:`geocl.finetune.train.run_finetune`, which refuses an ``out`` holding
-            a run (compare hands it an empty folder).
+            a run (compare hands it an empty folder). A recipe whose method brings its
+            own training (:func:`method_training`) runs that instead, without
+            :data:`ARCHITECTURE_OPTIONS`.
 
     Raises:
         GeoclError: ``options`` set one of :data:`OWN_FINETUNE_ARGS`.
@@ -59,15 +84,75 @@ class SegmentationFinetune(Evaluation):
         return str(recipe.data.tiles)
 
     def run(self, checkpoint: Path | None, *, recipe: Any, subset: Subset, seed: int, out: Path) -> Measurement:
-        finetune = self.finetune_fn
-        if finetune is None:  # Lightning and smp: imported when a run needs them
-            from geocl.finetune.train import run_finetune as finetune
+        finetune, options = method_training(recipe, self.name), self.options
+        if finetune is not None:  # the method builds its own network
+            options = {key: value for key, value in options.items() if key not in ARCHITECTURE_OPTIONS}
+        else:
+            finetune = self.finetune_fn
+            if finetune is None:  # Lightning and smp: imported when a run needs them
+                from geocl.finetune.train import run_finetune as finetune
         result = finetune(
             tiles=Path(str(recipe.data.tiles)), encoder_checkpoint=checkpoint, encoder=str(recipe.encoder.name),
-            label_fraction=subset.label_fraction, seed=seed, out=out, **self.options,
+            label_fraction=subset.label_fraction, seed=seed, out=out, **options,
             **({} if subset.subset_seed is None else {"subset_seed": subset.subset_seed}),
         )
-        return Measurement({"miou": float(result.miou)}, checkpoint=str(result.checkpoint))
+        return Measurement({"miou": float(result.miou)}, checkpoint=str(result.checkpoint), extra=per_class_iou(out))
+
+    def read_finished(self, out: Path) -> Measurement | None:
+        finished = super().read_finished(out)
+        if finished is not None:
+            finished.extra = {**finished.extra, **per_class_iou(out)}
+        return finished
+
+    def test_set(self, recipe: Any) -> TestSet | None:
+        """The test split of the recipe's tile set: tiles, area, spread and pixels per class."""
+        return describe_test_split(Path(str(recipe.data.tiles)))
+
+
+def per_class_iou(out: Path) -> dict[str, float]:
+    """``{"iou_<class>": IoU}`` from a finetuning run's ``metrics.json`` (NaN: class absent); {} without one."""
+    try:
+        record = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+        pairs = zip(record["classes"], record["iou"], strict=True)
+        return {f"iou_{value}": math.nan if iou is None else float(iou) for value, iou in pairs}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def describe_test_split(tiles: Path) -> TestSet | None:
+    """Size and spread of a tile set's test split, from ``tiles.json`` and ``tiles.gpkg``; None if unreadable.
+
+    The spread is the share of the tiled extent's width and height that the test tiles'
+    bounding box spans, and the share of the tiled extent's quarters holding a test tile:
+    a test split in one corner reads "1 of 4 quarters".
+    """
+    try:
+        import geopandas as gpd
+
+        metadata = json.loads((tiles / "tiles.json").read_text(encoding="utf-8"))
+        index = gpd.read_file(tiles / "tiles.gpkg", layer="tiles")
+    except Exception:  # noqa: BLE001 - a description is a courtesy; the runs say what is wrong
+        return None
+    test = index[index["split"] == "test"]
+    if test.empty:
+        return TestSet(f"{tiles}: no test tiles")
+    left, bottom, right, top = index.total_bounds
+    t_left, t_bottom, t_right, t_top = test.total_bounds
+    width, height = max(right - left, 1e-9), max(top - bottom, 1e-9)
+    centres = test.geometry.centroid
+    quarters = {(bool(x < (left + right) / 2), bool(y < (bottom + top) / 2)) for x, y in zip(centres.x, centres.y)}
+    area = float(test.geometry.area.sum())
+    crs = index.crs
+    # projected and engineering (pixel-grid) CRSs in metres alike; a geographic one is in degrees
+    in_metres = crs is not None and bool(crs.axis_info) and crs.axis_info[0].unit_name in ("metre", "meter")
+    shown_area = f"{area / 1e6:.2f} km²" if in_metres else f"{area:.0f} map units²"
+    description = (
+        f"test split of {tiles}: {len(test)} of {len(index)} tiles ({shown_area}, {len(test) / len(index):.0%} of the tiles), "
+        f"spanning {(t_right - t_left) / width:.0%} of the tiled width and {(t_top - t_bottom) / height:.0%} of its height, "
+        f"in {len(quarters)} of 4 quarters"
+    )
+    pixels = metadata.get("class_pixels", {}).get("test", {})
+    return TestSet(description, {str(value): int(count) for value, count in pixels.items()})
 
 
 @register_evaluation

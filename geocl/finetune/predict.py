@@ -1,57 +1,92 @@
-"""Whole-scene prediction: a classified GeoTIFF with a colour table, its preview and polygons.
+"""Whole-scene prediction: a classified GeoTIFF with a colour table, its preview, and
+optionally per-class probabilities and polygons.
 
 :func:`predict_scene` streams the blended logits of
 :func:`~geocl.finetune.sliding_window.sliding_window_logits` (windows, blending and
-memory are described there), writes the argmax class of each pixel as the scene's
-grid in whole rows of internal blocks, then the preview
+memory are described there) one column block of ``block`` px at a time, top to bottom,
+and writes the argmax class of each pixel (and, when asked for, the softmax
+probabilities) in whole internal tiles. Nothing holds a whole row or column of the
+scene: memory depends on ``block``, ``window`` and the class count, not on the scene's
+size. Then, by default, each GeoTIFF is turned into a Cloud-Optimized GeoTIFF by
+rio-cogeo (internal 256 px tiles, overviews: ``mode`` for classes, ``average`` for
+probabilities), the preview is drawn
 (:func:`~geocl.report.prediction.plot_prediction_preview`) and, when asked for, the
-polygons (:func:`~geocl.finetune.polygons.write_polygons`).
+polygons are written (:func:`~geocl.finetune.polygons.write_polygons`, by blocks too).
+
+The scene is one GeoTIFF, a folder of them or a list of files and folders; several
+files are predicted as their mosaic (:mod:`geocl.data.mosaic`). With ``tta`` each
+window's logits are the mean over its 8 flips and rotations
+(:class:`~geocl.finetune.tta.D4Average`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import rasterio
 import torch
 from rasterio.io import DatasetWriter
 from rasterio.windows import Window
+from tqdm.auto import tqdm
 
+from geocl.data.mosaic import open_scene, scene_files
 from geocl.data.normalize import BandNormalizer
-from geocl.data.rasters import bounded_memory, find_rasters, geotiff_profile, inspect_raster
+from geocl.data.rasters import bounded_memory, geotiff_profile
 from geocl.errors import GeoclError
-from geocl.finetune.polygons import write_polygons
-from geocl.finetune.sliding_window import Model, sliding_window_logits
+from geocl.finetune.polygons import POLYGON_BLOCK, write_polygons
+from geocl.finetune.sliding_window import Model, column_blocks, sliding_window_logits, window_grid
+from geocl.finetune.tta import D4Average
 from geocl.io import atomic_path, check_output_file
 from geocl.report.prediction import plot_prediction_preview
 
 __all__ = [
+    "DEFAULT_BLOCK",
+    "PROBABILITY_SCALE",
     "PredictionResult",
     "check_prediction_outputs",
+    "class_probabilities",
     "default_colours",
     "predict_scene",
+    "probabilities_path",
 ]
 
 #: Smallest window side accepted (px); smaller windows give the model no context.
 MIN_WINDOW = 16
+#: Internal tile side of the GeoTIFFs written (px); column blocks are multiples of it,
+#: so every tile is written once, whole.
+TILE = 256
+#: Default column block (px): the demo scene's width, so scenes up to that wide run in one pass.
+DEFAULT_BLOCK = 4096
+#: uint8 probabilities store ``round(p * PROBABILITY_SCALE)``; 255 is their nodata.
+PROBABILITY_SCALE = 254
+#: Nodata of the probability rasters, by dtype.
+PROBABILITY_NODATA = {"uint8": 255, "float16": float("nan")}
 
 Colour = tuple[int, int, int]
+ProbabilityType = Literal["uint8", "float16"]
 
 
 @dataclass(frozen=True)
 class PredictionResult:
-    """What :func:`predict_scene` wrote.
+    """What :func:`predict_scene` wrote (picklable: it crosses process boundaries).
 
     Attributes:
         path: the classified GeoTIFF.
         png: its preview (scene and prediction side by side).
         polygons: the GeoPackage of class polygons, or None when not asked for.
-        shape: ``(height, width)`` of the prediction (px), the scene's.
+        shape: ``(height, width)`` of the prediction (px), the scene's (or its mosaic's).
         classes: the raster value written for each class index.
+        probabilities: the per-class probability GeoTIFF, or None when not asked for.
+        scenes: the scene's files.
+        windows: model windows run (each 8 model calls with ``tta``).
+        seconds: wall time of the whole prediction.
     """
 
     path: Path
@@ -59,6 +94,23 @@ class PredictionResult:
     polygons: Path | None
     shape: tuple[int, int]
     classes: tuple[int, ...]
+    probabilities: Path | None = None
+    scenes: tuple[Path, ...] = ()
+    windows: int = 0
+    seconds: float = 0.0
+
+    def describe(self) -> str:
+        """The lines ``geocl predict`` prints."""
+        lines = [
+            f"prediction: {self.path} ({self.shape[1]} x {self.shape[0]} px, {len(self.classes)} classes, "
+            f"{self.seconds:.1f} s)",
+            f"  preview: {self.png}",
+        ]
+        if self.probabilities is not None:
+            lines.append(f"  probabilities: {self.probabilities}")
+        if self.polygons is not None:
+            lines.append(f"  polygons: {self.polygons}")
+        return "\n".join(lines)
 
 
 def default_colours(count: int) -> list[Colour]:
@@ -74,9 +126,34 @@ def default_colours(count: int) -> list[Colour]:
     return [tuple(int(round(255 * c)) for c in palette[i][:3]) for i in range(count)]  # type: ignore[misc]
 
 
+def probabilities_path(out: str | os.PathLike[str]) -> Path:
+    """Where the probabilities of the prediction ``out`` go: ``<stem>_probabilities<suffix>`` beside it."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}_probabilities{out.suffix}")
+
+
+def class_probabilities(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the class axis of ``[K, ...]`` logits, float32 (stable: the max is taken off first)."""
+    shifted = logits - logits.max(axis=0, keepdims=True)
+    np.exp(shifted, out=shifted)
+    shifted /= shifted.sum(axis=0, keepdims=True)
+    return shifted
+
+
+def _encode_probabilities(logits: np.ndarray, invalid: np.ndarray, dtype: ProbabilityType) -> np.ndarray:
+    """``[K, rows, cols]`` probabilities as written: uint8 ``round(p * 254)`` or float16; nodata where invalid."""
+    probabilities = class_probabilities(logits)
+    if dtype == "uint8":
+        encoded = np.rint(probabilities * PROBABILITY_SCALE).astype(np.uint8)
+    else:
+        encoded = probabilities.astype(np.float16)
+    encoded[:, invalid] = PROBABILITY_NODATA[dtype]
+    return encoded
+
+
 def _check_options(
     window: int, overlap: int, batch_size: int, class_values: Sequence[int], nodata: int,
-    class_colours: Sequence[Colour] | None,
+    class_colours: Sequence[Colour] | None, probabilities: str | None, block: int,
 ) -> str:
     """Validate the options of :func:`predict_scene`; returns the output dtype name."""
     if window < MIN_WINDOW:
@@ -87,6 +164,12 @@ def _check_options(
         raise GeoclError(f"overlap ({overlap} px) must be smaller than window ({window} px)", key="overlap")
     if batch_size < 1:
         raise GeoclError(f"batch_size must be >= 1, got {batch_size}", key="batch_size")
+    if block < TILE or block % TILE:
+        raise GeoclError(f"block must be a multiple of {TILE} px, got {block}", key="block")
+    if probabilities is not None and probabilities not in PROBABILITY_NODATA:
+        raise GeoclError(
+            f"probabilities must be one of {', '.join(PROBABILITY_NODATA)}, got {probabilities!r}", key="probabilities"
+        )
     values = [int(v) for v in class_values]
     if not values:
         raise GeoclError("no class values given", key="class_values")
@@ -107,14 +190,24 @@ def _check_options(
 
 
 def check_prediction_outputs(
-    out: str | os.PathLike[str], polygons: str | os.PathLike[str] | None = None,
-    scene: str | os.PathLike[str] | None = None,
+    out: str | os.PathLike[str],
+    polygons: str | os.PathLike[str] | None = None,
+    scene: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    *,
+    probabilities: bool = False,
 ) -> Path:
     """Make sure the files of a prediction can be written, before any work.
 
-    Checks ``out`` (the GeoTIFF), its preview ``out`` with suffix ``.png`` and
-    ``polygons`` with :func:`geocl.io.check_output_file`, and that none of them is
-    the scene or another of them.
+    Checks ``out`` (the GeoTIFF), its preview ``out`` with suffix ``.png``, the
+    probabilities (:func:`probabilities_path`, when asked for) and ``polygons`` with
+    :func:`geocl.io.check_output_file`, that none of them is a scene file or another of
+    them, and that none lies in a scene folder (a rerun would read it as part of the scene).
+
+    Args:
+        out: the prediction GeoTIFF.
+        polygons: the GeoPackage, or None.
+        scene: the scene as given (files and folders), or None to skip those checks.
+        probabilities: whether the probability GeoTIFF is written too.
 
     Returns:
         ``out`` as a :class:`~pathlib.Path`.
@@ -122,76 +215,126 @@ def check_prediction_outputs(
     Raises:
         GeoclError: naming the path and the option (``out``, ``polygons``) at fault: a
             folder, a folder that cannot be written to, a file that would overwrite the
-            scene or another output.
+            scene or another output, a file inside a scene folder.
     """
-    out = check_output_file(out, key="out")
-    preview = check_output_file(out.with_suffix(".png"), key="out")
-    taken = {out.resolve(): "the prediction", preview.resolve(): "its preview (.png)"}
-    if scene is not None:
-        scene = Path(scene)
-        if out.resolve() == scene.resolve():
-            raise GeoclError("output would overwrite the scene; choose another out", path=out, key="out")
-        if preview.resolve() == scene.resolve():
-            raise GeoclError(
-                f"its preview {preview.name} would overwrite the scene; choose another out", path=out, key="out"
-            )
-        taken[scene.resolve()] = "the scene"
+    out = Path(out)
+    preview = out.with_suffix(".png")
+    outputs = [(out, "output", "out"), (preview, f"its preview {preview.name}", "out")]
+    if probabilities:
+        extra = probabilities_path(out)
+        outputs.append((extra, f"its probabilities {extra.name}", "out"))
     if polygons is not None:
-        polygons = check_output_file(polygons, key="polygons")
+        polygons = Path(polygons)
+        taken = {out.resolve(): "the prediction", preview.resolve(): "its preview (.png)"}
+        if probabilities:
+            taken[probabilities_path(out).resolve()] = "its probabilities"
         clash = taken.get(polygons.resolve())
         if clash is not None:
             raise GeoclError(f"would overwrite {clash}; choose another polygons file", path=polygons, key="polygons")
+        outputs.append((polygons, "polygons", "polygons"))
+    if scene is not None:  # first: checking a file below creates its folder
+        given = [Path(scene)] if isinstance(scene, (str, os.PathLike)) else [Path(path) for path in scene]
+        for path, what, key in outputs:
+            target = path.resolve()
+            for source in given:
+                if target == source.resolve():
+                    raise GeoclError(
+                        f"{what} would overwrite the scene; choose another {key}", path=out if key == "out" else path,
+                        key=key,
+                    )
+                if source.is_dir() and target.is_relative_to(source.resolve()):
+                    raise GeoclError(
+                        f"{what} would be written inside the scene folder {source} and read as part of the scene "
+                        f"next time; choose another {key}",
+                        path=path, key=key,
+                    )
+    for path, _, key in outputs:
+        check_output_file(path, key=key)
     return out
 
 
-def _single_scene_file(scene: str | os.PathLike[str]) -> Path:
-    """The one GeoTIFF of ``scene``, checked to be a georeferenced raster."""
-    files = find_rasters(scene)
-    if len(files) > 1:
-        raise GeoclError(
-            f"predict takes one GeoTIFF; this folder holds {len(files)} (predict each file separately)",
-            path=scene,
-        )
-    inspect_raster(files[0])  # readable, not empty, has a CRS and a transform
-    return files[0]
-
-
 class _BlockRowWriter:
-    """Write rows to a tiled GeoTIFF in whole rows of internal blocks.
+    """Write one column block of a tiled GeoTIFF in whole rows of internal tiles.
 
-    Strips come in heights of the window stride, which need not divide the block
-    height; writing them directly would leave half-filled compressed blocks that GDAL
+    Strips come in heights of the window stride, which need not divide the tile
+    height; writing them directly would leave half-filled compressed tiles that GDAL
     writes, then rereads and rewrites (growing the file). Holding back at most one
-    block row avoids that.
+    tile row of the block avoids that.
+
+    Args:
+        dst: the open GeoTIFF.
+        col: the block's first column (a multiple of the tile width, or 0).
     """
 
-    def __init__(self, dst: DatasetWriter) -> None:
+    def __init__(self, dst: DatasetWriter, col: int = 0) -> None:
         self.dst = dst
+        self.col = col
         self.block_rows = dst.block_shapes[0][0]
         self.row = 0
         self.pending: list[np.ndarray] = []
 
     def write(self, rows: np.ndarray) -> None:
+        """Append ``[bands, rows, cols]`` below what was written."""
         self.pending.append(rows)
-        held = sum(part.shape[0] for part in self.pending)
+        held = sum(part.shape[1] for part in self.pending)
         if held >= self.block_rows:
             self._flush(held - held % self.block_rows)
 
     def close(self) -> None:
-        held = sum(part.shape[0] for part in self.pending)
+        held = sum(part.shape[1] for part in self.pending)
         if held:
             self._flush(held)
 
     def _flush(self, count: int) -> None:
-        rows = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
-        self.dst.write(rows[None, :count], window=Window(0, self.row, rows.shape[1], count))
+        rows = np.concatenate(self.pending, axis=1) if len(self.pending) > 1 else self.pending[0]
+        self.dst.write(rows[:, :count], window=Window(self.col, self.row, rows.shape[2], count))
         self.row += count
-        self.pending = [rows[count:]] if count < rows.shape[0] else []
+        self.pending = [rows[:, count:]] if count < rows.shape[1] else []
+
+
+def _to_cog(source: Path, final: Path, overview_resampling: str) -> None:
+    """Copy a tiled GeoTIFF to a Cloud-Optimized GeoTIFF with rio-cogeo (deflate, 256 px tiles, overviews).
+
+    Block by block through a temporary file beside ``final`` (never in memory), so
+    memory stays that of GDAL's block cache whatever the raster's size.
+    """
+    from rio_cogeo.cogeo import cog_translate
+    from rio_cogeo.profiles import cog_profiles
+
+    profile = cog_profiles.get("deflate")
+    profile.update(blockxsize=TILE, blockysize=TILE)
+    cog_translate(
+        source, final, profile, overview_resampling=overview_resampling, in_memory=False,
+        allow_intermediate_compression=True, quiet=True,
+    )
+
+
+@contextlib.contextmanager
+def _geotiff_output(
+    final: Path, profile: dict[str, Any], *, cog: bool, overview_resampling: str
+) -> Iterator[DatasetWriter]:
+    """An open GeoTIFF for ``final``, written atomically; turned into a COG on close when ``cog``.
+
+    On error nothing is left: neither ``final`` (as it was) nor any temporary file.
+    """
+    with atomic_path(final) as temp:
+        if not cog:
+            with rasterio.open(temp, "w", **profile) as dst:
+                yield dst
+            return
+        blocks = temp.with_name(f"{temp.stem}-blocks{temp.suffix}")
+        try:
+            # fast deflate: this copy is read once by the COG step and deleted
+            with rasterio.open(blocks, "w", **{**profile, "zlevel": 1}) as dst:
+                yield dst
+            _to_cog(blocks, temp, overview_resampling)
+        finally:
+            blocks.unlink(missing_ok=True)
 
 
 def predict_scene(
     model: Model,
-    scene: str | os.PathLike[str],
+    scene: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
     *,
     normalizer: BandNormalizer,
@@ -203,6 +346,10 @@ def predict_scene(
     device: str | torch.device = "cpu",
     nodata: int = 255,
     polygons: str | os.PathLike[str] | None = None,
+    tta: bool = False,
+    probabilities: ProbabilityType | None = None,
+    cog: bool = True,
+    block: int = DEFAULT_BLOCK,
     progress: bool = True,
 ) -> PredictionResult:
     """Classify every pixel of a scene with a segmentation model.
@@ -212,7 +359,8 @@ def predict_scene(
             logits ``[B, K, h, w]``. An ``nn.Module`` is moved to ``device`` and run in
             eval mode (its mode is restored afterwards); any other callable must already
             run on ``device``.
-        scene: one GeoTIFF, or a folder holding exactly one (mosaics are not supported).
+        scene: one GeoTIFF, a folder of GeoTIFFs, or a list of files and folders; several
+            files are predicted as one mosaic (:mod:`geocl.data.mosaic`).
         out: the prediction GeoTIFF to write; the preview goes beside it with suffix
             ``.png``.
         normalizer: the band statistics the model was trained with; its nodata value
@@ -226,65 +374,112 @@ def predict_scene(
         device: where the model runs.
         nodata: value written where every band of the scene is nodata (not a class value).
         polygons: also write the prediction as polygons to this GeoPackage (layer
-            :data:`~geocl.finetune.polygons.POLYGON_LAYER`, one row per polygon, column ``class_value``, the scene's
-            CRS, nodata left out). The prediction is read back whole for this, which takes
-            ``height x width`` bytes (2 for uint16 output): fine for scenes up to some
-            10^8 px, not for continent-sized mosaics.
+            :data:`~geocl.finetune.polygons.POLYGON_LAYER`, one row per 4-connected region,
+            column ``class_value``, the scene's CRS, nodata left out), vectorised in
+            blocks of ``block`` px, at most :data:`~geocl.finetune.polygons.POLYGON_BLOCK`.
+        tta: average each window's logits over its 8 flips and rotations (D4; 8 times the
+            model calls).
+        probabilities: also write the softmax class probabilities to
+            :func:`probabilities_path` (``<out stem>_probabilities.tif``), band ``k`` for
+            class ``k`` (described ``class <value>``): ``"uint8"`` stores ``round(254 p)``
+            (GDAL scale ``1/254`` recorded, nodata 255), ``"float16"`` stores ``p``
+            (nodata NaN). Their argmax is the class map (up to uint8 rounding ties).
+        cog: write Cloud-Optimized GeoTIFFs (rio-cogeo: deflate, 256 px tiles, overviews
+            down to one tile, ``mode`` for the classes and ``average`` for the
+            probabilities); False writes plain tiled GeoTIFFs (faster, no overviews).
+        block: width (px, a multiple of 256) of the column blocks the scene is predicted
+            in, and the side of the polygon blocks up to 1024 px; memory grows with it,
+            not with the scene (about ``4 K window (block + 2 window)`` bytes of logits).
         progress: show a progress bar.
 
     Returns:
-        A :class:`PredictionResult`. The GeoTIFF has the scene's CRS, transform and size,
-        one band of uint8 (uint16 when a value exceeds 255), the nodata value recorded,
-        a colour table, deflate compression and 256 px tiles; it is written atomically.
+        A :class:`PredictionResult`. The GeoTIFF has the scene's CRS, transform and size
+        (a mosaic's: see :mod:`geocl.data.mosaic`), one band of uint8 (uint16 when a
+        value exceeds 255), the nodata value recorded, a colour table, deflate
+        compression and 256 px tiles. Every file is written atomically.
 
     Raises:
-        GeoclError: before any work, naming the scene when it is not a readable
-            georeferenced raster or its band count differs from the normaliser's, an
-            output that cannot be written (:func:`check_prediction_outputs`), or the
-            option at fault (``window``, ``overlap``, ``batch_size``, ``class_values``,
-            ``class_colours``, ``nodata``).
+        GeoclError: before any work, naming the scene file when it is not a readable
+            georeferenced raster, the band counts of a mosaic differ or differ from the
+            normaliser's, an output that cannot be written (:func:`check_prediction_outputs`),
+            or the option at fault (``window``, ``overlap``, ``batch_size``, ``block``,
+            ``probabilities``, ``class_values``, ``class_colours``, ``nodata``).
     """
-    dtype = _check_options(window, overlap, batch_size, class_values, nodata, class_colours)
+    started = time.perf_counter()
+    dtype = _check_options(window, overlap, batch_size, class_values, nodata, class_colours, probabilities, block)
     values = tuple(int(v) for v in class_values)
     colours = list(class_colours) if class_colours is not None else default_colours(len(values))
-    path = _single_scene_file(scene)
-    out = check_prediction_outputs(out, polygons, path)
+    files = scene_files(scene)
+    out = check_prediction_outputs(out, polygons, scene, probabilities=probabilities is not None)
+    proba_out = probabilities_path(out) if probabilities is not None else None
     lookup = np.asarray(values, dtype=dtype)
 
     module = model if isinstance(model, torch.nn.Module) else None
     was_training = module.training if module is not None else False
     if module is not None:
         module.to(device).eval()
+    run: Model = D4Average(model) if tta else model
+    windows = 0
     try:
-        with bounded_memory(), rasterio.open(path) as src:
+        with bounded_memory(), open_scene(files) as src:
             if src.count != len(normalizer.mean):
                 raise GeoclError(
                     f"scene has {src.count} bands but the band statistics have {len(normalizer.mean)}",
-                    path=path,
+                    path=files[0],
                 )
-            profile = geotiff_profile(
-                (1, src.height, src.width), dtype, crs=src.crs, transform=src.transform, nodata=nodata,
-                compress="deflate",
-            )
             shape = (src.height, src.width)
-            with atomic_path(out) as temp:
-                with rasterio.open(temp, "w", **profile) as dst:
-                    writer = _BlockRowWriter(dst)
-                    for strip in sliding_window_logits(
-                        model, src, normalizer, num_classes=len(values), window=window, overlap=overlap,
-                        batch_size=batch_size, device=device, progress=progress,
-                    ):
-                        classes = lookup[strip.logits.argmax(axis=0)]
-                        classes[strip.invalid] = nodata
-                        writer.write(classes)
-                    writer.close()
-                    colour_table = {v: (*c, 255) for v, c in zip(values, colours)}
-                    colour_table[nodata] = (0, 0, 0, 0)
-                    dst.write_colormap(1, colour_table)
+            grid = {"crs": src.crs, "transform": src.transform, "block": TILE}
+            blocks = column_blocks(src.width, block)
+            windows = sum(
+                len(rows) * len(cols)
+                for rows, cols in (window_grid(src.height, src.width, window, overlap, span) for span in blocks)
+            )
+            with contextlib.ExitStack() as outputs:
+                labels = outputs.enter_context(_geotiff_output(
+                    out, geotiff_profile((1, *shape), dtype, nodata=nodata, compress="deflate", **grid),
+                    cog=cog, overview_resampling="mode",
+                ))
+                colour_table = {v: (*c, 255) for v, c in zip(values, colours)}
+                colour_table[nodata] = (0, 0, 0, 0)
+                labels.write_colormap(1, colour_table)
+                scores = None
+                if probabilities is not None and proba_out is not None:
+                    scores = outputs.enter_context(_geotiff_output(
+                        proba_out,
+                        geotiff_profile(
+                            (len(values), *shape), probabilities, nodata=PROBABILITY_NODATA[probabilities],
+                            # not RGB(A), GDAL's guess for 3 or 4 bands of uint8: no band is an alpha mask
+                            compress="deflate", photometric="minisblack", **grid,
+                        ),
+                        cog=cog, overview_resampling="average",
+                    ))
+                    scores.descriptions = tuple(f"class {value}" for value in values)
+                    if probabilities == "uint8":
+                        scores.scales = (1 / PROBABILITY_SCALE,) * len(values)
+                bar = tqdm(total=windows, unit="window", desc="predict", disable=not progress)
+                with bar:
+                    for start, stop in blocks:
+                        label_rows = _BlockRowWriter(labels, start)
+                        score_rows = _BlockRowWriter(scores, start) if scores is not None else None
+                        for strip in sliding_window_logits(
+                            run, src, normalizer, num_classes=len(values), window=window, overlap=overlap,
+                            batch_size=batch_size, device=device, columns=(start, stop), progress=bar,
+                        ):
+                            classes = lookup[strip.logits.argmax(axis=0)]
+                            classes[strip.invalid] = nodata
+                            label_rows.write(classes[None])
+                            if score_rows is not None and probabilities is not None:
+                                score_rows.write(_encode_probabilities(strip.logits, strip.invalid, probabilities))
+                        label_rows.close()
+                        if score_rows is not None:
+                            score_rows.close()
     finally:
         if module is not None:
             module.train(was_training)
 
-    png = plot_prediction_preview(path, out, values, colours, nodata)
-    gpkg = write_polygons(out, polygons) if polygons is not None else None
-    return PredictionResult(path=out, png=png, polygons=gpkg, shape=shape, classes=values)
+    png = plot_prediction_preview(files, out, values, colours, nodata)
+    gpkg = write_polygons(out, polygons, block=min(block, POLYGON_BLOCK)) if polygons is not None else None
+    return PredictionResult(
+        path=out, png=png, polygons=gpkg, shape=shape, classes=values, probabilities=proba_out,
+        scenes=tuple(files), windows=windows, seconds=time.perf_counter() - started,
+    )

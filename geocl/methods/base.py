@@ -23,13 +23,22 @@ pretraining loop (:mod:`geocl.training`) calls without knowing the method:
   pairs, ...), or None for the plain seeded loader;
 * :attr:`PretrainMethod.reloads_data_every_epoch`: whether that loader changes per epoch;
 * Lightning's ``configure_callbacks``: outputs of its own (maps, plots).
+
+A method may also be the downstream training itself rather than a pretraining (a
+semi-supervised segmenter trained on the labelled and unlabelled tiles of each label
+subset). It sets :attr:`PretrainMethod.pretrains` to False and returns, from
+:meth:`PretrainMethod.downstream_training`, the function an evaluation calls in place of
+its own finetuning; ``geocl compare`` then pretrains nothing for it and its rows train
+that function, and ``geocl pretrain`` refuses it in one line
+(:meth:`PretrainMethod.check_pretraining`). Compare and the evaluations ask the method
+class; they know no method by name.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -101,6 +110,12 @@ class PretrainMethod(lightning.LightningModule):
 
     name: ClassVar[str] = ""
     momentum_encoder_attribute: ClassVar[str | None] = None
+    #: Whether ``geocl pretrain`` trains this method ahead of the downstream task. False
+    #: for a method that is itself a downstream training (see the module docstring):
+    #: building it for pretraining raises :meth:`check_pretraining`'s error.
+    pretrains: ClassVar[bool] = True
+    #: How to run a method that does not pretrain: the end of ``geocl pretrain``'s refusal.
+    usage: ClassVar[str] = "run its recipe through `geocl compare`, which trains it at every label subset and seed"
 
     def __init__(
         self,
@@ -116,6 +131,7 @@ class PretrainMethod(lightning.LightningModule):
         scheduler: SchedulerConfig | Mapping[str, Any] | None = None,
         seed: int = 0,
     ) -> None:
+        self.check_pretraining()
         super().__init__()
         # collects the arguments of the whole constructor chain (the method's own too)
         self.save_hyperparameters()
@@ -172,6 +188,55 @@ class PretrainMethod(lightning.LightningModule):
     def reloads_data_every_epoch(self) -> bool:
         """Hook: whether :meth:`train_loader` must be asked again every epoch."""
         return False
+
+    @classmethod
+    def downstream_training(cls, evaluation: str, params: Any) -> Callable[..., Any] | None:
+        """Hook: the method's own training for the rows of an evaluation, or None (default: the evaluation's).
+
+        A method that is a downstream training (semi-supervised segmentation) returns, for
+        each evaluation it serves, a function with the keyword interface of that
+        evaluation's finetune function (``finetune``: that of
+        :func:`geocl.finetune.train.run_finetune`; ``encoder_checkpoint`` None for a
+        method that does not pretrain) and the result it expects (``.miou``,
+        ``.checkpoint``, the run folder's ``metrics.json``). The evaluation calls it in
+        place of its own finetuning, without its architecture options (the method
+        builds its own network).
+
+        Args:
+            evaluation: the evaluation's registry name (``finetune``, ``frozen``, ``dice``, ...).
+            params: the recipe's ``method`` section (validated by :meth:`parameters_model`).
+
+        Raises:
+            GeoclError: parameters that cannot serve this evaluation (naming the key).
+        """
+        return None
+
+    @classmethod
+    def training_for(cls, evaluation: str, params: Any) -> Callable[..., Any] | None:
+        """:meth:`downstream_training`, refusing an evaluation that a method which does not pretrain cannot serve.
+
+        Raises:
+            GeoclError: the method pretrains no encoder and has no training for ``evaluation``
+                (its rows would evaluate a random encoder under the method's name).
+        """
+        training = cls.downstream_training(evaluation, params)
+        if training is None and not cls.pretrains:
+            raise GeoclError(
+                f"method {cls.name!r} pretrains no encoder and has no training of its own for the {evaluation!r} "
+                "evaluation; compare it with another protocol or data format",
+                key="method.name",
+            )
+        return training
+
+    @classmethod
+    def check_pretraining(cls) -> None:
+        """Refuse to build a method that does not pretrain as a pretraining (``geocl pretrain``).
+
+        Raises:
+            GeoclError: ``pretrains`` is False; the message ends with :attr:`usage`.
+        """
+        if not cls.pretrains:
+            raise GeoclError(f"method {cls.name!r} is not a pretraining: {cls.usage}", key="method.name")
 
     # --------------------------------------------------------------- training
 

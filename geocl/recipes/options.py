@@ -28,9 +28,11 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from geocl.recipes.errors import field_relation
+from geocl.recipes.schema import BENCHMARK_DATASETS
 from geocl.recipes.types import Integer, Number
 
 
@@ -44,6 +46,9 @@ Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
 #: Smallest prediction window (px); ``geocl.finetune.predict.MIN_WINDOW``, repeated
 #: here because that module imports torch.
 MIN_WINDOW = 16
+#: ``geocl.finetune.predict.TILE`` and ``DEFAULT_BLOCK`` (px), repeated for the same reason.
+PREDICT_TILE = 256
+PREDICT_BLOCK = 4096
 
 
 class OptionsModel(BaseModel):
@@ -57,11 +62,27 @@ class OptionsModel(BaseModel):
 
 
 class TileOptions(OptionsModel):
-    """``geocl tile``: cut a scene into tiles with a GeoPackage index."""
+    """``geocl tile``: cut a scene into tiles with a GeoPackage index, or a TorchGeo benchmark
+    dataset (``dataset`` and ``root``) into tiles of its official splits."""
 
-    scene: Path = Field(description="a GeoTIFF or a folder of GeoTIFFs")
+    scene: list[Path] | None = Field(
+        None,
+        description="a GeoTIFF or a folder of GeoTIFFs (or give --dataset); several scenes are tiled each into "
+        "OUT/<scene name>/, one Dask task a scene",
+    )
     out: Path = Field(description="output folder (rerun the same command to resume)")
-    mask: Path | None = Field(None, description="one-band class mask (a file or a folder)")
+    dataset: Literal[BENCHMARK_DATASETS] | None = Field(  # type: ignore[valid-type]
+        None, description="tile a TorchGeo benchmark dataset instead of a scene (read from --root, never downloaded)"
+    )
+    root: Path | None = Field(None, description="with --dataset: the folder holding it in TorchGeo's layout")
+    mask: list[Path] | None = Field(
+        None, description="one-band class mask (a file or a folder); with several scenes, one a scene in their order"
+    )
+    mask_nodata: Integer | None = Field(
+        None, ge=-(2**31), lt=2**31,
+        description="mask value that means unlabelled when the mask file sets no nodata (0 is common): "
+        "left out of the classes, the loss and the metrics",
+    )
     roi: Path | None = Field(None, description="vector file of the region of interest")
     size: Integer = Field(256, ge=8, description="tile side in px")
     stride: Integer | None = Field(
@@ -74,8 +95,54 @@ class TileOptions(OptionsModel):
     split: tuple[Number, Number, Number] = Field(
         (0.7, 0.15, 0.15), description="fractions of the blocks for train, val and test (summing to 1)"
     )
-    seed: Seed = Field(0, description="seed of the block-to-split draw")
+    val_fraction: Number = Field(
+        0.15, ge=0, lt=1, description="with --dataset: share of the official train images held out as val"
+    )
+    seed: Seed = Field(0, description="seed of the block-to-split draw (with --dataset: of the val images)")
     quiet: bool = Field(False, description="no progress bars")
+    workers: Integer | None = Field(
+        None, ge=0,
+        description="several scenes: worker processes of the local Dask cluster (default: one a scene, at most "
+        "one a CPU; 0: one scene after the other in this process)",
+    )
+    scheduler: str | None = Field(
+        None, min_length=1,
+        description="several scenes: address of a running Dask scheduler to use instead of a local cluster, "
+        "e.g. tcp://10.0.0.5:8786 (its workers must see the same paths)",
+    )
+
+    @field_validator("scene", "mask", mode="before")
+    @classmethod
+    def _paths_as_list(cls, paths: Any) -> Any:
+        if isinstance(paths, (str, Path)):
+            return [paths]
+        return None if isinstance(paths, list) and not paths else paths
+
+    @field_validator("mask")
+    @classmethod
+    def _one_mask_a_scene(cls, masks: list[Path] | None, info: ValidationInfo) -> list[Path] | None:
+        scenes = info.data.get("scene")
+        if masks is not None and scenes is not None and len(masks) != len(scenes):
+            raise field_relation(
+                f"give one a {{scene}}, in the same order: {len(scenes)} scenes but {len(masks)} masks", scene="scene"
+            )
+        return masks
+
+    @field_validator("mask_nodata")
+    @classmethod
+    def _unlabelled_needs_a_mask(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("mask") is None and info.data.get("dataset") is None:
+            raise field_relation("needs a class mask: give {mask} too", mask="mask")
+        return value
+
+    @field_validator("scheduler")
+    @classmethod
+    def _one_cluster(cls, scheduler: str | None, info: ValidationInfo) -> str | None:
+        if scheduler is not None and info.data.get("workers") is not None:
+            raise field_relation(
+                "give {workers} (a local cluster) or a scheduler (a running one), not both", workers="workers"
+            )
+        return scheduler
 
     @field_validator("stride")
     @classmethod
@@ -108,6 +175,46 @@ class TileOptions(OptionsModel):
         if not math.isclose(sum(fractions), 1.0):
             raise ValueError(f"fractions must sum to 1, got {sum(fractions):g}")
         return fractions
+
+    @model_validator(mode="after")
+    def _scene_or_dataset(self) -> TileOptions:
+        # options the user gave (not defaults) that the other kind of input does not read
+        given = self.model_fields_set
+        if self.dataset is None:
+            if self.scene is None:
+                rule = field_relation(
+                    "give a scene (a GeoTIFF or a folder of them), or {dataset} with {root}", dataset="dataset", root="root"
+                )
+                raise _error_at("TileOptions", "scene", None, rule)
+            for name in ("root", "val_fraction"):
+                if name in given:
+                    raise _error_at(
+                        "TileOptions", name, getattr(self, name), field_relation("is read only with {dataset}", dataset="dataset")
+                    )
+            for name in ("workers", "scheduler"):
+                if name in given and len(self.scene) == 1:
+                    rule = field_relation("runs several scenes on Dask; one {scene} is tiled here", scene="scene")
+                    raise _error_at("TileOptions", name, getattr(self, name), rule)
+            return self
+        if self.scene is not None:
+            rule = field_relation("give a scene or {dataset}, not both", dataset="dataset")
+            raise _error_at("TileOptions", "scene", " ".join(str(path) for path in self.scene), rule)
+        if self.root is None:
+            rule = field_relation("is required with {dataset}: the folder that holds the dataset", dataset="dataset")
+            raise _error_at("TileOptions", "root", None, rule)
+        for name in ("mask", "mask_nodata", "roi", "max_nodata", "split_block", "split", "workers", "scheduler"):
+            if name in given:
+                rule = field_relation(
+                    "applies to a scene; {dataset} keeps the dataset's official splits and masks (see {val_fraction})",
+                    dataset="dataset", val_fraction="val_fraction",
+                )
+                raise _error_at("TileOptions", name, getattr(self, name), rule)
+        return self
+
+
+def _error_at(model: str, name: str, value: Any, error: PydanticCustomError) -> ValidationError:
+    """A rule over several fields, reported at field ``name``."""
+    return ValidationError.from_exception_data(model, [{"type": error, "loc": (name,), "input": value}])
 
 
 # -------------------------------------------------------------------- finetune
@@ -205,15 +312,30 @@ class EvaluateCommand(EvaluateOptions):
 # --------------------------------------------------------------------- predict
 
 
-class PredictOptions(OptionsModel):
-    """``geocl predict``: sliding-window prediction of a whole scene."""
+class PredictSettings(OptionsModel):
+    """How a scene is predicted: the settings of ``geocl predict`` that name no file.
 
-    checkpoint: Path = Field(description="a finetuned checkpoint (made by geocl finetune)")
-    scene: Path = Field(description="the GeoTIFF to predict")
-    out: Path = Field(description="the prediction GeoTIFF to write")
-    polygons: Path | None = Field(None, description="also write the class polygons to this GeoPackage")
+    What ``geocl.finetune.inference.predict_scene`` takes as ``options`` (one scene of a
+    batch run by a worker); :class:`PredictOptions` adds the command's files.
+    """
+
     window: Integer = Field(256, ge=MIN_WINDOW, description="side in px of the prediction window")
     overlap: Integer = Field(64, ge=0, description="px shared by neighbouring windows (blended)")
+    batch_size: Integer = Field(8, ge=1, description="windows per model call")
+    tta: bool = Field(
+        False, description="average each window's prediction over its 8 flips and rotations (8x the model calls)"
+    )
+    probabilities: Literal["uint8", "float16"] | None = Field(
+        None,
+        description="also write per-class probabilities to OUT_probabilities.tif: uint8 (0-254 = 0-1, 255 nodata) "
+        "or float16",
+    )
+    cog: bool = Field(True, description="write Cloud-Optimized GeoTIFFs (internal tiles and overviews)")
+    block: Integer = Field(
+        PREDICT_BLOCK, ge=PREDICT_TILE,
+        description=f"width in px (a multiple of {PREDICT_TILE}) of the column blocks predicted at a time "
+        "(polygons: blocks of at most 1024 px); memory grows with it, not with the scene",
+    )
 
     @field_validator("overlap")
     @classmethod
@@ -222,6 +344,72 @@ class PredictOptions(OptionsModel):
         if window is not None and overlap >= window:
             raise field_relation(f"must be smaller than {{window}} ({window} px), got {overlap}", window="window")
         return overlap
+
+    @field_validator("block")
+    @classmethod
+    def _whole_tiles(cls, block: int) -> int:
+        if block % PREDICT_TILE:
+            raise ValueError(f"must be a multiple of {PREDICT_TILE} px (the output's tile)")
+        return block
+
+
+class PredictOptions(PredictSettings):
+    """``geocl predict``: sliding-window prediction of a whole scene (the settings plus the files).
+
+    The field names are keyword arguments of ``geocl.finetune.inference.predict_with_checkpoint``.
+    """
+
+    checkpoint: Path = Field(description="a finetuned checkpoint (made by geocl finetune)")
+    scene: list[Path] = Field(
+        min_length=1, description="the GeoTIFF to predict; a folder or several files are predicted as one mosaic"
+    )
+    out: Path = Field(
+        description="the prediction GeoTIFF to write (with --workers or --scheduler: a folder, one sub-folder a scene)"
+    )
+    polygons: Path | None = Field(None, description="also write the class polygons to this GeoPackage")
+
+    @field_validator("scene", mode="before")
+    @classmethod
+    def _one_scene_is_a_list(cls, scene: Any) -> Any:
+        return [scene] if isinstance(scene, (str, Path)) else scene
+
+
+class PredictCommand(PredictOptions):
+    """``geocl predict``: :class:`PredictOptions` plus running each scene on its own, on Dask.
+
+    ``workers`` or ``scheduler`` make each SCENE a scene of its own, predicted into
+    ``OUT/<scene name>/`` by ``geocl.distributed.predict_scenes``; without them the
+    scenes are one mosaic, as :class:`PredictOptions` says.
+    """
+
+    workers: Integer | None = Field(
+        None, ge=0,
+        description="predict each SCENE as a scene of its own, into OUT/<scene name>/, on a local Dask cluster "
+        "of this many worker processes (0: one scene after the other in this process)",
+    )
+    scheduler: str | None = Field(
+        None, min_length=1,
+        description="as --workers, on the running Dask cluster whose scheduler listens at this address, "
+        "e.g. tcp://10.0.0.5:8786 (its workers must see the same paths)",
+    )
+
+    @field_validator("scheduler")
+    @classmethod
+    def _one_cluster(cls, scheduler: str | None, info: ValidationInfo) -> str | None:
+        if scheduler is not None and info.data.get("workers") is not None:
+            raise field_relation(
+                "give {workers} (a local cluster) or a scheduler (a running one), not both", workers="workers"
+            )
+        if (scheduler is not None or info.data.get("workers") is not None) and info.data.get("polygons") is not None:
+            raise field_relation(
+                "polygons are written for one scene: predict several scenes without {polygons}", polygons="polygons"
+            )
+        return scheduler
+
+    @property
+    def many_scenes(self) -> bool:
+        """Each scene on its own, on Dask (``workers`` or ``scheduler`` given)."""
+        return self.workers is not None or self.scheduler is not None
 
 
 # --------------------------------------------------------------------- compare
@@ -245,15 +433,20 @@ class CompareOptions(OptionsModel):
     baseline: str | None = Field(
         None, description="recipe name the paired differences are taken to (default: the first recipe)"
     )
-    pretrain_steps: Integer | None = Field(
-        None, ge=1,
-        description="pretrain every recipe for this many optimizer steps (overrides their epochs); "
-        "default: each recipe's own trainer settings",
+    pretrain_steps: list[Annotated[Integer, Field(ge=1)]] | None = Field(
+        None,
+        description="pretrain every recipe for this many optimizer steps (overrides their epochs); several "
+        "budgets sweep them (mIoU against pretraining steps); default: each recipe's own trainer settings",
     )
-    protocol: Literal["finetune", "frozen"] = Field(
+    protocol: Literal["finetune", "frozen", "both", "retrieval"] = Field(
         "finetune",
-        description="tile sets: finetune a segmenter, or train a dense linear probe on the frozen encoder "
-        "(cheap and far less noisy: it measures the representation itself)",
+        description="tile sets: finetune a segmenter, train a dense linear probe on the frozen encoder "
+        "(cheap and far less noisy: it measures the representation itself), both in one table, or "
+        "text-to-tile retrieval (a dual encoder trained on captions from the masks, hit@k and MRR)",
+    )
+    min_test_pixels: Integer = Field(
+        10_000, ge=0,
+        description="warn, and flag the class's IoU, when a class has fewer labelled test pixels than this",
     )
     deterministic: bool = Field(
         False, description="use torch's deterministic algorithms (slower; still not equal across processors)"
@@ -266,8 +459,71 @@ class CompareOptions(OptionsModel):
     evaluate: EvaluateOptions = Field(
         default_factory=EvaluateOptions, description="evaluation of every row (natural images)"
     )
+    retrieval: RetrievalOptions = Field(
+        default_factory=lambda: RetrievalOptions(),
+        description="dual-encoder training of every row (--protocol retrieval)",
+    )
 
     @field_validator("label_fractions")
     @classmethod
     def _once_each(cls, fractions: list[float]) -> list[float]:
         return list(dict.fromkeys(fractions))  # repeats dropped, order kept
+
+    @field_validator("pretrain_steps", mode="before")
+    @classmethod
+    def _one_budget_or_several(cls, steps: Any) -> Any:
+        return [steps] if isinstance(steps, int | str) and not isinstance(steps, bool) else steps
+
+    @field_validator("pretrain_steps")
+    @classmethod
+    def _budgets_ascending(cls, steps: list[int] | None) -> list[int] | None:
+        return None if steps is None else sorted(set(steps))
+
+
+# ------------------------------------------------------------------- retrieval
+
+
+class RetrievalOptions(OptionsModel):
+    """How ``geocl compare --protocol retrieval`` trains the dual encoder of every row
+    (:class:`geocl.evaluation.retrieval.TextRetrieval`)."""
+
+    recipe: Path | None = Field(
+        None, description="the retrieval recipe whose method, optimizer and trainer every row uses "
+        "(default: recipes/retrieval.yaml)",
+    )
+    max_steps: Integer | None = Field(
+        None, ge=1, description="optimizer steps of each dual-encoder training (default: the recipe's epochs)"
+    )
+    batch_size: Integer | None = Field(None, ge=1, description="training batch size (default: the recipe's)")
+    overrides: list[str] = Field([], description="dotted override of the retrieval recipe, e.g. method.embed_dim=128")
+
+
+class IndexOptions(OptionsModel):
+    """``geocl index``: embed every tile of a tile set once, with its footprint, path and caption."""
+
+    checkpoint: Path = Field(description="a checkpoint of the retrieval method (geocl pretrain recipes/retrieval.yaml)")
+    tiles: Path = Field(description="a tile set written by geocl tile")
+    out: Path = Field(description="the index folder")
+    split: Literal["train", "val", "test"] | None = Field(None, description="index one split only (default: every tile)")
+    batch_size: Integer = Field(64, ge=1, description="tiles per forward pass")
+    thumbnail_px: Integer = Field(96, ge=8, le=512, description="side of the thumbnails in px")
+    overwrite: bool = Field(False, description="replace an index already in --out")
+
+
+class SearchOptions(OptionsModel):
+    """``geocl search``: the top tiles of an index for a text query."""
+
+    index: Path = Field(description="an index folder written by geocl index")
+    query: str = Field(description='what the tiles should show, e.g. "river next to farmland"')
+    k: Integer = Field(10, ge=1, description="tiles to return")
+    gpkg: Path | None = Field(None, description="also write the hits' footprints and scores to this GeoPackage")
+    png: Path | None = Field(None, description="also write a contact sheet of the hits to this PNG")
+
+
+class ServeOptions(OptionsModel):
+    """``geocl serve``: a local search page over an index."""
+
+    index: Path = Field(description="an index folder written by geocl index")
+    host: str = Field("127.0.0.1", min_length=1, description="address to listen on (0.0.0.0 shares the page on the network)")
+    port: Integer = Field(8000, ge=0, le=65535, description="TCP port (0: any free one)")
+    k: Integer = Field(10, ge=1, le=100, description="results the page shows by default")

@@ -26,6 +26,7 @@ data comes from, where it goes and what it trains.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
 from functools import lru_cache
 from typing import Annotated, Any, Literal, Union
@@ -39,7 +40,11 @@ from geocl.recipes.types import FiniteNumber, Probability
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw", "lars")
 SCHEDULERS: tuple[str, ...] = ("cosine", "none")
-DATA_FORMATS: tuple[str, ...] = ("tiles", "image_folder", "cifar")
+DATA_FORMATS: tuple[str, ...] = ("tiles", "image_folder", "cifar", "nifti")
+#: The TorchGeo benchmark datasets a recipe can name (``data.dataset``): the keys of
+#: ``geocl.data.benchmarks.BENCHMARKS``, repeated here because that module imports torchgeo
+#: (tests/data/test_benchmarks.py checks that the two agree).
+BENCHMARK_DATASETS: tuple[str, ...] = ("potsdam", "vaihingen", "loveda", "loveda-urban", "loveda-rural")
 #: Lightning's ``precision`` values (2.x); checked here so a typo fails before any work.
 PRECISIONS: tuple[str, ...] = (
     "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true",
@@ -47,6 +52,9 @@ PRECISIONS: tuple[str, ...] = (
 )
 #: Lightning's built-in accelerator names.
 ACCELERATORS: tuple[str, ...] = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+
+#: A voxel size (nifti ``data.spacing``).
+Millimetres = Annotated[FiniteNumber, Field(gt=0)]
 
 #: numpy and Lightning take seeds as unsigned 32-bit integers.
 Seed = Annotated[int, Field(ge=0, lt=2**32, description="seed of every random generator")]
@@ -76,7 +84,9 @@ class DataConfig(Section):
     """Where the training images come from and how they are batched.
 
     ``format`` says what the data folder holds; tile sets are named by ``tiles``, the
-    natural-image formats by ``path`` (the one the format reads is required).
+    natural-image formats and NIfTI volumes (``nifti``: 2D slices of 3D volumes, with
+    ``spacing``, ``slice_axis`` and ``intensity``) by ``path`` (the one the format reads
+    is required).
     """
 
     tiles: str = Field("", description="a tile-set folder written by `geocl tile` (format tiles)")
@@ -84,22 +94,60 @@ class DataConfig(Section):
     batch_size: int = Field(32, ge=1, description="images per batch (per device)")
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes")
     view_size: int = Field(96, ge=1, description="side in px of the augmented views")
-    format: Literal["tiles", "image_folder", "cifar"] = Field(
-        "tiles", description="tiles, image_folder (a sub-folder of images a class) or cifar (python batches)"
+    format: Literal["tiles", "image_folder", "cifar", "nifti"] = Field(
+        "tiles", description="tiles, image_folder (a sub-folder of images a class), cifar (python batches) or "
+        "nifti (3D medical volumes with label maps, trained on as 2D slices)"
     )
-    path: str = Field("", description="the image folder or CIFAR folder (natural formats)")
+    path: str = Field("", description="the image folder, CIFAR folder or NIfTI data folder (formats other than tiles)")
     image_size: int = Field(
-        0, ge=0, description="natural formats: resize and centre-crop images to this side in px (0 = as stored)"
+        0, ge=0, description="natural formats: resize and centre-crop images to this side in px (0 = as stored); "
+        "nifti: pad or centre-crop slices to this side (0 = the largest slice)"
     )
-    val_fraction: float = Field(0.2, ge=0, lt=1, description="image_folder without val/: share held out as val")
+    val_fraction: float = Field(
+        0.2, ge=0, lt=1, description="image_folder without val/: share held out as val; nifti without "
+        "splits.json: share of the labelled cases held out as val"
+    )
+    dataset: str = Field(
+        "", description="a TorchGeo benchmark (potsdam, vaihingen, loveda, ...) read from root and tiled into "
+        "`tiles` on first use (format tiles)"
+    )
+    root: str = Field("", description="the folder holding the benchmark dataset in TorchGeo's layout")
+    spacing: tuple[Millimetres, Millimetres, Millimetres] | None = Field(
+        None, description="nifti: resample volumes to this voxel size in mm per RAS axis (default: the cases' median)"
+    )
+    slice_axis: int = Field(2, ge=0, le=2, description="nifti: the RAS axis 2D slices are taken across (2: axial)")
+    intensity: Literal["zscore", "percentile"] = Field(
+        "zscore", description="nifti: per-volume intensity normalisation, zscore (MRI) or percentile (0.5-99.5 % "
+        "to [0, 1], CT)"
+    )
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_benchmark(cls, name: str) -> str:
+        if name and name not in BENCHMARK_DATASETS:
+            close = difflib.get_close_matches(name.lower(), BENCHMARK_DATASETS, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"not a benchmark dataset{hint} (choices: {', '.join(BENCHMARK_DATASETS)})")
+        return name
 
     @model_validator(mode="after")
     def _folder_of_the_format(self) -> DataConfig:
         folder = "tiles" if self.format == "tiles" else "path"
         if not getattr(self, folder):
             raise field_error("DataConfig", folder, "", "missing")
+        if self.dataset and self.format != "tiles":
+            raise field_error("DataConfig", "dataset", self.dataset, "benchmarks become tile sets; only format tiles reads it")
+        if self.dataset and not self.root:
+            raise field_error("DataConfig", "root", "", "missing")
+        if self.root and not self.dataset:
+            raise field_error("DataConfig", "root", self.root, "is read only with data.dataset (a benchmark name)")
         if self.format == "tiles" and self.image_size != 0:
             raise field_error("DataConfig", "image_size", self.image_size, "tiles are not resized; only natural formats read it")
+        if self.format != "nifti":
+            for name in ("spacing", "slice_axis", "intensity"):
+                # a value other than the default (a saved recipe repeats every default)
+                if getattr(self, name) != type(self).model_fields[name].default:
+                    raise field_error("DataConfig", name, getattr(self, name), "only data.format nifti reads it")
         if self.format != "tiles" and 0 < self.image_size < 8:
             raise field_error("DataConfig", "image_size", self.image_size, "must be 0 (images as stored) or at least 8 px")
         return self

@@ -22,7 +22,8 @@ SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
 def stretch(band: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
     """A band scaled to [0, 1] between its 2nd and 98th percentiles (of the valid pixels)."""
     values = band[valid] if valid is not None else band
-    low, high = np.percentile(values, [2, 98]) if values.size else (0.0, 1.0)
+    # Python floats keep the band's dtype (numpy's own scalars would promote float32 to float64)
+    low, high = (float(value) for value in np.percentile(values, [2, 98])) if values.size else (0.0, 1.0)
     return np.clip((band - low) / max(high - low, 1e-9), 0, 1)
 
 
@@ -42,9 +43,9 @@ def quicklook(path: str | os.PathLike[str], max_side: int = 1024) -> tuple[np.nd
         shape = (max(1, round(src.height / max(scale, 1))), max(1, round(src.width / max(scale, 1))))
         bands = [3, 2, 1] if src.count >= 3 else [1, 1, 1]
     data, (left, bottom, right, top), nodata = read_decimated(path, bands, shape)
-    data = data.astype(np.float64)
+    data = data.astype(np.float32)  # a display image: float32 halves the preview's memory
     valid = ~np.all(data == (nodata if nodata is not None else np.nan), axis=0)
-    rgb = np.zeros((*shape, 3))
+    rgb = np.zeros((*shape, 3), dtype=np.float32)
     for band in range(3):
         rgb[..., band] = stretch(data[band], valid)
     rgb[~valid] = 1.0

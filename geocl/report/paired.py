@@ -27,6 +27,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -190,11 +191,15 @@ def paired_markdown(summary: pd.DataFrame, metric_label: str, baseline: str) -> 
     return "\n".join(lines) + "\n"
 
 
-def plot_paired(summary: pd.DataFrame, out_png: str | os.PathLike[str], metric_label: str, baseline: str) -> Path:
+def plot_paired(
+    summary: pd.DataFrame, out_png: str | os.PathLike[str], metric_label: str, baseline: str,
+    group_labels: bool = False,
+) -> Path:
     """A forest plot of the paired differences: one row per (recipe, label fraction), 0 marked.
 
     Each row shows the mean difference to ``baseline`` and its 95 % bootstrap interval;
-    a filled marker is a distinguishable difference, a hollow one is not.
+    a filled marker is a distinguishable difference, a hollow one is not. With
+    ``group_labels`` the rows also name their ``evaluation`` and ``pretrain_steps``.
     """
     from matplotlib.figure import Figure  # a bare Figure: no pyplot state
 
@@ -208,11 +213,55 @@ def plot_paired(summary: pd.DataFrame, out_png: str | os.PathLike[str], metric_l
         filled = row["verdict"] in ("better", "worse")
         axes.plot(row["delta"], y, "o", color="tab:blue", markerfacecolor="tab:blue" if filled else "white")
     axes.axvline(0.0, color="tab:red", linewidth=1)
-    axes.set_yticks(
-        range(len(rows)), [f"{r.recipe} @ {r.label_fraction:g}" for r in rows.itertuples()][::-1]
-    )
+    def label(row: Any) -> str:
+        text = f"{row.recipe} @ {row.label_fraction:g}"
+        if group_labels:
+            steps = getattr(row, "pretrain_steps", None)
+            text += f", {row.evaluation}" + ("" if steps is None or pd.isna(steps) else f", {int(steps)} steps")
+        return text
+
+    axes.set_yticks(range(len(rows)), [label(r) for r in rows.itertuples()][::-1])
     axes.set_xlabel(f"{metric_label} − {baseline} (paired, 95 % bootstrap interval)")
     axes.set_title(f"Paired differences to {baseline}; hollow: interval covers 0")
     axes.grid(True, axis="x", alpha=0.3)
+    figure.tight_layout()
+    return save_figure(figure, out_png)
+
+
+def plot_budgets(summary: pd.DataFrame, out_png: str | os.PathLike[str], evaluations: Sequence[Any]) -> Path:
+    """Score against pretraining steps (log x), one line a recipe with its 95 % t interval; one panel per
+    (evaluation, label fraction); random-init, which has no pretraining, a grey band (its interval).
+
+    Args:
+        summary: :func:`paired_summary` rows of every group with ``evaluation`` and
+            ``pretrain_steps`` columns (random-init's steps empty).
+        out_png: the PNG path.
+        evaluations: the comparison's evaluations (for labels), in panel order.
+    """
+    from matplotlib.figure import Figure  # a bare Figure: no pyplot state
+
+    fractions = sorted(summary["label_fraction"].astype(float).unique())
+    panels = [(evaluation, fraction) for evaluation in evaluations for fraction in fractions]
+    figure = Figure(figsize=(6.5 * len(panels), 4.5))
+    for index, (evaluation, fraction) in enumerate(panels):
+        axes = figure.add_subplot(1, len(panels), index + 1)
+        cell = summary[(summary["evaluation"] == evaluation.name) & (summary["label_fraction"].astype(float) == fraction)]
+        random = cell[cell["pretrain_steps"].isna()].drop_duplicates("recipe")
+        for row in random.itertuples():
+            if not math.isnan(row.low):
+                axes.axhspan(row.low, row.high, color="0.85", label=f"{row.recipe} (95 % interval)")
+            axes.axhline(row.mean, color="0.45", linestyle="--")
+        trained = cell[cell["pretrain_steps"].notna()]
+        for recipe in trained["recipe"].drop_duplicates():
+            line = trained[trained["recipe"] == recipe].sort_values("pretrain_steps")
+            low = (line["mean"] - line["low"]).fillna(0.0)
+            high = (line["high"] - line["mean"]).fillna(0.0)
+            axes.errorbar(line["pretrain_steps"], line["mean"], yerr=[low, high], marker="o", capsize=3, label=recipe)
+        axes.set_xscale("log")
+        axes.set_xlabel("pretraining steps (log scale)")
+        axes.set_ylabel(evaluation.axis_label)
+        axes.set_title(f"{evaluation.title} at label fraction {fraction:g}, {evaluation.name} protocol")
+        axes.grid(True, alpha=0.3)
+        axes.legend()
     figure.tight_layout()
     return save_figure(figure, out_png)

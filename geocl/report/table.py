@@ -224,7 +224,7 @@ def results_markdown(results: pd.DataFrame, evaluation: EvaluationLike | None = 
 def plot_results(
     results: pd.DataFrame, out_png: str | os.PathLike[str], evaluation: EvaluationLike | None = None
 ) -> Path:
-    """Plot the comparison (error bars = std over seeds); written atomically.
+    """Plot the comparison (error bars: 95 % t interval of the mean over runs); written atomically.
 
     Several label fractions: each metric against label fraction (log x), one panel a
     metric, one line a recipe; the random-init baseline dashed and grey, a recipe with
@@ -239,33 +239,107 @@ def plot_results(
     Returns:
         The PNG path.
     """
+    return plot_comparison([("", results, evaluation or evaluation_of(results))], out_png)
+
+
+def plot_comparison(
+    panels: list[tuple[str, pd.DataFrame, EvaluationLike]], out_png: str | os.PathLike[str]
+) -> Path:
+    """Several groups of one comparison side by side (protocols, pretraining budgets), one panel each.
+
+    Each panel is drawn as :func:`plot_results` draws one evaluation (its primary metric
+    when a group has several); ``panels`` holds (title, results rows, evaluation).
+    """
     # A bare Figure draws with the Agg canvas without touching pyplot's global backend,
     # so a caller's interactive session keeps its own.
     from matplotlib.figure import Figure
 
-    evaluation = evaluation or evaluation_of(results)
-    summaries = _summaries(results, evaluation)
-    fractions = sorted({float(f) for summary in summaries.values() for f in summary["label_fraction"]})
-    if len(fractions) > 1:
-        figure = Figure(figsize=(7 * len(summaries), 4.5))
-        for index, (metric, summary) in enumerate(summaries.items()):
-            axes = figure.add_subplot(1, len(summaries), index + 1)
-            _plot_lines(axes, summary, fractions, evaluation)
-            if len(summaries) > 1:
-                axes.set_title(evaluation.label(metric))
-        if len(summaries) == 1:
-            axes.set_title(f"{evaluation.title} against label fraction (mean ± std over seeds)")
-        else:
-            figure.suptitle(f"{evaluation.title} against label fraction (mean ± std over seeds)")
+    if len(panels) == 1:
+        title, results, evaluation = panels[0]
+        summaries = _summaries(results, evaluation)
+        metrics = list(summaries)
     else:
+        metrics = []
+    fractions_all = sorted({float(f) for _, results, _ in panels for f in results.get("label_fraction", [1.0])})
+    lines = len(fractions_all) > 1
+    if len(panels) == 1 and lines:
+        count = len(metrics)
+        figure = Figure(figsize=(7 * count, 4.5))
+        for index, (metric, summary) in enumerate(summaries.items()):
+            axes = figure.add_subplot(1, count, index + 1)
+            _plot_lines(axes, summary, fractions_all, evaluation)
+            axes.set_title(evaluation.label(metric) if count > 1 else f"{evaluation.title} against label fraction {INTERVAL_NOTE}")
+        if count > 1:
+            figure.suptitle(f"{evaluation.title} against label fraction {INTERVAL_NOTE}")
+    elif len(panels) == 1:
         recipes = list(next(iter(summaries.values()))["recipe"].drop_duplicates())
         figure = Figure(figsize=(max(5.0, 1.6 * len(recipes) + 2), 4.5))
         _plot_bars(figure.add_subplot(), summaries, recipes, evaluation)
-        if fractions:
-            all_labels = " (all labels)" if fractions[0] == 1.0 else ""
-            figure.axes[0].set_xlabel(f"label fraction {_fraction_label(fractions[0])}{all_labels}")
+        if fractions_all:
+            all_labels = " (all labels)" if fractions_all[0] == 1.0 else ""
+            figure.axes[0].set_xlabel(f"label fraction {_fraction_label(fractions_all[0])}{all_labels}")
+    else:
+        columns = min(len(panels), 3)
+        rows = math.ceil(len(panels) / columns)
+        width = 7.0 if lines else max(5.0, 1.4 * max(results["recipe"].nunique() for _, results, _ in panels) + 2)
+        figure = Figure(figsize=(width * columns, 4.5 * rows))
+        for index, (title, results, evaluation) in enumerate(panels):
+            axes = figure.add_subplot(rows, columns, index + 1)
+            metric = evaluation.primary()
+            summary = summarize(results, metric, evaluation)
+            if lines:
+                _plot_lines(axes, summary, fractions_all, evaluation)
+            else:
+                _plot_bars(axes, {metric: summary}, list(summary["recipe"].drop_duplicates()), evaluation)
+                axes.set_xlabel(f"label fraction {_fraction_label(fractions_all[0])}")
+            axes.set_title(title or evaluation.title)
+        figure.suptitle(f"{INTERVAL_NOTE.strip('()').capitalize()}")
     figure.tight_layout()
     return save_figure(figure, out_png)
+
+
+#: How the plots' error bars read.
+INTERVAL_NOTE = "(mean and 95 % t interval over runs)"
+
+
+def interval_half_width(summary: pd.DataFrame) -> pd.Series:
+    """Half-width of the 95 % Student t interval of each summary row's mean (0 for one run)."""
+    from scipy import stats
+
+    n = summary["n"].astype(float)
+    t = pd.Series(stats.t.ppf(0.975, (n - 1).clip(lower=1)), index=summary.index)
+    half = t * summary["std"] / n.clip(lower=1) ** 0.5
+    return half.where(n > 1, 0.0).fillna(0.0)
+
+
+def per_class_markdown(results: pd.DataFrame, flagged: str, min_pixels: int) -> str:
+    """Mean per-class IoU per recipe (the ``iou_<class>`` columns), thin classes flagged; "" without them.
+
+    Args:
+        results: rows of one group (``recipe``, ``status``, ``iou_*`` columns).
+        flagged: the classes with fewer than ``min_pixels`` labelled test pixels, ``;``-separated.
+        min_pixels: the threshold, for the note.
+    """
+    columns = [column for column in results.columns if str(column).startswith("iou_")]
+    ok = results[results["status"].astype(str) == "ok"] if "status" in results else results
+    if not columns or ok.empty:
+        return ""
+    thin = set(filter(None, flagged.split(";")))
+    headers = [f"{column.removeprefix('iou_')}{' ⚑' if column.removeprefix('iou_') in thin else ''}" for column in columns]
+    lines = [
+        "",
+        "Per-class IoU on the test tiles, mean over runs (– : class absent from the test tiles):",
+        "",
+        "| recipe | " + " | ".join(f"class {header}" for header in headers) + " |",
+        "|---|" + "|".join("---:" for _ in columns) + "|",
+    ]
+    for recipe in ok["recipe"].drop_duplicates():
+        means = ok[ok["recipe"] == recipe][columns].apply(pd.to_numeric, errors="coerce").mean()
+        cells = [NO_STD if math.isnan(value) else f"{value:.3f}" for value in means]
+        lines.append(f"| {_escape(recipe)} | " + " | ".join(cells) + " |")
+    if thin:
+        lines += ["", f"⚑ fewer than {min_pixels:,} labelled test pixels: too few to judge that class's IoU."]
+    return "\n".join(lines) + "\n"
 
 
 def _no_runs(axes: Any, summaries: list[pd.DataFrame]) -> None:
@@ -289,7 +363,7 @@ def _plot_lines(axes: Any, summary: pd.DataFrame, fractions: list[float], evalua
         handle = axes.errorbar(
             of_recipe["label_fraction"],
             of_recipe["mean"],
-            yerr=of_recipe["std"].fillna(0.0),  # one seed: no spread to show
+            yerr=interval_half_width(of_recipe),  # one run: no interval to show
             marker="o",
             capsize=3,
             label=str(recipe),
@@ -316,9 +390,10 @@ def _plot_bars(axes: Any, summaries: dict[str, pd.DataFrame], recipes: list[str]
     for offset, (metric, summary) in enumerate(summaries.items()):
         of_metric = summary.set_index("recipe").reindex(recipes)
         positions = [index + (offset - (len(summaries) - 1) / 2) * width for index in range(len(recipes))]
-        top = max(top, float((of_metric["mean"] + of_metric["std"].fillna(0.0)).max(skipna=True) or 0.0))
+        half = interval_half_width(of_metric.fillna({"n": 0}))
+        top = max(top, float((of_metric["mean"] + half).max(skipna=True) or 0.0))
         bars = axes.bar(
-            positions, of_metric["mean"].fillna(0.0), width, yerr=of_metric["std"].fillna(0.0), capsize=3,
+            positions, of_metric["mean"].fillna(0.0), width, yerr=half, capsize=3,
             label=evaluation.label(metric),
         )
         for bar, recipe in zip(bars, recipes, strict=True):
@@ -333,7 +408,7 @@ def _plot_bars(axes: Any, summaries: dict[str, pd.DataFrame], recipes: list[str]
     _no_runs(axes, list(summaries.values()))
     axes.set_ylim(0, 1 if not top > 1 else None)  # scores in [0, 1] (accuracy, IoU, Dice) on a fixed scale
     axes.set_ylabel(evaluation.axis_label)
-    axes.set_title(f"{evaluation.title} (mean ± std over seeds)")
+    axes.set_title(f"{evaluation.title} {INTERVAL_NOTE}")
     axes.grid(True, axis="y", alpha=0.3)
     if len(summaries) > 1:
         axes.legend()

@@ -19,7 +19,20 @@ For every recipe (in the order given):
    subset, all labels, whatever the fractions).
 
 Then the same runs from a random encoder (row ``random-init``, method ``none``) on the
-first recipe's data with its encoder architecture, initialised with each seed.
+first recipe's data with its encoder architecture, initialised with each seed (the
+first recipe that pretrains: see below).
+
+Methods that pretrain nothing: a method class with ``pretrains = False`` (a
+semi-supervised segmenter) is itself the downstream training. Step 2 then only records
+the recipe in its pretraining folder (``config.yaml``; a different recipe recorded
+there is refused as for a pretraining), and each row trains the method's own
+``downstream_training`` in place of the evaluation's finetuning, on the same label
+subset, seed and budget, so that its rows pair with every other recipe's. A method that
+pretrains nothing and has no training for the comparison's evaluation is refused
+before any work. The random-init row takes the data and encoder of the first recipe
+that pretrains; when none does, there is no random-init row (there is no pretraining
+to measure, and each such recipe trains from random init itself: pair it with its own
+supervised baseline). Compare asks the method class; it knows no method by name.
 
 Output folder::
 
@@ -92,11 +105,11 @@ import pandas as pd
 from geocl.errors import GeoclError
 from geocl.evaluation import Evaluation, Subset, evaluation_for, get_evaluation
 from geocl.io import atomic_path, atomic_write_text
-from geocl.recipes import load_recipe, read_saved_recipe, recipe_to_dict
+from geocl.recipes import load_recipe, read_saved_recipe, recipe_to_dict, save_recipe
 from geocl.recipes.options import CompareOptions
 from geocl.report.environment import describe_environment, environment_line
-from geocl.report.paired import paired_markdown, paired_summary, plot_paired
-from geocl.report.table import RANDOM_INIT, plot_results, results_markdown
+from geocl.report.paired import paired_markdown, paired_summary, plot_budgets, plot_paired
+from geocl.report.table import RANDOM_INIT, per_class_markdown, plot_comparison, results_markdown
 
 __all__ = ["CompareOptions", "describe_failures", "results_columns", "run_compare"]
 
@@ -106,11 +119,20 @@ log = logging.getLogger(__name__)
 _MAX_MESSAGE = 300
 
 
-def results_columns(evaluation: Evaluation | type[Evaluation]) -> list[str]:
-    """Columns of ``results.csv`` (and of the frame :func:`run_compare` returns) for an evaluation."""
+def results_columns(
+    evaluation: Evaluation | type[Evaluation] | list[Evaluation], extra: list[str] | tuple[str, ...] = ()
+) -> list[str]:
+    """Columns of ``results.csv`` (and of the frame :func:`run_compare` returns) for one or more evaluations.
+
+    ``extra``: further columns the runs gave (per-class IoU), after the evaluations' own.
+    """
+    evaluations = evaluation if isinstance(evaluation, list) else [evaluation]
+    metrics = list(dict.fromkeys(column for each in evaluations for column in each.metric_columns))
+    own = list(dict.fromkeys(column for each in evaluations for column in each.extra_columns))
     return [
-        "recipe", "method", "evaluation", "label_fraction", "subset_seed", "seed", *evaluation.metric_columns,
-        "status", "seconds", "checkpoint", *evaluation.extra_columns,
+        "recipe", "method", "evaluation", "pretrain_steps", "label_fraction", "subset_seed", "seed", *metrics,
+        "status", "seconds", "checkpoint", *own, *(column for column in extra if column not in own),
+        "few_test_pixels",
     ]
 
 
@@ -159,66 +181,145 @@ def run_compare(
     """
     say = echo or (lambda _text: None)
     out = Path(options.out)
-    candidates = [_load(path, options) for path in options.recipes]
+    budgets: list[int | None] = list(options.pretrain_steps or [None])
+    sweep = len(budgets) > 1
+    by_budget = {steps: [_load(path, options, steps, sweep) for path in options.recipes] for steps in budgets}
+    candidates = by_budget[budgets[0]]
     _check_unique(candidates)
-    chosen = _choose(candidates, options, evaluation)
+    evaluations = _choose_all(candidates, options, evaluation)
+    _check_method_trainings(candidates, evaluations)
     fractions = [float(fraction) for fraction in options.label_fractions]
-    grid = [(subset, seed) for subset in chosen.subsets(fractions, options.subset_seeds) for seed in range(options.seeds)]
-    baseline = _baseline(candidates, options)
+    random_init = _random_init_recipe(candidates)
+    baseline = _baseline(candidates, options, random_init is not None)
     if options.deterministic:
         _use_deterministic_algorithms()
     # Imported here, not at module level: it pulls in Lightning (seconds), which a
     # partial install that only reads results may lack.
     if pretrain_fn is None:
         from geocl.training.pretrain import run_pretrain as pretrain_fn
+    _prepare_benchmarks(candidates)
 
     first = candidates[0].recipe
-    if len({chosen.labelled_data(candidate.recipe) for candidate in candidates}) > 1:
-        log.warning("recipes read different data; %s is evaluated on %s", RANDOM_INIT, chosen.labelled_data(first))
+    main = evaluations[0]
+    if random_init is not None and len({main.labelled_data(candidate.recipe) for candidate in candidates}) > 1:
+        log.warning("recipes read different data; %s is evaluated on %s", RANDOM_INIT, main.labelled_data(random_init))
+    test_sets = _state_test_sets(evaluations, first, options.min_test_pixels, say)
+    grids = {
+        each.name: [(subset, seed) for subset in each.subsets(fractions, options.subset_seeds) for seed in range(options.seeds)]
+        for each in evaluations
+    }
     rows: list[dict[str, Any]] = []
-    total = (len(candidates) + 1) * len(grid)
+    runs = len(candidates) * len(budgets) + (random_init is not None)
+    total = runs * sum(len(grid) for grid in grids.values())
 
     def record(row: dict[str, Any]) -> None:
+        row["few_test_pixels"] = test_sets.get(row["evaluation"], "")
         rows.append(row)
         # Rewritten after every row so that a crash keeps what was finished.
-        _write_csv(rows, out / "results.csv", results_columns(chosen))
+        _write_csv(rows, out / "results.csv", _columns_of(rows, evaluations))
+        chosen = next(each for each in evaluations if each.name == row["evaluation"])
         if row["status"] == "ok":
             result = ", ".join(f"{chosen.label(column)} {row[column]:.3f}" for column in chosen.metric_columns)
         else:
             result = row["status"]
-        say(f"[{len(rows)}/{total}] {row['recipe']} f={row['label_fraction']:g} seed={row['seed']}: {result}")
+        protocol = f" [{chosen.name}]" if len(evaluations) > 1 else ""
+        budget = "" if row["pretrain_steps"] is None else f" steps={row['pretrain_steps']}"
+        say(f"[{len(rows)}/{total}] {row['recipe']}{protocol}{budget} f={row['label_fraction']:g} seed={row['seed']}: {result}")
 
-    def evaluate_all(name: str, method: str, recipe: Any, checkpoint: Path | None, reuse: bool) -> None:
-        for subset, seed in grid:
-            record(_evaluate_row(chosen, out, name, method, recipe, checkpoint, subset, seed, reuse, say))
+    def evaluate_all(
+        name: str, method: str, recipe: Any, checkpoint: Path | None, reuse: bool, steps: int | None
+    ) -> None:
+        folder_name = name if steps is None or not sweep else f"{name}-{steps}steps"
+        for each in evaluations:
+            for subset, seed in grids[each.name]:
+                row = _evaluate_row(each, out, folder_name, method, recipe, checkpoint, subset, seed, reuse, say)
+                record({**row, "recipe": name, "pretrain_steps": steps})
 
-    for candidate in candidates:
-        method = str(candidate.recipe.method.name)
-        pretrained = _pretrain_or_failure(candidate, pretrain_fn, say)
-        if isinstance(pretrained, str):
-            for subset, seed in grid:
-                record(_row(chosen, candidate.name, method, subset, seed, status=pretrained))
+    for steps in budgets:
+        for candidate in by_budget[steps]:
+            method = str(candidate.recipe.method.name)
+            pretrained = _pretrain_or_failure(candidate, pretrain_fn, say)
+            if isinstance(pretrained, str):
+                for each in evaluations:
+                    for subset, seed in grids[each.name]:
+                        record({**_row(each, candidate.name, method, subset, seed, status=pretrained), "pretrain_steps": steps})
+                continue
+            checkpoint, reused = pretrained
+            evaluate_all(candidate.name, method, candidate.recipe, checkpoint, reused, steps)
+    if random_init is not None:
+        # No pretraining: its old runs are as valid as ever.
+        evaluate_all(RANDOM_INIT, "none", random_init, None, True, None)
+    else:
+        say(f"no {RANDOM_INIT} row: no recipe pretrains an encoder")
+
+    _write_pretraining([candidate for steps in budgets for candidate in by_budget[steps]], out, budgets)
+    return _write_results(
+        rows, evaluations, out, say, baseline, options.deterministic, budgets=budgets,
+        test_sets=test_sets, min_test_pixels=options.min_test_pixels, recipe=first,
+    )
+
+
+def _columns_of(rows: list[dict[str, Any]], evaluations: list[Evaluation]) -> list[str]:
+    """results.csv columns for the rows so far: per-class columns in order of first appearance."""
+    base = set(results_columns(evaluations))
+    extra = list(dict.fromkeys(key for row in rows for key in row if key not in base))
+    return results_columns(evaluations, extra)
+
+
+def _prepare_benchmarks(candidates: list[_Candidate]) -> None:
+    """Tile the benchmark datasets recipes name (``data.dataset``) now, before any work: a dataset
+    missing under its root is said at once, and the test split can be described."""
+    named = [candidate for candidate in candidates if getattr(candidate.recipe.data, "dataset", "")]
+    if not named:
+        return
+    from geocl.data.benchmarks import ensure_recipe_tiles  # torchgeo: only when a recipe names a benchmark
+
+    for candidate in named:
+        try:
+            ensure_recipe_tiles(candidate.recipe)
+        except GeoclError as error:
+            raise GeoclError(str(error), path=candidate.path, key=error.key) from None
+
+
+def _state_test_sets(
+    evaluations: list[Evaluation], recipe: Any, min_pixels: int, say: Callable[[str], None]
+) -> dict[str, str]:
+    """Say what the runs are scored on; warn about thin classes. Returns evaluation -> its flagged classes."""
+    flagged: dict[str, str] = {}
+    stated: set[str] = set()
+    for each in evaluations:
+        test_set = each.test_set(recipe)
+        if test_set is None:
             continue
-        checkpoint, reused = pretrained
-        evaluate_all(candidate.name, method, candidate.recipe, checkpoint, reused)
-    # No pretraining: its old runs are as valid as ever.
-    evaluate_all(RANDOM_INIT, "none", first, None, True)
-
-    _write_pretraining(candidates, out)
-    return _write_results(rows, chosen, out, say, baseline, options.deterministic)
+        few = [name for name, count in test_set.class_pixels.items() if count < min_pixels]
+        flagged[each.name] = ";".join(few)
+        if test_set.description in stated:
+            continue
+        stated.add(test_set.description)
+        say(test_set.description)
+        for name in few:
+            log.warning(
+                "class %s has %d labelled test pixels (< %d): its IoU is flagged in results.csv and results.md",
+                name, test_set.class_pixels[name], min_pixels,
+            )
+    return flagged
 
 
 # ------------------------------------------------------------------- checking
 
 
-def _load(path: Path, options: CompareOptions) -> _Candidate:
-    """Load one recipe with the shared overrides and compare's own ``out``."""
+def _load(path: Path, options: CompareOptions, steps: int | None = None, sweep: bool = False) -> _Candidate:
+    """Load one recipe with the shared overrides, compare's own ``out`` and the step budget ``steps``.
+
+    In a sweep of budgets each budget pretrains into ``pretrain/<stem>-<steps>steps``.
+    """
     path = Path(path)
+    folder = path.stem if not sweep else f"{path.stem}-{steps}steps"
     # Last, so it wins over an ``out=`` among the user's overrides: compare owns the layout.
-    overrides = [*options.overrides, f"out={Path(options.out) / 'pretrain' / path.stem}"]
-    if options.pretrain_steps is not None:
+    overrides = [*options.overrides, f"out={Path(options.out) / 'pretrain' / folder}"]
+    if steps is not None:
         # one budget for every recipe: the same optimizer steps, whatever their epoch lengths
-        overrides += [f"trainer.max_steps={options.pretrain_steps}", "trainer.max_epochs=-1"]
+        overrides += [f"trainer.max_steps={steps}", "trainer.max_epochs=-1"]
     try:
         recipe = load_recipe(path, overrides)
     except GeoclError as exc:
@@ -254,6 +355,15 @@ def _check_unique(candidates: list[_Candidate]) -> None:
         stems[stem], names[name] = candidate.path, candidate.path
 
 
+def _choose_all(
+    candidates: list[_Candidate], options: CompareOptions, evaluation: Evaluation | str | None
+) -> list[Evaluation]:
+    """The evaluations of the comparison: one, or the finetune and frozen protocols with ``protocol: both``."""
+    if evaluation is None and options.protocol == "both":
+        return [_choose(candidates, options, name) for name in ("finetune", "frozen")]
+    return [_choose(candidates, options, evaluation)]
+
+
 def _choose(candidates: list[_Candidate], options: CompareOptions, evaluation: Evaluation | str | None) -> Evaluation:
     """The evaluation of every recipe, configured by the options (refusing recipes that need different ones)."""
     if evaluation is None and options.protocol != "finetune":
@@ -277,6 +387,43 @@ def _choose(candidates: list[_Candidate], options: CompareOptions, evaluation: E
                 path=candidate.path,
             )
     return chosen
+
+
+def _method_class(recipe: Any) -> Any:
+    """The method class a recipe names, or None (a method registered by its parameters alone).
+
+    Method classes register when :mod:`geocl.methods` is imported, and no recipe can
+    name one before, so nothing is imported here (compare's own tests run without Lightning).
+    """
+    registry = sys.modules.get("geocl.methods.registry")
+    return None if registry is None else registry.METHODS.get(str(recipe.method.name))
+
+
+def _check_method_trainings(candidates: list[_Candidate], evaluations: list[Evaluation]) -> None:
+    """Refuse, before any work, a recipe whose method pretrains nothing and cannot serve an evaluation."""
+    for candidate in candidates:
+        cls = _method_class(candidate.recipe)
+        if cls is None:
+            continue
+        for each in evaluations:
+            try:
+                cls.training_for(each.name, candidate.recipe.method)
+            except GeoclError as error:  # said with the recipe file, which the key alone does not name
+                message = str(error).removeprefix(f"{error.key}: ")
+                raise GeoclError(message, path=candidate.path, key=error.key) from None
+
+
+def _random_init_recipe(candidates: list[_Candidate]) -> Any:
+    """The recipe whose data and encoder the random-init row evaluates: the first whose method pretrains, or None.
+
+    A recipe whose method pretrains nothing brings its own training to every row it
+    names, so it cannot stand for "the evaluation from a random encoder".
+    """
+    for candidate in candidates:
+        cls = _method_class(candidate.recipe)
+        if cls is None or cls.pretrains:
+            return candidate.recipe
+    return None
 
 
 def _describe(evaluation: type[Evaluation]) -> str:
@@ -326,11 +473,49 @@ def _pretrained(recipe: Any, pretrain_fn: Callable[..., Any]) -> tuple[Path, boo
     return Path(result.checkpoint), False
 
 
+def _recorded(recipe: Any) -> bool:
+    """Record a recipe whose method pretrains nothing in its pretraining folder; whether it was recorded before.
+
+    Its earlier rows stand when the same recipe was recorded (they are reused like the
+    rows of a reused pretraining); a first record has them redone.
+
+    Raises:
+        GeoclError: the folder records or holds a run of a different recipe.
+    """
+    out = Path(recipe.out)
+    saved = out / "config.yaml"
+    now = recipe_to_dict(recipe)
+    if saved.exists():
+        before = read_saved_recipe(saved)
+        if before == now:
+            return True
+        why = "its config.yaml is no longer a valid recipe" if before is None else (
+            f"config.yaml differs in {', '.join(_differing_keys(before, now))}"
+        )
+        raise GeoclError(f"holds a run of a different recipe ({why}); delete the folder or compare into another out",
+                         path=out)
+    if out.is_dir() and any(out.iterdir()):
+        raise GeoclError("holds files but no config.yaml; delete the folder or compare into another out", path=out)
+    save_recipe(recipe, saved)
+    return False
+
+
 def _pretrain_or_failure(
     candidate: _Candidate, pretrain_fn: Callable[..., Any], say: Callable[[str], None]
-) -> tuple[Path, bool] | str:
-    """(checkpoint, reused) of a recipe's pretraining, or the failure status of its rows."""
+) -> tuple[Path | None, bool] | str:
+    """(checkpoint, reused) of a recipe's pretraining, or the failure status of its rows.
+
+    A recipe whose method pretrains nothing has no checkpoint (None): its rows train the
+    method's own downstream training (see the module docstring).
+    """
     recipe = candidate.recipe
+    cls = _method_class(recipe)
+    if cls is not None and not cls.pretrains:
+        say(f"{candidate.name}: method {recipe.method.name} pretrains nothing; it trains at every row")
+        try:
+            return None, _recorded(recipe)
+        except Exception as exc:  # noqa: BLE001 - one recipe's failure must not stop the others
+            return _failure(exc, f"recording {candidate.name}")
     try:
         say(f"pretraining {candidate.name} ({candidate.path}) into {recipe.out}")
         checkpoint, reused = _pretrained(recipe, pretrain_fn)
@@ -440,11 +625,13 @@ def _row(
     """A results row (see :func:`results_columns`)."""
     metrics, extra = metrics or {}, extra or {}
     return {
-        "recipe": name, "method": method, "evaluation": evaluation.name, "label_fraction": subset.label_fraction,
+        "recipe": name, "method": method, "evaluation": evaluation.name, "pretrain_steps": None,
+        "label_fraction": subset.label_fraction,
         # the seed that drew the labelled subset: runs of two recipes pair up on it
         "subset_seed": seed if subset.subset_seed is None else subset.subset_seed, "seed": seed, **{column: metrics.get(column, math.nan) for column in evaluation.metric_columns},
         "status": status, "seconds": round(seconds, 1), "checkpoint": checkpoint,
         **{column: extra.get(column) for column in evaluation.extra_columns},
+        **{column: value for column, value in extra.items() if column not in evaluation.extra_columns},
     }
 
 
@@ -457,59 +644,101 @@ def _use_deterministic_algorithms() -> None:
     torch.use_deterministic_algorithms(True)
 
 
-def _write_pretraining(candidates: list[_Candidate], out: Path) -> None:
+def _write_pretraining(candidates: list[_Candidate], out: Path, budgets: list[int | None]) -> None:
     """``pretraining.csv``: each recipe's budget as spent (steps, samples seen, wall time, final loss)."""
     rows = []
     for candidate in candidates:
+        budget = candidate.recipe.trainer.max_steps if budgets != [None] else None
         metrics_file = Path(candidate.recipe.out) / "metrics.json"
         try:
             metrics = json.loads(metrics_file.read_text())
         except (OSError, ValueError):
             metrics = {}
         rows.append({
-            "recipe": candidate.name, "method": str(candidate.recipe.method.name),
+            "recipe": candidate.name, "method": str(candidate.recipe.method.name), "pretrain_steps": budget,
             **{key: metrics.get(key) for key in ("global_step", "samples_seen", "seconds", "final_loss")},
         })
     with atomic_path(out / "pretraining.csv") as temp:
         pd.DataFrame(rows).to_csv(temp, index=False)
 
 
-def _baseline(candidates: list[_Candidate], options: Any) -> str:
+def _baseline(candidates: list[_Candidate], options: Any, random_init: bool = True) -> str:
     """The recipe the paired differences are taken to: ``options.baseline`` or the first recipe."""
-    names = [candidate.name for candidate in candidates]
+    names = [candidate.name for candidate in candidates] + ([RANDOM_INIT] if random_init else [])
     baseline = options.baseline or names[0]
-    if baseline not in [*names, RANDOM_INIT]:
-        raise GeoclError(f"{baseline!r} is none of the compared recipes ({', '.join(names)}, {RANDOM_INIT})", key="baseline")
+    if baseline not in names:
+        raise GeoclError(f"{baseline!r} is none of the compared recipes ({', '.join(names)})", key="baseline")
     return baseline
 
 
 def _write_results(
-    rows: list[dict[str, Any]], evaluation: Evaluation, out: Path, say: Callable[[str], None], baseline: str,
+    rows: list[dict[str, Any]],
+    evaluations: list[Evaluation],
+    out: Path,
+    say: Callable[[str], None],
+    baseline: str,
     deterministic: bool = False,
+    *,
+    budgets: list[int | None] | None = None,
+    test_sets: dict[str, str] | None = None,
+    min_test_pixels: int = 0,
+    recipe: Any = None,
 ) -> pd.DataFrame:
-    """results.csv, results.md and results.png of the finished rows; the table is echoed.
+    """results.csv, results_summary.csv, results.md and the PNGs of the finished rows; the table is echoed.
 
-    results.md holds the mean ± std table and, under it, the paired table: each
-    recipe's mean with its interval and its paired difference to ``baseline``
-    (:mod:`geocl.report.paired`).
+    One section per (evaluation, pretraining budget) group, random-init in every group:
+    the mean ± std table, then each recipe's mean with its interval and its paired
+    difference to ``baseline`` (:mod:`geocl.report.paired`), then per-class IoU with
+    the classes that have too few test pixels flagged. Over several budgets,
+    ``results_budget.png`` draws each recipe's score against pretraining steps.
     """
-    columns = results_columns(evaluation)
+    budgets = budgets or [None]
+    columns = _columns_of(rows, evaluations)
     results = pd.DataFrame(rows, columns=columns)
     _write_csv(rows, out / "results.csv", columns)
-    metric = evaluation.primary()
-    paired = paired_summary(results, metric, baseline)
     environment = describe_environment(deterministic=deterministic)
     atomic_write_text(out / "environment.json", json.dumps(environment, indent=1))
-    table = (
-        results_markdown(results, evaluation) + "\n" + paired_markdown(paired, evaluation.label(metric), baseline)
-        + "\n" + environment_line(environment) + "\n"
+    sections, panels, summaries = [], [], []
+    for evaluation in evaluations:
+        of_evaluation = results[results["evaluation"] == evaluation.name]
+        metric = evaluation.primary()
+        for steps in budgets:
+            group = of_evaluation[of_evaluation["pretrain_steps"].isna()] if steps is None else of_evaluation[
+                (of_evaluation["pretrain_steps"] == steps) | (of_evaluation["recipe"] == RANDOM_INIT)
+            ]
+            title = _group_title(evaluation, steps, len(evaluations) > 1 or len(budgets) > 1)
+            paired = paired_summary(group, metric, baseline)
+            summaries.append(paired.assign(evaluation=evaluation.name, pretrain_steps=steps))
+            text = results_markdown(group, evaluation) + "\n" + paired_markdown(paired, evaluation.label(metric), baseline)
+            text += per_class_markdown(group, (test_sets or {}).get(evaluation.name, ""), min_test_pixels)
+            sections.append((f"## {title}\n\n" if title else "") + text)
+            panels.append((title, group, evaluation))
+    test_set = evaluations[0].test_set(recipe) if recipe is not None else None
+    header = f"{test_set.description}.\n\n" if test_set is not None else ""
+    table = header + "\n".join(sections) + "\n" + environment_line(environment) + "\n"
+    summary = pd.concat(summaries, ignore_index=True)
+    with atomic_path(out / "results_summary.csv") as temp:
+        summary.to_csv(temp, index=False)
+    plot_paired(
+        summary, out / "results_paired.png", evaluations[0].label(evaluations[0].primary()), baseline,
+        group_labels=len(panels) > 1,
     )
-    plot_paired(paired, out / "results_paired.png", evaluation.label(metric), baseline)
     atomic_write_text(out / "results.md", table)
-    plot_results(results, out / "results.png", evaluation)
-    files = ", ".join(str(out / name) for name in ("results.csv", "results.md", "results.png", "results_paired.png"))
-    say(f"\n{table}\nresults: {files}")
-    return results
+    plot_comparison(panels, out / "results.png")
+    files = ["results.csv", "results_summary.csv", "results.md", "results.png", "results_paired.png"]
+    if len(budgets) > 1:
+        plot_budgets(summary, out / "results_budget.png", evaluations)
+        files.append("results_budget.png")
+    say(f"\n{table}\nresults: {', '.join(str(out / name) for name in files)}")
+    return pd.read_csv(out / "results.csv")  # the rows as the file holds them (empty cells: NaN)
+
+
+def _group_title(evaluation: Evaluation, steps: int | None, named: bool) -> str:
+    """``finetune protocol, 300 pretraining steps``; "" when the comparison has one group."""
+    if not named:
+        return ""
+    title = f"{evaluation.name} protocol"
+    return title if steps is None else f"{title}, {steps} pretraining steps"
 
 
 def _failure(exc: Exception, doing: str) -> str:

@@ -233,16 +233,30 @@ def _loggers(out: Path) -> list[Any]:
 def train_dataset(recipe: Recipe) -> Dataset[dict[str, Any]]:
     """The images a recipe trains on, as its ``data.format`` says.
 
-    Tile sets give :class:`TileDataset`; ``image_folder`` and ``cifar`` give the
-    natural-image datasets of :mod:`geocl.data.natural` (same batch contract, statistics
-    of their train split).
+    Tile sets give :class:`TileDataset` (a benchmark named by ``data.dataset`` is tiled
+    into ``data.tiles`` first, see :func:`geocl.data.benchmarks.ensure_recipe_tiles`);
+    ``image_folder`` and ``cifar`` give the natural-image datasets of
+    :mod:`geocl.data.natural` (same batch contract, statistics of their train split);
+    ``nifti`` gives the 2D slices of the split's cases
+    (:func:`geocl.data.medical.nifti.open_slice_dataset`).
 
     Raises:
         GeoclError: for a missing or unreadable data folder.
     """
     config = recipe.data
     if config.format == "tiles":
+        if config.dataset:  # a benchmark: its tile set is written on first use
+            from geocl.data.benchmarks import ensure_recipe_tiles
+
+            ensure_recipe_tiles(recipe)
         return TileDataset(config.tiles, config.split, with_mask=False)
+    if config.format == "nifti":
+        from geocl.data.medical.nifti import open_slice_dataset  # MONAI: only for medical recipes
+
+        return open_slice_dataset(
+            config.path, config.split, spacing=config.spacing, slice_axis=config.slice_axis,
+            intensity=config.intensity, image_size=config.image_size, val_fraction=config.val_fraction,
+        )
     return open_natural_dataset(
         config.format, config.path, config.split, image_size=config.image_size, val_fraction=config.val_fraction
     )
@@ -308,6 +322,9 @@ def run_pretrain(recipe: Recipe, *, resume: bool = False) -> PretrainResult:
         KeyboardInterrupt: on Ctrl-C (the last complete checkpoint stays).
     """
     start = time.perf_counter()
+    from geocl.methods import method_class  # registered methods; imported with Lightning anyway
+
+    method_class(str(recipe.method.name)).check_pretraining()  # before any file is written
     if resume and not Path(recipe.out).is_dir():
         raise GeoclError("nothing to resume: no such folder (given by out)", path=recipe.out, key="out")
     out = check_output_folder(recipe.out, key="out")

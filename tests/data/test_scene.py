@@ -150,3 +150,54 @@ def test_an_integer_mask_is_read_as_it_is(pair: tuple[Path, Path]) -> None:
     _, mask = pair
     scene_mask = SceneMask(mask)
     assert (scene_mask.class_dtype, scene_mask.mask_nodata, scene_mask.dtype) == ("uint8", None, torch.long)
+
+
+# ------------------------------------------------------- an unlabelled value (mask_nodata)
+
+
+def test_a_given_unlabelled_value_becomes_the_nodata_of_an_integer_mask(pair: tuple[Path, Path]) -> None:
+    _, mask = pair  # uint8 classes 0, 1, 2 and no nodata tag
+    scene_mask = SceneMask(mask, nodata=0)
+    assert (scene_mask.class_dtype, scene_mask.mask_nodata) == ("uint8", 0)
+    left, top = 500_000.0, 5_100_000.0
+    sample = scene_mask[left : left + 320, top - 320 : top]["mask"]  # 32 x 32 px, read as they are
+    expected = torch.from_numpy((np.arange(200 * 200).reshape(200, 200) % 3)[:32, :32].astype(np.int64))
+    assert torch.equal(sample, expected)
+
+
+def test_the_files_own_nodata_still_reads_as_unlabelled(tmp_path: Path, write_raster: RasterWriter) -> None:
+    labels = _grid_labels("uint8")  # classes 0..2
+    labels[:2] = 255
+    scene_mask = SceneMask(write_raster(tmp_path / "mask.tif", labels, nodata=255), nodata=0)
+    assert scene_mask.mask_nodata == 0
+    sample = scene_mask[500_000.0 : 500_640.0, 5_099_360.0 : 5_100_000.0]["mask"]
+    assert (sample[:2] == 0).all()  # 255 (the tag) and 0 (given) both mean unlabelled
+    assert torch.equal(sample[2:], torch.from_numpy(labels[2:].astype(np.int64)))
+
+
+def test_where_the_mask_does_not_reach_reads_as_the_given_unlabelled_value(
+    tmp_path: Path, write_raster: RasterWriter
+) -> None:
+    labels = np.full((16, 16), 2, np.uint8)  # covers the left half of a 32 px wide read
+    mask = write_raster(tmp_path / "mask.tif", labels)
+    wide = write_raster(tmp_path / "wide.tif", np.full((16, 32), 2, np.uint8))
+    dataset = labelled_scene(SceneImage(wide), SceneMask(mask, nodata=7))
+    sample = dataset[500_000.0 : 500_320.0, 5_099_840.0 : 5_100_000.0]["mask"]
+    assert (sample[:, :16] == 2).all() and (sample[:, 16:] == 7).all()  # not class 0, GDAL's fill
+
+
+def test_a_float_mask_with_a_given_unlabelled_value(tmp_path: Path, write_raster: RasterWriter) -> None:
+    labels = _grid_labels("float32") + 1.0  # classes 1..3
+    labels[0, :4] = 0.0
+    labels[1, :4] = np.nan
+    scene_mask = SceneMask(write_raster(tmp_path / "mask.tif", labels, nodata=float("nan")), nodata=0)
+    assert (scene_mask.class_dtype, scene_mask.mask_nodata) == ("uint8", 0)
+    sample = scene_mask[500_000.0 : 500_640.0, 5_099_360.0 : 5_100_000.0]["mask"]
+    assert (sample[:2, :4] == 0).all() and (sample[2:] >= 1).all()
+
+
+def test_an_unlabelled_value_outside_the_mask_dtype_is_refused(pair: tuple[Path, Path]) -> None:
+    _, mask = pair
+    with pytest.raises(GeoclError, match=r"unlabelled value 300 \(given by mask_nodata\).*uint8 \(0\.\.255\)") as error:
+        SceneMask(mask, nodata=300)
+    assert error.value.key == "mask_nodata" and error.value.path == str(mask)

@@ -198,3 +198,42 @@ def test_a_closed_pipe_ends_tiling_quietly(tmp_path: Path, scene: Path) -> None:
     assert result.stdout.startswith("16 tiles in ") and result.stdout.count("\n") == 1
     assert result.stderr == ""
     assert (tmp_path / "out" / "tiles.json").exists()
+
+
+def test_mask_nodata_0_makes_0_an_ignored_value_end_to_end(
+    tmp_path: Path, scene: Path, write_raster: RasterWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import rasterio
+
+    from geocl.finetune.metrics import segmentation_metric
+
+    labels = _labels() + 1  # classes 1, 2, 3 ...
+    labels[:, :20] = 0  # ... and 0 for "not labelled", which the file does not say (no nodata tag)
+    mask = write_raster(tmp_path / "mask.tif", labels)
+    out = tmp_path / "out"
+    assert main(_tile(scene, out, "--mask", str(mask), "--split-block", "32", "--mask-nodata", "0")) == 0
+    assert "mask classes: [1, 2, 3]" in capsys.readouterr().out  # 0 is no class
+    data = TileDataset(out, progress=False)
+    assert data.metadata["mask_nodata"] == 0 and data.metadata["options"]["mask_nodata"] == 0
+    assert "class_0" not in data.index.columns and data.classes == [1, 2, 3]
+    with rasterio.open(out / data.index["mask_path"].iloc[0]) as tile:
+        assert tile.nodata == 0  # GIS tools see it too
+
+    # training and metrics see IGNORE_INDEX where the source holds 0, class indices elsewhere
+    metric = segmentation_metric(num_classes=3)
+    labelled = 0
+    for item in range(len(data)):
+        sample = data[item]
+        xmin, _, _, ymax = data.bounds[int(data.rows[item])].tolist()
+        row, col = round((5_100_000.0 - ymax) / 10), round((xmin - 500_000.0) / 10)
+        source = torch.from_numpy(labels[row : row + 32, col : col + 32].astype(np.int64))
+        assert torch.equal(sample["mask"] == IGNORE_INDEX, source == 0)
+        assert torch.equal(sample["mask"][source > 0], source[source > 0] - 1)
+        labelled += int((source > 0).sum())
+        metric.update(torch.zeros_like(sample["mask"])[None], sample["mask"][None])  # "class index 0" everywhere
+    confusion = metric.confmat
+    assert int(confusion.sum()) == labelled  # the unlabelled pixels never reach the metric
+
+    # a rerun with another unlabelled value is another tile set
+    line = _error(capsys, _tile(scene, out, "--mask", str(mask), "--split-block", "32"))
+    assert "--mask-nodata" in line and "was 0, now none" in line

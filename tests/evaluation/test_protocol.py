@@ -74,7 +74,7 @@ def test_registry_by_name_and_by_data_format() -> None:
     assert {"finetune", "knn-probe", "toy-retrieval"} <= set(evaluation_names())
     assert get_evaluation("finetune") is SegmentationFinetune and get_evaluation("knn-probe") is KnnProbe
     with pytest.raises(GeoclError, match="choose from"):
-        get_evaluation("dice")
+        get_evaluation("no-such-evaluation")
     # the first evaluation registered for a format is its default: a later one does not take over
     assert evaluation_for("tiles") is SegmentationFinetune
     assert evaluation_for("cifar") is KnnProbe and evaluation_for("image_folder") is KnnProbe
@@ -107,8 +107,8 @@ def test_subsets_folders_and_metric_columns() -> None:
     assert SegmentationFinetune.primary() == "miou" and KnnProbe.primary() == "probe_top1"
     assert ToyRetrieval.primary() == "hit_at_1" and ToyRetrieval.label("mrr") == "MRR"
     assert results_columns(KnnProbe) == [
-        "recipe", "method", "evaluation", "label_fraction", "subset_seed", "seed", "knn_top1", "probe_top1",
-        "status", "seconds", "checkpoint",
+        "recipe", "method", "evaluation", "pretrain_steps", "label_fraction", "subset_seed", "seed", "knn_top1",
+        "probe_top1", "status", "seconds", "checkpoint", "few_test_pixels",
     ]
 
 

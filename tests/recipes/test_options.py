@@ -96,7 +96,7 @@ def test_defaults_resolve_and_derived_defaults_follow_the_size() -> None:
     assert options.split == (0.7, 0.15, 0.15) and options.max_nodata == 0.2 and not options.quiet
     small = TileOptions(scene="s.tif", out="t", size=32)
     assert (small.stride, small.split_block) == (32, 128)
-    assert isinstance(options.scene, Path)
+    assert options.scene == [Path("s.tif")]  # one scene given: a list of one (several run on Dask)
 
 
 def test_compare_takes_nested_settings_as_mappings() -> None:

@@ -45,7 +45,10 @@ BASE = {"alpha": 0.3, "gamma": 0.2, None: 0.1}
 OFFSET = [0.0, 0.02, 0.07]  # mean 0.03, sample std sqrt(0.0013) = 0.036 (ddof=0 would give 0.029)
 FRACTIONS = [0.01, 0.2]
 #: results.csv columns of tile-set recipes: today's columns plus the evaluation's name.
-COLUMNS = ["recipe", "method", "evaluation", "label_fraction", "subset_seed", "seed", "miou", "status", "seconds", "checkpoint"]
+COLUMNS = [
+    "recipe", "method", "evaluation", "pretrain_steps", "label_fraction", "subset_seed", "seed", "miou", "status",
+    "seconds", "checkpoint", "few_test_pixels",
+]
 
 
 def _recipe(folder: Path, stem: str, name: str) -> Path:
@@ -159,7 +162,7 @@ def test_rows_table_plot_and_a_failing_recipe(tmp_path: Path, recipes: list[Path
     results = pd.read_csv(out / "results.csv")
     assert list(results.columns) == COLUMNS == results_columns(SegmentationFinetune)
     assert set(results["evaluation"]) == {"finetune"}
-    pd.testing.assert_frame_equal(results.fillna({"checkpoint": ""}), returned, check_dtype=False)
+    pd.testing.assert_frame_equal(results, returned)
 
     # recipes (incl. random-init) x fractions x seeds, in that order
     expected_keys = [(r, f, s) for r in ("alpha", "beta", "random-init") for f in FRACTIONS for s in range(3)]
@@ -355,8 +358,11 @@ def test_natural_recipes_give_knn_and_probe_rows_table_and_plot(tmp_path: Path) 
     fakes = Fakes(out)
     options = CompareOptions(recipes=paths, label_fractions=FRACTIONS, seeds=2, out=out, evaluate={"k": 7})
     results = _natural_compare(options, fakes)
-    natural_columns = ["recipe", "method", "evaluation", "label_fraction", "subset_seed", "seed", "knn_top1", "probe_top1"]
-    assert list(results.columns) == [*natural_columns, "status", "seconds", "checkpoint"] and not fakes.finetuned
+    natural_columns = [
+        "recipe", "method", "evaluation", "pretrain_steps", "label_fraction", "subset_seed", "seed", "knn_top1", "probe_top1",
+    ]
+    assert list(results.columns) == [*natural_columns, "status", "seconds", "checkpoint", "few_test_pixels"]
+    assert not fakes.finetuned
     # one subset, all labels, whatever the fractions; one folder per (recipe, seed)
     assert set(results["label_fraction"]) == {1.0} and set(results["evaluation"]) == {"knn-probe"}
     assert (out / "evaluate" / "alpha-s1" / "evaluation.json").exists()
@@ -477,3 +483,105 @@ def test_a_step_budget_gives_every_recipe_the_same_optimizer_steps(tmp_path: Pat
     spent = pd.read_csv(out / "pretraining.csv")
     assert spent["recipe"].tolist() == ["alpha", "gamma"] and spent["global_step"].tolist() == [7, 7]
     assert spent["samples_seen"].tolist() == [56, 56]
+
+
+@pytest.fixture
+def two_working(tmp_path: Path) -> list[Path]:
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    return [_recipe(folder, "a", "alpha"), _recipe(folder, "g", "gamma")]
+
+
+def test_protocol_both_puts_finetune_and_frozen_rows_in_one_report(tmp_path: Path, two_working: list[Path]) -> None:
+    recipes = two_working
+    out = tmp_path / "cmp"
+    fakes = Fakes(out, failing="none")
+    options = CompareOptions(recipes=recipes, label_fractions=[0.2], seeds=2, out=out, protocol="both")
+    results = _compare(options, fakes, echo=None)
+    # (2 recipes + random-init) x 2 seeds x 2 protocols, each run in its protocol's folder
+    assert len(results) == 12 and results.groupby("evaluation").size().to_dict() == {"finetune": 6, "frozen": 6}
+    frozen_calls = [call for call in fakes.finetuned if call.get("arch") == "linear"]
+    assert len(frozen_calls) == 6 and all(call["freeze_encoder"] for call in frozen_calls)
+    assert (out / "finetune" / "alpha-f0.2-s1" / "metrics.json").exists()
+    assert (out / "frozen" / "alpha-f0.2-s1" / "metrics.json").exists()
+    md = (out / "results.md").read_text()
+    assert "## finetune protocol" in md and "## frozen protocol" in md
+    summary = pd.read_csv(out / "results_summary.csv")
+    assert set(summary["evaluation"]) == {"finetune", "frozen"}
+    # the fake scores gamma 0.1 below alpha on every (subset, seed): the paired difference is exact
+    gamma = summary[(summary["recipe"] == "gamma") & (summary["evaluation"] == "frozen")].iloc[0]
+    assert gamma["pairs"] == 2 and gamma["delta"] == pytest.approx(BASE["gamma"] - BASE["alpha"])
+    assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_budget_sweep_pretrains_each_recipe_at_every_budget(tmp_path: Path, two_working: list[Path]) -> None:
+    recipes = two_working
+    out = tmp_path / "cmp"
+    fakes = Fakes(out, failing="none")
+    seen: list[tuple[str, int, str]] = []
+    pretrain = fakes.pretrain
+
+    def recording(recipe: Any, resume: bool = False) -> SimpleNamespace:
+        seen.append((str(recipe.name), recipe.trainer.max_steps, Path(recipe.out).name))
+        done = pretrain(recipe, resume)
+        (Path(recipe.out) / "metrics.json").write_text(json.dumps({"global_step": recipe.trainer.max_steps}))
+        return done
+
+    fakes.pretrain = recording
+    options = CompareOptions(recipes=recipes, label_fractions=[0.2], seeds=2, out=out, pretrain_steps=[9, 3])
+    results = _compare(options, fakes, echo=None)
+    assert seen == [("alpha", 3, "a-3steps"), ("gamma", 3, "g-3steps"), ("alpha", 9, "a-9steps"), ("gamma", 9, "g-9steps")]
+    trained = results[results["recipe"] != "random-init"]
+    assert trained.groupby("pretrain_steps").size().to_dict() == {3: 4, 9: 4}
+    assert results[results["recipe"] == "random-init"]["pretrain_steps"].isna().all()
+    assert len(results[results["recipe"] == "random-init"]) == 2  # evaluated once, shown in every budget
+    assert (out / "finetune" / "alpha-3steps-f0.2-s0").is_dir() and (out / "finetune" / "alpha-9steps-f0.2-s0").is_dir()
+    spent = pd.read_csv(out / "pretraining.csv")
+    assert spent["pretrain_steps"].tolist() == [3, 3, 9, 9] and spent["global_step"].tolist() == [3, 3, 9, 9]
+    md = (out / "results.md").read_text()
+    assert "## finetune protocol, 3 pretraining steps" in md and "## finetune protocol, 9 pretraining steps" in md
+    assert md.count("| random-init |") >= 2
+    assert (out / "results_budget.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _tile_index(tiles: Path, test_pixels: dict[str, int]) -> None:
+    """tiles.json and tiles.gpkg of a 4 x 4 grid of 100 m tiles, test tiles on the diagonal."""
+    import geopandas as gpd
+    import shapely
+
+    tiles.mkdir(parents=True)
+    rows = [
+        {"path": f"images/r{r}_c{c}.tif", "split": "test" if r == c else "train",
+         "geometry": shapely.box(c * 100, -(r + 1) * 100, (c + 1) * 100, -r * 100)}
+        for r in range(4) for c in range(4)
+    ]
+    gpd.GeoDataFrame(rows, geometry="geometry", crs="EPSG:32633").to_file(tiles / "tiles.gpkg", layer="tiles")
+    (tiles / "tiles.json").write_text(json.dumps({"complete": True, "class_pixels": {"test": test_pixels}}))
+
+
+def test_per_class_iou_and_thin_test_classes_are_flagged(tmp_path: Path, two_working: list[Path], caplog) -> None:
+    recipes = two_working
+    _tile_index(tmp_path / "recipes" / "tiles", {"1": 50_000, "2": 120})
+    out = tmp_path / "cmp"
+    fakes = Fakes(out, failing="none")
+
+    def finetune_with_classes(**kwargs: Any) -> SimpleNamespace:
+        done = fakes.finetune(**kwargs)
+        record = json.loads((kwargs["out"] / "metrics.json").read_text())
+        record.update(classes=[1, 2], iou=[done.miou + 0.1, None])  # class 2 absent: null, as run_finetune writes
+        (kwargs["out"] / "metrics.json").write_text(json.dumps(record))
+        return done
+
+    printed: list[str] = []
+    options = CompareOptions(recipes=recipes, label_fractions=[0.2], seeds=2, out=out, min_test_pixels=1000)
+    with caplog.at_level("WARNING"):
+        results = _compare(options, fakes, finetune=finetune_with_classes, echo=printed.append)
+    assert results["iou_1"].tolist() == pytest.approx((results["miou"] + 0.1).tolist())
+    assert results["iou_2"].isna().all()
+    assert set(results["few_test_pixels"].astype(str)) == {"2"}
+    assert any("class 2 has 120 labelled test pixels" in message for message in caplog.messages)
+    stated = next(line for line in printed if line.startswith("test split of"))
+    assert "4 of 16 tiles" in stated and "0.04 km²" in stated and "in 2 of 4 quarters" in stated  # the diagonal: top-left and bottom-right
+    md = (out / "results.md").read_text()
+    assert "| recipe | class 1 | class 2 ⚑ |" in md and "fewer than 1,000 labelled test pixels" in md
+    assert md.startswith("test split of")

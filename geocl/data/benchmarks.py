@@ -1,0 +1,691 @@
+"""TorchGeo's benchmark segmentation datasets as geocl tile sets: ISPRS Potsdam, ISPRS Vaihingen, LoveDA.
+
+``export_benchmark("potsdam", root, out)`` reads a dataset already on disk with its
+TorchGeo class (:class:`~torchgeo.datasets.Potsdam2D`, :class:`~torchgeo.datasets.Vaihingen2D`,
+:class:`~torchgeo.datasets.LoveDA`; ``download=False`` where the class has it and
+``checksum=False``: nothing is fetched, the files are trusted) and writes the folder
+``geocl tile`` writes, so that :class:`~geocl.data.tile_dataset.TileDataset`, finetuning,
+``geocl compare`` and the pretraining methods read it like any other tile set::
+
+    OUT/tiles.json          options, band statistics, classes and their names, split counts,
+                            labelled pixels per class and split ("class_pixels"), the images of each split
+    OUT/tiles.gpkg          layer "tiles": one polygon per tile (see "Grid" below)
+    OUT/images/<image>_r000_c000.tif
+    OUT/masks/<image>_r000_c000.tif
+
+Splits are the dataset's official ones, whole images never shared between splits:
+train and test as TorchGeo defines them (LoveDA's test labels are not public, so its
+official *val* images are the test split here, those TorchGeo's LoveDA data module validates on);
+val is a seeded draw of ``val_fraction`` of the official train images (at least one
+when there are two or more, and train keeps at least one).
+
+Grid: the datasets are TorchGeo ``NonGeoDataset``\\ s (no map coordinates), so each image
+is placed on a local engineering CRS ("<dataset> pixel grid", metres at the dataset's
+ground sample distance) in a grid of cells one tile apart, ordered by split and image
+name: footprints never overlap, areas are in m², and the index map shows the splits
+as bands of images. Tiles are cut at ``stride`` px from the top-left corner of an
+image; where the image side is not a multiple of the stride, the last tile of a row or
+column is moved to lie flush with the image edge (it overlaps its neighbour, inside
+the same image and split), as TorchGeo's ``convolution_arithmetic`` counts them. An image smaller
+than a tile is left out, with a warning.
+
+Masks hold the class values TorchGeo returns: ISPRS Potsdam and Vaihingen 0-5 with
+0 = clutter/background, a class (TorchGeo defines no ignore value for them; colours
+outside the legend also become 0, as in TorchGeo's ``rgb_to_mask``); LoveDA 1-7 with
+0 = no-data, which becomes the mask nodata (ignored in training and mIoU, as TorchGeo
+says it "should be ignored"). ``tiles.json`` lists every class of the dataset, present
+in the copy on disk or not, so that models have the benchmark's class count.
+
+Images are 8-bit (Potsdam RGB + near infrared, Vaihingen IR-R-G, LoveDA RGB) with no
+nodata value; the band statistics are those of the train tiles (the pixels a model
+is fitted on; test pixels inform nothing).
+
+Reruns: every file is written atomically; a rerun into the same folder goes on only
+with the same options and root (a changed one is named) and rewrites only the tiles
+that are missing or do not match, so an interrupted export resumes. One image is in
+memory at a time (a Potsdam image is 6000 x 6000 px: about 0.9 GB as TorchGeo's float
+and long tensors).
+
+Several processes (``torchrun``) must not prepare the same folder at once: run
+``geocl tile --dataset`` first, or let one process start (Lightning's own DDP launcher
+starts the others after the data is read).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import json
+import math
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import rasterio.errors
+import shapely
+from pyproj import CRS as ProjCRS
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+from torchgeo.datasets import LoveDA, Potsdam2D, Vaihingen2D
+from torchgeo.datasets.errors import DatasetNotFoundError
+from torchgeo.samplers.utils import convolution_arithmetic
+from tqdm.auto import tqdm
+
+from geocl.data.stats import BandStats, RunningBandStats
+from geocl.data.tiler import (
+    _FORMAT_VERSION,
+    INDEX_FILE,
+    METADATA_FILE,
+    SPLITS,
+    TilingSummary,
+    _class_histogram,
+    _holds_tiles,
+    _read_json,
+    _reusable,
+    _shown,
+    _TileSpec,
+    _write_index,
+    _write_tile,
+    _writing,
+)
+from geocl.errors import GeoclError
+from geocl.io import atomic_write_text, check_output_folder
+
+#: Tile side (px) of a tile set prepared for a recipe, as ``geocl tile``'s default: the GraSS
+#: spec's ambiguity A3 ("256 or 512"); 256 px is the crop side of its finetuning protocol (A4).
+DEFAULT_TILE_SIZE = 256
+#: Share of the official train images held out as val by default.
+DEFAULT_VAL_FRACTION = 0.15
+#: The dtype of every benchmark's images on disk (TorchGeo hands them over as floats).
+IMAGE_DTYPE = "uint8"
+#: Option and input keys in error messages: the flags of ``geocl tile``.
+TILE_KEYS = {"dataset": "dataset", "root": "root", "out": "out"}
+#: The same keys in a recipe.
+RECIPE_KEYS = {"dataset": "data.dataset", "root": "data.root", "out": "data.tiles"}
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A TorchGeo segmentation dataset and how its files become a tile set.
+
+    Attributes:
+        name: the name in recipes and on the command line.
+        title: the dataset's name for people.
+        dataset_class: its TorchGeo class.
+        official_splits: geocl split -> the TorchGeo split read for it (``train`` and ``test``).
+        gsd: ground sample distance (m per px) of the pixel grid.
+        bands: image bands as TorchGeo returns them.
+        class_values: mask values of the classes, in order.
+        class_names: names of those classes.
+        mask_nodata: mask value of unlabelled pixels, or None when every value is a class.
+        expected: what TorchGeo looks for under the root, for the error when it is missing.
+        dataset_args: further constructor arguments (LoveDA's ``scene``).
+        image_id: image file path -> the image's name in tile names and ``tiles.json``.
+    """
+
+    name: str
+    title: str
+    dataset_class: type[Any]
+    official_splits: Mapping[str, str]
+    gsd: float
+    bands: int
+    class_values: tuple[int, ...]
+    class_names: tuple[str, ...]
+    mask_nodata: int | None
+    expected: str
+    dataset_args: Mapping[str, Any] = field(default_factory=dict)
+    image_id: Callable[[str], str] = lambda path: Path(path).stem
+
+    @property
+    def crs_wkt(self) -> str:
+        """The local engineering CRS of the pixel grid (metres, x east, y north)."""
+        return (
+            f'LOCAL_CS["{self.title} pixel grid",LOCAL_DATUM["image",0],UNIT["metre",1],'
+            'AXIS["x",EAST],AXIS["y",NORTH]]'
+        )
+
+    def open(self, root: Path, split: str, keys: Mapping[str, str] = TILE_KEYS) -> Any:
+        """The TorchGeo dataset of one geocl split (train or test), read from ``root``.
+
+        Raises:
+            GeoclError: naming the root and what TorchGeo expected there, when the
+                dataset is not found (nothing is downloaded).
+        """
+        arguments: dict[str, Any] = {
+            "root": str(root), "split": self.official_splits[split], "checksum": False, **self.dataset_args
+        }
+        if "download" in inspect.signature(self.dataset_class).parameters:
+            arguments["download"] = False
+        try:
+            return self.dataset_class(**arguments)
+        except DatasetNotFoundError:
+            raise GeoclError(
+                f"no {self.title} here (given by {keys['root']}): TorchGeo's {self.dataset_class.__name__} "
+                f"expects {self.expected}; nothing is downloaded",
+                path=root, key=keys["root"],
+            ) from None
+
+
+def _potsdam_id(path: str) -> str:
+    return Path(path).name.removesuffix("_RGBIR.tif")
+
+
+def _loveda_id(path: str) -> str:
+    # .../Train/Urban/images_png/1366.png -> urban_1366 (numbers repeat across the two scenes)
+    image = Path(path)
+    return f"{image.parent.parent.name.lower()}_{image.stem}"
+
+
+_ISPRS_VALUES = tuple(range(len(Potsdam2D.classes)))
+#: LoveDA: mask 0 is no-data and 1-7 the classes; TorchGeo's ``classes`` lists the 7
+#: classes first (its trailing "no-data" entry names value 0, not value 8).
+_LOVEDA_VALUES = tuple(range(1, 8))
+
+
+def _loveda(name: str, scenes: tuple[str, ...], title: str) -> Benchmark:
+    folders = ", ".join(f"{{Train,Val}}/{scene.capitalize()}/{{images_png,masks_png}}/*.png" for scene in scenes)
+    return Benchmark(
+        name=name, title=title, dataset_class=LoveDA, official_splits={"train": "train", "test": "val"},
+        gsd=0.3, bands=3, class_values=_LOVEDA_VALUES, class_names=tuple(LoveDA.classes[:7]), mask_nodata=0,
+        expected=f"the extracted Train.zip and Val.zip: {folders}",
+        dataset_args={"scene": list(scenes)}, image_id=_loveda_id,
+    )
+
+
+#: The benchmarks by name.
+BENCHMARKS: dict[str, Benchmark] = {
+    "potsdam": Benchmark(
+        name="potsdam", title="ISPRS Potsdam", dataset_class=Potsdam2D,
+        official_splits={"train": "train", "test": "test"}, gsd=0.05, bands=4,
+        class_values=_ISPRS_VALUES, class_names=tuple(Potsdam2D.classes), mask_nodata=None,
+        expected=(
+            "4_Ortho_RGBIR/top_potsdam_<area>_RGBIR.tif images with top_potsdam_<area>_label.tif masks beside "
+            "that folder, or 4_Ortho_RGBIR.zip and 5_Labels_all.zip"
+        ),
+        image_id=_potsdam_id,
+    ),
+    "vaihingen": Benchmark(
+        name="vaihingen", title="ISPRS Vaihingen", dataset_class=Vaihingen2D,
+        official_splits={"train": "train", "test": "test"}, gsd=0.09, bands=3,
+        class_values=_ISPRS_VALUES, class_names=tuple(Vaihingen2D.classes), mask_nodata=None,
+        expected=(
+            "top/top_mosaic_09cm_area<N>.tif images with masks of the same names beside that folder, or "
+            "ISPRS_semantic_labeling_Vaihingen.zip and ISPRS_semantic_labeling_Vaihingen_ground_truth_COMPLETE.zip"
+        ),
+    ),
+    "loveda": _loveda("loveda", ("urban", "rural"), "LoveDA"),
+    "loveda-urban": _loveda("loveda-urban", ("urban",), "LoveDA Urban"),
+    "loveda-rural": _loveda("loveda-rural", ("rural",), "LoveDA Rural"),
+}
+
+
+def get_benchmark(name: str, key: str = "dataset") -> Benchmark:
+    """The benchmark called ``name``.
+
+    Raises:
+        GeoclError: for an unknown name, listing the choices (and the closest one).
+    """
+    if name in BENCHMARKS:
+        return BENCHMARKS[name]
+    close = difflib.get_close_matches(str(name).lower(), list(BENCHMARKS), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise GeoclError(f"unknown dataset {name!r}{hint} (choices: {', '.join(BENCHMARKS)})", key=key)
+
+
+@dataclass(frozen=True)
+class BenchmarkOptions:
+    """What defines a benchmark tile set; a rerun into the same folder must use the same options.
+
+    Attributes:
+        dataset: the benchmark's name.
+        size: tile side (px).
+        stride: distance between tile origins in an image (px); ``stride < size`` overlaps tiles.
+        val_fraction: share of the official train images held out as val.
+        seed: seed of the val draw.
+    """
+
+    dataset: str
+    size: int = DEFAULT_TILE_SIZE
+    stride: int = DEFAULT_TILE_SIZE
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raise :class:`GeoclError` naming the first bad option."""
+        if self.size < 8:
+            raise GeoclError(f"tile size must be >= 8 px, got {self.size}", key="size")
+        if not 1 <= self.stride:
+            raise GeoclError(f"stride must be >= 1 px, got {self.stride}", key="stride")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise GeoclError(f"must be within [0, 1), got {self.val_fraction}", key="val_fraction")
+
+
+@dataclass(frozen=True)
+class _Image:
+    """One image of the dataset: where TorchGeo holds it and where it goes."""
+
+    id: str
+    split: str
+    source: Any  # the TorchGeo dataset holding it
+    index: int
+    path: Path
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class _Tile:
+    """One tile: its image, grid cell, top-left pixel in the image and bounds on the pixel grid."""
+
+    image: _Image
+    row: int
+    col: int
+    y: int
+    x: int
+    bounds: tuple[float, float, float, float]
+
+    @property
+    def name(self) -> str:
+        return f"{self.image.id}_r{self.row:03d}_c{self.col:03d}.tif"
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding its pixels."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # PNGs and plain TIFFs
+        try:
+            with rasterio.open(path) as src:
+                return src.width, src.height
+        except rasterio.errors.RasterioError as error:
+            raise GeoclError(f"cannot be read (corrupt file?): {error}", path=path) from None
+
+
+def _collect_images(
+    benchmark: Benchmark, root: Path, options: BenchmarkOptions, keys: Mapping[str, str]
+) -> list[_Image]:
+    """Every image of the official train and test splits, with train images drawn into train and val."""
+    images: list[_Image] = []
+    for split in ("train", "test"):
+        dataset = benchmark.open(root, split, keys)
+        if len(dataset) == 0:
+            official = benchmark.official_splits[split]
+            raise GeoclError(
+                f"TorchGeo's {benchmark.dataset_class.__name__} finds no {official} image with its mask here "
+                f"(given by {keys['root']}); it expects {benchmark.expected}",
+                path=root, key=keys["root"],
+            )
+        found = [
+            (benchmark.image_id(files["image"]), index, Path(files["image"]))
+            for index, files in enumerate(dataset.files)
+        ]
+        found.sort()
+        names = _val_draw([name for name, _, _ in found], options) if split == "train" else set()
+        for name, index, path in found:
+            width, height = _image_size(path)
+            images.append(_Image(name, "val" if name in names else split, dataset, index, path, width, height))
+    order = {name: rank for rank, name in enumerate(SPLITS)}
+    return sorted(images, key=lambda image: (order[image.split], image.id))
+
+
+def _val_draw(names: list[str], options: BenchmarkOptions) -> set[str]:
+    """The official train images held out as val: a seeded draw of ``val_fraction`` of them.
+
+    At least one when there are two or more images and the fraction is above 0; train
+    always keeps one.
+    """
+    n = len(names)
+    n_val = round(options.val_fraction * n)
+    if options.val_fraction > 0 and n >= 2:
+        n_val = max(n_val, 1)
+    n_val = min(n_val, n - 1)
+    order = np.random.default_rng(options.seed).permutation(n)
+    return {names[position] for position in order[:n_val]}
+
+
+def _starts(length: int, size: int, stride: int) -> list[int]:
+    """Tile origins along one image side: every ``stride`` px, the last one flush with the edge."""
+    count = convolution_arithmetic(length, size, stride)
+    return sorted({min(step * stride, length - size) for step in range(count)})
+
+
+def _plan(images: list[_Image], options: BenchmarkOptions, res: float) -> tuple[list[_Tile], list[_Image]]:
+    """The tiles of every image on the pixel grid, and the images too small for a tile."""
+    gap = options.size  # one tile between images keeps the footprints apart on the map
+    columns = max(1, math.ceil(math.sqrt(len(images))))
+    cell_width = max(image.width for image in images) + gap
+    cell_height = max(image.height for image in images) + gap
+    tiles: list[_Tile] = []
+    too_small: list[_Image] = []
+    for position, image in enumerate(images):
+        if image.width < options.size or image.height < options.size:
+            too_small.append(image)
+            continue
+        left = (position % columns) * cell_width * res
+        top = -(position // columns) * cell_height * res
+        for row, y in enumerate(_starts(image.height, options.size, options.stride)):
+            for col, x in enumerate(_starts(image.width, options.size, options.stride)):
+                xmin, ymax = left + x * res, top - y * res
+                bounds = (xmin, ymax - options.size * res, xmin + options.size * res, ymax)
+                tiles.append(_Tile(image, row, col, y, x, bounds))
+    return tiles, too_small
+
+
+def _difference(earlier: dict[str, Any], options: BenchmarkOptions, root: str) -> tuple[str, str] | None:
+    """(option key, what changed) of the first option or the root that differs from ``earlier``, or None."""
+    was_options = earlier.get("options") if isinstance(earlier.get("options"), dict) else {}
+    for name, value in json.loads(json.dumps(asdict(options))).items():
+        if was_options.get(name) != value:
+            return name, f"was {_shown(was_options.get(name))}, now {_shown(value)}"
+    was_sources = earlier.get("sources") if isinstance(earlier.get("sources"), dict) else {}
+    if was_sources.get("root") != root:
+        return "root", f"was {_shown(was_sources.get('root'))}, now {root}"
+    return None
+
+
+def _check_folder(out: Path, options: BenchmarkOptions, root: str, keys: Mapping[str, str]) -> None:
+    """Refuse a folder whose tiles were made with other options or from another root (named).
+
+    As :func:`geocl.data.tiler.tile_scene`: tiles without ``tiles.json`` are refused;
+    a folder without tiles takes the new options.
+    """
+    metadata_file = out / METADATA_FILE
+    if not metadata_file.exists():
+        if _holds_tiles(out):
+            raise GeoclError(
+                f"holds tiles but no {METADATA_FILE}, so nothing says which options made them; "
+                "use a new output folder or delete this one",
+                path=out, key=keys["out"],
+            )
+        return
+    difference = _difference(_read_json(metadata_file), options, root)
+    if difference is not None and _holds_tiles(out):
+        key, change = difference
+        raise GeoclError(
+            f"{change} for the tiles already in {out}; use a new output folder or delete that one",
+            key=keys.get(key, key),
+        )
+
+
+def _to_image_dtype(array: np.ndarray, path: Path) -> np.ndarray:
+    """TorchGeo's float pixels ``[C, H, W]`` back in the 8 bits they were stored in (checked a band
+    at a time: a Potsdam band is 144 MB as float32)."""
+    pixels = np.empty(array.shape, dtype=IMAGE_DTYPE)
+    for band, values in enumerate(array):
+        np.copyto(pixels[band], values, casting="unsafe")
+        if not np.array_equal(pixels[band], values):
+            raise GeoclError(
+                f"band {band + 1} holds values that are not 8-bit integers ({values.min():g} to {values.max():g}); "
+                "the benchmark's images are 8-bit",
+                path=path,
+            )
+    return pixels
+
+
+def _read_image(image: _Image) -> tuple[np.ndarray, np.ndarray]:
+    """(image ``[C, H, W]`` uint8, mask ``[H, W]`` uint8) of one image, read by TorchGeo."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        try:
+            sample = image.source[image.index]
+        except (OSError, rasterio.errors.RasterioError, ValueError) as error:
+            raise GeoclError(f"cannot be read (corrupt file?): {error}", path=image.path) from None
+    pixels = _to_image_dtype(sample["image"].numpy(), image.path)
+    mask = sample["mask"].numpy().astype(np.uint8)
+    if pixels.shape[1:] != (image.height, image.width) or mask.shape != pixels.shape[1:]:
+        raise GeoclError(
+            f"image is {image.width} x {image.height} px but TorchGeo read {pixels.shape[2]} x {pixels.shape[1]} "
+            f"px of pixels and a {mask.shape[1]} x {mask.shape[0]} px mask",
+            path=image.path,
+        )
+    return pixels, mask
+
+
+def export_benchmark(
+    name: str,
+    root: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    size: int = DEFAULT_TILE_SIZE,
+    stride: int | None = None,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    seed: int = 0,
+    progress: bool = True,
+    keys: Mapping[str, str] = TILE_KEYS,
+) -> TilingSummary:
+    """Write a benchmark dataset on disk as a geocl tile set (see the module docstring).
+
+    Args:
+        name: a key of :data:`BENCHMARKS` (``potsdam``, ``vaihingen``, ``loveda``, ...).
+        root: the folder TorchGeo reads the dataset from (its own layout).
+        out: output folder; rerunning into it resumes an interrupted export.
+        size: tile side (px).
+        stride: px between tile origins in an image (default: ``size``).
+        val_fraction: share of the official train images held out as val (whole images).
+        seed: seed of that draw.
+        progress: show a tqdm bar.
+        keys: how errors name the dataset, root and output folder (:data:`TILE_KEYS`
+            for ``geocl tile``'s flags, :data:`RECIPE_KEYS` for a recipe's keys).
+
+    Returns:
+        A :class:`~geocl.data.tiler.TilingSummary`; its ``classes`` are all the dataset's
+        class values and ``class_pixels`` the labelled pixels per class in each split.
+
+    Raises:
+        GeoclError: an unknown name, a root where TorchGeo finds no dataset (nothing is
+            downloaded), a bad option, a folder made with other options, a file that
+            cannot be read or written.
+    """
+    benchmark = get_benchmark(name, key=keys["dataset"])
+    options = BenchmarkOptions(
+        dataset=benchmark.name, size=size, stride=size if stride is None else stride, val_fraction=val_fraction,
+        seed=seed,
+    )
+    options.validate()
+    root = Path(root)
+    if not root.is_dir():
+        raise GeoclError(
+            f"no such folder (given by {keys['root']}); TorchGeo's {benchmark.dataset_class.__name__} "
+            f"expects {benchmark.expected} there",
+            path=root, key=keys["root"],
+        )
+    out = check_output_folder(out, key=keys["out"])
+    source = str(root.resolve())
+    _check_folder(out, options, source, keys)
+    images = _collect_images(benchmark, root, options, keys)
+    tiles, too_small = _plan(images, options, benchmark.gsd)
+    if not tiles:
+        raise GeoclError(
+            f"every image is smaller than the tile size ({options.size} px); use a smaller size", key="size"
+        )
+    sources = {"root": source, "scene": [], "mask": []}  # no scene files: nothing to draw under the tile map
+    _start_metadata(out, options, sources)
+    summary, rows, stats = _export(benchmark, options, out, tiles, progress)
+    if too_small:
+        summary.warnings.append(
+            f"{len(too_small)} image(s) smaller than the tile size ({options.size} px) left out, "
+            f"e.g. {too_small[0].id} ({too_small[0].width} x {too_small[0].height} px)"
+        )
+    for split in SPLITS:
+        if summary.splits[split] == 0:
+            why = "val_fraction is 0" if split == "val" and options.val_fraction == 0 else "no image of it has a tile"
+            summary.warnings.append(f"no {split} tiles ({why}); finetuning needs val and test tiles")
+    with _writing(summary.index):
+        _write_index(summary.index, rows, ProjCRS.from_wkt(benchmark.crs_wkt))
+    with _writing(out / METADATA_FILE):
+        _write_metadata(out, benchmark, options, sources, images, summary, stats)
+    return summary
+
+
+def _start_metadata(out: Path, options: BenchmarkOptions, sources: dict[str, Any]) -> None:
+    """Record the options and the root before the first tile, so that a rerun can check them."""
+    metadata_file = out / METADATA_FILE
+    if metadata_file.exists() and _difference(_read_json(metadata_file), options, sources["root"]) is None:
+        return
+    with _writing(metadata_file):
+        atomic_write_text(
+            metadata_file, json.dumps({"options": asdict(options), "sources": sources, "complete": False}, indent=1)
+        )
+
+
+def _export(
+    benchmark: Benchmark, options: BenchmarkOptions, out: Path, tiles: list[_Tile], progress: bool
+) -> tuple[TilingSummary, list[dict[str, Any]], BandStats]:
+    """Write (or reuse) every tile: the summary (with the class pixels), the index rows and the
+    band statistics of the train tiles."""
+    summary = TilingSummary(out=out, index=out / INDEX_FILE)
+    summary.classes = list(benchmark.class_values)
+    pixels = {split: dict.fromkeys(benchmark.class_values, 0) for split in SPLITS}
+    crs = CRS.from_wkt(benchmark.crs_wkt)
+    res = (benchmark.gsd, benchmark.gsd)
+    image_spec = _TileSpec(benchmark.bands, IMAGE_DTYPE, options.size)
+    mask_spec = _TileSpec(1, "uint8", options.size)
+    rows: list[dict[str, Any]] = []
+    running = RunningBandStats(benchmark.bands)
+    by_image: dict[str, list[_Tile]] = {}
+    for tile in tiles:
+        by_image.setdefault(tile.image.id, []).append(tile)
+    bar = tqdm(list(by_image.values()), desc=f"tiling {benchmark.name}", unit="image", disable=not progress)
+    for image_tiles in bar:
+        image = image_tiles[0].image
+        stored = [_stored(out, tile, image_spec, mask_spec, res) for tile in image_tiles]
+        whole: tuple[np.ndarray, np.ndarray] | None = None
+        for tile, found in zip(image_tiles, stored, strict=True):
+            if found is not None:
+                pixels_tile, label = found
+                summary.reused += 1
+            else:
+                if whole is None:  # read only images that have a tile to write
+                    whole = _read_image(image)
+                window = (slice(tile.y, tile.y + options.size), slice(tile.x, tile.x + options.size))
+                pixels_tile, label = whole[0][(slice(None), *window)], whole[1][window]
+                summary.replaced += (out / "images" / tile.name).exists()
+                transform = from_origin(tile.bounds[0], tile.bounds[3], *res)
+                with _writing(out / "masks" / tile.name):
+                    _write_tile(out / "masks" / tile.name, label[None], transform, crs, benchmark.mask_nodata)
+                with _writing(out / "images" / tile.name):
+                    _write_tile(out / "images" / tile.name, np.ascontiguousarray(pixels_tile), transform, crs, None)
+                summary.written += 1
+            histogram = _class_histogram(label, np.ones(label.shape, dtype=bool), benchmark.mask_nodata)
+            for value, count in histogram.items():
+                if value in pixels[image.split]:
+                    pixels[image.split][value] += count
+            if image.split == "train":
+                running.update(pixels_tile.reshape(benchmark.bands, -1))
+            summary.splits[image.split] += 1
+            rows.append({
+                "path": f"images/{tile.name}",
+                "mask_path": f"masks/{tile.name}",
+                "split": image.split,
+                "image": image.id,
+                "row": tile.row,
+                "col": tile.col,
+                "nodata_fraction": 0.0,  # images have no nodata value; unlabelled pixels are the mask's
+                **{f"class_{value}": histogram.get(value, 0) for value in benchmark.class_values},
+                "geometry": shapely.box(*tile.bounds),
+            })
+    if summary.replaced:
+        summary.warnings.append(
+            f"{summary.replaced} tile(s) already there were unreadable or did not match this run "
+            "and were written again"
+        )
+    summary.class_pixels = pixels
+    if running.count == 0:
+        raise GeoclError("no train tile: nothing to compute band statistics from", path=out)
+    return summary, rows, running.result()
+
+
+def _stored(
+    out: Path, tile: _Tile, image_spec: _TileSpec, mask_spec: _TileSpec, res: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(image, mask) of a tile already written as this run would write it, else None."""
+    image = _reusable(out / "images" / tile.name, image_spec, tile.bounds, res)
+    if image is None:
+        return None
+    mask = _reusable(out / "masks" / tile.name, mask_spec, tile.bounds, res)
+    return None if mask is None else (image, mask[0])
+
+
+def _write_metadata(
+    out: Path,
+    benchmark: Benchmark,
+    options: BenchmarkOptions,
+    sources: dict[str, Any],
+    images: list[_Image],
+    summary: TilingSummary,
+    stats: BandStats,
+) -> None:
+    metadata = {
+        "format_version": _FORMAT_VERSION,
+        "options": asdict(options),
+        "sources": sources,
+        "complete": True,
+        "crs": benchmark.crs_wkt,
+        "res": [benchmark.gsd, benchmark.gsd],
+        "bands": benchmark.bands,
+        "dtype": IMAGE_DTYPE,
+        "nodata": None,
+        "mask_nodata": benchmark.mask_nodata,
+        "classes": list(benchmark.class_values),
+        "class_names": list(benchmark.class_names),
+        "splits": summary.splits,
+        "class_pixels": {  # as the tiler writes it: class values as strings
+            split: {str(value): count for value, count in counts.items()}
+            for split, counts in summary.class_pixels.items()
+        },
+        "band_stats": stats.to_dict(),
+        "dataset": {
+            "name": benchmark.name,
+            "title": benchmark.title,
+            "torchgeo": f"{benchmark.dataset_class.__module__}.{benchmark.dataset_class.__name__}",
+            "official_splits": dict(benchmark.official_splits),
+            "images": {split: [image.id for image in images if image.split == split] for split in SPLITS},
+        },
+    }
+    atomic_write_text(out / METADATA_FILE, json.dumps(metadata, indent=1))
+
+
+def ensure_recipe_tiles(recipe: Any, *, progress: bool = True) -> Path | None:
+    """Prepare the tile set of a recipe whose data is a benchmark (``data.dataset``), on first use.
+
+    The tile set goes to ``data.tiles``. A complete one there made from the same dataset
+    is used as it is, whatever its tile options (so ``geocl tile --dataset ... --size 512``
+    into that folder beforehand chooses them) and wherever its root was (a tile set copied
+    to another machine stays usable); otherwise the dataset is exported with the default
+    options (:data:`DEFAULT_TILE_SIZE` px tiles), resuming an interrupted export.
+
+    Args:
+        recipe: a validated recipe (only its ``data`` section is read).
+        progress: show a tqdm bar while exporting.
+
+    Returns:
+        The tile-set folder, or None when the recipe names no benchmark.
+
+    Raises:
+        GeoclError: ``data.tiles`` holds another tile set, or the export fails (keys named
+            as the recipe's: ``data.dataset``, ``data.root``, ``data.tiles``).
+    """
+    data = recipe.data
+    if getattr(data, "format", "tiles") != "tiles" or not getattr(data, "dataset", ""):
+        return None
+    out, root = Path(data.tiles), Path(data.root)
+    metadata_file = out / METADATA_FILE
+    if metadata_file.exists():
+        earlier = _read_json(metadata_file)
+        options = earlier.get("options") if isinstance(earlier.get("options"), dict) else {}
+        sources = earlier.get("sources") if isinstance(earlier.get("sources"), dict) else {}
+        if earlier.get("complete") and options.get("dataset") == data.dataset:
+            return out
+        if earlier.get("complete"):
+            what = f"dataset {options['dataset']} (from {sources.get('root')})" if options.get("dataset") else "a scene"
+            raise GeoclError(
+                f"holds the tiles of {what}, not of dataset {data.dataset} (given by data.tiles); "
+                "point data.tiles at another folder",
+                path=out, key="data.tiles",
+            )
+    export_benchmark(data.dataset, root, out, progress=progress, keys=RECIPE_KEYS)
+    return out

@@ -1,0 +1,545 @@
+"""Few-label 2D segmentation of NIfTI volumes from any pretrained encoder: finetune, predict, score per case.
+
+The medical counterpart of :mod:`geocl.finetune.train` and :mod:`geocl.finetune.inference`,
+built from the same parts (:class:`~geocl.finetune.train.SegmentationModule`, smp models
+whose ``tu-`` encoder loads any pretrain checkpoint, the same label-subset rule, one run
+a folder) and MONAI for what is medical:
+
+- **data**: the cases of a NIfTI folder split train/val/test by case
+  (:mod:`geocl.data.medical.split`); the labelled train cases are ``label_fraction`` of
+  the labelled train cases (at least one), drawn by case with ``subset_seed``; a case's
+  slices never lie on two sides of a split. Slices come from
+  :class:`~geocl.data.medical.nifti.NiftiSliceDataset` (RAS, common spacing, per-volume
+  intensity normalisation).
+- **training**: the 2D segmenter trains on slices of the labelled cases, drawn with
+  replacement with probability ``foreground_fraction`` from slices holding foreground
+  (the rest from the others), so that few labelled cases with a small organ still teach
+  it; validation mIoU on the val cases' slices picks the best checkpoint and stops early.
+- **inference**: whole volumes, slice by slice, with MONAI's ``SliceInferer`` (2D
+  sliding windows of ``window`` px, Gaussian-weighted overlaps) on the preprocessed
+  volume; the class probabilities go back to the input's grid by inverting the
+  preprocessing (``monai.transforms.Invertd``: resampling and reorientation undone,
+  bilinear), then argmax. The label map is written as NIfTI with the input's affine and
+  header.
+- **scores**: per test case on the input's grid with its voxel size (mm): Dice, Jaccard,
+  95HD, ASD (:mod:`geocl.finetune.volume_metrics`), in ``cases.csv``; their means over
+  the test cases in ``metrics.json``. A PNG per pictured case shows slices with the
+  prediction (red) and label (green) contours.
+
+Slices are padded to a side that is a multiple of 32 (the encoders downsample 32x);
+``window`` too.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning
+import nibabel as nib
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from geocl.data.medical.files import (
+    LAYOUTS,
+    NIFTI_SUFFIXES,
+    Case,
+    case_id,
+    find_cases,
+    is_nifti,
+    median_spacing,
+    read_header,
+    write_nifti,
+)
+from geocl.data.medical.nifti import Intensity, NiftiSliceDataset, Preprocessing
+from geocl.data.medical.split import labelled_subset, split_cases
+from geocl.errors import GeoclError
+from geocl.finetune.model import load_pretrained_encoder, read_pretrain_checkpoint
+from geocl.finetune.train import (
+    RESULT_FILE,
+    SegmentationModule,
+    TrainingProgressBar,
+    _strict_json,
+    check_finetune_folder,
+)
+from geocl.finetune.volume_metrics import METRICS, case_metrics
+from geocl.io import atomic_write_text, check_output_file, save_figure
+
+__all__ = [
+    "CASES_FILE",
+    "MEDICAL_KEY",
+    "MedicalFinetuneResult",
+    "VolumePrediction",
+    "label_beside",
+    "plot_case",
+    "predict_volume",
+    "run_medical_finetune",
+]
+
+#: Key of the volume settings in a finetuned checkpoint's metadata (what predicting a volume needs).
+MEDICAL_KEY = "medical"
+#: The per-case metrics file of a run.
+CASES_FILE = "cases.csv"
+#: The side of slices and windows is rounded up to a multiple of this (the encoders' output stride).
+SIDE_MULTIPLE = 32
+
+
+def _round_up(side: int, multiple: int = SIDE_MULTIPLE) -> int:
+    return int(math.ceil(side / multiple) * multiple)
+
+
+# ----------------------------------------------------------------------- inference
+
+
+class VolumeSegmenter:
+    """A finetuned 2D segmenter applied to whole volumes (see the module docstring).
+
+    Args:
+        module: the finetuned model.
+        meta: its checkpoint metadata (with ``meta["medical"]``).
+        window: side in px of the 2D windows (rounded up to a multiple of 32); None:
+            the side of the training slices.
+        overlap: px shared by neighbouring windows; None: a quarter of the window.
+        device: torch device; default: CUDA when available.
+    """
+
+    def __init__(
+        self, module: SegmentationModule, meta: dict[str, Any], *, window: int | None = None, overlap: int | None = None,
+        device: str | None = None,
+    ) -> None:
+        settings = meta[MEDICAL_KEY]
+        self.module = module.eval()
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.module.to(self.device)
+        self.num_classes = len(meta["classes"])
+        self.slice_axis = int(settings["slice_axis"])
+        self.preprocessing = Preprocessing(tuple(settings["spacing"]), settings["intensity"])  # type: ignore[arg-type]
+        self.window = _round_up(int(window or settings["image_size"]))
+        if overlap is not None and not 0 <= overlap < self.window:
+            raise GeoclError(f"must be at least 0 and below the window ({self.window} px), got {overlap}", key="overlap")
+        self.overlap = 0.25 if overlap is None else overlap / self.window  # MONAI's overlap is a share of the window
+
+    @torch.no_grad()
+    def predict(self, image: str | os.PathLike[str]) -> np.ndarray:
+        """The label map of one volume on its own grid: uint8 ``[X, Y, Z]`` class indices."""
+        from monai.inferers import SliceInferer
+        from monai.transforms import Invertd
+
+        transform = self.preprocessing.transform(with_label=False)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # MONAI's notes on meta data and defaults
+                data = transform({"image": str(image)})
+        except Exception as exc:  # MONAI wraps reader errors in RuntimeError with the whole pipeline
+            raise GeoclError(f"cannot read the volume: {str(exc).splitlines()[0]}", path=image) from None
+        inferer = SliceInferer(
+            roi_size=(self.window, self.window), spatial_dim=self.slice_axis, sw_batch_size=16,
+            overlap=self.overlap, mode="gaussian", padding_mode="constant", cval=0.0, progress=False,
+        )
+        volume = data["image"][None].to(self.device)  # [1, 1, X, Y, Z] MetaTensor (keeps the applied transforms)
+        probabilities = torch.softmax(inferer(volume, self.module), dim=1)[0].cpu()
+        data["pred"] = probabilities
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            restored = Invertd("pred", transform, orig_keys="image", nearest_interp=False)(data)["pred"]
+        return np.asarray(torch.as_tensor(restored).argmax(0).numpy(), dtype=np.uint8)
+
+
+def _read_volume(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """Voxels ``[X, Y, Z]`` (a trailing length-1 axis dropped) and the nibabel image."""
+    image = nib.load(path)
+    data = np.asanyarray(image.dataobj)
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    return data, image
+
+
+def _voxel_axis(affine: np.ndarray, ras_axis: int) -> int:
+    """The voxel axis of a volume that runs along RAS axis ``ras_axis``."""
+    return int(np.flatnonzero(nib.io_orientation(affine)[:, 0] == ras_axis)[0])
+
+
+def plot_case(
+    image: np.ndarray, prediction: np.ndarray | None, label: np.ndarray | None, *, affine: np.ndarray, slice_axis: int = 2,
+    count: int = 3, title: str = "",
+) -> Any:
+    """A figure of ``count`` slices of a volume with the prediction (red) and label (green) contours.
+
+    Args:
+        image: ``[X, Y, Z]`` voxels as stored.
+        prediction: ``[X, Y, Z]`` class indices, or None.
+        label: ``[X, Y, Z]`` class indices, or None.
+        affine: the volume's affine (gives the slice direction and the pixel aspect).
+        slice_axis: RAS axis the slices are taken across (2: axial).
+        count: slices shown: at 25, 50 and 75 % (for 3) of the foreground's extent along
+            the axis (label, else prediction, else the whole volume).
+        title: the figure's title.
+
+    Returns:
+        A ``matplotlib.figure.Figure`` (no pyplot).
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    axis = _voxel_axis(affine, slice_axis)
+    zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    plane = [a for a in range(3) if a != axis]
+    reference = label if label is not None and label.any() else prediction
+    if reference is not None and reference.any():
+        present = np.flatnonzero(np.moveaxis(reference > 0, axis, 0).reshape(reference.shape[axis], -1).any(axis=1))
+        low, high = int(present[0]), int(present[-1])
+    else:
+        low, high = 0, image.shape[axis] - 1
+    positions = sorted({int(round(low + (high - low) * (k + 1) / (count + 1))) for k in range(count)})
+    figure = Figure(figsize=(3.4 * len(positions), 3.8))
+    for column, position in enumerate(positions):
+        axes = figure.add_subplot(1, len(positions), column + 1)
+        cut = [slice(None)] * 3
+        cut[axis] = position  # type: ignore[call-overload]
+        axes.imshow(image[tuple(cut)].T, cmap="gray", origin="lower", aspect=zooms[plane[1]] / zooms[plane[0]])
+        for volume, colour in ((label, "lime"), (prediction, "red")):
+            if volume is not None and (volume[tuple(cut)] > 0).any():
+                # one contour per class boundary: levels between consecutive class indices
+                levels = np.arange(int(volume[tuple(cut)].max())) + 0.5
+                axes.contour(volume[tuple(cut)].T, levels=levels, colors=colour, linewidths=1.0)
+        axes.set_title(f"slice {position} of {image.shape[axis]}", fontsize=9)
+        axes.set_axis_off()
+    handles = [Line2D([], [], color=c, label=n) for v, c, n in ((label, "lime", "label"), (prediction, "red", "prediction"))
+               if v is not None]
+    if handles:
+        figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout(rect=(0, 0.06, 1, 1))
+    return figure
+
+
+def _case_row(case: str, metrics: dict[str, float]) -> dict[str, Any]:
+    return {"case": case, **{name: round(float(metrics[name]), 6) for name in METRICS}}
+
+
+def _write_cases_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
+    """Per-case metrics (``case, dice, jaccard, hd95, asd``; distances in mm), written atomically."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=["case", *METRICS], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
+    return path
+
+
+def _score_case(
+    segmenter: VolumeSegmenter, case: Case, prediction_path: Path, picture: Path | None
+) -> dict[str, float]:
+    """Predict one labelled case, write its label map (and picture), return its metrics."""
+    prediction = segmenter.predict(case.image)
+    image, stored = _read_volume(case.image)
+    write_nifti(prediction_path, prediction, stored.affine, header=stored.header)
+    assert case.label is not None
+    label, _ = _read_volume(case.label)
+    label = np.rint(label).astype(np.int64)
+    metrics = case_metrics(prediction, label, segmenter.num_classes, spacing=stored.header.get_zooms()[:3])
+    if picture is not None:
+        title = f"{case.id}: Dice {metrics['dice']:.3f}, 95HD {metrics['hd95']:.1f} mm"
+        save_figure(plot_case(image, prediction, label, affine=stored.affine, slice_axis=segmenter.slice_axis,
+                              title=title), picture)
+    return metrics
+
+
+def label_beside(volume: str | os.PathLike[str]) -> Path | None:
+    """The label map of a volume in a data folder: ``labels/<case>`` beside ``images/<case>`` (any layout
+    of :data:`~geocl.data.medical.files.LAYOUTS`, either NIfTI ending), or None."""
+    volume = Path(volume)
+    for images, labels in LAYOUTS:
+        if volume.parent.name == images:
+            name = case_id(volume)
+            for suffix in NIFTI_SUFFIXES:
+                candidate = volume.parent.parent / labels / f"{name}{suffix}"
+                if candidate.is_file():
+                    return candidate
+    return None
+
+
+@dataclass
+class VolumePrediction:
+    """What :func:`predict_volume` wrote.
+
+    Attributes:
+        path: the label map (NIfTI, the input's affine).
+        png: slices with contours.
+        csv: per-case metrics, when a label map was given; else None.
+        metrics: the case's metrics, when a label map was given; else None.
+    """
+
+    path: Path
+    png: Path
+    csv: Path | None
+    metrics: dict[str, float] | None
+
+
+def predict_volume(
+    checkpoint: str | os.PathLike[str],
+    volume: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    label: str | os.PathLike[str] | None = None,
+    window: int | None = None,
+    overlap: int | None = None,
+    device: str | None = None,
+) -> VolumePrediction:
+    """``geocl predict`` on a NIfTI volume: its label map, a picture and, given its label map, its metrics.
+
+    Args:
+        checkpoint: a checkpoint of :func:`run_medical_finetune`.
+        volume: a ``.nii`` or ``.nii.gz`` volume.
+        out: the label map to write (``.nii`` or ``.nii.gz``); the picture goes beside it
+            as ``<name>.png``, the metrics as ``<name>.csv``.
+        label: the volume's label map, to score the prediction against.
+        window: 2D window side in px (rounded up to a multiple of 32); None: the training slice side.
+        overlap: px shared by neighbouring windows; None: a quarter of the window.
+        device: torch device.
+
+    Raises:
+        GeoclError: before any work: ``out`` not a NIfTI name or not writable, the
+            volume or label unreadable, not 3D, or on another grid; the checkpoint not a
+            volume segmenter.
+    """
+    from geocl.finetune.inference import load_segmenter
+
+    volume, out = Path(volume), Path(out)
+    if not is_nifti(out):
+        raise GeoclError("must be a .nii or .nii.gz file for the predicted label map", path=out, key="out")
+    check_output_file(out, key="out")
+    stem = out.name.removesuffix(".gz").removesuffix(".nii")
+    png, table = out.with_name(f"{stem}.png"), out.with_name(f"{stem}.csv")
+    header = read_header(volume)
+    if label is not None:
+        label_header = read_header(label)
+        if label_header.shape != header.shape or not np.allclose(label_header.affine, header.affine, atol=1e-3):
+            raise GeoclError(f"label map is not on the grid of {volume}", path=label)
+    module, meta = load_segmenter(checkpoint)
+    if MEDICAL_KEY not in meta:
+        raise GeoclError("was finetuned on tiles, not volumes: predict GeoTIFF scenes with it", path=checkpoint)
+    segmenter = VolumeSegmenter(module, meta, window=window, overlap=overlap, device=device)
+    case = Case(volume.name.removesuffix(".gz").removesuffix(".nii"), volume, Path(label) if label else None, header)
+    if label is None:
+        prediction = segmenter.predict(volume)
+        image, stored = _read_volume(volume)
+        write_nifti(out, prediction, stored.affine, header=stored.header)
+        figure = plot_case(image, prediction, None, affine=stored.affine, slice_axis=segmenter.slice_axis,
+                           title=f"{case.id}: prediction")
+        return VolumePrediction(out, save_figure(figure, png), None, None)
+    metrics = _score_case(segmenter, case, out, png)
+    return VolumePrediction(out, png, _write_cases_csv(table, [_case_row(case.id, metrics)]), metrics)
+
+
+# ------------------------------------------------------------------------ training
+
+
+@dataclass
+class MedicalFinetuneResult:
+    """What a medical finetuning run produced.
+
+    Attributes:
+        dice, jaccard, hd95, asd: means over the test cases (distances in mm).
+        val_miou: best val mIoU (slices).
+        checkpoint: the best checkpoint.
+        out: the run folder.
+        labelled_cases: ids of the labelled train cases used.
+        cases: per test case: ``{"case", "dice", "jaccard", "hd95", "asd"}``.
+    """
+
+    dice: float
+    jaccard: float
+    hd95: float
+    asd: float
+    val_miou: float
+    checkpoint: Path
+    out: Path
+    labelled_cases: list[str]
+    cases: list[dict[str, Any]]
+
+
+def _foreground_sampler(dataset: NiftiSliceDataset, fraction: float, count: int, seed: int) -> WeightedRandomSampler:
+    """Slices with replacement, a ``fraction`` of the draws (in expectation) from slices holding foreground."""
+    has = dataset.has_foreground
+    if not 0.0 <= fraction <= 1.0:
+        raise GeoclError(f"must be in [0, 1], got {fraction}", key="foreground_fraction")
+    if has.all() or not has.any():
+        weights = np.ones(len(has))
+    else:
+        weights = np.where(has, fraction / has.sum(), (1.0 - fraction) / (~has).sum())
+    return WeightedRandomSampler(
+        torch.as_tensor(weights, dtype=torch.double), num_samples=count, replacement=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def _num_classes(cases: Sequence[Case]) -> int:
+    """1 + the largest value of the cases' label maps (at least 2)."""
+    largest = 1
+    for case in cases:
+        if case.label is not None:
+            largest = max(largest, int(np.rint(np.max(_read_volume(case.label)[0]))))
+    return largest + 1
+
+
+def run_medical_finetune(
+    *,
+    data: str | Path,
+    out: str | Path,
+    encoder_checkpoint: str | Path | None = None,
+    encoder: str = "resnet18",
+    arch: str = "unet",
+    label_fraction: float = 0.2,
+    seed: int = 0,
+    subset_seed: int | None = None,
+    spacing: Sequence[float] | None = None,
+    slice_axis: int = 2,
+    intensity: Intensity = "zscore",
+    image_size: int = 0,
+    val_fraction: float = 0.2,
+    foreground_fraction: float = 0.5,
+    window: int | None = None,
+    pictures: int = 2,
+    max_epochs: int = 15,
+    steps_per_epoch: int = 10,
+    val_every: int = 3,
+    patience: int = 3,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    crop: int = 128,
+    freeze_encoder: bool = False,
+    num_workers: int = 0,
+    accelerator: str = "auto",
+    progress: bool = True,
+) -> MedicalFinetuneResult:
+    """Finetune a 2D segmenter on slices of a fraction of the labelled cases; per-case metrics on the test cases.
+
+    Args:
+        data: a NIfTI data folder (:func:`~geocl.data.medical.files.find_cases`).
+        out: run folder (checkpoints/, logs/, predictions/, plots/, cases.csv, metrics.json).
+        encoder_checkpoint: a geocl pretrain checkpoint (1 band), or None for random init.
+        encoder: encoder name for random init (a checkpoint brings its own).
+        arch: ``unet``, ``deeplabv3plus`` (CNN encoders) or ``dpt`` (ViT).
+        label_fraction: share of the labelled train cases that keep their labels.
+        seed: seed of the init and the slice draws (and of the subset, unless
+            ``subset_seed`` is given).
+        subset_seed: seed of the labelled cases alone (paired comparisons).
+        spacing: voxel size in mm per RAS axis; None: the cases' median.
+        slice_axis: RAS axis of the slices.
+        intensity: ``zscore`` or ``percentile``.
+        image_size: slice side in px (a multiple of 32); 0: the largest slice, rounded up.
+        val_fraction: share of the labelled cases held out as val (no ``splits.json``).
+        foreground_fraction: share of the training slices drawn from slices holding foreground.
+        window: inference window side; None: the slice side.
+        pictures: test cases written as PNG (the first ones by name).
+        max_epochs, steps_per_epoch, val_every, patience, batch_size, lr, crop,
+            freeze_encoder, num_workers, accelerator, progress: as for
+            :func:`geocl.finetune.train.run_finetune` (slices instead of tiles).
+
+    Returns:
+        A :class:`MedicalFinetuneResult`; ``out/metrics.json`` holds the same figures.
+
+    Raises:
+        GeoclError: ``out`` holds a finetuning run or cannot be written; a bad data
+            folder (see :func:`~geocl.data.medical.files.find_cases`); no val or test
+            case; a bad ``image_size`` or fraction; a checkpoint for another band count.
+    """
+    start = time.perf_counter()
+    out = check_finetune_folder(out, {
+        "label_fraction": label_fraction, "seed": seed, "subset_seed": subset_seed, "arch": arch,
+        **({"encoder_checkpoint": encoder_checkpoint} if encoder_checkpoint is not None else {"encoder": encoder}),
+    })
+    if image_size % SIDE_MULTIPLE:
+        raise GeoclError(f"must be a multiple of {SIDE_MULTIPLE} (the encoders downsample 32x), got {image_size}",
+                         key="data.image_size")
+    lightning.seed_everything(seed, workers=True, verbose=False)
+    cases = find_cases(data)
+    splits = split_cases(cases, data, val_fraction=val_fraction)
+    if not splits.val or not splits.test:
+        raise GeoclError(
+            f"needs labelled val and test cases ({len(splits.val)} val, {len(splits.test)} test): add labelled cases "
+            "or a splits.json",
+            path=data,
+        )
+    labelled, _ = labelled_subset(splits.train, label_fraction, seed if subset_seed is None else subset_seed)
+    num_classes = _num_classes([*labelled, *splits.val, *splits.test])
+    preprocessing = Preprocessing(tuple(spacing) if spacing else median_spacing(cases), intensity)  # type: ignore[arg-type]
+    train = NiftiSliceDataset(labelled, preprocessing, slice_axis=slice_axis, image_size=image_size, with_mask=True,
+                              num_classes=num_classes, multiple=SIDE_MULTIPLE)
+    side = train.image_size
+    val = NiftiSliceDataset(splits.val, preprocessing, slice_axis=slice_axis, image_size=side, with_mask=True,
+                            num_classes=num_classes)
+    meta: dict[str, Any] = {
+        "arch": arch, "in_chans": 1, "classes": list(range(num_classes)), "band_stats": train.metadata["band_stats"],
+        "nodata": None, "tile_size": side,
+        "encoder_checkpoint": str(encoder_checkpoint) if encoder_checkpoint else None,
+        MEDICAL_KEY: {"spacing": list(preprocessing.spacing), "slice_axis": slice_axis, "intensity": intensity,
+                      "image_size": side},
+    }
+    pretrained = read_pretrain_checkpoint(encoder_checkpoint) if encoder_checkpoint is not None else None
+    if pretrained is not None:
+        encoder = pretrained["meta"]["encoder"]
+    meta["encoder"] = encoder
+    module = SegmentationModule(arch, encoder, 1, num_classes, lr=lr, crop=crop, freeze_encoder=freeze_encoder,
+                                meta=meta)
+    if pretrained is not None:
+        load_pretrained_encoder(module.model, encoder_checkpoint, 1, loaded=pretrained)  # type: ignore[arg-type]
+        meta["pretrain_method"] = pretrained["meta"]["method"]
+
+    sampler = _foreground_sampler(train, foreground_fraction, steps_per_epoch * batch_size, seed)
+    loaders = {
+        "train": DataLoader(train, batch_size=batch_size, sampler=sampler, num_workers=num_workers),
+        "val": DataLoader(val, batch_size=batch_size, num_workers=num_workers),
+    }
+    best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val/miou", mode="max", save_top_k=1)
+    trainer = lightning.Trainer(
+        default_root_dir=out, max_epochs=max_epochs, accelerator=accelerator, devices=1,
+        check_val_every_n_epoch=max(1, min(val_every, max_epochs)), logger=CSVLogger(out, name="logs"),
+        callbacks=[best, EarlyStopping(monitor="val/miou", mode="max", patience=patience),
+                   *([TrainingProgressBar()] if progress else [])],
+        enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=5,
+    )
+    trainer.fit(module, loaders["train"], loaders["val"])
+    checkpoint = Path(best.best_model_path) if best.best_model_path else out / "checkpoints" / "last.ckpt"
+    if not best.best_model_path:
+        trainer.save_checkpoint(checkpoint)
+
+    from geocl.finetune.inference import load_segmenter
+
+    segmenter = VolumeSegmenter(*load_segmenter(checkpoint), window=window)
+    rows = []
+    for index, case in enumerate(splits.test):
+        picture = out / "plots" / f"{case.id}.png" if index < pictures else None
+        metrics = _score_case(segmenter, case, out / "predictions" / f"{case.id}.nii.gz", picture)
+        rows.append(_case_row(case.id, metrics))
+    _write_cases_csv(out / CASES_FILE, rows)
+    means = {name: float(np.mean([row[name] for row in rows])) for name in METRICS}
+    result = MedicalFinetuneResult(
+        **means, val_miou=float(best.best_model_score) if best.best_model_score is not None else math.nan,
+        checkpoint=checkpoint, out=out, labelled_cases=[case.id for case in labelled], cases=rows,
+    )
+    record = {
+        **means, "distance_unit": "mm", "val_miou": result.val_miou, "classes": meta["classes"],
+        "label_fraction": label_fraction, "seed": seed, "subset_seed": seed if subset_seed is None else subset_seed,
+        "labelled_cases": result.labelled_cases, "test_cases": [case.id for case in splits.test],
+        "val_cases": [case.id for case in splits.val], "train_slices": len(train),
+        "encoder": encoder, "encoder_checkpoint": meta["encoder_checkpoint"], "arch": arch,
+        "spacing": list(preprocessing.spacing), "checkpoint": str(checkpoint),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    atomic_write_text(out / RESULT_FILE, json.dumps(_strict_json(record), indent=1, allow_nan=False))
+    return result
+

@@ -1,0 +1,357 @@
+"""FBA on NIfTI volumes: semi-supervised 2D (slices) or 3D (patches) segmentation, scored per test case.
+
+The semi-supervised counterpart of :func:`geocl.finetune.medical.run_medical_finetune`,
+with the same data rules and outputs, so that the medical Dice evaluation reads both
+alike: cases split train/val/test by case (:func:`~geocl.data.medical.split.split_cases`),
+the labelled train cases drawn by case with the subset seed
+(:func:`~geocl.data.medical.split.labelled_subset`: FBA's "20 %" is 16 of 80 cases), the
+test cases predicted whole and scored on their own grid (Dice, Jaccard, 95HD, ASD in mm;
+``cases.csv``, ``metrics.json``, ``predictions/``, ``plots/``), and a
+:class:`~geocl.finetune.medical.MedicalFinetuneResult`.
+
+What is semi-supervised (:class:`~geocl.finetune.semi_supervised.SemiSupervisedSegmenter`,
+labelled-first batches of :mod:`geocl.sampling.labelled_first`):
+
+- labelled items: slices (2D) or patches (3D) of the labelled train cases, with masks;
+- unlabelled items: those of every other train case, read without its label map (the
+  labelled cases outside the subset and the cases that have none), so that no label of
+  theirs reaches training, not even through where patches are drawn;
+- 2D: the U-Net of :func:`~geocl.models.fba_nets.fba_unet` on the encoder (a pretrain
+  checkpoint loads into it), random ``crop`` px crops of the slices, validation on the val
+  cases' slices, test volumes predicted slice by slice (MONAI's ``SliceInferer``);
+- 3D: the released V-Net (:func:`~geocl.models.fba_nets.fba_vnet`, random init),
+  ``patch_size`` patches (labelled cases: centred on foreground with probability
+  ``foreground_fraction``, MONAI's ``RandCropByPosNegLabeld``; unlabelled cases:
+  uniform), validation and test on whole volumes by MONAI's sliding window of
+  ``patch_size`` (half overlap, as :meth:`SemiSupervisedSegmenter.predict_probabilities`).
+
+The test prediction is decoder 1's (spec ambiguity 6); probabilities go back to the input's
+grid by inverting the preprocessing (``monai.transforms.Invertd``), then argmax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from geocl.data.medical.files import Case, find_cases, median_spacing
+from geocl.data.medical.nifti import Intensity, NiftiSliceDataset, NiftiVolumeDataset, Preprocessing, load_case
+from geocl.data.medical.split import labelled_subset, split_cases
+from geocl.errors import GeoclError
+from geocl.finetune.medical import (
+    CASES_FILE,
+    MEDICAL_KEY,
+    SIDE_MULTIPLE,
+    MedicalFinetuneResult,
+    _case_row,
+    _num_classes,
+    _score_case,
+    _write_cases_csv,
+)
+from geocl.finetune.model import load_pretrained_encoder, read_pretrain_checkpoint
+from geocl.finetune.semi_supervised import RAMP_END, SemiSupervisedSegmenter, fit_semi_supervised
+from geocl.finetune.train import RESULT_FILE, _strict_json, check_finetune_folder
+from geocl.finetune.volume_metrics import METRICS
+from geocl.io import atomic_write_text
+from geocl.losses.fba import ContrastMode
+
+__all__ = ["SemiSupervisedVolumePredictor", "WholeVolumes", "run_medical_semi_supervised"]
+
+
+class WholeVolumes(Dataset[dict[str, Any]]):
+    """Labelled cases whole and preprocessed, for 3D validation.
+
+    Samples: ``image`` float32 ``[1, X, Y, Z]``, ``mask`` long ``[X, Y, Z]``.
+
+    Raises:
+        GeoclError: an unlabelled case (naming its image).
+    """
+
+    def __init__(self, cases: Sequence[Case], preprocessing: Preprocessing) -> None:
+        unlabelled = [case for case in cases if not case.labelled]
+        if unlabelled:
+            raise GeoclError("a validation case needs a label map", path=unlabelled[0].image)
+        self.volumes = [load_case(case, preprocessing) for case in cases]
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        loaded = self.volumes[index]
+        assert loaded.label is not None
+        return {"image": torch.from_numpy(loaded.image[None]), "mask": torch.from_numpy(loaded.label)}
+
+
+class SemiSupervisedVolumePredictor:
+    """Decoder 1 of a :class:`SemiSupervisedSegmenter` on whole volumes, back on the input's grid.
+
+    Has what :func:`geocl.finetune.medical._score_case` reads of a volume segmenter
+    (``predict``, ``num_classes``, ``slice_axis``).
+
+    Args:
+        module: the trained model (2D: slices; 3D: volumes).
+        preprocessing: how its training volumes were read.
+        slice_axis: RAS axis of the 2D slices (3D: the axis pictures are drawn across).
+        window: 2D window side in px (the training slice side).
+        device: torch device; default: CUDA when available.
+    """
+
+    def __init__(
+        self, module: SemiSupervisedSegmenter, preprocessing: Preprocessing, *, slice_axis: int = 2,
+        window: int | None = None, device: str | None = None,
+    ) -> None:
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.module = module.eval().to(self.device)
+        self.preprocessing = preprocessing
+        self.num_classes = int(module.hparams.num_classes)
+        self.slice_axis = slice_axis
+        self.window = window
+
+    def decoder_one(self, images: Tensor) -> Tensor:
+        """Class probabilities of decoder 1, ``[B, K, *S]`` (3D: by sliding window beyond the patch)."""
+        return self.module.predict_probabilities(images)[0]
+
+    @torch.no_grad()
+    def predict(self, image: str | Path) -> np.ndarray:
+        """The label map of one volume on its own grid: uint8 ``[X, Y, Z]`` class indices."""
+        from monai.inferers import SliceInferer
+        from monai.transforms import Invertd
+
+        transform = self.preprocessing.transform(with_label=False)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # MONAI's notes on meta data and defaults
+                data = transform({"image": str(image)})
+        except Exception as exc:  # MONAI wraps reader errors in RuntimeError with the whole pipeline
+            raise GeoclError(f"cannot read the volume: {str(exc).splitlines()[0]}", path=image) from None
+        volume = data["image"][None].to(self.device)  # [1, 1, X, Y, Z] MetaTensor (keeps the applied transforms)
+        if self.module.hparams.spatial_dims == 2:
+            side = int(self.window or SIDE_MULTIPLE)
+            inferer = SliceInferer(
+                roi_size=(side, side), spatial_dim=self.slice_axis, sw_batch_size=16, overlap=0.25, mode="gaussian",
+                padding_mode="constant", cval=0.0, progress=False,
+            )
+            probabilities = inferer(volume, self.decoder_one)
+        else:
+            probabilities = self.decoder_one(volume)
+        data["pred"] = torch.as_tensor(probabilities)[0].cpu()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            restored = Invertd("pred", transform, orig_keys="image", nearest_interp=False)(data)["pred"]
+        return np.asarray(torch.as_tensor(restored).argmax(0).numpy(), dtype=np.uint8)
+
+
+def _without_labels(cases: Sequence[Case]) -> list[Case]:
+    """The cases as unlabelled ones: their label maps are not even read."""
+    return [dataclasses.replace(case, label=None) for case in cases]
+
+
+def run_medical_semi_supervised(
+    *,
+    data: str | Path,
+    out: str | Path,
+    encoder_checkpoint: str | Path | None = None,
+    encoder: str = "resnet18",
+    label_fraction: float = 0.2,
+    seed: int = 0,
+    subset_seed: int | None = None,
+    spacing: Sequence[float] | None = None,
+    slice_axis: int = 2,
+    intensity: Intensity = "zscore",
+    image_size: int = 0,
+    val_fraction: float = 0.2,
+    spatial_dims: Literal[2, 3] = 2,
+    supervised_only: bool = False,
+    decoders: int = 3,
+    labelled_bs: int = 2,
+    contrast_mode: ContrastMode = "pooled-map",
+    contrast_weight: float = 1.0,
+    consistency: float = 1.0,
+    consistency_rampup: float = 40.0,
+    rampup_iterations: int | None = None,
+    decoder_channels: Sequence[int] | None = None,
+    patch_size: Sequence[int] | None = None,
+    width: int = 16,
+    depth: int = 5,
+    dropout: float = 0.5,
+    segmenter_options: Mapping[str, Any] | None = None,
+    foreground_fraction: float = 0.5,
+    pictures: int = 2,
+    max_epochs: int = 15,
+    steps_per_epoch: int = 10,
+    val_every: int = 3,
+    patience: int = 3,
+    batch_size: int = 4,
+    lr: float = 1e-3,
+    optimizer: Literal["sgd", "adamw"] = "adamw",
+    crop: int = 128,
+    num_workers: int = 0,
+    accelerator: str = "auto",
+    progress: bool = True,
+) -> MedicalFinetuneResult:
+    """FBA on a NIfTI data folder: a fraction of the labelled train cases plus the other train cases unlabelled.
+
+    Args:
+        data: a NIfTI data folder (:func:`~geocl.data.medical.files.find_cases`).
+        out: run folder (must not hold a finetuning run).
+        encoder_checkpoint: 2D only: a geocl pretrain checkpoint (1 band) for the shared encoder.
+        encoder: 2D encoder of a random init (a checkpoint brings its own).
+        label_fraction, seed, subset_seed, spacing, slice_axis, intensity, image_size,
+            val_fraction: as :func:`~geocl.finetune.medical.run_medical_finetune`.
+        spatial_dims: 2 (slices, U-Net) or 3 (patches, V-Net).
+        supervised_only: the baseline on the labelled cases alone.
+        decoders: 1 (FBA-Net) or 3 (FBA-Net+).
+        labelled_bs: labelled items at the front of each batch of ``batch_size``.
+        contrast_mode, contrast_weight, consistency, consistency_rampup: see
+            :class:`~geocl.finetune.semi_supervised.SemiSupervisedSegmenter`.
+        rampup_iterations: steps per ramp unit; None: the ramp ends at 40 % of the budget.
+        decoder_channels: 2D U-Net decoder widths (default smp's).
+        patch_size: 3D training patch and sliding window (voxels a side, multiples of
+            ``2**(depth-1)``; released LA: 112 x 112 x 80); required in 3D.
+        width, depth, dropout: the 3D V-Net's.
+        segmenter_options: further :class:`SemiSupervisedSegmenter` arguments.
+        foreground_fraction: 3D: probability that a labelled patch is centred on foreground.
+        pictures: test cases written as PNG.
+        max_epochs, steps_per_epoch, val_every, patience, batch_size, lr, crop, num_workers,
+            accelerator, progress: the budget, as ``run_medical_finetune`` (``crop``: 2D only).
+        optimizer: ``adamw`` (every other row's) or ``sgd`` (released, momentum 0.9, constant lr).
+
+    Returns:
+        A :class:`~geocl.finetune.medical.MedicalFinetuneResult` (means over the test
+        cases); ``out/metrics.json`` holds it with the run's settings.
+
+    Raises:
+        GeoclError: as ``run_medical_finetune``; a 3D run without ``patch_size`` or
+            with a (2D) encoder checkpoint; fewer items than a batch takes.
+    """
+    start = time.perf_counter()
+    subset_seed = seed if subset_seed is None else subset_seed
+    out = check_finetune_folder(out, {
+        "label_fraction": label_fraction, "seed": seed, "subset_seed": subset_seed, "spatial_dims": spatial_dims,
+        **({"encoder_checkpoint": encoder_checkpoint} if encoder_checkpoint is not None else {"encoder": encoder}),
+    })
+    if spatial_dims == 3 and patch_size is None:
+        raise GeoclError("3D FBA trains on patches: set it, e.g. [112, 112, 80] (the released left-atrium patch)",
+                         key="method.patch_size")
+    if spatial_dims == 3 and encoder_checkpoint is not None:
+        raise GeoclError("the 3D V-Net starts from random init (pretrain checkpoints hold 2D encoders); "
+                         "use spatial_dims 2 to start from one", key="method.init_checkpoint")
+    if image_size % SIDE_MULTIPLE:
+        raise GeoclError(f"must be a multiple of {SIDE_MULTIPLE} (the encoders downsample 32x), got {image_size}",
+                         key="data.image_size")
+    lightning.seed_everything(seed, workers=True, verbose=False)
+    cases = find_cases(data)
+    splits = split_cases(cases, data, val_fraction=val_fraction)
+    if not splits.val or not splits.test:
+        raise GeoclError(
+            f"needs labelled val and test cases ({len(splits.val)} val, {len(splits.test)} test): add labelled cases "
+            "or a splits.json",
+            path=data,
+        )
+    labelled, rest = labelled_subset(splits.train, label_fraction, subset_seed)
+    unlabelled = [] if supervised_only else _without_labels(rest)
+    num_classes = _num_classes([*labelled, *splits.val, *splits.test])
+    spacing = tuple(spacing) if spacing else median_spacing(cases)
+    preprocessing = Preprocessing(spacing, intensity)  # type: ignore[arg-type]
+    labelled_bs = min(labelled_bs, batch_size)
+    total_steps = max_epochs * steps_per_epoch
+    if rampup_iterations is None:
+        rampup_iterations = max(1, round(RAMP_END * total_steps / max(consistency_rampup, 1.0)))
+
+    side: int | None = None
+    if spatial_dims == 2:
+        train: Dataset[dict[str, Any]] = NiftiSliceDataset(
+            labelled, preprocessing, slice_axis=slice_axis, image_size=image_size, with_mask=True,
+            num_classes=num_classes, multiple=SIDE_MULTIPLE,
+        )
+        side = train.image_size  # type: ignore[attr-defined]
+        other: Dataset[dict[str, Any]] | None = NiftiSliceDataset(
+            unlabelled, preprocessing, slice_axis=slice_axis, image_size=side) if unlabelled else None
+        val: Dataset[dict[str, Any]] = NiftiSliceDataset(
+            splits.val, preprocessing, slice_axis=slice_axis, image_size=side, with_mask=True, num_classes=num_classes)
+        patch: tuple[int, ...] | None = (min(crop, side),) * 2
+        network: dict[str, Any] = {"encoder": encoder, "decoder_channels": decoder_channels}
+    else:
+        patch = tuple(int(s) for s in patch_size)  # type: ignore[union-attr]
+        # a pool of distinct patches as large as the budget draws: no patch is seen twice
+        draws = total_steps * batch_size
+        train = NiftiVolumeDataset(labelled, preprocessing, patch, foreground_fraction=foreground_fraction,
+                                   samples_per_case=math.ceil(draws / len(labelled)), seed=seed)
+        other = None if not unlabelled else NiftiVolumeDataset(
+            unlabelled, preprocessing, patch, foreground_fraction=0.0,
+            samples_per_case=math.ceil(draws / len(unlabelled)), seed=seed,
+        )
+        val = WholeVolumes(splits.val, preprocessing)
+        network = {"width": width, "depth": depth, "dropout": dropout}
+    settings = {"spacing": list(preprocessing.spacing), "slice_axis": slice_axis, "intensity": intensity,
+                "image_size": side, "patch_size": list(patch) if spatial_dims == 3 else None}
+    pretrained = read_pretrain_checkpoint(encoder_checkpoint) if encoder_checkpoint is not None else None
+    if pretrained is not None:
+        encoder = pretrained["meta"]["encoder"]
+        network["encoder"] = encoder
+    meta: dict[str, Any] = {
+        "arch": f"fba-{'unet' if spatial_dims == 2 else 'vnet'}", "in_chans": 1, "classes": list(range(num_classes)),
+        "encoder": encoder if spatial_dims == 2 else None,
+        "encoder_checkpoint": str(encoder_checkpoint) if encoder_checkpoint else None, MEDICAL_KEY: settings,
+    }
+    module = SemiSupervisedSegmenter(
+        spatial_dims, 1, num_classes, decoders=decoders, labelled_bs=labelled_bs, supervised_only=supervised_only,
+        contrast_mode=contrast_mode, contrast_weight=contrast_weight, consistency=consistency,
+        consistency_rampup=consistency_rampup, rampup_iterations=rampup_iterations, patch_size=patch,
+        optimizer=optimizer, lr=lr, meta=meta, **network, **dict(segmenter_options or {}),
+    )
+    if pretrained is not None:
+        load_pretrained_encoder(module.network, encoder_checkpoint, 1, loaded=pretrained)  # type: ignore[arg-type]
+        meta["pretrain_method"] = pretrained["meta"]["method"]
+    trainer = fit_semi_supervised(
+        module, train, other, out=out, batch_size=batch_size if other is not None else labelled_bs, val=val,
+        max_epochs=max_epochs, steps_per_epoch=steps_per_epoch, val_every=val_every, patience=patience,
+        monitor="val/dice", seed=seed, num_workers=num_workers, accelerator=accelerator, progress=progress,
+    )
+    best = trainer.checkpoint_callback
+    checkpoint = out / "checkpoints" / "last.ckpt"
+    if best is not None and best.best_model_path:
+        checkpoint = Path(best.best_model_path)
+    if not checkpoint.exists():
+        trainer.save_checkpoint(checkpoint)
+    module.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"])
+
+    predictor = SemiSupervisedVolumePredictor(module, preprocessing, slice_axis=slice_axis, window=side)
+    rows = []
+    for index, case in enumerate(splits.test):
+        picture = out / "plots" / f"{case.id}.png" if index < pictures else None
+        prediction = out / "predictions" / f"{case.id}.nii.gz"
+        metrics = _score_case(predictor, case, prediction, picture)  # type: ignore[arg-type]
+        rows.append(_case_row(case.id, metrics))
+    _write_cases_csv(out / CASES_FILE, rows)
+    means = {name: float(np.mean([row[name] for row in rows])) for name in METRICS}
+    val_dice = best.best_model_score if best is not None else None
+    result = MedicalFinetuneResult(
+        # the checkpoint is chosen by val Dice (the released criterion): its val mIoU is not kept
+        **means, val_miou=math.nan, checkpoint=checkpoint, out=out, labelled_cases=[case.id for case in labelled],
+        cases=rows,
+    )
+    record = {
+        **means, "distance_unit": "mm", "val_dice": float(val_dice) if val_dice is not None else math.nan,
+        "classes": meta["classes"], "label_fraction": label_fraction, "seed": seed, "subset_seed": subset_seed,
+        "labelled_cases": result.labelled_cases, "unlabelled_cases": [case.id for case in unlabelled],
+        "test_cases": [case.id for case in splits.test], "val_cases": [case.id for case in splits.val],
+        "supervised_only": supervised_only, "decoders": decoders, "spatial_dims": spatial_dims,
+        "encoder": meta["encoder"], "encoder_checkpoint": meta["encoder_checkpoint"], "arch": meta["arch"],
+        "spacing": list(preprocessing.spacing), "checkpoint": str(checkpoint),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    atomic_write_text(out / RESULT_FILE, json.dumps(_strict_json(record), indent=1, allow_nan=False))
+    return result

@@ -1,0 +1,55 @@
+"""A scene given as several GeoTIFFs is predicted like the one GeoTIFF they were cut from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import rasterio
+
+from geocl.finetune.predict import predict_scene
+from tests.data.test_mosaic import ORIGIN, RES, write_quarters
+from tests.finetune.test_predict import NOISE, context_model, noise_scene
+
+COMMON = {"normalizer": NOISE, "class_values": [0, 1, 2, 3], "window": 32, "overlap": 8,
+          "probabilities": "float16", "cog": False, "progress": False}
+
+
+def read(result) -> tuple[np.ndarray, np.ndarray, rasterio.Affine]:  # type: ignore[no-untyped-def]
+    with rasterio.open(result.path) as labels, rasterio.open(result.probabilities) as scores:
+        return labels.read(1), scores.read(), labels.transform
+
+
+def test_two_adjacent_geotiffs_predict_like_the_merged_scene(tmp_path: Path, write_raster) -> None:
+    data = noise_scene(70, 91)
+    merged = write_raster(tmp_path / "merged.tif", data, origin=ORIGIN, res=RES, nodata=0)
+    left = write_raster(tmp_path / "left.tif", data[:, :, :40], origin=ORIGIN, res=RES, nodata=0)
+    right_origin = (ORIGIN[0] + 40 * RES, ORIGIN[1])
+    right = write_raster(tmp_path / "right.tif", data[:, :, 40:], origin=right_origin, res=RES, nodata=0)
+    model = context_model()
+    expected = predict_scene(model, merged, tmp_path / "out" / "merged.tif", **COMMON)
+    mosaic = predict_scene(model, [left, right], tmp_path / "out" / "mosaic.tif", **COMMON)
+    assert mosaic.shape == expected.shape == (70, 91) and mosaic.scenes == (left, right)
+    labels, scores, transform = read(mosaic)
+    want_labels, want_scores, want_transform = read(expected)
+    assert transform == want_transform
+    np.testing.assert_array_equal(labels, want_labels)
+    np.testing.assert_array_equal(scores, want_scores)
+    assert mosaic.png.exists()
+
+
+def test_a_folder_of_quarters_with_a_gap(tmp_path: Path, write_raster) -> None:
+    data = noise_scene(70, 91, seed=5)
+    merged = write_raster(tmp_path / "merged.tif", data, origin=ORIGIN, res=RES, nodata=0)
+    write_quarters(tmp_path / "parts", write_raster, data, (33, 40), skip=3)
+    model = context_model()
+    expected = predict_scene(model, merged, tmp_path / "merged_pred.tif", **COMMON)
+    mosaic = predict_scene(model, tmp_path / "parts", tmp_path / "mosaic_pred.tif", block=256, **COMMON)
+    labels, _, _ = read(mosaic)
+    want_labels, _, _ = read(expected)
+    missing = (data == 0).all(axis=0)
+    missing[33:, 40:] = True  # the quarter left out
+    np.testing.assert_array_equal(labels == 255, missing)
+    # away from the gap (more than a window's reach) the prediction is the merged scene's
+    np.testing.assert_array_equal(labels[:, :8], want_labels[:, :8])
+    np.testing.assert_array_equal(labels[:1], want_labels[:1])

@@ -1,0 +1,266 @@
+"""Semi-supervised FBA training: the loss is the spec's sum of terms, the baseline ignores unlabelled data,
+and 2D / 3D FBA-Net+ train a tiny budget end to end (plus a tile-set run against supervised-only)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import lightning
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from geocl.data.tile_dataset import IGNORE_INDEX
+from geocl.errors import GeoclError
+from geocl.finetune.semi_supervised import SemiSupervisedSegmenter, fit_semi_supervised, run_semi_supervised
+from geocl.losses.fba import sharpen
+
+TINY_3D = {"width": 4, "depth": 3, "embedding_dim": 16}
+TINY_2D = {"encoder": "test_resnet", "decoder_channels": (32, 16, 16, 8, 8), "embedding_dim": 16}
+
+
+class Cubes(Dataset):
+    """Noisy volumes ``[1, S, S, S]`` with one bright cube of foreground (class 1)."""
+
+    def __init__(self, count: int, side: int = 16, *, with_mask: bool = True, seed: int = 0) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.items = []
+        for _ in range(count):
+            mask = torch.zeros(side, side, side, dtype=torch.long)
+            size = int(torch.randint(side // 4, side // 2, (), generator=generator))
+            x, y, z = (int(torch.randint(0, side - size, (), generator=generator)) for _ in range(3))
+            mask[x : x + size, y : y + size, z : z + size] = 1
+            image = (mask.float() + 0.3 * torch.randn(side, side, side, generator=generator))[None]
+            self.items.append({"image": image, "mask": mask} if with_mask else {"image": image})
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.items[index]
+
+
+class Quadrants(Dataset):
+    """32 x 32 slices of 4 classes (shifted quadrants, class = intensity level), a nodata strip ignored."""
+
+    def __init__(self, count: int, *, with_mask: bool = True, seed: int = 0) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.items = []
+        for _ in range(count):
+            row, col = (int(torch.randint(8, 24, (), generator=generator)) for _ in range(2))
+            mask = torch.zeros(32, 32, dtype=torch.long)
+            mask[:row, col:], mask[row:, :col], mask[row:, col:] = 1, 2, 3
+            image = (mask.float() / 3 + 0.2 * torch.randn(32, 32, generator=generator))[None]
+            mask[:, :2] = IGNORE_INDEX
+            self.items.append({"image": image, "mask": mask} if with_mask else {"image": image})
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.items[index]
+
+
+def _parameters(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in module.named_parameters()}
+
+
+def _logged(out: Path) -> pd.DataFrame:
+    (metrics,) = out.glob("logs/*/metrics.csv")
+    return pd.read_csv(metrics)
+
+
+# --- end to end -----------------------------------------------------------------------
+
+
+def test_3d_fba_net_plus_trains_a_tiny_budget_end_to_end(tmp_path: Path) -> None:
+    lightning.seed_everything(0, verbose=False)
+    module = SemiSupervisedSegmenter(3, 1, 2, decoders=3, labelled_bs=2, patch_size=(16, 16, 16),
+                                     rampup_iterations=1, consistency_rampup=4, **TINY_3D)
+    before = _parameters(module)
+    trainer = fit_semi_supervised(module, Cubes(4), Cubes(6, with_mask=False, seed=1), out=tmp_path, batch_size=4,
+                                  val=Cubes(2, seed=2), max_epochs=2, steps_per_epoch=2, accelerator="cpu")
+    assert trainer.global_step == 4
+    changed = {name for name, value in _parameters(module).items() if not torch.equal(value, before[name])}
+    assert changed == set(before)  # encoder, all 3 decoders and all 3 contrast heads learn
+    logged = _logged(tmp_path)
+    steps = logged.dropna(subset=["train/loss"])
+    assert len(steps) == 4 and steps["train/loss"].map(math.isfinite).all()
+    assert (steps["train/contrast"] > 0).all() and (steps["train/consistency"] > 0).all()
+    # w(t) at the 1-based iteration, 1 iteration per ramp unit, 4 units
+    expected = [math.exp(-5 * (1 - min(k, 4) / 4) ** 2) for k in (1, 2, 3, 4)]
+    assert steps["train/consistency_weight"].tolist() == pytest.approx(expected, rel=1e-5)
+    # the last validation saw the final weights: its Dice is 2 TP / (2 TP + FP + FN) of decoder 1 over the set
+    val = Cubes(2, seed=2)
+    with torch.no_grad():
+        first, _ = module.eval().predict_probabilities(torch.stack([item["image"] for item in val.items]))
+    predicted, truth = first.argmax(1) == 1, torch.stack([item["mask"] for item in val.items]) == 1
+    tp, fp, fn = (predicted & truth).sum(), (predicted & ~truth).sum(), (~predicted & truth).sum()
+    assert module.results["val"]["dice"] == pytest.approx(float(2 * tp / (2 * tp + fp + fn)), abs=1e-6)
+    assert 0.0 <= module.results["val"]["miou"] <= 1.0
+    best = Path(trainer.checkpoint_callback.best_model_path)
+    assert best == tmp_path / "checkpoints" / "best.ckpt" and best.exists()
+    reloaded = SemiSupervisedSegmenter.load_from_checkpoint(best).eval()
+    volume = Cubes(1, seed=5)[0]["image"][None]
+    module.load_state_dict(torch.load(best, weights_only=False)["state_dict"])
+    expected, _ = module.eval().predict_probabilities(volume)
+    torch.testing.assert_close(reloaded.predict_probabilities(volume)[0], expected)
+
+
+def test_2d_multiclass_fba_net_plus_trains_a_tiny_budget_end_to_end(tmp_path: Path) -> None:
+    lightning.seed_everything(0, verbose=False)
+    module = SemiSupervisedSegmenter(
+        2, 1, 4, decoders=3, labelled_bs=2, contrast_mode="pooled-map", pooled_grid=8, **TINY_2D
+    )
+    assert all(not head.binary for head in module.contrast)  # the per-class path of the 2D code
+    before = _parameters(module)
+    trainer = fit_semi_supervised(module, Quadrants(4), Quadrants(6, with_mask=False, seed=1), out=tmp_path,
+                                  batch_size=4, val=Quadrants(2, seed=2), max_epochs=1, steps_per_epoch=3,
+                                  monitor="val/miou", accelerator="cpu")
+    assert trainer.global_step == 3
+    assert all(not torch.equal(p, before[n]) for n, p in _parameters(module).items())
+    steps = _logged(tmp_path).dropna(subset=["train/loss"])
+    assert steps["train/loss"].map(math.isfinite).all() and (steps["train/contrast"] > 0).all()
+    assert 0.0 <= module.results["val"]["miou"] <= 1.0 and len(module.results["val"]["iou"]) == 4
+
+
+# --- the loss terms -------------------------------------------------------------------
+
+
+def _batch(count: int = 4, labelled: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    cubes = Cubes(count, side=8, seed=3)
+    images = torch.stack([cubes[i]["image"] for i in range(count)])
+    masks = torch.stack([cubes[i]["mask"] for i in range(labelled)])
+    return images, masks
+
+
+def released_binary_dice(foreground: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """``Binary_dice_loss``: 1 - (2 sum(p y) + e) / (sum p + sum y + e) over the whole labelled sub-batch."""
+    return 1 - (2 * (foreground * target).sum() + eps) / (foreground.sum() + target.sum() + eps)
+
+
+def test_the_loss_is_the_spec_sum_of_dice_consistency_and_contrast() -> None:
+    torch.manual_seed(0)
+    module = SemiSupervisedSegmenter(3, 1, 2, decoders=3, labelled_bs=2, patch_size=(8, 8, 8), dropout=0.0,
+                                     **TINY_3D).train()
+    images, masks = _batch()
+    step = 300  # iteration 301: floor(301 / 150) = 2 units of 40
+    terms = module.losses(images, masks, step)
+    logits = module.network(images)  # training-mode BatchNorm on the same batch: the same outputs
+    probabilities = [torch.softmax(z, dim=1) for z in logits]
+    dice = sum(released_binary_dice(p[:2, 1], (masks == 1).float()) for p in probabilities)
+    consistency = sum(
+        ((probabilities[i] - sharpen(probabilities[j])) ** 2).mean() for i in range(3) for j in range(3) if i != j
+    )
+    contrast = sum(head(z) for head, z in zip(module.contrast, logits, strict=True))
+    weight = math.exp(-5 * (1 - 2 / 40) ** 2)
+    assert module.dice_weight == 0.5  # 3D FBA-Net+
+    torch.testing.assert_close(terms["supervised"], 0.5 * dice)
+    torch.testing.assert_close(terms["consistency"], consistency)
+    torch.testing.assert_close(terms["contrast"], contrast)
+    assert float(terms["consistency_weight"]) == pytest.approx(weight)
+    torch.testing.assert_close(terms["loss"], 0.5 * dice + weight * consistency + contrast)
+
+
+def test_dice_skips_ignored_pixels_and_cross_entropy_is_optional() -> None:
+    torch.manual_seed(0)
+    module = SemiSupervisedSegmenter(3, 1, 2, decoders=1, labelled_bs=2, patch_size=(8, 8, 8), ce_weight=0.7,
+                                     dropout=0.0, **TINY_3D)
+    images, masks = _batch()
+    masks[:, :2] = IGNORE_INDEX
+    (logits,) = module.network(images)
+    valid = (masks != IGNORE_INDEX).float()
+    foreground = torch.softmax(logits[:2], dim=1)[:, 1] * valid
+    expected = released_binary_dice(foreground, (masks == 1).float()) + 0.7 * torch.nn.functional.cross_entropy(
+        logits[:2], masks, ignore_index=IGNORE_INDEX
+    )
+    torch.testing.assert_close(module.supervised_loss([logits], masks), expected)
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to")  # a training step outside a Trainer
+def test_supervised_only_forwards_the_labelled_items_alone_and_is_a_plain_baseline() -> None:
+    torch.manual_seed(0)
+    module = SemiSupervisedSegmenter(3, 1, 2, decoders=1, labelled_bs=2, supervised_only=True, augment=False,
+                                     patch_size=(8, 8, 8), dropout=0.0, **TINY_3D)
+    assert len(module.contrast) == 0 and module.dice_weight == 1.0
+    seen: list[int] = []
+    module.network.register_forward_hook(lambda _m, inputs, _o: seen.append(len(inputs[0])))
+    images, masks = _batch()
+    loss = module.training_step({"image": images, "mask": masks}, 0)
+    assert seen == [2]
+    (logits,) = module.network(images[:2])
+    torch.testing.assert_close(loss, released_binary_dice(torch.softmax(logits, 1)[:, 1], (masks == 1).float()))
+
+
+def test_loss_weights_follow_the_variant() -> None:
+    assert SemiSupervisedSegmenter(3, 1, 2, decoders=1, contrast_weight=0, **TINY_3D).dice_weight == 1.0
+    assert SemiSupervisedSegmenter(2, 1, 3, decoders=3, contrast_weight=0, **TINY_2D).dice_weight == 1.0
+    chosen = SemiSupervisedSegmenter(3, 1, 2, decoders=3, dice_weight=0.2, contrast_weight=0, **TINY_3D)
+    assert chosen.dice_weight == 0.2
+    assert len(SemiSupervisedSegmenter(3, 1, 2, decoders=3, contrast_weight=0, **TINY_3D).contrast) == 0
+
+
+# --- batches, augmentation, inference, errors -----------------------------------------
+
+
+def test_augmentation_moves_image_and_mask_together_and_crops_or_pads_to_the_patch() -> None:
+    torch.manual_seed(0)
+    module = SemiSupervisedSegmenter(3, 1, 2, decoders=1, patch_size=(8, 8, 8), contrast_weight=0, **TINY_3D)
+    mask = torch.arange(6 * 12 * 8).reshape(6, 12, 8) % 2
+    for _ in range(8):
+        image, cropped = module.augment_item(mask[None].float(), mask)
+        assert image.shape == (1, 8, 8, 8) and cropped.shape == (8, 8, 8)
+        padded = cropped == IGNORE_INDEX  # 6 slices padded to 8: one before, one after
+        assert int(padded.sum()) == 2 * 8 * 8
+        torch.testing.assert_close(image[0][~padded], cropped[~padded].float())
+        assert (image[0][padded] == 0).all()
+
+
+def test_sliding_window_predicts_volumes_larger_than_the_patch() -> None:
+    module = SemiSupervisedSegmenter(3, 1, 2, decoders=3, patch_size=(8, 8, 8), **TINY_3D).eval()
+    first, mean = module.predict_probabilities(torch.randn(1, 1, 16, 12, 8))
+    assert first.shape == mean.shape == (1, 2, 16, 12, 8)
+    torch.testing.assert_close(first.sum(1), torch.ones(1, 16, 12, 8))
+
+
+def test_bad_settings_and_batches_are_clear_errors() -> None:
+    with pytest.raises(GeoclError, match="patch_size"):
+        SemiSupervisedSegmenter(3, 1, 2, **TINY_3D)  # code mode needs the size
+    with pytest.raises(GeoclError, match="multiples of 4"):
+        SemiSupervisedSegmenter(3, 1, 2, patch_size=(8, 8, 6), **TINY_3D)
+    module = SemiSupervisedSegmenter(3, 1, 2, decoders=1, patch_size=(8, 8, 8), **TINY_3D)
+    images, masks = _batch()
+    with pytest.raises(GeoclError, match="class indices 0..1"):
+        module.training_step({"image": images, "mask": masks + 3}, 0)
+    with pytest.raises(ValueError, match="at least 2 labelled"):
+        module.training_step({"image": images, "mask": masks[:1]}, 0)
+
+
+# --- remote-sensing tiles -------------------------------------------------------------
+
+
+@pytest.mark.slow  # two Lightning runs with validation and test: ~15 s of CPU
+def test_tile_set_runs_semi_supervised_and_supervised_only_on_the_same_labels(tmp_path: Path, tiny_tiles: Path) -> None:
+    budget = {
+        "max_epochs": 1, "steps_per_epoch": 2, "val_every": 1, "batch_size": 4, "labelled_bs": 2, "crop": 32,
+        "encoder": "test_resnet", "decoder_channels": (16, 8, 8, 8, 8), "label_fraction": 0.2, "progress": False,
+        "accelerator": "cpu",
+    }
+    semi = run_semi_supervised(tiles=tiny_tiles, out=tmp_path / "fba", decoders=3, **budget)
+    base = run_semi_supervised(tiles=tiny_tiles, out=tmp_path / "base", decoders=1, supervised_only=True, **budget)
+    fba_metrics = json.loads((tmp_path / "fba" / "metrics.json").read_text())
+    base_metrics = json.loads((tmp_path / "base" / "metrics.json").read_text())
+    assert semi.train_tiles == base.train_tiles == fba_metrics["train_tiles"] > 0
+    assert fba_metrics["unlabelled_tiles"] > 0 and base_metrics["unlabelled_tiles"] == 0
+    assert fba_metrics["supervised_only"] is False and base_metrics["supervised_only"] is True
+    hyper = torch.load(semi.checkpoint, weights_only=False)["hyper_parameters"]
+    assert hyper["rampup_iterations"] == 1  # the ramp scaled to the 2-step budget (ends at 40 %)
+    assert hyper["contrast_mode"] == "pooled-map" and hyper["decoders"] == 3
+    for metrics, result in ((fba_metrics, semi), (base_metrics, base)):
+        assert 0.0 <= metrics["miou"] <= 1.0 and metrics["miou"] == pytest.approx(result.miou)
+        assert result.checkpoint.exists()
+    with pytest.raises(GeoclError, match="holds a finetuning run"):
+        run_semi_supervised(tiles=tiny_tiles, out=tmp_path / "fba", **budget)
