@@ -36,8 +36,9 @@ def method_training(recipe: Any, evaluation: str) -> Callable[..., Any] | None:
         GeoclError: the method pretrains no encoder and cannot serve ``evaluation``.
     """
     registry = sys.modules.get("geocl.methods.registry")
-    cls = None if registry is None else registry.METHODS.get(str(recipe.method.name))
-    return None if cls is None else cls.training_for(evaluation, recipe.method)
+    method = getattr(recipe, "method", None)  # a recipe-like object with its data only: no method
+    cls = None if registry is None or method is None else registry.METHODS.get(str(method.name))
+    return None if cls is None else cls.training_for(evaluation, method)
 
 
 @register_evaluation

@@ -196,6 +196,7 @@ class TrainerConfig(Section):
     max_epochs: int = Field(3, description="epochs to train (-1: no limit, then max_steps must stop it)")
     max_steps: int = Field(-1, description="optimiser steps to train (-1: no limit)")
     devices: int | Literal["auto"] = Field(1, description="device count, -1 for all, or 'auto'")
+    num_nodes: int = Field(1, ge=1, description="machines of a multi-node DDP run (each with `devices` devices)")
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"] = Field("auto", description="Lightning accelerator")
     strategy: str = Field("auto", description="a Lightning strategy name (auto, ddp, ...)")
     precision: Literal[PRECISIONS] = Field("32-true", description="a Lightning precision (32-true, bf16-mixed, ...)")  # type: ignore[valid-type]

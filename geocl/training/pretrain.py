@@ -290,6 +290,7 @@ def build_trainer(
         max_epochs=config.max_epochs,
         max_steps=config.max_steps,
         devices=config.devices,
+        num_nodes=config.num_nodes,
         accelerator=config.accelerator,
         strategy=config.strategy,
         precision=config.precision,
