@@ -1,16 +1,19 @@
 """Polygons of a classified raster: 4-connected regions of one value, written to a GeoPackage.
 
 The raster is vectorised in square blocks of ``block`` px, row by row of blocks, so
-memory does not grow with the scene: GDAL polygonises each block
-(``rasterio.features.shapes``, 4-connected), in pixel coordinates. A polygon that
-reaches an edge the block shares with another block may continue there; it is merged
-with the held-back regions of the same value that share an edge segment with it (not
-only a corner: regions are 4-connected), and held back itself while it reaches a block
-still to come (the next block of the row or the next row). Every other region is
-complete and is written at once. What is held at any time is therefore the regions
-crossing one horizontal line of block edges (plus the current block's right edge).
-The result equals polygonising the whole raster at once: one polygon per 4-connected
-region, holes included (a ring closed across a block edge gets its hole when merged).
+memory does not grow with the scene. In each block the 4-connected regions of one value
+are labelled (``scipy.ndimage.label``, one id per region, unique over the scene) and
+GDAL polygonises the label image (``rasterio.features.shapes``), in pixel coordinates:
+one polygon per region. Regions that continue across a block edge are joined from the
+pixels on either side of the edge: two facing pixels of the same value put their
+regions in one group (union-find), so corners alone never join (4-connectivity). A
+region that reaches no edge shared with another block is written at once; a group is
+written (its polygons unioned) once no block still to come can touch it, that is after
+the block to the right of and the block below each of its parts. What is held at any
+time is therefore the regions crossing one horizontal line of block edges, plus one
+column of ids and values of the current row of blocks. The result equals polygonising
+the whole raster at once: one polygon per 4-connected region, holes included (a ring
+closed across a block edge gets its hole in the union).
 
 Polygons are written in batches to the GeoPackage (layer :data:`POLYGON_LAYER`, column
 ``class_value``, the raster's CRS), in map coordinates.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,7 @@ import rasterio
 import shapely
 from rasterio.transform import Affine
 from rasterio.windows import Window
+from scipy import ndimage
 
 from geocl.data.rasters import bounded_memory
 from geocl.io import atomic_path
@@ -42,46 +47,14 @@ POLYGON_LAYER = "prediction"
 POLYGON_BLOCK = 1024
 #: Polygons written to the GeoPackage per batch.
 _BATCH = 20_000
+#: 4-connectivity for ``ndimage.label``.
+_CROSS = ndimage.generate_binary_structure(2, 1)
 
 Region = tuple[int, shapely.Geometry]  # (class value, polygon in pixel coordinates)
 
 
-def _merge_shared_edges(regions: list[Region]) -> list[Region]:
-    """Union the regions of one value that share an edge segment (4-connectivity); the others unchanged."""
-    if len(regions) < 2:
-        return regions
-    geometries = np.asarray([geometry for _, geometry in regions], dtype=object)
-    values = np.asarray([value for value, _ in regions])
-    tree = shapely.STRtree(geometries)
-    first, second = tree.query(geometries, predicate="touches")
-    keep = (first < second) & (values[first] == values[second])
-    first, second = first[keep], second[keep]
-    # interiors apart, boundaries meeting in a line: a shared edge, not a shared corner
-    along_edge = shapely.relate_pattern(geometries[first], geometries[second], "F***1****")
-    parent = list(range(len(regions)))
-
-    def root(item: int) -> int:
-        while parent[item] != item:
-            parent[item] = parent[parent[item]]
-            item = parent[item]
-        return item
-
-    for a, b in zip(first[along_edge], second[along_edge]):
-        parent[root(int(a))] = root(int(b))
-    groups: dict[int, list[int]] = {}
-    for item in range(len(regions)):
-        groups.setdefault(root(item), []).append(item)
-    merged: list[Region] = []
-    for members in groups.values():
-        if len(members) == 1:
-            merged.append(regions[members[0]])
-        else:
-            merged.append((regions[members[0]][0], shapely.union_all(geometries[members])))
-    return merged
-
-
-def _block_polygons(features: Iterator[tuple[dict[str, Any], float]]) -> tuple[np.ndarray, list[int]]:
-    """GDAL's GeoJSON-like polygons as shapely polygons, built in one vectorised call.
+def _block_polygons(features: Iterator[tuple[dict[str, Any], float]]) -> tuple[np.ndarray, np.ndarray]:
+    """GDAL's GeoJSON-like polygons as shapely polygons (built in one vectorised call) and their values.
 
     ``shapely.geometry.shape`` per feature costs about 0.1 ms, which dominates on
     fragmented class maps (10^5 regions); a ragged array of the rings does not.
@@ -97,12 +70,93 @@ def _block_polygons(features: Iterator[tuple[dict[str, Any], float]]) -> tuple[n
         polygon_ends.append(len(rings))
         values.append(int(value))
     if not values:
-        return np.empty(0, dtype=object), values
+        return np.empty(0, dtype=object), np.empty(0, dtype=np.int64)
     polygons = shapely.from_ragged_array(
         shapely.GeometryType.POLYGON, np.concatenate(rings),
         (np.asarray(ring_ends, dtype=np.int64), np.asarray(polygon_ends, dtype=np.int64)),
     )
-    return polygons, values
+    return polygons, np.asarray(values, dtype=np.int64)
+
+
+def _region_ids(classes: np.ndarray, valid: np.ndarray | None, first: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ids ``first, first + 1, ...`` of the 4-connected regions of one value (0 on nodata) and each id's value.
+
+    Returns:
+        ``ids`` int32 ``[rows, cols]`` and ``values`` with ``values[id - first]`` the class of ``id``.
+    """
+    ids = np.zeros(classes.shape, dtype=np.int32)
+    values: list[np.ndarray] = []
+    count = 0
+    present = np.unique(classes if valid is None else classes[valid])
+    for value in present:
+        labels, found = ndimage.label((classes == value) if valid is None else (classes == value) & valid, _CROSS)
+        inside = labels > 0
+        ids[inside] = labels[inside] + (first + count - 1)
+        values.append(np.full(found, value, dtype=np.int64))
+        count += found
+    return ids, (np.concatenate(values) if values else np.empty(0, dtype=np.int64))
+
+
+def _present(line: np.ndarray, first: int, count: int) -> np.ndarray:
+    """``[count]`` bool: which of the ids ``first .. first + count - 1`` occur in ``line`` (0: none)."""
+    flags = np.zeros(count, dtype=bool)
+    flags[line[line > 0] - first] = True
+    return flags
+
+
+@dataclass
+class _Group:
+    """Regions joined across block edges: their class value, polygons and the last block that can touch them."""
+
+    value: int
+    polygons: list[shapely.Geometry] = field(default_factory=list)
+    closes: int = 0
+
+
+class _Groups:
+    """Union-find over region ids, each root holding its :class:`_Group`."""
+
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+        self.groups: dict[int, _Group] = {}
+        self.closing: dict[int, set[int]] = {}  # block index -> roots that close after it
+
+    def root(self, item: int) -> int:
+        parent = self.parent
+        while parent[item] != item:
+            parent[item] = parent[parent[item]]
+            item = parent[item]
+        return item
+
+    def add(self, item: int, value: int, polygon: shapely.Geometry, closes: int) -> None:
+        self.parent[item] = item
+        self.groups[item] = _Group(value, [polygon], closes)
+        self.closing.setdefault(closes, set()).add(item)
+
+    def join(self, a: int, b: int) -> None:
+        a, b = self.root(a), self.root(b)
+        if a == b:
+            return
+        kept, gone = self.groups[a], self.groups.pop(b)
+        self.closing[gone.closes].discard(b)
+        self.closing[kept.closes].discard(a)
+        kept.polygons.extend(gone.polygons)
+        kept.closes = max(kept.closes, gone.closes)
+        self.closing.setdefault(kept.closes, set()).add(a)
+        self.parent[b] = a
+
+    def close(self, block: int) -> list[Region]:
+        """The groups no block after ``block`` can touch, unioned; forgotten here."""
+        done = []
+        for root in self.closing.pop(block, ()):
+            group = self.groups.pop(root)
+            polygon = group.polygons[0] if len(group.polygons) == 1 else shapely.union_all(group.polygons)
+            done.append((group.value, polygon))
+        # ids of closed groups are never referenced again: only the open groups' ids stay
+        if done:
+            live = set(self.groups)
+            self.parent = {item: root for item, root in self.parent.items() if self.root(item) in live}
+        return done
 
 
 def polygonise_blocks(src: Any, block: int = POLYGON_BLOCK) -> Iterator[list[Region]]:
@@ -120,46 +174,66 @@ def polygonise_blocks(src: Any, block: int = POLYGON_BLOCK) -> Iterator[list[Reg
     from rasterio.features import shapes
 
     height, width, nodata = src.height, src.width, src.nodata
-    held: list[Region] = []  # regions that may continue into a block still to come
-    for top in range(0, height, block):
+    columns = -(-width // block)
+    groups = _Groups()
+    next_id = 1
+    # ids and values of the pixel row above the current row of blocks (0: nodata or first row)
+    above_ids = np.zeros(width, dtype=np.int32)
+    above_values = np.zeros(width, dtype=np.int64)
+    for row, top in enumerate(range(0, height, block)):
         bottom = min(top + block, height)
-        for left in range(0, width, block):
+        below_ids = np.zeros(width, dtype=np.int32)
+        below_values = np.zeros(width, dtype=np.int64)
+        left_ids = left_values = None  # the last pixel column of the previous block of this row
+        for column, left in enumerate(range(0, width, block)):
+            index = row * columns + column
             right = min(left + block, width)
             classes = src.read(1, window=Window(left, top, right - left, bottom - top))
             valid = None if nodata is None else classes != nodata
+            ids, id_values = _region_ids(classes, valid, next_id)
             polygons, found = _block_polygons(shapes(
-                classes, mask=valid, connectivity=4, transform=Affine.translation(left, top)
+                ids, mask=ids > 0, connectivity=4, transform=Affine.translation(left, top)
             ))
+            # regions on an edge shared with another block, and the last block that can touch
+            # them (in block order); indexed by id - next_id, so sized by this block only
+            local = found - next_id
+            closes = np.full(len(found), index, dtype=np.int64)
+            is_edge = np.zeros(len(id_values), dtype=bool)
+            if right < width:
+                on_right = _present(ids[:, -1], next_id, len(id_values))
+                is_edge |= on_right
+                closes = np.where(on_right[local], index + 1, closes)
+            if bottom < height:
+                on_bottom = _present(ids[-1], next_id, len(id_values))
+                is_edge |= on_bottom
+                closes = np.where(on_bottom[local], index + columns, closes)
+            if left > 0:
+                is_edge |= _present(ids[:, 0], next_id, len(id_values))
+            if top > 0:
+                is_edge |= _present(ids[0], next_id, len(id_values))
             done: list[Region] = []
-            edge: list[Region] = []
-            if found:
-                x0, y0, x1, y1 = shapely.bounds(polygons).T
-                # pixel coordinates are whole numbers: the comparisons are exact
-                inner_edge = (
-                    ((x0 == left) & (left > 0)) | ((x1 == right) & (right < width))
-                    | ((y0 == top) & (top > 0)) | ((y1 == bottom) & (bottom < height))
-                )
-                for polygon, value, inner in zip(polygons, found, inner_edge):
-                    (edge if inner else done).append((value, polygon))
-            if edge:
-                # held regions that reach this block's box: the only ones its edge regions can join
-                near = np.zeros(len(held), dtype=bool)
-                if held:
-                    hx0, hy0, hx1, hy1 = shapely.bounds(np.asarray([p for _, p in held], dtype=object)).T
-                    near = (hx0 <= right) & (hx1 >= left) & (hy0 <= bottom) & (hy1 >= top)
-                merged = _merge_shared_edges([region for region, n in zip(held, near) if n] + edge)
-                held = [region for region, n in zip(held, near) if not n]
-                for value, polygon in merged:
-                    _, _, mx1, my1 = polygon.bounds
-                    open_right = right < width and mx1 >= right
-                    open_below = bottom < height and my1 >= bottom
-                    (held if open_right or open_below else done).append((value, polygon))
-            yield done
-        # the row is done: only regions reaching its bottom edge can grow further
-        reaching = [bottom < height and polygon.bounds[3] >= bottom for _, polygon in held]
-        yield [region for region, below in zip(held, reaching) if not below]
-        held = [region for region, below in zip(held, reaching) if below]
-    assert not held
+            for polygon, region, close in zip(polygons, local, closes):
+                value = int(id_values[region])
+                if is_edge[region]:
+                    groups.add(int(region) + next_id, value, polygon, int(close))
+                else:
+                    done.append((value, polygon))
+            # join facing pixels of one value across the left and the top edge
+            pairs = []
+            if left_ids is not None and left_values is not None:
+                pairs.append((left_ids, left_values, ids[:, 0], classes[:, 0]))
+            if top > 0:
+                pairs.append((above_ids[left:right], above_values[left:right], ids[0], classes[0]))
+            for there, there_values, here, here_values in pairs:
+                same = (there > 0) & (here > 0) & (there_values == here_values)
+                for a, b in set(zip(there[same].tolist(), here[same].tolist())):
+                    groups.join(a, b)
+            left_ids, left_values = ids[:, -1].copy(), classes[:, -1].astype(np.int64)
+            below_ids[left:right], below_values[left:right] = ids[-1], classes[-1]
+            next_id += len(id_values)
+            yield done + groups.close(index)
+        above_ids, above_values = below_ids, below_values
+    assert not groups.groups
 
 
 def write_polygons(
