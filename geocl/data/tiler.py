@@ -332,7 +332,7 @@ def draw_block_splits(
     chosen = [candidates[0] for candidates in runs]  # the seeded draw; stratified below
     if stratify:
 
-        def score(name: str, counts: np.ndarray) -> tuple[int, float]:
+        def score(counts: np.ndarray) -> tuple[int, float]:
             total = counts.sum()
             distance = float(np.abs(counts / total - scene_share).sum()) if total else 2.0
             return int(np.sum(counts > 0)), -distance
@@ -347,8 +347,8 @@ def draw_block_splits(
                     (vector(chosen[j]) for j, other in enumerate(run_splits) if other == name and j != k),
                     np.zeros(len(classes)),
                 )
-                best = max(candidates, key=lambda block: score(name, others + vector(block)))
-                if score(name, others + vector(best)) > score(name, others + vector(chosen[k])):
+                best = max(candidates, key=lambda block: score(others + vector(block)))
+                if score(others + vector(best)) > score(others + vector(chosen[k])):
                     chosen[k], changed = best, True
             if not changed:
                 break

@@ -76,15 +76,11 @@ class MedicalDice(Evaluation):
         return f"nifti:{recipe.data.path}"
 
     def run(self, checkpoint: Path | None, *, recipe: Any, subset: Subset, seed: int, out: Path) -> Measurement:
-        from geocl.evaluation.segmentation import ARCHITECTURE_OPTIONS, method_training
+        from geocl.evaluation.segmentation import row_training
 
-        finetune, options = method_training(recipe, self.name), self.options
-        if finetune is not None:  # the method trains its own network (a semi-supervised one)
-            options = {key: value for key, value in options.items() if key not in ARCHITECTURE_OPTIONS}
-        else:
-            finetune = self.finetune_fn
-            if finetune is None:  # Lightning, smp and MONAI: imported when a run needs them
-                from geocl.finetune.medical import run_medical_finetune as finetune
+        finetune, options = row_training(recipe, self.name, self.options, self.finetune_fn)
+        if finetune is None:
+            from geocl.finetune.medical import run_medical_finetune as finetune
         data = recipe.data
         result = finetune(
             data=Path(str(data.path)), encoder_checkpoint=checkpoint, encoder=str(recipe.encoder.name),

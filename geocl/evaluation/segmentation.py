@@ -41,6 +41,22 @@ def method_training(recipe: Any, evaluation: str) -> Callable[..., Any] | None:
     return None if cls is None else cls.training_for(evaluation, method)
 
 
+def row_training(
+    recipe: Any, evaluation: str, options: dict[str, Any], finetune_fn: Callable[..., Any] | None
+) -> tuple[Callable[..., Any] | None, dict[str, Any]]:
+    """What trains one row, with the options it takes.
+
+    The method's own training (:func:`method_training`) without the
+    :data:`ARCHITECTURE_OPTIONS` (it builds its own network), else ``finetune_fn``
+    with every option; None for the evaluation's default function, which the caller
+    imports only then (Lightning, smp, MONAI take seconds).
+    """
+    own = method_training(recipe, evaluation)
+    if own is None:
+        return finetune_fn, options
+    return own, {key: value for key, value in options.items() if key not in ARCHITECTURE_OPTIONS}
+
+
 @register_evaluation
 class SegmentationFinetune(Evaluation):
     """Finetune a segmenter from the encoder at each label fraction; mIoU on the test tiles.
@@ -85,13 +101,9 @@ class SegmentationFinetune(Evaluation):
         return str(recipe.data.tiles)
 
     def run(self, checkpoint: Path | None, *, recipe: Any, subset: Subset, seed: int, out: Path) -> Measurement:
-        finetune, options = method_training(recipe, self.name), self.options
-        if finetune is not None:  # the method builds its own network
-            options = {key: value for key, value in options.items() if key not in ARCHITECTURE_OPTIONS}
-        else:
-            finetune = self.finetune_fn
-            if finetune is None:  # Lightning and smp: imported when a run needs them
-                from geocl.finetune.train import run_finetune as finetune
+        finetune, options = row_training(recipe, self.name, self.options, self.finetune_fn)
+        if finetune is None:
+            from geocl.finetune.train import run_finetune as finetune
         result = finetune(
             tiles=Path(str(recipe.data.tiles)), encoder_checkpoint=checkpoint, encoder=str(recipe.encoder.name),
             label_fraction=subset.label_fraction, seed=seed, out=out, **options,

@@ -104,6 +104,7 @@ import pandas as pd
 
 from geocl.errors import GeoclError
 from geocl.evaluation import Evaluation, Subset, evaluation_for, get_evaluation
+from geocl.evaluation.protocol import TestSet
 from geocl.io import atomic_path, atomic_write_text
 from geocl.recipes import load_recipe, read_saved_recipe, recipe_to_dict, save_recipe
 from geocl.recipes.options import CompareOptions
@@ -204,6 +205,7 @@ def run_compare(
     if random_init is not None and len({main.labelled_data(candidate.recipe) for candidate in candidates}) > 1:
         log.warning("recipes read different data; %s is evaluated on %s", RANDOM_INIT, main.labelled_data(random_init))
     test_sets = _state_test_sets(evaluations, first, options.min_test_pixels, say)
+    flagged = {name: ";".join(_thin_classes(test_set, options.min_test_pixels)) for name, test_set in test_sets.items()}
     grids = {
         each.name: [(subset, seed) for subset in each.subsets(fractions, options.subset_seeds) for seed in range(options.seeds)]
         for each in evaluations
@@ -213,7 +215,7 @@ def run_compare(
     total = runs * sum(len(grid) for grid in grids.values())
 
     def record(row: dict[str, Any]) -> None:
-        row["few_test_pixels"] = test_sets.get(row["evaluation"], "")
+        row["few_test_pixels"] = flagged.get(row["evaluation"], "")
         rows.append(row)
         # Rewritten after every row so that a crash keeps what was finished.
         _write_csv(rows, out / "results.csv", _columns_of(rows, evaluations))
@@ -255,7 +257,7 @@ def run_compare(
     _write_pretraining([candidate for steps in budgets for candidate in by_budget[steps]], out, budgets)
     return _write_results(
         rows, evaluations, out, say, baseline, options.deterministic, budgets=budgets,
-        test_sets=test_sets, min_test_pixels=options.min_test_pixels, recipe=first,
+        test_sets=test_sets, min_test_pixels=options.min_test_pixels,
     )
 
 
@@ -281,28 +283,29 @@ def _prepare_benchmarks(candidates: list[_Candidate]) -> None:
             raise GeoclError(str(error), path=candidate.path, key=error.key) from None
 
 
+def _thin_classes(test_set: TestSet, min_pixels: int) -> list[str]:
+    """The classes with fewer than ``min_pixels`` labelled test pixels."""
+    return [name for name, count in test_set.class_pixels.items() if count < min_pixels]
+
+
 def _state_test_sets(
     evaluations: list[Evaluation], recipe: Any, min_pixels: int, say: Callable[[str], None]
-) -> dict[str, str]:
-    """Say what the runs are scored on; warn about thin classes. Returns evaluation -> its flagged classes."""
-    flagged: dict[str, str] = {}
-    stated: set[str] = set()
+) -> dict[str, TestSet]:
+    """Say what the runs are scored on; warn about thin classes. Returns evaluation -> its test set (where stated)."""
+    test_sets: dict[str, TestSet] = {}
     for each in evaluations:
         test_set = each.test_set(recipe)
         if test_set is None:
             continue
-        few = [name for name, count in test_set.class_pixels.items() if count < min_pixels]
-        flagged[each.name] = ";".join(few)
-        if test_set.description in stated:
-            continue
-        stated.add(test_set.description)
-        say(test_set.description)
-        for name in few:
-            log.warning(
-                "class %s has %d labelled test pixels (< %d): its IoU is flagged in results.csv and results.md",
-                name, test_set.class_pixels[name], min_pixels,
-            )
-    return flagged
+        if test_set not in test_sets.values():  # the finetune and frozen protocols share the tiles
+            say(test_set.description)
+            for name in _thin_classes(test_set, min_pixels):
+                log.warning(
+                    "class %s has %d labelled test pixels (< %d): its IoU is flagged in results.csv and results.md",
+                    name, test_set.class_pixels[name], min_pixels,
+                )
+        test_sets[each.name] = test_set
+    return test_sets
 
 
 # ------------------------------------------------------------------- checking
@@ -680,9 +683,8 @@ def _write_results(
     deterministic: bool = False,
     *,
     budgets: list[int | None] | None = None,
-    test_sets: dict[str, str] | None = None,
+    test_sets: dict[str, TestSet] | None = None,
     min_test_pixels: int = 0,
-    recipe: Any = None,
 ) -> pd.DataFrame:
     """results.csv, results_summary.csv, results.md and the PNGs of the finished rows; the table is echoed.
 
@@ -710,10 +712,12 @@ def _write_results(
             paired = paired_summary(group, metric, baseline)
             summaries.append(paired.assign(evaluation=evaluation.name, pretrain_steps=steps))
             text = results_markdown(group, evaluation) + "\n" + paired_markdown(paired, evaluation.label(metric), baseline)
-            text += per_class_markdown(group, (test_sets or {}).get(evaluation.name, ""), min_test_pixels)
+            test_set = (test_sets or {}).get(evaluation.name)
+            thin = [] if test_set is None else _thin_classes(test_set, min_test_pixels)
+            text += per_class_markdown(group, ";".join(thin), min_test_pixels)
             sections.append((f"## {title}\n\n" if title else "") + text)
             panels.append((title, group, evaluation))
-    test_set = evaluations[0].test_set(recipe) if recipe is not None else None
+    test_set = (test_sets or {}).get(evaluations[0].name)
     header = f"{test_set.description}.\n\n" if test_set is not None else ""
     table = header + "\n".join(sections) + "\n" + environment_line(environment) + "\n"
     summary = pd.concat(summaries, ignore_index=True)
