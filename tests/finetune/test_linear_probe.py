@@ -21,11 +21,19 @@ def test_probe_is_linear_on_upsampled_multilevel_features() -> None:
     images = torch.randn(2, 4, 32, 32)
     logits = probe.eval()(images)
     assert logits.shape == (2, 5, 32, 32)
-    # the head is a 1x1 convolution of the standardised features: recompute it by hand
+    # the head is a 1x1 convolution of the upsampled, standardised features: recompute it in
+    # that (expensive) order by hand; the probe computes it per stage before upsampling
+    with torch.no_grad():
+        probe.classifier.bias.normal_()
+        for norm in probe.norms:
+            norm.running_mean.normal_()
+            norm.running_var.uniform_(0.5, 2.0)
+    logits = probe(images)
     features = probe.features(images)
     assert features.shape[1] == sum(probe.encoder.out_channels[1:])
-    norm = probe.norm
-    standardised = (features - norm.running_mean[None, :, None, None]) / torch.sqrt(norm.running_var + norm.eps)[None, :, None, None]
+    mean = torch.cat([norm.running_mean for norm in probe.norms])
+    std = torch.sqrt(torch.cat([norm.running_var for norm in probe.norms]) + probe.norms[0].eps)
+    standardised = (features - mean[None, :, None, None]) / std[None, :, None, None]
     expected = torch.einsum("bdhw,kd->bkhw", standardised, probe.classifier.weight[:, :, 0, 0])
     expected = expected + probe.classifier.bias[None, :, None, None]
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
