@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare = command(
         "compare", "pretrain and finetune several recipes; results table",
         "Tile-set recipes are finetuned at each label fraction and seed (mIoU); natural-image recipes "
-        "are evaluated by kNN and linear probe per seed (top-1). A random-init row is added. Rerun the "
+        "are evaluated by kNN and linear probe per seed (top-1). A random-init row is added when a recipe pretrains an encoder. Rerun the "
         "same command to resume.",
     )
     add_model_arguments(

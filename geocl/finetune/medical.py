@@ -68,10 +68,9 @@ from geocl.data.medical.split import labelled_subset, split_cases
 from geocl.errors import GeoclError
 from geocl.finetune.model import load_pretrained_encoder, read_pretrain_checkpoint
 from geocl.finetune.train import (
-    RESULT_FILE,
     SegmentationModule,
     TrainingProgressBar,
-    _strict_json,
+    write_result,
     check_finetune_folder,
 )
 from geocl.finetune.volume_metrics import METRICS, case_metrics
@@ -225,11 +224,12 @@ def plot_case(
     return figure
 
 
-def _case_row(case: str, metrics: dict[str, float]) -> dict[str, Any]:
+def case_row(case: str, metrics: dict[str, float]) -> dict[str, Any]:
+    """One row of ``cases.csv``: the case id and its metrics rounded to 6 decimals."""
     return {"case": case, **{name: round(float(metrics[name]), 6) for name in METRICS}}
 
 
-def _write_cases_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
+def write_cases_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
     """Per-case metrics (``case, dice, jaccard, hd95, asd``; distances in mm), written atomically."""
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=["case", *METRICS], lineterminator="\n")
@@ -239,7 +239,7 @@ def _write_cases_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
     return path
 
 
-def _score_case(
+def score_case(
     segmenter: VolumeSegmenter, case: Case, prediction_path: Path, picture: Path | None
 ) -> dict[str, float]:
     """Predict one labelled case, write its label map (and picture), return its metrics."""
@@ -340,8 +340,8 @@ def predict_volume(
         figure = plot_case(image, prediction, None, affine=stored.affine, slice_axis=segmenter.slice_axis,
                            title=f"{case.id}: prediction")
         return VolumePrediction(out, save_figure(figure, png), None, None)
-    metrics = _score_case(segmenter, case, out, png)
-    return VolumePrediction(out, png, _write_cases_csv(table, [_case_row(case.id, metrics)]), metrics)
+    metrics = score_case(segmenter, case, out, png)
+    return VolumePrediction(out, png, write_cases_csv(table, [case_row(case.id, metrics)]), metrics)
 
 
 # ------------------------------------------------------------------------ training
@@ -386,7 +386,7 @@ def _foreground_sampler(dataset: NiftiSliceDataset, fraction: float, count: int,
     )
 
 
-def _num_classes(cases: Sequence[Case]) -> int:
+def count_classes(cases: Sequence[Case]) -> int:
     """1 + the largest value of the cases' label maps (at least 2)."""
     largest = 1
     for case in cases:
@@ -475,7 +475,7 @@ def run_medical_finetune(
             path=data,
         )
     labelled, _ = labelled_subset(splits.train, label_fraction, seed if subset_seed is None else subset_seed)
-    num_classes = _num_classes([*labelled, *splits.val, *splits.test])
+    num_classes = count_classes([*labelled, *splits.val, *splits.test])
     preprocessing = Preprocessing(tuple(spacing) if spacing else median_spacing(cases), intensity)  # type: ignore[arg-type]
     train = NiftiSliceDataset(labelled, preprocessing, slice_axis=slice_axis, image_size=image_size, with_mask=True,
                               num_classes=num_classes, multiple=SIDE_MULTIPLE)
@@ -523,9 +523,9 @@ def run_medical_finetune(
     rows = []
     for index, case in enumerate(splits.test):
         picture = out / "plots" / f"{case.id}.png" if index < pictures else None
-        metrics = _score_case(segmenter, case, out / "predictions" / f"{case.id}.nii.gz", picture)
-        rows.append(_case_row(case.id, metrics))
-    _write_cases_csv(out / CASES_FILE, rows)
+        metrics = score_case(segmenter, case, out / "predictions" / f"{case.id}.nii.gz", picture)
+        rows.append(case_row(case.id, metrics))
+    write_cases_csv(out / CASES_FILE, rows)
     means = {name: float(np.mean([row[name] for row in rows])) for name in METRICS}
     result = MedicalFinetuneResult(
         **means, val_miou=float(best.best_model_score) if best.best_model_score is not None else math.nan,
@@ -540,6 +540,6 @@ def run_medical_finetune(
         "spacing": list(preprocessing.spacing), "checkpoint": str(checkpoint),
         "seconds": round(time.perf_counter() - start, 1),
     }
-    atomic_write_text(out / RESULT_FILE, json.dumps(_strict_json(record), indent=1, allow_nan=False))
+    write_result(out, record)
     return result
 

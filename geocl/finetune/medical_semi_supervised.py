@@ -32,7 +32,6 @@ grid by inverting the preprocessing (``monai.transforms.Invertd``), then argmax.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 import warnings
@@ -55,16 +54,15 @@ from geocl.finetune.medical import (
     MEDICAL_KEY,
     SIDE_MULTIPLE,
     MedicalFinetuneResult,
-    _case_row,
-    _num_classes,
-    _score_case,
-    _write_cases_csv,
+    case_row,
+    count_classes,
+    score_case,
+    write_cases_csv,
 )
 from geocl.finetune.model import load_pretrained_encoder, read_pretrain_checkpoint
 from geocl.finetune.semi_supervised import RAMP_END, SemiSupervisedSegmenter, fit_semi_supervised
-from geocl.finetune.train import RESULT_FILE, _strict_json, check_finetune_folder
+from geocl.finetune.train import check_finetune_folder, write_result
 from geocl.finetune.volume_metrics import METRICS
-from geocl.io import atomic_write_text
 from geocl.losses.fba import ContrastMode
 
 __all__ = ["SemiSupervisedVolumePredictor", "WholeVolumes", "run_medical_semi_supervised"]
@@ -97,7 +95,7 @@ class WholeVolumes(Dataset[dict[str, Any]]):
 class SemiSupervisedVolumePredictor:
     """Decoder 1 of a :class:`SemiSupervisedSegmenter` on whole volumes, back on the input's grid.
 
-    Has what :func:`geocl.finetune.medical._score_case` reads of a volume segmenter
+    Has what :func:`geocl.finetune.medical.score_case` reads of a volume segmenter
     (``predict``, ``num_classes``, ``slice_axis``).
 
     Args:
@@ -262,7 +260,7 @@ def run_medical_semi_supervised(
         )
     labelled, rest = labelled_subset(splits.train, label_fraction, subset_seed)
     unlabelled = [] if supervised_only else _without_labels(rest)
-    num_classes = _num_classes([*labelled, *splits.val, *splits.test])
+    num_classes = count_classes([*labelled, *splits.val, *splits.test])
     spacing = tuple(spacing) if spacing else median_spacing(cases)
     preprocessing = Preprocessing(spacing, intensity)  # type: ignore[arg-type]
     labelled_bs = min(labelled_bs, batch_size)
@@ -333,9 +331,9 @@ def run_medical_semi_supervised(
     for index, case in enumerate(splits.test):
         picture = out / "plots" / f"{case.id}.png" if index < pictures else None
         prediction = out / "predictions" / f"{case.id}.nii.gz"
-        metrics = _score_case(predictor, case, prediction, picture)  # type: ignore[arg-type]
-        rows.append(_case_row(case.id, metrics))
-    _write_cases_csv(out / CASES_FILE, rows)
+        metrics = score_case(predictor, case, prediction, picture)  # type: ignore[arg-type]
+        rows.append(case_row(case.id, metrics))
+    write_cases_csv(out / CASES_FILE, rows)
     means = {name: float(np.mean([row[name] for row in rows])) for name in METRICS}
     val_dice = best.best_model_score if best is not None else None
     result = MedicalFinetuneResult(
@@ -353,5 +351,5 @@ def run_medical_semi_supervised(
         "spacing": list(preprocessing.spacing), "checkpoint": str(checkpoint),
         "seconds": round(time.perf_counter() - start, 1),
     }
-    atomic_write_text(out / RESULT_FILE, json.dumps(_strict_json(record), indent=1, allow_nan=False))
+    write_result(out, record)
     return result

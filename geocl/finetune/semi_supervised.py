@@ -42,7 +42,6 @@ evaluation, not here.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -65,9 +64,8 @@ from geocl.errors import GeoclError
 from geocl.finetune.metrics import segmentation_metric, summarize_iou
 from geocl.finetune.model import load_pretrained_encoder, read_pretrain_checkpoint
 from geocl.finetune.train import (
-    RESULT_FILE, FinetuneResult, TrainingProgressBar, _strict_json, check_finetune_folder, label_subset,
+    FinetuneResult, TrainingProgressBar, check_finetune_folder, label_subset, write_result,
 )
-from geocl.io import atomic_write_text
 from geocl.losses.fba import ContrastMode, FBContrastLoss, consistency_weight, mutual_consistency
 from geocl.models.fba_nets import build_fba_network
 from geocl.sampling.labelled_first import labelled_first_loader
@@ -595,7 +593,7 @@ def run_semi_supervised(
         "decoders": decoders, "encoder": encoder, "encoder_checkpoint": meta["encoder_checkpoint"], "arch": "fba-unet",
         "checkpoint": str(checkpoint), "seconds": round(time.perf_counter() - start, 1),
     }
-    atomic_write_text(out / RESULT_FILE, json.dumps(_strict_json(metrics), indent=1, allow_nan=False))
+    write_result(out, metrics)
     return FinetuneResult(
         miou=metrics["miou"], iou=iou, val_miou=metrics["val_miou"], checkpoint=checkpoint, out=out,
         train_tiles=len(subset),

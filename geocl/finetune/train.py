@@ -216,6 +216,15 @@ def _strict_json(value: Any) -> Any:
     return value
 
 
+def write_result(out: Path, record: dict[str, Any]) -> None:
+    """Write a finished run's :data:`RESULT_FILE` atomically, last: strict JSON (NaN and inf as null).
+
+    Every downstream training writes its result through here, so ``geocl compare`` reads
+    one format and a file that exists marks a finished run.
+    """
+    atomic_write_text(out / RESULT_FILE, json.dumps(_strict_json(record), indent=1, allow_nan=False))
+
+
 def label_subset(count: int, fraction: float, seed: int) -> np.ndarray:
     """Deterministic subset of ``count`` train tiles of the given fraction (at least one)."""
     if not 0.0 < fraction <= 1.0:
@@ -358,5 +367,5 @@ def run_finetune(
         "checkpoint": str(checkpoint), "seconds": round(time.perf_counter() - start, 1),
     }
     # strict JSON (allow_nan=False): a class absent from the test tiles is null, not NaN
-    atomic_write_text(out / RESULT_FILE, json.dumps(_strict_json(metrics), indent=1, allow_nan=False))
+    write_result(out, metrics)
     return result
