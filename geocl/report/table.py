@@ -273,11 +273,18 @@ def plot_comparison(
             figure.suptitle(f"{evaluation.title} against label fraction {INTERVAL_NOTE}")
     elif len(panels) == 1:
         recipes = list(next(iter(summaries.values()))["recipe"].drop_duplicates())
-        figure = Figure(figsize=(max(5.0, 1.6 * len(recipes) + 2), 4.5))
-        _plot_bars(figure.add_subplot(), summaries, recipes, evaluation)
-        if fractions_all:
-            all_labels = " (all labels)" if fractions_all[0] == 1.0 else ""
-            figure.axes[0].set_xlabel(f"label fraction {_fraction_label(fractions_all[0])}{all_labels}")
+        # scores in [0, 1] share one axes; lower-is-better metrics (distances in mm) get their own
+        lower = set(getattr(evaluation, "lower_is_better", ()))
+        groups = [group for group in ([m for m in metrics if m not in lower], [m for m in metrics if m in lower]) if group]
+        figure = Figure(figsize=(max(5.0, 1.6 * len(recipes) + 2) * len(groups), 4.5))
+        for index, group in enumerate(groups):
+            axes = figure.add_subplot(1, len(groups), index + 1)
+            distances = group[0] in lower
+            axis_label = f"{', '.join(evaluation.label(m) for m in group)} (lower is better)" if distances else None
+            _plot_bars(axes, {metric: summaries[metric] for metric in group}, recipes, evaluation, axis_label=axis_label)
+            if fractions_all:
+                all_labels = " (all labels)" if fractions_all[0] == 1.0 else ""
+                axes.set_xlabel(f"label fraction {_fraction_label(fractions_all[0])}{all_labels}")
     else:
         columns = min(len(panels), 3)
         rows = math.ceil(len(panels) / columns)
@@ -383,8 +390,11 @@ def _plot_lines(axes: Any, summary: pd.DataFrame, fractions: list[float], evalua
         axes.legend(handles=handles)
 
 
-def _plot_bars(axes: Any, summaries: dict[str, pd.DataFrame], recipes: list[str], evaluation: EvaluationLike) -> None:
-    """Bars of each metric per recipe (one label fraction); random-init hatched grey."""
+def _plot_bars(
+    axes: Any, summaries: dict[str, pd.DataFrame], recipes: list[str], evaluation: EvaluationLike,
+    axis_label: str | None = None,
+) -> None:
+    """Bars of each metric per recipe (one label fraction), all in one unit; random-init hatched grey."""
     width = 0.8 / len(summaries)
     top = 0.0
     for offset, (metric, summary) in enumerate(summaries.items()):
@@ -407,7 +417,7 @@ def _plot_bars(axes: Any, summaries: dict[str, pd.DataFrame], recipes: list[str]
     axes.set_xticks(range(len(recipes)), [name if succeeded[name] else f"{name}\n(failed)" for name in recipes])
     _no_runs(axes, list(summaries.values()))
     axes.set_ylim(0, 1 if not top > 1 else None)  # scores in [0, 1] (accuracy, IoU, Dice) on a fixed scale
-    axes.set_ylabel(evaluation.axis_label)
+    axes.set_ylabel(axis_label or evaluation.axis_label)
     axes.set_title(f"{evaluation.title} {INTERVAL_NOTE}")
     axes.grid(True, axis="y", alpha=0.3)
     if len(summaries) > 1:

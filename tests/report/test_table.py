@@ -129,3 +129,21 @@ def test_natural_plot_is_a_png_even_when_everything_failed(tmp_path: Path) -> No
     one = _results()[_results()["label_fraction"] == 0.1]
     assert plot_results(one, tmp_path / "one.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bars.png", "failed.png", "one.png"]
+
+
+def test_scores_and_distances_get_their_own_axes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dice/Jaccard in [0, 1] and 95HD/ASD in mm at one fraction: two panels, never one mixed scale."""
+    import geocl.report.table as table
+    from geocl.evaluation.medical import MedicalDice
+
+    figures = []
+    monkeypatch.setattr(table, "save_figure", lambda figure, path: figures.append(figure) or Path(path))
+    rows = [("a", "simclr", 0.2, seed, 0.8 + seed / 100, 0.7, 4.0 + seed, 1.5, "ok") for seed in range(3)]
+    frame = pd.DataFrame(rows, columns=["recipe", "method", "label_fraction", "seed", "dice", "jaccard", "hd95", "asd", "status"])
+    plot_results(frame.assign(evaluation="dice"), tmp_path / "dice.png", MedicalDice)
+    (figure,) = figures
+    labels = [axes.get_ylabel() for axes in figure.axes]
+    assert labels == [MedicalDice.axis_label, "95HD (mm), ASD (mm) (lower is better)"]
+    scores, distances = figure.axes
+    assert scores.get_ylim() == (0.0, 1.0) and distances.get_ylim()[1] > 4.0
+    assert len(scores.patches) == 2 and len(distances.patches) == 2  # two metrics x one recipe each
