@@ -64,7 +64,7 @@ from geocl.data.medical.files import (
     write_nifti,
 )
 from geocl.data.medical.nifti import Intensity, NiftiSliceDataset, Preprocessing
-from geocl.data.medical.split import labelled_subset, split_cases
+from geocl.data.medical.split import CaseSplits, labelled_subset, split_cases
 from geocl.errors import GeoclError
 from geocl.finetune.model import load_pretrained_encoder, read_pretrain_checkpoint
 from geocl.finetune.train import (
@@ -386,6 +386,28 @@ def _foreground_sampler(dataset: NiftiSliceDataset, fraction: float, count: int,
     )
 
 
+def read_cases(data: str | os.PathLike[str], val_fraction: float, image_size: int) -> tuple[list[Case], CaseSplits]:
+    """The cases of a medical data folder and their split by case, checked for a downstream training.
+
+    Raises:
+        GeoclError: ``image_size`` is no multiple of :data:`SIDE_MULTIPLE`; a bad data
+            folder (see :func:`~geocl.data.medical.files.find_cases`); no labelled val
+            or test case.
+    """
+    if image_size % SIDE_MULTIPLE:
+        raise GeoclError(f"must be a multiple of {SIDE_MULTIPLE} (the encoders downsample 32x), got {image_size}",
+                         key="data.image_size")
+    cases = find_cases(data)
+    splits = split_cases(cases, data, val_fraction=val_fraction)
+    if not splits.val or not splits.test:
+        raise GeoclError(
+            f"needs labelled val and test cases ({len(splits.val)} val, {len(splits.test)} test): add labelled cases "
+            "or a splits.json",
+            path=data,
+        )
+    return cases, splits
+
+
 def count_classes(cases: Sequence[Case]) -> int:
     """1 + the largest value of the cases' label maps (at least 2)."""
     largest = 1
@@ -462,18 +484,8 @@ def run_medical_finetune(
         "label_fraction": label_fraction, "seed": seed, "subset_seed": subset_seed, "arch": arch,
         **({"encoder_checkpoint": encoder_checkpoint} if encoder_checkpoint is not None else {"encoder": encoder}),
     })
-    if image_size % SIDE_MULTIPLE:
-        raise GeoclError(f"must be a multiple of {SIDE_MULTIPLE} (the encoders downsample 32x), got {image_size}",
-                         key="data.image_size")
+    cases, splits = read_cases(data, val_fraction, image_size)
     lightning.seed_everything(seed, workers=True, verbose=False)
-    cases = find_cases(data)
-    splits = split_cases(cases, data, val_fraction=val_fraction)
-    if not splits.val or not splits.test:
-        raise GeoclError(
-            f"needs labelled val and test cases ({len(splits.val)} val, {len(splits.test)} test): add labelled cases "
-            "or a splits.json",
-            path=data,
-        )
     labelled, _ = labelled_subset(splits.train, label_fraction, seed if subset_seed is None else subset_seed)
     num_classes = count_classes([*labelled, *splits.val, *splits.test])
     preprocessing = Preprocessing(tuple(spacing) if spacing else median_spacing(cases), intensity)  # type: ignore[arg-type]

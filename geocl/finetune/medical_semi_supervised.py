@@ -45,9 +45,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from geocl.data.medical.files import Case, find_cases, median_spacing
+from geocl.data.medical.files import Case, median_spacing
 from geocl.data.medical.nifti import Intensity, NiftiSliceDataset, NiftiVolumeDataset, Preprocessing, load_case
-from geocl.data.medical.split import labelled_subset, split_cases
+from geocl.data.medical.split import labelled_subset
 from geocl.errors import GeoclError
 from geocl.finetune.medical import (
     CASES_FILE,
@@ -56,6 +56,7 @@ from geocl.finetune.medical import (
     MedicalFinetuneResult,
     case_row,
     count_classes,
+    read_cases,
     score_case,
     write_cases_csv,
 )
@@ -246,18 +247,8 @@ def run_medical_semi_supervised(
     if spatial_dims == 3 and encoder_checkpoint is not None:
         raise GeoclError("the 3D V-Net starts from random init (pretrain checkpoints hold 2D encoders); "
                          "use spatial_dims 2 to start from one", key="method.init_checkpoint")
-    if image_size % SIDE_MULTIPLE:
-        raise GeoclError(f"must be a multiple of {SIDE_MULTIPLE} (the encoders downsample 32x), got {image_size}",
-                         key="data.image_size")
+    cases, splits = read_cases(data, val_fraction, image_size)
     lightning.seed_everything(seed, workers=True, verbose=False)
-    cases = find_cases(data)
-    splits = split_cases(cases, data, val_fraction=val_fraction)
-    if not splits.val or not splits.test:
-        raise GeoclError(
-            f"needs labelled val and test cases ({len(splits.val)} val, {len(splits.test)} test): add labelled cases "
-            "or a splits.json",
-            path=data,
-        )
     labelled, rest = labelled_subset(splits.train, label_fraction, subset_seed)
     unlabelled = [] if supervised_only else _without_labels(rest)
     num_classes = count_classes([*labelled, *splits.val, *splits.test])
