@@ -13,6 +13,12 @@ tells methods apart when the seed alone moves a score by more than any method do
   (``scipy.stats.bootstrap``, 9999 resamples, seeded so that a report is reproducible),
   and the counts of wins and losses. When the interval covers 0 the difference is
   *not distinguishable*; a single pair gives no interval and is never distinguishable.
+- **Too few pairs**: an interval that excludes 0 from fewer than :data:`MIN_PAIRS`
+  pairs gives no verdict. The percentile bootstrap of a handful of pairs excludes 0
+  whenever they all share a sign (every resample mean does), whatever their count,
+  while the chance of that with no real difference is ``2 * 0.5**n``: 0.5 for two
+  pairs, 0.06 for five, 0.03 for six, the first count at which it falls below 5 %
+  (the exact sign test's smallest sample that can reject at the 5 % level).
 
 The percentile method, not BCa: with the few pairs a comparison has (often 2-10) BCa's
 acceleration estimate is unstable or undefined, and the percentile interval of the
@@ -39,6 +45,9 @@ from geocl.io import save_figure
 CONFIDENCE = 0.95
 #: Bootstrap resamples of the paired differences.
 RESAMPLES = 9999
+#: Pairs below which no verdict is given (see the module docstring: the sign test's smallest
+#: sample that can reject at 5 %).
+MIN_PAIRS = 6
 #: Columns that pair two recipes' runs (those the frame has).
 PAIR_KEYS = ("label_fraction", "subset_seed", "seed")
 
@@ -65,16 +74,23 @@ class PairedDifference(Interval):
     losses: int = 0
 
     @property
-    def distinguishable(self) -> bool:
-        """Whether the interval excludes 0 (never for a single pair)."""
+    def excludes_zero(self) -> bool:
+        """Whether the interval lies on one side of 0 (never for a single pair)."""
         return self.n >= 2 and not math.isnan(self.low) and not self.covers_zero
+
+    @property
+    def distinguishable(self) -> bool:
+        """Whether the interval excludes 0 over at least :data:`MIN_PAIRS` pairs."""
+        return self.excludes_zero and self.n >= MIN_PAIRS
 
     @property
     def verdict(self) -> str:
         if self.n == 0:
             return "no pairs"
-        if not self.distinguishable:
+        if not self.excludes_zero:
             return "not distinguishable"
+        if self.n < MIN_PAIRS:
+            return "too few pairs"
         return "better" if self.mean > 0 else "worse"
 
 
@@ -174,7 +190,9 @@ def paired_markdown(summary: pd.DataFrame, metric_label: str, baseline: str) -> 
     lines = [
         f"{metric_label}: mean [95 % t interval] over runs, and the paired difference to {baseline} "
         f"[95 % percentile bootstrap interval over the pairs of label subset and seed]; "
-        f"a difference whose interval covers 0 is not distinguishable.",
+        f"a difference whose interval covers 0 is not distinguishable; one whose interval excludes 0 "
+        f"from fewer than {MIN_PAIRS} pairs gets no verdict (too few pairs: they share a sign by chance "
+        f"too often).",
         "",
         f"| recipe | label fraction | mean [95 % CI] | n | Δ vs {baseline} [95 % CI] | wins / losses | verdict |",
         "|---|---:|---|---:|---|---:|---|",

@@ -26,7 +26,16 @@ def test_two_pairs_give_the_interval_between_them() -> None:
     diff = paired_difference([0.01, 0.05])
     assert (diff.low, diff.high) == pytest.approx((0.01, 0.05))
     assert diff.mean == pytest.approx(0.03) and diff.wins == 2 and diff.losses == 0
-    assert diff.distinguishable and diff.verdict == "better"
+    # the interval excludes 0, but two pairs share a sign by chance half the time: no verdict
+    assert diff.excludes_zero and not diff.distinguishable and diff.verdict == "too few pairs"
+
+
+def test_a_verdict_needs_six_pairs_of_one_sign() -> None:
+    # all n pairs positive with no real difference: probability 2 * 0.5**n (0.0625 for 5, 0.03125 for 6)
+    five, six = paired_difference([0.01, 0.02, 0.03, 0.04, 0.05]), paired_difference([0.01, 0.02, 0.03, 0.04, 0.05, 0.06])
+    assert five.low > 0 and five.verdict == "too few pairs"
+    assert six.low > 0 and six.distinguishable and six.verdict == "better"
+    assert paired_difference([-x for x in (0.01, 0.02, 0.03, 0.04, 0.05, 0.06)]).verdict == "worse"
 
 
 def test_bootstrap_interval_matches_the_exact_resampling_distribution() -> None:
@@ -42,7 +51,7 @@ def test_bootstrap_interval_matches_the_exact_resampling_distribution() -> None:
 
 def test_identical_and_single_pairs() -> None:
     same = paired_difference([0.02, 0.02, 0.02])
-    assert (same.low, same.high) == (0.02, 0.02) and same.distinguishable
+    assert (same.low, same.high) == (0.02, 0.02) and same.excludes_zero and same.verdict == "too few pairs"
     one = paired_difference([0.5])
     assert math.isnan(one.low) and not one.distinguishable and one.verdict == "not distinguishable"
     assert paired_difference([]).verdict == "no pairs"
@@ -68,7 +77,7 @@ def test_paired_summary_pairs_runs_by_subset_and_seed() -> None:
     grass = summary.loc["grass"]
     # three pairs left (one grass run failed): differences 0.010, 0.011, 0.010
     assert grass["pairs"] == 3 and grass["delta"] == pytest.approx((0.010 + 0.011 + 0.010) / 3)
-    assert grass["verdict"] == "better" and grass["wins"] == 3
+    assert grass["verdict"] == "too few pairs" and grass["wins"] == 3 and grass["delta_low"] > 0
     # unpaired, grass's spread (0.40 .. 0.47) would hide that difference entirely
     assert grass["low"] < summary.loc["simclr"]["mean"] < grass["high"]
     noisy = summary.loc["random-init"]
@@ -80,7 +89,7 @@ def test_paired_summary_pairs_runs_by_subset_and_seed() -> None:
 def test_paired_markdown_labels_the_baseline_and_the_verdicts() -> None:
     text = paired_markdown(paired_summary(_results(), "miou", "simclr"), "mIoU", "simclr")
     assert "| simclr | 0.05 |" in text and "(baseline)" in text
-    assert "| grass | 0.05 |" in text and "3 / 0 of 3 | better |" in text
+    assert "| grass | 0.05 |" in text and "3 / 0 of 3 | too few pairs |" in text
     assert "not distinguishable" in text
 
 
