@@ -144,6 +144,8 @@ def validate_recipe(
     Raises:
         GeoclError: the first problem, with its dotted key, as :mod:`geocl.recipes.errors` words it.
     """
+    import geocl.methods  # noqa: F401  (the built-in methods register their recipe sections on import)
+
     overrides = dict(overrides or {})
     source = Path(path) if path is not None else None
     model = recipe_model()
