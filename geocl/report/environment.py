@@ -58,7 +58,8 @@ def describe_environment(*, deterministic: bool = False) -> dict[str, Any]:
 def environment_line(environment: dict[str, Any]) -> str:
     """One line for a results table's footer."""
     versions = environment["versions"]
-    device = environment["gpu"] or f"{environment['cpu']} ({environment['torch_threads']} threads)"
+    threads = environment["torch_threads"]
+    device = environment["gpu"] or f"{environment['cpu']} ({threads} thread{'' if threads == 1 else 's'})"
     mode = "deterministic algorithms" if environment["deterministic"] else "default (non-deterministic) algorithms"
     return (
         f"Measured on {device}, torch {versions.get('torch')}, geocl {versions.get('geocl')}, {mode}; "

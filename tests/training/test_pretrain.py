@@ -95,6 +95,9 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
     assert all(torch.isfinite(value).all() for value in checkpoint["state_dict"].values() if value.is_floating_point())
 
 
+# Slow (two resnet18 runs): the default suite resumes after Ctrl-C, a full disk and a
+# truncated checkpoint in test_pretrain_faults.py; this one kills with SIGKILL mid-epoch.
+@pytest.mark.slow
 def test_pretrain_killed_mid_epoch_resumes_to_the_same_steps_and_loss(tmp_path: Path, tiny_tiles: Path) -> None:
     # steps long enough (resnet18, 64 px views) that a kill can land inside an epoch
     budget = {
@@ -154,6 +157,9 @@ def test_gradient_clip_val_bounds_the_gradient_norm_of_every_step(
     assert max(norms) == pytest.approx(0.01, rel=1e-3)  # unclipped norms of this run are ~1
 
 
+# Slow (two processes start Lightning); in the default suite the losses' two-process gloo
+# tests check that every rank contrasts against the gathered batch.
+@pytest.mark.slow
 def test_same_recipe_runs_on_two_cpu_processes_with_ddp(tmp_path: Path, tiny_tiles: Path) -> None:
     path = write_recipe(tmp_path, tiny_tiles, GRASS, trainer={"limit_train_batches": 1.0})
     overrides = ["trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu"]
