@@ -43,11 +43,11 @@ COMPARE_FLAGS = {
     "evaluate.k": "--k",
     "evaluate.temperature": "--temperature",
     "evaluate.probe_epochs": "--probe-epochs",
+    "retrieval.overrides": "--retrieval-override",
 }
 INDEX_FLAGS = {"checkpoint": "CHECKPOINT", "tiles": "TILES"}
 SEARCH_FLAGS = {"index": "INDEX", "query": "QUERY", "k": "-k"}
 SERVE_FLAGS = {"index": "INDEX", "k": "-k"}
-COMPARE_FLAGS["retrieval.overrides"] = "--retrieval-override"
 COMPARE_ARGUMENTS = {
     "overrides": {"action": "append", "metavar": "KEY=VALUE"},
     "retrieval.overrides": {"action": "append", "metavar": "KEY=VALUE"},

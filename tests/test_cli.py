@@ -287,6 +287,19 @@ def test_cli_defaults_come_from_the_schema(monkeypatch: pytest.MonkeyPatch) -> N
     assert FinetuneCommand(tiles="t", out="o").max_epochs == 15 and "(default: 15)" in _help("finetune")
 
 
+def test_compare_takes_the_retrieval_options_as_flags() -> None:
+    from geocl import cli
+    from geocl.recipes.cli_args import options_from_args
+    from geocl.recipes.options import CompareOptions
+
+    argv = ["compare", "a.yaml", "--protocol", "retrieval", "--retrieval-max-steps", "7", "--retrieval-batch-size", "4",
+            "--retrieval-override", "method.embed_dim=64", "--retrieval-override", "data.num_workers=0"]
+    options = options_from_args(CompareOptions, cli.build_parser().parse_args(argv))
+    assert (options.retrieval.max_steps, options.retrieval.batch_size) == (7, 4)
+    assert options.retrieval.overrides == ["method.embed_dim=64", "data.num_workers=0"]
+    assert "--retrieval-max-steps" in _help("compare")
+
+
 def test_verbose_before_or_after_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
     from geocl import cli
 

@@ -415,6 +415,21 @@ class PredictCommand(PredictOptions):
 # --------------------------------------------------------------------- compare
 
 
+class RetrievalOptions(OptionsModel):
+    """How ``geocl compare --protocol retrieval`` trains the dual encoder of every row
+    (:class:`geocl.evaluation.retrieval.TextRetrieval`)."""
+
+    recipe: Path | None = Field(
+        None, description="the retrieval recipe whose method, optimizer and trainer every row uses "
+        "(default: recipes/retrieval.yaml)",
+    )
+    max_steps: Integer | None = Field(
+        None, ge=1, description="optimizer steps of each dual-encoder training (default: the recipe's epochs)"
+    )
+    batch_size: Integer | None = Field(None, ge=1, description="training batch size (default: the recipe's)")
+    overrides: list[str] = Field([], description="dotted override of the retrieval recipe, e.g. method.embed_dim=128")
+
+
 class CompareOptions(OptionsModel):
     """``geocl compare``: pretrain several recipes, finetune (or evaluate) each; one table."""
 
@@ -460,7 +475,7 @@ class CompareOptions(OptionsModel):
         default_factory=EvaluateOptions, description="evaluation of every row (natural images)"
     )
     retrieval: RetrievalOptions = Field(
-        default_factory=lambda: RetrievalOptions(),
+        default_factory=RetrievalOptions,
         description="dual-encoder training of every row (--protocol retrieval)",
     )
 
@@ -481,21 +496,6 @@ class CompareOptions(OptionsModel):
 
 
 # ------------------------------------------------------------------- retrieval
-
-
-class RetrievalOptions(OptionsModel):
-    """How ``geocl compare --protocol retrieval`` trains the dual encoder of every row
-    (:class:`geocl.evaluation.retrieval.TextRetrieval`)."""
-
-    recipe: Path | None = Field(
-        None, description="the retrieval recipe whose method, optimizer and trainer every row uses "
-        "(default: recipes/retrieval.yaml)",
-    )
-    max_steps: Integer | None = Field(
-        None, ge=1, description="optimizer steps of each dual-encoder training (default: the recipe's epochs)"
-    )
-    batch_size: Integer | None = Field(None, ge=1, description="training batch size (default: the recipe's)")
-    overrides: list[str] = Field([], description="dotted override of the retrieval recipe, e.g. method.embed_dim=128")
 
 
 class IndexOptions(OptionsModel):
