@@ -74,7 +74,8 @@ class TextRetrieval(Evaluation):
 
     Args:
         options: ``RetrievalOptions`` (or a mapping / None): the retrieval recipe, a step
-            budget, a batch size and overrides of that recipe.
+            budget, a batch size, overrides of that recipe and whether its training shows
+            a progress bar.
         train_fn: ``train_fn(recipe) -> checkpoint path``; default: ``geocl pretrain``'s
             :func:`~geocl.training.pretrain.run_pretrain`.
     """
@@ -100,6 +101,7 @@ class TextRetrieval(Evaluation):
 
     def __init__(self, options: Any = None, *, train_fn: Callable[[Any], Path] | None = None) -> None:
         self.options = _plain_options(options)
+        self.progress = bool(self.options.pop("progress", True))
         self.train_fn = train_fn
 
     @classmethod
@@ -130,7 +132,7 @@ class TextRetrieval(Evaluation):
     def run(self, checkpoint: Path | None, *, recipe: Any, subset: Subset, seed: int, out: Path) -> Measurement:
         start = time.perf_counter()
         dual = retrieval_recipe(recipe, checkpoint, seed=seed, out=out / "train", **self.options)
-        trained = self.train_fn(dual) if self.train_fn is not None else _pretrain(dual)
+        trained = self.train_fn(dual) if self.train_fn is not None else _pretrain(dual, progress=self.progress)
         data = recipe.data
         report = evaluate_retrieval(
             trained, data_format=str(data.format), data=str(data.tiles if data.format == "tiles" else data.path),
@@ -144,11 +146,12 @@ class TextRetrieval(Evaluation):
 
 
 def _plain_options(options: Any) -> dict[str, Any]:
-    """``RetrievalOptions`` (a pydantic model, a mapping or None) as keyword arguments of :func:`retrieval_recipe`."""
+    """``RetrievalOptions`` (a pydantic model, a mapping or None) as keyword arguments of
+    :func:`retrieval_recipe`, plus ``progress``."""
     if options is None:
         return {}
     values = options.model_dump() if hasattr(options, "model_dump") else dict(options)
-    known = ("recipe", "max_steps", "batch_size", "overrides")
+    known = ("recipe", "max_steps", "batch_size", "overrides", "progress")
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise GeoclError(f"unknown retrieval options {', '.join(unknown)}; known: {', '.join(known)}", key="retrieval")
@@ -204,10 +207,10 @@ def retrieval_recipe(
     return validate_recipe(data, path=path)
 
 
-def _pretrain(recipe: Any) -> Path:
+def _pretrain(recipe: Any, *, progress: bool) -> Path:
     from geocl.training.pretrain import run_pretrain  # Lightning: only when a row runs
 
-    return Path(run_pretrain(recipe).checkpoint)
+    return Path(run_pretrain(recipe, progress=progress).checkpoint)
 
 
 def gallery_dataset(data_format: str, data: str | Path, *, image_size: int = 0, val_fraction: float = 0.2) -> Any:

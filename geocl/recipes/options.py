@@ -428,6 +428,7 @@ class RetrievalOptions(OptionsModel):
     )
     batch_size: Integer | None = Field(None, ge=1, description="training batch size (default: the recipe's)")
     overrides: list[str] = Field([], description="dotted override of the retrieval recipe, e.g. method.embed_dim=128")
+    progress: bool = Field(True, description="show the progress bar of each dual-encoder training")
 
 
 class CompareOptions(OptionsModel):

@@ -268,8 +268,9 @@ def build_trainer(
     callbacks: list[lightning.Callback],
     reload_data_every_epoch: bool = False,
     checkpoint_io: AtomicCheckpointIO | None = None,
+    progress: bool = True,
 ) -> lightning.Trainer:
-    """A Lightning trainer for a recipe's ``trainer`` section.
+    """A Lightning trainer for a recipe's ``trainer`` section (``progress``: its progress bar).
 
     Checkpoints go through ``checkpoint_io`` (a new :class:`AtomicCheckpointIO` if
     None): each file is complete or absent. A rerun of an epoch overwrites its file
@@ -301,18 +302,20 @@ def build_trainer(
         callbacks=[checkpoints, LearningRateMonitor(logging_interval="step"), *callbacks],
         use_distributed_sampler=False,  # PretrainData shards with its own seeded sampler
         enable_model_summary=False,
+        enable_progress_bar=progress,
         num_sanity_val_steps=0,
         reload_dataloaders_every_n_epochs=1 if reload_data_every_epoch else 0,
         plugins=[checkpoint_io or AtomicCheckpointIO()],
     )
 
 
-def run_pretrain(recipe: Recipe, *, resume: bool = False) -> PretrainResult:
+def run_pretrain(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> PretrainResult:
     """Pretrain an encoder as the recipe says.
 
     Args:
         recipe: a validated recipe (:func:`geocl.recipes.load_recipe`).
         resume: continue the run in ``recipe.out`` from its last checkpoint.
+        progress: show the training progress bar (the final line is printed either way).
 
     Returns:
         A :class:`PretrainResult`.
@@ -333,7 +336,7 @@ def run_pretrain(recipe: Recipe, *, resume: bool = False) -> PretrainResult:
     remove_stale_temporaries(out / "checkpoints")
     writer = AtomicCheckpointIO(resumed_from=found.checkpoint if found else None)
     try:
-        trainer, model = _fit(recipe, out, found, writer)
+        trainer, model = _fit(recipe, out, found, writer, progress)
         return _finish(recipe, out, found, trainer, model, start)
     except OSError as exc:
         error = _storage_failure(exc, out, writer)
@@ -343,7 +346,7 @@ def run_pretrain(recipe: Recipe, *, resume: bool = False) -> PretrainResult:
 
 
 def _fit(
-    recipe: Recipe, out: Path, found: _Resume | None, writer: AtomicCheckpointIO
+    recipe: Recipe, out: Path, found: _Resume | None, writer: AtomicCheckpointIO, progress: bool = True
 ) -> tuple[lightning.Trainer, lightning.LightningModule]:
     save_recipe(recipe, out / "config.yaml")
     lightning.seed_everything(int(recipe.seed), workers=True, verbose=False)
@@ -358,7 +361,8 @@ def _fit(
     )
     callbacks: list[lightning.Callback] = [LossCurvePlot(out / "plots" / "loss.png")]
     trainer = build_trainer(
-        recipe, out, callbacks, reload_data_every_epoch=model.reloads_data_every_epoch, checkpoint_io=writer
+        recipe, out, callbacks, reload_data_every_epoch=model.reloads_data_every_epoch, checkpoint_io=writer,
+        progress=progress,
     )
     main_thread = threading.current_thread() is threading.main_thread()
     sigint = signal.getsignal(signal.SIGINT) if main_thread else None

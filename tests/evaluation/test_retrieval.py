@@ -161,3 +161,15 @@ def test_compare_ranks_image_encoder_initialisations_by_retrieval(tmp_path: Path
     assert results["recipe"].tolist() == ["simclr", "simclr", "random-init", "random-init"]
     assert (results["status"] == "ok").all() and results["attr_mrr"].between(0, 1).all()
     assert "MRR" in (tmp_path / "compare" / "results.md").read_text()
+
+
+def test_the_progress_option_reaches_the_trainer_not_the_retrieval_recipe(tmp_path: Path, tiny_tiles: Path) -> None:
+    from geocl.recipes import load_recipe
+    from geocl.training.pretrain import build_trainer
+
+    quiet = TextRetrieval({"max_steps": 3, "progress": False})
+    assert quiet.progress is False and quiet.options == {"max_steps": 3}
+    assert TextRetrieval(None).progress is True
+    recipe = load_recipe(write_recipe(tmp_path, tiny_tiles, SIMCLR))
+    assert build_trainer(recipe, tmp_path / "run", [], progress=False).progress_bar_callback is None
+    assert build_trainer(recipe, tmp_path / "run", []).progress_bar_callback is not None
