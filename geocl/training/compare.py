@@ -226,7 +226,9 @@ def run_compare(
             result = row["status"]
         protocol = f" [{chosen.name}]" if len(evaluations) > 1 else ""
         budget = "" if row["pretrain_steps"] is None else f" steps={row['pretrain_steps']}"
-        say(f"[{len(rows)}/{total}] {row['recipe']}{protocol}{budget} f={row['label_fraction']:g} seed={row['seed']}: {result}")
+        subset = f" subset={row['subset_seed']}" if (options.subset_seeds or 1) > 1 else ""
+        say(f"[{len(rows)}/{total}] {row['recipe']}{protocol}{budget} f={row['label_fraction']:g}{subset} "
+            f"seed={row['seed']}: {result}")
 
     def evaluate_all(
         name: str, method: str, recipe: Any, checkpoint: Path | None, reuse: bool, steps: int | None

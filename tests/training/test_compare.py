@@ -401,7 +401,10 @@ def test_subset_seeds_pair_every_recipe_on_the_same_subsets_and_seeds(tmp_path: 
     out = tmp_path / "cmp"
     fakes = Fakes(out, failing="none")
     options = CompareOptions(recipes=recipes, label_fractions=[0.2], seeds=2, subset_seeds=3, out=out, baseline="gamma")
-    results = _compare(options, fakes, echo=None)
+    printed: list[str] = []
+    results = _compare(options, fakes, echo=printed.append)
+    # each row's line names its label subset as well as its seed
+    assert any(line.startswith("[") and " f=0.2 subset=2 seed=1: " in line for line in printed)
 
     # 3 subsets x 2 seeds for alpha, gamma and random-init; the subset seed reaches the finetune apart from the seed
     assert len(fakes.finetuned) == 18
