@@ -16,6 +16,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 from geocl.console import configure_output
 from geocl.errors import GeoclError
@@ -269,6 +270,44 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(args.out, size=args.size)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose complaint about a missing positional argument says which
+    flag of several values took it (``--label-fractions 0.05 0.2 recipe.yaml`` reads the
+    recipe as a third fraction)."""
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None) -> Any:
+        self._given = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str) -> NoReturn:
+        if "arguments are required" in message:
+            message += _swallowed(self, getattr(self, "_given", []))
+        super().error(message)
+
+
+def _swallowed(parser: argparse.ArgumentParser, given: list[str]) -> str:
+    """Where a flag that takes several values read a positional argument: the hint, else ''."""
+    several = {flag: action for action in parser._actions if action.nargs in ("+", "*")
+               for flag in action.option_strings}
+    flag = None
+    for token in given:
+        if token == "--":
+            return ""
+        if token.startswith("-") and not _is_number(token):
+            flag = token if token in several else None
+        elif flag is not None and not _is_number(token):
+            return f" ({token!r} was read as a value of {flag}: give the positional arguments first)"
+    return ""
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``geocl`` argument parser."""
     common = argparse.ArgumentParser(add_help=False)
@@ -277,8 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--verbose", action="store_true", default=argparse.SUPPRESS,
         help="show everything: Lightning's banners and tips, the libraries' warnings",
     )
-    parser = argparse.ArgumentParser(prog="geocl", description=DESCRIPTION, epilog=EPILOG, parents=[common])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = _Parser(prog="geocl", description=DESCRIPTION, epilog=EPILOG, parents=[common])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     def command(name: str, summary: str, details: str = "") -> argparse.ArgumentParser:
         first = summary[:2] if summary[1:2].isupper() else summary[0].upper() + summary[1:2]  # "kNN" stays

@@ -362,3 +362,16 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     )
     assert result.stdout == "line 0\n"
     assert "Traceback" not in result.stderr and result.stderr == ""
+
+
+def test_a_positional_argument_read_by_a_flag_of_several_values_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    from geocl import cli
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["compare", "--label-fractions", "0.05", "0.2", "recipes/simclr.yaml", "--out", "o"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exited.value.code == 2
+    assert "required: RECIPE ('recipes/simclr.yaml' was read as a value of --label-fractions" in last
+    with pytest.raises(SystemExit):
+        cli.main(["compare", "--out", "o"])  # nothing swallowed: argparse's own line, no hint
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("required: RECIPE")
