@@ -22,8 +22,6 @@ import sys
 from pathlib import Path
 
 import geocl
-import geocl.methods  # noqa: F401  registers the methods, so that load_recipe knows their recipe keys
-from geocl.console import configure_output  # not in geocl's public names (yet): quiet output for scripts
 
 #: The CPU-sized recipes shipped with geocl, beside this folder.
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -41,7 +39,7 @@ def main() -> None:
     if args.out.is_dir() and any((args.out / name).exists() for name in ("pretrain", "finetune")):
         # geocl refuses to mix two runs in one folder; say so before any work
         sys.exit(f"error: {args.out} holds an earlier run of this example; delete it or pass another --out")
-    configure_output()  # geocl's own lines only: no Lightning banners, no third-party warnings
+    geocl.configure_output()  # geocl's own lines only: no Lightning banners, no third-party warnings
 
     # Full mode: 1024 px scene, 64 px tiles, ResNet-18, sized for about a minute on 2 CPU
     # cores. Smoke: 256 px, 32 px tiles and timm's tiny test ResNet: every call runs,

@@ -27,9 +27,6 @@ from pathlib import Path
 import pandas as pd
 
 import geocl
-import geocl.methods  # noqa: F401  registers the methods, so that recipes know their keys
-from geocl.console import configure_output  # not in geocl's public names (yet): quiet output for scripts
-from geocl.recipes.options import CompareOptions, FinetuneOptions  # the options of `geocl compare`, typed
 
 #: The CPU-sized recipes shipped with geocl, beside this folder.
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -45,7 +42,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("examples_out/02_compare_recipes"), help="output folder")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the example runs")
     args = parser.parse_args()
-    configure_output()  # geocl's own lines only: no Lightning banners, no third-party warnings
+    geocl.configure_output()  # geocl's own lines only: no Lightning banners, no third-party warnings
     out = args.out
 
     # The data, as in example 01 (smoke: tiny scene, tiny encoder).
@@ -65,15 +62,15 @@ def main() -> None:
     if args.smoke:
         overrides += ["encoder.name=test_resnet", "data.view_size=32", "data.batch_size=8"]
         steps, subsets = 2, 2
-        probe = FinetuneOptions(max_epochs=1, steps_per_epoch=2, val_every=1, batch_size=4, crop=32, progress=False)
+        probe = geocl.FinetuneOptions(max_epochs=1, steps_per_epoch=2, val_every=1, batch_size=4, crop=32, progress=False)
     else:
         overrides += ["data.view_size=48", "data.batch_size=32"]
         # 6 subsets: the fewest paired runs for which the report gives a verdict (below,
         # pairs that merely share a sign would pass the bootstrap interval too often)
         steps, subsets = 20, 6
-        probe = FinetuneOptions(max_epochs=3, steps_per_epoch=10, val_every=3, batch_size=8, crop=tile, progress=False)
+        probe = geocl.FinetuneOptions(max_epochs=3, steps_per_epoch=10, val_every=3, batch_size=8, crop=tile, progress=False)
 
-    options = CompareOptions(
+    options = geocl.CompareOptions(
         recipes=[RECIPES / "simclr.yaml", RECIPES / "grass.yaml"],
         label_fractions=[0.1],   # 10 % of the train tiles keep their labels
         subset_seeds=subsets,    # ... drawn `subsets` times: every recipe meets the same subsets

@@ -27,8 +27,6 @@ from pathlib import Path
 import numpy as np
 
 import geocl
-import geocl.methods  # noqa: F401  registers the methods, so that load_recipe knows their keys
-from geocl.console import configure_output  # not in geocl's public names (yet): quiet output for scripts
 from geocl.data.natural_toy import toy_images  # toy pictures; put your own uint8 [N, 3, 32, 32] here
 
 #: The CPU-sized recipes shipped with geocl, beside this folder.
@@ -70,7 +68,7 @@ def main() -> None:
     if (args.out / "pretrain").exists():
         # geocl refuses to mix two runs in one folder; say so before any work
         sys.exit(f"error: {args.out} holds an earlier run of this example; delete it or pass another --out")
-    configure_output()  # geocl's own lines only: no Lightning banners, no third-party warnings
+    geocl.configure_output()  # geocl's own lines only: no Lightning banners, no third-party warnings
     out = args.out
 
     # 1. The data: 10 classes, 60 training and 20 test images each (smoke: 8 and 4).

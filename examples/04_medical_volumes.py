@@ -26,10 +26,6 @@ import sys
 from pathlib import Path
 
 import geocl
-import geocl.methods  # noqa: F401  registers the methods, so that load_recipe knows their keys
-from geocl.console import configure_output  # not in geocl's public names (yet): quiet output for scripts
-from geocl.data.medical import make_volumes  # not in geocl's public names: the medical adapter
-from geocl.finetune.medical import run_medical_finetune  # not in geocl's public names: 2D finetuning on volumes
 
 #: The CPU-sized recipes shipped with geocl, beside this folder.
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -44,14 +40,14 @@ def main() -> None:
     if (args.out / "pretrain").exists():
         # geocl refuses to mix two runs in one folder; say so before any work
         sys.exit(f"error: {args.out} holds an earlier run of this example; delete it or pass another --out")
-    configure_output()  # geocl's own lines only: no Lightning banners, no third-party warnings
+    geocl.configure_output()  # geocl's own lines only: no Lightning banners, no third-party warnings
     out = args.out
 
     # 1. The volumes: 10 cases of 48-64 voxels a side (smoke: 5 of 24-30). With 10 cases
     # the fixed case split holds out 2 for test and 2 for validation.
     if args.volumes is None:
         cases, (low, high) = (5, (24, 30)) if args.smoke else (10, (48, 64))
-        volumes = make_volumes(out / "volumes", cases=cases, min_size=low, max_size=high, seed=0)
+        volumes = geocl.make_volumes(out / "volumes", cases=cases, min_size=low, max_size=high, seed=0)
         data = volumes.root
         print(f"volumes: {len(volumes.images)} cases in {data} (a slice of each: {volumes.preview})")
     else:
@@ -77,9 +73,12 @@ def main() -> None:
         **(dict(max_epochs=1, steps_per_epoch=2, val_every=1, batch_size=4, crop=32) if args.smoke
            else dict(max_epochs=4, steps_per_epoch=10, val_every=2, batch_size=8, crop=48)),
     )
-    pretrained = run_medical_finetune(out=out / "finetune-pretrained", encoder_checkpoint=run.checkpoint, **finetune)
-    random = run_medical_finetune(out=out / "finetune-random", encoder="test_resnet" if args.smoke else "resnet18",
-                                  **finetune)
+    pretrained = geocl.run_medical_finetune(
+        out=out / "finetune-pretrained", encoder_checkpoint=run.checkpoint, **finetune
+    )
+    random = geocl.run_medical_finetune(
+        out=out / "finetune-random", encoder="test_resnet" if args.smoke else "resnet18", **finetune
+    )
 
     print(f"trained on the slices of {len(pretrained.labelled_cases)} labelled cases; "
           f"mean over {len(pretrained.cases)} test volumes:")

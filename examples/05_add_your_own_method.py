@@ -32,10 +32,7 @@ from pydantic import Field
 from torch import Tensor
 
 import geocl
-import geocl.methods  # noqa: F401  registers the built-in methods (the SimCLR recipe needs them)
-from geocl.console import configure_output  # not in geocl's public names (yet): quiet output for scripts
 from geocl.models import projection_head  # lightly's SimCLR head (Linear-ReLU-Linear)
-from geocl.recipes.options import CompareOptions, FinetuneOptions  # the options of `geocl compare`, typed
 
 #: The CPU-sized recipes shipped with geocl, beside this folder.
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -113,7 +110,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("examples_out/05_add_your_own_method"), help="output folder")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the example runs")
     args = parser.parse_args()
-    configure_output()  # geocl's own lines only: no Lightning banners, no third-party warnings
+    geocl.configure_output()  # geocl's own lines only: no Lightning banners, no third-party warnings
     out = args.out
 
     # The registry now holds the new method, and its recipe keys are checked like any other:
@@ -136,12 +133,12 @@ def main() -> None:
     if args.smoke:
         overrides += ["encoder.name=test_resnet", "data.view_size=32", "data.batch_size=8"]
         steps, subsets = 2, 2
-        probe = FinetuneOptions(max_epochs=1, steps_per_epoch=2, val_every=1, batch_size=4, crop=32, progress=False)
+        probe = geocl.FinetuneOptions(max_epochs=1, steps_per_epoch=2, val_every=1, batch_size=4, crop=32, progress=False)
     else:
         overrides += ["data.view_size=48", "data.batch_size=32"]
         steps, subsets = 15, 3  # 3 subsets: a first look; a verdict needs 6 (example 02)
-        probe = FinetuneOptions(max_epochs=3, steps_per_epoch=10, val_every=3, batch_size=8, crop=tile, progress=False)
-    rows = geocl.run_compare(CompareOptions(
+        probe = geocl.FinetuneOptions(max_epochs=3, steps_per_epoch=10, val_every=3, batch_size=8, crop=tile, progress=False)
+    rows = geocl.run_compare(geocl.CompareOptions(
         recipes=[RECIPES / "simclr.yaml", recipe], label_fractions=[0.1], subset_seeds=subsets, seeds=1,
         pretrain_steps=steps, protocol="frozen", baseline="simclr", out=out / "compare", overrides=overrides,
         finetune=probe,

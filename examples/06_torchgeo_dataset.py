@@ -33,9 +33,6 @@ import rasterio
 from PIL import Image
 
 import geocl
-import geocl.methods  # noqa: F401  registers the methods, so that load_recipe knows their keys
-from geocl.console import configure_output  # not in geocl's public names (yet): quiet output for scripts
-from geocl.data.benchmarks import export_benchmark  # not in geocl's public names: TorchGeo benchmark -> tiles
 
 #: The CPU-sized recipes shipped with geocl, beside this folder.
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -76,7 +73,7 @@ def main() -> None:
     if args.out.is_dir() and any((args.out / name).exists() for name in ("pretrain", "finetune")):
         # geocl refuses to mix two runs in one folder; say so before any work
         sys.exit(f"error: {args.out} holds an earlier run of this example; delete it or pass another --out")
-    configure_output()  # geocl's own lines only: no Lightning banners, no third-party warnings
+    geocl.configure_output()  # geocl's own lines only: no Lightning banners, no third-party warnings
     out = args.out
 
     # 1. The dataset on disk, as TorchGeo's LoveDA reads it: 16 images of 256 px (smoke: 64 px).
@@ -91,7 +88,7 @@ def main() -> None:
     # 2. TorchGeo's LoveDA class reads it (download=False, checksum=False) and geocl writes
     # the tile set: official Train -> train (15 % of the images -> val), official Val -> test
     # (LoveDA's test labels are not public). Tiles are cut from each image at the stride.
-    tiling = export_benchmark("loveda-urban", root, out / "tiles", size=tile, progress=False)
+    tiling = geocl.export_benchmark("loveda-urban", root, out / "tiles", size=tile, progress=False)
     print(tiling.describe().splitlines()[0])
 
     # 3. Pretrain. The recipe names the dataset; since DIR/tiles already holds its tile

@@ -35,6 +35,8 @@ _PUBLIC = {
     "SceneImage": "geocl.data.scene",
     "SceneMask": "geocl.data.scene",
     "labelled_scene": "geocl.data.scene",
+    "export_benchmark": "geocl.data.benchmarks",
+    "make_volumes": "geocl.data.medical.synthetic",
     # methods
     "METHODS": "geocl.methods",
     "PretrainMethod": "geocl.methods",
@@ -49,9 +51,16 @@ _PUBLIC = {
     "load_recipe": "geocl.recipes",
     "run_pretrain": "geocl.training.pretrain",
     "run_finetune": "geocl.finetune.train",
+    "run_medical_finetune": "geocl.finetune.medical",
+    "run_semi_supervised": "geocl.finetune.semi_supervised",
+    "run_medical_semi_supervised": "geocl.finetune.medical_semi_supervised",
     "predict_with_checkpoint": "geocl.finetune.inference",
     "run_compare": "geocl.training.compare",
     "run_evaluation": "geocl.evaluation",
+    "CompareOptions": "geocl.recipes.options",
+    "FinetuneOptions": "geocl.recipes.options",
+    # output
+    "configure_output": "geocl.console",
 }
 
 __all__ = ["GeoclError", "__version__", *_PUBLIC]
