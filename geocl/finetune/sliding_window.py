@@ -38,6 +38,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from geocl.data.mosaic import SceneReader
+from geocl.data.rasters import computing
 from geocl.data.normalize import BandNormalizer
 from geocl.errors import GeoclError
 
@@ -205,7 +206,7 @@ def sliding_window_logits(
 
     def run(images: list[np.ndarray]) -> np.ndarray:
         batch = torch.from_numpy(np.stack(images)).to(device)
-        with torch.inference_mode():
+        with computing(), torch.inference_mode():
             out = model(batch)
         if out.ndim != 4 or out.shape[0] != len(images):
             raise ValueError(f"model must return logits [B, K, h, w]; got shape {tuple(out.shape)}")
