@@ -191,6 +191,7 @@ def test_a_small_scene_with_the_default_split_block_warns(
     assert "warning" not in printed and "val 0" not in printed and "test 0" not in printed
 
 
+@pytest.mark.slow  # a whole tiling piped into a reader that quits
 def test_a_closed_pipe_ends_tiling_quietly(tmp_path: Path, scene: Path) -> None:
     """`geocl tile ... | head -1`: no traceback, and the tile set is whole."""
     command = f"{sys.executable} -m geocl.cli {' '.join(_tile(scene, tmp_path / 'out'))} | head -1"

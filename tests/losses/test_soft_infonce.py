@@ -80,6 +80,7 @@ def _ddp_worker(rank: int, world: int, out: Path) -> None:
     torch.save({"loss": loss.detach(), "grads": [p.grad.clone() for p in model.parameters()]}, out / f"rank{rank}.pt")
 
 
+@pytest.mark.slow  # two processes; tests/losses/test_ntxent.py keeps the gathered-batch check in the default suite
 def test_two_gloo_processes_match_one_process_on_the_whole_batch(tmp_path: Path) -> None:
     ranks = run_distributed(_ddp_worker, world=2, out=tmp_path)
 
