@@ -287,8 +287,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _swallowed(parser: argparse.ArgumentParser, given: list[str]) -> str:
     """Where a flag that takes several values read a positional argument: the hint, else ''."""
-    several = {flag: action for action in parser._actions if action.nargs in ("+", "*")
-               for flag in action.option_strings}
+    several = {flag for action in parser._actions if action.nargs in ("+", "*") for flag in action.option_strings}
     flag = None
     for token in given:
         if token == "--":

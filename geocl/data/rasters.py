@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -82,10 +83,16 @@ _M_MMAP_THRESHOLD = -3
 _streaming = 0
 
 
+@functools.cache
+def _libc() -> Any:
+    """The C library, loaded once: computing() switches thresholds around every model call."""
+    return ctypes.CDLL("libc.so.6")
+
+
 def _set_mmap_threshold(threshold: int) -> None:
     """Fix glibc's mmap threshold (and the trim threshold with it), where the C library is glibc."""
     try:
-        libc = ctypes.CDLL("libc.so.6")
+        libc = _libc()
         libc.mallopt(_M_MMAP_THRESHOLD, threshold)
         libc.mallopt(_M_TRIM_THRESHOLD, MMAP_THRESHOLD if threshold == MMAP_THRESHOLD else 2 * threshold)
     except (OSError, AttributeError):  # not glibc: nothing to tune

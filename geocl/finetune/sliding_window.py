@@ -38,8 +38,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from geocl.data.mosaic import SceneReader
-from geocl.data.rasters import computing
 from geocl.data.normalize import BandNormalizer
+from geocl.data.rasters import computing
 from geocl.errors import GeoclError
 
 __all__ = [
