@@ -79,6 +79,30 @@ def library_versions() -> dict[str, str]:
     return found
 
 
+class BudgetCosineScheduler(CosineWarmupScheduler):
+    """lightly's cosine schedule with warm-up, whose length is the current run's budget.
+
+    A checkpoint stores the schedule's length. Restored as is, a run resumed with a larger
+    budget (``trainer.max_epochs`` raised, ``--resume``) would spend its extra steps past
+    the schedule's end, at 0.001 of the learning rate. Here a restored schedule keeps the
+    current run's length and warm-up, and sets the optimizer's rate for the step it resumes
+    at: the run goes on as if it had been planned with the new budget. Resuming with the
+    same budget is unchanged.
+    """
+
+    _BUDGET = ("max_epochs", "warmup_epochs")
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        budget = {name: getattr(self, name) for name in self._BUDGET}
+        super().load_state_dict(state_dict)
+        self.__dict__.update(budget)
+        # the optimizer's state (restored first) holds the rate of the old schedule
+        rates = [base * scale(self.last_epoch) for scale, base in zip(self.lr_lambdas, self.base_lrs, strict=True)]
+        for group, rate in zip(self.optimizer.param_groups, rates, strict=True):
+            group["lr"] = rate
+        self._last_lr = list(rates)
+
+
 class PretrainMethod(lightning.LightningModule):
     """Base of all pretraining methods.
 
@@ -273,20 +297,29 @@ class PretrainMethod(lightning.LightningModule):
             )
         return loss
 
+    def parameter_groups(self) -> list[dict[str, Any]] | list[torch.nn.Parameter]:
+        """What the optimizer trains: every trainable parameter at the recipe's rate.
+
+        A method that trains parts at different rates returns optimizer groups instead.
+        """
+        return [p for p in self.parameters() if p.requires_grad]
+
     def configure_optimizers(self) -> Any:
         config = self.optimizer_config
-        params = [p for p in self.parameters() if p.requires_grad]
+        params = self.parameter_groups()
         if config.name == "sgd":
-            optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+            optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+            )
         elif config.name == "adamw":
             optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         else:
             optimizer = LARS(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
         if self.scheduler_config.name == "none":
             return optimizer
-        total = self.trainer.estimated_stepping_batches
-        warmup = int(self.scheduler_config.warmup_epochs * self._steps_per_epoch(int(total)))
-        scheduler = CosineWarmupScheduler(optimizer, warmup_epochs=warmup, max_epochs=int(total))
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = int(self.scheduler_config.warmup_epochs * self._steps_per_epoch(total))
+        scheduler = BudgetCosineScheduler(optimizer, warmup_epochs=warmup, max_epochs=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _steps_per_epoch(self, total: int) -> int:

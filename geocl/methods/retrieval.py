@@ -45,8 +45,6 @@ from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
-from lightly.utils.lars import LARS
-from lightly.utils.scheduler import CosineWarmupScheduler
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -253,7 +251,10 @@ class Retrieval(PretrainMethod):
         return loss
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """Optimizer groups: image encoder, text encoder, and the rest (heads, temperature) at the base rate."""
+        """Optimizer groups: image encoder, text encoder, and the rest (heads, temperature) at the base rate.
+
+        The base's optimizer and schedule train them, with one rate a part (spec ambiguity 5).
+        """
         lr = self.optimizer_config.lr
         params = self.params
         image = [p for p in self.encoder.parameters() if p.requires_grad]
@@ -266,25 +267,6 @@ class Retrieval(PretrainMethod):
             {"params": rest, "lr": lr},
         ]
         return [group for group in groups if group["params"]]
-
-    def configure_optimizers(self) -> Any:
-        # the base's optimiser and schedule, with one learning rate a part (spec ambiguity 5)
-        config = self.optimizer_config
-        groups = self.parameter_groups()
-        if config.name == "sgd":
-            optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-            )
-        elif config.name == "adamw":
-            optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
-        else:
-            optimizer = LARS(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-        if self.scheduler_config.name == "none":
-            return optimizer
-        total = int(self.trainer.estimated_stepping_batches)
-        warmup = int(self.scheduler_config.warmup_epochs * self._steps_per_epoch(total))
-        scheduler = CosineWarmupScheduler(optimizer, warmup_epochs=warmup, max_epochs=total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ----------------------------------------------------------- checkpoint
 
