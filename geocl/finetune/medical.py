@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import time
@@ -48,8 +47,7 @@ import lightning
 import nibabel as nib
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from geocl.data.medical.files import (
@@ -69,9 +67,9 @@ from geocl.errors import GeoclError
 from geocl.finetune.model import load_pretrained_encoder, read_pretrain_checkpoint
 from geocl.finetune.train import (
     SegmentationModule,
-    TrainingProgressBar,
-    write_result,
     check_finetune_folder,
+    finetune_trainer,
+    write_result,
 )
 from geocl.finetune.volume_metrics import METRICS, case_metrics
 from geocl.io import atomic_write_text, check_output_file, save_figure
@@ -516,14 +514,11 @@ def run_medical_finetune(
         "train": DataLoader(train, batch_size=batch_size, sampler=sampler, num_workers=num_workers),
         "val": DataLoader(val, batch_size=batch_size, num_workers=num_workers),
     }
-    best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val/miou", mode="max", save_top_k=1)
-    trainer = lightning.Trainer(
-        default_root_dir=out, max_epochs=max_epochs, accelerator=accelerator, devices=1,
-        check_val_every_n_epoch=max(1, min(val_every, max_epochs)), logger=CSVLogger(out, name="logs"),
-        callbacks=[best, EarlyStopping(monitor="val/miou", mode="max", patience=patience),
-                   *([TrainingProgressBar()] if progress else [])],
-        enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=5,
+    trainer = finetune_trainer(
+        out, max_epochs=max_epochs, val_every=val_every, accelerator=accelerator, patience=patience, progress=progress
     )
+    best = trainer.checkpoint_callback
+    assert isinstance(best, ModelCheckpoint)  # monitor is set
     trainer.fit(module, loaders["train"], loaders["val"])
     checkpoint = Path(best.best_model_path) if best.best_model_path else out / "checkpoints" / "last.ckpt"
     if not best.best_model_path:

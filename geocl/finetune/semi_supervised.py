@@ -52,8 +52,6 @@ import lightning
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceLoss
 from torch import Tensor, nn
@@ -64,7 +62,7 @@ from geocl.errors import GeoclError
 from geocl.finetune.metrics import segmentation_metric, summarize_iou
 from geocl.finetune.model import load_pretrained_encoder, read_pretrain_checkpoint
 from geocl.finetune.train import (
-    FinetuneResult, TrainingProgressBar, check_finetune_folder, label_subset, write_result,
+    FinetuneResult, check_finetune_folder, finetune_trainer, label_subset, write_result,
 )
 from geocl.losses.fba import ContrastMode, FBContrastLoss, consistency_weight, mutual_consistency
 from geocl.models.fba_nets import build_fba_network
@@ -440,18 +438,9 @@ def fit_semi_supervised(
         labelled, unlabelled if semi else None, batch_size=batch_size if semi else labelled_bs,
         labelled_bs=labelled_bs, num_batches=steps_per_epoch, seed=seed, num_workers=num_workers,
     )
-    callbacks: list[Any] = [TrainingProgressBar()] if progress else []
-    if val is not None:
-        callbacks.append(
-            ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor, mode="max", save_top_k=1)
-        )
-        if patience is not None:
-            callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=patience))
-    trainer = lightning.Trainer(
-        default_root_dir=out, max_epochs=max_epochs, accelerator=accelerator, devices=1,
-        check_val_every_n_epoch=max(1, min(val_every, max_epochs)), logger=CSVLogger(out, name="logs"),
-        callbacks=callbacks, enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
-        log_every_n_steps=1, enable_checkpointing=val is not None,
+    trainer = finetune_trainer(
+        out, max_epochs=max_epochs, val_every=val_every, accelerator=accelerator,
+        monitor=monitor if val is not None else None, patience=patience, progress=progress, log_every_n_steps=1,
     )
     # volumes may differ in size: one at a time; slices and tiles in batches
     val_batch = 1 if module.hparams.spatial_dims == 3 else batch_size

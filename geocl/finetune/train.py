@@ -30,8 +30,7 @@ from typing import Any
 import lightning
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, RandomSampler, Subset
@@ -41,6 +40,7 @@ from geocl.errors import GeoclError
 from geocl.finetune.metrics import segmentation_metric, summarize_iou
 from geocl.finetune.model import build_segmenter, load_pretrained_encoder, read_pretrain_checkpoint
 from geocl.io import atomic_write_text, check_output_folder
+from geocl.training.callbacks import progress_callbacks
 
 #: Checkpoint key of a finetuned model's metadata (what ``geocl predict`` needs).
 SEGMENTER_KEY = "geocl_segmenter"
@@ -120,18 +120,46 @@ class SegmentationModule(lightning.LightningModule):
         checkpoint[SEGMENTER_KEY] = self.meta
 
 
-class TrainingProgressBar(TQDMProgressBar):
-    """One progress bar for the run: validation and test passes draw none of their own.
+def finetune_trainer(
+    out: Path,
+    *,
+    max_epochs: int,
+    val_every: int,
+    accelerator: str,
+    monitor: str | None = "val/miou",
+    patience: int | None = None,
+    progress: bool = True,
+    log_every_n_steps: int = 5,
+) -> lightning.Trainer:
+    """The Lightning trainer of every finetuning run (tiles, slices, volumes, semi-supervised).
 
-    The validation mIoU still shows on the training bar (``val/miou``); Lightning's
-    default adds a bar per validation pass and one for the test pass.
+    Args:
+        out: the run folder: ``checkpoints/best.ckpt`` and the CSV log under ``logs/``.
+        max_epochs: training epochs.
+        val_every: validate every this many epochs (at least once, at the end).
+        accelerator: Lightning accelerator.
+        monitor: the validation score (higher is better) that picks ``best.ckpt``; None
+            when the run does not validate (no checkpoint is written by the trainer).
+        patience: stop after this many validations without improvement; None never stops.
+        progress: show geocl's progress bar.
+        log_every_n_steps: CSV log interval, in optimizer steps.
+
+    Returns:
+        The trainer; ``trainer.checkpoint_callback`` holds ``best`` when ``monitor`` is set.
     """
-
-    def init_validation_tqdm(self) -> Tqdm:
-        return Tqdm(disable=True)
-
-    def init_test_tqdm(self) -> Tqdm:
-        return Tqdm(disable=True)
+    callbacks = progress_callbacks(progress)
+    if monitor is not None:
+        callbacks.append(
+            ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor, mode="max", save_top_k=1)
+        )
+        if patience is not None:
+            callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=patience))
+    return lightning.Trainer(
+        default_root_dir=out, max_epochs=max_epochs, accelerator=accelerator, devices=1,
+        check_val_every_n_epoch=max(1, min(val_every, max_epochs)), logger=CSVLogger(out, name="logs"),
+        callbacks=callbacks, enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+        log_every_n_steps=log_every_n_steps, enable_checkpointing=monitor is not None,
+    )
 
 
 @dataclass
@@ -335,16 +363,11 @@ def run_finetune(
         "val": DataLoader(val, batch_size=batch_size, num_workers=num_workers),
         "test": DataLoader(test, batch_size=batch_size, num_workers=num_workers),
     }
-    best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val/miou", mode="max", save_top_k=1)
-    trainer = lightning.Trainer(
-        default_root_dir=out, max_epochs=max_epochs, accelerator=accelerator, devices=1,
-        check_val_every_n_epoch=max(1, min(val_every, max_epochs)), logger=CSVLogger(out, name="logs"),
-        callbacks=[
-            best, EarlyStopping(monitor="val/miou", mode="max", patience=patience),
-            *([TrainingProgressBar()] if progress else []),
-        ],
-        enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=5,
+    trainer = finetune_trainer(
+        out, max_epochs=max_epochs, val_every=val_every, accelerator=accelerator, patience=patience, progress=progress
     )
+    best = trainer.checkpoint_callback
+    assert isinstance(best, ModelCheckpoint)  # monitor is set
     trainer.fit(module, loaders["train"], loaders["val"])
     checkpoint = Path(best.best_model_path) if best.best_model_path else out / "checkpoints" / "last.ckpt"
     if not best.best_model_path:

@@ -1,12 +1,15 @@
-"""Callbacks of a pretraining run: what a person looks at while and after it runs."""
+"""Callbacks of a training run: what a person looks at while and after it runs."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import lightning
 import pandas as pd
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.loggers import CSVLogger
 
 from geocl.report.curves import plot_loss_curve
@@ -46,3 +49,35 @@ class LossCurvePlot(lightning.Callback):
 
     def on_train_end(self, trainer: lightning.Trainer, module: lightning.LightningModule) -> None:
         self._draw(trainer, module)
+
+
+class TrainingProgressBar(TQDMProgressBar):
+    """geocl's bar for a training run: one bar per epoch with the loss and the scores.
+
+    Lightning's default bar adds a bar per validation pass and one for the test pass, and
+    shows its logger's version (``v_num``) and each logged value under its full name, a
+    value logged per step and per epoch twice (``train/loss_step``, ``train/loss_epoch``).
+    This one draws no validation or test bars and shows ``loss`` (the last step's) and
+    the other values without the ``train/`` prefix; the validation score keeps its name
+    (``val/miou``).
+    """
+
+    def init_validation_tqdm(self) -> Tqdm:
+        return Tqdm(disable=True)
+
+    def init_test_tqdm(self) -> Tqdm:
+        return Tqdm(disable=True)
+
+    def get_metrics(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> dict[str, Any]:
+        logged = super().get_metrics(trainer, pl_module)
+        shown: dict[str, Any] = {}
+        for name, value in logged.items():
+            if name == "v_num" or (name.endswith("_epoch") and name.removesuffix("_epoch") + "_step" in logged):
+                continue
+            shown[name.removeprefix("train/").removesuffix("_step")] = value
+        return shown
+
+
+def progress_callbacks(progress: bool) -> list[lightning.Callback]:
+    """The callbacks that draw a run's progress: geocl's bar, or none."""
+    return [TrainingProgressBar()] if progress else []

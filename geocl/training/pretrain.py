@@ -56,7 +56,7 @@ from geocl.errors import GeoclError
 from geocl.io import atomic_write_text, check_output_folder
 from geocl.methods import build_method
 from geocl.recipes import Recipe, read_saved_recipe, recipe_to_dict, save_recipe
-from geocl.training.callbacks import LossCurvePlot
+from geocl.training.callbacks import LossCurvePlot, progress_callbacks
 from geocl.training.checkpoint_io import (
     LAST_NAME,
     AtomicCheckpointIO,
@@ -270,7 +270,7 @@ def build_trainer(
     checkpoint_io: AtomicCheckpointIO | None = None,
     progress: bool = True,
 ) -> lightning.Trainer:
-    """A Lightning trainer for a recipe's ``trainer`` section (``progress``: its progress bar).
+    """A Lightning trainer for a recipe's ``trainer`` section (``progress``: geocl's progress bar).
 
     Checkpoints go through ``checkpoint_io`` (a new :class:`AtomicCheckpointIO` if
     None): each file is complete or absent. A rerun of an epoch overwrites its file
@@ -299,7 +299,7 @@ def build_trainer(
         limit_train_batches=config.limit_train_batches,
         gradient_clip_val=config.gradient_clip_val or None,
         logger=_loggers(out),
-        callbacks=[checkpoints, LearningRateMonitor(logging_interval="step"), *callbacks],
+        callbacks=[checkpoints, LearningRateMonitor(logging_interval="step"), *callbacks, *progress_callbacks(progress)],
         use_distributed_sampler=False,  # PretrainData shards with its own seeded sampler
         enable_model_summary=False,
         enable_progress_bar=progress,

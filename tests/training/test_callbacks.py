@@ -1,0 +1,41 @@
+"""geocl's progress bar on real pretraining and finetuning runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from geocl.finetune.train import run_finetune
+from geocl.recipes import load_recipe
+from geocl.training.pretrain import run_pretrain
+from tests.conftest import write_recipe
+
+
+def _bar_lines(captured: pytest.CaptureResult[str]) -> list[str]:
+    """The training bar's lines (Lightning draws them on stdout)."""
+    return [line for line in re.split(r"[\r\n]", captured.out + captured.err) if line.lstrip().startswith("Epoch")]
+
+
+def test_pretraining_bar_shows_the_loss_by_its_short_name_and_no_logger_version(
+    tmp_path: Path, tiny_tiles: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_pretrain(load_recipe(write_recipe(tmp_path, tiny_tiles, {"name": "simclr"}, trainer={"max_epochs": 1})))
+    lines = _bar_lines(capsys.readouterr())
+    assert lines, "no progress bar was drawn"
+    last = lines[-1]
+    assert "loss=" in last
+    assert "v_num" not in last and "train/" not in last and "_step" not in last and "_epoch" not in last
+
+
+def test_finetuning_draws_one_bar_with_the_validation_score(
+    tmp_path: Path, tiny_tiles: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_finetune(tiles=tiny_tiles, out=tmp_path / "ft", label_fraction=0.5, max_epochs=2, val_every=1, steps_per_epoch=2,
+                 batch_size=4, crop=32, encoder="test_resnet", progress=True)
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert "Validation" not in text and "Testing" not in text  # the passes draw no bars of their own
+    lines = _bar_lines(captured)
+    assert lines and "val/miou=" in lines[-1] and "loss=" in lines[-1] and "v_num" not in text
