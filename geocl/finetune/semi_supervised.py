@@ -426,7 +426,7 @@ def fit_semi_supervised(
         seed: seed of the batch orders (the caller seeds the weights).
         num_workers: DataLoader workers.
         accelerator: Lightning accelerator.
-        progress: show Lightning's progress bar.
+        progress: show geocl's training progress bar.
 
     Returns:
         The trainer (``trainer.checkpoint_callback.best_model_path`` when validated).

@@ -309,7 +309,7 @@ def run_finetune(
         freeze_encoder: train the decoder only.
         num_workers: DataLoader workers.
         accelerator: Lightning accelerator.
-        progress: show Lightning's progress bar.
+        progress: show geocl's training progress bar.
 
     Returns:
         A :class:`FinetuneResult`; ``out/metrics.json`` holds the same figures (strict
