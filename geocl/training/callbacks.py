@@ -9,7 +9,7 @@ from typing import Any
 import lightning
 import pandas as pd
 from lightning.pytorch.callbacks import TQDMProgressBar
-from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm, convert_inf
 from lightning.pytorch.loggers import CSVLogger
 
 from geocl.report.curves import plot_loss_curve
@@ -59,8 +59,23 @@ class TrainingProgressBar(TQDMProgressBar):
     value logged per step and per epoch twice (``train/loss_step``, ``train/loss_epoch``).
     This one draws no validation or test bars and shows ``loss`` (the last step's) and
     the other values without the ``train/`` prefix; the validation score keeps its name
-    (``val/miou``).
+    (``val/miou``). Epochs are counted from 1 and out of the budget (``epoch 3/15``),
+    where Lightning writes ``Epoch 2`` (and ``Training`` before the first).
     """
+
+    @property
+    def train_description(self) -> str:
+        trainer = self.trainer
+        epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
+        current = trainer.current_epoch + 1
+        return f"epoch {current}/{epochs}" if epochs else f"epoch {current}"
+
+    def on_train_epoch_start(self, trainer: lightning.Trainer, *args: Any) -> None:
+        # Lightning's version draws the bar once as "Epoch N" first; one bar serves every epoch
+        bar = self.train_progress_bar
+        bar.set_description(self.train_description, refresh=False)
+        bar.initial = 0
+        bar.reset(total=convert_inf(self.total_train_batches))
 
     def init_validation_tqdm(self) -> Tqdm:
         return Tqdm(disable=True)

@@ -15,7 +15,7 @@ from tests.conftest import write_recipe
 
 def _bar_lines(captured: pytest.CaptureResult[str]) -> list[str]:
     """The training bar's lines (Lightning draws them on stdout)."""
-    return [line for line in re.split(r"[\r\n]", captured.out + captured.err) if line.lstrip().startswith("Epoch")]
+    return [line for line in re.split(r"[\r\n]", captured.out + captured.err) if line.lstrip().startswith("epoch ")]
 
 
 def test_pretraining_bar_shows_the_loss_by_its_short_name_and_no_logger_version(
@@ -37,5 +37,7 @@ def test_finetuning_draws_one_bar_with_the_validation_score(
     captured = capsys.readouterr()
     text = captured.out + captured.err
     assert "Validation" not in text and "Testing" not in text  # the passes draw no bars of their own
+    assert "Training" not in text and "Epoch" not in text  # Lightning's labels
     lines = _bar_lines(captured)
     assert lines and "val/miou=" in lines[-1] and "loss=" in lines[-1] and "v_num" not in text
+    assert lines[0].startswith("epoch 1/2") and lines[-1].startswith("epoch 2/2")  # counted from 1, of the budget
