@@ -6,6 +6,8 @@ SHELL := /bin/bash
 VENV := .venv
 STAMP := $(VENV)/.geocl-installed
 DEMO_OUT ?= demo_out
+# pytest-xdist workers for `make test` (tests/conftest.py splits the cores between them)
+TEST_WORKERS ?= 2
 
 # The first interpreter >= 3.12 that really runs: pyenv shims exist for versions
 # that are not selected and fail when called, so each candidate is tried.
@@ -47,7 +49,7 @@ browser:
 	  else echo "chromium not found: the browser test will skip (install it: apt-get install chromium)"; fi; }
 
 test: $(STAMP) browser
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT)
