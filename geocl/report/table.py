@@ -11,12 +11,12 @@ before that column existed).
 
 Conventions:
 
-- mean and std are over the successful seeds of one (recipe, label fraction, metric)
-  cell; std is the *sample* standard deviation (``ddof=1``, pandas' default), so it is
-  undefined for a single seed: the table then shows ``–`` in its place rather than
-  a misleading ``0.000``, and the plot draws no error bar.
+- mean and std are over the successful runs (label subsets × seeds) of one (recipe,
+  label fraction, metric) cell; std is the *sample* standard deviation (``ddof=1``,
+  pandas' default), so it is undefined for a single run: the table then shows ``–`` in
+  its place rather than a misleading ``0.000``, and the plot draws no error bar.
 - a run counts for a metric when its status is ``ok`` and that metric is a number.
-- a cell whose runs all failed reads ``failed``; a cell where only some seeds failed
+- a cell whose runs all failed reads ``failed``; a cell where only some runs failed
   shows the others' mean ± std and ``(k failed)``.
 - recipes keep the order in which they first appear; label fractions are sorted.
 - table columns, one per (metric, label fraction): the label fractions when there is
@@ -173,9 +173,9 @@ def _columns(
 def results_markdown(results: pd.DataFrame, evaluation: EvaluationLike | None = None) -> str:
     """The comparison as a markdown table: recipes as rows, (metric, label fraction) as columns.
 
-    Cells read ``mean ± std`` over seeds (3 decimals, std with ddof=1, ``–`` for one
-    seed), ``failed`` where every run failed. The last column ``n`` is the number of
-    successful seeds per cell: one number when all cells of the row agree, else one
+    Cells read ``mean ± std`` over runs (label subsets × seeds; 3 decimals, std with
+    ddof=1, ``–`` for one run), ``failed`` where every run failed. The last column ``n``
+    is the number of successful runs per cell: one number when all cells of the row agree, else one
     per column (``3, 2, 3``). A caption (the evaluation's, then the conventions) and,
     when anything failed, each failing recipe's first message follow the table.
 
@@ -213,8 +213,8 @@ def results_markdown(results: pd.DataFrame, evaluation: EvaluationLike | None = 
             failures.append(f"- {_escape(recipe)}: {_escape(errors[0])}")
     lines += [
         "",
-        f"{evaluation.caption} mean ± sample std (ddof=1) over seeds; "
-        f"{NO_STD} where only one seed succeeded.{note} n: successful seeds per cell.",
+        f"{evaluation.caption} mean ± sample std (ddof=1) over runs (label subsets × seeds); "
+        f"{NO_STD} where only one run succeeded.{note} n: successful runs per cell.",
     ]
     if failures:
         lines += ["", "Failures (first message of each recipe):", *failures]

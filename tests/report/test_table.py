@@ -79,6 +79,7 @@ def test_markdown_cells_n_column_and_failures() -> None:
     assert lines[2] == "| a | 0.250 ± – | 0.550 ± 0.071 | 1, 2 |"
     assert lines[3] == "| b | failed | 0.400 ± – (1 failed) | 0, 1 |"
     assert "ddof=1" in text
+    assert "over runs (label subsets × seeds)" in text and "n: successful runs per cell" in text
     assert "- b: RuntimeError: out of memory" in lines
 
 
