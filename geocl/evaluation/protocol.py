@@ -12,7 +12,13 @@ An :class:`Evaluation` states
   ``checkpoint`` None meaning a randomly initialised encoder of the recipe's
   architecture, seeded with ``seed``;
 - how to read a finished run back from its folder (:meth:`Evaluation.read_finished`),
-  so that an interrupted comparison redoes only what is missing.
+  so that an interrupted comparison redoes only what is missing;
+- what, besides the encoder, the labels and the seed, determines a run's numbers
+  (:meth:`Evaluation.settings`): compare records it beside every row and reuses a row
+  only when it is unchanged;
+- which label subsets are the same labels (:meth:`Evaluation.subset_identity`: a label
+  fraction of 1 is every label, whatever its subset seed), so that one set of labels is
+  never counted as several independent pairs.
 
 :mod:`geocl.training.compare` and :mod:`geocl.report.table` know nothing else about a
 task: a new one (Dice on medical volumes, hit@k on retrieval) is one more subclass,
@@ -175,6 +181,31 @@ class Evaluation(ABC):
         seeds: list[int | None] = [None] if subset_seeds is None else list(range(subset_seeds))
         return [Subset(float(fraction), seed) for fraction in label_fractions for seed in seeds]
 
+    def subset_identity(self, subset: Subset, recipe: Any) -> Any:
+        """A value that is equal for two subsets exactly when they hold the same labels (for ``recipe``'s data).
+
+        Default: a subset of every label (``label_fraction`` 1) is one subset whatever
+        its subset seed; any other is itself. An evaluation that knows its data's size
+        may say more (a fraction that rounds up to every item).
+        """
+        if subset.label_fraction >= 1.0:
+            return ("all labels",)
+        return (subset.label_fraction, subset.subset_seed)
+
+    def settings(self) -> dict[str, Any]:
+        """Everything of this evaluation that determines a run's numbers, as plain JSON data.
+
+        Compare records it with every row (with the encoder, subset, seed and test set)
+        and reuses a finished row only when all of it is unchanged. Default: the name and
+        every option the runs are given (``self.options``) but :data:`PRESENTATION_OPTIONS`.
+        An evaluation holding further state that changes results overrides this.
+        """
+        options = getattr(self, "options", None) or {}
+        if hasattr(options, "model_dump"):
+            options = options.model_dump()
+        kept = {str(key): value for key, value in dict(options).items() if key not in PRESENTATION_OPTIONS}
+        return {"name": self.name, "options": json.loads(json.dumps(kept, sort_keys=True, default=str))}
+
     def run_folder(self, name: str, subset: Subset, seed: int) -> str:
         """The run folder of one row, relative to the comparison folder (unique per row)."""
         drawn = "" if subset.subset_seed is None else f"-l{subset.subset_seed}"
@@ -223,6 +254,10 @@ class Evaluation(ABC):
             seconds=float(record.get("seconds", math.nan)),
             extra={column: record.get(column) for column in self.extra_columns},
         )
+
+
+#: Options that change what a run shows, never what it measures: left out of :meth:`Evaluation.settings`.
+PRESENTATION_OPTIONS = ("progress",)
 
 
 _REGISTRY: dict[str, type[Evaluation]] = {}

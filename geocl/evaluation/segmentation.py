@@ -9,6 +9,7 @@ label subset, seed and budget (:func:`method_training`).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -100,6 +101,14 @@ class SegmentationFinetune(Evaluation):
     def labelled_data(self, recipe: Any) -> str:
         return str(recipe.data.tiles)
 
+    def subset_identity(self, subset: Subset, recipe: Any) -> Any:
+        """Every label also where a fraction below 1 rounds up to every train tile
+        (:func:`geocl.finetune.train.label_subset` keeps ``ceil(fraction x tiles)``)."""
+        count = train_tile_count(Path(str(recipe.data.tiles)))
+        if count is not None and math.ceil(subset.label_fraction * count) >= count:
+            return ("all labels",)
+        return super().subset_identity(subset, recipe)
+
     def run(self, checkpoint: Path | None, *, recipe: Any, subset: Subset, seed: int, out: Path) -> Measurement:
         finetune, options = row_training(recipe, self.name, self.options, self.finetune_fn)
         if finetune is None:
@@ -120,6 +129,26 @@ class SegmentationFinetune(Evaluation):
     def test_set(self, recipe: Any) -> TestSet | None:
         """The test split of the recipe's tile set: tiles, area, spread and pixels per class."""
         return describe_test_split(Path(str(recipe.data.tiles)))
+
+
+def train_tile_count(tiles: Path) -> int | None:
+    """Train tiles of a tile set (from ``tiles.gpkg``); None when the index cannot be read."""
+    try:
+        stamp = (tiles / "tiles.gpkg").stat().st_mtime_ns
+    except OSError:
+        return None
+    return _train_tile_count(tiles, stamp)
+
+
+@functools.lru_cache(maxsize=16)
+def _train_tile_count(tiles: Path, stamp: int) -> int | None:
+    try:
+        import geopandas as gpd
+
+        index = gpd.read_file(tiles / "tiles.gpkg", layer="tiles", columns=["split"], ignore_geometry=True)
+    except Exception:  # noqa: BLE001 - unknown size: each subset is taken as drawn
+        return None
+    return int((index["split"] == "train").sum())
 
 
 def per_class_iou(out: Path) -> dict[str, float]:

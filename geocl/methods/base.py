@@ -22,7 +22,10 @@ pretraining loop (:mod:`geocl.training`) calls without knowing the method:
 * :meth:`PretrainMethod.train_loader`: the method's own loader for an epoch (regions,
   pairs, ...), or None for the plain seeded loader;
 * :attr:`PretrainMethod.reloads_data_every_epoch`: whether that loader changes per epoch;
-* Lightning's ``configure_callbacks``: outputs of its own (maps, plots).
+* Lightning's ``configure_callbacks``: outputs of its own (maps, plots);
+* :meth:`PretrainMethod.warm_up`: the stage it trains before its own (GraSS's SimCLR
+  epochs, SPPS's epochs before the first mining), so that ``geocl compare`` can flag a
+  budget that never reaches the method's own stage (its rows would be another method's).
 
 A method may also be the downstream training itself rather than a pretraining (a
 semi-supervised segmenter trained on the labelled and unlabelled tiles of each label
@@ -39,6 +42,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -77,6 +81,57 @@ def library_versions() -> dict[str, str]:
         except Exception:  # a library missing from the metadata must not break saving
             found[name] = "unknown"
     return found
+
+
+def steps_per_epoch(items: int, batch_size: int, world_size: int = 1) -> int:
+    """Optimizer steps of one epoch of ``items`` training images, ``batch_size`` a device (at least 1).
+
+    What the learning-rate warm-up counts an epoch as when the run has a step budget
+    (``trainer.max_epochs: -1``), and what ``geocl compare`` counts before any work.
+    """
+    return max(1, (items // max(1, world_size)) // max(1, batch_size))
+
+
+def check_warmup_fits(warmup_epochs: int, epoch_steps: int, total_steps: int) -> None:
+    """Refuse a learning-rate warm-up longer than the run (lightly's schedule would stop with a bare ValueError).
+
+    Args:
+        warmup_epochs: the recipe's ``scheduler.warmup_epochs``.
+        epoch_steps: optimizer steps of one epoch.
+        total_steps: optimizer steps of the whole run.
+
+    Raises:
+        GeoclError: key ``scheduler.warmup_epochs``, naming the warm-up and the budget in steps.
+
+    A warm-up is not scaled down to fit: the recipe states it in epochs, and a budget that
+    ends inside it never trains at the recipe's learning rate.
+    """
+    warmup = warmup_epochs * epoch_steps
+    if warmup > total_steps:
+        epochs = "1 epoch" if warmup_epochs == 1 else f"{warmup_epochs} epochs"
+        raise GeoclError(
+            f"{epochs} of learning-rate warm-up {'is' if warmup_epochs == 1 else 'are'} {warmup} optimizer steps "
+            f"({epoch_steps} an epoch), more than "
+            f"the run's budget of {total_steps} steps; lower scheduler.warmup_epochs (0: none) or give the run "
+            f"at least {warmup} steps",
+            key="scheduler.warmup_epochs",
+        )
+
+
+@dataclass(frozen=True)
+class WarmUp:
+    """The stage a method trains before its own (see :meth:`PretrainMethod.warm_up`).
+
+    Attributes:
+        epochs: epochs before the method's own stage (the index of its first epoch).
+        key: the recipe key that sets it (``method.warmup_epochs``).
+        trains_as: what the warm-up trains (``simclr``): a budget that ends inside it
+            trains only that, never the method itself.
+    """
+
+    epochs: int
+    key: str
+    trains_as: str
 
 
 class BudgetCosineScheduler(CosineWarmupScheduler):
@@ -236,6 +291,38 @@ class PretrainMethod(lightning.LightningModule):
         return None
 
     @classmethod
+    def warm_up(cls, params: Any) -> WarmUp | None:
+        """Hook: the stage the method trains before its own, in epochs; None when its own starts at step 0.
+
+        ``geocl compare`` flags a recipe whose budget ends inside it: such a run is the
+        warm-up's method under this method's name. Asked of the class with the recipe's
+        ``method`` section, before anything is built.
+
+        Default, from the method's parameters: a ``warmup_epochs`` parameter is the
+        epochs of its parent method before its own stage (GraSS: SimCLR); an enabled
+        plug-in section with a ``first_epoch`` (SPPS's ``spps``) is the epochs of the
+        method without that plug-in. A method whose own stage starts otherwise overrides this.
+
+        Args:
+            params: the recipe's ``method`` section (or the validated parameters).
+        """
+        epochs = getattr(params, "warmup_epochs", 0)
+        if isinstance(epochs, int) and epochs > 0:
+            parent = next(
+                (klass.name for klass in cls.__mro__[1:]
+                 if isinstance(klass, type) and issubclass(klass, PretrainMethod) and klass.name and klass.name != cls.name),
+                f"{cls.name} without its own stage",
+            )
+            return WarmUp(epochs, "method.warmup_epochs", parent)
+        fields = getattr(type(params), "model_fields", {})
+        for name in fields:
+            section = getattr(params, name, None)
+            first = getattr(section, "first_epoch", None)
+            if isinstance(section, BaseModel) and getattr(section, "enabled", False) and isinstance(first, int) and first > 0:
+                return WarmUp(first, f"method.{name}.warmup_epochs", f"{cls.name} without {name}")
+        return None
+
+    @classmethod
     def training_for(cls, evaluation: str, params: Any) -> Callable[..., Any] | None:
         """:meth:`downstream_training`, refusing an evaluation that a method which does not pretrain cannot serve.
 
@@ -318,7 +405,9 @@ class PretrainMethod(lightning.LightningModule):
         if self.scheduler_config.name == "none":
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)
-        warmup = int(self.scheduler_config.warmup_epochs * self._steps_per_epoch(total))
+        epoch = self._steps_per_epoch(total)
+        check_warmup_fits(int(self.scheduler_config.warmup_epochs), epoch, total)  # before the first step
+        warmup = int(self.scheduler_config.warmup_epochs * epoch)
         scheduler = BudgetCosineScheduler(optimizer, warmup_epochs=warmup, max_epochs=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -330,8 +419,7 @@ class PretrainMethod(lightning.LightningModule):
         # a step budget (max_epochs -1): Lightning has not sized the epoch yet, the data does
         data = getattr(self.trainer, "datamodule", None)
         if data is not None and hasattr(data, "dataset"):
-            per_device = len(data.dataset) // max(1, self.trainer.world_size)
-            return max(1, per_device // data.batch_size)
+            return steps_per_epoch(len(data.dataset), data.batch_size, self.trainer.world_size)
         return total
 
     # ------------------------------------------------------------- checkpoint

@@ -5,6 +5,11 @@ training seeds, so two recipes' runs pair up by (label fraction, subset seed, se
 the difference of a pair removes what the subset and the seed do to both. That is what
 tells methods apart when the seed alone moves a score by more than any method does.
 
+Pairs are counted over *distinct* label subsets: a label fraction of 1 is every label
+whatever its subset seed, so its runs with one training seed are one run repeated, not
+independent pairs; they collapse into one (their mean) before anything is counted
+(``geocl compare`` does not even run them twice).
+
 - **Mean and its interval** per (recipe, label fraction): the mean over successful
   runs and Student's t interval ``mean ± t(0.975, n-1) s / sqrt(n)`` (``scipy.stats.t``);
   undefined (NaN) for a single run.
@@ -12,7 +17,7 @@ tells methods apart when the seed alone moves a score by more than any method do
   the pairs both have, its 95 % percentile bootstrap interval over the pairs
   (``scipy.stats.bootstrap``, 9999 resamples, seeded so that a report is reproducible),
   and the counts of wins and losses. When the interval covers 0 the difference is
-  *not distinguishable*; a single pair gives no interval and is never distinguishable.
+  *not distinguishable*; a single pair gives no interval: "too few pairs".
 - **Too few pairs**: an interval that excludes 0 from fewer than :data:`MIN_PAIRS`
   pairs gives no verdict. The percentile bootstrap of a handful of pairs excludes 0
   whenever they all share a sign (every resample mean does), whatever their count,
@@ -87,6 +92,8 @@ class PairedDifference(Interval):
     def verdict(self) -> str:
         if self.n == 0:
             return "no pairs"
+        if self.n == 1:
+            return "too few pairs"  # no interval at all: nothing was tested
         if not self.excludes_zero:
             return "not distinguishable"
         if self.n < MIN_PAIRS:
@@ -152,6 +159,7 @@ def paired_summary(results: pd.DataFrame, metric: str, baseline: str) -> pd.Data
     if "label_fraction" not in frame:
         frame = frame.assign(label_fraction=1.0)
     keys = [key for key in PAIR_KEYS if key in frame.columns]
+    frame = distinct_runs(frame, keys)
     rows = []
     for recipe in results["recipe"].drop_duplicates():
         for fraction in sorted(frame["label_fraction"].astype(float).unique()):
@@ -175,6 +183,25 @@ def paired_summary(results: pd.DataFrame, metric: str, baseline: str) -> pd.Data
         "losses", "verdict",
     ]
     return pd.DataFrame(rows, columns=columns)
+
+
+#: The subset seed every run with all labels is counted under (they all hold the same labels).
+ALL_LABELS_SUBSET = -1
+
+
+def distinct_runs(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """One row per (recipe, distinct label subset, seed): runs on the same labels with the same seed averaged.
+
+    A label fraction of 1 holds every label whatever its subset seed, so its subset
+    seed is set to :data:`ALL_LABELS_SUBSET` first; ``_value`` holds the metric.
+    """
+    if "subset_seed" not in frame.columns or frame.empty:
+        return frame
+    every_label = frame["label_fraction"].astype(float) >= 1.0
+    if not every_label.any():
+        return frame
+    frame = frame.assign(subset_seed=frame["subset_seed"].where(~every_label, ALL_LABELS_SUBSET))
+    return frame.groupby(["recipe", *keys], as_index=False, sort=False, dropna=False)["_value"].mean()
 
 
 def _number(value: float) -> str:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -170,7 +171,13 @@ def _columns(
     return columns, headers, " Columns: metric @ label fraction."
 
 
-def results_markdown(results: pd.DataFrame, evaluation: EvaluationLike | None = None) -> str:
+#: Marks a flagged recipe's row; the flag's text follows the table.
+FLAG = "⚠"
+
+
+def results_markdown(
+    results: pd.DataFrame, evaluation: EvaluationLike | None = None, flags: Mapping[str, str] | None = None
+) -> str:
     """The comparison as a markdown table: recipes as rows, (metric, label fraction) as columns.
 
     Cells read ``mean ± std`` over runs (label subsets × seeds; 3 decimals, std with
@@ -182,11 +189,15 @@ def results_markdown(results: pd.DataFrame, evaluation: EvaluationLike | None = 
     Args:
         results: one row per run (see :func:`summarize`).
         evaluation: whose numbers these are (default: :func:`evaluation_of`).
+        flags: recipe -> why its numbers are not what its name says (a pretraining that
+            never reached the method's own stage); the row is marked :data:`FLAG` and the
+            reason listed after the caption.
 
     Returns:
         Markdown text ending in a newline.
     """
     evaluation = evaluation or evaluation_of(results)
+    flags = {recipe: text for recipe, text in (flags or {}).items() if text}
     summaries = _summaries(results, evaluation)
     columns, headers, note = _columns(summaries, evaluation)
     lines = [
@@ -208,7 +219,8 @@ def results_markdown(results: pd.DataFrame, evaluation: EvaluationLike | None = 
             if summary["failed"]:
                 errors.append(summary["error"])
         n = counts[0] if len(set(counts)) == 1 else ", ".join(counts)
-        lines.append("| " + " | ".join([_escape(recipe), *cells, n]) + " |")
+        shown = f"{recipe} {FLAG}" if recipe in flags else str(recipe)
+        lines.append("| " + " | ".join([_escape(shown), *cells, n]) + " |")
         if errors:
             failures.append(f"- {_escape(recipe)}: {_escape(errors[0])}")
     lines += [
@@ -216,6 +228,9 @@ def results_markdown(results: pd.DataFrame, evaluation: EvaluationLike | None = 
         f"{evaluation.caption} mean ± sample std (ddof=1) over runs (label subsets × seeds); "
         f"{NO_STD} where only one run succeeded.{note} n: successful runs per cell.",
     ]
+    flagged = [f"- {FLAG} {_escape(text)}" for recipe, text in flags.items() if recipe in set(recipes)]
+    if flagged:
+        lines += ["", "Flagged (the numbers are not the named method's):", *flagged]
     if failures:
         lines += ["", "Failures (first message of each recipe):", *failures]
     return "\n".join(lines) + "\n"

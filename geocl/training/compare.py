@@ -56,7 +56,22 @@ training seeds 0..M-1, so N x M runs per fraction pair up across recipes.
     pretraining.csv  each recipe's pretraining as spent: steps, samples seen, seconds, final
                   loss (``pretrain_steps`` gives every recipe the same step budget)
     pretrain/     one pretraining run folder per recipe
-    finetune/     (or evaluate/) one run folder per row
+    finetune/     (or evaluate/) one run folder per row, with its ``row.json`` (the
+                  settings that made it, see Resuming)
+    comparison.json  the evaluations' settings of the report beside it
+
+Identical label subsets are one subset: a label fraction of 1 holds every label
+whatever its subset seed (and a tile set's fraction that rounds up to every train tile
+too, :meth:`~geocl.evaluation.protocol.Evaluation.subset_identity`), so its subset seeds
+collapse into the first, which a line says: six runs on the same labels with the same
+seed are one run repeated, not six pairs.
+
+Budgets (before any work): a recipe whose learning-rate warm-up
+(``scheduler.warmup_epochs``) is longer than its step budget is refused, naming the key
+and both lengths in steps; one whose budget ends inside its method's own warm-up stage
+(:meth:`~geocl.methods.base.PretrainMethod.warm_up`: GraSS's SimCLR epochs, SPPS's epochs
+before mining) is flagged: a line now, a ⚠ and the reason in ``results.md`` and a
+``flag`` in ``results_summary.csv`` (its rows are the warm-up's method under another name).
 
 Failures: an exception while pretraining marks all rows of that recipe failed; one
 while evaluating marks that row failed, as does a metric that is not a finite number;
@@ -64,27 +79,42 @@ either way the other rows still run. User errors are raised before any work star
 since finding a typo after hours of pretraining helps nobody: bad options when
 :class:`~geocl.recipes.options.CompareOptions` is built, then a bad recipe file, two
 recipes with the same file stem or name, recipes that need different evaluations
-(tile sets and natural images: compare them separately) and evaluation options an
-evaluation cannot use.
+(tile sets and natural images: compare them separately), evaluation options an
+evaluation cannot use, a learning-rate warm-up longer than the budget and an ``out``
+that cannot be written.
 
 The outcome: :func:`run_compare` returns every row, failed ones included;
 :func:`describe_failures` turns the failed rows into the one line a command shows
 before it exits non-zero (the reasons are in ``results.md``).
 
 Resuming: rerunning the same command after a crash redoes only what is missing.
-A run folder whose result file (``metrics.json``, ``evaluation.json``) holds every
-metric is read instead of rerun, provided its encoder came from a pretraining that was
-itself reused (a recipe pretrained afresh in this call has its runs redone: old ones
-would describe the old encoder). Reuse goes by folder name, so changed finetuning or
-evaluation options (``CompareOptions.finetune``, ``.evaluate``) need a new ``out``
-or the old folders deleted.
+A row is reused only when everything that determines it is unchanged. Every finished
+run folder holds ``row.json``, the row's settings: the evaluation and all its options
+(:meth:`~geocl.evaluation.protocol.Evaluation.settings`: ``--finetune-lr``,
+``--finetune-arch``, ``--epochs``...), label fraction, subset seed, seed, the test set,
+and what the encoder is (the pretraining recipe, or the random init's data and
+encoder). A run folder whose result file (``metrics.json``, ``evaluation.json``) holds
+every metric is read instead of rerun when its ``row.json`` records the same settings
+and its encoder came from a pretraining that was itself reused (a recipe pretrained
+afresh in this call has its runs redone: old ones would describe the old encoder).
+A rerun with other options therefore reuses the pretrainings and redoes the rows; the
+old rows never enter the new table. A folder without ``row.json`` (made before compare
+recorded it) is redone too. The comparison's own settings are kept in
+``comparison.json``: when they changed, the earlier report (``results.*``,
+``pretraining.csv``, ``environment.json``) is moved to ``report.stale-<n>/`` first.
+
+A comparison folder can be moved or copied: nothing recorded in it names the folder
+(the ``out`` of a pretraining's ``config.yaml`` is not compared, a row's checkpoint is
+recorded relative to the comparison folder), so a rerun in the new place reuses
+everything.
 
 Runs redone are never mixed with the old ones: a run folder that is not reused but
-holds files (the runs of a recipe pretrained afresh, a run interrupted before its
-result file) is first moved aside to ``<folder>.stale-<n>`` (the smallest free
-``n``), which a line of the progress output says. Nothing is deleted: the old model
-and figures stay there until the user removes them. (``geocl finetune`` itself
-refuses a folder that holds a run; compare decides for its own folders.)
+holds files (the runs of a recipe pretrained afresh, a run made with other settings,
+a run interrupted before its result file) is first moved aside to
+``<folder>.stale-<n>`` (the smallest free ``n``), which a line of the progress output
+says, naming the settings that changed. Nothing is deleted: the old model and figures
+stay there until the user removes them. (``geocl finetune`` itself refuses a folder
+that holds a run; compare decides for its own folders.)
 """
 
 from __future__ import annotations
@@ -105,12 +135,12 @@ import pandas as pd
 from geocl.errors import GeoclError
 from geocl.evaluation import Evaluation, Subset, evaluation_for, get_evaluation
 from geocl.evaluation.protocol import TestSet
-from geocl.io import atomic_path, atomic_write_text
+from geocl.io import atomic_path, atomic_write_text, check_output_folder
 from geocl.recipes import load_recipe, read_saved_recipe, recipe_to_dict, save_recipe
 from geocl.recipes.options import CompareOptions
 from geocl.report.environment import describe_environment, environment_line
 from geocl.report.paired import paired_markdown, paired_summary, plot_budgets, plot_paired
-from geocl.report.table import RANDOM_INIT, per_class_markdown, plot_comparison, results_markdown
+from geocl.report.table import FLAG, RANDOM_INIT, per_class_markdown, plot_comparison, results_markdown
 
 __all__ = ["CompareOptions", "describe_failures", "results_columns", "run_compare"]
 
@@ -118,6 +148,17 @@ log = logging.getLogger(__name__)
 
 #: Longest failure message kept in a status (a CSV cell, a table footnote).
 _MAX_MESSAGE = 300
+#: The settings of a finished row, in its run folder (see the module docstring).
+ROW_RECORD = "row.json"
+#: The comparison's own settings (its evaluations'), in the comparison folder.
+COMPARISON_RECORD = "comparison.json"
+#: The report files a comparison writes, moved aside together when its settings change.
+REPORT_FILES = (
+    "results.csv", "results_summary.csv", "results.md", "results.png", "results_paired.png", "results_budget.png",
+    "pretraining.csv", "environment.json", COMPARISON_RECORD,
+)
+#: Changed settings named in one line before "and N more".
+_SHOWN_CHANGES = 3
 
 
 def results_columns(
@@ -192,22 +233,32 @@ def run_compare(
     fractions = [float(fraction) for fraction in options.label_fractions]
     random_init = _random_init_recipe(candidates)
     baseline = _baseline(candidates, options, random_init is not None)
+    _prepare_benchmarks(candidates)
+    stage_flags = _check_budgets([(steps, candidate) for steps in budgets for candidate in by_budget[steps]])
+    # the last check before work: a read-only or misplaced --out is said before hours of pretraining
+    check_output_folder(out, key="out")
     if options.deterministic:
         _use_deterministic_algorithms()
     # Imported here, not at module level: it pulls in Lightning (seconds), which a
     # partial install that only reads results may lack.
     if pretrain_fn is None:
         from geocl.training.pretrain import run_pretrain as pretrain_fn
-    _prepare_benchmarks(candidates)
 
     first = candidates[0].recipe
     main = evaluations[0]
     if random_init is not None and len({main.labelled_data(candidate.recipe) for candidate in candidates}) > 1:
         log.warning("recipes read different data; %s is evaluated on %s", RANDOM_INIT, main.labelled_data(random_init))
+    _keep_earlier_report(out, {"evaluations": {each.name: each.settings() for each in evaluations}}, say)
+    for text in stage_flags.values():
+        say(f"{FLAG} {text}")
     test_sets = _state_test_sets(evaluations, first, options.min_test_pixels, say)
     flagged = {name: ";".join(_thin_classes(test_set, options.min_test_pixels)) for name, test_set in test_sets.items()}
     grids = {
-        each.name: [(subset, seed) for subset in each.subsets(fractions, options.subset_seeds) for seed in range(options.seeds)]
+        each.name: [
+            (subset, seed)
+            for subset in _distinct_subsets(each, each.subsets(fractions, options.subset_seeds), first, say)
+            for seed in range(options.seeds)
+        ]
         for each in evaluations
     }
     rows: list[dict[str, Any]] = []
@@ -234,9 +285,14 @@ def run_compare(
         name: str, method: str, recipe: Any, checkpoint: Path | None, reuse: bool, steps: int | None
     ) -> None:
         folder_name = name if steps is None or not sweep else f"{name}-{steps}steps"
+        encoder = _encoder_identity(recipe, random=checkpoint is None and method == "none")
         for each in evaluations:
+            test_set = test_sets.get(each.name)
             for subset, seed in grids[each.name]:
-                row = _evaluate_row(each, out, folder_name, method, recipe, checkpoint, subset, seed, reuse, say)
+                settings = _row_settings(each, subset, seed, encoder, test_set)
+                row = _evaluate_row(
+                    each, out, folder_name, method, recipe, checkpoint, subset, seed, reuse, say, settings=settings
+                )
                 record({**row, "recipe": name, "pretrain_steps": steps})
 
     for steps in budgets:
@@ -259,7 +315,7 @@ def run_compare(
     _write_pretraining([candidate for steps in budgets for candidate in by_budget[steps]], out, budgets)
     return _write_results(
         rows, evaluations, out, say, baseline, options.deterministic, budgets=budgets,
-        test_sets=test_sets, min_test_pixels=options.min_test_pixels,
+        test_sets=test_sets, min_test_pixels=options.min_test_pixels, flags=stage_flags,
     )
 
 
@@ -431,6 +487,133 @@ def _random_init_recipe(candidates: list[_Candidate]) -> Any:
     return None
 
 
+def _check_budgets(candidates: list[tuple[int | None, _Candidate]]) -> dict[tuple[str, int | None], str]:
+    """Before any work: refuse learning-rate warm-ups longer than a step budget; flag budgets that end
+    inside a method's own warm-up stage.
+
+    Args:
+        candidates: (budget, recipe) of every pretraining to run (budget None: the recipe's own).
+
+    Returns:
+        (recipe name, budget) -> the flag's text, for the recipes whose pretraining never
+        reaches its method's own stage.
+
+    Raises:
+        GeoclError: a learning-rate warm-up (``scheduler.warmup_epochs``) longer than the
+            step budget, naming the recipe file, the key and both lengths in steps.
+    """
+    flags: dict[tuple[str, int | None], str] = {}
+    epochs: dict[str, int | None] = {}  # one count a data section and device count (a sweep repeats them)
+    for budget, candidate in candidates:
+        recipe = candidate.recipe
+        cls = _method_class(recipe)
+        if cls is None or not cls.pretrains:
+            continue
+        trainer = recipe.trainer
+        stage = cls.warm_up(recipe.method)
+        lr_warmup = int(recipe.scheduler.warmup_epochs) if str(recipe.scheduler.name) != "none" else 0
+        stepped = int(trainer.max_steps) > 0
+        epoch = None
+        if stepped and (lr_warmup or stage is not None):
+            data = json.dumps([recipe_to_dict(recipe)["data"], _world_size(trainer)], sort_keys=True, default=str)
+            if data not in epochs:
+                epochs[data] = _epoch_steps(recipe)
+            epoch = epochs[data]
+        if lr_warmup and stepped and int(trainer.max_epochs) == -1 and epoch is not None:
+            # Lightning imported with the method classes already; geocl.methods.base is their base
+            from geocl.methods.base import check_warmup_fits
+
+            try:
+                check_warmup_fits(lr_warmup, epoch, int(trainer.max_steps))
+            except GeoclError as error:
+                message = str(error).removeprefix(f"{error.key}: ").replace(
+                    "the run's budget", "the pretraining budget" + (" (pretrain_steps)" if budget is not None else "")
+                )
+                raise GeoclError(f"{error.key}: {message}", path=candidate.path, key=error.key) from None
+        if stage is not None:
+            text = _stage_flag(candidate, stage, epoch)
+            if text is not None:
+                flags[(candidate.name, budget)] = text
+    return flags
+
+
+def _stage_flag(candidate: _Candidate, stage: Any, epoch: int | None) -> str | None:
+    """Why a pretraining never reaches its method's own stage (``stage``: a :class:`WarmUp`), or None."""
+    recipe = candidate.recipe
+    trainer = recipe.trainer
+    method = str(recipe.method.name)
+    tail = f"it trained as {stage.trains_as} only, never as {method}"
+    if int(trainer.max_steps) <= 0:
+        epochs = int(trainer.max_epochs)
+        if epochs > stage.epochs:
+            return None
+        return f"{candidate.name}: {epochs} pretraining epochs end inside its {stage.epochs}-epoch warm-up ({stage.key}): {tail}"
+    if epoch is None:
+        return None  # the size of the data is unknown: the pretraining says what is wrong with it
+    limit = trainer.limit_train_batches
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        epoch = min(epoch, limit)
+    elif isinstance(limit, float) and limit < 1:
+        epoch = max(1, int(epoch * limit))
+    total = int(trainer.max_steps)
+    if int(trainer.max_epochs) > 0:
+        total = min(total, int(trainer.max_epochs) * epoch)
+    start = stage.epochs * epoch
+    if total > start:
+        return None
+    return (
+        f"{candidate.name}: {total} pretraining steps end inside its {start}-step warm-up "
+        f"({stage.key} {stage.epochs} x {epoch} steps an epoch): {tail}"
+    )
+
+
+def _epoch_steps(recipe: Any) -> int | None:
+    """Optimizer steps of one pretraining epoch of ``recipe`` (its train images, batch and devices); None if unreadable."""
+    # Lightning and the datasets: only for recipes of a method class (imported with Lightning already)
+    from geocl.methods.base import steps_per_epoch
+    from geocl.training.pretrain import train_dataset
+
+    try:
+        items = len(train_dataset(recipe))
+    except GeoclError:
+        return None  # the pretraining states what is wrong with the data
+    return steps_per_epoch(items, int(recipe.data.batch_size), _world_size(recipe.trainer))
+
+
+def _world_size(trainer: Any) -> int:
+    """Processes a pretraining runs on: ``devices`` x ``num_nodes`` (``auto``/-1: the visible GPUs, else 1)."""
+    devices = trainer.devices
+    if not isinstance(devices, int) or devices < 1:
+        import torch
+
+        gpu = str(trainer.accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        devices = torch.cuda.device_count() if gpu else 1
+    return max(1, devices) * int(trainer.num_nodes)
+
+
+def _distinct_subsets(evaluation: Evaluation, subsets: list[Subset], recipe: Any, say: Callable[[str], None]) -> list[Subset]:
+    """The subsets of each label fraction that hold different labels (the first of each), saying which collapsed.
+
+    Fractions stay apart even where two of them hold the same labels: each is a column
+    the user asked for, and pairs never cross fractions.
+    """
+    kept: dict[Any, Subset] = {}
+    merged: dict[Any, int] = {}
+    for subset in subsets:
+        identity = (subset.label_fraction, evaluation.subset_identity(subset, recipe))
+        kept.setdefault(identity, subset)
+        merged[identity] = merged.get(identity, 0) + 1
+    for identity, count in merged.items():
+        if count > 1:
+            subset = kept[identity]
+            labels = "keeps every label" if identity[1] == ("all labels",) else "draws the same labels with every subset seed"
+            say(
+                f"label fraction {subset.label_fraction:g} {labels}: its {count} label subsets are one and run once "
+                f"(subset seed {subset.subset_seed}); identical subsets are not independent pairs"
+            )
+    return list(kept.values())
+
+
 def _describe(evaluation: type[Evaluation]) -> str:
     """``knn-probe (kNN top-1, linear-probe top-1)``."""
     return f"{evaluation.name} ({', '.join(evaluation.label(column) for column in evaluation.metric_columns)})"
@@ -447,6 +630,126 @@ def _differing_keys(before: Any, now: Any, prefix: str = "") -> list[str]:
     return [] if before == now else [prefix.rstrip(".") or "the recipe"]
 
 
+def _without_out(recipe: Any) -> Any:
+    """A plain-data recipe without ``out``: where the folder is never decides whether it holds the same run."""
+    return {key: value for key, value in recipe.items() if key != "out"} if isinstance(recipe, dict) else recipe
+
+
+def _encoder_identity(recipe: Any, *, random: bool) -> dict[str, Any]:
+    """What a row's encoder is, as plain data: the pretraining recipe (without ``out``), or a random init's data and encoder."""
+    plain = recipe_to_dict(recipe)
+    if random:
+        return {"random_init": {"data": plain.get("data"), "encoder": plain.get("encoder")}}
+    return {"recipe": _without_out(plain)}
+
+
+def _row_settings(
+    evaluation: Evaluation, subset: Subset, seed: int, encoder: dict[str, Any], test_set: TestSet | None
+) -> dict[str, Any]:
+    """Everything that determines one row's numbers, as the JSON data ``row.json`` holds."""
+    settings = {
+        "evaluation": evaluation.settings(),
+        "label_fraction": subset.label_fraction,
+        "subset_seed": subset.subset_seed,
+        "seed": seed,
+        "encoder": encoder,
+        "test_set": None if test_set is None else {"description": test_set.description, "class_pixels": test_set.class_pixels},
+    }
+    return json.loads(json.dumps(settings, sort_keys=True, default=str))
+
+
+def _read_row_record(folder: Path) -> dict[str, Any] | None:
+    """A run folder's ``row.json``, or None (absent or unreadable)."""
+    try:
+        record = json.loads((folder / ROW_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("settings"), dict) else None
+
+
+def _write_row_record(folder: Path, root: Path, settings: dict[str, Any], checkpoint: str) -> None:
+    """Record a finished row's settings, its checkpoint relative to the comparison folder where it lies inside."""
+    if checkpoint:
+        try:
+            checkpoint = Path(checkpoint).resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            pass  # outside the comparison: kept as it is
+    atomic_write_text(folder / ROW_RECORD, json.dumps({"settings": settings, "checkpoint": checkpoint}, indent=1))
+
+
+def _recorded_checkpoint(record: dict[str, Any], root: Path, fallback: str) -> str:
+    """A reused row's checkpoint: recorded relative to the comparison folder, wherever that is now."""
+    recorded = record.get("checkpoint")
+    if not isinstance(recorded, str) or not recorded:
+        return fallback
+    return recorded if Path(recorded).is_absolute() else str(root / recorded)
+
+
+def _describe_changes(before: dict[str, Any], now: dict[str, Any]) -> str:
+    """``finetune lr 0.001, now 0.01; ...``: the settings that differ, evaluation options by their own names."""
+    changed = []
+    for key in _differing_keys(before, now):
+        old, new = _at(before, key), _at(now, key)
+        shown = key
+        if key.startswith("evaluation.options."):
+            shown = f"{now.get('evaluation', {}).get('name', 'evaluation')} {key.removeprefix('evaluation.options.')}"
+        elif key.startswith("evaluations.") and key.count(".") >= 3:  # comparison.json: evaluations.<name>.options.<key>
+            _, name, _, option = key.split(".", 3)
+            shown = f"{name} {option}"
+        elif key.startswith("encoder.recipe."):
+            shown = f"pretraining {key.removeprefix('encoder.recipe.')}"
+        changed.append(f"{shown} {_plain(old)}, now {_plain(new)}")
+    more = f"; and {len(changed) - _SHOWN_CHANGES} more" if len(changed) > _SHOWN_CHANGES else ""
+    return "; ".join(changed[:_SHOWN_CHANGES]) + more
+
+
+def _at(data: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
+def _plain(value: Any) -> str:
+    if value is None:
+        return "unset"
+    text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+def _keep_earlier_report(out: Path, settings: dict[str, Any], say: Callable[[str], None]) -> None:
+    """Move the report of a comparison made with other evaluation settings to ``report.stale-<n>/``; record these.
+
+    The rows themselves are checked one by one (``row.json``); this keeps the earlier
+    table and figures, which the new ones would replace, beside them.
+    """
+    settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
+    record = out / COMPARISON_RECORD
+    try:
+        before = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        before = None
+    present = [name for name in REPORT_FILES if (out / name).exists()]
+    if before != settings and any(name != COMPARISON_RECORD for name in present):
+        number = 1
+        while (aside := out / f"report.stale-{number}").exists():
+            number += 1
+        try:
+            aside.mkdir()
+            for name in present:
+                (out / name).rename(aside / name)
+        except OSError as exc:
+            raise GeoclError(
+                f"holds the report of a comparison with other settings, which cannot be moved aside to {aside.name}: "
+                f"{exc.strerror or exc}; move it yourself or compare into another out",
+                path=out,
+            ) from None
+        why = "it records no settings" if not isinstance(before, dict) else (
+            "made with other settings: " + _describe_changes(before, settings)
+        )
+        say(f"{out} held the report of an earlier comparison ({why}); moved it to {aside.name}")
+    atomic_write_text(record, json.dumps(settings, indent=1))
+
+
 def _pretrained(recipe: Any, pretrain_fn: Callable[..., Any]) -> tuple[Path, bool]:
     """(encoder checkpoint, whether a finished run was reused) for one recipe."""
     from geocl.training.pretrain import holds_checkpoints  # Lightning: only when a recipe runs
@@ -458,13 +761,13 @@ def _pretrained(recipe: Any, pretrain_fn: Callable[..., Any]) -> tuple[Path, boo
     now = recipe_to_dict(recipe)
     interrupted = holds_checkpoints(out)  # last.ckpt, or epoch checkpoints a crash left alone
     started = (out / "metrics.json").exists() or interrupted
-    if started and before != now:
+    if started and _without_out(before) != _without_out(now):
         # Said here because run_pretrain's own refusal would point at --resume, which
         # compare does not have.
         if before is None:
             why = "its config.yaml is missing or no longer a valid recipe"
         else:
-            why = f"config.yaml differs in {', '.join(_differing_keys(before, now))}"
+            why = f"config.yaml differs in {', '.join(_differing_keys(_without_out(before), _without_out(now)))}"
         raise GeoclError(
             f"holds a pretraining run of a different recipe ({why}); "
             "delete the folder or compare into another out",
@@ -492,10 +795,10 @@ def _recorded(recipe: Any) -> bool:
     now = recipe_to_dict(recipe)
     if saved.exists():
         before = read_saved_recipe(saved)
-        if before == now:
+        if before is not None and _without_out(before) == _without_out(now):
             return True
         why = "its config.yaml is no longer a valid recipe" if before is None else (
-            f"config.yaml differs in {', '.join(_differing_keys(before, now))}"
+            f"config.yaml differs in {', '.join(_differing_keys(_without_out(before), _without_out(now)))}"
         )
         raise GeoclError(f"holds a run of a different recipe ({why}); delete the folder or compare into another out",
                          path=out)
@@ -542,25 +845,35 @@ def _evaluate_row(
     seed: int,
     reuse: bool,
     say: Callable[[str], None],
+    *,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One run (or its earlier result) as a results row; exceptions become a failed row.
 
-    A run folder that is not reused but holds files is moved aside first (see the module
-    docstring), so the new run starts in an empty folder.
+    A finished run is reused when ``reuse`` (its encoder was not pretrained again) and
+    its ``row.json`` records ``settings`` (see the module docstring); a run folder that
+    is not reused but holds files is moved aside first, so the new run starts in an
+    empty folder. A finished run records ``settings`` in its ``row.json``.
     """
+    settings = settings if settings is not None else {}
     out = root / evaluation.run_folder(name, subset, seed)
     finished = evaluation.read_finished(out) if reuse else None
+    why = "it left no complete result" if reuse else "its encoder was pretrained again"
     if finished is not None:
-        seconds = math.nan if finished.seconds is None else finished.seconds
-        return _row(
-            evaluation, name, method, subset, seed, metrics=finished.metrics, seconds=seconds,
-            checkpoint=finished.checkpoint, extra=finished.extra,
+        record = _read_row_record(out)
+        if record is not None and record["settings"] == settings:
+            seconds = math.nan if finished.seconds is None else finished.seconds
+            return _row(
+                evaluation, name, method, subset, seed, metrics=finished.metrics, seconds=seconds,
+                checkpoint=_recorded_checkpoint(record, root, finished.checkpoint), extra=finished.extra,
+            )
+        why = "it records no settings to check" if record is None else (
+            f"made with other settings: {_describe_changes(record['settings'], settings)}"
         )
     start = time.perf_counter()
     try:
         stale = _set_aside(out)
         if stale is not None:
-            why = "it left no complete result" if reuse else "its encoder was pretrained again"
             say(f"  {out} held an earlier run ({why}); moved it to {stale.name}")
         measured = evaluation.run(checkpoint, recipe=recipe, subset=subset, seed=seed, out=out)
         metrics = {column: float(measured.metrics[column]) for column in evaluation.metric_columns}
@@ -570,6 +883,10 @@ def _evaluate_row(
     bad = [f"{evaluation.label(column)} is {value}" for column, value in metrics.items() if not math.isfinite(value)]
     if bad:
         return _row(evaluation, name, method, subset, seed, status=f"failed: {', '.join(bad)}", seconds=seconds)
+    try:
+        _write_row_record(out, root, settings, measured.checkpoint)
+    except OSError as exc:  # the row stands; a rerun redoes it, having no record to check
+        log.warning("could not record the settings of %s: %s", out, exc)
     return _row(
         evaluation, name, method, subset, seed, metrics=metrics, seconds=seconds,
         checkpoint=measured.checkpoint, extra=measured.extra,
@@ -687,8 +1004,13 @@ def _write_results(
     budgets: list[int | None] | None = None,
     test_sets: dict[str, TestSet] | None = None,
     min_test_pixels: int = 0,
+    flags: dict[tuple[str, int | None], str] | None = None,
 ) -> pd.DataFrame:
     """results.csv, results_summary.csv, results.md and the PNGs of the finished rows; the table is echoed.
+
+    ``flags``: (recipe, budget) -> why its rows are not its method's (see
+    :func:`_check_budgets`): marked in the group's table, in the ``flag`` column of
+    ``results_summary.csv``.
 
     One section per (evaluation, pretraining budget) group, random-init in every group:
     the mean ± std table, then each recipe's mean with its interval and its paired
@@ -712,8 +1034,13 @@ def _write_results(
             ]
             title = _group_title(evaluation, steps, len(evaluations) > 1 or len(budgets) > 1)
             paired = paired_summary(group, metric, baseline)
-            summaries.append(paired.assign(evaluation=evaluation.name, pretrain_steps=steps))
-            text = results_markdown(group, evaluation) + "\n" + paired_markdown(paired, evaluation.label(metric), baseline)
+            group_flags = {name: text for (name, budget), text in (flags or {}).items() if budget == steps}
+            summaries.append(paired.assign(
+                evaluation=evaluation.name, pretrain_steps=steps, flag=[group_flags.get(recipe, "") for recipe in paired["recipe"]],
+            ))
+            text = results_markdown(group, evaluation, flags=group_flags) + "\n" + paired_markdown(
+                paired, evaluation.label(metric), baseline
+            )
             test_set = (test_sets or {}).get(evaluation.name)
             thin = [] if test_set is None else _thin_classes(test_set, min_test_pixels)
             text += per_class_markdown(group, ";".join(thin), min_test_pixels)

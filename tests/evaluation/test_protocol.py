@@ -112,6 +112,38 @@ def test_subsets_folders_and_metric_columns() -> None:
     ]
 
 
+def test_settings_hold_every_option_that_changes_a_result() -> None:
+    from geocl.evaluation import FrozenLinearProbe
+    from geocl.recipes.options import FinetuneOptions
+
+    plain = SegmentationFinetune(FinetuneOptions()).settings()
+    assert plain["name"] == "finetune" and plain["options"]["arch"] == "unet" and plain["options"]["lr"] == 0.001
+    assert "progress" not in plain["options"]  # a progress bar changes no number
+    assert SegmentationFinetune(FinetuneOptions(progress=False)).settings() == plain
+    assert SegmentationFinetune(FinetuneOptions(lr=0.01)).settings() != plain
+    assert SegmentationFinetune(FinetuneOptions(arch="deeplabv3plus", max_epochs=3)).settings() != plain
+    assert FrozenLinearProbe(FinetuneOptions()).settings()["options"]["arch"] == "linear"
+    assert KnnProbe({"k": 7}).settings() == {"name": "knn-probe", "options": {"k": 7}}
+    json.dumps(plain)  # plain JSON, recorded beside every row
+
+
+def test_a_subset_of_every_label_is_one_subset_whatever_its_seed(tmp_path: Path) -> None:
+    import geopandas as gpd
+    import shapely
+
+    natural, segmentation = KnnProbe(), SegmentationFinetune()
+    recipe = SimpleNamespace(data=SimpleNamespace(tiles=tmp_path / "tiles"))
+    assert natural.subset_identity(Subset(1.0, 0), recipe) == natural.subset_identity(Subset(1.0, 5), recipe)
+    assert natural.subset_identity(Subset(0.5, 0), recipe) != natural.subset_identity(Subset(0.5, 1), recipe)
+    # a tile set of 12 train tiles: 0.95 keeps ceil(11.4) = 12 of them, every label too
+    (tmp_path / "tiles").mkdir()
+    rows = [{"split": "train" if i < 12 else "test", "geometry": shapely.box(i, 0, i + 1, 1)} for i in range(16)]
+    gpd.GeoDataFrame(rows, geometry="geometry", crs="EPSG:32633").to_file(tmp_path / "tiles" / "tiles.gpkg", layer="tiles")
+    every = segmentation.subset_identity(Subset(1.0, 0), recipe)
+    assert segmentation.subset_identity(Subset(0.95, 3), recipe) == every
+    assert segmentation.subset_identity(Subset(0.9, 3), recipe) != every  # ceil(10.8) = 11 of 12
+
+
 def test_options_become_keyword_arguments_without_the_ones_compare_sets() -> None:
     class Model(pydantic.BaseModel):
         max_epochs: int = 15

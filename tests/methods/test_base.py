@@ -1,4 +1,4 @@
-"""The shared optimizer schedule of the pretraining methods."""
+"""What every pretraining method shares: the optimizer schedule, its fit to the budget, warm-up stages."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import pytest
 import torch
 from lightly.utils.scheduler import cosine_warmup_schedule
 
-from geocl.methods.base import BudgetCosineScheduler
+import geocl.methods  # noqa: F401  (registers the methods)
+from geocl.errors import GeoclError
+from geocl.methods.base import BudgetCosineScheduler, WarmUp, check_warmup_fits, steps_per_epoch
+from geocl.methods.registry import METHODS, parameters_model
 
 BASE_LR = 0.5
 
@@ -58,3 +61,44 @@ def test_a_run_resumed_with_the_same_budget_is_unchanged() -> None:
     scheduler = _resume(saved, max_steps=8)
     assert scheduler.optimizer.param_groups[0]["lr"] == before == pytest.approx(_expected(3, 8))
     assert scheduler.get_last_lr() == [before]
+
+
+def test_an_epoch_is_the_full_batches_of_one_device_and_at_least_one_step() -> None:
+    assert steps_per_epoch(48, 8) == 6 and steps_per_epoch(50, 8) == 6
+    assert steps_per_epoch(48, 8, world_size=2) == 3
+    assert steps_per_epoch(5, 8) == 1  # fewer images than a batch: one short batch
+
+
+def test_a_learning_rate_warm_up_must_fit_in_the_budget() -> None:
+    check_warmup_fits(1, 6, 6)
+    check_warmup_fits(0, 6, 1)
+    with pytest.raises(GeoclError) as caught:
+        check_warmup_fits(2, 6, 10)
+    assert caught.value.key == "scheduler.warmup_epochs"
+    assert str(caught.value).startswith("scheduler.warmup_epochs: 2 epochs of learning-rate warm-up are 12 optimizer steps")
+    assert "budget of 10 steps" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "expected"),
+    [
+        ("grass", {"warmup_epochs": 2}, WarmUp(2, "method.warmup_epochs", "simclr")),
+        ("grass", {"warmup_epochs": 0}, None),
+        ("simclr", {"spps": {"enabled": True, "warmup_epochs": 3}}, WarmUp(3, "method.spps.warmup_epochs", "simclr without spps")),
+        ("moco", {"spps": {"enabled": True, "warmup_epochs": 2}}, WarmUp(2, "method.spps.warmup_epochs", "moco without spps")),
+        ("moco", {"spps": {"enabled": True, "warmup_epochs": 2, "checkpoint": "mine.ckpt"}}, None),  # mines at once
+        ("simclr", {"spps": {"enabled": False, "warmup_epochs": 3}}, None),
+    ],
+)
+def test_methods_declare_the_warm_up_before_their_own_stage(method: str, params: dict, expected: WarmUp | None) -> None:
+    cls = METHODS[method]
+    assert cls.warm_up(parameters_model(cls)(**params)) == expected
+
+
+def test_every_method_without_a_warm_up_parameter_trains_as_itself_from_the_first_step() -> None:
+    for name, cls in METHODS.items():
+        stage = cls.warm_up(parameters_model(cls)())
+        if name == "grass":  # its default: one epoch of SimCLR
+            assert stage == WarmUp(1, "method.warmup_epochs", "simclr")
+        else:
+            assert stage is None, name

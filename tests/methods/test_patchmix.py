@@ -110,3 +110,19 @@ def test_mix_count_is_a_function_of_seed_and_step_only(tmp_path: Path, monkeypat
         assert model.draw_num_mix() == first
         draws.append(first)
     assert set(draws) <= {2, 3, 4} and len(set(draws)) > 1
+
+
+def test_a_learning_rate_warm_up_longer_than_the_budget_names_the_key_before_training(tmp_path: Path) -> None:
+    # `compare --pretrain-steps 2` of recipes/patchmix.yaml (scheduler.warmup_epochs 1): lightly's schedule
+    # would stop with "Warmup steps 6 must be <= max_steps", naming nothing
+    model = _patchmix(tmp_path)
+    model.scheduler_config = model.scheduler_config.model_copy(update={"warmup_epochs": 1})
+    data = SimpleNamespace(dataset=range(48), batch_size=8)
+    model._trainer = SimpleNamespace(estimated_stepping_batches=2, max_epochs=-1, datamodule=data, world_size=1)
+    with pytest.raises(GeoclError) as caught:
+        model.configure_optimizers()
+    assert caught.value.key == "scheduler.warmup_epochs"
+    assert "1 epoch of learning-rate warm-up is 6 optimizer steps (6 an epoch)" in str(caught.value)
+    assert "budget of 2 steps" in str(caught.value)
+    model._trainer = SimpleNamespace(estimated_stepping_batches=6, max_epochs=-1, datamodule=data, world_size=1)
+    assert model.configure_optimizers()["lr_scheduler"]["scheduler"].warmup_epochs == 6  # a warm-up that fits

@@ -53,7 +53,8 @@ def test_identical_and_single_pairs() -> None:
     same = paired_difference([0.02, 0.02, 0.02])
     assert (same.low, same.high) == (0.02, 0.02) and same.excludes_zero and same.verdict == "too few pairs"
     one = paired_difference([0.5])
-    assert math.isnan(one.low) and not one.distinguishable and one.verdict == "not distinguishable"
+    # one pair has no interval at all: nothing was tested, so no verdict either way
+    assert math.isnan(one.low) and not one.distinguishable and one.verdict == "too few pairs"
     assert paired_difference([]).verdict == "no pairs"
 
 
@@ -98,3 +99,20 @@ def test_plot_paired_writes_a_png(tmp_path) -> None:
 
     png = plot_paired(paired_summary(_results(), "miou", "simclr"), tmp_path / "paired.png", "mIoU", "simclr")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_runs_on_every_label_are_one_subset_whatever_their_subset_seed() -> None:
+    # fraction 1.0 with 6 subset seeds and one training seed: six copies of one run, not six pairs
+    rows = [
+        {"recipe": recipe, "label_fraction": 1.0, "subset_seed": subset_seed, "seed": 0, "miou": value, "status": "ok"}
+        for subset_seed in range(6) for recipe, value in (("simclr", 0.500), ("grass", 0.505))
+    ]
+    summary = paired_summary(pd.DataFrame(rows), "miou", baseline="simclr").set_index("recipe")
+    grass = summary.loc["grass"]
+    assert grass["pairs"] == 1 and grass["n"] == 1 and grass["verdict"] == "too few pairs"
+    assert grass["delta"] == pytest.approx(0.005)
+    # distinct training seeds on all labels stay distinct pairs; a fraction below 1 keeps its subset seeds
+    seeds = [{**row, "seed": row["subset_seed"], "subset_seed": 0} for row in rows]
+    assert paired_summary(pd.DataFrame(seeds), "miou", "simclr").set_index("recipe").loc["grass", "pairs"] == 6
+    partial = [{**row, "label_fraction": 0.5} for row in rows]
+    assert paired_summary(pd.DataFrame(partial), "miou", "simclr").set_index("recipe").loc["grass", "pairs"] == 6

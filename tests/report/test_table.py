@@ -90,6 +90,15 @@ def test_markdown_uniform_n_is_one_number_and_pipes_are_escaped() -> None:
     assert results_markdown(frame).splitlines()[2] == "| x\\|y | 0.300 ± 0.141 | 2 |"
 
 
+def test_a_flagged_recipe_is_marked_and_its_reason_follows_the_table() -> None:
+    text = results_markdown(_results(), flags={"b": "b: 3 pretraining steps end inside its 8-step warm-up", "zz": "not here"})
+    lines = text.splitlines()
+    assert any(line.startswith("| b ⚠ |") for line in lines) and any(line.startswith("| a |") for line in lines)
+    assert "- ⚠ b: 3 pretraining steps end inside its 8-step warm-up" in lines
+    assert "not here" not in text  # only recipes of this table
+    assert "⚠" not in results_markdown(_results(), flags={"b": ""})
+
+
 def test_plot_is_a_png_even_when_everything_failed(tmp_path: Path) -> None:
     png = plot_results(_results(), tmp_path / "plot" / "results.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -227,7 +227,7 @@ def test_second_run_reuses_pretraining_and_finetunes(tmp_path: Path, recipes: li
     assert [call["out"].name for call in resumed.finetuned] == ["alpha-f0.2-s1"]
     assert third["miou"].tolist() == pytest.approx(first["miou"].tolist())
     stale = out / "finetune" / "alpha-f0.2-s1.stale-1"
-    assert sorted(p.name for p in stale.rglob("*")) == ["best.ckpt", "checkpoints"]
+    assert sorted(p.name for p in stale.rglob("*")) == ["best.ckpt", "checkpoints", "row.json"]
     assert any("held an earlier run (it left no complete result); moved it to alpha-f0.2-s1.stale-1" in line for line in printed)
 
 
@@ -251,7 +251,7 @@ def test_fresh_pretraining_redoes_its_finetunes_and_interrupted_pretraining_resu
     # the old run is moved aside byte for byte, and the move is said
     stale = out / "finetune" / "alpha-f0.5-s0.stale-1"
     assert {path.name: path.read_bytes() for path in stale.rglob("*") if path.is_file()} == before
-    assert set(before) == {"metrics.json", "best.ckpt"}
+    assert set(before) == {"metrics.json", "best.ckpt", "row.json"}
     assert json.loads((old / "metrics.json").read_text())["miou"] == pytest.approx(0.3 + 0.5)
     assert f"  {old} held an earlier run (its encoder was pretrained again); moved it to alpha-f0.5-s0.stale-1" in printed
     # once more: the next stale folder takes the next number, nothing is overwritten

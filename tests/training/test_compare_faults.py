@@ -1,0 +1,338 @@
+"""`geocl compare` must not give silent wrong results (issue 21), through the command line.
+
+Each case runs ``geocl compare`` as a user does (``geocl.cli.main``), with the
+pretraining and the finetuning replaced by fakes that leave the files the real ones
+leave: a refusal exits 2 with one line naming the file, flag or key and no traceback,
+and leaves every earlier output byte for byte; a rerun gives the right result.
+
+- other finetuning options into the same ``--out``: the rows are redone (the
+  pretraining is reused), the old rows and report are kept aside, never mixed in;
+- label subsets that are the same labels (fraction 1.0, several subset seeds): one
+  subset, no verdict from copies of one run;
+- a budget that ends inside a method's own warm-up (GraSS at 3 steps): flagged;
+- a learning-rate warm-up longer than the budget (PatchMix at 2 steps): refused before any work;
+- a read-only ``--out``: refused before any pretraining;
+- a comparison folder moved elsewhere: resumed there, nothing redone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+
+import geocl.finetune.train as finetune_module
+import geocl.methods  # noqa: F401  (registers the methods the real recipes name)
+import geocl.training.pretrain as pretrain_module
+from geocl import cli
+from geocl.errors import GeoclError
+from geocl.recipes import save_recipe
+from tests.training.test_compare import _recipe
+
+#: mIoU of a fake finetune: the encoder's score (by pretraining name; None: random init) + 0.01 x seed.
+SCORES = {"alpha": 0.305, "gamma": 0.300, "simclr": 0.30, "grass": 0.31, None: 0.1}
+
+
+class Runs:
+    """Fake run_pretrain and run_finetune that leave the files the real ones leave, and count calls."""
+
+    def __init__(self) -> None:
+        self.pretrained: list[str] = []
+        self.finetuned: list[dict[str, Any]] = []
+
+    def pretrain(self, recipe: Any, *, resume: bool = False, progress: bool = True) -> SimpleNamespace:
+        self.pretrained.append(str(recipe.name))
+        out = Path(recipe.out)
+        save_recipe(recipe, out / "config.yaml")
+        checkpoint = out / "checkpoints" / "last.ckpt"
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_text(str(recipe.name))
+        (out / "metrics.json").write_text(json.dumps({"global_step": recipe.trainer.max_steps, "final_loss": 1.0}))
+        return SimpleNamespace(checkpoint=checkpoint, out=out)
+
+    def finetune(self, *, encoder_checkpoint: Path | None, label_fraction: float, seed: int, out: Path,
+                 **options: Any) -> SimpleNamespace:
+        self.finetuned.append({"out": out, "seed": seed, "label_fraction": label_fraction, **options})
+        if (out / "metrics.json").exists():  # like run_finetune: a folder holding a run is refused
+            raise GeoclError("holds a finetuning run", path=out, key="out")
+        source = encoder_checkpoint.read_text() if encoder_checkpoint is not None else None
+        miou = SCORES[source] + 0.01 * seed
+        checkpoint = out / "checkpoints" / "best.ckpt"
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_text(f"{source} {options.get('arch')} {options.get('lr')}")
+        record = {"miou": miou, "arch": options.get("arch"), "lr": options.get("lr"),
+                  "max_epochs": options.get("max_epochs"), "checkpoint": str(checkpoint), "seconds": 1.0}
+        (out / "metrics.json").write_text(json.dumps(record))
+        return SimpleNamespace(miou=miou, checkpoint=checkpoint)
+
+
+@pytest.fixture
+def runs(monkeypatch: pytest.MonkeyPatch) -> Runs:
+    fakes = Runs()
+    monkeypatch.setattr(pretrain_module, "run_pretrain", fakes.pretrain)
+    monkeypatch.setattr(finetune_module, "run_finetune", fakes.finetune)
+    return fakes
+
+
+@pytest.fixture
+def stand_ins(tmp_path: Path) -> list[Path]:
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    return [_recipe(folder, "a", "alpha"), _recipe(folder, "g", "gamma")]
+
+
+def _geocl(capsys: pytest.CaptureFixture[str], *argv: Any) -> tuple[int, str, str]:
+    """``geocl <argv>``: exit status, stdout, stderr."""
+    code = cli.main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {path.relative_to(root).as_posix(): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def _one_error_line(code: int, err: str) -> str:
+    assert code == 2 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("geocl compare: error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _real_recipe(folder: Path, tiles: Path, stem: str, method: dict[str, Any], **sections: Any) -> Path:
+    """A recipe of a real method on the tiny tile set (batch 8; never built: the pretraining is faked)."""
+    recipe = {
+        "name": stem, "out": "ignored", "seed": 0,
+        "data": {"tiles": str(tiles), "batch_size": 8, "num_workers": 0, "view_size": 32},
+        "encoder": {"name": "test_resnet"}, "method": method,
+        "optimizer": {"name": "adamw", "lr": 0.001}, "scheduler": {"name": "cosine", "warmup_epochs": 0},
+        "trainer": {"max_epochs": 2, "accelerator": "cpu", "devices": 1},
+        **sections,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{stem}.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def _train_epoch(tiles: Path) -> int:
+    """Optimizer steps of one pretraining epoch on the tiny tile set at batch 8."""
+    from geocl.data.tile_dataset import TileDataset
+
+    return len(TileDataset(tiles, "train", with_mask=False, progress=False)) // 8
+
+
+# ------------------------------------------------------------------ case 2
+
+
+def test_other_finetuning_options_redo_the_rows_and_keep_the_old_ones_aside(
+    tmp_path: Path, stand_ins: list[Path], runs: Runs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cmp"
+    grid = [stand_ins[0], "--label-fractions", "0.5", "--seeds", "2", "--out", out]
+    assert _geocl(capsys, "compare", *grid)[0] == 0
+    before = _files(out)
+    first = pd.read_csv(out / "results.csv")
+
+    runs.pretrained.clear()
+    runs.finetuned.clear()
+    code, printed, err = _geocl(capsys, "compare", *grid, "--finetune-arch", "deeplabv3plus", "--epochs", "3")
+    assert code == 0 and "Traceback" not in err
+    assert runs.pretrained == []  # the pretraining did not change: reused
+    assert len(runs.finetuned) == 4 and {(call["arch"], call["max_epochs"]) for call in runs.finetuned} == {("deeplabv3plus", 3)}
+    # every row was made with the new settings, and says so; no old row in the new table
+    for folder in ("alpha-f0.5-s0", "alpha-f0.5-s1", "random-init-f0.5-s0", "random-init-f0.5-s1"):
+        assert json.loads((out / "finetune" / folder / "metrics.json").read_text())["arch"] == "deeplabv3plus"
+    assert len(pd.read_csv(out / "results.csv")) == len(first) == 4
+    assert (
+        f"  {out / 'finetune' / 'alpha-f0.5-s0'} held an earlier run (made with other settings: "
+        "finetune arch unet, now deeplabv3plus; finetune max_epochs 15, now 3); moved it to alpha-f0.5-s0.stale-1"
+    ) in printed.splitlines()
+    assert f"{out} held the report of an earlier comparison (made with other settings: " in printed
+    # nothing already written is lost: the old rows and report lie aside byte for byte
+    for name, content in before.items():
+        parts = name.split("/")
+        if parts[0] == "finetune":
+            moved = "/".join([parts[0], f"{parts[1]}.stale-1", *parts[2:]])
+        elif parts[0] == "pretrain":
+            moved = name
+        else:
+            moved = f"report.stale-1/{name}"
+        assert (out / moved).read_bytes() == content, name
+
+    # the same new options again: everything reused; another learning rate: redone again
+    runs.finetuned.clear()
+    assert _geocl(capsys, "compare", *grid, "--finetune-arch", "deeplabv3plus", "--epochs", "3")[0] == 0
+    assert runs.finetuned == [] and not (out / "report.stale-2").exists()
+    code, printed, _ = _geocl(capsys, "compare", *grid, "--finetune-arch", "deeplabv3plus", "--epochs", "3",
+                              "--finetune-lr", "0.01")
+    assert code == 0 and len(runs.finetuned) == 4 and {call["lr"] for call in runs.finetuned} == {0.01}
+    assert "made with other settings: finetune lr 0.001, now 0.01)" in printed
+
+
+# ------------------------------------------------------------------ case 3
+
+
+def test_identical_label_subsets_are_one_subset_and_give_no_verdict(
+    tmp_path: Path, stand_ins: list[Path], runs: Runs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cmp"
+    code, printed, err = _geocl(
+        capsys, "compare", *stand_ins, "--label-fractions", "1.0", "--subset-seeds", "6", "--seeds", "1", "--out", out,
+    )
+    assert code == 0 and "Traceback" not in err
+    assert "label fraction 1 keeps every label: its 6 label subsets are one and run once (subset seed 0)" in printed
+    # one run per recipe: six copies of one run are one pair, not six
+    results = pd.read_csv(out / "results.csv")
+    assert results.groupby("recipe").size().to_dict() == {"alpha": 1, "gamma": 1, "random-init": 1}
+    assert len(runs.finetuned) == 3
+    summary = pd.read_csv(out / "results_summary.csv").set_index("recipe")
+    assert summary.loc["gamma", "pairs"] == 1 and summary.loc["gamma", "verdict"] == "too few pairs"
+    md = (out / "results.md").read_text()
+    assert "| better |" not in md and "| worse |" not in md
+    assert "| gamma | 1 | 0.300 [–, –] | 1 | -0.005 [–, –] | 0 / 1 of 1 | too few pairs |" in md
+
+
+# ------------------------------------------------------------------ case 4
+
+
+def test_a_budget_inside_a_methods_warm_up_is_flagged_in_the_report(
+    tmp_path: Path, tiny_tiles: Path, runs: Runs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "recipes"
+    simclr = _real_recipe(folder, tiny_tiles, "simclr", {"name": "simclr"})
+    grass = _real_recipe(folder, tiny_tiles, "grass", {"name": "grass", "warmup_epochs": 2})
+    out = tmp_path / "cmp"
+    code, printed, err = _geocl(
+        capsys, "compare", simclr, grass, "--pretrain-steps", "3", "--label-fractions", "0.5", "--seeds", "1",
+        "--out", out,
+    )
+    assert code == 0 and "Traceback" not in err
+    epoch = _train_epoch(tiny_tiles)
+    flag = (
+        f"grass: 3 pretraining steps end inside its {2 * epoch}-step warm-up (method.warmup_epochs 2 x {epoch} steps "
+        "an epoch): it trained as simclr only, never as grass"
+    )
+    assert f"⚠ {flag}" in printed.splitlines()  # said before any work
+    md = (out / "results.md").read_text()
+    assert "| grass ⚠ |" in md and f"- ⚠ {flag}" in md and "| simclr ⚠" not in md
+    summary = pd.read_csv(out / "results_summary.csv", keep_default_na=False).set_index("recipe")
+    assert summary.loc["grass", "flag"] == flag and summary.loc["simclr", "flag"] == ""
+    # a budget that reaches its own stage is not flagged
+    steps = str(2 * epoch + 1)
+    assert _geocl(capsys, "compare", simclr, grass, "--pretrain-steps", steps, "--label-fractions", "0.5",
+                  "--seeds", "1", "--out", tmp_path / "cmp2")[0] == 0
+    assert "⚠" not in (tmp_path / "cmp2" / "results.md").read_text()
+
+
+# ------------------------------------------------------------------ case 11
+
+
+def test_a_learning_rate_warm_up_longer_than_the_budget_is_refused_before_any_work(
+    tmp_path: Path, tiny_tiles: Path, runs: Runs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "recipes"
+    simclr = _real_recipe(folder, tiny_tiles, "simclr", {"name": "simclr"})
+    patchmix = _real_recipe(
+        folder, tiny_tiles, "patchmix",
+        {"name": "patchmix", "proj_hidden_dim": 32, "proj_output_dim": 16, "pred_hidden_dim": 32},
+        encoder={"name": "test_vit", "args": {"patch_size": 8, "img_size": 32}},
+        scheduler={"name": "cosine", "warmup_epochs": 1},
+    )
+    out = tmp_path / "cmp"
+    assert _geocl(capsys, "compare", simclr, "--pretrain-steps", "2", "--label-fractions", "0.5", "--seeds", "1",
+                  "--out", out)[0] == 0
+    before = _files(out)
+    runs.pretrained.clear()
+    code, _, err = _geocl(capsys, "compare", simclr, patchmix, "--pretrain-steps", "2", "--label-fractions", "0.5",
+                          "--seeds", "1", "--out", out)
+    epoch = _train_epoch(tiny_tiles)
+    assert _one_error_line(code, err) == (
+        f"geocl compare: error: {patchmix}: scheduler.warmup_epochs: 1 epoch of learning-rate warm-up is {epoch} "
+        f"optimizer steps ({epoch} an epoch), more than the pretraining budget (pretrain_steps) of 2 steps; "
+        f"lower scheduler.warmup_epochs (0: none) or give the run at least {epoch} steps"
+    )
+    assert runs.pretrained == [] and _files(out) == before
+
+
+# ------------------------------------------------------------------ --out
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_any_pretraining(
+    tmp_path: Path, stand_ins: list[Path], runs: Runs, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "earlier.txt").write_text("kept")
+    locked.chmod(0o555)
+    if os.access(locked, os.W_OK):  # root writes anywhere: make the check see what a user would
+        import geocl.io
+
+        real = os.access
+        monkeypatch.setattr(geocl.io.os, "access", lambda path, mode: Path(path) != locked and real(path, mode))
+    try:
+        code, _, err = _geocl(capsys, "compare", stand_ins[0], "--label-fractions", "0.5", "--seeds", "1",
+                              "--out", locked)
+    finally:
+        locked.chmod(0o755)
+    assert _one_error_line(code, err) == f"geocl compare: error: {locked}: output folder is not writable (given by --out)"
+    assert runs.pretrained == [] and _files(locked) == {"earlier.txt": b"kept"}
+    # a file where the folder should be
+    code, _, err = _geocl(capsys, "compare", stand_ins[0], "--out", locked / "earlier.txt")
+    assert "is a file, not a folder (given by --out)" in _one_error_line(code, err) and runs.pretrained == []
+
+
+# ------------------------------------------------------------------ case 14
+
+
+def test_a_moved_comparison_resumes_in_its_new_place(
+    tmp_path: Path, stand_ins: list[Path], runs: Runs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = tmp_path / "first" / "cmp"
+    grid = [*stand_ins, "--label-fractions", "0.5", "--seeds", "2", "--subset-seeds", "2"]
+    assert _geocl(capsys, "compare", *grid, "--out", old)[0] == 0
+    first = pd.read_csv(old / "results.csv")
+    new = tmp_path / "elsewhere" / "cmp"
+    new.parent.mkdir()
+    shutil.move(old, new)
+    runs.pretrained.clear()
+    runs.finetuned.clear()
+    code, printed, err = _geocl(capsys, "compare", *grid, "--out", new)
+    assert code == 0 and "Traceback" not in err and "stale" not in printed
+    assert runs.pretrained == [] and runs.finetuned == []  # nothing recomputed
+    moved = pd.read_csv(new / "results.csv")
+    same = ["checkpoint", "seconds"]  # a reused row reports the run's own time
+    pd.testing.assert_frame_equal(moved.drop(columns=same), first.drop(columns=same))
+    # the rows point at their models in the new place
+    assert moved["checkpoint"].tolist() == [
+        path.replace(str(old), str(new)) for path in first["checkpoint"].tolist()
+    ]
+    assert all(Path(path).is_file() for path in moved["checkpoint"])
+    # a copy resumes as well, and leaves the original alone
+    copy = tmp_path / "copy"
+    shutil.copytree(new, copy)
+    original = _files(new)
+    assert _geocl(capsys, "compare", *grid, "--out", copy)[0] == 0
+    assert runs.pretrained == [] and runs.finetuned == [] and _files(new) == original
+
+
+def test_a_changed_recipe_still_names_what_changed_but_never_out(
+    tmp_path: Path, stand_ins: list[Path], runs: Runs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cmp"
+    assert _geocl(capsys, "compare", stand_ins[0], "--label-fractions", "0.5", "--seeds", "1", "--out", out)[0] == 0
+    moved = tmp_path / "moved"
+    shutil.move(out, moved)
+    code, _, err = _geocl(capsys, "compare", stand_ins[0], "--label-fractions", "0.5", "--seeds", "1",
+                          "--override", "seed=7", "--out", moved)
+    assert code == 2 and "Traceback" not in err
+    reasons = (moved / "results.md").read_text()
+    assert "config.yaml differs in seed)" in reasons and "differs in out" not in reasons
