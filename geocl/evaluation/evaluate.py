@@ -122,6 +122,11 @@ def run_evaluation(
         raise GeoclError(f"unknown format {format!r}; choose from {', '.join(NATURAL_FORMATS)}", key="format")
     if checkpoint is not None:
         model, meta = load_checkpoint_encoder(checkpoint, momentum_encoder)
+        if not isinstance(meta.get("band_stats"), dict) or not isinstance(meta.get("method"), str):
+            # without them the images would be normalised otherwise than the encoder learnt
+            raise GeoclError(
+                "is a pretraining checkpoint without its band statistics or method (damaged)", path=checkpoint
+            )
         band_stats: dict[str, Any] | None = meta["band_stats"]
         recipe_data = dict(meta.get("recipe", {}).get("data", {}))
         method = str(meta["method"])

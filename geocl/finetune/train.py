@@ -14,8 +14,11 @@ One run a folder: ``out`` must not hold an earlier finetuning run (its ``metrics
 or a checkpoint), since a second run would put its model beside the old one
 (``best-v1.ckpt``) and its figures over the old ones, and ``best.ckpt`` would no longer
 be the model ``metrics.json`` describes. :func:`run_finetune` refuses such a folder
-before any work; ``geocl compare`` moves the folder of a run it must redo aside first.
-``metrics.json`` is strict JSON: a figure that is not a finite number is ``null``.
+before any work, naming each option that differs from the run found there; for that,
+``metrics.json`` records under ``options`` every option that determines the result,
+the encoder checkpoint by its resolved path and the SHA-256 of its bytes (a path may hold
+another pretraining since). ``geocl compare`` moves the folder of a run it must redo
+aside first. ``metrics.json`` is strict JSON: a figure that is not a finite number is ``null``.
 """
 
 from __future__ import annotations
@@ -38,12 +41,16 @@ from torch.utils.data import DataLoader, RandomSampler, Subset
 from geocl.data.tile_dataset import IGNORE_INDEX, TileDataset
 from geocl.errors import GeoclError
 from geocl.finetune.metrics import segmentation_metric, summarize_iou
-from geocl.finetune.model import build_segmenter, load_pretrained_encoder, read_pretrain_checkpoint
+from geocl.finetune.model import (  # SEGMENTER_KEY: imported from here by predict and compare
+    SEGMENTER_KEY,
+    build_segmenter,
+    checkpoint_fingerprint,
+    load_pretrained_encoder,
+    read_pretrain_checkpoint,
+)
 from geocl.io import atomic_write_text, check_output_folder
 from geocl.training.callbacks import progress_callbacks
-
-#: Checkpoint key of a finetuned model's metadata (what ``geocl predict`` needs).
-SEGMENTER_KEY = "geocl_segmenter"
+from geocl.training.checkpoint_io import AtomicCheckpointIO
 
 
 class SegmentationModule(lightning.LightningModule):
@@ -146,6 +153,8 @@ def finetune_trainer(
 
     Returns:
         The trainer; ``trainer.checkpoint_callback`` holds ``best`` when ``monitor`` is set.
+        Its checkpoints are written atomically and read back with ``weights_only=True``
+        (:class:`~geocl.training.checkpoint_io.AtomicCheckpointIO`).
     """
     callbacks = progress_callbacks(progress)
     if monitor is not None:
@@ -159,6 +168,7 @@ def finetune_trainer(
         check_val_every_n_epoch=max(1, min(val_every, max_epochs)), logger=CSVLogger(out, name="logs"),
         callbacks=callbacks, enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
         log_every_n_steps=log_every_n_steps, enable_checkpointing=monitor is not None,
+        plugins=[AtomicCheckpointIO(resumable=False)],
     )
 
 
@@ -185,8 +195,15 @@ class FinetuneResult:
 
 #: What marks a folder as holding a finetuning run (besides ``checkpoints/*.ckpt``).
 RESULT_FILE = "metrics.json"
-#: Options recorded in ``metrics.json`` that tell runs apart (named when a folder is refused).
-_RECORDED_OPTIONS = ("label_fraction", "seed", "encoder", "encoder_checkpoint", "arch")
+#: Where ``metrics.json`` records every option that determines a run's result (see :func:`check_finetune_folder`).
+OPTIONS_KEY = "options"
+#: The SHA-256 of the encoder checkpoint's bytes, recorded with the options: the same path may
+#: hold another pretraining since.
+FINGERPRINT_KEY = "encoder_checkpoint_sha256"
+#: Options named in words in the refusal (their keys read badly there).
+_SHOWN_NAMES = {"encoder_checkpoint": "encoder checkpoint", FINGERPRINT_KEY: "encoder checkpoint content"}
+#: A key the run found there did not record.
+_UNRECORDED = object()
 
 
 def check_finetune_folder(out: str | Path, options: dict[str, Any] | None = None) -> Path:
@@ -194,14 +211,18 @@ def check_finetune_folder(out: str | Path, options: dict[str, Any] | None = None
 
     Args:
         out: the run folder (the ``out`` option).
-        options: the new run's options (any of ``label_fraction``, ``seed``, ``encoder``,
-            ``encoder_checkpoint``, ``arch``), to say which of them differ from the run
-            found there.
+        options: the new run's options (e.g. ``label_fraction``, ``seed``, ``encoder``
+            or ``encoder_checkpoint``, ``arch``, ``lr``), to say which of them differ from
+            the run found there. An ``encoder_checkpoint`` is compared by its resolved path
+            and by the SHA-256 of its content; ``encoder`` without ``encoder_checkpoint``
+            means a random init, which differs from a run that started from a checkpoint.
 
     Raises:
         GeoclError: ``out`` (key ``out``) is a file or not writable, or holds a
             finetuning run: ``metrics.json`` or any ``checkpoints/*.ckpt``, finished
-            or not. Its files are left untouched.
+            or not. Its files are left untouched. The message names each option that
+            differs (``lr 0.001 (now 0.01)``), or each one the old run did not record;
+            it says "the same options" only when every option given was recorded and is equal.
     """
     out = check_output_folder(out, key="out")
     held = [RESULT_FILE] if (out / RESULT_FILE).exists() else []
@@ -217,20 +238,81 @@ def check_finetune_folder(out: str | Path, options: dict[str, Any] | None = None
     )
 
 
+def _resolved(path: str | Path | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
+def recorded_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The options of a run as ``metrics.json`` records them under :data:`OPTIONS_KEY`.
+
+    Paths resolved, ``subset_seed`` None replaced by the seed, a random init recorded as
+    ``encoder_checkpoint: None``, and an encoder checkpoint's content as its SHA-256
+    (:data:`FINGERPRINT_KEY`). :func:`check_finetune_folder` compares the new run's
+    options in this form with those recorded.
+    """
+    compared = dict(options)
+    if compared.get("subset_seed") is None and "seed" in compared:
+        compared["subset_seed"] = compared["seed"]  # None: the subset is drawn with the seed
+    if "encoder_checkpoint" not in compared and "encoder" in compared:
+        compared["encoder_checkpoint"] = None  # a random init
+    if compared.get("encoder_checkpoint") is not None:
+        compared[FINGERPRINT_KEY] = checkpoint_fingerprint(compared["encoder_checkpoint"])
+        compared.pop("encoder", None)  # a checkpoint brings its own
+    for key in ("encoder_checkpoint", "tiles"):
+        if compared.get(key) is not None:
+            compared[key] = _resolved(compared[key])
+    return compared
+
+
+def _recorded(before: dict[str, Any], key: str) -> Any:
+    """An option of the run found in the folder: from its options record, else the top level."""
+    options = before.get(OPTIONS_KEY)
+    if isinstance(options, dict) and key in options:
+        return options[key]
+    if key not in before:
+        return _UNRECORDED
+    value = before[key]
+    # runs that recorded only the top level wrote the encoder checkpoint as it was given
+    return _resolved(value) if key in ("encoder_checkpoint", "tiles") and isinstance(value, str) else value
+
+
+def _shown(key: str, value: Any) -> str:
+    if key == "encoder_checkpoint" and value is None:
+        return "none (random init)"
+    if key == FINGERPRINT_KEY and isinstance(value, str):
+        return f"sha256 {value[:12]}"
+    return str(value)
+
+
+def _same(old: Any, new: Any) -> bool:
+    """Equal as recorded in JSON (``1`` and ``1.0`` alike, but ``True`` not ``1``)."""
+    if isinstance(old, bool) or isinstance(new, bool):
+        return old is new
+    return bool(old == new)
+
+
 def _differing_options(metrics: Path, options: dict[str, Any]) -> str:
     """``" made with other options: seed 0 (now 1)"``, ``" made with the same options"`` or ``""``."""
     try:
         before = json.loads(metrics.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return ""
-    if not isinstance(before, dict):
+    if not isinstance(before, dict) or not options:
         return ""
-    shown = {key: (None if value is None else str(value) if key == "encoder_checkpoint" else value)
-             for key, value in options.items() if key in _RECORDED_OPTIONS}
-    changed = [f"{key} {before.get(key)} (now {value})" for key, value in shown.items() if before.get(key) != value]
+    now = recorded_options(options)
+    changed, unrecorded = [], []
+    for key, value in now.items():
+        old = _recorded(before, key)
+        name = _SHOWN_NAMES.get(key, key)
+        if old is _UNRECORDED:
+            unrecorded.append(name)
+        elif not _same(old, value):
+            changed.append(f"{name} {_shown(key, old)} (now {_shown(key, value)})")
     if changed:
         return f" made with other options: {', '.join(changed)}"
-    return " made with the same options" if shown else ""
+    if unrecorded:
+        return f" made with the same recorded options; it does not record {', '.join(unrecorded)}"
+    return " made with the same options"
 
 
 def _strict_json(value: Any) -> Any:
@@ -322,10 +404,16 @@ def run_finetune(
             without val or test tiles; a bad ``label_fraction``; a loss that is not finite.
     """
     start = time.perf_counter()
-    out = check_finetune_folder(out, {
-        "label_fraction": label_fraction, "seed": seed, "subset_seed": subset_seed, "arch": arch,
+    # everything that determines the result: a folder holding a run made otherwise is named with each difference
+    options: dict[str, Any] = {
+        "tiles": tiles, "label_fraction": label_fraction, "seed": seed,
+        "subset_seed": seed if subset_seed is None else subset_seed, "arch": arch,
         **({"encoder_checkpoint": encoder_checkpoint} if encoder_checkpoint is not None else {"encoder": encoder}),
-    })
+        "max_epochs": max_epochs, "steps_per_epoch": steps_per_epoch, "val_every": val_every, "patience": patience,
+        "batch_size": batch_size, "lr": lr, "crop": crop, "freeze_encoder": freeze_encoder,
+    }
+    out = check_finetune_folder(out, options)
+    recorded = recorded_options(options)  # paths resolved, the checkpoint's content fingerprinted
     lightning.seed_everything(seed, workers=True, verbose=False)
     train_all = TileDataset(tiles, "train", with_mask=True, progress=progress)
     val = TileDataset(tiles, "val", with_mask=True, progress=False)
@@ -352,7 +440,7 @@ def run_finetune(
     )
     if pretrained is not None:
         load_pretrained_encoder(module.model, encoder_checkpoint, train_all.band_count, loaded=pretrained)
-        meta["pretrain_method"] = pretrained["meta"]["method"]
+        meta["pretrain_method"] = pretrained["meta"].get("method")
 
     sampler = RandomSampler(
         Subset(train_all, subset.tolist()), replacement=True, num_samples=steps_per_epoch * batch_size,
@@ -372,7 +460,7 @@ def run_finetune(
     checkpoint = Path(best.best_model_path) if best.best_model_path else out / "checkpoints" / "last.ckpt"
     if not best.best_model_path:
         trainer.save_checkpoint(checkpoint)
-    trainer.test(module, loaders["test"], ckpt_path=str(checkpoint), verbose=False)
+    trainer.test(module, loaders["test"], ckpt_path=str(checkpoint), verbose=False, weights_only=True)
     summary = summarize_iou(module.test_metric.compute())
     result = FinetuneResult(
         miou=float(summary["miou"]),
@@ -388,6 +476,7 @@ def run_finetune(
         "train_tiles": result.train_tiles,
         "encoder": encoder, "encoder_checkpoint": meta["encoder_checkpoint"], "arch": arch,
         "checkpoint": str(checkpoint), "seconds": round(time.perf_counter() - start, 1),
+        OPTIONS_KEY: recorded,
     }
     # strict JSON (allow_nan=False): a class absent from the test tiles is null, not NaN
     write_result(out, metrics)

@@ -51,6 +51,46 @@ class LossCurvePlot(lightning.Callback):
         self._draw(trainer, module)
 
 
+class EpochLoss(lightning.Callback):
+    """The mean training loss of the last completed epoch, kept in every checkpoint.
+
+    It is read at each epoch's end before :class:`~lightning.pytorch.callbacks.ModelCheckpoint`
+    writes (Lightning calls the callbacks that monitor nothing first), so the checkpoint of
+    an epoch holds that epoch's loss, and a resumed run gets it back with the rest of the
+    callback states. A run resumed from the checkpoint of its last epoch (one killed
+    between writing ``epochNNN.ckpt`` and ``last.ckpt``) trains nothing and logs no
+    loss: this is where its final loss comes from.
+
+    Args:
+        metric: the logged epoch value (``train/loss`` logged ``on_epoch`` becomes ``train/loss_epoch``).
+
+    Attributes:
+        loss: the last epoch's mean loss, None before the first epoch ends.
+        epoch: that epoch (0-based).
+        global_step: optimizer steps done at its end.
+    """
+
+    def __init__(self, metric: str = "train/loss_epoch") -> None:
+        self.metric = metric
+        self.loss: float | None = None
+        self.epoch: int | None = None
+        self.global_step: int | None = None
+
+    def on_train_epoch_end(self, trainer: lightning.Trainer, module: lightning.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.metric)
+        if value is not None:
+            self.loss, self.epoch, self.global_step = float(value), trainer.current_epoch, trainer.global_step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loss": self.loss, "epoch": self.epoch, "global_step": self.global_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        loss, epoch, step = (state_dict.get(key) for key in ("loss", "epoch", "global_step"))
+        self.loss = float(loss) if isinstance(loss, (int, float)) else None
+        self.epoch = epoch if isinstance(epoch, int) else None
+        self.global_step = step if isinstance(step, int) else None
+
+
 class TrainingProgressBar(TQDMProgressBar):
     """geocl's bar for a training run: one bar per epoch with the loss and the scores.
 

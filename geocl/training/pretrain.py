@@ -15,13 +15,19 @@ Output folder (``recipe.out``)::
     maps/              the method's georeferenced outputs (same grid as their tiles; tile sets only)
     metrics.json       final loss, steps, time
 
-``resume=True`` continues from ``checkpoints/last.ckpt`` with Lightning's stored
-optimizer, scheduler and loop state; the sampler order and the augmentations are
-functions of (seed, epoch) and (seed, step), so the resumed run draws what the
-uninterrupted one would have. Checkpoints are written atomically
-(:mod:`geocl.training.checkpoint_io`); where ``last.ckpt`` is missing or unreadable
-anyway (damaged, or written before that), the newest intact ``epochNNN.ckpt`` is
-resumed instead and a warning says so.
+``resume=True`` continues from the newest intact checkpoint of the run, normally
+``checkpoints/last.ckpt``, with Lightning's stored optimizer, scheduler and loop state;
+the sampler order and the augmentations are functions of (seed, epoch) and (seed, step),
+so the resumed run draws what the uninterrupted one would have. Checkpoints are written
+atomically (:mod:`geocl.training.checkpoint_io`); where ``last.ckpt`` is missing, older
+than another checkpoint (a SIGKILL between writing ``epochNNN.ckpt`` and ``last.ckpt``)
+or unreadable (damaged, or written before that), the newest intact checkpoint is resumed
+instead and a warning says so. Every run, resumed or not, ends with a ``last.ckpt`` that
+is its newest checkpoint, and with its final loss: that of the epochs it trained, or,
+when the resumed checkpoint was the run's last epoch and nothing was left to train, the
+loss stored in that checkpoint (:class:`~geocl.training.callbacks.EpochLoss`), else the
+one ``metrics.json`` or the CSV logs recorded. Checkpoints are read with
+``weights_only=True`` (nothing in them is unpickled), Lightning's resume included.
 
 What the user can fix stops the run with one :class:`GeoclError` line and leaves
 every complete output as it was: a full disk or a folder that turned read-only
@@ -33,6 +39,7 @@ turns it into ``SystemExit(1)``), so the CLI can say to rerun with ``--resume``.
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import logging
@@ -56,13 +63,14 @@ from geocl.errors import GeoclError
 from geocl.io import atomic_write_text, check_output_folder
 from geocl.methods import build_method
 from geocl.recipes import Recipe, read_saved_recipe, recipe_to_dict, save_recipe
-from geocl.training.callbacks import LossCurvePlot, progress_callbacks
+from geocl.training.callbacks import EpochLoss, LossCurvePlot, progress_callbacks
 from geocl.training.checkpoint_io import (
     LAST_NAME,
     AtomicCheckpointIO,
-    epoch_checkpoints,
-    read_progress,
+    checkpoint_progress,
     remove_stale_temporaries,
+    restore_last,
+    run_checkpoints,
     storage_error,
 )
 from geocl.training.data import PretrainData
@@ -81,9 +89,10 @@ class PretrainResult:
 
     Attributes:
         out: the run folder.
-        checkpoint: the final checkpoint (``last.ckpt``).
+        checkpoint: the final checkpoint (``last.ckpt``, which exists when the run returns).
         global_step: optimizer steps done in total.
-        final_loss: mean training loss of the last epoch.
+        final_loss: mean training loss of the last epoch (NaN only when no record of it is
+            left: a run of an older geocl whose logs are gone).
         seconds: wall time of this invocation.
         is_global_zero: whether this process is the main one (DDP runs one process per device).
         resumed_from: the checkpoint a resumed run continued from (None for a new run).
@@ -140,23 +149,33 @@ def recipe_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
 
 
 def _resume_checkpoint(out: Path) -> _Resume:
-    """The newest intact checkpoint of the run in ``out``: ``last.ckpt``, else an ``epochNNN.ckpt``."""
+    """The newest intact checkpoint of the run in ``out``, whatever its name (``last.ckpt`` on a tie)."""
     folder = out / "checkpoints"
     last = folder / LAST_NAME
-    candidates = [path for path in [last, *epoch_checkpoints(folder)] if path.is_file()]
+    candidates = run_checkpoints(folder)
     if not candidates:
         raise GeoclError(f"nothing to resume: no checkpoints/{LAST_NAME} here", path=out)
-    readable = {path: progress for path in candidates if (progress := read_progress(path)) is not None}
+    readable: dict[Path, dict[str, Any]] = {}
+    unreadable: dict[Path, str] = {}
+    for path in candidates:
+        try:
+            readable[path] = checkpoint_progress(path)
+        except GeoclError as error:
+            unreadable[path] = str(error).removeprefix(f"{path}: ")
     if not readable:
+        why = "; ".join(f"{path.name} {reason}" for path, reason in unreadable.items())
         raise GeoclError(
-            f"cannot resume: {' and '.join(path.name for path in candidates)} cannot be read (truncated or "
-            "damaged) and no other checkpoint of the run is left; start a new run (another out, or remove this folder)",
+            f"cannot resume: {why}; and no other checkpoint of the run is left; start a new run "
+            "(another out, or remove this folder)",
             path=folder,
         )
-    chosen = max(readable, key=lambda path: readable[path]["global_step"])  # last.ckpt first on a tie
+    chosen = max(readable, key=lambda path: readable[path]["global_step"])  # the first of the order on a tie
     progress = readable[chosen]
+    for path, reason in unreadable.items():
+        if path != last:
+            log.warning("%s %s; not resumed from", path, reason)
     if chosen != last:
-        why = "is missing" if not last.is_file() else "is truncated or damaged" if last not in readable else "is older"
+        why = "is missing" if not last.is_file() else unreadable.get(last, "is older")
         log.warning(
             "%s %s; resuming from %s (epoch %d, step %d), the newest intact checkpoint",
             last, why, chosen, progress["epoch"], progress["global_step"],
@@ -165,10 +184,9 @@ def _resume_checkpoint(out: Path) -> _Resume:
 
 
 def holds_checkpoints(out: str | os.PathLike[str]) -> bool:
-    """Whether ``out`` holds checkpoints of a run (``last.ckpt`` or an ``epochNNN.ckpt``): a
-    new run there is refused, ``resume=True`` continues it."""
-    folder = Path(out) / "checkpoints"
-    return (folder / LAST_NAME).exists() or bool(epoch_checkpoints(folder))
+    """Whether ``out`` holds checkpoints of a run (``last.ckpt``, an ``epochNNN.ckpt`` or any
+    other ``*.ckpt``): a new run there is refused, ``resume=True`` continues it."""
+    return bool(run_checkpoints(Path(out) / "checkpoints"))
 
 
 def _check_run_folder(recipe: Recipe, out: Path, resume: bool) -> _Resume | None:
@@ -337,7 +355,7 @@ def run_pretrain(recipe: Recipe, *, resume: bool = False, progress: bool = True)
     writer = AtomicCheckpointIO(resumed_from=found.checkpoint if found else None)
     try:
         trainer, model = _fit(recipe, out, found, writer, progress)
-        return _finish(recipe, out, found, trainer, model, start)
+        return _finish(recipe, out, found, trainer, model, writer, start)
     except OSError as exc:
         error = _storage_failure(exc, out, writer)
         if error is None:
@@ -359,7 +377,7 @@ def _fit(
     data = PretrainData(
         images, out, batch_size=recipe.data.batch_size, num_workers=recipe.data.num_workers, seed=recipe.seed
     )
-    callbacks: list[lightning.Callback] = [LossCurvePlot(out / "plots" / "loss.png")]
+    callbacks: list[lightning.Callback] = [LossCurvePlot(out / "plots" / "loss.png"), EpochLoss()]
     trainer = build_trainer(
         recipe, out, callbacks, reload_data_every_epoch=model.reloads_data_every_epoch, checkpoint_io=writer,
         progress=progress,
@@ -367,7 +385,8 @@ def _fit(
     main_thread = threading.current_thread() is threading.main_thread()
     sigint = signal.getsignal(signal.SIGINT) if main_thread else None
     try:
-        trainer.fit(model, datamodule=data, ckpt_path=found.checkpoint if found else None)
+        # weights_only: what AtomicCheckpointIO.load_checkpoint does whatever is asked
+        trainer.fit(model, datamodule=data, ckpt_path=found.checkpoint if found else None, weights_only=True)
     except SystemExit as stop:
         # Lightning answers Ctrl-C by ignoring SIGINT and exiting 1; give the caller the
         # interrupt back (the CLI's "rerun with --resume", exit 130) and Ctrl-C with it
@@ -388,41 +407,99 @@ def _read_metrics(path: Path) -> dict[str, Any] | None:
     return metrics if isinstance(metrics, dict) else None
 
 
+def _finite(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _logged_epoch_loss(out: Path, epoch: int) -> float | None:
+    """``train/loss_epoch`` of ``epoch`` in the run's CSV logs (the latest start that logged it)."""
+    found = None
+    versions = sorted(
+        (out / "logs").glob("version_*/metrics.csv"),
+        key=lambda path: int(path.parent.name.removeprefix("version_")) if path.parent.name[8:].isdigit() else -1,
+    )
+    for path in versions:
+        try:
+            with open(path, newline="") as file:
+                rows = list(csv.DictReader(file))
+        except (OSError, csv.Error, UnicodeDecodeError):
+            continue
+        for row in rows:
+            try:
+                if float(row.get("epoch") or "nan") == epoch and row.get("train/loss_epoch"):
+                    loss = _finite(float(row["train/loss_epoch"]))
+                    found = loss if loss is not None else found
+            except ValueError:
+                continue
+    return found
+
+
+def _final_loss(out: Path, found: _Resume | None, trainer: lightning.Trainer, previous: dict[str, Any] | None) -> float:
+    """The mean training loss of the run's last epoch, NaN when nothing recorded it.
+
+    From the epochs this invocation trained, or, when a resumed run had nothing left to
+    train, from the checkpoint it resumed from, the run's ``metrics.json`` or its logs.
+    """
+    record = next((callback for callback in trainer.callbacks if isinstance(callback, EpochLoss)), None)
+    if record is not None and record.loss is not None and record.global_step == trainer.global_step:
+        return record.loss
+    if previous is not None and previous.get("global_step") == trainer.global_step:
+        loss = _finite(previous.get("final_loss"))
+        if loss is not None:
+            return loss
+    if found is not None and trainer.global_step == found.global_step:
+        loss = _logged_epoch_loss(out, found.epoch)
+        if loss is not None:
+            return loss
+    if trainer.global_step > 0:
+        log.warning(
+            "the final loss of the run in %s is unknown: its checkpoint, metrics.json and logs keep no loss of "
+            "epoch %d", out, trainer.current_epoch,
+        )
+    return float("nan")
+
+
 def _finish(
     recipe: Recipe, out: Path, found: _Resume | None, trainer: lightning.Trainer, model: lightning.LightningModule,
-    start: float,
+    writer: AtomicCheckpointIO, start: float,
 ) -> PretrainResult:
-    loss = trainer.callback_metrics.get("train/loss_epoch")
+    metrics_path = out / "metrics.json"
+    previous = _read_metrics(metrics_path)
     result = PretrainResult(
         out=out,
-        checkpoint=out / "checkpoints" / "last.ckpt",
+        checkpoint=out / "checkpoints" / LAST_NAME,
         global_step=trainer.global_step,
-        final_loss=float(loss) if loss is not None else float("nan"),
+        final_loss=_final_loss(out, found, trainer, previous),
         seconds=time.perf_counter() - start,
         is_global_zero=trainer.is_global_zero,
         resumed_from=found.checkpoint if found else None,
     )
-    if found is not None and loss is None and trainer.global_step == found.global_step:
-        # resuming a finished run trains nothing: its metrics.json stays the record
-        previous = _read_metrics(out / "metrics.json")
-        if previous is not None and previous.get("global_step") == trainer.global_step:
-            loss_before = previous.get("final_loss")
-            result.final_loss = float(loss_before) if isinstance(loss_before, (int, float)) else result.final_loss
-            return result
-    if trainer.is_global_zero:
-        metrics: dict[str, Any] = {
-            "method": recipe.method.name,
-            "global_step": result.global_step,
-            # images whose views trained the encoder (steps x batch x devices): the budget
-            # to compare methods at, whatever their epoch lengths
-            "samples_seen": result.global_step * recipe.data.batch_size * trainer.world_size,
-            "epochs": trainer.current_epoch,
-            "final_loss": result.final_loss if math.isfinite(result.final_loss) else None,  # strict JSON
-            "seconds": round(result.seconds, 1),
-            "checkpoint": str(result.checkpoint),
-            "device": str(model.device),
-        }
-        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1, allow_nan=False))
+    if not trainer.is_global_zero:
+        return result
+    # a run resumed from its last epoch's checkpoint (killed before last.ckpt was written)
+    # trained nothing and wrote nothing: last.ckpt becomes that checkpoint again
+    if writer.last_complete is not None:
+        writer.last_complete = restore_last(out / "checkpoints", writer.last_complete)
+    if not result.checkpoint.is_file():  # a run that ends saves last.ckpt: a bug if not
+        raise RuntimeError(f"the run in {out} ended without {result.checkpoint}")
+    final_loss = result.final_loss if math.isfinite(result.final_loss) else None  # strict JSON
+    if (
+        found is not None and previous is not None and trainer.global_step == found.global_step
+        and previous.get("global_step") == trainer.global_step and previous.get("final_loss") == final_loss
+        and previous.get("checkpoint") == str(result.checkpoint)
+    ):
+        return result  # resuming a finished run trains nothing: its metrics.json stays the record
+    metrics: dict[str, Any] = {
+        "method": recipe.method.name,
+        "global_step": result.global_step,
+        # images whose views trained the encoder (steps x batch x devices): the budget
+        # to compare methods at, whatever their epoch lengths
+        "samples_seen": result.global_step * recipe.data.batch_size * trainer.world_size,
+        "epochs": trainer.current_epoch,
+        "final_loss": final_loss,
+        "seconds": round(result.seconds, 1),
+        "checkpoint": str(result.checkpoint),
+        "device": str(model.device),
+    }
+    atomic_write_text(metrics_path, json.dumps(metrics, indent=1, allow_nan=False))
     return result
-
-

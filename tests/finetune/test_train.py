@@ -33,7 +33,7 @@ def pretrained(tmp_path_factory: pytest.TempPathFactory, tiny_tiles: Path) -> Pa
 
 
 def test_pretrained_encoder_weights_are_really_loaded(pretrained: Path) -> None:
-    stored = torch.load(pretrained, weights_only=False)["state_dict"]["encoder.body.layer1.0.conv1.weight"]
+    stored = torch.load(pretrained, weights_only=True)["state_dict"]["encoder.body.layer1.0.conv1.weight"]
     model = build_segmenter("unet", "test_resnet", 4, 7)
     before = model.encoder.model.layer1[0].conv1.weight.detach().clone()
     assert not torch.equal(before, stored)
@@ -63,7 +63,7 @@ def test_tiny_finetune_from_pretrained_checkpoint_then_predict(tmp_path: Path, t
     metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
     assert 0.0 <= result.miou <= 1.0 and metrics["miou"] == pytest.approx(result.miou)
     assert metrics["encoder"] == "test_resnet" and result.train_tiles == metrics["train_tiles"] > 0
-    checkpoint = torch.load(result.checkpoint, weights_only=False)
+    checkpoint = torch.load(result.checkpoint, weights_only=True)
     assert checkpoint[SEGMENTER_KEY]["pretrain_method"] == "simclr"
 
     scene = tiny_tiles.parent / "scene" / "image.tif"

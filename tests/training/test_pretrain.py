@@ -36,7 +36,7 @@ def test_grass_runs_both_stages_and_writes_checkpoints_maps_plots_and_logs(tmp_p
     result = run_pretrain(recipe)
     run = result.out
     assert result.global_step == 6  # 2 epochs x 3 batches
-    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     meta = checkpoint[CHECKPOINT_KEY]
     assert meta["method"] == "grass" and meta["in_chans"] == 4 and meta["encoder"] == "test_resnet"
     assert len(meta["band_stats"]["mean"]) == 4 and "torch" in meta["versions"]
@@ -90,7 +90,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
     with pytest.raises(GeoclError, match="loss became nan at epoch 1"):
         run_pretrain(recipe)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    checkpoint = torch.load(last, weights_only=False)
+    checkpoint = torch.load(last, weights_only=True)
     assert checkpoint["epoch"] == 0 and checkpoint["global_step"] == 3
     assert all(torch.isfinite(value).all() for value in checkpoint["state_dict"].values() if value.is_floating_point())
 
@@ -119,7 +119,7 @@ def test_pretrain_killed_mid_epoch_resumes_to_the_same_steps_and_loss(tmp_path: 
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     assert last.exists(), "the run never reached its first checkpoint"
-    assert torch.load(last, weights_only=False)["epoch"] == 0, "the kill did not land in epoch 1"
+    assert torch.load(last, weights_only=True)["epoch"] == 0, "the kill did not land in epoch 1"
     assert not (tmp_path / "killed" / "run" / "metrics.json").exists()
 
     subprocess.run([*command, str(killed), "--resume"], check=True, capture_output=True, timeout=300)

@@ -53,7 +53,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
-    return torch.load(checkpoint, weights_only=False, map_location="cpu")["state_dict"]
+    return torch.load(checkpoint, weights_only=True, map_location="cpu")["state_dict"]
 
 
 def _assert_same_run(run: Path, reference: Path) -> None:
@@ -175,7 +175,7 @@ def test_checkpoint_folder_turned_read_only_names_the_newest_complete_checkpoint
     )
     assert set(seen["before"]) == {"epoch001.ckpt", "last.ckpt"}
     assert _files(checkpoints) == seen["before"]
-    assert torch.load(checkpoints / "last.ckpt", weights_only=False)["global_step"] == 3  # epoch 0's, intact
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 3  # epoch 0's, intact
 
     monkeypatch.undo()
     code, err = _pretrain(capsys, recipe, "--resume")
@@ -212,7 +212,10 @@ def test_ctrl_c_exits_130_and_a_truncated_last_ckpt_is_resumed_from_the_intact_e
 
     code, err = _pretrain(capsys, recipe, "--resume")
     assert code == 0, err
-    assert f"{last} is truncated or damaged; resuming from {checkpoints / 'epoch001.ckpt'} (epoch 1, step 6)" in caplog.text
+    assert (
+        f"{last} cannot be read: truncated or damaged (PytorchStreamReader failed reading zip archive: failed "
+        f"finding central directory); resuming from {checkpoints / 'epoch001.ckpt'} (epoch 1, step 6)"
+    ) in caplog.text
     _assert_same_run(tmp_path / "run", reference)
     assert (checkpoints / "epoch001.ckpt").read_bytes() == intact  # resumed from: kept
     assert not list(checkpoints.glob(".*"))
@@ -228,8 +231,9 @@ def test_resume_with_no_readable_checkpoint_says_so_in_one_line(
     code, err = _pretrain(capsys, recipe, "--resume")
     assert code == 2
     assert _error_line(err) == (
-        f"geocl pretrain: error: {checkpoints}: cannot resume: last.ckpt cannot be read (truncated or damaged) "
-        "and no other checkpoint of the run is left; start a new run (another out, or remove this folder)"
+        f"geocl pretrain: error: {checkpoints}: cannot resume: last.ckpt cannot be read: truncated or damaged "
+        "(PytorchStreamReader failed reading zip archive: not a ZIP archive); and no other "
+        "checkpoint of the run is left; start a new run (another out, or remove this folder)"
     )
 
 
