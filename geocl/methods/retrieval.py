@@ -133,7 +133,11 @@ class Retrieval(PretrainMethod):
         from geocl.finetune.model import read_pretrain_checkpoint
         from geocl.models.encoders import timm_name
 
-        loaded = read_pretrain_checkpoint(path)
+        try:  # read with torch.load(weights_only=True): nothing in it is unpickled
+            loaded = read_pretrain_checkpoint(path)
+        except GeoclError as error:  # the same message, naming the recipe key that gave the file
+            message = str(error).removeprefix(f"{error.path}: ") if error.path else str(error)
+            raise GeoclError(message, path=error.path or path, key="method.init_checkpoint") from None
         meta = loaded["meta"]
         if int(meta["in_chans"]) != self.in_chans:
             raise GeoclError(

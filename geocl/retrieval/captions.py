@@ -62,6 +62,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage
 
 from geocl.errors import GeoclError
+from geocl.retrieval.text import fold, split_words
 
 Atom = tuple[str, ...]
 Attributes = frozenset[Atom]
@@ -316,8 +317,9 @@ def class_names_for(tiles: str | os.PathLike[str], metadata: dict[str, Any], con
 
 
 def normalised_text(text: str) -> str:
-    """Lower case, words separated by one space (what makes two user captions equivalent)."""
-    return " ".join("".join(char if char.isalnum() else " " for char in text.lower()).split())
+    """The words of a text as the tokenizer reads them (:func:`~geocl.retrieval.text.split_words`,
+    :func:`~geocl.retrieval.text.fold`), one space apart: what makes two user captions equivalent."""
+    return " ".join(fold(word) for word in split_words(text))
 
 
 def read_caption_csv(path: str | os.PathLike[str], tile_paths: Sequence[str], root: str | os.PathLike[str]) -> list[list[Caption]]:

@@ -7,7 +7,8 @@ of its batch (spec step 6). Tiles are resized to the view size they were trained
 Index folder::
 
     index.json        what the index is: checkpoint, tile set, split, count, embedding size,
-                      CRS, the overview's extent (written last: an index without it is incomplete)
+                      CRS, the overview's extent, the size and SHA-256 of each file below
+                      but the thumbnails (written last: an index without it is incomplete)
     embeddings.npy    float32 [N, D], L2-normalised rows; row i = tile id i
     tiles.gpkg        layer "tiles": id, path (the tile GeoTIFF), split, caption (the
                       template caption where the tile set has masks, else ""), footprint
@@ -19,13 +20,23 @@ Exact search (a matrix product over the normalised embeddings) suits up to about
 tiles (spec "Scale"); more would need an approximate index.
 
 Every file is written atomically; a folder that already holds an index is refused
-unless ``overwrite``.
+unless ``overwrite``, which removes its ``index.json`` before the first new file is
+written (once the checkpoint and tile set are known to fit), so a rebuild that stops
+half-way leaves an incomplete index rather than a mix of two.
+
+Reading (:func:`read_index_meta`, :func:`check_index_files`) refuses what would give
+wrong results: a missing, truncated, changed or swapped file is named, with the
+command that rebuilds the index (:func:`rebuild_hint`). Nothing in an index is
+unpickled: ``text.pt`` holds tensors and plain data, read with
+``torch.load(weights_only=True)`` (:mod:`geocl.retrieval.search`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +58,8 @@ TEXT_TOWER = "text.pt"
 THUMBNAILS = "thumbnails"
 OVERVIEW = "overview.png"
 FORMAT_VERSION = 1
+#: The files whose size and SHA-256 ``index.json`` records (``files``), checked on opening.
+CHECKED_FILES = (EMBEDDINGS, TABLE, TEXT_TOWER, OVERVIEW)
 #: Longest side of the overview mosaic, px.
 OVERVIEW_SIDE = 1024
 
@@ -184,6 +197,9 @@ def build_index(
     names = class_names_for(tiles, dataset.metadata, config) if dataset.with_mask and not config.csv else []
 
     embeddings = embed_tiles(towers, dataset, batch_size).numpy().astype(np.float32)
+    # from here on the folder changes: first unmark the old index, so a rebuild that stops
+    # half-way is an incomplete index, never old files beside new ones
+    (out / INDEX_META).unlink(missing_ok=True)
     (out / THUMBNAILS).mkdir(exist_ok=True)
     captions = []
     for item in range(len(dataset)):
@@ -214,6 +230,7 @@ def build_index(
         "encoder": towers.meta.get("encoder"),
         "thumbnail_px": thumbnail_px,
         "overview": {"file": OVERVIEW, "extent": extent},
+        "files": {name: file_record(out / name) for name in CHECKED_FILES},
     }
     atomic_write_text(out / INDEX_META, json.dumps(meta, indent=1))
     return IndexSummary(out, len(dataset), int(embeddings.shape[1]), time.perf_counter() - start)
@@ -237,19 +254,110 @@ def _write_table(dataset: Any, captions: list[str], final: Path) -> None:
         frame.to_file(temp, layer=TABLE_LAYER, driver="GPKG")
 
 
+def file_record(path: Path) -> dict[str, Any]:
+    """``{"bytes": size, "sha256": hex digest}`` of a file (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def rebuild_hint(folder: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> str:
+    """``rebuild the index: geocl index CHECKPOINT TILES --out FOLDER --overwrite``, with the
+    checkpoint, tile set and split ``index.json`` names where it can be read."""
+    meta = meta if isinstance(meta, dict) else {}
+    checkpoint, tiles, split = meta.get("checkpoint"), meta.get("tiles"), meta.get("split")
+    words = [
+        "geocl", "index",
+        shlex.quote(checkpoint) if isinstance(checkpoint, str) and checkpoint else "CHECKPOINT",
+        shlex.quote(tiles) if isinstance(tiles, str) and tiles else "TILES",
+        "--out", shlex.quote(str(folder)),
+    ]
+    if split in ("train", "val", "test"):
+        words += ["--split", split]
+    return "rebuild the index: " + " ".join([*words, "--overwrite"])
+
+
+def damaged(path: Path, problem: str, folder: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> GeoclError:
+    """The error for a file of an index that cannot be used as it is: names it, says what is
+    wrong in one line and how to rebuild the index."""
+    problem = " ".join(str(problem).split())  # one line, whatever a library's message held
+    if len(problem) > 300:
+        problem = problem[:297] + "..."
+    return GeoclError(f"{problem}; {rebuild_hint(folder, meta)}", path=path)
+
+
 def read_index_meta(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``index.json`` of a finished index.
+    """The ``index.json`` of a finished index, its entries checked.
 
     Raises:
-        GeoclError: the folder holds no finished index.
+        GeoclError: the folder holds no finished index, or an ``index.json`` this geocl
+            cannot read (naming it, with the command that rebuilds the index).
     """
     path = Path(folder) / INDEX_META
+    if not Path(folder).is_dir():
+        raise GeoclError("no such folder; give an index folder written by `geocl index`", path=folder)
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise GeoclError("no retrieval index here (index.json missing); build one with `geocl index`", path=folder) from None
+        raise GeoclError(
+            "no retrieval index here (index.json missing: never built, or a build that did not finish); "
+            f"build one with `geocl index CHECKPOINT TILES --out {shlex.quote(str(folder))}`",
+            path=folder,
+        ) from None
     except (OSError, ValueError) as error:
-        raise GeoclError(f"cannot read the index: {error}", path=path) from None
+        raise damaged(path, f"cannot read the index description ({error})", folder) from None
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
-        raise GeoclError("not an index this geocl reads; build it again with `geocl index`", path=path)
+        raise damaged(path, "not an index this geocl reads", folder, meta if isinstance(meta, dict) else None)
+    count, dim, overview = meta.get("count"), meta.get("dim"), meta.get("overview")
+    extent = overview.get("extent") if isinstance(overview, dict) else None
+    well_formed = (
+        isinstance(count, int) and count > 0 and isinstance(dim, int) and dim > 0
+        and isinstance(extent, list) and len(extent) == 4
+        and all(isinstance(value, (int, float)) and np.isfinite(value) for value in extent)
+        and isinstance(meta.get("files", {}), dict)
+    )
+    if not well_formed:
+        raise damaged(path, "has a missing or malformed count, dim or overview extent", folder, meta)
     return meta
+
+
+def check_index_files(folder: str | os.PathLike[str], meta: dict[str, Any]) -> None:
+    """Every file of the index is there and, where ``index.json`` records them, has the size
+    and SHA-256 it was written with (a truncated, changed or swapped file is named).
+
+    Raises:
+        GeoclError: naming the first file at fault, with the command that rebuilds the index.
+    """
+    folder = Path(folder)
+    records = meta.get("files") or {}
+    for name in CHECKED_FILES:
+        path = folder / name
+        if not path.is_file():
+            raise damaged(path, "is missing from the index", folder, meta)
+        record = records.get(name)
+        if record is None:  # an index written before the records: the readers check what they can
+            continue
+        if not isinstance(record, dict):
+            raise damaged(folder / INDEX_META, f"has a malformed record of {name}", folder, meta)
+        try:
+            size = path.stat().st_size
+            found = file_record(path) if size == record.get("bytes") else {"bytes": size}
+        except OSError as error:
+            raise damaged(path, f"cannot be read ({error.strerror or error})", folder, meta) from None
+        if found.get("bytes") != record.get("bytes"):
+            how = "truncated" if size < int(record.get("bytes") or 0) else "changed since `geocl index` wrote it"
+            raise damaged(path, f"is {how} ({size} bytes, the index wrote {record.get('bytes')})", folder, meta)
+        if found["sha256"] != record.get("sha256"):
+            raise damaged(
+                path, "differs from the file the index wrote (changed, or copied from another index)", folder, meta
+            )
+    thumbnails = folder / THUMBNAILS
+    if not thumbnails.is_dir():
+        raise damaged(thumbnails, "is missing from the index", folder, meta)
+    with os.scandir(thumbnails) as entries:  # one listing, not a stat a tile
+        present = {entry.name for entry in entries}
+    for tile in range(int(meta["count"])):
+        if f"{tile}.png" not in present:
+            raise damaged(thumbnails / f"{tile}.png", "is missing from the index", folder, meta)

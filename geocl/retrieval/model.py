@@ -12,7 +12,9 @@ The projection head is the reference recipe's ([R], spec step 4)::
 :func:`load_towers` rebuilds both towers from a checkpoint of the ``retrieval`` method
 without Lightning (``geocl index`` and ``geocl search`` start fast): the checkpoint's
 ``geocl_retrieval`` entry holds the tower sizes and the tokenizer, its ``state_dict``
-the weights under ``encoder.body.``, ``image_head.``, ``text.``.
+the weights under ``encoder.body.``, ``image_head.``, ``text.``. Checkpoints are read by
+:func:`geocl.finetune.model.read_checkpoint`: ``torch.load(weights_only=True)``, nothing
+unpickled (a checkpoint may come from anywhere).
 """
 
 from __future__ import annotations
@@ -153,26 +155,31 @@ def load_towers(path: str | os.PathLike[str]) -> Towers:
     from geocl.evaluation.features import evaluation_encoder
     from geocl.finetune.model import pretrained_encoder_args, read_checkpoint
 
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_checkpoint(path)  # torch.load(weights_only=True): nothing unpickled
     settings = checkpoint.get(RETRIEVAL_KEY)
     meta = checkpoint.get("geocl")
-    if settings is None or meta is None or "state_dict" not in checkpoint:
+    if not isinstance(settings, dict) or not isinstance(meta, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise GeoclError(
             "not a checkpoint of the retrieval method (train one with `geocl pretrain recipes/retrieval.yaml`)",
             path=path,
         )
     state = checkpoint["state_dict"]
-    encoder = evaluation_encoder(str(meta["encoder"]), int(meta["in_chans"]), pretrained_encoder_args(meta))
-    towers = settings["towers"]
-    image = ImageTower(encoder, ProjectionHead(encoder.num_features, int(towers["embed_dim"]), float(towers["dropout"])))
-    text = text_tower_from(settings)
+    try:
+        encoder = evaluation_encoder(str(meta["encoder"]), int(meta["in_chans"]), pretrained_encoder_args(meta))
+        towers = settings["towers"]
+        image = ImageTower(encoder, ProjectionHead(encoder.num_features, int(towers["embed_dim"]), float(towers["dropout"])))
+        text = text_tower_from(settings)
+        tokenizer = WordTokenizer.from_state(settings["tokenizer"])
+        view_size = int(settings["view_size"])
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise GeoclError(
+            f"not a checkpoint of the retrieval method (its description is incomplete: {type(error).__name__} {error})",
+            path=path,
+        ) from None
     try:
         encoder.body.load_state_dict(_part(state, "encoder.body."), strict=True)
         image.head.load_state_dict(_part(state, "image_head."), strict=True)
         text.load_state_dict(_part(state, "text."), strict=True)
     except RuntimeError as error:
         raise GeoclError(f"weights do not fit the towers it describes: {str(error).splitlines()[0]}", path=path) from None
-    return Towers(
-        image.eval(), text.eval(), WordTokenizer.from_state(settings["tokenizer"]), int(settings["view_size"]),
-        int(meta["in_chans"]), settings, meta,
-    )
+    return Towers(image.eval(), text.eval(), tokenizer, view_size, int(meta["in_chans"]), settings, meta)

@@ -4,14 +4,24 @@ Routes::
 
     GET  /                     the page (static/search.html): a text box, the top-k
                                thumbnails with scores and captions, and the scene overview
-                               with the hits' footprints drawn on it
+                               with the hits' footprints drawn on it; ``/?q=water&k=5``
+                               opens it with that search run (a search can be linked and
+                               bookmarked: the page puts each search it runs in its URL)
     GET  /api/info             tile count, default and largest k, overview extent, CRS
     POST /api/search           {"query": str, "k": int} -> {"query", "k", "hits": [...]}
                                (the hits of :meth:`SearchIndex.search`, the same as
-                               ``geocl search``); a query the model cannot read (empty,
-                               too long, unknown words) or a bad k -> 400 {"error": message}
+                               ``geocl search``, each with its id, rank, score, caption,
+                               footprint, its path inside the tile set and thumbnail URL:
+                               no path of this machine); a query the model cannot read
+                               (empty, too long, unknown words) or a bad k -> 400 {"error": message}
     GET  /thumbnails/<id>.png  a tile's thumbnail
     GET  /overview.png         the overview mosaic
+
+A request body larger than :data:`MAX_BODY_BYTES` is answered 413 before it is read
+(a declared ``Content-Length``) or as soon as it grows past it (a chunked body): a
+query is at most :data:`~geocl.retrieval.text.MAX_QUERY_CHARS` characters, so no
+honest request comes near it. The index is opened and checked whole before the server
+listens (:class:`SearchIndex`): a damaged index stops ``geocl serve`` at start.
 
 Queries travel as JSON in a POST body, so a very long one reaches the check that
 answers it with a message rather than a URL-length failure. The search route is a plain
@@ -28,6 +38,7 @@ cleanly; :func:`serve` runs it in the foreground until Ctrl-C.
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 import threading
@@ -46,6 +57,8 @@ from geocl.retrieval.text import QueryError
 PAGE = Path(__file__).resolve().parent / "static" / "search.html"
 #: Largest k the page may ask for.
 MAX_K = 100
+#: Largest request body accepted, bytes (64 KiB).
+MAX_BODY_BYTES = 64 * 1024
 
 
 class SearchRequest(BaseModel):
@@ -55,8 +68,63 @@ class SearchRequest(BaseModel):
     k: Any = None
 
 
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes is answered 413 with a JSON message.
+
+    A declared ``Content-Length`` over the limit is refused before a byte of the body is
+    read; otherwise the body is read (at most ``limit`` bytes kept) and handed on to the
+    application whole, or refused the moment it passes the limit.
+    """
+
+    def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.strip().isdigit() or int(declared) > self.limit):
+            await self._refuse(send)
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away: nobody to answer
+                return
+            body += message.get("body", b"")
+            if len(body) > self.limit:
+                await self._refuse(send)
+                return
+            if not message.get("more_body", False):
+                break
+        delivered = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Any) -> None:
+        content = json.dumps({"error": f"the request body is larger than {self.limit // 1024} KiB"}).encode()
+        await send({
+            "type": "http.response.start", "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())],
+        })
+        await send({"type": "http.response.body", "body": content})
+
+
 def create_app(index: SearchIndex, default_k: int = 10) -> Any:
-    """The FastAPI application of the search page over an opened index."""
+    """The FastAPI application of the search page over an opened index.
+
+    Its answers name tiles by id, path inside the tile set and URL, never by a path of
+    this machine; request bodies are limited to :data:`MAX_BODY_BYTES` (413).
+    """
     from fastapi import FastAPI, HTTPException
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
@@ -105,19 +173,27 @@ def create_app(index: SearchIndex, default_k: int = 10) -> Any:
             return refusal(error.message)
         return {
             "query": query, "k": k, "tiles": len(index), "milliseconds": round(1000 * (time.perf_counter() - start), 2),
-            "hits": [hit.as_dict() for hit in hits],
+            "hits": [hit.public_dict() for hit in hits],
         }
 
     @app.get("/thumbnails/{tile}.png")
     def thumbnail(tile: int) -> FileResponse:
         if not 0 <= tile < len(index):
             raise HTTPException(404, f"no tile {tile} in this index")
-        return FileResponse(index.thumbnail(tile), media_type="image/png")
+        try:
+            path = index.thumbnail(tile)
+        except GeoclError:  # removed since the server started; the message would name a path of this machine
+            raise HTTPException(404, f"the thumbnail of tile {tile} is missing from the index; rebuild it") from None
+        return FileResponse(path, media_type="image/png")
 
     @app.get(f"/{OVERVIEW}")
     def overview() -> FileResponse:
-        return FileResponse(index.folder / OVERVIEW, media_type="image/png")
+        path = index.folder / OVERVIEW
+        if not path.is_file():
+            raise HTTPException(404, "the overview is missing from the index; rebuild it")
+        return FileResponse(path, media_type="image/png")
 
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     return app
 
 

@@ -8,10 +8,13 @@ parameter model would not make more informative, and a user's query must be refu
 with a clear message when it uses a word the model never saw (it could only be
 guessed at).
 
-:class:`WordTokenizer`: lower case, words = runs of letters and digits, synonyms
-replaced (``river`` -> ``water``, see :data:`~geocl.retrieval.captions.DEFAULT_SYNONYMS`),
-filler words dropped (:data:`STOPWORDS`: "a", "the", "tiles", "show me", ...), then ids
-(0 is padding). :class:`TextEncoder`: word + position embeddings -> a small pre-norm
+:class:`WordTokenizer`: words by :func:`split_words` (Unicode: ``forêt``, ``水``, ``🌲`` are
+words; see there), compared by :func:`fold` (NFKC and case folding), synonyms replaced
+(``river`` -> ``water``, see :data:`~geocl.retrieval.captions.DEFAULT_SYNONYMS`), filler
+words dropped (:data:`STOPWORDS`: "a", "the", "tiles", "show me", ...), then ids (0 is
+padding). The vocabulary is built from the captions by the same reading that queries
+get, so a word of a caption is always a word a query can use, and a query word the
+vocabulary lacks is refused, named as it was typed. :class:`TextEncoder`: word + position embeddings -> a small pre-norm
 Transformer encoder (``layers`` blocks; 0 = a bag of words, without positions) -> final LayerNorm -> mean
 over the words (padding masked) -> ``[B, width]``. Mean pooling instead of a [CLS]
 token (spec step 3): with a few short captions and no pretraining, the mean is the
@@ -21,7 +24,7 @@ other captions of its batch.
 
 from __future__ import annotations
 
-import re
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -41,7 +44,62 @@ MAX_QUERY_CHARS = 500
 #: Padding id.
 PAD = 0
 
-_WORD = re.compile(r"[a-z0-9]+")
+#: Joins the characters around it into one word (emoji sequences such as 👨‍👩‍👧).
+_ZERO_WIDTH_JOINER = "\u200d"
+
+
+def _kind(char: str) -> str:
+    """``word`` (letters, digits), ``symbol`` (emoji, ``+``, ``¥``), ``mark`` (joins the run before it) or ``gap``."""
+    category = unicodedata.category(char)
+    if category[0] in "LN":
+        return "word"
+    if category[0] == "S":
+        return "symbol"
+    if category[0] == "M" or char == _ZERO_WIDTH_JOINER:
+        return "mark"
+    return "gap"  # spaces, punctuation (``_`` and ``-`` too), control and other format characters
+
+
+def split_words(text: str) -> list[str]:
+    """The words of a text, exactly as written (no case change, no normalisation).
+
+    A word is a run of letters and digits of any script (``forêt``, ``水``, ``2nd``) or a
+    run of symbols (``🌲``, ``+``, ``¥``); combining marks, variation selectors and zero
+    width joiners stay with the run before them (``fore`` + U+0302 + ``t``, ``❤️``,
+    ``👨‍👩‍👧``). Everything else separates words: spaces, punctuation (so ``bare_soil``
+    and ``bare-soil`` are ``bare``, ``soil``), control characters. A symbol is a word
+    rather than a separator so that a query holding one is refused as holding a word the
+    model never saw, not silently read without it.
+    """
+    found: list[str] = []
+    run: list[str] = []
+    run_kind = "gap"
+    for char in text:
+        kind = _kind(char)
+        if kind == "mark":
+            if run:
+                run.append(char)
+                continue
+            kind = "word" if char != _ZERO_WIDTH_JOINER else "gap"
+        if kind != run_kind and run:
+            found.append("".join(run))
+            run = []
+        if kind != "gap":
+            run.append(char)
+        run_kind = kind
+    if run:
+        found.append("".join(run))
+    return [word.rstrip(_ZERO_WIDTH_JOINER) for word in found]
+
+
+def fold(word: str) -> str:
+    """The form words are compared in: NFKC, case-folded (``Forêt`` and ``FORÊT`` -> ``forêt``,
+    ``Straße`` -> ``strasse``, full-width ``ｆｏｒｅｓｔ`` -> ``forest``), NFKC again."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", word).casefold())
+
+
+def _folded_words(text: str) -> str:
+    return " ".join(fold(word) for word in split_words(str(text)))
 
 
 class QueryError(GeoclError):
@@ -72,22 +130,32 @@ class WordTokenizer:
     ) -> None:
         self.vocabulary = list(vocabulary)
         self.ids = {word: position + 1 for position, word in enumerate(self.vocabulary)}
-        self.synonyms = {str(key).lower(): str(value).lower() for key, value in (synonyms or {}).items()}
+        self.synonyms = {fold(str(key)): _folded_words(value) for key, value in (synonyms or {}).items()}
         self.max_tokens = max_tokens
-        self.stopwords = frozenset(stopwords)
+        self.stopwords = frozenset(fold(str(word)) for word in stopwords)
 
     def __len__(self) -> int:
         """Ids in use, padding included."""
         return len(self.vocabulary) + 1
 
-    def words(self, text: str) -> list[str]:
-        """The words of a text as the vocabulary spells them (synonyms replaced, stop words dropped)."""
-        found: list[str] = []
-        for word in _WORD.findall(text.lower().replace("_", " ")):
+    def read(self, text: str) -> list[tuple[str, str]]:
+        """``(word as written, word as the vocabulary spells it)`` for each word of a text.
+
+        Words are split by :func:`split_words` and compared by :func:`fold`; synonyms are
+        replaced (one written word may give several) and stop words dropped. Captions
+        (building the vocabulary) and queries are read by this one method.
+        """
+        found: list[tuple[str, str]] = []
+        for written in split_words(text):
+            word = fold(written)
             for part in self.synonyms.get(word, word).split():
                 if part not in self.stopwords:
-                    found.append(part)
+                    found.append((written, part))
         return found
+
+    def words(self, text: str) -> list[str]:
+        """The words of a text as the vocabulary spells them (synonyms replaced, stop words dropped)."""
+        return [part for _, part in self.read(text)]
 
     @classmethod
     def fit(
@@ -127,20 +195,21 @@ class WordTokenizer:
             raise QueryError("the query is empty; type what the tiles should show, e.g. " + self.example())
         if len(text) > MAX_QUERY_CHARS:
             raise QueryError(f"the query is {len(text)} characters long; keep it under {MAX_QUERY_CHARS}")
-        found = self.words(text)
+        found = self.read(text)
         if not found:
             raise QueryError("the query has no words that describe tiles; try e.g. " + self.example())
         if len(found) > self.max_tokens:
             raise QueryError(f"the query has {len(found)} words; keep it to at most {self.max_tokens}")
-        unknown = list(dict.fromkeys(word for word in found if word not in self.ids))
+        unknown = list(dict.fromkeys(written for written, word in found if word not in self.ids))
         if unknown:
-            shown = ", ".join(repr(word) for word in unknown[:5])
+            # as typed, not repr(): an emoji sequence's joiners must not turn into escapes
+            shown = ", ".join(f"'{word}'" for word in unknown[:5]) + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else "")
             plural = "s" if len(unknown) > 1 else ""
             raise QueryError(
                 f"unknown word{plural} {shown}: the model knows {len(self.vocabulary)} words "
                 f"({', '.join(self.vocabulary[:24])}{', ...' if len(self.vocabulary) > 24 else ''})"
             )
-        return [self.ids[word] for word in found]
+        return [self.ids[word] for _, word in found]
 
     def example(self) -> str:
         """A query made of known words, for messages."""

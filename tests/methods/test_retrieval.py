@@ -19,7 +19,7 @@ from geocl.retrieval.model import RETRIEVAL_KEY, load_towers
 from geocl.training.pretrain import run_pretrain
 from tests.conftest import write_recipe
 from tests.losses.test_multi_positive import naive_multi_positive
-from tests.retrieval.helpers import TINY_METHOD, WHOLE_TILE, write_retrieval_recipe
+from tests.retrieval.helpers import TINY_METHOD, WHOLE_TILE, Payload, write_retrieval_recipe
 
 
 def _method(folder: Path, tiles: Path, **method: object) -> Retrieval:
@@ -93,7 +93,7 @@ def _simclr_checkpoint(folder: Path, tiles: Path, encoder: str = "test_resnet") 
 def test_image_encoder_starts_from_another_methods_checkpoint(tmp_path: Path, tiny_tiles: Path) -> None:
     source = _simclr_checkpoint(tmp_path / "simclr", tiny_tiles)
     model = _method(tmp_path / "a", tiny_tiles, init_checkpoint=str(source))
-    saved = torch.load(source, weights_only=False)["state_dict"]
+    saved = torch.load(source, weights_only=True)["state_dict"]
     for key, value in model.encoder.state_dict().items():
         torch.testing.assert_close(value, saved[f"encoder.{key}"])
     fresh = _method(tmp_path / "b", tiny_tiles)
@@ -112,8 +112,22 @@ def test_an_init_checkpoint_that_does_not_fit_is_refused(tmp_path: Path, tiny_ti
     recipe = load_recipe(write_retrieval_recipe(tmp_path / "b", tiny_tiles, init_checkpoint=str(source)))
     with pytest.raises(GeoclError, match="pretrained on 4 bands, the data has 3"):
         build_method(recipe, 3, None)
-    with pytest.raises(GeoclError, match="cannot read checkpoint"):
+    with pytest.raises(GeoclError, match="not a checkpoint") as error:
         build_method(load_recipe(write_retrieval_recipe(tmp_path / "c", tiny_tiles, init_checkpoint=str(tmp_path))), 4, None)
+    assert error.value.key == "method.init_checkpoint" and str(tmp_path) in str(error.value)
+
+
+def test_an_init_checkpoint_is_read_without_unpickling_anything(tmp_path: Path, tiny_tiles: Path) -> None:
+    source = _simclr_checkpoint(tmp_path / "simclr", tiny_tiles)
+    checkpoint = torch.load(source, weights_only=True)
+    marker = tmp_path / "marker"
+    checkpoint["geocl"]["extra"] = Payload(marker)
+    torch.save(checkpoint, source)
+    recipe = load_recipe(write_retrieval_recipe(tmp_path / "r", tiny_tiles, init_checkpoint=str(source)))
+    with pytest.raises(GeoclError, match="tensors and plain data") as error:
+        build_method(recipe, 4, None)
+    assert error.value.key == "method.init_checkpoint" and str(source) in str(error.value)
+    assert "\n" not in str(error.value) and not marker.exists()
 
 
 def test_bad_parameters_name_their_key(tmp_path: Path, tiny_tiles: Path) -> None:
@@ -128,7 +142,7 @@ def test_bad_parameters_name_their_key(tmp_path: Path, tiny_tiles: Path) -> None
 def test_pretrain_on_tiles_writes_a_checkpoint_search_can_read(tmp_path: Path, tiny_tiles: Path) -> None:
     result = run_pretrain(load_recipe(write_retrieval_recipe(tmp_path, tiny_tiles), ["trainer.max_epochs=1"]))
     assert result.global_step == 3 and math.isfinite(result.final_loss)
-    checkpoint = torch.load(result.checkpoint, weights_only=False)
+    checkpoint = torch.load(result.checkpoint, weights_only=True)  # a real checkpoint is tensors and plain data
     settings = checkpoint[RETRIEVAL_KEY]
     assert "forest" in settings["tokenizer"]["vocabulary"] and settings["view_size"] == 32
     assert checkpoint["geocl"]["method"] == "retrieval"

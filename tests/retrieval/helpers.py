@@ -43,3 +43,17 @@ def untrained_checkpoint(folder: Path, tiles: Path, **method: Any) -> Path:
     path = folder / "untrained.ckpt"
     torch.save(checkpoint, path)
     return path
+
+
+class Payload:
+    """Unpickled, it creates the file ``marker`` (what a crafted file could do with any code).
+
+    ``torch.save`` of an object holding one writes a file whose ``torch.load(weights_only=False)``
+    runs ``open(marker, "w")``.
+    """
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.marker), "w"))

@@ -175,3 +175,17 @@ def test_natural_images_are_captioned_with_their_class_name(tmp_path: Path) -> N
     assert texts == ["sea lion", "tree"] and captions.class_names == ["sea_lion", "tree"]
     with pytest.raises(GeoclError, match="method.captions.csv"):
         dataset_captions(dataset, CaptionConfig(csv="x.csv"))
+
+
+def test_user_captions_keep_their_unicode_words_as_queries_read_them(unlabelled_tiles: Path, tmp_path: Path) -> None:
+    from geocl.retrieval.text import WordTokenizer
+
+    dataset = TileDataset(unlabelled_tiles, None, with_mask=False, progress=False)
+    paths = [str(path) for path in dataset.index["path"]]
+    csv = tmp_path / "captions.csv"
+    csv.write_text(f"{paths[0]},Forêt près de l'EAU 🌲\n{paths[1]},FORE\u0302T\n", encoding="utf-8")
+    captions = dataset_captions(dataset, CaptionConfig(csv=str(csv)))
+    assert captions.captions[0][0].text == "forêt près de l eau 🌲"
+    assert captions.captions[1][0].attributes == {("text", "forêt")}  # the same word, however it was typed
+    tokenizer = WordTokenizer.fit(captions.texts(), capacity=64)
+    assert tokenizer.check("Forêt 🌲") == [tokenizer.ids["forêt"], tokenizer.ids["🌲"]]

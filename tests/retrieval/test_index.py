@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import geopandas as gpd
@@ -14,8 +15,20 @@ from PIL import Image
 from geocl.cli import main
 from geocl.data.tile_dataset import TileDataset
 from geocl.errors import GeoclError
-from geocl.retrieval.index import EMBEDDINGS, INDEX_META, OVERVIEW, TABLE, TABLE_LAYER, build_index, embed_tiles
+from geocl.retrieval.index import (
+    EMBEDDINGS,
+    INDEX_META,
+    OVERVIEW,
+    TABLE,
+    TABLE_LAYER,
+    TEXT_TOWER,
+    build_index,
+    embed_tiles,
+    file_record,
+)
 from geocl.retrieval.model import load_towers
+from geocl.retrieval.search import SearchIndex
+from tests.retrieval.helpers import Payload
 
 
 def test_index_holds_every_tile_with_its_footprint_path_and_caption(retrieval_index: Path, tiny_tiles: Path) -> None:
@@ -79,3 +92,44 @@ def test_only_retrieval_checkpoints_are_indexed(tiny_tiles: Path, tmp_path: Path
     assert str(other) in str(error.value)
     with pytest.raises(GeoclError, match="no tile set here"):
         build_index(other, tmp_path, tmp_path / "index2")
+
+
+def test_a_crafted_checkpoint_is_never_unpickled_and_the_index_is_kept(
+    retrieval_checkpoint: Path, retrieval_index: Path, tiny_tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    crafted = tmp_path / "crafted.ckpt"
+    checkpoint = torch.load(retrieval_checkpoint, weights_only=True)
+    marker = tmp_path / "marker"
+    checkpoint["geocl_retrieval"]["extra"] = Payload(marker)
+    torch.save(checkpoint, crafted)
+    out = Path(shutil.copytree(retrieval_index, tmp_path / "index"))
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    assert main(["index", str(crafted), str(tiny_tiles), "--out", str(out), "--overwrite"]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in captured.err
+    assert lines[0].startswith(f"geocl index: error: {crafted}: ") and "tensors and plain data" in lines[0]
+    assert not marker.exists()
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+
+
+def test_the_index_records_its_files_and_a_rebuild_unmarks_the_old_index_first(
+    retrieval_checkpoint: Path, retrieval_index: Path, tiny_tiles: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import geocl.retrieval.index as index_module
+
+    meta = json.loads((retrieval_index / INDEX_META).read_text())
+    assert set(meta["files"]) == {EMBEDDINGS, TABLE, TEXT_TOWER, OVERVIEW}
+    for name, record in meta["files"].items():
+        assert record == file_record(retrieval_index / name)
+    out = Path(shutil.copytree(retrieval_index, tmp_path / "index"))
+
+    def stop(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt  # a rebuild stopped half-way, after the thumbnails
+
+    monkeypatch.setattr(index_module, "_write_table", stop)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(retrieval_checkpoint, tiny_tiles, out, split="test", overwrite=True)
+    # no index.json: the folder is an unfinished index, not the old one with some new files
+    with pytest.raises(GeoclError, match="index.json missing"):
+        SearchIndex(out)

@@ -43,7 +43,7 @@ def test_search_route_answers_hits_and_refuses_with_messages(server: SearchServe
         answered = ok.json()["hits"]
         assert [hit["id"] for hit in answered] == [hit.id for hit in expected]
         assert [hit["score"] for hit in answered] == pytest.approx([hit.score for hit in expected])
-        assert answered[0] == {**expected[0].as_dict(), "score": answered[0]["score"]}
+        assert answered[0] == {**expected[0].public_dict(), "score": answered[0]["score"]}
         for body, message in [
             ({"query": "", "k": 3}, "the query is empty"),
             ({"query": "forest " * 200, "k": 3}, "characters long"),
@@ -59,6 +59,67 @@ def test_search_route_answers_hits_and_refuses_with_messages(server: SearchServe
         assert client.get("/thumbnails/0.png").headers["content-type"] == "image/png"
         info = client.get("/api/info").json()
         assert info["tiles"] == len(server.index) and info["default_k"] == 5
+
+
+def test_answers_name_tiles_without_paths_of_the_server(server: SearchServer) -> None:
+    roots = [str(server.index.folder.resolve()), str(server.index.meta["tiles"]), str(Path(server.index.meta["tiles"]).parent)]
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        answers = [
+            client.post("/api/search", json={"query": QUERY, "k": 100}), client.get("/api/info"),
+            client.get("/thumbnails/99999.png"), client.post("/api/search", json={"query": "volcano"}),
+        ]
+        assert all(root not in answer.text for answer in answers for root in roots)
+        hits = answers[0].json()["hits"]
+        assert len(hits) == len(server.index)
+        for hit, expected in zip(hits, server.index.search(QUERY, 100), strict=True):
+            assert "path" not in hit
+            assert hit["name"] == Path(expected.path).relative_to(server.index.meta["tiles"]).as_posix()
+            assert hit["name"].startswith("images/") and hit["thumbnail"] == f"/thumbnails/{expected.id}.png"
+        assert client.get(hits[0]["thumbnail"]).headers["content-type"] == "image/png"
+
+
+def test_request_bodies_over_64_kib_are_refused_with_413(server: SearchServer) -> None:
+    from fastapi.testclient import TestClient
+
+    from geocl.retrieval.server import MAX_BODY_BYTES, create_app
+
+    assert MAX_BODY_BYTES == 64 * 1024
+    big = b'{"query": "' + b"forest " * (12 * 1024 * 1024 // 7) + b'"}'  # 12 MB
+    with TestClient(create_app(server.index)) as client:  # the application itself
+        refused = client.post("/api/search", content=big, headers={"content-type": "application/json"})
+        assert refused.status_code == 413 and refused.json() == {"error": "the request body is larger than 64 KiB"}
+        # a body within the limit still reaches the route (padding is valid JSON whitespace)
+        padded = b'{"query": "' + QUERY.encode() + b'", "k": 2}' + b" " * (MAX_BODY_BYTES - 100)
+        assert client.post("/api/search", content=padded, headers={"content-type": "application/json"}).json()["k"] == 2
+
+    def chunks():  # no Content-Length: refused once it grows past the limit
+        for _ in range(200):
+            yield b" " * 1024
+
+    with httpx.Client(base_url=server.url, timeout=30) as client:  # the running server
+        declared = client.post("/api/search", content=b" " * (MAX_BODY_BYTES + 1))
+        assert declared.status_code == 413 and "64 KiB" in declared.json()["error"]
+        assert client.post("/api/search", content=big).status_code == 413
+        streamed = client.post("/api/search", content=chunks())
+        assert streamed.status_code == 413
+    with httpx.Client(base_url=server.url, timeout=30) as client:  # and it goes on answering
+        assert client.post("/api/search", json={"query": QUERY, "k": 1}).status_code == 200
+
+
+def test_the_address_of_a_search_runs_it(server: SearchServer) -> None:
+    """Without a browser: /?q=water serves the page whose script reads q and k from its address and
+    asks the search route, which answers that query; the form is a GET form of q and k."""
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        page = client.get("/", params={"q": "water", "k": "4"})
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        html = page.text
+        assert 'method="get"' in html and 'name="q"' in html and 'name="k"' in html
+        assert "new URLSearchParams(location.search)" in html and 'params.get("q")' in html and 'params.get("k")' in html
+        assert "history.pushState" in html and '"popstate"' in html and "await searchFromAddress();" in html
+        # what the script then asks (k as a string, as the address gives it), and what it gets
+        answer = client.post("/api/search", json={"query": "water", "k": "4"}).json()
+        assert [hit["id"] for hit in answer["hits"]] == [hit.id for hit in server.index.search("water", 4)]
+        assert client.post("/api/search", json={"query": "water", "k": None}).json()["k"] == 5  # no k: the default
 
 
 def test_twenty_concurrent_queries_all_answer(server: SearchServer) -> None:
@@ -140,13 +201,14 @@ def test_the_page_answers_a_query_in_a_headless_browser(
             assert page.locator("#footprints rect.footprint").count() == 5
             page.wait_for_function("[...document.querySelectorAll('img.thumb')].every(i => i.complete && i.naturalWidth > 0)")
             assert page.evaluate("document.getElementById('overview-image').naturalWidth") > 0
-            page_paths = page.locator(".hit").evaluate_all("nodes => nodes.map(n => n.dataset.path)")
+            page_names = page.locator(".hit").evaluate_all("nodes => nodes.map(n => n.dataset.name)")
+            assert page.url.endswith("/?q=forest+next+to+water&k=5")  # the search is in the address
             page.screenshot(path=str(tmp_path / "search_page.png"), full_page=True)
 
             # the command line gives the same tiles in the same order
             assert main(["search", str(retrieval_index), QUERY, "-k", "5"]) == 0
             printed = [line.split()[2] for line in capsys.readouterr().out.splitlines()[1:]]
-            assert printed == page_paths
+            assert [Path(path).relative_to(server.index.meta["tiles"]).as_posix() for path in printed] == page_names
 
             page.fill("#query", "")
             page.click("#go")
@@ -156,5 +218,34 @@ def test_the_page_answers_a_query_in_a_headless_browser(
             page.fill("#query", "volcano")
             page.click("#go")
             page.wait_for_function("document.getElementById('message').textContent.includes('volcano')")
+        finally:
+            browser.close()
+
+
+def test_a_page_opened_at_the_address_of_a_search_shows_its_results(server: SearchServer) -> None:
+    sync_api = _chromium()
+    executable = str(CHROMIUM if CHROMIUM.exists() else shutil.which("chromium"))
+    water = [str(hit.id) for hit in server.index.search("water", 4)]
+    forest = [str(hit.id) for hit in server.index.search("forest", 5)]
+    shown = "nodes => nodes.map(n => n.dataset.id)"
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"{server.url}/?q=water&k=4")
+            page.wait_for_selector("body[data-ready=true]")
+            assert page.input_value("#query") == "water" and page.input_value("#k") == "4"
+            assert page.locator(".hit").evaluate_all(shown) == water
+            page.goto(f"{server.url}/?q=water")  # no k: the server's default (5 here)
+            page.wait_for_selector("body[data-ready=true]")
+            assert page.locator(".hit").count() == 5
+            page.fill("#query", "forest")
+            page.click("#go")
+            page.wait_for_url("**/?q=forest&k=5")
+            page.wait_for_function("document.querySelector('#status').textContent.includes('\"forest\"')")
+            assert page.locator(".hit").evaluate_all(shown) == forest
+            page.go_back()  # Back shows the search of that address again
+            page.wait_for_function("document.querySelector('#status').textContent.includes('\"water\"')")
+            assert page.input_value("#query") == "water" and page.locator(".hit").count() == 5
         finally:
             browser.close()

@@ -90,3 +90,39 @@ def test_word_order_reaches_the_transformer_but_not_the_bag_of_words() -> None:
 def test_heads_must_divide_the_width() -> None:
     with pytest.raises(GeoclError, match="method.text_heads"):
         TextEncoder(10, width=10, heads=3)
+
+
+def test_unicode_words_are_words_and_unknown_ones_are_named_as_typed() -> None:
+    tokenizer = _tokenizer()  # an English vocabulary
+    with pytest.raises(QueryError) as error:
+        tokenizer.check("forêt")
+    assert "unknown word 'forêt':" in error.value.message  # not 'for', 't'
+    with pytest.raises(QueryError) as error:
+        tokenizer.check("水 🌲 water")  # known 'water' does not carry the others through
+    assert "unknown words '水', '🌲':" in error.value.message
+    with pytest.raises(QueryError) as error:
+        tokenizer.check("Forest NEAR Volcán +")
+    assert "unknown words 'Volcán', '+':" in error.value.message  # as typed; 'near' reads as "next to"
+
+
+def test_the_vocabulary_is_built_by_the_reading_queries_get() -> None:
+    captions = ["Forêt près de l'eau", "mostly forest 🌲", "👨‍👩‍👧 ❤️ roads", "Straße", "ｆｉｅｌｄ"]
+    tokenizer = WordTokenizer.fit(captions, capacity=64, synonyms=DEFAULT_SYNONYMS, max_tokens=12)
+    assert {"forêt", "près", "🌲", "👨‍👩‍👧", "❤️", "strasse"} <= set(tokenizer.vocabulary)
+    for caption in captions:  # every caption reads back word for word
+        assert tokenizer.words(caption) and tokenizer.check(caption)
+    # case, composition and width do not matter; the words are the same words
+    assert tokenizer.check("FORÊT") == tokenizer.check("fore\u0302t") == tokenizer.check("forêt")
+    assert tokenizer.check("STRASSE") == tokenizer.check("straße")
+    assert tokenizer.check("ｆｉｅｌｄ") == tokenizer.check("farmland") == tokenizer.check("cropland")
+    assert WordTokenizer.from_state(tokenizer.state()).check("🌲 Forêt") == tokenizer.check("🌲 forêt")
+
+
+def test_words_split_on_punctuation_and_keep_marks_and_emoji_sequences() -> None:
+    from geocl.retrieval.text import split_words
+
+    assert split_words("bare_soil, bare-soil!") == ["bare", "soil", "bare", "soil"]
+    assert split_words("forest+water 2nd") == ["forest", "+", "water", "2nd"]
+    assert split_words("fore\u0302t 👍🏽 ❤️x") == ["fore\u0302t", "👍🏽", "❤️", "x"]
+    assert split_words("पानी के पास") == ["पानी", "के", "पास"]  # vowel signs (marks) stay in their word
+    assert split_words("...  \u200b") == []
