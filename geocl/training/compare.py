@@ -773,10 +773,11 @@ def _pretrained(recipe: Any, pretrain_fn: Callable[..., Any]) -> tuple[Path, boo
             "delete the folder or compare into another out",
             path=out,
         )
-    if (out / "metrics.json").exists():
-        if not last.exists():
-            raise GeoclError("finished pretraining run has no checkpoints/last.ckpt", path=out)
+    if (out / "metrics.json").exists() and last.exists():
         return last, True
+    if (out / "metrics.json").exists() and not interrupted:
+        raise GeoclError("finished pretraining run has no checkpoint left; delete the folder to redo it", path=out)
+    # a finished run whose last.ckpt a kill left missing is repaired by a resume (from its epoch checkpoint)
     result = pretrain_fn(recipe, resume=True) if interrupted else pretrain_fn(recipe)
     return Path(result.checkpoint), False
 

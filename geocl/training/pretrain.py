@@ -75,8 +75,10 @@ from geocl.training.checkpoint_io import (
 )
 from geocl.training.data import PretrainData
 
-#: Keys a resumed run may change (to extend or shorten training).
-RESUMABLE_CHANGES = ("trainer",)
+#: Keys a resumed run may change: ``trainer`` to extend or shorten training, ``out``
+#: because a run folder that was moved or copied (alone or inside a comparison) is
+#: still the same run.
+RESUMABLE_CHANGES = ("trainer", "out")
 #: Differing keys named in one message before "and N more".
 SHOWN_CHANGES = 3
 

@@ -72,7 +72,7 @@ def test_finetune_refuses_a_folder_holding_a_run_and_keeps_it(finished: Path, ti
 
 def test_the_refusal_comes_before_any_work(finished: Path, tmp_path: Path) -> None:
     # tiles that do not exist: reading them would fail with another message
-    with pytest.raises(GeoclError, match="holds a finetuning run .* made with the same options"):
+    with pytest.raises(GeoclError, match="holds a finetuning run .* made with other options: tiles"):
         run_finetune(tiles=tmp_path / "missing", out=finished, encoder="test_resnet", label_fraction=0.2, **SHORT)
 
 

@@ -336,3 +336,26 @@ def test_a_changed_recipe_still_names_what_changed_but_never_out(
     assert code == 2 and "Traceback" not in err
     reasons = (moved / "results.md").read_text()
     assert "config.yaml differs in seed)" in reasons and "differs in out" not in reasons
+
+
+def test_a_finished_pretraining_that_lost_its_last_ckpt_is_resumed_not_failed(
+    tmp_path: Path, stand_ins: list[Path], runs: Runs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a kill between epochNNN.ckpt and last.ckpt left a run with metrics.json and an epoch
+    # checkpoint only: compare resumes it (run_pretrain repairs last.ckpt), on the first rerun
+    out = tmp_path / "cmp"
+    grid = [*stand_ins, "--label-fractions", "0.5", "--seeds", "1", "--subset-seeds", "1"]
+    assert _geocl(capsys, "compare", *grid, "--out", out)[0] == 0
+    folder = next(path for path in (out / "pretrain").iterdir() if (path / "checkpoints").is_dir())
+    (folder / "checkpoints" / "last.ckpt").rename(folder / "checkpoints" / "epoch000.ckpt")
+    resumed: list[bool] = []
+    pretrain = runs.pretrain
+
+    def pretrain_recording_resume(recipe: Any, *, resume: bool = False, progress: bool = True) -> SimpleNamespace:
+        resumed.append(resume)
+        return pretrain(recipe, resume=resume, progress=progress)
+
+    pretrain_module.run_pretrain = pretrain_recording_resume  # restored by the runs fixture's monkeypatch
+    code, _, err = _geocl(capsys, "compare", *grid, "--out", out)
+    assert code == 0 and "Traceback" not in err, err
+    assert resumed == [True] and (folder / "checkpoints" / "last.ckpt").is_file()

@@ -276,3 +276,18 @@ def test_a_full_disk_under_a_finetuning_run_does_not_point_at_resume(tmp_path: P
     full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     error = storage_error(full, tmp_path / "best.ckpt", tmp_path / "best.ckpt", resumable=False)
     assert str(error) == f"no space left writing {tmp_path / 'best.ckpt'}; free space and rerun"
+
+
+def test_a_run_folder_moved_elsewhere_resumes_there(
+    tmp_path: Path, tiny_tiles: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the recipe's out follows the folder (as compare's pretrain/<recipe> does when a comparison is moved)
+    first = write_recipe(tmp_path / "a", tiny_tiles, SIMCLR, trainer={"max_epochs": 1})
+    assert main(["pretrain", str(first)]) == 0
+    capsys.readouterr()
+    moved = tmp_path / "b" / "run"
+    moved.parent.mkdir()
+    (tmp_path / "a" / "run").rename(moved)
+    code, out, err = _pretrain(capsys, str(first), f"out={moved}", "trainer.max_epochs=2", "--resume")
+    assert code == 0, err
+    assert _loss_line(out).startswith("simclr: 6 steps") and f"checkpoint: {moved / 'checkpoints' / 'last.ckpt'}" in out
