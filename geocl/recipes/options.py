@@ -449,10 +449,11 @@ class CompareOptions(OptionsModel):
     baseline: str | None = Field(
         None, description="recipe name the paired differences are taken to (default: the first recipe)"
     )
-    pretrain_steps: list[Annotated[Integer, Field(ge=1)]] | None = Field(
+    pretrain_steps: list[Annotated[Integer, Field(ge=0)]] | None = Field(
         None,
         description="pretrain every recipe for this many optimizer steps (overrides their epochs); several "
-        "budgets sweep them (mIoU against pretraining steps); default: each recipe's own trainer settings",
+        "budgets sweep them (mIoU against pretraining steps); 0 is random init (the random-init rows, evaluated "
+        "once: every curve's first point); default: each recipe's own trainer settings",
     )
     protocol: Literal["finetune", "frozen", "both", "retrieval"] = Field(
         "finetune",

@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -273,40 +273,126 @@ def plot_paired(
     return save_figure(figure, out_png)
 
 
-def plot_budgets(summary: pd.DataFrame, out_png: str | os.PathLike[str], evaluations: Sequence[Any]) -> Path:
-    """Score against pretraining steps (log x), one line a recipe with its 95 % t interval; one panel per
-    (evaluation, label fraction); random-init, which has no pretraining, a grey band (its interval).
+#: The row of a comparison's random encoder (never trained): its step 0 in a budget sweep.
+RANDOM_INIT = "random-init"
+#: Columns of :func:`budget_curves`.
+CURVE_COLUMNS = ["evaluation", "label_fraction", "recipe", "pretrain_steps", "mean", "low", "high", "n"]
+
+
+def budget_curves(summary: pd.DataFrame, from_step_zero: Collection[str] | None = None) -> pd.DataFrame:
+    """The points ``results_budget.png`` draws: score against pretraining steps per recipe.
+
+    Args:
+        summary: :func:`paired_summary` rows of every group of a sweep with ``evaluation``
+            and ``pretrain_steps`` (the group's budget) columns; :data:`RANDOM_INIT` is in
+            every group with the same numbers, and alone in budget 0's group.
+        from_step_zero: the recipes whose encoder before its first step is the random-init
+            row's (default: every recipe).
+
+    Returns:
+        Columns :data:`CURVE_COLUMNS`, one row per (evaluation, label fraction, recipe,
+        steps). :data:`RANDOM_INIT` once per (evaluation, label fraction): at steps 0 when
+        the sweep has budget 0, else with steps NaN (a level without steps). Every other
+        recipe at its budgets, preceded at 0 by the random-init numbers (the same row,
+        not a run of its own) when the sweep has budget 0 and ``from_step_zero`` names it.
+    """
+    steps = pd.to_numeric(summary["pretrain_steps"], errors="coerce")
+    frame = summary.assign(pretrain_steps=steps, label_fraction=summary["label_fraction"].astype(float))
+    points: list[dict[str, Any]] = []
+    for (evaluation, fraction), cell in frame.groupby(["evaluation", "label_fraction"], sort=False):
+        random = cell[cell["recipe"] == RANDOM_INIT]
+        start = random[random["pretrain_steps"] == 0]
+        reference = (start if len(start) else random).head(1)
+        for row in reference.itertuples():
+            points.append({
+                "evaluation": evaluation, "label_fraction": fraction, "recipe": RANDOM_INIT,
+                "pretrain_steps": 0 if len(start) else math.nan, "mean": row.mean, "low": row.low, "high": row.high,
+                "n": row.n,
+            })
+        trained = cell[(cell["recipe"] != RANDOM_INIT) & (cell["pretrain_steps"] > 0)]
+        for recipe in trained["recipe"].drop_duplicates():
+            if len(start) and (from_step_zero is None or recipe in from_step_zero):
+                points.append({"evaluation": evaluation, "label_fraction": fraction, "recipe": recipe,
+                               **_start_point(start)})
+            for row in trained[trained["recipe"] == recipe].sort_values("pretrain_steps").itertuples():
+                points.append({
+                    "evaluation": evaluation, "label_fraction": fraction, "recipe": recipe,
+                    "pretrain_steps": row.pretrain_steps, "mean": row.mean, "low": row.low, "high": row.high,
+                    "n": row.n,
+                })
+    curves = pd.DataFrame(points, columns=CURVE_COLUMNS)
+    return curves.astype({"pretrain_steps": float})
+
+
+def _start_point(start: pd.DataFrame) -> dict[str, Any]:
+    """Step 0 of a curve: the random-init row's numbers."""
+    row = start.iloc[0]
+    return {"pretrain_steps": 0, "mean": row["mean"], "low": row["low"], "high": row["high"], "n": row["n"]}
+
+
+def plot_budgets(
+    summary: pd.DataFrame, out_png: str | os.PathLike[str], evaluations: Sequence[Any],
+    from_step_zero: Collection[str] | None = None,
+) -> Path:
+    """Score against pretraining steps, one line a recipe with its 95 % t interval; one panel per
+    (evaluation, label fraction). The points are :func:`budget_curves`'.
+
+    With budget 0 each curve of ``from_step_zero`` starts at step 0, the random-init row
+    (a grey square with its interval, drawn once), and the x axis is linear up to the
+    smallest positive budget, logarithmic above (symlog); without it the axis is
+    logarithmic and random init, which has no steps, is a grey band (its interval).
 
     Args:
         summary: :func:`paired_summary` rows of every group with ``evaluation`` and
-            ``pretrain_steps`` columns (random-init's steps empty).
+            ``pretrain_steps`` columns (see :func:`budget_curves`).
         out_png: the PNG path.
         evaluations: the comparison's evaluations (for labels), in panel order.
+        from_step_zero: the recipes whose curves start at the random-init row
+            (default: every recipe).
     """
     from matplotlib.figure import Figure  # a bare Figure: no pyplot state
 
-    fractions = sorted(summary["label_fraction"].astype(float).unique())
+    curves = budget_curves(summary, from_step_zero)
+    fractions = sorted(curves["label_fraction"].unique())
     panels = [(evaluation, fraction) for evaluation in evaluations for fraction in fractions]
-    figure = Figure(figsize=(6.5 * len(panels), 4.5))
+    figure = Figure(figsize=(6.5 * max(1, len(panels)), 4.5))
     for index, (evaluation, fraction) in enumerate(panels):
         axes = figure.add_subplot(1, len(panels), index + 1)
-        cell = summary[(summary["evaluation"] == evaluation.name) & (summary["label_fraction"].astype(float) == fraction)]
-        random = cell[cell["pretrain_steps"].isna()].drop_duplicates("recipe")
-        for row in random.itertuples():
+        cell = curves[(curves["evaluation"] == evaluation.name) & (curves["label_fraction"] == fraction)]
+        random = cell[cell["recipe"] == RANDOM_INIT]
+        for row in random[random["pretrain_steps"].isna()].itertuples():
             if not math.isnan(row.low):
                 axes.axhspan(row.low, row.high, color="0.85", label=f"{row.recipe} (95 % interval)")
             axes.axhline(row.mean, color="0.45", linestyle="--")
-        trained = cell[cell["pretrain_steps"].notna()]
-        for recipe in trained["recipe"].drop_duplicates():
-            line = trained[trained["recipe"] == recipe].sort_values("pretrain_steps")
-            low = (line["mean"] - line["low"]).fillna(0.0)
-            high = (line["high"] - line["mean"]).fillna(0.0)
-            axes.errorbar(line["pretrain_steps"], line["mean"], yerr=[low, high], marker="o", capsize=3, label=recipe)
-        axes.set_xscale("log")
-        axes.set_xlabel("pretraining steps (log scale)")
+        for recipe in cell.loc[cell["recipe"] != RANDOM_INIT, "recipe"].drop_duplicates():
+            line = cell[cell["recipe"] == recipe]
+            axes.errorbar(line["pretrain_steps"], line["mean"], yerr=_error(line), marker="o", capsize=3, label=recipe)
+        start = random[random["pretrain_steps"] == 0]
+        if len(start):  # drawn last, over the curves that start there
+            axes.errorbar(
+                start["pretrain_steps"], start["mean"], yerr=_error(start), marker="s", markersize=8, capsize=3,
+                color="0.3", linestyle="none", label=f"{RANDOM_INIT} (step 0)", zorder=3,
+            )
+        steps = sorted(cell["pretrain_steps"].dropna().unique())
+        positive = [value for value in steps if value > 0]
+        if len(start):
+            axes.set_xscale("symlog", linthresh=positive[0] if positive else 1.0)
+            axes.set_xlabel("pretraining steps (0: random init; log scale from "
+                            f"{positive[0] if positive else 1:g})")
+        else:
+            axes.set_xscale("log")
+            axes.set_xlabel("pretraining steps (log scale)")
+        if steps:
+            axes.set_xticks(steps, [f"{value:g}" for value in steps])
+            axes.minorticks_off()
         axes.set_ylabel(evaluation.axis_label)
         axes.set_title(f"{evaluation.title} at label fraction {fraction:g}, {evaluation.name} protocol")
         axes.grid(True, alpha=0.3)
         axes.legend()
     figure.tight_layout()
     return save_figure(figure, out_png)
+
+
+def _error(line: pd.DataFrame) -> list[pd.Series]:
+    """Asymmetric error bars from a curve's interval (none where it is undefined: one run)."""
+    return [(line["mean"] - line["low"]).fillna(0.0), (line["high"] - line["mean"]).fillna(0.0)]

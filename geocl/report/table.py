@@ -39,11 +39,10 @@ import pandas as pd
 
 from geocl.evaluation.protocol import Evaluation, evaluation_names, get_evaluation
 from geocl.io import save_figure
+from geocl.report.paired import RANDOM_INIT  # the recipe name of the baseline row (a random encoder)
 
 #: Columns of :func:`summarize`'s frame.
 SUMMARY_COLUMNS = ["recipe", "method", "label_fraction", "mean", "std", "n", "failed", "error"]
-#: The recipe name of the baseline row (evaluating a random encoder).
-RANDOM_INIT = "random-init"
 #: Shown for a std that one seed cannot give.
 NO_STD = "–"
 

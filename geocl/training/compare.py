@@ -22,6 +22,18 @@ Then the same runs from a random encoder (row ``random-init``, method ``none``) 
 first recipe's data with its encoder architecture, initialised with each seed (the
 first recipe that pretrains: see below).
 
+Budgets: ``pretrain_steps`` gives every recipe the same optimizer steps; several budgets
+sweep them (``pretrain/<stem>-<N>steps``, one report section per budget and
+``results_budget.png``: the score against pretraining steps). Budget 0 is random init:
+every recipe's encoder before its first step is the same random encoder (the encoder
+section, initialised with the row's seed), so step 0 is *the* random-init row, evaluated
+once with ``pretrain_steps`` 0, not a copy per recipe (identical encoders are not
+independent rows). It has its own report section and is the first point of each curve
+whose recipe builds that encoder (a recipe with another encoder section, or one whose
+method pretrains nothing, starts at its first budget, which a line says). ``0`` alone
+runs the random-init rows only; ``0`` when no recipe pretrains is refused. Budget 0
+pretrains nothing, so it is never checked against a warm-up nor flagged.
+
 Methods that pretrain nothing: a method class with ``pretrains = False`` (a
 semi-supervised segmenter) is itself the downstream training. Step 2 then only records
 the recipe in its pretraining folder (``config.yaml``; a different recipe recorded
@@ -225,16 +237,24 @@ def run_compare(
     out = Path(options.out)
     budgets: list[int | None] = list(options.pretrain_steps or [None])
     sweep = len(budgets) > 1
-    by_budget = {steps: [_load(path, options, steps, sweep) for path in options.recipes] for steps in budgets}
-    candidates = by_budget[budgets[0]]
+    # budget 0 is random init: the random-init row, never a pretraining (see the module docstring)
+    step_zero = 0 in budgets
+    trained = [steps for steps in budgets if steps != 0]
+    by_budget = {steps: [_load(path, options, steps, sweep) for path in options.recipes] for steps in trained}
+    candidates = by_budget[trained[0]] if trained else [_load(path, options) for path in options.recipes]
     _check_unique(candidates)
     evaluations = _choose_all(candidates, options, evaluation)
     _check_method_trainings(candidates, evaluations)
     fractions = [float(fraction) for fraction in options.label_fractions]
     random_init = _random_init_recipe(candidates)
+    if step_zero and random_init is None:
+        raise GeoclError(
+            "0 is random init, and no recipe pretrains an encoder: there is no step 0 to evaluate; leave 0 out",
+            key="pretrain_steps",
+        )
     baseline = _baseline(candidates, options, random_init is not None)
     _prepare_benchmarks(candidates)
-    stage_flags = _check_budgets([(steps, candidate) for steps in budgets for candidate in by_budget[steps]])
+    stage_flags = _check_budgets([(steps, candidate) for steps in trained for candidate in by_budget[steps]])
     # the last check before work: a read-only or misplaced --out is said before hours of pretraining
     check_output_folder(out, key="out")
     if options.deterministic:
@@ -251,6 +271,7 @@ def run_compare(
     _keep_earlier_report(out, {"evaluations": {each.name: each.settings() for each in evaluations}}, say)
     for text in stage_flags.values():
         say(f"{FLAG} {text}")
+    from_step_zero = _step_zero_lines(candidates, random_init, bool(trained), say) if step_zero else set()
     test_sets = _state_test_sets(evaluations, first, options.min_test_pixels, say)
     flagged = {name: ";".join(_thin_classes(test_set, options.min_test_pixels)) for name, test_set in test_sets.items()}
     grids = {
@@ -262,7 +283,7 @@ def run_compare(
         for each in evaluations
     }
     rows: list[dict[str, Any]] = []
-    runs = len(candidates) * len(budgets) + (random_init is not None)
+    runs = len(candidates) * len(trained) + (random_init is not None)
     total = runs * sum(len(grid) for grid in grids.values())
 
     def record(row: dict[str, Any]) -> None:
@@ -284,7 +305,8 @@ def run_compare(
     def evaluate_all(
         name: str, method: str, recipe: Any, checkpoint: Path | None, reuse: bool, steps: int | None
     ) -> None:
-        folder_name = name if steps is None or not sweep else f"{name}-{steps}steps"
+        # random-init at step 0 keeps its one folder: the same rows with or without budget 0
+        folder_name = name if steps is None or steps == 0 or not sweep else f"{name}-{steps}steps"
         encoder = _encoder_identity(recipe, random=checkpoint is None and method == "none")
         for each in evaluations:
             test_set = test_sets.get(each.name)
@@ -295,7 +317,7 @@ def run_compare(
                 )
                 record({**row, "recipe": name, "pretrain_steps": steps})
 
-    for steps in budgets:
+    for steps in trained:
         for candidate in by_budget[steps]:
             method = str(candidate.recipe.method.name)
             pretrained = _pretrain_or_failure(candidate, pretrain_fn, say)
@@ -307,16 +329,48 @@ def run_compare(
             checkpoint, reused = pretrained
             evaluate_all(candidate.name, method, candidate.recipe, checkpoint, reused, steps)
     if random_init is not None:
-        # No pretraining: its old runs are as valid as ever.
-        evaluate_all(RANDOM_INIT, "none", random_init, None, True, None)
+        # No pretraining: its old runs are as valid as ever. With budget 0 it is step 0.
+        evaluate_all(RANDOM_INIT, "none", random_init, None, True, 0 if step_zero else None)
     else:
         say(f"no {RANDOM_INIT} row: no recipe pretrains an encoder")
 
-    _write_pretraining([candidate for steps in budgets for candidate in by_budget[steps]], out, budgets)
+    _write_pretraining([candidate for steps in trained for candidate in by_budget[steps]], out, budgets)
     return _write_results(
         rows, evaluations, out, say, baseline, options.deterministic, budgets=budgets,
         test_sets=test_sets, min_test_pixels=options.min_test_pixels, flags=stage_flags,
+        from_step_zero=from_step_zero,
     )
+
+
+def _step_zero_lines(
+    candidates: list[_Candidate], random_init: Any, trained: bool, say: Callable[[str], None]
+) -> set[str]:
+    """Say what budget 0 is; the recipes whose curves start at the random-init row (their step 0).
+
+    A recipe starts there when its method pretrains and its encoder section is the
+    random-init row's: before its first step its encoder is that random encoder.
+    """
+    encoder = recipe_to_dict(random_init).get("encoder")
+    name = (encoder or {}).get("name", "?") if isinstance(encoder, dict) else "?"
+    if not trained:
+        say(f"--pretrain-steps 0 alone: only the {RANDOM_INIT} rows run (step 0 is the never-trained encoder "
+            f"{name}); no recipe is pretrained")
+        return set()
+    say(f"step 0 is the {RANDOM_INIT} row (encoder {name}, never trained): evaluated once, the first point of "
+        "every recipe's curve")
+    starting: set[str] = set()
+    for candidate in candidates:
+        cls = _method_class(candidate.recipe)
+        own = recipe_to_dict(candidate.recipe).get("encoder")
+        if cls is not None and not cls.pretrains:
+            say(f"  {candidate.name}: method {candidate.recipe.method.name} pretrains nothing; its curve has no step 0")
+        elif own != encoder:
+            other = own.get("name", "?") if isinstance(own, dict) else "?"
+            say(f"  {candidate.name}: its encoder ({other}) is not {RANDOM_INIT}'s ({name}); "
+                "its curve starts at its first budget, not at step 0")
+        else:
+            starting.add(candidate.name)
+    return starting
 
 
 def _columns_of(rows: list[dict[str, Any]], evaluations: list[Evaluation]) -> list[str]:
@@ -968,7 +1022,8 @@ def _use_deterministic_algorithms() -> None:
 
 
 def _write_pretraining(candidates: list[_Candidate], out: Path, budgets: list[int | None]) -> None:
-    """``pretraining.csv``: each recipe's budget as spent (steps, samples seen, wall time, final loss)."""
+    """``pretraining.csv``: each recipe's budget as spent (steps, samples seen, wall time, final loss);
+    budget 0 pretrains nothing and has no line."""
     rows = []
     for candidate in candidates:
         budget = candidate.recipe.trainer.max_steps if budgets != [None] else None
@@ -981,8 +1036,9 @@ def _write_pretraining(candidates: list[_Candidate], out: Path, budgets: list[in
             "recipe": candidate.name, "method": str(candidate.recipe.method.name), "pretrain_steps": budget,
             **{key: metrics.get(key) for key in ("global_step", "samples_seen", "seconds", "final_loss")},
         })
+    columns = ["recipe", "method", "pretrain_steps", "global_step", "samples_seen", "seconds", "final_loss"]
     with atomic_path(out / "pretraining.csv") as temp:
-        pd.DataFrame(rows).to_csv(temp, index=False)
+        pd.DataFrame(rows, columns=columns).to_csv(temp, index=False)
 
 
 def _baseline(candidates: list[_Candidate], options: Any, random_init: bool = True) -> str:
@@ -1006,6 +1062,7 @@ def _write_results(
     test_sets: dict[str, TestSet] | None = None,
     min_test_pixels: int = 0,
     flags: dict[tuple[str, int | None], str] | None = None,
+    from_step_zero: set[str] | None = None,
 ) -> pd.DataFrame:
     """results.csv, results_summary.csv, results.md and the PNGs of the finished rows; the table is echoed.
 
@@ -1016,8 +1073,10 @@ def _write_results(
     One section per (evaluation, pretraining budget) group, random-init in every group:
     the mean ± std table, then each recipe's mean with its interval and its paired
     difference to ``baseline`` (:mod:`geocl.report.paired`), then per-class IoU with
-    the classes that have too few test pixels flagged. Over several budgets,
-    ``results_budget.png`` draws each recipe's score against pretraining steps.
+    the classes that have too few test pixels flagged. Budget 0's group holds the
+    random-init rows alone (its own baseline). Over several budgets,
+    ``results_budget.png`` draws each recipe's score against pretraining steps, starting
+    at step 0 (the random-init row) for the recipes of ``from_step_zero``.
     """
     budgets = budgets or [None]
     columns = _columns_of(rows, evaluations)
@@ -1034,13 +1093,15 @@ def _write_results(
                 (of_evaluation["pretrain_steps"] == steps) | (of_evaluation["recipe"] == RANDOM_INIT)
             ]
             title = _group_title(evaluation, steps, len(evaluations) > 1 or len(budgets) > 1)
-            paired = paired_summary(group, metric, baseline)
+            # step 0 is random init alone: nothing to pair with another baseline
+            group_baseline = RANDOM_INIT if steps == 0 else baseline
+            paired = paired_summary(group, metric, group_baseline)
             group_flags = {name: text for (name, budget), text in (flags or {}).items() if budget == steps}
             summaries.append(paired.assign(
                 evaluation=evaluation.name, pretrain_steps=steps, flag=[group_flags.get(recipe, "") for recipe in paired["recipe"]],
             ))
             text = results_markdown(group, evaluation, flags=group_flags) + "\n" + paired_markdown(
-                paired, evaluation.label(metric), baseline
+                paired, evaluation.label(metric), group_baseline
             )
             test_set = (test_sets or {}).get(evaluation.name)
             thin = [] if test_set is None else _thin_classes(test_set, min_test_pixels)
@@ -1054,14 +1115,15 @@ def _write_results(
     with atomic_path(out / "results_summary.csv") as temp:
         summary.to_csv(temp, index=False)
     plot_paired(
-        summary, out / "results_paired.png", evaluations[0].label(evaluations[0].primary()), baseline,
+        summary[summary["pretrain_steps"] != 0],  # step 0: random init alone, no differences
+        out / "results_paired.png", evaluations[0].label(evaluations[0].primary()), baseline,
         group_labels=len(panels) > 1,
     )
     atomic_write_text(out / "results.md", table)
     plot_comparison(panels, out / "results.png")
     files = ["results.csv", "results_summary.csv", "results.md", "results.png", "results_paired.png"]
     if len(budgets) > 1:
-        plot_budgets(summary, out / "results_budget.png", evaluations)
+        plot_budgets(summary, out / "results_budget.png", evaluations, from_step_zero=from_step_zero or set())
         files.append("results_budget.png")
     say(f"\n{table}\nresults: {', '.join(str(out / name) for name in files)}")
     return pd.read_csv(out / "results.csv")  # the rows as the file holds them (empty cells: NaN)
@@ -1072,6 +1134,8 @@ def _group_title(evaluation: Evaluation, steps: int | None, named: bool) -> str:
     if not named:
         return ""
     title = f"{evaluation.name} protocol"
+    if steps == 0:
+        return f"{title}, 0 pretraining steps ({RANDOM_INIT})"
     return title if steps is None else f"{title}, {steps} pretraining steps"
 
 

@@ -116,3 +116,61 @@ def test_runs_on_every_label_are_one_subset_whatever_their_subset_seed() -> None
     assert paired_summary(pd.DataFrame(seeds), "miou", "simclr").set_index("recipe").loc["grass", "pairs"] == 6
     partial = [{**row, "label_fraction": 0.5} for row in rows]
     assert paired_summary(pd.DataFrame(partial), "miou", "simclr").set_index("recipe").loc["grass", "pairs"] == 6
+
+
+def _sweep_summary(step_zero: bool = True) -> pd.DataFrame:
+    """results_summary.csv of a sweep as compare writes it: random-init in every group, alone at budget 0."""
+    random = {"recipe": "random-init", "label_fraction": 0.5, "mean": 0.20, "low": 0.18, "high": 0.22, "n": 4}
+    rows = [{**random, "pretrain_steps": 0}] if step_zero else []
+    for steps, gain in ((100, 0.05), (300, 0.10)):
+        rows += [
+            {**random, "pretrain_steps": steps},  # the same row again, shown in every budget's section
+            {"recipe": "simclr", "label_fraction": 0.5, "mean": 0.20 + gain, "low": 0.19 + gain, "high": 0.21 + gain,
+             "n": 4, "pretrain_steps": steps},
+            {"recipe": "vit", "label_fraction": 0.5, "mean": 0.3, "low": 0.25, "high": 0.35, "n": 4,
+             "pretrain_steps": steps},
+        ]
+    return pd.DataFrame(rows).assign(evaluation="frozen")
+
+
+def test_budget_curves_start_at_the_random_init_row() -> None:
+    from geocl.report.paired import budget_curves
+
+    curves = budget_curves(_sweep_summary(), from_step_zero={"simclr"})
+    # random-init once, at step 0, whatever the number of sections that show it
+    random = curves[curves["recipe"] == "random-init"]
+    assert random["pretrain_steps"].tolist() == [0] and random["mean"].tolist() == [0.20]
+    simclr = curves[curves["recipe"] == "simclr"]
+    assert simclr["pretrain_steps"].tolist() == [0, 100, 300]
+    assert simclr[["mean", "low", "high", "n"]].iloc[0].tolist() == [0.20, 0.18, 0.22, 4]  # the random-init row's
+    assert simclr["mean"].tolist() == pytest.approx([0.20, 0.25, 0.30])
+    # a recipe with another encoder does not start at random init
+    assert curves[curves["recipe"] == "vit"]["pretrain_steps"].tolist() == [100, 300]
+    counts = budget_curves(_sweep_summary())["recipe"].value_counts().to_dict()
+    assert counts == {"simclr": 3, "vit": 3, "random-init": 1}
+    # without budget 0: random-init is a level without steps, no curve starts there
+    level = budget_curves(_sweep_summary(step_zero=False))
+    assert level[level["recipe"] == "random-init"]["pretrain_steps"].isna().all()
+    assert level[level["recipe"] == "simclr"]["pretrain_steps"].tolist() == [100, 300]
+
+
+def test_plot_budgets_draws_each_curve_from_step_zero(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import geocl.report.paired as paired
+    from geocl.evaluation import FrozenLinearProbe
+
+    figures = []
+    monkeypatch.setattr(paired, "save_figure", lambda figure, path: figures.append(figure) or path)
+    paired.plot_budgets(_sweep_summary(), tmp_path / "budget.png", [FrozenLinearProbe], from_step_zero={"simclr"})
+    (axes,) = figures[0].axes
+    # each errorbar: (data line, caps, bars); its line holds the points drawn
+    drawn = {curve.get_label(): curve.lines[0].get_xdata().tolist() for curve in axes.containers}
+    assert drawn == {"simclr": [0, 100, 300], "vit": [100, 300], "random-init (step 0)": [0]}
+    assert axes.get_xscale() == "symlog" and [tick.get_text() for tick in axes.get_xticklabels()] == ["0", "100", "300"]
+    figures.clear()
+    paired.plot_budgets(_sweep_summary(step_zero=False), tmp_path / "budget.png", [FrozenLinearProbe])
+    (axes,) = figures[0].axes
+    assert axes.get_xscale() == "log" and len(axes.patches) == 1  # random-init: a band
+    # a real file too
+    monkeypatch.undo()
+    png = paired.plot_budgets(_sweep_summary(), tmp_path / "budget.png", [FrozenLinearProbe])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -12,7 +12,9 @@ and leaves every earlier output byte for byte; a rerun gives the right result.
 - a budget that ends inside a method's own warm-up (GraSS at 3 steps): flagged;
 - a learning-rate warm-up longer than the budget (PatchMix at 2 steps): refused before any work;
 - a read-only ``--out``: refused before any pretraining;
-- a comparison folder moved elsewhere: resumed there, nothing redone.
+- a comparison folder moved elsewhere: resumed there, nothing redone;
+- budget 0 (issue 22): the random-init row itself, evaluated once, each curve's first point;
+  alone, the random-init rows only; never flagged nor checked against a warm-up.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from geocl.recipes import save_recipe
 from tests.training.test_compare import _recipe
 
 #: mIoU of a fake finetune: the encoder's score (by pretraining name; None: random init) + 0.01 x seed.
-SCORES = {"alpha": 0.305, "gamma": 0.300, "simclr": 0.30, "grass": 0.31, None: 0.1}
+SCORES = {"alpha": 0.305, "gamma": 0.300, "simclr": 0.30, "grass": 0.31, "patchmix": 0.29, None: 0.1}
 
 
 class Runs:
@@ -359,3 +361,183 @@ def test_a_finished_pretraining_that_lost_its_last_ckpt_is_resumed_not_failed(
     code, _, err = _geocl(capsys, "compare", *grid, "--out", out)
     assert code == 0 and "Traceback" not in err, err
     assert resumed == [True] and (folder / "checkpoints" / "last.ckpt").is_file()
+
+
+# ------------------------------------------------------------------ issue 22: budget 0
+
+
+def test_step_zero_is_the_random_init_row_evaluated_once_and_starts_every_curve(
+    tmp_path: Path, stand_ins: list[Path], runs: Runs, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import geocl.training.compare as compare_module
+    from geocl.report.paired import budget_curves
+
+    plotted: list[tuple[pd.DataFrame, set[str]]] = []
+    plot = compare_module.plot_budgets
+
+    def recording(summary: pd.DataFrame, png: Path, evaluations: Any, *, from_step_zero: set[str]) -> Path:
+        plotted.append((summary, from_step_zero))
+        return plot(summary, png, evaluations, from_step_zero=from_step_zero)
+
+    monkeypatch.setattr(compare_module, "plot_budgets", recording)
+    out = tmp_path / "cmp"
+    grid = ["--label-fractions", "0.5", "--seeds", "2"]
+    code, printed, err = _geocl(capsys, "compare", *stand_ins, "--pretrain-steps", "3", "0", *grid, "--out", out)
+    assert code == 0 and "Traceback" not in err, err
+    assert (
+        "step 0 is the random-init row (encoder resnet18, never trained): evaluated once, the first point of "
+        "every recipe's curve"
+    ) in printed.splitlines()
+    assert runs.pretrained == ["alpha", "gamma"]  # budget 0 pretrains nothing
+    results = pd.read_csv(out / "results.csv")
+    # one set of random-init runs at step 0, not one per recipe
+    assert results.groupby(["recipe", "pretrain_steps"]).size().to_dict() == {
+        ("alpha", 3): 2, ("gamma", 3): 2, ("random-init", 0): 2,
+    }
+    assert len(runs.finetuned) == 6
+    step_zero = results[results["pretrain_steps"] == 0]
+    assert set(step_zero["method"]) == {"none"} and step_zero["miou"].tolist() == pytest.approx([0.10, 0.11])
+
+    # the same numbers as the random-init row of the comparison without budget 0
+    assert _geocl(capsys, "compare", *stand_ins, "--pretrain-steps", "3", *grid, "--out", tmp_path / "plain")[0] == 0
+    plain = pd.read_csv(tmp_path / "plain" / "results.csv")
+    random = plain[plain["recipe"] == "random-init"]
+    assert random["pretrain_steps"].isna().all()
+    keys = ["label_fraction", "subset_seed", "seed", "miou", "status"]
+    pd.testing.assert_frame_equal(step_zero[keys].reset_index(drop=True), random[keys].reset_index(drop=True))
+    # and the same runs: dropping budget 0 in the same folder reuses them (the recipes, pretrained afresh
+    # in folders of their own outside a sweep, are redone)
+    runs.finetuned.clear()
+    assert _geocl(capsys, "compare", *stand_ins, "--pretrain-steps", "3", *grid, "--out", out)[0] == 0
+    assert sorted(call["out"].name for call in runs.finetuned) == [
+        "alpha-f0.5-s0", "alpha-f0.5-s1", "gamma-f0.5-s0", "gamma-f0.5-s1",
+    ]
+    assert _geocl(capsys, "compare", *stand_ins, "--pretrain-steps", "3", "0", *grid, "--out", out)[0] == 0
+
+    # the report: a section for step 0, which is random init alone, its own baseline
+    md = (out / "results.md").read_text()
+    assert "## finetune protocol, 0 pretraining steps (random-init)" in md
+    step_zero_section = md.split("## finetune protocol, 0 pretraining steps (random-init)")[1].split("## ")[0]
+    assert "| random-init | 0.105 ± 0.007 | 2 |" in step_zero_section and "| alpha |" not in step_zero_section
+    assert "| random-init | 0.5 | 0.105 [" in step_zero_section and "(baseline)" in step_zero_section
+    assert "## finetune protocol, 3 pretraining steps" in md
+    summary = pd.read_csv(out / "results_summary.csv", keep_default_na=False)
+    zero = summary[summary["pretrain_steps"] == 0]
+    assert zero["recipe"].tolist() == ["random-init"] and zero["mean"].tolist() == pytest.approx([0.105])
+    assert zero["flag"].tolist() == [""]
+    # the plot: every curve starts at the random-init row's numbers
+    summary, starting = plotted[-1]
+    assert starting == {"alpha", "gamma"}
+    curves = budget_curves(summary, starting)
+    for recipe in ("alpha", "gamma"):
+        curve = curves[curves["recipe"] == recipe]
+        assert curve["pretrain_steps"].tolist() == [0, 3]
+        assert curve["mean"].tolist() == pytest.approx([0.105, SCORES[recipe] + 0.005])
+    assert curves[curves["recipe"] == "random-init"]["pretrain_steps"].tolist() == [0]
+    assert (out / "results_budget.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_step_zero_alone_runs_the_random_init_rows_only_on_distinct_subsets(
+    tmp_path: Path, stand_ins: list[Path], runs: Runs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cmp"
+    code, printed, err = _geocl(
+        capsys, "compare", *stand_ins, "--pretrain-steps", "0", "--label-fractions", "1.0", "0.5",
+        "--subset-seeds", "6", "--seeds", "1", "--out", out,
+    )
+    assert code == 0 and "Traceback" not in err, err
+    lines = printed.splitlines()
+    assert (
+        "--pretrain-steps 0 alone: only the random-init rows run (step 0 is the never-trained encoder resnet18); "
+        "no recipe is pretrained"
+    ) in lines
+    assert (
+        "label fraction 1 keeps every label: its 6 label subsets are one and run once (subset seed 0); "
+        "identical subsets are not independent pairs"
+    ) in lines
+    assert runs.pretrained == []
+    results = pd.read_csv(out / "results.csv")
+    assert set(results["recipe"]) == {"random-init"} and set(results["pretrain_steps"]) == {0}
+    assert results.groupby("label_fraction").size().to_dict() == {0.5: 6, 1.0: 1}
+    assert not (out / "results_budget.png").exists()
+    assert "| random-init |" in (out / "results.md").read_text()
+    assert pd.read_csv(out / "pretraining.csv").empty
+
+
+def test_step_zero_is_never_flagged_nor_checked_against_a_warm_up(
+    tmp_path: Path, tiny_tiles: Path, runs: Runs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "recipes"
+    simclr = _real_recipe(folder, tiny_tiles, "simclr", {"name": "simclr"})
+    grass = _real_recipe(folder, tiny_tiles, "grass", {"name": "grass", "warmup_epochs": 2})
+    patchmix = _real_recipe(
+        folder, tiny_tiles, "patchmix",
+        {"name": "patchmix", "proj_hidden_dim": 32, "proj_output_dim": 16, "pred_hidden_dim": 32},
+        encoder={"name": "test_vit", "args": {"patch_size": 8, "img_size": 32}},
+        scheduler={"name": "cosine", "warmup_epochs": 1},
+    )
+    epoch = _train_epoch(tiny_tiles)
+    out = tmp_path / "cmp"
+    # patchmix's one-epoch learning-rate warm-up fits the budget of one epoch, and is not checked against 0
+    code, printed, err = _geocl(
+        capsys, "compare", simclr, grass, patchmix, "--pretrain-steps", "0", str(epoch), "--label-fractions", "0.5",
+        "--seeds", "1", "--out", out,
+    )
+    assert code == 0 and "Traceback" not in err, err
+    flags = [line for line in printed.splitlines() if line.startswith("⚠")]
+    assert flags == [
+        f"⚠ grass: {epoch} pretraining steps end inside its {2 * epoch}-step warm-up (method.warmup_epochs 2 x "
+        f"{epoch} steps an epoch): it trained as simclr only, never as grass"
+    ]
+    assert (
+        "  patchmix: its encoder (test_vit) is not random-init's (test_resnet); its curve starts at its first "
+        "budget, not at step 0"
+    ) in printed.splitlines()
+    summary = pd.read_csv(out / "results_summary.csv", keep_default_na=False)
+    assert summary.loc[summary["pretrain_steps"] == 0, "flag"].tolist() == [""]
+    flagged = summary[summary["flag"] != ""]
+    assert flagged[["recipe", "pretrain_steps"]].values.tolist() == [["grass", epoch]]
+    md = (out / "results.md").read_text()
+    step_zero_section = md.split("0 pretraining steps (random-init)")[1].split("## ")[0]
+    assert "⚠" not in step_zero_section
+
+
+def test_step_zero_without_a_recipe_that_pretrains_is_refused(
+    tmp_path: Path, tiny_tiles: Path, runs: Runs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipes = Path(__file__).resolve().parents[2] / "recipes"
+    out = tmp_path / "cmp"
+    code, _, err = _geocl(
+        capsys, "compare", recipes / "fba.yaml", recipes / "fba-supervised.yaml", "--pretrain-steps", "0", "10",
+        "--override", f"data.tiles={tiny_tiles}", "--label-fractions", "0.5", "--seeds", "1", "--out", out,
+    )
+    assert _one_error_line(code, err) == (
+        "geocl compare: error: --pretrain-steps: 0 is random init, and no recipe pretrains an encoder: there is "
+        "no step 0 to evaluate; leave 0 out"
+    )
+    assert runs.pretrained == [] and not out.exists()
+
+
+def test_a_real_step_zero_row_is_the_random_init_row(
+    tmp_path: Path, tiny_tiles: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The real pretraining and probe, tiny: step 0's rows are those of the random-init row without budget 0."""
+    simclr = _real_recipe(tmp_path / "recipes", tiny_tiles, "simclr", {"name": "simclr"})
+    tiny = ["--protocol", "frozen", "--label-fractions", "0.5", "--seeds", "1", "--epochs", "1",
+            "--finetune-steps-per-epoch", "2", "--finetune-crop", "32", "--finetune-accelerator", "cpu",
+            "--no-finetune-progress"]
+    code, _, err = _geocl(capsys, "compare", simclr, "--pretrain-steps", "0", "1", *tiny, "--out", tmp_path / "swept")
+    assert code == 0, err
+    code, _, err = _geocl(capsys, "compare", simclr, "--pretrain-steps", "1", *tiny, "--out", tmp_path / "plain")
+    assert code == 0, err
+    swept = pd.read_csv(tmp_path / "swept" / "results.csv")
+    plain = pd.read_csv(tmp_path / "plain" / "results.csv")
+    assert swept.groupby(["recipe", "pretrain_steps"]).size().to_dict() == {("simclr", 1): 1, ("random-init", 0): 1}
+    keys = ["recipe", "method", "label_fraction", "subset_seed", "seed", "miou", "status"]
+    step_zero = swept[swept["pretrain_steps"] == 0][keys].reset_index(drop=True)
+    random = plain[plain["recipe"] == "random-init"][keys].reset_index(drop=True)
+    assert step_zero["status"].tolist() == ["ok"] and 0 <= step_zero["miou"].iloc[0] <= 1
+    # really pretrained
+    assert (tmp_path / "swept" / "pretrain" / "simclr-1steps" / "checkpoints" / "last.ckpt").is_file()
+    pd.testing.assert_frame_equal(step_zero, random)
