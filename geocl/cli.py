@@ -4,8 +4,10 @@ Thin: the flags, defaults and help of ``tile``, ``finetune``, ``evaluate``, ``pr
 and ``compare`` come from the option models of :mod:`geocl.recipes.options`, and
 their values are validated there before anything heavy (torch, Lightning, rasterio) is
 imported, so a bad value is answered at once. User errors (:class:`GeoclError`) print
-as one line ``geocl <command>: error: ...`` and exit 2; an interrupt exits 130 with the
-hint to rerun. Output is quiet unless ``--verbose`` (:mod:`geocl.console`).
+as one line ``geocl <command>: error: ...`` and exit 2, and so does a write the disk
+refuses (full, quota, read-only, permission, I/O error: :func:`geocl.io.write_failure`),
+naming the file; an interrupt exits 130 with the hint to rerun. Output is quiet unless
+``--verbose`` (:mod:`geocl.console`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, NoReturn
 
 from geocl.console import configure_output
 from geocl.errors import GeoclError
+from geocl.io import write_failure
 from geocl.recipes.cli_args import FLAGS_ATTRIBUTE, add_model_arguments, options_from_args
 from geocl.recipes.options import CompareOptions, EvaluateCommand, FinetuneCommand, PredictOptions, TileOptions
 from geocl.recipes.options import PredictCommand
@@ -165,8 +168,14 @@ def _predict_volume(options: PredictOptions) -> None:
     """``geocl predict CHECKPOINT VOLUME.nii.gz --out LABELS.nii.gz``: a NIfTI label map with the volume's affine."""
     if options.polygons is not None:
         raise GeoclError("polygons are written for GeoTIFF scenes, not NIfTI volumes", key="polygons")
+    from geocl.finetune.inference import check_trained_on
     from geocl.finetune.medical import label_beside, predict_volume
+    from geocl.finetune.model import read_checkpoint
+    from geocl.finetune.train import SEGMENTER_KEY
 
+    recorded = read_checkpoint(options.checkpoint, mmap=True).get(SEGMENTER_KEY)
+    if isinstance(recorded, dict):  # the rule of the GeoTIFF path, the other way round
+        check_trained_on(options.checkpoint, recorded, "volumes")
     window = options.window if "window" in options.model_fields_set else None  # default: the training slice side
     label = label_beside(options.scene)
     overlap = options.overlap if "overlap" in options.model_fields_set else None  # default: a quarter window
@@ -477,6 +486,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # stdout is pointed at devnull so that Python's flush at exit does not fail again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except Exception as error:
+        # a write the disk refused outside geocl.io's atomic writers (they raise GeoclError
+        # themselves): a full disk or quota, a read-only mount, no permission, an I/O error,
+        # also wrapped by GDAL or SQLite. Anything else is a bug and keeps its traceback.
+        failure = write_failure(error)
+        if failure is None:
+            raise
+        print(f"geocl {args.command}: error: {failure}", file=sys.stderr)
+        return 2
     return 0
 
 

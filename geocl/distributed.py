@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from geocl.errors import GeoclError
-from geocl.io import atomic_write_text, check_output_folder
+from geocl.io import atomic_write_text, check_output_folder, write_failure
 
 #: The marker a scene's worker writes last, in the scene's output folder.
 DONE_FILE = "done.json"
@@ -195,6 +195,13 @@ def run_task(task: SceneTask) -> tuple[str, float]:
         # (rasterio's) do not unpickle: Dask would send a bare Exception(repr) instead
         error.__context__ = error.__cause__ = None
         raise
+    except Exception as error:
+        # a write the disk refused outside geocl.io's atomic writers: the scene's reason in
+        # one line, as the CLI gives it; anything else is a bug and travels as it is
+        failure = write_failure(error)
+        if failure is None:
+            raise
+        raise failure from None
     seconds = time.perf_counter() - start
     record = {"scene": task.name, "key": _json_ready(task.key), "summary": summary, "seconds": seconds}
     atomic_write_text(marker, json.dumps(record, indent=1))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
+import os
 import subprocess
 import sys
 import time
@@ -343,6 +345,33 @@ def test_interrupted_pretrain_hints_at_resume(monkeypatch: pytest.MonkeyPatch, c
     assert cli.main(["pretrain", "r.yaml"]) == 130
     err = capsys.readouterr().err.strip()
     assert err == "geocl pretrain: interrupted; rerun the same command with --resume to continue from the last checkpoint"
+
+
+@pytest.mark.parametrize("number", [errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO])
+def test_a_write_the_disk_refuses_is_one_line_naming_the_file(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], number: int
+) -> None:
+    """Outside geocl.io's atomic writers too (they raise their own): errno and file, no traceback."""
+    from geocl import cli
+
+    def refused(args: argparse.Namespace) -> None:
+        raise OSError(number, os.strerror(number), "runs/x/metrics.csv")
+
+    monkeypatch.setattr(cli, "_tile", refused)
+    line = _run_error(capsys, "tile", "s.tif", "--out", "o")
+    assert line == f"geocl tile: error: runs/x/metrics.csv: {os.strerror(number)}"
+
+
+def test_other_errors_keep_their_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    from geocl import cli
+
+    for error in (RuntimeError("a bug"), FileNotFoundError(errno.ENOENT, "No such file", "x"), OSError("no errno")):
+        def fails(args: argparse.Namespace, error: Exception = error) -> None:
+            raise error
+
+        monkeypatch.setattr(cli, "_tile", fails)
+        with pytest.raises(type(error)):
+            cli.main(["tile", "s.tif", "--out", "o"])
 
 
 def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:

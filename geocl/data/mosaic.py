@@ -1,46 +1,80 @@
-"""A scene given as several GeoTIFFs, read as one raster in windows of its own pixel grid.
+"""A scene given as several GeoTIFFs, read as one raster on the pixel grid of its first file.
 
 Prediction walks a scene's pixel grid window by window. One GeoTIFF is read with
 rasterio directly (its own grid, no resampling). Several files (a folder, or a list of
-files and folders) are mosaicked by TorchGeo's :class:`~torchgeo.datasets.RasterDataset`,
-the way ``geocl tile`` reads them: every read is a ``rasterio.merge`` of the files the
-window touches, files in another CRS warped to the first file's CRS and pixel size.
+files and folders) are read as one :class:`SceneMosaic`, whose grid is the FIRST file's
+(the first given; a folder's files sorted): its CRS, its pixel size and its pixel
+origin, extended by whole pixels over the other files' footprints. So the first file's
+pixels are read exactly as they are, never resampled, and the prediction inside its
+footprint is its own single-file prediction (up to the context the model sees across
+its edges).
 
-The mosaic's grid is that CRS and pixel size over the union of the files' bounds:
-origin at its top-left corner, ``width = round((right - left) / xres)`` columns and
-``height = round((top - bottom) / yres)`` rows. Files that share one pixel grid (tiles
-of a larger scene) are therefore read back exactly: a mosaic of the tiles of a scene
-reads as the scene. Where no file covers a window (gaps of an L-shaped mosaic) the read
-holds the nodata value: the first file's, else 0, as TorchGeo fills
-(:func:`~geocl.data.rasters.nodata_value`).
+Every other file is read in one of two ways:
 
-Memory: a read holds the window only; TorchGeo's file-handle cache is off, so nothing
-is kept between reads or scenes (safe in long-lived worker processes).
+- on the grid (the same CRS and pixel size, its origin a whole number of pixels from the
+  first file's: tiles of one scene): its pixels are read as they are;
+- else resampled onto the grid by GDAL (a ``WarpedVRT`` onto the whole grid, the
+  transformer within 1/1000 px, so a pixel does not depend on the window it is read
+  in), nearest neighbour: the rule of ``geocl tile``, so the model sees source values
+  as in its training tiles.
+
+Where files overlap, the earlier file in the given order wins: a later file fills only
+the pixels where every band of the earlier ones is nodata (rasterio.merge's ``first``
+rule). :attr:`SceneMosaic.notes` says in words which files are resampled (from which
+CRS and pixel size, how) and which footprints overlap; ``geocl predict`` prints them.
+Where no file covers a pixel (gaps of an L-shaped mosaic) the read holds the nodata
+value: the first file's, else 0 (:func:`~geocl.data.rasters.nodata_value`).
+
+Why not TorchGeo's ``RasterDataset``, which ``geocl tile`` uses: it sorts the files
+(its first file, whose CRS it takes, is the alphabetically first), warps each file to a
+grid of its own and resamples that again onto the grid of each query, whose origin is
+the top-left corner of the union of the files: for files in two CRSs that grid lies a
+fraction of a pixel off the first file's, and every pixel of it was resampled.
+
+Memory: a read holds the window (and one file's part of it) only. File handles are
+opened on first use and closed by :meth:`SceneMosaic.close` (``open_scene`` closes
+them), so nothing is kept between scenes (safe in long-lived worker processes).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import rasterio
 import rasterio.errors
-import torch
+import shapely
+import shapely.affinity
 from rasterio.crs import CRS
-from rasterio.transform import Affine, from_origin
+from rasterio.enums import Resampling
+from rasterio.transform import Affine, array_bounds
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform as transform_points
 from rasterio.windows import Window
 
 from geocl.data.rasters import RasterInfo, find_rasters, inspect_rasters, nodata_value
 from geocl.errors import GeoclError
 
-__all__ = ["SceneMosaic", "SceneReader", "open_scene", "scene_files"]
+__all__ = ["RESAMPLING", "SceneMosaic", "SceneReader", "open_scene", "scene_files"]
 
 #: Source dtypes that float32 holds exactly; others are read as float64.
 _FLOAT32_EXACT = ("uint8", "int8", "uint16", "int16", "float16", "float32")
+#: How files off the first file's grid are resampled onto it (``geocl tile``'s rule for images).
+RESAMPLING = Resampling.nearest
+#: A file is on the grid when its origin lies within this many pixels of a grid corner
+#: and its pixel size within this fraction of the grid's.
+_ON_GRID = 1e-6
+#: Error (px) allowed to GDAL's approximate transformer when warping (its default is
+#: 1/8 px, enough to move a nearest-neighbour pick between windows read apart).
+_WARP_TOLERANCE = 1e-3
+#: Points per footprint edge when a footprint is carried into another CRS (edges bend).
+_EDGE_POINTS = 21
 
 
 class SceneReader(Protocol):
@@ -75,100 +109,240 @@ def scene_files(scene: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
     return list(dict.fromkeys(files))
 
 
-def _mosaic_dataset(paths: Sequence[Path], dtype: torch.dtype) -> Any:
-    """TorchGeo's mosaic over an explicit list of files, read as ``dtype``.
+@dataclass(frozen=True)
+class _Part:
+    """One file of a mosaic and where it lies on the mosaic's grid.
 
-    TorchGeo is imported here, not with the module: it takes seconds and some 300 MB,
-    which one-file scenes do not need.
+    Attributes:
+        info: the file.
+        footprint: its outline in grid pixel coordinates (column, row).
+        box: ``(col0, row0, col1, row1)``: the grid pixels its footprint touches.
+        offset: ``(col, row)`` of its first pixel on the grid when it is on the grid
+            (read as it is); None when it is resampled.
+        nodata: the value of its missing pixels (its own nodata, else 0, GDAL's fill).
     """
-    from torchgeo.datasets import RasterDataset
 
-    class Files(RasterDataset):  # type: ignore[misc]
-        @property
-        def dtype(self) -> torch.dtype:
-            return dtype
+    info: RasterInfo
+    footprint: Any
+    box: tuple[int, int, int, int]
+    offset: tuple[int, int] | None
+    nodata: float
 
-    # cache=False: no open handles kept between reads (nor between scenes in a worker)
-    return Files(paths=[str(path) for path in paths], cache=False)
+
+def _crs_name(crs: CRS) -> str:
+    """``EPSG:32633`` where the CRS has a code, else its name (``WGS 84 / UTM zone 33N``)."""
+    code = crs.to_epsg()
+    if code is not None:
+        return f"EPSG:{code}"
+    from pyproj import CRS as ProjCRS
+
+    return str(ProjCRS.from_wkt(crs.to_wkt()).name)
+
+
+def _outline(info: RasterInfo, crs: CRS, to_grid: Affine) -> Any:
+    """``info``'s footprint in the pixel coordinates ``to_grid`` gives in ``crs`` (edges densified)."""
+    steps = np.linspace(0.0, 1.0, _EDGE_POINTS)[:-1]
+    width, height = info.width, info.height
+    cols = np.concatenate([steps * width, np.full_like(steps, width), (1 - steps) * width, np.zeros_like(steps)])
+    rows = np.concatenate([np.zeros_like(steps), steps * height, np.full_like(steps, height), (1 - steps) * height])
+    xs, ys = info.transform @ (cols, rows)
+    if info.crs != crs:
+        xs, ys = transform_points(info.crs, crs, np.asarray(xs), np.asarray(ys))
+    grid_cols, grid_rows = to_grid @ (np.asarray(xs), np.asarray(ys))
+    return shapely.Polygon(np.column_stack([grid_cols, grid_rows]))
+
+
+def _grid_offset(info: RasterInfo, first: RasterInfo) -> tuple[int, int] | None:
+    """Where ``info``'s first pixel lies on ``first``'s pixel grid, when ``info`` shares that grid; else None."""
+    if info.crs != first.crs:
+        return None
+    mine, grid = info.transform, first.transform
+    scale = max(abs(grid.a), abs(grid.b), abs(grid.d), abs(grid.e))
+    if any(abs(m - g) > _ON_GRID * scale for m, g in zip(mine[:2] + mine[3:5], grid[:2] + grid[3:5])):
+        return None
+    col, row = ~grid @ (mine.c, mine.f)
+    if abs(col - round(col)) > _ON_GRID or abs(row - round(row)) > _ON_GRID:
+        return None
+    return round(col), round(row)
+
+
+def _missing(data: np.ndarray, nodata: float) -> np.ndarray:
+    """``[H, W]``: True where every band holds ``nodata`` (NaN compares as NaN)."""
+    return (np.isnan(data) if math.isnan(nodata) else data == nodata).all(axis=0)
 
 
 class SceneMosaic:
-    """Several GeoTIFFs read as one raster (see the module docstring for the grid).
+    """Several GeoTIFFs read as one raster on the first file's pixel grid (see the module docstring).
 
     Args:
         infos: the files, checked by :func:`~geocl.data.rasters.inspect_rasters` (one
-            band count).
+            band count), in the order given: the first gives the grid and wins overlaps.
 
     Attributes:
         height, width: rows and columns of the mosaic grid (px).
         count: bands.
         crs: the first file's CRS.
-        transform: pixel-to-map transform of the grid (north up).
+        res: the first file's pixel size (x, y).
+        transform: pixel-to-map transform of the grid: the first file's, moved by whole pixels.
+        first_origin: ``(col, row)`` of the first file's first pixel on the grid.
         nodata: the value of missing pixels in reads.
         dtypes: numpy dtype name of the reads, per band (float32, or float64 for
             sources float32 cannot hold exactly).
         files: the files.
+        notes: what the mosaic does to the files, in words: each file resampled (from
+            which CRS and pixel size, how) and each overlap (which file wins).
     """
 
     def __init__(self, infos: Sequence[RasterInfo]) -> None:
-        dtype = "float32" if all(info.dtype in _FLOAT32_EXACT for info in infos) else "float64"
+        first = infos[0]
         self.files = [info.path for info in infos]
-        self.dataset = _mosaic_dataset(self.files, torch.float32 if dtype == "float32" else torch.float64)
-        self.res: tuple[float, float] = tuple(self.dataset.res)  # type: ignore[assignment]
-        left, bottom, right, top = (float(v) for v in self.dataset.index.total_bounds)
-        self.left, self.top = left, top
-        self.width = max(1, round((right - left) / self.res[0]))
-        self.height = max(1, round((top - bottom) / self.res[1]))
-        self.count = infos[0].count
-        self.crs = CRS.from_user_input(self.dataset.crs)
-        self.transform = from_origin(left, top, *self.res)
+        self.count = first.count
+        self.crs = first.crs
+        self.res: tuple[float, float] = first.res
         self.nodata: float | None = nodata_value(infos)
+        dtype = "float32" if all(info.dtype in _FLOAT32_EXACT for info in infos) else "float64"
         self.dtypes = (dtype,) * self.count
+        to_first = ~first.transform
+        outlines = [_outline(info, first.crs, to_first) for info in infos]
+        left, top = (min(math.floor(min(o.bounds[i] for o in outlines) + _ON_GRID), 0) for i in (0, 1))
+        right = max(math.ceil(o.bounds[2] - _ON_GRID) for o in outlines)
+        bottom = max(math.ceil(o.bounds[3] - _ON_GRID) for o in outlines)
+        self.transform = first.transform @ Affine.translation(left, top)
+        self.width, self.height = right - left, bottom - top
+        self.first_origin = (-left, -top)
+        self.parts: list[_Part] = []
+        for info, outline in zip(infos, outlines):
+            footprint = shapely.affinity.translate(outline, -left, -top)
+            offset = _grid_offset(info, first)
+            if offset is not None:
+                col, row = offset[0] - left, offset[1] - top
+                box = (col, row, col + info.width, row + info.height)
+                offset = (col, row)
+            else:
+                x0, y0, x1, y1 = footprint.bounds
+                box = (max(0, math.floor(x0)), max(0, math.floor(y0)),
+                       min(self.width, math.ceil(x1)), min(self.height, math.ceil(y1)))
+            nodata = 0.0 if info.nodata is None else float(info.nodata)
+            self.parts.append(_Part(info, footprint, box, offset, nodata))
+        self.notes: tuple[str, ...] = tuple(self._describe())
+        self._handles: dict[int, Any] = {}
+        self._opened: list[Any] = []
+
+    def _describe(self) -> list[str]:
+        first = self.parts[0].info
+        unit = self.crs.linear_units if self.crs.is_projected else "°"
+        unit = {"metre": "m", "meter": "m"}.get(unit, unit)
+        grid = f"the pixel grid of {first.path.name} ({self.res[0]:g} x {self.res[1]:g} {unit} pixels)"
+        notes = []
+        for part in self.parts[1:]:
+            if part.offset is not None:
+                continue
+            info = part.info
+            if info.crs != self.crs:
+                how = f"from {_crs_name(info.crs)} to {_crs_name(self.crs)} onto {grid}"
+            elif not np.allclose(info.res, self.res, rtol=_ON_GRID, atol=0):
+                how = f"from {info.res[0]:g} x {info.res[1]:g} {unit} pixels onto {grid}"
+            else:
+                col, row = ~first.transform @ (info.transform.c, info.transform.f)
+                how = f"onto {grid}, off which its pixels lie by {col - round(col):+.2f}, {row - round(row):+.2f} px"
+            notes.append(f"{info.path.name} is resampled {how}, nearest neighbour")
+        overlaps = []
+        for i, a in enumerate(self.parts):
+            for b in self.parts[i + 1:]:
+                area = a.footprint.intersection(b.footprint).area
+                if area >= 0.5:
+                    overlaps.append((a.info.path.name, b.info.path.name, area))
+        for a, b, area in overlaps[:5]:
+            notes.append(
+                f"{a} and {b} overlap (about {area:,.0f} px): {a}'s pixels are kept there, {b} fills only its nodata"
+            )
+        if len(overlaps) > 5:
+            notes.append(f"{len(overlaps) - 5} more pairs of files overlap: in each, the file given first wins")
+        return notes
+
+    def _handle(self, index: int) -> Any:
+        """The open file (or, for a resampled file, its ``WarpedVRT`` onto the grid) of part ``index``."""
+        if index not in self._handles:
+            part = self.parts[index]
+            src = rasterio.open(part.info.path)
+            self._opened.append(src)
+            if part.offset is None:
+                src = WarpedVRT(
+                    src, crs=self.crs, transform=self.transform, width=self.width, height=self.height,
+                    resampling=RESAMPLING, nodata=part.nodata, tolerance=_WARP_TOLERANCE,
+                )
+                self._opened.append(src)
+            self._handles[index] = src
+        return self._handles[index]
 
     def read(self, *, window: Window) -> np.ndarray:
         """The window's pixels, ``[count, height, width]`` in :attr:`dtypes`.
 
         Raises:
-            GeoclError: naming the files when rasterio cannot read them.
+            GeoclError: naming the file when rasterio cannot read it.
         """
         col, row = int(window.col_off), int(window.row_off)
         width, height = int(window.width), int(window.height)
-        rx, ry = self.res
-        xmin, ymax = self.left + col * rx, self.top - row * ry
-        try:
-            data = self.dataset[xmin : xmin + width * rx : rx, ymax - height * ry : ymax : ry]["image"].numpy()
-        except IndexError:  # no file reaches the window
-            return np.full((self.count, height, width), self.nodata, dtype=self.dtypes[0])
-        except rasterio.errors.RasterioError as error:
-            raise GeoclError(f"cannot read pixels (corrupt file?): {error}", path=self.files[0]) from None
-        if data.shape[1:] != (height, width):  # merge rounds its shape; keep the grid's
-            padded = np.full((self.count, height, width), self.nodata, dtype=self.dtypes[0])
-            rows, cols = min(height, data.shape[1]), min(width, data.shape[2])
-            padded[:, :rows, :cols] = data[:, :rows, :cols]
-            return padded
-        return data
+        out = np.full((self.count, height, width), self.nodata, dtype=self.dtypes[0])
+        filled = np.zeros((height, width), dtype=bool)
+        for index, part in enumerate(self.parts):
+            c0, r0 = max(col, part.box[0]), max(row, part.box[1])
+            c1, r1 = min(col + width, part.box[2]), min(row + height, part.box[3])
+            if c0 >= c1 or r0 >= r1:
+                continue
+            place = (slice(r0 - row, r1 - row), slice(c0 - col, c1 - col))
+            if filled[place].all():
+                continue
+            if part.offset is not None:
+                own = Window(c0 - part.offset[0], r0 - part.offset[1], c1 - c0, r1 - r0)
+            else:
+                own = Window(c0, r0, c1 - c0, r1 - r0)
+            try:
+                data = self._handle(index).read(window=own)
+            except rasterio.errors.RasterioError as error:
+                raise GeoclError(f"cannot read pixels (corrupt file?): {error}", path=part.info.path) from None
+            take = ~_missing(data, part.nodata) & ~filled[place]
+            out[(slice(None), *place)][:, take] = data[:, take]
+            filled[place] |= take
+        return out
 
     def read_decimated(self, shape: tuple[int, int], indexes: Sequence[int] | None = None) -> np.ndarray:
         """The whole mosaic resampled to ``shape`` (for previews; memory of the result only).
+
+        Every file is warped onto the coarse grid (nearest neighbour), the earlier files winning.
 
         Args:
             shape: ``(rows, cols)`` of the result.
             indexes: 1-based bands to return (default: all).
         """
         rows, cols = shape
-        rx, ry = self.width * self.res[0] / cols, self.height * self.res[1] / rows
-        right, bottom = self.left + cols * rx, self.top - rows * ry
-        data = self.dataset[self.left : right : rx, bottom : self.top : ry]["image"].numpy()[:, :rows, :cols]
-        return data if indexes is None else data[[i - 1 for i in indexes]]
+        bands = list(indexes) if indexes is not None else list(range(1, self.count + 1))
+        coarse = self.transform @ Affine.scale(self.width / cols, self.height / rows)
+        out = np.full((len(bands), rows, cols), self.nodata, dtype=self.dtypes[0])
+        filled = np.zeros(shape, dtype=bool)
+        for part in self.parts:
+            with rasterio.open(part.info.path) as src, WarpedVRT(
+                src, crs=self.crs, transform=coarse, width=cols, height=rows, resampling=Resampling.nearest,
+                nodata=part.nodata,
+            ) as vrt:
+                data = vrt.read(bands)
+            take = ~_missing(data, part.nodata) & ~filled
+            out[:, take] = data[:, take]
+            filled |= take
+        return out
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
         """(left, bottom, right, top) of the grid in map units."""
-        rx, ry = self.res
-        return self.left, self.top - self.height * ry, self.left + self.width * rx, self.top
+        west, south, east, north = array_bounds(self.height, self.width, self.transform)
+        return min(west, east), min(south, north), max(west, east), max(south, north)
 
     def close(self) -> None:
-        """Nothing to release (no handles are cached); for symmetry with rasterio."""
+        """Close the files opened by reads (the last opened first: a ``WarpedVRT`` before its file)."""
+        for handle in reversed(self._opened):
+            handle.close()
+        self._opened.clear()
+        self._handles.clear()
 
 
 @contextlib.contextmanager
@@ -190,4 +364,8 @@ def open_scene(files: Sequence[Path]) -> Iterator[Any]:
         with rasterio.open(infos[0].path) as src:
             yield src
     else:
-        yield SceneMosaic(infos)
+        mosaic = SceneMosaic(infos)
+        try:
+            yield mosaic
+        finally:
+            mosaic.close()

@@ -31,6 +31,7 @@ mask is written in the smallest integer dtype that holds its classes and nodata.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -57,7 +58,7 @@ from geocl.data.roi import check_roi_overlaps, read_roi
 from geocl.data.scene import SceneImage, SceneMask, labelled_scene
 from geocl.data.stats import BandStats, scene_band_stats, valid_pixels
 from geocl.errors import GeoclError
-from geocl.io import atomic_path, atomic_write_text, check_output_folder
+from geocl.io import atomic_path, atomic_write_bytes, atomic_write_text, check_output_folder, write_failure
 
 SPLITS = ("train", "val", "test")
 INDEX_FILE = "tiles.gpkg"
@@ -451,15 +452,16 @@ def _reusable(path: Path, spec: _TileSpec, bounds: Box, res: tuple[float, float]
 
 @contextlib.contextmanager
 def _writing(path: Path) -> Iterator[None]:
-    """Turn a failed write (disk full, permissions changed) into a user error naming the file."""
+    """A write the disk refused (full, permissions changed: :func:`geocl.io.write_failure`) as a
+    user error naming the file and how to go on; any other error (a bug) passes with its traceback."""
     try:
         yield
-    except (OSError, rasterio.errors.RasterioError) as error:
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-        raise GeoclError(
-            f"cannot write ({reason}); free some space or fix the permissions, then rerun to resume",
-            path=path,
-        ) from None
+    except Exception as error:
+        failure = write_failure(error, path)
+        if failure is None:
+            raise
+        failure.args = (f"{failure.args[0]}; free some space or fix the permissions, then rerun to resume",)
+        raise failure from None
 
 
 #: Option keys that differ from the :class:`TilingOptions` field (the name users give).
@@ -782,16 +784,24 @@ INDEX_TIMESTAMP = "2000-01-01T00:00:00.000Z"
 
 
 def _write_index(path: Path, rows: list[dict[str, Any]], crs: Any) -> None:
+    """The tile index as a GeoPackage, built in memory and written by Python in one atomic write.
+
+    In memory (a few hundred bytes a tile), because SQLite writing in place reports a
+    full disk as a later statement failing (``no such table: gpkg_contents``), with the
+    SQL in the message; Python's write says ``No space left on device`` with the file.
+    The bytes are those of a GeoPackage written to disk.
+    """
     import pyogrio  # geopandas' writer: its own GDAL, with its own configuration
 
     frame = gpd.GeoDataFrame(rows, geometry="geometry", crs=crs)
     previous = pyogrio.get_gdal_config_option("OGR_CURRENT_DATE")
     pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": INDEX_TIMESTAMP})
     try:
-        with atomic_path(path) as temp:
-            frame.to_file(temp, layer=INDEX_LAYER, driver="GPKG", engine="pyogrio")
+        buffer = io.BytesIO()
+        frame.to_file(buffer, layer=INDEX_LAYER, driver="GPKG", engine="pyogrio")
     finally:
         pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": previous})
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _write_metadata(

@@ -14,7 +14,11 @@ probabilities), the preview is drawn
 polygons are written (:func:`~geocl.finetune.polygons.write_polygons`, by blocks too).
 
 The scene is one GeoTIFF, a folder of them or a list of files and folders; several
-files are predicted as their mosaic (:mod:`geocl.data.mosaic`). With ``tta`` each
+files are predicted as their mosaic on the first file's pixel grid (:mod:`geocl.data.mosaic`:
+the first file's pixels as they are, other files resampled onto its grid where they are
+off it, the file given first winning where files overlap; the result's ``notes`` say
+which), with the windows placed on the first file as when it is predicted alone, so that
+its map is its own wherever the windows holding a pixel lie inside it. With ``tta`` each
 window's logits are the mean over its 8 flips and rotations
 (:class:`~geocl.finetune.tta.D4Average`).
 """
@@ -41,7 +45,7 @@ from geocl.data.normalize import BandNormalizer
 from geocl.data.rasters import bounded_memory, geotiff_profile
 from geocl.errors import GeoclError
 from geocl.finetune.polygons import POLYGON_BLOCK, write_polygons
-from geocl.finetune.sliding_window import Model, column_blocks, sliding_window_logits, window_grid
+from geocl.finetune.sliding_window import Model, Strip, column_blocks, sliding_window_logits, window_grid
 from geocl.finetune.tta import D4Average
 from geocl.io import atomic_path, check_output_file
 from geocl.report.prediction import plot_prediction_preview
@@ -87,6 +91,8 @@ class PredictionResult:
         scenes: the scene's files.
         windows: model windows run (each 8 model calls with ``tta``).
         seconds: wall time of the whole prediction.
+        notes: what a mosaic did to its files (:attr:`~geocl.data.mosaic.SceneMosaic.notes`):
+            files resampled onto the first file's grid, files that overlap and which wins.
     """
 
     path: Path
@@ -98,14 +104,18 @@ class PredictionResult:
     scenes: tuple[Path, ...] = ()
     windows: int = 0
     seconds: float = 0.0
+    notes: tuple[str, ...] = ()
 
     def describe(self) -> str:
         """The lines ``geocl predict`` prints."""
         lines = [
             f"prediction: {self.path} ({self.shape[1]} x {self.shape[0]} px, {len(self.classes)} classes, "
             f"{self.seconds:.1f} s)",
-            f"  preview: {self.png}",
         ]
+        if len(self.scenes) > 1:
+            lines.append(f"  mosaic of {len(self.scenes)} files on the grid of the first, {self.scenes[0]}")
+        lines += [f"  note: {note}" for note in self.notes]
+        lines.append(f"  preview: {self.png}")
         if self.probabilities is not None:
             lines.append(f"  probabilities: {self.probabilities}")
         if self.polygons is not None:
@@ -292,6 +302,116 @@ class _BlockRowWriter:
         self.pending = [rows[:, count:]] if count < rows.shape[1] else []
 
 
+class _FiniteReader:
+    """A scene reader on which a pixel holding NaN or an infinity in any band reads as nodata in every band.
+
+    Such a value reaching the model spreads through every convolution of its window (a
+    10 x 10 px hole of NaN in a scene whose nodata is 0 turned whole windows into class
+    0); as nodata the pixel is written as nodata and the rest of its window is predicted.
+    Integer scenes are passed through untouched.
+
+    Args:
+        src: the scene reader.
+        nodata: the value the prediction takes for missing pixels (may be NaN).
+    """
+
+    def __init__(self, src: Any, nodata: float) -> None:
+        self._src = src
+        self._nodata = nodata
+        #: the value of missing pixels
+        self.missing = nodata
+        #: whether a read met such a pixel that was not nodata already
+        self.found = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._src, name)
+
+    def read(self, *, window: Window) -> np.ndarray:
+        data = self._src.read(window=window)
+        if data.dtype.kind != "f":
+            return data
+        bad = ~np.isfinite(data).all(axis=0)
+        if bad.any():
+            missing = (np.isnan(data) if np.isnan(self._nodata) else data == self._nodata).all(axis=0)
+            self.found |= bool((bad & ~missing).any())
+            data[:, bad] = self._nodata
+        return data
+
+
+class _Anchored:
+    """A scene seen with nodata rows above and columns left of it, so that window origins,
+    every ``stride`` px from the view's corner, fall on ``origin`` (the mosaic pixel where
+    its first file starts), as they do when that file is predicted alone.
+
+    Where the windows fall changes a network's labels (a U-Net's output depends on its
+    whole window): a poorly trained test network agreed with itself on 75 % of the pixels
+    when its windows were moved by 20 px. On the first file's own window grid, every pixel
+    whose windows all lie inside that file gets the logits of its single-file prediction.
+    The added rows and columns are dropped again from the strips (:meth:`strips`); nothing
+    is added when ``origin`` already lies on the grid (a single file: (0, 0)).
+
+    Args:
+        src: the scene reader.
+        origin: ``(col, row)`` of the pixel to put on the window grid.
+        stride: px between window origins.
+    """
+
+    def __init__(self, src: Any, origin: tuple[int, int], stride: int) -> None:
+        self._src = src
+        self.cols, self.rows = (-origin[0]) % stride, (-origin[1]) % stride
+        self.height, self.width = src.height + self.rows, src.width + self.cols
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._src, name)
+
+    def columns(self, span: tuple[int, int]) -> tuple[int, int]:
+        """Scene columns ``[start, stop)`` as columns of the view."""
+        return span[0] + self.cols, span[1] + self.cols
+
+    def read(self, *, window: Window) -> np.ndarray:
+        col, row = int(window.col_off) - self.cols, int(window.row_off) - self.rows
+        width, height = int(window.width), int(window.height)
+        if col >= 0 and row >= 0:
+            return self._src.read(window=Window(col, row, width, height))
+        inside = Window(max(col, 0), max(row, 0), width + min(col, 0), height + min(row, 0))
+        data = self._src.read(window=inside)
+        out = np.full((data.shape[0], height, width), self._src.missing, dtype=data.dtype)
+        out[:, height - data.shape[1] :, width - data.shape[2] :] = data
+        return out
+
+    def strips(self, strips: Iterator[Strip]) -> Iterator[Strip]:
+        """The strips of the scene's rows: the added rows dropped, columns as the scene's."""
+        for strip in strips:
+            skip = min(max(self.rows - strip.row, 0), strip.logits.shape[1])
+            if skip < strip.logits.shape[1]:
+                yield Strip(strip.row + skip - self.rows, strip.logits[:, skip:], strip.invalid[skip:],
+                            strip.col - self.cols)
+
+
+#: Side (px) of the windows :func:`_has_pixel_to_predict` reads.
+_PROBE = 256
+
+
+def _has_pixel_to_predict(src: _FiniteReader) -> bool:
+    """Whether the scene holds a pixel that is not nodata, NaN or infinite: before the pass, so
+    a scene with nothing to predict is refused before any output or progress bar.
+
+    Nine windows (corners, edge middles, centre) answer for nearly every scene; only when they
+    hold no such pixel is the scene read on, window by window, up to the first one.
+    """
+    rows = sorted({0, max(0, (src.height - _PROBE) // 2), max(0, src.height - _PROBE)})
+    cols = sorted({0, max(0, (src.width - _PROBE) // 2), max(0, src.width - _PROBE)})
+    every = [(row, col) for row in range(0, src.height, _PROBE) for col in range(0, src.width, _PROBE)]
+    first = [(row, col) for row in rows for col in cols]
+    for row, col in [*first, *(origin for origin in every if origin not in first)]:
+        data = src.read(window=Window(col, row, min(_PROBE, src.width - col), min(_PROBE, src.height - row)))
+        missing = src.missing
+        invalid = (np.isnan(data) if np.isnan(missing) else data == missing).all(axis=0)
+        if not invalid.all():
+            return True
+    return False
+
+
 def _to_cog(source: Path, final: Path, overview_resampling: str) -> None:
     """Copy a tiled GeoTIFF to a Cloud-Optimized GeoTIFF with rio-cogeo (deflate, 256 px tiles, overviews).
 
@@ -372,7 +492,8 @@ def predict_scene(
         overlap: overlap of neighbouring windows (px, < window).
         batch_size: windows per model call.
         device: where the model runs.
-        nodata: value written where every band of the scene is nodata (not a class value).
+        nodata: value written where every band of the scene is nodata, or a band holds NaN or an
+            infinity (not a class value).
         polygons: also write the prediction as polygons to this GeoPackage (layer
             :data:`~geocl.finetune.polygons.POLYGON_LAYER`, one row per 4-connected region,
             column ``class_value``, the scene's CRS, nodata left out), vectorised in
@@ -403,7 +524,11 @@ def predict_scene(
             georeferenced raster, the band counts of a mosaic differ or differ from the
             normaliser's, an output that cannot be written (:func:`check_prediction_outputs`),
             or the option at fault (``window``, ``overlap``, ``batch_size``, ``block``,
-            ``probabilities``, ``class_values``, ``class_colours``, ``nodata``).
+            ``probabilities``, ``class_values``, ``class_colours``, ``nodata``); after the
+            pass, naming the scene file when it held no pixel to predict (every one nodata,
+            NaN or infinite: no output is left). A write the disk refuses raises
+            :class:`~geocl.io.OutputWriteError` naming the file; the outputs written before
+            it are complete, the one being written is left as it was.
     """
     started = time.perf_counter()
     dtype = _check_options(window, overlap, batch_size, class_values, nodata, class_colours, probabilities, block)
@@ -428,11 +553,23 @@ def predict_scene(
                     path=files[0],
                 )
             shape = (src.height, src.width)
+            notes = tuple(getattr(src, "notes", ()))  # a mosaic's: resampled files, overlaps
+            finite = _FiniteReader(src, src.nodata if src.nodata is not None else normalizer.nodata)
+            if not _has_pixel_to_predict(finite):
+                raise GeoclError(
+                    f"holds no pixel to predict: every pixel is nodata ({finite.missing:g} in every band), "
+                    "NaN or infinite",
+                    path=files[0],
+                )
             grid = {"crs": src.crs, "transform": src.transform, "block": TILE}
             blocks = column_blocks(src.width, block)
+            # a mosaic's windows fall where they fall on its first file alone (see _Anchored)
+            view = _Anchored(finite, getattr(src, "first_origin", (0, 0)), window - overlap)
             windows = sum(
                 len(rows) * len(cols)
-                for rows, cols in (window_grid(src.height, src.width, window, overlap, span) for span in blocks)
+                for rows, cols in (
+                    window_grid(view.height, view.width, window, overlap, view.columns(span)) for span in blocks
+                )
             )
             with contextlib.ExitStack() as outputs:
                 labels = outputs.enter_context(_geotiff_output(
@@ -461,10 +598,10 @@ def predict_scene(
                     for start, stop in blocks:
                         label_rows = _BlockRowWriter(labels, start)
                         score_rows = _BlockRowWriter(scores, start) if scores is not None else None
-                        for strip in sliding_window_logits(
-                            run, src, normalizer, num_classes=len(values), window=window, overlap=overlap,
-                            batch_size=batch_size, device=device, columns=(start, stop), progress=bar,
-                        ):
+                        for strip in view.strips(sliding_window_logits(
+                            run, view, normalizer, num_classes=len(values), window=window, overlap=overlap,
+                            batch_size=batch_size, device=device, columns=view.columns((start, stop)), progress=bar,
+                        )):
                             classes = lookup[strip.logits.argmax(axis=0)]
                             classes[strip.invalid] = nodata
                             label_rows.write(classes[None])
@@ -476,10 +613,12 @@ def predict_scene(
     finally:
         if module is not None:
             module.train(was_training)
+    if finite.found:
+        notes += (f"the scene holds NaN or infinite values: those pixels are written as nodata ({nodata})",)
 
     png = plot_prediction_preview(files, out, values, colours, nodata)
     gpkg = write_polygons(out, polygons, block=min(block, POLYGON_BLOCK)) if polygons is not None else None
     return PredictionResult(
         path=out, png=png, polygons=gpkg, shape=shape, classes=values, probabilities=proba_out,
-        scenes=tuple(files), windows=windows, seconds=time.perf_counter() - started,
+        scenes=tuple(files), windows=windows, seconds=time.perf_counter() - started, notes=notes,
     )

@@ -26,7 +26,7 @@ def mosaic_quicklook(files: Sequence[Path], max_side: int = 1024) -> tuple[np.nd
     from geocl.data.rasters import inspect_rasters
     from geocl.report.maps import stretch
 
-    mosaic = SceneMosaic(inspect_rasters(list(files)))
+    mosaic = SceneMosaic(inspect_rasters(list(files)))  # read_decimated opens and closes its files itself
     scale = max(1.0, max(mosaic.width, mosaic.height) / max_side)
     shape = (max(1, round(mosaic.height / scale)), max(1, round(mosaic.width / scale)))
     data = mosaic.read_decimated(shape, [3, 2, 1] if mosaic.count >= 3 else [1, 1, 1]).astype(np.float64)

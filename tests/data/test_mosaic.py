@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from pyproj import Transformer
 from rasterio.windows import Window
 
 from geocl.data.mosaic import SceneMosaic, open_scene, scene_files
@@ -81,3 +82,59 @@ def test_scene_files_from_files_and_folders(tmp_path: Path, write_raster) -> Non
         scene_files([c, tmp_path / "missing.tif"])
     with pytest.raises(GeoclError, match="no scene given"):
         scene_files([])
+
+
+def two_crs(tmp_path: Path, write_raster) -> tuple[Path, Path, np.ndarray]:  # type: ignore[no-untyped-def]
+    """a.tif in UTM 33N (a hole of nodata at its east edge) and b.tif in UTM 34N over that edge."""
+    a = coordinate_image(60, 70)
+    a[:, 10:20, 62:70] = 0
+    first = write_raster(tmp_path / "a.tif", a, origin=(699_000.0, 5_100_000.0), res=10.0, nodata=0)
+    x, y = Transformer.from_crs("EPSG:32633", "EPSG:32634", always_xy=True).transform(699_000.0 + 500, 5_100_000.0 + 155)
+    b = coordinate_image(50, 50) + 1000
+    second = write_raster(tmp_path / "b.tif", b, crs="EPSG:32634", origin=(x, y), res=10.0, nodata=0)
+    return first, second, a
+
+
+def test_files_in_two_crs_are_read_on_the_first_files_grid(tmp_path: Path, write_raster) -> None:
+    first, second, a = two_crs(tmp_path, write_raster)
+    with open_scene([first, second]) as mosaic:
+        assert mosaic.crs == "EPSG:32633" and mosaic.res == (10.0, 10.0)
+        col, row = ~mosaic.transform @ (699_000.0, 5_100_000.0)
+        assert (col, row) == (round(col), round(row)) and row > 0  # b reaches above a: the grid grew by whole pixels
+        col, row = round(col), round(row)
+        read = mosaic.read(window=Window(col, row, 70, 60))
+        valid = ~(a == 0).all(axis=0)
+        np.testing.assert_array_equal(read[:, valid], a[:, valid])  # a's pixels as they are, winning the overlap
+        assert (read[:, 10:20, 62:70] > 1000).any()  # its hole is filled from b where b lies
+        assert mosaic.notes == (
+            "b.tif is resampled from EPSG:32634 to EPSG:32633 onto the pixel grid of a.tif (10 x 10 m pixels), "
+            "nearest neighbour",
+            f"a.tif and b.tif overlap (about {mosaic.notes[1].split('about ')[1].split(' px')[0]} px): a.tif's "
+            "pixels are kept there, b.tif fills only its nodata",
+        )
+        everything = mosaic.read(window=Window(0, 0, mosaic.width, mosaic.height))
+        from_b = everything[0] > 1000
+        assert from_b.sum() > 1000 and set(np.unique(everything[0][from_b])) <= set(range(1001, 1051))  # nearest: b's values
+    with open_scene([second, first]) as mosaic:  # the order given decides
+        assert mosaic.crs == "EPSG:32634"
+        assert mosaic.notes[0].startswith("a.tif is resampled from EPSG:32633 to EPSG:32634 onto the pixel grid of b.tif")
+
+
+def test_a_file_off_the_grid_or_at_another_pixel_size_is_named(tmp_path: Path, write_raster) -> None:
+    first = write_raster(tmp_path / "a.tif", coordinate_image(20, 20), origin=ORIGIN, res=RES, nodata=0)
+    finer = write_raster(tmp_path / "fine.tif", coordinate_image(20, 20), origin=(ORIGIN[0] + 50, ORIGIN[1]), res=1.25)
+    shifted = write_raster(tmp_path / "shift.tif", coordinate_image(20, 20), origin=(ORIGIN[0] + 50.75, ORIGIN[1]), res=RES)
+    tile = write_raster(tmp_path / "tile.tif", coordinate_image(20, 20), origin=(ORIGIN[0] + 50, ORIGIN[1]), res=RES)
+    with open_scene([first, finer, shifted, tile]) as mosaic:
+        assert mosaic.notes == (
+            "fine.tif is resampled from 1.25 x 1.25 m pixels onto the pixel grid of a.tif (2.5 x 2.5 m pixels), "
+            "nearest neighbour",
+            "shift.tif is resampled onto the pixel grid of a.tif (2.5 x 2.5 m pixels), off which its pixels lie by "
+            "+0.30, +0.00 px, nearest neighbour",
+            "fine.tif and shift.tif overlap (about 97 px): fine.tif's pixels are kept there, shift.tif fills only "
+            "its nodata",
+            "fine.tif and tile.tif overlap (about 100 px): fine.tif's pixels are kept there, tile.tif fills only "
+            "its nodata",
+            "shift.tif and tile.tif overlap (about 394 px): shift.tif's pixels are kept there, tile.tif fills only "
+            "its nodata",
+        )

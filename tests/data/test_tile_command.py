@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 import torch
 
 import geocl.data.tiler as tiler
@@ -19,6 +20,7 @@ import geocl.io
 from geocl.cli import main
 from geocl.data.tile_dataset import IGNORE_INDEX, TileDataset
 from tests.conftest import RasterWriter, coordinate_image
+from tests.test_io import small_disk
 
 
 @pytest.fixture
@@ -238,3 +240,54 @@ def test_mask_nodata_0_makes_0_an_ignored_value_end_to_end(
     # a rerun with another unlabelled value is another tile set
     line = _error(capsys, _tile(scene, out, "--mask", str(mask), "--split-block", "32"))
     assert "--mask-nodata" in line and "was 0, now none" in line
+
+
+def test_a_full_disk_while_writing_the_index_names_it(
+    tmp_path: Path, scene: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the GeoPackage used to be written by SQLite in place: on a full disk a later statement failed
+    # ("no such table: gpkg_contents") with its SQL in a traceback; now Python writes it, in one go
+    clean = tmp_path / "clean"
+    assert main(_tile(scene, clean)) == 0
+    out = tmp_path / "out"
+    real_write = Path.write_bytes
+
+    def disk_full_for_the_index(self: Path, data: bytes) -> int:
+        if self.suffix == ".gpkg":
+            real_write(self, data[: len(data) // 3])  # what reached the disk before it filled
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full_for_the_index)
+    line = _error(capsys, _tile(scene, out))
+    assert line == (
+        f"geocl tile: error: {out / 'tiles.gpkg'}: cannot write (No space left on device); "
+        "free some space or fix the permissions, then rerun to resume"
+    )
+    written = _files(out)
+    assert not any(name.endswith(".gpkg") for name in written)  # no index, no half of one under any name
+    assert written["tiles.json"] != _files(clean)["tiles.json"]  # the marker says unfinished
+    assert {name: digest for name, digest in written.items() if name != "tiles.json"} == {
+        name: digest for name, digest in _files(clean).items() if name.startswith(("images/", "masks/"))
+    }  # every tile written, each complete
+    monkeypatch.setattr(Path, "write_bytes", real_write)
+    assert main(_tile(scene, out)) == 0  # the rerun finishes: the clean run's files, byte for byte
+    assert _files(out) == _files(clean)
+
+
+def test_a_real_full_disk_leaves_no_cut_tile(
+    tmp_path: Path, write_raster: RasterWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # rasterio logs, not raises, what GDAL reports when it closes a file: tiles used to be left
+    # empty (0 bytes) under their final names on a full disk, and the run went on
+    noise = np.random.default_rng(0).integers(1, 60_000, (3, 128, 128)).astype(np.uint16)
+    scene = write_raster(tmp_path / "noise.tif", noise, nodata=0)
+    with small_disk(tmp_path) as disk:
+        line = _error(capsys, _tile(scene, disk / "tiles", "--size", "64"))
+        assert line.startswith(f"geocl tile: error: {disk / 'tiles' / 'images'}/r00")
+        assert "cannot write (No space left on device" in line
+        tiles = sorted((disk / "tiles").rglob("*.tif"))
+        for path in tiles:
+            with rasterio.open(path) as src:
+                assert src.read().shape == (3, 64, 64)  # every tile left is whole
+        assert not [path for path in (disk / "tiles").rglob("*") if path.name.startswith(".")]  # no temporary file
