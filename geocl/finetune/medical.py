@@ -6,7 +6,11 @@ whose ``tu-`` encoder loads any pretrain checkpoint, the same label-subset rule,
 a folder) and MONAI for what is medical:
 
 - **data**: the cases of a NIfTI folder split train/val/test by case
-  (:mod:`geocl.data.medical.split`); the labelled train cases are ``label_fraction`` of
+  (:mod:`geocl.data.medical.split`), every volume of every split read once before any
+  training (:func:`~geocl.data.medical.files.check_voxels`: damaged files, NaN voxels,
+  label maps that hold no class numbers are named at once); the classes are the values
+  the label maps hold, as for tile masks (a map holding {0, 2, 7}: three classes,
+  predictions written as 0, 2 and 7); the labelled train cases are ``label_fraction`` of
   the labelled train cases (at least one), drawn by case with ``subset_seed``; a case's
   slices never lie on two sides of a split. Slices come from
   :class:`~geocl.data.medical.nifti.NiftiSliceDataset` (RAS, common spacing, per-volume
@@ -55,13 +59,19 @@ from geocl.data.medical.files import (
     NIFTI_SUFFIXES,
     Case,
     case_id,
+    check_image_voxels,
+    check_voxels,
+    class_indices,
+    class_values,
     find_cases,
     is_nifti,
+    label_classes,
     median_spacing,
     read_header,
+    read_voxels,
     write_nifti,
 )
-from geocl.data.medical.nifti import Intensity, NiftiSliceDataset, Preprocessing
+from geocl.data.medical.nifti import Intensity, NiftiSliceDataset, Preprocessing, apply_transform
 from geocl.data.medical.split import CaseSplits, labelled_subset, split_cases
 from geocl.errors import GeoclError
 from geocl.finetune.model import load_pretrained_encoder, read_pretrain_checkpoint
@@ -72,7 +82,7 @@ from geocl.finetune.train import (
     write_result,
 )
 from geocl.finetune.volume_metrics import METRICS, case_metrics
-from geocl.io import atomic_write_text, check_output_file, save_figure
+from geocl.io import atomic_write_text, save_figure
 
 __all__ = [
     "CASES_FILE",
@@ -120,7 +130,8 @@ class VolumeSegmenter:
         self.module = module.eval()
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.module.to(self.device)
-        self.num_classes = len(meta["classes"])
+        self.classes = [int(value) for value in meta["classes"]]
+        self.num_classes = len(self.classes)
         self.slice_axis = int(settings["slice_axis"])
         self.preprocessing = Preprocessing(tuple(settings["spacing"]), settings["intensity"])  # type: ignore[arg-type]
         self.window = _round_up(int(window or settings["image_size"]))
@@ -130,17 +141,12 @@ class VolumeSegmenter:
 
     @torch.no_grad()
     def predict(self, image: str | os.PathLike[str]) -> np.ndarray:
-        """The label map of one volume on its own grid: uint8 ``[X, Y, Z]`` class indices."""
+        """The label map of one volume on its own grid: uint8 ``[X, Y, Z]`` class positions (in ``classes``)."""
         from monai.inferers import SliceInferer
         from monai.transforms import Invertd
 
         transform = self.preprocessing.transform(with_label=False)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # MONAI's notes on meta data and defaults
-                data = transform({"image": str(image)})
-        except Exception as exc:  # MONAI wraps reader errors in RuntimeError with the whole pipeline
-            raise GeoclError(f"cannot read the volume: {str(exc).splitlines()[0]}", path=image) from None
+        data = apply_transform(transform, {"image": str(image)})
         inferer = SliceInferer(
             roi_size=(self.window, self.window), spatial_dim=self.slice_axis, sw_batch_size=16,
             overlap=self.overlap, mode="gaussian", padding_mode="constant", cval=0.0, progress=False,
@@ -156,11 +162,14 @@ class VolumeSegmenter:
 
 def _read_volume(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     """Voxels ``[X, Y, Z]`` (a trailing length-1 axis dropped) and the nibabel image."""
-    image = nib.load(path)
-    data = np.asanyarray(image.dataobj)
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    return data, image
+    return read_voxels(path), nib.load(path)
+
+
+def _read_label(path: Path, classes: Sequence[int]) -> np.ndarray:
+    """A label map as positions in ``classes`` (int64 ``[X, Y, Z]``), its values checked."""
+    values = read_voxels(path)
+    label_classes(path, values)
+    return class_indices(values, classes, path)
 
 
 def _voxel_axis(affine: np.ndarray, ras_axis: int) -> int:
@@ -240,19 +249,30 @@ def write_cases_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
 def score_case(
     segmenter: VolumeSegmenter, case: Case, prediction_path: Path, picture: Path | None
 ) -> dict[str, float]:
-    """Predict one labelled case, write its label map (and picture), return its metrics."""
+    """Predict one labelled case, write its label map (class numbers; and picture), return its metrics.
+
+    The label map is read (and checked: class numbers among the segmenter's ``classes``)
+    before the prediction; both are compared as positions in ``classes``.
+    """
+    assert case.label is not None
+    label = _read_label(case.label, segmenter.classes)
     prediction = segmenter.predict(case.image)
     image, stored = _read_volume(case.image)
-    write_nifti(prediction_path, prediction, stored.affine, header=stored.header)
-    assert case.label is not None
-    label, _ = _read_volume(case.label)
-    label = np.rint(label).astype(np.int64)
+    write_nifti(prediction_path, class_values(prediction, segmenter.classes), stored.affine, header=stored.header)
     metrics = case_metrics(prediction, label, segmenter.num_classes, spacing=stored.header.get_zooms()[:3])
     if picture is not None:
         title = f"{case.id}: Dice {metrics['dice']:.3f}, 95HD {metrics['hd95']:.1f} mm"
         save_figure(plot_case(image, prediction, label, affine=stored.affine, slice_axis=segmenter.slice_axis,
                               title=title), picture)
     return metrics
+
+
+def _data_folders(volume: Path) -> list[Path]:
+    """The image and label folders of the data folder that holds ``volume`` (none outside the layouts)."""
+    for images, labels in LAYOUTS:
+        if volume.parent.name == images:
+            return [volume.parent, *[folder for folder in [volume.parent.parent / labels] if folder.is_dir()]]
+    return []
 
 
 def label_beside(volume: str | os.PathLike[str]) -> Path | None:
@@ -309,32 +329,44 @@ def predict_volume(
         device: torch device.
 
     Raises:
-        GeoclError: before any work: ``out`` not a NIfTI name or not writable, the
-            volume or label unreadable, not 3D, or on another grid; the checkpoint not a
+        GeoclError: before any work: ``out`` not a NIfTI name or not writable, or it,
+            its picture or its metrics file would overwrite the volume or its label map
+            (also through links or ``..``) or land in the data folder's ``images/`` or
+            ``labels/`` (where they would be read as a case); the volume or label
+            unreadable, not 3D, on another grid, with NaN or infinite voxels, or a label
+            map holding values that are no class of the model; the checkpoint not a
             volume segmenter.
     """
     from geocl.finetune.inference import load_segmenter
+    from geocl.finetune.predict import check_prediction_outputs  # rasterio: imported when predicting
 
     volume, out = Path(volume), Path(out)
+    label = None if label is None else Path(label)
     if not is_nifti(out):
         raise GeoclError("must be a .nii or .nii.gz file for the predicted label map", path=out, key="out")
-    check_output_file(out, key="out")
     stem = out.name.removesuffix(".gz").removesuffix(".nii")
     png, table = out.with_name(f"{stem}.png"), out.with_name(f"{stem}.csv")
+    inputs = [volume, *([label] if label is not None else []), *_data_folders(volume)]
+    for written in (out, png, *([table] if label is not None else [])):
+        check_prediction_outputs(written, scene=inputs)  # the GeoTIFF predictor's rule: never onto an input
     header = read_header(volume)
     if label is not None:
         label_header = read_header(label)
         if label_header.shape != header.shape or not np.allclose(label_header.affine, header.affine, atol=1e-3):
             raise GeoclError(f"label map is not on the grid of {volume}", path=label)
+    image = read_voxels(volume)
+    check_image_voxels(volume, image)
+    if label is not None:
+        label_classes(label, read_voxels(label))
     module, meta = load_segmenter(checkpoint)
     if MEDICAL_KEY not in meta:
         raise GeoclError("was finetuned on tiles, not volumes: predict GeoTIFF scenes with it", path=checkpoint)
     segmenter = VolumeSegmenter(module, meta, window=window, overlap=overlap, device=device)
-    case = Case(volume.name.removesuffix(".gz").removesuffix(".nii"), volume, Path(label) if label else None, header)
+    case = Case(case_id(volume), volume, label, header)
     if label is None:
         prediction = segmenter.predict(volume)
-        image, stored = _read_volume(volume)
-        write_nifti(out, prediction, stored.affine, header=stored.header)
+        stored = nib.load(volume)
+        write_nifti(out, class_values(prediction, segmenter.classes), stored.affine, header=stored.header)
         figure = plot_case(image, prediction, None, affine=stored.affine, slice_axis=segmenter.slice_axis,
                            title=f"{case.id}: prediction")
         return VolumePrediction(out, save_figure(figure, png), None, None)
@@ -384,13 +416,22 @@ def _foreground_sampler(dataset: NiftiSliceDataset, fraction: float, count: int,
     )
 
 
-def read_cases(data: str | os.PathLike[str], val_fraction: float, image_size: int) -> tuple[list[Case], CaseSplits]:
-    """The cases of a medical data folder and their split by case, checked for a downstream training.
+def read_cases(
+    data: str | os.PathLike[str], val_fraction: float, image_size: int
+) -> tuple[list[Case], CaseSplits, list[int]]:
+    """The cases of a medical data folder, their split by case and their classes, checked for a downstream training.
+
+    Every volume (all splits, unlabelled cases too) is read once here, before any
+    training (:func:`~geocl.data.medical.files.check_voxels`).
+
+    Returns:
+        ``(cases, splits, classes)``; ``classes``: 0 and the values the label maps hold.
 
     Raises:
         GeoclError: ``image_size`` is no multiple of :data:`SIDE_MULTIPLE`; a bad data
             folder (see :func:`~geocl.data.medical.files.find_cases`); no labelled val
-            or test case.
+            or test case; a damaged volume, NaN voxels, a label map that holds no class
+            numbers (:func:`~geocl.data.medical.files.check_voxels`).
     """
     if image_size % SIDE_MULTIPLE:
         raise GeoclError(f"must be a multiple of {SIDE_MULTIPLE} (the encoders downsample 32x), got {image_size}",
@@ -403,16 +444,7 @@ def read_cases(data: str | os.PathLike[str], val_fraction: float, image_size: in
             "or a splits.json",
             path=data,
         )
-    return cases, splits
-
-
-def count_classes(cases: Sequence[Case]) -> int:
-    """1 + the largest value of the cases' label maps (at least 2)."""
-    largest = 1
-    for case in cases:
-        if case.label is not None:
-            largest = max(largest, int(np.rint(np.max(_read_volume(case.label)[0]))))
-    return largest + 1
+    return cases, splits, check_voxels(cases, root=data)
 
 
 def run_medical_finetune(
@@ -482,18 +514,18 @@ def run_medical_finetune(
         "label_fraction": label_fraction, "seed": seed, "subset_seed": subset_seed, "arch": arch,
         **({"encoder_checkpoint": encoder_checkpoint} if encoder_checkpoint is not None else {"encoder": encoder}),
     })
-    cases, splits = read_cases(data, val_fraction, image_size)
+    cases, splits, classes = read_cases(data, val_fraction, image_size)
     lightning.seed_everything(seed, workers=True, verbose=False)
     labelled, _ = labelled_subset(splits.train, label_fraction, seed if subset_seed is None else subset_seed)
-    num_classes = count_classes([*labelled, *splits.val, *splits.test])
+    num_classes = len(classes)
     preprocessing = Preprocessing(tuple(spacing) if spacing else median_spacing(cases), intensity)  # type: ignore[arg-type]
     train = NiftiSliceDataset(labelled, preprocessing, slice_axis=slice_axis, image_size=image_size, with_mask=True,
-                              num_classes=num_classes, multiple=SIDE_MULTIPLE)
+                              classes=classes, multiple=SIDE_MULTIPLE)
     side = train.image_size
     val = NiftiSliceDataset(splits.val, preprocessing, slice_axis=slice_axis, image_size=side, with_mask=True,
-                            num_classes=num_classes)
+                            classes=classes)
     meta: dict[str, Any] = {
-        "arch": arch, "in_chans": 1, "classes": list(range(num_classes)), "band_stats": train.metadata["band_stats"],
+        "arch": arch, "in_chans": 1, "classes": list(classes), "band_stats": train.metadata["band_stats"],
         "nodata": None, "tile_size": side,
         "encoder_checkpoint": str(encoder_checkpoint) if encoder_checkpoint else None,
         MEDICAL_KEY: {"spacing": list(preprocessing.spacing), "slice_axis": slice_axis, "intensity": intensity,

@@ -3,6 +3,8 @@
 The semi-supervised counterpart of :func:`geocl.finetune.medical.run_medical_finetune`,
 with the same data rules and outputs, so that the medical Dice evaluation reads both
 alike: cases split train/val/test by case (:func:`~geocl.data.medical.split.split_cases`),
+every volume read once before training and the classes those of the label maps
+(:func:`~geocl.finetune.medical.read_cases`),
 the labelled train cases drawn by case with the subset seed
 (:func:`~geocl.data.medical.split.labelled_subset`: FBA's "20 %" is 16 of 80 cases), the
 test cases predicted whole and scored on their own grid (Dice, Jaccard, 95HD, ASD in mm;
@@ -45,8 +47,15 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from geocl.data.medical.files import Case, median_spacing
-from geocl.data.medical.nifti import Intensity, NiftiSliceDataset, NiftiVolumeDataset, Preprocessing, load_case
+from geocl.data.medical.files import Case, class_indices, median_spacing
+from geocl.data.medical.nifti import (
+    Intensity,
+    NiftiSliceDataset,
+    NiftiVolumeDataset,
+    Preprocessing,
+    apply_transform,
+    load_case,
+)
 from geocl.data.medical.split import labelled_subset
 from geocl.errors import GeoclError
 from geocl.finetune.medical import (
@@ -55,12 +64,11 @@ from geocl.finetune.medical import (
     SIDE_MULTIPLE,
     MedicalFinetuneResult,
     case_row,
-    count_classes,
     read_cases,
     score_case,
     write_cases_csv,
 )
-from geocl.finetune.model import load_pretrained_encoder, read_pretrain_checkpoint
+from geocl.finetune.model import load_pretrained_encoder, read_checkpoint, read_pretrain_checkpoint
 from geocl.finetune.semi_supervised import RAMP_END, SemiSupervisedSegmenter, fit_semi_supervised
 from geocl.finetune.train import check_finetune_folder, write_result
 from geocl.finetune.volume_metrics import METRICS
@@ -72,17 +80,24 @@ __all__ = ["SemiSupervisedVolumePredictor", "WholeVolumes", "run_medical_semi_su
 class WholeVolumes(Dataset[dict[str, Any]]):
     """Labelled cases whole and preprocessed, for 3D validation.
 
+    Args:
+        cases: the labelled cases.
+        preprocessing: how volumes are read.
+        classes: the class numbers, ascending from 0; masks hold their positions.
+
     Samples: ``image`` float32 ``[1, X, Y, Z]``, ``mask`` long ``[X, Y, Z]``.
 
     Raises:
-        GeoclError: an unlabelled case (naming its image).
+        GeoclError: an unlabelled case (naming its image); a label value that is none of ``classes``.
     """
 
-    def __init__(self, cases: Sequence[Case], preprocessing: Preprocessing) -> None:
+    def __init__(self, cases: Sequence[Case], preprocessing: Preprocessing, classes: Sequence[int]) -> None:
         unlabelled = [case for case in cases if not case.labelled]
         if unlabelled:
             raise GeoclError("a validation case needs a label map", path=unlabelled[0].image)
         self.volumes = [load_case(case, preprocessing) for case in cases]
+        for volume in self.volumes:
+            volume.label = class_indices(volume.label, classes, volume.case.label)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return len(self.volumes)
@@ -97,7 +112,7 @@ class SemiSupervisedVolumePredictor:
     """Decoder 1 of a :class:`SemiSupervisedSegmenter` on whole volumes, back on the input's grid.
 
     Has what :func:`geocl.finetune.medical.score_case` reads of a volume segmenter
-    (``predict``, ``num_classes``, ``slice_axis``).
+    (``predict``, ``classes``, ``num_classes``, ``slice_axis``).
 
     Args:
         module: the trained model (2D: slices; 3D: volumes).
@@ -105,16 +120,20 @@ class SemiSupervisedVolumePredictor:
         slice_axis: RAS axis of the 2D slices (3D: the axis pictures are drawn across).
         window: 2D window side in px (the training slice side).
         device: torch device; default: CUDA when available.
+        classes: the class number of each output; default ``0 .. num_classes - 1``.
     """
 
     def __init__(
         self, module: SemiSupervisedSegmenter, preprocessing: Preprocessing, *, slice_axis: int = 2,
-        window: int | None = None, device: str | None = None,
+        window: int | None = None, device: str | None = None, classes: Sequence[int] | None = None,
     ) -> None:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.module = module.eval().to(self.device)
         self.preprocessing = preprocessing
         self.num_classes = int(module.hparams.num_classes)
+        self.classes = list(range(self.num_classes)) if classes is None else [int(value) for value in classes]
+        if len(self.classes) != self.num_classes:
+            raise ValueError(f"{len(self.classes)} classes for a model of {self.num_classes} outputs")
         self.slice_axis = slice_axis
         self.window = window
 
@@ -124,17 +143,12 @@ class SemiSupervisedVolumePredictor:
 
     @torch.no_grad()
     def predict(self, image: str | Path) -> np.ndarray:
-        """The label map of one volume on its own grid: uint8 ``[X, Y, Z]`` class indices."""
+        """The label map of one volume on its own grid: uint8 ``[X, Y, Z]`` class positions (in ``classes``)."""
         from monai.inferers import SliceInferer
         from monai.transforms import Invertd
 
         transform = self.preprocessing.transform(with_label=False)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # MONAI's notes on meta data and defaults
-                data = transform({"image": str(image)})
-        except Exception as exc:  # MONAI wraps reader errors in RuntimeError with the whole pipeline
-            raise GeoclError(f"cannot read the volume: {str(exc).splitlines()[0]}", path=image) from None
+        data = apply_transform(transform, {"image": str(image)})
         volume = data["image"][None].to(self.device)  # [1, 1, X, Y, Z] MetaTensor (keeps the applied transforms)
         if self.module.hparams.spatial_dims == 2:
             side = int(self.window or SIDE_MULTIPLE)
@@ -247,11 +261,11 @@ def run_medical_semi_supervised(
     if spatial_dims == 3 and encoder_checkpoint is not None:
         raise GeoclError("the 3D V-Net starts from random init (pretrain checkpoints hold 2D encoders); "
                          "use spatial_dims 2 to start from one", key="method.init_checkpoint")
-    cases, splits = read_cases(data, val_fraction, image_size)
+    cases, splits, classes = read_cases(data, val_fraction, image_size)
     lightning.seed_everything(seed, workers=True, verbose=False)
     labelled, rest = labelled_subset(splits.train, label_fraction, subset_seed)
     unlabelled = [] if supervised_only else _without_labels(rest)
-    num_classes = count_classes([*labelled, *splits.val, *splits.test])
+    num_classes = len(classes)
     spacing = tuple(spacing) if spacing else median_spacing(cases)
     preprocessing = Preprocessing(spacing, intensity)  # type: ignore[arg-type]
     labelled_bs = min(labelled_bs, batch_size)
@@ -263,13 +277,13 @@ def run_medical_semi_supervised(
     if spatial_dims == 2:
         train: Dataset[dict[str, Any]] = NiftiSliceDataset(
             labelled, preprocessing, slice_axis=slice_axis, image_size=image_size, with_mask=True,
-            num_classes=num_classes, multiple=SIDE_MULTIPLE,
+            classes=classes, multiple=SIDE_MULTIPLE,
         )
         side = train.image_size  # type: ignore[attr-defined]
         other: Dataset[dict[str, Any]] | None = NiftiSliceDataset(
             unlabelled, preprocessing, slice_axis=slice_axis, image_size=side) if unlabelled else None
         val: Dataset[dict[str, Any]] = NiftiSliceDataset(
-            splits.val, preprocessing, slice_axis=slice_axis, image_size=side, with_mask=True, num_classes=num_classes)
+            splits.val, preprocessing, slice_axis=slice_axis, image_size=side, with_mask=True, classes=classes)
         patch: tuple[int, ...] | None = (min(crop, side),) * 2
         network: dict[str, Any] = {"encoder": encoder, "decoder_channels": decoder_channels}
     else:
@@ -277,12 +291,12 @@ def run_medical_semi_supervised(
         # a pool of distinct patches as large as the budget draws: no patch is seen twice
         draws = total_steps * batch_size
         train = NiftiVolumeDataset(labelled, preprocessing, patch, foreground_fraction=foreground_fraction,
-                                   samples_per_case=math.ceil(draws / len(labelled)), seed=seed)
+                                   samples_per_case=math.ceil(draws / len(labelled)), seed=seed, classes=classes)
         other = None if not unlabelled else NiftiVolumeDataset(
             unlabelled, preprocessing, patch, foreground_fraction=0.0,
             samples_per_case=math.ceil(draws / len(unlabelled)), seed=seed,
         )
-        val = WholeVolumes(splits.val, preprocessing)
+        val = WholeVolumes(splits.val, preprocessing, classes)
         network = {"width": width, "depth": depth, "dropout": dropout}
     settings = {"spacing": list(preprocessing.spacing), "slice_axis": slice_axis, "intensity": intensity,
                 "image_size": side, "patch_size": list(patch) if spatial_dims == 3 else None}
@@ -291,7 +305,7 @@ def run_medical_semi_supervised(
         encoder = pretrained["meta"]["encoder"]
         network["encoder"] = encoder
     meta: dict[str, Any] = {
-        "arch": f"fba-{'unet' if spatial_dims == 2 else 'vnet'}", "in_chans": 1, "classes": list(range(num_classes)),
+        "arch": f"fba-{'unet' if spatial_dims == 2 else 'vnet'}", "in_chans": 1, "classes": list(classes),
         "encoder": encoder if spatial_dims == 2 else None,
         "encoder_checkpoint": str(encoder_checkpoint) if encoder_checkpoint else None, MEDICAL_KEY: settings,
     }
@@ -315,9 +329,10 @@ def run_medical_semi_supervised(
         checkpoint = Path(best.best_model_path)
     if not checkpoint.exists():
         trainer.save_checkpoint(checkpoint)
-    module.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"])
+    module.load_state_dict(read_checkpoint(checkpoint)["state_dict"])  # torch.load(weights_only=True)
 
-    predictor = SemiSupervisedVolumePredictor(module, preprocessing, slice_axis=slice_axis, window=side)
+    predictor = SemiSupervisedVolumePredictor(module, preprocessing, slice_axis=slice_axis, window=side,
+                                              classes=classes)
     rows = []
     for index, case in enumerate(splits.test):
         picture = out / "plots" / f"{case.id}.png" if index < pictures else None

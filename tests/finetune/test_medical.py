@@ -97,7 +97,7 @@ def test_finetune_scores_the_test_cases(finetuned: Any, volumes: Path) -> None:
     assert float(rows[0]["dice"]) == pytest.approx(expected["dice"], abs=1e-5)
     assert float(rows[0]["hd95"]) == pytest.approx(expected["hd95"], abs=1e-4)
     assert (out / "plots" / f"{case.id}.png").stat().st_size > 1000
-    checkpoint = torch.load(finetuned.checkpoint, weights_only=False, map_location="cpu")
+    checkpoint = torch.load(finetuned.checkpoint, weights_only=True, map_location="cpu")
     assert checkpoint["geocl_segmenter"][MEDICAL_KEY]["image_size"] % 32 == 0
 
 
@@ -138,7 +138,7 @@ def test_predict_command_routes_volumes(finetuned: Any, volumes: Path, tmp_path:
 
 
 def test_a_tile_checkpoint_is_refused(finetuned: Any, volumes: Path, tmp_path: Path) -> None:
-    stored = torch.load(finetuned.checkpoint, weights_only=False, map_location="cpu")
+    stored = torch.load(finetuned.checkpoint, weights_only=True, map_location="cpu")
     del stored["geocl_segmenter"][MEDICAL_KEY]
     tiles = tmp_path / "tiles.ckpt"
     torch.save(stored, tiles)

@@ -16,7 +16,8 @@ Datasets:
 
 - :class:`NiftiSliceDataset`: 2D slices across ``slice_axis`` of a split's cases, padded
   or centre-cropped to one side, with the batch contract of the tile and natural-image
-  datasets (``image`` float32 ``[1, S, S]``, ``mask`` long ``[S, S]`` with the padding at
+  datasets (``image`` float32 ``[1, S, S]``, ``mask`` long ``[S, S]``: positions in the
+  dataset's ``classes``, as for tile masks, with the padding at
   :data:`~geocl.data.tile_dataset.IGNORE_INDEX`, ``index``, ``band_count``,
   ``metadata["band_stats"]``): every 2D pretraining method and the 2D finetuning run on
   it unchanged. ``has_foreground`` marks slices holding label > 0, for samplers biased
@@ -24,6 +25,10 @@ Datasets:
 - :class:`NiftiVolumeDataset`: 3D patches of whole cases, drawn with MONAI's
   ``RandCropByPosNegLabeld`` (centred on foreground with probability
   ``foreground_fraction``) for labelled cases, uniformly for unlabelled ones.
+
+Every read names the file at fault in one line (:func:`apply_transform`: MONAI's own
+report is ``applying transform <... object at 0x...>``): damaged voxels, NaN or infinite
+image voxels, label maps holding no class numbers (see :mod:`geocl.data.medical.files`).
 
 Memory: both keep the preprocessed volumes of their cases in memory as float32 (the 20
 embedded cases: about 60 MB; 80 left-atrium MRI at 0.625 mm: about 9 GB, so resample
@@ -43,7 +48,20 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from geocl.data.medical.files import Case, find_cases, is_nifti, median_spacing, read_header, write_nifti
+from geocl.data.medical.files import (
+    MAX_CLASSES,
+    Case,
+    check_image_voxels,
+    check_voxels,
+    class_indices,
+    find_cases,
+    is_nifti,
+    label_classes,
+    median_spacing,
+    read_header,
+    read_voxels,
+    write_nifti,
+)
 from geocl.data.normalize import BandNormalizer
 from geocl.data.tile_dataset import IGNORE_INDEX
 from geocl.errors import GeoclError
@@ -55,6 +73,7 @@ __all__ = [
     "NiftiSliceDataset",
     "NiftiVolumeDataset",
     "Preprocessing",
+    "apply_transform",
     "find_cases",
     "is_nifti",
     "load_case",
@@ -67,9 +86,6 @@ __all__ = [
 #: Intensity normalisations.
 Intensity = Literal["zscore", "percentile"]
 INTENSITIES: tuple[str, ...] = ("zscore", "percentile")
-
-#: Label values at or above this are refused (a mask stored as 0/255 rather than class indices).
-MAX_CLASSES = 64
 
 Sample = dict[str, Any]
 
@@ -125,6 +141,51 @@ class Preprocessing:
         ])
 
 
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of a chain (MONAI wraps each failure as ``applying transform <... object>``)."""
+    seen = {id(exc)}
+    while True:
+        inner = exc.__cause__ if exc.__cause__ is not None else None if exc.__suppress_context__ else exc.__context__
+        if inner is None or id(inner) in seen:
+            return exc
+        seen.add(id(inner))
+        exc = inner
+
+
+def apply_transform(
+    transform: Callable[[dict[str, Any]], dict[str, Any]], files: dict[str, str]
+) -> dict[str, Any]:
+    """Run a MONAI pipeline over ``{"image": path[, "label": path]}``; a failure names the file and its reason.
+
+    MONAI reports any failure as ``applying transform <... object at 0x...>``; the
+    reason is its innermost exception, the file the first of ``files`` whose voxels
+    cannot be read (else the image).
+
+    The image it gives must be finite: a NaN voxel spreads over the whole normalised
+    volume (and its prediction would be background everywhere).
+
+    Raises:
+        GeoclError: naming the file and the reason; naming the image and its count of
+            NaN or infinite voxels.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # MONAI's notes on meta data and defaults
+            data = transform(files)
+    except MemoryError:
+        raise
+    except Exception as exc:  # MONAI wraps reader errors in RuntimeError with the whole pipeline
+        cause = _root_cause(exc)
+        reason = (str(cause).splitlines() or [""])[0] or type(cause).__name__
+        for path in files.values():
+            read_voxels(path)  # names a damaged file, with nibabel's reason
+        raise GeoclError(f"cannot read the volume: {reason}", path=files["image"]) from None
+    if not bool(torch.isfinite(torch.as_tensor(data["image"])).all()):
+        check_image_voxels(files["image"], read_voxels(files["image"]))  # names the stored NaN or inf voxels
+        raise GeoclError("holds values too large to normalise in float32; rescale the volume", path=files["image"])
+    return data  # type: ignore[no-any-return]
+
+
 @dataclass
 class LoadedCase:
     """One preprocessed case in memory.
@@ -132,7 +193,8 @@ class LoadedCase:
     Attributes:
         case: the case.
         image: float32 ``[X, Y, Z]``, normalised, at the preprocessing spacing (RAS).
-        label: int64 ``[X, Y, Z]`` class indices, or None.
+        label: int64 ``[X, Y, Z]``: the label map's class numbers (:func:`load_case`), or
+            their positions among a dataset's classes (the datasets), or None.
     """
 
     case: Case
@@ -141,34 +203,38 @@ class LoadedCase:
 
 
 def load_case(case: Case, preprocessing: Preprocessing, with_label: bool = True) -> LoadedCase:
-    """Read and preprocess one case.
+    """Read and preprocess one case; its label map as class numbers (see :func:`~geocl.data.medical.files.label_classes`).
 
     Raises:
-        GeoclError: naming the file: unreadable voxels, or a label map whose values are
-            not non-negative integers.
+        GeoclError: naming the file: unreadable voxels, NaN or infinite image voxels,
+            or a label map whose values are no class numbers.
     """
     with_label = with_label and case.label is not None
     files = {"image": str(case.image), **({"label": str(case.label)} if with_label else {})}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # MONAI's notes on meta data and defaults
-            loaded = preprocessing.transform(with_label)(files)
-    except Exception as exc:  # MONAI wraps reader errors in RuntimeError with the whole pipeline
-        raise GeoclError(f"cannot read the volume: {str(exc).splitlines()[0]}", path=case.image) from None
+    loaded = apply_transform(preprocessing.transform(with_label), files)
     image = np.asarray(loaded["image"].numpy()[0], dtype=np.float32)
     label = None
     if with_label:
         values = loaded["label"].numpy()[0]
-        if not np.all(np.isfinite(values)) or values.min() < 0 or not np.all(values == np.round(values)):
-            raise GeoclError("label map holds values that are not class indices (0, 1, 2, ...)", path=case.label)
-        if values.max() >= MAX_CLASSES:
-            raise GeoclError(
-                f"label map holds class {int(values.max())}; class indices 0, 1, 2, ... (below {MAX_CLASSES}) are "
-                "expected: renumber it (e.g. 255 -> 1)",
-                path=case.label,
-            )
+        label_classes(case.label, values)  # type: ignore[arg-type]
         label = values.astype(np.int64)
     return LoadedCase(case, image, label)
+
+
+def _dataset_classes(volumes: Sequence[LoadedCase], classes: Sequence[int] | None) -> list[int]:
+    """The datasets' classes: ``classes``, else 0 and the values of the label maps (at least 0 and 1)."""
+    if classes is None:
+        seen = {0}.union(*(np.unique(v.label).tolist() for v in volumes if v.label is not None))
+        classes = sorted(seen) if len(seen) > 1 else [0, 1]
+    classes = [int(value) for value in classes]
+    if classes != sorted(set(classes)) or classes[0] != 0:
+        raise GeoclError(f"must be distinct class numbers in ascending order from 0, got {classes}", key="classes")
+    if len(classes) > MAX_CLASSES:
+        raise GeoclError(f"{len(classes)} classes; at most {MAX_CLASSES} are supported", key="classes")
+    for volume in volumes:  # class numbers -> positions, as tile masks (TileDataset)
+        if volume.label is not None:
+            volume.label = class_indices(volume.label, classes, volume.case.label)  # type: ignore[arg-type]
+    return classes
 
 
 def _pad_or_crop(array: np.ndarray, size: int, fill: float) -> np.ndarray:
@@ -205,18 +271,20 @@ class NiftiSliceDataset(Dataset[Sample]):
         image_size: side in px of every slice (padded, or centre-cropped); 0: the
             largest in-plane side among the cases, rounded up to ``multiple``.
         with_mask: give ``mask`` (every case must be labelled).
-        num_classes: classes of the masks; default: 1 + the largest label value
-            (at least 2).
+        classes: the class numbers, ascending from 0 (a model's outputs); masks hold
+            their positions. Default: 0 and the values of the cases' label maps (at
+            least 0 and 1).
         transforms: applied to each sample dict.
         multiple: a default side is rounded up to a multiple of this (32 for the
             segmenters, whose encoders downsample 32x).
 
     Samples: ``image`` float32 ``[1, S, S]`` (normalised per volume; padding 0),
-    ``mask`` long ``[S, S]`` (class indices, :data:`IGNORE_INDEX` on the padding),
+    ``mask`` long ``[S, S]`` (positions in ``classes``, :data:`IGNORE_INDEX` on the padding),
     ``index``, ``case`` (its id) and ``slice`` (its position along ``slice_axis``).
 
     Raises:
-        GeoclError: no cases, a mask asked of an unlabelled case, a bad axis.
+        GeoclError: no cases, a mask asked of an unlabelled case, a bad axis, a label
+            value that is none of ``classes``.
     """
 
     def __init__(
@@ -227,7 +295,7 @@ class NiftiSliceDataset(Dataset[Sample]):
         slice_axis: int = 2,
         image_size: int = 0,
         with_mask: bool = False,
-        num_classes: int | None = None,
+        classes: Sequence[int] | None = None,
         transforms: Callable[[Sample], Sample] | None = None,
         multiple: int = 1,
     ) -> None:
@@ -247,11 +315,7 @@ class NiftiSliceDataset(Dataset[Sample]):
         self.volumes = [load_case(case, preprocessing, with_label=with_mask) for case in self.cases]
         planes = [np.delete(np.asarray(v.image.shape), slice_axis) for v in self.volumes]
         self.image_size = int(image_size or math.ceil(max(int(p.max()) for p in planes) / multiple) * multiple)
-        largest = max((int(v.label.max()) for v in self.volumes if v.label is not None), default=1)
-        self.classes = list(range(num_classes if num_classes is not None else max(2, largest + 1)))
-        if largest >= len(self.classes):
-            raise GeoclError(f"label maps hold class {largest} but {len(self.classes)} classes were given",
-                             key="num_classes")
+        self.classes = _dataset_classes(self.volumes, classes)
         self.index = [(volume, position) for volume in range(len(self.volumes))
                       for position in range(self.volumes[volume].image.shape[slice_axis])]
         self.has_foreground = np.array([
@@ -313,9 +377,10 @@ class NiftiVolumeDataset(Dataset[Sample]):
             foreground.
         samples_per_case: patches a case per epoch.
         seed: seed of the draws.
+        classes: as :class:`NiftiSliceDataset`'s.
 
     Samples: ``image`` float32 ``[1, *patch]``, ``mask`` long ``[*patch]`` (labelled
-    cases) or absent, ``labelled`` bool, ``case`` id, ``index``.
+    cases; positions in ``classes``) or absent, ``labelled`` bool, ``case`` id, ``index``.
     """
 
     def __init__(
@@ -327,6 +392,7 @@ class NiftiVolumeDataset(Dataset[Sample]):
         foreground_fraction: float = 0.5,
         samples_per_case: int = 1,
         seed: int = 0,
+        classes: Sequence[int] | None = None,
     ) -> None:
         if not cases:
             raise GeoclError("no cases to draw patches from", key="data.path")
@@ -334,6 +400,7 @@ class NiftiVolumeDataset(Dataset[Sample]):
             raise GeoclError(f"must be in [0, 1], got {foreground_fraction}", key="foreground_fraction")
         self.cases = list(cases)
         self.volumes = [load_case(case, preprocessing) for case in self.cases]
+        self.classes = _dataset_classes(self.volumes, classes)
         self.patch_size = tuple(int(side) for side in patch_size)
         self.foreground_fraction = foreground_fraction
         self.samples_per_case = samples_per_case
@@ -402,7 +469,8 @@ def open_slice_dataset(
         intensity: ``zscore`` or ``percentile``.
         image_size: slice side in px; 0: the largest in-plane side of the split's cases.
         val_fraction: share of the labelled cases held out for validation (no ``splits.json``).
-        with_mask: give masks (every case of the split must be labelled).
+        with_mask: give masks (every case of the split must be labelled); the classes are
+            those of every split's label maps (:func:`~geocl.data.medical.files.check_voxels`).
 
     Raises:
         GeoclError: see :func:`find_cases` and :func:`~geocl.data.medical.split.split_cases`;
@@ -415,4 +483,7 @@ def open_slice_dataset(
     if not chosen:
         raise GeoclError(f"has no {split} cases", path=root, key="data.split")
     preprocessing = Preprocessing(tuple(spacing) if spacing else median_spacing(cases), intensity)  # type: ignore[arg-type]
-    return NiftiSliceDataset(chosen, preprocessing, slice_axis=slice_axis, image_size=image_size, with_mask=with_mask)
+    # masks: the classes of every split's label maps, so that a class means the same in each split
+    classes = check_voxels(cases, root=root) if with_mask else None
+    return NiftiSliceDataset(chosen, preprocessing, slice_axis=slice_axis, image_size=image_size, with_mask=with_mask,
+                             classes=classes)

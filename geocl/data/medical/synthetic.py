@@ -19,7 +19,15 @@ Written as ``images/<case>.nii.gz`` (int16) and ``labels/<case>.nii.gz`` (uint8)
 RAS affine (spacing on the diagonal, the field of view centred on the origin) — the
 layout :func:`geocl.data.medical.files.find_cases` reads — plus ``volumes.json`` (the
 parameters: a rerun with the same ones reuses the files) and ``preview.png`` (a slice
-of each of the first cases with the organ contour). A real data set (e.g. left-atrium
+of each of the first cases with the organ contour).
+
+Every file is written atomically; ``volumes.json`` says ``"complete": false`` while the
+files are being written and holds the bare parameters once all are there, so an
+interrupted run (a full disk) is never taken for a complete set and its rerun goes on
+without ``--overwrite``. A folder that holds volumes but no ``volumes.json`` (another
+data set) is refused unless ``overwrite``; with it, volumes of the folder's
+``images/`` and ``labels/`` that are not part of the new set are removed, so that no
+case of an earlier set is read with the new ones. A real data set (e.g. left-atrium
 MRI) in the same layout is used by pointing the same commands at its folder.
 """
 
@@ -36,6 +44,9 @@ from scipy.spatial.transform import Rotation
 
 from geocl.errors import GeoclError
 from geocl.io import atomic_write_text, check_output_folder, save_figure
+
+#: The folders make_volumes writes (those of the first layout of geocl.data.medical.files).
+FOLDERS = ("images", "labels")
 
 __all__ = ["VolumeSetFiles", "make_volumes", "synthetic_case"]
 
@@ -149,22 +160,41 @@ def _affine(shape: tuple[int, ...], spacing: np.ndarray) -> np.ndarray:
     return affine
 
 
+def _volumes_in(root: Path) -> list[Path]:
+    """The NIfTI files of ``root``'s ``images/`` and ``labels/``."""
+    return sorted(
+        path for folder in FOLDERS if (root / folder).is_dir() for path in (root / folder).iterdir()
+        if path.name.lower().endswith((".nii", ".nii.gz"))
+    )
+
+
 def _reusable(root: Path, parameters: _Parameters, names: list[str], overwrite: bool) -> bool:
     """Whether ``root`` holds this very data set already; refuse to mix it with another one."""
     manifest = root / MANIFEST
-    if overwrite or not manifest.exists():
+    if overwrite:
+        return False
+    if not manifest.exists():
+        found = _volumes_in(root)
+        if found:
+            raise GeoclError(
+                f"holds NIfTI volumes ({found[0].relative_to(root)}, ...) but no {MANIFEST}: another data set; "
+                "choose another folder, or pass --overwrite to replace them",
+                path=root,
+            )
         return False
     try:
         before = json.loads(manifest.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         before = None
+    if before == {**asdict(parameters), "complete": False}:
+        return False  # an interrupted run of these parameters: write the set again
     if before != asdict(parameters):
         raise GeoclError(
             "holds synthetic volumes made with other parameters; pass --overwrite to replace them, "
             "or choose another folder",
             path=root,
         )
-    return all((root / folder / name).exists() for folder in ("images", "labels") for name in names) and (
+    return all((root / folder / name).exists() for folder in FOLDERS for name in names) and (
         root / "preview.png"
     ).exists()
 
@@ -194,7 +224,9 @@ def make_volumes(
 
     Raises:
         GeoclError: bad sizes or count; ``root`` holds volumes made with other
-            parameters (without ``overwrite``); ``root`` cannot be written.
+            parameters, or volumes without ``volumes.json`` (without ``overwrite``);
+            ``root`` cannot be written; a write fails (a full disk: naming the file;
+            ``volumes.json`` then says the set is incomplete).
     """
     if cases < 1:
         raise GeoclError(f"must be at least 1, got {cases}", key="cases")
@@ -209,7 +241,12 @@ def make_volumes(
     labels = [root / "labels" / name for name in names]
     if _reusable(root, parameters, names, overwrite):
         return VolumeSetFiles(root, images, labels, root / "preview.png", reused=True)
-    (root / MANIFEST).unlink(missing_ok=True)  # written last: its presence says the set is complete
+    # first: the set is incomplete until the bare parameters replace this at the end
+    atomic_write_text(root / MANIFEST, json.dumps({**asdict(parameters), "complete": False}, indent=1))
+    keep = {*images, *labels}
+    for path in _volumes_in(root):  # only with overwrite (or none): volumes of another set
+        if path not in keep:
+            path.unlink()
     previews = []
     for index in range(cases):
         image, label, spacing = synthetic_case(seed, index, min_size, max_size)

@@ -48,14 +48,34 @@ def test_resampling_to_a_spacing_and_normalising(tmp_path: Path) -> None:
 def test_a_label_map_with_fractional_values_is_refused(tmp_path: Path) -> None:
     _case(tmp_path, np.zeros((6, 6, 6), np.int16), np.full((6, 6, 6), 0.5, np.float32), np.eye(4))
     (case,) = find_cases(tmp_path)
-    with pytest.raises(GeoclError, match="not class indices") as error:
+    with pytest.raises(GeoclError, match=r"216 voxels that are no class number \(0.5\)") as error:
         load_case(case, Preprocessing((1.0, 1.0, 1.0)))
     assert str(error.value).startswith(str(case.label))
-    _case(tmp_path / "255", np.zeros((6, 6, 6), np.int16), np.full((6, 6, 6), 255, np.uint8), np.eye(4))
-    with pytest.raises(GeoclError, match=r"class 255.*renumber it \(e.g. 255 -> 1\)"):
-        load_case(find_cases(tmp_path / "255")[0], Preprocessing((1.0, 1.0, 1.0)))
+    negative = np.zeros((6, 6, 6), np.int16)
+    negative[0, 0, :2] = -1
+    _case(tmp_path / "negative", np.zeros((6, 6, 6), np.int16), negative, np.eye(4))
+    with pytest.raises(GeoclError, match=r"2 voxels outside the class numbers 0..65535 \(-1\)"):
+        load_case(find_cases(tmp_path / "negative")[0], Preprocessing((1.0, 1.0, 1.0)))
+    _case(tmp_path / "image", np.zeros((6, 6, 6), np.int16), np.arange(216, dtype=np.int16).reshape(6, 6, 6), np.eye(4))
+    with pytest.raises(GeoclError, match="216 distinct values.*is it an image"):
+        load_case(find_cases(tmp_path / "image")[0], Preprocessing((1.0, 1.0, 1.0)))
     with pytest.raises(GeoclError, match="three positive sizes"):
         Preprocessing((1.0, 0.0, 1.0))
+
+
+def test_sparse_class_numbers_are_classes_as_in_tile_masks(tmp_path: Path) -> None:
+    # {0, 2, 7} are three classes (not eight), {0, 255} two: masks hold their positions, as TileDataset's
+    label = np.zeros((8, 8, 4), np.uint8)
+    label[2:4] = 2
+    label[5:7] = 7
+    _case(tmp_path, np.ones((8, 8, 4), np.int16), label, np.eye(4))
+    dataset = NiftiSliceDataset(find_cases(tmp_path), Preprocessing((1.0, 1.0, 1.0)), with_mask=True, image_size=8)
+    assert dataset.classes == [0, 2, 7]
+    assert set(np.unique(dataset[0]["mask"].numpy())) == {0, 1, 2}
+    with pytest.raises(GeoclError, match=r"label map holds class 7, which is none of the model's classes \(0, 2\)"):
+        NiftiSliceDataset(find_cases(tmp_path), Preprocessing((1.0, 1.0, 1.0)), with_mask=True, classes=[0, 2])
+    patches = NiftiVolumeDataset(find_cases(tmp_path), Preprocessing((1.0, 1.0, 1.0)), (8, 8, 4))
+    assert patches.classes == [0, 2, 7] and patches[0]["mask"].max() == 2
 
 
 def test_slices_follow_the_tile_contract(volumes: Path) -> None:
