@@ -465,7 +465,14 @@ def _as_typed(error: GeoclError, args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``geocl``; returns the exit status (0 ok, 2 user error, 130 interrupted)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras and getattr(args, "command", None) == "pretrain" and not any(x.startswith("-") for x in extras):
+        # argparse gives a '*' positional only the words before the first flag
+        # (`pretrain RECIPE --resume trainer.max_epochs=200`): the words after it are overrides too
+        args.overrides = [*args.overrides, *extras]
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
     configure_output(verbose=getattr(args, "verbose", False))
     run: Callable[[argparse.Namespace], None] = args.run
     try:

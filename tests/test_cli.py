@@ -404,3 +404,16 @@ def test_a_positional_argument_read_by_a_flag_of_several_values_is_named(capsys:
     with pytest.raises(SystemExit):
         cli.main(["compare", "--out", "o"])  # nothing swallowed: argparse's own line, no hint
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith("required: RECIPE")
+
+
+def test_pretrain_overrides_after_resume_are_overrides(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # the README's `geocl pretrain recipes/grass.yaml --resume trainer.max_epochs=200`
+    from geocl import cli
+
+    seen: list[argparse.Namespace] = []
+    monkeypatch.setattr(cli, "_pretrain", seen.append)
+    assert cli.main(["pretrain", "r.yaml", "out=x", "--resume", "trainer.max_epochs=200", "seed=1"]) == 0
+    assert seen[0].resume and seen[0].overrides == ["out=x", "trainer.max_epochs=200", "seed=1"]
+    with pytest.raises(SystemExit) as exit_info:  # a flag no command has is still refused
+        cli.main(["pretrain", "r.yaml", "--resume", "--bogus"])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
