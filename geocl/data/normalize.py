@@ -33,8 +33,12 @@ class BandNormalizer:
         return cls(stats["mean"], stats["std"], metadata["nodata"])
 
     def invalid(self, raw: np.ndarray) -> np.ndarray:
-        """``[H, W]`` bool, True where every band of ``raw`` ``[C, H, W]`` is nodata."""
-        return (raw == self.nodata).all(axis=0)
+        """``[H, W]`` bool, True where every band of ``raw`` ``[C, H, W]`` is nodata, or any band
+        is NaN or infinite (as :func:`geocl.data.stats.valid_pixels` counts them)."""
+        invalid = (raw == self.nodata).all(axis=0)
+        if np.issubdtype(raw.dtype, np.floating):
+            invalid |= ~np.isfinite(raw).all(axis=0)
+        return invalid
 
     def __call__(self, raw: np.ndarray, invalid: np.ndarray | None = None) -> np.ndarray:
         """Normalise ``raw`` ``[C, H, W]`` (any numeric dtype) to float32.

@@ -111,14 +111,16 @@ def valid_pixels(block: np.ndarray, nodata: float | None) -> np.ndarray:
 
     Args:
         block: ``[C, H, W]`` array.
-        nodata: the nodata value, or None (then only NaN marks missing data).
+        nodata: the nodata value, or None (then only NaN and infinite values mark missing data).
 
     Returns:
-        ``[H, W]`` bool array, False where every band is nodata or any band is NaN.
+        ``[H, W]`` bool array, False where every band is nodata or any band is NaN or
+        infinite (an infinite value would make the band statistics infinite and every
+        normalised pixel NaN).
     """
     invalid = np.zeros(block.shape[1:], dtype=bool)
     if np.issubdtype(block.dtype, np.floating):
-        invalid |= np.isnan(block).any(axis=0)
+        invalid |= ~np.isfinite(block).all(axis=0)
     if nodata is not None and not np.isnan(nodata):
         invalid |= (block == nodata).all(axis=0)
     return ~invalid

@@ -59,3 +59,13 @@ def test_scene_stats_stream_over_files_skip_nodata_and_are_cached(
     infos = inspect_rasters(paths)
     monkeypatch.setattr(stats_module.rasterio, "open", no_reads)
     assert scene_band_stats(infos, progress=False) == result
+
+
+def test_infinite_values_are_not_data() -> None:
+    # one inf pixel made the tile set's band mean inf and its std NaN (every normalised pixel NaN)
+    block = np.full((2, 2, 3), 5.0, dtype=np.float32)
+    block[0, 0, 0], block[1, 1, 2] = np.inf, np.nan
+    assert valid_pixels(block, None).tolist() == [[False, True, True], [True, True, False]]
+    running = RunningBandStats(2)
+    running.update(block[:, valid_pixels(block, None)])
+    assert running.result().mean == [5.0, 5.0] and running.result().std == [0.0, 0.0]
