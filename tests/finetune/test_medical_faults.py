@@ -5,7 +5,6 @@ are classes (as in tile masks), a full disk names the file and leaves the inputs
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -25,6 +24,7 @@ from geocl.data.medical.synthetic import make_volumes
 from geocl.errors import GeoclError
 from geocl.finetune.medical import run_medical_finetune
 from geocl.finetune.medical_semi_supervised import run_medical_semi_supervised
+from tests.outputs import error_line, snapshot
 
 TINY = {"encoder": "test_resnet", "label_fraction": 0.5, "seed": 0, "max_epochs": 1, "steps_per_epoch": 2,
         "batch_size": 4, "val_every": 1, "progress": False, "accelerator": "cpu", "pictures": 0}
@@ -50,20 +50,6 @@ def _copy(volumes: Path, target: Path) -> Path:
     return target
 
 
-def _snapshot(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` (links followed) by its SHA-256."""
-    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(folder.rglob("*")) if path.is_file()}
-
-
-def _error_line(status: int, capsys: pytest.CaptureFixture[str]) -> str:
-    """The one error line of a refused command (exit 2, no traceback)."""
-    captured = capsys.readouterr()
-    assert status == 2, captured
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
-    assert " object at 0x" not in lines[0]
-    return lines[0]
 
 
 def _rewrite(path: Path, change: Any, dtype: Any = None) -> None:
@@ -96,25 +82,25 @@ def test_predict_never_writes_onto_its_inputs(
     (data / "link.nii.gz").symlink_to(data / "labels" / "case_002.nii.gz")
     (data / "preview-link").mkdir()
     (data / "preview-link" / "p.png").symlink_to(data / "images" / "case_002.nii.gz")
-    before = _snapshot(data)
-    line = _error_line(main(_predict(checkpoint, data / "images" / "case_002.nii.gz", data / given)), capsys)
+    before = snapshot(data)
+    line = error_line(main(_predict(checkpoint, data / "images" / "case_002.nii.gz", data / given)), capsys)
     shown = str(data / given).replace(".nii.gz", ".png") if given.startswith("preview") else str(data / given)
     assert line.startswith(f"geocl predict: error: {shown}: ") and "--out" in line
     assert "would overwrite" in line or "would be written inside" in line
-    assert _snapshot(data) == before  # nothing written, nothing changed
+    assert snapshot(data) == before  # nothing written, nothing changed
 
 
 def test_predict_beside_the_data_folder_scores_against_the_real_label(
     checkpoint: Path, volumes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    before = _snapshot(volumes)
+    before = snapshot(volumes)
     out = tmp_path / "pred" / "case_002.nii.gz"
     assert main(_predict(checkpoint, volumes / "images" / "case_002.nii.gz", out)) == 0
     printed = capsys.readouterr().out
     label = np.asanyarray(nib.load(volumes / "labels" / "case_002.nii.gz").dataobj)
     prediction = np.asanyarray(nib.load(out).dataobj)
     expected = medical.case_metrics(prediction, label, spacing=nib.load(out).header.get_zooms())["dice"]
-    assert f"Dice {expected:.4f}" in printed and _snapshot(volumes) == before
+    assert f"Dice {expected:.4f}" in printed and snapshot(volumes) == before
 
 
 def test_a_full_disk_while_predicting_names_the_file(
@@ -127,12 +113,12 @@ def test_a_full_disk_while_predicting_names_the_file(
         raise OSError(errno.ENOSPC, "No space left on device", str(self))
 
     monkeypatch.setattr(Path, "write_bytes", full)
-    before = _snapshot(volumes)
+    before = snapshot(volumes)
     out = tmp_path / "pred" / "p.nii.gz"
-    line = _error_line(main(_predict(checkpoint, volumes / "images" / "case_002.nii.gz", out)), capsys)
+    line = error_line(main(_predict(checkpoint, volumes / "images" / "case_002.nii.gz", out)), capsys)
     assert line.startswith(f"geocl predict: error: {out}: cannot write") and "No space left on device" in line
     assert list(out.parent.iterdir()) == []  # no half-written file, under its name or a temporary one
-    assert _snapshot(volumes) == before
+    assert snapshot(volumes) == before
 
 
 # ------------------------------------------------------- 5, 6, 12: volumes read once, named
@@ -152,9 +138,9 @@ def test_predict_names_a_bad_volume_or_label_map(
     out = tmp_path / "pred" / "p.nii.gz"
 
     def refused() -> str:
-        before = _snapshot(data)
-        line = _error_line(main(_predict(checkpoint, image, out)), capsys)
-        assert _snapshot(data) == before and not out.exists()
+        before = snapshot(data)
+        line = error_line(main(_predict(checkpoint, image, out)), capsys)
+        assert snapshot(data) == before and not out.exists()
         return line
 
     def label_map(change: Any, dtype: Any = None) -> None:
@@ -202,11 +188,11 @@ def test_every_volume_is_read_before_training(
         for path in (data / "labels").iterdir():
             _rewrite(path, np.zeros_like)
         expected = f"{data}: no label map holds a class other than 0 (background)"
-    before = _snapshot(data)
+    before = snapshot(data)
     with pytest.raises(GeoclError) as error:
         run(data=data, out=tmp_path / "run", **(TINY if run is run_medical_finetune else TINY_FBA))
     assert str(error.value).startswith(expected) and "\n" not in str(error.value)
-    assert _snapshot(data) == before
+    assert snapshot(data) == before
 
 
 def test_sparse_class_numbers_train_one_output_a_class(volumes: Path, tmp_path: Path) -> None:

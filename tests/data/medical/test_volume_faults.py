@@ -4,7 +4,6 @@ data set, NaN or complex voxels named in one line, nothing already written lost.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 from pathlib import Path
 
@@ -15,22 +14,12 @@ import pytest
 from geocl.cli import main
 from geocl.data.medical.files import check_voxels, find_cases, write_nifti
 from geocl.data.medical.synthetic import make_volumes, synthetic_case
+from tests.outputs import error_line, snapshot
 
 RECIPE = Path(__file__).resolve().parents[3] / "recipes" / "medical" / "simclr.yaml"
 SMALL = ["--cases", "3", "--size", "16", "18"]
 
 
-def _snapshot(folder: Path) -> dict[str, str]:
-    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(folder.rglob("*")) if path.is_file()}
-
-
-def _error_line(status: int, capsys: pytest.CaptureFixture[str]) -> str:
-    captured = capsys.readouterr()
-    assert status == 2, captured
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
-    return lines[0]
 
 
 def test_a_full_disk_while_writing_volumes(
@@ -49,7 +38,7 @@ def test_a_full_disk_while_writing_volumes(
 
     monkeypatch.setattr(Path, "write_bytes", filling)
     root = tmp_path / "vol"
-    line = _error_line(main(["make-volumes", str(root), *SMALL]), capsys)
+    line = error_line(main(["make-volumes", str(root), *SMALL]), capsys)
     failed = root / "images" / "case_001.nii.gz"
     assert line.startswith(f"geocl make-volumes: error: {failed}: cannot write") and "No space left on device" in line
     assert not failed.exists() and not [p for p in root.rglob(".*") if "tmp" in p.name]  # no half-written file
@@ -65,11 +54,11 @@ def test_a_full_disk_while_writing_volumes(
 def test_make_volumes_never_mixes_into_another_data_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "real"
     write_nifti(root / "images" / "case_000.nii.gz", np.ones((4, 4, 4), np.int16), np.eye(4))
-    before = _snapshot(root)
-    line = _error_line(main(["make-volumes", str(root), *SMALL]), capsys)
+    before = snapshot(root)
+    line = error_line(main(["make-volumes", str(root), *SMALL]), capsys)
     assert line.startswith(f"geocl make-volumes: error: {root}: holds NIfTI volumes (images/case_000.nii.gz, ...) "
                            "but no volumes.json")
-    assert _snapshot(root) == before
+    assert snapshot(root) == before
     # an overwrite with fewer cases leaves none of the earlier set to be read with the new one
     other = tmp_path / "vol"
     make_volumes(other, cases=3, min_size=16, max_size=18)
@@ -84,12 +73,12 @@ def test_pretraining_names_nan_voxels(tmp_path: Path, capsys: pytest.CaptureFixt
     voxels = np.asanyarray(stored.dataobj).astype(np.float32)
     voxels[1, 2, 3] = np.nan
     write_nifti(path, voxels, stored.affine)
-    before = _snapshot(root)
+    before = snapshot(root)
     status = main(["pretrain", str(RECIPE), f"data.path={root}", f"out={tmp_path / 'run'}", "data.num_workers=0",
                    "data.split=train", "data.val_fraction=0"])
-    line = _error_line(status, capsys)
+    line = error_line(status, capsys)
     assert f"{path}: holds 1 non-finite voxels (NaN or inf) of {voxels.size}" in line
-    assert _snapshot(root) == before
+    assert snapshot(root) == before
 
 
 def test_an_image_of_complex_voxels_is_named(tmp_path: Path) -> None:
