@@ -1,7 +1,7 @@
 """The recipe schema: one pydantic model per section, holding types, ranges, choices and defaults.
 
 A recipe has fixed sections (``data``, ``encoder``, ``augment``, ``optimizer``, ``scheduler``,
-``trainer``) described here, and one open one:
+``trainer``, ``monitor``) described here, and one open one:
 
 * ``method``: ``name`` selects a pretraining method; its other keys are that method's
   parameters. A method declares them once, as the typed keyword arguments of its
@@ -244,6 +244,24 @@ class TrainerConfig(Section):
         return value
 
 
+class MonitorConfig(Section):
+    """The online representation monitor of ``geocl pretrain`` (:mod:`geocl.training.monitor`).
+
+    A kNN segmentation probe of the frozen encoder on a fixed subset of the tile set's
+    labelled val tiles, at step 0 (the random-init reference), every ``every_n_steps``
+    optimizer steps and at the last step. It changes nothing the run trains, so it may
+    change on ``--resume``. Tile sets only; off without masks or val tiles.
+    """
+
+    every_n_steps: Annotated[int, Field(ge=0)] | None = Field(
+        10, description="probe every N optimizer steps (and at steps 0 and last); 0 or null: off"
+    )
+    tiles: int = Field(8, ge=2, description="labelled val tiles probed (a fixed subset; half vote, half are scored)")
+    grid: int = Field(16, ge=1, description="cells a tile side: each cell's pooled features are one kNN sample")
+    k: int = Field(20, ge=1, description="neighbours that vote for each cell")
+    temperature: float = Field(0.07, gt=0, description="T of the vote weight exp(cosine similarity / T)")
+
+
 Pair = tuple[FiniteNumber, FiniteNumber]
 
 
@@ -302,6 +320,13 @@ class Recipe(Section):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+
+    @field_validator("monitor", mode="before")
+    @classmethod
+    def _empty_monitor_keeps_defaults(cls, value: Any) -> Any:
+        # `monitor:` with nothing under it, as an empty section of the loader's list does
+        return {} if value is None else value
 
 
 #: Method name -> the model of its parameters (with ``name``); its ``registered_from``

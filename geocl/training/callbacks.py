@@ -100,7 +100,9 @@ class TrainingProgressBar(TQDMProgressBar):
     This one draws no validation or test bars and shows ``loss`` (the last step's) and
     the other values without the ``train/`` prefix; the validation score keeps its name
     (``val/miou``). Epochs are counted from 1 and out of the budget (``epoch 3/15``),
-    where Lightning writes ``Epoch 2`` (and ``Training`` before the first).
+    where Lightning writes ``Epoch 2`` (and ``Training`` before the first). A callback
+    with a ``progress_fields()`` method adds what it returns (the representation
+    monitor's ``probe=0.41 (init 0.38)``, :mod:`geocl.training.monitor`).
     """
 
     @property
@@ -130,6 +132,10 @@ class TrainingProgressBar(TQDMProgressBar):
             if name == "v_num" or (name.endswith("_epoch") and name.removesuffix("_epoch") + "_step" in logged):
                 continue
             shown[name.removeprefix("train/").removesuffix("_step")] = value
+        for callback in trainer.callbacks:
+            fields = getattr(callback, "progress_fields", None)
+            if callable(fields):
+                shown.update(fields())
         return shown
 
 

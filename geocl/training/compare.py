@@ -684,17 +684,22 @@ def _differing_keys(before: Any, now: Any, prefix: str = "") -> list[str]:
     return [] if before == now else [prefix.rstrip(".") or "the recipe"]
 
 
-def _without_out(recipe: Any) -> Any:
-    """A plain-data recipe without ``out``: where the folder is never decides whether it holds the same run."""
-    return {key: value for key, value in recipe.items() if key != "out"} if isinstance(recipe, dict) else recipe
+#: Recipe keys that change nothing a run trains: where its folder is (``out``: a comparison
+#: may be moved) and the online representation monitor, which leaves the weights as they are.
+UNTRAINED_KEYS = ("out", "monitor")
+
+
+def _trained_part(recipe: Any) -> Any:
+    """A plain-data recipe without :data:`UNTRAINED_KEYS`: what decides whether a folder holds the same run."""
+    return {key: value for key, value in recipe.items() if key not in UNTRAINED_KEYS} if isinstance(recipe, dict) else recipe
 
 
 def _encoder_identity(recipe: Any, *, random: bool) -> dict[str, Any]:
-    """What a row's encoder is, as plain data: the pretraining recipe (without ``out``), or a random init's data and encoder."""
+    """What a row's encoder is, as plain data: the pretraining recipe (without ``out`` and ``monitor``), or a random init's data and encoder."""
     plain = recipe_to_dict(recipe)
     if random:
         return {"random_init": {"data": plain.get("data"), "encoder": plain.get("encoder")}}
-    return {"recipe": _without_out(plain)}
+    return {"recipe": _trained_part(plain)}
 
 
 def _row_settings(
@@ -815,13 +820,13 @@ def _pretrained(recipe: Any, pretrain_fn: Callable[..., Any]) -> tuple[Path, boo
     now = recipe_to_dict(recipe)
     interrupted = holds_checkpoints(out)  # last.ckpt, or epoch checkpoints a crash left alone
     started = (out / "metrics.json").exists() or interrupted
-    if started and _without_out(before) != _without_out(now):
+    if started and _trained_part(before) != _trained_part(now):
         # Said here because run_pretrain's own refusal would point at --resume, which
         # compare does not have.
         if before is None:
             why = "its config.yaml is missing or no longer a valid recipe"
         else:
-            why = f"config.yaml differs in {', '.join(_differing_keys(_without_out(before), _without_out(now)))}"
+            why = f"config.yaml differs in {', '.join(_differing_keys(_trained_part(before), _trained_part(now)))}"
         raise GeoclError(
             f"holds a pretraining run of a different recipe ({why}); "
             "delete the folder or compare into another out",
@@ -850,10 +855,10 @@ def _recorded(recipe: Any) -> bool:
     now = recipe_to_dict(recipe)
     if saved.exists():
         before = read_saved_recipe(saved)
-        if before is not None and _without_out(before) == _without_out(now):
+        if before is not None and _trained_part(before) == _trained_part(now):
             return True
         why = "its config.yaml is no longer a valid recipe" if before is None else (
-            f"config.yaml differs in {', '.join(_differing_keys(_without_out(before), _without_out(now)))}"
+            f"config.yaml differs in {', '.join(_differing_keys(_trained_part(before), _trained_part(now)))}"
         )
         raise GeoclError(f"holds a run of a different recipe ({why}); delete the folder or compare into another out",
                          path=out)

@@ -11,9 +11,14 @@ Output folder (``recipe.out``)::
     config.yaml        the resolved recipe
     checkpoints/       one checkpoint per epoch (latest kept) and last.ckpt
     logs/version_*/    Lightning CSV logs (one version per start or resume)
-    plots/             loss.png, and the method's own pictures
+    plots/             loss.png (with the representation monitor's curve), and the method's own pictures
     maps/              the method's georeferenced outputs (same grid as their tiles; tile sets only)
-    metrics.json       final loss, steps, time
+    metrics.json       final loss, steps, time (and the monitor's time and scores)
+
+Tile sets with labelled val tiles get the online representation monitor (recipe section
+``monitor``, :mod:`geocl.training.monitor`): a kNN segmentation probe of the frozen
+encoder at step 0, every ``monitor.every_n_steps`` steps and at the last step, logged,
+plotted and shown on the bar; it leaves the training bit for bit as it was.
 
 ``resume=True`` continues from the newest intact checkpoint of the run, normally
 ``checkpoints/last.ckpt``, with Lightning's stored optimizer, scheduler and loop state;
@@ -74,11 +79,14 @@ from geocl.training.checkpoint_io import (
     storage_error,
 )
 from geocl.training.data import PretrainData
+from geocl.training.monitor import RepresentationMonitor, build_monitor
 
-#: Keys a resumed run may change: ``trainer`` to extend or shorten training, ``out``
-#: because a run folder that was moved or copied (alone or inside a comparison) is
-#: still the same run.
-RESUMABLE_CHANGES = ("trainer", "out")
+#: Keys a resumed run may change: ``trainer`` to extend or shorten training, ``monitor``
+#: because it changes nothing the run trains.
+RESUMABLE_CHANGES = ("trainer", "monitor")
+#: Keys that never tell two runs apart: a run folder moved or copied (alone or inside a
+#: comparison) is still the same run.
+LOCATION_KEYS = ("out",)
 #: Differing keys named in one message before "and N more".
 SHOWN_CHANGES = 3
 
@@ -140,9 +148,10 @@ def _shown(value: Any) -> str:
 
 
 def recipe_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """The keys outside :data:`RESUMABLE_CHANGES` whose values differ, as ``key was OLD, now NEW``."""
+    """The keys outside :data:`RESUMABLE_CHANGES` and :data:`LOCATION_KEYS` whose values differ, as ``key was OLD, now NEW``."""
     old, new = _flat(before), _flat(now)
-    keys = [key for key in dict.fromkeys([*old, *new]) if key.split(".")[0] not in RESUMABLE_CHANGES]
+    ignored = (*RESUMABLE_CHANGES, *LOCATION_KEYS)
+    keys = [key for key in dict.fromkeys([*old, *new]) if key.split(".")[0] not in ignored]
     return [
         f"{key} was {_shown(old.get(key, _UNSET))}, now {_shown(new.get(key, _UNSET))}"
         for key in keys
@@ -380,6 +389,11 @@ def _fit(
         images, out, batch_size=recipe.data.batch_size, num_workers=recipe.data.num_workers, seed=recipe.seed
     )
     callbacks: list[lightning.Callback] = [LossCurvePlot(out / "plots" / "loss.png"), EpochLoss()]
+    monitor = build_monitor(recipe)
+    if monitor is not None:
+        if found is not None and hasattr(model, "encoder"):  # in case the checkpoint holds no reference
+            monitor.remember_initial(model.encoder)
+        callbacks.append(monitor)
     trainer = build_trainer(
         recipe, out, callbacks, reload_data_every_epoch=model.reloads_data_every_epoch, checkpoint_io=writer,
         progress=progress,
@@ -503,5 +517,8 @@ def _finish(
         "checkpoint": str(result.checkpoint),
         "device": str(model.device),
     }
+    monitor = next((callback for callback in trainer.callbacks if isinstance(callback, RepresentationMonitor)), None)
+    if monitor is not None:
+        metrics.update(monitor.summary())
     atomic_write_text(metrics_path, json.dumps(metrics, indent=1, allow_nan=False))
     return result

@@ -406,6 +406,28 @@ def test_gradient_clip_val_must_not_be_negative(example: Path) -> None:
         load_recipe(example, ["trainer.gradient_clip_val=-1"])
 
 
+def test_monitor_section_defaults_off_values_empty_section_and_a_saved_run_without_it(
+    example: Path, tmp_path: Path
+) -> None:
+    monitor = load_recipe(example).monitor
+    assert (monitor.every_n_steps, monitor.tiles, monitor.grid, monitor.k) == (10, 8, 16, 20)
+    assert load_recipe(example, ["monitor.every_n_steps=null"]).monitor.every_n_steps is None  # off
+    assert load_recipe(example, ["monitor.every_n_steps=0"]).monitor.every_n_steps == 0  # off
+    assert load_recipe(write_recipe(tmp_path, {**MINIMAL, "monitor": None})).monitor == monitor
+    for override, key in [("monitor.every_n_steps=-1", "monitor.every_n_steps"), ("monitor.tiles=1", "monitor.tiles"),
+                          ("monitor.temperature=0", "monitor.temperature")]:
+        with pytest.raises(GeoclError) as caught:
+            load_recipe(example, [override])
+        assert caught.value.key == key
+    # a run saved before the monitor existed reads as the same recipe
+    saved = tmp_path / "config.yaml"
+    save_recipe(load_recipe(example), saved)
+    data = yaml.safe_load(saved.read_text())
+    del data["monitor"]
+    saved.write_text(yaml.safe_dump(data))
+    assert read_saved_recipe(saved) == recipe_to_dict(load_recipe(example))
+
+
 def test_save_recipe_writes_atomically(
     example: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

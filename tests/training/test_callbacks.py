@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from geocl.finetune.train import run_finetune
@@ -18,7 +19,7 @@ def _bar_lines(captured: pytest.CaptureResult[str]) -> list[str]:
     return [line for line in re.split(r"[\r\n]", captured.out + captured.err) if line.lstrip().startswith("epoch ")]
 
 
-def test_pretraining_bar_shows_the_loss_by_its_short_name_and_no_logger_version(
+def test_pretraining_bar_shows_the_loss_by_its_short_name_the_probe_and_no_logger_version(
     tmp_path: Path, tiny_tiles: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run_pretrain(load_recipe(write_recipe(tmp_path, tiny_tiles, {"name": "simclr"}, trainer={"max_epochs": 1})))
@@ -27,6 +28,13 @@ def test_pretraining_bar_shows_the_loss_by_its_short_name_and_no_logger_version(
     last = lines[-1]
     assert "loss=" in last
     assert "v_num" not in last and "train/" not in last and "_step" not in last and "_epoch" not in last
+    # the representation monitor (on by default for a labelled tile set): last probe and the random init's
+    assert "monitor/" not in last
+    shown = re.search(r"probe=(\d\.\d\d) \(init (\d\.\d\d)\)", last)
+    assert shown, last
+    probed = pd.read_csv(tmp_path / "run" / "logs" / "version_0" / "metrics.csv").dropna(subset=["monitor/miou"])
+    assert probed["step"].tolist() == [0, 3]  # the random init and the last step
+    assert shown.groups() == (f"{probed['monitor/miou'].iloc[-1]:.2f}", f"{probed['monitor/miou'].iloc[0]:.2f}")
 
 
 def test_finetuning_draws_one_bar_with_the_validation_score(

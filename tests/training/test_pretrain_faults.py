@@ -249,7 +249,7 @@ def test_resume_names_each_changed_key_with_its_old_and_new_value_and_leaves_the
     assert code == 2
     assert _error_line(err) == (
         f"geocl pretrain: error: {tmp_path / 'run' / 'config.yaml'}: cannot resume with a changed recipe: "
-        "method.temperature was 0.5, now 0.2; optimizer.lr was 0.001, now 0.01 (only trainer.* may change on "
+        "method.temperature was 0.5, now 0.2; optimizer.lr was 0.001, now 0.01 (only trainer.*, monitor.* may change on "
         "--resume; put the values back, or start a new run in another out)"
     )
     assert _files(tmp_path / "run") == before
