@@ -61,7 +61,9 @@ COMPARE_ARGUMENTS = {
 def _make_scene(args: argparse.Namespace) -> None:
     from geocl.data.synthetic import make_scene
 
-    files = make_scene(args.dir, size=args.size, seed=args.seed, bands=args.bands, overwrite=args.overwrite)
+    files = make_scene(
+        args.dir, kind=args.kind, size=args.size, seed=args.seed, bands=args.bands, overwrite=args.overwrite
+    )
     print(f"scene: {files.image}\nmask:  {files.mask}")
 
 
@@ -334,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     scene = command("make-scene", "write the embedded labelled demo scene")
     scene.add_argument("dir", type=Path, help="output folder (image.tif, mask.tif)")
+    scene.add_argument(
+        "--kind", default="rural", metavar="{rural,urban}",  # checked by make_scene (no import at start-up)
+        help="rural: 1 m landscape, 7 land-cover classes (default); urban: 0.2 m city, the ISPRS "
+        "Potsdam/Vaihingen classes, many objects smaller than a 64 px view",
+    )
     scene.add_argument("--size", type=int, default=4096, help="side in px (default: 4096)")
     scene.add_argument("--seed", type=int, default=0, help="seed of the scene (default: 0)")
     scene.add_argument("--bands", type=int, default=4, help="band count, at least 4 (default: 4)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -417,3 +418,19 @@ def test_pretrain_overrides_after_resume_are_overrides(monkeypatch: pytest.Monke
     with pytest.raises(SystemExit) as exit_info:  # a flag no command has is still refused
         cli.main(["pretrain", "r.yaml", "--resume", "--bogus"])
     assert exit_info.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_make_scene_kind_urban_and_a_kind_of_another_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from geocl import cli
+
+    assert cli.main(["make-scene", str(tmp_path / "city"), "--kind", "urban", "--size", "256"]) == 0
+    meta = json.loads((tmp_path / "city" / "scene.json").read_text())
+    assert meta["kind"] == "urban"
+    before = (tmp_path / "city" / "image.tif").read_bytes()
+    capsys.readouterr()
+    assert cli.main(["make-scene", str(tmp_path / "city"), "--size", "256"]) == 2  # rural into an urban folder
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"geocl make-scene: error: {tmp_path / 'city'}: holds a synthetic urban scene") and "\n" not in err
+    assert (tmp_path / "city" / "image.tif").read_bytes() == before
+    assert cli.main(["make-scene", str(tmp_path / "x"), "--kind", "town", "--size", "256"]) == 2
+    assert "must be one of rural, urban" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from torchgeo.samplers import GriddedPatchSampler, RandomPatchSampler
 
 from geocl.data.roi import read_roi
 from geocl.data.scene import SceneImage, SceneMask, labelled_scene
+from geocl.data.synthetic import URBAN_CLASS_NAMES, make_scene
 from geocl.errors import GeoclError
 from tests.conftest import RasterWriter, coordinate_image
 
@@ -35,6 +36,17 @@ def test_labelled_scene_samples_hold_image_and_mask_on_one_grid(pair: tuple[Path
     # row 32, col 10 of the scene: band 0 = row + 1, band 1 = col + 1, label = (row*200+col) % 3
     assert sample["image"][0, 0, 0] == 33 and sample["image"][1, 0, 0] == 11
     assert sample["mask"][0, 0] == (32 * 200 + 10) % 3
+
+
+def test_the_urban_synthetic_scene_samples_at_its_sub_metre_resolution(tmp_path: Path) -> None:
+    files = make_scene(tmp_path, kind="urban", size=256, seed=0)
+    dataset = labelled_scene(SceneImage(files.image), SceneMask(files.mask))
+    assert dataset.res == (0.2, 0.2)
+    boxes = list(RandomPatchSampler(dataset, size=128, length=3, generator=0))  # 128 px = 25.6 m
+    for x, y in boxes:
+        sample = dataset[x, y]
+        assert sample["image"].shape == (4, 128, 128) and sample["mask"].shape == (128, 128)
+        assert int(sample["mask"].max()) < len(URBAN_CLASS_NAMES)
 
 
 def test_mask_must_have_one_band(tmp_path: Path, write_raster: RasterWriter) -> None:

@@ -1,12 +1,22 @@
-"""The embedded, labelled default scene: a seeded synthetic landscape as GeoTIFFs.
+"""The embedded, labelled scenes: a seeded synthetic landscape (rural) or city (urban) as GeoTIFFs.
 
 :func:`make_scene` writes ``DIR/image.tif`` (a multispectral, reflectance-like
-``uint16`` image), ``DIR/mask.tif`` (a ``uint8`` land-cover mask with the classes in
-:data:`CLASS_NAMES`) and, last, ``DIR/scene.json`` (the parameters that made it). A
-scene is complete only once ``scene.json`` exists; a later call with the same
-parameters returns at once without touching the files.
+``uint16`` image), ``DIR/mask.tif`` (a ``uint8`` class mask) and, last,
+``DIR/scene.json`` (the kind and the parameters that made it). A scene is complete
+only once ``scene.json`` exists; a later call with the same parameters returns at once
+without touching the files.
 
-The landscape is built from spatially coherent objects whose sizes range from a few
+Two kinds (``make_scene(..., kind=...)``), each with its own classes
+(:data:`CLASS_NAMES_BY_KIND`, :data:`CLASS_COLORS_BY_KIND`):
+
+* ``"rural"`` (the default): a 1 m landscape with the classes of :data:`CLASS_NAMES`,
+  described below;
+* ``"urban"``: a 0.2 m city with the ISPRS Potsdam/Vaihingen classes of
+  :data:`URBAN_CLASS_NAMES`, many objects smaller than a view and classes that
+  per-pixel spectra do not separate, the setting of GraSS (arXiv:2306.15868); see
+  :mod:`geocl.data.synthetic.urban`.
+
+The rural landscape is built from spatially coherent objects whose sizes range from a few
 pixels to hundreds of thousands of pixels:
 
 * **water**: a meandering river with a tributary, lakes and small ponds;
@@ -34,24 +44,52 @@ differ in the last bit between CPU families, which can flip a few pixel values).
 Modules, in the order a scene is made:
 
 * :mod:`~geocl.data.synthetic.writer`: :func:`make_scene`, parameters, cache, GeoTIFFs;
-* :mod:`~geocl.data.synthetic.render`: the painters in order, then shading, texture, noise;
+* :mod:`~geocl.data.synthetic.render`: the rural painters in order, then shading, texture, noise;
 * :mod:`~geocl.data.synthetic.painters`: one painter per kind of object;
 * :mod:`~geocl.data.synthetic.canvas`: class and object id per pixel while painting;
 * :mod:`~geocl.data.synthetic.geometry` and :mod:`~geocl.data.synthetic.noise`: shapes
   and smooth random fields;
 * :mod:`~geocl.data.synthetic.classes` and :mod:`~geocl.data.synthetic.spectra`: the
-  legend and the spectral model.
+  legends and the spectral model;
+* for the urban scene, :mod:`~geocl.data.synthetic.urban` (rendering),
+  :mod:`~geocl.data.synthetic.urban_painters` (streets, blocks and objects) and
+  :mod:`~geocl.data.synthetic.urban_spectra` (materials, shadows, texture).
 """
 
-from geocl.data.synthetic.classes import CLASS_COLORS, CLASS_NAMES, IMAGE_NODATA, MASK_NODATA
-from geocl.data.synthetic.writer import GENERATOR_VERSION, SceneFiles, make_scene
+from geocl.data.synthetic.classes import (
+    CLASS_COLORS,
+    CLASS_COLORS_BY_KIND,
+    CLASS_NAMES,
+    CLASS_NAMES_BY_KIND,
+    IMAGE_NODATA,
+    MASK_NODATA,
+    SCENE_KINDS,
+    URBAN_CLASS_COLORS,
+    URBAN_CLASS_NAMES,
+)
+from geocl.data.synthetic.writer import (
+    DEFAULT_RESOLUTION,
+    GENERATOR_VERSION,
+    GENERATOR_VERSIONS,
+    SceneFiles,
+    SceneKind,
+    make_scene,
+)
 
 __all__ = [
     "CLASS_COLORS",
+    "CLASS_COLORS_BY_KIND",
     "CLASS_NAMES",
+    "CLASS_NAMES_BY_KIND",
+    "DEFAULT_RESOLUTION",
     "GENERATOR_VERSION",
+    "GENERATOR_VERSIONS",
     "IMAGE_NODATA",
     "MASK_NODATA",
+    "SCENE_KINDS",
+    "URBAN_CLASS_COLORS",
+    "URBAN_CLASS_NAMES",
     "SceneFiles",
+    "SceneKind",
     "make_scene",
 ]

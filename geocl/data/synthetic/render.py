@@ -21,7 +21,7 @@ from geocl.data.synthetic.painters import (
     paint_water,
     place_settlements,
 )
-from geocl.data.synthetic.spectra import FINE_AMP, MID_AMP, ROW_BANDS, VIGOUR, VIGOUR_BANDS, band_mixing, mix
+from geocl.data.synthetic.spectra import FINE_AMP, MID_AMP, ROW_BANDS, VIGOUR, band_mixing, mix, texture_table
 
 
 def hillshade(elevation: np.ndarray, *, slope_sd: float = 0.08) -> np.ndarray:
@@ -68,21 +68,38 @@ def nodata_mask(cv: Canvas) -> np.ndarray:
 
 
 def compose(
-    cv: Canvas, *, bands: int, base: np.ndarray, mid: np.ndarray, rows: np.ndarray, nodata: np.ndarray
+    cv: Canvas,
+    *,
+    bands: int,
+    base: np.ndarray,
+    mid: np.ndarray,
+    mid_amp: np.ndarray,
+    nodata: np.ndarray | None = None,
+    rows: np.ndarray | None = None,
+    row_bands: np.ndarray | None = None,
+    shadow: np.ndarray | None = None,
+    shadow_gain: np.ndarray | None = None,
 ) -> np.ndarray:
     """Render the image from the object spectra, textures, shading and sensor noise.
 
-    value = spectrum[obj] x (1 + mid_amp[cls] x mid + row_band x rows) x base + noise,
-    with noise ~ N(0, 15 + 2 % of the value), rounded and clipped to [1, 65535];
-    nodata pixels are 0.
+    value = spectrum[obj] x (1 + mid_amp[cls] x mid + row_band x rows) x base
+    x (shadow_gain where in shadow) + noise, with noise ~ N(0, 15 + 2 % of the value),
+    rounded and clipped to [1, 65535]; nodata pixels are 0. Shared by the rural and
+    the urban scene.
 
     Args:
         cv: the painted canvas (every object id set).
         bands: number of output bands.
-        base: fine-texture brightness times terrain shading, shape (n, n).
+        base: fine-texture brightness times shading, shape (n, n).
         mid: mid-scale texture, zero mean and unit std, shape (n, n).
-        rows: crop-row texture, shape (n, n).
-        nodata: nodata mask, shape (n, n).
+        mid_amp: relative amplitude of *mid* per class on the six base bands, shape
+            (classes, 6) (see :func:`~geocl.data.synthetic.spectra.texture_table`).
+        nodata: nodata mask, shape (n, n); None = no nodata.
+        rows: crop-row texture, shape (n, n); None = none.
+        row_bands: band weights of *rows* on the six base bands, shape (6,).
+        shadow: cast-shadow mask, shape (n, n) bool; None = no shadows.
+        shadow_gain: brightness in shadow relative to sunlit on the six base bands,
+            shape (6,).
 
     Returns:
         ``uint16`` array of shape (bands, n, n).
@@ -90,10 +107,13 @@ def compose(
     n = cv.n
     mixing = band_mixing(bands)
     table = mix(np.concatenate(cv.spectra, axis=0), mixing)  # (objects, bands)
-    flat = np.ones((1, 6), dtype=np.float32)
-    mid_amp = MID_AMP[:, None] * (VIGOUR[:, None] * VIGOUR_BANDS[None, :] + (1 - VIGOUR[:, None]) * flat)
     mid_amp = mix(mid_amp, mixing)  # (classes, bands)
-    row_bands = mix(ROW_BANDS[None, :], mixing)[0]
+    if rows is not None:
+        assert row_bands is not None
+        row_gain = mix(row_bands[None, :], mixing)[0]
+    if shadow is not None:
+        assert shadow_gain is not None
+        gain = mix(shadow_gain[None, :], mixing)[0]
     image = np.empty((bands, n, n), dtype=np.uint16)
     band = np.empty((n, n), dtype=np.float32)
     factor = np.empty_like(band)
@@ -103,9 +123,12 @@ def compose(
         np.take(mid_amp[:, b], cv.cls, out=factor, mode="clip")
         factor *= mid
         factor += 1.0
-        np.multiply(rows, np.float32(row_bands[b]), out=tmp)
-        factor += tmp
+        if rows is not None:
+            np.multiply(rows, np.float32(row_gain[b]), out=tmp)
+            factor += tmp
         factor *= base
+        if shadow is not None:
+            np.multiply(factor, np.float32(gain[b]), out=factor, where=shadow)
         band *= factor
         noise = factor  # reuse the buffer
         cv.rng.standard_normal(dtype=np.float32, out=noise)
@@ -115,7 +138,8 @@ def compose(
         band += noise
         np.clip(band, 1, 65535, out=band)
         np.rint(band, out=band)
-        band[nodata] = IMAGE_NODATA
+        if nodata is not None:
+            band[nodata] = IMAGE_NODATA
         np.copyto(image[b], band, casting="unsafe")
     return image
 
@@ -171,7 +195,16 @@ def generate(*, size: int, seed: int, bands: int) -> tuple[np.ndarray, np.ndarra
     del fine
     mid = fbm(rng, n, 128, 16, decay=0.6)
     nodata = nodata_mask(cv)
-    image = compose(cv, bands=bands, base=base, mid=mid, rows=rows, nodata=nodata)
+    image = compose(
+        cv,
+        bands=bands,
+        base=base,
+        mid=mid,
+        mid_amp=texture_table(MID_AMP, VIGOUR),
+        nodata=nodata,
+        rows=rows,
+        row_bands=ROW_BANDS,
+    )
     mask = cv.cls
     mask[nodata] = MASK_NODATA
     return image, mask

@@ -88,3 +88,18 @@ def brightness(rng: np.random.Generator, k: int, sd: float, band_sd: float) -> n
     overall = rng.normal(1.0, sd, size=(k, 1))
     per_band = rng.normal(1.0, band_sd, size=(k, 6))
     return np.clip(overall * per_band, 0.4, 1.8).astype(np.float32)
+
+
+def texture_table(amp: np.ndarray, vigour: np.ndarray) -> np.ndarray:
+    """Relative mid-scale texture amplitude per class on the base bands, shape (classes, 6).
+
+    A class's texture acts as "vigour" (NIR up, visible and SWIR down, weights
+    :data:`VIGOUR_BANDS`) for the share *vigour* of it and as plain brightness for the
+    rest.
+
+    Args:
+        amp: overall relative amplitude per class, shape (classes,).
+        vigour: share of the texture that acts as vigour, per class, shape (classes,), in [0, 1].
+    """
+    flat = np.ones((1, 6), dtype=np.float32)
+    return amp[:, None] * (vigour[:, None] * VIGOUR_BANDS[None, :] + (1 - vigour[:, None]) * flat)

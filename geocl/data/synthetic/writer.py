@@ -1,4 +1,4 @@
-"""``make_scene``: the synthetic scene's parameters, cache and GeoTIFF files."""
+"""``make_scene``: the synthetic scenes' kinds, parameters, cache and GeoTIFF files."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import rasterio
@@ -16,14 +16,30 @@ from rasterio.errors import CRSError, RasterioIOError
 from rasterio.transform import Affine
 
 from geocl.data.rasters import geotiff_profile
-from geocl.data.synthetic.classes import CLASS_COLORS, CLASS_NAMES, IMAGE_NODATA, MASK_NODATA
+from geocl.data.synthetic.classes import (
+    CLASS_COLORS_BY_KIND,
+    CLASS_NAMES_BY_KIND,
+    IMAGE_NODATA,
+    MASK_NODATA,
+    SCENE_KINDS,
+)
 from geocl.data.synthetic.render import generate
 from geocl.data.synthetic.spectra import band_names
+from geocl.data.synthetic.urban import URBAN_GSD, generate_urban
 from geocl.errors import GeoclError
 from geocl.io import atomic_path
 
-#: Bumped whenever the same parameters would give different files; part of the cache key.
-GENERATOR_VERSION: int = 1
+#: The kinds of synthetic scene (see :func:`make_scene`).
+SceneKind = Literal["rural", "urban"]
+assert get_args(SceneKind) == SCENE_KINDS
+
+#: Per kind, bumped whenever the same parameters would give different files; part of the cache key.
+GENERATOR_VERSIONS: dict[str, int] = {"rural": 1, "urban": 1}
+#: The rural (default) scene's generator version.
+GENERATOR_VERSION: int = GENERATOR_VERSIONS["rural"]
+#: Default pixel size per kind, CRS units (metres for the default UTM CRS).
+DEFAULT_RESOLUTION: dict[str, float] = {"rural": 1.0, "urban": URBAN_GSD}
+_GENERATORS = {"rural": generate, "urban": generate_urban}
 
 _MIN_BANDS = 4
 _MAX_BANDS = 32
@@ -41,9 +57,9 @@ class SceneFiles:
         image: multispectral GeoTIFF, ``uint16`` reflectance x 10000, shape
             (bands, size, size), nodata 0.
         mask: land-cover GeoTIFF, ``uint8`` class index per pixel (see
-            :data:`CLASS_NAMES`), shape (1, size, size), nodata 255.
-        metadata: ``scene.json`` with the generation parameters, the generator
-            version, class and band names.
+            :data:`CLASS_NAMES_BY_KIND`), shape (1, size, size), nodata 255.
+        metadata: ``scene.json`` with the kind, the generation parameters, the
+            generator version, class and band names.
     """
 
     image: Path
@@ -54,22 +70,37 @@ class SceneFiles:
 def make_scene(
     out_dir: str | os.PathLike[str],
     *,
+    kind: SceneKind = "rural",
     size: int = 4096,
     seed: int = 0,
     bands: int = 4,
-    resolution: float = 1.0,
+    resolution: float | None = None,
     epsg: int = 32633,
     overwrite: bool = False,
 ) -> SceneFiles:
     """Write (or reuse) a seeded, labelled synthetic scene in *out_dir*.
 
+    Two kinds of scene:
+
+    * ``"rural"`` (the default): a landscape at 1 m with the classes of
+      :data:`~geocl.data.synthetic.classes.CLASS_NAMES` (water, forest, cropland,
+      grassland, buildings, roads, bare soil; see :mod:`geocl.data.synthetic`). Object
+      sizes are defined in pixels (a house is 6-20 px wide whatever the resolution);
+      landscape-scale features (forests, farm blocks, settlements, lakes) shrink with
+      ``size`` so that small scenes still hold most classes. A nodata strip along one
+      edge and a nodata triangle in a corner (together about 3-8 % of the pixels)
+      mimic the edge of an image swath.
+    * ``"urban"``: a city at 0.2 m with the ISPRS Potsdam/Vaihingen classes of
+      :data:`~geocl.data.synthetic.classes.URBAN_CLASS_NAMES` (impervious surfaces,
+      building, low vegetation, tree, car, clutter), many objects smaller than a
+      64-128 px view and classes that per-pixel spectra do not separate (see
+      :mod:`geocl.data.synthetic.urban`). Objects are drawn for 0.2 m pixels (a car
+      is about 22 x 9 px); another ``resolution`` only changes the georeferencing.
+      No nodata.
+
     The scene is square, ``size`` x ``size`` pixels of ``resolution`` CRS units
     (metres for the default UTM zone 33N), with its top-left corner at
-    x = 500 000, y = 5 100 000. Object sizes are defined in pixels (a house is
-    6-20 px wide whatever the resolution); landscape-scale features (forests, farm
-    blocks, settlements, lakes) shrink with ``size`` so that small scenes still hold
-    most classes. A nodata strip along one edge and a nodata triangle in a corner
-    (together about 3-8 % of the pixels) mimic the edge of an image swath.
+    x = 500 000, y = 5 100 000.
 
     Files, all written to a temporary name in *out_dir* and moved into place:
 
@@ -77,35 +108,54 @@ def make_scene(
       (water ~100-900, vegetation NIR ~2500-5000); bands blue, green, red, nir,
       then swir1, swir2, then red-edge-like mixtures; nodata 0 in every band, valid
       pixels are >= 1 in every band; tiled 256 x 256, ZSTD with predictor 2.
-    * ``mask.tif``: ``uint8``, shape (1, size, size), class index into
-      :data:`CLASS_NAMES`, 255 exactly where the image is nodata; same grid.
-    * ``scene.json``: parameters, :data:`GENERATOR_VERSION`, class and band names and
-      the class pixel counts; written last, it marks the scene as complete.
+    * ``mask.tif``: ``uint8``, shape (1, size, size), class index into the kind's
+      class names (:data:`CLASS_NAMES_BY_KIND`), 255 exactly where the image is
+      nodata; same grid; the kind's class colours as its colour map.
+    * ``scene.json``: the kind, the parameters, the kind's generator version
+      (:data:`GENERATOR_VERSIONS`), class and band names and the class pixel counts;
+      written last, it marks the scene as complete.
 
-    If ``scene.json`` records the same parameters and generator version and both
-    GeoTIFFs exist, nothing is written and the existing paths are returned.
+    If ``scene.json`` records the same kind, parameters and generator version and both
+    GeoTIFFs exist, nothing is written and the existing paths are returned. A folder
+    that holds a synthetic scene of the other kind is refused unless *overwrite*.
 
     Args:
         out_dir: folder for the three files; created if missing.
+        kind: ``"rural"`` or ``"urban"``.
         size: width and height in pixels, 64-8192 (peak memory about 0.85 GB at
             4096 and 3.1 GB at 8192).
         seed: seed of the random generator, >= 0.
         bands: number of image bands, 4-32.
-        resolution: pixel size in CRS units, > 0.
+        resolution: pixel size in CRS units, > 0; None = the kind's default
+            (:data:`DEFAULT_RESOLUTION`: 1.0 rural, 0.2 urban).
         epsg: EPSG code of a projected CRS.
-        overwrite: regenerate even if a matching scene exists.
+        overwrite: regenerate even if a matching scene exists, and replace a scene
+            of the other kind.
 
     Returns:
         the paths of the image, the mask and ``scene.json``.
 
     Raises:
-        GeoclError: if an argument is out of range or *out_dir* cannot be written.
+        GeoclError: if an argument is out of range, *out_dir* holds a scene of the
+            other kind (and not *overwrite*) or cannot be written.
     """
+    if not isinstance(kind, str) or kind not in SCENE_KINDS:
+        raise GeoclError(f"must be one of {', '.join(SCENE_KINDS)}, got {kind!r}", key="kind")
+    if resolution is None:
+        resolution = DEFAULT_RESOLUTION[kind]
     params = _check_params(size=size, seed=seed, bands=bands, resolution=resolution, epsg=epsg)
     folder = Path(out_dir)
     files = SceneFiles(folder / "image.tif", folder / "mask.tif", folder / "scene.json")
-    if not overwrite and _is_cached(files, params):
-        return files
+    if not overwrite:
+        held = _held_kind(files)
+        if held is not None and held != kind:
+            raise GeoclError(
+                f"holds a synthetic {held} scene, asked for kind {kind!r}: "
+                "use another folder, or overwrite to replace it",
+                path=folder,
+            )
+        if _is_cached(files, kind, params):
+            return files
     _prepare_folder(folder)
     # The old sidecar goes first: an interrupted run must not look complete.
     try:
@@ -113,11 +163,15 @@ def make_scene(
     except OSError as err:
         raise GeoclError(f"cannot remove the old scene.json: {err.strerror}", path=files.metadata) from err
 
-    image, mask = generate(size=size, seed=seed, bands=bands)
+    image, mask = _GENERATORS[kind](size=size, seed=seed, bands=bands)
     crs = CRS.from_epsg(epsg)
-    transform = Affine(resolution, 0.0, _ORIGIN[0], 0.0, -resolution, _ORIGIN[1])
+    transform = Affine(params["resolution"], 0.0, _ORIGIN[0], 0.0, -params["resolution"], _ORIGIN[1])
     names = band_names(bands)
-    _write_tif(files.mask, mask[None], crs=crs, transform=transform, nodata=MASK_NODATA, kind="mask")
+    class_names = CLASS_NAMES_BY_KIND[kind]
+    version = GENERATOR_VERSIONS[kind]
+    _write_tif(
+        files.mask, mask[None], crs=crs, transform=transform, nodata=MASK_NODATA, kind="mask", scene_kind=kind
+    )
     _write_tif(
         files.image,
         image,
@@ -125,18 +179,20 @@ def make_scene(
         transform=transform,
         nodata=IMAGE_NODATA,
         kind="image",
+        scene_kind=kind,
         band_names=names,
     )
     counts = np.bincount(mask.ravel(), minlength=256)
     meta: dict[str, Any] = {
         "generator": "geocl.data.synthetic",
-        "generator_version": GENERATOR_VERSION,
+        "kind": kind,
+        "generator_version": version,
         "params": params,
-        "class_names": list(CLASS_NAMES),
+        "class_names": list(class_names),
         "band_names": list(names),
         "image_nodata": IMAGE_NODATA,
         "mask_nodata": MASK_NODATA,
-        "class_pixels": {name: int(counts[i]) for i, name in enumerate(CLASS_NAMES)},
+        "class_pixels": {name: int(counts[i]) for i, name in enumerate(class_names)},
         "nodata_pixels": int(counts[MASK_NODATA]),
     }
     _atomic_write_bytes(files.metadata, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
@@ -183,17 +239,33 @@ def _check_params(*, size: int, seed: int, bands: int, resolution: float, epsg: 
     }
 
 
-def _is_cached(files: SceneFiles, params: dict[str, Any]) -> bool:
-    """Whether *files* hold a complete scene made with *params* by this generator version."""
-    if not (files.metadata.is_file() and files.image.is_file() and files.mask.is_file()):
-        return False
+def _read_metadata(files: SceneFiles) -> dict[str, Any] | None:
+    """The parsed ``scene.json`` of *files*, or None if missing or unreadable."""
     try:
         meta = json.loads(files.metadata.read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _held_kind(files: SceneFiles) -> str | None:
+    """The kind of the synthetic scene whose ``scene.json`` is in the folder, if any (none recorded = rural)."""
+    meta = _read_metadata(files) if files.metadata.is_file() else None
+    if meta is None or meta.get("generator") != "geocl.data.synthetic":
+        return None
+    held = meta.get("kind", "rural")
+    return held if isinstance(held, str) else None
+
+
+def _is_cached(files: SceneFiles, kind: str, params: dict[str, Any]) -> bool:
+    """Whether *files* hold a complete scene of *kind* made with *params* by this generator version."""
+    if not (files.metadata.is_file() and files.image.is_file() and files.mask.is_file()):
         return False
+    meta = _read_metadata(files)
     return (
-        isinstance(meta, dict)
-        and meta.get("generator_version") == GENERATOR_VERSION
+        meta is not None
+        and meta.get("kind", "rural") == kind
+        and meta.get("generator_version") == GENERATOR_VERSIONS[kind]
         and meta.get("params") == params
     )
 
@@ -229,6 +301,7 @@ def _write_tif(
     transform: Affine,
     nodata: int,
     kind: str,
+    scene_kind: str,
     band_names: tuple[str, ...] = (),
 ) -> None:
     """Write a tiled, compressed GeoTIFF atomically.
@@ -240,6 +313,7 @@ def _write_tif(
         transform: pixel-to-CRS affine transform.
         nodata: nodata value recorded in the profile.
         kind: ``"image"`` or ``"mask"``.
+        scene_kind: the scene's kind (its class names, colours and generator version).
         band_names: band descriptions (image only).
     """
     creation: dict[str, Any] = {"compress": "zstd", "zstd_level": 1 if kind == "image" else 3}
@@ -253,11 +327,11 @@ def _write_tif(
             dst.write(data)
             if kind == "image":
                 dst.descriptions = band_names
-                dst.update_tags(generator="geocl.data.synthetic", generator_version=str(GENERATOR_VERSION))
+                dst.update_tags(generator="geocl.data.synthetic", generator_version=str(GENERATOR_VERSIONS[scene_kind]))
             else:
                 dst.set_band_description(1, "class")
-                dst.update_tags(1, class_names=",".join(CLASS_NAMES))
-                colormap = {i: (*rgb, 255) for i, rgb in enumerate(CLASS_COLORS)}
+                dst.update_tags(1, class_names=",".join(CLASS_NAMES_BY_KIND[scene_kind]))
+                colormap = {i: (*rgb, 255) for i, rgb in enumerate(CLASS_COLORS_BY_KIND[scene_kind])}
                 colormap[MASK_NODATA] = (0, 0, 0, 0)
                 dst.write_colormap(1, colormap)
     except (OSError, RasterioIOError) as err:
