@@ -89,6 +89,10 @@ trainer:
 @pytest.fixture(autouse=True)
 def methods(monkeypatch: pytest.MonkeyPatch) -> None:
     """Only the two dummy methods are registered; the real registry comes back afterwards."""
+    # load_recipe imports the built-in methods, which register on first import: done here first,
+    # so that it cannot register them over the dummies (the file failed when run alone)
+    import geocl.methods  # noqa: F401
+
     monkeypatch.setattr(schema_module, "_METHOD_CONFIGS", {})
     register_method_config("simclr", DummySimCLR)
     register_method_config("grass", DummyGrass)
