@@ -104,6 +104,11 @@ class Street:
         return HALF_PI if self.axis == 0 else 0.0
 
 
+
+def _span(p: tuple[float, float], q: tuple[float, float]) -> tuple[float, float, float, float]:
+    """``(u0, u1, v0, v1)`` of the frame-aligned box with opposite corners ``p`` and ``q``."""
+    return min(p[0], q[0]), max(p[0], q[0]), min(p[1], q[1]), max(p[1], q[1])
+
 def _grid_lines(rng: np.random.Generator, reach: float) -> np.ndarray:
     """Street centre-line positions from -reach to reach, 55-110 m apart."""
     lines = [-reach - float(rng.uniform(0, 80))]
@@ -420,7 +425,7 @@ def _perimeter_block(plan: Plan, block: Block) -> None:
             at, length, angle = block.side(k)
             if rng.uniform() < 0.5:
                 (a, b), (c, d) = at(0, 0), at(length, front)
-                plan.box(min(a, c), max(a, c), min(b, d), max(b, d), layer=GROUND, cls=IMPERVIOUS, spectrum=paved)
+                plan.box(*_span((a, b), (c, d)), layer=GROUND, cls=IMPERVIOUS, spectrum=paved)
     occ = _Occupied()
     inner = (u0 + front + depth, u1 - front - depth, v0 + front + depth, v1 - front - depth)
     if inner[1] - inner[0] < 6 or inner[3] - inner[2] < 6:  # too small for a courtyard: one building
@@ -443,10 +448,7 @@ def _perimeter_block(plan: Plan, block: Block) -> None:
                 gap = float(rng.uniform(4, 7))
                 (a, b), (c, d) = at(s, 0), at(s + gap, front + depth + 2)
                 plan.box(
-                    min(a, c),
-                    max(a, c),
-                    min(b, d),
-                    max(b, d),
+                    *_span((a, b), (c, d)),
                     layer=GROUND,
                     cls=IMPERVIOUS,
                     spectrum=ground_spectrum(plan, IMPERVIOUS),
@@ -469,10 +471,7 @@ def _courtyard(plan: Plan, occ: _Occupied, yard: Block) -> None:
         at, length, angle = yard.side(int(sides[0]))
         (a, b), (c, d) = at(0, 0), at(length, 6.0)
         plan.box(
-            min(a, c),
-            max(a, c),
-            min(b, d),
-            max(b, d),
+            *_span((a, b), (c, d)),
             layer=GROUND,
             cls=IMPERVIOUS,
             spectrum=ground_spectrum(plan, IMPERVIOUS, "road"),
@@ -548,7 +547,7 @@ def _houses_block(plan: Plan, block: Block) -> None:
     if short > 2 * 40 + 4:  # inner lawn between the rows of lots
         at, length, angle = block.side(sides[0])
         (a, b), (c, d) = at(0, lot_depth), at(length, short - lot_depth)
-        inner = (min(a, c), max(a, c), min(b, d), max(b, d))
+        inner = _span((a, b), (c, d))
         _scatter_trees(
             plan, occ, inner, int((inner[1] - inner[0]) * (inner[3] - inner[2]) / 150), (2.5, 6.0), (8.0, 20.0)
         )
@@ -566,7 +565,7 @@ def _house_lot(
     """One garden lot *width* x *depth* m starting *s* m along a block side."""
     rng = plan.rng
     (a, b), (c, d) = at(s, 0), at(s + width, depth)
-    lot = (min(a, c), max(a, c), min(b, d), max(b, d))
+    lot = _span((a, b), (c, d))
     plan.box(*lot, layer=GROUND, cls=LOW_VEGETATION, spectrum=ground_spectrum(plan, LOW_VEGETATION))
     length = min(float(rng.uniform(9, 15)), width - 4.5)
     house_d = min(float(rng.uniform(8, 12)), depth * 0.45)
@@ -582,10 +581,7 @@ def _house_lot(
     drive_len = setback + house_d * float(rng.uniform(0.6, 1.0))
     (a, b), (c, d) = at(ds, 0), at(ds + 3.0, drive_len)
     plan.box(
-        min(a, c),
-        max(a, c),
-        min(b, d),
-        max(b, d),
+        *_span((a, b), (c, d)),
         layer=GROUND,
         cls=IMPERVIOUS,
         spectrum=ground_spectrum(plan, IMPERVIOUS),
@@ -611,17 +607,14 @@ def _house_lot(
     if rng.uniform() < 0.5 and back + 4 < depth:  # terrace
         (a, b), (c, d) = at(hs + 1, back), at(hs + length * 0.7, back + float(rng.uniform(2.5, 4.5)))
         plan.box(
-            min(a, c),
-            max(a, c),
-            min(b, d),
-            max(b, d),
+            *_span((a, b), (c, d)),
             layer=GROUND,
             cls=IMPERVIOUS,
             spectrum=ground_spectrum(plan, IMPERVIOUS),
         )
     garden = at(s + 1, back + 2), at(s + width - 1, depth - 1)
     (a, b), (c, d) = garden
-    area = (min(a, c), max(a, c), min(b, d), max(b, d))
+    area = _span((a, b), (c, d))
     if area[1] - area[0] > 4 and area[3] - area[2] > 4:
         if rng.uniform() < 0.06:  # a pool
             u, v = float(rng.uniform(area[0] + 2, area[1] - 2)), float(rng.uniform(area[2] + 2, area[3] - 2))
@@ -671,7 +664,7 @@ def _commercial_block(plan: Plan, block: Block) -> None:
         for kk in range(4):
             at2, length2, angle2 = block.side(kk)
             (a, b), (c, d) = at2(0, 0), at2(length2, margin)
-            strip = (min(a, c), max(a, c), min(b, d), max(b, d))
+            strip = _span((a, b), (c, d))
             plan.box(*strip, layer=GROUND, cls=LOW_VEGETATION, spectrum=ground_spectrum(plan, LOW_VEGETATION))
             _scatter_trees(plan, occ, strip, int(length2 / float(rng.uniform(10, 30))), (2.0, 4.0), (6.0, 14.0))
     setback = margin + float(rng.uniform(2, 6))
