@@ -170,14 +170,7 @@ def _predict_volume(options: PredictOptions) -> None:
     """``geocl predict CHECKPOINT VOLUME.nii.gz --out LABELS.nii.gz``: a NIfTI label map with the volume's affine."""
     if options.polygons is not None:
         raise GeoclError("polygons are written for GeoTIFF scenes, not NIfTI volumes", key="polygons")
-    from geocl.finetune.inference import check_trained_on
     from geocl.finetune.medical import label_beside, predict_volume
-    from geocl.finetune.model import read_checkpoint
-    from geocl.finetune.train import SEGMENTER_KEY
-
-    recorded = read_checkpoint(options.checkpoint, mmap=True).get(SEGMENTER_KEY)
-    if isinstance(recorded, dict):  # the rule of the GeoTIFF path, the other way round
-        check_trained_on(options.checkpoint, recorded, "volumes")
     window = options.window if "window" in options.model_fields_set else None  # default: the training slice side
     label = label_beside(options.scene)
     overlap = options.overlap if "overlap" in options.model_fields_set else None  # default: a quarter window

@@ -337,7 +337,7 @@ def predict_volume(
             map holding values that are no class of the model; the checkpoint not a
             volume segmenter.
     """
-    from geocl.finetune.inference import load_segmenter
+    from geocl.finetune.inference import check_trained_on, load_segmenter
     from geocl.finetune.predict import check_prediction_outputs  # rasterio: imported when predicting
 
     volume, out = Path(volume), Path(out)
@@ -349,6 +349,8 @@ def predict_volume(
     inputs = [volume, *([label] if label is not None else []), *_data_folders(volume)]
     for written in (out, png, *([table] if label is not None else [])):
         check_prediction_outputs(written, scene=inputs)  # the GeoTIFF predictor's rule: never onto an input
+    module, meta = load_segmenter(checkpoint)
+    check_trained_on(checkpoint, meta, "volumes")  # the GeoTIFF predictor's rule, the other way round
     header = read_header(volume)
     if label is not None:
         label_header = read_header(label)
@@ -358,9 +360,6 @@ def predict_volume(
     check_image_voxels(volume, image)
     if label is not None:
         label_classes(label, read_voxels(label))
-    module, meta = load_segmenter(checkpoint)
-    if MEDICAL_KEY not in meta:
-        raise GeoclError("was finetuned on tiles, not volumes: predict GeoTIFF scenes with it", path=checkpoint)
     segmenter = VolumeSegmenter(module, meta, window=window, overlap=overlap, device=device)
     case = Case(case_id(volume), volume, label, header)
     if label is None:
