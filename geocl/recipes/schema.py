@@ -158,6 +158,13 @@ class EncoderConfig(Section):
 
     name: str = Field("resnet18", description="a timm model name (checked when the encoder is built)")
     pretrained: bool = Field(False, description="start from the timm ImageNet weights")
+    weights: str = Field(
+        "",
+        description=(
+            "weights to start from: a TorchGeo weights name (e.g. ResNet18_Weights.SENTINEL2_ALL_MOCO), "
+            "a timm pretrained tag (e.g. resnet18.a1_in1k) or a file; '' = random init"
+        ),
+    )
     args: dict[str, Any] = Field(
         default_factory=dict, description="further timm.create_model arguments, e.g. a ViT's patch_size"
     )
@@ -205,6 +212,9 @@ class TrainerConfig(Section):
         1.0, description="batches per epoch (integer) or a fraction of them (float in (0, 1])"
     )
     gradient_clip_val: float = Field(0.0, ge=0, description="clip the global gradient norm (0: no clipping)")
+    logger: Literal["csv", "tensorboard", "mlflow"] = Field(
+        "csv", description="experiment logger beside the CSV log that is always written: csv, tensorboard or mlflow"
+    )
 
     _max_epochs = field_validator("max_epochs")(_count_or_unlimited)
     _max_steps = field_validator("max_steps")(_count_or_unlimited)
