@@ -1,5 +1,8 @@
 """Segmentation models (segmentation-models-pytorch) whose encoder can come from any pretrain checkpoint.
 
+Or from named starting weights (a TorchGeo weights name, a timm tag, a file):
+:func:`load_encoder_weights`, with the rules of :mod:`geocl.models.weights`.
+
 smp's ``tu-<name>`` encoders wrap the same timm model geocl pretrains, with the same
 parameter names, so a pretrained encoder loads key for key.
 
@@ -24,6 +27,7 @@ from torch import Tensor, nn
 
 from geocl.errors import GeoclError
 from geocl.models.encoders import is_vision_transformer, timm_arguments, timm_name
+from geocl.models.weights import load_starting_weights
 
 ARCHITECTURES = {"unet": smp.Unet, "deeplabv3plus": smp.DeepLabV3Plus}
 #: Architecture names a ViT encoder accepts; all of them give :class:`ViTSegmenter` (DPT).
@@ -209,7 +213,7 @@ def read_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # noqa: BLE001 - torch's unpickler on a user's file: any failure is the file's
-        raise GeoclError(_unreadable(error), path=path) from None
+        raise GeoclError(unreadable_reason(error), path=path) from None
     return checkpoint if isinstance(checkpoint, dict) else {}
 
 
@@ -226,14 +230,21 @@ def _not_a_checkpoint(path: Path) -> str:
     return f"torch.save writes a zip archive, this file begins with the bytes {head[:8].hex(' ')}"
 
 
-def _unreadable(error: Exception) -> str:
-    """One line for a checkpoint that ``torch.load(weights_only=True)`` refused."""
+def unreadable_reason(
+    error: Exception,
+    remedy: str = "it was written by an older geocl or another program: make it again with this geocl",
+) -> str:
+    """One line for a file (checkpoint or weights) that ``torch.load(weights_only=True)`` refused.
+
+    Args:
+        error: what ``torch.load`` raised.
+        remedy: the end of the line for a file holding Python objects.
+    """
     refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
     if refused:
         return (
             f"holds a Python object ({refused[1]}), and geocl reads only tensors and plain data from files, "
-            "so that opening a file runs no code; it was written by an older geocl or another program: "
-            "make it again with this geocl"
+            f"so that opening a file runs no code; {remedy}"
         )
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     reason = lines[0].split(". ")[0].rstrip(".") if lines else type(error).__name__  # torch adds paragraphs of advice
@@ -276,7 +287,13 @@ def read_pretrain_checkpoint(path: str | os.PathLike[str], momentum_encoder: boo
     Raises:
         GeoclError: if the file is not a geocl pretrain checkpoint.
     """
-    checkpoint = read_checkpoint(path)
+    return pretrain_encoder_state(read_checkpoint(path), path, momentum_encoder)
+
+
+def pretrain_encoder_state(
+    checkpoint: dict[str, Any], path: str | os.PathLike[str], momentum_encoder: bool = False
+) -> dict[str, Any]:
+    """:func:`read_pretrain_checkpoint` of a checkpoint already read (``path`` is named in errors)."""
     meta = checkpoint.get("geocl")
     if not isinstance(meta, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise GeoclError(
@@ -338,3 +355,32 @@ def load_pretrained_encoder(
         )
     target.load_state_dict({key: loaded["encoder_state"][key] for key in own}, strict=True)
     return meta
+
+
+def load_encoder_weights(
+    model: nn.Module, weights: str, encoder: str, in_chans: int, *, key: str = "encoder_weights"
+) -> dict[str, Any]:
+    """Start an smp model's ``tu-`` encoder from named weights (TorchGeo, timm or a file), read offline.
+
+    The finetuning counterpart of recipe ``encoder.weights``: the same names, the same
+    band-count rule and the same refusal to download, see :mod:`geocl.models.weights`.
+    The decoder stays randomly initialised.
+
+    Args:
+        model: from :func:`build_segmenter` (a :class:`ViTSegmenter` already configured
+            with the encoder's timm arguments).
+        weights: a TorchGeo weights name, a timm pretrained tag or a weights file.
+        encoder: the timm (or ``tu-``) encoder name the model was built with.
+        in_chans: band count of the data the model will see.
+        key: the option that gave ``weights`` (named in errors).
+
+    Returns:
+        The record of the weights (name, file, SHA-256, band mapping), for the checkpoint.
+
+    Raises:
+        GeoclError: see :func:`geocl.models.weights.resolve_weights` and
+            :func:`geocl.models.weights.fit_weights`.
+    """
+    target = getattr(model.encoder, "model", None)  # smp's tu- encoder wraps the timm model
+    assert isinstance(target, nn.Module), type(model.encoder)
+    return load_starting_weights(target, weights, timm_name(encoder), in_chans, key=key)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,6 @@ import lightning
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, RandomSampler, Subset
 
@@ -45,12 +45,14 @@ from geocl.finetune.model import (  # SEGMENTER_KEY: imported from here by predi
     SEGMENTER_KEY,
     build_segmenter,
     checkpoint_fingerprint,
+    load_encoder_weights,
     load_pretrained_encoder,
     read_pretrain_checkpoint,
 )
 from geocl.io import atomic_write_text, check_output_folder
 from geocl.training.callbacks import progress_callbacks
 from geocl.training.checkpoint_io import AtomicCheckpointIO
+from geocl.training.loggers import LoggerKind, check_logger, experiment_loggers, log_final_metrics
 
 
 class SegmentationModule(lightning.LightningModule):
@@ -137,11 +139,15 @@ def finetune_trainer(
     patience: int | None = None,
     progress: bool = True,
     log_every_n_steps: int = 5,
+    logger: LoggerKind = "csv",
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None,
 ) -> lightning.Trainer:
     """The Lightning trainer of every finetuning run (tiles, slices, volumes, semi-supervised).
 
     Args:
-        out: the run folder: ``checkpoints/best.ckpt`` and the CSV log under ``logs/``.
+        out: the run folder: ``checkpoints/best.ckpt``, the CSV log under ``logs/`` and
+            the other logger's files (:mod:`geocl.training.loggers`).
         max_epochs: training epochs.
         val_every: validate every this many epochs (at least once, at the end).
         accelerator: Lightning accelerator.
@@ -149,7 +155,12 @@ def finetune_trainer(
             when the run does not validate (no checkpoint is written by the trainer).
         patience: stop after this many validations without improvement; None never stops.
         progress: show geocl's progress bar.
-        log_every_n_steps: CSV log interval, in optimizer steps.
+        log_every_n_steps: log interval, in optimizer steps.
+        logger: the logger beside CSV: ``csv`` (none), ``tensorboard`` or ``mlflow``
+            (:func:`geocl.training.loggers.experiment_loggers`; under ``geocl compare`` the
+            row's recipe decides).
+        params: the run's parameters for that logger (e.g. its options).
+        tags: the run's tags for that logger (``geocl.run`` defaults to ``finetune``).
 
     Returns:
         The trainer; ``trainer.checkpoint_callback`` holds ``best`` when ``monitor`` is set.
@@ -165,7 +176,8 @@ def finetune_trainer(
             callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=patience))
     return lightning.Trainer(
         default_root_dir=out, max_epochs=max_epochs, accelerator=accelerator, devices=1,
-        check_val_every_n_epoch=max(1, min(val_every, max_epochs)), logger=CSVLogger(out, name="logs"),
+        check_val_every_n_epoch=max(1, min(val_every, max_epochs)),
+        logger=experiment_loggers(out, logger, params=params, tags={"geocl.run": "finetune", **dict(tags or {})}),
         callbacks=callbacks, enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
         log_every_n_steps=log_every_n_steps, enable_checkpointing=monitor is not None,
         plugins=[AtomicCheckpointIO(resumable=False)],
@@ -349,6 +361,7 @@ def run_finetune(
     out: str | Path,
     encoder_checkpoint: str | Path | None = None,
     encoder: str = "resnet18",
+    encoder_weights: str = "",
     arch: str = "unet",
     label_fraction: float = 0.05,
     seed: int = 0,
@@ -364,6 +377,7 @@ def run_finetune(
     num_workers: int = 0,
     accelerator: str = "auto",
     progress: bool = True,
+    logger: LoggerKind = "csv",
 ) -> FinetuneResult:
     """Finetune a segmenter on a fraction of the labelled train tiles; mIoU on the test tiles.
 
@@ -371,6 +385,9 @@ def run_finetune(
         tiles: a tile set with masks (``geocl tile --mask``).
         out: run folder (checkpoints/, logs/, metrics.json).
         encoder_checkpoint: a geocl pretrain checkpoint, or None for random init.
+        encoder_weights: without a checkpoint, the weights ``encoder`` starts from: a
+            TorchGeo weights name, a timm pretrained tag or a file, read offline and
+            fitted to the band count (:mod:`geocl.models.weights`); '' = random init.
         encoder: encoder name for random init (a checkpoint brings its own).
         arch: ``unet`` (default) or ``deeplabv3plus``.
         label_fraction: fraction of the train tiles with labels.
@@ -392,6 +409,10 @@ def run_finetune(
         num_workers: DataLoader workers.
         accelerator: Lightning accelerator.
         progress: show geocl's training progress bar.
+        logger: the experiment logger beside the CSV log: ``csv``, ``tensorboard`` or
+            ``mlflow`` (:mod:`geocl.training.loggers`: the options under ``finetune.`` as
+            params, the test mIoU and per-class IoU logged at the end); under ``geocl
+            compare`` the row's recipe decides instead.
 
     Returns:
         A :class:`FinetuneResult`; ``out/metrics.json`` holds the same figures (strict
@@ -409,9 +430,13 @@ def run_finetune(
         "tiles": tiles, "label_fraction": label_fraction, "seed": seed,
         "subset_seed": seed if subset_seed is None else subset_seed, "arch": arch,
         **({"encoder_checkpoint": encoder_checkpoint} if encoder_checkpoint is not None else {"encoder": encoder}),
+        **({"encoder_weights": encoder_weights} if encoder_weights else {}),
         "max_epochs": max_epochs, "steps_per_epoch": steps_per_epoch, "val_every": val_every, "patience": patience,
         "batch_size": batch_size, "lr": lr, "crop": crop, "freeze_encoder": freeze_encoder,
     }
+    check_logger(logger, key="logger")
+    if encoder_weights and encoder_checkpoint is not None:
+        raise GeoclError("give an encoder checkpoint or encoder weights, not both", key="encoder_weights")
     out = check_finetune_folder(out, options)
     recorded = recorded_options(options)  # paths resolved, the checkpoint's content fingerprinted
     lightning.seed_everything(seed, workers=True, verbose=False)
@@ -441,6 +466,8 @@ def run_finetune(
     if pretrained is not None:
         load_pretrained_encoder(module.model, encoder_checkpoint, train_all.band_count, loaded=pretrained)
         meta["pretrain_method"] = pretrained["meta"].get("method")
+    if encoder_weights:
+        meta["starting_weights"] = load_encoder_weights(module.model, encoder_weights, encoder, train_all.band_count)
 
     sampler = RandomSampler(
         Subset(train_all, subset.tolist()), replacement=True, num_samples=steps_per_epoch * batch_size,
@@ -452,7 +479,8 @@ def run_finetune(
         "test": DataLoader(test, batch_size=batch_size, num_workers=num_workers),
     }
     trainer = finetune_trainer(
-        out, max_epochs=max_epochs, val_every=val_every, accelerator=accelerator, patience=patience, progress=progress
+        out, max_epochs=max_epochs, val_every=val_every, accelerator=accelerator, patience=patience, progress=progress,
+        logger=logger, params={f"finetune.{key}": value for key, value in recorded.items()},
     )
     best = trainer.checkpoint_callback
     assert isinstance(best, ModelCheckpoint)  # monitor is set
@@ -462,6 +490,10 @@ def run_finetune(
         trainer.save_checkpoint(checkpoint)
     trainer.test(module, loaders["test"], ckpt_path=str(checkpoint), verbose=False, weights_only=True)
     summary = summarize_iou(module.test_metric.compute())
+    log_final_metrics(trainer.loggers, {
+        "test/miou": float(summary["miou"]),
+        **{f"test/iou_{name}": float(value) for name, value in zip(train_all.classes, summary["iou"], strict=True)},
+    }, step=trainer.global_step)
     result = FinetuneResult(
         miou=float(summary["miou"]),
         iou=[float(value) for value in summary["iou"]],
@@ -475,6 +507,7 @@ def run_finetune(
         "label_fraction": label_fraction, "seed": seed, "subset_seed": seed if subset_seed is None else subset_seed,
         "train_tiles": result.train_tiles,
         "encoder": encoder, "encoder_checkpoint": meta["encoder_checkpoint"], "arch": arch,
+        "encoder_weights": encoder_weights or None,
         "checkpoint": str(checkpoint), "seconds": round(time.perf_counter() - start, 1),
         OPTIONS_KEY: recorded,
     }

@@ -66,7 +66,7 @@ if TYPE_CHECKING:
 CHECKPOINT_KEY = "geocl"
 #: Constructor arguments every method takes (the other recipe sections), not ``method.*`` keys.
 COMMON_ARGUMENTS = (
-    "encoder", "in_chans", "encoder_args", "pretrained", "band_stats", "view_size", "augment",
+    "encoder", "in_chans", "encoder_args", "pretrained", "weights", "band_stats", "view_size", "augment",
     "optimizer", "scheduler", "seed",
 )
 
@@ -166,6 +166,8 @@ class PretrainMethod(lightning.LightningModule):
         in_chans: number of input bands.
         encoder_args: further ``timm.create_model`` arguments (a ViT's patch size, ...).
         pretrained: start from timm's ImageNet weights (never downloaded by geocl itself).
+        weights: the weights the encoder starts from (recipe ``encoder.weights``: a TorchGeo
+            weights name, a timm tag or a file, see :mod:`geocl.models.weights`); '' = random.
         band_stats: per-band statistics of the training data (``{"mean": [...], "std": [...]}``),
             stored in checkpoints so that downstream tasks normalise alike.
         view_size: side of the augmented views, px.
@@ -203,6 +205,7 @@ class PretrainMethod(lightning.LightningModule):
         *,
         encoder_args: Mapping[str, Any] | None = None,
         pretrained: bool = False,
+        weights: str = "",
         band_stats: Mapping[str, Any] | None = None,
         view_size: int = 96,
         augment: Mapping[str, Any] | None = None,
@@ -221,6 +224,7 @@ class PretrainMethod(lightning.LightningModule):
         self.encoder_name = encoder
         self.encoder_args = dict(encoder_args or {})
         self.pretrained = pretrained
+        self.weights = weights
         self.in_chans = in_chans
         self.band_stats = dict(band_stats) if band_stats is not None else {"mean": [0.0] * in_chans, "std": [1.0] * in_chans}
         self.view_size = view_size
@@ -229,7 +233,7 @@ class PretrainMethod(lightning.LightningModule):
         self.scheduler_config: SchedulerConfig = validated_section("scheduler", SchedulerConfig, scheduler)
         self.seed = seed
         self.recipe: dict[str, Any] | None = None
-        self.encoder = create_encoder(encoder, in_chans, pretrained, self.encoder_args)
+        self.encoder = create_encoder(encoder, in_chans, pretrained, self.encoder_args, weights)
         self.augmentation = MultiBandViewAugmentation.from_config(view_size, self.augment_args)
         self.views = TwoViews(self.augmentation)
 
@@ -432,7 +436,10 @@ class PretrainMethod(lightning.LightningModule):
             "name": self.name,
             "seed": self.seed,
             "data": {"view_size": self.view_size},
-            "encoder": {"name": self.encoder_name, "pretrained": self.pretrained, "args": self.encoder_args},
+            "encoder": {
+                "name": self.encoder_name, "pretrained": self.pretrained, "weights": self.weights,
+                "args": self.encoder_args,
+            },
             "method": {"name": self.name, **self.params.model_dump(mode="json")},
             "augment": self.augment_args,
             "optimizer": self.optimizer_config.model_dump(mode="json"),
@@ -448,5 +455,6 @@ class PretrainMethod(lightning.LightningModule):
             "band_stats": self.band_stats,
             "encoder_attribute": "encoder",
             "momentum_encoder_attribute": self.momentum_encoder_attribute,
+            "starting_weights": self.encoder.starting_weights,
             "versions": library_versions(),
         }

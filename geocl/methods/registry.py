@@ -91,6 +91,7 @@ def build_method(recipe: Recipe, in_chans: int, band_stats: Mapping[str, Any] | 
         in_chans,
         encoder_args=recipe.encoder.args,
         pretrained=recipe.encoder.pretrained,
+        weights=recipe.encoder.weights,
         band_stats=band_stats,
         view_size=recipe.data.view_size,
         augment=recipe.augment,

@@ -10,6 +10,11 @@ Vision transformers are encoders too: ``encoder: {name: vit_tiny_patch16_224, ar
 patch (the token count, not the name's 16 px / 224 px, is what matters on 64 px tiles).
 A ViT's token output ``[B, T, D]`` is turned into the same two views a CNN gives: a
 spatial map of its patch tokens and one vector (its class token).
+
+An encoder starts from random weights, or from the weights ``encoder.weights`` names (a
+TorchGeo weights name, a timm tag or a file; ``encoder.pretrained: true`` is short for
+the encoder's default timm tag), read from the local cache and fitted to the band
+count by the rule stated in :mod:`geocl.models.weights`. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import timm
 from torch import Tensor, nn
 
 from geocl.errors import GeoclError
+from geocl.models.weights import load_starting_weights, starting_weights_name
 
 #: ``timm.create_model`` arguments the encoder sets itself; recipe ``encoder.args`` may not.
 RESERVED_ARGS = ("in_chans", "num_classes", "global_pool", "pretrained")
@@ -84,31 +90,48 @@ class Encoder(nn.Module):
     Args:
         name: timm model name (or smp ``tu-`` name).
         in_chans: number of input bands.
-        pretrained: load timm's pretrained weights (off by default: nothing is
-            downloaded unless asked for, and only 3-band weights exist).
+        pretrained: start from timm's default pretrained weights of ``name``: short for
+            ``weights=<its default tag>`` (read from the local cache, never downloaded).
         args: further ``timm.create_model`` keyword arguments (e.g. a ViT's
             ``patch_size``, ``img_size``, ``dynamic_img_size``).
+        weights: the weights to start from (a TorchGeo weights name, a timm pretrained
+            tag or a file, see :mod:`geocl.models.weights`); '' for random init.
 
     Attributes:
         body: the timm model without classifier and pooling.
         num_features: channels D of the feature map and of the pooled vector.
         args: the keyword arguments the body was built with (plain values).
         patch_size: a ViT's patch side in px; None for a CNN.
+        starting_weights: what the body started from (plain data: weights name, file,
+            SHA-256, band counts and mapping), None for random init; checkpoints keep it.
+
+    Raises:
+        GeoclError: an unknown encoder or argument; ``pretrained`` and ``weights`` both
+            given; weights that are not in the cache or do not fit.
     """
 
     def __init__(
-        self, name: str, in_chans: int, pretrained: bool = False, args: Mapping[str, Any] | None = None
+        self,
+        name: str,
+        in_chans: int,
+        pretrained: bool = False,
+        args: Mapping[str, Any] | None = None,
+        weights: str = "",
     ) -> None:
         super().__init__()
         self.name = name
         self.in_chans = in_chans
         self.args = timm_arguments(args)
+        architecture = timm_name(name)
+        start = starting_weights_name(architecture, pretrained, weights)
         try:
-            self.body = timm.create_model(
-                timm_name(name), pretrained=pretrained, in_chans=in_chans, num_classes=0, global_pool="", **self.args
-            )
+            self.body = timm.create_model(architecture, in_chans=in_chans, num_classes=0, global_pool="", **self.args)
         except TypeError as error:  # timm passes unknown keywords down to the model class
             raise GeoclError(f"encoder {name!r} does not take these arguments: {error}", key="encoder.args") from None
+        self.starting_weights: dict[str, Any] | None = None
+        if start:
+            key = "encoder.weights" if weights else "encoder.pretrained"
+            self.starting_weights = load_starting_weights(self.body, start, architecture, in_chans, key=key)
         self.num_features: int = self.body.num_features
         patch = getattr(getattr(self.body, "patch_embed", None), "patch_size", None)
         self.is_token_model = hasattr(self.body, "num_prefix_tokens") and patch is not None
@@ -166,9 +189,9 @@ class Encoder(nn.Module):
 
 
 def create_encoder(
-    name: str, in_chans: int, pretrained: bool = False, args: Mapping[str, Any] | None = None
+    name: str, in_chans: int, pretrained: bool = False, args: Mapping[str, Any] | None = None, weights: str = ""
 ) -> Encoder:
     """Build an :class:`Encoder` (see its arguments)."""
     if in_chans < 1:
         raise GeoclError(f"need at least one input band, got {in_chans}", key="encoder.in_chans")
-    return Encoder(name, in_chans, pretrained, args)
+    return Encoder(name, in_chans, pretrained, args, weights)

@@ -251,8 +251,15 @@ class FinetuneCommand(FinetuneOptions):
     out: Path = Field(description="run folder (checkpoints/, logs/, metrics.json)")
     encoder_checkpoint: Path | None = Field(None, description="a geocl pretrain checkpoint (default: random init)")
     encoder: str = Field("resnet18", min_length=1, description="encoder of a random init (a checkpoint brings its own)")
+    encoder_weights: str = Field(
+        "", description="weights the encoder starts from without a checkpoint: a TorchGeo weights name, a timm "
+        "pretrained tag or a file (read offline, never downloaded)"
+    )
     label_fraction: LabelFraction = Field(0.05, description="fraction of the train tiles with labels, in (0, 1]")
     seed: Seed = Field(0, description="seed of the label subset, the init and the training order")
+    logger: Literal["csv", "tensorboard", "mlflow"] = Field(
+        "csv", description="experiment logger beside the CSV log (tensorboard, mlflow: pip install 'geocl[loggers]')"
+    )
 
 
 # -------------------------------------------------------------------- evaluate
