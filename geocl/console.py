@@ -39,7 +39,7 @@ QUIET_LOGGERS: tuple[str, ...] = tuple(
 QUIET_WARNING_MODULES: tuple[str, ...] = (
     "lightning", "pytorch_lightning", "lightning_fabric", "lightning_utilities", "torch", "torchvision",
     "torchgeo", "torchmetrics", "timm", "kornia", "lightly", "segmentation_models_pytorch", "rasterio",
-    "pyproj", "geopandas", "shapely", "matplotlib", "pandas",
+    "pyproj", "geopandas", "shapely", "matplotlib", "pandas", "mlflow", "tensorboard",
 )
 _QUIET_CATEGORIES: tuple[type[Warning], ...] = (
     DeprecationWarning, PendingDeprecationWarning, FutureWarning, UserWarning,

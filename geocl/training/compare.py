@@ -153,6 +153,17 @@ from geocl.recipes.options import CompareOptions
 from geocl.report.environment import describe_environment, environment_line
 from geocl.report.paired import paired_markdown, paired_summary, plot_budgets, plot_paired
 from geocl.report.table import FLAG, RANDOM_INIT, per_class_markdown, plot_comparison, results_markdown
+from geocl.training.loggers import (
+    check_logger,
+    experiment_name,
+    flat_keys,
+    log_comparison_summary,
+    log_result,
+    log_scope,
+    open_experiment,
+    shown_uri,
+    tracking_uri,
+)
 
 __all__ = ["CompareOptions", "describe_failures", "results_columns", "run_compare"]
 
@@ -257,6 +268,7 @@ def run_compare(
     stage_flags = _check_budgets([(steps, candidate) for steps in trained for candidate in by_budget[steps]])
     # the last check before work: a read-only or misplaced --out is said before hours of pretraining
     check_output_folder(out, key="out")
+    _check_loggers([candidate for steps in trained for candidate in by_budget[steps]] or candidates, out)
     if options.deterministic:
         _use_deterministic_algorithms()
     # Imported here, not at module level: it pulls in Lightning (seconds), which a
@@ -312,15 +324,20 @@ def run_compare(
             test_set = test_sets.get(each.name)
             for subset, seed in grids[each.name]:
                 settings = _row_settings(each, subset, seed, encoder, test_set)
-                row = _evaluate_row(
-                    each, out, folder_name, method, recipe, checkpoint, subset, seed, reuse, say, settings=settings
-                )
+                tags = {"recipe": name, "method": method, "evaluation": each.name, "label_fraction": subset.label_fraction,
+                        "subset_seed": seed if subset.subset_seed is None else subset.subset_seed, "seed": seed,
+                        **({} if steps is None else {"pretrain_steps": steps})}
+                with _logging(out, recipe, tags=tags, params=flat_keys(encoder)):
+                    row = _evaluate_row(
+                        each, out, folder_name, method, recipe, checkpoint, subset, seed, reuse, say, settings=settings
+                    )
                 record({**row, "recipe": name, "pretrain_steps": steps})
 
     for steps in trained:
         for candidate in by_budget[steps]:
             method = str(candidate.recipe.method.name)
-            pretrained = _pretrain_or_failure(candidate, pretrain_fn, say)
+            with _logging(out, candidate.recipe):
+                pretrained = _pretrain_or_failure(candidate, pretrain_fn, say)
             if isinstance(pretrained, str):
                 for each in evaluations:
                     for subset, seed in grids[each.name]:
@@ -335,11 +352,13 @@ def run_compare(
         say(f"no {RANDOM_INIT} row: no recipe pretrains an encoder")
 
     _write_pretraining([candidate for steps in trained for candidate in by_budget[steps]], out, budgets)
-    return _write_results(
+    results = _write_results(
         rows, evaluations, out, say, baseline, options.deterministic, budgets=budgets,
         test_sets=test_sets, min_test_pixels=options.min_test_pixels, flags=stage_flags,
         from_step_zero=from_step_zero,
     )
+    _log_summary([candidate.recipe for steps in trained for candidate in by_budget[steps]] or [random_init], out, baseline, say)
+    return results
 
 
 def _step_zero_lines(
@@ -673,6 +692,39 @@ def _describe(evaluation: type[Evaluation]) -> str:
     return f"{evaluation.name} ({', '.join(evaluation.label(column) for column in evaluation.metric_columns)})"
 
 
+# ------------------------------------------------------------------ logging
+
+
+def _check_loggers(recipes: list[_Candidate], out: Path) -> None:
+    """Before any work: each recipe's ``trainer.logger`` installed; an MLflow store reachable (one line if not)."""
+    for candidate in recipes:
+        check_logger(str(candidate.recipe.trainer.logger), path=candidate.path)
+    if any(str(candidate.recipe.trainer.logger) == "mlflow" for candidate in recipes):
+        open_experiment(tracking_uri(out), experiment_name(out.resolve().name))
+
+
+def _logging(out: Path, recipe: Any, *, tags: dict[str, Any] | None = None, params: dict[str, Any] | None = None) -> Any:
+    """The logging scope of a pretraining or a row (:func:`geocl.training.loggers.log_scope`): the recipe's
+    ``trainer.logger``, the comparison's MLflow store and experiment, the ``comparison`` tag and ``tags``."""
+    return log_scope(
+        kind=str(recipe.trainer.logger), store=out, experiment=out.resolve().name,
+        tags={"comparison": out.resolve().name, **(tags or {})}, params=params,
+    )
+
+
+def _log_summary(recipes: list[Any], out: Path, baseline: str, say: Callable[[str], None]) -> None:
+    """The paired summary (``results_summary.csv``) to MLflow when a recipe's ``trainer.logger`` is ``mlflow``; a line
+    says where the comparison's runs are."""
+    if not any(recipe is not None and str(recipe.trainer.logger) == "mlflow" for recipe in recipes):
+        return
+    summary = pd.read_csv(out / "results_summary.csv")
+    rows = [{key: value for key, value in row.items() if not (isinstance(value, float) and math.isnan(value))}
+            for row in summary.to_dict("records")]
+    files = [out / name for name in ("results.md", "results_summary.csv", "results.csv", "results_paired.png")]
+    log_comparison_summary(rows, out, baseline=baseline, files=files)
+    say(f"MLflow: experiment {experiment_name(out.resolve().name)!r} at {shown_uri(tracking_uri(out))}")
+
+
 # ------------------------------------------------------------------ running
 
 
@@ -687,11 +739,20 @@ def _differing_keys(before: Any, now: Any, prefix: str = "") -> list[str]:
 #: Recipe keys that change nothing a run trains: where its folder is (``out``: a comparison
 #: may be moved) and the online representation monitor, which leaves the weights as they are.
 UNTRAINED_KEYS = ("out", "monitor")
+#: Keys of the ``trainer`` section that change nothing a run trains: the experiment logger
+#: (switching a comparison to MLflow keeps its pretrainings and rows).
+UNTRAINED_TRAINER_KEYS = ("logger",)
 
 
 def _trained_part(recipe: Any) -> Any:
-    """A plain-data recipe without :data:`UNTRAINED_KEYS`: what decides whether a folder holds the same run."""
-    return {key: value for key, value in recipe.items() if key not in UNTRAINED_KEYS} if isinstance(recipe, dict) else recipe
+    """A plain-data recipe without :data:`UNTRAINED_KEYS` (and :data:`UNTRAINED_TRAINER_KEYS`): what decides
+    whether a folder holds the same run."""
+    if not isinstance(recipe, dict):
+        return recipe
+    kept = {key: value for key, value in recipe.items() if key not in UNTRAINED_KEYS}
+    if isinstance(kept.get("trainer"), dict):
+        kept["trainer"] = {key: value for key, value in kept["trainer"].items() if key not in UNTRAINED_TRAINER_KEYS}
+    return kept
 
 
 def _encoder_identity(recipe: Any, *, random: bool) -> dict[str, Any]:
@@ -947,6 +1008,10 @@ def _evaluate_row(
         _write_row_record(out, root, settings, measured.checkpoint)
     except OSError as exc:  # the row stands; a rerun redoes it, having no record to check
         log.warning("could not record the settings of %s: %s", out, exc)
+    try:  # into the row's experiment log (trainer.logger) where it has one
+        log_result(out, metrics)
+    except (GeoclError, OSError) as exc:  # the row stands; its experiment log lacks the result
+        log.warning("could not log the result of %s: %s", out, exc)
     return _row(
         evaluation, name, method, subset, seed, metrics=metrics, seconds=seconds,
         checkpoint=measured.checkpoint, extra=measured.extra,

@@ -11,6 +11,9 @@ Output folder (``recipe.out``)::
     config.yaml        the resolved recipe
     checkpoints/       one checkpoint per epoch (latest kept) and last.ckpt
     logs/version_*/    Lightning CSV logs (one version per start or resume)
+    tensorboard/       with trainer.logger tensorboard: TensorBoard events (one version per start)
+    mlruns/            with trainer.logger mlflow and no MLFLOW_TRACKING_URI: the MLflow file store
+                       (one run per start; see geocl.training.loggers)
     plots/             loss.png (with the representation monitor's curve), and the method's own pictures
     maps/              the method's georeferenced outputs (same grid as their tiles; tile sets only)
     metrics.json       final loss, steps, time (and the monitor's time and scores)
@@ -45,7 +48,6 @@ turns it into ``SystemExit(1)``), so the CLI can say to rerun with ``--resume``.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import logging
 import math
@@ -59,7 +61,6 @@ from typing import Any
 
 import lightning
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import Dataset
 
 from geocl.data.natural import open_natural_dataset
@@ -79,6 +80,7 @@ from geocl.training.checkpoint_io import (
     storage_error,
 )
 from geocl.training.data import PretrainData
+from geocl.training.loggers import check_logger, experiment_loggers, flat_keys
 from geocl.training.monitor import RepresentationMonitor, build_monitor
 
 #: Keys a resumed run may change: ``trainer`` to extend or shorten training, ``monitor``
@@ -131,25 +133,13 @@ class _Resume:
 _UNSET = object()
 
 
-def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings as ``{dotted.key: value}``; lists and empty mappings stay values."""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict) and value:
-            flat.update(_flat(value, dotted))
-        else:
-            flat[dotted] = value
-    return flat
-
-
 def _shown(value: Any) -> str:
     return "unset" if value is _UNSET else repr(value) if isinstance(value, str) else str(value)
 
 
 def recipe_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """The keys outside :data:`RESUMABLE_CHANGES` and :data:`LOCATION_KEYS` whose values differ, as ``key was OLD, now NEW``."""
-    old, new = _flat(before), _flat(now)
+    old, new = flat_keys(before), flat_keys(now)
     ignored = (*RESUMABLE_CHANGES, *LOCATION_KEYS)
     keys = [key for key in dict.fromkeys([*old, *new]) if key.split(".")[0] not in ignored]
     return [
@@ -251,12 +241,18 @@ def _storage_failure(exc: OSError, out: Path, writer: AtomicCheckpointIO) -> Geo
     return storage_error(exc, exc.filename, writer.last_complete, folder=out)
 
 
-def _loggers(out: Path) -> list[Any]:
-    """CSV logs always; TensorBoard logs too where the tensorboard package is installed."""
-    loggers: list[Any] = [CSVLogger(out, name="logs")]
-    if importlib.util.find_spec("tensorboard") is not None:
-        loggers.append(TensorBoardLogger(out, name="tensorboard"))
-    return loggers
+def _loggers(recipe: Recipe, out: Path, resumed_from: Path | None = None) -> list[Any]:
+    """The run's loggers (:mod:`geocl.training.loggers`): the CSV log, and ``trainer.logger``'s beside it.
+
+    Params: the recipe flattened under ``recipe.``; tags: the run's recipe and method,
+    and the checkpoint a resumed run continues from (each start is a run of its own, as
+    each is a CSV version).
+    """
+    params = {f"recipe.{key}": value for key, value in flat_keys(recipe_to_dict(recipe)).items()}
+    tags = {"geocl.run": "pretrain", "recipe": recipe.name, "method": recipe.method.name}
+    if resumed_from is not None:
+        tags["resumed_from"] = resumed_from.name
+    return experiment_loggers(out, recipe.trainer.logger, params=params, tags=tags)
 
 
 def train_dataset(recipe: Recipe) -> Dataset[dict[str, Any]]:
@@ -298,8 +294,12 @@ def build_trainer(
     reload_data_every_epoch: bool = False,
     checkpoint_io: AtomicCheckpointIO | None = None,
     progress: bool = True,
+    resumed_from: Path | None = None,
 ) -> lightning.Trainer:
     """A Lightning trainer for a recipe's ``trainer`` section (``progress``: geocl's progress bar).
+
+    Its loggers: the CSV log and the one ``trainer.logger`` names (:func:`_loggers`;
+    ``resumed_from``: the checkpoint a resumed run continues from, a tag).
 
     Checkpoints go through ``checkpoint_io`` (a new :class:`AtomicCheckpointIO` if
     None): each file is complete or absent. A rerun of an epoch overwrites its file
@@ -327,7 +327,7 @@ def build_trainer(
         log_every_n_steps=config.log_every_n_steps,
         limit_train_batches=config.limit_train_batches,
         gradient_clip_val=config.gradient_clip_val or None,
-        logger=_loggers(out),
+        logger=_loggers(recipe, out, resumed_from),
         callbacks=[checkpoints, LearningRateMonitor(logging_interval="step"), *callbacks, *progress_callbacks(progress)],
         use_distributed_sampler=False,  # PretrainData shards with its own seeded sampler
         enable_model_summary=False,
@@ -358,6 +358,7 @@ def run_pretrain(recipe: Recipe, *, resume: bool = False, progress: bool = True)
     from geocl.methods import method_class  # registered methods; imported with Lightning anyway
 
     method_class(str(recipe.method.name)).check_pretraining()  # before any file is written
+    check_logger(recipe.trainer.logger)  # its package installed
     if resume and not Path(recipe.out).is_dir():
         raise GeoclError("nothing to resume: no such folder (given by out)", path=recipe.out, key="out")
     out = check_output_folder(recipe.out, key="out")
@@ -396,7 +397,7 @@ def _fit(
         callbacks.append(monitor)
     trainer = build_trainer(
         recipe, out, callbacks, reload_data_every_epoch=model.reloads_data_every_epoch, checkpoint_io=writer,
-        progress=progress,
+        progress=progress, resumed_from=found.checkpoint if found else None,
     )
     main_thread = threading.current_thread() is threading.main_thread()
     sigint = signal.getsignal(signal.SIGINT) if main_thread else None
