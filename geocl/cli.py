@@ -67,14 +67,42 @@ def _make_scene(args: argparse.Namespace) -> None:
     print(f"scene: {files.image}\nmask:  {files.mask}")
 
 
+#: ``--assets`` of ``tile`` and ``predict`` (not an option model field: it names no file or setting of its own).
+ASSETS_HELP = (
+    "for a STAC scene (an Item, ItemCollection, Catalog or Collection as a .json file or URL): the asset keys "
+    "stacked as bands, in this order, e.g. --assets B04 B03 B02 B08 (default: the items' one raster asset)"
+)
+#: What ``tile`` and ``predict`` say about remote scenes in their help.
+REMOTE_HELP = (
+    "SCENE may also be a remote file (https://, http://, s3://, gs:// or a GDAL /vsi... path), read in windows "
+    "without downloading it, or a STAC document (.json, a file or an http(s) URL) whose items are mosaicked; "
+    "credentials come from the environment only (AWS_*, GS_*, GOOGLE_APPLICATION_CREDENTIALS, GDAL_HTTP_*), "
+    "never from the command line."
+)
+
+
+def _add_assets(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--assets", nargs="+", metavar="KEY", default=None, help=ASSETS_HELP)
+    parser.set_defaults(**{FLAGS_ATTRIBUTE: {**(parser.get_default(FLAGS_ATTRIBUTE) or {}), "assets": "--assets"}})
+
+
+def _as_given(typed: Sequence[str] | None, validated: Sequence[Path] | None) -> list[str | Path] | None:
+    """The scenes (or masks) as typed where they are URLs or GDAL paths (``Path`` folds the
+    ``//`` of ``https://``), the validated paths elsewhere."""
+    if validated is None or typed is None or len(typed) != len(validated):
+        return None if validated is None else list(validated)
+    return [raw if "://" in raw or raw.startswith("/vsi") else path for raw, path in zip(typed, validated)]
+
+
 def _tile(args: argparse.Namespace) -> None:
     options: TileOptions = options_from_args(TileOptions, args)
     from geocl.data.tiler import TilingOptions, tile_scene
-    from geocl.report.maps import plot_tile_index
 
     if options.dataset is not None:
         from geocl.data.benchmarks import export_benchmark
 
+        if args.assets:
+            raise GeoclError("picks the bands of a STAC scene; --dataset keeps the dataset's bands", key="assets")
         summary = export_benchmark(
             options.dataset, options.root, options.out, size=options.size, stride=options.stride,
             val_fraction=options.val_fraction, seed=options.seed, progress=not options.quiet,
@@ -83,23 +111,42 @@ def _tile(args: argparse.Namespace) -> None:
         tiling = TilingOptions(
             size=options.size, stride=options.stride, max_nodata=options.max_nodata, split_block=options.split_block,
             split_fractions=options.split, seed=options.seed, roi=None if options.roi is None else str(options.roi),
-            mask_nodata=options.mask_nodata,
+            mask_nodata=options.mask_nodata, assets=tuple(args.assets) if args.assets else None,
         )
-        if len(options.scene) > 1:  # one Dask task a scene, each into OUT/<scene name>/
-            _tile_many(options, tiling, verbose=getattr(args, "verbose", False))
+        scenes = _as_given(getattr(args, "scene", None), options.scene) or []
+        masks = _as_given(getattr(args, "mask", None), options.mask)
+        if len(scenes) > 1:  # one Dask task a scene, each into OUT/<scene name>/
+            _tile_many(options, scenes, masks, tiling, verbose=getattr(args, "verbose", False))
             return
-        mask = options.mask[0] if options.mask else None
-        summary = tile_scene(options.scene[0], options.out, mask=mask, options=tiling, progress=not options.quiet)
-    plot = plot_tile_index(options.out, options.out / "tiles.png")
+        mask = masks[0] if masks else None
+        summary = tile_scene(scenes[0], options.out, mask=mask, options=tiling, progress=not options.quiet)
     print(summary.describe())
-    print(f"  map: {plot}")
+    print(f"  map: {_tile_map(options.out, getattr(args, 'scene', None) or [])}")
 
 
-def _tile_many(options: TileOptions, tiling: object, *, verbose: bool) -> None:
+def _tile_map(out: Path, scenes: Sequence[str]) -> object:
+    """The tile-index map's path; for a STAC scene, what it shows without a backdrop (the map
+    reopens the scene files tiles.json names, and a STAC item is no file of its own)."""
+    import rasterio.errors
+
+    from geocl.data.stac import is_stac
+    from geocl.report.maps import plot_tile_index
+
+    try:
+        return plot_tile_index(out, out / "tiles.png")
+    except rasterio.errors.RasterioError:
+        if not any(is_stac(scene) for scene in scenes):
+            raise
+        return "not drawn: the map cannot show STAC items yet"
+
+
+def _tile_many(
+    options: TileOptions, scenes: list[str | Path], masks: list[str | Path] | None, tiling: object, *, verbose: bool
+) -> None:
     from geocl.distributed import tile_scenes
 
     result = tile_scenes(
-        options.scene, options.out, masks=options.mask, options=tiling, workers=options.workers,
+        scenes, options.out, masks=masks, options=tiling, workers=options.workers,
         scheduler=options.scheduler, progress=not options.quiet, verbose=verbose,
     )
     print(result.describe())
@@ -138,26 +185,32 @@ def _finetune(args: argparse.Namespace) -> None:
 
 def _predict(args: argparse.Namespace) -> None:
     options: PredictCommand = options_from_args(PredictCommand, args)
+    if args.assets and options.many_scenes:  # PredictSettings, what each Dask task gets, has no assets
+        raise GeoclError("is not yet passed to scenes predicted on Dask; predict a STAC scene without "
+                         "--workers/--scheduler", key="assets")
     if len(options.scene) == 1 and str(options.scene[0]).lower().endswith((".nii", ".nii.gz")):
         # the volume predictor takes one path (not validated again: it is one of the validated list)
         _predict_volume(options.model_copy(update={"scene": options.scene[0]}))
         return
+    scene = _as_given(getattr(args, "scene", None), options.scene) or []
     if options.many_scenes:
-        _predict_many(options, verbose=getattr(args, "verbose", False))
+        _predict_many(options, scene, verbose=getattr(args, "verbose", False))
         return
     from geocl.finetune.inference import predict_with_checkpoint
 
-    result = predict_with_checkpoint(**options.model_dump(exclude={"workers", "scheduler"}))
+    result = predict_with_checkpoint(
+        **{**options.model_dump(exclude={"workers", "scheduler"}), "scene": scene}, assets=args.assets
+    )
     print(result.describe())
 
 
-def _predict_many(options: PredictCommand, *, verbose: bool) -> None:
+def _predict_many(options: PredictCommand, scenes: list[str | Path], *, verbose: bool) -> None:
     from geocl.distributed import predict_scenes
     from geocl.recipes.options import PredictSettings
 
     settings = PredictSettings.model_validate(options.model_dump(include=set(PredictSettings.model_fields)))
     result = predict_scenes(
-        options.checkpoint, options.scene, options.out, options=settings, workers=options.workers,
+        options.checkpoint, scenes, options.out, options=settings, workers=options.workers,
         scheduler=options.scheduler, progress=True, verbose=verbose,
     )
     print(result.describe())
@@ -347,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(ISPRS Potsdam, Vaihingen, LoveDA) already on disk instead, in its official splits.",
     )
     add_model_arguments(tile, TileOptions, positional=("scene",), flags={"scene": "SCENE"}, arguments=TILE_ARGUMENTS)
+    _add_assets(tile)
+    tile.description += " " + REMOTE_HELP
     tile.set_defaults(run=_tile)
 
     pretrain = command("pretrain", "pretrain an encoder as a recipe says")
@@ -372,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
         "when its label map lies in the labels/ folder beside its images/ folder, its metrics as CSV.",
     )
     add_model_arguments(predict, PredictCommand, positional=("checkpoint", "scene"), flags=PREDICT_FLAGS)
+    _add_assets(predict)
+    predict.description += " " + REMOTE_HELP
     predict.set_defaults(run=_predict)
 
     compare = command(

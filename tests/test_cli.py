@@ -434,3 +434,21 @@ def test_make_scene_kind_urban_and_a_kind_of_another_folder(tmp_path: Path, caps
     assert (tmp_path / "city" / "image.tif").read_bytes() == before
     assert cli.main(["make-scene", str(tmp_path / "x"), "--kind", "town", "--size", "256"]) == 2
     assert "must be one of rural, urban" in capsys.readouterr().err
+
+
+def test_tile_and_predict_take_assets_and_say_where_credentials_come_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], write_raster: RasterWriter
+) -> None:
+    from geocl import cli
+
+    for command in ("tile", "predict"):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "--assets KEY [KEY ...]" in text and "--assets B04 B03 B02 B08" in text
+        assert "s3://" in text and "credentials come from the environment only" in text
+    scene = write_raster(tmp_path / "scene.tif", np.ones((2, 32, 32), dtype="uint8"))
+    assert cli.main(["tile", str(scene), "--assets", "B04", "--out", str(tmp_path / "out"), "--size", "16"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--assets picks the bands of STAC items" in err and str(scene) in err
+    assert not (tmp_path / "out").exists()

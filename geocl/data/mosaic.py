@@ -58,7 +58,8 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform as transform_points
 from rasterio.windows import Window
 
-from geocl.data.rasters import RasterInfo, find_rasters, inspect_rasters, nodata_value
+from geocl.data.rasters import RasterInfo, RasterPath, find_rasters, inspect_rasters, nodata_value, read_error
+from geocl.data.remote import remote_env
 from geocl.errors import GeoclError
 
 __all__ = ["RESAMPLING", "SceneMosaic", "SceneReader", "open_scene", "scene_files"]
@@ -92,20 +93,25 @@ class SceneReader(Protocol):
         ...
 
 
-def scene_files(scene: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """The GeoTIFFs of a scene: a file, a folder (searched recursively), or a list of those.
+def scene_files(
+    scene: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], assets: Sequence[str] | None = None
+) -> list[RasterPath]:
+    """The rasters of a scene: a file, a folder (searched recursively), a remote file, a STAC
+    document (one raster an item, ``assets`` stacked as bands), or a list of those
+    (see :func:`~geocl.data.rasters.find_rasters`).
 
     Returns:
-        The files in the order given (a folder's sorted), each once.
+        The files in the order given (a folder's sorted, a STAC document's items in its
+        order), each once.
 
     Raises:
-        GeoclError: naming a path that does not exist, a folder without GeoTIFF, or an
-            empty list.
+        GeoclError: naming a path that does not exist, a folder without GeoTIFF, an
+            empty list, or the STAC document, item, asset or URL at fault.
     """
     paths = [scene] if isinstance(scene, (str, os.PathLike)) else list(scene)
     if not paths:
         raise GeoclError("no scene given", key="scene")
-    files = [file for path in paths for file in find_rasters(path)]
+    files = [file for path in paths for file in find_rasters(path, assets=assets)]
     return list(dict.fromkeys(files))
 
 
@@ -300,7 +306,7 @@ class SceneMosaic:
             try:
                 data = self._handle(index).read(window=own)
             except rasterio.errors.RasterioError as error:
-                raise GeoclError(f"cannot read pixels (corrupt file?): {error}", path=part.info.path) from None
+                raise read_error(error, part.info.path, "cannot read pixels (corrupt file?)") from None
             take = ~_missing(data, part.nodata) & ~filled[place]
             out[(slice(None), *place)][:, take] = data[:, take]
             filled[place] |= take
@@ -321,7 +327,7 @@ class SceneMosaic:
         out = np.full((len(bands), rows, cols), self.nodata, dtype=self.dtypes[0])
         filled = np.zeros(shape, dtype=bool)
         for part in self.parts:
-            with rasterio.open(part.info.path) as src, WarpedVRT(
+            with remote_env(), rasterio.open(part.info.path) as src, WarpedVRT(
                 src, crs=self.crs, transform=coarse, width=cols, height=rows, resampling=Resampling.nearest,
                 nodata=part.nodata,
             ) as vrt:
@@ -345,15 +351,35 @@ class SceneMosaic:
         self._handles.clear()
 
 
+class _NamedReads:
+    """A rasterio dataset of a remote file or STAC item whose failed reads are one line naming the
+    URL, item or asset (:func:`~geocl.data.rasters.read_error`); everything else is the dataset's."""
+
+    def __init__(self, src: Any, path: RasterPath) -> None:
+        self._src = src
+        self._path = path
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._src, name)
+
+    def read(self, *args: Any, **kwargs: Any) -> np.ndarray:
+        """The dataset's ``read``."""
+        try:
+            return self._src.read(*args, **kwargs)
+        except rasterio.errors.RasterioError as error:
+            raise read_error(error, self._path, "cannot read pixels (corrupt file?)") from None
+
+
 @contextlib.contextmanager
-def open_scene(files: Sequence[Path]) -> Iterator[Any]:
+def open_scene(files: Sequence[RasterPath]) -> Iterator[Any]:
     """Open a scene's files for windowed reads: rasterio for one file, a :class:`SceneMosaic` for several.
 
     Args:
         files: as returned by :func:`scene_files`.
 
     Yields:
-        A :class:`SceneReader` (a rasterio ``DatasetReader`` for one file).
+        A :class:`SceneReader` (a rasterio ``DatasetReader`` for one local file; for one
+        remote file or STAC item, the same whose failed reads name the URL).
 
     Raises:
         GeoclError: naming the first unusable file (unreadable, empty, no CRS) or a
@@ -361,8 +387,8 @@ def open_scene(files: Sequence[Path]) -> Iterator[Any]:
     """
     infos = inspect_rasters(list(files))
     if len(infos) == 1:
-        with rasterio.open(infos[0].path) as src:
-            yield src
+        with remote_env(), rasterio.open(infos[0].path) as src:
+            yield src if isinstance(infos[0].path, Path) else _NamedReads(src, infos[0].path)
     else:
         mosaic = SceneMosaic(infos)
         try:

@@ -3,6 +3,11 @@
 TorchGeo silently skips files rasterio cannot open; a user pointing geocl at a folder
 wants to hear which file is broken instead. Everything here raises
 :class:`~geocl.errors.GeoclError` naming the file at fault.
+
+A raster file is a local path, a remote file (:class:`~geocl.data.remote.RemoteFile`:
+``https://``, ``s3://``, ``gs://``, ``/vsi…``, read in windows through GDAL) or a STAC
+item's stacked assets (:class:`~geocl.data.stac.StacRaster`); :func:`find_rasters` turns
+what the user gave into them, and everything downstream opens them with ``rasterio.open``.
 """
 
 from __future__ import annotations
@@ -24,7 +29,12 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
+from geocl.data.remote import RemoteFile, display_url, gdal_path, is_remote, remote_env, remote_error
+from geocl.data.stac import StacRaster, is_stac, stac_rasters
 from geocl.errors import GeoclError
+
+#: A raster file as geocl holds it: a local path, a remote file, or a STAC item's stacked assets.
+RasterPath = Path | RemoteFile | StacRaster
 
 #: GDAL block cache (MiB) while geocl streams a scene. GDAL's default, 5 % of RAM, lets
 #: a pass over a large compressed scene grow the process by that much. Small on purpose:
@@ -40,7 +50,7 @@ class RasterInfo:
     """What geocl needs to know about one raster file.
 
     Attributes:
-        path: the file.
+        path: the file (:data:`RasterPath`).
         crs: its coordinate reference system.
         transform: pixel-to-map affine transform.
         width: columns (px).
@@ -51,7 +61,7 @@ class RasterInfo:
         bounds: (left, bottom, right, top) in map units of ``crs``.
     """
 
-    path: Path
+    path: RasterPath
     crs: CRS
     transform: Affine
     width: int
@@ -107,7 +117,8 @@ def bounded_memory() -> Iterator[rasterio.Env]:
     is :data:`MMAP_THRESHOLD`, so memory does not grow with the number of tiles read
     (model calls inside it lift the threshold: :func:`computing`). Leaving the last one
     sets :data:`COMPUTE_MMAP_THRESHOLD`, so that training later in the same process runs
-    at full speed.
+    at full speed. GDAL's network options for remote files are set too
+    (:func:`~geocl.data.remote.remote_env`; they change nothing for local files).
     """
     global _streaming
     _set_mmap_threshold(MMAP_THRESHOLD)
@@ -115,7 +126,7 @@ def bounded_memory() -> Iterator[rasterio.Env]:
     try:
         # in bytes: rasterio hands GDAL_CACHEMAX to GDALSetCacheMax64 as it is, without
         # GDAL's "small numbers are MB" rule (a bare 128 is a 128-byte cache)
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20) as env:
+        with remote_env(), rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20) as env:
             yield env
     finally:
         _streaming -= 1
@@ -167,13 +178,17 @@ def read_decimated(
         The array, the raster's bounds and its nodata value.
     """
     bands = [indexes] if isinstance(indexes, int) else list(indexes)
-    with bounded_memory():
-        with rasterio.open(path) as src:
-            bounds, nodata = src.bounds, src.nodata
-            level = _overview_level(src, bands[0], shape)
-        opened = rasterio.open(path) if level is None else rasterio.open(path, overview_level=level)
-        with opened as src:
-            data = _decimate_in_strips(src, bands, shape)
+    raster = as_raster_path(path)
+    try:
+        with bounded_memory():
+            with rasterio.open(raster) as src:
+                bounds, nodata = src.bounds, src.nodata
+                level = _overview_level(src, bands[0], shape)
+            opened = rasterio.open(raster) if level is None else rasterio.open(raster, overview_level=level)
+            with opened as src:
+                data = _decimate_in_strips(src, bands, shape)
+    except rasterio.errors.RasterioError as error:
+        raise read_error(error, raster, "cannot read pixels (corrupt file?)") from None
     return (data[0] if isinstance(indexes, int) else data), bounds, nodata
 
 
@@ -256,19 +271,41 @@ def geotiff_profile(
     return profile
 
 
-def find_rasters(path: str | os.PathLike[str], *, role: str = "scene") -> list[Path]:
-    """List the raster files of a scene: one GeoTIFF, or every GeoTIFF in a folder.
+def find_rasters(
+    path: str | os.PathLike[str], *, role: str = "scene", assets: Sequence[str] | None = None
+) -> list[RasterPath]:
+    """List the raster files of a scene: one GeoTIFF, every GeoTIFF in a folder, a remote file, or STAC items.
 
     Args:
-        path: a GeoTIFF file or a folder holding GeoTIFFs (searched recursively).
+        path: a GeoTIFF file or a folder holding GeoTIFFs (searched recursively); a
+            remote file (``https://``, ``http://``, ``s3://``, ``gs://``, ``/vsi…``: see
+            :mod:`geocl.data.remote`; not searched, it is one file); or a STAC Item,
+            ItemCollection, Catalog or Collection (a local or ``http(s)`` path ending in
+            ``.json``/``.geojson``: one raster an item, see :mod:`geocl.data.stac`).
         role: what the files are for, used in error messages (``"scene"``, ``"mask"``).
+        assets: for STAC: the asset keys stacked as bands, in order (default: the
+            item's one raster data asset).
 
     Returns:
-        The files, sorted so that runs are deterministic.
+        The files, sorted so that runs are deterministic (a folder's); STAC items in
+        the document's order.
 
     Raises:
-        GeoclError: if the path does not exist or a folder holds no GeoTIFF.
+        GeoclError: if the path does not exist or a folder holds no GeoTIFF; for STAC,
+            naming the document, item, asset or URL at fault; ``assets`` given for a
+            raster that is no STAC document.
     """
+    if isinstance(path, (RemoteFile, StacRaster)):
+        return [path]
+    if is_stac(path):
+        return list(stac_rasters(path, assets))
+    if assets:
+        raise GeoclError(
+            f"--assets picks the bands of STAC items; this {role} is a raster, not a STAC document (.json)",
+            path=str(path), key="assets",
+        )
+    if is_remote(path):
+        return [RemoteFile(os.fspath(path))]
     path = Path(path)
     if not path.exists():
         raise GeoclError(f"{role} not found", path=path)
@@ -284,17 +321,19 @@ def inspect_raster(path: str | os.PathLike[str]) -> RasterInfo:
     """Open a raster's header and check it is usable as georeferenced data.
 
     Args:
-        path: the raster file.
+        path: the raster file (a remote one's header is fetched: a request or two).
 
     Returns:
         Its :class:`RasterInfo`.
 
     Raises:
-        GeoclError: if the file is not a readable raster, is empty or has no CRS.
+        GeoclError: if the file is not a readable raster, is empty or has no CRS; for a
+            remote file, one of :class:`~geocl.data.remote.RemoteError`'s kinds naming
+            the URL (missing, refused, unreachable).
     """
-    path = Path(path)
+    path = as_raster_path(path)
     try:
-        with rasterio.open(path) as src:
+        with remote_env(), rasterio.open(path) as src:
             info = RasterInfo(
                 path=path,
                 crs=src.crs,
@@ -307,7 +346,7 @@ def inspect_raster(path: str | os.PathLike[str]) -> RasterInfo:
                 bounds=tuple(src.bounds),
             )
     except rasterio.errors.RasterioError as error:
-        raise GeoclError(f"not a readable raster (corrupt or not a GeoTIFF): {error}", path=path) from None
+        raise read_error(error, path, "not a readable raster (corrupt or not a GeoTIFF)") from None
     if info.count == 0 or info.width == 0 or info.height == 0:
         raise GeoclError("raster is empty (no bands or no pixels)", path=path)
     if info.crs is None:
@@ -321,7 +360,60 @@ def inspect_raster(path: str | os.PathLike[str]) -> RasterInfo:
     return info
 
 
-def inspect_rasters(paths: Sequence[Path], *, role: str = "scene") -> list[RasterInfo]:
+def as_raster_path(path: str | os.PathLike[str]) -> RasterPath:
+    """``path`` as a :data:`RasterPath`: a remote URL as a :class:`~geocl.data.remote.RemoteFile`,
+    any other string or path as a local :class:`~pathlib.Path`, a RasterPath as it is."""
+    if isinstance(path, (Path, RemoteFile, StacRaster)):
+        return path
+    if is_remote(path):
+        return RemoteFile(os.fspath(path))
+    return Path(path)
+
+
+def read_error(error: BaseException, path: RasterPath, reason: str) -> GeoclError:
+    """The one-line error for a failed read of ``path``: for a remote file what the server
+    said (:func:`~geocl.data.remote.remote_error`), for a STAC item that of the asset at
+    fault (each asset's header is asked again to find it: GDAL's message through a VRT
+    need not name it), else ``reason: error`` naming the file."""
+    mapped = None
+    if isinstance(path, RemoteFile):
+        mapped = remote_error(error, path.url)
+    elif isinstance(path, StacRaster):
+        for key, href in zip(path.assets, path.hrefs, strict=True):
+            try:
+                with remote_env(), rasterio.open(gdal_path(href)):
+                    pass
+            except rasterio.errors.RasterioError as own:
+                mapped = remote_error(own, href, f"item {path.item}, asset {key}") or GeoclError(
+                    f"item {path.item}, asset {key}: {reason}: {own}", path=display_url(href)
+                )
+                break
+    if mapped is not None:
+        return mapped
+    return GeoclError(f"{reason}: {error}", path=str(path))
+
+
+def scene_read_error(error: BaseException, paths: Sequence[RasterPath], reason: str, source: object) -> GeoclError:
+    """:func:`read_error` for a read of a scene of several files, naming the file at fault.
+
+    GDAL's message for a failed network read need not name the file: one file is taken
+    as the one; of several, the first remote one whose header can no longer be read
+    (each asked again); else the error names ``source``, the scene as given.
+    """
+    if len(paths) == 1:
+        return read_error(error, paths[0], reason)
+    for path in paths:
+        if isinstance(path, Path):
+            continue
+        try:
+            with remote_env(), rasterio.open(path):
+                pass
+        except rasterio.errors.RasterioError as own:
+            return read_error(own, path, reason)
+    return GeoclError(f"{reason}: {error}", path=str(source))
+
+
+def inspect_rasters(paths: Sequence[RasterPath], *, role: str = "scene") -> list[RasterInfo]:
     """Inspect several files of one scene and check they can be mosaicked.
 
     Different CRSs are fine (TorchGeo reprojects to the first file's CRS); different band
@@ -478,7 +570,7 @@ def _scan_classes(info: RasterInfo) -> tuple[int | None, int | None, bool]:
     has_nan = False
     rows = max(1, _STRIP_PIXELS // info.width)
     try:
-        with rasterio.open(info.path) as src:
+        with remote_env(), rasterio.open(info.path) as src:
             for top in range(0, info.height, rows):
                 window = Window(0, top, info.width, min(rows, info.height - top))
                 values = src.read(1, window=window)
@@ -498,7 +590,7 @@ def _scan_classes(info: RasterInfo) -> tuple[int | None, int | None, bool]:
                     low = float(valid.min()) if low is None else min(low, float(valid.min()))
                     high = float(valid.max()) if high is None else max(high, float(valid.max()))
     except rasterio.errors.RasterioError as error:
-        raise GeoclError(f"cannot read pixels (corrupt file?): {error}", path=info.path) from None
+        raise read_error(error, info.path, "cannot read pixels (corrupt file?)") from None
     if low is None or high is None:
         return None, None, has_nan
     return int(low), int(high), has_nan

@@ -1,7 +1,9 @@
 """TorchGeo datasets over the user's own GeoTIFFs: images, masks, and labelled pairs.
 
 A *scene* is one GeoTIFF or a folder of them (any band count, dtype and CRS; files in
-other CRSs are reprojected by TorchGeo to the first file's CRS). Images and masks are
+other CRSs are reprojected by TorchGeo to the first file's CRS), a remote file
+(``https://``, ``s3://``, ``gs://``, ``/vsi…``: :mod:`geocl.data.remote`) or a STAC
+document whose items' assets are stacked as bands (:mod:`geocl.data.stac`). Images and masks are
 separate :class:`~torchgeo.datasets.RasterDataset` instances joined with ``&`` into a
 TorchGeo :class:`~torchgeo.datasets.IntersectionDataset`, as TorchGeo recommends.
 """
@@ -10,7 +12,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +22,7 @@ from rasterio.enums import Resampling
 from torchgeo.datasets import IntersectionDataset, RasterDataset
 
 from geocl.data.rasters import MaskClasses, RasterInfo, find_rasters, inspect_rasters, mask_classes, nodata_value
+from geocl.data.remote import remote_env
 from geocl.errors import GeoclError
 
 Sample = dict[str, Any]
@@ -27,8 +31,11 @@ Sample = dict[str, Any]
 class SceneImage(RasterDataset):
     """Image bands of a scene; samples carry ``image`` as ``[C, H, W]``.
 
+    The files are those :func:`~geocl.data.rasters.find_rasters` finds, in its order
+    (TorchGeo's own search, which sorts and skips what rasterio cannot open, is not used).
+
     Args:
-        path: a GeoTIFF or a folder of GeoTIFFs.
+        path: a GeoTIFF or a folder of GeoTIFFs, a remote file, or a STAC document.
         crs: CRS to reproject to (default: the first file's).
         res: pixel size in CRS units (default: the first file's).
         dtype: tensor dtype of ``image``; ``torch.float64`` keeps every source value of
@@ -37,9 +44,11 @@ class SceneImage(RasterDataset):
             to the source grid (default: TorchGeo's choice, bilinear for float dtypes;
             the tiler asks for nearest so tiles keep the source values).
         transforms: TorchGeo-style sample transform.
+        assets: for a STAC document: the asset keys stacked as bands, in order.
 
     Raises:
-        GeoclError: if a file is missing, unreadable, has no CRS or the band counts differ.
+        GeoclError: if a file is missing, unreadable, has no CRS or the band counts differ;
+            for remote and STAC sources, naming the URL, item or asset at fault.
     """
 
     is_image = True
@@ -53,14 +62,28 @@ class SceneImage(RasterDataset):
         dtype: torch.dtype = torch.float32,
         resampling: Resampling | None = None,
         transforms: Callable[[Sample], Sample] | None = None,
+        assets: Sequence[str] | None = None,
     ) -> None:
         self.source = path
         self._resampling = resampling
-        self.infos: list[RasterInfo] = inspect_rasters(find_rasters(path, role=self._role()), role=self._role())
+        found = find_rasters(path, role=self._role(), assets=assets)
+        self.infos: list[RasterInfo] = inspect_rasters(found, role=self._role())
         self._dtype = dtype
-        super().__init__(
-            paths=[str(info.path) for info in self.infos], crs=crs, res=res, transforms=transforms
-        )
+        #: Whether a file is read over the network (reads then set GDAL's network options).
+        self.remote = not all(isinstance(info.path, Path) for info in self.infos)
+        with remote_env():
+            super().__init__(paths=self.files, crs=crs, res=res, transforms=transforms)
+
+    @property
+    def files(self) -> list[str]:
+        """GDAL's names of the files (a remote file's ``/vsicurl/…``, a STAC item's VRT), in order."""
+        return [os.fspath(info.path) for info in self.infos]
+
+    def __getitem__(self, index: Any) -> Sample:
+        if not self.remote:
+            return super().__getitem__(index)
+        with remote_env():  # also in DataLoader workers, where no command's environment is open
+            return super().__getitem__(index)
 
     @classmethod
     def _role(cls) -> str:

@@ -126,7 +126,7 @@ def valid_pixels(block: np.ndarray, nodata: float | None) -> np.ndarray:
     return ~invalid
 
 
-def _add_valid_pixels(running: RunningBandStats, block: np.ndarray, nodata: float) -> None:
+def add_valid_pixels(running: RunningBandStats, block: np.ndarray, nodata: float) -> None:
     """Add the valid pixels of a ``[C, H, W]`` strip, :data:`UPDATE_PIXELS` at a time (no copy of the strip)."""
     rows = max(1, UPDATE_PIXELS // max(1, block.shape[2]))
     for top in range(0, block.shape[1], rows):
@@ -189,7 +189,7 @@ def scene_band_stats(infos: Sequence[RasterInfo], *, progress: bool = True) -> B
                 block = src.read(window=window)
             except rasterio.errors.RasterioError as error:
                 raise GeoclError(f"cannot read pixels (corrupt file?): {error}", path=info.path) from None
-            _add_valid_pixels(running, block, info.nodata if info.nodata is not None else 0.0)
+            add_valid_pixels(running, block, info.nodata if info.nodata is not None else 0.0)
             del block  # else the next strip is read while this one is still held: two strips in memory
     finally:
         if src is not None:

@@ -53,10 +53,12 @@ from rasterio.transform import from_origin
 from torchgeo.samplers import GriddedPatchSampler
 from tqdm.auto import tqdm
 
-from geocl.data.rasters import bounded_memory, geotiff_profile
+from geocl.data.rasters import bounded_memory, geotiff_profile, scene_read_error
 from geocl.data.roi import check_roi_overlaps, read_roi
 from geocl.data.scene import SceneImage, SceneMask, labelled_scene
-from geocl.data.stats import BandStats, scene_band_stats, valid_pixels
+from geocl.data.remote import is_remote
+from geocl.data.stac import StacRaster
+from geocl.data.stats import BandStats, RunningBandStats, add_valid_pixels, scene_band_stats, valid_pixels
 from geocl.errors import GeoclError
 from geocl.io import atomic_path, atomic_write_bytes, atomic_write_text, check_output_folder, write_failure
 
@@ -81,6 +83,8 @@ class TilingOptions:
         roi: the ROI file, if any.
         mask_nodata: the mask value that means "unlabelled" when the mask file sets no
             nodata (0 is common), or None: the file's nodata (see :class:`SceneMask`).
+        assets: for a STAC scene: the asset keys stacked as the tiles' bands, in order
+            (see :mod:`geocl.data.stac`), or None (the items' one raster asset).
     """
 
     size: int = 256
@@ -91,6 +95,7 @@ class TilingOptions:
     seed: int = 0
     roi: str | None = None
     mask_nodata: int | None = None
+    assets: tuple[str, ...] | None = None
 
     def validate(self) -> None:
         """Raise :class:`GeoclError` naming the first bad option."""
@@ -611,8 +616,14 @@ def tile_scene(
 ) -> TilingSummary:
     """Cut a scene (and optionally its mask) into GeoTIFF tiles with an index.
 
+    The inputs are opened (headers only) before the output folder is made: a scene that
+    is missing, unreadable, or remote and refused or unreachable leaves nothing behind.
+
     Args:
-        scene: a GeoTIFF or a folder of GeoTIFFs (same band count; CRSs may differ).
+        scene: a GeoTIFF or a folder of GeoTIFFs (same band count; CRSs may differ); a
+            remote file (``https://``, ``s3://``, ``gs://``, ``/vsi…``), read in windows;
+            or a STAC document, its items' ``options.assets`` stacked as bands and the
+            items mosaicked (see :func:`~geocl.data.rasters.find_rasters`).
         out: output folder; rerunning into it resumes an interrupted run.
         mask: a one-band class mask (file or folder) overlapping the scene.
         options: tile size, stride, nodata limit, split and ROI.
@@ -636,13 +647,13 @@ def _tile_scene(
     progress: bool,
 ) -> TilingSummary:
     options.validate()
-    out = check_output_folder(out, key="out")
-    image_ds = SceneImage(scene, dtype=torch.float64, resampling=Resampling.nearest)
     if options.mask_nodata is not None and mask is None:
         raise GeoclError("an unlabelled mask value needs a mask; give --mask too", key="mask_nodata")
+    image_ds = SceneImage(scene, dtype=torch.float64, resampling=Resampling.nearest, assets=options.assets)
     mask_ds = (
         SceneMask(mask, crs=image_ds.crs, res=image_ds.res, nodata=options.mask_nodata) if mask is not None else None
     )
+    out = check_output_folder(out, key="out")  # after the inputs: a bad input leaves no folder behind
     dataset = labelled_scene(image_ds, mask_ds) if mask_ds is not None else image_ds
     sources = {
         "scene": [str(info.path.resolve()) for info in image_ds.infos],
@@ -657,7 +668,11 @@ def _tile_scene(
     cell_classes = _cell_class_counts(mask_ds, cells, progress) if mask_ds is not None else None
     tiles, dropped = _split_cells(cells, options, cell_classes)
     _start_metadata(out, options, sources)
-    stats = scene_band_stats(image_ds.infos, progress=progress)
+    # A remote scene's statistics come from the tiles as they are read: a pass of its own
+    # would fetch every block twice. A local scene's come from all its pixels (cached).
+    remote = any(_is_remote_source(info.path) for info in image_ds.infos)
+    stats = None if remote else scene_band_stats(image_ds.infos, progress=progress)
+    running = RunningBandStats(image_ds.band_count) if remote else None
 
     summary = TilingSummary(out=out, index=out / INDEX_FILE, dropped_overlap=dropped)
     crs = _rio_crs(dataset)
@@ -682,6 +697,8 @@ def _tile_scene(
             summary.replaced += image_path.exists()
             image, label = _read_scene(dataset, tile, image_ds, mask_ds)
         valid = valid_pixels(image, nodata)
+        if running is not None:
+            add_valid_pixels(running, image, nodata if nodata is not None else 0.0)  # scene_band_stats' rule
         nodata_fraction = 1.0 - float(valid.mean())
         if nodata_fraction > options.max_nodata:
             summary.skipped_nodata += 1
@@ -736,9 +753,25 @@ def _tile_scene(
         summary.warnings.append(split_warning)
     with _writing(summary.index):
         _write_index(summary.index, rows, dataset.crs)
+    if stats is None:
+        stats = _tile_pass_stats(running, scene)
     with _writing(out / METADATA_FILE):
         _write_metadata(out, options, sources, image_ds, mask_nodata, stats, summary)
     return summary
+
+
+def _is_remote_source(path: Any) -> bool:
+    """Whether a scene file is read over the network (a URL, ``/vsi…`` path, or a STAC item with one remote asset)."""
+    if isinstance(path, StacRaster):
+        return any(is_remote(href) for href in path.hrefs)
+    return is_remote(path)
+
+
+def _tile_pass_stats(running: RunningBandStats | None, scene: Any) -> BandStats:
+    """Band statistics of a remote scene over its tiles (a pixel in two overlapping tiles counts twice)."""
+    if running is None or running.count == 0:
+        raise GeoclError("scene is all nodata: no valid pixel to train on", path=scene)
+    return running.result()
 
 
 def _read_scene(
@@ -748,7 +781,8 @@ def _read_scene(
     try:
         sample = dataset[xmin:xmax, ymin:ymax]
     except rasterio.errors.RasterioError as error:
-        raise GeoclError(f"cannot read pixels (corrupt file?): {error}", path=image_ds.source) from None
+        paths = [info.path for info in image_ds.infos] + ([info.path for info in mask_ds.infos] if mask_ds else [])
+        raise scene_read_error(error, paths, "cannot read pixels (corrupt file?)", image_ds.source) from None
     image = sample["image"].numpy().astype(image_ds.source_dtype)
     label = None
     if mask_ds is not None:
@@ -766,7 +800,8 @@ def _cell_class_counts(mask_ds: SceneMask, cells: dict[Cell, Box], progress: boo
         try:
             label = mask_ds[xmin:xmax, ymin:ymax]["mask"].numpy()
         except rasterio.errors.RasterioError as error:
-            raise GeoclError(f"cannot read pixels (corrupt file?): {error}", path=mask_ds.source) from None
+            paths = [info.path for info in mask_ds.infos]
+            raise scene_read_error(error, paths, "cannot read pixels (corrupt file?)", mask_ds.source) from None
         counts[cell] = _class_histogram(label, np.ones(label.shape, dtype=bool), nodata)
     return counts
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -21,7 +20,7 @@ from rasterio.windows import Window
 
 from geocl.data.mosaic import open_scene, scene_files
 from geocl.data.normalize import BandNormalizer
-from geocl.data.rasters import bounded_memory, inspect_rasters
+from geocl.data.rasters import as_raster_path, bounded_memory, inspect_rasters
 from geocl.errors import GeoclError
 from geocl.finetune.model import checkpoint_kind, read_checkpoint
 from geocl.finetune.predict import DEFAULT_BLOCK, PredictionResult, ProbabilityType, check_prediction_outputs
@@ -144,7 +143,7 @@ def check_scene_values(
     low, high = band_stats.get("minimum"), band_stats.get("maximum")
     if not low or not high:
         return
-    with bounded_memory(), open_scene([Path(file) for file in files]) as src:
+    with bounded_memory(), open_scene([as_raster_path(file) for file in files]) as src:
         missing = src.nodata if src.nodata is not None else nodata
 
         def starts(length: int) -> list[int]:
@@ -190,17 +189,20 @@ def predict_with_checkpoint(
     block: int = DEFAULT_BLOCK,
     device: str | None = None,
     progress: bool = True,
+    assets: Sequence[str] | None = None,
 ) -> PredictionResult:
     """``geocl predict``: sliding-window prediction of a scene with a finetuned checkpoint.
 
     Args:
         checkpoint: made by ``geocl finetune``.
-        scene: a GeoTIFF, a folder of GeoTIFFs, or a list of files and folders (one mosaic).
+        scene: a GeoTIFF, a folder of GeoTIFFs, or a list of files and folders (one mosaic);
+            a remote file or a STAC document (see :func:`~geocl.data.mosaic.scene_files`).
         out: the prediction GeoTIFF.
         polygons, window, overlap, batch_size, tta, probabilities, cog, block: see
             :func:`geocl.finetune.predict.predict_scene`.
         device: where the model runs (default: CUDA when available, else the CPU).
         progress: show a progress bar.
+        assets: for a STAC scene: the asset keys stacked as bands, in order.
 
     Raises:
         GeoclError: before any work: an output cannot be written (see
@@ -215,7 +217,8 @@ def predict_with_checkpoint(
     if isinstance(recorded, dict):  # anything else: load_segmenter says what the file is
         check_trained_on(checkpoint, recorded, "tiles")
     module, meta = load_segmenter(checkpoint)
-    infos = inspect_rasters(scene_files(scene))
+    files = scene_files(scene, assets)  # STAC items stacked once, the rasters handed on as they are
+    infos = inspect_rasters(files)
     if infos[0].count != int(meta["in_chans"]):
         raise GeoclError(
             f"scene has {infos[0].count} bands but the model was trained on {meta['in_chans']}", path=infos[0].path
@@ -231,7 +234,7 @@ def predict_with_checkpoint(
         return module(images.to(device))
 
     return predict_scene_with_model(
-        logits, scene, out, normalizer=normalizer, class_values=meta["classes"], window=window,
+        logits, files, out, normalizer=normalizer, class_values=meta["classes"], window=window,
         overlap=overlap, batch_size=batch_size, device=device, polygons=polygons, tta=tta,
         probabilities=probabilities, cog=cog, block=block, progress=progress,
     )

@@ -43,6 +43,8 @@ from tqdm.auto import tqdm
 from geocl.data.mosaic import open_scene, scene_files
 from geocl.data.normalize import BandNormalizer
 from geocl.data.rasters import bounded_memory, geotiff_profile
+from geocl.data.remote import is_remote
+from geocl.data.stac import StacRaster
 from geocl.errors import GeoclError
 from geocl.finetune.polygons import POLYGON_BLOCK, write_polygons
 from geocl.finetune.sliding_window import Model, Strip, column_blocks, sliding_window_logits, window_grid
@@ -243,7 +245,9 @@ def check_prediction_outputs(
             raise GeoclError(f"would overwrite {clash}; choose another polygons file", path=polygons, key="polygons")
         outputs.append((polygons, "polygons", "polygons"))
     if scene is not None:  # first: checking a file below creates its folder
-        given = [Path(scene)] if isinstance(scene, (str, os.PathLike)) else [Path(path) for path in scene]
+        sources = [scene] if isinstance(scene, (str, os.PathLike)) else list(scene)
+        # remote files and STAC items cannot be overwritten by a local output
+        given = [Path(path) for path in sources if not is_remote(path) and not isinstance(path, StacRaster)]
         for path, what, key in outputs:
             target = path.resolve()
             for source in given:
@@ -480,7 +484,10 @@ def predict_scene(
             eval mode (its mode is restored afterwards); any other callable must already
             run on ``device``.
         scene: one GeoTIFF, a folder of GeoTIFFs, or a list of files and folders; several
-            files are predicted as one mosaic (:mod:`geocl.data.mosaic`).
+            files are predicted as one mosaic (:mod:`geocl.data.mosaic`); a remote file or
+            a STAC document too (:func:`~geocl.data.mosaic.scene_files`; its items' one
+            raster asset: :func:`geocl.finetune.inference.predict_with_checkpoint` takes
+            ``assets``).
         out: the prediction GeoTIFF to write; the preview goes beside it with suffix
             ``.png``.
         normalizer: the band statistics the model was trained with; its nodata value

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.errors
 import rasterio.warp
 from numpy.random import Generator
 from pyproj import CRS as ProjCRS
@@ -24,7 +25,8 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 from torchgeo.samplers import GeoSampler
 
-from geocl.data.rasters import find_rasters, inspect_rasters
+from geocl.data.rasters import RasterPath, as_raster_path, find_rasters, inspect_rasters, read_error
+from geocl.data.remote import remote_env
 from geocl.errors import GeoclError
 
 
@@ -64,7 +66,7 @@ def box_sums(values: np.ndarray, size: int, stride: int = 1) -> np.ndarray:
 class _MapGrid:
     """Where one map's candidate boxes are: origins ``(i * stride, j * stride)`` px."""
 
-    path: Path
+    path: RasterPath
     transform: Affine
     crs: CRS
     cols: int  # candidate origins per row
@@ -104,7 +106,9 @@ class GradientRegionSampler(GeoSampler):
 
     Args:
         maps: a region-map GeoTIFF, a folder of them (searched recursively), or a list of
-            files, as written by :func:`~geocl.sampling.region_rasters.write_region_map`.
+            files, as written by :func:`~geocl.sampling.region_rasters.write_region_map`;
+            a file may be remote (``https://``, ``s3://``, ``gs://``, ``/vsi…``: see
+            :mod:`geocl.data.remote`; each map is read whole once, to score it).
         size: box side in pixels of the maps' grid.
         length: boxes per epoch (``len(sampler)``).
         crs: CRS to yield boxes in, e.g. ``dataset.crs`` (pyproj or rasterio CRS, or a
@@ -145,15 +149,15 @@ class GradientRegionSampler(GeoSampler):
         self.generator = np.random.default_rng(generator)
 
         if isinstance(maps, str | os.PathLike):
-            self.source: Path | None = Path(maps)
+            self.source: RasterPath | None = as_raster_path(maps)
             paths = find_rasters(maps, role="region map")
         else:
             self.source = None
-            paths = [Path(path) for path in maps]
+            paths = [as_raster_path(path) for path in maps]
             if not paths:
                 raise GeoclError("no region maps given", key="maps")
             for path in paths:
-                if not path.is_file():
+                if isinstance(path, Path) and not path.is_file():  # a remote one: inspect_rasters asks its server
                     raise GeoclError("region map not found", path=path)
         infos = inspect_rasters(paths, role="region map")
         for info in infos:
@@ -180,7 +184,8 @@ class GradientRegionSampler(GeoSampler):
         is_candidate = np.concatenate(candidates)
         del weights, candidates
         if not is_candidate.any():
-            where = self.source if self.source is not None else paths[0].parent
+            first = paths[0]
+            where = self.source if self.source is not None else first.parent if isinstance(first, Path) else first
             raise GeoclError(
                 f"no {self.size}x{self.size} px box lies fully inside the valid (not NaN, not nodata) area of any of "
                 f"the {len(paths)} region map(s); use a smaller size or maps with more valid pixels",
@@ -194,11 +199,14 @@ class GradientRegionSampler(GeoSampler):
         #: Number of candidate boxes over all maps.
         self.candidates = int(is_candidate.sum())
 
-    def _score(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    def _score(self, path: RasterPath) -> tuple[np.ndarray, np.ndarray]:
         """Candidate weights ``[R, C]`` (0 where not a candidate) and the candidate mask of one map."""
-        with rasterio.open(path) as src:
-            values = src.read(1).astype(np.float32, copy=False)
-            nodata = src.nodata
+        try:
+            with remote_env(), rasterio.open(path) as src:
+                values = src.read(1).astype(np.float32, copy=False)
+                nodata = src.nodata
+        except rasterio.errors.RasterioError as error:
+            raise read_error(error, path, "cannot read the region map") from None
         invalid = ~np.isfinite(values)
         if nodata is not None and not np.isnan(nodata):
             invalid |= values == nodata
