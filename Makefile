@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine: `make demo` and `make test`.
 # Both create .venv with Python >= 3.12 and (re)install the package only when
-# pyproject.toml is newer than the last install.
+# pyproject.toml is newer than the last install. `make docs` serves the documentation site.
 
 SHELL := /bin/bash
 VENV := .venv
@@ -8,6 +8,10 @@ STAMP := $(VENV)/.geocl-installed
 DEMO_OUT ?= demo_out
 # pytest-xdist workers for `make test` (tests/conftest.py splits the cores between them)
 TEST_WORKERS ?= 2
+# where `make docs` serves the site
+DOCS_ADDR ?= 127.0.0.1:8000
+# MkDocs with Material's notice about its successor silenced (output is for people)
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs
 
 # The first interpreter >= 3.12 that really runs: pyenv shims exist for versions
 # that are not selected and fail when called, so each candidate is tried.
@@ -17,7 +21,7 @@ FIND_PYTHON := for p in $(PYTHON_CANDIDATES); do \
 	  if "$$p" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; then \
 	    echo "$$p"; break; fi; done
 
-.PHONY: demo test venv clean browser
+.PHONY: demo test venv clean browser docs docs-build
 
 $(VENV)/bin/python:
 	@py="$$($(FIND_PYTHON))"; \
@@ -48,8 +52,18 @@ browser:
 	      echo "could not install chromium: the browser test will skip"; \
 	  else echo "chromium not found: the browser test will skip (install it: apt-get install chromium)"; fi; }
 
-test: $(STAMP) browser
+# The documentation site (mkdocs.yml, docs/): served with live reload while editing ...
+docs: $(STAMP)
+	$(MKDOCS) serve --dev-addr $(DOCS_ADDR)
+
+# ... and built strictly by `make test`: a broken link, a missing page or a docstring the API
+# reference cannot render fails it (a few seconds; the site goes to site/). Warnings, errors and
+# the closing line are shown (not --quiet: it hides the warnings from --strict too, which then passes).
+docs-build: $(STAMP)
+	@set -o pipefail; $(MKDOCS) build --strict 2>&1 | { grep -v -E '^INFO +- +(Cleaning|Building)' || true; }
+
+test: $(STAMP) browser docs-build
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS)
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT)
+	rm -rf $(VENV) $(DEMO_OUT) site
