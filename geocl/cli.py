@@ -21,12 +21,20 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from geocl.console import configure_output
+from geocl.data.malloc import malloc_tuning
 from geocl.errors import GeoclError
 from geocl.io import write_failure
 from geocl.recipes.cli_args import FLAGS_ATTRIBUTE, add_model_arguments, options_from_args
-from geocl.recipes.options import CompareOptions, EvaluateCommand, FinetuneCommand, PredictOptions, TileOptions
-from geocl.recipes.options import PredictCommand
-from geocl.recipes.options import IndexOptions, SearchOptions, ServeOptions
+from geocl.recipes.options import (
+    CompareOptions,
+    EvaluateCommand,
+    FinetuneCommand,
+    IndexOptions,
+    PredictCommand,
+    SearchOptions,
+    ServeOptions,
+    TileOptions,
+)
 
 #: What ``geocl --help`` says first.
 DESCRIPTION = (
@@ -96,61 +104,19 @@ def _as_given(typed: Sequence[str] | None, validated: Sequence[Path] | None) -> 
 
 def _tile(args: argparse.Namespace) -> None:
     options: TileOptions = options_from_args(TileOptions, args)
-    from geocl.data.tiler import TilingOptions, tile_scene
+    from geocl.commands import run_tile
 
-    if options.dataset is not None:
-        from geocl.data.benchmarks import export_benchmark
-
-        if args.assets:
-            raise GeoclError("picks the bands of a STAC scene; --dataset keeps the dataset's bands", key="assets")
-        summary = export_benchmark(
-            options.dataset, options.root, options.out, size=options.size, stride=options.stride,
-            val_fraction=options.val_fraction, seed=options.seed, progress=not options.quiet,
-        )
-    else:
-        tiling = TilingOptions(
-            size=options.size, stride=options.stride, max_nodata=options.max_nodata, split_block=options.split_block,
-            split_fractions=options.split, seed=options.seed, roi=None if options.roi is None else str(options.roi),
-            mask_nodata=options.mask_nodata, assets=tuple(args.assets) if args.assets else None,
-        )
-        scenes = _as_given(getattr(args, "scene", None), options.scene) or []
-        masks = _as_given(getattr(args, "mask", None), options.mask)
-        if len(scenes) > 1:  # one Dask task a scene, each into OUT/<scene name>/
-            _tile_many(options, scenes, masks, tiling, verbose=getattr(args, "verbose", False))
-            return
-        mask = masks[0] if masks else None
-        summary = tile_scene(scenes[0], options.out, mask=mask, options=tiling, progress=not options.quiet)
-    print(summary.describe())
-    print(f"  map: {_tile_map(options.out, getattr(args, 'scene', None) or [])}")
+    _print_result(run_tile(
+        options, scenes=_as_given(getattr(args, "scene", None), options.scene),
+        masks=_as_given(getattr(args, "mask", None), options.mask), assets=args.assets,
+        verbose=getattr(args, "verbose", False),
+    ))
 
 
-def _tile_map(out: Path, scenes: Sequence[str]) -> object:
-    """The tile-index map's path; for a STAC scene, what it shows without a backdrop (the map
-    reopens the scene files tiles.json names, and a STAC item is no file of its own)."""
-    import rasterio.errors
-
-    from geocl.data.stac import is_stac
-    from geocl.report.maps import plot_tile_index
-
-    try:
-        return plot_tile_index(out, out / "tiles.png")
-    except rasterio.errors.RasterioError:
-        if not any(is_stac(scene) for scene in scenes):
-            raise
-        return "not drawn: the map cannot show STAC items yet"
-
-
-def _tile_many(
-    options: TileOptions, scenes: list[str | Path], masks: list[str | Path] | None, tiling: object, *, verbose: bool
-) -> None:
-    from geocl.distributed import tile_scenes
-
-    result = tile_scenes(
-        scenes, options.out, masks=masks, options=tiling, workers=options.workers,
-        scheduler=options.scheduler, progress=not options.quiet, verbose=verbose,
-    )
+def _print_result(result: Any) -> None:
+    """Print what a command did; several scenes of which some failed: the one-line error too."""
     print(result.describe())
-    failures = result.failure_message()
+    failures = result.failure_message() if hasattr(result, "failure_message") else None
     if failures is not None:  # the others are done; the command must not look like a success
         raise GeoclError(failures)
 
@@ -185,54 +151,12 @@ def _finetune(args: argparse.Namespace) -> None:
 
 def _predict(args: argparse.Namespace) -> None:
     options: PredictCommand = options_from_args(PredictCommand, args)
-    if args.assets and options.many_scenes:  # PredictSettings, what each Dask task gets, has no assets
-        raise GeoclError("is not yet passed to scenes predicted on Dask; predict a STAC scene without "
-                         "--workers/--scheduler", key="assets")
-    if len(options.scene) == 1 and str(options.scene[0]).lower().endswith((".nii", ".nii.gz")):
-        # the volume predictor takes one path (not validated again: it is one of the validated list)
-        _predict_volume(options.model_copy(update={"scene": options.scene[0]}))
-        return
-    scene = _as_given(getattr(args, "scene", None), options.scene) or []
-    if options.many_scenes:
-        _predict_many(options, scene, verbose=getattr(args, "verbose", False))
-        return
-    from geocl.finetune.inference import predict_with_checkpoint
+    from geocl.commands import run_predict
 
-    result = predict_with_checkpoint(
-        **{**options.model_dump(exclude={"workers", "scheduler"}), "scene": scene}, assets=args.assets
-    )
-    print(result.describe())
-
-
-def _predict_many(options: PredictCommand, scenes: list[str | Path], *, verbose: bool) -> None:
-    from geocl.distributed import predict_scenes
-    from geocl.recipes.options import PredictSettings
-
-    settings = PredictSettings.model_validate(options.model_dump(include=set(PredictSettings.model_fields)))
-    result = predict_scenes(
-        options.checkpoint, scenes, options.out, options=settings, workers=options.workers,
-        scheduler=options.scheduler, progress=True, verbose=verbose,
-    )
-    print(result.describe())
-    failures = result.failure_message()
-    if failures is not None:  # the others are done; the command must not look like a success
-        raise GeoclError(failures)
-
-
-def _predict_volume(options: PredictOptions) -> None:
-    """``geocl predict CHECKPOINT VOLUME.nii.gz --out LABELS.nii.gz``: a NIfTI label map with the volume's affine."""
-    if options.polygons is not None:
-        raise GeoclError("polygons are written for GeoTIFF scenes, not NIfTI volumes", key="polygons")
-    from geocl.finetune.medical import label_beside, predict_volume
-    window = options.window if "window" in options.model_fields_set else None  # default: the training slice side
-    label = label_beside(options.scene)
-    overlap = options.overlap if "overlap" in options.model_fields_set else None  # default: a quarter window
-    result = predict_volume(options.checkpoint, options.scene, options.out, label=label, window=window, overlap=overlap)
-    scores = ""
-    if result.metrics is not None:
-        scores = (f"\n  against {label}: Dice {result.metrics['dice']:.4f}, 95HD {result.metrics['hd95']:.2f} mm, "
-                  f"ASD {result.metrics['asd']:.2f} mm\n  metrics: {result.csv}")
-    print(f"prediction: {result.path}\n  preview: {result.png}{scores}")
+    _print_result(run_predict(
+        options, scenes=_as_given(getattr(args, "scene", None), options.scene), assets=args.assets,
+        verbose=getattr(args, "verbose", False),
+    ))
 
 
 def _make_volumes(args: argparse.Namespace) -> None:
@@ -364,6 +288,10 @@ def _is_number(token: str) -> bool:
     return True
 
 
+#: Adds a command: ``command(name, summary, details)`` -> its parser.
+CommandAdder = Callable[..., argparse.ArgumentParser]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``geocl`` argument parser."""
     common = argparse.ArgumentParser(add_help=False)
@@ -380,6 +308,15 @@ def build_parser() -> argparse.ArgumentParser:
         description = first + summary[2:] + "." + (f" {details}" if details else "")
         return commands.add_parser(name, help=summary, description=description, parents=[common])
 
+    _add_scene_commands(command)
+    _add_model_commands(command)
+    _add_example_data_commands(command)
+    _add_search_commands(command)
+    return parser
+
+
+def _add_scene_commands(command: CommandAdder) -> None:
+    """``make-scene`` and ``tile``."""
     scene = command("make-scene", "write the embedded labelled demo scene")
     scene.add_argument("dir", type=Path, help="output folder (image.tif, mask.tif)")
     scene.add_argument(
@@ -404,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     tile.description += " " + REMOTE_HELP
     tile.set_defaults(run=_tile)
 
+
+def _add_model_commands(command: CommandAdder) -> None:
+    """``pretrain``, ``finetune``, ``predict``, ``compare`` and ``evaluate``."""
     pretrain = command("pretrain", "pretrain an encoder as a recipe says")
     pretrain.add_argument("recipe", type=Path, help="recipe YAML (see recipes/)")
     pretrain.add_argument(
@@ -434,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare = command(
         "compare", "pretrain and finetune several recipes; results table",
         "Tile-set recipes are finetuned at each label fraction and seed (mIoU); natural-image recipes "
-        "are evaluated by kNN and linear probe per seed (top-1). A random-init row is added when a recipe pretrains an encoder. Rerun the "
+        "are evaluated by kNN and linear probe per seed (top-1). A random-init row is added when a recipe pretrains "
+        "an encoder. Rerun the "
         "same command to resume.",
     )
     add_model_arguments(
@@ -449,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(evaluate, EvaluateCommand, positional=("checkpoint",), flags=EVALUATE_FLAGS)
     evaluate.set_defaults(run=_evaluate)
 
+
+def _add_example_data_commands(command: CommandAdder) -> None:
+    """``make-natural`` and ``make-volumes``."""
     natural = command("make-natural", "write toy natural-image data (CIFAR-style batches, image folder)")
     natural.add_argument("out", type=Path, help="output folder (cifar/, images/)")
     natural.add_argument("--classes", type=int, default=10, help="classes (default: 10)")
@@ -476,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     volumes.add_argument("--overwrite", action="store_true", help="rewrite the folder even if it holds volumes")
     volumes.set_defaults(run=_make_volumes)
 
+
+def _add_search_commands(command: CommandAdder) -> None:
+    """``index``, ``search``, ``serve``, and ``demo``."""
     index = command(
         "index", "embed every tile of a tile set for text search",
         "CHECKPOINT is a checkpoint of the retrieval method (geocl pretrain recipes/retrieval.yaml); every tile "
@@ -504,7 +451,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
     demo.add_argument("--size", type=int, default=2048, help="scene side in px (default: 2048)")
     demo.set_defaults(run=_demo)
-    return parser
 
 
 def _as_typed(error: GeoclError, args: argparse.Namespace) -> str:
@@ -533,7 +479,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_output(verbose=getattr(args, "verbose", False))
     run: Callable[[argparse.Namespace], None] = args.run
     try:
-        run(args)
+        with malloc_tuning():  # the command's entry: glibc's malloc tuned while it streams, restored after
+            run(args)
     except GeoclError as error:
         print(f"geocl {args.command}: error: {_as_typed(error, args)}", file=sys.stderr)
         return 2

@@ -47,8 +47,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+from geocl.data.malloc import malloc_tuning
 from geocl.errors import GeoclError
 from geocl.io import atomic_write_text, check_output_folder, write_failure
+from geocl.recipes.options import PredictSettings
 
 #: The marker a scene's worker writes last, in the scene's output folder.
 DONE_FILE = "done.json"
@@ -189,7 +191,8 @@ def run_task(task: SceneTask) -> tuple[str, float]:
     marker.unlink(missing_ok=True)
     start = time.perf_counter()
     try:
-        summary = task.work()
+        with malloc_tuning():  # a worker's entry: malloc tuned for streaming, restored after the scene
+            summary = task.work()
     except GeoclError as error:
         # it travels back to the client pickled, and the library errors it was raised from
         # (rasterio's) do not unpickle: Dask would send a bare Exception(repr) instead
@@ -448,12 +451,25 @@ def tile_tasks(
 def predict_task(checkpoint: str, scene: str, out: str, options: dict[str, Any]) -> str:
     """Predict one scene into the GeoTIFF ``out`` (what a worker runs for ``geocl predict``).
 
+    Safe in a worker: every file is written atomically (a temporary name beside it,
+    unique per process, renamed when complete), so a killed or retried task leaves either
+    the old file or the new one; nothing is printed and no progress bar is drawn; memory
+    is bounded by ``options["block"]``, not by the scene; the model is loaded each call
+    (about a second), on CUDA where the worker has it, with torch's threads as the process
+    set them.
+
+    Args:
+        checkpoint: made by ``geocl finetune``.
+        scene: the scene (a GeoTIFF, or a folder predicted as one mosaic).
+        out: the prediction GeoTIFF (its preview, and probabilities when asked for, beside it).
+        options: the fields of a validated :class:`~geocl.recipes.options.PredictSettings`.
+
     Returns:
         The prediction's summary (paths written, size, seconds).
     """
-    from geocl.finetune.inference import predict_scene
+    from geocl.finetune.inference import predict_with_checkpoint
 
-    return predict_scene(checkpoint, scene, out, options).describe()
+    return predict_with_checkpoint(checkpoint, scene, out, progress=False, **options).describe()
 
 
 def predict_scenes(
@@ -469,9 +485,9 @@ def predict_scenes(
 ) -> ManyScenesResult:
     """Predict several scenes with one checkpoint, each into ``out/<name>/<name>.tif``, one task a scene.
 
-    Beside each prediction its worker writes what :func:`geocl.finetune.inference.predict_scene`
-    writes (``<name>.png``, and ``<name>_probabilities.tif`` when asked for). Each task loads
-    the model itself (about a second), on CUDA where the worker has it.
+    Beside each prediction its worker (:func:`predict_task`) writes ``<name>.png``, and
+    ``<name>_probabilities.tif`` when asked for. Each task loads the model itself (about a
+    second), on CUDA where the worker has it.
 
     Args:
         checkpoint: made by ``geocl finetune``.
@@ -488,8 +504,6 @@ def predict_scenes(
         GeoclError: if the checkpoint is missing, two scenes share a name, or as
             :func:`run_scene_tasks`; a scene's own errors are in the result.
     """
-    from geocl.recipes.options import PredictSettings
-
     checkpoint = Path(checkpoint).resolve()
     if not checkpoint.is_file():
         raise GeoclError("checkpoint not found", path=checkpoint, key="checkpoint")

@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import json
 import math
 import os
 import warnings
@@ -70,31 +69,28 @@ import rasterio.errors
 import shapely
 from pyproj import CRS as ProjCRS
 from rasterio.crs import CRS
-from rasterio.transform import from_origin
 from torchgeo.datasets import LoveDA, Potsdam2D, Vaihingen2D
 from torchgeo.datasets.errors import DatasetNotFoundError
 from torchgeo.samplers.utils import convolution_arithmetic
 from tqdm.auto import tqdm
 
 from geocl.data.stats import BandStats, RunningBandStats
-from geocl.data.tiler import (
-    _FORMAT_VERSION,
+from geocl.data.tileset import (
     INDEX_FILE,
-    METADATA_FILE,
     SPLITS,
+    TileLayout,
+    TileSetWriter,
+    TileSpec,
     TilingSummary,
-    _class_histogram,
-    _holds_tiles,
-    _read_json,
-    _reusable,
-    _shown,
-    _TileSpec,
-    _write_index,
-    _write_tile,
-    _writing,
+    check_tile_folder,
+    class_histogram,
+    read_recorded,
+    start_metadata,
+    write_index,
+    write_metadata,
 )
 from geocl.errors import GeoclError
-from geocl.io import atomic_write_text, check_output_folder
+from geocl.io import check_output_folder
 
 #: Tile side (px) of a tile set prepared for a recipe, as ``geocl tile``'s default: the GraSS
 #: spec's ambiguity A3 ("256 or 512"); 256 px is the crop side of its finetuning protocol (A4).
@@ -375,42 +371,6 @@ def _plan(images: list[_Image], options: BenchmarkOptions, res: float) -> tuple[
     return tiles, too_small
 
 
-def _difference(earlier: dict[str, Any], options: BenchmarkOptions, root: str) -> tuple[str, str] | None:
-    """(option key, what changed) of the first option or the root that differs from ``earlier``, or None."""
-    was_options = earlier.get("options") if isinstance(earlier.get("options"), dict) else {}
-    for name, value in json.loads(json.dumps(asdict(options))).items():
-        if was_options.get(name) != value:
-            return name, f"was {_shown(was_options.get(name))}, now {_shown(value)}"
-    was_sources = earlier.get("sources") if isinstance(earlier.get("sources"), dict) else {}
-    if was_sources.get("root") != root:
-        return "root", f"was {_shown(was_sources.get('root'))}, now {root}"
-    return None
-
-
-def _check_folder(out: Path, options: BenchmarkOptions, root: str, keys: Mapping[str, str]) -> None:
-    """Refuse a folder whose tiles were made with other options or from another root (named).
-
-    As :func:`geocl.data.tiler.tile_scene`: tiles without ``tiles.json`` are refused;
-    a folder without tiles takes the new options.
-    """
-    metadata_file = out / METADATA_FILE
-    if not metadata_file.exists():
-        if _holds_tiles(out):
-            raise GeoclError(
-                f"holds tiles but no {METADATA_FILE}, so nothing says which options made them; "
-                "use a new output folder or delete this one",
-                path=out, key=keys["out"],
-            )
-        return
-    difference = _difference(_read_json(metadata_file), options, root)
-    if difference is not None and _holds_tiles(out):
-        key, change = difference
-        raise GeoclError(
-            f"{change} for the tiles already in {out}; use a new output folder or delete that one",
-            key=keys.get(key, key),
-        )
-
-
 def _to_image_dtype(array: np.ndarray, path: Path) -> np.ndarray:
     """TorchGeo's float pixels ``[C, H, W]`` back in the 8 bits they were stored in (checked a band
     at a time: a Potsdam band is 144 MB as float32)."""
@@ -472,7 +432,7 @@ def export_benchmark(
             for ``geocl tile``'s flags, :data:`RECIPE_KEYS` for a recipe's keys).
 
     Returns:
-        A :class:`~geocl.data.tiler.TilingSummary`; its ``classes`` are all the dataset's
+        A :class:`~geocl.data.tileset.TilingSummary`; its ``classes`` are all the dataset's
         class values and ``class_pixels`` the labelled pixels per class in each split.
 
     Raises:
@@ -494,16 +454,16 @@ def export_benchmark(
             path=root, key=keys["root"],
         )
     out = check_output_folder(out, key=keys["out"])
-    source = str(root.resolve())
-    _check_folder(out, options, source, keys)
+    # no scene files: nothing to draw under the tile map
+    sources: dict[str, Any] = {"root": str(root.resolve()), "scene": [], "mask": []}
+    check_tile_folder(out, asdict(options), sources, keys)
     images = _collect_images(benchmark, root, options, keys)
     tiles, too_small = _plan(images, options, benchmark.gsd)
     if not tiles:
         raise GeoclError(
             f"every image is smaller than the tile size ({options.size} px); use a smaller size", key="size"
         )
-    sources = {"root": source, "scene": [], "mask": []}  # no scene files: nothing to draw under the tile map
-    _start_metadata(out, options, sources)
+    start_metadata(out, asdict(options), sources)
     summary, rows, stats = _export(benchmark, options, out, tiles, progress)
     if too_small:
         summary.warnings.append(
@@ -514,22 +474,16 @@ def export_benchmark(
         if summary.splits[split] == 0:
             why = "val_fraction is 0" if split == "val" and options.val_fraction == 0 else "no image of it has a tile"
             summary.warnings.append(f"no {split} tiles ({why}); finetuning needs val and test tiles")
-    with _writing(summary.index):
-        _write_index(summary.index, rows, ProjCRS.from_wkt(benchmark.crs_wkt))
-    with _writing(out / METADATA_FILE):
-        _write_metadata(out, benchmark, options, sources, images, summary, stats)
+    write_index(summary.index, rows, ProjCRS.from_wkt(benchmark.crs_wkt))
+    layout = TileLayout(
+        crs=benchmark.crs_wkt, res=(benchmark.gsd, benchmark.gsd), bands=benchmark.bands, dtype=IMAGE_DTYPE,
+        nodata=None, mask_nodata=benchmark.mask_nodata,
+    )
+    write_metadata(
+        out, asdict(options), sources, layout, summary, stats, class_names=benchmark.class_names,
+        dataset=_dataset_record(benchmark, images),
+    )
     return summary
-
-
-def _start_metadata(out: Path, options: BenchmarkOptions, sources: dict[str, Any]) -> None:
-    """Record the options and the root before the first tile, so that a rerun can check them."""
-    metadata_file = out / METADATA_FILE
-    if metadata_file.exists() and _difference(_read_json(metadata_file), options, sources["root"]) is None:
-        return
-    with _writing(metadata_file):
-        atomic_write_text(
-            metadata_file, json.dumps({"options": asdict(options), "sources": sources, "complete": False}, indent=1)
-        )
 
 
 def _export(
@@ -539,12 +493,12 @@ def _export(
     band statistics of the train tiles."""
     summary = TilingSummary(out=out, index=out / INDEX_FILE)
     summary.classes = list(benchmark.class_values)
-    pixels = {split: dict.fromkeys(benchmark.class_values, 0) for split in SPLITS}
-    crs = CRS.from_wkt(benchmark.crs_wkt)
-    res = (benchmark.gsd, benchmark.gsd)
-    image_spec = _TileSpec(benchmark.bands, IMAGE_DTYPE, options.size)
-    mask_spec = _TileSpec(1, "uint8", options.size)
-    rows: list[dict[str, Any]] = []
+    summary.class_pixels = {split: dict.fromkeys(benchmark.class_values, 0) for split in SPLITS}
+    writer = TileSetWriter(
+        summary, CRS.from_wkt(benchmark.crs_wkt), (benchmark.gsd, benchmark.gsd),
+        TileSpec(benchmark.bands, IMAGE_DTYPE, options.size), TileSpec(1, "uint8", options.size),
+        nodata=None, mask_nodata=benchmark.mask_nodata, classes=benchmark.class_values,
+    )
     running = RunningBandStats(benchmark.bands)
     by_image: dict[str, list[_Tile]] = {}
     for tile in tiles:
@@ -552,7 +506,7 @@ def _export(
     bar = tqdm(list(by_image.values()), desc=f"tiling {benchmark.name}", unit="image", disable=not progress)
     for image_tiles in bar:
         image = image_tiles[0].image
-        stored = [_stored(out, tile, image_spec, mask_spec, res) for tile in image_tiles]
+        stored = [writer.stored(tile.name, tile.bounds) for tile in image_tiles]
         whole: tuple[np.ndarray, np.ndarray] | None = None
         for tile, found in zip(image_tiles, stored, strict=True):
             if found is not None:
@@ -562,22 +516,12 @@ def _export(
                 if whole is None:  # read only images that have a tile to write
                     whole = _read_image(image)
                 window = (slice(tile.y, tile.y + options.size), slice(tile.x, tile.x + options.size))
-                pixels_tile, label = whole[0][(slice(None), *window)], whole[1][window]
-                summary.replaced += (out / "images" / tile.name).exists()
-                transform = from_origin(tile.bounds[0], tile.bounds[3], *res)
-                with _writing(out / "masks" / tile.name):
-                    _write_tile(out / "masks" / tile.name, label[None], transform, crs, benchmark.mask_nodata)
-                with _writing(out / "images" / tile.name):
-                    _write_tile(out / "images" / tile.name, np.ascontiguousarray(pixels_tile), transform, crs, None)
-                summary.written += 1
-            histogram = _class_histogram(label, np.ones(label.shape, dtype=bool), benchmark.mask_nodata)
-            for value, count in histogram.items():
-                if value in pixels[image.split]:
-                    pixels[image.split][value] += count
+                pixels_tile, label = np.ascontiguousarray(whole[0][(slice(None), *window)]), whole[1][window]
+                writer.write(tile.name, tile.bounds, pixels_tile, label)
+            histogram = class_histogram(label, np.ones(label.shape, dtype=bool), benchmark.mask_nodata)
             if image.split == "train":
                 running.update(pixels_tile.reshape(benchmark.bands, -1))
-            summary.splits[image.split] += 1
-            rows.append({
+            writer.keep(image.split, {
                 "path": f"images/{tile.name}",
                 "mask_path": f"masks/{tile.name}",
                 "split": image.split,
@@ -587,66 +531,22 @@ def _export(
                 "nodata_fraction": 0.0,  # images have no nodata value; unlabelled pixels are the mask's
                 **{f"class_{value}": histogram.get(value, 0) for value in benchmark.class_values},
                 "geometry": shapely.box(*tile.bounds),
-            })
-    if summary.replaced:
-        summary.warnings.append(
-            f"{summary.replaced} tile(s) already there were unreadable or did not match this run "
-            "and were written again"
-        )
-    summary.class_pixels = pixels
+            }, histogram)
+    summary.warn_if_replaced()
     if running.count == 0:
         raise GeoclError("no train tile: nothing to compute band statistics from", path=out)
-    return summary, rows, running.result()
+    return summary, writer.rows, running.result()
 
 
-def _stored(
-    out: Path, tile: _Tile, image_spec: _TileSpec, mask_spec: _TileSpec, res: tuple[float, float]
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """(image, mask) of a tile already written as this run would write it, else None."""
-    image = _reusable(out / "images" / tile.name, image_spec, tile.bounds, res)
-    if image is None:
-        return None
-    mask = _reusable(out / "masks" / tile.name, mask_spec, tile.bounds, res)
-    return None if mask is None else (image, mask[0])
-
-
-def _write_metadata(
-    out: Path,
-    benchmark: Benchmark,
-    options: BenchmarkOptions,
-    sources: dict[str, Any],
-    images: list[_Image],
-    summary: TilingSummary,
-    stats: BandStats,
-) -> None:
-    metadata = {
-        "format_version": _FORMAT_VERSION,
-        "options": asdict(options),
-        "sources": sources,
-        "complete": True,
-        "crs": benchmark.crs_wkt,
-        "res": [benchmark.gsd, benchmark.gsd],
-        "bands": benchmark.bands,
-        "dtype": IMAGE_DTYPE,
-        "nodata": None,
-        "mask_nodata": benchmark.mask_nodata,
-        "classes": list(benchmark.class_values),
-        "class_names": list(benchmark.class_names),
-        "splits": summary.splits,
-        "class_pixels": {  # as the tiler writes it: class values as strings
-            split: {str(value): count for value, count in counts.items()}
-            for split, counts in summary.class_pixels.items()
-        },
-        "band_stats": stats.to_dict(),
-        "dataset": {
-            "name": benchmark.name,
-            "title": benchmark.title,
-            "torchgeo": f"{benchmark.dataset_class.__module__}.{benchmark.dataset_class.__name__}",
-            "official_splits": dict(benchmark.official_splits),
-            "images": {split: [image.id for image in images if image.split == split] for split in SPLITS},
-        },
+def _dataset_record(benchmark: Benchmark, images: list[_Image]) -> dict[str, Any]:
+    """What ``tiles.json`` records of the dataset a benchmark tile set was made from."""
+    return {
+        "name": benchmark.name,
+        "title": benchmark.title,
+        "torchgeo": f"{benchmark.dataset_class.__module__}.{benchmark.dataset_class.__name__}",
+        "official_splits": dict(benchmark.official_splits),
+        "images": {split: [image.id for image in images if image.split == split] for split in SPLITS},
     }
-    atomic_write_text(out / METADATA_FILE, json.dumps(metadata, indent=1))
 
 
 def ensure_recipe_tiles(recipe: Any, *, progress: bool = True) -> Path | None:
@@ -673,9 +573,8 @@ def ensure_recipe_tiles(recipe: Any, *, progress: bool = True) -> Path | None:
     if getattr(data, "format", "tiles") != "tiles" or not getattr(data, "dataset", ""):
         return None
     out, root = Path(data.tiles), Path(data.root)
-    metadata_file = out / METADATA_FILE
-    if metadata_file.exists():
-        earlier = _read_json(metadata_file)
+    earlier = read_recorded(out)
+    if earlier is not None:
         options = earlier.get("options") if isinstance(earlier.get("options"), dict) else {}
         sources = earlier.get("sources") if isinstance(earlier.get("sources"), dict) else {}
         if earlier.get("complete") and options.get("dataset") == data.dataset:

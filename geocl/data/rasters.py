@@ -13,8 +13,6 @@ what the user gave into them, and everything downstream opens them with ``raster
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -29,6 +27,8 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
+from geocl.data.malloc import computing as computing  # named here too: benchmarks/ scripts import it from here
+from geocl.data.malloc import streaming
 from geocl.data.remote import RemoteFile, display_url, gdal_path, is_remote, remote_env, remote_error
 from geocl.data.stac import StacRaster, is_stac, stac_rasters
 from geocl.errors import GeoclError
@@ -77,78 +77,20 @@ class RasterInfo:
         return (abs(self.transform.a), abs(self.transform.e))
 
 
-#: glibc's mmap threshold while streaming (bytes). glibc raises it after a large buffer
-#: is freed; tile-sized buffers then come from the heap, which fragments and grows by
-#: about a tile per tile read. A fixed threshold keeps them in mmap, returned on free.
-MMAP_THRESHOLD = 128 * 1024
-#: glibc's mmap threshold for computing (bytes): after streaming, and for the model calls
-#: made while streaming. With :data:`MMAP_THRESHOLD`, every model activation above 128 KiB
-#: is a fresh mmap, zero-filled page by page: a resnet18 forward pass ran 1.9x slower, and
-#: the demo's probe rows after its tiling 1.8x. 32 MiB is the ceiling glibc's own dynamic
-#: rule climbs to on 64-bit systems (its trim threshold then being twice that).
-COMPUTE_MMAP_THRESHOLD = 32 * 2**20
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-#: How many bounded_memory() sections are open in this process (they may nest).
-_streaming = 0
-
-
-@functools.cache
-def _libc() -> Any:
-    """The C library, loaded once: computing() switches thresholds around every model call."""
-    return ctypes.CDLL("libc.so.6")
-
-
-def _set_mmap_threshold(threshold: int) -> None:
-    """Fix glibc's mmap threshold (and the trim threshold with it), where the C library is glibc."""
-    try:
-        libc = _libc()
-        libc.mallopt(_M_MMAP_THRESHOLD, threshold)
-        libc.mallopt(_M_TRIM_THRESHOLD, MMAP_THRESHOLD if threshold == MMAP_THRESHOLD else 2 * threshold)
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
-
-
 @contextlib.contextmanager
 def bounded_memory() -> Iterator[rasterio.Env]:
     """A rasterio environment for streaming a scene in bounded memory.
 
-    Its GDAL block cache is :data:`GDAL_CACHE_MB`; while it is open, glibc's mmap threshold
-    is :data:`MMAP_THRESHOLD`, so memory does not grow with the number of tiles read
-    (model calls inside it lift the threshold: :func:`computing`). Leaving the last one
-    sets :data:`COMPUTE_MMAP_THRESHOLD`, so that training later in the same process runs
-    at full speed. GDAL's network options for remote files are set too
+    Its GDAL block cache is :data:`GDAL_CACHE_MB`; inside :func:`geocl.data.malloc.malloc_tuning`
+    (a command's entry), glibc's mmap threshold is fixed while it is open
+    (:func:`geocl.data.malloc.streaming`), so memory does not grow with the number of tiles
+    read. GDAL's network options for remote files are set too
     (:func:`~geocl.data.remote.remote_env`; they change nothing for local files).
     """
-    global _streaming
-    _set_mmap_threshold(MMAP_THRESHOLD)
-    _streaming += 1
-    try:
-        # in bytes: rasterio hands GDAL_CACHEMAX to GDALSetCacheMax64 as it is, without
-        # GDAL's "small numbers are MB" rule (a bare 128 is a 128-byte cache)
-        with remote_env(), rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20) as env:
-            yield env
-    finally:
-        _streaming -= 1
-        if not _streaming:
-            _set_mmap_threshold(COMPUTE_MMAP_THRESHOLD)
-
-
-@contextlib.contextmanager
-def computing() -> Iterator[None]:
-    """A model call inside :func:`bounded_memory`: the compute threshold for its duration.
-
-    Its activations are freed when it returns, so the heap it grows is reused by the next
-    call and does not depend on the scene's size. Outside bounded_memory: nothing changes.
-    """
-    if not _streaming:
-        yield
-        return
-    _set_mmap_threshold(COMPUTE_MMAP_THRESHOLD)
-    try:
-        yield
-    finally:
-        _set_mmap_threshold(MMAP_THRESHOLD)
+    # GDAL_CACHEMAX in bytes: rasterio hands it to GDALSetCacheMax64 as it is, without
+    # GDAL's "small numbers are MB" rule (a bare 128 is a 128-byte cache)
+    with streaming(), remote_env(), rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20) as env:
+        yield env
 
 
 def read_decimated(

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from geocl.data.normalize import BandNormalizer
-from geocl.data.tiler import INDEX_FILE, INDEX_LAYER, METADATA_FILE, SPLITS, read_metadata
+from geocl.data.tileset import INDEX_FILE, INDEX_LAYER, METADATA_FILE, SPLITS, read_metadata
 from geocl.errors import GeoclError
 from geocl.io import atomic_path
 

@@ -1,23 +1,11 @@
-"""Cut a scene into georeferenced GeoTIFF tiles with a GeoPackage tile index.
+"""Cut a scene into georeferenced GeoTIFF tiles: the grid plan, the block splits, the pass over the tiles.
 
 One tile goes from the scene to disk at a time (TorchGeo's ``GriddedPatchSampler``
-plans the grid, the scene dataset reads each tile), so memory does not grow with
-the scene. Every file is written atomically, and a rerun into the same folder
-reads back the tiles that exist and writes only the missing ones, so an
+plans the grid, the scene dataset reads each tile), so memory does not grow with the
+scene. The folder is a tile set (:mod:`geocl.data.tileset`: ``tiles.json``, ``tiles.gpkg``,
+``images/r0000_c0000.tif``, ``masks/...``), checked before any work, its tiles reused when
+they read back as this run would write them, every file written atomically: an
 interrupted run resumes where it stopped and ends with the same files.
-
-A tile file is trusted by more than its name: a rerun goes on only in a folder whose
-``tiles.json`` records the same options and input files (tiles without it are refused,
-and a changed option is named), and a tile is reused only when its size, bounds, band
-count and dtype are what this run would write and its pixels read back; otherwise it
-is written again.
-
-Layout of the output folder::
-
-    OUT/tiles.json          options, band statistics, classes, split counts
-    OUT/tiles.gpkg          layer "tiles": one polygon per tile
-    OUT/images/r0000_c0000.tif
-    OUT/masks/r0000_c0000.tif   (with --mask)
 
 Splits are drawn per spatial block (``split_block`` px square) so train, val and test
 tiles come from different places; a val or test tile that overlaps a train tile
@@ -30,18 +18,11 @@ mask is written in the smallest integer dtype that holds its classes and nodata.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import math
 import os
-import warnings
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-import geopandas as gpd
 import numpy as np
 import rasterio
 import rasterio.errors
@@ -49,24 +30,40 @@ import shapely
 import torch
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
-from rasterio.transform import from_origin
 from torchgeo.samplers import GriddedPatchSampler
 from tqdm.auto import tqdm
 
-from geocl.data.rasters import bounded_memory, geotiff_profile, scene_read_error
+from geocl.data.rasters import bounded_memory, scene_read_error
+from geocl.data.remote import is_remote
 from geocl.data.roi import check_roi_overlaps, read_roi
 from geocl.data.scene import SceneImage, SceneMask, labelled_scene
-from geocl.data.remote import is_remote
 from geocl.data.stac import StacRaster
-from geocl.data.stats import BandStats, RunningBandStats, add_valid_pixels, scene_band_stats, valid_pixels
+from geocl.data.stats import RunningBandStats, add_valid_pixels, scene_band_stats, valid_pixels
+from geocl.data.tileset import (
+    INDEX_FILE,
+    INDEX_LAYER,
+    METADATA_FILE,
+    SPLITS,
+    TileLayout,
+    TileSetWriter,
+    TileSpec,
+    TilingSummary,
+    check_tile_folder,
+    class_histogram,
+    read_metadata,
+    start_metadata,
+    write_index,
+    write_metadata,
+)
 from geocl.errors import GeoclError
-from geocl.io import atomic_path, atomic_write_bytes, atomic_write_text, check_output_folder, write_failure
+from geocl.io import check_output_folder
 
-SPLITS = ("train", "val", "test")
-INDEX_FILE = "tiles.gpkg"
-INDEX_LAYER = "tiles"
-METADATA_FILE = "tiles.json"
-_FORMAT_VERSION = 1
+# INDEX_FILE ... read_metadata are geocl.data.tileset's, named here too for the modules that import them from here
+__all__ = ["INDEX_FILE", "INDEX_LAYER", "METADATA_FILE", "SPLITS", "PlannedTile", "TilingOptions", "TilingSummary",
+           "draw_block_splits", "grid_cells", "read_metadata", "split_cells", "tile_scene"]
+
+#: Option keys that differ from the :class:`TilingOptions` field (the name users give).
+OPTION_KEYS = {"split_fractions": "split"}
 
 
 @dataclass(frozen=True)
@@ -137,87 +134,19 @@ class PlannedTile:
         return f"r{self.row:04d}_c{self.col:04d}.tif"
 
 
-@dataclass
-class TilingSummary:
-    """What a tiling run did.
-
-    Attributes:
-        out: the output folder.
-        index: the GeoPackage tile index.
-        written: tiles written by this run.
-        reused: tiles found complete from an earlier run.
-        skipped_nodata: tiles skipped for too much nodata.
-        dropped_overlap: val/test tiles dropped because they overlap a train tile.
-        splits: tiles kept per split.
-        classes: class values seen in the mask (empty without a mask).
-        replaced: tiles found damaged or not matching this run, written again (in ``written``).
-        class_pixels: labelled pixels per class in each split's tiles, ``{split: {class: count}}``
-            (empty without a mask); ``tiles.json`` stores it with the classes as strings.
-        warnings: what the user should know about the result, with the option to change.
-    """
-
-    out: Path
-    index: Path
-    written: int = 0
-    reused: int = 0
-    skipped_nodata: int = 0
-    dropped_overlap: int = 0
-    splits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
-    classes: list[int] = field(default_factory=list)
-    replaced: int = 0
-    class_pixels: dict[str, dict[int, int]] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-
-    def describe(self) -> str:
-        """A short human-readable report."""
-        kept = sum(self.splits.values())
-        parts = ", ".join(f"{name} {count}" for name, count in self.splits.items())
-        lines = [
-            f"{kept} tiles in {self.out} ({parts})",
-            f"  written {self.written}, already there {self.reused}, "
-            f"skipped for nodata {self.skipped_nodata}, dropped for train overlap {self.dropped_overlap}",
-            f"  index: {self.index}",
-        ]
-        if self.classes:
-            lines.append(f"  mask classes: {self.classes}")
-        for name, pixels in self.class_pixels.items():
-            shown = ", ".join(f"{value}: {count:,}" for value, count in pixels.items())
-            lines.append(f"  {name} pixels per class: {shown}")
-        lines.extend(f"  warning: {warning}" for warning in self.warnings)
-        return "\n".join(lines)
-
-
-def plan_tiles(
-    dataset: Any,
-    options: TilingOptions,
-    roi: shapely.Geometry | None = None,
-    cell_classes: dict[Cell, dict[int, int]] | None = None,
-) -> tuple[list[PlannedTile], int]:
-    """Lay the tile grid over a TorchGeo dataset and draw the split of each tile.
-
-    Args:
-        dataset: a TorchGeo ``GeoDataset`` (scene or labelled scene).
-        options: tiling options.
-        roi: region of interest in the dataset CRS, or None for the whole scene.
-        cell_classes: class pixel counts of each grid cell (from the mask), which
-            stratify the draw (see :func:`draw_block_splits`); None draws by place only.
-
-    Returns:
-        The tiles in row-major order (top row first), without the val/test tiles that
-        overlap a tile of a higher-priority split, and how many of those were dropped.
-
-    Raises:
-        GeoclError: if the tile is larger than the scene (or the part inside the ROI).
-    """
-    return _split_cells(_grid_cells(dataset, options, roi), options, cell_classes)
-
-
 Cell = tuple[int, int]
 Box = tuple[float, float, float, float]
 
 
-def _grid_cells(dataset: Any, options: TilingOptions, roi: shapely.Geometry | None) -> dict[Cell, Box]:
-    """The tile grid: (row, col) -> bounds, row 0 at the top."""
+def grid_cells(dataset: Any, options: TilingOptions, roi: shapely.Geometry | None) -> dict[Cell, Box]:
+    """The tile grid over a TorchGeo dataset (scene or labelled scene), inside ``roi`` (dataset CRS) when given.
+
+    Returns:
+        (row, col) -> bounds (xmin, ymin, xmax, ymax), row 0 at the top.
+
+    Raises:
+        GeoclError: if the tile is larger than the scene (or the part inside the ROI).
+    """
     res_x, res_y = dataset.res
     footprint = dataset.index.geometry.union_all()
     area = footprint if roi is None else roi
@@ -235,16 +164,18 @@ def _grid_cells(dataset: Any, options: TilingOptions, roi: shapely.Geometry | No
     x0 = min(box[0] for box in boxes)
     y_top = max(box[3] for box in boxes)
     step_x, step_y = options.stride * res_x, options.stride * res_y
-    cells = {
-        (round((y_top - box[3]) / step_y), round((box[0] - x0) / step_x)): box for box in boxes
-    }
-    return cells
+    return {(round((y_top - box[3]) / step_y), round((box[0] - x0) / step_x)): box for box in boxes}
 
 
-def _split_cells(
+def split_cells(
     cells: dict[Cell, Box], options: TilingOptions, cell_classes: dict[Cell, dict[int, int]] | None = None
 ) -> tuple[list[PlannedTile], int]:
-    """Draw the split of each grid cell; drop val/test tiles that overlap a higher split."""
+    """Draw the split of each grid cell (:func:`draw_block_splits`, stratified by ``cell_classes`` when given).
+
+    Returns:
+        The tiles in row-major order, without the val/test tiles that overlap a tile of a
+        higher-priority split, and how many of those were dropped.
+    """
     def block_of(cell: Cell) -> Cell:
         return (cell[0] * options.stride // options.split_block, cell[1] * options.stride // options.split_block)
 
@@ -409,168 +340,6 @@ def _drop_cross_split_overlaps(tiles: list[PlannedTile], options: TilingOptions)
     return kept
 
 
-def _rio_crs(dataset: Any) -> CRS:
-    return CRS.from_wkt(dataset.crs.to_wkt())
-
-
-def _write_tile(path: Path, array: np.ndarray, transform: Any, crs: CRS, nodata: float | None) -> None:
-    predictor = 3 if np.issubdtype(array.dtype, np.floating) else 2
-    profile = geotiff_profile(
-        array.shape, array.dtype.name, crs=crs, transform=transform, nodata=nodata,
-        compress="deflate", predictor=predictor,
-    )
-    with atomic_path(path) as temp, rasterio.open(temp, "w", **profile) as dst:
-        dst.write(array)
-
-
-@dataclass(frozen=True)
-class _TileSpec:
-    """What a tile file of this run holds besides its bounds: band count, dtype, side (px)."""
-
-    count: int
-    dtype: str
-    size: int
-
-
-def _reusable(path: Path, spec: _TileSpec, bounds: Box, res: tuple[float, float]) -> np.ndarray | None:
-    """The pixels of an existing tile file if it is what this run would write there, else None.
-
-    None for a missing, truncated or unreadable file, and for one whose band count, dtype,
-    size or bounds (within a thousandth of a pixel) differ.
-    """
-    if not path.exists():
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # a cut header: rewritten
-            with rasterio.open(path) as src:
-                shape = (src.count, src.dtypes[0], src.width, src.height)
-                if shape != (spec.count, spec.dtype, spec.size, spec.size):
-                    return None
-                tolerance = min(res) * 1e-3
-                if not np.allclose(tuple(src.bounds), bounds, rtol=0, atol=tolerance):
-                    return None
-                return src.read()
-    except (rasterio.errors.RasterioError, OSError):
-        return None
-
-
-@contextlib.contextmanager
-def _writing(path: Path) -> Iterator[None]:
-    """A write the disk refused (full, permissions changed: :func:`geocl.io.write_failure`) as a
-    user error naming the file and how to go on; any other error (a bug) passes with its traceback."""
-    try:
-        yield
-    except Exception as error:
-        failure = write_failure(error, path)
-        if failure is None:
-            raise
-        failure.args = (f"{failure.args[0]}; free some space or fix the permissions, then rerun to resume",)
-        raise failure from None
-
-
-#: Option keys that differ from the :class:`TilingOptions` field (the name users give).
-_OPTION_KEYS = {"split_fractions": "split"}
-#: Input files recorded in ``tiles.json``, by option key.
-_SOURCE_KEYS = ("scene", "mask")
-
-
-def _holds_tiles(out: Path) -> bool:
-    if (out / INDEX_FILE).exists():
-        return True
-    return any(
-        not path.name.startswith(".") for sub in ("images", "masks") for path in (out / sub).glob("*.tif")
-    )
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise GeoclError(
-            f"cannot be read ({error}); use a new output folder or delete {path.parent}", path=path
-        ) from None
-    if not isinstance(data, dict):
-        raise GeoclError(f"is not what `geocl tile` writes; use a new output folder or delete {path.parent}", path=path)
-    return data
-
-
-def _shown(value: Any) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, list | tuple):
-        return " ".join(str(item) for item in value)
-    return str(value)
-
-
-def _files_differ(was: list[str], now: list[str]) -> str:
-    if len(was) <= 1 and len(now) <= 1:
-        return f"was {was[0] if was else 'none'}, now {now[0] if now else 'none'}"
-    parts = []
-    if gone := [path for path in was if path not in now]:
-        parts.append(f"{len(gone)} file(s) no longer given, e.g. {gone[0]}")
-    if new := [path for path in now if path not in was]:
-        parts.append(f"{len(new)} new file(s), e.g. {new[0]}")
-    return "files differ: " + "; ".join(parts)
-
-
-def _difference(
-    earlier: dict[str, Any], options: TilingOptions, sources: dict[str, list[str]]
-) -> tuple[str, str] | None:
-    """(option key, what changed) of the first option or input that differs from ``earlier``, or None."""
-    was_options = earlier.get("options") if isinstance(earlier.get("options"), dict) else {}
-    for name, value in json.loads(json.dumps(asdict(options))).items():
-        if was_options.get(name) != value:
-            return _OPTION_KEYS.get(name, name), f"was {_shown(was_options.get(name))}, now {_shown(value)}"
-    was_sources = earlier.get("sources") if isinstance(earlier.get("sources"), dict) else {}
-    for key in _SOURCE_KEYS:
-        was, now = was_sources.get(key) or [], sources[key]
-        if was != now:
-            return key, _files_differ(was, now)
-    return None
-
-
-def _check_tile_folder(out: Path, options: TilingOptions, sources: dict[str, list[str]]) -> None:
-    """Refuse a folder whose tiles this run cannot trust, before any work.
-
-    Tiles are reused by name, so a folder may go on only with the options and inputs
-    that made its tiles: those ``tiles.json`` records. A folder holding tiles but no
-    ``tiles.json`` is refused (their options are unknown), and so is one whose
-    ``tiles.json`` differs, naming the first option or input that does. Without tiles
-    (a run that stopped before writing one) the new options replace the old.
-
-    Raises:
-        GeoclError: naming the folder, or the option that differs.
-    """
-    metadata_file = out / METADATA_FILE
-    if not metadata_file.exists():
-        if _holds_tiles(out):
-            raise GeoclError(
-                f"holds tiles but no {METADATA_FILE}, so nothing says which options made them; "
-                "use a new output folder or delete this one",
-                path=out, key="out",
-            )
-        return
-    earlier = _read_json(metadata_file)
-    difference = _difference(earlier, options, sources)
-    if difference is not None and _holds_tiles(out):
-        key, change = difference
-        raise GeoclError(
-            f"{change} for the tiles already in {out}; use a new output folder or delete that one",
-            key=key,
-        )
-
-
-def _start_metadata(out: Path, options: TilingOptions, sources: dict[str, list[str]]) -> None:
-    """Record the options and inputs before the first tile, so a rerun can check them."""
-    metadata_file = out / METADATA_FILE
-    if metadata_file.exists() and _difference(_read_json(metadata_file), options, sources) is None:
-        return
-    with _writing(metadata_file):
-        atomic_write_text(
-            metadata_file, json.dumps({"options": asdict(options), "sources": sources, "complete": False}, indent=1)
-        )
-
 
 def _missing_split_warning(
     cells: dict[Cell, Box],
@@ -596,7 +365,7 @@ def _missing_split_warning(
     if len(blocks_to_try) > 32:
         blocks_to_try = blocks_to_try[:: math.ceil(len(blocks_to_try) / 32)] + [options.stride]
     for block in blocks_to_try:
-        tiles, _ = _split_cells(cells, replace(options, split_block=block), cell_classes)
+        tiles, _ = split_cells(cells, replace(options, split_block=block), cell_classes)
         counts = {name: 0 for name in SPLITS}
         for tile in tiles:
             if (tile.row, tile.col) not in skipped:
@@ -630,13 +399,45 @@ def tile_scene(
         progress: show tqdm bars.
 
     Returns:
-        A :class:`TilingSummary`.
+        A :class:`~geocl.data.tileset.TilingSummary`.
 
     Raises:
         GeoclError: for any bad input, naming the file or option.
     """
     with bounded_memory():
         return _tile_scene(scene, out, mask, options or TilingOptions(), progress)
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """The opened scene (and mask) of a run, and the files ``tiles.json`` records for them."""
+
+    image: SceneImage
+    mask: SceneMask | None
+    dataset: Any  # the scene, or the scene and its mask
+    sources: dict[str, list[str]]
+
+    @property
+    def layout(self) -> TileLayout:
+        return TileLayout(
+            crs=self.image.crs.to_wkt(), res=tuple(self.image.res), bands=self.image.band_count,
+            dtype=self.image.source_dtype, nodata=self.image.nodata_value,
+            mask_nodata=self.mask.mask_nodata if self.mask else None,
+        )
+
+
+def _open_inputs(scene: Any, mask: Any, options: TilingOptions) -> _Inputs:
+    """Open the scene and mask (headers only) on the scene's grid."""
+    image_ds = SceneImage(scene, dtype=torch.float64, resampling=Resampling.nearest, assets=options.assets)
+    mask_ds = (
+        SceneMask(mask, crs=image_ds.crs, res=image_ds.res, nodata=options.mask_nodata) if mask is not None else None
+    )
+    dataset = labelled_scene(image_ds, mask_ds) if mask_ds is not None else image_ds
+    sources = {
+        "scene": [str(info.path.resolve()) for info in image_ds.infos],
+        "mask": [str(info.path.resolve()) for info in mask_ds.infos] if mask_ds else [],
+    }
+    return _Inputs(image_ds, mask_ds, dataset, sources)
 
 
 def _tile_scene(
@@ -649,115 +450,112 @@ def _tile_scene(
     options.validate()
     if options.mask_nodata is not None and mask is None:
         raise GeoclError("an unlabelled mask value needs a mask; give --mask too", key="mask_nodata")
-    image_ds = SceneImage(scene, dtype=torch.float64, resampling=Resampling.nearest, assets=options.assets)
-    mask_ds = (
-        SceneMask(mask, crs=image_ds.crs, res=image_ds.res, nodata=options.mask_nodata) if mask is not None else None
-    )
+    inputs = _open_inputs(scene, mask, options)
     out = check_output_folder(out, key="out")  # after the inputs: a bad input leaves no folder behind
-    dataset = labelled_scene(image_ds, mask_ds) if mask_ds is not None else image_ds
-    sources = {
-        "scene": [str(info.path.resolve()) for info in image_ds.infos],
-        "mask": [str(info.path.resolve()) for info in mask_ds.infos] if mask_ds else [],
-    }
-    _check_tile_folder(out, options, sources)
+    recorded = asdict(options)
+    check_tile_folder(out, recorded, inputs.sources, OPTION_KEYS)
     roi = None
     if options.roi is not None:
-        footprint = dataset.index.geometry.union_all()
-        roi = check_roi_overlaps(read_roi(options.roi, dataset.crs), footprint, options.roi)
-    cells = _grid_cells(dataset, options, roi)
-    cell_classes = _cell_class_counts(mask_ds, cells, progress) if mask_ds is not None else None
-    tiles, dropped = _split_cells(cells, options, cell_classes)
-    _start_metadata(out, options, sources)
+        footprint = inputs.dataset.index.geometry.union_all()
+        roi = check_roi_overlaps(read_roi(options.roi, inputs.dataset.crs), footprint, options.roi)
+    cells = grid_cells(inputs.dataset, options, roi)
+    cell_classes = _cell_class_counts(inputs.mask, cells, progress) if inputs.mask is not None else None
+    tiles, dropped = split_cells(cells, options, cell_classes)
+    start_metadata(out, recorded, inputs.sources)
     # A remote scene's statistics come from the tiles as they are read: a pass of its own
     # would fetch every block twice. A local scene's come from all its pixels (cached).
-    remote = any(_is_remote_source(info.path) for info in image_ds.infos)
-    stats = None if remote else scene_band_stats(image_ds.infos, progress=progress)
-    running = RunningBandStats(image_ds.band_count) if remote else None
+    remote = any(_is_remote_source(info.path) for info in inputs.image.infos)
+    stats = None if remote else scene_band_stats(inputs.image.infos, progress=progress)
+    running = RunningBandStats(inputs.image.band_count) if remote else None
 
     summary = TilingSummary(out=out, index=out / INDEX_FILE, dropped_overlap=dropped)
-    crs = _rio_crs(dataset)
-    res = dataset.res
-    nodata = image_ds.nodata_value
-    mask_nodata = mask_ds.mask_nodata if mask_ds else None
-    image_spec = _TileSpec(image_ds.band_count, image_ds.source_dtype, options.size)
-    mask_spec = _TileSpec(1, mask_ds.class_dtype, options.size) if mask_ds else None
-    rows: list[dict[str, Any]] = []
-    histograms: list[dict[int, int]] = []
-    skipped: set[Cell] = set()
+    writer = _TileWriter(inputs, options, summary, running)
     for tile in tqdm(tiles, desc="tiling", unit="tile", disable=not progress):
-        image_path = out / "images" / tile.name
-        mask_path = out / "masks" / tile.name
-        image = _reusable(image_path, image_spec, tile.bounds, res)
-        label = None
-        if image is not None and mask_spec is not None:
-            stored = _reusable(mask_path, mask_spec, tile.bounds, res)
-            label = None if stored is None else stored[0]
-        done = image is not None and (mask_spec is None or label is not None)
-        if not done:
-            summary.replaced += image_path.exists()
-            image, label = _read_scene(dataset, tile, image_ds, mask_ds)
-        valid = valid_pixels(image, nodata)
-        if running is not None:
-            add_valid_pixels(running, image, nodata if nodata is not None else 0.0)  # scene_band_stats' rule
-        nodata_fraction = 1.0 - float(valid.mean())
-        if nodata_fraction > options.max_nodata:
-            summary.skipped_nodata += 1
-            skipped.add((tile.row, tile.col))
-            continue
-        if done:
-            summary.reused += 1
-        else:
-            transform = from_origin(tile.bounds[0], tile.bounds[3], *res)
-            if label is not None:
-                with _writing(mask_path):
-                    _write_tile(mask_path, label[None], transform, crs, mask_nodata)
-            with _writing(image_path):
-                _write_tile(image_path, image, transform, crs, nodata)
-            summary.written += 1
-        summary.splits[tile.split] += 1
-        rows.append(
-            {
-                "path": f"images/{tile.name}",
-                "mask_path": f"masks/{tile.name}" if label is not None else None,
-                "split": tile.split,
-                "row": tile.row,
-                "col": tile.col,
-                "nodata_fraction": nodata_fraction,
-                "geometry": shapely.box(*tile.bounds),
-            }
-        )
-        histograms.append(_class_histogram(label, valid, mask_nodata) if label is not None else {})
-        split_pixels = summary.class_pixels.setdefault(tile.split, {})
-        for value, count in histograms[-1].items():
-            split_pixels[value] = split_pixels.get(value, 0) + count
-    if not rows:
+        writer.add(tile)
+    if not writer.tiles.rows:
         raise GeoclError(
             f"no tile has at most {options.max_nodata:.0%} nodata; raise --max-nodata or check the scene",
             path=scene,
         )
-    summary.classes = sorted({value for histogram in histograms for value in histogram})
-    for row, histogram in zip(rows, histograms, strict=True):
-        for value in summary.classes:
-            row[f"class_{value}"] = histogram.get(value, 0)
-    if summary.replaced:
-        summary.warnings.append(
-            f"{summary.replaced} tile(s) already there were unreadable or did not match this run "
-            "and were written again"
-        )
-    summary.class_pixels = {
-        name: {value: summary.class_pixels.get(name, {}).get(value, 0) for value in summary.classes}
-        for name in SPLITS
-    } if summary.classes else {}
-    split_warning = _missing_split_warning(cells, options, summary, skipped, cell_classes)
+    rows = writer.finish()
+    split_warning = _missing_split_warning(cells, options, summary, writer.skipped, cell_classes)
     if split_warning is not None:
         summary.warnings.append(split_warning)
-    with _writing(summary.index):
-        _write_index(summary.index, rows, dataset.crs)
-    if stats is None:
-        stats = _tile_pass_stats(running, scene)
-    with _writing(out / METADATA_FILE):
-        _write_metadata(out, options, sources, image_ds, mask_nodata, stats, summary)
+    write_index(summary.index, rows, inputs.dataset.crs)
+    if running is not None:  # a remote scene's, over its tiles (a pixel in two overlapping tiles counts twice)
+        if running.count == 0:
+            raise GeoclError("scene is all nodata: no valid pixel to train on", path=scene)
+        stats = running.result()
+    assert stats is not None  # a local scene's: read before the pass
+    write_metadata(out, recorded, inputs.sources, inputs.layout, summary, stats)
     return summary
+
+
+class _TileWriter:
+    """The pass over the planned tiles: reuse or read each, skip it for nodata, else write and keep it
+    (counted in ``summary``; the pixels read added to ``running``, a remote scene's band statistics)."""
+
+    def __init__(
+        self, inputs: _Inputs, options: TilingOptions, summary: TilingSummary, running: RunningBandStats | None
+    ) -> None:
+        self.inputs, self.options, self.summary, self.running = inputs, options, summary, running
+        self.nodata = inputs.image.nodata_value
+        self.tiles = TileSetWriter(
+            summary, CRS.from_wkt(inputs.dataset.crs.to_wkt()), inputs.dataset.res,
+            TileSpec(inputs.image.band_count, inputs.image.source_dtype, options.size),
+            TileSpec(1, inputs.mask.class_dtype, options.size) if inputs.mask else None,
+            self.nodata, inputs.mask.mask_nodata if inputs.mask else None,
+        )
+        #: class pixels of each tile kept, in the order of ``self.tiles.rows``
+        self.histograms: list[dict[int, int]] = []
+        #: the cells of the tiles skipped for nodata
+        self.skipped: set[Cell] = set()
+
+    def add(self, tile: PlannedTile) -> None:
+        """Reuse or write one tile; skip it when its nodata fraction is above ``max_nodata``."""
+        stored = self.tiles.stored(tile.name, tile.bounds)
+        if stored is None:
+            image, label = _read_scene(self.inputs.dataset, tile, self.inputs.image, self.inputs.mask)
+        else:
+            image, label = stored
+        valid = valid_pixels(image, self.nodata)
+        if self.running is not None:  # scene_band_stats' rule
+            add_valid_pixels(self.running, image, self.nodata if self.nodata is not None else 0.0)
+        nodata_fraction = 1.0 - float(valid.mean())
+        if nodata_fraction > self.options.max_nodata:
+            self.summary.skipped_nodata += 1
+            self.skipped.add((tile.row, tile.col))
+            return
+        if stored is not None:
+            self.summary.reused += 1
+        else:
+            self.tiles.write(tile.name, tile.bounds, image, label)
+        row = {
+            "path": f"images/{tile.name}",
+            "mask_path": f"masks/{tile.name}" if label is not None else None,
+            "split": tile.split,
+            "row": tile.row,
+            "col": tile.col,
+            "nodata_fraction": nodata_fraction,
+            "geometry": shapely.box(*tile.bounds),
+        }
+        self.histograms.append(class_histogram(label, valid, self.tiles.mask_nodata) if label is not None else {})
+        self.tiles.keep(tile.split, row, self.histograms[-1])
+
+    def finish(self) -> list[dict[str, Any]]:
+        """The index rows, with a class-pixel column of each class seen; the classes and the class
+        pixels of every split in the summary."""
+        summary = self.summary
+        summary.classes = sorted({value for histogram in self.histograms for value in histogram})
+        for row, histogram in zip(self.tiles.rows, self.histograms, strict=True):
+            for value in summary.classes:
+                row[f"class_{value}"] = histogram.get(value, 0)
+        summary.warn_if_replaced()
+        summary.class_pixels = {
+            name: {value: summary.class_pixels.get(name, {}).get(value, 0) for value in summary.classes}
+            for name in SPLITS
+        } if summary.classes else {}
+        return self.tiles.rows
 
 
 def _is_remote_source(path: Any) -> bool:
@@ -765,13 +563,6 @@ def _is_remote_source(path: Any) -> bool:
     if isinstance(path, StacRaster):
         return any(is_remote(href) for href in path.hrefs)
     return is_remote(path)
-
-
-def _tile_pass_stats(running: RunningBandStats | None, scene: Any) -> BandStats:
-    """Band statistics of a remote scene over its tiles (a pixel in two overlapping tiles counts twice)."""
-    if running is None or running.count == 0:
-        raise GeoclError("scene is all nodata: no valid pixel to train on", path=scene)
-    return running.result()
 
 
 def _read_scene(
@@ -802,82 +593,5 @@ def _cell_class_counts(mask_ds: SceneMask, cells: dict[Cell, Box], progress: boo
         except rasterio.errors.RasterioError as error:
             paths = [info.path for info in mask_ds.infos]
             raise scene_read_error(error, paths, "cannot read pixels (corrupt file?)", mask_ds.source) from None
-        counts[cell] = _class_histogram(label, np.ones(label.shape, dtype=bool), nodata)
+        counts[cell] = class_histogram(label, np.ones(label.shape, dtype=bool), nodata)
     return counts
-
-
-def _class_histogram(label: np.ndarray, valid: np.ndarray, mask_nodata: int | None) -> dict[int, int]:
-    keep = valid if mask_nodata is None else valid & (label != mask_nodata)
-    values, counts = np.unique(label[keep], return_counts=True)
-    return {int(value): int(count) for value, count in zip(values, counts, strict=True)}
-
-
-#: ``last_change`` written into the tile index. GeoPackage stamps the write time there
-#: otherwise, the only byte that differs between two runs on the same inputs; fixed, the
-#: same scene and options give the same files (serial or on a cluster, now or later).
-INDEX_TIMESTAMP = "2000-01-01T00:00:00.000Z"
-
-
-def _write_index(path: Path, rows: list[dict[str, Any]], crs: Any) -> None:
-    """The tile index as a GeoPackage, built in memory and written by Python in one atomic write.
-
-    In memory (a few hundred bytes a tile), because SQLite writing in place reports a
-    full disk as a later statement failing (``no such table: gpkg_contents``), with the
-    SQL in the message; Python's write says ``No space left on device`` with the file.
-    The bytes are those of a GeoPackage written to disk.
-    """
-    import pyogrio  # geopandas' writer: its own GDAL, with its own configuration
-
-    frame = gpd.GeoDataFrame(rows, geometry="geometry", crs=crs)
-    previous = pyogrio.get_gdal_config_option("OGR_CURRENT_DATE")
-    pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": INDEX_TIMESTAMP})
-    try:
-        buffer = io.BytesIO()
-        frame.to_file(buffer, layer=INDEX_LAYER, driver="GPKG", engine="pyogrio")
-    finally:
-        pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": previous})
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def _write_metadata(
-    out: Path,
-    options: TilingOptions,
-    sources: dict[str, list[str]],
-    image_ds: SceneImage,
-    mask_nodata: int | None,
-    stats: BandStats,
-    summary: TilingSummary,
-) -> None:
-    metadata = {
-        "format_version": _FORMAT_VERSION,
-        "options": asdict(options),
-        "sources": sources,
-        "complete": True,
-        "crs": image_ds.crs.to_wkt(),
-        "res": list(image_ds.res),
-        "bands": image_ds.band_count,
-        "dtype": image_ds.source_dtype,
-        "nodata": image_ds.nodata_value,
-        "mask_nodata": mask_nodata,
-        "classes": summary.classes,
-        "splits": summary.splits,
-        "class_pixels": {name: {str(value): count for value, count in pixels.items()}
-                         for name, pixels in summary.class_pixels.items()},
-        "band_stats": stats.to_dict(),
-    }
-    atomic_write_text(out / METADATA_FILE, json.dumps(metadata, indent=1))
-
-
-def read_metadata(out: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``tiles.json`` of a finished tile set.
-
-    Raises:
-        GeoclError: if the folder holds no finished tile set.
-    """
-    path = Path(out) / METADATA_FILE
-    if not path.exists():
-        raise GeoclError("no tile set here (tiles.json missing); run `geocl tile` first", path=out)
-    metadata = json.loads(path.read_text())
-    if not metadata.get("complete"):
-        raise GeoclError("tile set is incomplete; rerun `geocl tile` to finish it", path=out)
-    return metadata

@@ -1,9 +1,9 @@
 """Load a finetuned checkpoint and predict a whole scene with it.
 
-:func:`predict_with_checkpoint` is ``geocl predict``; :func:`predict_scene` is the same
-for one scene of a batch run by a worker process (settings as one
-:class:`~geocl.recipes.options.PredictSettings`, no progress bar, no output on the
-terminal, a picklable result).
+:func:`predict_with_checkpoint` is ``geocl predict`` for GeoTIFF scenes (a worker runs it
+for each scene of a batch: :func:`geocl.distributed.predict_task`); it runs
+:func:`geocl.finetune.predict.predict_scene` with the model and band statistics the
+checkpoint holds.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import ValidationError
 from rasterio.windows import Window
 
 from geocl.data.mosaic import open_scene, scene_files
@@ -23,13 +22,17 @@ from geocl.data.normalize import BandNormalizer
 from geocl.data.rasters import as_raster_path, bounded_memory, inspect_rasters
 from geocl.errors import GeoclError
 from geocl.finetune.model import checkpoint_kind, read_checkpoint
-from geocl.finetune.predict import DEFAULT_BLOCK, PredictionResult, ProbabilityType, check_prediction_outputs
-from geocl.finetune.predict import predict_scene as predict_scene_with_model
+from geocl.finetune.predict import (
+    DEFAULT_BLOCK,
+    PredictionResult,
+    ProbabilityType,
+    check_prediction_outputs,
+    predict_scene,
+)
 from geocl.finetune.train import SEGMENTER_KEY, SegmentationModule
-from geocl.recipes.options import PredictSettings
 
 __all__ = [
-    "check_scene_values", "check_trained_on", "load_segmenter", "predict_scene", "predict_with_checkpoint", "trained_on",
+    "check_scene_values", "check_trained_on", "load_segmenter", "predict_with_checkpoint", "trained_on",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -233,60 +236,8 @@ def predict_with_checkpoint(
     def logits(images: torch.Tensor) -> torch.Tensor:
         return module(images.to(device))
 
-    return predict_scene_with_model(
+    return predict_scene(
         logits, files, out, normalizer=normalizer, class_values=meta["classes"], window=window,
         overlap=overlap, batch_size=batch_size, device=device, polygons=polygons, tta=tta,
         probabilities=probabilities, cog=cog, block=block, progress=progress,
-    )
-
-
-def predict_scene(
-    checkpoint: PathLike,
-    scene_paths: PathLike | Sequence[PathLike],
-    out: PathLike,
-    options: PredictSettings | Mapping[str, Any] | None = None,
-    *,
-    polygons: PathLike | None = None,
-    device: str | None = None,
-) -> PredictionResult:
-    """Predict one scene with a finetuned checkpoint, as a worker process does for each scene of a batch.
-
-    Safe in a worker (a Dask task, a ``multiprocessing`` pool): every file is written
-    atomically (a temporary name beside it, unique per process, renamed when complete),
-    so a killed or retried task leaves either the old file or the new one; nothing is
-    printed and no progress bar is drawn; memory is bounded by ``options.block`` (see
-    :func:`geocl.finetune.predict.predict_scene`), not by the scene; nothing is kept
-    between calls (the model is loaded each call, about a second) and no global state
-    is changed except GDAL's block cache for the duration of the call. Each call uses
-    torch's threads as the process has set them (``torch.set_num_threads``).
-
-    Args:
-        checkpoint: made by ``geocl finetune``.
-        scene_paths: the scene: a GeoTIFF, a folder, or a list of files and folders
-            predicted as one mosaic.
-        out: the prediction GeoTIFF; beside it ``<stem>.png`` (preview) and, when
-            ``options.probabilities``, ``<stem>_probabilities.tif``.
-        options: :class:`~geocl.recipes.options.PredictSettings` or a mapping of its
-            fields (``window``, ``overlap``, ``batch_size``, ``tta``, ``probabilities``,
-            ``cog``, ``block``); default: its defaults.
-        polygons: also write the class polygons to this GeoPackage.
-        device: where the model runs (default: CUDA when available, else the CPU).
-
-    Returns:
-        The :class:`~geocl.finetune.predict.PredictionResult` (picklable): paths written,
-        shape, class values, the scene's files, windows run and seconds.
-
-    Raises:
-        GeoclError: a bad option (naming the key) or any error of
-            :func:`predict_with_checkpoint`, before any work.
-    """
-    if not isinstance(options, PredictSettings):
-        try:
-            options = PredictSettings.model_validate(dict(options or {}))
-        except ValidationError as error:
-            from geocl.recipes.errors import validation_error
-
-            raise validation_error(error, model=PredictSettings) from None
-    return predict_with_checkpoint(
-        checkpoint, scene_paths, out, polygons=polygons, device=device, progress=False, **options.model_dump()
     )

@@ -47,7 +47,15 @@ from geocl.data.remote import is_remote
 from geocl.data.stac import StacRaster
 from geocl.errors import GeoclError
 from geocl.finetune.polygons import POLYGON_BLOCK, write_polygons
-from geocl.finetune.sliding_window import Model, Strip, column_blocks, sliding_window_logits, window_grid
+from geocl.finetune.sliding_window import (
+    AnchoredView,
+    FiniteReader,
+    Model,
+    column_blocks,
+    has_pixel_to_predict,
+    sliding_window_logits,
+    window_grid,
+)
 from geocl.finetune.tta import D4Average
 from geocl.io import atomic_path, check_output_file
 from geocl.report.prediction import plot_prediction_preview
@@ -306,116 +314,6 @@ class _BlockRowWriter:
         self.pending = [rows[:, count:]] if count < rows.shape[1] else []
 
 
-class _FiniteReader:
-    """A scene reader on which a pixel holding NaN or an infinity in any band reads as nodata in every band.
-
-    Such a value reaching the model spreads through every convolution of its window (a
-    10 x 10 px hole of NaN in a scene whose nodata is 0 turned whole windows into class
-    0); as nodata the pixel is written as nodata and the rest of its window is predicted.
-    Integer scenes are passed through untouched.
-
-    Args:
-        src: the scene reader.
-        nodata: the value the prediction takes for missing pixels (may be NaN).
-    """
-
-    def __init__(self, src: Any, nodata: float) -> None:
-        self._src = src
-        self._nodata = nodata
-        #: the value of missing pixels
-        self.missing = nodata
-        #: whether a read met such a pixel that was not nodata already
-        self.found = False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._src, name)
-
-    def read(self, *, window: Window) -> np.ndarray:
-        data = self._src.read(window=window)
-        if data.dtype.kind != "f":
-            return data
-        bad = ~np.isfinite(data).all(axis=0)
-        if bad.any():
-            missing = (np.isnan(data) if np.isnan(self._nodata) else data == self._nodata).all(axis=0)
-            self.found |= bool((bad & ~missing).any())
-            data[:, bad] = self._nodata
-        return data
-
-
-class _Anchored:
-    """A scene seen with nodata rows above and columns left of it, so that window origins,
-    every ``stride`` px from the view's corner, fall on ``origin`` (the mosaic pixel where
-    its first file starts), as they do when that file is predicted alone.
-
-    Where the windows fall changes a network's labels (a U-Net's output depends on its
-    whole window): a poorly trained test network agreed with itself on 75 % of the pixels
-    when its windows were moved by 20 px. On the first file's own window grid, every pixel
-    whose windows all lie inside that file gets the logits of its single-file prediction.
-    The added rows and columns are dropped again from the strips (:meth:`strips`); nothing
-    is added when ``origin`` already lies on the grid (a single file: (0, 0)).
-
-    Args:
-        src: the scene reader.
-        origin: ``(col, row)`` of the pixel to put on the window grid.
-        stride: px between window origins.
-    """
-
-    def __init__(self, src: Any, origin: tuple[int, int], stride: int) -> None:
-        self._src = src
-        self.cols, self.rows = (-origin[0]) % stride, (-origin[1]) % stride
-        self.height, self.width = src.height + self.rows, src.width + self.cols
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._src, name)
-
-    def columns(self, span: tuple[int, int]) -> tuple[int, int]:
-        """Scene columns ``[start, stop)`` as columns of the view."""
-        return span[0] + self.cols, span[1] + self.cols
-
-    def read(self, *, window: Window) -> np.ndarray:
-        col, row = int(window.col_off) - self.cols, int(window.row_off) - self.rows
-        width, height = int(window.width), int(window.height)
-        if col >= 0 and row >= 0:
-            return self._src.read(window=Window(col, row, width, height))
-        inside = Window(max(col, 0), max(row, 0), width + min(col, 0), height + min(row, 0))
-        data = self._src.read(window=inside)
-        out = np.full((data.shape[0], height, width), self._src.missing, dtype=data.dtype)
-        out[:, height - data.shape[1] :, width - data.shape[2] :] = data
-        return out
-
-    def strips(self, strips: Iterator[Strip]) -> Iterator[Strip]:
-        """The strips of the scene's rows: the added rows dropped, columns as the scene's."""
-        for strip in strips:
-            skip = min(max(self.rows - strip.row, 0), strip.logits.shape[1])
-            if skip < strip.logits.shape[1]:
-                yield Strip(strip.row + skip - self.rows, strip.logits[:, skip:], strip.invalid[skip:],
-                            strip.col - self.cols)
-
-
-#: Side (px) of the windows :func:`_has_pixel_to_predict` reads.
-_PROBE = 256
-
-
-def _has_pixel_to_predict(src: _FiniteReader) -> bool:
-    """Whether the scene holds a pixel that is not nodata, NaN or infinite: before the pass, so
-    a scene with nothing to predict is refused before any output or progress bar.
-
-    Nine windows (corners, edge middles, centre) answer for nearly every scene; only when they
-    hold no such pixel is the scene read on, window by window, up to the first one.
-    """
-    rows = sorted({0, max(0, (src.height - _PROBE) // 2), max(0, src.height - _PROBE)})
-    cols = sorted({0, max(0, (src.width - _PROBE) // 2), max(0, src.width - _PROBE)})
-    every = [(row, col) for row in range(0, src.height, _PROBE) for col in range(0, src.width, _PROBE)]
-    first = [(row, col) for row in rows for col in cols]
-    for row, col in [*first, *(origin for origin in every if origin not in first)]:
-        data = src.read(window=Window(col, row, min(_PROBE, src.width - col), min(_PROBE, src.height - row)))
-        missing = src.missing
-        invalid = (np.isnan(data) if np.isnan(missing) else data == missing).all(axis=0)
-        if not invalid.all():
-            return True
-    return False
-
-
 def _to_cog(source: Path, final: Path, overview_resampling: str) -> None:
     """Copy a tiled GeoTIFF to a Cloud-Optimized GeoTIFF with rio-cogeo (deflate, 256 px tiles, overviews).
 
@@ -454,6 +352,60 @@ def _geotiff_output(
             _to_cog(blocks, temp, overview_resampling)
         finally:
             blocks.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: Model, device: str | torch.device) -> Iterator[None]:
+    """An ``nn.Module`` moved to ``device`` in eval mode while open, its mode restored after;
+    other callables as they are."""
+    module = model if isinstance(model, torch.nn.Module) else None
+    was_training = module.training if module is not None else False
+    if module is not None:
+        module.to(device).eval()
+    try:
+        yield
+    finally:
+        if module is not None:
+            module.train(was_training)
+
+
+def _open_outputs(
+    outputs: contextlib.ExitStack,
+    out: Path,
+    src: Any,
+    dtype: str,
+    nodata: int,
+    values: tuple[int, ...],
+    colours: Sequence[Colour],
+    probabilities: ProbabilityType | None,
+    cog: bool,
+) -> tuple[DatasetWriter, DatasetWriter | None]:
+    """The class GeoTIFF (with its colour table) and, when asked for, the probability GeoTIFF,
+    on the grid of the scene reader ``src``, open in ``outputs`` (see :func:`_geotiff_output`)."""
+    shape = (src.height, src.width)
+    grid = {"crs": src.crs, "transform": src.transform, "block": TILE}
+    labels = outputs.enter_context(_geotiff_output(
+        out, geotiff_profile((1, *shape), dtype, nodata=nodata, compress="deflate", **grid),
+        cog=cog, overview_resampling="mode",
+    ))
+    colour_table = {v: (*c, 255) for v, c in zip(values, colours)}
+    colour_table[nodata] = (0, 0, 0, 0)
+    labels.write_colormap(1, colour_table)
+    if probabilities is None:
+        return labels, None
+    scores = outputs.enter_context(_geotiff_output(
+        probabilities_path(out),
+        geotiff_profile(
+            (len(values), *shape), probabilities, nodata=PROBABILITY_NODATA[probabilities],
+            # not RGB(A), GDAL's guess for 3 or 4 bands of uint8: no band is an alpha mask
+            compress="deflate", photometric="minisblack", **grid,
+        ),
+        cog=cog, overview_resampling="average",
+    ))
+    scores.descriptions = tuple(f"class {value}" for value in values)
+    if probabilities == "uint8":
+        scores.scales = (1 / PROBABILITY_SCALE,) * len(values)
+    return labels, scores
 
 
 def predict_scene(
@@ -543,89 +495,57 @@ def predict_scene(
     colours = list(class_colours) if class_colours is not None else default_colours(len(values))
     files = scene_files(scene)
     out = check_prediction_outputs(out, polygons, scene, probabilities=probabilities is not None)
-    proba_out = probabilities_path(out) if probabilities is not None else None
     lookup = np.asarray(values, dtype=dtype)
 
-    module = model if isinstance(model, torch.nn.Module) else None
-    was_training = module.training if module is not None else False
-    if module is not None:
-        module.to(device).eval()
     run: Model = D4Average(model) if tta else model
-    windows = 0
-    try:
-        with bounded_memory(), open_scene(files) as src:
-            if src.count != len(normalizer.mean):
-                raise GeoclError(
-                    f"scene has {src.count} bands but the band statistics have {len(normalizer.mean)}",
-                    path=files[0],
-                )
-            shape = (src.height, src.width)
-            notes = tuple(getattr(src, "notes", ()))  # a mosaic's: resampled files, overlaps
-            finite = _FiniteReader(src, src.nodata if src.nodata is not None else normalizer.nodata)
-            if not _has_pixel_to_predict(finite):
-                raise GeoclError(
-                    f"holds no pixel to predict: every pixel is nodata ({finite.missing:g} in every band), "
-                    "NaN or infinite",
-                    path=files[0],
-                )
-            grid = {"crs": src.crs, "transform": src.transform, "block": TILE}
-            blocks = column_blocks(src.width, block)
-            # a mosaic's windows fall where they fall on its first file alone (see _Anchored)
-            view = _Anchored(finite, getattr(src, "first_origin", (0, 0)), window - overlap)
-            windows = sum(
-                len(rows) * len(cols)
-                for rows, cols in (
-                    window_grid(view.height, view.width, window, overlap, view.columns(span)) for span in blocks
-                )
+    with _eval_mode(model, device), bounded_memory(), open_scene(files) as src:
+        if src.count != len(normalizer.mean):
+            raise GeoclError(
+                f"scene has {src.count} bands but the band statistics have {len(normalizer.mean)}", path=files[0]
             )
-            with contextlib.ExitStack() as outputs:
-                labels = outputs.enter_context(_geotiff_output(
-                    out, geotiff_profile((1, *shape), dtype, nodata=nodata, compress="deflate", **grid),
-                    cog=cog, overview_resampling="mode",
-                ))
-                colour_table = {v: (*c, 255) for v, c in zip(values, colours)}
-                colour_table[nodata] = (0, 0, 0, 0)
-                labels.write_colormap(1, colour_table)
-                scores = None
-                if probabilities is not None and proba_out is not None:
-                    scores = outputs.enter_context(_geotiff_output(
-                        proba_out,
-                        geotiff_profile(
-                            (len(values), *shape), probabilities, nodata=PROBABILITY_NODATA[probabilities],
-                            # not RGB(A), GDAL's guess for 3 or 4 bands of uint8: no band is an alpha mask
-                            compress="deflate", photometric="minisblack", **grid,
-                        ),
-                        cog=cog, overview_resampling="average",
-                    ))
-                    scores.descriptions = tuple(f"class {value}" for value in values)
-                    if probabilities == "uint8":
-                        scores.scales = (1 / PROBABILITY_SCALE,) * len(values)
-                bar = tqdm(total=windows, unit="window", desc="predict", disable=not progress)
-                with bar:
-                    for start, stop in blocks:
-                        label_rows = _BlockRowWriter(labels, start)
-                        score_rows = _BlockRowWriter(scores, start) if scores is not None else None
-                        for strip in view.strips(sliding_window_logits(
-                            run, view, normalizer, num_classes=len(values), window=window, overlap=overlap,
-                            batch_size=batch_size, device=device, columns=view.columns((start, stop)), progress=bar,
-                        )):
-                            classes = lookup[strip.logits.argmax(axis=0)]
-                            classes[strip.invalid] = nodata
-                            label_rows.write(classes[None])
-                            if score_rows is not None and probabilities is not None:
-                                score_rows.write(_encode_probabilities(strip.logits, strip.invalid, probabilities))
-                        label_rows.close()
-                        if score_rows is not None:
-                            score_rows.close()
-    finally:
-        if module is not None:
-            module.train(was_training)
+        shape = (src.height, src.width)
+        notes = tuple(getattr(src, "notes", ()))  # a mosaic's: resampled files, overlaps
+        finite = FiniteReader(src, src.nodata if src.nodata is not None else normalizer.nodata)
+        if not has_pixel_to_predict(finite):
+            raise GeoclError(
+                f"holds no pixel to predict: every pixel is nodata ({finite.missing:g} in every band), "
+                "NaN or infinite",
+                path=files[0],
+            )
+        blocks = column_blocks(src.width, block)
+        # a mosaic's windows fall where they fall on its first file alone (see AnchoredView)
+        view = AnchoredView(finite, getattr(src, "first_origin", (0, 0)), window - overlap)
+        windows = sum(
+            len(rows) * len(cols)
+            for rows, cols in (
+                window_grid(view.height, view.width, window, overlap, view.columns(span)) for span in blocks
+            )
+        )
+        with contextlib.ExitStack() as outputs:
+            labels, scores = _open_outputs(outputs, out, src, dtype, nodata, values, colours, probabilities, cog)
+            bar = outputs.enter_context(tqdm(total=windows, unit="window", desc="predict", disable=not progress))
+            for start, stop in blocks:
+                label_rows = _BlockRowWriter(labels, start)
+                score_rows = _BlockRowWriter(scores, start) if scores is not None else None
+                for strip in view.strips(sliding_window_logits(
+                    run, view, normalizer, num_classes=len(values), window=window, overlap=overlap,
+                    batch_size=batch_size, device=device, columns=view.columns((start, stop)), progress=bar,
+                )):
+                    classes = lookup[strip.logits.argmax(axis=0)]
+                    classes[strip.invalid] = nodata
+                    label_rows.write(classes[None])
+                    if score_rows is not None and probabilities is not None:
+                        score_rows.write(_encode_probabilities(strip.logits, strip.invalid, probabilities))
+                label_rows.close()
+                if score_rows is not None:
+                    score_rows.close()
     if finite.found:
         notes += (f"the scene holds NaN or infinite values: those pixels are written as nodata ({nodata})",)
 
     png = plot_prediction_preview(files, out, values, colours, nodata)
     gpkg = write_polygons(out, polygons, block=min(block, POLYGON_BLOCK)) if polygons is not None else None
     return PredictionResult(
-        path=out, png=png, polygons=gpkg, shape=shape, classes=values, probabilities=proba_out,
+        path=out, png=png, polygons=gpkg, shape=shape, classes=values,
+        probabilities=probabilities_path(out) if probabilities is not None else None,
         scenes=tuple(files), windows=windows, seconds=time.perf_counter() - started, notes=notes,
     )

@@ -322,8 +322,8 @@ class EvaluateCommand(EvaluateOptions):
 class PredictSettings(OptionsModel):
     """How a scene is predicted: the settings of ``geocl predict`` that name no file.
 
-    What ``geocl.finetune.inference.predict_scene`` takes as ``options`` (one scene of a
-    batch run by a worker); :class:`PredictOptions` adds the command's files.
+    What ``geocl.distributed.predict_scenes`` takes as ``options`` (the same for every
+    scene of a batch run by workers); :class:`PredictOptions` adds the command's files.
     """
 
     window: Integer = Field(256, ge=MIN_WINDOW, description="side in px of the prediction window")

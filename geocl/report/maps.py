@@ -13,7 +13,7 @@ from matplotlib.patches import Patch
 from pyproj import CRS as ProjCRS
 
 from geocl.data.rasters import read_decimated
-from geocl.data.tiler import INDEX_FILE, INDEX_LAYER, read_metadata
+from geocl.data.tileset import INDEX_FILE, INDEX_LAYER, read_metadata
 from geocl.io import save_figure
 
 SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}

@@ -176,7 +176,7 @@ def build_index(
             count, no tiles, or ``out`` holding an index (without ``overwrite``).
     """
     from geocl.data.tile_dataset import TileDataset
-    from geocl.data.tiler import read_metadata
+    from geocl.data.tileset import read_metadata
     from geocl.retrieval.captions import CaptionConfig, class_names_for, mask_attributes, template_captions
     from geocl.retrieval.model import load_towers
 

@@ -83,26 +83,15 @@ def test_a_raster_with_overviews_is_previewed_from_the_coarsest_large_enough_one
         assert bounds == src.bounds  # the full raster's, not the overview's grid
 
 
-def test_streaming_fixes_the_mmap_threshold_and_model_calls_and_the_end_lift_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    from geocl.data import rasters
+def test_bounded_memory_tunes_malloc_only_inside_a_tuning_section(monkeypatch: pytest.MonkeyPatch) -> None:
+    from geocl.data import malloc
 
     thresholds: list[int] = []
-    monkeypatch.setattr(rasters, "_set_mmap_threshold", thresholds.append)
-    with rasters.computing():  # outside a streaming section: nothing to change
+    monkeypatch.setattr(malloc, "_STATE", malloc._MallocState())
+    monkeypatch.setattr(malloc, "_set_mmap_threshold", thresholds.append)
+    with bounded_memory():  # library code alone: the process's malloc is left as it is
         pass
     assert thresholds == []
-    with bounded_memory():
-        with bounded_memory():  # nested: only the outer one's end lifts it
-            with rasters.computing():
-                pass
-        assert thresholds[-1] == rasters.MMAP_THRESHOLD
-    small, large = rasters.MMAP_THRESHOLD, rasters.COMPUTE_MMAP_THRESHOLD
-    assert thresholds == [small, small, large, small, large]
-    assert rasters._streaming == 0
-
-
-def test_the_thresholds_reach_glibc_without_error() -> None:
-    from geocl.data import rasters
-
-    with bounded_memory(), rasters.computing():
-        pass  # mallopt really called (where libc is glibc); a wrong signature would raise here
+    with malloc.malloc_tuning(), bounded_memory():
+        assert thresholds == [malloc.MMAP_THRESHOLD]
+    assert thresholds == [malloc.MMAP_THRESHOLD, malloc.COMPUTE_MMAP_THRESHOLD]

@@ -188,7 +188,7 @@ def test_predict_from_an_item_collection_over_http(
     tiny_tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``geocl predict`` of two STAC items over HTTP writes the local scene's prediction (finetunes: slow)."""
-    from geocl.data.tiler import read_metadata
+    from geocl.data.tileset import read_metadata
     from geocl.finetune.train import run_finetune
 
     checkpoint = run_finetune(

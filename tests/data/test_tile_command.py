@@ -15,7 +15,7 @@ import pytest
 import rasterio
 import torch
 
-import geocl.data.tiler as tiler
+import geocl.data.tileset as tileset
 import geocl.io
 from geocl.cli import main
 from geocl.data.tile_dataset import IGNORE_INDEX, TileDataset
@@ -156,7 +156,7 @@ def test_a_full_disk_names_the_file_and_keeps_what_was_written(
     tmp_path: Path, scene: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "out"
-    real_write = tiler._write_tile
+    real_write = tileset._write_geotiff
     written: list[Path] = []
 
     def disk_fills(path: Path, *args: object) -> None:
@@ -165,7 +165,7 @@ def test_a_full_disk_names_the_file_and_keeps_what_was_written(
         real_write(path, *args)
         written.append(path)
 
-    monkeypatch.setattr(tiler, "_write_tile", disk_fills)
+    monkeypatch.setattr(tileset, "_write_geotiff", disk_fills)
     line = _error(capsys, _tile(scene, out))
     assert line.startswith(f"geocl tile: error: {out / 'images'}")
     assert line.endswith(
@@ -173,7 +173,7 @@ def test_a_full_disk_names_the_file_and_keeps_what_was_written(
     )
     kept = {str(path.relative_to(out)) for path in written}
     assert kept <= set(_files(out)) and len(kept) == 5
-    monkeypatch.setattr(tiler, "_write_tile", real_write)
+    monkeypatch.setattr(tileset, "_write_geotiff", real_write)
     assert main(_tile(scene, out)) == 0
     assert f"already there {len(kept)}" in capsys.readouterr().out
 

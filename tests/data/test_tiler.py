@@ -16,8 +16,10 @@ from pyproj import Transformer
 from rasterio.transform import rowcol
 
 import geocl.data.tiler as tiler
+import geocl.data.tileset as tileset
 from geocl.data.stats import valid_pixels
-from geocl.data.tiler import TilingOptions, read_metadata, tile_scene
+from geocl.data.tiler import TilingOptions, tile_scene
+from geocl.data.tileset import read_metadata
 from geocl.errors import GeoclError
 from tests.conftest import RasterWriter, coordinate_image
 
@@ -170,7 +172,7 @@ def test_interrupted_tiling_resumes_to_the_same_files(
     tile_scene(scene, clean, mask=mask, options=options, progress=False)
 
     resumed = tmp_path / "resumed"
-    real_write = tiler._write_tile
+    real_write = tileset._write_geotiff
     calls = {"n": 0}
 
     def failing_write(*args: object, **kwargs: object) -> None:
@@ -179,7 +181,7 @@ def test_interrupted_tiling_resumes_to_the_same_files(
             raise RuntimeError("injected failure")
         real_write(*args, **kwargs)
 
-    monkeypatch.setattr(tiler, "_write_tile", failing_write)
+    monkeypatch.setattr(tileset, "_write_geotiff", failing_write)
     with pytest.raises(RuntimeError, match="injected"):
         tile_scene(scene, resumed, mask=mask, options=options, progress=False)
     partial = _hashes(resumed)
@@ -187,7 +189,7 @@ def test_interrupted_tiling_resumes_to_the_same_files(
     assert not (resumed / "tiles.gpkg").exists()
     assert not list(resumed.rglob(".*tmp*")), "no temporary file left behind"
 
-    monkeypatch.setattr(tiler, "_write_tile", real_write)
+    monkeypatch.setattr(tileset, "_write_geotiff", real_write)
     summary = tile_scene(scene, resumed, mask=mask, options=options, progress=False)
     assert summary.reused == 3  # 7 writes = 3 complete tiles (mask + image) + 1 mask
     assert _hashes(resumed) == _hashes(clean)
@@ -274,7 +276,7 @@ def test_a_failed_write_names_the_file_and_the_rerun_resumes(
     clean = tmp_path / "clean"
     tile_scene(scene, clean, mask=mask, options=options, progress=False)
     out = tmp_path / "out"
-    real_write = tiler._write_tile
+    real_write = tileset._write_geotiff
     calls = {"n": 0}
 
     def disk_fills(*args: object, **kwargs: object) -> None:
@@ -283,11 +285,11 @@ def test_a_failed_write_names_the_file_and_the_rerun_resumes(
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write(*args, **kwargs)
 
-    monkeypatch.setattr(tiler, "_write_tile", disk_fills)
+    monkeypatch.setattr(tileset, "_write_geotiff", disk_fills)
     with pytest.raises(GeoclError, match="cannot write \\(No space left on device\\)") as error:
         tile_scene(scene, out, mask=mask, options=options, progress=False)
     assert error.value.path is not None and error.value.path.startswith(str(out / "masks"))
-    monkeypatch.setattr(tiler, "_write_tile", real_write)
+    monkeypatch.setattr(tileset, "_write_geotiff", real_write)
     tile_scene(scene, out, mask=mask, options=options, progress=False)
     assert _hashes(out) == _hashes(clean)
 

@@ -1,4 +1,4 @@
-"""Prediction with a finetuned checkpoint: ``geocl predict`` and the worker entry point ``predict_scene``."""
+"""Prediction with a finetuned checkpoint: ``geocl predict``, ``predict_with_checkpoint`` and the worker entry ``predict_task``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import rasterio
 from rio_cogeo.cogeo import cog_validate
 
 from geocl.cli import main
-from geocl.data.tiler import read_metadata
+from geocl.data.tileset import read_metadata
+from geocl.distributed import predict_scenes, predict_task
 from geocl.errors import GeoclError
 from geocl.finetune import inference
 from geocl.finetune.train import run_finetune
@@ -59,8 +60,10 @@ def test_worker_entry_point_on_a_mosaic(
     tmp_path: Path, checkpoint: Path, scene: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     options = {**SMALL, "probabilities": "uint8"}
-    result = inference.predict_scene(checkpoint, halves(scene, tmp_path / "parts"), tmp_path / "out" / "m.tif", options,
-                                     polygons=tmp_path / "out" / "m.gpkg")
+    result = inference.predict_with_checkpoint(
+        checkpoint, halves(scene, tmp_path / "parts"), tmp_path / "out" / "m.tif", polygons=tmp_path / "out" / "m.gpkg",
+        progress=False, **options,
+    )
     assert capsys.readouterr().out == ""  # nothing on the terminal of a worker
     assert pickle.loads(pickle.dumps(result)) == result  # crosses process boundaries
     assert result.shape == (96, 128) and len(result.scenes) == 2 and result.seconds > 0
@@ -69,18 +72,21 @@ def test_worker_entry_point_on_a_mosaic(
     for path in (result.path, result.probabilities):
         assert cog_validate(path, quiet=True)[0]
     # the mosaic of the two halves predicts as the scene itself, with the same settings
-    whole = inference.predict_scene(checkpoint, scene, tmp_path / "whole.tif", PredictSettings(**options))
-    with rasterio.open(result.path) as mosaic, rasterio.open(whole.path) as expected:
+    whole = tmp_path / "whole.tif"
+    summary = predict_task(str(checkpoint), str(scene), str(whole), PredictSettings(**options).model_dump())
+    assert summary.startswith(f"prediction: {whole} (128 x 96 px, ")
+    assert capsys.readouterr().out == ""
+    with rasterio.open(result.path) as mosaic, rasterio.open(whole) as expected:
         assert mosaic.transform == expected.transform
         np.testing.assert_array_equal(mosaic.read(1), expected.read(1))
 
 
 def test_worker_entry_point_names_a_bad_option(tmp_path: Path, checkpoint: Path, scene: Path) -> None:
     with pytest.raises(GeoclError, match="did you mean 'block'") as error:
-        inference.predict_scene(checkpoint, scene, tmp_path / "p.tif", {"blocks": 512})
+        predict_scenes(checkpoint, [scene], tmp_path / "p", options={"blocks": 512}, workers=0)
     assert error.value.key == "blocks"
     with pytest.raises(GeoclError, match="multiple of 256") as error:
-        inference.predict_scene(checkpoint, scene, tmp_path / "p.tif", {"block": 300})
+        predict_scenes(checkpoint, [scene], tmp_path / "p", options={"block": 300}, workers=0)
     assert error.value.key == "block"
     assert not list(tmp_path.iterdir())
 

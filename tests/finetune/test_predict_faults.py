@@ -16,7 +16,7 @@ from rasterio.warp import Resampling, calculate_default_transform, reproject
 
 import geocl.finetune.predict as predict_module
 from geocl.cli import main
-from geocl.data.tiler import read_metadata
+from geocl.data.tileset import read_metadata
 from geocl.data.medical.synthetic import make_volumes
 from geocl.finetune.inference import check_trained_on
 from geocl.finetune.medical import run_medical_finetune
