@@ -18,7 +18,8 @@ from pathlib import Path
 import timm
 import torch
 
-from geocl.data.rasters import bounded_memory, computing
+from geocl.data.malloc import computing, malloc_tuning
+from geocl.data.rasters import bounded_memory
 from geocl.data.synthetic import make_scene
 from geocl.data.tiler import TilingOptions, tile_scene
 
@@ -34,6 +35,11 @@ def forward_seconds(model: torch.nn.Module, batch: torch.Tensor, repeats: int = 
 
 
 def main() -> None:
+    with malloc_tuning():  # as every geocl command runs
+        measure()
+
+
+def measure() -> None:
     model = timm.create_model("resnet18", in_chans=4, features_only=True).eval()
     batch = torch.randn(8, 4, 128, 128)
     with tempfile.TemporaryDirectory() as folder:

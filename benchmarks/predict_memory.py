@@ -172,4 +172,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from geocl.data.malloc import malloc_tuning
+
+    with malloc_tuning():  # as every geocl command runs
+        main()

@@ -267,4 +267,7 @@ def loading(scene: SceneFiles, args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from geocl.data.malloc import malloc_tuning
+
+    with malloc_tuning():  # as every geocl command runs
+        main()
