@@ -55,7 +55,7 @@ _PUBLIC = {
     "run_semi_supervised": "geocl.finetune.semi_supervised",
     "run_medical_semi_supervised": "geocl.finetune.medical_semi_supervised",
     "predict_with_checkpoint": "geocl.finetune.inference",
-    "run_compare": "geocl.training.compare",
+    "run_compare": "geocl.experiments",
     "run_evaluation": "geocl.evaluation",
     "CompareOptions": "geocl.recipes.options",
     "FinetuneOptions": "geocl.recipes.options",

@@ -173,7 +173,7 @@ def _make_volumes(args: argparse.Namespace) -> None:
 
 def _compare(args: argparse.Namespace) -> None:
     options: CompareOptions = options_from_args(CompareOptions, args)
-    from geocl.training.compare import describe_failures, run_compare
+    from geocl.experiments import describe_failures, run_compare
 
     # failed rows do not stop the others, but the command must not look like a success
     failures = describe_failures(run_compare(options), options.out)

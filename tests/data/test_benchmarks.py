@@ -306,7 +306,7 @@ def test_a_recipe_names_a_benchmark(tmp_path: Path) -> None:
 
 def test_each_benchmark_runs_one_compare_row(tmp_path: Path) -> None:
     """One comparison of one recipe a benchmark (each finetuned on its own tiles): one row each."""
-    from geocl.training.compare import run_compare
+    from geocl.experiments import run_compare
 
     recipes = []
     for name, write in WRITERS.items():

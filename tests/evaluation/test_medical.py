@@ -24,7 +24,7 @@ from geocl.evaluation.medical import OWN_FINETUNE_ARGS, MedicalDice
 from geocl.data.medical.synthetic import make_volumes
 from geocl.recipes import load_recipe
 from geocl.recipes.options import CompareOptions, FinetuneOptions
-from geocl.training.compare import run_compare
+from geocl.experiments import run_compare
 from geocl.training.pretrain import run_pretrain
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "medical"

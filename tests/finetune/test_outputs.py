@@ -186,7 +186,7 @@ def test_compare_redoes_a_real_finetune_beside_the_old_one(tmp_path: Path, tiny_
 
     from geocl.evaluation import SegmentationFinetune
     from geocl.evaluation.protocol import Subset
-    from geocl.training.compare import _evaluate_row
+    from geocl.experiments.rows import evaluate_row as _evaluate_row
 
     evaluation = SegmentationFinetune({**SHORT, "progress": False})
     recipe = SimpleNamespace(data=SimpleNamespace(tiles=tiny_tiles), encoder=SimpleNamespace(name="test_resnet"))

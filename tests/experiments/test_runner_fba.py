@@ -21,7 +21,7 @@ import geocl.finetune.semi_supervised as semi_supervised
 import geocl.methods  # noqa: F401  (registers fba)
 from geocl.errors import GeoclError
 from geocl.evaluation import SegmentationFinetune
-from geocl.training.compare import CompareOptions, run_compare
+from geocl.experiments import CompareOptions, run_compare
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 PAIR = [RECIPES / "fba.yaml", RECIPES / "fba-supervised.yaml"]

@@ -14,7 +14,11 @@ and leaves every earlier output byte for byte; a rerun gives the right result.
 - a read-only ``--out``: refused before any pretraining;
 - a comparison folder moved elsewhere: resumed there, nothing redone;
 - budget 0 (issue 22): the random-init row itself, evaluated once, each curve's first point;
-  alone, the random-init rows only; never flagged nor checked against a warm-up.
+  alone, the random-init rows only; never flagged nor checked against a warm-up;
+- SIGTERM (issue 24) while a pretraining or a row runs: one "interrupted" line, exit 130, the
+  finished rows kept, no failed row recorded; a rerun redoes what was interrupted, and rows
+  that failed because a DataLoader worker was killed are run again (the real run: a
+  subprocess sent SIGTERM as a cluster's time limit sends it, to the whole process group).
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -36,7 +44,7 @@ import geocl.training.pretrain as pretrain_module
 from geocl import cli
 from geocl.errors import GeoclError
 from geocl.recipes import save_recipe
-from tests.training.test_compare import _recipe
+from tests.experiments.test_runner import _recipe
 
 #: mIoU of a fake finetune: the encoder's score (by pretraining name; None: random init) + 0.01 x seed.
 SCORES = {"alpha": 0.305, "gamma": 0.300, "simclr": 0.30, "grass": 0.31, "patchmix": 0.29, None: 0.1}
@@ -370,7 +378,7 @@ def test_step_zero_is_the_random_init_row_evaluated_once_and_starts_every_curve(
     tmp_path: Path, stand_ins: list[Path], runs: Runs, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import geocl.training.compare as compare_module
+    import geocl.experiments.results as compare_module
     from geocl.report.paired import budget_curves
 
     plotted: list[tuple[pd.DataFrame, set[str]]] = []
@@ -541,3 +549,173 @@ def test_a_real_step_zero_row_is_the_random_init_row(
     # really pretrained
     assert (tmp_path / "swept" / "pretrain" / "simclr-1steps" / "checkpoints" / "last.ckpt").is_file()
     pd.testing.assert_frame_equal(step_zero, random)
+
+
+# ------------------------------------------------------------------ interruption (issue 24)
+
+#: What torch's DataLoader raises when the SIGTERM sent to the process group killed its worker.
+KILLED_WORKER = "DataLoader worker (pid 4242) is killed by signal: Terminated."
+#: The one line ``geocl compare`` ends with when interrupted.
+INTERRUPTED = "geocl compare: interrupted; rerun the same command to resume"
+
+
+def _terminated() -> None:
+    """SIGTERM to this process, surfacing (as from a killed DataLoader worker) as the worker's RuntimeError."""
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)  # the handler raises during the sleep
+    except BaseException as error:
+        raise RuntimeError(KILLED_WORKER) from error
+
+
+@pytest.mark.parametrize("during", ["pretraining", "row"])
+def test_sigterm_stops_the_comparison_and_a_rerun_redoes_what_it_interrupted(
+    tmp_path: Path, stand_ins: list[Path], runs: Runs, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, during: str,
+) -> None:
+    out = tmp_path / "cmp"
+    grid = [*stand_ins, "--label-fractions", "0.5", "--seeds", "2", "--out", out]
+
+    def pretrain(recipe: Any, **options: Any) -> SimpleNamespace:
+        if during == "pretraining" and recipe.name == "gamma":
+            _terminated()
+        return runs.pretrain(recipe, **options)
+
+    def finetune(**options: Any) -> SimpleNamespace:
+        if during == "row" and options["out"].name == "gamma-f0.5-s1":
+            _terminated()
+        return runs.finetune(**options)
+
+    monkeypatch.setattr(pretrain_module, "run_pretrain", pretrain)
+    monkeypatch.setattr(finetune_module, "run_finetune", finetune)
+    handler = signal.getsignal(signal.SIGTERM)
+    start = time.perf_counter()
+    code, printed, err = _geocl(capsys, "compare", *grid)
+    assert time.perf_counter() - start < 8  # stopped at once, not after the sleep
+    assert code == 130 and "Traceback" not in err, err
+    assert [line for line in err.splitlines() if line.startswith("geocl compare")] == [INTERRUPTED]
+    assert signal.getsignal(signal.SIGTERM) is handler  # the command's handler is gone with it
+    # the finished rows stand; nothing was recorded as failed, nothing ran after the interruption
+    kept = pd.read_csv(out / "results.csv")
+    finished = ["alpha", "alpha"] + (["gamma"] if during == "row" else [])
+    assert kept["recipe"].tolist() == finished and set(kept["status"]) == {"ok"}
+    assert "failed" not in printed and not (out / "results.md").exists()
+    assert not (out / "finetune" / "random-init-f0.5-s0").exists()
+
+    monkeypatch.setattr(pretrain_module, "run_pretrain", runs.pretrain)
+    monkeypatch.setattr(finetune_module, "run_finetune", runs.finetune)
+    runs.pretrained.clear()
+    runs.finetuned.clear()
+    code, printed, err = _geocl(capsys, "compare", *grid)
+    assert code == 0, err
+    results = pd.read_csv(out / "results.csv")
+    assert results["recipe"].tolist() == ["alpha", "alpha", "gamma", "gamma", "random-init", "random-init"]
+    assert set(results["status"]) == {"ok"}
+    # only what the interruption left undone ran again; the finished rows were reused
+    redone = ["gamma-f0.5-s0", "gamma-f0.5-s1"] if during == "pretraining" else ["gamma-f0.5-s1"]
+    assert [call["out"].name for call in runs.finetuned] == [*redone, "random-init-f0.5-s0", "random-init-f0.5-s1"]
+    assert runs.pretrained == (["gamma"] if during == "pretraining" else [])
+
+
+def test_rows_failed_by_a_killed_worker_are_run_again_on_rerun(
+    tmp_path: Path, stand_ins: list[Path], runs: Runs, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker killed alone (no SIGTERM to compare: the OOM killer), or a comparison interrupted before
+    issue 24: its rows are failed rows, and failed rows are never reused."""
+    out = tmp_path / "cmp"
+    grid = [*stand_ins, "--label-fractions", "0.5", "--seeds", "2", "--out", out]
+
+    def pretrain(recipe: Any, **options: Any) -> SimpleNamespace:
+        if recipe.name == "gamma":
+            raise RuntimeError(KILLED_WORKER)
+        return runs.pretrain(recipe, **options)
+
+    monkeypatch.setattr(pretrain_module, "run_pretrain", pretrain)
+    code, _, err = _geocl(capsys, "compare", *grid)
+    assert _one_error_line(code, err).startswith("geocl compare: error: 2 of 6 runs failed: gamma (2 of 2)")
+    failed = pd.read_csv(out / "results.csv").set_index("recipe")["status"]
+    assert set(failed["gamma"]) == {f"failed: RuntimeError: {KILLED_WORKER}"}
+
+    monkeypatch.setattr(pretrain_module, "run_pretrain", runs.pretrain)
+    runs.pretrained.clear()
+    runs.finetuned.clear()
+    code, _, err = _geocl(capsys, "compare", *grid)
+    assert code == 0, err
+    assert set(pd.read_csv(out / "results.csv")["status"]) == {"ok"}
+    assert runs.pretrained == ["gamma"]
+    assert [call["out"].name for call in runs.finetuned] == ["gamma-f0.5-s0", "gamma-f0.5-s1"]
+
+
+#: ``geocl`` with every tile read slowed down (``GEOCL_TEST_SLOW`` seconds), so that a tiny
+#: pretraining lasts long enough to be interrupted while its DataLoader worker runs.
+_SLOW_GEOCL = """
+import os, sys, time
+from geocl.data.tile_dataset import TileDataset
+_read = TileDataset.__getitem__
+def _slow(self, index):
+    time.sleep(float(os.environ.get("GEOCL_TEST_SLOW", "0")))
+    return _read(self, index)
+TileDataset.__getitem__ = _slow
+from geocl import cli
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def _children(pid: int) -> list[int]:
+    """Child processes of ``pid`` (Linux /proc)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the DataLoader worker through Linux /proc")
+def test_a_real_compare_sent_sigterm_stops_cleanly_and_resumes(tmp_path: Path, tiny_tiles: Path) -> None:
+    """The bug of issue 24, as a cluster's time limit causes it: SIGTERM to the process group kills the
+    DataLoader worker of the running pretraining. compare must stop, not record beta's rows as failed
+    and go on; the same command then finishes the comparison, alpha's row reused."""
+    script = tmp_path / "slow_geocl.py"
+    script.write_text(_SLOW_GEOCL)
+    data = {"tiles": str(tiny_tiles), "batch_size": 8, "num_workers": 1, "view_size": 32}
+    recipes = [
+        _real_recipe(tmp_path / "recipes", tiny_tiles, name, {"name": "simclr"}, data=data,
+                     trainer={"max_steps": steps, "max_epochs": -1, "accelerator": "cpu", "devices": 1})
+        for name, steps in (("alpha", 2), ("beta", 6))
+    ]
+    out = tmp_path / "cmp"
+    command = [sys.executable, str(script), "compare", *map(str, recipes), "--protocol", "frozen",
+               "--label-fractions", "0.5", "--seeds", "1", "--epochs", "1", "--finetune-steps-per-epoch", "2",
+               "--finetune-crop", "32", "--finetune-accelerator", "cpu", "--no-finetune-progress", "--out", str(out)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "GEOCL_TEST_SLOW": "0.05"}
+    printed, said = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with printed.open("w") as stdout, said.open("w") as stderr:
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not ("pretraining beta" in printed.read_text() and _children(process.pid)):
+            assert process.poll() is None and time.monotonic() < deadline, said.read_text()
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGTERM)  # compare and its DataLoader worker, as a scheduler does
+        code = process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    err = said.read_text()
+    assert code == 130 and "Traceback" not in err, err
+    assert [line for line in err.splitlines() if line.startswith("geocl compare")] == [INTERRUPTED]
+    kept = pd.read_csv(out / "results.csv")
+    assert kept["recipe"].tolist() == ["alpha"] and kept["status"].tolist() == ["ok"]
+    alpha_row = out / "frozen" / "alpha-f0.5-s0" / "metrics.json"
+    alpha_bytes = alpha_row.read_bytes()
+
+    rerun = subprocess.run(command, capture_output=True, text=True, env={**env, "GEOCL_TEST_SLOW": "0"}, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    results = pd.read_csv(out / "results.csv")
+    assert results["recipe"].tolist() == ["alpha", "beta", "random-init"] and set(results["status"]) == {"ok"}
+    assert alpha_row.read_bytes() == alpha_bytes and not list((out / "frozen").glob("alpha-*.stale-*"))
+    assert json.loads((out / "pretrain" / "beta" / "metrics.json").read_text())["global_step"] == 6

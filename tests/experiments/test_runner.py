@@ -22,10 +22,10 @@ from pydantic import ValidationError
 
 from geocl.errors import GeoclError
 from geocl.evaluation import FrozenLinearProbe, KnnProbe, SegmentationFinetune
+from geocl.experiments import CompareOptions, describe_failures, results_columns, run_compare
 from geocl.recipes import register_method_config, save_recipe
 from geocl.recipes.errors import validation_error
 from geocl.recipes.options import FinetuneCommand
-from geocl.training.compare import CompareOptions, describe_failures, results_columns, run_compare
 
 
 @dataclass
@@ -433,10 +433,19 @@ def test_results_name_their_machine_and_deterministic_mode(tmp_path: Path, recip
     out = tmp_path / "cmp"
     fakes = Fakes(out)
     before = torch.are_deterministic_algorithms_enabled()
+    during: list[bool] = []
+    pretrain = fakes.pretrain
+
+    def recording(recipe: Any, resume: bool = False) -> SimpleNamespace:
+        during.append(torch.are_deterministic_algorithms_enabled())
+        return pretrain(recipe, resume)
+
+    fakes.pretrain = recording
     try:
         _compare(CompareOptions(recipes=recipes[:1], label_fractions=[0.2], seeds=1, out=out, deterministic=True),
                  fakes, echo=None)
-        assert torch.are_deterministic_algorithms_enabled()
+        # on while the runs ran, as it was after (issue 24: state is restored)
+        assert during == [True] and torch.are_deterministic_algorithms_enabled() is before
     finally:
         torch.use_deterministic_algorithms(before)
     environment = json.loads((out / "environment.json").read_text())

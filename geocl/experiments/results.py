@@ -1,0 +1,215 @@
+"""The report files of a comparison: ``results.csv`` and its summary, ``results.md``, the figures, ``pretraining.csv``.
+
+The tables and plots themselves are :mod:`geocl.report`; this module groups the rows
+(one section per evaluation and pretraining budget) and writes the files, atomically. A
+report made with other evaluation settings is moved aside first
+(:func:`keep_earlier_report`). See :mod:`geocl.experiments` for each file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from geocl.errors import GeoclError
+from geocl.evaluation import Evaluation
+from geocl.evaluation.protocol import TestSet
+from geocl.experiments.candidates import Candidate
+from geocl.experiments.plan import thin_classes
+from geocl.experiments.records import describe_changes
+from geocl.io import atomic_path, atomic_write_text
+from geocl.report.environment import describe_environment, environment_line
+from geocl.report.paired import paired_markdown, paired_summary, plot_budgets, plot_paired
+from geocl.report.table import RANDOM_INIT, per_class_markdown, plot_comparison, results_markdown
+
+__all__ = [
+    "COMPARISON_RECORD", "REPORT_FILES", "columns_of", "keep_earlier_report", "results_columns", "write_csv",
+    "write_pretraining_csv", "write_results",
+]
+
+#: The comparison's own settings (its evaluations'), in the comparison folder.
+COMPARISON_RECORD = "comparison.json"
+#: The report files a comparison writes, moved aside together when its settings change.
+REPORT_FILES = (
+    "results.csv", "results_summary.csv", "results.md", "results.png", "results_paired.png", "results_budget.png",
+    "pretraining.csv", "environment.json", COMPARISON_RECORD,
+)
+
+
+def results_columns(
+    evaluation: Evaluation | type[Evaluation] | list[Evaluation], extra: list[str] | tuple[str, ...] = ()
+) -> list[str]:
+    """Columns of ``results.csv`` (and of the frame :func:`~geocl.experiments.runner.run_compare` returns) for one or
+    more evaluations.
+
+    ``extra``: further columns the runs gave (per-class IoU), after the evaluations' own.
+    """
+    evaluations = evaluation if isinstance(evaluation, list) else [evaluation]
+    metrics = list(dict.fromkeys(column for each in evaluations for column in each.metric_columns))
+    own = list(dict.fromkeys(column for each in evaluations for column in each.extra_columns))
+    return [
+        "recipe", "method", "evaluation", "pretrain_steps", "label_fraction", "subset_seed", "seed", *metrics,
+        "status", "seconds", "checkpoint", *own, *(column for column in extra if column not in own),
+        "few_test_pixels",
+    ]
+
+
+def columns_of(rows: list[dict[str, Any]], evaluations: list[Evaluation]) -> list[str]:
+    """results.csv columns for the rows so far: per-class columns in order of first appearance."""
+    base = set(results_columns(evaluations))
+    extra = list(dict.fromkeys(key for row in rows for key in row if key not in base))
+    return results_columns(evaluations, extra)
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path, columns: list[str]) -> None:
+    """Write the rows so far as CSV, atomically."""
+    with atomic_path(path) as temp:
+        pd.DataFrame(rows, columns=columns).to_csv(temp, index=False)
+
+
+def keep_earlier_report(out: Path, settings: dict[str, Any], say: Callable[[str], None]) -> None:
+    """Move the report of a comparison made with other evaluation settings to ``report.stale-<n>/``; record these.
+
+    The rows themselves are checked one by one (``row.json``); this keeps the earlier
+    table and figures, which the new ones would replace, beside them.
+    """
+    settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
+    record = out / COMPARISON_RECORD
+    try:
+        before = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        before = None
+    present = [name for name in REPORT_FILES if (out / name).exists()]
+    if before != settings and any(name != COMPARISON_RECORD for name in present):
+        number = 1
+        while (aside := out / f"report.stale-{number}").exists():
+            number += 1
+        try:
+            aside.mkdir()
+            for name in present:
+                (out / name).rename(aside / name)
+        except OSError as exc:
+            raise GeoclError(
+                f"holds the report of a comparison with other settings, which cannot be moved aside to {aside.name}: "
+                f"{exc.strerror or exc}; move it yourself or compare into another out",
+                path=out,
+            ) from None
+        why = "it records no settings" if not isinstance(before, dict) else (
+            "made with other settings: " + describe_changes(before, settings)
+        )
+        say(f"{out} held the report of an earlier comparison ({why}); moved it to {aside.name}")
+    atomic_write_text(record, json.dumps(settings, indent=1))
+
+
+def write_pretraining_csv(candidates: list[Candidate], out: Path, budgets: list[int | None]) -> None:
+    """``pretraining.csv``: each recipe's budget as spent (steps, samples seen, wall time, final loss);
+    budget 0 pretrains nothing and has no line."""
+    rows = []
+    for candidate in candidates:
+        budget = candidate.recipe.trainer.max_steps if budgets != [None] else None
+        metrics_file = Path(candidate.recipe.out) / "metrics.json"
+        try:
+            metrics = json.loads(metrics_file.read_text())
+        except (OSError, ValueError):
+            metrics = {}
+        rows.append({
+            "recipe": candidate.name, "method": str(candidate.recipe.method.name), "pretrain_steps": budget,
+            **{key: metrics.get(key) for key in ("global_step", "samples_seen", "seconds", "final_loss")},
+        })
+    columns = ["recipe", "method", "pretrain_steps", "global_step", "samples_seen", "seconds", "final_loss"]
+    with atomic_path(out / "pretraining.csv") as temp:
+        pd.DataFrame(rows, columns=columns).to_csv(temp, index=False)
+
+
+def write_results(
+    rows: list[dict[str, Any]],
+    evaluations: list[Evaluation],
+    out: Path,
+    say: Callable[[str], None],
+    baseline: str,
+    deterministic: bool = False,
+    *,
+    budgets: list[int | None] | None = None,
+    test_sets: dict[str, TestSet] | None = None,
+    min_test_pixels: int = 0,
+    flags: dict[tuple[str, int | None], str] | None = None,
+    from_step_zero: set[str] | None = None,
+) -> pd.DataFrame:
+    """results.csv, results_summary.csv, results.md and the PNGs of the finished rows; the table is echoed.
+
+    ``flags``: (recipe, budget) -> why its rows are not its method's (see
+    :func:`~geocl.experiments.budgets.check_budgets`): marked in the group's table, in the
+    ``flag`` column of ``results_summary.csv``.
+
+    One section per (evaluation, pretraining budget) group, random-init in every group:
+    the mean ± std table, then each recipe's mean with its interval and its paired
+    difference to ``baseline`` (:mod:`geocl.report.paired`), then per-class IoU with
+    the classes that have too few test pixels flagged. Budget 0's group holds the
+    random-init rows alone (its own baseline). Over several budgets,
+    ``results_budget.png`` draws each recipe's score against pretraining steps, starting
+    at step 0 (the random-init row) for the recipes of ``from_step_zero``.
+    """
+    budgets = budgets or [None]
+    columns = columns_of(rows, evaluations)
+    results = pd.DataFrame(rows, columns=columns)
+    write_csv(rows, out / "results.csv", columns)
+    environment = describe_environment(deterministic=deterministic)
+    atomic_write_text(out / "environment.json", json.dumps(environment, indent=1))
+    sections, summaries = [], []
+    panels: list[tuple[str, Any, Evaluation | type[Evaluation]]] = []
+    for evaluation in evaluations:
+        of_evaluation = results[results["evaluation"] == evaluation.name]
+        metric = evaluation.primary()
+        for steps in budgets:
+            group = of_evaluation[of_evaluation["pretrain_steps"].isna()] if steps is None else of_evaluation[
+                (of_evaluation["pretrain_steps"] == steps) | (of_evaluation["recipe"] == RANDOM_INIT)
+            ]
+            title = _group_title(evaluation, steps, len(evaluations) > 1 or len(budgets) > 1)
+            # step 0 is random init alone: nothing to pair with another baseline
+            group_baseline = RANDOM_INIT if steps == 0 else baseline
+            paired = paired_summary(group, metric, group_baseline)
+            group_flags = {name: text for (name, budget), text in (flags or {}).items() if budget == steps}
+            summaries.append(paired.assign(
+                evaluation=evaluation.name, pretrain_steps=steps, flag=[group_flags.get(recipe, "") for recipe in paired["recipe"]],
+            ))
+            text = results_markdown(group, evaluation, flags=group_flags) + "\n" + paired_markdown(
+                paired, evaluation.label(metric), group_baseline
+            )
+            test_set = (test_sets or {}).get(evaluation.name)
+            thin = [] if test_set is None else thin_classes(test_set, min_test_pixels)
+            text += per_class_markdown(group, ";".join(thin), min_test_pixels)
+            sections.append((f"## {title}\n\n" if title else "") + text)
+            panels.append((title, group, evaluation))
+    test_set = (test_sets or {}).get(evaluations[0].name)
+    header = f"{test_set.description}.\n\n" if test_set is not None else ""
+    table = header + "\n".join(sections) + "\n" + environment_line(environment) + "\n"
+    summary = pd.concat(summaries, ignore_index=True)
+    with atomic_path(out / "results_summary.csv") as temp:
+        summary.to_csv(temp, index=False)
+    plot_paired(
+        summary[summary["pretrain_steps"] != 0],  # step 0: random init alone, no differences
+        out / "results_paired.png", evaluations[0].label(evaluations[0].primary()), baseline,
+        group_labels=len(panels) > 1,
+    )
+    atomic_write_text(out / "results.md", table)
+    plot_comparison(panels, out / "results.png")
+    files = ["results.csv", "results_summary.csv", "results.md", "results.png", "results_paired.png"]
+    if len(budgets) > 1:
+        plot_budgets(summary, out / "results_budget.png", evaluations, from_step_zero=from_step_zero or set())
+        files.append("results_budget.png")
+    say(f"\n{table}\nresults: {', '.join(str(out / name) for name in files)}")
+    return pd.read_csv(out / "results.csv")  # the rows as the file holds them (empty cells: NaN)
+
+
+def _group_title(evaluation: Evaluation, steps: int | None, named: bool) -> str:
+    """``finetune protocol, 300 pretraining steps``; "" when the comparison has one group."""
+    if not named:
+        return ""
+    title = f"{evaluation.name} protocol"
+    if steps == 0:
+        return f"{title}, 0 pretraining steps ({RANDOM_INIT})"
+    return title if steps is None else f"{title}, {steps} pretraining steps"
