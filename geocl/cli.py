@@ -355,7 +355,7 @@ def _add_model_commands(command: CommandAdder) -> None:
 
     finetune = command(
         "finetune", "finetune a segmentation model with few labels",
-        "The encoder starts from a pretrain checkpoint or from random init; the test mIoU is measured "
+        "The encoder starts from a pretrain checkpoint, from pretrained weights (--encoder-weights) or from random init; the test mIoU is measured "
         "on the test tiles with the best checkpoint on val.",
     )
     add_model_arguments(finetune, FinetuneCommand, flags=FINETUNE_FLAGS)

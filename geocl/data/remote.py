@@ -44,7 +44,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import rasterio
 
@@ -134,7 +134,12 @@ def display_url(source: str | os.PathLike[str]) -> str:
     if not parts.query:
         return text
     query = [(key, "…" if _SECRET_KEYS.match(key) else value) for key, value in parse_qsl(parts.query, True)]
-    return urlunsplit(parts._replace(query=urlencode(query, safe="…/:,")))
+    return urlunsplit(parts._replace(query=urlencode(query, safe="…/:,", quote_via=_quote_keeping)))
+
+
+def _quote_keeping(text: str, safe: str, *_: object) -> str:
+    """``urllib.parse.quote`` that leaves the characters in ``safe`` as they are, non-ASCII ones included."""
+    return "".join(char if char in safe else quote(char, safe="") for char in text)
 
 
 @contextlib.contextmanager

@@ -39,8 +39,8 @@ of a ViT) was trained on C_w, the first-convolution weight ``W[o, c, i, j]`` bec
 * C = C_w: unchanged;
 * C = 1: ``W'[o, 0] = sum_c W[o, c]`` (a grey image gives what C_w equal bands gave);
 * otherwise: ``W'[o, b] = W[o, b mod C_w] * C_w / C`` for b = 0 .. C-1: the weights'
-  channels repeated cyclically (fewer bands: the first C of them) and rescaled so that
-  an input whose bands are all equal gives the response it gave with C_w bands.
+  channels repeated cyclically (fewer bands: the first C of them) and scaled by C_w / C,
+  as timm does (exact for equal bands only when C is a multiple of C_w).
 
 Why timm's rule and not the one of TorchGeo's trainers: those drop the pretrained first
 convolution when the band counts differ (random init, with a warning), which throws away

@@ -250,7 +250,7 @@ class FinetuneCommand(FinetuneOptions):
     tiles: Path = Field(description="a tile set with masks (made by geocl tile with a mask)")
     out: Path = Field(description="run folder (checkpoints/, logs/, metrics.json)")
     encoder_checkpoint: Path | None = Field(None, description="a geocl pretrain checkpoint (default: random init)")
-    encoder: str = Field("resnet18", min_length=1, description="encoder of a random init (a checkpoint brings its own)")
+    encoder: str = Field("resnet18", min_length=1, description="encoder of a random init or of --encoder-weights (a checkpoint brings its own)")
     encoder_weights: str = Field(
         "", description="weights the encoder starts from without a checkpoint: a TorchGeo weights name, a timm "
         "pretrained tag or a file (read offline, never downloaded)"

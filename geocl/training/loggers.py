@@ -16,7 +16,8 @@ user's server, database or folder: where their other runs are), otherwise a file
 ``mlruns/`` inside the run folder, or, under ``geocl compare``, inside the comparison
 folder, so that one store holds every run of the comparison and the folder stays
 self-contained (moved or copied, it takes its runs along; ``MLFLOW_ALLOW_FILE_STORE=true mlflow ui
---backend-store-uri <folder>/mlruns`` shows them). MLflow 3 opens file stores only with
+--backend-store-uri <folder>/mlruns`` shows them: the UI needs the full ``mlflow`` package, the
+``loggers`` extra installs only ``mlflow-skinny``, which logs). MLflow 3 opens file stores only with
 ``MLFLOW_ALLOW_FILE_STORE`` true; geocl sets it while it opens one (when the user has
 not set it) and puts the environment back.
 The experiment is ``MLFLOW_EXPERIMENT_NAME`` when set, otherwise ``geocl`` for a single
@@ -28,7 +29,7 @@ What a run records:
   (``recipe.trainer.max_steps``); a finetuning's options under ``finetune.``; a compare
   row adds what its encoder is (its pretraining recipe under ``recipe.``, or the random
   init's data and encoder under ``random_init.``). Lightning adds the module's own
-  hyperparameters (slash-separated keys, no clash with these);
+  hyperparameters under their own names (``encoder``, ``augment``, ...: no clash with these);
 * tags: ``geocl.run`` (``pretrain``, ``finetune``, ...), ``geocl.version``, the recipe's
   ``recipe`` and ``method``; a compare row adds ``comparison``, ``evaluation``,
   ``label_fraction``, ``subset_seed``, ``seed`` and ``pretrain_steps``.
