@@ -1,9 +1,10 @@
 """Few-label 2D segmentation of NIfTI volumes from any pretrained encoder: finetune, predict, score per case.
 
 The medical counterpart of :mod:`geocl.finetune.train` and :mod:`geocl.finetune.inference`,
-built from the same parts (:class:`~geocl.finetune.train.SegmentationModule`, smp models
-whose ``tu-`` encoder loads any pretrain checkpoint, the same label-subset rule, one run
-a folder) and MONAI for what is medical:
+built from the same parts (the downstream skeleton
+:func:`~geocl.finetune.downstream.run_downstream` with one run a folder, the segmenter of
+:class:`~geocl.finetune.train.SegmenterFactory`: smp models whose ``tu-`` encoder loads any
+pretrain checkpoint) and MONAI for what is medical; its data adapter is :class:`NiftiSlices`:
 
 - **data**: the cases of a NIfTI folder split train/val/test by case
   (:mod:`geocl.data.medical.split`), every volume of every split read once before any
@@ -40,18 +41,16 @@ import csv
 import io
 import math
 import os
-import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import lightning
 import nibabel as nib
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from geocl.data.medical.files import (
@@ -74,13 +73,15 @@ from geocl.data.medical.files import (
 from geocl.data.medical.nifti import Intensity, NiftiSliceDataset, Preprocessing, apply_transform
 from geocl.data.medical.split import CaseSplits, labelled_subset, split_cases
 from geocl.errors import GeoclError
-from geocl.finetune.model import load_pretrained_encoder, read_pretrain_checkpoint
-from geocl.finetune.train import (
-    SegmentationModule,
-    check_finetune_folder,
-    finetune_trainer,
-    write_result,
+from geocl.finetune.downstream import (
+    BudgetArguments,
+    DataDescription,
+    DownstreamOptions,
+    Scores,
+    budget_from,
+    run_downstream,
 )
+from geocl.finetune.train import SegmentationModule, SegmenterFactory
 from geocl.finetune.volume_metrics import METRICS, case_metrics
 from geocl.io import atomic_write_text, save_figure
 
@@ -88,6 +89,7 @@ __all__ = [
     "CASES_FILE",
     "MEDICAL_KEY",
     "MedicalFinetuneResult",
+    "NiftiSlices",
     "VolumePrediction",
     "label_beside",
     "plot_case",
@@ -446,6 +448,94 @@ def read_cases(
     return cases, splits, check_voxels(cases, root=data)
 
 
+def score_cases(segmenter: VolumeSegmenter, cases: Sequence[Case], out: Path, pictures: int) -> Scores:
+    """Score every case (:func:`score_case`; label maps to ``out/predictions/``, the first ``pictures`` to
+    ``out/plots/``, the rows to ``out/cases.csv``): their rows and the means over them (distances in mm)."""
+    rows = []
+    for index, case in enumerate(cases):
+        picture = out / "plots" / f"{case.id}.png" if index < pictures else None
+        rows.append(case_row(case.id, score_case(segmenter, case, out / "predictions" / f"{case.id}.nii.gz", picture)))
+    write_cases_csv(out / CASES_FILE, rows)
+    means = {name: float(np.mean([row[name] for row in rows])) for name in METRICS}
+    return Scores({**means, "distance_unit": "mm"}, {f"test/{name}": value for name, value in means.items()}, rows)
+
+
+@dataclass
+class NiftiSlices:
+    """The data of a 2D downstream training on a NIfTI data folder (a :class:`~geocl.finetune.downstream.DownstreamData`):
+    cases split by case, slices of the labelled train cases drawn foreground-first, test volumes scored case by case
+    on their own grid (the module docstring says how).
+
+    Attributes:
+        data: a NIfTI data folder (:func:`~geocl.data.medical.files.find_cases`).
+        spacing: voxel size in mm per RAS axis; None: the cases' median.
+        slice_axis: RAS axis of the slices.
+        intensity: ``zscore`` or ``percentile``.
+        image_size: slice side in px (a multiple of 32); 0: the largest slice, rounded up.
+        val_fraction: share of the labelled cases held out as val (no ``splits.json``).
+        foreground_fraction: share of the training slices drawn from slices holding foreground.
+        window: inference window side; None: the slice side.
+        pictures: test cases written as PNG (the first ones by name).
+    """
+
+    data: str | os.PathLike[str]
+    spacing: Sequence[float] | None = None
+    slice_axis: int = 2
+    intensity: Intensity = "zscore"
+    image_size: int = 0
+    val_fraction: float = 0.2
+    foreground_fraction: float = 0.5
+    window: int | None = None
+    pictures: int = 2
+
+    def setup(self, options: DownstreamOptions) -> DataDescription:
+        """Read every volume once (:func:`read_cases`), draw the labelled train cases, cut the slices.
+
+        Raises:
+            GeoclError: as :func:`read_cases`; a bad ``label_fraction``.
+        """
+        self.budget = options.budget
+        cases, self.splits, classes = read_cases(self.data, self.val_fraction, self.image_size)
+        self.labelled, _ = labelled_subset(self.splits.train, options.label_fraction, options.drawn_with)
+        spacing = tuple(self.spacing) if self.spacing else median_spacing(cases)
+        preprocessing = Preprocessing(spacing, self.intensity)  # type: ignore[arg-type]
+        self.train = NiftiSliceDataset(self.labelled, preprocessing, slice_axis=self.slice_axis,
+                                       image_size=self.image_size, with_mask=True, classes=classes,
+                                       multiple=SIDE_MULTIPLE)
+        side = self.train.image_size
+        self.val = NiftiSliceDataset(self.splits.val, preprocessing, slice_axis=self.slice_axis, image_size=side,
+                                     with_mask=True, classes=classes)
+        meta = {
+            "in_chans": 1, "classes": list(classes), "band_stats": self.train.metadata["band_stats"], "nodata": None,
+            "tile_size": side,
+            MEDICAL_KEY: {"spacing": list(preprocessing.spacing), "slice_axis": self.slice_axis,
+                          "intensity": self.intensity, "image_size": side},
+        }
+        record = {f"{name}_cases": [case.id for case in chosen]
+                  for name, chosen in (("labelled", self.labelled), ("test", self.splits.test), ("val", self.splits.val))}
+        return DataDescription(meta, {**record, "train_slices": len(self.train)}, {"spacing": list(preprocessing.spacing)})
+
+    def loaders(self, module: lightning.LightningModule, options: DownstreamOptions) -> tuple[DataLoader, DataLoader]:
+        """Training slices drawn foreground-first with replacement; every val slice.
+
+        Raises:
+            GeoclError: ``foreground_fraction`` outside [0, 1].
+        """
+        budget = options.budget
+        sampler = _foreground_sampler(self.train, self.foreground_fraction, budget.draws, options.seed)
+        return (
+            DataLoader(self.train, batch_size=budget.batch_size, sampler=sampler, num_workers=budget.num_workers),
+            DataLoader(self.val, batch_size=budget.batch_size, num_workers=budget.num_workers),
+        )
+
+    def score(self, trainer: lightning.Trainer, module: lightning.LightningModule, checkpoint: Path, out: Path) -> Scores:
+        """Dice, Jaccard, 95HD and ASD of ``checkpoint`` per test case, on the input's grid (:func:`score_cases`)."""
+        from geocl.finetune.inference import load_segmenter  # rasterio: imported when scoring
+
+        segmenter = VolumeSegmenter(*load_segmenter(checkpoint), window=self.window)
+        return score_cases(segmenter, self.splits.test, out, self.pictures)
+
+
 def run_medical_finetune(
     *,
     data: str | Path,
@@ -464,17 +554,10 @@ def run_medical_finetune(
     foreground_fraction: float = 0.5,
     window: int | None = None,
     pictures: int = 2,
-    max_epochs: int = 15,
-    steps_per_epoch: int = 10,
-    val_every: int = 3,
-    patience: int = 3,
-    batch_size: int = 8,
     lr: float = 1e-3,
     crop: int = 128,
     freeze_encoder: bool = False,
-    num_workers: int = 0,
-    accelerator: str = "auto",
-    progress: bool = True,
+    **budget: Unpack[BudgetArguments],
 ) -> MedicalFinetuneResult:
     """Finetune a 2D segmenter on slices of a fraction of the labelled cases; per-case metrics on the test cases.
 
@@ -484,100 +567,34 @@ def run_medical_finetune(
         encoder_checkpoint: a geocl pretrain checkpoint (1 band), or None for random init.
         encoder: encoder name for random init (a checkpoint brings its own).
         arch: ``unet``, ``deeplabv3plus`` (CNN encoders) or ``dpt`` (ViT).
-        label_fraction: share of the labelled train cases that keep their labels.
-        seed: seed of the init and the slice draws (and of the subset, unless
-            ``subset_seed`` is given).
-        subset_seed: seed of the labelled cases alone (paired comparisons).
-        spacing: voxel size in mm per RAS axis; None: the cases' median.
-        slice_axis: RAS axis of the slices.
-        intensity: ``zscore`` or ``percentile``.
-        image_size: slice side in px (a multiple of 32); 0: the largest slice, rounded up.
-        val_fraction: share of the labelled cases held out as val (no ``splits.json``).
-        foreground_fraction: share of the training slices drawn from slices holding foreground.
-        window: inference window side; None: the slice side.
-        pictures: test cases written as PNG (the first ones by name).
-        max_epochs, steps_per_epoch, val_every, patience, batch_size, lr, crop,
-            freeze_encoder, num_workers, accelerator, progress: as for
-            :func:`geocl.finetune.train.run_finetune` (slices instead of tiles).
+        label_fraction, seed, subset_seed, lr, crop, freeze_encoder: as for
+            :func:`geocl.finetune.train.run_finetune` (the subset drawn by case).
+        spacing, slice_axis, intensity, image_size, val_fraction, foreground_fraction,
+            window, pictures: how the volumes are read, drawn and scored (:class:`NiftiSlices`).
+        **budget: the keywords of :class:`~geocl.finetune.downstream.TrainingBudget`
+            (``max_epochs`` ... ``logger``), slices instead of tiles.
 
     Returns:
         A :class:`MedicalFinetuneResult`; ``out/metrics.json`` holds the same figures.
 
     Raises:
-        GeoclError: ``out`` holds a finetuning run or cannot be written; a bad data
-            folder (see :func:`~geocl.data.medical.files.find_cases`); no val or test
-            case; a bad ``image_size`` or fraction; a checkpoint for another band count.
+        GeoclError: ``out`` holds a finetuning run or cannot be written; a bad data folder
+            (:func:`read_cases`); a bad fraction; a checkpoint for another band count.
+        TypeError: an unknown keyword argument.
     """
-    start = time.perf_counter()
-    out = check_finetune_folder(out, {
-        "label_fraction": label_fraction, "seed": seed, "subset_seed": subset_seed, "arch": arch,
-        **({"encoder_checkpoint": encoder_checkpoint} if encoder_checkpoint is not None else {"encoder": encoder}),
-    })
-    cases, splits, classes = read_cases(data, val_fraction, image_size)
-    lightning.seed_everything(seed, workers=True, verbose=False)
-    labelled, _ = labelled_subset(splits.train, label_fraction, seed if subset_seed is None else subset_seed)
-    num_classes = len(classes)
-    preprocessing = Preprocessing(tuple(spacing) if spacing else median_spacing(cases), intensity)  # type: ignore[arg-type]
-    train = NiftiSliceDataset(labelled, preprocessing, slice_axis=slice_axis, image_size=image_size, with_mask=True,
-                              classes=classes, multiple=SIDE_MULTIPLE)
-    side = train.image_size
-    val = NiftiSliceDataset(splits.val, preprocessing, slice_axis=slice_axis, image_size=side, with_mask=True,
-                            classes=classes)
-    meta: dict[str, Any] = {
-        "arch": arch, "in_chans": 1, "classes": list(classes), "band_stats": train.metadata["band_stats"],
-        "nodata": None, "tile_size": side,
-        "encoder_checkpoint": str(encoder_checkpoint) if encoder_checkpoint else None,
-        MEDICAL_KEY: {"spacing": list(preprocessing.spacing), "slice_axis": slice_axis, "intensity": intensity,
-                      "image_size": side},
-    }
-    pretrained = read_pretrain_checkpoint(encoder_checkpoint) if encoder_checkpoint is not None else None
-    if pretrained is not None:
-        encoder = pretrained["meta"]["encoder"]
-    meta["encoder"] = encoder
-    module = SegmentationModule(arch, encoder, 1, num_classes, lr=lr, crop=crop, freeze_encoder=freeze_encoder,
-                                meta=meta)
-    if pretrained is not None:
-        load_pretrained_encoder(module.model, encoder_checkpoint, 1, loaded=pretrained)  # type: ignore[arg-type]
-        meta["pretrain_method"] = pretrained["meta"]["method"]
-
-    sampler = _foreground_sampler(train, foreground_fraction, steps_per_epoch * batch_size, seed)
-    loaders = {
-        "train": DataLoader(train, batch_size=batch_size, sampler=sampler, num_workers=num_workers),
-        "val": DataLoader(val, batch_size=batch_size, num_workers=num_workers),
-    }
-    trainer = finetune_trainer(
-        out, max_epochs=max_epochs, val_every=val_every, accelerator=accelerator, patience=patience, progress=progress
+    factory = SegmenterFactory(arch=arch, encoder=encoder, encoder_checkpoint=encoder_checkpoint, lr=lr, crop=crop,
+                               freeze_encoder=freeze_encoder)
+    slices = NiftiSlices(data, spacing=spacing, slice_axis=slice_axis, intensity=intensity, image_size=image_size,
+                         val_fraction=val_fraction, foreground_fraction=foreground_fraction, window=window,
+                         pictures=pictures)
+    options = DownstreamOptions(
+        out=out, label_fraction=label_fraction, seed=seed, subset_seed=subset_seed, budget=budget_from(budget),
+        # compared with a run found in out by what metrics.json holds at its top level (no options record)
+        identity={"label_fraction": label_fraction, "seed": seed, "subset_seed": subset_seed, **factory.identity()},
+        record_options=False,
     )
-    best = trainer.checkpoint_callback
-    assert isinstance(best, ModelCheckpoint)  # monitor is set
-    trainer.fit(module, loaders["train"], loaders["val"])
-    checkpoint = Path(best.best_model_path) if best.best_model_path else out / "checkpoints" / "last.ckpt"
-    if not best.best_model_path:
-        trainer.save_checkpoint(checkpoint)
-
-    from geocl.finetune.inference import load_segmenter
-
-    segmenter = VolumeSegmenter(*load_segmenter(checkpoint), window=window)
-    rows = []
-    for index, case in enumerate(splits.test):
-        picture = out / "plots" / f"{case.id}.png" if index < pictures else None
-        metrics = score_case(segmenter, case, out / "predictions" / f"{case.id}.nii.gz", picture)
-        rows.append(case_row(case.id, metrics))
-    write_cases_csv(out / CASES_FILE, rows)
-    means = {name: float(np.mean([row[name] for row in rows])) for name in METRICS}
-    result = MedicalFinetuneResult(
-        **means, val_miou=float(best.best_model_score) if best.best_model_score is not None else math.nan,
-        checkpoint=checkpoint, out=out, labelled_cases=[case.id for case in labelled], cases=rows,
+    done = run_downstream(factory, slices, options)
+    return MedicalFinetuneResult(
+        **{name: done.record[name] for name in METRICS}, val_miou=done.best_score, checkpoint=done.checkpoint,
+        out=done.out, labelled_cases=done.record["labelled_cases"], cases=done.scores.cases,
     )
-    record = {
-        **means, "distance_unit": "mm", "val_miou": result.val_miou, "classes": meta["classes"],
-        "label_fraction": label_fraction, "seed": seed, "subset_seed": seed if subset_seed is None else subset_seed,
-        "labelled_cases": result.labelled_cases, "test_cases": [case.id for case in splits.test],
-        "val_cases": [case.id for case in splits.val], "train_slices": len(train),
-        "encoder": encoder, "encoder_checkpoint": meta["encoder_checkpoint"], "arch": arch,
-        "spacing": list(preprocessing.spacing), "checkpoint": str(checkpoint),
-        "seconds": round(time.perf_counter() - start, 1),
-    }
-    write_result(out, record)
-    return result
-

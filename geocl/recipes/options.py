@@ -221,7 +221,14 @@ def _error_at(model: str, name: str, value: Any, error: PydanticCustomError) -> 
 
 
 class FinetuneOptions(OptionsModel):
-    """How a segmentation model is finetuned (what ``geocl compare`` passes to every row)."""
+    """How a segmentation model is finetuned (what ``geocl compare`` passes to every row).
+
+    ``max_epochs``, ``steps_per_epoch``, ``val_every``, ``patience``, ``batch_size``,
+    ``num_workers``, ``accelerator`` and ``progress`` are the training budget of every
+    downstream training (``geocl.finetune.downstream.TrainingBudget``: the same names and
+    defaults, validated here); ``arch``, ``lr``, ``crop`` and ``freeze_encoder`` choose the
+    segmenter (``geocl.finetune.train.SegmenterFactory``).
+    """
 
     arch: Literal["unet", "deeplabv3plus", "dpt", "linear"] = Field(
         "unet", description="segmentation decoder (a ViT encoder always gets dpt); linear: the frozen dense linear probe"
@@ -244,7 +251,8 @@ class FinetuneOptions(OptionsModel):
 class FinetuneCommand(FinetuneOptions):
     """``geocl finetune``: the settings plus the data, the encoder and the label fraction.
 
-    The field names are the keyword arguments of ``geocl.finetune.train.run_finetune``.
+    The field names are the keyword arguments of ``geocl.finetune.train.run_finetune``
+    (the budget's and ``logger`` through its ``**budget``).
     """
 
     tiles: Path = Field(description="a tile set with masks (made by geocl tile with a mask)")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import nibabel as nib
 import numpy as np
@@ -19,6 +20,7 @@ from geocl.data.medical.files import find_cases, write_nifti
 from geocl.data.medical.split import split_cases
 from geocl.data.medical.synthetic import make_volumes
 from geocl.errors import GeoclError
+from geocl.finetune.downstream import BudgetArguments
 from geocl.finetune.medical import (
     CASES_FILE,
     MEDICAL_KEY,
@@ -29,6 +31,7 @@ from geocl.finetune.medical import (
     run_medical_finetune,
 )
 from geocl.finetune.volume_metrics import case_metrics
+from geocl.recipes.options import FinetuneOptions
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +102,16 @@ def test_finetune_scores_the_test_cases(finetuned: Any, volumes: Path) -> None:
     assert (out / "plots" / f"{case.id}.png").stat().st_size > 1000
     checkpoint = torch.load(finetuned.checkpoint, weights_only=True, map_location="cpu")
     assert checkpoint["geocl_segmenter"][MEDICAL_KEY]["image_size"] % 32 == 0
+
+
+def test_compare_rows_pass_the_finetune_options_and_a_logger() -> None:
+    """``geocl compare``'s Dice rows pass every ``FinetuneOptions`` field (:mod:`geocl.evaluation.medical`)."""
+    parameters = inspect.signature(run_medical_finetune).parameters
+    assert len(parameters) <= 20
+    accepted = set(parameters) | set(get_type_hints(BudgetArguments))
+    assert set(FinetuneOptions.model_fields) | {"logger"} <= accepted
+    with pytest.raises(TypeError, match="unexpected keyword argument 'epochs'"):
+        run_medical_finetune(data="missing", out="missing", epochs=2)  # type: ignore[call-arg]
 
 
 def test_a_folder_holding_a_run_is_refused(finetuned: Any, volumes: Path) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+import geocl.finetune.downstream as downstream
 import geocl.finetune.medical as medical
 import geocl.finetune.medical_semi_supervised as medical_semi
 from geocl.cli import main
@@ -170,7 +171,7 @@ def test_every_volume_is_read_before_training(
     def no_training(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("training started")
 
-    monkeypatch.setattr(medical, "finetune_trainer", no_training)
+    monkeypatch.setattr(downstream, "finetune_trainer", no_training)
     monkeypatch.setattr(medical_semi, "fit_semi_supervised", no_training)
     data = _copy(volumes, tmp_path / "data")
     image, label = data / "images" / f"{TEST_CASE}.nii.gz", data / "labels" / f"{TEST_CASE}.nii.gz"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
+from typing import get_type_hints
 
 import geopandas as gpd
 import numpy as np
@@ -15,10 +17,12 @@ import torch
 import geocl.methods  # noqa: F401  (registers the methods)
 from geocl.data.tiler import TilingOptions, tile_scene
 from geocl.errors import GeoclError
+from geocl.finetune.downstream import BudgetArguments, TrainingBudget
 from geocl.finetune.inference import predict_with_checkpoint
 from geocl.finetune.model import build_segmenter, load_pretrained_encoder
 from geocl.finetune.train import SEGMENTER_KEY, label_subset, run_finetune
 from geocl.recipes import load_recipe
+from geocl.recipes.options import FinetuneCommand
 from geocl.training.pretrain import run_pretrain
 from tests.conftest import write_recipe
 
@@ -47,6 +51,19 @@ def test_band_count_mismatch_is_a_clear_error(pretrained: Path) -> None:
     with pytest.raises(GeoclError, match="pretrained on 4 bands but the data has 3") as error:
         load_pretrained_encoder(model, pretrained, in_chans=3)
     assert str(pretrained) in str(error.value)
+
+
+def test_every_option_of_the_command_is_a_keyword_with_its_default() -> None:
+    """``geocl finetune`` and compare rows call ``run_finetune(**options.model_dump())``; at most 20 parameters."""
+    parameters = inspect.signature(run_finetune).parameters
+    assert len(parameters) <= 20
+    defaults = {name: p.default for name, p in parameters.items() if p.default is not inspect.Parameter.empty}
+    defaults |= {name: getattr(TrainingBudget(), name) for name in get_type_hints(BudgetArguments)}
+    for name, field in FinetuneCommand.model_fields.items():
+        assert field.is_required() or defaults[name] == field.default, name
+    assert set(FinetuneCommand.model_fields) <= set(defaults) | {"tiles", "out"}
+    with pytest.raises(TypeError, match="unexpected keyword argument 'epochs'"):
+        run_finetune(tiles="missing", out="missing", epochs=2)  # type: ignore[call-arg]
 
 
 def test_label_subset_is_deterministic_and_sized() -> None:

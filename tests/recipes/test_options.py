@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from pathlib import Path
 from typing import Any
@@ -110,14 +111,16 @@ def test_compare_takes_nested_settings_as_mappings() -> None:
 def test_defaults_equal_the_library_functions() -> None:
     """The models hold the defaults; the functions they call must agree (imports torch)."""
     from geocl.evaluation.evaluate import run_evaluation
+    from geocl.finetune.downstream import TrainingBudget
     from geocl.finetune.inference import predict_with_checkpoint
     from geocl.finetune.train import run_finetune
 
     def defaults(function: Any) -> dict[str, Any]:
-        return {
-            name: p.default for name, p in inspect.signature(function).parameters.items()
-            if p.default is not inspect.Parameter.empty
-        }
+        parameters = inspect.signature(function).parameters
+        found = {name: p.default for name, p in parameters.items() if p.default is not inspect.Parameter.empty}
+        if "budget" in parameters:  # ``**budget: Unpack[BudgetArguments]``: the TrainingBudget's keywords
+            found |= {item.name: item.default for item in dataclasses.fields(TrainingBudget)}
+        return found
 
     for model, function in [
         (FinetuneCommand, run_finetune),
@@ -131,5 +134,5 @@ def test_defaults_equal_the_library_functions() -> None:
         for name in names:
             assert fields[name].default == library[name], (model.__name__, name)
         # every field is a keyword of the function: model_dump() feeds it
-        assert set(fields) <= set(inspect.signature(function).parameters) | {"polygons"}, model.__name__
+        assert set(fields) <= set(inspect.signature(function).parameters) | set(library) | {"polygons"}, model.__name__
     assert FinetuneCommand.model_fields["encoder"].default == defaults(run_finetune)["encoder"]
