@@ -58,8 +58,8 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from geocl.errors import GeoclError
-from geocl.finetune.model import checkpoint_fingerprint
 from geocl.io import atomic_write_text, check_output_folder
+from geocl.models.checkpoints import checkpoint_fingerprint
 from geocl.training.callbacks import progress_callbacks
 from geocl.training.checkpoint_io import AtomicCheckpointIO
 from geocl.training.loggers import LoggerKind, check_logger, experiment_loggers, log_final_metrics

@@ -21,7 +21,6 @@ from geocl.data.mosaic import open_scene, scene_files
 from geocl.data.normalize import BandNormalizer
 from geocl.data.rasters import as_raster_path, bounded_memory, inspect_rasters
 from geocl.errors import GeoclError
-from geocl.finetune.model import checkpoint_kind, read_checkpoint
 from geocl.finetune.predict import (
     DEFAULT_BLOCK,
     PredictionResult,
@@ -29,7 +28,8 @@ from geocl.finetune.predict import (
     check_prediction_outputs,
     predict_scene,
 )
-from geocl.finetune.train import SEGMENTER_KEY, SegmentationModule
+from geocl.finetune.train import SegmentationModule
+from geocl.models.checkpoints import SEGMENTER_KEY, checkpoint_kind, read_checkpoint
 
 __all__ = [
     "check_scene_values", "check_trained_on", "load_segmenter", "predict_with_checkpoint", "trained_on",

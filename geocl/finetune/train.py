@@ -47,13 +47,8 @@ from geocl.finetune.downstream import check_finetune_folder as check_finetune_fo
 from geocl.finetune.downstream import finetune_trainer as finetune_trainer
 from geocl.finetune.downstream import write_result as write_result
 from geocl.finetune.metrics import segmentation_metric, summarize_iou
-from geocl.finetune.model import (  # SEGMENTER_KEY: imported from here by predict and compare
-    SEGMENTER_KEY,
-    build_segmenter,
-    load_encoder_weights,
-    load_pretrained_encoder,
-    read_pretrain_checkpoint,
-)
+from geocl.finetune.model import build_segmenter, load_encoder_weights, load_pretrained_encoder
+from geocl.models.checkpoints import SEGMENTER_KEY, read_pretrain_checkpoint
 
 
 class SegmentationModule(lightning.LightningModule):

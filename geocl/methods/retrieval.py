@@ -130,7 +130,7 @@ class Retrieval(PretrainMethod):
 
     def _initialise_encoder(self, path: str) -> None:
         """Copy a pretrain checkpoint's encoder weights into ``self.encoder`` (any method)."""
-        from geocl.finetune.model import read_pretrain_checkpoint
+        from geocl.models.checkpoints import read_pretrain_checkpoint
         from geocl.models.encoders import timm_name
 
         try:  # read with torch.load(weights_only=True): nothing in it is unpickled

@@ -85,6 +85,7 @@ from timm.models import adapt_input_conv, get_pretrained_cfg, model_entrypoint
 from torch import Tensor, nn
 
 from geocl.errors import GeoclError
+from geocl.models.checkpoints import checkpoint_fingerprint, pretrain_encoder_state, unreadable_reason
 
 #: File name endings read as weights files.
 WEIGHTS_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
@@ -331,7 +332,6 @@ def read_weights_file(
     data = _load(path)
     if isinstance(data, dict) and "geocl" in data:
         # the checkpoint's reader (imported here: geocl.finetune.model imports this package)
-        from geocl.finetune.model import pretrain_encoder_state
 
         loaded = pretrain_encoder_state(data, path)
         architecture = str(loaded["meta"]["encoder"]).removeprefix("tu-")
@@ -354,7 +354,6 @@ def _load(path: Path) -> Any:
     except FileNotFoundError:
         raise WeightsNotFoundError("no such weights file", path=path) from None
     except Exception as error:  # noqa: BLE001 - torch's unpickler on a user's file: any failure is the file's
-        from geocl.finetune.model import unreadable_reason  # imported here: it imports this package
 
         remedy = "save the model's state_dict() (tensors only) instead of the model object"
         raise GeoclError(unreadable_reason(error, remedy), path=path) from None
@@ -464,7 +463,6 @@ def fit_weights(
                 f"{weights.path.name}, {tuple(tensor.shape)} in the encoder",
                 key=key,
             )
-    from geocl.finetune.model import checkpoint_fingerprint
 
     record: dict[str, Any] = {
         "weights": weights.name,

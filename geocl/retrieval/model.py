@@ -153,7 +153,7 @@ def load_towers(path: str | os.PathLike[str]) -> Towers:
             or its weights do not fit.
     """
     from geocl.evaluation.features import evaluation_encoder
-    from geocl.finetune.model import pretrained_encoder_args, read_checkpoint
+    from geocl.models.checkpoints import pretrained_encoder_args, read_checkpoint
 
     checkpoint = read_checkpoint(path)  # torch.load(weights_only=True): nothing unpickled
     settings = checkpoint.get(RETRIEVAL_KEY)

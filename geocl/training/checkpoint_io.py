@@ -45,8 +45,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from pydantic import BaseModel
 
 from geocl.errors import GeoclError
-from geocl.finetune.model import checkpoint_kind, read_checkpoint
 from geocl.io import atomic_path
+from geocl.models.checkpoints import checkpoint_kind, read_checkpoint
 
 #: What Lightning's ``ModelCheckpoint`` names the latest checkpoint of a run.
 LAST_NAME = "last.ckpt"

@@ -21,7 +21,7 @@ import torch
 
 import geocl.methods  # noqa: F401  (registers the methods)
 from geocl.cli import main
-from geocl.finetune.model import read_checkpoint
+from geocl.models.checkpoints import read_checkpoint
 from geocl.recipes.schema import OptimizerConfig
 from tests.conftest import write_recipe
 

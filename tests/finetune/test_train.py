@@ -20,7 +20,8 @@ from geocl.errors import GeoclError
 from geocl.finetune.downstream import BudgetArguments, TrainingBudget
 from geocl.finetune.inference import predict_with_checkpoint
 from geocl.finetune.model import build_segmenter, load_pretrained_encoder
-from geocl.finetune.train import SEGMENTER_KEY, label_subset, run_finetune
+from geocl.finetune.train import label_subset, run_finetune
+from geocl.models.checkpoints import SEGMENTER_KEY
 from geocl.recipes import load_recipe
 from geocl.recipes.options import FinetuneCommand
 from geocl.training.pretrain import run_pretrain
