@@ -248,7 +248,7 @@ def _serve(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from geocl.demo import run_demo
 
-    run_demo(args.out, size=args.size)
+    run_demo(args.out, kind=args.kind, size=args.size)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -450,6 +450,10 @@ def _add_search_commands(command: CommandAdder) -> None:
     demo = command("demo", "run the main job on the embedded scene")
     demo.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
     demo.add_argument("--size", type=int, default=2048, help="scene side in px (default: 2048)")
+    demo.add_argument(
+        "--kind", choices=("urban", "rural"), default="urban",
+        help="the embedded scene: urban (0.2 m city, objects smaller than a view) or rural (default: urban)",
+    )
     demo.set_defaults(run=_demo)
 
 

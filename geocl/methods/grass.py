@@ -1,7 +1,10 @@
 """GraSS: contrastive learning with gradient-guided sampling (Zhang et al., TGRS 2023).
 
-Stage 1 (``epoch < warmup_epochs``) is plain SimCLR. Stage 2 makes every step two
-passes over the same augmented views (spec ``../shared/specs/grass.md``, "Stage 2"):
+Paper: doi 10.1109/TGRS.2023.3336285, arXiv 2306.15868; released code: GeoX-Lab/GraSS
+(``vissl/trainer/train_steps/GraSS_train_step.py``), whose stage-2 step this follows.
+
+Stage 1 (``epoch < warmup_epochs``) is plain SimCLR, the paper's instance-discrimination
+warm-up. Stage 2 makes every step two passes over the same augmented views:
 
 1. *guide pass*: the NT-Xent loss of the views is back-propagated to the feature map
    A of the gradient layer only (``torch.autograd.grad`` w.r.t. A; with the default
@@ -11,12 +14,21 @@ passes over the same augmented views (spec ``../shared/specs/grass.md``, "Stage 
 2. *training pass*: NT-Xent on the cropped views (positives: the two crops of one
    image), which alone updates the weights.
 
-Readings of the spec's ambiguities: A1 the warm-up is a recipe parameter
-(``warmup_epochs``), the released code has none; A2 the map keeps the loss
-gradient's sign and is divided by its maximum only when that is positive; A5 the
-head is Linear-ReLU-Linear; A6 no minimum box side by default (``min_box_side``
-enables one); A7 the map comes from the spatial feature map before pooling; A8 the
-crop is taken from the already augmented view.
+Where paper and code leave a choice open, geocl reads them so (A1-A8 label these
+readings across geocl's GraSS code, e.g. :mod:`geocl.sampling.regions`): A1 the
+warm-up is a recipe parameter (``warmup_epochs``), the released code has none; A2 the
+map keeps the loss gradient's sign and is divided by its maximum only when that is
+positive; A5 the head is Linear-ReLU-Linear; A6 no minimum box side by default
+(``min_box_side`` enables one); A7 the map comes from the spatial feature map before
+pooling; A8 the crop is taken from the already augmented view.
+
+The map's grid sets the smallest box: the paper's ResNet-50 ``layer4`` gives 7 x 7
+cells on its 224 px views, a ResNet ``layer4`` 3 x 3 on 96 px views and ``layer3``
+6 x 6. Every stage-2 epoch logs the mean box area as a fraction of the view
+(``train/box_area`` in ``metrics.csv`` and on the training bar; a view left whole
+counts 1), drawn at the end to ``plots/box_area.png``. The released rule keeps what
+lies above the middle of the map's range: on a map whose values spread evenly about
+that middle, as an encoder early in training gives, that is about half the view.
 
 With ``stage2_sampling: geo`` the online crop is replaced by regions drawn, at scene
 scale, by :class:`~geocl.sampling.GradientRegionSampler` from gradient maps of whole
@@ -38,7 +50,7 @@ from geocl.errors import GeoclError
 from geocl.losses import NTXentLoss
 from geocl.methods.registry import register_method
 from geocl.methods.simclr import SimCLR
-from geocl.sampling.regions import crop_and_resize, gradient_maps, select_boxes, upsample_maps
+from geocl.sampling.regions import Box, crop_and_resize, gradient_maps, select_boxes, upsample_maps
 from geocl.transforms import photometric_only
 
 
@@ -85,7 +97,8 @@ class GraSS(SimCLR):
                 "or use method simclr or moco with spps",
                 key="method.spps.enabled",
             )
-        self._layer = self._find_layer(params.layer) if params.layer else None
+        if params.layer:
+            self._find_layer(params.layer)  # a wrong name fails at build time, naming its key
         # maps of whole tiles are written by one process: no cross-device gather there
         self.local_criterion = NTXentLoss(temperature=params.temperature, gather_distributed=False)
 
@@ -118,6 +131,17 @@ class GraSS(SimCLR):
 
         return [RegionMapWriter(dataset, self.trainer.datamodule.out, count=self.params.map_tiles)]
 
+    @property
+    def gradient_layer(self) -> torch.nn.Module | None:
+        """The encoder module whose output gives the map; None = the last feature map.
+
+        Looked up by name on every call rather than kept as an attribute: a module kept
+        as an attribute would be registered a second time, its weights saved twice in
+        every checkpoint under another prefix, and a checkpoint of another method (or
+        of another ``layer``) could no longer be loaded.
+        """
+        return self._find_layer(self.params.layer) if self.params.layer else None
+
     def _find_layer(self, name: str) -> torch.nn.Module:
         modules = dict(self.encoder.body.named_modules())
         if name not in modules:
@@ -143,8 +167,9 @@ class GraSS(SimCLR):
             no parameter gradient, and with the default layer no encoder graph at all.
         """
         n = views.shape[0] // 2
+        layer = self.gradient_layer
         with torch.enable_grad():
-            if self._layer is None:
+            if layer is None:
                 with torch.no_grad():
                     features = self.encoder.feature_map(views)
                 features.requires_grad_(True)
@@ -158,7 +183,7 @@ class GraSS(SimCLR):
                     captured.append(detached)
                     return detached
 
-                handle = self._layer.register_forward_hook(capture)
+                handle = layer.register_forward_hook(capture)
                 try:
                     embeddings = self.embed(views)
                 finally:
@@ -205,7 +230,7 @@ class GraSS(SimCLR):
         features, gradients = self.guide(views)
         maps = gradient_maps(features, gradients)
         params = self.params
-        boxes = select_boxes(maps, tuple(views.shape[-2:]), params.threshold_ratio, params.min_box_side)
+        boxes = select_boxes(maps, (views.shape[-2], views.shape[-1]), params.threshold_ratio, params.min_box_side)
         return crop_and_resize(views, boxes), boxes
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -216,8 +241,20 @@ class GraSS(SimCLR):
         n = len(view_a)
         cropped, boxes = self.sample_regions(torch.cat([view_a, view_b]))
         loss = self.check_finite(self.contrast(cropped[:n], cropped[n:]))
-        size = view_a.shape[-1] * view_a.shape[-2]
-        areas = [((b[1] - b[0]) * (b[3] - b[2]) / size) if b is not None else 1.0 for b in boxes]
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True, batch_size=n)
-        self.log("train/box_area", sum(areas) / len(areas), on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
+        # goal of the crop: one object, a fraction of the view; 1.0 = the view kept whole
+        area = box_area(boxes, (view_a.shape[-2], view_a.shape[-1]))
+        self.log("train/box_area", area, prog_bar=True, on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
         return loss
+
+
+def box_area(boxes: list[Box | None], view_size: tuple[int, int]) -> float:
+    """Mean area of the crop boxes as a fraction of the view (a view left whole counts 1).
+
+    Args:
+        boxes: ``(r0, r1, c0, c1)`` per view, or None where the view was kept whole.
+        view_size: ``(H, W)`` of the views (px).
+    """
+    size = view_size[0] * view_size[1]
+    areas = [(b[1] - b[0]) * (b[3] - b[2]) / size if b is not None else 1.0 for b in boxes]
+    return sum(areas) / len(areas)

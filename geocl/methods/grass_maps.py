@@ -4,7 +4,9 @@ With ``stage2_sampling: geo``, every stage-2 epoch first writes the gradient reg
 maps of all train tiles (``OUT/maps/epochNNN/``) with the current encoder, then draws
 regions from them with :class:`~geocl.sampling.GradientRegionSampler` over the tile
 mosaic (a TorchGeo dataset). At the end of training :class:`RegionMapWriter` writes the
-maps of a few fixed tiles to ``maps/final/`` and overlays to ``plots/``.
+maps of a few fixed tiles to ``maps/final/``, overlays to ``plots/`` and the mean box
+area of every stage-2 epoch (``train/box_area`` in ``metrics.csv``) to
+``plots/box_area.png``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import lightning
 import numpy as np
 import rasterio
 import torch
+from lightning.pytorch.loggers import CSVLogger
 from rasterio.crs import CRS
 from torch.utils.data import DataLoader
 from torchgeo.datasets import stack_samples
@@ -25,9 +28,9 @@ from geocl.data.normalize import BandNormalizer
 from geocl.data.scene import SceneImage
 from geocl.data.tile_dataset import TileDataset
 from geocl.report.maps import stretch
-from geocl.report.regions import plot_region_overlay
-from geocl.sampling.region_rasters import write_region_map
+from geocl.report.regions import plot_box_areas, plot_region_overlay
 from geocl.sampling.geo_sampler import GradientRegionSampler
+from geocl.sampling.region_rasters import write_region_map
 from geocl.sampling.regions import select_box
 
 
@@ -115,9 +118,13 @@ def region_loader(model: Any, data: Any) -> DataLoader[Any]:
 
 
 class RegionMapWriter(lightning.Callback):
-    """At the end of training, write GraSS region maps of a few fixed tiles.
+    """At the end of training, write GraSS region maps of a few fixed tiles and the box-area curve.
 
-    GeoTIFFs go to ``maps/final/`` (the tiles' grids) and overlays to ``plots/``.
+    GeoTIFFs go to ``maps/final/`` (the tiles' grids), overlays to ``plots/`` and, when
+    stage 2 ran, the mean box area per epoch to ``plots/box_area.png``. The maps are
+    those of whole tiles (``tile_size`` px); training crops views of ``data.view_size``
+    px, whose maps have fewer cells: the curve, not the overlays, shows the boxes that
+    trained the encoder.
 
     Args:
         tiles: the train tiles.
@@ -132,7 +139,18 @@ class RegionMapWriter(lightning.Callback):
         self.pngs: list[Path] = []
 
     def on_train_end(self, trainer: lightning.Trainer, module: Any) -> None:
+        if trainer.is_global_zero:
+            self._plot_box_areas(trainer, module)
         if not trainer.is_global_zero or self.count <= 0:
             return
         items = list(range(min(max(self.count, 2), len(self.tiles))))
-        self.pngs = plot_tile_maps(module, self.tiles, items, self.out / "maps" / "final", self.out / "plots")
+        self.pngs.extend(plot_tile_maps(module, self.tiles, items, self.out / "maps" / "final", self.out / "plots"))
+
+    def _plot_box_areas(self, trainer: lightning.Trainer, module: Any) -> None:
+        csv = next((logger for logger in trainer.loggers if isinstance(logger, CSVLogger)), None)
+        if csv is None:
+            return
+        csv.save()  # the last epoch's values are still in the logger's buffer
+        png = plot_box_areas(Path(csv.log_dir).parent, self.out / "plots" / "box_area.png", title=module.method_name)
+        if png is not None:
+            self.pngs.append(png)

@@ -1,4 +1,4 @@
-"""A picture of a tile's gradient region map and the crop boxes chosen from it."""
+"""Pictures of GraSS's regions: a tile's gradient region map with its box, and the box areas over training."""
 
 from __future__ import annotations
 
@@ -14,6 +14,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from geocl.io import save_figure
+from geocl.report.curves import read_lightning_csv
+
+#: The logged mean box area of a stage-2 epoch, as a fraction of the view (:mod:`geocl.methods.grass`).
+BOX_AREA_KEY = "train/box_area"
 
 if TYPE_CHECKING:
     from geocl.sampling.regions import Box
@@ -67,4 +71,35 @@ def plot_region_overlay(
     for ax in (tile_ax, heat_ax, box_ax):
         ax.set_xticks([])
         ax.set_yticks([])
+    return save_figure(figure, path_png, dpi=100)
+
+
+def plot_box_areas(logs: str | os.PathLike[str], path_png: str | os.PathLike[str], title: str = "") -> Path | None:
+    """Draw GraSS's mean box area per stage-2 epoch from Lightning CSV logs; None when none is logged.
+
+    The area is the fraction of the view that the crop keeps (1 = the whole view, the
+    crop then changes nothing); a dotted line marks half the view.
+
+    Args:
+        logs: the run's ``logs/`` folder (``version_*/metrics.csv``).
+        path_png: the PNG to write (atomic).
+        title: figure title (e.g. the method's name).
+    """
+    metrics = read_lightning_csv(logs)
+    if metrics.empty or BOX_AREA_KEY not in metrics:
+        return None
+    # a resumed run repeats epochs after its checkpoint: the later version wins
+    epochs = metrics.dropna(subset=[BOX_AREA_KEY]).drop_duplicates("epoch", keep="last").sort_values("step")
+    if epochs.empty:
+        return None
+    figure = Figure(figsize=(7, 3.2), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    axes.plot(epochs["step"], epochs[BOX_AREA_KEY], "o-", ms=3, label="mean box area, stage-2 epoch")
+    axes.axhline(0.5, ls=":", color="grey", label="half the view")
+    axes.set_ylim(0.0, 1.02)
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("fraction of the view")
+    axes.set_title(title)
+    axes.legend(loc="lower left")
     return save_figure(figure, path_png, dpi=100)

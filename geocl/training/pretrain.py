@@ -521,5 +521,8 @@ def _finish(
     monitor = next((callback for callback in trainer.callbacks if isinstance(callback, RepresentationMonitor)), None)
     if monitor is not None:
         metrics.update(monitor.summary())
+    box_area = trainer.callback_metrics.get("train/box_area")  # GraSS: the last stage-2 epoch's mean box
+    if box_area is not None:
+        metrics["box_area"] = round(float(box_area), 4)
     atomic_write_text(metrics_path, json.dumps(metrics, indent=1, allow_nan=False))
     return result

@@ -1,16 +1,19 @@
-"""GraSS's guide pass against full autograd, and its gradient bookkeeping."""
+"""GraSS's guide pass against full autograd, its gradient bookkeeping, and the box areas it reports."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
 import geocl.methods  # noqa: F401  (registers the methods)
+import geocl.methods.grass as grass
 from geocl.errors import GeoclError
 from geocl.methods import GraSS, build_method
 from geocl.recipes import load_recipe
+from geocl.training.pretrain import run_pretrain
 from tests.conftest import write_recipe
 
 BAND_STATS = {"mean": [0.0] * 4, "std": [1.0] * 4}
@@ -52,7 +55,7 @@ def test_guide_gradient_equals_full_backward(tmp_path: Path, layer: str) -> None
     model.eval()  # fixed BatchNorm statistics, so both passes see the same network
     views = _views()
     features, gradients = model.guide(views)
-    reference_features, reference_gradients = _reference(model, views, model._layer)
+    reference_features, reference_gradients = _reference(model, views, model.gradient_layer)
     torch.testing.assert_close(features, reference_features)
     torch.testing.assert_close(gradients, reference_gradients, atol=1e-7, rtol=1e-5)
     assert gradients.abs().sum() > 0
@@ -90,3 +93,44 @@ def test_bad_grass_parameters_name_their_key(tmp_path: Path) -> None:
         _grass(tmp_path, layer="layer9")
     with pytest.raises(GeoclError, match="method.stage2_sampling"):
         _grass(tmp_path / "b", stage2_sampling="offline")
+
+
+def test_a_gradient_layer_is_not_saved_twice_and_checkpoints_load_across_layers(tmp_path: Path) -> None:
+    last = _grass(tmp_path / "a")
+    deeper = _grass(tmp_path / "b", layer="layer3")
+    assert deeper.gradient_layer is deeper.encoder.body.layer3
+    # the layer's weights live under encoder.* only: same keys as with the last feature map
+    assert list(deeper.state_dict()) == list(last.state_dict())
+    deeper.load_state_dict(last.state_dict())  # strict
+    torch.testing.assert_close(deeper.encoder.body.layer3[0].conv1.weight, last.encoder.body.layer3[0].conv1.weight)
+
+
+def test_box_area_is_the_mean_fraction_of_the_view_with_whole_views_counting_one() -> None:
+    boxes = [(0, 10, 0, 20), None, (5, 25, 10, 30)]  # 200 px, whole view, 400 px of a 20 x 40 view
+    assert grass.box_area(boxes, (20, 40)) == pytest.approx((200 / 800 + 1.0 + 400 / 800) / 3)
+
+
+def test_each_stage2_epoch_logs_the_mean_area_of_the_boxes_it_cropped_and_draws_them(
+    tmp_path: Path, tiny_tiles: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    areas: dict[int, list[float]] = {}
+    real = GraSS.sample_regions
+
+    def recording(self: GraSS, views: torch.Tensor) -> tuple[torch.Tensor, list]:  # type: ignore[type-arg]
+        cropped, boxes = real(self, views)
+        size = views.shape[-1] * views.shape[-2]
+        epoch = areas.setdefault(self.current_epoch, [])
+        epoch.extend(1.0 if box is None else (box[1] - box[0]) * (box[3] - box[2]) / size for box in boxes)
+        return cropped, boxes
+
+    monkeypatch.setattr(GraSS, "sample_regions", recording)
+    method = {"name": "grass", "warmup_epochs": 1, "hidden_dim": 16, "output_dim": 8, "map_tiles": 0}
+    recipe = load_recipe(write_recipe(tmp_path, tiny_tiles, method, trainer={"max_epochs": 3, "limit_train_batches": 2}))
+    run = run_pretrain(recipe).out
+    logged = pd.concat(pd.read_csv(path) for path in (run / "logs").glob("version_*/metrics.csv"))
+    logged = logged.dropna(subset=["train/box_area"]).set_index("epoch")["train/box_area"]
+    assert sorted(areas) == [1, 2] and sorted(logged.index) == [1, 2]  # none in the warm-up epoch
+    for epoch, values in areas.items():
+        # every batch has the same size, so the epoch's weighted mean is the plain mean
+        assert logged[epoch] == pytest.approx(sum(values) / len(values), rel=1e-6)
+    assert (run / "plots" / "box_area.png").read_bytes()[:4] == b"\x89PNG"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geocl.report.regions import plot_region_overlay
+from geocl.report.regions import plot_box_areas, plot_region_overlay
 
 
 def test_overlay_png_is_written(tmp_path: Path) -> None:
@@ -19,3 +19,14 @@ def test_overlay_png_is_written(tmp_path: Path) -> None:
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(data) > 5_000
     assert [p.name for p in out.parent.iterdir()] == ["overlay.png"]
+
+
+def test_box_area_curve_is_drawn_from_the_logged_epochs_and_skipped_without_them(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    (logs / "version_0").mkdir(parents=True)
+    rows = "epoch,step,train/box_area,train/loss_step\n0,0,,4.0\n1,1,0.62,\n2,2,0.55,\n"
+    (logs / "version_0" / "metrics.csv").write_text(rows)
+    png = plot_box_areas(logs, tmp_path / "plots" / "box_area.png", title="grass")
+    assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (logs / "version_0" / "metrics.csv").write_text("epoch,step,train/loss_step\n0,0,4.0\n")
+    assert plot_box_areas(logs, tmp_path / "other.png") is None and not (tmp_path / "other.png").exists()
