@@ -58,3 +58,38 @@ def test_training_leaves_every_encoder_weight_and_statistic_unchanged(tmp_path: 
     assert not torch.equal(module.model.classifier.weight, classifier_before)
     trainable = {name for name, p in module.named_parameters() if p.requires_grad}
     assert trainable == {"model.classifier.weight", "model.classifier.bias"}
+
+
+def test_deep_only_probe_equals_the_full_probe_with_shallow_weights_zeroed() -> None:
+    # an independent reference: the full probe, its classifier columns of the stride-2/4/8 stages set
+    # to 0, computes exactly what the probe of the stride-16/32 stages computes with the same weights
+    torch.manual_seed(0)
+    full = DenseLinearProbe("test_resnet", 4, 3, stages=(1, 2, 3, 4, 5)).eval()
+    deep = DenseLinearProbe("test_resnet", 4, 3, stages=(5, 4)).eval()
+    assert deep.read == (4, 5)
+    deep.encoder.load_state_dict(full.encoder.state_dict())
+    widths = full.encoder.out_channels
+    assert deep.widths == [widths[4], widths[5]]
+    with torch.no_grad():
+        for norm in [*full.norms, *deep.norms]:
+            norm.running_mean.normal_()
+            norm.running_var.uniform_(0.5, 2.0)
+        for target, source in zip(deep.norms, full.norms[3:], strict=True):
+            target.load_state_dict(source.state_dict())
+        full.classifier.weight.normal_()
+        full.classifier.bias.normal_()
+        shallow = sum(widths[1:4])
+        full.classifier.weight[:, :shallow] = 0.0
+        deep.classifier.weight.copy_(full.classifier.weight[:, shallow:])
+        deep.classifier.bias.copy_(full.classifier.bias)
+    images = torch.randn(2, 4, 64, 64)
+    stages = deep.stages(images)
+    assert [tuple(stage.shape[-2:]) for stage in stages] == [(4, 4), (2, 2)]  # 64 px / 16 and / 32
+    torch.testing.assert_close(deep(images), full(images), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("stages", [(), (0,), (4, 6)])
+def test_a_stage_the_encoder_lacks_is_refused_naming_the_key(stages: tuple[int, ...]) -> None:
+    with pytest.raises(GeoclError, match="encoder stages") as caught:
+        DenseLinearProbe("test_resnet", 4, 3, stages=stages)
+    assert caught.value.key == "probe_stages"

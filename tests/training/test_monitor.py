@@ -19,7 +19,15 @@ from geocl.data.tile_dataset import IGNORE_INDEX
 from geocl.data.tiler import TilingOptions, tile_scene
 from geocl.models import create_encoder
 from geocl.recipes import load_recipe
-from geocl.training.monitor import ProbeTiles, RepresentationMonitor, build_monitor, cell_labels, probe
+from geocl.training.monitor import (
+    ProbeTiles,
+    RepresentationMonitor,
+    build_monitor,
+    cell_features,
+    cell_labels,
+    probe,
+    stage_features,
+)
 from geocl.training.pretrain import run_pretrain
 from tests.conftest import write_recipe
 
@@ -97,7 +105,10 @@ def test_probe_scores_separable_features_perfectly_and_labels_cells_by_majority(
     assert cell_labels(mask, 2, 3).tolist() == [[[1, 2], [0, 1]]]
 
 
-def test_probe_leaves_every_weight_statistic_mode_gradient_and_the_random_stream_unchanged() -> None:
+@pytest.mark.parametrize("stages", [None, (3, 4, 5)])
+def test_probe_leaves_every_weight_statistic_mode_gradient_and_the_random_stream_unchanged(
+    stages: tuple[int, ...] | None,
+) -> None:
     torch.manual_seed(0)
     encoder = create_encoder("test_resnet", 4).train()
     encoder.body.bn1.eval()  # a submodule a method keeps in eval mode stays so
@@ -105,13 +116,36 @@ def test_probe_leaves_every_weight_statistic_mode_gradient_and_the_random_stream
     modes = {name: module.training for name, module in encoder.named_modules()}
     images, masks = torch.randn(4, 4, 32, 32), torch.randint(0, 3, (4, 32, 32))
     rng = torch.get_rng_state()
-    score = probe(encoder, ProbeTiles(images[:2], masks[:2], images[2:], masks[2:], num_classes=3), grid=8)
+    score = probe(
+        encoder, ProbeTiles(images[:2], masks[:2], images[2:], masks[2:], num_classes=3), grid=8, stages=stages
+    )
     assert 0 <= score.miou <= 1
     assert torch.equal(torch.get_rng_state(), rng)
     after = encoder.state_dict()
     assert all(torch.equal(before[name], after[name]) for name in before)  # BatchNorm running stats included
     assert {name: module.training for name, module in encoder.named_modules()} == modes
     assert all(parameter.grad is None for parameter in encoder.parameters())
+
+
+def test_stages_select_the_cnn_stages_by_number_and_the_probe_reads_only_those() -> None:
+    torch.manual_seed(0)
+    encoder = create_encoder("test_resnet", 4).eval()
+    images, masks = torch.randn(4, 4, 64, 64), torch.randint(0, 3, (4, 64, 64))
+    with torch.no_grad():
+        every = stage_features(encoder, images)
+        deep = stage_features(encoder, images, (5, 4))
+    assert len(every) == 5 and [tuple(stage.shape[-2:]) for stage in deep] == [(4, 4), (2, 2)]  # strides 16, 32
+    assert all(torch.equal(a, b) for a, b in zip(deep, every[3:], strict=True))
+
+    class DeepOnly(nn.Module):  # the encoder seen through stages 4-5 alone: one map, the two concatenated cells
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return cell_features(stage_features(encoder, x, (4, 5)), 8)
+
+    tiles = ProbeTiles(images[:2], masks[:2], images[2:], masks[2:], num_classes=3)
+    assert probe(encoder, tiles, grid=8, stages=(4, 5)) == probe(DeepOnly(), tiles, grid=8)
+    assert probe(encoder, tiles, grid=8, stages=None) != probe(encoder, tiles, grid=8, stages=(4, 5))
+    with pytest.raises(ValueError, match="1..5"):
+        stage_features(encoder, images, (0, 5))
 
 
 def test_a_token_model_of_one_input_size_probes_windows_of_that_size() -> None:
