@@ -6,7 +6,7 @@ alike: cases split train/val/test by case (:func:`~geocl.data.medical.split.spli
 every volume read once before training and the classes those of the label maps
 (:func:`~geocl.finetune.medical.read_cases`),
 the labelled train cases drawn by case with the subset seed
-(:func:`~geocl.data.medical.split.labelled_subset`: FBA's "20 %" is 16 of 80 cases), the
+(:func:`~geocl.data.medical.split.labelled_subset`), the
 test cases predicted whole and scored on their own grid (Dice, Jaccard, 95HD, ASD in mm;
 ``cases.csv``, ``metrics.json``, ``predictions/``, ``plots/``), and a
 :class:`~geocl.finetune.medical.MedicalFinetuneResult`.
@@ -29,6 +29,26 @@ labelled-first batches of :mod:`geocl.sampling.labelled_first`):
 
 The test prediction is decoder 1's (spec ambiguity 6); probabilities go back to the input's
 grid by inverting the preprocessing (``monai.transforms.Invertd``), then argmax.
+
+Checkpoint selection scores the val cases as the test scores the test cases: one Dice per
+case (2D: over the stack of the case's slices, :class:`~geocl.finetune.semi_supervised.CaseSlices`;
+3D: the whole volume by sliding window), averaged over cases
+(:func:`~geocl.finetune.semi_supervised.case_dice`), not a Dice of all val slices pooled,
+which an easy case's many foreground slices make optimistic.
+
+The label budget (``label_budget``):
+
+* ``train``: the fraction is of the labelled train cases; the val cases are held out
+  (their images never train).
+* ``train-and-val``: the paper's reading (FBA-Net, arXiv 2306.15189: 20 % of the 80 left-atrium
+  training volumes = 16 labelled + 64 unlabelled, the 20 test volumes apart). geocl
+  needs validation cases, and the paper took none apart (the released code picked its
+  checkpoint on the test volumes, which geocl does not copy); so its 80 are geocl's train
+  and val cases together: ``ceil(fraction * (train + val))`` labelled cases are drawn among
+  the train cases (the subset seed's order, as :func:`~geocl.data.medical.split.labelled_subset`),
+  every other case of the 80 trains unlabelled, the val cases included (their images,
+  never their labels), and the val labels only choose the checkpoint. With a
+  ``splits.json`` of 64 train + 16 val + 20 test cases: 16 + 64 at 20 %.
 """
 
 from __future__ import annotations
@@ -69,12 +89,15 @@ from geocl.finetune.medical import (
     write_cases_csv,
 )
 from geocl.finetune.model import load_pretrained_encoder, read_checkpoint, read_pretrain_checkpoint
-from geocl.finetune.semi_supervised import RAMP_END, SemiSupervisedSegmenter, fit_semi_supervised
+from geocl.finetune.semi_supervised import RAMP_END, CaseSlices, SemiSupervisedSegmenter, fit_semi_supervised
 from geocl.finetune.train import check_finetune_folder, write_result
 from geocl.finetune.volume_metrics import METRICS
 from geocl.losses.fba import ContrastMode
 
-__all__ = ["SemiSupervisedVolumePredictor", "WholeVolumes", "run_medical_semi_supervised"]
+__all__ = ["SemiSupervisedVolumePredictor", "WholeVolumes", "label_budget_split", "run_medical_semi_supervised"]
+
+#: What a label fraction is of: the train cases, or the train and val cases together (the paper's 80).
+LabelBudget = Literal["train", "train-and-val"]
 
 
 class WholeVolumes(Dataset[dict[str, Any]]):
@@ -166,6 +189,44 @@ class SemiSupervisedVolumePredictor:
         return np.asarray(torch.as_tensor(restored).argmax(0).numpy(), dtype=np.uint8)
 
 
+def label_budget_split(
+    train: Sequence[Case], val: Sequence[Case], fraction: float, seed: int, budget: LabelBudget = "train"
+) -> tuple[list[Case], list[Case]]:
+    """The labelled and the unlabelled training cases under a label budget (module docstring).
+
+    Args:
+        train: the train cases.
+        val: the val cases (``train-and-val``: counted in the budget, trained unlabelled).
+        fraction: the label fraction, in (0, 1].
+        seed: the subset seed.
+        budget: ``train`` or ``train-and-val``.
+
+    Returns:
+        ``(labelled, unlabelled)``: labelled among the train cases; unlabelled the other
+        train cases, then (``train-and-val``) the val cases.
+
+    Raises:
+        GeoclError: as :func:`~geocl.data.medical.split.labelled_subset`; ``train-and-val``
+            asking more labelled cases than the train cases hold (key ``label_fraction``).
+    """
+    if budget == "train":
+        return labelled_subset(train, fraction, seed)
+    if not 0.0 < fraction <= 1.0:
+        raise GeoclError(f"must be in (0, 1], got {fraction}", key="label_fraction")
+    candidates = [case for case in train if case.labelled]
+    pool = len(candidates) + len(val)
+    keep = max(1, math.ceil(fraction * pool))
+    if keep > len(candidates):
+        raise GeoclError(
+            f"{fraction:g} of the {pool} train and val cases is {keep} labelled cases, more than the "
+            f"{len(candidates)} labelled train cases; lower it or move cases from val to train", key="label_fraction",
+        )
+    # labelled_subset's draw (the subset seed's order over the candidates), ``keep`` of them: a fraction just
+    # below keep / n gives exactly ``keep`` under its ceil rule whatever the float rounding
+    labelled, rest = labelled_subset(train, (keep - 0.5) / len(candidates), seed)
+    return labelled, [*rest, *val]
+
+
 def _without_labels(cases: Sequence[Case]) -> list[Case]:
     """The cases as unlabelled ones: their label maps are not even read."""
     return [dataclasses.replace(case, label=None) for case in cases]
@@ -185,6 +246,7 @@ def run_medical_semi_supervised(
     intensity: Intensity = "zscore",
     image_size: int = 0,
     val_fraction: float = 0.2,
+    label_budget: LabelBudget = "train",
     spatial_dims: Literal[2, 3] = 2,
     supervised_only: bool = False,
     decoders: int = 3,
@@ -223,6 +285,7 @@ def run_medical_semi_supervised(
         encoder: 2D encoder of a random init (a checkpoint brings its own).
         label_fraction, seed, subset_seed, spacing, slice_axis, intensity, image_size,
             val_fraction: as :func:`~geocl.finetune.medical.run_medical_finetune`.
+        label_budget: ``train`` or ``train-and-val`` (module docstring; :func:`label_budget_split`).
         spatial_dims: 2 (slices, U-Net) or 3 (patches, V-Net).
         supervised_only: the baseline on the labelled cases alone.
         decoders: 1 (FBA-Net) or 3 (FBA-Net+).
@@ -263,7 +326,7 @@ def run_medical_semi_supervised(
                          "use spatial_dims 2 to start from one", key="method.init_checkpoint")
     cases, splits, classes = read_cases(data, val_fraction, image_size)
     lightning.seed_everything(seed, workers=True, verbose=False)
-    labelled, rest = labelled_subset(splits.train, label_fraction, subset_seed)
+    labelled, rest = label_budget_split(splits.train, splits.val, label_fraction, subset_seed, label_budget)
     unlabelled = [] if supervised_only else _without_labels(rest)
     num_classes = len(classes)
     spacing = tuple(spacing) if spacing else median_spacing(cases)
@@ -282,8 +345,8 @@ def run_medical_semi_supervised(
         side = train.image_size  # type: ignore[attr-defined]
         other: Dataset[dict[str, Any]] | None = NiftiSliceDataset(
             unlabelled, preprocessing, slice_axis=slice_axis, image_size=side) if unlabelled else None
-        val: Dataset[dict[str, Any]] = NiftiSliceDataset(
-            splits.val, preprocessing, slice_axis=slice_axis, image_size=side, with_mask=True, classes=classes)
+        val: Dataset[dict[str, Any]] = CaseSlices(NiftiSliceDataset(
+            splits.val, preprocessing, slice_axis=slice_axis, image_size=side, with_mask=True, classes=classes))
         patch: tuple[int, ...] | None = (min(crop, side),) * 2
         network: dict[str, Any] = {"encoder": encoder, "decoder_channels": decoder_channels}
     else:
@@ -313,7 +376,7 @@ def run_medical_semi_supervised(
         spatial_dims, 1, num_classes, decoders=decoders, labelled_bs=labelled_bs, supervised_only=supervised_only,
         contrast_mode=contrast_mode, contrast_weight=contrast_weight, consistency=consistency,
         consistency_rampup=consistency_rampup, rampup_iterations=rampup_iterations, patch_size=patch,
-        optimizer=optimizer, lr=lr, meta=meta, **network, **dict(segmenter_options or {}),
+        optimizer=optimizer, lr=lr, meta=meta, val_per_case=True, **network, **dict(segmenter_options or {}),
     )
     if pretrained is not None:
         load_pretrained_encoder(module.network, encoder_checkpoint, 1, loaded=pretrained)  # type: ignore[arg-type]
@@ -353,6 +416,7 @@ def run_medical_semi_supervised(
         "labelled_cases": result.labelled_cases, "unlabelled_cases": [case.id for case in unlabelled],
         "test_cases": [case.id for case in splits.test], "val_cases": [case.id for case in splits.val],
         "supervised_only": supervised_only, "decoders": decoders, "spatial_dims": spatial_dims,
+        "label_budget": label_budget, "val_scored": "per case",
         "encoder": meta["encoder"], "encoder_checkpoint": meta["encoder_checkpoint"], "arch": meta["arch"],
         "spacing": list(preprocessing.spacing), "checkpoint": str(checkpoint),
         "seconds": round(time.perf_counter() - start, 1),

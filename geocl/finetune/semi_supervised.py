@@ -3,15 +3,19 @@
 :class:`SemiSupervisedSegmenter` trains a :class:`~geocl.models.fba_nets.MultiDecoderSegmenter`
 (1 decoder: FBA-Net; 3 decoders: FBA-Net+) on batches whose first ``labelled_bs`` items
 carry masks (:mod:`geocl.sampling.labelled_first`). With ``z_d`` the logits of decoder
-d, ``p_d = softmax(z_d)`` and L the labelled items (spec ``shared/specs/fba.md``)::
+d, ``p_d = softmax(z_d)`` and L the labelled items (FBA-Net, Chung et al., arXiv 2306.15189,
+as released)::
 
     loss = lambda * sum_d Dice(p_d[L], y) + ce_weight * sum_d CE(z_d[L], y)
          + w(t) * sum_{i != j} MSE(p_i, sharpen(p_j))            (all items; FBA-Net+ only)
          + contrast_weight * sum_d C_d(z_d)                     (all items; label free)
 
-* Dice: MONAI's soft Dice summed over the labelled sub-batch (``batch=True``), eps 1e-8,
-  foreground classes only unless ``dice_include_background`` (for 2 classes: the
-  released ``Binary_dice_loss`` exactly); ignore-index pixels count nowhere.
+* Dice (``stable``): MONAI's soft Dice ``1 - 2I / (sum p + sum t)`` summed over the labelled
+  sub-batch (``batch=True``), eps 1e-8, foreground classes only unless
+  ``dice_include_background`` (for 2 classes: the released 3D ``Binary_dice_loss``
+  exactly); ignore-index pixels count nowhere. ``released`` in 2D: the released 2D
+  ``DiceLoss``, ``mean_k [1 - I_k / (sum s_k^2 + sum t_k^2)]`` over all classes
+  (:func:`released_dice_loss`); in 3D the binary Dice above (what the 3D code uses).
 * ``lambda`` (``dice_weight``): 0.5 for 3D FBA-Net+, 1.0 for 3D FBA-Net and for 2D (spec
   ambiguity 7). CE is computed but not added in the released code, hence
   ``ce_weight = 0`` by default.
@@ -19,20 +23,53 @@ d, ``p_d = softmax(z_d)`` and L the labelled items (spec ``shared/specs/fba.md``
   released loop increments its counter before reading the weight).
 * ``C_d``: :class:`~geocl.losses.fba.FBContrastLoss`, one per decoder (own weights).
 
+Two presets (``variant``), chosen for what they do on geocl's data (issue 23's measurements):
+
+* ``released``: the losses of the released code: its contrast projections (free biases),
+  ``contrast_weight`` fixed (1), per-channel sharpening, its 2D Dice. Its binary contrast
+  reaches the clamp floor within a step or two whatever the predictions (the biases carry
+  it; no gradient afterwards), and its multi-class contrast starts near ``-log 5e-4`` per
+  push pair with a gradient on the logits two orders of magnitude above the Dice's: on
+  RS tiles at 5 % labels it ends far below supervised-only.
+* ``stable`` (default): (1) the contrast's projection is shared by all region views and
+  has no bias (:class:`~geocl.losses.fba.FBContrastLoss`): the bias-only solution is gone,
+  a uniform map is the term's worst case; (2) its weight is
+  ``contrast_weight * scale * r(t)``: ``scale`` set once, at the first step, so that its
+  gradient norm on the logits is :data:`CONTRAST_BALANCE` (a tenth) of the supervised
+  term's (never above 1), and ``r(t)`` the consistency's sigmoid ramp; (3) the
+  consistency targets are sharpened over the classes
+  (:func:`~geocl.losses.fba.sharpen_classes`; the released formula for two classes, a
+  distribution for more, where per-channel sharpening sends every channel of an
+  uncertain pixel to 0). Why these among the candidates (reasoned from the measured
+  gradient ratios and the toy-batch checks of ``tests/finetune/test_semi_supervised.py``,
+  not from a paired run of each candidate): a ramp alone ends at the released weight,
+  where the 2D term's gradient is ~100x the Dice's; per-class normalisation is already
+  in the released multi-class term (``/ C(C-1)``) and does not touch the ``1 / (1 - cos)``
+  growth near cosine 1 that makes the gradient large; a weight from the gradient norms
+  sets the ratio for binary and multi-class, 2D and 3D alike, without a per-dataset
+  value; removing the bias path is what stops the collapse (a small weight only slows
+  it). Both are kept: the first against swamping, the second against collapse.
+
 ``supervised_only=True`` is the supervised baseline on the same labels: the unlabelled
 items are not even forwarded (their BatchNorm statistics would be a use of them), and
 neither consistency nor contrast is computed (no contrast heads are built).
 
 Augmentation (per item, training only): a random crop (or pad: image 0, mask
-``ignore_index``) to ``patch_size`` when given, then a random quarter turn (odd turns only
-for square slices) and a flip of the last two axes, i.e. the in-plane axes of
-``[C, D, H, W]`` volumes (released rot90 + flip) and D4 on ``[C, H, W]`` tiles.
+``ignore_index``) to ``patch_size`` when given, then :func:`rot_flip`: the released
+``RandomRotFlip``, a random quarter turn in the axial X-Y plane of ``[C, X, Y, Z]`` volume
+patches (:mod:`geocl.data.medical.nifti`'s layout) and a flip of X or Y, never of the
+slice axis Z; D4 on ``[C, H, W]`` tiles and slices.
 
 Inference uses decoder 1 (spec ambiguity 6); the mean of all decoders' probabilities is
 logged beside it. 3D volumes larger than ``patch_size`` are predicted by MONAI's
 sliding window (foreground softmax averaged over overlaps); 2D images whole.
 
-Metrics (validation and test), from confusion counts over all pixels of the set:
+Validation scores the val set as the test scores the test set, so the checkpoint is chosen
+by what the test measures: tiles by mIoU from confusion counts over all val tiles (the tile
+test's rule); volumes (``val_per_case``) by one Dice per case, averaged over cases
+(:func:`case_dice`; 2D: over the stack of the case's slices, :class:`CaseSlices`).
+
+Metrics (tile validation and test), from confusion counts over all pixels of the set:
 ``dice`` (decoder 1; mean over the foreground classes of ``2 TP / (2 TP + FP + FN)``,
 classes absent from reference and prediction left out), ``dice_mean_decoders`` (the
 same for the decoders' mean probabilities) and ``miou`` (geocl's IoU rule,
@@ -55,16 +92,26 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceLoss
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from geocl.data.tile_dataset import IGNORE_INDEX, TileDataset
 from geocl.errors import GeoclError
 from geocl.finetune.metrics import segmentation_metric, summarize_iou
 from geocl.finetune.model import load_pretrained_encoder, read_pretrain_checkpoint
 from geocl.finetune.train import (
-    FinetuneResult, check_finetune_folder, finetune_trainer, label_subset, write_result,
+    FinetuneResult,
+    check_finetune_folder,
+    finetune_trainer,
+    label_subset,
+    write_result,
 )
-from geocl.losses.fba import ContrastMode, FBContrastLoss, consistency_weight, mutual_consistency
+from geocl.losses.fba import (
+    ContrastMode,
+    FBContrastLoss,
+    consistency_weight,
+    mutual_consistency,
+    sigmoid_rampup,
+)
 from geocl.models.fba_nets import build_fba_network
 from geocl.sampling.labelled_first import labelled_first_loader
 
@@ -72,6 +119,79 @@ from geocl.sampling.labelled_first import labelled_first_loader
 RAMP_END = 0.4
 #: Checkpoint key of the module's metadata (classes, band statistics...).
 SEMI_SUPERVISED_KEY = "geocl_semi_supervised"
+#: FBA's two presets: geocl's working one and the released code's (module docstring).
+Variant = Literal["stable", "released"]
+#: ``stable``: the contrast's gradient on the logits at the first step, as a share of the supervised term's.
+CONTRAST_BALANCE = 0.1
+#: Slices a per-case 2D validation predicts at once.
+SLICE_CHUNK = 16
+
+
+def released_dice_loss(probabilities: Tensor, masks: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """The released 2D Dice (``DiceLoss`` of FBA-Net's ``code/utils/losses.py``): no factor 2, squares below.
+
+    ``mean_k [1 - sum(s_k t_k) / (sum s_k^2 + sum t_k^2 + 1e-10)]`` over all classes k
+    (background included), the sums over the whole batch. Pixels at ``ignore_index`` count
+    nowhere (the released code has no ignore index; on masks without one it is the
+    released formula exactly).
+
+    Shape: probabilities ``[B, K, *S]``, masks ``[B, *S]`` (class indices) -> scalar.
+    """
+    classes = probabilities.shape[1]
+    valid = (masks != ignore_index).unsqueeze(1).to(probabilities.dtype)
+    target = F.one_hot(torch.where(masks == ignore_index, 0, masks), classes).movedim(-1, 1).to(probabilities.dtype)
+    scores, target = probabilities * valid, target * valid
+    dims = [0, *range(2, probabilities.dim())]
+    intersection = (scores * target).sum(dims)
+    union = (scores * scores).sum(dims) + (target * target).sum(dims) + 1e-10
+    return (1 - intersection / union).mean()
+
+
+def case_dice(prediction: Tensor, mask: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> float:
+    """Dice of one case, the mean over its foreground classes, as the test scores a case.
+
+    ``2 |P_k ∩ G_k| / (|P_k| + |G_k|)`` per class ``k >= 1`` over the pixels whose mask is
+    not ``ignore_index``; 1 when class k is in neither, as
+    :func:`geocl.finetune.volume_metrics.case_metrics` counts it.
+
+    Shape: prediction and mask ``[*S]`` class indices (one case: a volume or its stack of slices).
+    """
+    valid = mask != ignore_index
+    scores = []
+    for k in range(1, num_classes):
+        predicted, reference = (prediction == k) & valid, (mask == k) & valid
+        total = int(predicted.sum()) + int(reference.sum())
+        scores.append(1.0 if total == 0 else 2.0 * int((predicted & reference).sum()) / total)
+    return float(np.mean(scores))
+
+
+class CaseSlices(Dataset[dict[str, Any]]):
+    """The slices of a slice dataset grouped by case: one item a case, for per-case validation.
+
+    Args:
+        slices: a dataset whose samples carry ``case`` (e.g.
+            :class:`~geocl.data.medical.nifti.NiftiSliceDataset`), in case order.
+
+    Samples: ``image`` ``[S, C, H, W]`` (the case's S slices), ``mask`` ``[S, H, W]``, ``case``.
+    """
+
+    def __init__(self, slices: Dataset[dict[str, Any]]) -> None:
+        self.slices = slices
+        self.groups: dict[str, list[int]] = {}
+        index = getattr(slices, "index", None)
+        volumes = getattr(slices, "volumes", None)
+        for item in range(len(slices)):  # type: ignore[arg-type]
+            case = volumes[index[item][0]].case.id if index is not None and volumes is not None else slices[item]["case"]
+            self.groups.setdefault(str(case), []).append(item)
+        self.cases = list(self.groups)
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, item: int) -> dict[str, Any]:
+        samples = [self.slices[i] for i in self.groups[self.cases[item]]]
+        return {"image": torch.stack([s["image"] for s in samples]), "mask": torch.stack([s["mask"] for s in samples]),
+                "case": self.cases[item]}
 
 
 class SemiSupervisedSegmenter(lightning.LightningModule):
@@ -106,6 +226,14 @@ class SemiSupervisedSegmenter(lightning.LightningModule):
         augment: random crops, quarter turns and flips in training.
         ignore_index: mask value of unlabelled pixels.
         meta: stored in checkpoints under :data:`SEMI_SUPERVISED_KEY`.
+        variant: ``"stable"`` (geocl's) or ``"released"`` (the released code's; module docstring).
+        contrast_balance: ``stable`` only: the contrast's gradient norm on the logits at
+            the first step, as a share of the supervised term's (None:
+            :data:`CONTRAST_BALANCE`; 0: the fixed ``contrast_weight``).
+        val_per_case: validation items are whole cases (3D: ``[1, X, Y, Z]`` volumes; 2D:
+            ``[S, 1, H, W]`` stacks of a case's slices, :class:`CaseSlices`), scored by
+            :func:`case_dice` and averaged over cases, as the test scores them; otherwise
+            (tiles) from confusion counts over the whole set, as the tile test does.
 
     Attributes:
         network: the segmenter; ``network.encoder`` is the shared encoder.
@@ -152,6 +280,9 @@ class SemiSupervisedSegmenter(lightning.LightningModule):
         augment: bool = True,
         ignore_index: int = IGNORE_INDEX,
         meta: dict[str, Any] | None = None,
+        variant: Variant = "stable",
+        contrast_balance: float | None = None,
+        val_per_case: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["meta"])
@@ -176,9 +307,18 @@ class SemiSupervisedSegmenter(lightning.LightningModule):
                                  "contrast_mode 'pooled-map'", key="patch_size")
             self.contrast.extend(
                 FBContrastLoss(num_classes, spatial_dims, embedding_dim, contrast_mode, input_size=self.patch_size,
-                               grid=pooled_grid)
+                               grid=pooled_grid, variant=variant)
                 for _ in range(decoders)
             )
+        if variant not in ("stable", "released"):
+            raise GeoclError(f"unknown FBA variant {variant!r}; choose stable or released", key="method.variant")
+        self.released_dice = variant == "released" and spatial_dims == 2
+        balance = CONTRAST_BALANCE if contrast_balance is None else float(contrast_balance)
+        self.contrast_balance = balance if variant == "stable" else 0.0
+        #: the contrast's scale from the first step's gradient norms (1 until measured, or without balancing)
+        self.register_buffer("contrast_scale", torch.ones(()))
+        self.register_buffer("contrast_scale_set", torch.zeros((), dtype=torch.bool))
+        self._val_cases: dict[str, list[float]] = {"first": [], "mean": []}
         #: the last validation / test figures: ``{"val": {"dice", "dice_mean_decoders", "miou", "iou"}, "test": ...}``
         self.results: dict[str, dict[str, Any]] = {}
         # set-wide confusion counts of decoder 1 ("first") and of the decoders' mean probabilities ("mean")
@@ -200,15 +340,11 @@ class SemiSupervisedSegmenter(lightning.LightningModule):
     # --- training -----------------------------------------------------------------
 
     def augment_item(self, image: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """Crop/pad to ``patch_size``, then (with ``augment``) a random quarter turn and flip of the last two axes."""
+        """Crop/pad to ``patch_size``, then (with ``augment``) :func:`rot_flip` in the in-plane axes."""
         if self.patch_size is not None:
             image, mask = _random_crop(image, mask, self.patch_size, self.hparams.ignore_index)
         if self.hparams.augment:
-            square = image.shape[-1] == image.shape[-2]
-            turns = int(torch.randint(0, 4, ())) if square else 2 * int(torch.randint(0, 2, ()))
-            axis = -1 - int(torch.randint(0, 2, ()))
-            image = torch.rot90(image, turns, (-2, -1)).flip(axis)
-            mask = None if mask is None else torch.rot90(mask, turns, (-2, -1)).flip(axis)
+            image, mask = rot_flip(image, mask)
         return image.contiguous(), None if mask is None else mask.contiguous()
 
     def split_batch(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
@@ -240,7 +376,12 @@ class SemiSupervisedSegmenter(lightning.LightningModule):
         targets = masks.unsqueeze(1)
         total = logits[0].new_zeros(())
         for z in logits:
-            total = total + self.dice_weight * self.dice(torch.softmax(z[:labelled], dim=1), targets)
+            probabilities = torch.softmax(z[:labelled], dim=1)
+            if self.released_dice:
+                dice = released_dice_loss(probabilities, masks, self.hparams.ignore_index)
+            else:
+                dice = self.dice(probabilities, targets)
+            total = total + self.dice_weight * dice
             if self.hparams.ce_weight > 0 and bool((masks != self.hparams.ignore_index).any()):
                 total = total + self.hparams.ce_weight * F.cross_entropy(
                     z[:labelled], masks, ignore_index=self.hparams.ignore_index
@@ -252,25 +393,76 @@ class SemiSupervisedSegmenter(lightning.LightningModule):
         params = self.hparams
         return consistency_weight(step + 1, params.consistency, params.consistency_rampup, params.rampup_iterations)
 
+    def contrast_weight_at(self, step: int) -> float:
+        """The contrast's weight at 0-based ``step``.
+
+        ``released``: ``contrast_weight``. ``stable``: ``contrast_weight * scale * r(t)``,
+        ``scale`` measured at the first step (:meth:`balance_contrast`) and ``r(t)`` the
+        consistency's sigmoid ramp (the contrast grows as the predictions it contrasts
+        become meaningful, as the consistency does).
+        """
+        weight = float(self.hparams.contrast_weight)
+        if self.hparams.variant == "released":
+            return weight
+        if self.contrast_balance > 0 and not bool(self.contrast_scale_set):
+            return 0.0  # not measured yet: no batch with foreground so far
+        params = self.hparams
+        ramp = sigmoid_rampup((step + 1) // max(1, params.rampup_iterations), params.consistency_rampup)
+        return weight * float(self.contrast_scale) * ramp
+
+    def balance_contrast(self, logits: Sequence[Tensor], supervised: Tensor, contrast: Tensor, masks: Tensor) -> None:
+        """``stable``: set the contrast's scale once, from the two terms' gradient norms on the logits.
+
+        ``scale = min(1, balance * |d supervised / dz| / |contrast_weight * d contrast / dz|)``,
+        ``z`` all decoders' logits of the first training batch whose labelled items hold
+        foreground (a class other than 0): the contrast starts with at most ``balance`` of
+        the supervised term's pull on the prediction, whatever the class count,
+        dimensionality or size of the term (released 2D: 158-945x the Dice's). A batch of
+        background alone is skipped: the foreground Dice has next to no gradient there, and
+        would switch the contrast off for the whole run; until a batch is measured the
+        contrast's weight is 0. Kept in the checkpoint (a buffer), so a resumed run does
+        not measure again.
+        """
+        if self.contrast_balance <= 0 or bool(self.contrast_scale_set) or not contrast.requires_grad:
+            return
+        valid = masks[masks != self.hparams.ignore_index]
+        if not bool((valid > 0).any()):
+            return
+        supervised_grad = torch.autograd.grad(supervised, logits, retain_graph=True, allow_unused=True)
+        contrast_grad = torch.autograd.grad(contrast, logits, retain_graph=True, allow_unused=True)
+
+        def norm(grads: Sequence[Tensor | None]) -> float:
+            return math.sqrt(sum(float((g.detach() ** 2).sum()) for g in grads if g is not None))
+
+        pull, push = norm(supervised_grad), norm(contrast_grad) * float(self.hparams.contrast_weight)
+        scale = 1.0 if push == 0 else min(1.0, self.contrast_balance * pull / push)
+        self.contrast_scale.fill_(scale)
+        self.contrast_scale_set.fill_(True)
+
     def losses(self, images: Tensor, masks: Tensor, step: int) -> dict[str, Tensor]:
         """Every term of the loss for prepared images (labelled first) and the labelled masks."""
         logits = self.network(images)
         terms = {"supervised": self.supervised_loss(logits, masks)}
         zero = terms["supervised"].new_zeros(())
-        terms["consistency"], terms["contrast"], weight = zero, zero, 0.0
+        terms["consistency"], terms["contrast"], weight, contrast_weight = zero, zero, 0.0, 0.0
         if not self.hparams.supervised_only:
             if len(logits) > 1:
                 weight = self.consistency_weight_at(step)
                 probabilities = [torch.softmax(z, dim=1) for z in logits]
                 terms["consistency"] = mutual_consistency(
-                    probabilities, self.hparams.temperature, self.hparams.detach_targets
+                    probabilities, self.hparams.temperature, self.hparams.detach_targets,
+                    sharpening="channel" if self.hparams.variant == "released" else "classes",
                 )
             if len(self.contrast):
                 terms["contrast"] = sum((head(z) for head, z in zip(self.contrast, logits, strict=True)), zero)
+                if self.training and torch.is_grad_enabled():
+                    self.balance_contrast(logits, terms["supervised"], terms["contrast"], masks)
+                contrast_weight = self.contrast_weight_at(step)
+                # the floor of every decoder's term: where the released binary term collapses
+                terms["contrast_floor"] = torch.tensor(sum(head.floor() for head in self.contrast))
         terms["consistency_weight"] = torch.tensor(weight)
-        terms["loss"] = (
-            terms["supervised"] + weight * terms["consistency"] + self.hparams.contrast_weight * terms["contrast"]
-        )
+        terms["contrast_weight"] = torch.tensor(contrast_weight)
+        terms["loss"] = terms["supervised"] + weight * terms["consistency"] + contrast_weight * terms["contrast"]
         return terms
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -305,9 +497,32 @@ class SemiSupervisedSegmenter(lightning.LightningModule):
         return both[:, :classes], both[:, classes:]
 
     def _update_metrics(self, stage: str, batch: dict[str, Any]) -> None:
+        if stage == "val" and self.hparams.val_per_case:
+            self._update_case_metrics(batch)
+            return
         first, mean = self.predict_probabilities(batch["image"])
         self.metrics[f"{stage}_first"].update(first.argmax(1), batch["mask"])
         self.metrics[f"{stage}_mean"].update(mean.argmax(1), batch["mask"])
+
+    def _update_case_metrics(self, batch: dict[str, Any]) -> None:
+        """Per-case Dice of each case of a batch of whole cases (``val_per_case``)."""
+        classes, ignore = int(self.hparams.num_classes), int(self.hparams.ignore_index)
+        for image, mask in zip(batch["image"], batch["mask"], strict=True):
+            if self.hparams.spatial_dims == 2:  # [S, C, H, W]: the case's slices, a chunk at a time
+                parts = [self.predict_probabilities(image[i : i + SLICE_CHUNK]) for i in range(0, len(image), SLICE_CHUNK)]
+                first, mean = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+            else:  # [C, X, Y, Z]
+                first, mean = (p[0] for p in self.predict_probabilities(image[None]))
+            axis = 1 if self.hparams.spatial_dims == 2 else 0  # the class axis of [S, K, H, W] / [K, X, Y, Z]
+            self._val_cases["first"].append(case_dice(first.argmax(axis), mask, classes, ignore))
+            self._val_cases["mean"].append(case_dice(mean.argmax(axis), mask, classes, ignore))
+
+    def _log_case_metrics(self) -> None:
+        first, mean = (float(np.mean(self._val_cases[name])) for name in ("first", "mean"))
+        self._val_cases = {"first": [], "mean": []}
+        self.log("val/dice", first, prog_bar=True)
+        self.log("val/dice_mean_decoders", mean)
+        self.results["val"] = {"dice": first, "dice_mean_decoders": mean, "per_case": True}
 
     def _log_metrics(self, stage: str) -> None:
         first, mean = self.metrics[f"{stage}_first"], self.metrics[f"{stage}_mean"]
@@ -339,6 +554,10 @@ class SemiSupervisedSegmenter(lightning.LightningModule):
         self._update_metrics("val", batch)
 
     def on_validation_epoch_end(self) -> None:
+        if self.hparams.val_per_case:
+            if self._val_cases["first"]:
+                self._log_case_metrics()
+            return
         self._log_metrics("val")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -387,6 +606,30 @@ def _random_crop(
     starts = [int(torch.randint(0, have - want + 1, ())) for want, have in zip(size, image.shape[1:], strict=True)]
     window = tuple(slice(start, start + want) for start, want in zip(starts, size, strict=True))
     return image[(slice(None), *window)], None if mask is None else mask[window]
+
+
+def rot_flip(image: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """A random quarter turn in the in-plane axes, then a flip of one of them (released ``RandomRotFlip``).
+
+    The in-plane axes are the first two spatial ones: X and Y of ``[C, X, Y, Z]`` volume
+    patches (the axial plane of RAS volumes, :mod:`geocl.data.medical.nifti`; Z, the slice
+    axis, is never turned nor flipped), H and W of ``[C, H, W]`` tiles and slices (D4).
+    Released: ``np.rot90(image, k)``, k uniform in 0..3, over the axes (X, Y), then
+    ``np.flip`` of axis X or Y. A plane that is not square turns by 0 or 2 quarters only
+    (so the patch keeps its shape; our addition).
+
+    Shape: image ``[C, *S]`` (S of 2 or 3 sides), mask ``[*S]`` or None -> the same.
+    """
+    spatial = image.dim() - 1
+    first = -spatial  # X (3D) or H (2D)
+    plane = (first, first + 1)
+    square = image.shape[plane[0]] == image.shape[plane[1]]
+    turns = int(torch.randint(0, 4, ())) if square else 2 * int(torch.randint(0, 2, ()))
+    axis = first + int(torch.randint(0, 2, ()))
+    image = torch.rot90(image, turns, plane).flip(axis)
+    if mask is not None:  # axes counted from the end: the same for the mask
+        mask = torch.rot90(mask, turns, plane).flip(axis)
+    return image, mask
 
 
 def fit_semi_supervised(
@@ -442,8 +685,8 @@ def fit_semi_supervised(
         out, max_epochs=max_epochs, val_every=val_every, accelerator=accelerator,
         monitor=monitor if val is not None else None, patience=patience, progress=progress, log_every_n_steps=1,
     )
-    # volumes may differ in size: one at a time; slices and tiles in batches
-    val_batch = 1 if module.hparams.spatial_dims == 3 else batch_size
+    # volumes and cases (per-case validation) may differ in size: one at a time; slices and tiles in batches
+    val_batch = 1 if module.hparams.spatial_dims == 3 or module.hparams.val_per_case else batch_size
     val_loader = DataLoader(val, batch_size=val_batch, num_workers=num_workers) if val is not None else None
     trainer.fit(module, loader, val_loader)
     if val is None:

@@ -3,7 +3,7 @@
 FBA-Net (Chung et al., MILLanD @ MICCAI 2023, arXiv 2306.15189), as released in
 ``cys1102/FBA-Net`` (``code/utils/losses.py``, ``code/networks/VNet.py``,
 ``code/train_fba*.py``, ``code/train_2d.py``); the pull/push losses come from C2AM
-(Xie et al., CVPR 2022) with an added rank weight. See ``shared/specs/fba.md``.
+(Xie et al., CVPR 2022) with an added rank weight.
 
 Contrast (label free, so labelled and unlabelled samples take part alike). A small head
 turns a decoder's logits ``z`` into a soft activation map ``a = sigmoid(BN(conv(z)))``
@@ -32,13 +32,30 @@ Modes: ``"code"`` projects the full map (``Linear(P -> dim)``, so the input size
 as released); ``"pooled-map"`` (the spec's adaptation for tiles of any size) first
 adaptive-average-pools the map to a fixed grid, then proceeds as ``"code"`` on the grid,
 so both agree when the map already has the grid's size. The spec's ``"feature-pool"``
-mode is not built.
+mode is :class:`FeaturePoolContrast` (the label-free pretraining's), on encoder features rather than
+decoder features.
 
-Observed (not changed, for fidelity): with ``a / P`` the map moves each embedding by at
-most ``|W| / P`` while the projection biases are free, so the biases alone can make all
-fg embeddings parallel and orthogonal to all bg ones; on 16^3 toy volumes (SGD, lr 0.01)
-every decoder's term sat at its clamp floor (``-log 0.9995 * mean W``, zero gradient)
-after the first step. Ablations may want ``bias=False`` projections or a map-driven mode.
+Variants (``variant``):
+
+* ``"released"``: the projections above, exactly as released. With ``a / P`` the map moves
+  each embedding by at most ``|W| / P`` while the projection biases are free, so the
+  biases alone make all fg embeddings parallel and orthogonal to all bg ones: on toy
+  volumes every decoder's term sits at its clamp floor (``-log 0.9995 * mean W``, zero
+  gradient) after one SGD step (the collapse is faithful: the released 3D training does
+  the same). In the multi-class path the projection is shared, so the term cannot
+  collapse, but it starts near ``-log 5e-4`` per push pair and its gradient on the logits
+  dwarfs the Dice term's (see :mod:`geocl.finetune.semi_supervised` for the weighting).
+* ``"stable"`` (geocl's default): the bias path is removed. One projection without bias,
+  ``e = ReLU(W m)``, serves every region view (fg and bg alike in the binary path), on the
+  map itself (no ``1 / P``: cosines are scale-free, so the scaling only mattered against
+  the bias). Why it cannot collapse: fg and bg embeddings are now the same function of
+  ``a`` and ``1 - a``; a map that is uniform over the image (``a = c``) gives
+  ``bg = ReLU(W (1 - c) 1) ∝ fg``, cosine 1, the *largest* push loss, and a map at 0 or 1
+  everywhere gives a zero embedding, cosine 0 with everything, the largest pull loss
+  (``-log 5e-4``). The loss only falls when the map splits each image into two regions
+  in the same way across the batch, i.e. through what the network predicts. (A map that
+  were the same spatial pattern for every image, whatever it shows, would also lower it;
+  the segmenter's supervised term stands against that.)
 
 Mutual consistency (FBA-Net+, MC-Net+ style) between the softmax outputs ``p_d`` of the
 decoders: ``sum_{i != j} mean((p_i - sharpen(p_j))^2)`` with
@@ -59,6 +76,8 @@ from torch import Tensor, nn
 
 #: How the activation map becomes a vector: the full map (as released) or pooled to a fixed grid.
 ContrastMode = Literal["code", "pooled-map"]
+#: The projection of the maps: the released one (free biases) or one shared, bias-free (module docstring).
+ContrastVariant = Literal["released", "stable"]
 #: Bounds of the clamped cosine similarity (released ``cos_simi``).
 SIMILARITY_RANGE = (5e-4, 0.9995)
 #: Rank-weight exponents of the pull (Lmax) and push (Lmin) terms.
@@ -179,17 +198,18 @@ class MapProjection(nn.Module):
         num_values: P, values of a flattened map.
         dim: embedding size.
         scale: divide by P first (the binary 3D path does, the multi-class 2D path does not).
+        bias: a bias in the linear layer (released: yes; the ``stable`` variant: no).
 
     Shape:
         - Input: ``[..., P]``.
         - Output: ``[..., dim]``, non-negative.
     """
 
-    def __init__(self, num_values: int, dim: int, scale: bool = True) -> None:
+    def __init__(self, num_values: int, dim: int, scale: bool = True, bias: bool = True) -> None:
         super().__init__()
         self.num_values = num_values
         self.scale = scale
-        self.linear = nn.Linear(num_values, dim)
+        self.linear = nn.Linear(num_values, dim, bias=bias)
 
     def forward(self, values: Tensor) -> Tensor:
         if self.scale:
@@ -211,6 +231,8 @@ class FBContrastLoss(nn.Module):
         grid: pooled-map grid side or sides (default 32 in 2D, 16 in 3D).
         alpha_max: rank-weight exponent of Lmax.
         alpha_min: rank-weight exponent of Lmin.
+        variant: ``"stable"`` (one bias-free projection for every region view) or
+            ``"released"`` (module docstring).
 
     Shape:
         - Input: logits ``[B, C, *S]`` (B >= 2 for a contrast across samples).
@@ -233,8 +255,11 @@ class FBContrastLoss(nn.Module):
         grid: int | Sequence[int] | None = None,
         alpha_max: float = ALPHA_MAX,
         alpha_min: float = ALPHA_MIN,
+        variant: ContrastVariant = "released",
     ) -> None:
         super().__init__()
+        if variant not in ("released", "stable"):
+            raise ValueError(f"unknown contrast variant {variant!r}; choose 'released' or 'stable'")
         if num_classes < 2:
             raise ValueError(f"the fg/bg contrast needs at least 2 classes, got {num_classes}")
         if spatial_dims not in (2, 3):
@@ -254,15 +279,37 @@ class FBContrastLoss(nn.Module):
         else:
             raise ValueError(f"unknown contrast mode {mode!r}; choose 'code' or 'pooled-map'")
         values = math.prod(self.map_size)
+        self.variant = variant
+        self._last_batch = 2
         self.head = ActivationMapHead(num_classes, spatial_dims)
-        if self.binary:
+        if variant == "stable":
+            self.projection = MapProjection(values, dim, scale=False, bias=False)
+        elif self.binary:
             self.foreground = MapProjection(values, dim, scale=True)
             self.background = MapProjection(values, dim, scale=True)
         else:
             self.projection = MapProjection(values, dim, scale=False)
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, mode={self.mode!r}, map_size={self.map_size}"
+        return (f"num_classes={self.num_classes}, mode={self.mode!r}, map_size={self.map_size}, "
+                f"variant={self.variant!r}")
+
+    def floor(self) -> float:
+        """The smallest value the term can take (every clamp at its bound), given its rank weights.
+
+        Binary: ``-log(0.9995) * 2 * mean W(alpha_max) - log(1 - 5e-4) * mean W(alpha_min)``;
+        multi-class: the same per pull and push pair, normalised as the term. The rank
+        weights of a row are ``exp(-alpha (r - 1))`` for ``r = 0 .. B-1``, so their mean
+        depends on the batch size: this is the floor for the last batch seen.
+        """
+        batch = self._last_batch
+        ranks = torch.arange(batch, dtype=torch.float64) - 1
+        pull = float(torch.exp(-self.alpha_max * ranks).mean()) * -math.log(SIMILARITY_RANGE[1])
+        push = float(torch.exp(-self.alpha_min * ranks).mean()) * -math.log(1 - SIMILARITY_RANGE[0])
+        if self.binary:
+            return 2 * pull + push
+        classes = self.num_classes
+        return (classes * pull + classes * (classes - 1) * push) / (classes * (classes - 1))
 
     def activation_map(self, logits: Tensor) -> Tensor:
         """``[B, C, *S]`` logits -> ``[B, R, *ceil(S/2)]`` map (R = 1 binary, C multi-class)."""
@@ -283,7 +330,10 @@ class FBContrastLoss(nn.Module):
             activation = pool(activation, self.map_size)
         flat = activation.flatten(2)  # [B, R, P]
         if self.binary:
-            return torch.stack([self.foreground(flat[:, 0]), self.background(1 - flat[:, 0])], dim=1)
+            foreground, background = flat[:, 0], 1 - flat[:, 0]
+            if self.variant == "stable":
+                return self.projection(torch.stack([foreground, background], dim=1))
+            return torch.stack([self.foreground(foreground), self.background(background)], dim=1)
         return self.projection(flat)
 
     def contrast(self, embeddings: Tensor) -> Tensor:
@@ -293,7 +343,75 @@ class FBContrastLoss(nn.Module):
         return class_region_contrast(embeddings, self.alpha_max, self.alpha_min)
 
     def forward(self, logits: Tensor) -> Tensor:
+        self._last_batch = int(logits.shape[0])
         return self.contrast(self.embed(self.activation_map(logits)))
+
+
+class FeaturePoolContrast(nn.Module):
+    """The fg/bg contrast without labels nor logits: the spec's ``feature-pool`` mode (C2AM's form).
+
+    For the label-free pretraining (:mod:`geocl.methods.fba_pretrain`). A head turns the
+    encoder's own feature map ``F`` into a class-agnostic activation map
+    ``a = sigmoid(BN(Conv1x1(F)))`` (C2AM, Xie et al., CVPR 2022, arXiv 2203.13505; FBA's
+    head on the logits, moved onto the features), which splits each image into a
+    foreground and a background view; the views pool the features they cover::
+
+        f = sum(a F) / sum(a)        b = sum((1 - a) F) / sum(1 - a)      (over the map's positions)
+        fg = ReLU(W f), bg = ReLU(W b)                                    (one projection, no bias)
+        loss = Lmax(fg) + Lmax(bg) + Lmin(fg, bg)                         (FBA's terms, rank weights)
+
+    Why it cannot collapse: fg and bg pass the same bias-free projection, so nothing but
+    the pooled features can tell them apart. A map that does not split the image
+    (``a`` uniform: f = b) and features that do not vary over the image (F constant: f =
+    b whatever ``a``) both give cosine 1 between fg and bg, the *largest* push loss; a
+    zero embedding gives cosine 0 with everything, the largest pull loss. The loss falls
+    only when the map separates image parts whose features differ, in the same way across
+    the batch. (Which part is called foreground is arbitrary, spec ambiguity 12; the
+    contrast is symmetric in it up to the rank weights.)
+
+    Args:
+        channels: D, channels of the feature map.
+        dim: embedding size (released: 128).
+        spatial_dims: 2 or 3.
+        alpha_max, alpha_min: rank-weight exponents of Lmax and Lmin.
+
+    Shape:
+        - Input: features ``[B, D, *S]`` (B >= 2).
+        - Output: scalar.
+    """
+
+    def __init__(
+        self, channels: int, dim: int = 128, spatial_dims: int = 2, *, alpha_max: float = ALPHA_MAX,
+        alpha_min: float = ALPHA_MIN,
+    ) -> None:
+        super().__init__()
+        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+        norm = nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm3d
+        self.head = nn.Sequential(conv(channels, 1, 1, bias=False), norm(1))
+        self.projection = nn.Linear(channels, dim, bias=False)
+        self.alpha_max, self.alpha_min = alpha_max, alpha_min
+
+    def activation_map(self, features: Tensor) -> Tensor:
+        """``[B, D, *S]`` -> ``[B, 1, *S]`` in (0, 1)."""
+        return torch.sigmoid(self.head(features))
+
+    @staticmethod
+    def pool(features: Tensor, activation: Tensor) -> tuple[Tensor, Tensor]:
+        """The fg and bg views of ``features`` ``[B, D, *S]`` under ``activation`` ``[B, 1, *S]``: two ``[B, D]``."""
+        flat, weights = features.flatten(2), activation.flatten(2)  # [B, D, P], [B, 1, P]
+        foreground = (flat * weights).sum(2) / weights.sum(2).clamp_min(1e-6)
+        background = (flat * (1 - weights)).sum(2) / (1 - weights).sum(2).clamp_min(1e-6)
+        return foreground, background
+
+    def embed(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(fg, bg, a)``: embeddings ``[B, dim]`` each and the activation map ``[B, 1, *S]``."""
+        activation = self.activation_map(features)
+        foreground, background = self.pool(features, activation)
+        return F.relu(self.projection(foreground)), F.relu(self.projection(background)), activation
+
+    def forward(self, features: Tensor) -> Tensor:
+        foreground, background, _ = self.embed(features)
+        return foreground_background_contrast(foreground, background, self.alpha_max, self.alpha_min)
 
 
 def sharpen(probabilities: Tensor, temperature: float = 0.1) -> Tensor:
@@ -303,8 +421,25 @@ def sharpen(probabilities: Tensor, temperature: float = 0.1) -> Tensor:
     return raised / (raised + (1 - probabilities) ** power)
 
 
+def sharpen_classes(probabilities: Tensor, temperature: float = 0.1, dim: int = 1) -> Tensor:
+    """``p_k^(1/T) / sum_j p_j^(1/T)`` over the class axis ``dim``: a sharpened distribution.
+
+    For two classes it equals :func:`sharpen` (``p^(1/T) / (p^(1/T) + (1 - p)^(1/T))``);
+    with more, :func:`sharpen` of each channel on its own sends every channel of an
+    uncertain pixel (all ``p_k < 0.5``) towards 0, a target that is no distribution. The
+    power is taken in log space (``softmax(log p / T)``), so small probabilities do not
+    underflow to ``0 / 0``.
+    """
+    return torch.softmax(torch.log(probabilities.clamp_min(1e-12)) / temperature, dim=dim)
+
+
+#: How the consistency targets are sharpened: each class channel alone (released) or over the classes.
+Sharpening = Literal["channel", "classes"]
+
+
 def mutual_consistency(
-    probabilities: Sequence[Tensor], temperature: float = 0.1, detach_targets: bool = False
+    probabilities: Sequence[Tensor], temperature: float = 0.1, detach_targets: bool = False,
+    sharpening: Sharpening = "channel",
 ) -> Tensor:
     """``sum_{i != j} mean((p_i - sharpen(p_j))^2)`` over ordered decoder pairs (6 for 3 decoders).
 
@@ -312,11 +447,14 @@ def mutual_consistency(
         probabilities: softmax outputs ``[B, C, *S]`` of each decoder (all samples).
         temperature: sharpening temperature T.
         detach_targets: stop the gradient through the sharpened targets (released: no).
+        sharpening: ``"channel"`` (:func:`sharpen`, released) or ``"classes"``
+            (:func:`sharpen_classes`; the same for two classes).
 
     Returns:
         A scalar; 0 for a single decoder.
     """
-    targets = [sharpen(p, temperature) for p in probabilities]
+    sharpener = sharpen if sharpening == "channel" else sharpen_classes
+    targets = [sharpener(p, temperature) for p in probabilities]
     if detach_targets:
         targets = [target.detach() for target in targets]
     total = probabilities[0].new_zeros(())

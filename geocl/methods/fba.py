@@ -1,6 +1,6 @@
 """FBA-Net / FBA-Net+ as a method: semi-supervised segmentation, trained at every label subset.
 
-FBA (Chung et al., MILLanD @ MICCAI 2023; ``../shared/specs/fba.md``) pretrains no
+FBA (Chung et al., MILLanD @ MICCAI 2023, arXiv 2306.15189) pretrains no
 encoder: it *is* a way of training the segmenter from few labels plus unlabelled data,
 on labelled-first batches. So this method sets ``pretrains = False`` and hands each
 evaluation it serves a training of its own (:meth:`FBA.downstream_training`); ``geocl
@@ -27,7 +27,8 @@ label subset, seed), exactly where other methods finetune their pretrained encod
 ``supervised_only: true`` (with ``decoders: 1``) is the baseline on the same labels: the
 same network and Dice loss on the labelled items alone, the unlabelled ones never
 forwarded. Recipes ``recipes/fba.yaml`` and ``recipes/fba-supervised.yaml`` pair the two
-in one comparison (rows pair by label fraction, label subset and seed).
+in one comparison (rows pair by label fraction, label subset and seed);
+``recipes/fba-released.yaml`` adds the ``released`` preset beside them.
 
 Remote-sensing tiles (``data.format: tiles``, evaluation ``finetune``): a 2D U-Net on
 the recipe's encoder, the ``pooled-map`` contrast (tiles of any size; the spec's
@@ -42,6 +43,22 @@ are the label fraction of them (by case), the other train cases unlabelled;
 ``spatial_dims: 3`` the released V-Net on ``patch_size`` patches with sliding-window
 prediction (``recipes/medical/fba3d.yaml``); test volumes are scored per case (Dice,
 Jaccard, 95HD, ASD) by :func:`~geocl.finetune.medical_semi_supervised.run_medical_semi_supervised`.
+
+Two presets (``variant``; :mod:`geocl.finetune.semi_supervised` has the details):
+
+* ``stable`` (default): geocl's working FBA. The contrast's projection has no bias path
+  (one bias-free projection for every region view, :class:`~geocl.losses.fba.FBContrastLoss`),
+  its weight is set at the first step from the two terms' gradient norms on the logits
+  (at most a tenth of the supervised term's) and ramps up with the consistency's ramp;
+  the consistency targets are sharpened over the classes (the released formula for two
+  classes); the Dice is MONAI's soft Dice.
+* ``released``: the released code's losses: its 2D Dice (``1 - I / (sum s^2 + sum t^2)``,
+  mean over all classes), its contrast projections (free biases: the binary term
+  collapses to its clamp floor within a step or two, the multi-class term swamps the
+  Dice) at the fixed ``contrast_weight``, per-channel sharpening.
+
+The label-free counterpart that pretrains an encoder (``geocl pretrain``) is
+:mod:`geocl.methods.fba_pretrain`.
 
 Readings of the spec's ambiguities are those of :mod:`geocl.losses.fba` and
 :mod:`geocl.finetune.semi_supervised` (code over paper text; targets not detached;
@@ -62,7 +79,10 @@ from geocl.methods.base import PretrainMethod
 from geocl.methods.registry import register_method
 
 #: ``method`` keys that go to :class:`~geocl.finetune.semi_supervised.SemiSupervisedSegmenter` as they are.
-SEGMENTER_KEYS = ("embedding_dim", "pooled_grid", "temperature", "detach_targets", "dice_weight", "ce_weight")
+SEGMENTER_KEYS = (
+    "embedding_dim", "pooled_grid", "temperature", "detach_targets", "dice_weight", "ce_weight", "variant",
+    "contrast_balance",
+)
 
 
 @register_method("fba")
@@ -95,6 +115,12 @@ class FBA(PretrainMethod):
         decoder_channels: 2D U-Net decoder widths, one per encoder level; None: smp's.
         init_checkpoint: a pretrain checkpoint of any method to start the shared encoder
             from ("" = random init of the recipe's encoder).
+        variant: ``stable`` (geocl's working preset) or ``released`` (module docstring).
+        contrast_balance: ``stable``: the contrast's share of the supervised term's gradient
+            norm on the logits at the first step (None: 0.1; 0: the fixed ``contrast_weight``).
+        label_budget: volumes: what the label fraction is of: ``train`` (the train cases)
+            or ``train-and-val`` (the paper's: its 80 training cases are geocl's train and
+            val cases; see :func:`~geocl.finetune.medical_semi_supervised.run_medical_semi_supervised`).
         spatial_dims: 2 (tiles, slices: U-Net) or 3 (volumes: V-Net).
         patch_size: 3D training patch and sliding window, voxels a side (multiples of
             ``2**(depth-1)``; released LA: 112 x 112 x 80); required in 3D.
@@ -129,6 +155,9 @@ class FBA(PretrainMethod):
         ce_weight: Annotated[float, Field(ge=0)] = 0.0,
         decoder_channels: list[Annotated[int, Field(ge=1)]] | None = None,
         init_checkpoint: str = "",
+        variant: Literal["stable", "released"] = "stable",
+        contrast_balance: Annotated[float, Field(ge=0)] | None = None,
+        label_budget: Literal["train", "train-and-val"] = "train",
         spatial_dims: Literal[2, 3] = 2,
         patch_size: list[Annotated[int, Field(ge=1)]] | None = None,
         width: Annotated[int, Field(ge=1)] = 16,
@@ -212,7 +241,7 @@ def train_on_volumes(*, params: Any, encoder_checkpoint: str | Path | None = Non
     if encoder_checkpoint is None and params.init_checkpoint:
         encoder_checkpoint = Path(params.init_checkpoint)
     volume = {
-        "spatial_dims": int(params.spatial_dims),
+        "spatial_dims": int(params.spatial_dims), "label_budget": str(params.label_budget),
         "patch_size": None if params.patch_size is None else [int(side) for side in params.patch_size],
         "width": int(params.width), "depth": int(params.depth), "dropout": float(params.dropout),
     }
@@ -220,5 +249,9 @@ def train_on_volumes(*, params: Any, encoder_checkpoint: str | Path | None = Non
         encoder_checkpoint=encoder_checkpoint, **semi_supervised_arguments(params), **volume, **arguments
     )
 
+
+# The label-free FBA pretraining registers itself on import; imported here so that loading the built-in
+# methods (geocl/methods/__init__.py imports this module) registers it too.
+from geocl.methods import fba_pretrain  # noqa: E402, F401
 
 __all__ = ["FBA", "semi_supervised_arguments", "train_on_tiles", "train_on_volumes"]

@@ -21,7 +21,12 @@ from geocl.data.medical.split import split_cases
 from geocl.data.medical.synthetic import make_volumes
 from geocl.errors import GeoclError
 from geocl.finetune.medical import CASES_FILE
-from geocl.finetune.medical_semi_supervised import SemiSupervisedVolumePredictor, run_medical_semi_supervised
+from geocl.finetune.medical_semi_supervised import (
+    SemiSupervisedVolumePredictor,
+    label_budget_split,
+    run_medical_semi_supervised,
+)
+from geocl.finetune.semi_supervised import CaseSlices
 
 BUDGET = {
     "max_epochs": 1, "steps_per_epoch": 2, "val_every": 1, "batch_size": 4, "labelled_bs": 2, "accelerator": "cpu",
@@ -130,3 +135,43 @@ def test_fba_net_plus_trains_a_tiny_budget_end_to_end_on_the_embedded_volumes(
     written, stored = nib.load(out / "predictions" / f"{case.id}.nii.gz"), nib.load(case.image)
     assert written.shape == stored.shape and np.array_equal(written.affine, stored.affine)
     assert (out / "plots" / f"{case.id}.png").exists() and result.checkpoint.exists()
+
+
+def _cases(count: int, prefix: str) -> list[Any]:
+    return [SimpleNamespace(id=f"{prefix}{i:03d}", label=Path("l"), labelled=True) for i in range(count)]
+
+
+def test_the_papers_label_budget_is_16_labelled_and_64_unlabelled_of_80() -> None:
+    # the paper's 80 training volumes as geocl's 64 train + 16 val cases (20 test cases apart)
+    train, val = _cases(64, "t"), _cases(16, "v")
+    for seed in range(5):
+        labelled, unlabelled = label_budget_split(train, val, 0.2, seed, "train-and-val")
+        assert len(labelled) == 16 and len(unlabelled) == 64
+        assert {case.id for case in labelled} <= {case.id for case in train}  # labels of train cases only
+        assert {case.id for case in val} <= {case.id for case in unlabelled}  # val images train unlabelled
+        assert len({case.id for case in labelled} | {case.id for case in unlabelled}) == 80
+    # 10 %: 8 + 72, as the paper's other row
+    labelled, unlabelled = label_budget_split(train, val, 0.1, 0, "train-and-val")
+    assert (len(labelled), len(unlabelled)) == (8, 72)
+    # the budget of the train cases alone: ceil(0.2 * 64) = 13 labelled, the val cases never train
+    labelled, unlabelled = label_budget_split(train, val, 0.2, 0, "train")
+    assert (len(labelled), len(unlabelled)) == (13, 51)
+    with pytest.raises(GeoclError, match="label_fraction"):
+        label_budget_split(_cases(4, "t"), _cases(16, "v"), 0.5, 0, "train-and-val")  # 10 labelled of 4
+
+
+def test_validation_scores_whole_val_cases(volumes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+
+    def stop(module: Any, labelled: Any, unlabelled: Any, **kwargs: Any) -> None:
+        seen.update(module=module, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(medical_semi, "fit_semi_supervised", stop)
+    splits = split_cases(find_cases(volumes), volumes, val_fraction=0.2)
+    with pytest.raises(KeyboardInterrupt):
+        run_medical_semi_supervised(data=volumes, out=tmp_path / "run", seed=0, **{**BUDGET, **TINY_2D})
+    assert seen["module"].hparams.val_per_case
+    assert isinstance(seen["val"], CaseSlices) and seen["val"].cases == [case.id for case in splits.val]
+    first = seen["val"][0]
+    assert first["image"].ndim == 4 and first["mask"].shape[0] == first["image"].shape[0]  # [S, 1, H, W]

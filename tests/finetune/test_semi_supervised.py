@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import lightning
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -15,8 +16,17 @@ from torch.utils.data import Dataset
 
 from geocl.data.tile_dataset import IGNORE_INDEX
 from geocl.errors import GeoclError
-from geocl.finetune.semi_supervised import SemiSupervisedSegmenter, fit_semi_supervised, run_semi_supervised
-from geocl.losses.fba import sharpen
+from geocl.finetune.semi_supervised import (
+    CONTRAST_BALANCE,
+    CaseSlices,
+    SemiSupervisedSegmenter,
+    case_dice,
+    fit_semi_supervised,
+    released_dice_loss,
+    rot_flip,
+    run_semi_supervised,
+)
+from geocl.losses.fba import sharpen, sigmoid_rampup
 
 TINY_3D = {"width": 4, "depth": 3, "embedding_dim": 16}
 TINY_2D = {"encoder": "test_resnet", "decoder_channels": (32, 16, 16, 8, 8), "embedding_dim": 16}
@@ -145,7 +155,7 @@ def released_binary_dice(foreground: torch.Tensor, target: torch.Tensor, eps: fl
 def test_the_loss_is_the_spec_sum_of_dice_consistency_and_contrast() -> None:
     torch.manual_seed(0)
     module = SemiSupervisedSegmenter(3, 1, 2, decoders=3, labelled_bs=2, patch_size=(8, 8, 8), dropout=0.0,
-                                     **TINY_3D).train()
+                                     variant="released", **TINY_3D).train()
     images, masks = _batch()
     step = 300  # iteration 301: floor(301 / 150) = 2 units of 40
     terms = module.losses(images, masks, step)
@@ -264,3 +274,212 @@ def test_tile_set_runs_semi_supervised_and_supervised_only_on_the_same_labels(tm
         assert result.checkpoint.exists()
     with pytest.raises(GeoclError, match="holds a finetuning run"):
         run_semi_supervised(tiles=tiny_tiles, out=tmp_path / "fba", **budget)
+
+
+# --- the presets: released 2D Dice, the stable contrast weight, the collapse -----------------
+
+
+def released_2d_dice(inputs: torch.Tensor, target: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """The released ``DiceLoss.forward`` (FBA-Net ``code/utils/losses.py``), re-typed: a loop over classes."""
+    target = torch.cat([(target.unsqueeze(1) == i).float() for i in range(n_classes)], dim=1)
+    loss = 0.0
+    for i in range(n_classes):
+        score, truth = inputs[:, i], target[:, i]
+        intersection = torch.sum(score * truth)
+        union = torch.sum(score * score) + torch.sum(truth * truth) + 1e-10
+        loss = loss + (1 - intersection / union)
+    return loss / n_classes
+
+
+def test_the_released_preset_has_the_released_2d_dice() -> None:
+    torch.manual_seed(0)
+    probabilities = torch.softmax(torch.randn(3, 4, 9, 7), dim=1)
+    masks = torch.randint(0, 4, (3, 9, 7))
+    expected = released_2d_dice(probabilities, masks, 4)
+    torch.testing.assert_close(released_dice_loss(probabilities, masks), expected, atol=1e-6, rtol=0)
+    module = SemiSupervisedSegmenter(2, 1, 4, decoders=1, labelled_bs=3, contrast_weight=0, variant="released",
+                                     **TINY_2D)
+    logits = torch.randn(3, 4, 32, 32)
+    masks = torch.randint(0, 4, (3, 32, 32))
+    torch.testing.assert_close(
+        module.supervised_loss([logits], masks), released_2d_dice(torch.softmax(logits, 1), masks, 4), atol=1e-6, rtol=0
+    )
+    # ignored pixels count nowhere: the released formula on the valid pixels alone
+    masks[:, :, :5] = IGNORE_INDEX
+    kept = torch.softmax(logits, 1)[..., 5:]
+    torch.testing.assert_close(module.supervised_loss([logits], masks), released_2d_dice(kept, masks[..., 5:], 4),
+                               atol=1e-6, rtol=0)
+    # the stable preset keeps MONAI's 1 - 2I / (sum p + sum t): another value on the same tensors
+    stable = SemiSupervisedSegmenter(2, 1, 4, decoders=1, labelled_bs=3, contrast_weight=0, **TINY_2D)
+    assert abs(float(stable.supervised_loss([logits], masks)) - float(module.supervised_loss([logits], masks))) > 0.05
+
+
+def test_the_stable_contrast_starts_at_a_tenth_of_the_dice_pull_and_ramps_up() -> None:
+    torch.manual_seed(0)
+    module = SemiSupervisedSegmenter(2, 1, 4, decoders=3, labelled_bs=2, patch_size=(32, 32),
+                                     contrast_mode="pooled-map", pooled_grid=8, rampup_iterations=1, **TINY_2D).train()
+    images, masks = torch.randn(4, 1, 32, 32), torch.randint(0, 4, (2, 32, 32))
+    terms = module.losses(images, masks, 0)
+    logits = module.network(images)  # the same outputs: BatchNorm in training mode on the same batch
+    supervised = torch.autograd.grad(module.supervised_loss(logits, masks), logits, retain_graph=True)
+    contrast = torch.autograd.grad(sum(h(z) for h, z in zip(module.contrast, logits, strict=True)), logits)
+    norm = lambda grads: math.sqrt(sum(float((g**2).sum()) for g in grads))  # noqa: E731
+    scale = float(module.contrast_scale)
+    assert scale < 1  # the released weight 1 would swamp the Dice
+    assert scale * norm(contrast) == pytest.approx(CONTRAST_BALANCE * norm(supervised), rel=1e-3)
+    assert float(terms["contrast_weight"]) == pytest.approx(scale * sigmoid_rampup(1, 40.0))
+    assert module.contrast_weight_at(10_000) == pytest.approx(scale)  # the ramp's end
+    module.losses(images, masks, 1)
+    assert float(module.contrast_scale) == scale  # measured once
+    # a first batch of background alone is not measured (its foreground Dice has no gradient): weight 0 until one is
+    binary = SemiSupervisedSegmenter(2, 1, 2, decoders=1, labelled_bs=2, patch_size=(32, 32),
+                                     contrast_mode="pooled-map", pooled_grid=8, rampup_iterations=1, **TINY_2D).train()
+    background = torch.zeros(2, 32, 32, dtype=torch.long)
+    assert float(binary.losses(images, background, 0)["contrast_weight"]) == 0.0 and not binary.contrast_scale_set
+    foreground = background.clone()
+    foreground[:, 8:20, 8:20] = 1
+    assert float(binary.losses(images, foreground, 1)["contrast_weight"]) > 0 and binary.contrast_scale_set
+    released = SemiSupervisedSegmenter(2, 1, 4, decoders=3, labelled_bs=2, patch_size=(32, 32), variant="released",
+                                       contrast_mode="pooled-map", pooled_grid=8, **TINY_2D)
+    assert released.contrast_weight_at(0) == 1.0
+
+
+def _contrast_after_training(variant: str, steps: int) -> tuple[list[float], float]:
+    torch.manual_seed(0)
+    module = SemiSupervisedSegmenter(3, 1, 2, decoders=1, labelled_bs=2, patch_size=(16, 16, 16), augment=False,
+                                     rampup_iterations=1, variant=variant, **TINY_3D).train()
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)  # released
+    cubes = Cubes(4)
+    images = torch.stack([item["image"] for item in cubes.items])
+    masks = torch.stack([item["mask"] for item in cubes.items[:2]])
+    values = []
+    for step in range(steps):
+        terms = module.losses(images, masks, step)
+        optimizer.zero_grad()
+        terms["loss"].backward()
+        optimizer.step()
+        values.append(float(terms["contrast"].detach()))
+    return values, module.contrast[0].floor()
+
+
+def test_on_a_toy_batch_the_released_contrast_reaches_its_floor_and_the_stable_one_stays_above() -> None:
+    released, floor = _contrast_after_training("released", 8)
+    assert released[-1] == pytest.approx(floor, rel=1e-3)  # collapsed: no gradient from it any more
+    stable, floor = _contrast_after_training("stable", 8)
+    assert min(stable) > 100 * floor
+
+
+# --- augmentation axes ------------------------------------------------------------------
+
+
+def _in_plane_reflections(volume: torch.Tensor, plane: tuple[int, int]) -> dict[str, torch.Tensor]:
+    first, second = plane
+    return {
+        "flip-first": volume.flip(first), "flip-second": volume.flip(second),
+        "transpose": volume.transpose(first, second),
+        "anti-transpose": volume.flip(first).flip(second).transpose(first, second),
+    }
+
+
+def test_3d_augmentation_turns_and_flips_only_the_axial_plane() -> None:
+    # [1, X, Y, Z] with a Z profile found nowhere else: every draw keeps each Z slice's values in its slice
+    volume = torch.arange(6 * 6 * 5, dtype=torch.float32).reshape(1, 6, 6, 5)
+    mask = (volume[0] % 7).long()
+    reflections = _in_plane_reflections(volume, (1, 2))
+    seen = set()
+    for _ in range(96):
+        image, turned = rot_flip(volume, mask)
+        assert image.shape == volume.shape
+        for z in range(5):
+            assert sorted(image[0, :, :, z].flatten().tolist()) == sorted(volume[0, :, :, z].flatten().tolist())
+        name = next(name for name, reflected in reflections.items() if torch.equal(image, reflected))
+        assert torch.equal(turned, (image[0] % 7).long())  # the mask moves with the image
+        seen.add(name)
+    # a flip follows every turn (released), so each draw is one of the 4 in-plane reflections; the two
+    # transposes need odd quarter turns in the X-Y plane, flip-first is the X flip
+    assert seen == set(reflections)
+
+
+@pytest.mark.parametrize("turns", range(4))
+@pytest.mark.parametrize("axis", range(2))
+def test_each_draw_is_the_released_rot90_then_flip_of_an_x_y_z_volume(
+    turns: int, axis: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # released RandomRotFlip on an [X, Y, Z] array: np.rot90(image, k) (axes 0, 1), then np.flip(image, axis)
+    volume = np.random.default_rng(0).normal(size=(5, 5, 3)).astype(np.float32)
+    expected = np.flip(np.rot90(volume, turns), axis=axis).copy()
+    draws = iter([turns, axis])
+    monkeypatch.setattr(torch, "randint", lambda low, high, size: torch.tensor(next(draws)))
+    image, mask = rot_flip(torch.from_numpy(volume)[None], torch.from_numpy(volume > 0))
+    np.testing.assert_array_equal(image[0].numpy(), expected)
+    np.testing.assert_array_equal(mask.numpy(), expected > 0)
+
+
+def test_2d_augmentation_is_d4_and_a_plane_that_is_not_square_keeps_its_shape() -> None:
+    tile = torch.arange(2 * 4 * 4, dtype=torch.float32).reshape(2, 4, 4)
+    reflections = _in_plane_reflections(tile, (1, 2))
+    drawn = [rot_flip(tile)[0] for _ in range(64)]
+    assert {next(n for n, r in reflections.items() if torch.equal(image, r)) for image in drawn} == set(reflections)
+    patch = torch.arange(6 * 4 * 3, dtype=torch.float32).reshape(1, 6, 4, 3)
+    for _ in range(32):
+        image, _ = rot_flip(patch)
+        assert image.shape == patch.shape
+        assert torch.equal(image, patch.flip(1)) or torch.equal(image, patch.flip(2))  # even turns only
+
+
+# --- per-case validation ----------------------------------------------------------------
+
+
+def test_case_dice_is_the_mean_over_foreground_classes_of_one_case() -> None:
+    prediction = torch.tensor([[0, 1, 1, 2], [2, 2, 0, 0]])
+    mask = torch.tensor([[0, 1, 0, 2], [2, 0, 0, IGNORE_INDEX]])
+    # class 1: P = 2, G = 1, overlap 1 -> 2/3; class 2: P = 3, G = 2, overlap 2 -> 4/5
+    assert case_dice(prediction, mask, 3) == pytest.approx((2 / 3 + 4 / 5) / 2)
+    # a class in neither counts 1 (as the test's case metrics); the ignored pixel counts nowhere
+    assert case_dice(torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 4, dtype=torch.long), 2) == 1.0
+    assert case_dice(prediction, mask, 4) == pytest.approx((2 / 3 + 4 / 5 + 1) / 3)
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to")  # self.log outside a Trainer
+def test_per_case_validation_averages_case_dice_not_pooled_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = SemiSupervisedSegmenter(2, 1, 2, decoders=1, labelled_bs=2, contrast_weight=0, val_per_case=True,
+                                     **TINY_2D).eval()
+    # case A: 2 slices, a large object found exactly; case B: 1 slice, a small object half found
+    masks = {"A": torch.zeros(2, 4, 4, dtype=torch.long), "B": torch.zeros(1, 4, 4, dtype=torch.long)}
+    masks["A"][:, :3, :3] = 1
+    masks["B"][0, 0, :2] = 1
+    predictions = {"A": masks["A"].clone(), "B": torch.zeros(1, 4, 4, dtype=torch.long)}
+    predictions["B"][0, 0, 0] = 1
+    stacks = {name: torch.zeros(len(m), 1, 4, 4) + i for i, (name, m) in enumerate(masks.items())}
+
+    def probabilities(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        name = "A" if float(images.mean()) == 0 else "B"
+        one_hot = torch.nn.functional.one_hot(predictions[name], 2).movedim(-1, 1).float()
+        return one_hot, one_hot
+
+    monkeypatch.setattr(module, "predict_probabilities", probabilities)
+    for name in masks:
+        module.validation_step({"image": stacks[name][None], "mask": masks[name][None]}, 0)
+    module.on_validation_epoch_end()
+    case_b = 2 * 1 / (1 + 2)
+    assert module.results["val"]["dice"] == pytest.approx((1.0 + case_b) / 2)
+    pooled = 2 * (18 + 1) / (18 + 1 + 18 + 2)  # what pooled slices would read: optimistic
+    assert pooled > module.results["val"]["dice"] + 0.1
+
+
+def test_case_slices_groups_the_slices_of_each_case() -> None:
+    class Slices(Dataset):
+        cases = ["a", "a", "b", "a"]
+
+        def __len__(self) -> int:
+            return len(self.cases)
+
+        def __getitem__(self, item: int) -> dict:
+            return {"image": torch.full((1, 2, 2), float(item)), "mask": torch.zeros(2, 2, dtype=torch.long),
+                    "case": self.cases[item]}
+
+    grouped = CaseSlices(Slices())
+    assert len(grouped) == 2 and grouped.cases == ["a", "b"]
+    assert grouped[0]["image"].shape == (3, 1, 2, 2)
+    assert grouped[0]["image"][:, 0, 0, 0].tolist() == [0.0, 1.0, 3.0]
+    assert grouped[1]["mask"].shape == (1, 2, 2)

@@ -11,15 +11,18 @@ import torch.nn.functional as F
 from geocl.losses.fba import (
     ALPHA_MAX,
     ALPHA_MIN,
+    SIMILARITY_RANGE,
     FBContrastLoss,
+    FeaturePoolContrast,
     activation_map_size,
-    class_region_contrast,
     clamped_cosine,
+    class_region_contrast,
     consistency_weight,
     foreground_background_contrast,
     mutual_consistency,
     rank_weights,
     sharpen,
+    sharpen_classes,
     sigmoid_rampup,
     similarity_max_loss,
     similarity_min_loss,
@@ -330,3 +333,115 @@ def test_sigmoid_ramp_follows_the_released_schedule() -> None:
         assert consistency_weight(iteration) == pytest.approx(math.exp(-5 * (1 - units / 40) ** 2))
     assert consistency_weight(3000, weight=2.0) == pytest.approx(2 * math.exp(-1.25))
     assert sigmoid_rampup(5, 0) == 1.0
+
+
+# --- the stable variant, class sharpening, the feature-pool contrast ---------------------
+
+
+def _train_head_alone(loss: torch.nn.Module, logits: torch.Tensor, steps: int) -> list[float]:
+    """SGD (lr 0.01, momentum 0.9, as released) on the contrast module's own weights, the logits fixed."""
+    optimizer = torch.optim.SGD(loss.parameters(), lr=0.01, momentum=0.9)
+    values = []
+    for _ in range(steps):
+        value = loss(logits)
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+        values.append(float(value.detach()))
+    return values
+
+
+@pytest.mark.parametrize(("spatial_dims", "size"), [(3, (16, 16, 16)), (2, (32, 32))])
+def test_the_released_binary_head_collapses_to_its_floor_and_the_stable_one_does_not(
+    spatial_dims: int, size: tuple[int, ...]
+) -> None:
+    # the logits do not move: the released head satisfies its term by its biases alone (the collapse)
+    torch.manual_seed(0)
+    logits = torch.randn(4, 2, *size)
+    floors = {}
+    for variant in ("released", "stable"):
+        torch.manual_seed(1)
+        loss = FBContrastLoss(2, spatial_dims, 32, "code", input_size=size, variant=variant)
+        values = _train_head_alone(loss, logits, 5)
+        floors[variant] = (values, loss.floor())
+    released, floor = floors["released"]
+    assert released[-1] == pytest.approx(floor, rel=1e-3)  # at the clamp floor after 5 steps: no gradient left
+    stable, _ = floors["stable"]
+    assert min(stable) > 10 * floor
+
+
+def test_the_floor_is_every_clamp_at_its_bound() -> None:
+    loss = FBContrastLoss(2, 2, 8, "pooled-map", grid=4)
+    loss(torch.randn(5, 2, 8, 8))
+    weights_max = sum(math.exp(-ALPHA_MAX * (r - 1)) for r in range(5)) / 5
+    weights_min = sum(math.exp(-ALPHA_MIN * (r - 1)) for r in range(5)) / 5
+    expected = -math.log(SIMILARITY_RANGE[1]) * 2 * weights_max - math.log(1 - SIMILARITY_RANGE[0]) * weights_min
+    assert loss.floor() == pytest.approx(expected)
+    fg = torch.tensor([[1.0, 0.0]] * 5)  # all fg parallel, every bg orthogonal to them
+    bg = torch.tensor([[0.0, 1.0]] * 5)
+    assert float(foreground_background_contrast(fg, bg)) == pytest.approx(expected, rel=1e-3)  # float32 logs
+
+
+def test_the_stable_projection_is_shared_and_bias_free() -> None:
+    loss = FBContrastLoss(2, 2, 8, "pooled-map", grid=4, variant="stable")
+    assert loss.projection.linear.bias is None and not hasattr(loss, "foreground")
+    # a map of 0.5 everywhere: fg = bg exactly, so the push term sits at its largest value
+    fg, bg = loss.embed(torch.full((3, 1, 4, 4), 0.5)).unbind(1)
+    torch.testing.assert_close(fg, bg)
+    multi = FBContrastLoss(4, 2, 8, "pooled-map", grid=4, variant="stable")
+    assert multi.projection.linear.bias is None
+    with pytest.raises(ValueError, match="variant"):
+        FBContrastLoss(2, 2, 8, "pooled-map", variant="other")  # type: ignore[arg-type]
+
+
+def test_class_sharpening_is_the_released_one_for_two_classes_and_a_distribution_beyond() -> None:
+    torch.manual_seed(0)
+    binary = torch.softmax(torch.randn(2, 2, 5, 5), dim=1)
+    torch.testing.assert_close(sharpen_classes(binary, 0.1), sharpen(binary, 0.1))
+    multi = torch.softmax(torch.randn(2, 5, 4, 4), dim=1)
+    sharpened = sharpen_classes(multi, 0.1)
+    torch.testing.assert_close(sharpened.sum(1), torch.ones(2, 4, 4))
+    power = multi**10
+    torch.testing.assert_close(sharpened, power / power.sum(1, keepdim=True))  # the formula, naively
+    assert (sharpened.argmax(1) == multi.argmax(1)).all()
+    # per-channel sharpening of an uncertain pixel (all p < 0.5): every target near 0, no distribution
+    assert float(sharpen(multi, 0.1).sum(1).min()) < 0.5
+    consistency = mutual_consistency([multi, multi.flip(0)], sharpening="classes")
+    expected = ((multi - sharpened.flip(0)) ** 2).mean() + ((multi.flip(0) - sharpened) ** 2).mean()
+    torch.testing.assert_close(consistency, expected)
+
+
+def test_feature_pool_contrast_pools_features_under_the_map_and_its_complement() -> None:
+    torch.manual_seed(0)
+    features = torch.rand(3, 4, 2, 3)
+    activation = torch.rand(3, 1, 2, 3)
+    fg, bg = FeaturePoolContrast.pool(features, activation)
+    for b in range(3):  # naive weighted means
+        weights = activation[b, 0].flatten()
+        values = features[b].flatten(1)
+        torch.testing.assert_close(fg[b], (values * weights).sum(1) / weights.sum())
+        torch.testing.assert_close(bg[b], (values * (1 - weights)).sum(1) / (1 - weights).sum())
+    loss = FeaturePoolContrast(4, 8)
+    assert loss.projection.bias is None
+    value = loss(torch.rand(4, 4, 3, 3))
+    value.backward()
+    assert value.ndim == 0 and loss.head[0].weight.grad is not None
+
+
+def test_feature_pool_contrast_is_largest_for_collapsed_features_or_maps() -> None:
+    # constant features over each image: fg = bg whatever the map, the push term at its ceiling
+    torch.manual_seed(0)
+    loss = FeaturePoolContrast(4, 8)
+    constant = torch.rand(1, 4, 1, 1).expand(4, 4, 3, 3).contiguous()  # a collapsed encoder
+    with torch.no_grad():
+        fg, bg, _ = loss.embed(constant)
+    torch.testing.assert_close(fg, bg)
+    ceiling = float(similarity_min_loss(fg, bg))
+    assert ceiling == pytest.approx(-math.log(1 - HIGH) * float(rank_weights(torch.zeros(4, 4), ALPHA_MIN).mean()),
+                                    rel=1e-4)
+    # features that differ inside each image in the same way: the contrast can fall below it
+    split = torch.zeros(4, 4, 3, 3)
+    split[:, :2, :, :2] = 1.0
+    split[:, 2:, :, 2:] = 1.0
+    fg_split, bg_split = FeaturePoolContrast.pool(split, (split[:, :1] > 0).float())
+    assert float(clamped_cosine(fg_split, bg_split).max()) == pytest.approx(LOW)

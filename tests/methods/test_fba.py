@@ -93,7 +93,7 @@ def test_the_finetune_rows_run_fba_with_the_recipe_keys_and_the_comparison_budge
     assert arguments["contrast_mode"] == "pooled-map" and arguments["rampup_iterations"] == 7
     assert arguments["segmenter_options"] == {
         "embedding_dim": 128, "pooled_grid": 32, "temperature": 0.1, "detach_targets": False, "dice_weight": None,
-        "ce_weight": 0.5,
+        "ce_weight": 0.5, "variant": "stable", "contrast_balance": None,
     }
     assert measured.metrics == {"miou": 0.5}
     assert measured.extra["iou_0"] == 0.5 and math.isnan(measured.extra["iou_1"])  # per-class IoU read back
@@ -189,3 +189,10 @@ def test_medical_recipe_trains_a_tiny_budget(path: Path, volumes: Path, tmp_path
         val_every=1, batch_size=4, crop=32, accelerator="cpu", progress=False,
     )
     assert 0.0 <= result.dice <= 1.0 and result.checkpoint.exists()
+
+
+def test_the_paper_recipes_count_the_label_budget_of_all_80_training_volumes() -> None:
+    for name in ("fba-la.yaml", "fba-la-supervised.yaml"):
+        recipe = load_recipe(RECIPES / "paper" / name, ["out=runs/ignored"])
+        assert recipe.method.label_budget == "train-and-val"
+    assert load_recipe(RECIPES / "paper" / "fba-la.yaml", ["out=runs/ignored"]).method.variant == "released"
