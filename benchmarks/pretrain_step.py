@@ -35,7 +35,7 @@ import geocl.methods  # noqa: F401  (registers the methods)
 from geocl.losses import NTXentLoss
 from geocl.methods import build_method
 from geocl.models import create_encoder, projection_head
-from geocl.recipes import load_recipe
+from geocl.methods import load_recipe
 from geocl.sampling import SemanticPairSampler
 from geocl.transforms import MultiBandViewAugmentation, TwoViews
 

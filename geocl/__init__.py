@@ -48,7 +48,7 @@ _PUBLIC = {
     "build_method": "geocl.methods",
     "register_method": "geocl.methods",
     # recipes and runs
-    "load_recipe": "geocl.recipes",
+    "load_recipe": "geocl.methods",
     "run_pretrain": "geocl.training.pretrain",
     "run_finetune": "geocl.finetune.train",
     "run_medical_finetune": "geocl.finetune.medical",

@@ -122,8 +122,7 @@ def _print_result(result: Any) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> None:
-    import geocl.methods  # noqa: F401  (the methods register their recipe sections)
-    from geocl.recipes import load_recipe
+    from geocl.methods import load_recipe
     from geocl.training.pretrain import run_pretrain
 
     recipe = load_recipe(args.recipe, args.overrides)

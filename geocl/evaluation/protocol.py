@@ -20,7 +20,7 @@ An :class:`Evaluation` states
   fraction of 1 is every label, whatever its subset seed), so that one set of labels is
   never counted as several independent pairs.
 
-:mod:`geocl.training.compare` and :mod:`geocl.report.table` know nothing else about a
+:mod:`geocl.experiments` and :mod:`geocl.report.table` know nothing else about a
 task: a new one (Dice on medical volumes, hit@k on retrieval) is one more subclass,
 registered with :func:`register_evaluation`, not one more pipeline.
 

@@ -185,9 +185,8 @@ def retrieval_recipe(
     Raises:
         GeoclError: no retrieval recipe, or one that does not load.
     """
-    import geocl.methods  # noqa: F401  (registers the retrieval method's recipe section)
-    from geocl.recipes import load_recipe, recipe_to_dict
-    from geocl.recipes.loader import validate_recipe
+    from geocl.methods import load_recipe
+    from geocl.recipes import recipe_to_dict, validate_recipe
 
     path = Path(recipe) if recipe is not None else DEFAULT_RECIPE
     if not path.is_file():

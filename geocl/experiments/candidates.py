@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from geocl.errors import GeoclError
-from geocl.recipes import load_recipe
+from geocl.methods import load_recipe
 from geocl.recipes.options import CompareOptions
 from geocl.report.table import RANDOM_INIT
 

@@ -19,7 +19,8 @@ from geocl.experiments.candidates import Candidate, method_class_of
 from geocl.experiments.failures import failure_status
 from geocl.experiments.process import raise_if_terminated
 from geocl.experiments.records import differing_keys, trained_part
-from geocl.recipes import read_saved_recipe, recipe_to_dict, save_recipe
+from geocl.methods import read_saved_recipe
+from geocl.recipes import recipe_to_dict, save_recipe
 
 __all__ = ["pretrain_or_reuse", "pretrain_candidate", "record_recipe"]
 

@@ -1,9 +1,11 @@
 """The report files of a comparison: ``results.csv`` and its summary, ``results.md``, the figures, ``pretraining.csv``.
 
-The tables and plots themselves are :mod:`geocl.report`; this module groups the rows
-(one section per evaluation and pretraining budget) and writes the files, atomically. A
-report made with other evaluation settings is moved aside first
-(:func:`keep_earlier_report`). See :mod:`geocl.experiments` for each file.
+The tables and plots themselves are :mod:`geocl.report`, which takes plain data: this
+module tells it which columns are metrics and how to name them (:func:`metric_columns`,
+from each evaluation), groups the rows (one section per evaluation and pretraining
+budget) and writes the files, atomically. A report made with other evaluation settings
+is moved aside first (:func:`keep_earlier_report`). See :mod:`geocl.experiments` for each
+file.
 """
 
 from __future__ import annotations
@@ -17,18 +19,19 @@ import pandas as pd
 
 from geocl.errors import GeoclError
 from geocl.evaluation import Evaluation
-from geocl.evaluation.protocol import TestSet
+from geocl.evaluation.protocol import TestSet, evaluation_names, get_evaluation
 from geocl.experiments.candidates import Candidate
 from geocl.experiments.plan import thin_classes
 from geocl.experiments.records import describe_changes
 from geocl.io import atomic_path, atomic_write_text
+from geocl.report.columns import MetricColumns
 from geocl.report.environment import describe_environment, environment_line
 from geocl.report.paired import paired_markdown, paired_summary, plot_budgets, plot_paired
 from geocl.report.table import RANDOM_INIT, per_class_markdown, plot_comparison, results_markdown
 
 __all__ = [
-    "COMPARISON_RECORD", "REPORT_FILES", "columns_of", "keep_earlier_report", "results_columns", "write_csv",
-    "write_pretraining_csv", "write_results",
+    "COMPARISON_RECORD", "REPORT_FILES", "columns_of", "evaluation_of", "keep_earlier_report", "metric_columns",
+    "results_columns", "results_table", "write_csv", "write_pretraining_csv", "write_results",
 ]
 
 #: The comparison's own settings (its evaluations'), in the comparison folder.
@@ -56,6 +59,49 @@ def results_columns(
         "status", "seconds", "checkpoint", *own, *(column for column in extra if column not in own),
         "few_test_pixels",
     ]
+
+
+def metric_columns(evaluation: Evaluation | type[Evaluation]) -> MetricColumns:
+    """What the report needs to know of an evaluation's numbers, as plain data."""
+    return MetricColumns(
+        name=evaluation.name,
+        columns=tuple(evaluation.metric_columns),
+        labels=dict(evaluation.metric_labels),
+        primary=evaluation.primary(),
+        lower_is_better=tuple(evaluation.lower_is_better),
+        caption=evaluation.caption,
+        title=evaluation.title,
+        axis_label=evaluation.axis_label,
+    )
+
+
+def evaluation_of(results: pd.DataFrame) -> type[Evaluation]:
+    """The registered evaluation whose numbers ``results`` holds (a ``results.csv`` read back).
+
+    The one the ``evaluation`` column names, else the one with the most metric columns
+    all present in the frame (files written before that column existed).
+
+    Raises:
+        ValueError: the frame names several evaluations, or holds no known metric columns.
+    """
+    if "evaluation" in results.columns:
+        named = [str(name) for name in results["evaluation"].dropna().unique()]
+        if len(named) > 1:
+            raise ValueError(f"results of several evaluations ({', '.join(named)}); report them separately")
+        if named and named[0] in evaluation_names():
+            return get_evaluation(named[0])
+    matching = [
+        get_evaluation(name) for name in evaluation_names()
+        if all(column in results.columns for column in get_evaluation(name).metric_columns)
+    ]
+    if not matching:
+        raise ValueError(f"no evaluation's metric columns among {', '.join(map(str, results.columns))}")
+    return max(matching, key=lambda cls: len(cls.metric_columns))
+
+
+def results_table(results: pd.DataFrame, flags: dict[str, str] | None = None) -> str:
+    """The mean ± std markdown table of a ``results.csv`` read back (its evaluation: :func:`evaluation_of`)."""
+    return results_markdown(results, metric_columns(evaluation_of(results)), flags=flags)
 
 
 def columns_of(rows: list[dict[str, Any]], evaluations: list[Evaluation]) -> list[str]:
@@ -160,10 +206,11 @@ def write_results(
     environment = describe_environment(deterministic=deterministic)
     atomic_write_text(out / "environment.json", json.dumps(environment, indent=1))
     sections, summaries = [], []
-    panels: list[tuple[str, Any, Evaluation | type[Evaluation]]] = []
+    panels: list[tuple[str, Any, MetricColumns]] = []
     for evaluation in evaluations:
+        metrics = metric_columns(evaluation)
         of_evaluation = results[results["evaluation"] == evaluation.name]
-        metric = evaluation.primary()
+        metric = metrics.primary
         for steps in budgets:
             group = of_evaluation[of_evaluation["pretrain_steps"].isna()] if steps is None else of_evaluation[
                 (of_evaluation["pretrain_steps"] == steps) | (of_evaluation["recipe"] == RANDOM_INIT)
@@ -176,14 +223,14 @@ def write_results(
             summaries.append(paired.assign(
                 evaluation=evaluation.name, pretrain_steps=steps, flag=[group_flags.get(recipe, "") for recipe in paired["recipe"]],
             ))
-            text = results_markdown(group, evaluation, flags=group_flags) + "\n" + paired_markdown(
-                paired, evaluation.label(metric), group_baseline
+            text = results_markdown(group, metrics, flags=group_flags) + "\n" + paired_markdown(
+                paired, metrics.label(metric), group_baseline
             )
             test_set = (test_sets or {}).get(evaluation.name)
             thin = [] if test_set is None else thin_classes(test_set, min_test_pixels)
             text += per_class_markdown(group, ";".join(thin), min_test_pixels)
             sections.append((f"## {title}\n\n" if title else "") + text)
-            panels.append((title, group, evaluation))
+            panels.append((title, group, metrics))
     test_set = (test_sets or {}).get(evaluations[0].name)
     header = f"{test_set.description}.\n\n" if test_set is not None else ""
     table = header + "\n".join(sections) + "\n" + environment_line(environment) + "\n"
@@ -199,7 +246,10 @@ def write_results(
     plot_comparison(panels, out / "results.png")
     files = ["results.csv", "results_summary.csv", "results.md", "results.png", "results_paired.png"]
     if len(budgets) > 1:
-        plot_budgets(summary, out / "results_budget.png", evaluations, from_step_zero=from_step_zero or set())
+        plot_budgets(
+            summary, out / "results_budget.png", [metric_columns(evaluation) for evaluation in evaluations],
+            from_step_zero=from_step_zero or set(),
+        )
         files.append("results_budget.png")
     say(f"\n{table}\nresults: {', '.join(str(out / name) for name in files)}")
     return pd.read_csv(out / "results.csv")  # the rows as the file holds them (empty cells: NaN)

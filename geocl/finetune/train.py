@@ -48,7 +48,8 @@ from geocl.finetune.downstream import finetune_trainer as finetune_trainer
 from geocl.finetune.downstream import write_result as write_result
 from geocl.finetune.metrics import segmentation_metric, summarize_iou
 from geocl.finetune.model import build_segmenter, load_encoder_weights, load_pretrained_encoder
-from geocl.models.checkpoints import SEGMENTER_KEY, read_pretrain_checkpoint
+from geocl.models.checkpoints import SEGMENTER_KEY, pretrained_encoder_args, read_pretrain_checkpoint
+from geocl.models.encoders import is_vision_transformer
 
 
 class SegmentationModule(lightning.LightningModule):
@@ -63,17 +64,23 @@ class SegmentationModule(lightning.LightningModule):
         crop: side of random training crops (px).
         freeze_encoder: train the decoder only.
         meta: stored in checkpoints (classes, band statistics, ...).
+        encoder_args: timm arguments of a CNN encoder (a pretrain checkpoint's
+            ``encoder.args``, e.g. ``output_stride``), so the encoder computes what it was
+            pretrained to compute; a ViT's are set when its weights load.
     """
 
     def __init__(
         self, arch: str, encoder: str, in_chans: int, num_classes: int, lr: float = 1e-3,
         crop: int = 128, freeze_encoder: bool = False, meta: dict[str, Any] | None = None,
+        encoder_args: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         # channels-last convolutions: about 10 % faster training steps of a Unet-ResNet-18
         # on 2 CPU cores (oneDNN's preferred layout), same results
-        self.model = build_segmenter(arch, encoder, in_chans, num_classes).to(memory_format=torch.channels_last)
+        self.model = build_segmenter(arch, encoder, in_chans, num_classes, encoder_args).to(
+            memory_format=torch.channels_last
+        )
         self.criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
         self.val_metric = segmentation_metric(num_classes)
         self.test_metric = segmentation_metric(num_classes)
@@ -191,9 +198,14 @@ class SegmenterFactory:
         pretrained = read_pretrain_checkpoint(start) if start is not None else None
         encoder = pretrained["meta"]["encoder"] if pretrained is not None else self.encoder
         meta["encoder"] = encoder
+        # a CNN pretrained with timm arguments (e.g. output_stride: 16) is rebuilt with them:
+        # its weights would load into the plain encoder too, and compute something else
+        cnn_args = None
+        if pretrained is not None and not is_vision_transformer(encoder):
+            cnn_args = pretrained_encoder_args(pretrained["meta"]) or None
         module = SegmentationModule(
             self.arch, encoder, in_chans, len(meta["classes"]), lr=self.lr, crop=self.crop,
-            freeze_encoder=self.freeze_encoder, meta=meta,
+            freeze_encoder=self.freeze_encoder, meta=meta, encoder_args=cnn_args,
         )
         if pretrained is not None:
             load_pretrained_encoder(module.model, start, in_chans, loaded=pretrained)  # type: ignore[arg-type]

@@ -250,8 +250,4 @@ def train_on_volumes(*, params: Any, encoder_checkpoint: str | Path | None = Non
     )
 
 
-# The label-free FBA pretraining registers itself on import; imported here so that loading the built-in
-# methods (geocl/methods/__init__.py imports this module) registers it too.
-from geocl.methods import fba_pretrain  # noqa: E402, F401
-
 __all__ = ["FBA", "semi_supervised_arguments", "train_on_tiles", "train_on_volumes"]

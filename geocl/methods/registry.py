@@ -8,21 +8,29 @@ as ``Annotated[int, Field(ge=1)]``, choices as ``Literal``) and default, along t
 chain (a subclass adds to its parent's arguments). So a method's parameters are written
 once, in its signature, and :func:`build_method` is the one place where a recipe
 becomes constructor arguments.
+
+The built-in methods are declared in :mod:`geocl.methods` (``BUILTIN_METHODS``), which
+Python runs before this module whatever a caller imports first (a package is imported
+before its modules): so :func:`load_recipe` and :func:`read_saved_recipe`, which validate
+a recipe's ``method`` section, always know them. They live here, above
+:mod:`geocl.recipes` (reading, overrides and the generic validation), which imports no
+method.
 """
 
 from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache
+from os import PathLike
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, create_model
 
 from geocl.errors import GeoclError
 from geocl.methods.base import COMMON_ARGUMENTS, PretrainMethod
-from geocl.recipes import Recipe, recipe_to_dict, register_method_config
+from geocl.recipes import Recipe, read_recipe, recipe_to_dict, register_method_config, validate_recipe
 
 #: Method name -> Lightning module class.
 METHODS: dict[str, type[PretrainMethod]] = {}
@@ -76,11 +84,52 @@ def method_class(name: str) -> type[PretrainMethod]:
         raise GeoclError(f"unknown method {name!r}; known: {', '.join(METHODS)}", key="method.name") from None
 
 
+def load_recipe(path: str | PathLike[str], overrides: Sequence[str] = ()) -> Recipe:
+    """Load, override and validate a recipe (also ``geocl.load_recipe``).
+
+    :func:`geocl.recipes.read_recipe` then :func:`geocl.recipes.validate_recipe`, the
+    ``method`` section checked against the registered methods: the built-in ones
+    (``geocl.methods.BUILTIN_METHODS``) and any registered since.
+
+    Args:
+        path: the recipe YAML file.
+        overrides: ``dotted.key=value`` strings applied in order after the file; values
+            are YAML (``data.batch_size=8``, ``augment.scale=[0.5,1.0]``, ``out=runs/x``).
+
+    Returns:
+        A read-only :class:`~geocl.recipes.schema.Recipe` whose ``method`` is the model
+        of the method's parameters (with ``name``); interpolations are resolved.
+
+    Raises:
+        GeoclError: a missing or unreadable file, invalid YAML, a malformed override,
+            an unknown key (with the closest valid one), a wrong type, a bad choice, an
+            out-of-range number or a missing mandatory value.
+    """
+    data, by_key = read_recipe(path, overrides)
+    return validate_recipe(data, path=path, overrides=by_key)
+
+
+def read_saved_recipe(path: str | PathLike[str]) -> dict[str, Any] | None:
+    """A run's saved ``config.yaml`` as plain data, read as today's schema reads it.
+
+    Keys the schema gained since the run was saved take their defaults, so a run made
+    before a new recipe key existed still counts as the same recipe (for resuming it, or
+    for ``geocl compare`` to reuse it).
+
+    Returns:
+        The resolved recipe, or None when the file is missing or no longer a valid recipe.
+    """
+    try:
+        return recipe_to_dict(load_recipe(path))
+    except GeoclError:
+        return None
+
+
 def build_method(recipe: Recipe, in_chans: int, band_stats: Mapping[str, Any] | None = None) -> PretrainMethod:
     """The method a recipe describes: the one place where a recipe becomes constructor arguments.
 
     Args:
-        recipe: a validated recipe (:func:`geocl.recipes.load_recipe`).
+        recipe: a validated recipe (:func:`load_recipe`).
         in_chans: band count of the training images.
         band_stats: their per-band statistics (stored in checkpoints).
     """

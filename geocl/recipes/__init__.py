@@ -1,17 +1,18 @@
 """Recipes and command options: one typed schema (pydantic), loading and overrides (OmegaConf).
 
-``load_recipe(path, overrides)`` reads a recipe, applies ``dotted.key=value``
-overrides and validates every key before any work starts; unknown or misspelt keys
-fail with a :class:`~geocl.errors.GeoclError` that names the dotted key and the
-closest valid one. Methods declare their parameters in their constructors
-(:mod:`geocl.methods.registry` registers them with ``register_method_config``).
-Nothing here imports torch.
+``read_recipe(path, overrides)`` reads a recipe and applies ``dotted.key=value``
+overrides; ``validate_recipe`` checks every key before any work starts: unknown or
+misspelt keys fail with a :class:`~geocl.errors.GeoclError` that names the dotted key
+and the closest valid one. Methods declare their parameters in their constructors
+(:mod:`geocl.methods.registry` registers them with ``register_method_config``), and
+:func:`geocl.methods.load_recipe` (also ``geocl.load_recipe``) is the one call that
+reads and validates a recipe with the built-in methods declared: this package sits
+below the methods and imports none of them. Nothing here imports torch.
 """
 
 from geocl.recipes.loader import (
-    load_recipe,
     method_params,
-    read_saved_recipe,
+    read_recipe,
     recipe_to_dict,
     recipe_to_yaml,
     save_recipe,
@@ -53,11 +54,10 @@ __all__ = [
     "Recipe",
     "SchedulerConfig",
     "TrainerConfig",
-    "load_recipe",
     "method_config_class",
     "method_names",
     "method_params",
-    "read_saved_recipe",
+    "read_recipe",
     "recipe_model",
     "recipe_to_dict",
     "recipe_to_yaml",

@@ -1,19 +1,25 @@
-"""Loading recipes: YAML file + dotted overrides -> a validated, read-only recipe model.
+"""Reading recipes: YAML file + dotted overrides -> plain data -> a validated, read-only recipe model.
 
-Order of work in :func:`load_recipe`:
+The generic half of loading a recipe; :func:`geocl.methods.load_recipe` is the whole
+of it (:func:`read_recipe` then :func:`validate_recipe`, with the built-in methods
+declared). Order of work:
 
-1. read the YAML with OmegaConf (duplicate keys refused; ``1e-3`` is a float,
-   ``2024-01-01`` a string);
-2. merge the ``dotted.key=value`` overrides with OmegaConf's own dot-list parser,
+1. :func:`read_recipe` reads the YAML with OmegaConf (duplicate keys refused; ``1e-3``
+   is a float, ``2024-01-01`` a string);
+2. merges the ``dotted.key=value`` overrides with OmegaConf's own dot-list parser,
    remembering which override set each key so that errors can say where a bad value
    came from;
-3. resolve ``${...}`` interpolations (OmegaConf), naming the key that fails;
-4. validate the plain data with the pydantic model of the recipe's method
-   (:func:`geocl.recipes.schema.recipe_model`); the first validation error becomes a
-   :class:`~geocl.errors.GeoclError` through the one mapper of
-   :mod:`geocl.recipes.errors` (dotted key, "did you mean", the override, the file).
+3. resolves ``${...}`` interpolations (OmegaConf), naming the key that fails;
+4. :func:`validate_recipe` validates the plain data with the pydantic model of the
+   recipe's method (:func:`geocl.recipes.schema.recipe_model`, over the method sections
+   registered with :func:`~geocl.recipes.schema.register_method_config`); the first
+   validation error becomes a :class:`~geocl.errors.GeoclError` through the one mapper
+   of :mod:`geocl.recipes.errors` (dotted key, "did you mean", the override, the file).
 
-Nothing here imports torch: a recipe is checked before any heavy import.
+This package sits below :mod:`geocl.methods` and imports none of it (the import
+contract in ``pyproject.toml`` holds that): which methods exist is the method
+registry's to declare. Nothing here imports torch: a recipe is checked before any
+heavy import.
 """
 
 from __future__ import annotations
@@ -141,11 +147,18 @@ def validate_recipe(
 ) -> Recipe:
     """Validate plain recipe data (interpolations resolved) into its method's recipe model.
 
+    The ``method`` section is checked against the method sections registered so far
+    (:func:`~geocl.recipes.schema.register_method_config`); :func:`geocl.methods.load_recipe`
+    is the caller that guarantees the built-in ones are.
+
+    Args:
+        data: the recipe as plain data (:func:`read_recipe`).
+        path: the recipe file, named in errors.
+        overrides: dotted key -> the override that set it, named in errors.
+
     Raises:
         GeoclError: the first problem, with its dotted key, as :mod:`geocl.recipes.errors` words it.
     """
-    import geocl.methods  # noqa: F401  (the built-in methods register their recipe sections on import)
-
     overrides = dict(overrides or {})
     source = Path(path) if path is not None else None
     model = recipe_model()
@@ -155,8 +168,8 @@ def validate_recipe(
         raise validation_error(exc, source=source, overrides=overrides, model=model) from None
 
 
-def load_recipe(path: str | PathLike[str], overrides: Sequence[str] = ()) -> Recipe:
-    """Load, override and validate a recipe.
+def read_recipe(path: str | PathLike[str], overrides: Sequence[str] = ()) -> tuple[dict[str, Any], dict[str, str]]:
+    """Read a recipe file and apply overrides: plain data, not yet validated.
 
     Args:
         path: the recipe YAML file.
@@ -164,13 +177,13 @@ def load_recipe(path: str | PathLike[str], overrides: Sequence[str] = ()) -> Rec
             are YAML (``data.batch_size=8``, ``augment.scale=[0.5,1.0]``, ``out=runs/x``).
 
     Returns:
-        A read-only :class:`~geocl.recipes.schema.Recipe` whose ``method`` is the model
-        of the method's parameters (with ``name``); interpolations are resolved.
+        The recipe as plain data, the schema's defaults under the file's values and
+        interpolations resolved; and dotted key -> the override that set it last (for
+        :func:`validate_recipe`'s errors).
 
     Raises:
-        GeoclError: a missing or unreadable file, invalid YAML, a malformed override,
-            an unknown key (with the closest valid one), a wrong type, a bad choice, an
-            out-of-range number or a missing mandatory value.
+        GeoclError: a missing or unreadable file, invalid YAML, a malformed override or
+            an interpolation that cannot be resolved.
     """
     path = Path(path)
     data = _read_yaml(path)
@@ -179,31 +192,16 @@ def load_recipe(path: str | PathLike[str], overrides: Sequence[str] = ()) -> Rec
     by_key: dict[str, str] = {}
     for text in overrides:
         by_key[_apply_override(data, text, path)] = text  # the later override is the one that counts
-    return validate_recipe(_resolve(_with_defaults(data), path, by_key), path=path, overrides=by_key)
-
-
-def read_saved_recipe(path: str | PathLike[str]) -> dict[str, Any] | None:
-    """A run's saved ``config.yaml`` as plain data, read as today's schema reads it.
-
-    Keys the schema gained since the run was saved take their defaults, so a run made
-    before a new recipe key existed still counts as the same recipe (for resuming it, or
-    for ``geocl compare`` to reuse it).
-
-    Returns:
-        The resolved recipe, or None when the file is missing or no longer a valid recipe.
-    """
-    try:
-        return recipe_to_dict(load_recipe(path))
-    except GeoclError:
-        return None
+    return _resolve(_with_defaults(data), path, by_key), by_key
 
 
 def method_params(recipe: Recipe | Mapping[str, Any]) -> tuple[str, MethodParams]:
     """The method a recipe selects and its validated parameters.
 
     Args:
-        recipe: a recipe from :func:`load_recipe`, or plain recipe data with a ``method``
-            section (e.g. the recipe stored in a checkpoint).
+        recipe: a recipe from :func:`geocl.methods.load_recipe`, or plain recipe data with
+            a ``method`` section (e.g. the recipe stored in a checkpoint); its method's
+            section must be registered.
 
     Raises:
         GeoclError: no or an unknown method, bad or missing parameters.
@@ -230,7 +228,7 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:
-    """The recipe as YAML that :func:`load_recipe` reads back to an equal recipe.
+    """The recipe as YAML that :func:`geocl.methods.load_recipe` reads back to an equal recipe.
 
     OmegaConf writes it, so a string its loader would read as something else
     (``name: 1e5``) is quoted.

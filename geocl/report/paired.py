@@ -45,6 +45,7 @@ import pandas as pd
 from scipy import stats
 
 from geocl.io import save_figure
+from geocl.report.columns import MetricColumns
 
 #: The interval's confidence level.
 CONFIDENCE = 0.95
@@ -331,7 +332,7 @@ def _start_point(start: pd.DataFrame) -> dict[str, Any]:
 
 
 def plot_budgets(
-    summary: pd.DataFrame, out_png: str | os.PathLike[str], evaluations: Sequence[Any],
+    summary: pd.DataFrame, out_png: str | os.PathLike[str], evaluations: Sequence[MetricColumns],
     from_step_zero: Collection[str] | None = None,
 ) -> Path:
     """Score against pretraining steps, one line a recipe with its 95 % t interval; one panel per
@@ -346,7 +347,8 @@ def plot_budgets(
         summary: :func:`paired_summary` rows of every group with ``evaluation`` and
             ``pretrain_steps`` columns (see :func:`budget_curves`).
         out_png: the PNG path.
-        evaluations: the comparison's evaluations (for labels), in panel order.
+        evaluations: the metric columns of the comparison's evaluations (``name`` matches the
+            ``evaluation`` column; titles and labels), in panel order.
         from_step_zero: the recipes whose curves start at the random-init row
             (default: every recipe).
     """

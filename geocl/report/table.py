@@ -3,11 +3,10 @@
 Input everywhere is the results frame that ``geocl compare`` writes as ``results.csv``:
 one row per (recipe, label fraction, seed) with at least the columns ``recipe``,
 ``status`` (``"ok"`` or ``"failed: <message>"``) and the metric columns of one
-evaluation (:mod:`geocl.evaluation.protocol`); ``label_fraction`` (1.0 when absent),
-``method`` and ``evaluation`` are optional. Which columns are metrics, and their names,
-come from that evaluation: the one passed in, else the one the ``evaluation`` column
-names, else the registered one whose metric columns the frame has (files written
-before that column existed).
+evaluation; ``label_fraction`` (1.0 when absent) and ``method`` are optional. Which
+columns are metrics, and their names, the caller says with a
+:class:`~geocl.report.columns.MetricColumns` (plain data: this module knows no
+evaluation; :mod:`geocl.experiments.results` fills it from the comparison's).
 
 Conventions:
 
@@ -37,8 +36,8 @@ from typing import Any
 
 import pandas as pd
 
-from geocl.evaluation.protocol import Evaluation, evaluation_names, get_evaluation
 from geocl.io import save_figure
+from geocl.report.columns import MetricColumns
 from geocl.report.paired import RANDOM_INIT  # the recipe name of the baseline row (a random encoder)
 
 #: Columns of :func:`summarize`'s frame.
@@ -46,43 +45,13 @@ SUMMARY_COLUMNS = ["recipe", "method", "label_fraction", "mean", "std", "n", "fa
 #: Shown for a std that one seed cannot give.
 NO_STD = "–"
 
-#: An evaluation, as a class or an instance: the report reads only its class attributes.
-EvaluationLike = Evaluation | type[Evaluation]
-
-
-def evaluation_of(results: pd.DataFrame) -> type[Evaluation]:
-    """The registered evaluation whose numbers ``results`` holds.
-
-    The one the ``evaluation`` column names, else the one with the most metric columns
-    all present in the frame.
-
-    Raises:
-        ValueError: the frame names several evaluations, or holds no known metric columns.
-    """
-    if "evaluation" in results.columns:
-        named = [str(name) for name in results["evaluation"].dropna().unique()]
-        if len(named) > 1:
-            raise ValueError(f"results of several evaluations ({', '.join(named)}); report them separately")
-        if named and named[0] in evaluation_names():
-            return get_evaluation(named[0])
-    matching = [
-        get_evaluation(name) for name in evaluation_names()
-        if all(column in results.columns for column in get_evaluation(name).metric_columns)
-    ]
-    if not matching:
-        raise ValueError(f"no evaluation's metric columns among {', '.join(map(str, results.columns))}")
-    return max(matching, key=lambda cls: len(cls.metric_columns))
-
-
-def summarize(
-    results: pd.DataFrame, metric: str | None = None, evaluation: EvaluationLike | None = None
-) -> pd.DataFrame:
+def summarize(results: pd.DataFrame, metrics: MetricColumns, metric: str | None = None) -> pd.DataFrame:
     """Mean, std (ddof=1) and count of one metric per (recipe, label fraction), failures marked.
 
     Args:
         results: one row per run (the ``results.csv`` columns; ``method`` optional).
-        metric: the metric column; default: the evaluation's primary metric.
-        evaluation: whose numbers these are (default: :func:`evaluation_of`).
+        metrics: which columns are metrics and their names.
+        metric: the metric column; default: the primary one.
 
     Returns:
         One row per (recipe, label fraction) with columns :data:`SUMMARY_COLUMNS`:
@@ -93,8 +62,7 @@ def summarize(
     """
     if results.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
-    evaluation = evaluation or evaluation_of(results)
-    metric = metric or evaluation.primary()
+    metric = metric or metrics.primary
     values = pd.to_numeric(results[metric], errors="coerce")
     ok = values.notna()
     if "status" in results:
@@ -113,7 +81,7 @@ def summarize(
             if len(bad):
                 status = str(bad["status"].iloc[0]) if "status" in bad else "ok"
                 # a run that succeeded without this number still failed to give it
-                error = f"no {evaluation.label(metric)}" if status == "ok" else status.removeprefix("failed:").strip()
+                error = f"no {metrics.label(metric)}" if status == "ok" else status.removeprefix("failed:").strip()
             rows.append(
                 {
                     "recipe": recipe,
@@ -130,9 +98,9 @@ def summarize(
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
-def _summaries(results: pd.DataFrame, evaluation: EvaluationLike) -> dict[str, pd.DataFrame]:
-    """:func:`summarize` of every metric column of the evaluation, in column order."""
-    return {metric: summarize(results, metric, evaluation) for metric in evaluation.metric_columns}
+def _summaries(results: pd.DataFrame, metrics: MetricColumns) -> dict[str, pd.DataFrame]:
+    """:func:`summarize` of every metric column, in column order."""
+    return {metric: summarize(results, metrics, metric) for metric in metrics.columns}
 
 
 def _fraction_label(fraction: float) -> str:
@@ -157,7 +125,7 @@ def _cell(row: pd.Series) -> str:
 
 
 def _columns(
-    summaries: dict[str, pd.DataFrame], evaluation: EvaluationLike
+    summaries: dict[str, pd.DataFrame], metrics: MetricColumns
 ) -> tuple[list[tuple[str, float]], list[str], str]:
     """The table's (metric, fraction) columns, their headers and the caption's note on them."""
     fractions = sorted({float(f) for summary in summaries.values() for f in summary["label_fraction"]})
@@ -165,8 +133,8 @@ def _columns(
     if len(summaries) == 1:
         return columns, [_fraction_label(f) for _, f in columns], " Columns: label fraction."
     if len(fractions) == 1:
-        return columns, [evaluation.label(metric) for metric, _ in columns], ""
-    headers = [f"{evaluation.label(metric)} @ {_fraction_label(f)}" for metric, f in columns]
+        return columns, [metrics.label(metric) for metric, _ in columns], ""
+    headers = [f"{metrics.label(metric)} @ {_fraction_label(f)}" for metric, f in columns]
     return columns, headers, " Columns: metric @ label fraction."
 
 
@@ -174,20 +142,18 @@ def _columns(
 FLAG = "⚠"
 
 
-def results_markdown(
-    results: pd.DataFrame, evaluation: EvaluationLike | None = None, flags: Mapping[str, str] | None = None
-) -> str:
+def results_markdown(results: pd.DataFrame, metrics: MetricColumns, flags: Mapping[str, str] | None = None) -> str:
     """The comparison as a markdown table: recipes as rows, (metric, label fraction) as columns.
 
     Cells read ``mean ± std`` over runs (label subsets × seeds; 3 decimals, std with
     ddof=1, ``–`` for one run), ``failed`` where every run failed. The last column ``n``
     is the number of successful runs per cell: one number when all cells of the row agree, else one
-    per column (``3, 2, 3``). A caption (the evaluation's, then the conventions) and,
+    per column (``3, 2, 3``). A caption (``metrics.caption``, then the conventions) and,
     when anything failed, each failing recipe's first message follow the table.
 
     Args:
         results: one row per run (see :func:`summarize`).
-        evaluation: whose numbers these are (default: :func:`evaluation_of`).
+        metrics: which columns are metrics, their names and the caption.
         flags: recipe -> why its numbers are not what its name says (a pretraining that
             never reached the method's own stage); the row is marked :data:`FLAG` and the
             reason listed after the caption.
@@ -195,10 +161,9 @@ def results_markdown(
     Returns:
         Markdown text ending in a newline.
     """
-    evaluation = evaluation or evaluation_of(results)
     flags = {recipe: text for recipe, text in (flags or {}).items() if text}
-    summaries = _summaries(results, evaluation)
-    columns, headers, note = _columns(summaries, evaluation)
+    summaries = _summaries(results, metrics)
+    columns, headers, note = _columns(summaries, metrics)
     lines = [
         "| " + " | ".join(["recipe", *headers, "n"]) + " |",
         "|" + "|".join(["---", *("---:" for _ in columns), "---:"]) + "|",
@@ -224,7 +189,7 @@ def results_markdown(
             failures.append(f"- {_escape(recipe)}: {_escape(errors[0])}")
     lines += [
         "",
-        f"{evaluation.caption} mean ± sample std (ddof=1) over runs (label subsets × seeds); "
+        f"{metrics.caption} mean ± sample std (ddof=1) over runs (label subsets × seeds); "
         f"{NO_STD} where only one run succeeded.{note} n: successful runs per cell.",
     ]
     flagged = [f"- {FLAG} {_escape(text)}" for recipe, text in flags.items() if recipe in set(recipes)]
@@ -235,9 +200,7 @@ def results_markdown(
     return "\n".join(lines) + "\n"
 
 
-def plot_results(
-    results: pd.DataFrame, out_png: str | os.PathLike[str], evaluation: EvaluationLike | None = None
-) -> Path:
+def plot_results(results: pd.DataFrame, out_png: str | os.PathLike[str], metrics: MetricColumns) -> Path:
     """Plot the comparison (error bars: 95 % t interval of the mean over runs); written atomically.
 
     Several label fractions: each metric against label fraction (log x), one panel a
@@ -248,54 +211,54 @@ def plot_results(
     Args:
         results: one row per run (see :func:`summarize`).
         out_png: the PNG path.
-        evaluation: whose numbers these are (default: :func:`evaluation_of`).
+        metrics: which columns are metrics, their names and the plot's labels.
 
     Returns:
         The PNG path.
     """
-    return plot_comparison([("", results, evaluation or evaluation_of(results))], out_png)
+    return plot_comparison([("", results, metrics)], out_png)
 
 
 def plot_comparison(
-    panels: list[tuple[str, pd.DataFrame, EvaluationLike]], out_png: str | os.PathLike[str]
+    panels: list[tuple[str, pd.DataFrame, MetricColumns]], out_png: str | os.PathLike[str]
 ) -> Path:
     """Several groups of one comparison side by side (protocols, pretraining budgets), one panel each.
 
-    Each panel is drawn as :func:`plot_results` draws one evaluation (its primary metric
-    when a group has several); ``panels`` holds (title, results rows, evaluation).
+    Each panel is drawn as :func:`plot_results` draws one group (its primary metric
+    when a group has several); ``panels`` holds (title, results rows, their metric columns).
     """
     # A bare Figure draws with the Agg canvas without touching pyplot's global backend,
     # so a caller's interactive session keeps its own.
     from matplotlib.figure import Figure
 
     if len(panels) == 1:
-        title, results, evaluation = panels[0]
-        summaries = _summaries(results, evaluation)
-        metrics = list(summaries)
+        title, results, metrics = panels[0]
+        summaries = _summaries(results, metrics)
+        names = list(summaries)
     else:
-        metrics = []
+        names = []
     fractions_all = sorted({float(f) for _, results, _ in panels for f in results.get("label_fraction", [1.0])})
     lines = len(fractions_all) > 1
     if len(panels) == 1 and lines:
-        count = len(metrics)
+        count = len(names)
         figure = Figure(figsize=(7 * count, 4.5))
         for index, (metric, summary) in enumerate(summaries.items()):
             axes = figure.add_subplot(1, count, index + 1)
-            _plot_lines(axes, summary, fractions_all, evaluation)
-            axes.set_title(evaluation.label(metric) if count > 1 else f"{evaluation.title} against label fraction {INTERVAL_NOTE}")
+            _plot_lines(axes, summary, fractions_all, metrics)
+            axes.set_title(metrics.label(metric) if count > 1 else f"{metrics.title} against label fraction {INTERVAL_NOTE}")
         if count > 1:
-            figure.suptitle(f"{evaluation.title} against label fraction {INTERVAL_NOTE}")
+            figure.suptitle(f"{metrics.title} against label fraction {INTERVAL_NOTE}")
     elif len(panels) == 1:
         recipes = list(next(iter(summaries.values()))["recipe"].drop_duplicates())
         # scores in [0, 1] share one axes; lower-is-better metrics (distances in mm) get their own
-        lower = set(getattr(evaluation, "lower_is_better", ()))
-        groups = [group for group in ([m for m in metrics if m not in lower], [m for m in metrics if m in lower]) if group]
+        lower = set(metrics.lower_is_better)
+        groups = [group for group in ([m for m in names if m not in lower], [m for m in names if m in lower]) if group]
         figure = Figure(figsize=(max(5.0, 1.6 * len(recipes) + 2) * len(groups), 4.5))
         for index, group in enumerate(groups):
             axes = figure.add_subplot(1, len(groups), index + 1)
             distances = group[0] in lower
-            axis_label = f"{', '.join(evaluation.label(m) for m in group)} (lower is better)" if distances else None
-            _plot_bars(axes, {metric: summaries[metric] for metric in group}, recipes, evaluation, axis_label=axis_label)
+            axis_label = f"{', '.join(metrics.label(m) for m in group)} (lower is better)" if distances else None
+            _plot_bars(axes, {metric: summaries[metric] for metric in group}, recipes, metrics, axis_label=axis_label)
             if fractions_all:
                 all_labels = " (all labels)" if fractions_all[0] == 1.0 else ""
                 axes.set_xlabel(f"label fraction {_fraction_label(fractions_all[0])}{all_labels}")
@@ -304,16 +267,16 @@ def plot_comparison(
         rows = math.ceil(len(panels) / columns)
         width = 7.0 if lines else max(5.0, 1.4 * max(results["recipe"].nunique() for _, results, _ in panels) + 2)
         figure = Figure(figsize=(width * columns, 4.5 * rows))
-        for index, (title, results, evaluation) in enumerate(panels):
+        for index, (title, results, metrics) in enumerate(panels):
             axes = figure.add_subplot(rows, columns, index + 1)
-            metric = evaluation.primary()
-            summary = summarize(results, metric, evaluation)
+            metric = metrics.primary
+            summary = summarize(results, metrics, metric)
             if lines:
-                _plot_lines(axes, summary, fractions_all, evaluation)
+                _plot_lines(axes, summary, fractions_all, metrics)
             else:
-                _plot_bars(axes, {metric: summary}, list(summary["recipe"].drop_duplicates()), evaluation)
+                _plot_bars(axes, {metric: summary}, list(summary["recipe"].drop_duplicates()), metrics)
                 axes.set_xlabel(f"label fraction {_fraction_label(fractions_all[0])}")
-            axes.set_title(title or evaluation.title)
+            axes.set_title(title or metrics.title)
         figure.suptitle(f"{INTERVAL_NOTE.strip('()').capitalize()}")
     figure.tight_layout()
     return save_figure(figure, out_png)
@@ -369,7 +332,7 @@ def _no_runs(axes: Any, summaries: list[pd.DataFrame]) -> None:
         axes.text(0.5, 0.5, "no successful runs", ha="center", va="center", transform=axes.transAxes)
 
 
-def _plot_lines(axes: Any, summary: pd.DataFrame, fractions: list[float], evaluation: EvaluationLike) -> None:
+def _plot_lines(axes: Any, summary: pd.DataFrame, fractions: list[float], metrics: MetricColumns) -> None:
     """One metric against label fraction (log x), one line a recipe."""
     from matplotlib.lines import Line2D
 
@@ -398,14 +361,14 @@ def _plot_lines(axes: Any, summary: pd.DataFrame, fractions: list[float], evalua
         axes.minorticks_off()
     _no_runs(axes, [summary])
     axes.set_xlabel("label fraction (log scale)")
-    axes.set_ylabel(evaluation.axis_label)
+    axes.set_ylabel(metrics.axis_label)
     axes.grid(True, alpha=0.3)
     if handles:
         axes.legend(handles=handles)
 
 
 def _plot_bars(
-    axes: Any, summaries: dict[str, pd.DataFrame], recipes: list[str], evaluation: EvaluationLike,
+    axes: Any, summaries: dict[str, pd.DataFrame], recipes: list[str], metrics: MetricColumns,
     axis_label: str | None = None,
 ) -> None:
     """Bars of each metric per recipe (one label fraction), all in one unit; random-init hatched grey."""
@@ -418,7 +381,7 @@ def _plot_bars(
         top = max(top, float((of_metric["mean"] + half).max(skipna=True) or 0.0))
         bars = axes.bar(
             positions, of_metric["mean"].fillna(0.0), width, yerr=half, capsize=3,
-            label=evaluation.label(metric),
+            label=metrics.label(metric),
         )
         for bar, recipe in zip(bars, recipes, strict=True):
             if recipe == RANDOM_INIT:
@@ -431,8 +394,8 @@ def _plot_bars(
     axes.set_xticks(range(len(recipes)), [name if succeeded[name] else f"{name}\n(failed)" for name in recipes])
     _no_runs(axes, list(summaries.values()))
     axes.set_ylim(0, 1 if not top > 1 else None)  # scores in [0, 1] (accuracy, IoU, Dice) on a fixed scale
-    axes.set_ylabel(axis_label or evaluation.axis_label)
-    axes.set_title(f"{evaluation.title} {INTERVAL_NOTE}")
+    axes.set_ylabel(axis_label or metrics.axis_label)
+    axes.set_title(f"{metrics.title} {INTERVAL_NOTE}")
     axes.grid(True, axis="y", alpha=0.3)
     if len(summaries) > 1:
         axes.legend()

@@ -67,8 +67,8 @@ from geocl.data.natural import open_natural_dataset
 from geocl.data.tile_dataset import TileDataset
 from geocl.errors import GeoclError
 from geocl.io import atomic_write_text, check_output_folder
-from geocl.methods import build_method
-from geocl.recipes import Recipe, read_saved_recipe, recipe_to_dict, save_recipe
+from geocl.methods import build_method, read_saved_recipe
+from geocl.recipes import Recipe, recipe_to_dict, save_recipe
 from geocl.training.callbacks import EpochLoss, LossCurvePlot, progress_callbacks
 from geocl.training.checkpoint_io import (
     LAST_NAME,
@@ -342,7 +342,7 @@ def run_pretrain(recipe: Recipe, *, resume: bool = False, progress: bool = True)
     """Pretrain an encoder as the recipe says.
 
     Args:
-        recipe: a validated recipe (:func:`geocl.recipes.load_recipe`).
+        recipe: a validated recipe (:func:`geocl.methods.load_recipe`).
         resume: continue the run in ``recipe.out`` from its last checkpoint.
         progress: show the training progress bar (the final line is printed either way).
 

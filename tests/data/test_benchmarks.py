@@ -27,7 +27,7 @@ from geocl.cli import main
 from geocl.data.benchmarks import BENCHMARKS, _starts, ensure_recipe_tiles, export_benchmark
 from geocl.data.tile_dataset import IGNORE_INDEX, TileDataset
 from geocl.errors import GeoclError
-from geocl.recipes import load_recipe
+from geocl.methods import load_recipe
 from geocl.recipes.options import CompareOptions, FinetuneOptions
 from geocl.recipes.schema import BENCHMARK_DATASETS
 

@@ -10,7 +10,7 @@ import torch
 import geocl.methods  # noqa: F401  (registers the methods)
 from geocl.errors import GeoclError
 from geocl.evaluation.features import load_checkpoint_encoder
-from geocl.recipes import load_recipe
+from geocl.methods import load_recipe
 from geocl.training.pretrain import run_pretrain
 from tests.conftest import write_recipe
 

@@ -22,7 +22,7 @@ from geocl.errors import GeoclError
 from geocl.evaluation import Subset, evaluation_for, get_evaluation
 from geocl.evaluation.medical import OWN_FINETUNE_ARGS, MedicalDice
 from geocl.data.medical.synthetic import make_volumes
-from geocl.recipes import load_recipe
+from geocl.methods import load_recipe
 from geocl.recipes.options import CompareOptions, FinetuneOptions
 from geocl.experiments import run_compare
 from geocl.training.pretrain import run_pretrain

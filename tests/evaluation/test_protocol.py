@@ -33,8 +33,8 @@ from geocl.evaluation import (
 )
 from geocl.evaluation.protocol import option_kwargs
 from geocl.recipes import register_method_config, save_recipe
-from geocl.report.table import results_markdown
-from geocl.training.compare import CompareOptions, results_columns, run_compare
+from geocl.experiments.results import results_table
+from geocl.experiments import CompareOptions, results_columns, run_compare
 
 
 @dataclass
@@ -243,7 +243,7 @@ def test_a_registered_evaluation_runs_through_compare_and_the_report(tmp_path: P
     assert "Toy retrieval scores, mean ± sample std" in md and "Columns: metric @ label fraction." in md
     assert "- alpha: hit@1 is nan" in lines
     # the CSV alone names its evaluation: the report reads it back to the same table
-    assert md.startswith(results_markdown(pd.read_csv(out / "results.csv")))
+    assert md.startswith(results_table(pd.read_csv(out / "results.csv")))
     # and under it, the paired differences to the first recipe
     assert "paired difference to alpha" in md and "| random-init | 0.2 |" in md
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"

@@ -24,7 +24,7 @@ from geocl.evaluation.retrieval import (
     gallery_dataset,
     retrieval_recipe,
 )
-from geocl.recipes import load_recipe
+from geocl.methods import load_recipe
 from geocl.retrieval.captions import CaptionConfig, class_names_for, mask_attributes, template_captions
 from geocl.retrieval.model import load_towers
 from tests.conftest import write_recipe
@@ -164,7 +164,7 @@ def test_compare_ranks_image_encoder_initialisations_by_retrieval(tmp_path: Path
 
 
 def test_the_progress_option_reaches_the_trainer_not_the_retrieval_recipe(tmp_path: Path, tiny_tiles: Path) -> None:
-    from geocl.recipes import load_recipe
+    from geocl.methods import load_recipe
     from geocl.training.pretrain import build_trainer
 
     quiet = TextRetrieval({"max_steps": 3, "progress": False})

@@ -22,7 +22,7 @@ from geocl.finetune.inference import predict_with_checkpoint
 from geocl.finetune.model import build_segmenter, load_pretrained_encoder
 from geocl.finetune.train import label_subset, run_finetune
 from geocl.models.checkpoints import SEGMENTER_KEY
-from geocl.recipes import load_recipe
+from geocl.methods import load_recipe
 from geocl.recipes.options import FinetuneCommand
 from geocl.training.pretrain import run_pretrain
 from tests.conftest import write_recipe
@@ -113,3 +113,19 @@ def test_spacenet_scene_tile_finetune_predict(tmp_path: Path, shared_data: Path)
     polygons = gpd.read_file(prediction.polygons)
     assert polygons.crs == gpd.read_file(prediction.polygons).crs and len(polygons) > 0
     assert polygons.geometry.union_all().intersects(footprint)
+
+
+def test_a_cnn_pretrained_with_timm_arguments_is_finetuned_with_them(
+    tmp_path: Path, tiny_tiles: Path, pretrained: Path
+) -> None:
+    """A checkpoint's ``encoder.args`` (here output_stride 16) rebuild the encoder; its weights would load without."""
+    checkpoint = torch.load(pretrained, weights_only=True)
+    checkpoint["geocl"]["recipe"]["encoder"]["args"] = {"output_stride": 16}
+    dilated = tmp_path / "dilated.ckpt"
+    torch.save(checkpoint, dilated)
+    result = run_finetune(tiles=tiny_tiles, out=tmp_path / "ft", encoder_checkpoint=dilated, label_fraction=0.2, **TINY)
+    hparams = torch.load(result.checkpoint, weights_only=True)["hyper_parameters"]
+    assert hparams["encoder_args"] == {"output_stride": 16}
+    model = build_segmenter("unet", hparams["encoder"], 4, 7, hparams["encoder_args"])
+    deepest = model.encoder.model(torch.zeros(1, 4, 64, 64))[-1]
+    assert deepest.shape[-1] == 64 // 16  # 2 without the argument: stride 32

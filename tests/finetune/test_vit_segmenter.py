@@ -16,7 +16,7 @@ from geocl.finetune.inference import predict_with_checkpoint
 from geocl.finetune.model import ViTSegmenter, build_segmenter, load_pretrained_encoder
 from geocl.finetune.train import run_finetune
 from geocl.models.checkpoints import SEGMENTER_KEY
-from geocl.recipes import load_recipe
+from geocl.methods import load_recipe
 from geocl.training.pretrain import run_pretrain
 from tests.conftest import write_recipe
 

@@ -16,7 +16,7 @@ import geocl.finetune.semi_supervised as semi_supervised
 from geocl.errors import GeoclError
 from geocl.evaluation import FrozenLinearProbe, SegmentationFinetune, Subset
 from geocl.methods import FBA, METHODS
-from geocl.recipes import load_recipe
+from geocl.methods import load_recipe
 from geocl.training.pretrain import run_pretrain
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"

@@ -12,7 +12,7 @@ from geocl.finetune.model import read_pretrain_checkpoint
 from geocl.losses.fba import foreground_background_contrast
 from geocl.methods import METHODS
 from geocl.methods.fba_pretrain import FBAPretrain
-from geocl.recipes import load_recipe
+from geocl.methods import load_recipe
 from geocl.training.pretrain import run_pretrain
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"

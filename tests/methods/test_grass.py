@@ -12,7 +12,7 @@ import geocl.methods  # noqa: F401  (registers the methods)
 import geocl.methods.grass as grass
 from geocl.errors import GeoclError
 from geocl.methods import GraSS, build_method
-from geocl.recipes import load_recipe
+from geocl.methods import load_recipe
 from geocl.training.pretrain import run_pretrain
 from tests.conftest import write_recipe
 

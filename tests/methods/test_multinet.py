@@ -11,7 +11,7 @@ import torch
 import geocl.methods  # noqa: F401  (registers the methods)
 from geocl.errors import GeoclError
 from geocl.methods import CHECKPOINT_KEY, MultiNet, build_method
-from geocl.recipes import load_recipe
+from geocl.methods import load_recipe
 from geocl.training.pretrain import run_pretrain
 from tests.conftest import write_recipe
 from tests.distributed import run_distributed

@@ -12,7 +12,7 @@ import torch
 import geocl.methods  # noqa: F401  (registers the methods)
 from geocl.errors import GeoclError
 from geocl.methods import PatchMix, build_method
-from geocl.recipes import load_recipe
+from geocl.methods import load_recipe
 from tests.conftest import write_recipe
 
 VIT = {"name": "test_vit", "args": {"patch_size": 8, "img_size": 32}}

@@ -11,8 +11,19 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from geocl.errors import GeoclError
-from geocl.methods import METHODS, GraSS, MoCo, MultiNet, PatchMix, SimCLR, build_method, parameters_model
-from geocl.recipes import load_recipe, method_config_class
+from geocl.methods import (
+    METHODS,
+    FBAPretrain,
+    GraSS,
+    MoCo,
+    MultiNet,
+    PatchMix,
+    SimCLR,
+    build_method,
+    load_recipe,
+    parameters_model,
+)
+from geocl.recipes import method_config_class
 from tests.conftest import write_recipe
 
 BANDS = 4
@@ -24,6 +35,8 @@ SMALL: dict[type, dict[str, Any]] = {
     MoCo: {"encoder": "test_resnet", "hidden_dim": 16, "output_dim": 8, "queue_size": 16},
     MultiNet: {"encoder": "test_resnet", "hidden_dim": 16, "output_dim": 8, "predictor_hidden_dim": 8, "queue_size": 16},
     PatchMix: {**VIT, "proj_hidden_dim": 16, "proj_output_dim": 8, "pred_hidden_dim": 16},
+    # its fg/bg split needs a feature map of more than one position: 64-px views
+    FBAPretrain: {"encoder": "test_resnet", "embedding_dim": 8, "view_size": 64},
 }
 
 
@@ -53,9 +66,9 @@ def test_every_registered_method_is_covered() -> None:
 @pytest.mark.parametrize("cls", list(SMALL), ids=lambda cls: cls.__name__)
 def test_each_method_is_built_and_trained_from_python_arguments(cls: type, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = cls(in_chans=BANDS, view_size=32, optimizer={"lr": 1e-3}, **SMALL[cls])
+    model = cls(in_chans=BANDS, optimizer={"lr": 1e-3}, **{"view_size": 32, **SMALL[cls]})
     assert model.name in METHODS and model.params.model_dump().items() >= {
-        k: v for k, v in SMALL[cls].items() if k not in ("encoder", "encoder_args")
+        k: v for k, v in SMALL[cls].items() if k not in ("encoder", "encoder_args", "view_size")
     }.items()
     before = [p.detach().clone() for p in model.encoder.parameters()]
     trainer = lightning.Trainer(

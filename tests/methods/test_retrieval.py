@@ -14,7 +14,7 @@ from geocl.data.natural_toy import write_toy_cifar
 from geocl.data.tile_dataset import TileDataset
 from geocl.errors import GeoclError
 from geocl.methods import Retrieval, build_method
-from geocl.recipes import load_recipe
+from geocl.methods import load_recipe
 from geocl.retrieval.model import RETRIEVAL_KEY, load_towers
 from geocl.training.pretrain import run_pretrain
 from tests.conftest import write_recipe

@@ -21,7 +21,7 @@ from geocl.errors import GeoclError
 from geocl.methods import CHECKPOINT_KEY
 from geocl.methods.registry import build_method
 from geocl.models import WeightsNotFoundError, create_encoder, resolve_weights
-from geocl.recipes import load_recipe
+from geocl.methods import load_recipe
 from tests.conftest import write_recipe
 
 TORCHGEO_NAME = "ResNet18_Weights.SENTINEL2_ALL_MOCO"  # SSL4EO-S12 MoCo ResNet-18, 13 Sentinel-2 bands

@@ -13,14 +13,13 @@ from omegaconf import OmegaConf
 from pydantic import ValidationError
 
 from geocl.errors import GeoclError
+from geocl.methods import load_recipe, read_saved_recipe
 from geocl.recipes import (
     AugmentConfig,
     OptimizerConfig,
     Recipe,
-    load_recipe,
     method_names,
     method_params,
-    read_saved_recipe,
     recipe_to_dict,
     recipe_to_yaml,
     register_method_config,
@@ -88,11 +87,11 @@ trainer:
 
 @pytest.fixture(autouse=True)
 def methods(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Only the two dummy methods are registered; the real registry comes back afterwards."""
-    # load_recipe imports the built-in methods, which register on first import: done here first,
-    # so that it cannot register them over the dummies (the file failed when run alone)
-    import geocl.methods  # noqa: F401
+    """Only the two dummy methods are registered; the real registry comes back afterwards.
 
+    The built-in methods registered when this file imported :mod:`geocl.methods` (for its
+    ``load_recipe``); the recipe layer validates against whatever is registered, here the dummies.
+    """
     monkeypatch.setattr(schema_module, "_METHOD_CONFIGS", {})
     register_method_config("simclr", DummySimCLR)
     register_method_config("grass", DummyGrass)
@@ -484,3 +483,30 @@ def test_loader_never_leaks_omegaconf_errors(example: Path) -> None:
     for override in bad:
         with pytest.raises(GeoclError):
             load_recipe(example, [override])
+
+
+def test_the_recipe_layer_reads_and_validates_without_methods_or_torch(tmp_path: Path) -> None:
+    """geocl.recipes stands below the methods: it validates against the sections registered
+    with it, imports no method to find them, and no torch (a recipe is checked before any heavy import)."""
+    import subprocess
+    import sys
+
+    path = write_recipe(tmp_path, {**MINIMAL, "method": {"name": "toy", "temperature": 0.3}})
+    code = f"""
+import sys
+from dataclasses import dataclass
+from geocl.recipes import read_recipe, register_method_config, validate_recipe
+
+@dataclass
+class Toy:
+    temperature: float = 0.1
+
+register_method_config("toy", Toy)
+data, by_key = read_recipe({str(path)!r}, ["seed=5"])
+recipe = validate_recipe(data, path={str(path)!r}, overrides=by_key)
+print(recipe.method.name, recipe.method.temperature, recipe.seed, by_key)
+print(sorted(m for m in sys.modules if m.startswith("geocl.methods") or m == "torch"))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["toy 0.3 5 {'seed': 'seed=5'}", "[]"]

@@ -156,21 +156,25 @@ def test_budget_curves_start_at_the_random_init_row() -> None:
 
 def test_plot_budgets_draws_each_curve_from_step_zero(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     import geocl.report.paired as paired
-    from geocl.evaluation import FrozenLinearProbe
+    from geocl.report.columns import MetricColumns
+
+    frozen = MetricColumns("frozen", ("miou",), title="Frozen-encoder mIoU", axis_label="test mIoU (linear probe)")
 
     figures = []
     monkeypatch.setattr(paired, "save_figure", lambda figure, path: figures.append(figure) or path)
-    paired.plot_budgets(_sweep_summary(), tmp_path / "budget.png", [FrozenLinearProbe], from_step_zero={"simclr"})
+    paired.plot_budgets(_sweep_summary(), tmp_path / "budget.png", [frozen], from_step_zero={"simclr"})
     (axes,) = figures[0].axes
+    assert axes.get_title() == "Frozen-encoder mIoU at label fraction 0.5, frozen protocol"
+    assert axes.get_ylabel() == "test mIoU (linear probe)"
     # each errorbar: (data line, caps, bars); its line holds the points drawn
     drawn = {curve.get_label(): curve.lines[0].get_xdata().tolist() for curve in axes.containers}
     assert drawn == {"simclr": [0, 100, 300], "vit": [100, 300], "random-init (step 0)": [0]}
     assert axes.get_xscale() == "symlog" and [tick.get_text() for tick in axes.get_xticklabels()] == ["0", "100", "300"]
     figures.clear()
-    paired.plot_budgets(_sweep_summary(step_zero=False), tmp_path / "budget.png", [FrozenLinearProbe])
+    paired.plot_budgets(_sweep_summary(step_zero=False), tmp_path / "budget.png", [frozen])
     (axes,) = figures[0].axes
     assert axes.get_xscale() == "log" and len(axes.patches) == 1  # random-init: a band
     # a real file too
     monkeypatch.undo()
-    png = paired.plot_budgets(_sweep_summary(), tmp_path / "budget.png", [FrozenLinearProbe])
+    png = paired.plot_budgets(_sweep_summary(), tmp_path / "budget.png", [frozen])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -31,7 +31,7 @@ def untrained_checkpoint(folder: Path, tiles: Path, **method: Any) -> Path:
     import geocl.methods  # noqa: F401
     from geocl.data.tile_dataset import TileDataset
     from geocl.methods import build_method
-    from geocl.recipes import load_recipe
+    from geocl.methods import load_recipe
 
     recipe = load_recipe(write_retrieval_recipe(folder, tiles, **method))
     train = TileDataset(tiles, "train", with_mask=False, progress=False)

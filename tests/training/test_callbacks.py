@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from geocl.finetune.train import run_finetune
-from geocl.recipes import load_recipe
+from geocl.methods import load_recipe
 from geocl.training.pretrain import run_pretrain
 from tests.conftest import write_recipe
 

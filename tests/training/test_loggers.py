@@ -19,7 +19,7 @@ import pytest
 import geocl.methods  # noqa: F401  (registers the methods' recipe sections)
 from geocl.console import configure_output
 from geocl.errors import GeoclError
-from geocl.recipes import load_recipe
+from geocl.methods import load_recipe
 from geocl.experiments import CompareOptions, run_compare
 from geocl.training.loggers import INSTALL_HINT, flat_keys, shown_uri, tracking_uri
 from geocl.training.pretrain import run_pretrain

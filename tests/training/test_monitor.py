@@ -18,7 +18,7 @@ from geocl.data.synthetic import make_scene
 from geocl.data.tile_dataset import IGNORE_INDEX
 from geocl.data.tiler import TilingOptions, tile_scene
 from geocl.models import create_encoder
-from geocl.recipes import load_recipe
+from geocl.methods import load_recipe
 from geocl.training.monitor import (
     ProbeTiles,
     RepresentationMonitor,

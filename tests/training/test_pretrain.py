@@ -18,7 +18,7 @@ import geocl.methods  # noqa: F401  (registers the methods' recipe sections)
 from geocl.data.tile_dataset import TileDataset
 from geocl.errors import GeoclError
 from geocl.methods import CHECKPOINT_KEY, SimCLR
-from geocl.recipes import load_recipe
+from geocl.methods import load_recipe
 from geocl.training.pretrain import run_pretrain
 from tests.conftest import write_recipe
 

@@ -17,7 +17,7 @@ import torch
 import geocl.methods  # noqa: F401  (registers the methods' recipe sections)
 from geocl.data.medical.synthetic import make_volumes
 from geocl.finetune.model import build_segmenter, load_pretrained_encoder, read_pretrain_checkpoint
-from geocl.recipes import load_recipe
+from geocl.methods import load_recipe
 from geocl.training.pretrain import run_pretrain
 
 #: The 2D contrastive recipes (recipes/medical/ also holds FBA's semi-supervised ones).

@@ -15,7 +15,7 @@ from geocl.data.natural_toy import write_toy_cifar, write_toy_image_folder
 from geocl.errors import GeoclError
 from geocl.evaluation import run_evaluation
 from geocl.methods import CHECKPOINT_KEY
-from geocl.recipes import load_recipe
+from geocl.methods import load_recipe
 from geocl.training.pretrain import run_pretrain
 
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes" / "natural").glob("*.yaml"))
