@@ -21,7 +21,7 @@ FIND_PYTHON := for p in $(PYTHON_CANDIDATES); do \
 	  if "$$p" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; then \
 	    echo "$$p"; break; fi; done
 
-.PHONY: demo test venv clean browser docs docs-build
+.PHONY: demo test venv clean browser docs docs-build lint
 
 $(VENV)/bin/python:
 	@py="$$($(FIND_PYTHON))"; \
@@ -62,7 +62,12 @@ docs: $(STAMP)
 docs-build: $(STAMP)
 	@set -o pipefail; $(MKDOCS) build --strict 2>&1 | { grep -v -E '^INFO +- +(Cleaning|Building)' || true; }
 
-test: $(STAMP) browser docs-build
+# ruff's lint rules and format (pyproject.toml); the import contract runs in the suite (tests/test_layers.py)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check --quiet geocl tests benchmarks examples docs/hooks
+	$(VENV)/bin/ruff format --check --quiet geocl tests benchmarks examples docs/hooks
+
+test: $(STAMP) browser lint docs-build
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS)
 
 clean:

@@ -70,8 +70,12 @@ def measure(args: list[str], threads: int) -> tuple[int, float, float]:
     CPU time is the steadier figure on a shared machine; it includes the imports (a few s).
     """
     result = subprocess.run(
-        [sys.executable, "-c", _REPORT_PEAK, str(threads), *args], check=True, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        [sys.executable, "-c", _REPORT_PEAK, str(threads), *args],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
     )
     peak, seconds, cpu = result.stderr.strip().splitlines()[-1].split()
     return int(peak), float(seconds), float(cpu)
@@ -103,8 +107,10 @@ def growth(work: Path, scene: Path, threads: int) -> None:
         with rasterio.open(path) as src:
             size = f"{src.height} x {src.width} px"
         print(f"  {name:5s} {size:>18s}: peak RSS {peaks[name] / 2**20:6.0f} MiB, {seconds:6.1f} s", flush=True)
-    print(f"  wide / base = {peaks['wide'] / peaks['base']:.2f}, tall / base = {peaks['tall'] / peaks['base']:.2f} "
-          "(target <= 1.3)")
+    print(
+        f"  wide / base = {peaks['wide'] / peaks['base']:.2f}, tall / base = {peaks['tall'] / peaks['base']:.2f} "
+        "(target <= 1.3)"
+    )
 
 
 def finetuned_checkpoint(work: Path, scene: Path) -> Path:
@@ -121,7 +127,7 @@ def finetuned_checkpoint(work: Path, scene: Path) -> Path:
     options = TilingOptions(size=256, stride=256, max_nodata=0.2, split_block=1024)
     tile_scene(scene, tiles, mask=mask, options=options, progress=False)
     return run_finetune(
-        tiles=tiles, out=run, encoder="resnet18", max_epochs=1, steps_per_epoch=2, val_every=1, progress=False,
+        tiles=tiles, out=run, encoder="resnet18", max_epochs=1, steps_per_epoch=2, val_every=1, progress=False
     ).checkpoint
 
 
@@ -166,8 +172,10 @@ def main() -> None:
         checkpoint = args.checkpoint or finetuned_checkpoint(args.work, scene)
         if args.checkpoint is None:
             print(f"(finetuned a checkpoint in {time.perf_counter() - start:.0f} s: {checkpoint})")
-        print(f"geocl predict on the embedded scene (4096 x 4096 px, 4 bands), {args.threads} torch threads, "
-              "time after the imports:")
+        print(
+            f"geocl predict on the embedded scene (4096 x 4096 px, 4 bands), {args.threads} torch threads, "
+            "time after the imports:"
+        )
         figures(args.work, scene, checkpoint, args.threads, not args.no_tta)
 
 

@@ -23,8 +23,8 @@ import json
 import statistics
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning
@@ -33,9 +33,8 @@ from torch.utils.data import DataLoader, Dataset
 
 import geocl.methods  # noqa: F401  (registers the methods)
 from geocl.losses import NTXentLoss
-from geocl.methods import build_method
+from geocl.methods import build_method, load_recipe
 from geocl.models import create_encoder, projection_head
-from geocl.methods import load_recipe
 from geocl.sampling import SemanticPairSampler
 from geocl.transforms import MultiBandViewAugmentation, TwoViews
 
@@ -78,8 +77,12 @@ MEASURED = ("simclr", "grass", "moco", "multinet", "patchmix")
 def recipe(folder: Path, name: str, args: argparse.Namespace, extra: Sequence[str] = ()) -> Any:
     """A shipped CPU recipe with the benchmark's batch, no workers and a constant LR."""
     overrides = [
-        f"out={folder / name}", f"data.tiles={folder}", f"data.batch_size={args.batch}", "data.num_workers=0",
-        "scheduler.name=none", *extra,
+        f"out={folder / name}",
+        f"data.tiles={folder}",
+        f"data.batch_size={args.batch}",
+        "data.num_workers=0",
+        "scheduler.name=none",
+        *extra,
     ]
     if name == "grass":
         overrides.append("method.warmup_epochs=0")  # stage 2 from the first step
@@ -90,8 +93,14 @@ def lightning_step_times(config: Any, args: argparse.Namespace) -> list[float]:
     model = build_method(config, BANDS, {"mean": [0.0] * BANDS, "std": [1.0] * BANDS})
     timer = StepTimer()
     trainer = lightning.Trainer(
-        max_steps=args.steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+        max_steps=args.steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
     )
     loader = DataLoader(RandomTiles(args.batch * args.steps), batch_size=args.batch, drop_last=True)
     trainer.fit(model, loader)
@@ -151,7 +160,9 @@ def main() -> None:
         )
         mining = spps_mining_seconds(recipe(folder, "spps_simclr", args))
         minimal = median_after_warmup(lightly_loop_step_times(args))
-    print(f"batch {args.batch} x 2 views, {BANDS} bands, {torch.get_num_threads()} threads, median of {args.steps - 2} steps:")
+    print(
+        f"batch {args.batch} x 2 views, {BANDS} bands, {torch.get_num_threads()} threads, median of {args.steps - 2} steps:"
+    )
     print(f"  {'method':<10} {'encoder':<32} {'ms/step':>8} {'/ SimCLR':>9}")
     for name in MEASURED:
         baseline = medians["simclr-vit"] if name == "patchmix" else medians["simclr"]
@@ -160,8 +171,10 @@ def main() -> None:
     print(f"  {'simclr':<10} {'ViT-Tiny, patch 8, 64 px views':<32} {medians['simclr-vit'] * 1000:8.1f} {1.0:9.2f}")
     print(f"  SPPS: a step is its host's; mining 166 tiles once = {mining / medians['simclr']:.1f} SimCLR steps")
     print(f"  minimal lightly loop (ResNet-18)  {minimal * 1000:8.1f} ms/step")
-    print(f"GraSS / SimCLR = {medians['grass'] / medians['simclr']:.2f} (target <= 1.5)   "
-          f"geocl SimCLR / minimal loop = {medians['simclr'] / minimal:.2f} (target <= 1.1)")
+    print(
+        f"GraSS / SimCLR = {medians['grass'] / medians['simclr']:.2f} (target <= 1.5)   "
+        f"geocl SimCLR / minimal loop = {medians['simclr'] / minimal:.2f} (target <= 1.1)"
+    )
 
 
 if __name__ == "__main__":

@@ -123,8 +123,14 @@ def write_large_scene(small: Path, target: Path, repeat: int) -> int:
         profile = src.profile
         height, width = src.height, src.width
         profile.update(
-            height=height * repeat, width=width * repeat, tiled=True, blockxsize=256, blockysize=256,
-            compress="deflate", predictor=2, BIGTIFF="IF_SAFER",
+            height=height * repeat,
+            width=width * repeat,
+            tiled=True,
+            blockxsize=256,
+            blockysize=256,
+            compress="deflate",
+            predictor=2,
+            BIGTIFF="IF_SAFER",
         )
         if not target.exists():
             with rasterio.open(target, "w", **profile) as dst:
@@ -132,7 +138,12 @@ def write_large_scene(small: Path, target: Path, repeat: int) -> int:
                     block = src.read(window=window)
                     for i in range(repeat):
                         for j in range(repeat):
-                            dst.write(block, window=Window(window.col_off + j * width, window.row_off + i * height, window.width, window.height))
+                            dst.write(
+                                block,
+                                window=Window(
+                                    window.col_off + j * width, window.row_off + i * height, window.width, window.height
+                                ),
+                            )
         itemsize = np.dtype(profile["dtype"]).itemsize
         return height * width * repeat * repeat * profile["count"] * itemsize
 
@@ -152,8 +163,11 @@ sys.exit(status)
 def peak_rss_of(geocl_args: list[str]) -> int:
     """Peak resident memory (bytes) of ``geocl ARGS`` run in a fresh process."""
     result = subprocess.run(
-        [sys.executable, "-c", _REPORT_PEAK, *geocl_args], check=True, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-c", _REPORT_PEAK, *geocl_args],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     return int(result.stderr.strip().splitlines()[-1])
 
@@ -161,7 +175,8 @@ def peak_rss_of(geocl_args: list[str]) -> int:
 def _files(folder: Path, suffix: str) -> dict[str, str]:
     return {
         str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob(f"*{suffix}")) if path.is_file()
+        for path in sorted(folder.rglob(f"*{suffix}"))
+        if path.is_file()
     }
 
 
@@ -201,16 +216,20 @@ def many_scenes(work: Path, count: int, size: int, cluster_workers: int, predict
         return folder / f"{what}_0"
 
     tiles = compare(
-        "tile", lambda out, workers: tile_scenes(images, out, masks=masks, options=options, workers=workers,
-                                                 progress=False), ".tif",
+        "tile",
+        lambda out, workers: tile_scenes(images, out, masks=masks, options=options, workers=workers, progress=False),
+        ".tif",
     )
     if predict:
         from geocl.finetune.train import run_finetune
 
         short = {"max_epochs": 1, "steps_per_epoch": 2, "val_every": 1, "batch_size": 4, "progress": False}
-        checkpoint = run_finetune(tiles=tiles / "scene0", out=folder / "finetune", label_fraction=0.2, **short).checkpoint
+        checkpoint = run_finetune(
+            tiles=tiles / "scene0", out=folder / "finetune", label_fraction=0.2, **short
+        ).checkpoint
         compare(
-            "predict", lambda out, workers: predict_scenes(checkpoint, images, out, workers=workers, progress=False),
+            "predict",
+            lambda out, workers: predict_scenes(checkpoint, images, out, workers=workers, progress=False),
             ".tif",
         )
 
@@ -241,11 +260,17 @@ def main() -> None:
             shutil.rmtree(args.work / folder, ignore_errors=True)
         small_peak = peak_rss_of(small_args)
         peak = peak_rss_of(large_args)
-        print(f"large scene: {large} ({uncompressed / 2**30:.2f} GiB uncompressed, {args.repeat}x{args.repeat} embedded scenes)")
-        print(f"peak RSS of geocl tile on it: {peak / 2**20:.0f} MiB (target < 1024 MiB) = "
-              f"{peak / uncompressed:.2f} x scene size")
-        print(f"peak RSS on the embedded scene ({uncompressed / args.repeat**2 / 2**20:.0f} MiB): "
-              f"{small_peak / 2**20:.0f} MiB; growth large/small = {peak / small_peak:.2f} (target <= 1.1)")
+        print(
+            f"large scene: {large} ({uncompressed / 2**30:.2f} GiB uncompressed, {args.repeat}x{args.repeat} embedded scenes)"
+        )
+        print(
+            f"peak RSS of geocl tile on it: {peak / 2**20:.0f} MiB (target < 1024 MiB) = "
+            f"{peak / uncompressed:.2f} x scene size"
+        )
+        print(
+            f"peak RSS on the embedded scene ({uncompressed / args.repeat**2 / 2**20:.0f} MiB): "
+            f"{small_peak / 2**20:.0f} MiB; growth large/small = {peak / small_peak:.2f} (target <= 1.1)"
+        )
 
     if not args.skip_loading:
         loading(scene, args)
@@ -256,14 +281,22 @@ def main() -> None:
 def loading(scene: SceneFiles, args: argparse.Namespace) -> None:
     """Section 2: DataLoader throughput of (a), (b) and (c)."""
     tiles = args.work / "tiles"
-    tile_scene(scene.image, tiles, mask=scene.mask, options=TilingOptions(size=TILE, stride=TILE, max_nodata=0.2), progress=False)
+    tile_scene(
+        scene.image,
+        tiles,
+        mask=scene.mask,
+        options=TilingOptions(size=TILE, stride=TILE, max_nodata=0.2),
+        progress=False,
+    )
     speeds = loader_speeds(scene.image, tiles, args.samples, args.workers)
     print(f"samples/s over {args.samples} samples, batch {BATCH}, {args.workers} workers, {TILE} px tiles:")
     print(f"  (a) geocl TileDataset         {speeds['a']:8.1f}")
     print(f"      ... with masks            {speeds['a+mask']:8.1f}")
     print(f"  (b) TorchGeo RandomGeoSampler {speeds['b']:8.1f}")
     print(f"  (c) raw rasterio windows      {speeds['c']:8.1f}")
-    print(f"a/b = {speeds['a'] / speeds['b']:.2f} (target >= 2)   a/c = {speeds['a'] / speeds['c']:.2f} (target >= 0.7)")
+    print(
+        f"a/b = {speeds['a'] / speeds['b']:.2f} (target >= 2)   a/c = {speeds['a'] / speeds['c']:.2f} (target >= 0.7)"
+    )
 
 
 if __name__ == "__main__":

@@ -70,7 +70,9 @@ def main() -> None:
     # recipe's epoch limit so that the steps decide. num_workers=0: the tiles are a
     # memory map, and worker processes would take longer to start than to read them.
     overrides = [
-        f"data.tiles={out / 'tiles'}", f"out={out / 'pretrain'}", "data.num_workers=0",
+        f"data.tiles={out / 'tiles'}",
+        f"out={out / 'pretrain'}",
+        "data.num_workers=0",
         "trainer.max_epochs=-1",
     ]
     if args.smoke:
@@ -79,17 +81,24 @@ def main() -> None:
         overrides += ["data.view_size=64", "data.batch_size=16", "trainer.max_steps=30"]
     recipe = geocl.load_recipe(RECIPES / "simclr.yaml", overrides)
     run = geocl.run_pretrain(recipe)
-    print(f"pretrained {run.global_step} steps in {run.seconds:.0f} s, final loss {run.final_loss:.3f}: {run.checkpoint}")
+    print(
+        f"pretrained {run.global_step} steps in {run.seconds:.0f} s, final loss {run.final_loss:.3f}: {run.checkpoint}"
+    )
 
     # 4. Finetune a U-Net whose encoder starts from the pretrained one, on 20 % of the
     # labelled train tiles; mIoU is measured on the test tiles with the best val checkpoint.
     finetune = (
-        dict(max_epochs=1, steps_per_epoch=2, val_every=1, batch_size=4, crop=32) if args.smoke
+        dict(max_epochs=1, steps_per_epoch=2, val_every=1, batch_size=4, crop=32)
+        if args.smoke
         else dict(max_epochs=4, steps_per_epoch=10, val_every=2, batch_size=8, crop=tile)
     )
     result = geocl.run_finetune(
-        tiles=out / "tiles", out=out / "finetune", encoder_checkpoint=run.checkpoint, label_fraction=0.2,
-        progress=False, **finetune,
+        tiles=out / "tiles",
+        out=out / "finetune",
+        encoder_checkpoint=run.checkpoint,
+        label_fraction=0.2,
+        progress=False,
+        **finetune,
     )
     print(f"finetuned on {result.train_tiles} labelled tiles: test mIoU {result.miou:.3f} (val {result.val_miou:.3f})")
 
@@ -97,8 +106,13 @@ def main() -> None:
     # block, so any scene size fits in memory): a classified GeoTIFF on the scene's grid
     # with a colour table, a PNG preview beside it and the class polygons.
     prediction = geocl.predict_with_checkpoint(
-        result.checkpoint, image, out / "prediction.tif", polygons=out / "prediction.gpkg",
-        window=2 * tile, overlap=tile // 4, progress=False,
+        result.checkpoint,
+        image,
+        out / "prediction.tif",
+        polygons=out / "prediction.gpkg",
+        window=2 * tile,
+        overlap=tile // 4,
+        progress=False,
     )
     print(f"prediction: {prediction.path} ({prediction.shape[1]} x {prediction.shape[0]} px)")
     print(f"  preview: {prediction.png}\n  polygons: {prediction.polygons}")

@@ -49,7 +49,10 @@ def main() -> None:
     size, tile = (256, 32) if args.smoke else (1024, 64)
     scene = geocl.make_scene(out / "scene", size=size, seed=0)
     tiling = geocl.tile_scene(
-        scene.image, out / "tiles", mask=scene.mask, progress=False,
+        scene.image,
+        out / "tiles",
+        mask=scene.mask,
+        progress=False,
         options=geocl.TilingOptions(size=tile, stride=tile, split_block=size // 4, seed=0),
     )
     print(tiling.describe().splitlines()[0])
@@ -62,22 +65,26 @@ def main() -> None:
     if args.smoke:
         overrides += ["encoder.name=test_resnet", "data.view_size=32", "data.batch_size=8"]
         steps, subsets = 2, 2
-        probe = geocl.FinetuneOptions(max_epochs=1, steps_per_epoch=2, val_every=1, batch_size=4, crop=32, progress=False)
+        probe = geocl.FinetuneOptions(
+            max_epochs=1, steps_per_epoch=2, val_every=1, batch_size=4, crop=32, progress=False
+        )
     else:
         overrides += ["data.view_size=48", "data.batch_size=32"]
         # 6 subsets: the fewest paired runs for which the report gives a verdict (below,
         # pairs that merely share a sign would pass the bootstrap interval too often)
         steps, subsets = 20, 6
-        probe = geocl.FinetuneOptions(max_epochs=3, steps_per_epoch=10, val_every=3, batch_size=8, crop=tile, progress=False)
+        probe = geocl.FinetuneOptions(
+            max_epochs=3, steps_per_epoch=10, val_every=3, batch_size=8, crop=tile, progress=False
+        )
 
     options = geocl.CompareOptions(
         recipes=[RECIPES / "simclr.yaml", RECIPES / "grass.yaml"],
-        label_fractions=[0.1],   # 10 % of the train tiles keep their labels
-        subset_seeds=subsets,    # ... drawn `subsets` times: every recipe meets the same subsets
-        seeds=1,                 # one training seed per subset (more seeds: more pairs, more time)
+        label_fractions=[0.1],  # 10 % of the train tiles keep their labels
+        subset_seeds=subsets,  # ... drawn `subsets` times: every recipe meets the same subsets
+        seeds=1,  # one training seed per subset (more seeds: more pairs, more time)
         pretrain_steps=steps,
         protocol="frozen",
-        baseline="simclr",       # the paired differences are taken to this recipe's runs
+        baseline="simclr",  # the paired differences are taken to this recipe's runs
         out=out / "compare",
         overrides=overrides,
         finetune=probe,

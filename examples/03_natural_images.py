@@ -56,7 +56,9 @@ def write_cifar(folder: Path, per_class: int, test_per_class: int) -> Path:
         write_cifar_batch(folder / f"data_batch_{number}", toy_images(labels, len(CLASSES), 32, seed=number), labels)
     write_cifar_batch(folder / "test_batch", toy_images(test, len(CLASSES), 32, seed=0), test)
     with (folder / "batches.meta").open("wb") as handle:
-        pickle.dump({"label_names": CLASSES, "num_cases_per_batch": len(train) // 2, "num_vis": 3072}, handle, protocol=2)
+        pickle.dump(
+            {"label_names": CLASSES, "num_cases_per_batch": len(train) // 2, "num_vis": 3072}, handle, protocol=2
+        )
     return folder
 
 

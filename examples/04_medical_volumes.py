@@ -56,7 +56,10 @@ def main() -> None:
     # 2. Pretrain on the slices of the train cases (labelled or not: labels are not read).
     # data.image_size=0 pads every slice to the largest one, rounded up to 32 px.
     overrides = [
-        f"data.path={data}", f"out={out / 'pretrain'}", "data.num_workers=0", "data.image_size=0",
+        f"data.path={data}",
+        f"out={out / 'pretrain'}",
+        "data.num_workers=0",
+        "data.image_size=0",
         "trainer.max_epochs=-1",
     ]
     if args.smoke:
@@ -69,9 +72,16 @@ def main() -> None:
     # 3. Few labels: a third of the train cases keep theirs. The same subset (seed) for
     # both encoders, so that their Dice differ by the encoder alone.
     finetune = dict(
-        data=data, label_fraction=0.34, seed=0, image_size=0, progress=False,
-        **(dict(max_epochs=1, steps_per_epoch=2, val_every=1, batch_size=4, crop=32) if args.smoke
-           else dict(max_epochs=4, steps_per_epoch=10, val_every=2, batch_size=8, crop=48)),
+        data=data,
+        label_fraction=0.34,
+        seed=0,
+        image_size=0,
+        progress=False,
+        **(
+            dict(max_epochs=1, steps_per_epoch=2, val_every=1, batch_size=4, crop=32)
+            if args.smoke
+            else dict(max_epochs=4, steps_per_epoch=10, val_every=2, batch_size=8, crop=48)
+        ),
     )
     pretrained = geocl.run_medical_finetune(
         out=out / "finetune-pretrained", encoder_checkpoint=run.checkpoint, **finetune
@@ -80,11 +90,15 @@ def main() -> None:
         out=out / "finetune-random", encoder="test_resnet" if args.smoke else "resnet18", **finetune
     )
 
-    print(f"trained on the slices of {len(pretrained.labelled_cases)} labelled cases; "
-          f"mean over {len(pretrained.cases)} test volumes:")
+    print(
+        f"trained on the slices of {len(pretrained.labelled_cases)} labelled cases; "
+        f"mean over {len(pretrained.cases)} test volumes:"
+    )
     for name, result in (("pretrained (simclr)", pretrained), ("random init", random)):
-        print(f"  {name:20s} Dice {result.dice:.3f}  Jaccard {result.jaccard:.3f}  "
-              f"95HD {result.hd95:.1f} mm  ASD {result.asd:.1f} mm")
+        print(
+            f"  {name:20s} Dice {result.dice:.3f}  Jaccard {result.jaccard:.3f}  "
+            f"95HD {result.hd95:.1f} mm  ASD {result.asd:.1f} mm"
+        )
     for case in pretrained.cases:  # per test case, as in cases.csv
         print(f"    {case['case']}: Dice {case['dice']:.3f} (pretrained)")
     print(f"predicted label maps: {out / 'finetune-pretrained' / 'predictions'}")

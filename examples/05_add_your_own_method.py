@@ -79,7 +79,8 @@ class DCL(geocl.PretrainMethod):
         self.head = projection_head(self.encoder.num_features, params.hidden_dim, params.output_dim)
         # gather_distributed: on N devices the negatives of all devices take part, as on one device
         self.criterion = (
-            DCLWLoss(params.temperature, params.sigma, gather_distributed=True) if params.weighted
+            DCLWLoss(params.temperature, params.sigma, gather_distributed=True)
+            if params.weighted
             else DCLLoss(params.temperature, gather_distributed=True)
         )
 
@@ -123,7 +124,10 @@ def main() -> None:
     size, tile = (256, 32) if args.smoke else (1024, 64)
     scene = geocl.make_scene(out / "scene", size=size, seed=0)
     geocl.tile_scene(
-        scene.image, out / "tiles", mask=scene.mask, progress=False,
+        scene.image,
+        out / "tiles",
+        mask=scene.mask,
+        progress=False,
         options=geocl.TilingOptions(size=tile, stride=tile, split_block=size // 4, seed=0),
     )
 
@@ -133,16 +137,29 @@ def main() -> None:
     if args.smoke:
         overrides += ["encoder.name=test_resnet", "data.view_size=32", "data.batch_size=8"]
         steps, subsets = 2, 2
-        probe = geocl.FinetuneOptions(max_epochs=1, steps_per_epoch=2, val_every=1, batch_size=4, crop=32, progress=False)
+        probe = geocl.FinetuneOptions(
+            max_epochs=1, steps_per_epoch=2, val_every=1, batch_size=4, crop=32, progress=False
+        )
     else:
         overrides += ["data.view_size=48", "data.batch_size=32"]
         steps, subsets = 15, 3  # 3 subsets: a first look; a verdict needs 6 (example 02)
-        probe = geocl.FinetuneOptions(max_epochs=3, steps_per_epoch=10, val_every=3, batch_size=8, crop=tile, progress=False)
-    rows = geocl.run_compare(geocl.CompareOptions(
-        recipes=[RECIPES / "simclr.yaml", recipe], label_fractions=[0.1], subset_seeds=subsets, seeds=1,
-        pretrain_steps=steps, protocol="frozen", baseline="simclr", out=out / "compare", overrides=overrides,
-        finetune=probe,
-    ))
+        probe = geocl.FinetuneOptions(
+            max_epochs=3, steps_per_epoch=10, val_every=3, batch_size=8, crop=tile, progress=False
+        )
+    rows = geocl.run_compare(
+        geocl.CompareOptions(
+            recipes=[RECIPES / "simclr.yaml", recipe],
+            label_fractions=[0.1],
+            subset_seeds=subsets,
+            seeds=1,
+            pretrain_steps=steps,
+            protocol="frozen",
+            baseline="simclr",
+            out=out / "compare",
+            overrides=overrides,
+            finetune=probe,
+        )
+    )
     if (rows["status"] != "ok").any():
         sys.exit(f"error: some runs failed; see {out / 'compare' / 'results.md'}")
     # The checkpoint names the method, so finetuning or predicting from it needs no

@@ -94,8 +94,12 @@ def main() -> None:
     # 3. Pretrain. The recipe names the dataset; since DIR/tiles already holds its tile
     # set, pretraining uses it as it is (a recipe alone would tile it with 256 px tiles).
     overrides = [
-        "data.dataset=loveda-urban", f"data.root={root}", f"data.tiles={out / 'tiles'}", f"out={out / 'pretrain'}",
-        "data.num_workers=0", "trainer.max_epochs=-1",
+        "data.dataset=loveda-urban",
+        f"data.root={root}",
+        f"data.tiles={out / 'tiles'}",
+        f"out={out / 'pretrain'}",
+        "data.num_workers=0",
+        "trainer.max_epochs=-1",
     ]
     if args.smoke:
         overrides += ["encoder.name=test_resnet", "data.view_size=32", "data.batch_size=8", "trainer.max_steps=2"]
@@ -107,16 +111,21 @@ def main() -> None:
     # 4. Finetune on a fifth of the train tiles; mIoU on the test (official Val) tiles.
     # LoveDA's no-data pixels (0) are ignored by the loss and the metric.
     finetune = (
-        dict(max_epochs=1, steps_per_epoch=2, val_every=1, batch_size=4, crop=32) if args.smoke
+        dict(max_epochs=1, steps_per_epoch=2, val_every=1, batch_size=4, crop=32)
+        if args.smoke
         else dict(max_epochs=4, steps_per_epoch=10, val_every=2, batch_size=8, crop=tile)
     )
     result = geocl.run_finetune(
-        tiles=out / "tiles", out=out / "finetune", encoder_checkpoint=run.checkpoint, label_fraction=0.2,
-        progress=False, **finetune,
+        tiles=out / "tiles",
+        out=out / "finetune",
+        encoder_checkpoint=run.checkpoint,
+        label_fraction=0.2,
+        progress=False,
+        **finetune,
     )
     names = geocl.TileDataset(out / "tiles", "test").metadata["class_names"]
     print(f"finetuned on {result.train_tiles} labelled tiles: test mIoU {result.miou:.3f}")
-    print("  IoU per class: " + ", ".join(f"{name} {iou:.2f}" for name, iou in zip(names, result.iou)))
+    print("  IoU per class: " + ", ".join(f"{name} {iou:.2f}" for name, iou in zip(names, result.iou, strict=False)))
 
 
 if __name__ == "__main__":

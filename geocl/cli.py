@@ -99,18 +99,24 @@ def _as_given(typed: Sequence[str] | None, validated: Sequence[Path] | None) -> 
     ``//`` of ``https://``), the validated paths elsewhere."""
     if validated is None or typed is None or len(typed) != len(validated):
         return None if validated is None else list(validated)
-    return [raw if "://" in raw or raw.startswith("/vsi") else path for raw, path in zip(typed, validated)]
+    return [
+        raw if "://" in raw or raw.startswith("/vsi") else path for raw, path in zip(typed, validated, strict=False)
+    ]
 
 
 def _tile(args: argparse.Namespace) -> None:
     options: TileOptions = options_from_args(TileOptions, args)
     from geocl.commands import run_tile
 
-    _print_result(run_tile(
-        options, scenes=_as_given(getattr(args, "scene", None), options.scene),
-        masks=_as_given(getattr(args, "mask", None), options.mask), assets=args.assets,
-        verbose=getattr(args, "verbose", False),
-    ))
+    _print_result(
+        run_tile(
+            options,
+            scenes=_as_given(getattr(args, "scene", None), options.scene),
+            masks=_as_given(getattr(args, "mask", None), options.mask),
+            assets=args.assets,
+            verbose=getattr(args, "verbose", False),
+        )
+    )
 
 
 def _print_result(result: Any) -> None:
@@ -152,22 +158,32 @@ def _predict(args: argparse.Namespace) -> None:
     options: PredictCommand = options_from_args(PredictCommand, args)
     from geocl.commands import run_predict
 
-    _print_result(run_predict(
-        options, scenes=_as_given(getattr(args, "scene", None), options.scene), assets=args.assets,
-        verbose=getattr(args, "verbose", False),
-    ))
+    _print_result(
+        run_predict(
+            options,
+            scenes=_as_given(getattr(args, "scene", None), options.scene),
+            assets=args.assets,
+            verbose=getattr(args, "verbose", False),
+        )
+    )
 
 
 def _make_volumes(args: argparse.Namespace) -> None:
     from geocl.data.medical.synthetic import make_volumes
 
     files = make_volumes(
-        args.dir, cases=args.cases, min_size=args.size[0], max_size=args.size[1], seed=args.seed,
+        args.dir,
+        cases=args.cases,
+        min_size=args.size[0],
+        max_size=args.size[1],
+        seed=args.seed,
         overwrite=args.overwrite,
     )
     state = "found (same parameters)" if files.reused else "written"
-    print(f"{len(files.images)} volumes {state}: {files.root / 'images'}\nlabel maps: {files.root / 'labels'}\n"
-          f"  preview: {files.preview}")
+    print(
+        f"{len(files.images)} volumes {state}: {files.root / 'images'}\nlabel maps: {files.root / 'labels'}\n"
+        f"  preview: {files.preview}"
+    )
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -199,8 +215,11 @@ def _make_natural(args: argparse.Namespace) -> None:
     from geocl.data.natural_toy import write_toy_cifar, write_toy_image_folder
 
     cifar = write_toy_cifar(
-        args.out / "cifar", num_classes=args.classes, per_class=args.per_class,
-        test_per_class=max(1, args.per_class // 5), seed=args.seed,
+        args.out / "cifar",
+        num_classes=args.classes,
+        per_class=args.per_class,
+        test_per_class=max(1, args.per_class // 5),
+        seed=args.seed,
     )
     images = write_toy_image_folder(args.out / "images", args.classes, args.per_class, size=args.size, seed=args.seed)
     print(f"CIFAR-style batches: {cifar}\nimage folder:        {images}")
@@ -211,12 +230,17 @@ def _index(args: argparse.Namespace) -> None:
     from geocl.retrieval.index import build_index
 
     summary = build_index(
-        options.checkpoint, options.tiles, options.out, split=options.split, batch_size=options.batch_size,
-        thumbnail_px=options.thumbnail_px, overwrite=options.overwrite,
+        options.checkpoint,
+        options.tiles,
+        options.out,
+        split=options.split,
+        batch_size=options.batch_size,
+        thumbnail_px=options.thumbnail_px,
+        overwrite=options.overwrite,
     )
     print(
         f"indexed {summary.count} tiles ({summary.dim}-d embeddings) in {summary.seconds:.0f} s\n"
-        f"  index: {summary.out}\n  search: geocl search {summary.out} \"QUERY\"   page: geocl serve {summary.out}"
+        f'  index: {summary.out}\n  search: geocl search {summary.out} "QUERY"   page: geocl serve {summary.out}'
     )
 
 
@@ -296,7 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: given before or after the command, neither parser overwrites the other
     common.add_argument(
-        "--verbose", action="store_true", default=argparse.SUPPRESS,
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
         help="show everything: Lightning's banners and tips, the libraries' warnings",
     )
     parser = _Parser(prog="geocl", description=DESCRIPTION, epilog=EPILOG, parents=[common])
@@ -319,7 +345,9 @@ def _add_scene_commands(command: CommandAdder) -> None:
     scene = command("make-scene", "write the embedded labelled demo scene")
     scene.add_argument("dir", type=Path, help="output folder (image.tif, mask.tif)")
     scene.add_argument(
-        "--kind", default="rural", metavar="{rural,urban}",  # checked by make_scene (no import at start-up)
+        "--kind",
+        default="rural",
+        metavar="{rural,urban}",  # checked by make_scene (no import at start-up)
         help="rural: 1 m landscape, 7 land-cover classes (default); urban: 0.2 m city, the ISPRS "
         "Potsdam/Vaihingen classes, many objects smaller than a 64 px view",
     )
@@ -330,7 +358,8 @@ def _add_scene_commands(command: CommandAdder) -> None:
     scene.set_defaults(run=_make_scene)
 
     tile = command(
-        "tile", "cut a scene into GeoTIFF tiles with a GeoPackage index",
+        "tile",
+        "cut a scene into GeoTIFF tiles with a GeoPackage index",
         "Tiles are assigned to train, val and test by square blocks, so the splits lie apart; "
         "rerun the same command to resume. --dataset NAME --root DIR tiles a TorchGeo benchmark "
         "(ISPRS Potsdam, Vaihingen, LoveDA) already on disk instead, in its official splits.",
@@ -346,14 +375,17 @@ def _add_model_commands(command: CommandAdder) -> None:
     pretrain = command("pretrain", "pretrain an encoder as a recipe says")
     pretrain.add_argument("recipe", type=Path, help="recipe YAML (see recipes/)")
     pretrain.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE",
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
         help="dotted recipe overrides, e.g. trainer.max_epochs=1 data.batch_size=8 out=runs/x",
     )
     pretrain.add_argument("--resume", action="store_true", help="continue the run in `out` from its last checkpoint")
     pretrain.set_defaults(run=_pretrain)
 
     finetune = command(
-        "finetune", "finetune a segmentation model with few labels",
+        "finetune",
+        "finetune a segmentation model with few labels",
         "The encoder starts from a pretrain checkpoint, from pretrained weights (--encoder-weights) or from random init; the test mIoU is measured "
         "on the test tiles with the best checkpoint on val.",
     )
@@ -361,7 +393,8 @@ def _add_model_commands(command: CommandAdder) -> None:
     finetune.set_defaults(run=_finetune)
 
     predict = command(
-        "predict", "predict a whole scene with a finetuned checkpoint",
+        "predict",
+        "predict a whole scene with a finetuned checkpoint",
         "A NIfTI volume (.nii, .nii.gz) gives a NIfTI label map with the volume's affine, a PNG of slices and, "
         "when its label map lies in the labels/ folder beside its images/ folder, its metrics as CSV.",
     )
@@ -371,7 +404,8 @@ def _add_model_commands(command: CommandAdder) -> None:
     predict.set_defaults(run=_predict)
 
     compare = command(
-        "compare", "pretrain and finetune several recipes; results table",
+        "compare",
+        "pretrain and finetune several recipes; results table",
         "Tile-set recipes are finetuned at each label fraction and seed (mIoU); natural-image recipes "
         "are evaluated by kNN and linear probe per seed (top-1). A random-init row is added when a recipe pretrains "
         "an encoder. Rerun the "
@@ -383,7 +417,8 @@ def _add_model_commands(command: CommandAdder) -> None:
     compare.set_defaults(run=_compare)
 
     evaluate = command(
-        "evaluate", "kNN and linear-probe top-1 of an encoder on natural images",
+        "evaluate",
+        "kNN and linear-probe top-1 of an encoder on natural images",
         "Give a pretrain checkpoint, or --encoder-name for a randomly initialised encoder.",
     )
     add_model_arguments(evaluate, EvaluateCommand, positional=("checkpoint",), flags=EVALUATE_FLAGS)
@@ -405,14 +440,19 @@ def _add_example_data_commands(command: CommandAdder) -> None:
     natural.set_defaults(run=_make_natural)
 
     volumes = command(
-        "make-volumes", "write the embedded synthetic medical volumes (NIfTI images and label maps)",
+        "make-volumes",
+        "write the embedded synthetic medical volumes (NIfTI images and label maps)",
         "Seeded MRI-like volumes with a smooth organ of varying shape, size and position, intensity "
         "inhomogeneity, noise and anisotropic spacing; point recipes with data.format nifti at DIR.",
     )
     volumes.add_argument("dir", type=Path, help="output folder (images/, labels/, preview.png)")
     volumes.add_argument("--cases", type=int, default=20, help="number of cases (default: 20)")
     volumes.add_argument(
-        "--size", type=int, nargs=2, default=(64, 96), metavar=("MIN", "MAX"),
+        "--size",
+        type=int,
+        nargs=2,
+        default=(64, 96),
+        metavar=("MIN", "MAX"),
         help="range of the volume sides in voxels (default: 64 96)",
     )
     volumes.add_argument("--seed", type=int, default=0, help="seed of the volumes (default: 0)")
@@ -423,7 +463,8 @@ def _add_example_data_commands(command: CommandAdder) -> None:
 def _add_search_commands(command: CommandAdder) -> None:
     """``index``, ``search``, ``serve``, and ``demo``."""
     index = command(
-        "index", "embed every tile of a tile set for text search",
+        "index",
+        "embed every tile of a tile set for text search",
         "CHECKPOINT is a checkpoint of the retrieval method (geocl pretrain recipes/retrieval.yaml); every tile "
         "is embedded once, with its footprint, path, caption and thumbnail.",
     )
@@ -431,7 +472,8 @@ def _add_search_commands(command: CommandAdder) -> None:
     index.set_defaults(run=_index)
 
     search = command(
-        "search", "the tiles of an index that best match a text query",
+        "search",
+        "the tiles of an index that best match a text query",
         "Prints the top k tiles (score, path, caption); --gpkg writes their footprints and scores, --png a "
         "contact sheet.",
     )
@@ -439,7 +481,8 @@ def _add_search_commands(command: CommandAdder) -> None:
     search.set_defaults(run=_search)
 
     serve = command(
-        "serve", "a local search page over an index",
+        "serve",
+        "a local search page over an index",
         "A text box, the top-k thumbnails with scores and captions, and the scene overview with the hits' "
         "footprints; listens on 127.0.0.1 unless --host says otherwise. Ctrl-C stops it.",
     )
@@ -450,7 +493,9 @@ def _add_search_commands(command: CommandAdder) -> None:
     demo.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
     demo.add_argument("--size", type=int, default=2048, help="scene side in px (default: 2048)")
     demo.add_argument(
-        "--kind", choices=("urban", "rural"), default="urban",
+        "--kind",
+        choices=("urban", "rural"),
+        default="urban",
         help="the embedded scene: urban (0.2 m city, objects smaller than a view) or rural (default: urban)",
     )
     demo.set_defaults(run=_demo)
@@ -491,7 +536,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # pretrain continues only when asked to: a plain rerun refuses the folder
         hint = (
             "rerun the same command with --resume to continue from the last checkpoint"
-            if args.command == "pretrain" else "rerun the same command to resume"
+            if args.command == "pretrain"
+            else "rerun the same command to resume"
         )
         print(f"geocl {args.command}: interrupted; {hint}", file=sys.stderr)
         return 130

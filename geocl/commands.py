@@ -70,21 +70,40 @@ def run_tile(
         if assets:
             raise GeoclError("picks the bands of a STAC scene; --dataset keeps the dataset's bands", key="assets")
         summary = export_benchmark(
-            options.dataset, options.root, options.out, size=options.size, stride=options.stride,
-            val_fraction=options.val_fraction, seed=options.seed, progress=progress,
+            options.dataset,
+            options.root,
+            options.out,
+            size=options.size,
+            stride=options.stride,
+            val_fraction=options.val_fraction,
+            seed=options.seed,
+            progress=progress,
         )
         return TileSetResult(summary, _tile_map(options.out, []))
     given = options.model_dump()
-    tiling = TilingOptions(**{
-        **{name: given[OPTION_KEYS.get(name, name)] for name in TilingOptions.__dataclass_fields__ if name != "assets"},
-        "roi": None if options.roi is None else str(options.roi), "assets": tuple(assets) if assets else None,
-    })
+    tiling = TilingOptions(
+        **{
+            **{
+                name: given[OPTION_KEYS.get(name, name)]
+                for name in TilingOptions.__dataclass_fields__
+                if name != "assets"
+            },
+            "roi": None if options.roi is None else str(options.roi),
+            "assets": tuple(assets) if assets else None,
+        }
+    )
     scenes = list(scenes if scenes is not None else options.scene or [])
     masks = masks if masks is not None else options.mask
     if len(scenes) > 1:  # one Dask task a scene, each into OUT/<scene name>/
         return tile_scenes(
-            scenes, options.out, masks=masks, options=tiling, workers=options.workers,
-            scheduler=options.scheduler, progress=progress, verbose=verbose,
+            scenes,
+            options.out,
+            masks=masks,
+            options=tiling,
+            workers=options.workers,
+            scheduler=options.scheduler,
+            progress=progress,
+            verbose=verbose,
         )
     summary = tile_scene(scenes[0], options.out, mask=masks[0] if masks else None, options=tiling, progress=progress)
     return TileSetResult(summary, _tile_map(options.out, scenes))
@@ -117,8 +136,10 @@ class VolumePredictionResult:
         """The lines ``geocl predict`` prints."""
         result, scores = self.prediction, ""
         if result.metrics is not None:
-            scores = (f"\n  against {self.label}: Dice {result.metrics['dice']:.4f}, 95HD {result.metrics['hd95']:.2f} "
-                      f"mm, ASD {result.metrics['asd']:.2f} mm\n  metrics: {result.csv}")
+            scores = (
+                f"\n  against {self.label}: Dice {result.metrics['dice']:.4f}, 95HD {result.metrics['hd95']:.2f} "
+                f"mm, ASD {result.metrics['asd']:.2f} mm\n  metrics: {result.csv}"
+            )
         return f"prediction: {result.path}\n  preview: {result.png}{scores}"
 
 
@@ -155,16 +176,24 @@ def run_predict(
         GeoclError: for any bad input, naming the file or option.
     """
     if assets and options.many_scenes:  # PredictSettings, what each Dask task gets, has no assets
-        raise GeoclError("is not yet passed to scenes predicted on Dask; predict a STAC scene without "
-                         "--workers/--scheduler", key="assets")
+        raise GeoclError(
+            "is not yet passed to scenes predicted on Dask; predict a STAC scene without --workers/--scheduler",
+            key="assets",
+        )
     if len(options.scene) == 1 and str(options.scene[0]).lower().endswith(VOLUME_SUFFIXES):
         return _predict_volume(options)
     scenes = list(scenes if scenes is not None else options.scene)
     if options.many_scenes:
         settings = options.model_dump(include=set(PredictSettings.model_fields))
         return predict_scenes(
-            options.checkpoint, scenes, options.out, options=settings, workers=options.workers,
-            scheduler=options.scheduler, progress=True, verbose=verbose,
+            options.checkpoint,
+            scenes,
+            options.out,
+            options=settings,
+            workers=options.workers,
+            scheduler=options.scheduler,
+            progress=True,
+            verbose=verbose,
         )
     from geocl.finetune.inference import predict_with_checkpoint
 

@@ -24,8 +24,24 @@ import warnings
 _LIGHTNING_PACKAGES = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric")
 #: Their sub-packages: each logger below them logs through one of these.
 _LIGHTNING_SUBPACKAGES = (
-    "accelerators", "callbacks", "cli", "connector", "core", "demos", "fabric", "loggers", "loops",
-    "overrides", "plugins", "profilers", "serve", "strategies", "trainer", "tuner", "utilities", "wrappers",
+    "accelerators",
+    "callbacks",
+    "cli",
+    "connector",
+    "core",
+    "demos",
+    "fabric",
+    "loggers",
+    "loops",
+    "overrides",
+    "plugins",
+    "profilers",
+    "serve",
+    "strategies",
+    "trainer",
+    "tuner",
+    "utilities",
+    "wrappers",
 )
 #: The loggers set to WARNING when quiet: every logger of Lightning's sub-packages,
 #: among them ``lightning.pytorch.utilities.rank_zero`` (GPU/TPU available, tips,
@@ -37,12 +53,32 @@ QUIET_LOGGERS: tuple[str, ...] = tuple(
 )
 #: Packages whose own deprecation and user warnings are hidden when quiet.
 QUIET_WARNING_MODULES: tuple[str, ...] = (
-    "lightning", "pytorch_lightning", "lightning_fabric", "lightning_utilities", "torch", "torchvision",
-    "torchgeo", "torchmetrics", "timm", "kornia", "lightly", "segmentation_models_pytorch", "rasterio",
-    "pyproj", "geopandas", "shapely", "matplotlib", "pandas", "mlflow", "tensorboard",
+    "lightning",
+    "pytorch_lightning",
+    "lightning_fabric",
+    "lightning_utilities",
+    "torch",
+    "torchvision",
+    "torchgeo",
+    "torchmetrics",
+    "timm",
+    "kornia",
+    "lightly",
+    "segmentation_models_pytorch",
+    "rasterio",
+    "pyproj",
+    "geopandas",
+    "shapely",
+    "matplotlib",
+    "pandas",
+    "mlflow",
+    "tensorboard",
 )
 _QUIET_CATEGORIES: tuple[type[Warning], ...] = (
-    DeprecationWarning, PendingDeprecationWarning, FutureWarning, UserWarning,
+    DeprecationWarning,
+    PendingDeprecationWarning,
+    FutureWarning,
+    UserWarning,
 )
 _MODULE_PATTERN = r"(" + "|".join(name.replace(".", r"\.") for name in QUIET_WARNING_MODULES) + r")(\..*)?$"
 

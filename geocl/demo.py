@@ -136,7 +136,9 @@ def run_demo(
         )
     )
     plots = [
-        split_map, compare_out / "results.png", compare_out / "results_paired.png",
+        split_map,
+        compare_out / "results.png",
+        compare_out / "results_paired.png",
         *sorted(compare_out.glob("pretrain/*/plots/*.png")),
     ]
     print("plots:\n  " + "\n  ".join(str(path) for path in plots))

@@ -293,7 +293,7 @@ def _run_serially(tasks: Sequence[SceneTask], progress: bool, verbose: bool) -> 
             try:
                 summary, seconds = run_task(task)
                 yield SceneOutcome(task.name, task.out, "done", summary, seconds)
-            except Exception as error:  # noqa: BLE001  (reported by scene; the others go on)
+            except Exception as error:
                 yield _failure(task, error, verbose)
             bar.update()
 
@@ -329,7 +329,7 @@ def _run_on_dask(
                 task = running.pop(future)
                 try:
                     error = future.exception()
-                except Exception as lost:  # noqa: BLE001  (cancelled: the cluster went away)
+                except Exception as lost:
                     error = lost
                 if error is None:
                     summary, seconds = future.result()
@@ -360,10 +360,12 @@ def _client(workers: int, scheduler: str | None, verbose: bool) -> Iterator[Any]
             return
         # processes: GDAL and numpy release the GIL unevenly, and a scene's memory is
         # returned when its worker is; no dashboard (a port users did not ask for)
-        with LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-            silence_logs=level,
-        ) as cluster, Client(cluster) as client:
+        with (
+            LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=level
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             yield client
     finally:
         logger.setLevel(previous)
@@ -442,7 +444,6 @@ def tile_tasks(
         key = {"command": "tile", "scene": scene, "mask": mask, "options": asdict(options)}
         tasks.append(SceneTask(name, folder, partial(tile_task, scene, str(folder), mask, options), key))
     return tasks
-
 
 
 # ---------------------------------------------------------------------- predict
@@ -525,7 +526,9 @@ def predict_scenes(
         scene = str(Path(scenes[index]).resolve())
         folder = out / name
         key = {
-            "command": "predict", "scene": scene, "options": settings_dict,
+            "command": "predict",
+            "scene": scene,
+            "options": settings_dict,
             "checkpoint": {"path": str(checkpoint), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
         }
         work = partial(predict_task, str(checkpoint), scene, str(folder / f"{name}.tif"), settings_dict)

@@ -18,13 +18,7 @@ class GeoclError(Exception):
         key: the option or recipe key at fault, if any.
     """
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        path: str | PathLike[str] | None = None,
-        key: str | None = None,
-    ) -> None:
+    def __init__(self, message: str, *, path: str | PathLike[str] | None = None, key: str | None = None) -> None:
         self.path = None if path is None else str(path)
         self.key = key
         prefix = ""

@@ -182,7 +182,9 @@ def check_output_folder(folder: str | os.PathLike[str], *, key: str | None = Non
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise GeoclError(f"cannot create the output folder{where}: {exc.strerror or exc}", path=folder, key=key) from None
+        raise GeoclError(
+            f"cannot create the output folder{where}: {exc.strerror or exc}", path=folder, key=key
+        ) from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise GeoclError(f"output folder is not writable{where}", path=folder, key=key)
     return folder

@@ -69,8 +69,13 @@ def write_raster() -> RasterWriter:
         count, height, width = data.shape
         path.parent.mkdir(parents=True, exist_ok=True)
         profile = {
-            "driver": "GTiff", "width": width, "height": height, "count": count,
-            "dtype": data.dtype.name, "transform": from_origin(*origin, res, res), "nodata": nodata,
+            "driver": "GTiff",
+            "width": width,
+            "height": height,
+            "count": count,
+            "dtype": data.dtype.name,
+            "transform": from_origin(*origin, res, res),
+            "nodata": nodata,
         }
         if crs is not None:
             profile["crs"] = crs
@@ -94,7 +99,13 @@ def tiny_tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny")
     scene = make_scene(root / "scene", size=512, seed=0)
     out = root / "tiles"
-    tile_scene(scene.image, out, mask=scene.mask, options=TilingOptions(size=64, stride=64, max_nodata=0.3, split_block=128), progress=False)
+    tile_scene(
+        scene.image,
+        out,
+        mask=scene.mask,
+        options=TilingOptions(size=64, stride=64, max_nodata=0.3, split_block=128),
+        progress=False,
+    )
     return out
 
 

@@ -151,8 +151,9 @@ def make_handler(root: Path, counts: _Counts) -> type[BaseHTTPRequestHandler]:
                 parts = []
                 for first, last in ranges:
                     parts.append(
-                        f"--{_BOUNDARY}\r\nContent-Type: {kind}\r\nContent-Range: bytes {first}-{last}/{size}\r\n\r\n"
-                        .encode() + data[first : last + 1] + b"\r\n"
+                        f"--{_BOUNDARY}\r\nContent-Type: {kind}\r\nContent-Range: bytes {first}-{last}/{size}\r\n\r\n".encode()
+                        + data[first : last + 1]
+                        + b"\r\n"
                     )
                 status, payload = 206, b"".join(parts) + f"--{_BOUNDARY}--\r\n".encode()
                 content_type = f"multipart/byteranges; boundary={_BOUNDARY}"
@@ -200,8 +201,7 @@ def serve(root: Path) -> Iterator[Server]:
     """Run the server over ``root`` in its own process for the duration of the block."""
     repository = Path(__file__).resolve().parents[1]
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.http_server", str(root)],
-        cwd=repository, stdout=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "tests.http_server", str(root)], cwd=repository, stdout=subprocess.PIPE, text=True
     )
     try:
         line = process.stdout.readline() if process.stdout is not None else ""

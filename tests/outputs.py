@@ -10,8 +10,11 @@ import pytest
 
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` (links followed) by its SHA-256: equal before and after means untouched."""
-    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(folder.rglob("*")) if path.is_file()}
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
 
 
 def error_line(status: int, capsys: pytest.CaptureFixture[str]) -> str:

@@ -76,7 +76,9 @@ def test_image_and_mask_that_do_not_overlap(
     assert "do not overlap" in line and str(scene.parent) in line
 
 
-def test_inconsistent_band_counts(tmp_path: Path, write_raster: RasterWriter, capsys: pytest.CaptureFixture[str]) -> None:
+def test_inconsistent_band_counts(
+    tmp_path: Path, write_raster: RasterWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
     folder = tmp_path / "mixed"
     write_raster(folder / "a.tif", coordinate_image(64, 64, bands=3))
     odd = write_raster(folder / "b.tif", coordinate_image(64, 64, bands=4), origin=(500_640.0, 5_100_000.0))
@@ -118,14 +120,19 @@ def test_console_script_prints_one_line_without_traceback(tmp_path: Path) -> Non
     empty.mkdir()
     result = subprocess.run(
         [sys.executable, "-m", "geocl.cli", *_tile(empty, tmp_path / "out")],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
     assert result.stderr.startswith("geocl tile: error:")
 
 
-def test_tile_command_writes_tiles_index_and_plot(tmp_path: Path, scene: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_tile_command_writes_tiles_index_and_plot(
+    tmp_path: Path, scene: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
     assert main(_tile(scene, out, "--max-nodata", "1")) == 0
     printed = capsys.readouterr().out
@@ -134,7 +141,9 @@ def test_tile_command_writes_tiles_index_and_plot(tmp_path: Path, scene: Path, c
     assert (out / "tiles.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_pretrain_with_a_misspelt_key_fails_before_training_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_pretrain_with_a_misspelt_key_fails_before_training_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "grass.yaml"
     out = tmp_path / "run"
     line = _run_error(capsys, "pretrain", str(recipe), "data.batchsize=8", f"out={out}")
@@ -142,7 +151,9 @@ def test_pretrain_with_a_misspelt_key_fails_before_training_naming_it(tmp_path: 
     assert not out.exists(), "nothing may be written before the recipe is valid"
 
 
-def test_predict_with_a_file_that_is_not_a_checkpoint(tmp_path: Path, scene: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_predict_with_a_file_that_is_not_a_checkpoint(
+    tmp_path: Path, scene: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bogus = tmp_path / "model.ckpt"
     bogus.write_text("not a checkpoint")
     line = _run_error(capsys, "predict", str(bogus), str(scene), "--out", str(tmp_path / "pred.tif"))
@@ -154,10 +165,25 @@ def test_make_natural_then_evaluate_a_random_encoder(tmp_path: Path, capsys: pyt
     import json
 
     assert main(["make-natural", str(tmp_path / "toy"), "--classes", "3", "--per-class", "5", "--size", "16"]) == 0
-    assert (tmp_path / "toy" / "cifar" / "data_batch_5").exists() and len(list((tmp_path / "toy" / "images").iterdir())) == 3
+    assert (tmp_path / "toy" / "cifar" / "data_batch_5").exists() and len(
+        list((tmp_path / "toy" / "images").iterdir())
+    ) == 3
     capsys.readouterr()
-    argv = ["evaluate", "--encoder-name", "test_resnet", "--data", str(tmp_path / "toy" / "cifar"), "--format", "cifar",
-            "--k", "3", "--probe-epochs", "2", "--out", str(tmp_path / "eval")]
+    argv = [
+        "evaluate",
+        "--encoder-name",
+        "test_resnet",
+        "--data",
+        str(tmp_path / "toy" / "cifar"),
+        "--format",
+        "cifar",
+        "--k",
+        "3",
+        "--probe-epochs",
+        "2",
+        "--out",
+        str(tmp_path / "eval"),
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     written = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
@@ -175,7 +201,9 @@ def test_evaluate_with_a_file_that_is_not_a_checkpoint(tmp_path: Path, capsys: p
 
 def test_evaluate_on_a_missing_data_folder_names_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "no-such-folder"
-    line = _run_error(capsys, "evaluate", "--encoder-name", "test_resnet", "--data", str(missing), "--format", "image_folder")
+    line = _run_error(
+        capsys, "evaluate", "--encoder-name", "test_resnet", "--data", str(missing), "--format", "image_folder"
+    )
     assert str(missing) in line
 
 
@@ -211,13 +239,19 @@ FT = ["finetune", "--tiles", "t", "--out", "o"]
     ("argv", "expected"),
     [
         ([*FT, "--label-fraction", "0"], "--label-fraction: invalid value 0: must be in (0, 1]"),
-        ([*FT, "--arch", "unt"], "--arch: invalid value unt; did you mean 'unet'? (choices: unet, deeplabv3plus, dpt, linear)"),
+        (
+            [*FT, "--arch", "unt"],
+            "--arch: invalid value unt; did you mean 'unet'? (choices: unet, deeplabv3plus, dpt, linear)",
+        ),
         ([*FT, "--epochs", "many"], "--epochs: invalid value many: expected an integer"),
         (
             ["predict", "a.ckpt", "s.tif", "--out", "p.tif", "--overlap", "300"],
             "--overlap: must be smaller than --window (256 px), got 300",
         ),
-        (["compare", "a.yaml", "--label-fractions", "0.1", "1.5"], "--label-fractions: invalid value 1.5: must be in (0, 1]"),
+        (
+            ["compare", "a.yaml", "--label-fractions", "0.1", "1.5"],
+            "--label-fractions: invalid value 1.5: must be in (0, 1]",
+        ),
         (["compare", "a.yaml", "--seeds", "0"], "--seeds: invalid value 0: must be at least 1"),
         (["compare", "a.yaml", "--k", "0"], "--k: invalid value 0: must be at least 1"),
         (
@@ -238,7 +272,9 @@ FT = ["finetune", "--tiles", "t", "--out", "o"]
         ),
     ],
 )
-def test_bad_options_of_every_command_name_the_flag(capsys: pytest.CaptureFixture[str], argv: list[str], expected: str) -> None:
+def test_bad_options_of_every_command_name_the_flag(
+    capsys: pytest.CaptureFixture[str], argv: list[str], expected: str
+) -> None:
     line = _run_error(capsys, *argv)
     assert line == f"geocl {argv[0]}: error: {expected}"
 
@@ -253,7 +289,9 @@ def test_help_is_user_facing_text() -> None:
     assert "--epochs EPOCHS" in finetune and "(default: 15)" in finetune and "--encoder-name" in finetune
     assert "{unet,deeplabv3plus,dpt,linear}" in finetune and "(default: 0.05)" in finetune
     compare = _help("compare")
-    assert "--label-fractions" in compare and "(default: 0.01 0.05 0.2)" in compare and "--override KEY=VALUE" in compare
+    assert (
+        "--label-fractions" in compare and "(default: 0.01 0.05 0.2)" in compare and "--override KEY=VALUE" in compare
+    )
     assert "(default: runs/compare)" in compare and "--probe-epochs" in compare and "--temperature" in compare
     tile = _help("tile")
     assert "--split TRAIN VAL TEST" in tile and "(default: 0.7 0.15 0.15)" in tile and "(default: 256)" in tile
@@ -295,8 +333,20 @@ def test_compare_takes_the_retrieval_options_as_flags() -> None:
     from geocl.recipes.cli_args import options_from_args
     from geocl.recipes.options import CompareOptions
 
-    argv = ["compare", "a.yaml", "--protocol", "retrieval", "--retrieval-max-steps", "7", "--retrieval-batch-size", "4",
-            "--retrieval-override", "method.embed_dim=64", "--retrieval-override", "data.num_workers=0"]
+    argv = [
+        "compare",
+        "a.yaml",
+        "--protocol",
+        "retrieval",
+        "--retrieval-max-steps",
+        "7",
+        "--retrieval-batch-size",
+        "4",
+        "--retrieval-override",
+        "method.embed_dim=64",
+        "--retrieval-override",
+        "data.num_workers=0",
+    ]
     options = options_from_args(CompareOptions, cli.build_parser().parse_args(argv))
     assert (options.retrieval.max_steps, options.retrieval.batch_size) == (7, 4)
     assert options.retrieval.overrides == ["method.embed_dim=64", "data.num_workers=0"]
@@ -313,7 +363,9 @@ def test_verbose_before_or_after_the_command(monkeypatch: pytest.MonkeyPatch) ->
     assert seen == [True, True, False]
 
 
-def test_library_errors_name_option_fields_by_their_flag(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_library_errors_name_option_fields_by_their_flag(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from geocl import cli
     from geocl.errors import GeoclError
 
@@ -325,7 +377,9 @@ def test_library_errors_name_option_fields_by_their_flag(monkeypatch: pytest.Mon
     assert line == "geocl tile: error: --size: larger than the scene (100 x 100 px)"
 
 
-def test_interrupt_exits_130_with_the_resume_hint(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_interrupt_exits_130_with_the_resume_hint(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from geocl import cli
 
     def interrupted(args: argparse.Namespace) -> None:
@@ -336,7 +390,9 @@ def test_interrupt_exits_130_with_the_resume_hint(monkeypatch: pytest.MonkeyPatc
     assert capsys.readouterr().err.strip() == "geocl tile: interrupted; rerun the same command to resume"
 
 
-def test_interrupted_pretrain_hints_at_resume(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_interrupted_pretrain_hints_at_resume(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from geocl import cli
 
     def interrupted(args: argparse.Namespace) -> None:
@@ -345,7 +401,9 @@ def test_interrupted_pretrain_hints_at_resume(monkeypatch: pytest.MonkeyPatch, c
     monkeypatch.setattr(cli, "_pretrain", interrupted)
     assert cli.main(["pretrain", "r.yaml"]) == 130
     err = capsys.readouterr().err.strip()
-    assert err == "geocl pretrain: interrupted; rerun the same command with --resume to continue from the last checkpoint"
+    assert (
+        err == "geocl pretrain: interrupted; rerun the same command with --resume to continue from the last checkpoint"
+    )
 
 
 @pytest.mark.parametrize("number", [errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO])
@@ -367,6 +425,7 @@ def test_other_errors_keep_their_traceback(monkeypatch: pytest.MonkeyPatch) -> N
     from geocl import cli
 
     for error in (RuntimeError("a bug"), FileNotFoundError(errno.ENOENT, "No such file", "x"), OSError("no errno")):
+
         def fails(args: argparse.Namespace, error: Exception = error) -> None:
             raise error
 
@@ -387,7 +446,11 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
         "sys.exit(cli.main(['make-scene', 'x']))\n"
     )
     result = subprocess.run(
-        f"{sys.executable} -c \"{script}\" | head -1", shell=True, capture_output=True, text=True, timeout=60,
+        f'{sys.executable} -c "{script}" | head -1',
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
         cwd=tmp_path,
     )
     assert result.stdout == "line 0\n"
@@ -407,7 +470,9 @@ def test_a_positional_argument_read_by_a_flag_of_several_values_is_named(capsys:
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith("required: RECIPE")
 
 
-def test_pretrain_overrides_after_resume_are_overrides(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_pretrain_overrides_after_resume_are_overrides(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     # the README's `geocl pretrain recipes/grass.yaml --resume trainer.max_epochs=200`
     from geocl import cli
 
@@ -430,7 +495,10 @@ def test_make_scene_kind_urban_and_a_kind_of_another_folder(tmp_path: Path, caps
     capsys.readouterr()
     assert cli.main(["make-scene", str(tmp_path / "city"), "--size", "256"]) == 2  # rural into an urban folder
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"geocl make-scene: error: {tmp_path / 'city'}: holds a synthetic urban scene") and "\n" not in err
+    assert (
+        err.startswith(f"geocl make-scene: error: {tmp_path / 'city'}: holds a synthetic urban scene")
+        and "\n" not in err
+    )
     assert (tmp_path / "city" / "image.tif").read_bytes() == before
     assert cli.main(["make-scene", str(tmp_path / "x"), "--kind", "town", "--size", "256"]) == 2
     assert "must be one of rural, urban" in capsys.readouterr().err

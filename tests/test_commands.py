@@ -26,8 +26,16 @@ def _metadata(out: Path) -> dict:
 
 
 def test_run_tile_tiles_as_tile_scene_with_the_same_options(tmp_path: Path, scene: Path) -> None:
-    options = TileOptions(scene=scene, out=tmp_path / "command", size=32, stride=16, split=(0.6, 0.2, 0.2),
-                          max_nodata=0.5, seed=3, quiet=True)
+    options = TileOptions(
+        scene=scene,
+        out=tmp_path / "command",
+        size=32,
+        stride=16,
+        split=(0.6, 0.2, 0.2),
+        max_nodata=0.5,
+        seed=3,
+        quiet=True,
+    )
     result = run_tile(options)
     assert isinstance(result, TileSetResult)
     assert result.describe().splitlines()[-1] == f"  map: {tmp_path / 'command' / 'tiles.png'}"
@@ -58,8 +66,9 @@ def test_run_tile_refuses_assets_for_a_benchmark(tmp_path: Path) -> None:
 def test_run_predict_takes_a_nifti_scene_for_a_volume(tmp_path: Path) -> None:
     checkpoint, volume = tmp_path / "model.ckpt", tmp_path / "case.nii.gz"
     checkpoint.write_bytes(b"x"), volume.write_bytes(b"x")
-    options = PredictCommand(checkpoint=checkpoint, scene=volume, out=tmp_path / "labels.nii.gz",
-                             polygons=tmp_path / "p.gpkg")
+    options = PredictCommand(
+        checkpoint=checkpoint, scene=volume, out=tmp_path / "labels.nii.gz", polygons=tmp_path / "p.gpkg"
+    )
     with pytest.raises(GeoclError, match="polygons are written for GeoTIFF scenes, not NIfTI volumes") as error:
         run_predict(options)
     assert error.value.key == "polygons"

@@ -62,7 +62,10 @@ BANNERS = ("GPU available", "TPU available", "💡 Tip", "Restoring states", "`T
 def test_lightning_banners_and_library_warnings_only_when_verbose(tmp_path) -> None:
     result = subprocess.run(
         [sys.executable, "-W", "default", "-c", SCRIPT, str(tmp_path)],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     quiet, verbose = (result.stdout + result.stderr).split("=== verbose ===")

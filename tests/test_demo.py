@@ -11,11 +11,19 @@ from geocl.demo import run_demo
 from geocl.errors import GeoclError
 
 # batch 32: one step an epoch on the ~45 train tiles, so 3 steps pass GraSS's 2 warm-up epochs
-TINY_PRETRAIN = ["encoder.name=test_resnet", "trainer.max_epochs=1", "data.view_size=32", "data.batch_size=32", "data.num_workers=0"]
+TINY_PRETRAIN = [
+    "encoder.name=test_resnet",
+    "trainer.max_epochs=1",
+    "data.view_size=32",
+    "data.batch_size=32",
+    "data.num_workers=0",
+]
 TINY_FINETUNE = {"max_epochs": 1, "steps_per_epoch": 2, "val_every": 1, "batch_size": 4, "crop": 32, "progress": False}
 
 
-def test_demo_runs_scene_tiles_pretraining_finetuning_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_runs_scene_tiles_pretraining_finetuning_and_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     summary = run_demo(
         tmp_path / "demo", size=1024, overrides=TINY_PRETRAIN, finetune=TINY_FINETUNE, subsets=2, pretrain_steps=3
     )

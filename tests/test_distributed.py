@@ -98,7 +98,9 @@ def test_several_scenes_run_on_a_local_cluster_by_default_and_quietly(
     result = run_scene_tasks(tasks, progress=False)
     assert result.where == f"local Dask cluster of {min(3, os.cpu_count() or 1)} workers"  # one a scene, <= CPUs
     assert [(o.name, o.status, o.summary) for o in result.outcomes] == [
-        ("a", "done", "wrote a"), ("b", "done", "wrote b"), ("c", "done", "wrote c"),
+        ("a", "done", "wrote a"),
+        ("b", "done", "wrote b"),
+        ("c", "done", "wrote c"),
     ]
     assert all((tmp_path / name / "note.txt").read_text() == name for name in ("a", "b", "c"))
     captured = capfd.readouterr()  # the file descriptors: the workers' output too
@@ -132,8 +134,21 @@ def test_a_corrupt_scene_is_named_while_the_others_finish(
     corrupt = tmp_path / "in" / "broken.tif"
     corrupt.parent.mkdir()
     corrupt.write_bytes(images[1].read_bytes()[:4000])  # a cut download
-    argv = ["tile", str(images[0]), str(corrupt), str(images[2]), "--out", str(tmp_path / "out"), "--quiet",
-            "--size", "64", "--split-block", "128", "--scheduler", scheduler]
+    argv = [
+        "tile",
+        str(images[0]),
+        str(corrupt),
+        str(images[2]),
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+        "--size",
+        "64",
+        "--split-block",
+        "128",
+        "--scheduler",
+        scheduler,
+    ]
     assert main(argv) == 2
     captured = capsys.readouterr()
     error = captured.err.strip()
@@ -208,7 +223,9 @@ def test_a_rerun_redoes_a_scene_whose_key_changed_and_skips_the_others(tmp_path:
 def test_scene_names_come_from_files_and_folders_and_must_differ(tmp_path: Path) -> None:
     (tmp_path / "tiles_2020").mkdir()
     assert scene_names([tmp_path / "north.tif", tmp_path / "south.TIF", tmp_path / "tiles_2020"]) == [
-        "north", "south", "tiles_2020",
+        "north",
+        "south",
+        "tiles_2020",
     ]
     with pytest.raises(GeoclError, match="share the output folder 'north'"):
         scene_names([tmp_path / "north.tif", tmp_path / "other" / "north.tif"])
@@ -249,7 +266,9 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_tiles: Path) -> Pa
 
     short = {"max_epochs": 1, "steps_per_epoch": 2, "val_every": 1, "batch_size": 4, "crop": 32, "progress": False}
     out = tmp_path_factory.mktemp("finetune") / "run"
-    return run_finetune(tiles=tiny_tiles, out=out, encoder="test_resnet", label_fraction=0.2, seed=0, **short).checkpoint
+    return run_finetune(
+        tiles=tiny_tiles, out=out, encoder="test_resnet", label_fraction=0.2, seed=0, **short
+    ).checkpoint
 
 
 PREDICT = {"window": 64, "overlap": 16, "block": 256}
@@ -258,8 +277,22 @@ PREDICT = {"window": 64, "overlap": 16, "block": 256}
 def _predict_cli(checkpoint: Path, scenes: list[Path], out: Path, *extra: str) -> int:
     from geocl.cli import main
 
-    return main(["predict", str(checkpoint), *map(str, scenes), "--out", str(out), "--window", "64",
-                 "--overlap", "16", "--block", "256", *extra])
+    return main(
+        [
+            "predict",
+            str(checkpoint),
+            *map(str, scenes),
+            "--out",
+            str(out),
+            "--window",
+            "64",
+            "--overlap",
+            "16",
+            "--block",
+            "256",
+            *extra,
+        ]
+    )
 
 
 def test_predict_with_workers_takes_each_scene_on_its_own(
@@ -272,8 +305,12 @@ def test_predict_with_workers_takes_each_scene_on_its_own(
     error = capsys.readouterr().err.splitlines()[-1]  # after the bar over the scenes
     assert error.startswith("geocl predict: error: 2 of 2 scenes failed (a: ") and "; b: " in error
     assert "model.ckpt" in error and error.endswith("); rerun the same command to redo the failed ones")
-    assert _predict_cli(not_a_checkpoint, images[:2], tmp_path / "out.tif", "--workers", "0", "--polygons",
-                        str(tmp_path / "p.gpkg")) == 2
+    assert (
+        _predict_cli(
+            not_a_checkpoint, images[:2], tmp_path / "out.tif", "--workers", "0", "--polygons", str(tmp_path / "p.gpkg")
+        )
+        == 2
+    )
     assert "polygons are written for one scene" in capsys.readouterr().err
 
 
@@ -307,8 +344,9 @@ def test_predictions_on_a_cluster_equal_the_serial_ones(
 
     images, _ = scenes
     serial = predict_scenes(checkpoint, images, tmp_path / "serial", options=PREDICT, workers=0, progress=False)
-    cluster = predict_scenes(checkpoint, images, tmp_path / "cluster", options=PREDICT, scheduler=scheduler,
-                             progress=False)
+    cluster = predict_scenes(
+        checkpoint, images, tmp_path / "cluster", options=PREDICT, scheduler=scheduler, progress=False
+    )
     assert not serial.failed and not cluster.failed
     for image in images:
         paths = [tmp_path / run / image.stem / f"{image.stem}.tif" for run in ("serial", "cluster")]

@@ -50,7 +50,11 @@ def test_strict_build_fails_on_a_planted_broken_link(tmp_path: Path) -> None:
     page.write_text(page.read_text() + "\nSee also [the appendix](grass-appendix.md).\n")
     result = subprocess.run(
         [str(_mkdocs()), "build", "--strict", "--site-dir", str(tmp_path / "site")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     output = result.stdout + result.stderr

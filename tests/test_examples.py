@@ -24,30 +24,52 @@ SCRIPTS = sorted(EXAMPLES.glob("*.py"))
 #: Files (relative to --out) each example promises; a glob pattern must match at least one file.
 PROMISED: dict[str, list[str]] = {
     "01_own_geotiff": [
-        "tiles/tiles.gpkg", "pretrain/checkpoints/last.ckpt", "finetune/metrics.json",
-        "prediction.tif", "prediction.png", "prediction.gpkg",
+        "tiles/tiles.gpkg",
+        "pretrain/checkpoints/last.ckpt",
+        "finetune/metrics.json",
+        "prediction.tif",
+        "prediction.png",
+        "prediction.gpkg",
     ],
     "02_compare_recipes": [
-        "compare/results.csv", "compare/results_summary.csv", "compare/results.md", "compare/results.png",
-        "compare/results_paired.png", "compare/pretrain/simclr/checkpoints/last.ckpt",
+        "compare/results.csv",
+        "compare/results_summary.csv",
+        "compare/results.md",
+        "compare/results.png",
+        "compare/results_paired.png",
+        "compare/pretrain/simclr/checkpoints/last.ckpt",
         "compare/pretrain/grass/checkpoints/last.ckpt",
     ],
     "03_natural_images": [
-        "cifar/data_batch_1", "cifar/data_batch_2", "cifar/test_batch", "cifar/batches.meta",
-        "pretrain/checkpoints/last.ckpt", "eval-pretrained/evaluation.json", "eval-random/evaluation.json",
+        "cifar/data_batch_1",
+        "cifar/data_batch_2",
+        "cifar/test_batch",
+        "cifar/batches.meta",
+        "pretrain/checkpoints/last.ckpt",
+        "eval-pretrained/evaluation.json",
+        "eval-random/evaluation.json",
     ],
     "04_medical_volumes": [
-        "volumes/preview.png", "pretrain/checkpoints/last.ckpt", "finetune-pretrained/cases.csv",
-        "finetune-pretrained/metrics.json", "finetune-pretrained/predictions/*.nii.gz",
+        "volumes/preview.png",
+        "pretrain/checkpoints/last.ckpt",
+        "finetune-pretrained/cases.csv",
+        "finetune-pretrained/metrics.json",
+        "finetune-pretrained/predictions/*.nii.gz",
         "finetune-random/metrics.json",
     ],
     "05_add_your_own_method": [
-        "recipes/dcl.yaml", "compare/results.csv", "compare/results.md", "compare/results_summary.csv",
+        "recipes/dcl.yaml",
+        "compare/results.csv",
+        "compare/results.md",
+        "compare/results_summary.csv",
         "compare/pretrain/dcl/checkpoints/last.ckpt",
     ],
     "06_torchgeo_dataset": [
-        "loveda/Train/Urban/images_png/0.png", "loveda/Val/Urban/masks_png/300.png", "tiles/tiles.json",
-        "pretrain/checkpoints/last.ckpt", "finetune/metrics.json",
+        "loveda/Train/Urban/images_png/0.png",
+        "loveda/Val/Urban/masks_png/300.png",
+        "tiles/tiles.json",
+        "pretrain/checkpoints/last.ckpt",
+        "finetune/metrics.json",
     ],
 }
 
@@ -68,7 +90,11 @@ def test_example_runs_in_smoke_mode(script: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [sys.executable, str(script), "--smoke", "--out", str(out)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     report = f"{script.name} exited {done.returncode}\n--- stderr (tail)\n{_tail(done.stderr)}\n--- stdout (tail)\n{_tail(done.stdout)}"
     assert done.returncode == 0, report

@@ -32,9 +32,13 @@ def small_disk(parent: Path, size: str = "64k") -> Iterator[Path]:
     folder = parent / f"disk-{uuid.uuid4().hex[:6]}"
     folder.mkdir()
     try:
-        mounted = os.geteuid() == 0 and subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, timeout=20,
-        ).returncode == 0
+        mounted = (
+            os.geteuid() == 0
+            and subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, timeout=20
+            ).returncode
+            == 0
+        )
     except (OSError, subprocess.SubprocessError):
         mounted = False
     if not mounted:
@@ -96,7 +100,9 @@ def test_library_errors_that_word_the_reason(tmp_path: Path) -> None:
     class SQLiteFailure(Exception):
         __module__ = "pyogrio.errors"
 
-    failure = write_failure(SQLiteFailure("sqlite3_exec(INSERT ...) failed: database or disk is full"), tmp_path / "i.gpkg")
+    failure = write_failure(
+        SQLiteFailure("sqlite3_exec(INSERT ...) failed: database or disk is full"), tmp_path / "i.gpkg"
+    )
     assert failure is not None and str(failure) == f"{tmp_path / 'i.gpkg'}: cannot write (No space left on device)"
     # the same library failing on a disk with room to spare is no refusal of the disk
     assert write_failure(SQLiteFailure("no such table: gpkg_contents"), tmp_path / "i.gpkg") is None
@@ -112,7 +118,9 @@ def test_library_errors_on_a_full_disk(tmp_path: Path, monkeypatch: pytest.Monke
     failure = write_failure(GdalFailure("TIFFAppendToStrip:Write error at scanline 32"), tmp_path / "p.tif")
     assert failure is not None and failure.errno == errno.ENOSPC
     assert str(failure) == f"{tmp_path / 'p.tif'}: cannot write (No space left on device: 0.0 MiB free on its disk)"
-    monkeypatch.setattr(geocl.io.os, "statvfs", lambda path: SimpleNamespace(f_flag=os.ST_RDONLY, f_bavail=10**9, f_frsize=4096))
+    monkeypatch.setattr(
+        geocl.io.os, "statvfs", lambda path: SimpleNamespace(f_flag=os.ST_RDONLY, f_bavail=10**9, f_frsize=4096)
+    )
     assert write_failure(GdalFailure("cannot open"), tmp_path / "p.tif").errno == errno.EROFS  # type: ignore[union-attr]
 
 
@@ -124,8 +132,16 @@ def test_the_error_crosses_processes() -> None:
 
 def _write_geotiff(path: Path, side: int) -> None:
     data = np.random.default_rng(0).integers(0, 60_000, (4, side, side)).astype("uint16")
-    profile = {"driver": "GTiff", "width": side, "height": side, "count": 4, "dtype": "uint16",
-               "crs": "EPSG:32633", "transform": from_origin(500_000, 5_100_000, 10, 10), "compress": "deflate"}
+    profile = {
+        "driver": "GTiff",
+        "width": side,
+        "height": side,
+        "count": 4,
+        "dtype": "uint16",
+        "crs": "EPSG:32633",
+        "transform": from_origin(500_000, 5_100_000, 10, 10),
+        "compress": "deflate",
+    }
     with atomic_path(path) as temp, rasterio.open(temp, "w", **profile) as dst:
         dst.write(data)
 

@@ -35,7 +35,10 @@ from geocl.finetune.train import run_finetune
 
 #: Few examples, always the same ones: each example runs a real command.
 PROPERTY = settings(
-    max_examples=12, deadline=None, derandomize=True, database=None,
+    max_examples=12,
+    deadline=None,
+    derandomize=True,
+    database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 DTYPES = ["uint8", "uint16", "int16", "int32", "float32", "float64"]
@@ -84,8 +87,14 @@ def labels(rng: np.random.Generator, shape: tuple[int, ...], label_set: tuple[fl
 def write_geotiff(path: Path, data: np.ndarray, nodata: float | None) -> Path:
     count, height, width = data.shape
     profile = {
-        "driver": "GTiff", "width": width, "height": height, "count": count, "dtype": data.dtype.name,
-        "crs": "EPSG:32633", "transform": from_origin(500_000.0, 5_100_000.0, 10.0, 10.0), "nodata": nodata,
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": count,
+        "dtype": data.dtype.name,
+        "crs": "EPSG:32633",
+        "transform": from_origin(500_000.0, 5_100_000.0, 10.0, 10.0),
+        "nodata": nodata,
     }
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
@@ -96,15 +105,17 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-raster_cases = st.fixed_dictionaries({
-    "dtype": st.sampled_from(DTYPES),
-    "bands": st.integers(1, 4),
-    "side": st.integers(40, 96),
-    "special": st.sampled_from(["none", "nan-some", "nan-all", "inf"]),
-    "nodata": st.sampled_from([None, 0, 255]),
-    "labels": st.sampled_from(LABEL_SETS),
-    "seed": st.integers(0, 2**16),
-})
+raster_cases = st.fixed_dictionaries(
+    {
+        "dtype": st.sampled_from(DTYPES),
+        "bands": st.integers(1, 4),
+        "side": st.integers(40, 96),
+        "special": st.sampled_from(["none", "nan-some", "nan-all", "inf"]),
+        "nodata": st.sampled_from([None, 0, 255]),
+        "labels": st.sampled_from(LABEL_SETS),
+        "seed": st.integers(0, 2**16),
+    }
+)
 
 
 @PROPERTY
@@ -118,8 +129,22 @@ def test_tile_any_geotiff(case: dict[str, Any]) -> None:
         scene = write_geotiff(root / "scene.tif", image, case["nodata"])
         mask = write_geotiff(root / "mask.tif", labels(rng, (1, *shape), case["labels"]), None)
         inputs = folder_bytes(root)
-        status, err = run(["tile", str(scene), "--mask", str(mask), "--size", "32", "--stride", "32",
-                           "--max-nodata", "1.0", "--out", str(root / "tiles")])
+        status, err = run(
+            [
+                "tile",
+                str(scene),
+                "--mask",
+                str(mask),
+                "--size",
+                "32",
+                "--stride",
+                "32",
+                "--max-nodata",
+                "1.0",
+                "--out",
+                str(root / "tiles"),
+            ]
+        )
         assert {k: v for k, v in folder_bytes(root).items() if not k.startswith("tiles")} == inputs
         if status != 0:
             assert_one_error_line(status, err, "tile")
@@ -147,8 +172,17 @@ def test_tile_any_geotiff(case: dict[str, Any]) -> None:
 def tile_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_tiles: Path) -> Path:
     out = tmp_path_factory.mktemp("property-finetune") / "run"
     return run_finetune(
-        tiles=tiny_tiles, out=out, encoder="test_resnet", label_fraction=0.2, seed=0, max_epochs=1,
-        steps_per_epoch=1, val_every=1, batch_size=4, crop=32, progress=False,
+        tiles=tiny_tiles,
+        out=out,
+        encoder="test_resnet",
+        label_fraction=0.2,
+        seed=0,
+        max_epochs=1,
+        steps_per_epoch=1,
+        val_every=1,
+        batch_size=4,
+        crop=32,
+        progress=False,
     ).checkpoint
 
 
@@ -162,8 +196,20 @@ def test_predict_any_geotiff(case: dict[str, Any], tile_checkpoint: Path) -> Non
         image = values(rng, (case["bands"], case["side"], case["side"] + 5), case["dtype"], case["special"])
         scene = write_geotiff(root / "scene.tif", image, case["nodata"])
         before = scene.read_bytes()
-        status, err = run(["predict", str(tile_checkpoint), str(scene), "--out", str(root / "pred.tif"),
-                           "--window", "64", "--overlap", "16", "--no-cog"])
+        status, err = run(
+            [
+                "predict",
+                str(tile_checkpoint),
+                str(scene),
+                "--out",
+                str(root / "pred.tif"),
+                "--window",
+                "64",
+                "--overlap",
+                "16",
+                "--no-cog",
+            ]
+        )
         assert scene.read_bytes() == before
         if status != 0:
             assert_one_error_line(status, err, "predict")
@@ -183,18 +229,29 @@ def volume_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = make_volumes(tmp_path_factory.mktemp("property-volumes"), cases=5, min_size=24, max_size=30, seed=0).root
     out = tmp_path_factory.mktemp("property-medical") / "run"
     return run_medical_finetune(
-        data=data, out=out, encoder="test_resnet", label_fraction=0.5, seed=0, max_epochs=1, steps_per_epoch=1,
-        batch_size=4, val_every=1, progress=False, accelerator="cpu",
+        data=data,
+        out=out,
+        encoder="test_resnet",
+        label_fraction=0.5,
+        seed=0,
+        max_epochs=1,
+        steps_per_epoch=1,
+        batch_size=4,
+        val_every=1,
+        progress=False,
+        accelerator="cpu",
     ).checkpoint
 
 
-volume_cases = st.fixed_dictionaries({
-    "dtype": st.sampled_from(DTYPES),
-    "shape": st.tuples(st.integers(8, 28), st.integers(8, 28), st.integers(3, 12)),
-    "special": st.sampled_from(["none", "nan-some", "nan-all", "inf"]),
-    "labels": st.sampled_from(LABEL_SETS),
-    "seed": st.integers(0, 2**16),
-})
+volume_cases = st.fixed_dictionaries(
+    {
+        "dtype": st.sampled_from(DTYPES),
+        "shape": st.tuples(st.integers(8, 28), st.integers(8, 28), st.integers(3, 12)),
+        "special": st.sampled_from(["none", "nan-some", "nan-all", "inf"]),
+        "labels": st.sampled_from(LABEL_SETS),
+        "seed": st.integers(0, 2**16),
+    }
+)
 
 
 @PROPERTY

@@ -22,9 +22,7 @@ from typing import Any
 _MARKER = re.compile(r"<!-- geocl-api (?P<package>[\w.]+) -->")
 
 #: module -> why the reference leaves it out
-EXCLUDED: dict[str, str] = {
-    "geocl.cli": "the command line has its own page, rendered from the parser",
-}
+EXCLUDED: dict[str, str] = {"geocl.cli": "the command line has its own page, rendered from the parser"}
 
 
 def modules(package: str) -> list[str]:
@@ -33,9 +31,7 @@ def modules(package: str) -> list[str]:
     if spec is None or not spec.submodule_search_locations:
         raise ValueError(f"{package} is not a package")
     folder = Path(next(iter(spec.submodule_search_locations)))
-    names = sorted(
-        path.stem for path in folder.glob("*.py") if not path.stem.startswith("_")
-    )
+    names = sorted(path.stem for path in folder.glob("*.py") if not path.stem.startswith("_"))
     return [f"{package}.{name}" for name in names if f"{package}.{name}" not in EXCLUDED]
 
 

@@ -141,8 +141,7 @@ class Benchmark:
     def crs_wkt(self) -> str:
         """The local engineering CRS of the pixel grid (metres, x east, y north)."""
         return (
-            f'LOCAL_CS["{self.title} pixel grid",LOCAL_DATUM["image",0],UNIT["metre",1],'
-            'AXIS["x",EAST],AXIS["y",NORTH]]'
+            f'LOCAL_CS["{self.title} pixel grid",LOCAL_DATUM["image",0],UNIT["metre",1],AXIS["x",EAST],AXIS["y",NORTH]]'
         )
 
     def open(self, root: Path, split: str, keys: Mapping[str, str] = TILE_KEYS) -> Any:
@@ -153,7 +152,10 @@ class Benchmark:
                 dataset is not found (nothing is downloaded).
         """
         arguments: dict[str, Any] = {
-            "root": str(root), "split": self.official_splits[split], "checksum": False, **self.dataset_args
+            "root": str(root),
+            "split": self.official_splits[split],
+            "checksum": False,
+            **self.dataset_args,
         }
         if "download" in inspect.signature(self.dataset_class).parameters:
             arguments["download"] = False
@@ -163,7 +165,8 @@ class Benchmark:
             raise GeoclError(
                 f"no {self.title} here (given by {keys['root']}): TorchGeo's {self.dataset_class.__name__} "
                 f"expects {self.expected}; nothing is downloaded",
-                path=root, key=keys["root"],
+                path=root,
+                key=keys["root"],
             ) from None
 
 
@@ -186,19 +189,33 @@ _LOVEDA_VALUES = tuple(range(1, 8))
 def _loveda(name: str, scenes: tuple[str, ...], title: str) -> Benchmark:
     folders = ", ".join(f"{{Train,Val}}/{scene.capitalize()}/{{images_png,masks_png}}/*.png" for scene in scenes)
     return Benchmark(
-        name=name, title=title, dataset_class=LoveDA, official_splits={"train": "train", "test": "val"},
-        gsd=0.3, bands=3, class_values=_LOVEDA_VALUES, class_names=tuple(LoveDA.classes[:7]), mask_nodata=0,
+        name=name,
+        title=title,
+        dataset_class=LoveDA,
+        official_splits={"train": "train", "test": "val"},
+        gsd=0.3,
+        bands=3,
+        class_values=_LOVEDA_VALUES,
+        class_names=tuple(LoveDA.classes[:7]),
+        mask_nodata=0,
         expected=f"the extracted Train.zip and Val.zip: {folders}",
-        dataset_args={"scene": list(scenes)}, image_id=_loveda_id,
+        dataset_args={"scene": list(scenes)},
+        image_id=_loveda_id,
     )
 
 
 #: The benchmarks by name.
 BENCHMARKS: dict[str, Benchmark] = {
     "potsdam": Benchmark(
-        name="potsdam", title="ISPRS Potsdam", dataset_class=Potsdam2D,
-        official_splits={"train": "train", "test": "test"}, gsd=0.05, bands=4,
-        class_values=_ISPRS_VALUES, class_names=tuple(Potsdam2D.classes), mask_nodata=None,
+        name="potsdam",
+        title="ISPRS Potsdam",
+        dataset_class=Potsdam2D,
+        official_splits={"train": "train", "test": "test"},
+        gsd=0.05,
+        bands=4,
+        class_values=_ISPRS_VALUES,
+        class_names=tuple(Potsdam2D.classes),
+        mask_nodata=None,
         expected=(
             "4_Ortho_RGBIR/top_potsdam_<area>_RGBIR.tif images with top_potsdam_<area>_label.tif masks beside "
             "that folder, or 4_Ortho_RGBIR.zip and 5_Labels_all.zip"
@@ -206,9 +223,15 @@ BENCHMARKS: dict[str, Benchmark] = {
         image_id=_potsdam_id,
     ),
     "vaihingen": Benchmark(
-        name="vaihingen", title="ISPRS Vaihingen", dataset_class=Vaihingen2D,
-        official_splits={"train": "train", "test": "test"}, gsd=0.09, bands=3,
-        class_values=_ISPRS_VALUES, class_names=tuple(Vaihingen2D.classes), mask_nodata=None,
+        name="vaihingen",
+        title="ISPRS Vaihingen",
+        dataset_class=Vaihingen2D,
+        official_splits={"train": "train", "test": "test"},
+        gsd=0.09,
+        bands=3,
+        class_values=_ISPRS_VALUES,
+        class_names=tuple(Vaihingen2D.classes),
+        mask_nodata=None,
         expected=(
             "top/top_mosaic_09cm_area<N>.tif images with masks of the same names beside that folder, or "
             "ISPRS_semantic_labeling_Vaihingen.zip and ISPRS_semantic_labeling_Vaihingen_ground_truth_COMPLETE.zip"
@@ -313,7 +336,8 @@ def _collect_images(
             raise GeoclError(
                 f"TorchGeo's {benchmark.dataset_class.__name__} finds no {official} image with its mask here "
                 f"(given by {keys['root']}); it expects {benchmark.expected}",
-                path=root, key=keys["root"],
+                path=root,
+                key=keys["root"],
             )
         found = [
             (benchmark.image_id(files["image"]), index, Path(files["image"]))
@@ -442,7 +466,10 @@ def export_benchmark(
     """
     benchmark = get_benchmark(name, key=keys["dataset"])
     options = BenchmarkOptions(
-        dataset=benchmark.name, size=size, stride=size if stride is None else stride, val_fraction=val_fraction,
+        dataset=benchmark.name,
+        size=size,
+        stride=size if stride is None else stride,
+        val_fraction=val_fraction,
         seed=seed,
     )
     options.validate()
@@ -451,7 +478,8 @@ def export_benchmark(
         raise GeoclError(
             f"no such folder (given by {keys['root']}); TorchGeo's {benchmark.dataset_class.__name__} "
             f"expects {benchmark.expected} there",
-            path=root, key=keys["root"],
+            path=root,
+            key=keys["root"],
         )
     out = check_output_folder(out, key=keys["out"])
     # no scene files: nothing to draw under the tile map
@@ -476,11 +504,21 @@ def export_benchmark(
             summary.warnings.append(f"no {split} tiles ({why}); finetuning needs val and test tiles")
     write_index(summary.index, rows, ProjCRS.from_wkt(benchmark.crs_wkt))
     layout = TileLayout(
-        crs=benchmark.crs_wkt, res=(benchmark.gsd, benchmark.gsd), bands=benchmark.bands, dtype=IMAGE_DTYPE,
-        nodata=None, mask_nodata=benchmark.mask_nodata,
+        crs=benchmark.crs_wkt,
+        res=(benchmark.gsd, benchmark.gsd),
+        bands=benchmark.bands,
+        dtype=IMAGE_DTYPE,
+        nodata=None,
+        mask_nodata=benchmark.mask_nodata,
     )
     write_metadata(
-        out, asdict(options), sources, layout, summary, stats, class_names=benchmark.class_names,
+        out,
+        asdict(options),
+        sources,
+        layout,
+        summary,
+        stats,
+        class_names=benchmark.class_names,
         dataset=_dataset_record(benchmark, images),
     )
     return summary
@@ -495,9 +533,14 @@ def _export(
     summary.classes = list(benchmark.class_values)
     summary.class_pixels = {split: dict.fromkeys(benchmark.class_values, 0) for split in SPLITS}
     writer = TileSetWriter(
-        summary, CRS.from_wkt(benchmark.crs_wkt), (benchmark.gsd, benchmark.gsd),
-        TileSpec(benchmark.bands, IMAGE_DTYPE, options.size), TileSpec(1, "uint8", options.size),
-        nodata=None, mask_nodata=benchmark.mask_nodata, classes=benchmark.class_values,
+        summary,
+        CRS.from_wkt(benchmark.crs_wkt),
+        (benchmark.gsd, benchmark.gsd),
+        TileSpec(benchmark.bands, IMAGE_DTYPE, options.size),
+        TileSpec(1, "uint8", options.size),
+        nodata=None,
+        mask_nodata=benchmark.mask_nodata,
+        classes=benchmark.class_values,
     )
     running = RunningBandStats(benchmark.bands)
     by_image: dict[str, list[_Tile]] = {}
@@ -521,17 +564,21 @@ def _export(
             histogram = class_histogram(label, np.ones(label.shape, dtype=bool), benchmark.mask_nodata)
             if image.split == "train":
                 running.update(pixels_tile.reshape(benchmark.bands, -1))
-            writer.keep(image.split, {
-                "path": f"images/{tile.name}",
-                "mask_path": f"masks/{tile.name}",
-                "split": image.split,
-                "image": image.id,
-                "row": tile.row,
-                "col": tile.col,
-                "nodata_fraction": 0.0,  # images have no nodata value; unlabelled pixels are the mask's
-                **{f"class_{value}": histogram.get(value, 0) for value in benchmark.class_values},
-                "geometry": shapely.box(*tile.bounds),
-            }, histogram)
+            writer.keep(
+                image.split,
+                {
+                    "path": f"images/{tile.name}",
+                    "mask_path": f"masks/{tile.name}",
+                    "split": image.split,
+                    "image": image.id,
+                    "row": tile.row,
+                    "col": tile.col,
+                    "nodata_fraction": 0.0,  # images have no nodata value; unlabelled pixels are the mask's
+                    **{f"class_{value}": histogram.get(value, 0) for value in benchmark.class_values},
+                    "geometry": shapely.box(*tile.bounds),
+                },
+                histogram,
+            )
     summary.warn_if_replaced()
     if running.count == 0:
         raise GeoclError("no train tile: nothing to compute band statistics from", path=out)
@@ -584,7 +631,8 @@ def ensure_recipe_tiles(recipe: Any, *, progress: bool = True) -> Path | None:
             raise GeoclError(
                 f"holds the tiles of {what}, not of dataset {data.dataset} (given by data.tiles); "
                 "point data.tiles at another folder",
-                path=out, key="data.tiles",
+                path=out,
+                key="data.tiles",
             )
     export_benchmark(data.dataset, root, out, progress=progress, keys=RECIPE_KEYS)
     return out

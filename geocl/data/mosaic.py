@@ -164,7 +164,7 @@ def _grid_offset(info: RasterInfo, first: RasterInfo) -> tuple[int, int] | None:
         return None
     mine, grid = info.transform, first.transform
     scale = max(abs(grid.a), abs(grid.b), abs(grid.d), abs(grid.e))
-    if any(abs(m - g) > _ON_GRID * scale for m, g in zip(mine[:2] + mine[3:5], grid[:2] + grid[3:5])):
+    if any(abs(m - g) > _ON_GRID * scale for m, g in zip(mine[:2] + mine[3:5], grid[:2] + grid[3:5], strict=False)):
         return None
     col, row = ~grid @ (mine.c, mine.f)
     if abs(col - round(col)) > _ON_GRID or abs(row - round(row)) > _ON_GRID:
@@ -217,7 +217,7 @@ class SceneMosaic:
         self.width, self.height = right - left, bottom - top
         self.first_origin = (-left, -top)
         self.parts: list[_Part] = []
-        for info, outline in zip(infos, outlines):
+        for info, outline in zip(infos, outlines, strict=False):
             footprint = shapely.affinity.translate(outline, -left, -top)
             offset = _grid_offset(info, first)
             if offset is not None:
@@ -226,8 +226,12 @@ class SceneMosaic:
                 offset = (col, row)
             else:
                 x0, y0, x1, y1 = footprint.bounds
-                box = (max(0, math.floor(x0)), max(0, math.floor(y0)),
-                       min(self.width, math.ceil(x1)), min(self.height, math.ceil(y1)))
+                box = (
+                    max(0, math.floor(x0)),
+                    max(0, math.floor(y0)),
+                    min(self.width, math.ceil(x1)),
+                    min(self.height, math.ceil(y1)),
+                )
             nodata = 0.0 if info.nodata is None else float(info.nodata)
             self.parts.append(_Part(info, footprint, box, offset, nodata))
         self.notes: tuple[str, ...] = tuple(self._describe())
@@ -254,7 +258,7 @@ class SceneMosaic:
             notes.append(f"{info.path.name} is resampled {how}, nearest neighbour")
         overlaps = []
         for i, a in enumerate(self.parts):
-            for b in self.parts[i + 1:]:
+            for b in self.parts[i + 1 :]:
                 area = a.footprint.intersection(b.footprint).area
                 if area >= 0.5:
                     overlaps.append((a.info.path.name, b.info.path.name, area))
@@ -274,8 +278,14 @@ class SceneMosaic:
             self._opened.append(src)
             if part.offset is None:
                 src = WarpedVRT(
-                    src, crs=self.crs, transform=self.transform, width=self.width, height=self.height,
-                    resampling=RESAMPLING, nodata=part.nodata, tolerance=_WARP_TOLERANCE,
+                    src,
+                    crs=self.crs,
+                    transform=self.transform,
+                    width=self.width,
+                    height=self.height,
+                    resampling=RESAMPLING,
+                    nodata=part.nodata,
+                    tolerance=_WARP_TOLERANCE,
                 )
                 self._opened.append(src)
             self._handles[index] = src
@@ -327,10 +337,19 @@ class SceneMosaic:
         out = np.full((len(bands), rows, cols), self.nodata, dtype=self.dtypes[0])
         filled = np.zeros(shape, dtype=bool)
         for part in self.parts:
-            with remote_env(), rasterio.open(part.info.path) as src, WarpedVRT(
-                src, crs=self.crs, transform=coarse, width=cols, height=rows, resampling=Resampling.nearest,
-                nodata=part.nodata,
-            ) as vrt:
+            with (
+                remote_env(),
+                rasterio.open(part.info.path) as src,
+                WarpedVRT(
+                    src,
+                    crs=self.crs,
+                    transform=coarse,
+                    width=cols,
+                    height=rows,
+                    resampling=Resampling.nearest,
+                    nodata=part.nodata,
+                ) as vrt,
+            ):
                 data = vrt.read(bands)
             take = ~_missing(data, part.nodata) & ~filled
             out[:, take] = data[:, take]

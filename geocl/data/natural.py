@@ -40,4 +40,6 @@ def open_natural_dataset(
         return CifarDataset(root, split, image_size=image_size, band_stats=band_stats)
     if format == "image_folder":
         return ImageFolderDataset(root, split, image_size=image_size, val_fraction=val_fraction, band_stats=band_stats)
-    raise GeoclError(f"unknown natural-image format {format!r}; choose from {', '.join(NATURAL_FORMATS)}", key="data.format")
+    raise GeoclError(
+        f"unknown natural-image format {format!r}; choose from {', '.join(NATURAL_FORMATS)}", key="data.format"
+    )

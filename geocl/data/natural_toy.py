@@ -38,7 +38,9 @@ def toy_images(labels: np.ndarray, num_classes: int, size: int, seed: int) -> np
         angle = math.pi * ((label * 3) % num_classes) / num_classes + rng.normal(0.0, 0.15)
         frequency = 2 + label % 3
         phase = rng.uniform(0, 2 * math.pi)
-        stripes = 0.5 + 0.5 * np.sin(2 * math.pi * frequency * (cols * math.cos(angle) + rows * math.sin(angle)) + phase)
+        stripes = 0.5 + 0.5 * np.sin(
+            2 * math.pi * frequency * (cols * math.cos(angle) + rows * math.sin(angle)) + phase
+        )
         light = rng.uniform(0.5, 1.0)
         pixels = colour[:, None, None] * (0.5 + 0.5 * stripes)[None] * light
         centre = rng.uniform(0, 1, size=2)
@@ -103,9 +105,15 @@ def write_toy_cifar(
     test = _toy_labels(num_classes, test_per_class, rng)
     if variant == "cifar10":
         for number, labels in enumerate(np.array_split(train, train_batches), start=1):
-            dump(f"data_batch_{number}", batch(labels, f"training batch {number} of {train_batches}", seed * 100 + number))
+            dump(
+                f"data_batch_{number}",
+                batch(labels, f"training batch {number} of {train_batches}", seed * 100 + number),
+            )
         dump("test_batch", batch(test, "testing batch 1 of 1", seed * 100))
-        dump("batches.meta", {"num_cases_per_batch": math.ceil(len(train) / train_batches), "label_names": names, "num_vis": 3072})
+        dump(
+            "batches.meta",
+            {"num_cases_per_batch": math.ceil(len(train) / train_batches), "label_names": names, "num_vis": 3072},
+        )
     else:
         dump("train", batch(train, "training batch 1 of 1", seed * 100 + 1))
         dump("test", batch(test, "testing batch 1 of 1", seed * 100))

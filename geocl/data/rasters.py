@@ -244,7 +244,8 @@ def find_rasters(
     if assets:
         raise GeoclError(
             f"--assets picks the bands of STAC items; this {role} is a raster, not a STAC document (.json)",
-            path=str(path), key="assets",
+            path=str(path),
+            key="assets",
         )
     if is_remote(path):
         return [RemoteFile(os.fspath(path))]
@@ -293,8 +294,7 @@ def inspect_raster(path: str | os.PathLike[str]) -> RasterInfo:
         raise GeoclError("raster is empty (no bands or no pixels)", path=path)
     if info.crs is None:
         raise GeoclError(
-            "raster has no CRS; geocl needs georeferenced data (assign one, e.g. with "
-            "`gdal_edit.py -a_srs EPSG:XXXX`)",
+            "raster has no CRS; geocl needs georeferenced data (assign one, e.g. with `gdal_edit.py -a_srs EPSG:XXXX`)",
             path=path,
         )
     if info.transform.is_identity:
@@ -464,7 +464,8 @@ def mask_classes(infos: Sequence[RasterInfo], unlabelled: int | None = None) -> 
             raise GeoclError(
                 f"the unlabelled value {unlabelled} (given by mask_nodata) is outside the values "
                 f"of the mask's {first.dtype} ({limits.min}..{limits.max})",
-                path=first.path, key="mask_nodata",
+                path=first.path,
+                key="mask_nodata",
             )
         return MaskClasses(first.dtype, unlabelled, False, source_nodata)
     found = [(low, high) for low, high, _ in scans if low is not None and high is not None]

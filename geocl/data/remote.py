@@ -51,8 +51,18 @@ import rasterio
 from geocl.errors import GeoclError
 
 __all__ = [
-    "REMOTE_CONFIG", "RemoteAccessError", "RemoteError", "RemoteFile", "RemoteNotFoundError", "RemoteStat",
-    "RemoteUnreachableError", "display_url", "gdal_path", "is_remote", "remote_env", "remote_error",
+    "REMOTE_CONFIG",
+    "RemoteAccessError",
+    "RemoteError",
+    "RemoteFile",
+    "RemoteNotFoundError",
+    "RemoteStat",
+    "RemoteUnreachableError",
+    "display_url",
+    "gdal_path",
+    "is_remote",
+    "remote_env",
+    "remote_error",
 ]
 
 #: URL schemes geocl reads remotely, and the GDAL virtual file system of each.
@@ -129,7 +139,7 @@ def display_url(source: str | os.PathLike[str]) -> str:
     if text is None:
         return os.fspath(source)
     if text.startswith("/vsicurl/"):
-        return "/vsicurl/" + display_url(text[len("/vsicurl/"):])
+        return "/vsicurl/" + display_url(text[len("/vsicurl/") :])
     parts = urlsplit(text)
     if not parts.query:
         return text

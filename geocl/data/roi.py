@@ -49,7 +49,6 @@ def check_roi_overlaps(roi: BaseGeometry, footprint: BaseGeometry, path: str | o
     if inside.is_empty or inside.area == 0:
         left, bottom, right, top = footprint.bounds
         raise GeoclError(
-            f"ROI lies outside the scene (scene bounds {left:.1f}, {bottom:.1f}, {right:.1f}, {top:.1f})",
-            path=path,
+            f"ROI lies outside the scene (scene bounds {left:.1f}, {bottom:.1f}, {right:.1f}, {top:.1f})", path=path
         )
     return inside

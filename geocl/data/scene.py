@@ -156,8 +156,7 @@ class SceneMask(SceneImage):
         super().__init__(path, crs=crs, res=res, dtype=torch.long, resampling=Resampling.nearest)
         if self.band_count != 1:
             raise GeoclError(
-                f"a class mask must have one band, this one has {self.band_count}",
-                path=self.infos[0].path,
+                f"a class mask must have one band, this one has {self.band_count}", path=self.infos[0].path
             )
         self.mask_classes: MaskClasses = mask_classes(self.infos, unlabelled=nodata)
         if self.mask_classes.from_float:  # read floats (exact for float32), so NaN and nodata can be told apart
@@ -229,6 +228,4 @@ def labelled_scene(image: SceneImage, mask: SceneMask) -> IntersectionDataset:
     try:
         return IntersectionDataset(image, mask, spatial_only=True)
     except RuntimeError:
-        raise GeoclError(
-            f"image and mask do not overlap (mask: {mask.source})", path=image.source
-        ) from None
+        raise GeoclError(f"image and mask do not overlap (mask: {mask.source})", path=image.source) from None

@@ -91,7 +91,9 @@ def pair_views(views: Any, batch: Sample) -> tuple[Tensor, Tensor]:
     return views.augment(batch["image"]), second(pair)
 
 
-def fixed_length_epoch(dataset: SemanticPairDataset, length: int, seed: int, semantic_fraction: float) -> Subset[Sample]:
+def fixed_length_epoch(
+    dataset: SemanticPairDataset, length: int, seed: int, semantic_fraction: float
+) -> Subset[Sample]:
     """An epoch of ``length`` items, ``semantic_fraction`` of them semantic pairs, a function of ``seed`` alone.
 
     Semantic items are drawn without replacement from the P pairs (all of them when

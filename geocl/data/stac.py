@@ -56,8 +56,17 @@ from rasterio.io import MemoryFile
 from rasterio.transform import Affine
 
 from geocl.data.remote import (
-    RemoteAccessError, RemoteError, RemoteFile, RemoteNotFoundError, RemoteStat, RemoteUnreachableError,
-    display_url, gdal_path, is_remote, remote_env, remote_error,
+    RemoteAccessError,
+    RemoteError,
+    RemoteFile,
+    RemoteNotFoundError,
+    RemoteStat,
+    RemoteUnreachableError,
+    display_url,
+    gdal_path,
+    is_remote,
+    remote_env,
+    remote_error,
 )
 from geocl.errors import GeoclError
 
@@ -70,8 +79,16 @@ _RASTER_TYPES = ("image/tiff", "image/jp2", "application/x-hdf", "image/vnd.stac
 _RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt")
 #: GDAL's names of the numpy data types (``VRTRasterBand dataType``).
 _GDAL_TYPES = {
-    "uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32", "int32": "Int32",
-    "uint64": "UInt64", "int64": "Int64", "float32": "Float32", "float64": "Float64",
+    "uint8": "Byte",
+    "int8": "Int8",
+    "uint16": "UInt16",
+    "int16": "Int16",
+    "uint32": "UInt32",
+    "int32": "Int32",
+    "uint64": "UInt64",
+    "int64": "Int64",
+    "float32": "Float32",
+    "float64": "Float64",
 }
 #: A pixel size or grid position within this fraction of a pixel counts as the same.
 _SAME = 1e-6
@@ -97,7 +114,8 @@ def _document_error(error: BaseException, href: str) -> GeoclError | None:
                 return RemoteNotFoundError(href, "STAC document not found (HTTP 404)")
             if item.code in (401, 403):
                 return RemoteAccessError(
-                    href, f"access to the STAC document denied (HTTP {item.code}); geocl takes credentials from "
+                    href,
+                    f"access to the STAC document denied (HTTP {item.code}); geocl takes credentials from "
                     "the environment only (a pre-signed URL, or GDAL_HTTP_HEADERS for the assets)",
                 )
             return RemoteError(href, f"STAC document refused by the server (HTTP {item.code})")
@@ -162,8 +180,9 @@ def read_items(source: str | os.PathLike[str]) -> list[pystac.Item]:
         mapped = _document_error(error, href)
         if mapped is not None:
             raise mapped from None
-        raise GeoclError(f"is not a STAC Item, ItemCollection, Catalog or Collection ({error})",
-                         path=display_url(href)) from None
+        raise GeoclError(
+            f"is not a STAC Item, ItemCollection, Catalog or Collection ({error})", path=display_url(href)
+        ) from None
     except Exception as error:  # pystac wraps urllib's HTTPError in a bare Exception
         mapped = _document_error(error, href)
         if mapped is None:
@@ -212,19 +231,24 @@ def select_assets(item: pystac.Item, assets: Sequence[str] | None, document: str
         if missing:
             raise GeoclError(
                 f"item {item.id}, asset {missing[0]}: not in the item (it has {', '.join(item.assets) or 'none'})",
-                path=_where(item, document), key="assets",
+                path=_where(item, document),
+                key="assets",
             )
         return [(key, _absolute(item.assets[key], item, document)) for key in assets]
     rasters = [key for key, asset in item.assets.items() if _is_raster(asset)]
     if len(rasters) == 1:
         return [(rasters[0], _absolute(item.assets[rasters[0]], item, document))]
     if not rasters:
-        raise GeoclError(f"item {item.id}: no GeoTIFF data asset (it has {', '.join(item.assets) or 'none'})",
-                         path=_where(item, document), key="assets")
+        raise GeoclError(
+            f"item {item.id}: no GeoTIFF data asset (it has {', '.join(item.assets) or 'none'})",
+            path=_where(item, document),
+            key="assets",
+        )
     raise GeoclError(
         f"item {item.id} has {len(rasters)} raster assets ({', '.join(rasters)}): pick and order the bands with "
         f"--assets, e.g. --assets {' '.join(rasters[:3])}",
-        path=_where(item, document), key="assets",
+        path=_where(item, document),
+        key="assets",
     )
 
 
@@ -249,8 +273,18 @@ def _open_asset(item: pystac.Item, key: str, href: str) -> _Asset:
     try:
         with remote_env(), rasterio.open(gdal_path(href)) as src:
             block = src.block_shapes[0] if src.block_shapes else (1, src.width)
-            return _Asset(key, href, src.width, src.height, src.count, src.dtypes[0], src.nodata, src.crs,
-                          src.transform, (int(block[1]), int(block[0])))
+            return _Asset(
+                key,
+                href,
+                src.width,
+                src.height,
+                src.count,
+                src.dtypes[0],
+                src.nodata,
+                src.crs,
+                src.transform,
+                (int(block[1]), int(block[0])),
+            )
     except rasterio.errors.RasterioError as error:
         mapped = remote_error(error, href, where)
         if mapped is not None:
@@ -276,8 +310,12 @@ def _vrt(assets: Sequence[_Asset]) -> str:
         for band in range(1, asset.count + 1):
             number += 1
             element = ET.SubElement(
-                root, "VRTRasterBand", dataType=_GDAL_TYPES[dtype], band=str(number),
-                blockXSize=str(min(grid.block[0], grid.width)), blockYSize=str(min(grid.block[1], grid.height)),
+                root,
+                "VRTRasterBand",
+                dataType=_GDAL_TYPES[dtype],
+                band=str(number),
+                blockXSize=str(min(grid.block[0], grid.width)),
+                blockYSize=str(min(grid.block[1], grid.height)),
             )
             ET.SubElement(element, "Description").text = asset.key if asset.count == 1 else f"{asset.key}:{band}"
             if grid.nodata is not None:
@@ -286,8 +324,13 @@ def _vrt(assets: Sequence[_Asset]) -> str:
             ET.SubElement(source, "SourceFilename", relativeToVRT="0").text = gdal_path(asset.href)
             ET.SubElement(source, "SourceBand").text = str(band)
             ET.SubElement(
-                source, "SourceProperties", RasterXSize=str(asset.width), RasterYSize=str(asset.height),
-                DataType=_GDAL_TYPES[asset.dtype], BlockXSize=str(asset.block[0]), BlockYSize=str(asset.block[1]),
+                source,
+                "SourceProperties",
+                RasterXSize=str(asset.width),
+                RasterYSize=str(asset.height),
+                DataType=_GDAL_TYPES[asset.dtype],
+                BlockXSize=str(asset.block[0]),
+                BlockYSize=str(asset.block[1]),
             )
             ET.SubElement(source, "SrcRect", xOff="0", yOff="0", xSize=str(asset.width), ySize=str(asset.height))
             ET.SubElement(source, "DstRect", xOff=repr(col), yOff=repr(row), xSize=repr(width), ySize=repr(height))
@@ -305,7 +348,8 @@ def _check_grid(item: pystac.Item, assets: Sequence[_Asset]) -> None:
             raise GeoclError(
                 f"{where}: in {asset.crs.to_string()}, but asset {grid.key} (the grid) in {grid.crs.to_string()}; "
                 "stack assets of one CRS",
-                path=display_url(asset.href), key="assets",
+                path=display_url(asset.href),
+                key="assets",
             )
         if asset.transform.b or asset.transform.d:
             raise GeoclError(f"{where}: rotated grids are not supported", path=display_url(asset.href))

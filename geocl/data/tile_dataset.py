@@ -26,8 +26,8 @@ import geopandas as gpd
 import numpy as np
 import rasterio
 import torch
-from rasterio.transform import from_origin
 from pyproj import CRS as ProjCRS
+from rasterio.transform import from_origin
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -175,9 +175,7 @@ class TileDataset(Dataset[Sample]):
         return cache_dir
 
 
-def _pack(
-    paths: Sequence[Path], target: Path, shape: tuple[int, ...], dtype: np.dtype, progress: bool
-) -> None:
+def _pack(paths: Sequence[Path], target: Path, shape: tuple[int, ...], dtype: np.dtype, progress: bool) -> None:
     """Copy tiles into one ``.npy`` array, one tile in memory at a time."""
     with atomic_path(target) as temp:
         array = np.lib.format.open_memmap(temp, mode="w+", dtype=dtype, shape=shape)

@@ -59,8 +59,20 @@ from geocl.errors import GeoclError
 from geocl.io import check_output_folder
 
 # INDEX_FILE ... read_metadata are geocl.data.tileset's, named here too for the modules that import them from here
-__all__ = ["INDEX_FILE", "INDEX_LAYER", "METADATA_FILE", "SPLITS", "PlannedTile", "TilingOptions", "TilingSummary",
-           "draw_block_splits", "grid_cells", "read_metadata", "split_cells", "tile_scene"]
+__all__ = [
+    "INDEX_FILE",
+    "INDEX_LAYER",
+    "METADATA_FILE",
+    "SPLITS",
+    "PlannedTile",
+    "TilingOptions",
+    "TilingSummary",
+    "draw_block_splits",
+    "grid_cells",
+    "read_metadata",
+    "split_cells",
+    "tile_scene",
+]
 
 #: Option keys that differ from the :class:`TilingOptions` field (the name users give).
 OPTION_KEYS = {"split_fractions": "split"}
@@ -104,8 +116,7 @@ class TilingOptions:
             raise GeoclError(f"must be within [0, 1], got {self.max_nodata}", key="max_nodata")
         if self.split_block < self.stride:
             raise GeoclError(
-                f"split block ({self.split_block} px) must be >= stride ({self.stride} px)",
-                key="split_block",
+                f"split block ({self.split_block} px) must be >= stride ({self.stride} px)", key="split_block"
             )
         fractions = self.split_fractions
         if len(fractions) != 3 or min(fractions) < 0 or not math.isclose(sum(fractions), 1.0):
@@ -155,8 +166,7 @@ def grid_cells(dataset: Any, options: TilingOptions, roi: shapely.Geometry | Non
     if options.size > round(width_px) or options.size > round(height_px):
         where = "the part of the scene inside the ROI" if roi is not None else "the scene"
         raise GeoclError(
-            f"tile size {options.size} px is larger than {where} "
-            f"({round(width_px)} x {round(height_px)} px)",
+            f"tile size {options.size} px is larger than {where} ({round(width_px)} x {round(height_px)} px)",
             key="size",
         )
     sampler = GriddedPatchSampler(dataset, size=options.size, stride=options.stride, roi=roi)
@@ -176,6 +186,7 @@ def split_cells(
         The tiles in row-major order, without the val/test tiles that overlap a tile of a
         higher-priority split, and how many of those were dropped.
     """
+
     def block_of(cell: Cell) -> Cell:
         return (cell[0] * options.stride // options.split_block, cell[1] * options.stride // options.split_block)
 
@@ -188,9 +199,7 @@ def split_cells(
     block_split = draw_block_splits(
         block_classes, options.split_fractions, options.seed, stratify=cell_classes is not None
     )
-    tiles = [
-        PlannedTile(row, col, cells[row, col], block_split[block_of((row, col))]) for row, col in sorted(cells)
-    ]
+    tiles = [PlannedTile(row, col, cells[row, col], block_split[block_of((row, col))]) for row, col in sorted(cells)]
     kept = _drop_cross_split_overlaps(tiles, options)
     return kept, len(tiles) - len(kept)
 
@@ -296,9 +305,7 @@ def draw_block_splits(
     return split
 
 
-def _cover_test_classes(
-    split: dict[Cell, str], blocks: list[Cell], classes: list[int], vector: Any
-) -> None:
+def _cover_test_classes(split: dict[Cell, str], blocks: list[Cell], classes: list[int], vector: Any) -> None:
     """Move a train block of each spread class missing from test into test (rule 3 above)."""
     holders = {c: [b for b in blocks if vector(b)[i] > 0] for i, c in enumerate(classes)}
     for i, value in enumerate(classes):
@@ -311,7 +318,7 @@ def _cover_test_classes(
         test_blocks = [b for b in blocks if split[b] == "test"]
 
         def classes_only_there(block: Cell) -> int:
-            others = sum((vector(b) for b in test_blocks if b != block), np.zeros(len(classes)))
+            others = sum((vector(b) for b in test_blocks if b != block), np.zeros(len(classes)))  # noqa: B023 - called only within this iteration
             return int(np.sum((vector(block) > 0) & (others == 0)))
 
         outgoing = min(test_blocks, key=classes_only_there) if test_blocks else None
@@ -340,7 +347,6 @@ def _drop_cross_split_overlaps(tiles: list[PlannedTile], options: TilingOptions)
     return kept
 
 
-
 def _missing_split_warning(
     cells: dict[Cell, Box],
     options: TilingOptions,
@@ -357,7 +363,8 @@ def _missing_split_warning(
     side = options.split_block
     blocks = len({(row * options.stride // side, col * options.stride // side) for row, col in cells})
     cover = (
-        f"{blocks} split blocks of {options.split_block} px cover the tiled area" if blocks != 1
+        f"{blocks} split blocks of {options.split_block} px cover the tiled area"
+        if blocks != 1
         else f"one split block of {options.split_block} px covers the tiled area"
     )
     # the largest block (a multiple of the stride, at most 32 tried) that gives every wanted split a tile
@@ -420,8 +427,11 @@ class _Inputs:
     @property
     def layout(self) -> TileLayout:
         return TileLayout(
-            crs=self.image.crs.to_wkt(), res=tuple(self.image.res), bands=self.image.band_count,
-            dtype=self.image.source_dtype, nodata=self.image.nodata_value,
+            crs=self.image.crs.to_wkt(),
+            res=tuple(self.image.res),
+            bands=self.image.band_count,
+            dtype=self.image.source_dtype,
+            nodata=self.image.nodata_value,
             mask_nodata=self.mask.mask_nodata if self.mask else None,
         )
 
@@ -474,8 +484,7 @@ def _tile_scene(
         writer.add(tile)
     if not writer.tiles.rows:
         raise GeoclError(
-            f"no tile has at most {options.max_nodata:.0%} nodata; raise --max-nodata or check the scene",
-            path=scene,
+            f"no tile has at most {options.max_nodata:.0%} nodata; raise --max-nodata or check the scene", path=scene
         )
     rows = writer.finish()
     split_warning = _missing_split_warning(cells, options, summary, writer.skipped, cell_classes)
@@ -501,10 +510,13 @@ class _TileWriter:
         self.inputs, self.options, self.summary, self.running = inputs, options, summary, running
         self.nodata = inputs.image.nodata_value
         self.tiles = TileSetWriter(
-            summary, CRS.from_wkt(inputs.dataset.crs.to_wkt()), inputs.dataset.res,
+            summary,
+            CRS.from_wkt(inputs.dataset.crs.to_wkt()),
+            inputs.dataset.res,
             TileSpec(inputs.image.band_count, inputs.image.source_dtype, options.size),
             TileSpec(1, inputs.mask.class_dtype, options.size) if inputs.mask else None,
-            self.nodata, inputs.mask.mask_nodata if inputs.mask else None,
+            self.nodata,
+            inputs.mask.mask_nodata if inputs.mask else None,
         )
         #: class pixels of each tile kept, in the order of ``self.tiles.rows``
         self.histograms: list[dict[int, int]] = []
@@ -551,10 +563,14 @@ class _TileWriter:
             for value in summary.classes:
                 row[f"class_{value}"] = histogram.get(value, 0)
         summary.warn_if_replaced()
-        summary.class_pixels = {
-            name: {value: summary.class_pixels.get(name, {}).get(value, 0) for value in summary.classes}
-            for name in SPLITS
-        } if summary.classes else {}
+        summary.class_pixels = (
+            {
+                name: {value: summary.class_pixels.get(name, {}).get(value, 0) for value in summary.classes}
+                for name in SPLITS
+            }
+            if summary.classes
+            else {}
+        )
         return self.tiles.rows
 
 

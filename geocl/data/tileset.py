@@ -174,8 +174,13 @@ def writing(path: Path) -> Iterator[None]:
 def _write_geotiff(path: Path, array: np.ndarray, transform: Any, crs: CRS, nodata: float | None) -> None:
     predictor = 3 if np.issubdtype(array.dtype, np.floating) else 2
     profile = geotiff_profile(
-        array.shape, array.dtype.name, crs=crs, transform=transform, nodata=nodata,
-        compress="deflate", predictor=predictor,
+        array.shape,
+        array.dtype.name,
+        crs=crs,
+        transform=transform,
+        nodata=nodata,
+        compress="deflate",
+        predictor=predictor,
     )
     with atomic_path(path) as temp, rasterio.open(temp, "w", **profile) as dst:
         dst.write(array)
@@ -408,7 +413,8 @@ def check_tile_folder(
             raise GeoclError(
                 f"holds tiles but no {METADATA_FILE}, so nothing says which options made them; "
                 "use a new output folder or delete this one",
-                path=out, key=keys.get("out", "out"),
+                path=out,
+                key=keys.get("out", "out"),
             )
         return
     difference = _difference(recorded, options, sources)
@@ -431,8 +437,7 @@ def start_metadata(out: Path, options: Mapping[str, Any], sources: Mapping[str, 
     metadata_file = out / METADATA_FILE
     with writing(metadata_file):
         atomic_write_text(
-            metadata_file,
-            json.dumps({"options": dict(options), "sources": dict(sources), "complete": False}, indent=1),
+            metadata_file, json.dumps({"options": dict(options), "sources": dict(sources), "complete": False}, indent=1)
         )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from geocl.evaluation.medical import MedicalDice
 from geocl.evaluation.natural import KnnProbe
 from geocl.evaluation.protocol import (
     ALL_LABELS,
@@ -24,11 +25,10 @@ from geocl.evaluation.protocol import (
     get_evaluation,
     register_evaluation,
 )
-from geocl.evaluation.segmentation import FrozenLinearProbe, SegmentationFinetune
 
 # after segmentation: tile sets keep finetuning as their default evaluation
 from geocl.evaluation.retrieval import TextRetrieval
-from geocl.evaluation.medical import MedicalDice
+from geocl.evaluation.segmentation import FrozenLinearProbe, SegmentationFinetune
 
 #: Names imported on first use -> their module.
 _LAZY = {

@@ -152,13 +152,28 @@ def run_evaluation(
     val_features, val_labels = embed_labelled(model, val, batch_size=batch_size, num_workers=num_workers)
     knn = knn_top1(train_features, train_labels, val_features, val_labels, train.num_classes, k, temperature)
     probe = linear_probe_top1(
-        train_features, train_labels, val_features, val_labels, train.num_classes,
-        epochs=probe_epochs, lr=probe_lr, batch_size=batch_size, seed=seed,
+        train_features,
+        train_labels,
+        val_features,
+        val_labels,
+        train.num_classes,
+        epochs=probe_epochs,
+        lr=probe_lr,
+        batch_size=batch_size,
+        seed=seed,
     )
     result = EvaluationResult(
-        knn_top1=knn, probe_top1=probe, k=k, temperature=temperature, probe_epochs=probe_epochs,
-        train_images=len(train), val_images=len(val), num_classes=train.num_classes, encoder=model.name,
-        method=method, checkpoint="" if checkpoint is None else str(checkpoint),
+        knn_top1=knn,
+        probe_top1=probe,
+        k=k,
+        temperature=temperature,
+        probe_epochs=probe_epochs,
+        train_images=len(train),
+        val_images=len(val),
+        num_classes=train.num_classes,
+        encoder=model.name,
+        method=method,
+        checkpoint="" if checkpoint is None else str(checkpoint),
         seconds=round(time.perf_counter() - start, 1),
     )
     if out is not None:

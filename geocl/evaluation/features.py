@@ -27,7 +27,9 @@ def evaluation_encoder(name: str, in_chans: int, args: dict[str, Any] | None = N
     return create_encoder(name, in_chans, args=args)
 
 
-def load_checkpoint_encoder(path: str | os.PathLike[str], momentum_encoder: bool = False) -> tuple[Encoder, dict[str, Any]]:
+def load_checkpoint_encoder(
+    path: str | os.PathLike[str], momentum_encoder: bool = False
+) -> tuple[Encoder, dict[str, Any]]:
     """The encoder a pretraining checkpoint trained (any method), in eval mode on the CPU.
 
     Args:

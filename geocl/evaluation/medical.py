@@ -23,8 +23,18 @@ from geocl.evaluation.protocol import Evaluation, Measurement, Subset, TestSet, 
 
 #: Keyword arguments of the finetune function that the evaluation sets per run (from the recipe or the row).
 OWN_FINETUNE_ARGS = (
-    "data", "encoder_checkpoint", "encoder", "label_fraction", "seed", "subset_seed", "out",
-    "spacing", "slice_axis", "intensity", "image_size", "val_fraction",
+    "data",
+    "encoder_checkpoint",
+    "encoder",
+    "label_fraction",
+    "seed",
+    "subset_seed",
+    "out",
+    "spacing",
+    "slice_axis",
+    "intensity",
+    "image_size",
+    "val_fraction",
 )
 
 
@@ -49,7 +59,12 @@ class MedicalDice(Evaluation):
     name: ClassVar[str] = "dice"
     formats: ClassVar[tuple[str, ...]] = ("nifti",)
     metric_columns: ClassVar[tuple[str, ...]] = ("dice", "jaccard", "hd95", "asd")
-    metric_labels: ClassVar[dict[str, str]] = {"dice": "Dice", "jaccard": "Jaccard", "hd95": "95HD (mm)", "asd": "ASD (mm)"}
+    metric_labels: ClassVar[dict[str, str]] = {
+        "dice": "Dice",
+        "jaccard": "Jaccard",
+        "hd95": "95HD (mm)",
+        "asd": "ASD (mm)",
+    }
     primary_metric: ClassVar[str] = "dice"
     #: Metric columns where lower is better (distances).
     lower_is_better: ClassVar[tuple[str, ...]] = ("hd95", "asd")
@@ -83,11 +98,18 @@ class MedicalDice(Evaluation):
             from geocl.finetune.medical import run_medical_finetune as finetune
         data = recipe.data
         result = finetune(
-            data=Path(str(data.path)), encoder_checkpoint=checkpoint, encoder=str(recipe.encoder.name),
-            label_fraction=subset.label_fraction, seed=seed, out=out,
+            data=Path(str(data.path)),
+            encoder_checkpoint=checkpoint,
+            encoder=str(recipe.encoder.name),
+            label_fraction=subset.label_fraction,
+            seed=seed,
+            out=out,
             spacing=None if data.spacing is None else [float(s) for s in data.spacing],
-            slice_axis=int(data.slice_axis), intensity=str(data.intensity), image_size=int(data.image_size),
-            val_fraction=float(data.val_fraction), **options,
+            slice_axis=int(data.slice_axis),
+            intensity=str(data.intensity),
+            image_size=int(data.image_size),
+            val_fraction=float(data.val_fraction),
+            **options,
             **({} if subset.subset_seed is None else {"subset_seed": subset.subset_seed}),
         )
         return Measurement(

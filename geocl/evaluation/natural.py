@@ -18,7 +18,15 @@ from geocl.evaluation.protocol import ALL_LABELS, Evaluation, Measurement, Subse
 
 #: Keyword arguments of the evaluation function that the evaluation sets per run.
 OWN_EVALUATE_ARGS = (
-    "checkpoint", "data", "format", "out", "encoder", "encoder_args", "seed", "image_size", "val_fraction",
+    "checkpoint",
+    "data",
+    "format",
+    "out",
+    "encoder",
+    "encoder_args",
+    "seed",
+    "image_size",
+    "val_fraction",
 )
 
 
@@ -78,9 +86,16 @@ class KnnProbe(Evaluation):
 
         data = recipe.data
         result = evaluate(
-            checkpoint, str(data.path), str(data.format), out=out, encoder=str(recipe.encoder.name),
-            encoder_args=dict(recipe_to_dict(recipe)["encoder"].get("args") or {}), seed=seed,
-            image_size=int(data.image_size), val_fraction=float(data.val_fraction), **self.options,
+            checkpoint,
+            str(data.path),
+            str(data.format),
+            out=out,
+            encoder=str(recipe.encoder.name),
+            encoder_args=dict(recipe_to_dict(recipe)["encoder"].get("args") or {}),
+            seed=seed,
+            image_size=int(data.image_size),
+            val_fraction=float(data.val_fraction),
+            **self.options,
         )
         return Measurement(
             {"knn_top1": float(result.knn_top1), "probe_top1": float(result.probe_top1)},

@@ -42,7 +42,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from geocl.errors import GeoclError
 
@@ -261,10 +261,9 @@ PRESENTATION_OPTIONS = ("progress",)
 
 
 _REGISTRY: dict[str, type[Evaluation]] = {}
-_E = TypeVar("_E", bound=type[Evaluation])
 
 
-def register_evaluation(cls: _E) -> _E:
+def register_evaluation[E: type[Evaluation]](cls: E) -> E:
     """Class decorator: file an :class:`Evaluation` subclass under its ``name``.
 
     Raises:

@@ -58,13 +58,31 @@ PROBE_K = 3
 _HITS = (1, 3, 5, 10)
 
 METRIC_COLUMNS: tuple[str, ...] = (
-    *(f"attr_hit{k}" for k in _HITS), "attr_mrr", "attr_mean_recall", *(f"pair_hit{k}" for k in _HITS), "pair_mrr",
+    *(f"attr_hit{k}" for k in _HITS),
+    "attr_mrr",
+    "attr_mean_recall",
+    *(f"pair_hit{k}" for k in _HITS),
+    "pair_mrr",
 )
 EXTRA_COLUMNS: tuple[str, ...] = (
-    "gallery_size", "queries", "attr_recall1", "attr_recall5", "attr_recall10",
-    "random_attr_hit3", "random_attr_mrr", "random_pair_hit3", "random_pair_mrr",
-    "relation_queries", "relation_hit3", "relation_mrr", "swap_agreement",
-    "negation_queries", "negation_hit3", "negation_mrr", "negation_violation", "plain_violation",
+    "gallery_size",
+    "queries",
+    "attr_recall1",
+    "attr_recall5",
+    "attr_recall10",
+    "random_attr_hit3",
+    "random_attr_mrr",
+    "random_pair_hit3",
+    "random_pair_mrr",
+    "relation_queries",
+    "relation_hit3",
+    "relation_mrr",
+    "swap_agreement",
+    "negation_queries",
+    "negation_hit3",
+    "negation_mrr",
+    "negation_violation",
+    "plain_violation",
 )
 
 
@@ -84,8 +102,11 @@ class TextRetrieval(Evaluation):
     formats: ClassVar[tuple[str, ...]] = ("tiles", "image_folder", "cifar")
     metric_columns: ClassVar[tuple[str, ...]] = METRIC_COLUMNS
     metric_labels: ClassVar[dict[str, str]] = {
-        **{f"attr_hit{k}": f"hit@{k}" for k in _HITS}, "attr_mrr": "MRR", "attr_mean_recall": "mean recall",
-        **{f"pair_hit{k}": f"pair hit@{k}" for k in _HITS}, "pair_mrr": "pair MRR",
+        **{f"attr_hit{k}": f"hit@{k}" for k in _HITS},
+        "attr_mrr": "MRR",
+        "attr_mean_recall": "mean recall",
+        **{f"pair_hit{k}": f"pair hit@{k}" for k in _HITS},
+        "pair_mrr": "pair MRR",
     }
     primary_metric: ClassVar[str] = "attr_mrr"
     extra_columns: ClassVar[tuple[str, ...]] = EXTRA_COLUMNS
@@ -135,12 +156,17 @@ class TextRetrieval(Evaluation):
         trained = self.train_fn(dual) if self.train_fn is not None else _pretrain(dual, progress=self.progress)
         data = recipe.data
         report = evaluate_retrieval(
-            trained, data_format=str(data.format), data=str(data.tiles if data.format == "tiles" else data.path),
-            image_size=int(data.image_size), val_fraction=float(data.val_fraction), out=out,
+            trained,
+            data_format=str(data.format),
+            data=str(data.tiles if data.format == "tiles" else data.path),
+            image_size=int(data.image_size),
+            val_fraction=float(data.val_fraction),
+            out=out,
             seconds_before=time.perf_counter() - start,
         )
         return Measurement(
-            {column: report.numbers[column] for column in METRIC_COLUMNS}, checkpoint=str(trained),
+            {column: report.numbers[column] for column in METRIC_COLUMNS},
+            checkpoint=str(trained),
             extra={column: report.numbers.get(column) for column in EXTRA_COLUMNS},
         )
 
@@ -190,10 +216,14 @@ def retrieval_recipe(
 
     path = Path(recipe) if recipe is not None else DEFAULT_RECIPE
     if not path.is_file():
-        raise GeoclError("no retrieval recipe here; give one (compare --retrieval-recipe)", path=path, key="retrieval.recipe")
+        raise GeoclError(
+            "no retrieval recipe here; give one (compare --retrieval-recipe)", path=path, key="retrieval.recipe"
+        )
     data = recipe_to_dict(load_recipe(path, list(overrides)))
     if data["method"]["name"] != "retrieval":
-        raise GeoclError(f"is a {data['method']['name']} recipe, not a retrieval one", path=path, key="retrieval.recipe")
+        raise GeoclError(
+            f"is a {data['method']['name']} recipe, not a retrieval one", path=path, key="retrieval.recipe"
+        )
     row = recipe_to_dict(compared)
     data["name"] = f"{row['name']}-retrieval"
     data["out"] = str(out)
@@ -295,8 +325,10 @@ def evaluate_retrieval(
     pair = ranking_metrics(scores, pair_relevant)
     numbers: dict[str, float] = {
         **{key: value for key, value in attr.as_dict("attr_").items()},
-        **{f"pair_hit{k}": value for k, value in pair.hit.items()}, "pair_mrr": pair.mrr,
-        "gallery_size": float(len(gallery)), "queries": float(len(texts)),
+        **{f"pair_hit{k}": value for k, value in pair.hit.items()},
+        "pair_mrr": pair.mrr,
+        "gallery_size": float(len(gallery)),
+        "queries": float(len(texts)),
     }
     for prefix, relevant in (("random_attr_", attr_relevant), ("random_pair_", pair_relevant)):
         expected = random_ranking_expectation(relevant)
@@ -306,7 +338,9 @@ def evaluate_retrieval(
     numbers["seconds"] = round(seconds_before + time.perf_counter() - start, 1)
     record = {
         **{key: None if math.isnan(value) else value for key, value in numbers.items()},  # strict JSON
-        "checkpoint": str(checkpoint), "data": str(data), "split": "test" if data_format == "tiles" else "val",
+        "checkpoint": str(checkpoint),
+        "data": str(data),
+        "split": "test" if data_format == "tiles" else "val",
         "probes": probes,
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -316,7 +350,9 @@ def evaluate_retrieval(
     return RetrievalReport(numbers, probes, path)
 
 
-def _probe(towers: Any, images: Any, attributes: list[Any], templated: bool) -> tuple[dict[str, float], list[dict[str, Any]]]:
+def _probe(
+    towers: Any, images: Any, attributes: list[Any], templated: bool
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """The relation and negation probe set over the gallery (NaN where it has none)."""
     import numpy as np
 
@@ -354,7 +390,9 @@ def _probe(towers: Any, images: Any, attributes: list[Any], templated: bool) -> 
         scores, relevant = scored(relation_captions)
         ranks = first_relevant_ranks(scores, relevant)
         numbers.update(
-            relation_queries=float(len(ranks)), relation_hit3=hit_at_k(ranks, PROBE_K), relation_mrr=mean_reciprocal_rank(ranks)
+            relation_queries=float(len(ranks)),
+            relation_hit3=hit_at_k(ranks, PROBE_K),
+            relation_mrr=mean_reciprocal_rank(ranks),
         )
         agreement = [
             len(set(ranking(scores[a])[:PROBE_K]) & set(ranking(scores[b])[:PROBE_K])) / min(PROBE_K, scores.shape[1])
@@ -389,8 +427,10 @@ def _probe(towers: Any, images: Any, attributes: list[Any], templated: bool) -> 
             return float(np.mean(shares))
 
         numbers.update(
-            negation_queries=float(len(ranks)), negation_hit3=hit_at_k(ranks, PROBE_K),
-            negation_mrr=mean_reciprocal_rank(ranks), negation_violation=violation(scores),
+            negation_queries=float(len(ranks)),
+            negation_hit3=hit_at_k(ranks, PROBE_K),
+            negation_mrr=mean_reciprocal_rank(ranks),
+            negation_violation=violation(scores),
             plain_violation=violation(plain_scores),
         )
         probes += [
@@ -416,7 +456,10 @@ def _plot(numbers: dict[str, float], final: Path) -> None:
     width = 0.38
     for offset, (label, values) in zip((-width / 2, width / 2), series.items(), strict=True):
         axes.bar([position + offset for position in range(len(names))], values, width, label=label)
-    for prefix, style, label in (("random_attr_", "--", "random ranking, attribute-level"), ("random_pair_", ":", "random ranking, exact pair")):
+    for prefix, style, label in (
+        ("random_attr_", "--", "random ranking, attribute-level"),
+        ("random_pair_", ":", "random ranking, exact pair"),
+    ):
         for position, key in ((1, "hit3"), (4, "mrr")):
             value = numbers.get(f"{prefix}{key}", math.nan)
             if math.isfinite(value):

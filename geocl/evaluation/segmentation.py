@@ -114,8 +114,13 @@ class SegmentationFinetune(Evaluation):
         if finetune is None:
             from geocl.finetune.train import run_finetune as finetune
         result = finetune(
-            tiles=Path(str(recipe.data.tiles)), encoder_checkpoint=checkpoint, encoder=str(recipe.encoder.name),
-            label_fraction=subset.label_fraction, seed=seed, out=out, **options,
+            tiles=Path(str(recipe.data.tiles)),
+            encoder_checkpoint=checkpoint,
+            encoder=str(recipe.encoder.name),
+            label_fraction=subset.label_fraction,
+            seed=seed,
+            out=out,
+            **options,
             **({} if subset.subset_seed is None else {"subset_seed": subset.subset_seed}),
         )
         return Measurement({"miou": float(result.miou)}, checkpoint=str(result.checkpoint), extra=per_class_iou(out))
@@ -146,7 +151,7 @@ def _train_tile_count(tiles: Path, stamp: int) -> int | None:
         import geopandas as gpd
 
         index = gpd.read_file(tiles / "tiles.gpkg", layer="tiles", columns=["split"], ignore_geometry=True)
-    except Exception:  # noqa: BLE001 - unknown size: each subset is taken as drawn
+    except Exception:
         return None
     return int((index["split"] == "train").sum())
 
@@ -173,7 +178,7 @@ def describe_test_split(tiles: Path) -> TestSet | None:
 
         metadata = json.loads((tiles / "tiles.json").read_text(encoding="utf-8"))
         index = gpd.read_file(tiles / "tiles.gpkg", layer="tiles")
-    except Exception:  # noqa: BLE001 - a description is a courtesy; the runs say what is wrong
+    except Exception:
         return None
     test = index[index["split"] == "test"]
     if test.empty:
@@ -182,7 +187,9 @@ def describe_test_split(tiles: Path) -> TestSet | None:
     t_left, t_bottom, t_right, t_top = test.total_bounds
     width, height = max(right - left, 1e-9), max(top - bottom, 1e-9)
     centres = test.geometry.centroid
-    quarters = {(bool(x < (left + right) / 2), bool(y < (bottom + top) / 2)) for x, y in zip(centres.x, centres.y)}
+    quarters = {
+        (bool(x < (left + right) / 2), bool(y < (bottom + top) / 2)) for x, y in zip(centres.x, centres.y, strict=False)
+    }
     area = float(test.geometry.area.sum())
     crs = index.crs
     # projected and engineering (pixel-grid) CRSs in metres alike; a geographic one is in degrees

@@ -77,12 +77,7 @@ def nearest_class_mean_miou(
 
 
 def _ncm_predict(
-    image: np.ndarray,
-    mask: np.ndarray,
-    *,
-    sample_pixels: int,
-    seed: int,
-    image_nodata: float = IMAGE_NODATA,
+    image: np.ndarray, mask: np.ndarray, *, sample_pixels: int, seed: int, image_nodata: float = IMAGE_NODATA
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Fit class means on a random half of the valid pixels and label the other half.
 
@@ -116,7 +111,10 @@ def _ncm_predict(
     y_fit = labels[fit].astype(np.int64)
     counts = np.bincount(y_fit, minlength=num_classes)
     sums = np.stack(
-        [np.bincount(y_fit, weights=pixels[b, fit].astype(np.float64), minlength=num_classes) for b in range(len(pixels))],
+        [
+            np.bincount(y_fit, weights=pixels[b, fit].astype(np.float64), minlength=num_classes)
+            for b in range(len(pixels))
+        ],
         axis=1,
     )
     present = counts > 0

@@ -58,8 +58,13 @@ def check_budgets(candidates: list[tuple[int | None, Candidate]]) -> dict[tuple[
             try:
                 check_warmup_fits(lr_warmup, epoch, int(trainer.max_steps))
             except GeoclError as error:
-                message = str(error).removeprefix(f"{error.key}: ").replace(
-                    "the run's budget", "the pretraining budget" + (" (pretrain_steps)" if budget is not None else "")
+                message = (
+                    str(error)
+                    .removeprefix(f"{error.key}: ")
+                    .replace(
+                        "the run's budget",
+                        "the pretraining budget" + (" (pretrain_steps)" if budget is not None else ""),
+                    )
                 )
                 raise GeoclError(f"{error.key}: {message}", path=candidate.path, key=error.key) from None
         if stage is not None:
@@ -123,9 +128,7 @@ def _world_size(trainer: Any) -> int:
     return max(1, devices) * int(trainer.num_nodes)
 
 
-def say_step_zero(
-    candidates: list[Candidate], random_init: Any, trained: bool, say: Callable[[str], None]
-) -> set[str]:
+def say_step_zero(candidates: list[Candidate], random_init: Any, trained: bool, say: Callable[[str], None]) -> set[str]:
     """Say what budget 0 is; the recipes whose curves start at the random-init row (their step 0).
 
     A recipe starts there when its method pretrains and its encoder section is the
@@ -134,11 +137,15 @@ def say_step_zero(
     encoder = recipe_to_dict(random_init).get("encoder")
     name = (encoder or {}).get("name", "?") if isinstance(encoder, dict) else "?"
     if not trained:
-        say(f"--pretrain-steps 0 alone: only the {RANDOM_INIT} rows run (step 0 is the never-trained encoder "
-            f"{name}); no recipe is pretrained")
+        say(
+            f"--pretrain-steps 0 alone: only the {RANDOM_INIT} rows run (step 0 is the never-trained encoder "
+            f"{name}); no recipe is pretrained"
+        )
         return set()
-    say(f"step 0 is the {RANDOM_INIT} row (encoder {name}, never trained): evaluated once, the first point of "
-        "every recipe's curve")
+    say(
+        f"step 0 is the {RANDOM_INIT} row (encoder {name}, never trained): evaluated once, the first point of "
+        "every recipe's curve"
+    )
     starting: set[str] = set()
     for candidate in candidates:
         cls = method_class_of(candidate.recipe)
@@ -147,8 +154,10 @@ def say_step_zero(
             say(f"  {candidate.name}: method {candidate.recipe.method.name} pretrains nothing; its curve has no step 0")
         elif own != encoder:
             other = own.get("name", "?") if isinstance(own, dict) else "?"
-            say(f"  {candidate.name}: its encoder ({other}) is not {RANDOM_INIT}'s ({name}); "
-                "its curve starts at its first budget, not at step 0")
+            say(
+                f"  {candidate.name}: its encoder ({other}) is not {RANDOM_INIT}'s ({name}); "
+                "its curve starts at its first budget, not at step 0"
+            )
         else:
             starting.add(candidate.name)
     return starting

@@ -66,7 +66,9 @@ def check_unique_names(candidates: list[Candidate]) -> None:
                 path=candidate.path,
             )
         if name in names:
-            raise GeoclError(f"name {name!r} is also the name of {names[name]}; rows need distinct names", path=candidate.path)
+            raise GeoclError(
+                f"name {name!r} is also the name of {names[name]}; rows need distinct names", path=candidate.path
+            )
         if name == RANDOM_INIT:
             raise GeoclError(f"name {name!r} is reserved for the random-init baseline", path=candidate.path)
         if "/" in name or "\\" in name:

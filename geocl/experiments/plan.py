@@ -20,8 +20,17 @@ from geocl.recipes.options import CompareOptions
 from geocl.report.table import RANDOM_INIT
 
 __all__ = [
-    "Plan", "check_method_trainings", "choose_baseline", "choose_evaluations", "distinct_subsets", "plan_comparison",
-    "prepare_benchmarks", "random_init_recipe", "row_grids", "state_test_sets", "thin_classes",
+    "Plan",
+    "check_method_trainings",
+    "choose_baseline",
+    "choose_evaluations",
+    "distinct_subsets",
+    "plan_comparison",
+    "prepare_benchmarks",
+    "random_init_recipe",
+    "row_grids",
+    "state_test_sets",
+    "thin_classes",
 ]
 
 log = logging.getLogger(__name__)
@@ -222,7 +231,9 @@ def state_test_sets(
             for name in thin_classes(test_set, min_pixels):
                 log.warning(
                     "class %s has %d labelled test pixels (< %d): its IoU is flagged in results.csv and results.md",
-                    name, test_set.class_pixels[name], min_pixels,
+                    name,
+                    test_set.class_pixels[name],
+                    min_pixels,
                 )
         test_sets[each.name] = test_set
     return test_sets
@@ -243,7 +254,9 @@ def row_grids(
     }
 
 
-def distinct_subsets(evaluation: Evaluation, subsets: list[Subset], recipe: Any, say: Callable[[str], None]) -> list[Subset]:
+def distinct_subsets(
+    evaluation: Evaluation, subsets: list[Subset], recipe: Any, say: Callable[[str], None]
+) -> list[Subset]:
     """The subsets of each label fraction that hold different labels (the first of each), saying which collapsed.
 
     Fractions stay apart even where two of them hold the same labels: each is a column
@@ -258,7 +271,11 @@ def distinct_subsets(evaluation: Evaluation, subsets: list[Subset], recipe: Any,
     for identity, count in merged.items():
         if count > 1:
             subset = kept[identity]
-            labels = "keeps every label" if identity[1] == ("all labels",) else "draws the same labels with every subset seed"
+            labels = (
+                "keeps every label"
+                if identity[1] == ("all labels",)
+                else "draws the same labels with every subset seed"
+            )
             say(
                 f"label fraction {subset.label_fraction:g} {labels}: its {count} label subsets are one and run once "
                 f"(subset seed {subset.subset_seed}); identical subsets are not independent pairs"

@@ -52,8 +52,7 @@ def pretrain_or_reuse(recipe: Any, pretrain_fn: Callable[..., Any]) -> tuple[Pat
         else:
             why = f"config.yaml differs in {', '.join(differing_keys(trained_part(before), trained_part(now)))}"
         raise GeoclError(
-            f"holds a pretraining run of a different recipe ({why}); "
-            "delete the folder or compare into another out",
+            f"holds a pretraining run of a different recipe ({why}); delete the folder or compare into another out",
             path=out,
         )
     if (out / "metrics.json").exists() and last.exists():
@@ -81,11 +80,14 @@ def record_recipe(recipe: Any) -> bool:
         before = read_saved_recipe(saved)
         if before is not None and trained_part(before) == trained_part(now):
             return True
-        why = "its config.yaml is no longer a valid recipe" if before is None else (
-            f"config.yaml differs in {', '.join(differing_keys(trained_part(before), trained_part(now)))}"
+        why = (
+            "its config.yaml is no longer a valid recipe"
+            if before is None
+            else (f"config.yaml differs in {', '.join(differing_keys(trained_part(before), trained_part(now)))}")
         )
-        raise GeoclError(f"holds a run of a different recipe ({why}); delete the folder or compare into another out",
-                         path=out)
+        raise GeoclError(
+            f"holds a run of a different recipe ({why}); delete the folder or compare into another out", path=out
+        )
     if out.is_dir() and any(out.iterdir()):
         raise GeoclError("holds files but no config.yaml; delete the folder or compare into another out", path=out)
     save_recipe(recipe, saved)

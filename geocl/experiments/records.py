@@ -19,8 +19,17 @@ from geocl.io import atomic_write_text
 from geocl.recipes import recipe_to_dict
 
 __all__ = [
-    "ROW_RECORD", "UNTRAINED_KEYS", "UNTRAINED_TRAINER_KEYS", "describe_changes", "differing_keys", "encoder_identity",
-    "read_row_record", "reused_checkpoint", "row_settings", "trained_part", "write_row_record",
+    "ROW_RECORD",
+    "UNTRAINED_KEYS",
+    "UNTRAINED_TRAINER_KEYS",
+    "describe_changes",
+    "differing_keys",
+    "encoder_identity",
+    "read_row_record",
+    "reused_checkpoint",
+    "row_settings",
+    "trained_part",
+    "write_row_record",
 ]
 
 #: The settings of a finished row, in its run folder (see :mod:`geocl.experiments`).
@@ -72,7 +81,9 @@ def row_settings(
         "subset_seed": subset.subset_seed,
         "seed": seed,
         "encoder": encoder,
-        "test_set": None if test_set is None else {"description": test_set.description, "class_pixels": test_set.class_pixels},
+        "test_set": None
+        if test_set is None
+        else {"description": test_set.description, "class_pixels": test_set.class_pixels},
     }
     return json.loads(json.dumps(settings, sort_keys=True, default=str))
 
@@ -112,7 +123,9 @@ def describe_changes(before: dict[str, Any], now: dict[str, Any]) -> str:
         shown = key
         if key.startswith("evaluation.options."):
             shown = f"{now.get('evaluation', {}).get('name', 'evaluation')} {key.removeprefix('evaluation.options.')}"
-        elif key.startswith("evaluations.") and key.count(".") >= 3:  # comparison.json: evaluations.<name>.options.<key>
+        elif (
+            key.startswith("evaluations.") and key.count(".") >= 3
+        ):  # comparison.json: evaluations.<name>.options.<key>
             _, name, _, option = key.split(".", 3)
             shown = f"{name} {option}"
         elif key.startswith("encoder.recipe."):

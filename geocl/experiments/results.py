@@ -30,16 +30,32 @@ from geocl.report.paired import paired_markdown, paired_summary, plot_budgets, p
 from geocl.report.table import RANDOM_INIT, per_class_markdown, plot_comparison, results_markdown
 
 __all__ = [
-    "COMPARISON_RECORD", "REPORT_FILES", "columns_of", "evaluation_of", "keep_earlier_report", "metric_columns",
-    "results_columns", "results_table", "write_csv", "write_pretraining_csv", "write_results",
+    "COMPARISON_RECORD",
+    "REPORT_FILES",
+    "columns_of",
+    "evaluation_of",
+    "keep_earlier_report",
+    "metric_columns",
+    "results_columns",
+    "results_table",
+    "write_csv",
+    "write_pretraining_csv",
+    "write_results",
 ]
 
 #: The comparison's own settings (its evaluations'), in the comparison folder.
 COMPARISON_RECORD = "comparison.json"
 #: The report files a comparison writes, moved aside together when its settings change.
 REPORT_FILES = (
-    "results.csv", "results_summary.csv", "results.md", "results.png", "results_paired.png", "results_budget.png",
-    "pretraining.csv", "environment.json", COMPARISON_RECORD,
+    "results.csv",
+    "results_summary.csv",
+    "results.md",
+    "results.png",
+    "results_paired.png",
+    "results_budget.png",
+    "pretraining.csv",
+    "environment.json",
+    COMPARISON_RECORD,
 )
 
 
@@ -55,8 +71,19 @@ def results_columns(
     metrics = list(dict.fromkeys(column for each in evaluations for column in each.metric_columns))
     own = list(dict.fromkeys(column for each in evaluations for column in each.extra_columns))
     return [
-        "recipe", "method", "evaluation", "pretrain_steps", "label_fraction", "subset_seed", "seed", *metrics,
-        "status", "seconds", "checkpoint", *own, *(column for column in extra if column not in own),
+        "recipe",
+        "method",
+        "evaluation",
+        "pretrain_steps",
+        "label_fraction",
+        "subset_seed",
+        "seed",
+        *metrics,
+        "status",
+        "seconds",
+        "checkpoint",
+        *own,
+        *(column for column in extra if column not in own),
         "few_test_pixels",
     ]
 
@@ -91,7 +118,8 @@ def evaluation_of(results: pd.DataFrame) -> type[Evaluation]:
         if named and named[0] in evaluation_names():
             return get_evaluation(named[0])
     matching = [
-        get_evaluation(name) for name in evaluation_names()
+        get_evaluation(name)
+        for name in evaluation_names()
         if all(column in results.columns for column in get_evaluation(name).metric_columns)
     ]
     if not matching:
@@ -144,8 +172,10 @@ def keep_earlier_report(out: Path, settings: dict[str, Any], say: Callable[[str]
                 f"{exc.strerror or exc}; move it yourself or compare into another out",
                 path=out,
             ) from None
-        why = "it records no settings" if not isinstance(before, dict) else (
-            "made with other settings: " + describe_changes(before, settings)
+        why = (
+            "it records no settings"
+            if not isinstance(before, dict)
+            else ("made with other settings: " + describe_changes(before, settings))
         )
         say(f"{out} held the report of an earlier comparison ({why}); moved it to {aside.name}")
     atomic_write_text(record, json.dumps(settings, indent=1))
@@ -162,10 +192,14 @@ def write_pretraining_csv(candidates: list[Candidate], out: Path, budgets: list[
             metrics = json.loads(metrics_file.read_text())
         except (OSError, ValueError):
             metrics = {}
-        rows.append({
-            "recipe": candidate.name, "method": str(candidate.recipe.method.name), "pretrain_steps": budget,
-            **{key: metrics.get(key) for key in ("global_step", "samples_seen", "seconds", "final_loss")},
-        })
+        rows.append(
+            {
+                "recipe": candidate.name,
+                "method": str(candidate.recipe.method.name),
+                "pretrain_steps": budget,
+                **{key: metrics.get(key) for key in ("global_step", "samples_seen", "seconds", "final_loss")},
+            }
+        )
     columns = ["recipe", "method", "pretrain_steps", "global_step", "samples_seen", "seconds", "final_loss"]
     with atomic_path(out / "pretraining.csv") as temp:
         pd.DataFrame(rows, columns=columns).to_csv(temp, index=False)
@@ -212,19 +246,29 @@ def write_results(
         of_evaluation = results[results["evaluation"] == evaluation.name]
         metric = metrics.primary
         for steps in budgets:
-            group = of_evaluation[of_evaluation["pretrain_steps"].isna()] if steps is None else of_evaluation[
-                (of_evaluation["pretrain_steps"] == steps) | (of_evaluation["recipe"] == RANDOM_INIT)
-            ]
+            group = (
+                of_evaluation[of_evaluation["pretrain_steps"].isna()]
+                if steps is None
+                else of_evaluation[
+                    (of_evaluation["pretrain_steps"] == steps) | (of_evaluation["recipe"] == RANDOM_INIT)
+                ]
+            )
             title = _group_title(evaluation, steps, len(evaluations) > 1 or len(budgets) > 1)
             # step 0 is random init alone: nothing to pair with another baseline
             group_baseline = RANDOM_INIT if steps == 0 else baseline
             paired = paired_summary(group, metric, group_baseline)
             group_flags = {name: text for (name, budget), text in (flags or {}).items() if budget == steps}
-            summaries.append(paired.assign(
-                evaluation=evaluation.name, pretrain_steps=steps, flag=[group_flags.get(recipe, "") for recipe in paired["recipe"]],
-            ))
-            text = results_markdown(group, metrics, flags=group_flags) + "\n" + paired_markdown(
-                paired, metrics.label(metric), group_baseline
+            summaries.append(
+                paired.assign(
+                    evaluation=evaluation.name,
+                    pretrain_steps=steps,
+                    flag=[group_flags.get(recipe, "") for recipe in paired["recipe"]],
+                )
+            )
+            text = (
+                results_markdown(group, metrics, flags=group_flags)
+                + "\n"
+                + paired_markdown(paired, metrics.label(metric), group_baseline)
             )
             test_set = (test_sets or {}).get(evaluation.name)
             thin = [] if test_set is None else thin_classes(test_set, min_test_pixels)
@@ -239,7 +283,9 @@ def write_results(
         summary.to_csv(temp, index=False)
     plot_paired(
         summary[summary["pretrain_steps"] != 0],  # step 0: random init alone, no differences
-        out / "results_paired.png", evaluations[0].label(evaluations[0].primary()), baseline,
+        out / "results_paired.png",
+        evaluations[0].label(evaluations[0].primary()),
+        baseline,
         group_labels=len(panels) > 1,
     )
     atomic_write_text(out / "results.md", table)
@@ -247,7 +293,9 @@ def write_results(
     files = ["results.csv", "results_summary.csv", "results.md", "results.png", "results_paired.png"]
     if len(budgets) > 1:
         plot_budgets(
-            summary, out / "results_budget.png", [metric_columns(evaluation) for evaluation in evaluations],
+            summary,
+            out / "results_budget.png",
+            [metric_columns(evaluation) for evaluation in evaluations],
             from_step_zero=from_step_zero or set(),
         )
         files.append("results_budget.png")

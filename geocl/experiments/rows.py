@@ -56,8 +56,17 @@ class RowRunner:
     """
 
     def __init__(
-        self, out: Path, evaluations: list[Evaluation], grids: dict[str, Grid], test_sets: dict[str, TestSet], *,
-        min_test_pixels: int, total: int, subset_seeds: int | None, sweep: bool, say: Callable[[str], None],
+        self,
+        out: Path,
+        evaluations: list[Evaluation],
+        grids: dict[str, Grid],
+        test_sets: dict[str, TestSet],
+        *,
+        min_test_pixels: int,
+        total: int,
+        subset_seeds: int | None,
+        sweep: bool,
+        say: Callable[[str], None],
     ) -> None:
         self.out = out
         self.evaluations = evaluations
@@ -82,12 +91,27 @@ class RowRunner:
             test_set = self.test_sets.get(each.name)
             for subset, seed in self.grids[each.name]:
                 settings = row_settings(each, subset, seed, encoder, test_set)
-                tags = {"recipe": name, "method": method, "evaluation": each.name, "label_fraction": subset.label_fraction,
-                        "subset_seed": seed if subset.subset_seed is None else subset.subset_seed, "seed": seed,
-                        **({} if steps is None else {"pretrain_steps": steps})}
+                tags = {
+                    "recipe": name,
+                    "method": method,
+                    "evaluation": each.name,
+                    "label_fraction": subset.label_fraction,
+                    "subset_seed": seed if subset.subset_seed is None else subset.subset_seed,
+                    "seed": seed,
+                    **({} if steps is None else {"pretrain_steps": steps}),
+                }
                 with logging_scope(self.out, recipe, tags=tags, params=flat_keys(encoder)):
                     row = evaluate_row(
-                        each, self.out, folder_name, method, recipe, checkpoint, subset, seed, reuse, self.say,
+                        each,
+                        self.out,
+                        folder_name,
+                        method,
+                        recipe,
+                        checkpoint,
+                        subset,
+                        seed,
+                        reuse,
+                        self.say,
                         settings=settings,
                     )
                 self._record({**row, "recipe": name, "pretrain_steps": steps})
@@ -111,8 +135,10 @@ class RowRunner:
         protocol = f" [{chosen.name}]" if len(self.evaluations) > 1 else ""
         budget = "" if row["pretrain_steps"] is None else f" steps={row['pretrain_steps']}"
         subset = f" subset={row['subset_seed']}" if (self.subset_seeds or 1) > 1 else ""
-        self.say(f"[{len(self.rows)}/{self.total}] {row['recipe']}{protocol}{budget} f={row['label_fraction']:g}{subset} "
-                 f"seed={row['seed']}: {result}")
+        self.say(
+            f"[{len(self.rows)}/{self.total}] {row['recipe']}{protocol}{budget} f={row['label_fraction']:g}{subset} "
+            f"seed={row['seed']}: {result}"
+        )
 
 
 def evaluate_row(
@@ -146,11 +172,20 @@ def evaluate_row(
         if record is not None and record["settings"] == settings:
             seconds = math.nan if finished.seconds is None else finished.seconds
             return make_row(
-                evaluation, name, method, subset, seed, metrics=finished.metrics, seconds=seconds,
-                checkpoint=reused_checkpoint(record, root, finished.checkpoint), extra=finished.extra,
+                evaluation,
+                name,
+                method,
+                subset,
+                seed,
+                metrics=finished.metrics,
+                seconds=seconds,
+                checkpoint=reused_checkpoint(record, root, finished.checkpoint),
+                extra=finished.extra,
             )
-        why = "it records no settings to check" if record is None else (
-            f"made with other settings: {describe_changes(record['settings'], settings)}"
+        why = (
+            "it records no settings to check"
+            if record is None
+            else (f"made with other settings: {describe_changes(record['settings'], settings)}")
         )
     start = time.perf_counter()
     try:
@@ -161,7 +196,9 @@ def evaluate_row(
         metrics = {column: float(measured.metrics[column]) for column in evaluation.metric_columns}
     except Exception as exc:  # one row's failure must not stop the others
         raise_if_terminated()
-        return make_row(evaluation, name, method, subset, seed, status=failure_status(exc, f"{evaluation.doing} {out.name}"))
+        return make_row(
+            evaluation, name, method, subset, seed, status=failure_status(exc, f"{evaluation.doing} {out.name}")
+        )
     seconds = time.perf_counter() - start
     bad = [f"{evaluation.label(column)} is {value}" for column, value in metrics.items() if not math.isfinite(value)]
     if bad:
@@ -175,8 +212,15 @@ def evaluate_row(
     except (GeoclError, OSError) as exc:  # the row stands; its experiment log lacks the result
         log.warning("could not log the result of %s: %s", out, exc)
     return make_row(
-        evaluation, name, method, subset, seed, metrics=metrics, seconds=seconds,
-        checkpoint=measured.checkpoint, extra=measured.extra,
+        evaluation,
+        name,
+        method,
+        subset,
+        seed,
+        metrics=metrics,
+        seconds=seconds,
+        checkpoint=measured.checkpoint,
+        extra=measured.extra,
     )
 
 
@@ -204,18 +248,33 @@ def set_aside(folder: Path) -> Path | None:
 
 
 def make_row(
-    evaluation: Evaluation, name: str, method: str, subset: Subset, seed: int, *,
-    metrics: dict[str, float] | None = None, status: str = "ok", seconds: float = math.nan, checkpoint: str = "",
+    evaluation: Evaluation,
+    name: str,
+    method: str,
+    subset: Subset,
+    seed: int,
+    *,
+    metrics: dict[str, float] | None = None,
+    status: str = "ok",
+    seconds: float = math.nan,
+    checkpoint: str = "",
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A results row (see :func:`~geocl.experiments.results.results_columns`)."""
     metrics, extra = metrics or {}, extra or {}
     return {
-        "recipe": name, "method": method, "evaluation": evaluation.name, "pretrain_steps": None,
+        "recipe": name,
+        "method": method,
+        "evaluation": evaluation.name,
+        "pretrain_steps": None,
         "label_fraction": subset.label_fraction,
         # the seed that drew the labelled subset: runs of two recipes pair up on it
-        "subset_seed": seed if subset.subset_seed is None else subset.subset_seed, "seed": seed, **{column: metrics.get(column, math.nan) for column in evaluation.metric_columns},
-        "status": status, "seconds": round(seconds, 1), "checkpoint": checkpoint,
+        "subset_seed": seed if subset.subset_seed is None else subset.subset_seed,
+        "seed": seed,
+        **{column: metrics.get(column, math.nan) for column in evaluation.metric_columns},
+        "status": status,
+        "seconds": round(seconds, 1),
+        "checkpoint": checkpoint,
         **{column: extra.get(column) for column in evaluation.extra_columns},
         **{column: value for column, value in extra.items() if column not in evaluation.extra_columns},
     }

@@ -92,18 +92,31 @@ def _run(
         pretrain_fn = run_pretrain
     first = plan.candidates[0].recipe
     main = plan.evaluations[0]
-    if plan.random_init is not None and len({main.labelled_data(candidate.recipe) for candidate in plan.candidates}) > 1:
-        log.warning("recipes read different data; %s is evaluated on %s", RANDOM_INIT, main.labelled_data(plan.random_init))
+    if (
+        plan.random_init is not None
+        and len({main.labelled_data(candidate.recipe) for candidate in plan.candidates}) > 1
+    ):
+        log.warning(
+            "recipes read different data; %s is evaluated on %s", RANDOM_INIT, main.labelled_data(plan.random_init)
+        )
     keep_earlier_report(out, {"evaluations": {each.name: each.settings() for each in plan.evaluations}}, say)
     for text in plan.stage_flags.values():
         say(f"{FLAG} {text}")
-    from_step_zero = say_step_zero(plan.candidates, plan.random_init, bool(plan.trained), say) if plan.step_zero else set()
+    from_step_zero = (
+        say_step_zero(plan.candidates, plan.random_init, bool(plan.trained), say) if plan.step_zero else set()
+    )
     test_sets = state_test_sets(plan.evaluations, first, options.min_test_pixels, say)
     grids = row_grids(plan.evaluations, options, first, say)
     row_runner = RowRunner(
-        out, plan.evaluations, grids, test_sets, min_test_pixels=options.min_test_pixels,
-        total=plan.encoders * sum(len(grid) for grid in grids.values()), subset_seeds=options.subset_seeds,
-        sweep=plan.sweep, say=say,
+        out,
+        plan.evaluations,
+        grids,
+        test_sets,
+        min_test_pixels=options.min_test_pixels,
+        total=plan.encoders * sum(len(grid) for grid in grids.values()),
+        subset_seeds=options.subset_seeds,
+        sweep=plan.sweep,
+        say=say,
     )
     for steps, candidate in plan.pretrainings:
         method = str(candidate.recipe.method.name)
@@ -122,8 +135,16 @@ def _run(
     pretrainings = [candidate for _, candidate in plan.pretrainings]
     write_pretraining_csv(pretrainings, out, plan.budgets)
     results = write_results(
-        row_runner.rows, plan.evaluations, out, say, plan.baseline, options.deterministic, budgets=plan.budgets,
-        test_sets=test_sets, min_test_pixels=options.min_test_pixels, flags=plan.stage_flags,
+        row_runner.rows,
+        plan.evaluations,
+        out,
+        say,
+        plan.baseline,
+        options.deterministic,
+        budgets=plan.budgets,
+        test_sets=test_sets,
+        min_test_pixels=options.min_test_pixels,
+        flags=plan.stage_flags,
         from_step_zero=from_step_zero,
     )
     log_summary([candidate.recipe for candidate in pretrainings] or [plan.random_init], out, plan.baseline, say)

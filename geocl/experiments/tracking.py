@@ -36,12 +36,17 @@ def check_loggers(recipes: list[Candidate], out: Path) -> None:
         open_experiment(tracking_uri(out), experiment_name(out.resolve().name))
 
 
-def logging_scope(out: Path, recipe: Any, *, tags: dict[str, Any] | None = None, params: dict[str, Any] | None = None) -> Any:
+def logging_scope(
+    out: Path, recipe: Any, *, tags: dict[str, Any] | None = None, params: dict[str, Any] | None = None
+) -> Any:
     """The logging scope of a pretraining or a row (:func:`geocl.training.loggers.log_scope`): the recipe's
     ``trainer.logger``, the comparison's MLflow store and experiment, the ``comparison`` tag and ``tags``."""
     return log_scope(
-        kind=str(recipe.trainer.logger), store=out, experiment=out.resolve().name,
-        tags={"comparison": out.resolve().name, **(tags or {})}, params=params,
+        kind=str(recipe.trainer.logger),
+        store=out,
+        experiment=out.resolve().name,
+        tags={"comparison": out.resolve().name, **(tags or {})},
+        params=params,
     )
 
 
@@ -51,8 +56,10 @@ def log_summary(recipes: list[Any], out: Path, baseline: str, say: Callable[[str
     if not any(recipe is not None and str(recipe.trainer.logger) == "mlflow" for recipe in recipes):
         return
     summary = pd.read_csv(out / "results_summary.csv")
-    rows = [{key: value for key, value in row.items() if not (isinstance(value, float) and math.isnan(value))}
-            for row in summary.to_dict("records")]
+    rows = [
+        {key: value for key, value in row.items() if not (isinstance(value, float) and math.isnan(value))}
+        for row in summary.to_dict("records")
+    ]
     files = [out / name for name in ("results.md", "results_summary.csv", "results.csv", "results_paired.png")]
     log_comparison_summary(rows, out, baseline=baseline, files=files)
     say(f"MLflow: experiment {experiment_name(out.resolve().name)!r} at {shown_uri(tracking_uri(out))}")

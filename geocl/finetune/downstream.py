@@ -129,8 +129,11 @@ class TrainingBudget:
     def trained(self) -> dict[str, Any]:
         """The fields that change what a run trains (not where, how fast or how it is shown)."""
         return {
-            "max_epochs": self.max_epochs, "steps_per_epoch": self.steps_per_epoch, "val_every": self.val_every,
-            "patience": self.patience, "batch_size": self.batch_size,
+            "max_epochs": self.max_epochs,
+            "steps_per_epoch": self.steps_per_epoch,
+            "val_every": self.val_every,
+            "patience": self.patience,
+            "batch_size": self.batch_size,
         }
 
 
@@ -249,7 +252,9 @@ class DownstreamData(Protocol):
         """
         ...
 
-    def loaders(self, module: lightning.LightningModule, options: DownstreamOptions) -> tuple[DataLoader, DataLoader | None]:
+    def loaders(
+        self, module: lightning.LightningModule, options: DownstreamOptions
+    ) -> tuple[DataLoader, DataLoader | None]:
         """The train loader (``options.budget.draws`` items an epoch, drawn with ``options.seed``) and
         the val loader (None: no validation, the last weights are kept)."""
         ...
@@ -339,9 +344,15 @@ def run_downstream(factory: ModuleFactory, data: DownstreamData, options: Downst
     module = factory.build(described, options)
     train, val = data.loaders(module, options)
     trainer = finetune_trainer(
-        out, max_epochs=budget.max_epochs, val_every=budget.val_every, accelerator=budget.accelerator,
-        monitor=factory.monitor if val is not None else None, patience=budget.patience, progress=budget.progress,
-        log_every_n_steps=factory.log_every_n_steps, logger=budget.logger,
+        out,
+        max_epochs=budget.max_epochs,
+        val_every=budget.val_every,
+        accelerator=budget.accelerator,
+        monitor=factory.monitor if val is not None else None,
+        patience=budget.patience,
+        progress=budget.progress,
+        log_every_n_steps=factory.log_every_n_steps,
+        logger=budget.logger,
         params={f"finetune.{key}": value for key, value in recorded.items()},
     )
     trainer.fit(module, train, val)
@@ -350,10 +361,17 @@ def run_downstream(factory: ModuleFactory, data: DownstreamData, options: Downst
     log_final_metrics(trainer.loggers, scores.logged, step=trainer.global_step)
     name = factory.monitor.split("/")[-1]
     record = {
-        **scores.record, f"val_{name}": best_score, "classes": described.meta["classes"],
-        "label_fraction": options.label_fraction, "seed": options.seed, "subset_seed": options.drawn_with,
-        **described.record, **factory.record(module), **described.reading,
-        "checkpoint": str(checkpoint), "seconds": round(time.perf_counter() - start, 1),
+        **scores.record,
+        f"val_{name}": best_score,
+        "classes": described.meta["classes"],
+        "label_fraction": options.label_fraction,
+        "seed": options.seed,
+        "subset_seed": options.drawn_with,
+        **described.record,
+        **factory.record(module),
+        **described.reading,
+        "checkpoint": str(checkpoint),
+        "seconds": round(time.perf_counter() - start, 1),
         **({OPTIONS_KEY: recorded} if options.record_options else {}),
     }
     # strict JSON (allow_nan=False): a class absent from the test set is null, not NaN
@@ -422,11 +440,18 @@ def finetune_trainer(
         if patience is not None:
             callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=patience))
     return lightning.Trainer(
-        default_root_dir=out, max_epochs=max_epochs, accelerator=accelerator, devices=1,
+        default_root_dir=out,
+        max_epochs=max_epochs,
+        accelerator=accelerator,
+        devices=1,
         check_val_every_n_epoch=max(1, min(val_every, max_epochs)),
         logger=experiment_loggers(out, logger, params=params, tags={"geocl.run": "finetune", **dict(tags or {})}),
-        callbacks=callbacks, enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
-        log_every_n_steps=log_every_n_steps, enable_checkpointing=monitor is not None,
+        callbacks=callbacks,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=log_every_n_steps,
+        enable_checkpointing=monitor is not None,
         plugins=[AtomicCheckpointIO(resumable=False)],
     )
 

@@ -31,9 +31,7 @@ from geocl.finetune.predict import (
 from geocl.finetune.train import SegmentationModule
 from geocl.models.checkpoints import SEGMENTER_KEY, checkpoint_kind, read_checkpoint
 
-__all__ = [
-    "check_scene_values", "check_trained_on", "load_segmenter", "predict_with_checkpoint", "trained_on",
-]
+__all__ = ["check_scene_values", "check_trained_on", "load_segmenter", "predict_with_checkpoint", "trained_on"]
 
 PathLike = str | os.PathLike[str]
 
@@ -165,7 +163,7 @@ def check_scene_values(
     if values.shape[1] == 0 or values.shape[0] != len(low):
         return
     medians = np.median(values, axis=1)
-    if any(lo <= median <= hi for median, lo, hi in zip(medians, low, high)):
+    if any(lo <= median <= hi for median, lo, hi in zip(medians, low, high, strict=False)):
         return
     kind = f" ({dtype})" if dtype else ""
     raise GeoclError(
@@ -237,7 +235,19 @@ def predict_with_checkpoint(
         return module(images.to(device))
 
     return predict_scene(
-        logits, files, out, normalizer=normalizer, class_values=meta["classes"], window=window,
-        overlap=overlap, batch_size=batch_size, device=device, polygons=polygons, tta=tta,
-        probabilities=probabilities, cog=cog, block=block, progress=progress,
+        logits,
+        files,
+        out,
+        normalizer=normalizer,
+        class_values=meta["classes"],
+        window=window,
+        overlap=overlap,
+        batch_size=batch_size,
+        device=device,
+        polygons=polygons,
+        tta=tta,
+        probabilities=probabilities,
+        cog=cog,
+        block=block,
+        progress=progress,
     )

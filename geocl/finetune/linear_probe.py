@@ -93,7 +93,11 @@ class DenseLinearProbe(nn.Module):
     """
 
     def __init__(
-        self, encoder: str, in_chans: int, num_classes: int, encoder_args: dict[str, Any] | None = None,
+        self,
+        encoder: str,
+        in_chans: int,
+        num_classes: int,
+        encoder_args: dict[str, Any] | None = None,
         stages: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
@@ -120,7 +124,9 @@ class DenseLinearProbe(nn.Module):
     def features(self, images: Tensor) -> Tensor:
         """Concatenated, upsampled features ``[B, D, H, W]`` of the read stages (no graph; for inspection)."""
         size = images.shape[-2:]
-        return torch.cat([F.interpolate(stage, size=size, mode="bilinear", align_corners=False) for stage in self.stages(images)], 1)
+        return torch.cat(
+            [F.interpolate(stage, size=size, mode="bilinear", align_corners=False) for stage in self.stages(images)], 1
+        )
 
     def forward(self, images: Tensor) -> Tensor:
         size = images.shape[-2:]

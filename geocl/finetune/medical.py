@@ -125,7 +125,12 @@ class VolumeSegmenter:
     """
 
     def __init__(
-        self, module: SegmentationModule, meta: dict[str, Any], *, window: int | None = None, overlap: int | None = None,
+        self,
+        module: SegmentationModule,
+        meta: dict[str, Any],
+        *,
+        window: int | None = None,
+        overlap: int | None = None,
         device: str | None = None,
     ) -> None:
         settings = meta[MEDICAL_KEY]
@@ -138,7 +143,9 @@ class VolumeSegmenter:
         self.preprocessing = Preprocessing(tuple(settings["spacing"]), settings["intensity"])  # type: ignore[arg-type]
         self.window = _round_up(int(window or settings["image_size"]))
         if overlap is not None and not 0 <= overlap < self.window:
-            raise GeoclError(f"must be at least 0 and below the window ({self.window} px), got {overlap}", key="overlap")
+            raise GeoclError(
+                f"must be at least 0 and below the window ({self.window} px), got {overlap}", key="overlap"
+            )
         self.overlap = 0.25 if overlap is None else overlap / self.window  # MONAI's overlap is a share of the window
 
     @torch.no_grad()
@@ -150,8 +157,14 @@ class VolumeSegmenter:
         transform = self.preprocessing.transform(with_label=False)
         data = apply_transform(transform, {"image": str(image)})
         inferer = SliceInferer(
-            roi_size=(self.window, self.window), spatial_dim=self.slice_axis, sw_batch_size=16,
-            overlap=self.overlap, mode="gaussian", padding_mode="constant", cval=0.0, progress=False,
+            roi_size=(self.window, self.window),
+            spatial_dim=self.slice_axis,
+            sw_batch_size=16,
+            overlap=self.overlap,
+            mode="gaussian",
+            padding_mode="constant",
+            cval=0.0,
+            progress=False,
         )
         volume = data["image"][None].to(self.device)  # [1, 1, X, Y, Z] MetaTensor (keeps the applied transforms)
         probabilities = torch.softmax(inferer(volume, self.module), dim=1)[0].cpu()
@@ -180,8 +193,14 @@ def _voxel_axis(affine: np.ndarray, ras_axis: int) -> int:
 
 
 def plot_case(
-    image: np.ndarray, prediction: np.ndarray | None, label: np.ndarray | None, *, affine: np.ndarray, slice_axis: int = 2,
-    count: int = 3, title: str = "",
+    image: np.ndarray,
+    prediction: np.ndarray | None,
+    label: np.ndarray | None,
+    *,
+    affine: np.ndarray,
+    slice_axis: int = 2,
+    count: int = 3,
+    title: str = "",
 ) -> Any:
     """A figure of ``count`` slices of a volume with the prediction (red) and label (green) contours.
 
@@ -224,8 +243,11 @@ def plot_case(
                 axes.contour(volume[tuple(cut)].T, levels=levels, colors=colour, linewidths=1.0)
         axes.set_title(f"slice {position} of {image.shape[axis]}", fontsize=9)
         axes.set_axis_off()
-    handles = [Line2D([], [], color=c, label=n) for v, c, n in ((label, "lime", "label"), (prediction, "red", "prediction"))
-               if v is not None]
+    handles = [
+        Line2D([], [], color=c, label=n)
+        for v, c, n in ((label, "lime", "label"), (prediction, "red", "prediction"))
+        if v is not None
+    ]
     if handles:
         figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     figure.suptitle(title, fontsize=10)
@@ -248,9 +270,7 @@ def write_cases_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
     return path
 
 
-def score_case(
-    segmenter: VolumeSegmenter, case: Case, prediction_path: Path, picture: Path | None
-) -> dict[str, float]:
+def score_case(segmenter: VolumeSegmenter, case: Case, prediction_path: Path, picture: Path | None) -> dict[str, float]:
     """Predict one labelled case, write its label map (class numbers; and picture), return its metrics.
 
     The label map is read (and checked: class numbers among the segmenter's ``classes``)
@@ -264,8 +284,10 @@ def score_case(
     metrics = case_metrics(prediction, label, segmenter.num_classes, spacing=stored.header.get_zooms()[:3])
     if picture is not None:
         title = f"{case.id}: Dice {metrics['dice']:.3f}, 95HD {metrics['hd95']:.1f} mm"
-        save_figure(plot_case(image, prediction, label, affine=stored.affine, slice_axis=segmenter.slice_axis,
-                              title=title), picture)
+        save_figure(
+            plot_case(image, prediction, label, affine=stored.affine, slice_axis=segmenter.slice_axis, title=title),
+            picture,
+        )
     return metrics
 
 
@@ -368,8 +390,14 @@ def predict_volume(
         prediction = segmenter.predict(volume)
         stored = nib.load(volume)
         write_nifti(out, class_values(prediction, segmenter.classes), stored.affine, header=stored.header)
-        figure = plot_case(image, prediction, None, affine=stored.affine, slice_axis=segmenter.slice_axis,
-                           title=f"{case.id}: prediction")
+        figure = plot_case(
+            image,
+            prediction,
+            None,
+            affine=stored.affine,
+            slice_axis=segmenter.slice_axis,
+            title=f"{case.id}: prediction",
+        )
         return VolumePrediction(out, save_figure(figure, png), None, None)
     metrics = score_case(segmenter, case, out, png)
     return VolumePrediction(out, png, write_cases_csv(table, [case_row(case.id, metrics)]), metrics)
@@ -412,7 +440,9 @@ def _foreground_sampler(dataset: NiftiSliceDataset, fraction: float, count: int,
     else:
         weights = np.where(has, fraction / has.sum(), (1.0 - fraction) / (~has).sum())
     return WeightedRandomSampler(
-        torch.as_tensor(weights, dtype=torch.double), num_samples=count, replacement=True,
+        torch.as_tensor(weights, dtype=torch.double),
+        num_samples=count,
+        replacement=True,
         generator=torch.Generator().manual_seed(seed),
     )
 
@@ -435,8 +465,10 @@ def read_cases(
             numbers (:func:`~geocl.data.medical.files.check_voxels`).
     """
     if image_size % SIDE_MULTIPLE:
-        raise GeoclError(f"must be a multiple of {SIDE_MULTIPLE} (the encoders downsample 32x), got {image_size}",
-                         key="data.image_size")
+        raise GeoclError(
+            f"must be a multiple of {SIDE_MULTIPLE} (the encoders downsample 32x), got {image_size}",
+            key="data.image_size",
+        )
     cases = find_cases(data)
     splits = split_cases(cases, data, val_fraction=val_fraction)
     if not splits.val or not splits.test:
@@ -499,21 +531,39 @@ class NiftiSlices:
         self.labelled, _ = labelled_subset(self.splits.train, options.label_fraction, options.drawn_with)
         spacing = tuple(self.spacing) if self.spacing else median_spacing(cases)
         preprocessing = Preprocessing(spacing, self.intensity)  # type: ignore[arg-type]
-        self.train = NiftiSliceDataset(self.labelled, preprocessing, slice_axis=self.slice_axis,
-                                       image_size=self.image_size, with_mask=True, classes=classes,
-                                       multiple=SIDE_MULTIPLE)
+        self.train = NiftiSliceDataset(
+            self.labelled,
+            preprocessing,
+            slice_axis=self.slice_axis,
+            image_size=self.image_size,
+            with_mask=True,
+            classes=classes,
+            multiple=SIDE_MULTIPLE,
+        )
         side = self.train.image_size
-        self.val = NiftiSliceDataset(self.splits.val, preprocessing, slice_axis=self.slice_axis, image_size=side,
-                                     with_mask=True, classes=classes)
+        self.val = NiftiSliceDataset(
+            self.splits.val, preprocessing, slice_axis=self.slice_axis, image_size=side, with_mask=True, classes=classes
+        )
         meta = {
-            "in_chans": 1, "classes": list(classes), "band_stats": self.train.metadata["band_stats"], "nodata": None,
+            "in_chans": 1,
+            "classes": list(classes),
+            "band_stats": self.train.metadata["band_stats"],
+            "nodata": None,
             "tile_size": side,
-            MEDICAL_KEY: {"spacing": list(preprocessing.spacing), "slice_axis": self.slice_axis,
-                          "intensity": self.intensity, "image_size": side},
+            MEDICAL_KEY: {
+                "spacing": list(preprocessing.spacing),
+                "slice_axis": self.slice_axis,
+                "intensity": self.intensity,
+                "image_size": side,
+            },
         }
-        record = {f"{name}_cases": [case.id for case in chosen]
-                  for name, chosen in (("labelled", self.labelled), ("test", self.splits.test), ("val", self.splits.val))}
-        return DataDescription(meta, {**record, "train_slices": len(self.train)}, {"spacing": list(preprocessing.spacing)})
+        record = {
+            f"{name}_cases": [case.id for case in chosen]
+            for name, chosen in (("labelled", self.labelled), ("test", self.splits.test), ("val", self.splits.val))
+        }
+        return DataDescription(
+            meta, {**record, "train_slices": len(self.train)}, {"spacing": list(preprocessing.spacing)}
+        )
 
     def loaders(self, module: lightning.LightningModule, options: DownstreamOptions) -> tuple[DataLoader, DataLoader]:
         """Training slices drawn foreground-first with replacement; every val slice.
@@ -528,7 +578,9 @@ class NiftiSlices:
             DataLoader(self.val, batch_size=budget.batch_size, num_workers=budget.num_workers),
         )
 
-    def score(self, trainer: lightning.Trainer, module: lightning.LightningModule, checkpoint: Path, out: Path) -> Scores:
+    def score(
+        self, trainer: lightning.Trainer, module: lightning.LightningModule, checkpoint: Path, out: Path
+    ) -> Scores:
         """Dice, Jaccard, 95HD and ASD of ``checkpoint`` per test case, on the input's grid (:func:`score_cases`)."""
         from geocl.finetune.inference import load_segmenter  # rasterio: imported when scoring
 
@@ -582,19 +634,41 @@ def run_medical_finetune(
             (:func:`read_cases`); a bad fraction; a checkpoint for another band count.
         TypeError: an unknown keyword argument.
     """
-    factory = SegmenterFactory(arch=arch, encoder=encoder, encoder_checkpoint=encoder_checkpoint, lr=lr, crop=crop,
-                               freeze_encoder=freeze_encoder)
-    slices = NiftiSlices(data, spacing=spacing, slice_axis=slice_axis, intensity=intensity, image_size=image_size,
-                         val_fraction=val_fraction, foreground_fraction=foreground_fraction, window=window,
-                         pictures=pictures)
+    factory = SegmenterFactory(
+        arch=arch,
+        encoder=encoder,
+        encoder_checkpoint=encoder_checkpoint,
+        lr=lr,
+        crop=crop,
+        freeze_encoder=freeze_encoder,
+    )
+    slices = NiftiSlices(
+        data,
+        spacing=spacing,
+        slice_axis=slice_axis,
+        intensity=intensity,
+        image_size=image_size,
+        val_fraction=val_fraction,
+        foreground_fraction=foreground_fraction,
+        window=window,
+        pictures=pictures,
+    )
     options = DownstreamOptions(
-        out=out, label_fraction=label_fraction, seed=seed, subset_seed=subset_seed, budget=budget_from(budget),
+        out=out,
+        label_fraction=label_fraction,
+        seed=seed,
+        subset_seed=subset_seed,
+        budget=budget_from(budget),
         # compared with a run found in out by what metrics.json holds at its top level (no options record)
         identity={"label_fraction": label_fraction, "seed": seed, "subset_seed": subset_seed, **factory.identity()},
         record_options=False,
     )
     done = run_downstream(factory, slices, options)
     return MedicalFinetuneResult(
-        **{name: done.record[name] for name in METRICS}, val_miou=done.best_score, checkpoint=done.checkpoint,
-        out=done.out, labelled_cases=done.record["labelled_cases"], cases=done.scores.cases,
+        **{name: done.record[name] for name in METRICS},
+        val_miou=done.best_score,
+        checkpoint=done.checkpoint,
+        out=done.out,
+        labelled_cases=done.record["labelled_cases"],
+        cases=done.scores.cases,
     )

@@ -147,8 +147,14 @@ class SemiSupervisedVolumePredictor:
     """
 
     def __init__(
-        self, module: SemiSupervisedSegmenter, preprocessing: Preprocessing, *, slice_axis: int = 2,
-        window: int | None = None, device: str | None = None, classes: Sequence[int] | None = None,
+        self,
+        module: SemiSupervisedSegmenter,
+        preprocessing: Preprocessing,
+        *,
+        slice_axis: int = 2,
+        window: int | None = None,
+        device: str | None = None,
+        classes: Sequence[int] | None = None,
     ) -> None:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.module = module.eval().to(self.device)
@@ -176,8 +182,14 @@ class SemiSupervisedVolumePredictor:
         if self.module.hparams.spatial_dims == 2:
             side = int(self.window or SIDE_MULTIPLE)
             inferer = SliceInferer(
-                roi_size=(side, side), spatial_dim=self.slice_axis, sw_batch_size=16, overlap=0.25, mode="gaussian",
-                padding_mode="constant", cval=0.0, progress=False,
+                roi_size=(side, side),
+                spatial_dim=self.slice_axis,
+                sw_batch_size=16,
+                overlap=0.25,
+                mode="gaussian",
+                padding_mode="constant",
+                cval=0.0,
+                progress=False,
             )
             probabilities = inferer(volume, self.decoder_one)
         else:
@@ -219,7 +231,8 @@ def label_budget_split(
     if keep > len(candidates):
         raise GeoclError(
             f"{fraction:g} of the {pool} train and val cases is {keep} labelled cases, more than the "
-            f"{len(candidates)} labelled train cases; lower it or move cases from val to train", key="label_fraction",
+            f"{len(candidates)} labelled train cases; lower it or move cases from val to train",
+            key="label_fraction",
         )
     # labelled_subset's draw (the subset seed's order over the candidates), ``keep`` of them: a fraction just
     # below keep / n gives exactly ``keep`` under its ceil rule whatever the float rounding
@@ -314,16 +327,27 @@ def run_medical_semi_supervised(
     """
     start = time.perf_counter()
     subset_seed = seed if subset_seed is None else subset_seed
-    out = check_finetune_folder(out, {
-        "label_fraction": label_fraction, "seed": seed, "subset_seed": subset_seed, "spatial_dims": spatial_dims,
-        **({"encoder_checkpoint": encoder_checkpoint} if encoder_checkpoint is not None else {"encoder": encoder}),
-    })
+    out = check_finetune_folder(
+        out,
+        {
+            "label_fraction": label_fraction,
+            "seed": seed,
+            "subset_seed": subset_seed,
+            "spatial_dims": spatial_dims,
+            **({"encoder_checkpoint": encoder_checkpoint} if encoder_checkpoint is not None else {"encoder": encoder}),
+        },
+    )
     if spatial_dims == 3 and patch_size is None:
-        raise GeoclError("3D FBA trains on patches: set it, e.g. [112, 112, 80] (the released left-atrium patch)",
-                         key="method.patch_size")
+        raise GeoclError(
+            "3D FBA trains on patches: set it, e.g. [112, 112, 80] (the released left-atrium patch)",
+            key="method.patch_size",
+        )
     if spatial_dims == 3 and encoder_checkpoint is not None:
-        raise GeoclError("the 3D V-Net starts from random init (pretrain checkpoints hold 2D encoders); "
-                         "use spatial_dims 2 to start from one", key="method.init_checkpoint")
+        raise GeoclError(
+            "the 3D V-Net starts from random init (pretrain checkpoints hold 2D encoders); "
+            "use spatial_dims 2 to start from one",
+            key="method.init_checkpoint",
+        )
     cases, splits, classes = read_cases(data, val_fraction, image_size)
     lightning.seed_everything(seed, workers=True, verbose=False)
     labelled, rest = label_budget_split(splits.train, splits.val, label_fraction, subset_seed, label_budget)
@@ -339,52 +363,110 @@ def run_medical_semi_supervised(
     side: int | None = None
     if spatial_dims == 2:
         train: Dataset[dict[str, Any]] = NiftiSliceDataset(
-            labelled, preprocessing, slice_axis=slice_axis, image_size=image_size, with_mask=True,
-            classes=classes, multiple=SIDE_MULTIPLE,
+            labelled,
+            preprocessing,
+            slice_axis=slice_axis,
+            image_size=image_size,
+            with_mask=True,
+            classes=classes,
+            multiple=SIDE_MULTIPLE,
         )
         side = train.image_size  # type: ignore[attr-defined]
-        other: Dataset[dict[str, Any]] | None = NiftiSliceDataset(
-            unlabelled, preprocessing, slice_axis=slice_axis, image_size=side) if unlabelled else None
-        val: Dataset[dict[str, Any]] = CaseSlices(NiftiSliceDataset(
-            splits.val, preprocessing, slice_axis=slice_axis, image_size=side, with_mask=True, classes=classes))
+        other: Dataset[dict[str, Any]] | None = (
+            NiftiSliceDataset(unlabelled, preprocessing, slice_axis=slice_axis, image_size=side) if unlabelled else None
+        )
+        val: Dataset[dict[str, Any]] = CaseSlices(
+            NiftiSliceDataset(
+                splits.val, preprocessing, slice_axis=slice_axis, image_size=side, with_mask=True, classes=classes
+            )
+        )
         patch: tuple[int, ...] | None = (min(crop, side),) * 2
         network: dict[str, Any] = {"encoder": encoder, "decoder_channels": decoder_channels}
     else:
         patch = tuple(int(s) for s in patch_size)  # type: ignore[union-attr]
         # a pool of distinct patches as large as the budget draws: no patch is seen twice
         draws = total_steps * batch_size
-        train = NiftiVolumeDataset(labelled, preprocessing, patch, foreground_fraction=foreground_fraction,
-                                   samples_per_case=math.ceil(draws / len(labelled)), seed=seed, classes=classes)
-        other = None if not unlabelled else NiftiVolumeDataset(
-            unlabelled, preprocessing, patch, foreground_fraction=0.0,
-            samples_per_case=math.ceil(draws / len(unlabelled)), seed=seed,
+        train = NiftiVolumeDataset(
+            labelled,
+            preprocessing,
+            patch,
+            foreground_fraction=foreground_fraction,
+            samples_per_case=math.ceil(draws / len(labelled)),
+            seed=seed,
+            classes=classes,
+        )
+        other = (
+            None
+            if not unlabelled
+            else NiftiVolumeDataset(
+                unlabelled,
+                preprocessing,
+                patch,
+                foreground_fraction=0.0,
+                samples_per_case=math.ceil(draws / len(unlabelled)),
+                seed=seed,
+            )
         )
         val = WholeVolumes(splits.val, preprocessing, classes)
         network = {"width": width, "depth": depth, "dropout": dropout}
-    settings = {"spacing": list(preprocessing.spacing), "slice_axis": slice_axis, "intensity": intensity,
-                "image_size": side, "patch_size": list(patch) if spatial_dims == 3 else None}
+    settings = {
+        "spacing": list(preprocessing.spacing),
+        "slice_axis": slice_axis,
+        "intensity": intensity,
+        "image_size": side,
+        "patch_size": list(patch) if spatial_dims == 3 else None,
+    }
     pretrained = read_pretrain_checkpoint(encoder_checkpoint) if encoder_checkpoint is not None else None
     if pretrained is not None:
         encoder = pretrained["meta"]["encoder"]
         network["encoder"] = encoder
     meta: dict[str, Any] = {
-        "arch": f"fba-{'unet' if spatial_dims == 2 else 'vnet'}", "in_chans": 1, "classes": list(classes),
+        "arch": f"fba-{'unet' if spatial_dims == 2 else 'vnet'}",
+        "in_chans": 1,
+        "classes": list(classes),
         "encoder": encoder if spatial_dims == 2 else None,
-        "encoder_checkpoint": str(encoder_checkpoint) if encoder_checkpoint else None, MEDICAL_KEY: settings,
+        "encoder_checkpoint": str(encoder_checkpoint) if encoder_checkpoint else None,
+        MEDICAL_KEY: settings,
     }
     module = SemiSupervisedSegmenter(
-        spatial_dims, 1, num_classes, decoders=decoders, labelled_bs=labelled_bs, supervised_only=supervised_only,
-        contrast_mode=contrast_mode, contrast_weight=contrast_weight, consistency=consistency,
-        consistency_rampup=consistency_rampup, rampup_iterations=rampup_iterations, patch_size=patch,
-        optimizer=optimizer, lr=lr, meta=meta, val_per_case=True, **network, **dict(segmenter_options or {}),
+        spatial_dims,
+        1,
+        num_classes,
+        decoders=decoders,
+        labelled_bs=labelled_bs,
+        supervised_only=supervised_only,
+        contrast_mode=contrast_mode,
+        contrast_weight=contrast_weight,
+        consistency=consistency,
+        consistency_rampup=consistency_rampup,
+        rampup_iterations=rampup_iterations,
+        patch_size=patch,
+        optimizer=optimizer,
+        lr=lr,
+        meta=meta,
+        val_per_case=True,
+        **network,
+        **dict(segmenter_options or {}),
     )
     if pretrained is not None:
         load_pretrained_encoder(module.network, encoder_checkpoint, 1, loaded=pretrained)  # type: ignore[arg-type]
         meta["pretrain_method"] = pretrained["meta"]["method"]
     trainer = fit_semi_supervised(
-        module, train, other, out=out, batch_size=batch_size if other is not None else labelled_bs, val=val,
-        max_epochs=max_epochs, steps_per_epoch=steps_per_epoch, val_every=val_every, patience=patience,
-        monitor="val/dice", seed=seed, num_workers=num_workers, accelerator=accelerator, progress=progress,
+        module,
+        train,
+        other,
+        out=out,
+        batch_size=batch_size if other is not None else labelled_bs,
+        val=val,
+        max_epochs=max_epochs,
+        steps_per_epoch=steps_per_epoch,
+        val_every=val_every,
+        patience=patience,
+        monitor="val/dice",
+        seed=seed,
+        num_workers=num_workers,
+        accelerator=accelerator,
+        progress=progress,
     )
     best = trainer.checkpoint_callback
     checkpoint = out / "checkpoints" / "last.ckpt"
@@ -394,8 +476,9 @@ def run_medical_semi_supervised(
         trainer.save_checkpoint(checkpoint)
     module.load_state_dict(read_checkpoint(checkpoint)["state_dict"])  # torch.load(weights_only=True)
 
-    predictor = SemiSupervisedVolumePredictor(module, preprocessing, slice_axis=slice_axis, window=side,
-                                              classes=classes)
+    predictor = SemiSupervisedVolumePredictor(
+        module, preprocessing, slice_axis=slice_axis, window=side, classes=classes
+    )
     rows = []
     for index, case in enumerate(splits.test):
         picture = out / "plots" / f"{case.id}.png" if index < pictures else None
@@ -407,18 +490,35 @@ def run_medical_semi_supervised(
     val_dice = best.best_model_score if best is not None else None
     result = MedicalFinetuneResult(
         # the checkpoint is chosen by val Dice (the released criterion): its val mIoU is not kept
-        **means, val_miou=math.nan, checkpoint=checkpoint, out=out, labelled_cases=[case.id for case in labelled],
+        **means,
+        val_miou=math.nan,
+        checkpoint=checkpoint,
+        out=out,
+        labelled_cases=[case.id for case in labelled],
         cases=rows,
     )
     record = {
-        **means, "distance_unit": "mm", "val_dice": float(val_dice) if val_dice is not None else math.nan,
-        "classes": meta["classes"], "label_fraction": label_fraction, "seed": seed, "subset_seed": subset_seed,
-        "labelled_cases": result.labelled_cases, "unlabelled_cases": [case.id for case in unlabelled],
-        "test_cases": [case.id for case in splits.test], "val_cases": [case.id for case in splits.val],
-        "supervised_only": supervised_only, "decoders": decoders, "spatial_dims": spatial_dims,
-        "label_budget": label_budget, "val_scored": "per case",
-        "encoder": meta["encoder"], "encoder_checkpoint": meta["encoder_checkpoint"], "arch": meta["arch"],
-        "spacing": list(preprocessing.spacing), "checkpoint": str(checkpoint),
+        **means,
+        "distance_unit": "mm",
+        "val_dice": float(val_dice) if val_dice is not None else math.nan,
+        "classes": meta["classes"],
+        "label_fraction": label_fraction,
+        "seed": seed,
+        "subset_seed": subset_seed,
+        "labelled_cases": result.labelled_cases,
+        "unlabelled_cases": [case.id for case in unlabelled],
+        "test_cases": [case.id for case in splits.test],
+        "val_cases": [case.id for case in splits.val],
+        "supervised_only": supervised_only,
+        "decoders": decoders,
+        "spatial_dims": spatial_dims,
+        "label_budget": label_budget,
+        "val_scored": "per case",
+        "encoder": meta["encoder"],
+        "encoder_checkpoint": meta["encoder_checkpoint"],
+        "arch": meta["arch"],
+        "spacing": list(preprocessing.spacing),
+        "checkpoint": str(checkpoint),
         "seconds": round(time.perf_counter() - start, 1),
     }
     write_result(out, record)

@@ -58,10 +58,7 @@ def segmentation_metric(num_classes: int, ignore_index: int = IGNORE_INDEX) -> M
     # zero_division=nan: 0/0 (class absent from the whole set) must stay distinguishable
     # from a real IoU of 0; see the module docstring.
     return MulticlassJaccardIndex(
-        num_classes=num_classes,
-        average="none",
-        ignore_index=ignore_index,
-        zero_division=float("nan"),
+        num_classes=num_classes, average="none", ignore_index=ignore_index, zero_division=float("nan")
     )
 
 

@@ -23,11 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from geocl.errors import GeoclError
-from geocl.models.checkpoints import (  # noqa: F401 - re-exported until the FBA trainings import them from models
-    pretrained_encoder_args,
-    read_checkpoint,
-    read_pretrain_checkpoint,
-)
+from geocl.models.checkpoints import pretrained_encoder_args, read_checkpoint, read_pretrain_checkpoint  # noqa: F401 - re-exported until the FBA trainings import them from models
 from geocl.models.encoders import is_vision_transformer, timm_arguments, timm_name
 from geocl.models.weights import load_starting_weights
 
@@ -84,9 +80,15 @@ class ViTSegmenter(nn.Module):
         with torch.device("meta"):  # only the width is needed: no weights allocated
             width = timm.create_model(self.encoder_name, in_chans=self.in_chans, num_classes=0, **args).num_features
         net = smp.DPT(
-            encoder_name=f"tu-{self.encoder_name}", encoder_weights=None, in_channels=self.in_chans,
-            classes=self.num_classes, decoder_intermediate_channels=[max(8, width * k // 8) for k in (1, 2, 4, 8)],
-            decoder_fusion_channels=max(8, width // 3), num_classes=0, global_pool="", **args,
+            encoder_name=f"tu-{self.encoder_name}",
+            encoder_weights=None,
+            in_channels=self.in_chans,
+            classes=self.num_classes,
+            decoder_intermediate_channels=[max(8, width * k // 8) for k in (1, 2, 4, 8)],
+            decoder_fusion_channels=max(8, width // 3),
+            num_classes=0,
+            global_pool="",
+            **args,
         )
         self.encoder_args = args
         return net
@@ -156,7 +158,10 @@ def build_segmenter(
         hint = " (dpt is for ViT encoders)" if arch == "dpt" else ""
         raise GeoclError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}{hint}", key="arch")
     return ARCHITECTURES[arch](
-        encoder_name=f"tu-{timm_name(encoder)}", encoder_weights=None, in_channels=in_chans, classes=num_classes,
+        encoder_name=f"tu-{timm_name(encoder)}",
+        encoder_weights=None,
+        in_channels=in_chans,
+        classes=num_classes,
         **timm_arguments(encoder_args),
     )
 

@@ -72,7 +72,8 @@ def _block_polygons(features: Iterator[tuple[dict[str, Any], float]]) -> tuple[n
     if not values:
         return np.empty(0, dtype=object), np.empty(0, dtype=np.int64)
     polygons = shapely.from_ragged_array(
-        shapely.GeometryType.POLYGON, np.concatenate(rings),
+        shapely.GeometryType.POLYGON,
+        np.concatenate(rings),
         (np.asarray(ring_ends, dtype=np.int64), np.asarray(polygon_ends, dtype=np.int64)),
     )
     return polygons, np.asarray(values, dtype=np.int64)
@@ -191,9 +192,9 @@ def polygonise_blocks(src: Any, block: int = POLYGON_BLOCK) -> Iterator[list[Reg
             classes = src.read(1, window=Window(left, top, right - left, bottom - top))
             valid = None if nodata is None else classes != nodata
             ids, id_values = _region_ids(classes, valid, next_id)
-            polygons, found = _block_polygons(shapes(
-                ids, mask=ids > 0, connectivity=4, transform=Affine.translation(left, top)
-            ))
+            polygons, found = _block_polygons(
+                shapes(ids, mask=ids > 0, connectivity=4, transform=Affine.translation(left, top))
+            )
             # regions on an edge shared with another block, and the last block that can touch
             # them (in block order); indexed by id - next_id, so sized by this block only
             local = found - next_id
@@ -212,7 +213,7 @@ def polygonise_blocks(src: Any, block: int = POLYGON_BLOCK) -> Iterator[list[Reg
             if top > 0:
                 is_edge |= _present(ids[0], next_id, len(id_values))
             done: list[Region] = []
-            for polygon, region, close in zip(polygons, local, closes):
+            for polygon, region, close in zip(polygons, local, closes, strict=False):
                 value = int(id_values[region])
                 if is_edge[region]:
                     groups.add(int(region) + next_id, value, polygon, int(close))
@@ -226,7 +227,7 @@ def polygonise_blocks(src: Any, block: int = POLYGON_BLOCK) -> Iterator[list[Reg
                 pairs.append((above_ids[left:right], above_values[left:right], ids[0], classes[0]))
             for there, there_values, here, here_values in pairs:
                 same = (there > 0) & (here > 0) & (there_values == here_values)
-                for a, b in set(zip(there[same].tolist(), here[same].tolist())):
+                for a, b in set(zip(there[same].tolist(), here[same].tolist(), strict=False)):
                     groups.join(a, b)
             left_ids, left_values = ids[:, -1].copy(), classes[:, -1].astype(np.int64)
             below_ids[left:right], below_values[left:right] = ids[-1], classes[-1]

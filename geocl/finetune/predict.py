@@ -120,7 +120,7 @@ class PredictionResult:
         """The lines ``geocl predict`` prints."""
         lines = [
             f"prediction: {self.path} ({self.shape[1]} x {self.shape[0]} px, {len(self.classes)} classes, "
-            f"{self.seconds:.1f} s)",
+            f"{self.seconds:.1f} s)"
         ]
         if len(self.scenes) > 1:
             lines.append(f"  mosaic of {len(self.scenes)} files on the grid of the first, {self.scenes[0]}")
@@ -172,8 +172,14 @@ def _encode_probabilities(logits: np.ndarray, invalid: np.ndarray, dtype: Probab
 
 
 def _check_options(
-    window: int, overlap: int, batch_size: int, class_values: Sequence[int], nodata: int,
-    class_colours: Sequence[Colour] | None, probabilities: str | None, block: int,
+    window: int,
+    overlap: int,
+    batch_size: int,
+    class_values: Sequence[int],
+    nodata: int,
+    class_colours: Sequence[Colour] | None,
+    probabilities: str | None,
+    block: int,
 ) -> str:
     """Validate the options of :func:`predict_scene`; returns the output dtype name."""
     if window < MIN_WINDOW:
@@ -200,9 +206,7 @@ def _check_options(
     if nodata in values:
         raise GeoclError(f"nodata value {nodata} is also a class value; pick another", key="nodata")
     if class_colours is not None and len(class_colours) != len(values):
-        raise GeoclError(
-            f"{len(class_colours)} colours given for {len(values)} classes", key="class_colours"
-        )
+        raise GeoclError(f"{len(class_colours)} colours given for {len(values)} classes", key="class_colours")
     largest = max(*values, nodata)
     if nodata < 0 or largest > np.iinfo(np.uint16).max:
         raise GeoclError("class values and nodata must lie in 0..65535", key="class_values")
@@ -261,14 +265,16 @@ def check_prediction_outputs(
             for source in given:
                 if target == source.resolve():
                     raise GeoclError(
-                        f"{what} would overwrite the scene; choose another {key}", path=out if key == "out" else path,
+                        f"{what} would overwrite the scene; choose another {key}",
+                        path=out if key == "out" else path,
                         key=key,
                     )
                 if source.is_dir() and target.is_relative_to(source.resolve()):
                     raise GeoclError(
                         f"{what} would be written inside the scene folder {source} and read as part of the scene "
                         f"next time; choose another {key}",
-                        path=path, key=key,
+                        path=path,
+                        key=key,
                     )
     for path, _, key in outputs:
         check_output_file(path, key=key)
@@ -326,8 +332,13 @@ def _to_cog(source: Path, final: Path, overview_resampling: str) -> None:
     profile = cog_profiles.get("deflate")
     profile.update(blockxsize=TILE, blockysize=TILE)
     cog_translate(
-        source, final, profile, overview_resampling=overview_resampling, in_memory=False,
-        allow_intermediate_compression=True, quiet=True,
+        source,
+        final,
+        profile,
+        overview_resampling=overview_resampling,
+        in_memory=False,
+        allow_intermediate_compression=True,
+        quiet=True,
     )
 
 
@@ -384,24 +395,35 @@ def _open_outputs(
     on the grid of the scene reader ``src``, open in ``outputs`` (see :func:`_geotiff_output`)."""
     shape = (src.height, src.width)
     grid = {"crs": src.crs, "transform": src.transform, "block": TILE}
-    labels = outputs.enter_context(_geotiff_output(
-        out, geotiff_profile((1, *shape), dtype, nodata=nodata, compress="deflate", **grid),
-        cog=cog, overview_resampling="mode",
-    ))
-    colour_table = {v: (*c, 255) for v, c in zip(values, colours)}
+    labels = outputs.enter_context(
+        _geotiff_output(
+            out,
+            geotiff_profile((1, *shape), dtype, nodata=nodata, compress="deflate", **grid),
+            cog=cog,
+            overview_resampling="mode",
+        )
+    )
+    colour_table = {v: (*c, 255) for v, c in zip(values, colours, strict=False)}
     colour_table[nodata] = (0, 0, 0, 0)
     labels.write_colormap(1, colour_table)
     if probabilities is None:
         return labels, None
-    scores = outputs.enter_context(_geotiff_output(
-        probabilities_path(out),
-        geotiff_profile(
-            (len(values), *shape), probabilities, nodata=PROBABILITY_NODATA[probabilities],
-            # not RGB(A), GDAL's guess for 3 or 4 bands of uint8: no band is an alpha mask
-            compress="deflate", photometric="minisblack", **grid,
-        ),
-        cog=cog, overview_resampling="average",
-    ))
+    scores = outputs.enter_context(
+        _geotiff_output(
+            probabilities_path(out),
+            geotiff_profile(
+                (len(values), *shape),
+                probabilities,
+                nodata=PROBABILITY_NODATA[probabilities],
+                # not RGB(A), GDAL's guess for 3 or 4 bands of uint8: no band is an alpha mask
+                compress="deflate",
+                photometric="minisblack",
+                **grid,
+            ),
+            cog=cog,
+            overview_resampling="average",
+        )
+    )
     scores.descriptions = tuple(f"class {value}" for value in values)
     if probabilities == "uint8":
         scores.scales = (1 / PROBABILITY_SCALE,) * len(values)
@@ -508,8 +530,7 @@ def predict_scene(
         finite = FiniteReader(src, src.nodata if src.nodata is not None else normalizer.nodata)
         if not has_pixel_to_predict(finite):
             raise GeoclError(
-                f"holds no pixel to predict: every pixel is nodata ({finite.missing:g} in every band), "
-                "NaN or infinite",
+                f"holds no pixel to predict: every pixel is nodata ({finite.missing:g} in every band), NaN or infinite",
                 path=files[0],
             )
         blocks = column_blocks(src.width, block)
@@ -527,10 +548,20 @@ def predict_scene(
             for start, stop in blocks:
                 label_rows = _BlockRowWriter(labels, start)
                 score_rows = _BlockRowWriter(scores, start) if scores is not None else None
-                for strip in view.strips(sliding_window_logits(
-                    run, view, normalizer, num_classes=len(values), window=window, overlap=overlap,
-                    batch_size=batch_size, device=device, columns=view.columns((start, stop)), progress=bar,
-                )):
+                for strip in view.strips(
+                    sliding_window_logits(
+                        run,
+                        view,
+                        normalizer,
+                        num_classes=len(values),
+                        window=window,
+                        overlap=overlap,
+                        batch_size=batch_size,
+                        device=device,
+                        columns=view.columns((start, stop)),
+                        progress=bar,
+                    )
+                ):
                     classes = lookup[strip.logits.argmax(axis=0)]
                     classes[strip.invalid] = nodata
                     label_rows.write(classes[None])
@@ -545,7 +576,14 @@ def predict_scene(
     png = plot_prediction_preview(files, out, values, colours, nodata)
     gpkg = write_polygons(out, polygons, block=min(block, POLYGON_BLOCK)) if polygons is not None else None
     return PredictionResult(
-        path=out, png=png, polygons=gpkg, shape=shape, classes=values,
+        path=out,
+        png=png,
+        polygons=gpkg,
+        shape=shape,
+        classes=values,
         probabilities=probabilities_path(out) if probabilities is not None else None,
-        scenes=tuple(files), windows=windows, seconds=time.perf_counter() - started, notes=notes,
+        scenes=tuple(files),
+        windows=windows,
+        seconds=time.perf_counter() - started,
+        notes=notes,
     )

@@ -98,20 +98,8 @@ from geocl.data.tile_dataset import IGNORE_INDEX, TileDataset
 from geocl.errors import GeoclError
 from geocl.finetune.metrics import segmentation_metric, summarize_iou
 from geocl.finetune.model import load_pretrained_encoder, read_pretrain_checkpoint
-from geocl.finetune.train import (
-    FinetuneResult,
-    check_finetune_folder,
-    finetune_trainer,
-    label_subset,
-    write_result,
-)
-from geocl.losses.fba import (
-    ContrastMode,
-    FBContrastLoss,
-    consistency_weight,
-    mutual_consistency,
-    sigmoid_rampup,
-)
+from geocl.finetune.train import FinetuneResult, check_finetune_folder, finetune_trainer, label_subset, write_result
+from geocl.losses.fba import ContrastMode, FBContrastLoss, consistency_weight, mutual_consistency, sigmoid_rampup
 from geocl.models.fba_nets import build_fba_network
 from geocl.sampling.labelled_first import labelled_first_loader
 
@@ -181,7 +169,9 @@ class CaseSlices(Dataset[dict[str, Any]]):
         index = getattr(slices, "index", None)
         volumes = getattr(slices, "volumes", None)
         for item in range(len(slices)):  # type: ignore[arg-type]
-            case = volumes[index[item][0]].case.id if index is not None and volumes is not None else slices[item]["case"]
+            case = (
+                volumes[index[item][0]].case.id if index is not None and volumes is not None else slices[item]["case"]
+            )
             self.groups.setdefault(str(case), []).append(item)
         self.cases = list(self.groups)
 
@@ -190,8 +180,11 @@ class CaseSlices(Dataset[dict[str, Any]]):
 
     def __getitem__(self, item: int) -> dict[str, Any]:
         samples = [self.slices[i] for i in self.groups[self.cases[item]]]
-        return {"image": torch.stack([s["image"] for s in samples]), "mask": torch.stack([s["mask"] for s in samples]),
-                "case": self.cases[item]}
+        return {
+            "image": torch.stack([s["image"] for s in samples]),
+            "mask": torch.stack([s["mask"] for s in samples]),
+            "case": self.cases[item],
+        }
 
 
 class SemiSupervisedSegmenter(lightning.LightningModule):
@@ -291,23 +284,41 @@ class SemiSupervisedSegmenter(lightning.LightningModule):
         if spatial_dims == 3:
             network_options: dict[str, Any] = {"width": width, "depth": depth, "dropout": dropout}
         else:
-            network_options = {"encoder": encoder, "encoder_depth": encoder_depth,
-                               "decoder_channels": decoder_channels, "encoder_args": encoder_args}
+            network_options = {
+                "encoder": encoder,
+                "encoder_depth": encoder_depth,
+                "decoder_channels": decoder_channels,
+                "encoder_args": encoder_args,
+            }
         self.network = build_fba_network(spatial_dims, in_chans, num_classes, decoders, **network_options)
         variant_weight = 0.5 if spatial_dims == 3 and decoders == 3 else 1.0
         self.dice_weight = float(dice_weight if dice_weight is not None else variant_weight)
         self.dice = DiceLoss(
-            include_background=dice_include_background, to_onehot_y=True, batch=True, smooth_nr=1e-8, smooth_dr=1e-8,
+            include_background=dice_include_background,
+            to_onehot_y=True,
+            batch=True,
+            smooth_nr=1e-8,
+            smooth_dr=1e-8,
             ignore_index=ignore_index,
         )
         self.contrast = nn.ModuleList()
         if not supervised_only and contrast_weight > 0:
             if contrast_mode == "code" and self.patch_size is None:
-                raise GeoclError("contrast mode 'code' projects a map of fixed size: set patch_size, or use "
-                                 "contrast_mode 'pooled-map'", key="patch_size")
+                raise GeoclError(
+                    "contrast mode 'code' projects a map of fixed size: set patch_size, or use "
+                    "contrast_mode 'pooled-map'",
+                    key="patch_size",
+                )
             self.contrast.extend(
-                FBContrastLoss(num_classes, spatial_dims, embedding_dim, contrast_mode, input_size=self.patch_size,
-                               grid=pooled_grid, variant=variant)
+                FBContrastLoss(
+                    num_classes,
+                    spatial_dims,
+                    embedding_dim,
+                    contrast_mode,
+                    input_size=self.patch_size,
+                    grid=pooled_grid,
+                    variant=variant,
+                )
                 for _ in range(decoders)
             )
         if variant not in ("stable", "released"):
@@ -322,11 +333,13 @@ class SemiSupervisedSegmenter(lightning.LightningModule):
         #: the last validation / test figures: ``{"val": {"dice", "dice_mean_decoders", "miou", "iou"}, "test": ...}``
         self.results: dict[str, dict[str, Any]] = {}
         # set-wide confusion counts of decoder 1 ("first") and of the decoders' mean probabilities ("mean")
-        self.metrics = nn.ModuleDict({
-            f"{stage}_{output}": segmentation_metric(num_classes, ignore_index)
-            for stage in ("val", "test")
-            for output in ("first", "mean")
-        })
+        self.metrics = nn.ModuleDict(
+            {
+                f"{stage}_{output}": segmentation_metric(num_classes, ignore_index)
+                for stage in ("val", "test")
+                for output in ("first", "mean")
+            }
+        )
 
     @property
     def encoder(self) -> nn.Module:
@@ -450,7 +463,9 @@ class SemiSupervisedSegmenter(lightning.LightningModule):
                 weight = self.consistency_weight_at(step)
                 probabilities = [torch.softmax(z, dim=1) for z in logits]
                 terms["consistency"] = mutual_consistency(
-                    probabilities, self.hparams.temperature, self.hparams.detach_targets,
+                    probabilities,
+                    self.hparams.temperature,
+                    self.hparams.detach_targets,
                     sharpening="channel" if self.hparams.variant == "released" else "classes",
                 )
             if len(self.contrast):
@@ -509,7 +524,9 @@ class SemiSupervisedSegmenter(lightning.LightningModule):
         classes, ignore = int(self.hparams.num_classes), int(self.hparams.ignore_index)
         for image, mask in zip(batch["image"], batch["mask"], strict=True):
             if self.hparams.spatial_dims == 2:  # [S, C, H, W]: the case's slices, a chunk at a time
-                parts = [self.predict_probabilities(image[i : i + SLICE_CHUNK]) for i in range(0, len(image), SLICE_CHUNK)]
+                parts = [
+                    self.predict_probabilities(image[i : i + SLICE_CHUNK]) for i in range(0, len(image), SLICE_CHUNK)
+                ]
                 first, mean = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
             else:  # [C, X, Y, Z]
                 first, mean = (p[0] for p in self.predict_probabilities(image[None]))
@@ -587,8 +604,9 @@ def _check_patch(patch_size: Sequence[int] | None, spatial_dims: int, depth: int
         raise GeoclError(f"needs {spatial_dims} positive sides, got {list(patch_size)}", key="patch_size")
     multiple = 2 ** (depth - 1)
     if spatial_dims == 3 and any(side % multiple for side in patch):
-        raise GeoclError(f"V-Net of depth {depth} needs sides that are multiples of {multiple}, got {list(patch)}",
-                         key="patch_size")
+        raise GeoclError(
+            f"V-Net of depth {depth} needs sides that are multiples of {multiple}, got {list(patch)}", key="patch_size"
+        )
     return patch
 
 
@@ -678,12 +696,23 @@ def fit_semi_supervised(
     labelled_bs = int(module.hparams.labelled_bs)
     semi = not module.hparams.supervised_only and unlabelled is not None and len(unlabelled)  # type: ignore[arg-type]
     loader = labelled_first_loader(
-        labelled, unlabelled if semi else None, batch_size=batch_size if semi else labelled_bs,
-        labelled_bs=labelled_bs, num_batches=steps_per_epoch, seed=seed, num_workers=num_workers,
+        labelled,
+        unlabelled if semi else None,
+        batch_size=batch_size if semi else labelled_bs,
+        labelled_bs=labelled_bs,
+        num_batches=steps_per_epoch,
+        seed=seed,
+        num_workers=num_workers,
     )
     trainer = finetune_trainer(
-        out, max_epochs=max_epochs, val_every=val_every, accelerator=accelerator,
-        monitor=monitor if val is not None else None, patience=patience, progress=progress, log_every_n_steps=1,
+        out,
+        max_epochs=max_epochs,
+        val_every=val_every,
+        accelerator=accelerator,
+        monitor=monitor if val is not None else None,
+        patience=patience,
+        progress=progress,
+        log_every_n_steps=1,
     )
     # volumes and cases (per-case validation) may differ in size: one at a time; slices and tiles in batches
     val_batch = 1 if module.hparams.spatial_dims == 3 or module.hparams.val_per_case else batch_size
@@ -764,10 +793,15 @@ def run_semi_supervised(
         GeoclError: as :func:`~geocl.finetune.train.run_finetune`.
     """
     start = time.perf_counter()
-    out = check_finetune_folder(out, {
-        "label_fraction": label_fraction, "seed": seed, "subset_seed": subset_seed,
-        **({"encoder_checkpoint": encoder_checkpoint} if encoder_checkpoint is not None else {"encoder": encoder}),
-    })
+    out = check_finetune_folder(
+        out,
+        {
+            "label_fraction": label_fraction,
+            "seed": seed,
+            "subset_seed": subset_seed,
+            **({"encoder_checkpoint": encoder_checkpoint} if encoder_checkpoint is not None else {"encoder": encoder}),
+        },
+    )
     lightning.seed_everything(seed, workers=True, verbose=False)
     train_all = TileDataset(tiles, "train", with_mask=True, progress=progress)
     val = TileDataset(tiles, "val", with_mask=True, progress=False)
@@ -780,9 +814,13 @@ def run_semi_supervised(
     if pretrained is not None:
         encoder = pretrained["meta"]["encoder"]
     meta: dict[str, Any] = {
-        "arch": "fba-unet", "in_chans": train_all.band_count, "classes": train_all.classes,
-        "band_stats": train_all.metadata["band_stats"], "nodata": train_all.metadata["nodata"],
-        "tile_size": train_all.tile_size, "encoder": encoder,
+        "arch": "fba-unet",
+        "in_chans": train_all.band_count,
+        "classes": train_all.classes,
+        "band_stats": train_all.metadata["band_stats"],
+        "nodata": train_all.metadata["nodata"],
+        "tile_size": train_all.tile_size,
+        "encoder": encoder,
         "encoder_checkpoint": str(encoder_checkpoint) if encoder_checkpoint else None,
     }
     labelled_bs = min(labelled_bs, len(subset))
@@ -790,21 +828,46 @@ def run_semi_supervised(
         rampup_iterations = max(1, round(RAMP_END * max_epochs * steps_per_epoch / max(consistency_rampup, 1.0)))
     semi = not supervised_only and len(rest) > 0
     module = SemiSupervisedSegmenter(
-        2, train_all.band_count, len(train_all.classes), decoders=decoders, labelled_bs=labelled_bs,
-        supervised_only=supervised_only, contrast_mode=contrast_mode, contrast_weight=contrast_weight,
-        consistency=consistency, consistency_rampup=consistency_rampup, rampup_iterations=rampup_iterations,
-        patch_size=(crop, crop), encoder=encoder, decoder_channels=decoder_channels, optimizer=optimizer, lr=lr,
-        dice_include_background=len(train_all.classes) > 2, meta=meta, **dict(segmenter_options or {}),
+        2,
+        train_all.band_count,
+        len(train_all.classes),
+        decoders=decoders,
+        labelled_bs=labelled_bs,
+        supervised_only=supervised_only,
+        contrast_mode=contrast_mode,
+        contrast_weight=contrast_weight,
+        consistency=consistency,
+        consistency_rampup=consistency_rampup,
+        rampup_iterations=rampup_iterations,
+        patch_size=(crop, crop),
+        encoder=encoder,
+        decoder_channels=decoder_channels,
+        optimizer=optimizer,
+        lr=lr,
+        dice_include_background=len(train_all.classes) > 2,
+        meta=meta,
+        **dict(segmenter_options or {}),
     )
     if pretrained is not None:
         load_pretrained_encoder(module.network, encoder_checkpoint, train_all.band_count, loaded=pretrained)
         meta["pretrain_method"] = pretrained["meta"]["method"]
     unlabelled = Subset(TileDataset(tiles, "train", with_mask=False, progress=False), rest.tolist()) if semi else None
     trainer = fit_semi_supervised(
-        module, Subset(train_all, subset.tolist()), unlabelled, out=out,
-        batch_size=min(batch_size, labelled_bs + len(rest)) if semi else labelled_bs, val=val,
-        max_epochs=max_epochs, steps_per_epoch=steps_per_epoch, val_every=val_every, patience=patience,
-        monitor="val/miou", seed=seed, num_workers=num_workers, accelerator=accelerator, progress=progress,
+        module,
+        Subset(train_all, subset.tolist()),
+        unlabelled,
+        out=out,
+        batch_size=min(batch_size, labelled_bs + len(rest)) if semi else labelled_bs,
+        val=val,
+        max_epochs=max_epochs,
+        steps_per_epoch=steps_per_epoch,
+        val_every=val_every,
+        patience=patience,
+        monitor="val/miou",
+        seed=seed,
+        num_workers=num_workers,
+        accelerator=accelerator,
+        progress=progress,
     )
     best = trainer.checkpoint_callback
     checkpoint = out / "checkpoints" / "last.ckpt"
@@ -812,22 +875,40 @@ def run_semi_supervised(
         checkpoint = Path(best.best_model_path)
     if not checkpoint.exists():
         trainer.save_checkpoint(checkpoint)
-    trainer.test(module, DataLoader(test, batch_size=batch_size, num_workers=num_workers), ckpt_path=str(checkpoint),
-                 verbose=False)
+    trainer.test(
+        module,
+        DataLoader(test, batch_size=batch_size, num_workers=num_workers),
+        ckpt_path=str(checkpoint),
+        verbose=False,
+    )
     tested = module.results["test"]
     val_miou = best.best_model_score if best is not None else None
     iou = tested["iou"]
     metrics = {
-        "miou": tested["miou"], "iou": iou, "dice": tested["dice"],
-        "val_miou": float(val_miou) if val_miou is not None else math.nan, "classes": train_all.classes,
-        "label_fraction": label_fraction, "seed": seed, "subset_seed": seed if subset_seed is None else subset_seed,
-        "train_tiles": len(subset), "unlabelled_tiles": len(rest) if semi else 0, "supervised_only": supervised_only,
-        "decoders": decoders, "encoder": encoder, "encoder_checkpoint": meta["encoder_checkpoint"], "arch": "fba-unet",
-        "checkpoint": str(checkpoint), "seconds": round(time.perf_counter() - start, 1),
+        "miou": tested["miou"],
+        "iou": iou,
+        "dice": tested["dice"],
+        "val_miou": float(val_miou) if val_miou is not None else math.nan,
+        "classes": train_all.classes,
+        "label_fraction": label_fraction,
+        "seed": seed,
+        "subset_seed": seed if subset_seed is None else subset_seed,
+        "train_tiles": len(subset),
+        "unlabelled_tiles": len(rest) if semi else 0,
+        "supervised_only": supervised_only,
+        "decoders": decoders,
+        "encoder": encoder,
+        "encoder_checkpoint": meta["encoder_checkpoint"],
+        "arch": "fba-unet",
+        "checkpoint": str(checkpoint),
+        "seconds": round(time.perf_counter() - start, 1),
     }
     write_result(out, metrics)
     return FinetuneResult(
-        miou=metrics["miou"], iou=iou, val_miou=metrics["val_miou"], checkpoint=checkpoint, out=out,
+        miou=metrics["miou"],
+        iou=iou,
+        val_miou=metrics["val_miou"],
+        checkpoint=checkpoint,
+        out=out,
         train_tiles=len(subset),
     )
-

@@ -48,8 +48,16 @@ from geocl.data.normalize import BandNormalizer
 from geocl.errors import GeoclError
 
 __all__ = [
-    "BLEND_FLOOR", "AnchoredView", "FiniteReader", "Model", "Strip", "blend_weight", "column_blocks",
-    "has_pixel_to_predict", "sliding_window_logits", "window_grid",
+    "BLEND_FLOOR",
+    "AnchoredView",
+    "FiniteReader",
+    "Model",
+    "Strip",
+    "blend_weight",
+    "column_blocks",
+    "has_pixel_to_predict",
+    "sliding_window_logits",
+    "window_grid",
     "window_origins",
 ]
 
@@ -226,8 +234,10 @@ def sliding_window_logits(
         return out.float().cpu().numpy()
 
     own_bar = not isinstance(progress, tqdm)
-    bar = progress if not own_bar else tqdm(
-        total=len(rows) * len(cols), unit="window", desc="predict", disable=not progress
+    bar = (
+        progress
+        if not own_bar
+        else tqdm(total=len(rows) * len(cols), unit="window", desc="predict", disable=not progress)
     )
     try:
         for row in rows:
@@ -252,7 +262,7 @@ def sliding_window_logits(
                     pending.append((col, normalizer(raw[:, :, col : col + window], mask)))
                 if pending and (len(pending) == batch_size or index == len(cols) - 1):
                     logits = run([image for _, image in pending])
-                    for (origin, _), window_logits in zip(pending, logits):
+                    for (origin, _), window_logits in zip(pending, logits, strict=False):
                         logits_sum[:, :, origin : origin + window] += window_logits * weight
                         weight_sum[:, origin : origin + window] += weight
                     bar.update(len(pending))
@@ -345,8 +355,9 @@ class AnchoredView:
         for strip in strips:
             skip = min(max(self.rows - strip.row, 0), strip.logits.shape[1])
             if skip < strip.logits.shape[1]:
-                yield Strip(strip.row + skip - self.rows, strip.logits[:, skip:], strip.invalid[skip:],
-                            strip.col - self.cols)
+                yield Strip(
+                    strip.row + skip - self.rows, strip.logits[:, skip:], strip.invalid[skip:], strip.col - self.cols
+                )
 
 
 #: Side (px) of the windows :func:`has_pixel_to_predict` reads.

@@ -70,8 +70,15 @@ class SegmentationModule(lightning.LightningModule):
     """
 
     def __init__(
-        self, arch: str, encoder: str, in_chans: int, num_classes: int, lr: float = 1e-3,
-        crop: int = 128, freeze_encoder: bool = False, meta: dict[str, Any] | None = None,
+        self,
+        arch: str,
+        encoder: str,
+        in_chans: int,
+        num_classes: int,
+        lr: float = 1e-3,
+        crop: int = 128,
+        freeze_encoder: bool = False,
+        meta: dict[str, Any] | None = None,
         encoder_args: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -135,7 +142,6 @@ class SegmentationModule(lightning.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[SEGMENTER_KEY] = self.meta
-
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -204,8 +210,15 @@ class SegmenterFactory:
         if pretrained is not None and not is_vision_transformer(encoder):
             cnn_args = pretrained_encoder_args(pretrained["meta"]) or None
         module = SegmentationModule(
-            self.arch, encoder, in_chans, len(meta["classes"]), lr=self.lr, crop=self.crop,
-            freeze_encoder=self.freeze_encoder, meta=meta, encoder_args=cnn_args,
+            self.arch,
+            encoder,
+            in_chans,
+            len(meta["classes"]),
+            lr=self.lr,
+            crop=self.crop,
+            freeze_encoder=self.freeze_encoder,
+            meta=meta,
+            encoder_args=cnn_args,
         )
         if pretrained is not None:
             load_pretrained_encoder(module.model, start, in_chans, loaded=pretrained)  # type: ignore[arg-type]
@@ -219,7 +232,12 @@ class SegmenterFactory:
         assert isinstance(module, SegmentationModule)
         meta = module.meta
         weights = {} if self.encoder_weights is None else {"encoder_weights": self.encoder_weights or None}
-        return {"encoder": meta["encoder"], "encoder_checkpoint": meta["encoder_checkpoint"], "arch": self.arch, **weights}
+        return {
+            "encoder": meta["encoder"],
+            "encoder_checkpoint": meta["encoder_checkpoint"],
+            "arch": self.arch,
+            **weights,
+        }
 
 
 def label_subset(count: int, fraction: float, seed: int) -> np.ndarray:
@@ -265,8 +283,10 @@ class TileSplits:
             raise GeoclError("tile set has no val or test tiles; tile with more split blocks", path=self.tiles)
         self.subset = label_subset(len(self.train), options.label_fraction, options.drawn_with)
         meta = {
-            "in_chans": self.train.band_count, "classes": self.train.classes,
-            "band_stats": self.train.metadata["band_stats"], "nodata": self.train.metadata["nodata"],
+            "in_chans": self.train.band_count,
+            "classes": self.train.classes,
+            "band_stats": self.train.metadata["band_stats"],
+            "nodata": self.train.metadata["nodata"],
             "tile_size": self.train.tile_size,
         }
         return DataDescription(meta, {"train_tiles": len(self.subset)})
@@ -283,7 +303,9 @@ class TileSplits:
             DataLoader(self.val, batch_size=budget.batch_size, num_workers=budget.num_workers),
         )
 
-    def score(self, trainer: lightning.Trainer, module: lightning.LightningModule, checkpoint: Path, out: Path) -> Scores:
+    def score(
+        self, trainer: lightning.Trainer, module: lightning.LightningModule, checkpoint: Path, out: Path
+    ) -> Scores:
         """mIoU and per-class IoU of ``checkpoint`` on the test tiles (``module.test_scores()`` after ``trainer.test``)."""
         test = DataLoader(self.test, batch_size=self.budget.batch_size, num_workers=self.budget.num_workers)
         if not isinstance(module, KeepsTestScores):
@@ -373,20 +395,35 @@ def run_finetune(
     """
     settings = budget_from(budget)
     factory = SegmenterFactory(
-        arch=arch, encoder=encoder, encoder_checkpoint=encoder_checkpoint, encoder_weights=encoder_weights, lr=lr,
-        crop=crop, freeze_encoder=freeze_encoder,
+        arch=arch,
+        encoder=encoder,
+        encoder_checkpoint=encoder_checkpoint,
+        encoder_weights=encoder_weights,
+        lr=lr,
+        crop=crop,
+        freeze_encoder=freeze_encoder,
     )
     # everything that determines the result: a folder holding a run made otherwise is named with each difference
     identity = {
-        "tiles": tiles, "label_fraction": label_fraction, "seed": seed,
-        "subset_seed": seed if subset_seed is None else subset_seed, **factory.identity(),
-        **settings.trained(), "lr": lr, "crop": crop, "freeze_encoder": freeze_encoder,
+        "tiles": tiles,
+        "label_fraction": label_fraction,
+        "seed": seed,
+        "subset_seed": seed if subset_seed is None else subset_seed,
+        **factory.identity(),
+        **settings.trained(),
+        "lr": lr,
+        "crop": crop,
+        "freeze_encoder": freeze_encoder,
     }
     options = DownstreamOptions(
         out=out, label_fraction=label_fraction, seed=seed, subset_seed=subset_seed, budget=settings, identity=identity
     )
     done = run_downstream(factory, TileSplits(tiles), options)
     return FinetuneResult(
-        miou=done.record["miou"], iou=done.record["iou"], val_miou=done.best_score, checkpoint=done.checkpoint,
-        out=done.out, train_tiles=done.record["train_tiles"],
+        miou=done.record["miou"],
+        iou=done.record["iou"],
+        val_miou=done.best_score,
+        checkpoint=done.checkpoint,
+        out=done.out,
+        train_tiles=done.record["train_tiles"],
     )

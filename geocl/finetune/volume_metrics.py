@@ -47,10 +47,7 @@ def _one_hot(labels: np.ndarray, num_classes: int) -> torch.Tensor:
 
 
 def case_metrics(
-    prediction: np.ndarray,
-    label: np.ndarray,
-    num_classes: int = 2,
-    spacing: Sequence[float] | None = None,
+    prediction: np.ndarray, label: np.ndarray, num_classes: int = 2, spacing: Sequence[float] | None = None
 ) -> dict[str, float]:
     """Dice, Jaccard, 95HD and ASD of one case, averaged over the foreground classes.
 
@@ -83,8 +80,12 @@ def case_metrics(
         p_any, g_any = bool(p[:, 1].any()), bool(g[:, 1].any())
         if not (p_any and g_any):
             both_empty = not p_any and not g_any
-            values = {"dice": float(both_empty), "jaccard": float(both_empty),
-                      "hd95": 0.0 if both_empty else worst, "asd": 0.0 if both_empty else worst}
+            values = {
+                "dice": float(both_empty),
+                "jaccard": float(both_empty),
+                "hd95": 0.0 if both_empty else worst,
+                "asd": 0.0 if both_empty else worst,
+            }
         else:
             distance_spacing = None if spacing is None else [float(s) for s in spacing]
             with warnings.catch_warnings():
@@ -92,10 +93,16 @@ def case_metrics(
                 values = {
                     "dice": float(compute_dice(p, g, include_background=False)),
                     "jaccard": float(compute_iou(p, g, include_background=False)),
-                    "hd95": float(compute_hausdorff_distance(
-                        p, g, include_background=False, percentile=95, spacing=distance_spacing)),
-                    "asd": float(compute_average_surface_distance(
-                        p, g, include_background=False, symmetric=False, spacing=distance_spacing)),
+                    "hd95": float(
+                        compute_hausdorff_distance(
+                            p, g, include_background=False, percentile=95, spacing=distance_spacing
+                        )
+                    ),
+                    "asd": float(
+                        compute_average_surface_distance(
+                            p, g, include_background=False, symmetric=False, spacing=distance_spacing
+                        )
+                    ),
                 }
         for name, value in values.items():
             sums[name] += value if math.isfinite(value) else worst

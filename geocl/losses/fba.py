@@ -291,8 +291,7 @@ class FBContrastLoss(nn.Module):
             self.projection = MapProjection(values, dim, scale=False)
 
     def extra_repr(self) -> str:
-        return (f"num_classes={self.num_classes}, mode={self.mode!r}, map_size={self.map_size}, "
-                f"variant={self.variant!r}")
+        return f"num_classes={self.num_classes}, mode={self.mode!r}, map_size={self.map_size}, variant={self.variant!r}"
 
     def floor(self) -> float:
         """The smallest value the term can take (every clamp at its bound), given its rank weights.
@@ -381,7 +380,12 @@ class FeaturePoolContrast(nn.Module):
     """
 
     def __init__(
-        self, channels: int, dim: int = 128, spatial_dims: int = 2, *, alpha_max: float = ALPHA_MAX,
+        self,
+        channels: int,
+        dim: int = 128,
+        spatial_dims: int = 2,
+        *,
+        alpha_max: float = ALPHA_MAX,
         alpha_min: float = ALPHA_MIN,
     ) -> None:
         super().__init__()
@@ -438,7 +442,9 @@ Sharpening = Literal["channel", "classes"]
 
 
 def mutual_consistency(
-    probabilities: Sequence[Tensor], temperature: float = 0.1, detach_targets: bool = False,
+    probabilities: Sequence[Tensor],
+    temperature: float = 0.1,
+    detach_targets: bool = False,
     sharpening: Sharpening = "channel",
 ) -> Tensor:
     """``sum_{i != j} mean((p_i - sharpen(p_j))^2)`` over ordered decoder pairs (6 for 3 decoders).

@@ -34,7 +34,14 @@ from geocl.methods.simclr import SimCLR
 
 #: The built-in methods, each registered under its ``name`` by ``@register_method``.
 BUILTIN_METHODS: tuple[type[PretrainMethod], ...] = (
-    SimCLR, MoCo, GraSS, MultiNet, PatchMix, Retrieval, FBA, FBAPretrain,
+    SimCLR,
+    MoCo,
+    GraSS,
+    MultiNet,
+    PatchMix,
+    Retrieval,
+    FBA,
+    FBAPretrain,
 )
 
 __all__ = [

@@ -66,8 +66,17 @@ if TYPE_CHECKING:
 CHECKPOINT_KEY = "geocl"
 #: Constructor arguments every method takes (the other recipe sections), not ``method.*`` keys.
 COMMON_ARGUMENTS = (
-    "encoder", "in_chans", "encoder_args", "pretrained", "weights", "band_stats", "view_size", "augment",
-    "optimizer", "scheduler", "seed",
+    "encoder",
+    "in_chans",
+    "encoder_args",
+    "pretrained",
+    "weights",
+    "band_stats",
+    "view_size",
+    "augment",
+    "optimizer",
+    "scheduler",
+    "seed",
 )
 
 
@@ -226,7 +235,9 @@ class PretrainMethod(lightning.LightningModule):
         self.pretrained = pretrained
         self.weights = weights
         self.in_chans = in_chans
-        self.band_stats = dict(band_stats) if band_stats is not None else {"mean": [0.0] * in_chans, "std": [1.0] * in_chans}
+        self.band_stats = (
+            dict(band_stats) if band_stats is not None else {"mean": [0.0] * in_chans, "std": [1.0] * in_chans}
+        )
         self.view_size = view_size
         self.augment_args = dict(augment.model_dump() if isinstance(augment, BaseModel) else augment or {})
         self.optimizer_config: OptimizerConfig = validated_section("optimizer", OptimizerConfig, optimizer)
@@ -313,8 +324,14 @@ class PretrainMethod(lightning.LightningModule):
         epochs = getattr(params, "warmup_epochs", 0)
         if isinstance(epochs, int) and epochs > 0:
             parent = next(
-                (klass.name for klass in cls.__mro__[1:]
-                 if isinstance(klass, type) and issubclass(klass, PretrainMethod) and klass.name and klass.name != cls.name),
+                (
+                    klass.name
+                    for klass in cls.__mro__[1:]
+                    if isinstance(klass, type)
+                    and issubclass(klass, PretrainMethod)
+                    and klass.name
+                    and klass.name != cls.name
+                ),
                 f"{cls.name} without its own stage",
             )
             return WarmUp(epochs, "method.warmup_epochs", parent)
@@ -322,7 +339,12 @@ class PretrainMethod(lightning.LightningModule):
         for name in fields:
             section = getattr(params, name, None)
             first = getattr(section, "first_epoch", None)
-            if isinstance(section, BaseModel) and getattr(section, "enabled", False) and isinstance(first, int) and first > 0:
+            if (
+                isinstance(section, BaseModel)
+                and getattr(section, "enabled", False)
+                and isinstance(first, int)
+                and first > 0
+            ):
                 return WarmUp(first, f"method.{name}.warmup_epochs", f"{cls.name} without {name}")
         return None
 
@@ -377,7 +399,9 @@ class PretrainMethod(lightning.LightningModule):
             else:
                 callback = trainer.checkpoint_callback
                 named = [
-                    getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", ""), trainer.ckpt_path
+                    getattr(callback, "last_model_path", ""),
+                    getattr(callback, "best_model_path", ""),
+                    trainer.ckpt_path,
                 ]
                 kept = next((path for path in named if path and os.path.isfile(path)), None)
             where = f"the last good checkpoint is {kept}" if kept else "no checkpoint was written yet"
@@ -437,7 +461,9 @@ class PretrainMethod(lightning.LightningModule):
             "seed": self.seed,
             "data": {"view_size": self.view_size},
             "encoder": {
-                "name": self.encoder_name, "pretrained": self.pretrained, "weights": self.weights,
+                "name": self.encoder_name,
+                "pretrained": self.pretrained,
+                "weights": self.weights,
                 "args": self.encoder_args,
             },
             "method": {"name": self.name, **self.params.model_dump(mode="json")},

@@ -80,7 +80,13 @@ from geocl.methods.registry import register_method
 
 #: ``method`` keys that go to :class:`~geocl.finetune.semi_supervised.SemiSupervisedSegmenter` as they are.
 SEGMENTER_KEYS = (
-    "embedding_dim", "pooled_grid", "temperature", "detach_targets", "dice_weight", "ce_weight", "variant",
+    "embedding_dim",
+    "pooled_grid",
+    "temperature",
+    "detach_targets",
+    "dice_weight",
+    "ce_weight",
+    "variant",
     "contrast_balance",
 )
 
@@ -181,8 +187,10 @@ class FBA(PretrainMethod):
             return functools.partial(train_on_tiles, params=params)
         if evaluation == "dice":
             if params.spatial_dims == 3 and params.patch_size is None:
-                raise GeoclError("3D FBA trains on patches: set it, e.g. [112, 112, 80] (the released left-atrium "
-                                 "patch)", key="method.patch_size")
+                raise GeoclError(
+                    "3D FBA trains on patches: set it, e.g. [112, 112, 80] (the released left-atrium patch)",
+                    key="method.patch_size",
+                )
             return functools.partial(train_on_volumes, params=params)
         return None
 
@@ -241,9 +249,12 @@ def train_on_volumes(*, params: Any, encoder_checkpoint: str | Path | None = Non
     if encoder_checkpoint is None and params.init_checkpoint:
         encoder_checkpoint = Path(params.init_checkpoint)
     volume = {
-        "spatial_dims": int(params.spatial_dims), "label_budget": str(params.label_budget),
+        "spatial_dims": int(params.spatial_dims),
+        "label_budget": str(params.label_budget),
         "patch_size": None if params.patch_size is None else [int(side) for side in params.patch_size],
-        "width": int(params.width), "depth": int(params.depth), "dropout": float(params.dropout),
+        "width": int(params.width),
+        "depth": int(params.depth),
+        "dropout": float(params.dropout),
     }
     return run_medical_semi_supervised(
         encoder_checkpoint=encoder_checkpoint, **semi_supervised_arguments(params), **volume, **arguments

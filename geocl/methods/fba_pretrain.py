@@ -43,13 +43,7 @@ from pydantic import Field
 from torch import Tensor
 
 from geocl.errors import GeoclError
-from geocl.losses.fba import (
-    ALPHA_MAX,
-    ALPHA_MIN,
-    FeaturePoolContrast,
-    clamped_cosine,
-    foreground_background_contrast,
-)
+from geocl.losses.fba import ALPHA_MAX, ALPHA_MIN, FeaturePoolContrast, clamped_cosine, foreground_background_contrast
 from geocl.methods.base import PretrainMethod
 from geocl.methods.registry import register_method
 
@@ -103,7 +97,8 @@ class FBAPretrain(PretrainMethod):
             raise GeoclError(
                 f"FBA pretraining splits the encoder's last feature map into foreground and background, but "
                 f"{views.shape[-1]} px views give a map of one position ({self.encoder_name}); use views of at "
-                "least 64 px (a ResNet's map is the view / 32 a side)", key="data.view_size",
+                "least 64 px (a ResNet's map is the view / 32 a side)",
+                key="data.view_size",
             )
         foreground, background, activation = self.contrast.embed(features)
         loss = foreground_background_contrast(foreground, background, self.contrast.alpha_max, self.contrast.alpha_min)

@@ -44,8 +44,8 @@ from geocl.errors import GeoclError
 from geocl.losses import NTXentLoss
 from geocl.methods.base import PretrainMethod
 from geocl.methods.registry import register_method
-from geocl.methods.spps import SemanticPairsHost, SemanticPairsPlugin
 from geocl.methods.simclr import log_semantic_fraction
+from geocl.methods.spps import SemanticPairsHost, SemanticPairsPlugin
 from geocl.models import Encoder, frozen_copy
 from geocl.sampling.semantic_pairs import SPPSConfig
 

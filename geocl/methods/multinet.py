@@ -53,6 +53,7 @@ from geocl.methods.base import PretrainMethod
 from geocl.methods.registry import register_method
 from geocl.models import combine_tiles, frozen_copy, split_tiles
 
+
 @contextmanager
 def tile_batch_norm(modules: list[nn.Module], mode: str) -> Iterator[None]:
     """Run the BatchNorm layers of ``modules`` in ``mode`` (see the module docstring) for a while."""

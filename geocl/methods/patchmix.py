@@ -43,7 +43,8 @@ from geocl.losses import SoftTargetInfoNCELoss
 from geocl.methods.base import PretrainMethod
 from geocl.methods.registry import register_method
 from geocl.models import frozen_copy
-from geocl.transforms import MultiBandViewAugmentation, PatchMix as PatchMixer, TwoViews
+from geocl.transforms import MultiBandViewAugmentation, TwoViews
+from geocl.transforms import PatchMix as PatchMixer
 from geocl.transforms.patchmix import instance_targets, mix_targets, mixed_pair_targets
 
 
@@ -135,7 +136,9 @@ class PatchMix(PretrainMethod):
         batch = getattr(self.trainer.datamodule, "batch_size", None)
         needed = 2 * max(self.num_mix) - 1
         if batch is not None and batch < needed:
-            raise GeoclError(f"mixing {max(self.num_mix)} images needs batches of at least {needed}", key="data.batch_size")
+            raise GeoclError(
+                f"mixing {max(self.num_mix)} images needs batches of at least {needed}", key="data.batch_size"
+            )
 
     def query(self, views: Tensor) -> Tensor:
         """Online embedding: ``[B, C, S, S]`` -> ``[B, out]`` (encoder, projector, predictor)."""

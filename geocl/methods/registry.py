@@ -53,8 +53,10 @@ def parameters_model(cls: type[PretrainMethod]) -> type[BaseModel]:
             continue
         hints = typing.get_type_hints(klass.__init__, include_extras=True)
         for name, parameter in inspect.signature(klass.__init__).parameters.items():
-            if name == "self" or name in COMMON_ARGUMENTS or parameter.kind in (
-                inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL
+            if (
+                name == "self"
+                or name in COMMON_ARGUMENTS
+                or parameter.kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
             ):
                 continue
             if parameter.default is inspect.Parameter.empty:

@@ -112,8 +112,13 @@ class Retrieval(PretrainMethod):
         params = self.params
         self.image_head = ProjectionHead(self.encoder.num_features, params.embed_dim, params.dropout)
         self.text = TextTower(
-            params.vocab_capacity, params.embed_dim, width=params.text_width, layers=params.text_layers,
-            heads=params.text_heads, max_tokens=params.max_tokens, dropout=params.dropout,
+            params.vocab_capacity,
+            params.embed_dim,
+            width=params.text_width,
+            layers=params.text_layers,
+            heads=params.text_heads,
+            max_tokens=params.max_tokens,
+            dropout=params.dropout,
         )
         self.log_scale = nn.Parameter(
             torch.tensor(math.log(1.0 / params.temperature)), requires_grad=params.learnable_temperature
@@ -141,13 +146,15 @@ class Retrieval(PretrainMethod):
         meta = loaded["meta"]
         if int(meta["in_chans"]) != self.in_chans:
             raise GeoclError(
-                f"was pretrained on {meta['in_chans']} bands, the data has {self.in_chans}", path=path,
+                f"was pretrained on {meta['in_chans']} bands, the data has {self.in_chans}",
+                path=path,
                 key="method.init_checkpoint",
             )
         if timm_name(str(meta["encoder"])) != timm_name(self.encoder_name):
             raise GeoclError(
                 f"holds a {meta['encoder']!r} encoder, the recipe builds {self.encoder_name!r}; set encoder.name to it",
-                path=path, key="method.init_checkpoint",
+                path=path,
+                key="method.init_checkpoint",
             )
         try:
             self.encoder.body.load_state_dict(loaded["encoder_state"], strict=True)
@@ -279,9 +286,13 @@ class Retrieval(PretrainMethod):
         params = self.params
         return {
             "towers": {
-                "embed_dim": params.embed_dim, "text_width": params.text_width, "text_layers": params.text_layers,
-                "text_heads": params.text_heads, "max_tokens": params.max_tokens,
-                "vocab_capacity": params.vocab_capacity, "dropout": params.dropout,
+                "embed_dim": params.embed_dim,
+                "text_width": params.text_width,
+                "text_layers": params.text_layers,
+                "text_heads": params.text_heads,
+                "max_tokens": params.max_tokens,
+                "vocab_capacity": params.vocab_capacity,
+                "dropout": params.dropout,
             },
             "tokenizer": self.tokenizer.state() if self.tokenizer is not None else None,
             "captions": params.captions.model_dump(mode="json"),

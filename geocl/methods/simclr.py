@@ -54,7 +54,9 @@ class SimCLR(SemanticPairsHost, PretrainMethod):
     ) -> None:
         super().__init__(encoder, in_chans, **common)
         params = self.params
-        self.head = projection_head(self.encoder.num_features, params.hidden_dim, params.output_dim, params.head_batch_norm)
+        self.head = projection_head(
+            self.encoder.num_features, params.hidden_dim, params.output_dim, params.head_batch_norm
+        )
         self.criterion = NTXentLoss(temperature=params.temperature, gather_distributed=True)
         self.spps = SemanticPairsPlugin(params.spps, self.view_size)
 
@@ -84,6 +86,10 @@ def log_semantic_fraction(method: PretrainMethod, batch: dict[str, Any]) -> None
     if "semantic" in batch:
         semantic = batch["semantic"].float()
         method.log(
-            "train/semantic_fraction", semantic.mean(), on_step=False, on_epoch=True, sync_dist=True,
+            "train/semantic_fraction",
+            semantic.mean(),
+            on_step=False,
+            on_epoch=True,
+            sync_dist=True,
             batch_size=len(semantic),
         )

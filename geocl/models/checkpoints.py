@@ -92,8 +92,7 @@ def _not_a_checkpoint(path: Path) -> str:
 
 
 def unreadable_reason(
-    error: Exception,
-    remedy: str = "it was written by an older geocl or another program: make it again with this geocl",
+    error: Exception, remedy: str = "it was written by an older geocl or another program: make it again with this geocl"
 ) -> str:
     """One line for a file (checkpoint or weights) that ``torch.load(weights_only=True)`` refused.
 

@@ -95,7 +95,10 @@ class UnetBranch(nn.Module):
     """
 
     def __init__(
-        self, encoder_channels: Sequence[int], num_classes: int, upsampling: Upsampling2d = "nearest",
+        self,
+        encoder_channels: Sequence[int],
+        num_classes: int,
+        upsampling: Upsampling2d = "nearest",
         decoder_channels: Sequence[int] = UNET_DECODER_CHANNELS,
     ) -> None:
         super().__init__()
@@ -137,8 +140,14 @@ def fba_vnet(
 
 
 def fba_unet(
-    in_chans: int, num_classes: int, decoders: int = 1, *, encoder: str = "resnet18", encoder_depth: int = 5,
-    decoder_channels: Sequence[int] | None = None, encoder_args: dict[str, Any] | None = None,
+    in_chans: int,
+    num_classes: int,
+    decoders: int = 1,
+    *,
+    encoder: str = "resnet18",
+    encoder_depth: int = 5,
+    decoder_channels: Sequence[int] | None = None,
+    encoder_args: dict[str, Any] | None = None,
 ) -> MultiDecoderSegmenter:
     """2D FBA-Net (``decoders=1``, = ``smp.Unet``) or FBA-Net+ (``decoders=3``) on an smp ``tu-`` encoder.
 
@@ -160,12 +169,14 @@ def fba_unet(
         raise GeoclError(
             f"FBA's U-Net needs a CNN encoder with a feature pyramid; {encoder!r} is a ViT", key="encoder.name"
         )
-    body = get_encoder(f"tu-{name}", in_channels=in_chans, depth=encoder_depth, weights=None,
-                       **timm_arguments(encoder_args))
+    body = get_encoder(
+        f"tu-{name}", in_channels=in_chans, depth=encoder_depth, weights=None, **timm_arguments(encoder_args)
+    )
     widths = tuple(decoder_channels) if decoder_channels is not None else UNET_DECODER_CHANNELS[:encoder_depth]
     if len(widths) != encoder_depth:
-        raise GeoclError(f"needs {encoder_depth} decoder widths (one per encoder level), got {len(widths)}",
-                         key="decoder_channels")
+        raise GeoclError(
+            f"needs {encoder_depth} decoder widths (one per encoder level), got {len(widths)}", key="decoder_channels"
+        )
     return MultiDecoderSegmenter(
         body, [UnetBranch(body.out_channels, num_classes, mode, widths) for mode in UNET_UPSAMPLING[:decoders]]
     )

@@ -142,7 +142,11 @@ class VNetDecoder(nn.Module):
     """
 
     def __init__(
-        self, num_classes: int, width: int = 16, depth: int = 5, upsampling: Upsampling3d = "transposed",
+        self,
+        num_classes: int,
+        width: int = 16,
+        depth: int = 5,
+        upsampling: Upsampling3d = "transposed",
         dropout: float = 0.5,
     ) -> None:
         super().__init__()
@@ -173,8 +177,13 @@ class VNet(nn.Module):
     """
 
     def __init__(
-        self, in_chans: int = 1, num_classes: int = 2, width: int = 16, depth: int = 5,
-        upsampling: Upsampling3d = "transposed", dropout: float = 0.5,
+        self,
+        in_chans: int = 1,
+        num_classes: int = 2,
+        width: int = 16,
+        depth: int = 5,
+        upsampling: Upsampling3d = "transposed",
+        dropout: float = 0.5,
     ) -> None:
         super().__init__()
         self.encoder = VNetEncoder(in_chans, width, depth, dropout)

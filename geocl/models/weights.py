@@ -266,7 +266,7 @@ def _torchgeo_weights(name: str, key: str) -> StartingWeights:
     if not path.is_file():
         raise WeightsNotFoundError(
             f"{name} is not in the torch hub cache ({path}) and geocl downloads nothing: on a machine with "
-            f"network run once  python -c \"from torchgeo.models import get_weight; "
+            f'network run once  python -c "from torchgeo.models import get_weight; '
             f"get_weight('{name}').get_state_dict()\"  (it saves the file there; TORCH_HOME moves the cache), "
             f"or set {key} to a copy of the file",
             key=key,
@@ -353,8 +353,7 @@ def _load(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise WeightsNotFoundError("no such weights file", path=path) from None
-    except Exception as error:  # noqa: BLE001 - torch's unpickler on a user's file: any failure is the file's
-
+    except Exception as error:
         remedy = "save the model's state_dict() (tensors only) instead of the model object"
         raise GeoclError(unreadable_reason(error, remedy), path=path) from None
 
@@ -438,7 +437,7 @@ def fit_weights(
     if filter_fn is not None:
         try:
             state = filter_fn(state, target)
-        except Exception as error:  # noqa: BLE001 - timm's remapping of a foreign file: its failure is the file's
+        except Exception as error:
             reason = f"{type(error).__name__}: {error}".splitlines()[0]
             raise GeoclError(f"{weights.name} do not fit encoder {architecture} ({reason})", key=key) from None
     weights_bands: int | None = None

@@ -123,15 +123,23 @@ class _Spec:
     """What :func:`add_model_arguments` was asked for, and the arguments it added."""
 
     def __init__(
-        self, parser: argparse.ArgumentParser, exclude: tuple[str, ...], flags: dict[str, str],
+        self,
+        parser: argparse.ArgumentParser,
+        exclude: tuple[str, ...],
+        flags: dict[str, str],
         arguments: dict[str, Mapping[str, Any]],
     ) -> None:
         self.parser, self.exclude, self.flags, self.arguments = parser, exclude, flags, arguments
         self.added: dict[str, str] = {}
 
     def add(
-        self, target: argparse.ArgumentParser | argparse._ArgumentGroup, model: type[BaseModel], name: str,
-        prefix: str, *, positional: bool = False,
+        self,
+        target: argparse.ArgumentParser | argparse._ArgumentGroup,
+        model: type[BaseModel],
+        name: str,
+        prefix: str,
+        *,
+        positional: bool = False,
     ) -> None:
         """Add the argument of field ``name`` of ``model`` (at dotted ``prefix``) to ``target``."""
         path = f"{prefix}{name}"

@@ -297,9 +297,7 @@ def _bounds(metadata: Sequence[Any]) -> str | None:
             else:
                 high = (bound, name == "le")
     if low and high:
-        return (
-            f"must be in {'[' if low[1] else '('}{_number(low[0])}, {_number(high[0])}{']' if high[1] else ')'}"
-        )
+        return f"must be in {'[' if low[1] else '('}{_number(low[0])}, {_number(high[0])}{']' if high[1] else ')'}"
     if low:
         return f"must be {'at least' if low[1] else 'greater than'} {_number(low[0])}"
     if high:

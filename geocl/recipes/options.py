@@ -35,7 +35,6 @@ from geocl.recipes.errors import field_relation
 from geocl.recipes.schema import BENCHMARK_DATASETS
 from geocl.recipes.types import Integer, Number
 
-
 #: A seed: numpy and Lightning take unsigned 32-bit integers.
 Seed = Annotated[Integer, Field(ge=0, lt=2**32)]
 #: A fraction of the labelled train tiles.
@@ -79,7 +78,9 @@ class TileOptions(OptionsModel):
         None, description="one-band class mask (a file or a folder); with several scenes, one a scene in their order"
     )
     mask_nodata: Integer | None = Field(
-        None, ge=-(2**31), lt=2**31,
+        None,
+        ge=-(2**31),
+        lt=2**31,
         description="mask value that means unlabelled when the mask file sets no nodata (0 is common): "
         "left out of the classes, the loss and the metrics",
     )
@@ -101,12 +102,14 @@ class TileOptions(OptionsModel):
     seed: Seed = Field(0, description="seed of the block-to-split draw (with --dataset: of the val images)")
     quiet: bool = Field(False, description="no progress bars")
     workers: Integer | None = Field(
-        None, ge=0,
+        None,
+        ge=0,
         description="several scenes: worker processes of the local Dask cluster (default: one a scene, at most "
         "one a CPU; 0: one scene after the other in this process)",
     )
     scheduler: str | None = Field(
-        None, min_length=1,
+        None,
+        min_length=1,
         description="several scenes: address of a running Dask scheduler to use instead of a local cluster, "
         "e.g. tcp://10.0.0.5:8786 (its workers must see the same paths)",
     )
@@ -161,7 +164,8 @@ class TileOptions(OptionsModel):
                 raise field_relation(
                     f"defaults to 4 x {{size}} ({block} px), which is less than {{stride}} ({stride} px); "
                     "give one at least as large as the stride",
-                    size="size", stride="stride",
+                    size="size",
+                    stride="stride",
                 )
         if stride is not None and block < stride:
             raise field_relation(f"must be at least {{stride}} ({stride} px), got {block}", stride="stride")
@@ -183,13 +187,18 @@ class TileOptions(OptionsModel):
         if self.dataset is None:
             if self.scene is None:
                 rule = field_relation(
-                    "give a scene (a GeoTIFF or a folder of them), or {dataset} with {root}", dataset="dataset", root="root"
+                    "give a scene (a GeoTIFF or a folder of them), or {dataset} with {root}",
+                    dataset="dataset",
+                    root="root",
                 )
                 raise _error_at("TileOptions", "scene", None, rule)
             for name in ("root", "val_fraction"):
                 if name in given:
                     raise _error_at(
-                        "TileOptions", name, getattr(self, name), field_relation("is read only with {dataset}", dataset="dataset")
+                        "TileOptions",
+                        name,
+                        getattr(self, name),
+                        field_relation("is read only with {dataset}", dataset="dataset"),
                     )
             for name in ("workers", "scheduler"):
                 if name in given and len(self.scene) == 1:
@@ -206,7 +215,8 @@ class TileOptions(OptionsModel):
             if name in given:
                 rule = field_relation(
                     "applies to a scene; {dataset} keeps the dataset's official splits and masks (see {val_fraction})",
-                    dataset="dataset", val_fraction="val_fraction",
+                    dataset="dataset",
+                    val_fraction="val_fraction",
                 )
                 raise _error_at("TileOptions", name, getattr(self, name), rule)
         return self
@@ -231,7 +241,8 @@ class FinetuneOptions(OptionsModel):
     """
 
     arch: Literal["unet", "deeplabv3plus", "dpt", "linear"] = Field(
-        "unet", description="segmentation decoder (a ViT encoder always gets dpt); linear: the frozen dense linear probe"
+        "unet",
+        description="segmentation decoder (a ViT encoder always gets dpt); linear: the frozen dense linear probe",
     )
     max_epochs: Integer = Field(15, ge=1, description="finetuning epochs (each of a fixed number of steps)")
     steps_per_epoch: Integer = Field(
@@ -258,10 +269,15 @@ class FinetuneCommand(FinetuneOptions):
     tiles: Path = Field(description="a tile set with masks (made by geocl tile with a mask)")
     out: Path = Field(description="run folder (checkpoints/, logs/, metrics.json)")
     encoder_checkpoint: Path | None = Field(None, description="a geocl pretrain checkpoint (default: random init)")
-    encoder: str = Field("resnet18", min_length=1, description="encoder of a random init or of --encoder-weights (a checkpoint brings its own)")
+    encoder: str = Field(
+        "resnet18",
+        min_length=1,
+        description="encoder of a random init or of --encoder-weights (a checkpoint brings its own)",
+    )
     encoder_weights: str = Field(
-        "", description="weights the encoder starts from without a checkpoint: a TorchGeo weights name, a timm "
-        "pretrained tag or a file (read offline, never downloaded)"
+        "",
+        description="weights the encoder starts from without a checkpoint: a TorchGeo weights name, a timm "
+        "pretrained tag or a file (read offline, never downloaded)",
     )
     label_fraction: LabelFraction = Field(0.05, description="fraction of the train tiles with labels, in (0, 1]")
     seed: Seed = Field(0, description="seed of the label subset, the init and the training order")
@@ -304,7 +320,9 @@ class EvaluateCommand(EvaluateOptions):
         None, ge=0, description="resize images to this side in px, 0 = as stored (default: as in pretraining)"
     )
     val_fraction: Number | None = Field(
-        None, ge=0, lt=1,
+        None,
+        ge=0,
+        lt=1,
         description="image folders without val/: share held out per class (default: as in pretraining)",
     )
     seed: Seed = Field(0, description="seed of the probe (and of a random encoder)")
@@ -319,7 +337,8 @@ class EvaluateCommand(EvaluateOptions):
         if checkpoint is None and encoder is None:
             raise field_relation(
                 "give {checkpoint} (a pretrain checkpoint) or {encoder} (a randomly initialised encoder)",
-                checkpoint="checkpoint", encoder="encoder",
+                checkpoint="checkpoint",
+                encoder="encoder",
             )
         return encoder
 
@@ -347,7 +366,8 @@ class PredictSettings(OptionsModel):
     )
     cog: bool = Field(True, description="write Cloud-Optimized GeoTIFFs (internal tiles and overviews)")
     block: Integer = Field(
-        PREDICT_BLOCK, ge=PREDICT_TILE,
+        PREDICT_BLOCK,
+        ge=PREDICT_TILE,
         description=f"width in px (a multiple of {PREDICT_TILE}) of the column blocks predicted at a time "
         "(polygons: blocks of at most 1024 px); memory grows with it, not with the scene",
     )
@@ -398,12 +418,14 @@ class PredictCommand(PredictOptions):
     """
 
     workers: Integer | None = Field(
-        None, ge=0,
+        None,
+        ge=0,
         description="predict each SCENE as a scene of its own, into OUT/<scene name>/, on a local Dask cluster "
         "of this many worker processes (0: one scene after the other in this process)",
     )
     scheduler: str | None = Field(
-        None, min_length=1,
+        None,
+        min_length=1,
         description="as --workers, on the running Dask cluster whose scheduler listens at this address, "
         "e.g. tcp://10.0.0.5:8786 (its workers must see the same paths)",
     )
@@ -435,7 +457,8 @@ class RetrievalOptions(OptionsModel):
     (:class:`geocl.evaluation.retrieval.TextRetrieval`)."""
 
     recipe: Path | None = Field(
-        None, description="the retrieval recipe whose method, optimizer and trainer every row uses "
+        None,
+        description="the retrieval recipe whose method, optimizer and trainer every row uses "
         "(default: recipes/retrieval.yaml)",
     )
     max_steps: Integer | None = Field(
@@ -457,7 +480,8 @@ class CompareOptions(OptionsModel):
     )
     seeds: Integer = Field(3, ge=1, description="training seeds per label subset (seeds 0 .. seeds-1)")
     subset_seeds: Integer | None = Field(
-        None, ge=1,
+        None,
+        ge=1,
         description="label subsets per fraction, drawn apart from the training seeds (subset seeds 0 .. N-1); "
         "default: each run draws its subset with its training seed",
     )
@@ -477,7 +501,8 @@ class CompareOptions(OptionsModel):
         "text-to-tile retrieval (a dual encoder trained on captions from the masks, hit@k and MRR)",
     )
     min_test_pixels: Integer = Field(
-        10_000, ge=0,
+        10_000,
+        ge=0,
         description="warn, and flag the class's IoU, when a class has fewer labelled test pixels than this",
     )
     deterministic: bool = Field(
@@ -492,8 +517,7 @@ class CompareOptions(OptionsModel):
         default_factory=EvaluateOptions, description="evaluation of every row (natural images)"
     )
     retrieval: RetrievalOptions = Field(
-        default_factory=RetrievalOptions,
-        description="dual-encoder training of every row (--protocol retrieval)",
+        default_factory=RetrievalOptions, description="dual-encoder training of every row (--protocol retrieval)"
     )
 
     @field_validator("label_fractions")
@@ -521,7 +545,9 @@ class IndexOptions(OptionsModel):
     checkpoint: Path = Field(description="a checkpoint of the retrieval method (geocl pretrain recipes/retrieval.yaml)")
     tiles: Path = Field(description="a tile set written by geocl tile")
     out: Path = Field(description="the index folder")
-    split: Literal["train", "val", "test"] | None = Field(None, description="index one split only (default: every tile)")
+    split: Literal["train", "val", "test"] | None = Field(
+        None, description="index one split only (default: every tile)"
+    )
     batch_size: Integer = Field(64, ge=1, description="tiles per forward pass")
     thumbnail_px: Integer = Field(96, ge=8, le=512, description="side of the thumbnails in px")
     overwrite: bool = Field(False, description="replace an index already in --out")
@@ -541,6 +567,8 @@ class ServeOptions(OptionsModel):
     """``geocl serve``: a local search page over an index."""
 
     index: Path = Field(description="an index folder written by geocl index")
-    host: str = Field("127.0.0.1", min_length=1, description="address to listen on (0.0.0.0 shares the page on the network)")
+    host: str = Field(
+        "127.0.0.1", min_length=1, description="address to listen on (0.0.0.0 shares the page on the network)"
+    )
     port: Integer = Field(8000, ge=0, le=65535, description="TCP port (0: any free one)")
     k: Integer = Field(10, ge=1, le=100, description="results the page shows by default")

@@ -47,8 +47,18 @@ DATA_FORMATS: tuple[str, ...] = ("tiles", "image_folder", "cifar", "nifti")
 BENCHMARK_DATASETS: tuple[str, ...] = ("potsdam", "vaihingen", "loveda", "loveda-urban", "loveda-rural")
 #: Lightning's ``precision`` values (2.x); checked here so a typo fails before any work.
 PRECISIONS: tuple[str, ...] = (
-    "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true",
-    "transformer-engine", "transformer-engine-float16", "32", "16", "bf16", "64",
+    "32-true",
+    "16-mixed",
+    "bf16-mixed",
+    "16-true",
+    "bf16-true",
+    "64-true",
+    "transformer-engine",
+    "transformer-engine-float16",
+    "32",
+    "16",
+    "bf16",
+    "64",
 )
 #: Lightning's built-in accelerator names.
 ACCELERATORS: tuple[str, ...] = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
@@ -95,21 +105,28 @@ class DataConfig(Section):
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes")
     view_size: int = Field(96, ge=1, description="side in px of the augmented views")
     format: Literal["tiles", "image_folder", "cifar", "nifti"] = Field(
-        "tiles", description="tiles, image_folder (a sub-folder of images a class), cifar (python batches) or "
-        "nifti (3D medical volumes with label maps, trained on as 2D slices)"
+        "tiles",
+        description="tiles, image_folder (a sub-folder of images a class), cifar (python batches) or "
+        "nifti (3D medical volumes with label maps, trained on as 2D slices)",
     )
     path: str = Field("", description="the image folder, CIFAR folder or NIfTI data folder (formats other than tiles)")
     image_size: int = Field(
-        0, ge=0, description="natural formats: resize and centre-crop images to this side in px (0 = as stored); "
-        "nifti: pad or centre-crop slices to this side (0 = the largest slice)"
+        0,
+        ge=0,
+        description="natural formats: resize and centre-crop images to this side in px (0 = as stored); "
+        "nifti: pad or centre-crop slices to this side (0 = the largest slice)",
     )
     val_fraction: float = Field(
-        0.2, ge=0, lt=1, description="image_folder without val/: share held out as val; nifti without "
-        "splits.json: share of the labelled cases held out as val"
+        0.2,
+        ge=0,
+        lt=1,
+        description="image_folder without val/: share held out as val; nifti without "
+        "splits.json: share of the labelled cases held out as val",
     )
     dataset: str = Field(
-        "", description="a TorchGeo benchmark (potsdam, vaihingen, loveda, ...) read from root and tiled into "
-        "`tiles` on first use (format tiles)"
+        "",
+        description="a TorchGeo benchmark (potsdam, vaihingen, loveda, ...) read from root and tiled into "
+        "`tiles` on first use (format tiles)",
     )
     root: str = Field("", description="the folder holding the benchmark dataset in TorchGeo's layout")
     spacing: tuple[Millimetres, Millimetres, Millimetres] | None = Field(
@@ -117,8 +134,8 @@ class DataConfig(Section):
     )
     slice_axis: int = Field(2, ge=0, le=2, description="nifti: the RAS axis 2D slices are taken across (2: axial)")
     intensity: Literal["zscore", "percentile"] = Field(
-        "zscore", description="nifti: per-volume intensity normalisation, zscore (MRI) or percentile (0.5-99.5 % "
-        "to [0, 1], CT)"
+        "zscore",
+        description="nifti: per-volume intensity normalisation, zscore (MRI) or percentile (0.5-99.5 % to [0, 1], CT)",
     )
 
     @field_validator("dataset")
@@ -136,20 +153,26 @@ class DataConfig(Section):
         if not getattr(self, folder):
             raise field_error("DataConfig", folder, "", "missing")
         if self.dataset and self.format != "tiles":
-            raise field_error("DataConfig", "dataset", self.dataset, "benchmarks become tile sets; only format tiles reads it")
+            raise field_error(
+                "DataConfig", "dataset", self.dataset, "benchmarks become tile sets; only format tiles reads it"
+            )
         if self.dataset and not self.root:
             raise field_error("DataConfig", "root", "", "missing")
         if self.root and not self.dataset:
             raise field_error("DataConfig", "root", self.root, "is read only with data.dataset (a benchmark name)")
         if self.format == "tiles" and self.image_size != 0:
-            raise field_error("DataConfig", "image_size", self.image_size, "tiles are not resized; only natural formats read it")
+            raise field_error(
+                "DataConfig", "image_size", self.image_size, "tiles are not resized; only natural formats read it"
+            )
         if self.format != "nifti":
             for name in ("spacing", "slice_axis", "intensity"):
                 # a value other than the default (a saved recipe repeats every default)
                 if getattr(self, name) != type(self).model_fields[name].default:
                     raise field_error("DataConfig", name, getattr(self, name), "only data.format nifti reads it")
         if self.format != "tiles" and 0 < self.image_size < 8:
-            raise field_error("DataConfig", "image_size", self.image_size, "must be 0 (images as stored) or at least 8 px")
+            raise field_error(
+                "DataConfig", "image_size", self.image_size, "must be 0 (images as stored) or at least 8 px"
+            )
         return self
 
 
@@ -204,7 +227,9 @@ class TrainerConfig(Section):
     max_steps: int = Field(-1, description="optimiser steps to train (-1: no limit)")
     devices: int | Literal["auto"] = Field(1, description="device count, -1 for all, or 'auto'")
     num_nodes: int = Field(1, ge=1, description="machines of a multi-node DDP run (each with `devices` devices)")
-    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"] = Field("auto", description="Lightning accelerator")
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"] = Field(
+        "auto", description="Lightning accelerator"
+    )
     strategy: str = Field("auto", description="a Lightning strategy name (auto, ddp, ...)")
     precision: Literal[PRECISIONS] = Field("32-true", description="a Lightning precision (32-true, bf16-mixed, ...)")  # type: ignore[valid-type]
     log_every_n_steps: int = Field(5, ge=1, description="logging interval in steps")
@@ -226,7 +251,8 @@ class TrainerConfig(Section):
             rule = field_relation(
                 "is -1 (no limit) and so is {max_steps}: nothing would stop the run; "
                 "give {max_epochs} or {max_steps} a limit (a count of at least 1)",
-                max_epochs="max_epochs", max_steps="max_steps",
+                max_epochs="max_epochs",
+                max_steps="max_steps",
             )
             raise ValidationError.from_exception_data(
                 "TrainerConfig", [{"type": rule, "loc": ("max_epochs",), "input": self.max_epochs}]
@@ -279,8 +305,12 @@ class AugmentConfig(Section):
     """The view augmentation (:class:`~geocl.transforms.MultiBandViewAugmentation`); the view
     side itself is ``data.view_size``."""
 
-    scale: Pair = Field((0.08, 1.0), description="range of the crop area as a fraction of the tile area, 0 < low <= high <= 1")
-    ratio: Pair = Field((3.0 / 4.0, 4.0 / 3.0), description="range of the crop aspect ratio (width / height), 0 < low <= high")
+    scale: Pair = Field(
+        (0.08, 1.0), description="range of the crop area as a fraction of the tile area, 0 < low <= high <= 1"
+    )
+    ratio: Pair = Field(
+        (3.0 / 4.0, 4.0 / 3.0), description="range of the crop aspect ratio (width / height), 0 < low <= high"
+    )
     hflip_p: Probability = Field(0.5, description="probability of a horizontal flip")
     vflip_p: Probability = Field(0.5, description="probability of a vertical flip")
     rot90_p: Probability = Field(0.5, description="probability of a random quarter-turn rotation")
@@ -360,8 +390,11 @@ def _params_model(name: str, config_cls: type) -> type[MethodParams]:
             else:
                 fields[item.name] = (hints[item.name], ...)
     model = create_model(  # type: ignore[call-overload]
-        config_cls.__name__ if is_model else f"{config_cls.__name__}Params", __base__=MethodParams, __doc__=config_cls.__doc__,
-        name=(Literal[name], name), **fields,
+        config_cls.__name__ if is_model else f"{config_cls.__name__}Params",
+        __base__=MethodParams,
+        __doc__=config_cls.__doc__,
+        name=(Literal[name], name),
+        **fields,
     )
     model.registered_from = config_cls
     return model  # type: ignore[no-any-return]

@@ -17,8 +17,18 @@ from typing import Any
 
 #: Libraries whose versions change numbers.
 LIBRARIES = (
-    "geocl", "torch", "torchvision", "lightning", "lightly", "timm", "segmentation-models-pytorch", "kornia",
-    "torchgeo", "torchmetrics", "numpy", "scipy",
+    "geocl",
+    "torch",
+    "torchvision",
+    "lightning",
+    "lightly",
+    "timm",
+    "segmentation-models-pytorch",
+    "kornia",
+    "torchgeo",
+    "torchmetrics",
+    "numpy",
+    "scipy",
 )
 
 

@@ -78,8 +78,10 @@ def plot_tile_index(tiles: str | os.PathLike[str], out_png: str | os.PathLike[st
         if not part.empty:
             part.boundary.plot(ax=axes, color=colour, linewidth=0.8)
     axes.legend(
-        handles=[Patch(edgecolor=c, facecolor="none", label=f"{s} ({(index['split'] == s).sum()})")
-                 for s, c in SPLIT_COLOURS.items()],
+        handles=[
+            Patch(edgecolor=c, facecolor="none", label=f"{s} ({(index['split'] == s).sum()})")
+            for s, c in SPLIT_COLOURS.items()
+        ],
         loc="upper right",
     )
     axes.set_title(f"{len(index)} tiles of {metadata['options']['size']} px")

@@ -132,7 +132,11 @@ def paired_difference(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scipy's note on few distinct resample means
         result = stats.bootstrap(
-            (data,), np.mean, confidence_level=confidence, n_resamples=resamples, method="percentile",
+            (data,),
+            np.mean,
+            confidence_level=confidence,
+            n_resamples=resamples,
+            method="percentile",
             rng=np.random.default_rng(seed),
         )
     low, high = result.confidence_interval
@@ -167,21 +171,41 @@ def paired_summary(results: pd.DataFrame, metric: str, baseline: str) -> pd.Data
             mine = frame[(frame["recipe"] == recipe) & (frame["label_fraction"].astype(float) == fraction)]
             cell = mean_interval(mine["_value"].tolist())
             row = {
-                "recipe": recipe, "label_fraction": fraction, "mean": cell.mean, "low": cell.low,
-                "high": cell.high, "n": cell.n,
+                "recipe": recipe,
+                "label_fraction": fraction,
+                "mean": cell.mean,
+                "low": cell.low,
+                "high": cell.high,
+                "n": cell.n,
             }
             if recipe != baseline:
                 base = frame[(frame["recipe"] == baseline) & (frame["label_fraction"].astype(float) == fraction)]
                 pairs = mine[keys + ["_value"]].merge(base[keys + ["_value"]], on=keys, suffixes=("", "_base"))
                 diff = paired_difference((pairs["_value"] - pairs["_value_base"]).tolist())
                 row.update(
-                    delta=diff.mean, delta_low=diff.low, delta_high=diff.high, pairs=diff.n, wins=diff.wins,
-                    losses=diff.losses, verdict=diff.verdict,
+                    delta=diff.mean,
+                    delta_low=diff.low,
+                    delta_high=diff.high,
+                    pairs=diff.n,
+                    wins=diff.wins,
+                    losses=diff.losses,
+                    verdict=diff.verdict,
                 )
             rows.append(row)
     columns = [
-        "recipe", "label_fraction", "mean", "low", "high", "n", "delta", "delta_low", "delta_high", "pairs", "wins",
-        "losses", "verdict",
+        "recipe",
+        "label_fraction",
+        "mean",
+        "low",
+        "high",
+        "n",
+        "delta",
+        "delta_low",
+        "delta_high",
+        "pairs",
+        "wins",
+        "losses",
+        "verdict",
     ]
     return pd.DataFrame(rows, columns=columns)
 
@@ -233,13 +257,14 @@ def paired_markdown(summary: pd.DataFrame, metric_label: str, baseline: str) -> 
             delta = f"{_signed(row.delta)} [{_signed(row.delta_low)}, {_signed(row.delta_high)}]"
             record = f"{int(row.wins)} / {int(row.losses)} of {int(row.pairs)}"
             verdict = str(row.verdict)
-        lines.append(f"| {row.recipe} | {row.label_fraction:g} | {interval} | {int(row.n)} | {delta} | {record} | {verdict} |")
+        lines.append(
+            f"| {row.recipe} | {row.label_fraction:g} | {interval} | {int(row.n)} | {delta} | {record} | {verdict} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def plot_paired(
-    summary: pd.DataFrame, out_png: str | os.PathLike[str], metric_label: str, baseline: str,
-    group_labels: bool = False,
+    summary: pd.DataFrame, out_png: str | os.PathLike[str], metric_label: str, baseline: str, group_labels: bool = False
 ) -> Path:
     """A forest plot of the paired differences: one row per (recipe, label fraction), 0 marked.
 
@@ -259,6 +284,7 @@ def plot_paired(
         filled = row["verdict"] in ("better", "worse")
         axes.plot(row["delta"], y, "o", color="tab:blue", markerfacecolor="tab:blue" if filled else "white")
     axes.axvline(0.0, color="tab:red", linewidth=1)
+
     def label(row: Any) -> str:
         text = f"{row.recipe} @ {row.label_fraction:g}"
         if group_labels:
@@ -305,22 +331,37 @@ def budget_curves(summary: pd.DataFrame, from_step_zero: Collection[str] | None 
         start = random[random["pretrain_steps"] == 0]
         reference = (start if len(start) else random).head(1)
         for row in reference.itertuples():
-            points.append({
-                "evaluation": evaluation, "label_fraction": fraction, "recipe": RANDOM_INIT,
-                "pretrain_steps": 0 if len(start) else math.nan, "mean": row.mean, "low": row.low, "high": row.high,
-                "n": row.n,
-            })
+            points.append(
+                {
+                    "evaluation": evaluation,
+                    "label_fraction": fraction,
+                    "recipe": RANDOM_INIT,
+                    "pretrain_steps": 0 if len(start) else math.nan,
+                    "mean": row.mean,
+                    "low": row.low,
+                    "high": row.high,
+                    "n": row.n,
+                }
+            )
         trained = cell[(cell["recipe"] != RANDOM_INIT) & (cell["pretrain_steps"] > 0)]
         for recipe in trained["recipe"].drop_duplicates():
             if len(start) and (from_step_zero is None or recipe in from_step_zero):
-                points.append({"evaluation": evaluation, "label_fraction": fraction, "recipe": recipe,
-                               **_start_point(start)})
+                points.append(
+                    {"evaluation": evaluation, "label_fraction": fraction, "recipe": recipe, **_start_point(start)}
+                )
             for row in trained[trained["recipe"] == recipe].sort_values("pretrain_steps").itertuples():
-                points.append({
-                    "evaluation": evaluation, "label_fraction": fraction, "recipe": recipe,
-                    "pretrain_steps": row.pretrain_steps, "mean": row.mean, "low": row.low, "high": row.high,
-                    "n": row.n,
-                })
+                points.append(
+                    {
+                        "evaluation": evaluation,
+                        "label_fraction": fraction,
+                        "recipe": recipe,
+                        "pretrain_steps": row.pretrain_steps,
+                        "mean": row.mean,
+                        "low": row.low,
+                        "high": row.high,
+                        "n": row.n,
+                    }
+                )
     curves = pd.DataFrame(points, columns=CURVE_COLUMNS)
     return curves.astype({"pretrain_steps": float})
 
@@ -332,7 +373,9 @@ def _start_point(start: pd.DataFrame) -> dict[str, Any]:
 
 
 def plot_budgets(
-    summary: pd.DataFrame, out_png: str | os.PathLike[str], evaluations: Sequence[MetricColumns],
+    summary: pd.DataFrame,
+    out_png: str | os.PathLike[str],
+    evaluations: Sequence[MetricColumns],
     from_step_zero: Collection[str] | None = None,
 ) -> Path:
     """Score against pretraining steps, one line a recipe with its 95 % t interval; one panel per
@@ -372,15 +415,22 @@ def plot_budgets(
         start = random[random["pretrain_steps"] == 0]
         if len(start):  # drawn last, over the curves that start there
             axes.errorbar(
-                start["pretrain_steps"], start["mean"], yerr=_error(start), marker="s", markersize=8, capsize=3,
-                color="0.3", linestyle="none", label=f"{RANDOM_INIT} (step 0)", zorder=3,
+                start["pretrain_steps"],
+                start["mean"],
+                yerr=_error(start),
+                marker="s",
+                markersize=8,
+                capsize=3,
+                color="0.3",
+                linestyle="none",
+                label=f"{RANDOM_INIT} (step 0)",
+                zorder=3,
             )
         steps = sorted(cell["pretrain_steps"].dropna().unique())
         positive = [value for value in steps if value > 0]
         if len(start):
             axes.set_xscale("symlog", linthresh=positive[0] if positive else 1.0)
-            axes.set_xlabel("pretraining steps (0: random init; log scale from "
-                            f"{positive[0] if positive else 1:g})")
+            axes.set_xlabel(f"pretraining steps (0: random init; log scale from {positive[0] if positive else 1:g})")
         else:
             axes.set_xscale("log")
             axes.set_xlabel("pretraining steps (log scale)")

@@ -69,7 +69,7 @@ def plot_prediction_preview(
     # nearest neighbour (rasterio's default), so every preview pixel holds a real class value
     shown, _, _ = read_decimated(prediction, 1, rgb.shape[:2])
     palette = np.full((*shown.shape, 3), 255, dtype=np.uint8)  # nodata stays white, as in the quicklook
-    for value, colour in zip(values, colours):
+    for value, colour in zip(values, colours, strict=False):
         palette[shown == value] = colour
 
     # Figure + Agg canvas, not pyplot: no global figure state and no backend to switch.
@@ -83,7 +83,7 @@ def plot_prediction_preview(
     # long legends list only the classes that occur in the preview
     handles = [
         Patch(facecolor=np.asarray(c) / 255.0, edgecolor="black", label=f"class value {v}")
-        for v, c in zip(values, colours)
+        for v, c in zip(values, colours, strict=False)
         if len(values) <= 12 or (shown == v).any()
     ]
     if (shown == nodata).any():

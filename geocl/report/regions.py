@@ -24,10 +24,7 @@ if TYPE_CHECKING:
 
 
 def plot_region_overlay(
-    path_png: str | os.PathLike[str],
-    rgb: np.ndarray,
-    heatmap: np.ndarray,
-    boxes: Sequence[Box | None],
+    path_png: str | os.PathLike[str], rgb: np.ndarray, heatmap: np.ndarray, boxes: Sequence[Box | None]
 ) -> Path:
     """Draw a tile, its region map and the chosen boxes side by side.
 
@@ -64,9 +61,7 @@ def plot_region_overlay(
             continue
         r0, r1, c0, c1 = box
         # imshow puts pixel (r, c) at [c - 0.5, c + 0.5]; a box's outer edge is at r0 - 0.5
-        box_ax.add_patch(
-            Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, fill=False, edgecolor="red", linewidth=1.5)
-        )
+        box_ax.add_patch(Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, fill=False, edgecolor="red", linewidth=1.5))
     box_ax.set_title(f"boxes ({sum(box is not None for box in boxes)})")
     for ax in (tile_ax, heat_ax, box_ax):
         ax.set_xticks([])

@@ -45,6 +45,7 @@ SUMMARY_COLUMNS = ["recipe", "method", "label_fraction", "mean", "std", "n", "fa
 #: Shown for a std that one seed cannot give.
 NO_STD = "–"
 
+
 def summarize(results: pd.DataFrame, metrics: MetricColumns, metric: str | None = None) -> pd.DataFrame:
     """Mean, std (ddof=1) and count of one metric per (recipe, label fraction), failures marked.
 
@@ -219,9 +220,7 @@ def plot_results(results: pd.DataFrame, out_png: str | os.PathLike[str], metrics
     return plot_comparison([("", results, metrics)], out_png)
 
 
-def plot_comparison(
-    panels: list[tuple[str, pd.DataFrame, MetricColumns]], out_png: str | os.PathLike[str]
-) -> Path:
+def plot_comparison(panels: list[tuple[str, pd.DataFrame, MetricColumns]], out_png: str | os.PathLike[str]) -> Path:
     """Several groups of one comparison side by side (protocols, pretraining budgets), one panel each.
 
     Each panel is drawn as :func:`plot_results` draws one group (its primary metric
@@ -245,7 +244,9 @@ def plot_comparison(
         for index, (metric, summary) in enumerate(summaries.items()):
             axes = figure.add_subplot(1, count, index + 1)
             _plot_lines(axes, summary, fractions_all, metrics)
-            axes.set_title(metrics.label(metric) if count > 1 else f"{metrics.title} against label fraction {INTERVAL_NOTE}")
+            axes.set_title(
+                metrics.label(metric) if count > 1 else f"{metrics.title} against label fraction {INTERVAL_NOTE}"
+            )
         if count > 1:
             figure.suptitle(f"{metrics.title} against label fraction {INTERVAL_NOTE}")
     elif len(panels) == 1:
@@ -309,7 +310,9 @@ def per_class_markdown(results: pd.DataFrame, flagged: str, min_pixels: int) -> 
     if not columns or ok.empty:
         return ""
     thin = set(filter(None, flagged.split(";")))
-    headers = [f"{column.removeprefix('iou_')}{' ⚑' if column.removeprefix('iou_') in thin else ''}" for column in columns]
+    headers = [
+        f"{column.removeprefix('iou_')}{' ⚑' if column.removeprefix('iou_') in thin else ''}" for column in columns
+    ]
     lines = [
         "",
         "Per-class IoU on the test tiles, mean over runs (– : class absent from the test tiles):",
@@ -368,7 +371,10 @@ def _plot_lines(axes: Any, summary: pd.DataFrame, fractions: list[float], metric
 
 
 def _plot_bars(
-    axes: Any, summaries: dict[str, pd.DataFrame], recipes: list[str], metrics: MetricColumns,
+    axes: Any,
+    summaries: dict[str, pd.DataFrame],
+    recipes: list[str],
+    metrics: MetricColumns,
     axis_label: str | None = None,
 ) -> None:
     """Bars of each metric per recipe (one label fraction), all in one unit; random-init hatched grey."""
@@ -380,8 +386,7 @@ def _plot_bars(
         half = interval_half_width(of_metric.fillna({"n": 0}))
         top = max(top, float((of_metric["mean"] + half).max(skipna=True) or 0.0))
         bars = axes.bar(
-            positions, of_metric["mean"].fillna(0.0), width, yerr=half, capsize=3,
-            label=metrics.label(metric),
+            positions, of_metric["mean"].fillna(0.0), width, yerr=half, capsize=3, label=metrics.label(metric)
         )
         for bar, recipe in zip(bars, recipes, strict=True):
             if recipe == RANDOM_INIT:

@@ -70,17 +70,49 @@ Attributes = frozenset[Atom]
 #: Words a query may use for the words of the synthetic scene's captions (applied by
 #: the tokenizer to captions and queries alike; a value may be several words).
 DEFAULT_SYNONYMS: dict[str, str] = {
-    "river": "water", "rivers": "water", "lake": "water", "lakes": "water", "pond": "water", "ponds": "water",
+    "river": "water",
+    "rivers": "water",
+    "lake": "water",
+    "lakes": "water",
+    "pond": "water",
+    "ponds": "water",
     "stream": "water",
-    "farmland": "cropland", "farmlands": "cropland", "field": "cropland", "fields": "cropland", "crops": "cropland",
-    "cropfields": "cropland", "agriculture": "cropland",
-    "road": "roads", "street": "roads", "streets": "roads", "track": "roads", "tracks": "roads",
-    "building": "buildings", "houses": "buildings", "house": "buildings", "town": "buildings",
-    "village": "buildings", "settlement": "buildings",
-    "forests": "forest", "woods": "forest", "wood": "forest", "trees": "forest", "woodland": "forest",
-    "grass": "grassland", "meadow": "grassland", "meadows": "grassland", "pasture": "grassland",
-    "beside": "next to", "near": "next to", "along": "next to", "bordering": "next to", "adjacent": "next to",
-    "crosses": "crossing", "across": "crossing", "through": "crossing", "cutting": "crossing",
+    "farmland": "cropland",
+    "farmlands": "cropland",
+    "field": "cropland",
+    "fields": "cropland",
+    "crops": "cropland",
+    "cropfields": "cropland",
+    "agriculture": "cropland",
+    "road": "roads",
+    "street": "roads",
+    "streets": "roads",
+    "track": "roads",
+    "tracks": "roads",
+    "building": "buildings",
+    "houses": "buildings",
+    "house": "buildings",
+    "town": "buildings",
+    "village": "buildings",
+    "settlement": "buildings",
+    "forests": "forest",
+    "woods": "forest",
+    "wood": "forest",
+    "trees": "forest",
+    "woodland": "forest",
+    "grass": "grassland",
+    "meadow": "grassland",
+    "meadows": "grassland",
+    "pasture": "grassland",
+    "beside": "next to",
+    "near": "next to",
+    "along": "next to",
+    "bordering": "next to",
+    "adjacent": "next to",
+    "crosses": "crossing",
+    "across": "crossing",
+    "through": "crossing",
+    "cutting": "crossing",
     "no": "without",
 }
 
@@ -166,7 +198,9 @@ def _listed(names: Sequence[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
-def mask_attributes(mask: np.ndarray, class_names: Sequence[str], config: CaptionConfig) -> tuple[Attributes, list[str]]:
+def mask_attributes(
+    mask: np.ndarray, class_names: Sequence[str], config: CaptionConfig
+) -> tuple[Attributes, list[str]]:
     """The attributes of one tile from its class mask.
 
     Args:
@@ -322,7 +356,9 @@ def normalised_text(text: str) -> str:
     return " ".join(fold(word) for word in split_words(text))
 
 
-def read_caption_csv(path: str | os.PathLike[str], tile_paths: Sequence[str], root: str | os.PathLike[str]) -> list[list[Caption]]:
+def read_caption_csv(
+    path: str | os.PathLike[str], tile_paths: Sequence[str], root: str | os.PathLike[str]
+) -> list[list[Caption]]:
     """User captions of the tiles, from a CSV of ``tile path, caption`` rows.
 
     A tile path may be as in the tile index (``images/r0000_c0000.tif``), absolute, or
@@ -387,7 +423,9 @@ def dataset_captions(dataset: Any, config: CaptionConfig) -> CaptionSet:
 
     if not isinstance(dataset, TileDataset):
         if config.csv:
-            raise GeoclError("user captions are for tile sets; natural images are captioned by class", key="method.captions.csv")
+            raise GeoclError(
+                "user captions are for tile sets; natural images are captioned by class", key="method.captions.csv"
+            )
         names = [str(name) for name in dataset.classes]
         labels = [int(label) for label in np.asarray(dataset.labels)]
         captions = [[class_caption(names[label])] for label in labels]
@@ -424,7 +462,6 @@ def _with_masks(dataset: Any) -> Any:
     labelled = TileDataset(dataset.root, None, with_mask=True, progress=False)
     labelled.rows = np.asarray(dataset.rows)
     return labelled
-
 
 
 #: The words templates join class names with.

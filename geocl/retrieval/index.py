@@ -183,7 +183,9 @@ def build_index(
     start = time.perf_counter()
     out = check_output_folder(out, key="out")
     if (out / INDEX_META).exists() and not overwrite:
-        raise GeoclError("holds an index already; pass --overwrite to replace it, or choose another --out", path=out, key="out")
+        raise GeoclError(
+            "holds an index already; pass --overwrite to replace it, or choose another --out", path=out, key="out"
+        )
     read_metadata(tiles)  # a wrong folder is answered before the checkpoint is read
     towers = load_towers(checkpoint)
     dataset = TileDataset(tiles, split, with_mask=None, progress=False)
@@ -269,10 +271,12 @@ def rebuild_hint(folder: str | os.PathLike[str], meta: dict[str, Any] | None = N
     meta = meta if isinstance(meta, dict) else {}
     checkpoint, tiles, split = meta.get("checkpoint"), meta.get("tiles"), meta.get("split")
     words = [
-        "geocl", "index",
+        "geocl",
+        "index",
         shlex.quote(checkpoint) if isinstance(checkpoint, str) and checkpoint else "CHECKPOINT",
         shlex.quote(tiles) if isinstance(tiles, str) and tiles else "TILES",
-        "--out", shlex.quote(str(folder)),
+        "--out",
+        shlex.quote(str(folder)),
     ]
     if split in ("train", "val", "test"):
         words += ["--split", split]
@@ -313,8 +317,12 @@ def read_index_meta(folder: str | os.PathLike[str]) -> dict[str, Any]:
     count, dim, overview = meta.get("count"), meta.get("dim"), meta.get("overview")
     extent = overview.get("extent") if isinstance(overview, dict) else None
     well_formed = (
-        isinstance(count, int) and count > 0 and isinstance(dim, int) and dim > 0
-        and isinstance(extent, list) and len(extent) == 4
+        isinstance(count, int)
+        and count > 0
+        and isinstance(dim, int)
+        and dim > 0
+        and isinstance(extent, list)
+        and len(extent) == 4
         and all(isinstance(value, (int, float)) and np.isfinite(value) for value in extent)
         and isinstance(meta.get("files", {}), dict)
     )

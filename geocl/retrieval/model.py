@@ -66,8 +66,15 @@ class TextTower(nn.Module):
     """
 
     def __init__(
-        self, vocab_capacity: int, embed_dim: int, *, width: int = 128, layers: int = 2, heads: int = 4,
-        max_tokens: int = 48, dropout: float = 0.1,
+        self,
+        vocab_capacity: int,
+        embed_dim: int,
+        *,
+        width: int = 128,
+        layers: int = 2,
+        heads: int = 4,
+        max_tokens: int = 48,
+        dropout: float = 0.1,
     ) -> None:
         super().__init__()
         self.encoder = TextEncoder(vocab_capacity, width, layers, heads, max_tokens, dropout)
@@ -127,7 +134,9 @@ class Towers:
     def embed_images(self, images: Tensor) -> Tensor:
         """L2-normalised image embeddings ``[B, embed_dim]`` of normalised images, resized to ``view_size``."""
         if tuple(images.shape[-2:]) != (self.view_size, self.view_size):
-            images = F.interpolate(images, size=(self.view_size, self.view_size), mode="bilinear", align_corners=False, antialias=True)
+            images = F.interpolate(
+                images, size=(self.view_size, self.view_size), mode="bilinear", align_corners=False, antialias=True
+            )
         return F.normalize(self.image(images), dim=1)
 
 
@@ -135,8 +144,12 @@ def text_tower_from(settings: dict[str, Any]) -> TextTower:
     """An untrained text tower of the sizes a ``geocl_retrieval`` entry records."""
     towers = settings["towers"]
     return TextTower(
-        int(towers["vocab_capacity"]), int(towers["embed_dim"]), width=int(towers["text_width"]),
-        layers=int(towers["text_layers"]), heads=int(towers["text_heads"]), max_tokens=int(towers["max_tokens"]),
+        int(towers["vocab_capacity"]),
+        int(towers["embed_dim"]),
+        width=int(towers["text_width"]),
+        layers=int(towers["text_layers"]),
+        heads=int(towers["text_heads"]),
+        max_tokens=int(towers["max_tokens"]),
         dropout=float(towers["dropout"]),
     )
 
@@ -158,7 +171,11 @@ def load_towers(path: str | os.PathLike[str]) -> Towers:
     checkpoint = read_checkpoint(path)  # torch.load(weights_only=True): nothing unpickled
     settings = checkpoint.get(RETRIEVAL_KEY)
     meta = checkpoint.get("geocl")
-    if not isinstance(settings, dict) or not isinstance(meta, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+    if (
+        not isinstance(settings, dict)
+        or not isinstance(meta, dict)
+        or not isinstance(checkpoint.get("state_dict"), dict)
+    ):
         raise GeoclError(
             "not a checkpoint of the retrieval method (train one with `geocl pretrain recipes/retrieval.yaml`)",
             path=path,
@@ -167,7 +184,9 @@ def load_towers(path: str | os.PathLike[str]) -> Towers:
     try:
         encoder = evaluation_encoder(str(meta["encoder"]), int(meta["in_chans"]), pretrained_encoder_args(meta))
         towers = settings["towers"]
-        image = ImageTower(encoder, ProjectionHead(encoder.num_features, int(towers["embed_dim"]), float(towers["dropout"])))
+        image = ImageTower(
+            encoder, ProjectionHead(encoder.num_features, int(towers["embed_dim"]), float(towers["dropout"]))
+        )
         text = text_tower_from(settings)
         tokenizer = WordTokenizer.from_state(settings["tokenizer"])
         view_size = int(settings["view_size"])
@@ -181,5 +200,7 @@ def load_towers(path: str | os.PathLike[str]) -> Towers:
         image.head.load_state_dict(_part(state, "image_head."), strict=True)
         text.load_state_dict(_part(state, "text."), strict=True)
     except RuntimeError as error:
-        raise GeoclError(f"weights do not fit the towers it describes: {str(error).splitlines()[0]}", path=path) from None
+        raise GeoclError(
+            f"weights do not fit the towers it describes: {str(error).splitlines()[0]}", path=path
+        ) from None
     return Towers(image.eval(), text.eval(), tokenizer, view_size, int(meta["in_chans"]), settings, meta)

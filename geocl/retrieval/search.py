@@ -144,7 +144,9 @@ class SearchIndex:
         try:
             table = gpd.read_file(self.folder / TABLE, layer=TABLE_LAYER)
         except (DataSourceError, DataLayerError, OSError, ValueError) as error:
-            raise self._damaged(TABLE, f"is truncated or damaged (cannot read layer {TABLE_LAYER!r}: {error})") from None
+            raise self._damaged(
+                TABLE, f"is truncated or damaged (cannot read layer {TABLE_LAYER!r}: {error})"
+            ) from None
         missing = [column for column in ("id", "path", "split", "caption") if column not in table.columns]
         if missing:
             raise self._damaged(TABLE, f"has no column {', '.join(map(repr, missing))}")
@@ -219,7 +221,9 @@ class SearchIndex:
         if k < 1:
             raise GeoclError(f"must be at least 1, got {k}", key="k")
         scores = self.scores(query)
-        return [self.hit(rank, int(tile), float(scores[tile])) for rank, tile in enumerate(ranking(scores)[:k], start=1)]
+        return [
+            self.hit(rank, int(tile), float(scores[tile])) for rank, tile in enumerate(ranking(scores)[:k], start=1)
+        ]
 
     def hit(self, rank: int, tile: int, score: float) -> Hit:
         """The :class:`Hit` of tile ``tile`` at ``rank``."""
@@ -227,7 +231,13 @@ class SearchIndex:
         left, bottom, right, top = (float(value) for value in self._bounds[tile])
         path = str(row["path"])
         return Hit(
-            rank, score, tile, path, str(row["split"]), str(row["caption"] or ""), (left, bottom, right, top),
+            rank,
+            score,
+            tile,
+            path,
+            str(row["split"]),
+            str(row["caption"] or ""),
+            (left, bottom, right, top),
             self.tile_name(path),
         )
 
@@ -257,8 +267,12 @@ def write_hits_geopackage(index: SearchIndex, hits: list[Hit], final: str | os.P
 
     frame = gpd.GeoDataFrame(
         {
-            "rank": [hit.rank for hit in hits], "score": [hit.score for hit in hits], "id": [hit.id for hit in hits],
-            "path": [hit.path for hit in hits], "caption": [hit.caption for hit in hits], "query": [query] * len(hits),
+            "rank": [hit.rank for hit in hits],
+            "score": [hit.score for hit in hits],
+            "id": [hit.id for hit in hits],
+            "path": [hit.path for hit in hits],
+            "caption": [hit.caption for hit in hits],
+            "query": [query] * len(hits),
         },
         geometry=[box(*hit.bounds) for hit in hits],
         crs=index.crs,

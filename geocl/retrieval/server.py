@@ -112,10 +112,13 @@ class BodyLimit:
 
     async def _refuse(self, send: Any) -> None:
         content = json.dumps({"error": f"the request body is larger than {self.limit // 1024} KiB"}).encode()
-        await send({
-            "type": "http.response.start", "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())],
-        })
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": content})
 
 
@@ -151,7 +154,10 @@ def create_app(index: SearchIndex, default_k: int = 10) -> Any:
     @app.get("/api/info")
     def info() -> dict[str, Any]:
         return {
-            "tiles": len(index), "default_k": default_k, "max_k": MAX_K, "crs": str(index.crs or ""),
+            "tiles": len(index),
+            "default_k": default_k,
+            "max_k": MAX_K,
+            "crs": str(index.crs or ""),
             "overview": {"url": f"/{OVERVIEW}", "extent": index.meta["overview"]["extent"]},
             "example": index.tokenizer.example().strip("'"),
         }
@@ -172,7 +178,10 @@ def create_app(index: SearchIndex, default_k: int = 10) -> Any:
         except QueryError as error:
             return refusal(error.message)
         return {
-            "query": query, "k": k, "tiles": len(index), "milliseconds": round(1000 * (time.perf_counter() - start), 2),
+            "query": query,
+            "k": k,
+            "tiles": len(index),
+            "milliseconds": round(1000 * (time.perf_counter() - start), 2),
             "hits": [hit.public_dict() for hit in hits],
         }
 
@@ -215,7 +224,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
         sock.listen(128)
     except OSError as error:
         sock.close()
-        raise GeoclError(f"cannot listen on {host}:{port}: {error.strerror or error}; choose another --port", key="port") from None
+        raise GeoclError(
+            f"cannot listen on {host}:{port}: {error.strerror or error}; choose another --port", key="port"
+        ) from None
     return sock
 
 

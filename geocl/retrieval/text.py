@@ -34,11 +34,47 @@ from torch import Tensor, nn
 from geocl.errors import GeoclError
 
 #: Words a query may contain that carry no meaning for tile retrieval.
-STOPWORDS: frozenset[str] = frozenset({
-    "a", "an", "the", "of", "in", "on", "is", "are", "there", "some", "show", "me", "find", "tile", "tiles", "image",
-    "images", "area", "areas", "scene", "scenes", "photo", "photos", "picture", "pictures", "place", "places",
-    "region", "regions", "please", "where", "that", "which", "containing", "contains", "has", "have",
-})
+STOPWORDS: frozenset[str] = frozenset(
+    {
+        "a",
+        "an",
+        "the",
+        "of",
+        "in",
+        "on",
+        "is",
+        "are",
+        "there",
+        "some",
+        "show",
+        "me",
+        "find",
+        "tile",
+        "tiles",
+        "image",
+        "images",
+        "area",
+        "areas",
+        "scene",
+        "scenes",
+        "photo",
+        "photos",
+        "picture",
+        "pictures",
+        "place",
+        "places",
+        "region",
+        "regions",
+        "please",
+        "where",
+        "that",
+        "which",
+        "containing",
+        "contains",
+        "has",
+        "have",
+    }
+)
 #: Longest query accepted, in characters.
 MAX_QUERY_CHARS = 500
 #: Padding id.
@@ -203,7 +239,9 @@ class WordTokenizer:
         unknown = list(dict.fromkeys(written for written, word in found if word not in self.ids))
         if unknown:
             # as typed, not repr(): an emoji sequence's joiners must not turn into escapes
-            shown = ", ".join(f"'{word}'" for word in unknown[:5]) + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else "")
+            shown = ", ".join(f"'{word}'" for word in unknown[:5]) + (
+                f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
+            )
             plural = "s" if len(unknown) > 1 else ""
             raise QueryError(
                 f"unknown word{plural} {shown}: the model knows {len(self.vocabulary)} words "
@@ -238,7 +276,9 @@ class WordTokenizer:
     def state(self) -> dict[str, Any]:
         """Plain data that :meth:`from_state` reads back (stored in checkpoints and indexes)."""
         return {
-            "vocabulary": list(self.vocabulary), "synonyms": dict(self.synonyms), "max_tokens": self.max_tokens,
+            "vocabulary": list(self.vocabulary),
+            "synonyms": dict(self.synonyms),
+            "max_tokens": self.max_tokens,
             "stopwords": sorted(self.stopwords),
         }
 
@@ -246,7 +286,9 @@ class WordTokenizer:
     def from_state(cls, state: Mapping[str, Any]) -> WordTokenizer:
         """The tokenizer :meth:`state` describes."""
         return cls(
-            state["vocabulary"], synonyms=state.get("synonyms"), max_tokens=int(state["max_tokens"]),
+            state["vocabulary"],
+            synonyms=state.get("synonyms"),
+            max_tokens=int(state["max_tokens"]),
             stopwords=state.get("stopwords", STOPWORDS),
         )
 
@@ -269,7 +311,12 @@ class TextEncoder(nn.Module):
     """
 
     def __init__(
-        self, vocab_capacity: int, width: int = 128, layers: int = 2, heads: int = 4, max_tokens: int = 48,
+        self,
+        vocab_capacity: int,
+        width: int = 128,
+        layers: int = 2,
+        heads: int = 4,
+        max_tokens: int = 48,
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
@@ -280,7 +327,12 @@ class TextEncoder(nn.Module):
         # a bag of words has no word order to encode
         self.positions = nn.Embedding(max_tokens, width) if layers else None
         block = nn.TransformerEncoderLayer(
-            width, heads, dim_feedforward=2 * width, dropout=dropout, activation="gelu", batch_first=True,
+            width,
+            heads,
+            dim_feedforward=2 * width,
+            dropout=dropout,
+            activation="gelu",
+            batch_first=True,
             norm_first=True,
         )
         # no nested-tensor fast path: its results would depend on the padding of the batch

@@ -10,14 +10,7 @@
 
 from geocl.sampling.geo_sampler import GradientRegionSampler, box_sums
 from geocl.sampling.region_rasters import write_region_map
-from geocl.sampling.regions import (
-    Box,
-    crop_and_resize,
-    gradient_maps,
-    select_box,
-    select_boxes,
-    upsample_maps,
-)
+from geocl.sampling.regions import Box, crop_and_resize, gradient_maps, select_box, select_boxes, upsample_maps
 from geocl.sampling.semantic_pairs import (
     SemanticPairs,
     SemanticPairSampler,

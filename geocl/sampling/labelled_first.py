@@ -64,8 +64,14 @@ class LabelledFirstBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(
-        self, labelled: Sequence[int], unlabelled: Sequence[int], batch_size: int, labelled_bs: int, *,
-        num_batches: int | None = None, seed: int = 0,
+        self,
+        labelled: Sequence[int],
+        unlabelled: Sequence[int],
+        batch_size: int,
+        labelled_bs: int,
+        *,
+        num_batches: int | None = None,
+        seed: int = 0,
     ) -> None:
         if not 1 <= labelled_bs <= batch_size:
             raise GeoclError(f"must be between 1 and batch_size ({batch_size}), got {labelled_bs}", key="labelled_bs")
@@ -117,8 +123,14 @@ def collate_labelled_first(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def labelled_first_loader(
-    labelled: Dataset[dict[str, Any]], unlabelled: Dataset[dict[str, Any]] | None, *, batch_size: int,
-    labelled_bs: int, num_batches: int | None = None, seed: int = 0, num_workers: int = 0,
+    labelled: Dataset[dict[str, Any]],
+    unlabelled: Dataset[dict[str, Any]] | None,
+    *,
+    batch_size: int,
+    labelled_bs: int,
+    num_batches: int | None = None,
+    seed: int = 0,
+    num_workers: int = 0,
 ) -> DataLoader[dict[str, Any]]:
     """A DataLoader of labelled-first batches over a labelled and an unlabelled dataset.
 

@@ -166,9 +166,7 @@ def _grow(start: int, stop: int, min_side: int, extent: int) -> tuple[int, int]:
     return int(start), int(stop)
 
 
-def select_boxes(
-    maps: Tensor, view_size: tuple[int, int], ratio: float = 0.5, min_side: int = 0
-) -> list[Box | None]:
+def select_boxes(maps: Tensor, view_size: tuple[int, int], ratio: float = 0.5, min_side: int = 0) -> list[Box | None]:
     """One box per view: :func:`upsample_maps` then :func:`select_box` on each map.
 
     Box ``k`` depends on map ``k`` only (spec test 8).

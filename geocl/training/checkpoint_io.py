@@ -58,7 +58,10 @@ NO_ACCESS = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def storage_error(
-    exc: OSError, written: str | os.PathLike[str] | None, last_complete: Path | None, folder: Path | None = None,
+    exc: OSError,
+    written: str | os.PathLike[str] | None,
+    last_complete: Path | None,
+    folder: Path | None = None,
     resumable: bool = True,
 ) -> GeoclError | None:
     """The one-line error for a failed write, or None for an error that is not the storage's.
@@ -117,7 +120,7 @@ def plain_data(value: Any, where: str = "checkpoint") -> Any:
     if isinstance(value, Mapping):
         pairs = [(plain_data(key, where), plain_data(item, f"{where}[{key!r}]")) for key, item in value.items()]
         kept = type(value) in (dict, OrderedDict, Counter)
-        if kept and all(new[0] is old[0] and new[1] is old[1] for new, old in zip(pairs, value.items())):
+        if kept and all(new[0] is old[0] and new[1] is old[1] for new, old in zip(pairs, value.items(), strict=False)):
             return value  # unchanged: the same object (a state dict keeps its ``_metadata``)
         plain = type(value)(pairs) if kept else dict(pairs)
         if kept and hasattr(value, "__dict__"):
@@ -125,7 +128,7 @@ def plain_data(value: Any, where: str = "checkpoint") -> Any:
         return plain
     if isinstance(value, (list, tuple, set, frozenset)):
         items = [plain_data(item, f"{where}[{index}]") for index, item in enumerate(value)]
-        if type(value) in (list, tuple, set) and all(new is old for new, old in zip(items, value)):
+        if type(value) in (list, tuple, set) and all(new is old for new, old in zip(items, value, strict=False)):
             return value
         if type(value) in (list, set):
             return type(value)(items)
@@ -245,7 +248,8 @@ def run_checkpoints(folder: Path) -> list[Path]:
     epoch first), then any other ``*.ckpt`` (newest first); temporaries of writers aside."""
     epochs = epoch_checkpoints(folder)
     others = [
-        path for path in folder.glob("*.ckpt")
+        path
+        for path in folder.glob("*.ckpt")
         if not path.name.startswith(".") and path.name != LAST_NAME and path not in epochs
     ]
     others.sort(key=lambda path: path.stat().st_mtime_ns if path.exists() else 0, reverse=True)

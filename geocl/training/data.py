@@ -30,7 +30,9 @@ class PretrainData(lightning.LightningDataModule):
         seed: seed of the order.
     """
 
-    def __init__(self, dataset: Dataset[dict[str, Any]], out: Path, *, batch_size: int, num_workers: int, seed: int) -> None:
+    def __init__(
+        self, dataset: Dataset[dict[str, Any]], out: Path, *, batch_size: int, num_workers: int, seed: int
+    ) -> None:
         super().__init__()
         self.dataset = dataset
         self.out = Path(out)

@@ -260,7 +260,9 @@ def open_experiment(uri: str, name: str) -> str:
             return str(again.experiment_id)
     except (MlflowException, OSError) as exc:
         message = " ".join(str(exc).split())[:200]
-        raise GeoclError(f"MLflow tracking store {shown_uri(uri)} cannot be used: {message}", key="trainer.logger") from None
+        raise GeoclError(
+            f"MLflow tracking store {shown_uri(uri)} cannot be used: {message}", key="trainer.logger"
+        ) from None
 
 
 def _is_rank_zero() -> bool:
@@ -353,7 +355,9 @@ def _mlflow(uri: str, experiment: str, run_name: str, params: dict[str, Any], ta
         logger.log_hyperparams(params)  # rank zero only; starts the run
     except MlflowException as exc:
         message = " ".join(str(exc).split())[:200]
-        raise GeoclError(f"MLflow tracking store {shown_uri(uri)} refused the run: {message}", key="trainer.logger") from None
+        raise GeoclError(
+            f"MLflow tracking store {shown_uri(uri)} refused the run: {message}", key="trainer.logger"
+        ) from None
     return logger
 
 
@@ -403,7 +407,9 @@ def log_result(out: str | os.PathLike[str], metrics: Mapping[str, float]) -> Non
         opened = list(scope.opened) or experiment_loggers(out, scope.kind, tags={"geocl.run": "evaluate"})[1:]
         log_final_metrics(opened, metrics)
     except errors as exc:
-        raise GeoclError(f"the result was not logged to {scope.kind}: {' '.join(str(exc).split())[:200]}", path=out) from None
+        raise GeoclError(
+            f"the result was not logged to {scope.kind}: {' '.join(str(exc).split())[:200]}", path=out
+        ) from None
 
 
 def _steps_label(row: Mapping[str, Any]) -> str:
@@ -463,8 +469,12 @@ def log_comparison_summary(
             if _finite(value):
                 metrics.append(Metric(_metric_key(*prefix, column), float(value), stamp, step))
     flags = [  # why a recipe's rows are not its method's (a budget inside its warm-up): as results.md says
-        RunTag(_metric_key("flag", str(row.get("evaluation") or ""), str(row["recipe"]), _steps_label(row)), str(row["flag"]))
-        for row in rows if isinstance(row.get("flag"), str) and row["flag"]
+        RunTag(
+            _metric_key("flag", str(row.get("evaluation") or ""), str(row["recipe"]), _steps_label(row)),
+            str(row["flag"]),
+        )
+        for row in rows
+        if isinstance(row.get("flag"), str) and row["flag"]
     ]
     for start in range(0, max(len(metrics), 1), 1000):  # MLflow's batch limit
         client.log_batch(run.info.run_id, metrics=metrics[start : start + 1000], tags=flags if start == 0 else [])

@@ -148,21 +148,30 @@ class ProbeTiles:
                 if len(samples) == count:
                     break
         if len(samples) < 2:
-            log.info("representation monitor off: the tile set %s has %d labelled val tiles (needs 2)", root, len(samples))
+            log.info(
+                "representation monitor off: the tile set %s has %d labelled val tiles (needs 2)", root, len(samples)
+            )
             return None
         images = torch.stack([sample["image"] for sample in samples])
         masks = torch.stack([sample["mask"] for sample in samples]).long()
         half = (len(samples) + 1) // 2
         return cls(
-            images[:half], masks[:half], images[half:], masks[half:], len(val.classes),
+            images[:half],
+            masks[:half],
+            images[half:],
+            masks[half:],
+            len(val.classes),
             tuple(int(sample["index"]) for sample in samples),
         )
 
     def windows(self, size: tuple[int, int]) -> ProbeTiles:
         """The tiles cut into non-overlapping ``size`` windows (an encoder that takes only that size)."""
         return replace(
-            self, bank_images=_windows(self.bank_images, size), bank_masks=_windows(self.bank_masks, size),
-            query_images=_windows(self.query_images, size), query_masks=_windows(self.query_masks, size),
+            self,
+            bank_images=_windows(self.bank_images, size),
+            bank_masks=_windows(self.bank_masks, size),
+            query_images=_windows(self.query_images, size),
+            query_masks=_windows(self.query_masks, size),
         )
 
 
@@ -276,8 +285,7 @@ def segmentation_score(predicted: Tensor, masks: Tensor, num_classes: int) -> Pr
     iou = hits[union > 0] / union[union > 0]
     total = confusion.sum()
     return ProbeScore(
-        miou=float(iou.mean()) if len(iou) else math.nan,
-        accuracy=float(hits.sum() / total) if total > 0 else math.nan,
+        miou=float(iou.mean()) if len(iou) else math.nan, accuracy=float(hits.sum() / total) if total > 0 else math.nan
     )
 
 
@@ -295,8 +303,14 @@ def frozen(module: nn.Module) -> Iterator[None]:
 
 
 def probe(
-    encoder: nn.Module, tiles: ProbeTiles, *, grid: int = 16, k: int = 20, temperature: float = 0.07,
-    batch_size: int = PROBE_BATCH, stages: Sequence[int] | None = DEFAULT_STAGES,
+    encoder: nn.Module,
+    tiles: ProbeTiles,
+    *,
+    grid: int = 16,
+    k: int = 20,
+    temperature: float = 0.07,
+    batch_size: int = PROBE_BATCH,
+    stages: Sequence[int] | None = DEFAULT_STAGES,
 ) -> ProbeScore:
     """Segment the query tiles by kNN over the bank tiles' cells; score them (the module docstring's steps).
 
@@ -309,9 +323,12 @@ def probe(
     grid = min(grid, *tiles.bank_images.shape[-2:])
 
     def embed(images: Tensor) -> Tensor:
-        return torch.cat([
-            cell_features(stage_features(encoder, batch.to(device, dtype), stages), grid) for batch in images.split(batch_size)
-        ])
+        return torch.cat(
+            [
+                cell_features(stage_features(encoder, batch.to(device, dtype), stages), grid)
+                for batch in images.split(batch_size)
+            ]
+        )
 
     with frozen(encoder):
         bank, queries = embed(tiles.bank_images), embed(tiles.query_images)
@@ -354,7 +371,13 @@ class RepresentationMonitor(lightning.Callback):
     """
 
     def __init__(
-        self, tiles: ProbeTiles, every_n_steps: int, *, grid: int = 16, k: int = 20, temperature: float = 0.07,
+        self,
+        tiles: ProbeTiles,
+        every_n_steps: int,
+        *,
+        grid: int = 16,
+        k: int = 20,
+        temperature: float = 0.07,
         stages: Sequence[int] | None = DEFAULT_STAGES,
     ) -> None:
         if every_n_steps < 1:
@@ -376,7 +399,10 @@ class RepresentationMonitor(lightning.Callback):
     def settings(self) -> dict[str, Any]:
         """What a reference depends on besides the initial weights: the tiles and the probe."""
         return {
-            "rows": list(self.tiles.rows), "grid": self.grid, "k": self.k, "temperature": self.temperature,
+            "rows": list(self.tiles.rows),
+            "grid": self.grid,
+            "k": self.k,
+            "temperature": self.temperature,
             "stages": None if self.stages is None else list(self.stages),
         }
 
@@ -417,7 +443,9 @@ class RepresentationMonitor(lightning.Callback):
         size = _fixed_input_size(encoder)
         if size is not None and tuple(self.tiles.bank_images.shape[-2:]) != size:
             if min(self.tiles.bank_images.shape[-2:]) < min(size):
-                log.info("representation monitor off: the encoder takes only %dx%d px inputs, the tiles are smaller", *size)
+                log.info(
+                    "representation monitor off: the encoder takes only %dx%d px inputs, the tiles are smaller", *size
+                )
                 self.every_n_steps = 0
                 return
             self.tiles = self.tiles.windows(size)
@@ -465,8 +493,11 @@ class RepresentationMonitor(lightning.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "reference": self.reference, "settings": self._reference_settings,
-            "miou": self.miou, "accuracy": self.accuracy, "step": self.step,
+            "reference": self.reference,
+            "settings": self._reference_settings,
+            "miou": self.miou,
+            "accuracy": self.accuracy,
+            "step": self.step,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

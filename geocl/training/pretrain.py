@@ -179,7 +179,11 @@ def _resume_checkpoint(out: Path) -> _Resume:
         why = "is missing" if not last.is_file() else unreadable.get(last, "is older")
         log.warning(
             "%s %s; resuming from %s (epoch %d, step %d), the newest intact checkpoint",
-            last, why, chosen, progress["epoch"], progress["global_step"],
+            last,
+            why,
+            chosen,
+            progress["epoch"],
+            progress["global_step"],
         )
     return _Resume(chosen, progress["epoch"], progress["global_step"], progress["in_chans"])
 
@@ -223,7 +227,8 @@ def _check_resumed_data(recipe: Recipe, found: _Resume, band_count: int) -> None
     raise GeoclError(
         f"has {band_count} bands now, but the run being resumed ({found.checkpoint}) was trained on "
         f"{found.in_chans}; point {key} at the data it was trained on, or start a new run in another out",
-        path=where, key=key,
+        path=where,
+        key=key,
     )
 
 
@@ -279,8 +284,13 @@ def train_dataset(recipe: Recipe) -> Dataset[dict[str, Any]]:
         from geocl.data.medical.nifti import open_slice_dataset  # MONAI: only for medical recipes
 
         return open_slice_dataset(
-            config.path, config.split, spacing=config.spacing, slice_axis=config.slice_axis,
-            intensity=config.intensity, image_size=config.image_size, val_fraction=config.val_fraction,
+            config.path,
+            config.split,
+            spacing=config.spacing,
+            slice_axis=config.slice_axis,
+            intensity=config.intensity,
+            image_size=config.image_size,
+            val_fraction=config.val_fraction,
         )
     return open_natural_dataset(
         config.format, config.path, config.split, image_size=config.image_size, val_fraction=config.val_fraction
@@ -328,7 +338,12 @@ def build_trainer(
         limit_train_batches=config.limit_train_batches,
         gradient_clip_val=config.gradient_clip_val or None,
         logger=_loggers(recipe, out, resumed_from),
-        callbacks=[checkpoints, LearningRateMonitor(logging_interval="step"), *callbacks, *progress_callbacks(progress)],
+        callbacks=[
+            checkpoints,
+            LearningRateMonitor(logging_interval="step"),
+            *callbacks,
+            *progress_callbacks(progress),
+        ],
         use_distributed_sampler=False,  # PretrainData shards with its own seeded sampler
         enable_model_summary=False,
         enable_progress_bar=progress,
@@ -396,8 +411,13 @@ def _fit(
             monitor.remember_initial(model.encoder)
         callbacks.append(monitor)
     trainer = build_trainer(
-        recipe, out, callbacks, reload_data_every_epoch=model.reloads_data_every_epoch, checkpoint_io=writer,
-        progress=progress, resumed_from=found.checkpoint if found else None,
+        recipe,
+        out,
+        callbacks,
+        reload_data_every_epoch=model.reloads_data_every_epoch,
+        checkpoint_io=writer,
+        progress=progress,
+        resumed_from=found.checkpoint if found else None,
     )
     main_thread = threading.current_thread() is threading.main_thread()
     sigint = signal.getsignal(signal.SIGINT) if main_thread else None
@@ -471,14 +491,21 @@ def _final_loss(out: Path, found: _Resume | None, trainer: lightning.Trainer, pr
     if trainer.global_step > 0:
         log.warning(
             "the final loss of the run in %s is unknown: its checkpoint, metrics.json and logs keep no loss of "
-            "epoch %d", out, trainer.current_epoch,
+            "epoch %d",
+            out,
+            trainer.current_epoch,
         )
     return float("nan")
 
 
 def _finish(
-    recipe: Recipe, out: Path, found: _Resume | None, trainer: lightning.Trainer, model: lightning.LightningModule,
-    writer: AtomicCheckpointIO, start: float,
+    recipe: Recipe,
+    out: Path,
+    found: _Resume | None,
+    trainer: lightning.Trainer,
+    model: lightning.LightningModule,
+    writer: AtomicCheckpointIO,
+    start: float,
 ) -> PretrainResult:
     metrics_path = out / "metrics.json"
     previous = _read_metrics(metrics_path)
@@ -501,8 +528,11 @@ def _finish(
         raise RuntimeError(f"the run in {out} ended without {result.checkpoint}")
     final_loss = result.final_loss if math.isfinite(result.final_loss) else None  # strict JSON
     if (
-        found is not None and previous is not None and trainer.global_step == found.global_step
-        and previous.get("global_step") == trainer.global_step and previous.get("final_loss") == final_loss
+        found is not None
+        and previous is not None
+        and trainer.global_step == found.global_step
+        and previous.get("global_step") == trainer.global_step
+        and previous.get("final_loss") == final_loss
         and previous.get("checkpoint") == str(result.checkpoint)
     ):
         return result  # resuming a finished run trains nothing: its metrics.json stays the record

@@ -132,11 +132,7 @@ class RandomRot90(K.GeometricAugmentationBase2D):
         return powers[k].to(input.dtype)
 
     def apply_transform(
-        self,
-        input: Tensor,
-        params: dict[str, Tensor],
-        flags: dict[str, Any],
-        transform: Tensor | None = None,
+        self, input: Tensor, params: dict[str, Tensor], flags: dict[str, Any], transform: Tensor | None = None
     ) -> Tensor:
         n = self._check_square(input)
         batch, bands = input.shape[:2]
@@ -162,10 +158,7 @@ class _BandJitterGenerator(RandomGeneratorBase):
         self.same_for_all_bands = same_for_all_bands
 
     def __repr__(self) -> str:
-        return (
-            f"brightness={self.brightness}, contrast={self.contrast}, "
-            f"same_for_all_bands={self.same_for_all_bands}"
-        )
+        return f"brightness={self.brightness}, contrast={self.contrast}, same_for_all_bands={self.same_for_all_bands}"
 
     def make_samplers(self, device: torch.device, dtype: torch.dtype) -> None:
         # torch.rand needs no persistent sampler; device and dtype are read in forward.
@@ -230,11 +223,7 @@ class RandomBandBrightnessContrast(K.IntensityAugmentationBase2D):
         self._param_generator = _BandJitterGenerator(brightness, contrast, same_for_all_bands)
 
     def apply_transform(
-        self,
-        input: Tensor,
-        params: dict[str, Tensor],
-        flags: dict[str, Any],
-        transform: Tensor | None = None,
+        self, input: Tensor, params: dict[str, Tensor], flags: dict[str, Any], transform: Tensor | None = None
     ) -> Tensor:
         factor = params["contrast_factor"].to(device=input.device, dtype=input.dtype)[..., None, None]
         shift = params["brightness_shift"].to(device=input.device, dtype=input.dtype)[..., None, None]
@@ -319,16 +308,28 @@ class MultiBandViewAugmentation(nn.Module):
             raise _fail("size", f"must be >= {MIN_VIEW_SIZE} px, got {size}")
         # one validator for recipes and Python callers: the recipe schema's augment section
         config = validated_section(
-            "augment", AugmentConfig,
+            "augment",
+            AugmentConfig,
             {
-                "scale": scale, "ratio": ratio, "hflip_p": hflip_p, "vflip_p": vflip_p, "rot90_p": rot90_p,
-                "jitter_p": jitter_p, "brightness": brightness, "contrast": contrast, "blur_p": blur_p,
-                "blur_sigma": blur_sigma, "noise_p": noise_p, "noise_std": noise_std,
+                "scale": scale,
+                "ratio": ratio,
+                "hflip_p": hflip_p,
+                "vflip_p": vflip_p,
+                "rot90_p": rot90_p,
+                "jitter_p": jitter_p,
+                "brightness": brightness,
+                "contrast": contrast,
+                "blur_p": blur_p,
+                "blur_sigma": blur_sigma,
+                "noise_p": noise_p,
+                "noise_std": noise_std,
             },
         )
         scale, ratio, blur_sigma = config.scale, config.ratio, config.blur_sigma
         brightness, contrast, noise_std = config.brightness, config.contrast, config.noise_std
-        probs = {name: getattr(config, name) for name in ("hflip_p", "vflip_p", "rot90_p", "jitter_p", "blur_p", "noise_p")}
+        probs = {
+            name: getattr(config, name) for name in ("hflip_p", "vflip_p", "rot90_p", "jitter_p", "blur_p", "noise_p")
+        }
 
         self.size = int(size)
         self.blur_kernel_size = blur_kernel_size(self.size)

@@ -62,8 +62,9 @@ def from_tokens(tokens: Tensor, channels: int, size: tuple[int, int], patch: int
     return grid.reshape(n, channels, size[0], size[1])
 
 
-def position_groups(num_tokens: int, num_mix: int, generator: torch.Generator | None = None,
-                    device: torch.device | None = None) -> Tensor:
+def position_groups(
+    num_tokens: int, num_mix: int, generator: torch.Generator | None = None, device: torch.device | None = None
+) -> Tensor:
     """A random partition of token positions into ``num_mix`` groups of ``floor(T/m)``.
 
     Positions ``perm[j*S : (j+1)*S]`` of a random permutation form group j
@@ -137,9 +138,7 @@ class PatchMix(nn.Module):
         n, c, height, width = images.shape
         p = self.patch_size
         if height % p or width % p:
-            raise GeoclError(
-                f"view of {height}x{width} px does not split into {p} px tokens", key="data.view_size"
-            )
+            raise GeoclError(f"view of {height}x{width} px does not split into {p} px tokens", key="data.view_size")
         if n < 2 * m - 1:
             raise GeoclError(
                 f"mixing {m} images needs batches of at least {2 * m - 1} (got {n})", key="data.batch_size"

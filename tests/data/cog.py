@@ -25,14 +25,25 @@ from rio_cogeo.profiles import cog_profiles
 BAND_KEYS = ("B02", "B03", "B04", "B08")
 
 
-def write_cog(data: np.ndarray, path: Path, *, crs: object, transform: Affine, nodata: float | None = 0,
-              block: int = 128) -> Path:
+def write_cog(
+    data: np.ndarray, path: Path, *, crs: object, transform: Affine, nodata: float | None = 0, block: int = 128
+) -> Path:
     """``data`` (``[C, H, W]``) as a COG: deflate, ``block`` px internal tiles, overviews down to one tile."""
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = path.with_suffix(".raw.tif")
     count, height, width = data.shape
-    with rasterio.open(raw, "w", driver="GTiff", width=width, height=height, count=count, dtype=data.dtype.name,
-                       crs=crs, transform=transform, nodata=nodata) as dst:
+    with rasterio.open(
+        raw,
+        "w",
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=count,
+        dtype=data.dtype.name,
+        crs=crs,
+        transform=transform,
+        nodata=nodata,
+    ) as dst:
         dst.write(data)
     profile = cog_profiles.get("deflate")
     profile.update(blockxsize=block, blockysize=block)
@@ -66,14 +77,24 @@ def item_collection(scene: Path, root: Path, columns: Sequence[tuple[int, int]],
             window = Window(first, 0, width, src.height)
             transform = src.window_transform(window)
             for band, key in enumerate(BAND_KEYS, start=1):
-                write_cog(src.read([band], window=window), root / name / f"{key}.tif", crs=src.crs,
-                          transform=transform, nodata=src.nodata)
+                write_cog(
+                    src.read([band], window=window),
+                    root / name / f"{key}.tif",
+                    crs=src.crs,
+                    transform=transform,
+                    nodata=src.nodata,
+                )
             west, south, east, north = rasterio.warp.transform_bounds(
                 src.crs, "EPSG:4326", *bounds(window, src.transform)
             )
             ring = [[west, south], [east, south], [east, north], [west, north], [west, south]]
-            item = pystac.Item(name, {"type": "Polygon", "coordinates": [ring]}, [west, south, east, north],
-                               datetime.datetime(2024, 6, 1, tzinfo=datetime.UTC), {})
+            item = pystac.Item(
+                name,
+                {"type": "Polygon", "coordinates": [ring]},
+                [west, south, east, north],
+                datetime.datetime(2024, 6, 1, tzinfo=datetime.UTC),
+                {},
+            )
             for key in BAND_KEYS:
                 where = f"./{name}/{key}.tif" if href == "relative" else f"{href}/{name}/{key}.tif"
                 item.add_asset(key, pystac.Asset(where, media_type=pystac.MediaType.COG, roles=["data"]))

@@ -73,9 +73,7 @@ def write_potsdam(root: Path, train: int = 3, test: int = 1, side: int = 64) -> 
     return copy
 
 
-def write_vaihingen(
-    root: Path, train: int = 3, test: int = 1, sides: dict[int, tuple[int, int]] | None = None
-) -> Copy:
+def write_vaihingen(root: Path, train: int = 3, test: int = 1, sides: dict[int, tuple[int, int]] | None = None) -> Copy:
     """Images 64 x 64 px unless ``sides`` gives (height, width) for an image's position."""
     copy = Copy(root)
     names = [(name.removesuffix(".tif"), "train") for name in Vaihingen2D.splits["train"][:train]]
@@ -93,8 +91,13 @@ def write_vaihingen(
 def write_loveda(root: Path, side: int = 64) -> Copy:
     """Train: 2 urban + 1 rural image; Val (the test split here): 1 of each. Masks hold no-data (0) too."""
     copy = Copy(root)
-    layout = [("Train", "Urban", "1366"), ("Train", "Urban", "1367"), ("Train", "Rural", "0"),
-              ("Val", "Urban", "3514"), ("Val", "Rural", "2522")]
+    layout = [
+        ("Train", "Urban", "1366"),
+        ("Train", "Urban", "1367"),
+        ("Train", "Rural", "0"),
+        ("Val", "Urban", "3514"),
+        ("Val", "Rural", "2522"),
+    ]
     for seed, (split, scene, number) in enumerate(layout):
         pixels, labels = _pixels(3, side, side, seed), _labels(side, side, seed, list(range(8)))
         for kind, array in (("images_png", pixels.transpose(1, 2, 0)), ("masks_png", labels.astype(np.uint8))):
@@ -259,9 +262,18 @@ def test_geocl_tile_takes_a_dataset(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 def _recipe(folder: Path, name: str, root: Path, tiles: Path, **data: object) -> Path:
     recipe = {
-        "name": name, "out": str(folder / "run"), "seed": 0,
-        "data": {"tiles": str(tiles), "dataset": name, "root": str(root), "batch_size": 2, "num_workers": 0,
-                 "view_size": 32, **data},
+        "name": name,
+        "out": str(folder / "run"),
+        "seed": 0,
+        "data": {
+            "tiles": str(tiles),
+            "dataset": name,
+            "root": str(root),
+            "batch_size": 2,
+            "num_workers": 0,
+            "view_size": 32,
+            **data,
+        },
         "encoder": {"name": "test_resnet"},
         "method": {"name": "simclr", "hidden_dim": 16, "output_dim": 8},
         "optimizer": {"name": "adamw", "lr": 0.001},
@@ -318,7 +330,10 @@ def test_each_benchmark_runs_one_compare_row(tmp_path: Path) -> None:
             export_benchmark(name, copy.root, tiles, size=32, progress=False)
         recipes.append(_recipe(tmp_path / name, name, copy.root, tiles))
     options = CompareOptions(
-        recipes=recipes, label_fractions=[1.0], seeds=1, out=tmp_path / "compare",
+        recipes=recipes,
+        label_fractions=[1.0],
+        seeds=1,
+        out=tmp_path / "compare",
         finetune=FinetuneOptions(
             max_epochs=1, steps_per_epoch=1, val_every=1, batch_size=2, crop=32, accelerator="cpu", progress=False
         ),
@@ -347,5 +362,7 @@ def test_paper_benchmark_recipes_load_with_the_paper_s_settings(path: Path) -> N
     assert path.stem.startswith(recipe.data.dataset) and recipe.name == path.stem
     assert (recipe.encoder.name, recipe.data.view_size, recipe.data.batch_size) == ("resnet50", 224, 256)
     assert (recipe.method.name, recipe.method.temperature, recipe.trainer.max_epochs) == (
-        path.stem.rsplit("-", 1)[1], 0.5, 350
+        path.stem.rsplit("-", 1)[1],
+        0.5,
+        350,
     )

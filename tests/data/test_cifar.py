@@ -21,7 +21,13 @@ def _unpickle(path: Path) -> dict:
 
 def test_cifar10_reads_the_writers_exact_pixels_labels_and_names(tmp_path: Path) -> None:
     root = write_toy_cifar(tmp_path / "c10", num_classes=4, per_class=6, test_per_class=2, train_batches=3, seed=1)
-    assert sorted(p.name for p in root.iterdir()) == ["batches.meta", "data_batch_1", "data_batch_2", "data_batch_3", "test_batch"]
+    assert sorted(p.name for p in root.iterdir()) == [
+        "batches.meta",
+        "data_batch_1",
+        "data_batch_2",
+        "data_batch_3",
+        "test_batch",
+    ]
     batches = [_unpickle(root / f"data_batch_{n}") for n in (1, 2, 3)]
     assert all(b["data"].dtype == np.uint8 and b["data"].shape[1] == 3072 for b in batches)
     train = CifarDataset(root, "train")
@@ -46,7 +52,9 @@ def test_cifar_statistics_are_the_train_pixels_and_normalise_samples(tmp_path: P
     assert stats["mean"] == pytest.approx(pixels.mean(axis=(0, 2)).tolist())
     assert stats["std"] == pytest.approx(pixels.std(axis=(0, 2)).tolist())
     sample = train[5]
-    expected = (train.raw(5).astype(np.float64) - np.array(stats["mean"])[:, None, None]) / np.array(stats["std"])[:, None, None]
+    expected = (train.raw(5).astype(np.float64) - np.array(stats["mean"])[:, None, None]) / np.array(stats["std"])[
+        :, None, None
+    ]
     assert sample["image"].dtype == torch.float32 and sample["label"] == int(train.labels[5])
     assert np.allclose(sample["image"].numpy(), expected, atol=1e-4)
     # The test split is normalised with the train statistics, not its own.
@@ -54,7 +62,9 @@ def test_cifar_statistics_are_the_train_pixels_and_normalise_samples(tmp_path: P
 
 
 def test_cifar100_layout_and_key_names(tmp_path: Path) -> None:
-    root = write_toy_cifar(tmp_path / "cifar-100-python", num_classes=7, per_class=2, test_per_class=1, variant="cifar100")
+    root = write_toy_cifar(
+        tmp_path / "cifar-100-python", num_classes=7, per_class=2, test_per_class=1, variant="cifar100"
+    )
     assert sorted(p.name for p in root.iterdir()) == ["meta", "test", "train"]
     stored = _unpickle(root / "train")
     assert "fine_labels" in stored and "coarse_labels" in stored and "labels" not in stored

@@ -26,7 +26,7 @@ def write_quarters(  # type: ignore[no-untyped-def]
     parts = [(0, 0), (0, col), (row, 0), (row, col)]
     ends = [(row, col), (row, None), (None, col), (None, None)]
     files = []
-    for index, ((top, left), (bottom, right)) in enumerate(zip(parts, ends)):
+    for index, ((top, left), (bottom, right)) in enumerate(zip(parts, ends, strict=False)):
         if index == skip:
             continue
         piece = data[:, top:bottom, left:right]
@@ -89,7 +89,9 @@ def two_crs(tmp_path: Path, write_raster) -> tuple[Path, Path, np.ndarray]:  # t
     a = coordinate_image(60, 70)
     a[:, 10:20, 62:70] = 0
     first = write_raster(tmp_path / "a.tif", a, origin=(699_000.0, 5_100_000.0), res=10.0, nodata=0)
-    x, y = Transformer.from_crs("EPSG:32633", "EPSG:32634", always_xy=True).transform(699_000.0 + 500, 5_100_000.0 + 155)
+    x, y = Transformer.from_crs("EPSG:32633", "EPSG:32634", always_xy=True).transform(
+        699_000.0 + 500, 5_100_000.0 + 155
+    )
     b = coordinate_image(50, 50) + 1000
     second = write_raster(tmp_path / "b.tif", b, crs="EPSG:32634", origin=(x, y), res=10.0, nodata=0)
     return first, second, a
@@ -114,16 +116,22 @@ def test_files_in_two_crs_are_read_on_the_first_files_grid(tmp_path: Path, write
         )
         everything = mosaic.read(window=Window(0, 0, mosaic.width, mosaic.height))
         from_b = everything[0] > 1000
-        assert from_b.sum() > 1000 and set(np.unique(everything[0][from_b])) <= set(range(1001, 1051))  # nearest: b's values
+        assert from_b.sum() > 1000 and set(np.unique(everything[0][from_b])) <= set(
+            range(1001, 1051)
+        )  # nearest: b's values
     with open_scene([second, first]) as mosaic:  # the order given decides
         assert mosaic.crs == "EPSG:32634"
-        assert mosaic.notes[0].startswith("a.tif is resampled from EPSG:32633 to EPSG:32634 onto the pixel grid of b.tif")
+        assert mosaic.notes[0].startswith(
+            "a.tif is resampled from EPSG:32633 to EPSG:32634 onto the pixel grid of b.tif"
+        )
 
 
 def test_a_file_off_the_grid_or_at_another_pixel_size_is_named(tmp_path: Path, write_raster) -> None:
     first = write_raster(tmp_path / "a.tif", coordinate_image(20, 20), origin=ORIGIN, res=RES, nodata=0)
     finer = write_raster(tmp_path / "fine.tif", coordinate_image(20, 20), origin=(ORIGIN[0] + 50, ORIGIN[1]), res=1.25)
-    shifted = write_raster(tmp_path / "shift.tif", coordinate_image(20, 20), origin=(ORIGIN[0] + 50.75, ORIGIN[1]), res=RES)
+    shifted = write_raster(
+        tmp_path / "shift.tif", coordinate_image(20, 20), origin=(ORIGIN[0] + 50.75, ORIGIN[1]), res=RES
+    )
     tile = write_raster(tmp_path / "tile.tif", coordinate_image(20, 20), origin=(ORIGIN[0] + 50, ORIGIN[1]), res=RES)
     with open_scene([first, finer, shifted, tile]) as mosaic:
         assert mosaic.notes == (

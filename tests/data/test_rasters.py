@@ -18,9 +18,18 @@ from geocl.data.rasters import GDAL_CACHE_MB, bounded_memory, read_decimated
 def _write_tiled(path: Path, data: np.ndarray, *, overviews: list[int] | None = None) -> Path:
     count, height, width = data.shape
     profile = {
-        "driver": "GTiff", "width": width, "height": height, "count": count, "dtype": data.dtype.name,
-        "crs": "EPSG:32633", "transform": from_origin(500_000, 5_100_000, 10, 10), "nodata": 0,
-        "tiled": True, "blockxsize": 32, "blockysize": 32, "compress": "deflate",
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": count,
+        "dtype": data.dtype.name,
+        "crs": "EPSG:32633",
+        "transform": from_origin(500_000, 5_100_000, 10, 10),
+        "nodata": 0,
+        "tiled": True,
+        "blockxsize": 32,
+        "blockysize": 32,
+        "compress": "deflate",
     }
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
@@ -53,14 +62,12 @@ def test_decimated_read_picks_the_pixels_gdal_picks(noise: Path, shape: tuple[in
     np.testing.assert_array_equal(single, expected[1])
 
 
-def test_strips_smaller_than_the_raster_give_the_same_preview(
-    noise: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_strips_smaller_than_the_raster_give_the_same_preview(noise: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     whole, _, _ = read_decimated(noise, [1, 2, 3, 4], (40, 60))
     reads: list[int] = []
     original = rasterio.io.DatasetReader.read
 
-    def counting_read(self, *args, **kwargs):  # noqa: ANN001, ANN202
+    def counting_read(self, *args, **kwargs):
         reads.append(kwargs["window"].height)
         return original(self, *args, **kwargs)
 

@@ -24,7 +24,9 @@ def _source_under(src: rasterio.DatasetReader, tile: rasterio.DatasetReader) -> 
 def test_rotated_nodata_border_tiles_stay_under_the_limit(tmp_path: Path, shared_data: Path) -> None:
     scene = shared_data / "RGB.byte.tif"
     out = tmp_path / "tiles"
-    summary = tile_scene(scene, out, options=TilingOptions(size=64, stride=64, max_nodata=0.2, split_block=256), progress=False)
+    summary = tile_scene(
+        scene, out, options=TilingOptions(size=64, stride=64, max_nodata=0.2, split_block=256), progress=False
+    )
     index = gpd.read_file(out / "tiles.gpkg")
     assert summary.skipped_nodata > 0 and len(index) > 0
     with rasterio.open(scene) as src:

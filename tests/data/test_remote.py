@@ -193,4 +193,3 @@ def test_grass_geo_sampling_reads_remote_maps_and_scenes(server: Server, www: Pa
         assert torch.equal(scene_remote[box]["image"], scene_local[box]["image"])
     with pytest.raises(RemoteNotFoundError, match=r"/maps/none.tif: not found \(HTTP 404\)"):
         GradientRegionSampler([f"{server.url}/maps/none.tif"], size=64, length=5)
-

@@ -55,7 +55,9 @@ def test_mask_must_have_one_band(tmp_path: Path, write_raster: RasterWriter) -> 
         SceneMask(two)
 
 
-def test_samplers_with_roi_from_vector_file_yield_readable_boxes_inside_roi(tmp_path: Path, pair: tuple[Path, Path]) -> None:
+def test_samplers_with_roi_from_vector_file_yield_readable_boxes_inside_roi(
+    tmp_path: Path, pair: tuple[Path, Path]
+) -> None:
     image, _ = pair
     dataset = SceneImage(image)
     left, top = 500_000.0, 5_100_000.0
@@ -91,7 +93,9 @@ def _grid_labels(dtype: str) -> np.ndarray:
     return (np.arange(64 * 64).reshape(64, 64) % 3).astype(dtype)
 
 
-def test_a_float_mask_with_a_fraction_is_refused_naming_file_and_pixel(tmp_path: Path, write_raster: RasterWriter) -> None:
+def test_a_float_mask_with_a_fraction_is_refused_naming_file_and_pixel(
+    tmp_path: Path, write_raster: RasterWriter
+) -> None:
     labels = _grid_labels("float32")
     labels[5, 7] = 1.5
     mask = write_raster(tmp_path / "mask.tif", labels)
@@ -152,7 +156,7 @@ def test_float_mask_classes_are_stored_in_the_smallest_integer_dtype(
         labels[-1, -1] = nodata
     mask = SceneMask(write_raster(tmp_path / "mask.tif", labels, nodata=nodata))
     assert (mask.class_dtype, mask.mask_nodata) == expected
-    sample = mask[500_000.0 : 500_160.0, 5_099_840.0 : 5_100_000.0]["mask"]
+    sample = mask[500_000.0:500_160.0, 5_099_840.0:5_100_000.0]["mask"]
     assert sample[0, 0] == values[1] and sample[1, 1] == values[0]
     if nodata is not None:
         assert sample[-1, -1] == expected[1]
@@ -182,7 +186,7 @@ def test_the_files_own_nodata_still_reads_as_unlabelled(tmp_path: Path, write_ra
     labels[:2] = 255
     scene_mask = SceneMask(write_raster(tmp_path / "mask.tif", labels, nodata=255), nodata=0)
     assert scene_mask.mask_nodata == 0
-    sample = scene_mask[500_000.0 : 500_640.0, 5_099_360.0 : 5_100_000.0]["mask"]
+    sample = scene_mask[500_000.0:500_640.0, 5_099_360.0:5_100_000.0]["mask"]
     assert (sample[:2] == 0).all()  # 255 (the tag) and 0 (given) both mean unlabelled
     assert torch.equal(sample[2:], torch.from_numpy(labels[2:].astype(np.int64)))
 
@@ -194,7 +198,7 @@ def test_where_the_mask_does_not_reach_reads_as_the_given_unlabelled_value(
     mask = write_raster(tmp_path / "mask.tif", labels)
     wide = write_raster(tmp_path / "wide.tif", np.full((16, 32), 2, np.uint8))
     dataset = labelled_scene(SceneImage(wide), SceneMask(mask, nodata=7))
-    sample = dataset[500_000.0 : 500_320.0, 5_099_840.0 : 5_100_000.0]["mask"]
+    sample = dataset[500_000.0:500_320.0, 5_099_840.0:5_100_000.0]["mask"]
     assert (sample[:, :16] == 2).all() and (sample[:, 16:] == 7).all()  # not class 0, GDAL's fill
 
 
@@ -204,7 +208,7 @@ def test_a_float_mask_with_a_given_unlabelled_value(tmp_path: Path, write_raster
     labels[1, :4] = np.nan
     scene_mask = SceneMask(write_raster(tmp_path / "mask.tif", labels, nodata=float("nan")), nodata=0)
     assert (scene_mask.class_dtype, scene_mask.mask_nodata) == ("uint8", 0)
-    sample = scene_mask[500_000.0 : 500_640.0, 5_099_360.0 : 5_100_000.0]["mask"]
+    sample = scene_mask[500_000.0:500_640.0, 5_099_360.0:5_100_000.0]["mask"]
     assert (sample[:2, :4] == 0).all() and (sample[2:] >= 1).all()
 
 

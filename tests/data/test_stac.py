@@ -108,8 +108,9 @@ def test_catalog_items_are_found_in_its_children(scene: Path, catalog: Path, tmp
     child = pystac.Catalog("child", "holds the items")
     root.add_child(child)
     for item in collection:
-        item.assets = {key: pystac.Asset(str(catalog.parent / item.id / f"{key}.tif"), roles=["data"])
-                       for key in BAND_KEYS}
+        item.assets = {
+            key: pystac.Asset(str(catalog.parent / item.id / f"{key}.tif"), roles=["data"]) for key in BAND_KEYS
+        }
         child.add_item(item)
     root.normalize_hrefs(str(tmp_path / "catalog"))
     root.save(pystac.CatalogType.SELF_CONTAINED)
@@ -119,9 +120,7 @@ def test_catalog_items_are_found_in_its_children(scene: Path, catalog: Path, tmp
     assert [info.count for info in infos] == [1, 1]
 
 
-def test_tile_from_an_item_collection_over_http(
-    server: Server, scene: Path, catalog: Path, tmp_path: Path
-) -> None:
+def test_tile_from_an_item_collection_over_http(server: Server, scene: Path, catalog: Path, tmp_path: Path) -> None:
     url = f"{server.url}/items.json"
     common = ["--size", "64", "--split-block", "128", "--quiet"]
     assert main(["tile", str(scene), "--out", str(tmp_path / "local"), *common]) == 0
@@ -132,8 +131,10 @@ def test_tile_from_an_item_collection_over_http(
     assert len(names) >= 12 and names == sorted(p.name for p in (tmp_path / "stac" / "images").glob("*.tif"))
     order = [SCENE_BAND[key] for key in ASKED]
     for name in names:
-        with rasterio.open(tmp_path / "local" / "images" / name) as a, \
-                rasterio.open(tmp_path / "stac" / "images" / name) as b:
+        with (
+            rasterio.open(tmp_path / "local" / "images" / name) as a,
+            rasterio.open(tmp_path / "stac" / "images" / name) as b,
+        ):
             assert b.count == 4 and b.bounds == a.bounds and b.crs == a.crs
             assert np.array_equal(b.read(), a.read(order)), name  # red, green, blue, NIR
     # every asset read, none more than once (these 45 kB files are a few of GDAL's range
@@ -150,7 +151,11 @@ def test_tile_from_an_item_collection_over_http(
 @pytest.mark.parametrize(
     ("document", "assets", "expected"),
     [
-        ("items.json", ["B04", "B99"], "{url}/items.json: item item-0, asset B99: not in the item (it has B02, B03, B04, B08)"),
+        (
+            "items.json",
+            ["B04", "B99"],
+            "{url}/items.json: item item-0, asset B99: not in the item (it has B02, B03, B04, B08)",
+        ),
         ("broken.json", ["B04", "B08"], "{url}/private/B08.tif: item item-0, asset B08: access denied (HTTP 403)"),
         ("broken.json", ["B03"], "{url}/item-0/gone.tif: item item-0, asset B03: not found (HTTP 404)"),
         ("nothing.json", ["B04"], "{url}/nothing.json: STAC document not found (HTTP 404)"),
@@ -158,8 +163,7 @@ def test_tile_from_an_item_collection_over_http(
     ],
 )
 def test_a_missing_or_refused_asset_is_one_line(
-    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str], document: str, assets: list[str],
-    expected: str,
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str], document: str, assets: list[str], expected: str
 ) -> None:
     out = tmp_path / "tiles"
     argv = ["tile", f"{server.url}/{document}", "--out", str(out), "--size", "64", "--quiet"]
@@ -192,21 +196,37 @@ def test_predict_from_an_item_collection_over_http(
     from geocl.finetune.train import run_finetune
 
     checkpoint = run_finetune(
-        tiles=tiny_tiles, out=tmp_path / "run", encoder="test_resnet", label_fraction=0.2, seed=0, max_epochs=1,
-        steps_per_epoch=2, val_every=1, batch_size=4, crop=32, progress=False,
+        tiles=tiny_tiles,
+        out=tmp_path / "run",
+        encoder="test_resnet",
+        label_fraction=0.2,
+        seed=0,
+        max_epochs=1,
+        steps_per_epoch=2,
+        val_every=1,
+        batch_size=4,
+        crop=32,
+        progress=False,
     ).checkpoint
     source = Path(read_metadata(tiny_tiles)["sources"]["scene"][0])
     with rasterio.open(source) as src:  # 96 x 128 px of the training scene, on its grid
         window = Window(200, 100, 128, 96)
-        crop = write_cog(src.read(window=window), tmp_path / "crop.tif", crs=src.crs,
-                         transform=src.window_transform(window), nodata=src.nodata, block=32)
+        crop = write_cog(
+            src.read(window=window),
+            tmp_path / "crop.tif",
+            crs=src.crs,
+            transform=src.window_transform(window),
+            nodata=src.nodata,
+            block=32,
+        )
     document = item_collection(crop, tmp_path / "stac", [(0, 64), (64, 64)])
     small = ["--window", "64", "--overlap", "16", "--block", "256"]
     assert main(["predict", str(checkpoint), str(crop), "--out", str(tmp_path / "local.tif"), *small]) == 0
     with serve(document.parent) as server:
         url = f"{server.url}/items.json"
-        status = main(["predict", str(checkpoint), url, "--assets", *BAND_KEYS, "--out", str(tmp_path / "stac.tif"),
-                       *small])
+        status = main(
+            ["predict", str(checkpoint), url, "--assets", *BAND_KEYS, "--out", str(tmp_path / "stac.tif"), *small]
+        )
     out = capsys.readouterr().out
     assert status == 0, out
     assert f"mosaic of 2 files on the grid of the first, {url}#item-0[B02,B03,B04,B08]" in out

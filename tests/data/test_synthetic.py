@@ -12,14 +12,7 @@ import pytest
 import rasterio
 from rasterio.crs import CRS
 
-from geocl.data.synthetic import (
-    CLASS_NAMES,
-    GENERATOR_VERSION,
-    IMAGE_NODATA,
-    MASK_NODATA,
-    SceneFiles,
-    make_scene,
-)
+from geocl.data.synthetic import CLASS_NAMES, GENERATOR_VERSION, IMAGE_NODATA, MASK_NODATA, SceneFiles, make_scene
 from geocl.errors import GeoclError
 from geocl.evaluation.spectral_baseline import nearest_class_mean_miou
 
@@ -103,12 +96,7 @@ def test_nodata_matches_mask(scene512: SceneFiles) -> None:
     assert any(edge.all() for edge in edges)
     # and a triangular corner: exactly one corner region reaching ~15 % along both edges
     k = int(0.15 * 512)
-    corners = [
-        image_nodata[:k, :k],
-        image_nodata[:k, -k:],
-        image_nodata[-k:, :k],
-        image_nodata[-k:, -k:],
-    ]
+    corners = [image_nodata[:k, :k], image_nodata[:k, -k:], image_nodata[-k:, :k], image_nodata[-k:, -k:]]
     assert sum(c[0, 0] or c[0, -1] or c[-1, 0] or c[-1, -1] for c in corners) >= 1
     assert max(c.mean() for c in corners) > 0.4
 
@@ -136,7 +124,9 @@ def test_spatially_coherent(scene1024: SceneFiles) -> None:
     buildings = mask == BUILDINGS
     assert buildings.any()
     # share of building pixels that touch a non-building pixel (small objects: high)
-    inner = buildings[1:-1, 1:-1] & buildings[:-2, 1:-1] & buildings[2:, 1:-1] & buildings[1:-1, :-2] & buildings[1:-1, 2:]
+    inner = (
+        buildings[1:-1, 1:-1] & buildings[:-2, 1:-1] & buildings[2:, 1:-1] & buildings[1:-1, :-2] & buildings[1:-1, 2:]
+    )
     forest = mask == FOREST
     forest_inner = forest[1:-1, 1:-1] & forest[:-2, 1:-1] & forest[2:, 1:-1] & forest[1:-1, :-2] & forest[1:-1, 2:]
     assert inner.sum() / buildings.sum() < forest_inner.sum() / forest.sum()

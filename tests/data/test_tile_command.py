@@ -49,7 +49,8 @@ def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
 def _files(folder: Path) -> dict[str, str]:
     return {
         str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob("*")) if path.is_file()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
     }
 
 

@@ -27,7 +27,13 @@ def tiles(tmp_path: Path, write_raster: RasterWriter) -> Path:
     scene = write_raster(tmp_path / "scene.tif", image, nodata=0)
     mask = write_raster(tmp_path / "mask.tif", labels, nodata=255)
     out = tmp_path / "tiles"
-    tile_scene(scene, out, mask=mask, options=TilingOptions(size=64, stride=64, max_nodata=0.9, split_block=64, seed=1), progress=False)
+    tile_scene(
+        scene,
+        out,
+        mask=mask,
+        options=TilingOptions(size=64, stride=64, max_nodata=0.9, split_block=64, seed=1),
+        progress=False,
+    )
     return out
 
 

@@ -119,7 +119,9 @@ def test_val_and_test_tiles_never_overlap_train_tiles(tmp_path: Path, scene: Pat
 
 def test_tiles_above_nodata_limit_are_skipped(tmp_path: Path, scene: Path) -> None:
     out = tmp_path / "tiles"
-    summary = tile_scene(scene, out, options=TilingOptions(size=64, stride=64, max_nodata=0.2, split_block=128), progress=False)
+    summary = tile_scene(
+        scene, out, options=TilingOptions(size=64, stride=64, max_nodata=0.2, split_block=128), progress=False
+    )
     index = _index(out)
     assert summary.skipped_nodata > 0
     for record in index.itertuples():
@@ -131,7 +133,13 @@ def test_tiles_above_nodata_limit_are_skipped(tmp_path: Path, scene: Path) -> No
 
 def test_mask_tiles_match_source_mask_and_histograms(tmp_path: Path, scene: Path, mask: Path) -> None:
     out = tmp_path / "tiles"
-    summary = tile_scene(scene, out, mask=mask, options=TilingOptions(size=64, stride=64, max_nodata=0.5, split_block=128), progress=False)
+    summary = tile_scene(
+        scene,
+        out,
+        mask=mask,
+        options=TilingOptions(size=64, stride=64, max_nodata=0.5, split_block=128),
+        progress=False,
+    )
     assert summary.classes == [1, 2, 3, 4]
     index = _index(out)
     with rasterio.open(mask) as src:
@@ -204,7 +212,9 @@ def test_rerun_with_other_options_into_same_folder_is_refused(tmp_path: Path, sc
     tile_scene(scene, out, options=TilingOptions(size=64, stride=64, max_nodata=1.0, split_block=128), progress=False)
     before = _hashes(out)
     with pytest.raises(GeoclError, match="was 64, now 32") as error:
-        tile_scene(scene, out, options=TilingOptions(size=32, stride=32, max_nodata=1.0, split_block=128), progress=False)
+        tile_scene(
+            scene, out, options=TilingOptions(size=32, stride=32, max_nodata=1.0, split_block=128), progress=False
+        )
     assert error.value.key == "size" and str(out) in str(error.value)
     assert _hashes(out) == before
 
@@ -225,7 +235,9 @@ def test_options_of_a_run_that_wrote_no_tile_may_change(tmp_path: Path, write_ra
     striped = write_raster(tmp_path / "striped.tif", data, nodata=0)
     out = tmp_path / "tiles"
     with pytest.raises(GeoclError, match="no tile has at most 10% nodata"):
-        tile_scene(striped, out, options=TilingOptions(size=64, stride=64, max_nodata=0.1, split_block=64), progress=False)
+        tile_scene(
+            striped, out, options=TilingOptions(size=64, stride=64, max_nodata=0.1, split_block=64), progress=False
+        )
     assert (out / "tiles.json").exists() and not list(out.rglob("*.tif"))
     options = TilingOptions(size=64, stride=64, max_nodata=0.2, split_block=64)
     summary = tile_scene(striped, out, options=options, progress=False)
@@ -301,7 +313,9 @@ def test_tiles_from_files_in_two_crs_are_reprojected(tmp_path: Path, write_raste
     x, y = Transformer.from_crs("EPSG:32633", "EPSG:32634", always_xy=True).transform(ORIGIN[0] + 1000, ORIGIN[1])
     write_raster(folder / "b.tif", coordinate_image(100, 100), crs="EPSG:32634", origin=(x, y), nodata=0)
     out = tmp_path / "tiles"
-    summary = tile_scene(folder, out, options=TilingOptions(size=32, stride=32, max_nodata=1.0, split_block=64), progress=False)
+    summary = tile_scene(
+        folder, out, options=TilingOptions(size=32, stride=32, max_nodata=1.0, split_block=64), progress=False
+    )
     index = _index(out)
     assert index.crs.to_epsg() == 32633
     assert sum(summary.splits.values()) == len(index) > 0
@@ -328,8 +342,11 @@ def test_held_out_blocks_are_spread_over_the_scene(seed: int) -> None:
 def test_stratified_split_puts_every_spread_class_in_test(seed: int) -> None:
     """A rare class held by 3 blocks of one corner still reaches test; train keeps it too."""
     rng = np.random.default_rng(seed)
-    blocks = {(row, col): {1: int(rng.integers(500, 1000)), 2: int(rng.integers(0, 300))}
-              for row in range(6) for col in range(6)}
+    blocks = {
+        (row, col): {1: int(rng.integers(500, 1000)), 2: int(rng.integers(0, 300))}
+        for row in range(6)
+        for col in range(6)
+    }
     for block in [(0, 0), (0, 1), (1, 0)]:  # class 3: a corner only
         blocks[block][3] = 40
     blocks[(5, 5)][4] = 10  # class 4: one block, too few to promise anywhere
@@ -345,9 +362,15 @@ def test_stratified_split_puts_every_spread_class_in_test(seed: int) -> None:
 def test_stratified_test_shares_are_closer_to_the_scene_than_a_random_draw() -> None:
     """Class shares of the test blocks track the scene's better than uniformly drawn blocks do."""
     rng = np.random.default_rng(0)
-    blocks = {(row, col): {1: int(rng.integers(0, 1000)) * (row < 4), 2: int(rng.integers(0, 1000)),
-                           3: int(rng.integers(0, 200)) * (col > 5)}
-              for row in range(8) for col in range(8)}
+    blocks = {
+        (row, col): {
+            1: int(rng.integers(0, 1000)) * (row < 4),
+            2: int(rng.integers(0, 1000)),
+            3: int(rng.integers(0, 200)) * (col > 5),
+        }
+        for row in range(8)
+        for col in range(8)
+    }
     scene = np.array([sum(counts[c] for counts in blocks.values()) for c in (1, 2, 3)], dtype=float)
     scene /= scene.sum()
 

@@ -39,8 +39,13 @@ SOURCES = {"scene": ["/data/a.tif", "/data/b.tif"], "mask": []}
 def _writer(out: Path, mask: bool = True) -> TileSetWriter:
     summary = TilingSummary(out=out, index=out / "tiles.gpkg")
     return TileSetWriter(
-        summary, CRS_32633, RES, TileSpec(3, "uint16", 64), TileSpec(1, "uint8", 64) if mask else None,
-        nodata=0, mask_nodata=255,
+        summary,
+        CRS_32633,
+        RES,
+        TileSpec(3, "uint16", 64),
+        TileSpec(1, "uint8", 64) if mask else None,
+        nodata=0,
+        mask_nodata=255,
     )
 
 
@@ -91,8 +96,11 @@ def test_a_folder_with_tiles_but_no_metadata_is_refused(tmp_path: Path) -> None:
 def test_a_changed_option_or_input_is_named_by_the_users_key(tmp_path: Path) -> None:
     start_metadata(tmp_path, OPTIONS, SOURCES)
     recorded = json.loads((tmp_path / METADATA_FILE).read_text())
-    assert recorded == {"options": {"size": 64, "split_fractions": [0.7, 0.15, 0.15]}, "sources": SOURCES,
-                        "complete": False}
+    assert recorded == {
+        "options": {"size": 64, "split_fractions": [0.7, 0.15, 0.15]},
+        "sources": SOURCES,
+        "complete": False,
+    }
     (tmp_path / "tiles.gpkg").write_bytes(b"x")  # the folder now holds tiles
     check_tile_folder(tmp_path, OPTIONS, SOURCES)  # same options and inputs: goes on
     changed = {**OPTIONS, "split_fractions": (0.8, 0.1, 0.1)}
@@ -126,12 +134,27 @@ def test_metadata_and_index_as_the_readers_expect(tmp_path: Path) -> None:
     running = RunningBandStats(1)
     running.update(np.array([[1.0, 3.0]]))
     layout = TileLayout(crs=CRS_32633.to_wkt(), res=RES, bands=1, dtype="uint16", nodata=0, mask_nodata=None)
-    write_metadata(tmp_path, OPTIONS, SOURCES, layout, summary, running.result(), class_names=["a", "b"],
-                   dataset={"name": "x"})
+    write_metadata(
+        tmp_path, OPTIONS, SOURCES, layout, summary, running.result(), class_names=["a", "b"], dataset={"name": "x"}
+    )
     metadata = read_metadata(tmp_path)
     assert list(metadata) == [
-        "format_version", "options", "sources", "complete", "crs", "res", "bands", "dtype", "nodata", "mask_nodata",
-        "classes", "class_names", "splits", "class_pixels", "band_stats", "dataset",
+        "format_version",
+        "options",
+        "sources",
+        "complete",
+        "crs",
+        "res",
+        "bands",
+        "dtype",
+        "nodata",
+        "mask_nodata",
+        "classes",
+        "class_names",
+        "splits",
+        "class_pixels",
+        "band_stats",
+        "dataset",
     ]
     assert metadata["class_pixels"] == {"train": {"1": 10, "2": 0}} and metadata["res"] == [10.0, 10.0]
     assert metadata["band_stats"]["mean"] == [2.0] and metadata["band_stats"]["std"] == [1.0]

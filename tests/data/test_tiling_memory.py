@@ -57,9 +57,18 @@ sys.exit(code)
 def _scene(path: Path, side: int, bands: int, dtype: str) -> Path:
     """A smooth, tiled, compressed scene (cheap to write and to tile), streamed in strips."""
     profile = {
-        "driver": "GTiff", "width": side, "height": side, "count": bands, "dtype": dtype, "nodata": 0,
-        "crs": "EPSG:32633", "transform": from_origin(500_000, 5_100_000, 1, 1), "tiled": True,
-        "blockxsize": 256, "blockysize": 256, "compress": "deflate",
+        "driver": "GTiff",
+        "width": side,
+        "height": side,
+        "count": bands,
+        "dtype": dtype,
+        "nodata": 0,
+        "crs": "EPSG:32633",
+        "transform": from_origin(500_000, 5_100_000, 1, 1),
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "deflate",
     }
     with rasterio.open(path, "w", **profile) as dst:
         for top in range(0, side, 256):
@@ -75,7 +84,10 @@ def _peak(scene: Path, out: Path, tile: int) -> tuple[int, int]:
     env = {**os.environ, "XDG_CACHE_HOME": str(out.parent / f"{out.name}-cache")}
     result = subprocess.run(
         [sys.executable, "-c", _MEASURE, "tile", str(scene), "--out", str(out), "--size", str(tile), "--quiet"],
-        capture_output=True, text=True, env=env, timeout=600,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     imported, peak = (int(value) for value in result.stderr.split()[-2:])

@@ -169,9 +169,7 @@ def test_texture_not_spectrum_tells_trees_from_lawns(urban: SceneFiles) -> None:
         return max(accuracy, 1 - accuracy)
 
     pixel = max(
-        balanced(image[b], t)
-        for b in range(4)
-        for t in np.quantile(image[b][tree | low], np.linspace(0.02, 0.98, 49))
+        balanced(image[b], t) for b in range(4) for t in np.quantile(image[b][tree | low], np.linspace(0.02, 0.98, 49))
     )
     log_nir = np.log(image[NIR])
     mean = ndimage.uniform_filter(log_nir, 3)

@@ -15,9 +15,13 @@ from geocl.training.pretrain import run_pretrain
 from tests.conftest import write_recipe
 
 
-def test_the_momentum_encoder_is_loaded_on_request_and_only_where_there_is_one(tmp_path: Path, tiny_tiles: Path) -> None:
+def test_the_momentum_encoder_is_loaded_on_request_and_only_where_there_is_one(
+    tmp_path: Path, tiny_tiles: Path
+) -> None:
     budget = {"trainer": {"max_epochs": 1, "limit_train_batches": 2}}
-    moco = run_pretrain(load_recipe(write_recipe(tmp_path / "moco", tiny_tiles, {"name": "moco", "queue_size": 32}, **budget)))
+    moco = run_pretrain(
+        load_recipe(write_recipe(tmp_path / "moco", tiny_tiles, {"name": "moco", "queue_size": 32}, **budget))
+    )
     state = torch.load(moco.checkpoint, weights_only=False)["state_dict"]
 
     online, _ = load_checkpoint_encoder(moco.checkpoint)

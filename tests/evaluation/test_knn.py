@@ -28,7 +28,9 @@ def test_top1_equals_a_hand_computation() -> None:
     # k=3, T=1: votes class 0 = e^cos10° = 2.677, class 1 = e^cos30° + e^cos40° = 2.377 + 2.151 = 4.528 -> 1.
     # k=3, T=0.07: class 0 = e^(0.9848/0.07) = e^14.07, class 1 = e^12.37 + e^10.94 = e^12.58 -> 0.
     # k=1: only a votes -> 0. Query 2: d (similarity 1) outweighs a (0) and b (-0.64) -> 2 in every case.
-    assert math.exp(math.cos(math.radians(10))) < math.exp(math.cos(math.radians(30))) + math.exp(math.cos(math.radians(40)))
+    assert math.exp(math.cos(math.radians(10))) < math.exp(math.cos(math.radians(30))) + math.exp(
+        math.cos(math.radians(40))
+    )
     assert knn_classify(BANK, BANK_LABELS, QUERIES, 3, k=3, temperature=1.0).tolist() == [1, 2]
     assert knn_classify(BANK, BANK_LABELS, QUERIES, 3, k=3, temperature=0.07).tolist() == [0, 2]
     assert knn_classify(BANK, BANK_LABELS, QUERIES, 3, k=1, temperature=1.0).tolist() == [0, 2]
@@ -38,7 +40,9 @@ def test_top1_equals_a_hand_computation() -> None:
     assert knn_classify(BANK, BANK_LABELS, QUERIES, 3, k=200, temperature=1.0).tolist() == [1, 2]
 
 
-def _naive(bank: torch.Tensor, labels: torch.Tensor, queries: torch.Tensor, classes: int, k: int, t: float) -> list[int]:
+def _naive(
+    bank: torch.Tensor, labels: torch.Tensor, queries: torch.Tensor, classes: int, k: int, t: float
+) -> list[int]:
     predictions = []
     for query in queries.tolist():
         sims = []

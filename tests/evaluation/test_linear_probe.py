@@ -15,7 +15,9 @@ def _clusters(per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     centres = torch.zeros(3, 16)
     centres[0, 0], centres[1, 1], centres[2, 2] = 8.0, 8.0, 8.0
     labels = torch.arange(3).repeat_interleave(per_class)
-    features = centres[labels] + torch.randn(len(labels), 16, generator=generator) + 100.0  # an offset to standardise away
+    features = (
+        centres[labels] + torch.randn(len(labels), 16, generator=generator) + 100.0
+    )  # an offset to standardise away
     return features, labels
 
 

@@ -18,13 +18,13 @@ import pytest
 import torch
 
 import geocl.methods  # noqa: F401  (registers the methods' recipe sections)
+from geocl.data.medical.synthetic import make_volumes
 from geocl.errors import GeoclError
 from geocl.evaluation import Subset, evaluation_for, get_evaluation
 from geocl.evaluation.medical import OWN_FINETUNE_ARGS, MedicalDice
-from geocl.data.medical.synthetic import make_volumes
+from geocl.experiments import run_compare
 from geocl.methods import load_recipe
 from geocl.recipes.options import CompareOptions, FinetuneOptions
-from geocl.experiments import run_compare
 from geocl.training.pretrain import run_pretrain
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "medical"
@@ -63,8 +63,15 @@ class FakeFinetune:
 
 
 def test_run_passes_the_recipe_s_volume_settings(volumes: Path, tmp_path: Path) -> None:
-    recipe = _recipe(volumes, tmp_path / "run", "data.spacing=[1.0,1.0,1.5]", "data.intensity=percentile",
-                     "data.image_size=64", "data.slice_axis=1", "data.val_fraction=0.25")
+    recipe = _recipe(
+        volumes,
+        tmp_path / "run",
+        "data.spacing=[1.0,1.0,1.5]",
+        "data.intensity=percentile",
+        "data.image_size=64",
+        "data.slice_axis=1",
+        "data.val_fraction=0.25",
+    )
     fake = FakeFinetune()
     evaluation = MedicalDice(FinetuneOptions(max_epochs=2, progress=False), finetune_fn=fake)
     measured = evaluation.run(Path("enc.ckpt"), recipe=recipe, subset=Subset(0.2, 7), seed=3, out=tmp_path / "row")
@@ -97,8 +104,11 @@ def test_compare_writes_the_four_metrics(volumes: Path, tmp_path: Path) -> None:
         return SimpleNamespace(checkpoint=checkpoint, out=Path(recipe.out))
 
     options = CompareOptions(
-        recipes=[RECIPES / "simclr.yaml", RECIPES / "moco.yaml"], label_fractions=[0.2, 1.0], seeds=1,
-        out=tmp_path / "cmp", overrides=[f"data.path={volumes}"],
+        recipes=[RECIPES / "simclr.yaml", RECIPES / "moco.yaml"],
+        label_fractions=[0.2, 1.0],
+        seeds=1,
+        out=tmp_path / "cmp",
+        overrides=[f"data.path={volumes}"],
     )
     results = run_compare(options, pretrain_fn=pretrain, evaluation=MedicalDice(finetune_fn=fake), echo=None)
     assert list(results["recipe"].unique()) == ["medical-simclr", "medical-moco", "random-init"]
@@ -114,8 +124,15 @@ def test_compare_writes_the_four_metrics(volumes: Path, tmp_path: Path) -> None:
 
 def test_simclr_recipe_pretrains_on_the_volumes_and_is_scored(volumes: Path, tmp_path: Path) -> None:
     recipe = _recipe(
-        volumes, tmp_path / "pretrain", "encoder.name=test_resnet", "data.batch_size=8", "data.num_workers=0",
-        "data.view_size=32", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.accelerator=cpu",
+        volumes,
+        tmp_path / "pretrain",
+        "encoder.name=test_resnet",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        "data.view_size=32",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "trainer.accelerator=cpu",
         "trainer.log_every_n_steps=1",
     )
     pretrained = run_pretrain(recipe)
@@ -123,8 +140,9 @@ def test_simclr_recipe_pretrains_on_the_volumes_and_is_scored(volumes: Path, tmp
     meta = torch.load(pretrained.checkpoint, weights_only=False, map_location="cpu")["geocl"]
     assert meta["in_chans"] == 1 and meta["band_stats"] == {"mean": [0.0], "std": [1.0]}
 
-    evaluation = MedicalDice(FinetuneOptions(max_epochs=1, steps_per_epoch=2, batch_size=4, progress=False,
-                                             accelerator="cpu"))
+    evaluation = MedicalDice(
+        FinetuneOptions(max_epochs=1, steps_per_epoch=2, batch_size=4, progress=False, accelerator="cpu")
+    )
     measured = evaluation.run(pretrained.checkpoint, recipe=recipe, subset=Subset(0.5), seed=0, out=tmp_path / "dice")
     assert all(math.isfinite(value) for value in measured.metrics.values())
     assert 0.0 <= measured.metrics["dice"] <= 1.0 and measured.metrics["hd95"] >= 0.0

@@ -32,9 +32,9 @@ from geocl.evaluation import (
     register_evaluation,
 )
 from geocl.evaluation.protocol import option_kwargs
-from geocl.recipes import register_method_config, save_recipe
-from geocl.experiments.results import results_table
 from geocl.experiments import CompareOptions, results_columns, run_compare
+from geocl.experiments.results import results_table
+from geocl.recipes import register_method_config, save_recipe
 
 
 @dataclass
@@ -107,8 +107,19 @@ def test_subsets_folders_and_metric_columns() -> None:
     assert SegmentationFinetune.primary() == "miou" and KnnProbe.primary() == "probe_top1"
     assert ToyRetrieval.primary() == "hit_at_1" and ToyRetrieval.label("mrr") == "MRR"
     assert results_columns(KnnProbe) == [
-        "recipe", "method", "evaluation", "pretrain_steps", "label_fraction", "subset_seed", "seed", "knn_top1",
-        "probe_top1", "status", "seconds", "checkpoint", "few_test_pixels",
+        "recipe",
+        "method",
+        "evaluation",
+        "pretrain_steps",
+        "label_fraction",
+        "subset_seed",
+        "seed",
+        "knn_top1",
+        "probe_top1",
+        "status",
+        "seconds",
+        "checkpoint",
+        "few_test_pixels",
     ]
 
 
@@ -138,7 +149,9 @@ def test_a_subset_of_every_label_is_one_subset_whatever_its_seed(tmp_path: Path)
     # a tile set of 12 train tiles: 0.95 keeps ceil(11.4) = 12 of them, every label too
     (tmp_path / "tiles").mkdir()
     rows = [{"split": "train" if i < 12 else "test", "geometry": shapely.box(i, 0, i + 1, 1)} for i in range(16)]
-    gpd.GeoDataFrame(rows, geometry="geometry", crs="EPSG:32633").to_file(tmp_path / "tiles" / "tiles.gpkg", layer="tiles")
+    gpd.GeoDataFrame(rows, geometry="geometry", crs="EPSG:32633").to_file(
+        tmp_path / "tiles" / "tiles.gpkg", layer="tiles"
+    )
     every = segmentation.subset_identity(Subset(1.0, 0), recipe)
     assert segmentation.subset_identity(Subset(0.95, 3), recipe) == every
     assert segmentation.subset_identity(Subset(0.9, 3), recipe) != every  # ceil(10.8) = 11 of 12
@@ -173,8 +186,15 @@ def test_segmentation_run_calls_the_finetune_function(tmp_path: Path) -> None:
     measured = evaluation.run(None, recipe=recipe, subset=Subset(0.1), seed=1, out=tmp_path / "run")
     assert measured == Measurement({"miou": 0.4}, checkpoint=str(tmp_path / "best.ckpt"))
     assert calls == [
-        {"tiles": tmp_path / "tiles", "encoder_checkpoint": None, "encoder": "resnet18", "label_fraction": 0.1,
-         "seed": 1, "out": tmp_path / "run", "max_epochs": 2}
+        {
+            "tiles": tmp_path / "tiles",
+            "encoder_checkpoint": None,
+            "encoder": "resnet18",
+            "label_fraction": 0.1,
+            "seed": 1,
+            "out": tmp_path / "run",
+            "max_epochs": 2,
+        }
     ]
 
 

@@ -47,15 +47,23 @@ def test_a_row_trains_the_retrieval_recipe_on_its_data_from_its_encoder(tmp_path
 
     compared = load_recipe(write_recipe(tmp_path / "simclr", tiny_tiles, SIMCLR, data={"view_size": 48}))
     dual = retrieval_recipe(
-        compared, tmp_path / "simclr.ckpt", seed=2, out=tmp_path / "out", recipe=_tiny_retrieval_recipe(tmp_path, tiny_tiles),
-        max_steps=5, batch_size=4, overrides=["method.embed_dim=8"],
+        compared,
+        tmp_path / "simclr.ckpt",
+        seed=2,
+        out=tmp_path / "out",
+        recipe=_tiny_retrieval_recipe(tmp_path, tiny_tiles),
+        max_steps=5,
+        batch_size=4,
+        overrides=["method.embed_dim=8"],
     )
     assert dual.method.name == "retrieval" and dual.method.init_checkpoint == str(tmp_path / "simclr.ckpt")
     assert dual.method.embed_dim == 8 and dual.method.text_width == 16  # the retrieval recipe's, overridden
     assert dual.encoder.name == "test_resnet" and dual.data.view_size == 48 and dual.data.tiles == str(tiny_tiles)
     assert dual.data.batch_size == 4 and dual.data.split == "train"
     assert (dual.seed, dual.out, dual.trainer.max_steps, dual.trainer.max_epochs) == (2, str(tmp_path / "out"), 5, -1)
-    random = retrieval_recipe(compared, None, seed=0, out=tmp_path / "r", recipe=_tiny_retrieval_recipe(tmp_path, tiny_tiles))
+    random = retrieval_recipe(
+        compared, None, seed=0, out=tmp_path / "r", recipe=_tiny_retrieval_recipe(tmp_path, tiny_tiles)
+    )
     assert random.method.init_checkpoint == "" and random.trainer.max_steps == -1
 
 
@@ -73,12 +81,15 @@ def test_the_default_recipe_loads_and_a_wrong_one_is_named(tmp_path: Path, tiny_
         TextRetrieval({"epochs": 3})
 
 
-def test_no_gallery_tile_overlaps_a_training_tile(scene512, tmp_path: Path) -> None:  # noqa: ANN001
+def test_no_gallery_tile_overlaps_a_training_tile(scene512, tmp_path: Path) -> None:
     tiles = tmp_path / "overlapping"
     # stride < size: neighbouring tiles overlap, also across split blocks
     tile_scene(
-        scene512.image, tiles, mask=scene512.mask,
-        options=TilingOptions(size=64, stride=40, max_nodata=0.3, split_block=160, seed=2), progress=False,
+        scene512.image,
+        tiles,
+        mask=scene512.mask,
+        options=TilingOptions(size=64, stride=40, max_nodata=0.3, split_block=160, seed=2),
+        progress=False,
     )
     gallery = gallery_dataset("tiles", tiles)
     train = TileDataset(tiles, "train", with_mask=False, progress=False)
@@ -150,8 +161,8 @@ def test_one_row_trains_and_is_read_back(tmp_path: Path, tiny_tiles: Path) -> No
 
 @pytest.mark.slow  # pretrains SimCLR, then trains and scores two dual encoders: about a minute on 2 cores
 def test_compare_ranks_image_encoder_initialisations_by_retrieval(tmp_path: Path, tiny_tiles: Path) -> None:
-    from geocl.recipes.options import CompareOptions
     from geocl.experiments import run_compare
+    from geocl.recipes.options import CompareOptions
 
     simclr = write_recipe(tmp_path / "simclr", tiny_tiles, SIMCLR)
     evaluation = TextRetrieval({"recipe": _tiny_retrieval_recipe(tmp_path, tiny_tiles), "max_steps": 3})

@@ -23,7 +23,10 @@ from geocl.experiments.process import (
 @pytest.fixture
 def torch_mode() -> Iterator[None]:
     """Put torch's deterministic mode back whatever a test leaves."""
-    mode, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    mode, warn_only = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     yield
     torch.use_deterministic_algorithms(mode, warn_only=warn_only)
 

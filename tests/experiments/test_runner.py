@@ -46,8 +46,18 @@ OFFSET = [0.0, 0.02, 0.07]  # mean 0.03, sample std sqrt(0.0013) = 0.036 (ddof=0
 FRACTIONS = [0.01, 0.2]
 #: results.csv columns of tile-set recipes: today's columns plus the evaluation's name.
 COLUMNS = [
-    "recipe", "method", "evaluation", "pretrain_steps", "label_fraction", "subset_seed", "seed", "miou", "status",
-    "seconds", "checkpoint", "few_test_pixels",
+    "recipe",
+    "method",
+    "evaluation",
+    "pretrain_steps",
+    "label_fraction",
+    "subset_seed",
+    "seed",
+    "miou",
+    "status",
+    "seconds",
+    "checkpoint",
+    "few_test_pixels",
 ]
 
 
@@ -97,14 +107,28 @@ class Fakes:
         return SimpleNamespace(checkpoint=checkpoint, out=out)
 
     def finetune(
-        self, *, tiles: Path, encoder_checkpoint: Path | None, encoder: str, label_fraction: float, seed: int,
-        out: Path, **extra: Any,
+        self,
+        *,
+        tiles: Path,
+        encoder_checkpoint: Path | None,
+        encoder: str,
+        label_fraction: float,
+        seed: int,
+        out: Path,
+        **extra: Any,
     ) -> SimpleNamespace:
         csv = self.out / "results.csv"
         self.csv_rows_seen.append(len(pd.read_csv(csv)) if csv.exists() else 0)
         self.finetuned.append(
-            {"tiles": tiles, "encoder_checkpoint": encoder_checkpoint, "encoder": encoder,
-             "label_fraction": label_fraction, "seed": seed, "out": out, **extra}
+            {
+                "tiles": tiles,
+                "encoder_checkpoint": encoder_checkpoint,
+                "encoder": encoder,
+                "label_fraction": label_fraction,
+                "seed": seed,
+                "out": out,
+                **extra,
+            }
         )
         # like run_finetune: a folder holding a run is refused, never mixed
         if (out / "metrics.json").exists() or list(out.glob("checkpoints/*.ckpt")):
@@ -152,8 +176,12 @@ def test_rows_table_plot_and_a_failing_recipe(tmp_path: Path, recipes: list[Path
     fakes = Fakes(out)
     printed: list[str] = []
     options = CompareOptions(
-        recipes=recipes, label_fractions=FRACTIONS, seeds=3, out=out,
-        overrides=["trainer.max_epochs=1"], finetune={"max_epochs": 4},
+        recipes=recipes,
+        label_fractions=FRACTIONS,
+        seeds=3,
+        out=out,
+        overrides=["trainer.max_epochs=1"],
+        finetune={"max_epochs": 4},
     )
     returned = _compare(options, fakes, echo=printed.append)
 
@@ -166,7 +194,7 @@ def test_rows_table_plot_and_a_failing_recipe(tmp_path: Path, recipes: list[Path
 
     # recipes (incl. random-init) x fractions x seeds, in that order
     expected_keys = [(r, f, s) for r in ("alpha", "beta", "random-init") for f in FRACTIONS for s in range(3)]
-    assert list(zip(results["recipe"], results["label_fraction"], results["seed"])) == expected_keys
+    assert list(zip(results["recipe"], results["label_fraction"], results["seed"], strict=False)) == expected_keys
     alpha = results[results["recipe"] == "alpha"]
     assert alpha["miou"].tolist() == pytest.approx([0.3 + f + OFFSET[s] for f in FRACTIONS for s in range(3)])
     assert set(alpha["status"]) == {"ok"} and set(alpha["method"]) == {"compare-stand-in"}
@@ -203,7 +231,10 @@ def test_rows_table_plot_and_a_failing_recipe(tmp_path: Path, recipes: list[Path
     assert "- beta: RuntimeError: boom" in lines
     assert md in printed[-1]  # the table is printed at the end
     # the one line a command shows before exiting non-zero
-    assert describe_failures(returned, out) == f"6 of 18 runs failed: beta (6 of 6); the reasons are in {out / 'results.md'}"
+    assert (
+        describe_failures(returned, out)
+        == f"6 of 18 runs failed: beta (6 of 6); the reasons are in {out / 'results.md'}"
+    )
 
 
 def test_second_run_reuses_pretraining_and_finetunes(tmp_path: Path, recipes: list[Path]) -> None:
@@ -228,7 +259,10 @@ def test_second_run_reuses_pretraining_and_finetunes(tmp_path: Path, recipes: li
     assert third["miou"].tolist() == pytest.approx(first["miou"].tolist())
     stale = out / "finetune" / "alpha-f0.2-s1.stale-1"
     assert sorted(p.name for p in stale.rglob("*")) == ["best.ckpt", "checkpoints", "row.json"]
-    assert any("held an earlier run (it left no complete result); moved it to alpha-f0.2-s1.stale-1" in line for line in printed)
+    assert any(
+        "held an earlier run (it left no complete result); moved it to alpha-f0.2-s1.stale-1" in line
+        for line in printed
+    )
 
 
 def test_fresh_pretraining_redoes_its_finetunes_and_interrupted_pretraining_resumes(
@@ -253,7 +287,9 @@ def test_fresh_pretraining_redoes_its_finetunes_and_interrupted_pretraining_resu
     assert {path.name: path.read_bytes() for path in stale.rglob("*") if path.is_file()} == before
     assert set(before) == {"metrics.json", "best.ckpt", "row.json"}
     assert json.loads((old / "metrics.json").read_text())["miou"] == pytest.approx(0.3 + 0.5)
-    assert f"  {old} held an earlier run (its encoder was pretrained again); moved it to alpha-f0.5-s0.stale-1" in printed
+    assert (
+        f"  {old} held an earlier run (its encoder was pretrained again); moved it to alpha-f0.5-s0.stale-1" in printed
+    )
     # once more: the next stale folder takes the next number, nothing is overwritten
     (out / "pretrain" / "a" / "metrics.json").unlink()
     _compare(options, Fakes(out), echo=None)
@@ -272,7 +308,10 @@ def test_finished_run_of_another_recipe_is_reported_not_overwritten(tmp_path: Pa
     status = results.set_index("recipe").loc["alpha", "status"]
     assert status.startswith("failed: ") and "config.yaml differs in seed)" in status
     assert "another out" in status and "--out" not in status
-    assert describe_failures(results, out) == f"1 of 2 runs failed: alpha (1 of 1); the reasons are in {out / 'results.md'}"
+    assert (
+        describe_failures(results, out)
+        == f"1 of 2 runs failed: alpha (1 of 1); the reasons are in {out / 'results.md'}"
+    )
     assert results.set_index("recipe").loc["random-init", "status"] == "ok"
 
 
@@ -290,7 +329,10 @@ def test_a_failing_finetune_fails_its_row_only(tmp_path: Path, recipes: list[Pat
     results = _compare(options, fakes, finetune=flaky, echo=None)
     assert results["status"].tolist() == ["ok", "failed: ValueError: bad batch", "ok", "ok"]
     assert "| alpha | 0.800 ± – (1 failed) | 1 |" in (out / "results.md").read_text()
-    assert describe_failures(results, out) == f"1 of 4 runs failed: alpha (1 of 2); the reasons are in {out / 'results.md'}"
+    assert (
+        describe_failures(results, out)
+        == f"1 of 4 runs failed: alpha (1 of 2); the reasons are in {out / 'results.md'}"
+    )
 
 
 @pytest.mark.parametrize(
@@ -305,14 +347,18 @@ def test_a_failing_finetune_fails_its_row_only(tmp_path: Path, recipes: list[Pat
 def test_bad_options_fail_before_any_work(tmp_path: Path, recipes: list[Path], change: dict, message: str) -> None:
     # The options model checks its values when it is built, so nothing can start.
     with pytest.raises(ValidationError) as caught:
-        CompareOptions(**{"recipes": recipes[:1], "label_fractions": [0.5], "seeds": 1, "out": tmp_path / "cmp", **change})
+        CompareOptions(
+            **{"recipes": recipes[:1], "label_fractions": [0.5], "seeds": 1, "out": tmp_path / "cmp", **change}
+        )
     assert message in str(validation_error(caught.value, model=CompareOptions))
 
 
 def test_finetune_options_that_set_what_compare_sets_fail_before_any_work(tmp_path: Path, recipes: list[Path]) -> None:
     # A finetune command's options carry a seed; compare sets the seed per row.
     command = FinetuneCommand(tiles=tmp_path / "tiles", out=tmp_path / "ft", seed=3, max_epochs=2)
-    options = CompareOptions(recipes=recipes[:1], label_fractions=[0.5], seeds=1, out=tmp_path / "cmp", finetune=command)
+    options = CompareOptions(
+        recipes=recipes[:1], label_fractions=[0.5], seeds=1, out=tmp_path / "cmp", finetune=command
+    )
     fakes = Fakes(tmp_path / "cmp")
     with pytest.raises(GeoclError, match=re.escape("must not set out, seed, tiles")):
         _compare(options, fakes, echo=None)
@@ -341,7 +387,13 @@ def test_clashing_names_and_stems_fail_before_any_work(tmp_path: Path) -> None:
 def _natural_recipe(folder: Path, stem: str, name: str) -> Path:
     path = _recipe(folder, stem, name)
     recipe = yaml.safe_load(path.read_text())
-    recipe["data"] = {"format": "cifar", "path": str(folder / "cifar"), "batch_size": 8, "num_workers": 0, "view_size": 32}
+    recipe["data"] = {
+        "format": "cifar",
+        "path": str(folder / "cifar"),
+        "batch_size": 8,
+        "num_workers": 0,
+        "view_size": 32,
+    }
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
 
@@ -353,13 +405,25 @@ def _natural_compare(options: CompareOptions, fakes: Fakes) -> pd.DataFrame:
 def test_natural_recipes_give_knn_and_probe_rows_table_and_plot(tmp_path: Path) -> None:
     folder = tmp_path / "recipes"
     folder.mkdir()
-    paths = [_natural_recipe(folder, "a", "alpha"), _natural_recipe(folder, "b", "beta"), _natural_recipe(folder, "g", "gamma")]
+    paths = [
+        _natural_recipe(folder, "a", "alpha"),
+        _natural_recipe(folder, "b", "beta"),
+        _natural_recipe(folder, "g", "gamma"),
+    ]
     out = tmp_path / "cmp"
     fakes = Fakes(out)
     options = CompareOptions(recipes=paths, label_fractions=FRACTIONS, seeds=2, out=out, evaluate={"k": 7})
     results = _natural_compare(options, fakes)
     natural_columns = [
-        "recipe", "method", "evaluation", "pretrain_steps", "label_fraction", "subset_seed", "seed", "knn_top1", "probe_top1",
+        "recipe",
+        "method",
+        "evaluation",
+        "pretrain_steps",
+        "label_fraction",
+        "subset_seed",
+        "seed",
+        "knn_top1",
+        "probe_top1",
     ]
     assert list(results.columns) == [*natural_columns, "status", "seconds", "checkpoint", "few_test_pixels"]
     assert not fakes.finetuned
@@ -368,10 +432,14 @@ def test_natural_recipes_give_knn_and_probe_rows_table_and_plot(tmp_path: Path) 
     assert (out / "evaluate" / "alpha-s1" / "evaluation.json").exists()
     assert list(results["recipe"]) == ["alpha", "alpha", "beta", "beta", "gamma", "gamma", "random-init", "random-init"]
     alpha = results[results["recipe"] == "alpha"]
-    assert alpha["knn_top1"].tolist() == pytest.approx([0.3, 0.31]) and alpha["probe_top1"].tolist() == pytest.approx([0.4, 0.41])
+    assert alpha["knn_top1"].tolist() == pytest.approx([0.3, 0.31]) and alpha["probe_top1"].tolist() == pytest.approx(
+        [0.4, 0.41]
+    )
     assert (results[results["recipe"] == "beta"]["status"] == "failed: RuntimeError: boom").all()
     baseline = [call for call in fakes.evaluated if call["checkpoint"] is None]
-    assert [call["seed"] for call in baseline] == [0, 1] and all(call["k"] == 7 and call["format"] == "cifar" for call in fakes.evaluated)
+    assert [call["seed"] for call in baseline] == [0, 1] and all(
+        call["k"] == 7 and call["format"] == "cifar" for call in fakes.evaluated
+    )
     assert pd.read_csv(out / "results.csv")["knn_top1"].notna().sum() == 6
     table = (out / "results.md").read_text()
     assert "| recipe | kNN top-1 | linear-probe top-1 | n |" in table and "mIoU" not in table
@@ -442,8 +510,11 @@ def test_results_name_their_machine_and_deterministic_mode(tmp_path: Path, recip
 
     fakes.pretrain = recording
     try:
-        _compare(CompareOptions(recipes=recipes[:1], label_fractions=[0.2], seeds=1, out=out, deterministic=True),
-                 fakes, echo=None)
+        _compare(
+            CompareOptions(recipes=recipes[:1], label_fractions=[0.2], seeds=1, out=out, deterministic=True),
+            fakes,
+            echo=None,
+        )
         # on while the runs ran, as it was after (issue 24: state is restored)
         assert during == [True] and torch.are_deterministic_algorithms_enabled() is before
     finally:
@@ -461,9 +532,9 @@ def test_frozen_protocol_probes_with_the_linear_head_on_the_same_grid(tmp_path: 
     fakes = Fakes(out)
     options = CompareOptions(recipes=recipes[:1], label_fractions=[0.2], seeds=2, out=out, protocol="frozen")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(FrozenLinearProbe, "from_options", classmethod(
-            lambda cls, o: cls(o.finetune, finetune_fn=fakes.finetune)
-        ))
+        patch.setattr(
+            FrozenLinearProbe, "from_options", classmethod(lambda cls, o: cls(o.finetune, finetune_fn=fakes.finetune))
+        )
         results = run_compare(options, pretrain_fn=fakes.pretrain, echo=None)
     assert set(results["evaluation"]) == {"frozen"} and len(fakes.finetuned) == 4
     assert all(call["arch"] == "linear" and call["freeze_encoder"] for call in fakes.finetuned)
@@ -483,14 +554,22 @@ def test_a_step_budget_gives_every_recipe_the_same_optimizer_steps(tmp_path: Pat
     def recording(recipe: Any, resume: bool = False) -> SimpleNamespace:
         budgets.append((recipe.trainer.max_steps, recipe.trainer.max_epochs))
         done = pretrain(recipe, resume)
-        (Path(recipe.out) / "metrics.json").write_text(json.dumps({
-            "global_step": recipe.trainer.max_steps, "samples_seen": recipe.trainer.max_steps * 8, "seconds": 1.5,
-            "final_loss": 1.0,
-        }))
+        (Path(recipe.out) / "metrics.json").write_text(
+            json.dumps(
+                {
+                    "global_step": recipe.trainer.max_steps,
+                    "samples_seen": recipe.trainer.max_steps * 8,
+                    "seconds": 1.5,
+                    "final_loss": 1.0,
+                }
+            )
+        )
         return done
 
     fakes.pretrain = recording
-    _compare(CompareOptions(recipes=recipes, label_fractions=[0.2], seeds=1, out=out, pretrain_steps=7), fakes, echo=None)
+    _compare(
+        CompareOptions(recipes=recipes, label_fractions=[0.2], seeds=1, out=out, pretrain_steps=7), fakes, echo=None
+    )
     assert budgets == [(7, -1), (7, -1)]
     spent = pd.read_csv(out / "pretraining.csv")
     assert spent["recipe"].tolist() == ["alpha", "gamma"] and spent["global_step"].tolist() == [7, 7]
@@ -542,7 +621,12 @@ def test_a_budget_sweep_pretrains_each_recipe_at_every_budget(tmp_path: Path, tw
     fakes.pretrain = recording
     options = CompareOptions(recipes=recipes, label_fractions=[0.2], seeds=2, out=out, pretrain_steps=[9, 3])
     results = _compare(options, fakes, echo=None)
-    assert seen == [("alpha", 3, "a-3steps"), ("gamma", 3, "g-3steps"), ("alpha", 9, "a-9steps"), ("gamma", 9, "g-9steps")]
+    assert seen == [
+        ("alpha", 3, "a-3steps"),
+        ("gamma", 3, "g-3steps"),
+        ("alpha", 9, "a-9steps"),
+        ("gamma", 9, "g-9steps"),
+    ]
     trained = results[results["recipe"] != "random-init"]
     assert trained.groupby("pretrain_steps").size().to_dict() == {3: 4, 9: 4}
     assert results[results["recipe"] == "random-init"]["pretrain_steps"].isna().all()
@@ -563,9 +647,13 @@ def _tile_index(tiles: Path, test_pixels: dict[str, int]) -> None:
 
     tiles.mkdir(parents=True)
     rows = [
-        {"path": f"images/r{r}_c{c}.tif", "split": "test" if r == c else "train",
-         "geometry": shapely.box(c * 100, -(r + 1) * 100, (c + 1) * 100, -r * 100)}
-        for r in range(4) for c in range(4)
+        {
+            "path": f"images/r{r}_c{c}.tif",
+            "split": "test" if r == c else "train",
+            "geometry": shapely.box(c * 100, -(r + 1) * 100, (c + 1) * 100, -r * 100),
+        }
+        for r in range(4)
+        for c in range(4)
     ]
     gpd.GeoDataFrame(rows, geometry="geometry", crs="EPSG:32633").to_file(tiles / "tiles.gpkg", layer="tiles")
     (tiles / "tiles.json").write_text(json.dumps({"complete": True, "class_pixels": {"test": test_pixels}}))
@@ -593,7 +681,9 @@ def test_per_class_iou_and_thin_test_classes_are_flagged(tmp_path: Path, two_wor
     assert set(results["few_test_pixels"].astype(str)) == {"2"}
     assert any("class 2 has 120 labelled test pixels" in message for message in caplog.messages)
     stated = next(line for line in printed if line.startswith("test split of"))
-    assert "4 of 16 tiles" in stated and "0.04 km²" in stated and "in 2 of 4 quarters" in stated  # the diagonal: top-left and bottom-right
+    assert (
+        "4 of 16 tiles" in stated and "0.04 km²" in stated and "in 2 of 4 quarters" in stated
+    )  # the diagonal: top-left and bottom-right
     md = (out / "results.md").read_text()
     assert "| recipe | class 1 | class 2 ⚑ |" in md and "fewer than 1,000 labelled test pixels" in md
     assert md.startswith("test split of")

@@ -67,8 +67,9 @@ class Runs:
         (out / "metrics.json").write_text(json.dumps({"global_step": recipe.trainer.max_steps, "final_loss": 1.0}))
         return SimpleNamespace(checkpoint=checkpoint, out=out)
 
-    def finetune(self, *, encoder_checkpoint: Path | None, label_fraction: float, seed: int, out: Path,
-                 **options: Any) -> SimpleNamespace:
+    def finetune(
+        self, *, encoder_checkpoint: Path | None, label_fraction: float, seed: int, out: Path, **options: Any
+    ) -> SimpleNamespace:
         self.finetuned.append({"out": out, "seed": seed, "label_fraction": label_fraction, **options})
         if (out / "metrics.json").exists():  # like run_finetune: a folder holding a run is refused
             raise GeoclError("holds a finetuning run", path=out, key="out")
@@ -77,8 +78,14 @@ class Runs:
         checkpoint = out / "checkpoints" / "best.ckpt"
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         checkpoint.write_text(f"{source} {options.get('arch')} {options.get('lr')}")
-        record = {"miou": miou, "arch": options.get("arch"), "lr": options.get("lr"),
-                  "max_epochs": options.get("max_epochs"), "checkpoint": str(checkpoint), "seconds": 1.0}
+        record = {
+            "miou": miou,
+            "arch": options.get("arch"),
+            "lr": options.get("lr"),
+            "max_epochs": options.get("max_epochs"),
+            "checkpoint": str(checkpoint),
+            "seconds": 1.0,
+        }
         (out / "metrics.json").write_text(json.dumps(record))
         return SimpleNamespace(miou=miou, checkpoint=checkpoint)
 
@@ -119,10 +126,14 @@ def _one_error_line(code: int, err: str) -> str:
 def _real_recipe(folder: Path, tiles: Path, stem: str, method: dict[str, Any], **sections: Any) -> Path:
     """A recipe of a real method on the tiny tile set (batch 8; never built: the pretraining is faked)."""
     recipe = {
-        "name": stem, "out": "ignored", "seed": 0,
+        "name": stem,
+        "out": "ignored",
+        "seed": 0,
         "data": {"tiles": str(tiles), "batch_size": 8, "num_workers": 0, "view_size": 32},
-        "encoder": {"name": "test_resnet"}, "method": method,
-        "optimizer": {"name": "adamw", "lr": 0.001}, "scheduler": {"name": "cosine", "warmup_epochs": 0},
+        "encoder": {"name": "test_resnet"},
+        "method": method,
+        "optimizer": {"name": "adamw", "lr": 0.001},
+        "scheduler": {"name": "cosine", "warmup_epochs": 0},
         "trainer": {"max_epochs": 2, "accelerator": "cpu", "devices": 1},
         **sections,
     }
@@ -156,7 +167,9 @@ def test_other_finetuning_options_redo_the_rows_and_keep_the_old_ones_aside(
     code, printed, err = _geocl(capsys, "compare", *grid, "--finetune-arch", "deeplabv3plus", "--epochs", "3")
     assert code == 0 and "Traceback" not in err
     assert runs.pretrained == []  # the pretraining did not change: reused
-    assert len(runs.finetuned) == 4 and {(call["arch"], call["max_epochs"]) for call in runs.finetuned} == {("deeplabv3plus", 3)}
+    assert len(runs.finetuned) == 4 and {(call["arch"], call["max_epochs"]) for call in runs.finetuned} == {
+        ("deeplabv3plus", 3)
+    }
     # every row was made with the new settings, and says so; no old row in the new table
     for folder in ("alpha-f0.5-s0", "alpha-f0.5-s1", "random-init-f0.5-s0", "random-init-f0.5-s1"):
         assert json.loads((out / "finetune" / folder / "metrics.json").read_text())["arch"] == "deeplabv3plus"
@@ -181,8 +194,9 @@ def test_other_finetuning_options_redo_the_rows_and_keep_the_old_ones_aside(
     runs.finetuned.clear()
     assert _geocl(capsys, "compare", *grid, "--finetune-arch", "deeplabv3plus", "--epochs", "3")[0] == 0
     assert runs.finetuned == [] and not (out / "report.stale-2").exists()
-    code, printed, _ = _geocl(capsys, "compare", *grid, "--finetune-arch", "deeplabv3plus", "--epochs", "3",
-                              "--finetune-lr", "0.01")
+    code, printed, _ = _geocl(
+        capsys, "compare", *grid, "--finetune-arch", "deeplabv3plus", "--epochs", "3", "--finetune-lr", "0.01"
+    )
     assert code == 0 and len(runs.finetuned) == 4 and {call["lr"] for call in runs.finetuned} == {0.01}
     assert "made with other settings: finetune lr 0.001, now 0.01)" in printed
 
@@ -195,7 +209,7 @@ def test_identical_label_subsets_are_one_subset_and_give_no_verdict(
 ) -> None:
     out = tmp_path / "cmp"
     code, printed, err = _geocl(
-        capsys, "compare", *stand_ins, "--label-fractions", "1.0", "--subset-seeds", "6", "--seeds", "1", "--out", out,
+        capsys, "compare", *stand_ins, "--label-fractions", "1.0", "--subset-seeds", "6", "--seeds", "1", "--out", out
     )
     assert code == 0 and "Traceback" not in err
     assert "label fraction 1 keeps every label: its 6 label subsets are one and run once (subset seed 0)" in printed
@@ -221,8 +235,18 @@ def test_a_budget_inside_a_methods_warm_up_is_flagged_in_the_report(
     grass = _real_recipe(folder, tiny_tiles, "grass", {"name": "grass", "warmup_epochs": 2})
     out = tmp_path / "cmp"
     code, printed, err = _geocl(
-        capsys, "compare", simclr, grass, "--pretrain-steps", "3", "--label-fractions", "0.5", "--seeds", "1",
-        "--out", out,
+        capsys,
+        "compare",
+        simclr,
+        grass,
+        "--pretrain-steps",
+        "3",
+        "--label-fractions",
+        "0.5",
+        "--seeds",
+        "1",
+        "--out",
+        out,
     )
     assert code == 0 and "Traceback" not in err
     epoch = _train_epoch(tiny_tiles)
@@ -237,8 +261,23 @@ def test_a_budget_inside_a_methods_warm_up_is_flagged_in_the_report(
     assert summary.loc["grass", "flag"] == flag and summary.loc["simclr", "flag"] == ""
     # a budget that reaches its own stage is not flagged
     steps = str(2 * epoch + 1)
-    assert _geocl(capsys, "compare", simclr, grass, "--pretrain-steps", steps, "--label-fractions", "0.5",
-                  "--seeds", "1", "--out", tmp_path / "cmp2")[0] == 0
+    assert (
+        _geocl(
+            capsys,
+            "compare",
+            simclr,
+            grass,
+            "--pretrain-steps",
+            steps,
+            "--label-fractions",
+            "0.5",
+            "--seeds",
+            "1",
+            "--out",
+            tmp_path / "cmp2",
+        )[0]
+        == 0
+    )
     assert "⚠" not in (tmp_path / "cmp2" / "results.md").read_text()
 
 
@@ -251,18 +290,36 @@ def test_a_learning_rate_warm_up_longer_than_the_budget_is_refused_before_any_wo
     folder = tmp_path / "recipes"
     simclr = _real_recipe(folder, tiny_tiles, "simclr", {"name": "simclr"})
     patchmix = _real_recipe(
-        folder, tiny_tiles, "patchmix",
+        folder,
+        tiny_tiles,
+        "patchmix",
         {"name": "patchmix", "proj_hidden_dim": 32, "proj_output_dim": 16, "pred_hidden_dim": 32},
         encoder={"name": "test_vit", "args": {"patch_size": 8, "img_size": 32}},
         scheduler={"name": "cosine", "warmup_epochs": 1},
     )
     out = tmp_path / "cmp"
-    assert _geocl(capsys, "compare", simclr, "--pretrain-steps", "2", "--label-fractions", "0.5", "--seeds", "1",
-                  "--out", out)[0] == 0
+    assert (
+        _geocl(
+            capsys, "compare", simclr, "--pretrain-steps", "2", "--label-fractions", "0.5", "--seeds", "1", "--out", out
+        )[0]
+        == 0
+    )
     before = _files(out)
     runs.pretrained.clear()
-    code, _, err = _geocl(capsys, "compare", simclr, patchmix, "--pretrain-steps", "2", "--label-fractions", "0.5",
-                          "--seeds", "1", "--out", out)
+    code, _, err = _geocl(
+        capsys,
+        "compare",
+        simclr,
+        patchmix,
+        "--pretrain-steps",
+        "2",
+        "--label-fractions",
+        "0.5",
+        "--seeds",
+        "1",
+        "--out",
+        out,
+    )
     epoch = _train_epoch(tiny_tiles)
     assert _one_error_line(code, err) == (
         f"geocl compare: error: {patchmix}: scheduler.warmup_epochs: 1 epoch of learning-rate warm-up is {epoch} "
@@ -276,7 +333,10 @@ def test_a_learning_rate_warm_up_longer_than_the_budget_is_refused_before_any_wo
 
 
 def test_an_out_that_cannot_be_written_is_refused_before_any_pretraining(
-    tmp_path: Path, stand_ins: list[Path], runs: Runs, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    stand_ins: list[Path],
+    runs: Runs,
+    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     locked = tmp_path / "locked"
@@ -289,11 +349,14 @@ def test_an_out_that_cannot_be_written_is_refused_before_any_pretraining(
         real = os.access
         monkeypatch.setattr(geocl.io.os, "access", lambda path, mode: Path(path) != locked and real(path, mode))
     try:
-        code, _, err = _geocl(capsys, "compare", stand_ins[0], "--label-fractions", "0.5", "--seeds", "1",
-                              "--out", locked)
+        code, _, err = _geocl(
+            capsys, "compare", stand_ins[0], "--label-fractions", "0.5", "--seeds", "1", "--out", locked
+        )
     finally:
         locked.chmod(0o755)
-    assert _one_error_line(code, err) == f"geocl compare: error: {locked}: output folder is not writable (given by --out)"
+    assert (
+        _one_error_line(code, err) == f"geocl compare: error: {locked}: output folder is not writable (given by --out)"
+    )
     assert runs.pretrained == [] and _files(locked) == {"earlier.txt": b"kept"}
     # a file where the folder should be
     code, _, err = _geocl(capsys, "compare", stand_ins[0], "--out", locked / "earlier.txt")
@@ -322,9 +385,7 @@ def test_a_moved_comparison_resumes_in_its_new_place(
     same = ["checkpoint", "seconds"]  # a reused row reports the run's own time
     pd.testing.assert_frame_equal(moved.drop(columns=same), first.drop(columns=same))
     # the rows point at their models in the new place
-    assert moved["checkpoint"].tolist() == [
-        path.replace(str(old), str(new)) for path in first["checkpoint"].tolist()
-    ]
+    assert moved["checkpoint"].tolist() == [path.replace(str(old), str(new)) for path in first["checkpoint"].tolist()]
     assert all(Path(path).is_file() for path in moved["checkpoint"])
     # a copy resumes as well, and leaves the original alone
     copy = tmp_path / "copy"
@@ -341,8 +402,19 @@ def test_a_changed_recipe_still_names_what_changed_but_never_out(
     assert _geocl(capsys, "compare", stand_ins[0], "--label-fractions", "0.5", "--seeds", "1", "--out", out)[0] == 0
     moved = tmp_path / "moved"
     shutil.move(out, moved)
-    code, _, err = _geocl(capsys, "compare", stand_ins[0], "--label-fractions", "0.5", "--seeds", "1",
-                          "--override", "seed=7", "--out", moved)
+    code, _, err = _geocl(
+        capsys,
+        "compare",
+        stand_ins[0],
+        "--label-fractions",
+        "0.5",
+        "--seeds",
+        "1",
+        "--override",
+        "seed=7",
+        "--out",
+        moved,
+    )
     assert code == 2 and "Traceback" not in err
     reasons = (moved / "results.md").read_text()
     assert "config.yaml differs in seed)" in reasons and "differs in out" not in reasons
@@ -375,7 +447,10 @@ def test_a_finished_pretraining_that_lost_its_last_ckpt_is_resumed_not_failed(
 
 
 def test_step_zero_is_the_random_init_row_evaluated_once_and_starts_every_curve(
-    tmp_path: Path, stand_ins: list[Path], runs: Runs, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    stand_ins: list[Path],
+    runs: Runs,
+    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import geocl.experiments.results as compare_module
@@ -401,7 +476,9 @@ def test_step_zero_is_the_random_init_row_evaluated_once_and_starts_every_curve(
     results = pd.read_csv(out / "results.csv")
     # one set of random-init runs at step 0, not one per recipe
     assert results.groupby(["recipe", "pretrain_steps"]).size().to_dict() == {
-        ("alpha", 3): 2, ("gamma", 3): 2, ("random-init", 0): 2,
+        ("alpha", 3): 2,
+        ("gamma", 3): 2,
+        ("random-init", 0): 2,
     }
     assert len(runs.finetuned) == 6
     step_zero = results[results["pretrain_steps"] == 0]
@@ -419,7 +496,10 @@ def test_step_zero_is_the_random_init_row_evaluated_once_and_starts_every_curve(
     runs.finetuned.clear()
     assert _geocl(capsys, "compare", *stand_ins, "--pretrain-steps", "3", *grid, "--out", out)[0] == 0
     assert sorted(call["out"].name for call in runs.finetuned) == [
-        "alpha-f0.5-s0", "alpha-f0.5-s1", "gamma-f0.5-s0", "gamma-f0.5-s1",
+        "alpha-f0.5-s0",
+        "alpha-f0.5-s1",
+        "gamma-f0.5-s0",
+        "gamma-f0.5-s1",
     ]
     assert _geocl(capsys, "compare", *stand_ins, "--pretrain-steps", "3", "0", *grid, "--out", out)[0] == 0
 
@@ -451,8 +531,20 @@ def test_step_zero_alone_runs_the_random_init_rows_only_on_distinct_subsets(
 ) -> None:
     out = tmp_path / "cmp"
     code, printed, err = _geocl(
-        capsys, "compare", *stand_ins, "--pretrain-steps", "0", "--label-fractions", "1.0", "0.5",
-        "--subset-seeds", "6", "--seeds", "1", "--out", out,
+        capsys,
+        "compare",
+        *stand_ins,
+        "--pretrain-steps",
+        "0",
+        "--label-fractions",
+        "1.0",
+        "0.5",
+        "--subset-seeds",
+        "6",
+        "--seeds",
+        "1",
+        "--out",
+        out,
     )
     assert code == 0 and "Traceback" not in err, err
     lines = printed.splitlines()
@@ -480,7 +572,9 @@ def test_step_zero_is_never_flagged_nor_checked_against_a_warm_up(
     simclr = _real_recipe(folder, tiny_tiles, "simclr", {"name": "simclr"})
     grass = _real_recipe(folder, tiny_tiles, "grass", {"name": "grass", "warmup_epochs": 2})
     patchmix = _real_recipe(
-        folder, tiny_tiles, "patchmix",
+        folder,
+        tiny_tiles,
+        "patchmix",
         {"name": "patchmix", "proj_hidden_dim": 32, "proj_output_dim": 16, "pred_hidden_dim": 32},
         encoder={"name": "test_vit", "args": {"patch_size": 8, "img_size": 32}},
         scheduler={"name": "cosine", "warmup_epochs": 1},
@@ -489,8 +583,20 @@ def test_step_zero_is_never_flagged_nor_checked_against_a_warm_up(
     out = tmp_path / "cmp"
     # patchmix's one-epoch learning-rate warm-up fits the budget of one epoch, and is not checked against 0
     code, printed, err = _geocl(
-        capsys, "compare", simclr, grass, patchmix, "--pretrain-steps", "0", str(epoch), "--label-fractions", "0.5",
-        "--seeds", "1", "--out", out,
+        capsys,
+        "compare",
+        simclr,
+        grass,
+        patchmix,
+        "--pretrain-steps",
+        "0",
+        str(epoch),
+        "--label-fractions",
+        "0.5",
+        "--seeds",
+        "1",
+        "--out",
+        out,
     )
     assert code == 0 and "Traceback" not in err, err
     flags = [line for line in printed.splitlines() if line.startswith("⚠")]
@@ -517,8 +623,21 @@ def test_step_zero_without_a_recipe_that_pretrains_is_refused(
     recipes = Path(__file__).resolve().parents[2] / "recipes"
     out = tmp_path / "cmp"
     code, _, err = _geocl(
-        capsys, "compare", recipes / "fba.yaml", recipes / "fba-supervised.yaml", "--pretrain-steps", "0", "10",
-        "--override", f"data.tiles={tiny_tiles}", "--label-fractions", "0.5", "--seeds", "1", "--out", out,
+        capsys,
+        "compare",
+        recipes / "fba.yaml",
+        recipes / "fba-supervised.yaml",
+        "--pretrain-steps",
+        "0",
+        "10",
+        "--override",
+        f"data.tiles={tiny_tiles}",
+        "--label-fractions",
+        "0.5",
+        "--seeds",
+        "1",
+        "--out",
+        out,
     )
     assert _one_error_line(code, err) == (
         "geocl compare: error: --pretrain-steps: 0 is random init, and no recipe pretrains an encoder: there is "
@@ -532,9 +651,23 @@ def test_a_real_step_zero_row_is_the_random_init_row(
 ) -> None:
     """The real pretraining and probe, tiny: step 0's rows are those of the random-init row without budget 0."""
     simclr = _real_recipe(tmp_path / "recipes", tiny_tiles, "simclr", {"name": "simclr"})
-    tiny = ["--protocol", "frozen", "--label-fractions", "0.5", "--seeds", "1", "--epochs", "1",
-            "--finetune-steps-per-epoch", "2", "--finetune-crop", "32", "--finetune-accelerator", "cpu",
-            "--no-finetune-progress"]
+    tiny = [
+        "--protocol",
+        "frozen",
+        "--label-fractions",
+        "0.5",
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--finetune-steps-per-epoch",
+        "2",
+        "--finetune-crop",
+        "32",
+        "--finetune-accelerator",
+        "cpu",
+        "--no-finetune-progress",
+    ]
     code, _, err = _geocl(capsys, "compare", simclr, "--pretrain-steps", "0", "1", *tiny, "--out", tmp_path / "swept")
     assert code == 0, err
     code, _, err = _geocl(capsys, "compare", simclr, "--pretrain-steps", "1", *tiny, "--out", tmp_path / "plain")
@@ -570,8 +703,12 @@ def _terminated() -> None:
 
 @pytest.mark.parametrize("during", ["pretraining", "row"])
 def test_sigterm_stops_the_comparison_and_a_rerun_redoes_what_it_interrupted(
-    tmp_path: Path, stand_ins: list[Path], runs: Runs, capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch, during: str,
+    tmp_path: Path,
+    stand_ins: list[Path],
+    runs: Runs,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    during: str,
 ) -> None:
     out = tmp_path / "cmp"
     grid = [*stand_ins, "--label-fractions", "0.5", "--seeds", "2", "--out", out]
@@ -618,7 +755,10 @@ def test_sigterm_stops_the_comparison_and_a_rerun_redoes_what_it_interrupted(
 
 
 def test_rows_failed_by_a_killed_worker_are_run_again_on_rerun(
-    tmp_path: Path, stand_ins: list[Path], runs: Runs, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    stand_ins: list[Path],
+    runs: Runs,
+    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A worker killed alone (no SIGTERM to compare: the OOM killer), or a comparison interrupted before
@@ -683,14 +823,40 @@ def test_a_real_compare_sent_sigterm_stops_cleanly_and_resumes(tmp_path: Path, t
     script.write_text(_SLOW_GEOCL)
     data = {"tiles": str(tiny_tiles), "batch_size": 8, "num_workers": 1, "view_size": 32}
     recipes = [
-        _real_recipe(tmp_path / "recipes", tiny_tiles, name, {"name": "simclr"}, data=data,
-                     trainer={"max_steps": steps, "max_epochs": -1, "accelerator": "cpu", "devices": 1})
+        _real_recipe(
+            tmp_path / "recipes",
+            tiny_tiles,
+            name,
+            {"name": "simclr"},
+            data=data,
+            trainer={"max_steps": steps, "max_epochs": -1, "accelerator": "cpu", "devices": 1},
+        )
         for name, steps in (("alpha", 2), ("beta", 6))
     ]
     out = tmp_path / "cmp"
-    command = [sys.executable, str(script), "compare", *map(str, recipes), "--protocol", "frozen",
-               "--label-fractions", "0.5", "--seeds", "1", "--epochs", "1", "--finetune-steps-per-epoch", "2",
-               "--finetune-crop", "32", "--finetune-accelerator", "cpu", "--no-finetune-progress", "--out", str(out)]
+    command = [
+        sys.executable,
+        str(script),
+        "compare",
+        *map(str, recipes),
+        "--protocol",
+        "frozen",
+        "--label-fractions",
+        "0.5",
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--finetune-steps-per-epoch",
+        "2",
+        "--finetune-crop",
+        "32",
+        "--finetune-accelerator",
+        "cpu",
+        "--no-finetune-progress",
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "GEOCL_TEST_SLOW": "0.05"}
     printed, said = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     with printed.open("w") as stdout, said.open("w") as stderr:

@@ -63,8 +63,14 @@ def trainings(monkeypatch: pytest.MonkeyPatch) -> Trainings:
 
 def _compare(tiles: Path, out: Path, trainings: Trainings, *overrides: str, **options: Any) -> pd.DataFrame:
     settings = CompareOptions(
-        recipes=PAIR, label_fractions=[0.05], seeds=2, subset_seeds=2, baseline="fba-supervised", out=out,
-        overrides=[f"data.tiles={tiles}", *overrides], **options,
+        recipes=PAIR,
+        label_fractions=[0.05],
+        seeds=2,
+        subset_seeds=2,
+        baseline="fba-supervised",
+        out=out,
+        overrides=[f"data.tiles={tiles}", *overrides],
+        **options,
     )
     evaluation = SegmentationFinetune(settings.finetune, finetune_fn=trainings.finetune)
     return run_compare(settings, pretrain_fn=_no_pretraining, evaluation=evaluation, echo=None)
@@ -81,8 +87,9 @@ def test_fba_and_supervised_only_pair_on_the_same_labels_without_pretraining(
     assert results.groupby("recipe", sort=False).size().to_dict() == {"fba": 4, "fba-supervised": 4}
     assert set(results["method"]) == {"fba"}
     # the same grid of (label subset, seed) for both recipes: every FBA row has its supervised twin
-    grid = {(call["supervised_only"], call["subset_seed"], call["seed"], call["label_fraction"])
-            for call in trainings.semi}
+    grid = {
+        (call["supervised_only"], call["subset_seed"], call["seed"], call["label_fraction"]) for call in trainings.semi
+    }
     assert grid == {(only, subset, seed, 0.05) for only in (False, True) for subset in (0, 1) for seed in (0, 1)}
     assert all(call["encoder_checkpoint"] is None and "arch" not in call for call in trainings.semi)
     assert not trainings.plain
@@ -111,7 +118,10 @@ def test_beside_a_pretraining_the_random_init_row_is_the_pretrained_recipe_s_pla
         return SimpleNamespace(checkpoint=checkpoint)
 
     settings = CompareOptions(
-        recipes=[PAIR[0], RECIPES / "simclr.yaml"], label_fractions=[0.05], seeds=1, out=tmp_path / "cmp",
+        recipes=[PAIR[0], RECIPES / "simclr.yaml"],
+        label_fractions=[0.05],
+        seeds=1,
+        out=tmp_path / "cmp",
         overrides=[f"data.tiles={tiny_tiles}"],
     )
     evaluation = SegmentationFinetune(settings.finetune, finetune_fn=trainings.finetune)
@@ -159,11 +169,28 @@ def test_an_evaluation_fba_cannot_serve_is_refused_before_any_work(
 def test_fba_against_supervised_only_end_to_end_on_the_embedded_scene(tiny_tiles: Path, tmp_path: Path) -> None:
     out = tmp_path / "cmp"
     settings = CompareOptions(
-        recipes=PAIR, label_fractions=[0.2], seeds=1, subset_seeds=1, baseline="fba-supervised", out=out,
-        overrides=[f"data.tiles={tiny_tiles}", "encoder.name=test_resnet", "method.labelled_bs=2",
-                   "method.decoder_channels=[16,8,8,8,8]", "method.embedding_dim=16"],
-        finetune={"max_epochs": 1, "steps_per_epoch": 2, "val_every": 1, "batch_size": 4, "crop": 32,
-                  "accelerator": "cpu", "progress": False},
+        recipes=PAIR,
+        label_fractions=[0.2],
+        seeds=1,
+        subset_seeds=1,
+        baseline="fba-supervised",
+        out=out,
+        overrides=[
+            f"data.tiles={tiny_tiles}",
+            "encoder.name=test_resnet",
+            "method.labelled_bs=2",
+            "method.decoder_channels=[16,8,8,8,8]",
+            "method.embedding_dim=16",
+        ],
+        finetune={
+            "max_epochs": 1,
+            "steps_per_epoch": 2,
+            "val_every": 1,
+            "batch_size": 4,
+            "crop": 32,
+            "accelerator": "cpu",
+            "progress": False,
+        },
     )
     results = run_compare(settings, pretrain_fn=_no_pretraining, echo=None)
 

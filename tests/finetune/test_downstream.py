@@ -28,8 +28,9 @@ from geocl.finetune.downstream import (
 )
 from geocl.recipes.options import FinetuneCommand, FinetuneOptions
 
-BUDGET = TrainingBudget(max_epochs=3, steps_per_epoch=2, val_every=1, patience=5, batch_size=4, progress=False,
-                        accelerator="cpu")
+BUDGET = TrainingBudget(
+    max_epochs=3, steps_per_epoch=2, val_every=1, patience=5, batch_size=4, progress=False, accelerator="cpu"
+)
 
 
 class Pixels(lightning.LightningModule):
@@ -85,22 +86,38 @@ class ListData:
         self.train, self.val = _items(8, 0), _items(4, 1, inverted=True)
         return DataDescription({"classes": [0, 1]}, {"train_items": 8}, {"read_as": "float32"})
 
-    def loaders(self, module: lightning.LightningModule, options: DownstreamOptions) -> tuple[DataLoader, DataLoader | None]:
+    def loaders(
+        self, module: lightning.LightningModule, options: DownstreamOptions
+    ) -> tuple[DataLoader, DataLoader | None]:
         self.calls.append("loaders")
-        sampler = RandomSampler(self.train, replacement=True, num_samples=options.budget.draws,
-                                generator=torch.Generator().manual_seed(options.seed))
+        sampler = RandomSampler(
+            self.train,
+            replacement=True,
+            num_samples=options.budget.draws,
+            generator=torch.Generator().manual_seed(options.seed),
+        )
         val = DataLoader(self.val, batch_size=4) if self.validate else None
         return DataLoader(self.train, batch_size=options.budget.batch_size, sampler=sampler), val
 
-    def score(self, trainer: lightning.Trainer, module: lightning.LightningModule, checkpoint: Path, out: Path) -> Scores:
+    def score(
+        self, trainer: lightning.Trainer, module: lightning.LightningModule, checkpoint: Path, out: Path
+    ) -> Scores:
         self.calls.append("score")
         self.scored = checkpoint
         return Scores({"score": 0.25, "per_class": [math.nan, 1.0]}, {"test/score": 0.25})
 
 
 def _options(out: Path, **changes: Any) -> DownstreamOptions:
-    return DownstreamOptions(**{"out": out, "label_fraction": 0.5, "seed": 3, "budget": BUDGET,
-                                "identity": {"label_fraction": 0.5, "seed": 3, "lr": 0.5}, **changes})
+    return DownstreamOptions(
+        **{
+            "out": out,
+            "label_fraction": 0.5,
+            "seed": 3,
+            "budget": BUDGET,
+            "identity": {"label_fraction": 0.5, "seed": 3, "lr": 0.5},
+            **changes,
+        }
+    )
 
 
 def test_a_run_keeps_the_best_checkpoint_and_records_in_order(tmp_path: Path) -> None:
@@ -114,8 +131,19 @@ def test_a_run_keeps_the_best_checkpoint_and_records_in_order(tmp_path: Path) ->
     assert done.best_score == pytest.approx(validated[0])  # the best, not the last
     record = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert list(record) == [
-        "score", "per_class", "val_score", "classes", "label_fraction", "seed", "subset_seed", "train_items",
-        "network", "read_as", "checkpoint", "seconds", "options",
+        "score",
+        "per_class",
+        "val_score",
+        "classes",
+        "label_fraction",
+        "seed",
+        "subset_seed",
+        "train_items",
+        "network",
+        "read_as",
+        "checkpoint",
+        "seconds",
+        "options",
     ]
     assert record["per_class"] == [None, 1.0]  # strict JSON
     assert (record["seed"], record["subset_seed"], record["label_fraction"]) == (3, 3, 0.5)  # None: the seed
@@ -123,14 +151,17 @@ def test_a_run_keeps_the_best_checkpoint_and_records_in_order(tmp_path: Path) ->
     assert record["val_score"] == pytest.approx(done.best_score) and record == done.record | {"per_class": [None, 1.0]}
     stored = torch.load(done.checkpoint, weights_only=True)["state_dict"]["layer.weight"]
     assert not torch.equal(stored, factory.built[0].layer.weight.detach())  # the best, not the last weights
-    assert "options" not in json.loads(json.dumps(run_downstream(
-        PixelFactory(), ListData(), _options(tmp_path / "unrecorded", record_options=False)
-    ).record))
+    assert "options" not in json.loads(
+        json.dumps(
+            run_downstream(PixelFactory(), ListData(), _options(tmp_path / "unrecorded", record_options=False)).record
+        )
+    )
 
 
 def test_the_data_is_read_before_seeding_and_the_folder_checked_before_reading(tmp_path: Path) -> None:
-    runs = [run_downstream(PixelFactory(), ListData(draws=draws), _options(tmp_path / f"draws{draws}"))
-            for draws in (0, 5)]
+    runs = [
+        run_downstream(PixelFactory(), ListData(draws=draws), _options(tmp_path / f"draws{draws}")) for draws in (0, 5)
+    ]
     first, second = (torch.load(run.checkpoint, weights_only=True)["state_dict"] for run in runs)
     assert all(torch.equal(first[key], second[key]) for key in first)  # draws in setup change nothing
     data = ListData()

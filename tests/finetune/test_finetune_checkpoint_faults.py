@@ -52,7 +52,8 @@ def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
 def _digests(folder: Path) -> dict[str, str]:
     return {
         path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob("*")) if path.is_file()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
     }
 
 
@@ -72,7 +73,9 @@ def finetuned(tmp_path_factory: pytest.TempPathFactory, tiny_tiles: Path, pretra
 
 
 @pytest.fixture(scope="module")
-def bad_files(tmp_path_factory: pytest.TempPathFactory, pretrained: Path, finetuned: Path) -> dict[str, tuple[Path, str]]:
+def bad_files(
+    tmp_path_factory: pytest.TempPathFactory, pretrained: Path, finetuned: Path
+) -> dict[str, tuple[Path, str]]:
     """name -> (file, what the one line says about it)."""
     folder = tmp_path_factory.mktemp("bad")
     text, empty, directory = folder / "notes.ckpt", folder / "empty.ckpt", folder / "folder.ckpt"
@@ -89,26 +92,46 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory, pretrained: Path, finetu
     binary = folder / "legacy.ckpt"  # a pickle as PyTorch wrote before 1.6
     binary.write_bytes(b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19.")
     damaged = folder / "damaged.ckpt"  # entries of geocl's left out
-    torch.save({"state_dict": {"w": torch.zeros(1)}, "geocl": {}, "geocl_segmenter": {}, "hyper_parameters": {}}, damaged)
+    torch.save(
+        {"state_dict": {"w": torch.zeros(1)}, "geocl": {}, "geocl_segmenter": {}, "hyper_parameters": {}}, damaged
+    )
     return {
         "text": (text, "is not a checkpoint: torch.save writes a zip archive, this file begins with 'epoch: 3'"),
-        "binary": (binary, "is not a checkpoint: torch.save writes a zip archive, this file begins with the bytes "
-                   "80 02 8a 0a 6c fc 9c 46"),
+        "binary": (
+            binary,
+            "is not a checkpoint: torch.save writes a zip archive, this file begins with the bytes "
+            "80 02 8a 0a 6c fc 9c 46",
+        ),
         "empty": (empty, "is empty (0 bytes), not a checkpoint"),
         "folder": (directory, "is a folder, not a checkpoint file"),
         "missing": (folder / "missing.ckpt", "does not exist (no such checkpoint file)"),
-        "truncated": (truncated, "cannot be read: truncated or damaged (PytorchStreamReader failed reading zip archive"),
+        "truncated": (
+            truncated,
+            "cannot be read: truncated or damaged (PytorchStreamReader failed reading zip archive",
+        ),
         "damaged": (damaged, ""),
-        "old": (old, "holds a Python object (geocl.recipes.schema.OptimizerConfig), and geocl reads only tensors and "
-                "plain data from files, so that opening a file runs no code; it was written by an older geocl or "
-                "another program: make it again with this geocl"),
+        "old": (
+            old,
+            "holds a Python object (geocl.recipes.schema.OptimizerConfig), and geocl reads only tensors and "
+            "plain data from files, so that opening a file runs no code; it was written by an older geocl or "
+            "another program: make it again with this geocl",
+        ),
     }
 
 
 def _commands(tiny_tiles: Path, tmp_path: Path, checkpoint: Path) -> dict[str, list[str]]:
     scene = tiny_tiles.parent / "scene" / "image.tif"
     return {
-        "finetune": ["finetune", "--tiles", str(tiny_tiles), "--out", str(tmp_path / "ft"), "--encoder", str(checkpoint), *FAST],
+        "finetune": [
+            "finetune",
+            "--tiles",
+            str(tiny_tiles),
+            "--out",
+            str(tmp_path / "ft"),
+            "--encoder",
+            str(checkpoint),
+            *FAST,
+        ],
         "predict": ["predict", str(checkpoint), str(scene), "--out", str(tmp_path / "pred.tif")],
         "evaluate": ["evaluate", str(checkpoint), "--data", str(tmp_path), "--format", "image_folder"],
     }
@@ -117,7 +140,11 @@ def _commands(tiny_tiles: Path, tmp_path: Path, checkpoint: Path) -> dict[str, l
 @pytest.mark.parametrize("command", ["finetune", "predict", "evaluate"])
 @pytest.mark.parametrize("name", ["text", "binary", "empty", "folder", "missing", "truncated", "old"])
 def test_a_file_that_is_no_usable_checkpoint_is_named_in_one_line(
-    command: str, name: str, bad_files: dict[str, tuple[Path, str]], tiny_tiles: Path, tmp_path: Path,
+    command: str,
+    name: str,
+    bad_files: dict[str, tuple[Path, str]],
+    tiny_tiles: Path,
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     path, says = bad_files[name]
@@ -128,7 +155,9 @@ def test_a_file_that_is_no_usable_checkpoint_is_named_in_one_line(
 
 
 @pytest.mark.parametrize("command", ["finetune", "predict", "evaluate"])
-def test_a_crafted_payload_never_runs(command: str, tiny_tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_crafted_payload_never_runs(
+    command: str, tiny_tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     marker, crafted = tmp_path / "marker", tmp_path / "crafted.ckpt"
     stolen = {"state_dict": {}, "geocl": {"in_chans": 4}, "geocl_segmenter": {"in_chans": 4}, "x": Payload(marker)}
     torch.save(stolen, crafted)
@@ -165,13 +194,18 @@ def test_a_checkpoint_of_the_other_kind_says_which_kind_it_is(
 
 @pytest.mark.parametrize("command", ["finetune", "predict", "evaluate"])
 def test_a_checkpoint_missing_geocls_entries_is_called_damaged(
-    command: str, bad_files: dict[str, tuple[Path, str]], tiny_tiles: Path, tmp_path: Path,
+    command: str,
+    bad_files: dict[str, tuple[Path, str]],
+    tiny_tiles: Path,
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     path = bad_files["damaged"][0]
     code, line = _run(capsys, *_commands(tiny_tiles, tmp_path, path)[command])
-    kind = "finetuning checkpoint without its in_chans, classes" if command == "predict" else (
-        "pretraining checkpoint without its band count or encoder name"
+    kind = (
+        "finetuning checkpoint without its in_chans, classes"
+        if command == "predict"
+        else ("pretraining checkpoint without its band count or encoder name")
     )
     assert code == 2 and line.startswith(f"geocl {command}: error: {path}: is a {kind}"), line
 
@@ -190,14 +224,22 @@ def _refusal(capsys: pytest.CaptureFixture[str], tiles: Path, out: Path, *args: 
     code, line = _run(capsys, "finetune", "--tiles", str(tiles), "--out", str(out), *FAST, *args)
     assert code == 2
     assert _digests(out) == before  # the run found there is left as it was
-    assert line.startswith(f"geocl finetune: error: {out}: holds a finetuning run (metrics.json, checkpoints/best.ckpt)")
-    assert line.endswith("a new run there would mix its model and figures with the old ones: choose another --out, "
-                         "or delete the folder to redo the run")
+    assert line.startswith(
+        f"geocl finetune: error: {out}: holds a finetuning run (metrics.json, checkpoints/best.ckpt)"
+    )
+    assert line.endswith(
+        "a new run there would mix its model and figures with the old ones: choose another --out, "
+        "or delete the folder to redo the run"
+    )
     return line
 
 
 def test_a_finished_folder_names_each_option_that_differs_the_encoder_checkpoint_by_path_and_content(
-    tmp_path: Path, tiny_tiles: Path, pretrained: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    tiny_tiles: Path,
+    pretrained: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     encoder = tmp_path / "encoder.ckpt"
     shutil.copyfile(pretrained, encoder)
@@ -221,7 +263,9 @@ def test_a_finished_folder_names_each_option_that_differs_the_encoder_checkpoint
     )
     # the options the old message did not compare
     assert "made with other options: max_epochs 1 (now 2), lr 0.001 (now 0.01), freeze_encoder False (now True);" in (
-        _refusal(capsys, tiny_tiles, out, "--encoder", str(encoder), "--epochs", "2", "--lr", "0.01", "--freeze-encoder")
+        _refusal(
+            capsys, tiny_tiles, out, "--encoder", str(encoder), "--epochs", "2", "--lr", "0.01", "--freeze-encoder"
+        )
     )
     # the same path holding another pretraining since
     old_sha = options["encoder_checkpoint_sha256"]

@@ -49,8 +49,13 @@ def test_training_leaves_every_encoder_weight_and_statistic_unchanged(tmp_path: 
     classifier_before = module.model.classifier.weight.detach().clone()
     batches = [{"image": torch.randn(4, 4, 32, 32), "mask": torch.randint(0, 3, (4, 32, 32))} for _ in range(3)]
     trainer = lightning.Trainer(
-        max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path,
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
     )
     trainer.fit(module, DataLoader(batches, batch_size=None))
     for key, value in module.model.encoder.state_dict().items():

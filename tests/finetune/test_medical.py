@@ -43,8 +43,17 @@ def volumes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def finetuned(volumes: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     out = tmp_path_factory.mktemp("finetune") / "run"
     return run_medical_finetune(
-        data=volumes, out=out, encoder="test_resnet", label_fraction=0.5, seed=0, max_epochs=1, steps_per_epoch=2,
-        batch_size=4, val_every=1, progress=False, accelerator="cpu",
+        data=volumes,
+        out=out,
+        encoder="test_resnet",
+        label_fraction=0.5,
+        seed=0,
+        max_epochs=1,
+        steps_per_epoch=2,
+        batch_size=4,
+        val_every=1,
+        progress=False,
+        accelerator="cpu",
     )
 
 
@@ -95,8 +104,11 @@ def test_finetune_scores_the_test_cases(finetuned: Any, volumes: Path) -> None:
     written = nib.load(out / "predictions" / f"{case.id}.nii.gz")
     stored = nib.load(case.image)
     assert np.array_equal(written.affine, stored.affine) and written.shape == stored.shape
-    expected = case_metrics(np.asanyarray(written.dataobj), np.asanyarray(nib.load(case.label).dataobj).astype(int),
-                            spacing=stored.header.get_zooms())
+    expected = case_metrics(
+        np.asanyarray(written.dataobj),
+        np.asanyarray(nib.load(case.label).dataobj).astype(int),
+        spacing=stored.header.get_zooms(),
+    )
     assert float(rows[0]["dice"]) == pytest.approx(expected["dice"], abs=1e-5)
     assert float(rows[0]["hd95"]) == pytest.approx(expected["hd95"], abs=1e-4)
     assert (out / "plots" / f"{case.id}.png").stat().st_size > 1000
@@ -137,8 +149,9 @@ def test_predict_keeps_the_input_affine(finetuned: Any, volumes: Path, tmp_path:
     assert unlabelled.csv is None and np.array_equal(nib.load(unlabelled.path).affine, stored.affine)
 
 
-def test_predict_command_routes_volumes(finetuned: Any, volumes: Path, tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_predict_command_routes_volumes(
+    finetuned: Any, volumes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     volume = volumes / "images" / "case_003.nii.gz"
     out = tmp_path / "labels.nii.gz"
     assert main(["predict", str(finetuned.checkpoint), str(volume), "--out", str(out)]) == 0

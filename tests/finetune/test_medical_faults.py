@@ -27,10 +27,25 @@ from geocl.finetune.medical import run_medical_finetune
 from geocl.finetune.medical_semi_supervised import run_medical_semi_supervised
 from tests.outputs import error_line, snapshot
 
-TINY = {"encoder": "test_resnet", "label_fraction": 0.5, "seed": 0, "max_epochs": 1, "steps_per_epoch": 2,
-        "batch_size": 4, "val_every": 1, "progress": False, "accelerator": "cpu", "pictures": 0}
-TINY_FBA = {**TINY, "labelled_bs": 2, "decoder_channels": [16, 8, 8, 8, 8], "crop": 32,
-            "segmenter_options": {"embedding_dim": 16}}
+TINY = {
+    "encoder": "test_resnet",
+    "label_fraction": 0.5,
+    "seed": 0,
+    "max_epochs": 1,
+    "steps_per_epoch": 2,
+    "batch_size": 4,
+    "val_every": 1,
+    "progress": False,
+    "accelerator": "cpu",
+    "pictures": 0,
+}
+TINY_FBA = {
+    **TINY,
+    "labelled_bs": 2,
+    "decoder_channels": [16, 8, 8, 8, 8],
+    "crop": 32,
+    "segmenter_options": {"embedding_dim": 16},
+}
 #: The test case of the 5-case set (val_fraction 0.2): damaged there, a run would only fail after training.
 TEST_CASE = "case_002"
 
@@ -51,8 +66,6 @@ def _copy(volumes: Path, target: Path) -> Path:
     return target
 
 
-
-
 def _rewrite(path: Path, change: Any, dtype: Any = None) -> None:
     """Rewrite a volume in place with ``change(voxels)`` (on its own grid)."""
     stored = nib.load(path)
@@ -67,15 +80,18 @@ def _predict(checkpoint: Path, volume: Path, out: Path | str) -> list[str]:
 # ------------------------------------------------------------------ 1: output onto an input
 
 
-@pytest.mark.parametrize("given", [
-    "images/case_002.nii.gz",                 # the volume itself
-    "labels/case_002.nii.gz",                 # its label map: would then be scored against itself (Dice 1)
-    "images/../labels/case_002.nii.gz",       # the same through ..
-    "link.nii.gz",                            # a link to the label map
-    "preview-link/p.nii.gz",                  # its picture p.png is a link to the volume
-    "labels/case_000.nii.gz",                 # another case's label map: the data folder is read as cases
-    "images/new.nii.gz",                      # a new file among the images: read as a case next time
-])
+@pytest.mark.parametrize(
+    "given",
+    [
+        "images/case_002.nii.gz",  # the volume itself
+        "labels/case_002.nii.gz",  # its label map: would then be scored against itself (Dice 1)
+        "images/../labels/case_002.nii.gz",  # the same through ..
+        "link.nii.gz",  # a link to the label map
+        "preview-link/p.nii.gz",  # its picture p.png is a link to the volume
+        "labels/case_000.nii.gz",  # another case's label map: the data folder is read as cases
+        "images/new.nii.gz",  # a new file among the images: read as a case next time
+    ],
+)
 def test_predict_never_writes_onto_its_inputs(
     checkpoint: Path, volumes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], given: str
 ) -> None:
@@ -105,8 +121,7 @@ def test_predict_beside_the_data_folder_scores_against_the_real_label(
 
 
 def test_a_full_disk_while_predicting_names_the_file(
-    checkpoint: Path, volumes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    checkpoint: Path, volumes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def full(self: Path, data: bytes) -> int:
         with open(self, "wb") as file:

@@ -29,13 +29,30 @@ from geocl.finetune.medical_semi_supervised import (
 from geocl.finetune.semi_supervised import CaseSlices
 
 BUDGET = {
-    "max_epochs": 1, "steps_per_epoch": 2, "val_every": 1, "batch_size": 4, "labelled_bs": 2, "accelerator": "cpu",
-    "progress": False, "label_fraction": 0.5, "pictures": 1,
+    "max_epochs": 1,
+    "steps_per_epoch": 2,
+    "val_every": 1,
+    "batch_size": 4,
+    "labelled_bs": 2,
+    "accelerator": "cpu",
+    "progress": False,
+    "label_fraction": 0.5,
+    "pictures": 1,
 }
-TINY_2D = {"spatial_dims": 2, "encoder": "test_resnet", "decoder_channels": [16, 8, 8, 8, 8], "crop": 32,
-           "segmenter_options": {"embedding_dim": 16}}
-TINY_3D = {"spatial_dims": 3, "patch_size": [16, 16, 16], "width": 4, "depth": 3,
-           "segmenter_options": {"embedding_dim": 16}}
+TINY_2D = {
+    "spatial_dims": 2,
+    "encoder": "test_resnet",
+    "decoder_channels": [16, 8, 8, 8, 8],
+    "crop": 32,
+    "segmenter_options": {"embedding_dim": 16},
+}
+TINY_3D = {
+    "spatial_dims": 3,
+    "patch_size": [16, 16, 16],
+    "width": 4,
+    "depth": 3,
+    "segmenter_options": {"embedding_dim": 16},
+}
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +102,9 @@ def test_labelled_cases_by_subset_and_the_others_without_their_labels(
     splits = split_cases(find_cases(volumes), volumes, val_fraction=0.2)
     for spatial_dims, tiny in ((2, TINY_2D), (3, TINY_3D)):
         with pytest.raises(KeyboardInterrupt):
-            run_medical_semi_supervised(data=volumes, out=tmp_path / f"run{spatial_dims}", seed=0, subset_seed=1,
-                                        **{**BUDGET, **tiny})
+            run_medical_semi_supervised(
+                data=volumes, out=tmp_path / f"run{spatial_dims}", seed=0, subset_seed=1, **{**BUDGET, **tiny}
+            )
         labelled = seen["labelled"].cases
         unlabelled = seen["unlabelled"].cases
         assert {case.id for case in labelled} | {case.id for case in unlabelled} == {case.id for case in splits.train}
@@ -99,8 +117,15 @@ def test_labelled_cases_by_subset_and_the_others_without_their_labels(
     assert len(seen["labelled"]) >= BUDGET["max_epochs"] * BUDGET["steps_per_epoch"] * BUDGET["batch_size"]
     # the same subset seed draws the same cases; supervised-only reads no unlabelled case
     with pytest.raises(KeyboardInterrupt):
-        run_medical_semi_supervised(data=volumes, out=tmp_path / "base", seed=5, subset_seed=1, supervised_only=True,
-                                    decoders=1, **{**BUDGET, **TINY_3D})
+        run_medical_semi_supervised(
+            data=volumes,
+            out=tmp_path / "base",
+            seed=5,
+            subset_seed=1,
+            supervised_only=True,
+            decoders=1,
+            **{**BUDGET, **TINY_3D},
+        )
     assert [case.id for case in seen["labelled"].cases] == [case.id for case in labelled]
     assert seen["unlabelled"] is None and seen["batch_size"] == 2
 
@@ -109,8 +134,9 @@ def test_bad_settings_are_named(volumes: Path, tmp_path: Path) -> None:
     with pytest.raises(GeoclError, match=r"method\.patch_size: 3D FBA trains on patches"):
         run_medical_semi_supervised(data=volumes, out=tmp_path / "a", **{**BUDGET, **TINY_3D, "patch_size": None})
     with pytest.raises(GeoclError, match=r"method\.init_checkpoint: the 3D V-Net starts from random init"):
-        run_medical_semi_supervised(data=volumes, out=tmp_path / "b", encoder_checkpoint=tmp_path / "x.ckpt",
-                                    **{**BUDGET, **TINY_3D})
+        run_medical_semi_supervised(
+            data=volumes, out=tmp_path / "b", encoder_checkpoint=tmp_path / "x.ckpt", **{**BUDGET, **TINY_3D}
+        )
 
 
 @pytest.mark.parametrize("tiny", [TINY_2D, TINY_3D], ids=["2d-slices", "3d-patches"])

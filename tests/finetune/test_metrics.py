@@ -14,37 +14,19 @@ X = IGNORE_INDEX
 
 # Image 1 holds classes 0 and 1 only (class 2 is absent from its reference); its third
 # row has two unlabelled pixels, where the prediction (2, 0) must not count.
-TARGET_1 = [[0, 0, 1, 1],
-            [0, 0, 1, 1],
-            [0, 0, X, X],
-            [0, 0, 1, 1]]
-PRED_1 = [[0, 0, 1, 1],
-          [0, 1, 1, 1],
-          [0, 0, 2, 0],
-          [2, 0, 1, 0]]
+TARGET_1 = [[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, X, X], [0, 0, 1, 1]]
+PRED_1 = [[0, 0, 1, 1], [0, 1, 1, 1], [0, 0, 2, 0], [2, 0, 1, 0]]
 # Image 2: its last row is unlabelled.
-TARGET_2 = [[2, 2, 2, 2],
-            [2, 2, 0, 0],
-            [1, 1, 0, 0],
-            [X, X, X, X]]
-PRED_2 = [[2, 2, 2, 1],
-          [2, 0, 0, 0],
-          [1, 2, 0, 1],
-          [0, 0, 0, 0]]
+TARGET_2 = [[2, 2, 2, 2], [2, 2, 0, 0], [1, 1, 0, 0], [X, X, X, X]]
+PRED_2 = [[2, 2, 2, 1], [2, 0, 0, 0], [1, 2, 0, 1], [0, 0, 0, 0]]
 
 # Counted by hand, rows = reference, columns = prediction.
 # image 1: reference 0 -> predicted 0 six times, 1 once, 2 once; reference 1 -> 1 five times, 0 once
-CONFUSION_1 = [[6, 1, 1],
-               [1, 5, 0],
-               [0, 0, 0]]
+CONFUSION_1 = [[6, 1, 1], [1, 5, 0], [0, 0, 0]]
 # image 2: reference 0 -> 0 three times, 1 once; reference 1 -> 1 once, 2 once;
 # reference 2 -> 2 four times, 1 once, 0 once
-CONFUSION_2 = [[3, 1, 0],
-               [0, 1, 1],
-               [1, 1, 4]]
-CONFUSION = [[9, 2, 1],
-             [1, 6, 1],
-             [1, 1, 4]]
+CONFUSION_2 = [[3, 1, 0], [0, 1, 1], [1, 1, 4]]
+CONFUSION = [[9, 2, 1], [1, 6, 1], [1, 1, 4]]
 # IoU_k = TP / (row sum + column sum - TP)
 IOU = [9 / (12 + 11 - 9), 6 / (8 + 9 - 6), 4 / (6 + 6 - 4)]  # 9/14, 6/11, 1/2
 MIOU = (9 / 14 + 6 / 11 + 1 / 2) / 3

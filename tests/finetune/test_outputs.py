@@ -33,7 +33,8 @@ def _digests(folder: Path) -> dict[str, str]:
     """sha256 of every file under ``folder`` (relative path -> digest)."""
     return {
         path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob("*")) if path.is_file()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
     }
 
 
@@ -132,7 +133,9 @@ def test_predict_refuses_a_folder_as_out_before_any_work(
     (folder / "kept.txt").write_text("kept")
     for call in (
         lambda: inference.predict_with_checkpoint(tmp_path / "model.ckpt", scene, folder),
-        lambda: predict_scene(argmax_model(), scene, folder, normalizer=IDENTITY, class_values=CLASS_VALUES, progress=False),
+        lambda: predict_scene(
+            argmax_model(), scene, folder, normalizer=IDENTITY, class_values=CLASS_VALUES, progress=False
+        ),
     ):
         with pytest.raises(GeoclError, match="is a folder, not a file") as error:
             call()
@@ -146,7 +149,9 @@ def test_predict_refuses_bad_polygons_and_unwritable_folders_before_any_work(
     _no_work(monkeypatch)
     (tmp_path / "polys.gpkg").mkdir()
     with pytest.raises(GeoclError, match="is a folder") as error:
-        inference.predict_with_checkpoint(tmp_path / "m.ckpt", scene, tmp_path / "p.tif", polygons=tmp_path / "polys.gpkg")
+        inference.predict_with_checkpoint(
+            tmp_path / "m.ckpt", scene, tmp_path / "p.tif", polygons=tmp_path / "polys.gpkg"
+        )
     assert error.value.key == "polygons"
     with pytest.raises(GeoclError, match="would overwrite the prediction") as error:
         inference.predict_with_checkpoint(tmp_path / "m.ckpt", scene, tmp_path / "p.tif", polygons=tmp_path / "p.tif")
@@ -159,7 +164,9 @@ def test_predict_refuses_bad_polygons_and_unwritable_folders_before_any_work(
     locked = tmp_path / "locked"
     locked.mkdir()
     real_access = __import__("os").access
-    monkeypatch.setattr("geocl.io.os.access", lambda path, mode: False if Path(path) == locked else real_access(path, mode))
+    monkeypatch.setattr(
+        "geocl.io.os.access", lambda path, mode: False if Path(path) == locked else real_access(path, mode)
+    )
     for out, polygons, key in ((locked / "p.tif", None, "out"), (tmp_path / "p.tif", locked / "p.gpkg", "polygons")):
         with pytest.raises(GeoclError, match="not writable") as error:
             inference.predict_with_checkpoint(tmp_path / "m.ckpt", scene, out, polygons=polygons)
@@ -176,7 +183,10 @@ def test_cli_predict_into_a_folder_exits_2_in_one_line(
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert status == 2 and len(lines) == 1 and "Traceback" not in captured.err
-    assert lines[0] == f"geocl predict: error: {tmp_path / 'out'}: is a folder, not a file (given by --out); give a file name"
+    assert (
+        lines[0]
+        == f"geocl predict: error: {tmp_path / 'out'}: is a folder, not a file (given by --out); give a file name"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "scene.tif"]
 
 
@@ -203,4 +213,6 @@ def test_compare_redoes_a_real_finetune_beside_the_old_one(tmp_path: Path, tiny_
     assert _digests(tmp_path / "finetune" / "alpha-f0.2-s0.stale-1") == before  # old run intact, byte for byte
     assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["best.ckpt"]  # no best-v1.ckpt
     assert _strict((folder / "metrics.json").read_text())["checkpoint"] == str(folder / "checkpoints" / "best.ckpt")
-    assert said == [f"  {folder} held an earlier run (its encoder was pretrained again); moved it to alpha-f0.2-s0.stale-1"]
+    assert said == [
+        f"  {folder} held an earlier run (its encoder was pretrained again); moved it to alpha-f0.2-s0.stale-1"
+    ]

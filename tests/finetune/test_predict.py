@@ -49,8 +49,14 @@ def test_output_grid_nodata_and_colour_table(tmp_path: Path, write_raster) -> No
     data[0, 41, 50] = 0  # not nodata: only one band holds 0
     scene = write_raster(tmp_path / "scene.tif", data, nodata=0)
     result = predict_scene(
-        argmax_model(), scene, tmp_path / "out" / "pred.tif", normalizer=IDENTITY, class_values=CLASS_VALUES,
-        window=32, overlap=8, progress=False,
+        argmax_model(),
+        scene,
+        tmp_path / "out" / "pred.tif",
+        normalizer=IDENTITY,
+        class_values=CLASS_VALUES,
+        window=32,
+        overlap=8,
+        progress=False,
     )
     with rasterio.open(scene) as src, rasterio.open(result.path) as out:
         assert out.crs == src.crs
@@ -66,7 +72,7 @@ def test_output_grid_nodata_and_colour_table(tmp_path: Path, write_raster) -> No
     assert set(np.unique(predicted[~nodata])) == set(CLASS_VALUES)
     assert colour_table[255][3] == 0  # nodata transparent
     assert {v: colour_table[v][:3] for v in CLASS_VALUES} == dict(
-        zip(CLASS_VALUES, [(31, 119, 180), (255, 127, 14), (44, 160, 44)])  # tab10
+        zip(CLASS_VALUES, [(31, 119, 180), (255, 127, 14), (44, 160, 44)], strict=False)  # tab10
     )
     assert result.png == tmp_path / "out" / "pred.png"
     assert result.png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -79,14 +85,31 @@ def test_class_at_map_coordinates(tmp_path: Path, write_raster) -> None:
     classes, data = class_scene(height, width)
     scene = write_raster(tmp_path / "scene.tif", data, origin=(300_000.0, 4_000_000.0), res=2.5)
     result = predict_scene(
-        argmax_model(), scene, tmp_path / "pred.tif", normalizer=IDENTITY, class_values=CLASS_VALUES,
-        window=32, overlap=8, batch_size=3, progress=False,
+        argmax_model(),
+        scene,
+        tmp_path / "pred.tif",
+        normalizer=IDENTITY,
+        class_values=CLASS_VALUES,
+        window=32,
+        overlap=8,
+        batch_size=3,
+        progress=False,
     )
     # window origins 0, 24, 43 (rows) and 0, 24, 29 (columns): rows 24-31 and 43-55 lie
     # in two windows, the last row/column of windows is moved back onto the edge
     assert window_origins(height, 32, 24) == [0, 24, 43]
-    pixels = [(0, 0), (0, width - 1), (height - 1, 0), (height - 1, width - 1), (27, 30), (31, 24),
-              (24, 55), (50, 28), (44, 60), (37, 13)]
+    pixels = [
+        (0, 0),
+        (0, width - 1),
+        (height - 1, 0),
+        (height - 1, width - 1),
+        (27, 30),
+        (31, 24),
+        (24, 55),
+        (50, 28),
+        (44, 60),
+        (37, 13),
+    ]
     with rasterio.open(result.path) as out:
         points = [out.xy(row, col) for row, col in pixels]  # map coordinates of pixel centres
         sampled = [int(v[0]) for v in out.sample(points)]
@@ -107,8 +130,14 @@ def test_constant_model_gives_a_constant_map(tmp_path: Path, write_raster) -> No
         return logits.expand(images.shape[0], 3, *images.shape[-2:])
 
     result = predict_scene(
-        constant, scene, tmp_path / "pred.tif", normalizer=IDENTITY, class_values=CLASS_VALUES,
-        window=16, overlap=6, progress=False,
+        constant,
+        scene,
+        tmp_path / "pred.tif",
+        normalizer=IDENTITY,
+        class_values=CLASS_VALUES,
+        window=16,
+        overlap=6,
+        progress=False,
     )
     with rasterio.open(result.path) as out:
         predicted = out.read(1)
@@ -121,8 +150,14 @@ def test_scene_smaller_than_a_window(tmp_path: Path, write_raster) -> None:
     classes, data = class_scene(20, 30)
     scene = write_raster(tmp_path / "scene.tif", data)
     result = predict_scene(
-        argmax_model(), scene, tmp_path / "pred.tif", normalizer=IDENTITY, class_values=CLASS_VALUES,
-        window=64, overlap=16, progress=False,
+        argmax_model(),
+        scene,
+        tmp_path / "pred.tif",
+        normalizer=IDENTITY,
+        class_values=CLASS_VALUES,
+        window=64,
+        overlap=16,
+        progress=False,
     )
     with rasterio.open(result.path) as out:
         assert out.shape == (20, 30)
@@ -135,8 +170,15 @@ def test_polygons_cover_the_class_pixels(tmp_path: Path, write_raster) -> None:
     res = 2.0
     scene = write_raster(tmp_path / "scene.tif", data, nodata=0, res=res, crs="EPSG:32617")
     result = predict_scene(
-        argmax_model(), scene, tmp_path / "pred.tif", normalizer=IDENTITY, class_values=CLASS_VALUES,
-        window=16, overlap=4, polygons=tmp_path / "vec" / "pred.gpkg", progress=False,
+        argmax_model(),
+        scene,
+        tmp_path / "pred.tif",
+        normalizer=IDENTITY,
+        class_values=CLASS_VALUES,
+        window=16,
+        overlap=4,
+        polygons=tmp_path / "vec" / "pred.gpkg",
+        progress=False,
     )
     assert result.polygons == tmp_path / "vec" / "pred.gpkg"
     frame = gpd.read_file(result.polygons, layer=POLYGON_LAYER)
@@ -155,8 +197,15 @@ def test_class_values_above_255_give_uint16(tmp_path: Path, write_raster) -> Non
     model = argmax_model()
     model.train()
     result = predict_scene(
-        model, scene, tmp_path / "pred.tif", normalizer=IDENTITY, class_values=[100, 300, 1000],
-        class_colours=[(1, 2, 3), (4, 5, 6), (7, 8, 9)], window=16, overlap=4, progress=False,
+        model,
+        scene,
+        tmp_path / "pred.tif",
+        normalizer=IDENTITY,
+        class_values=[100, 300, 1000],
+        class_colours=[(1, 2, 3), (4, 5, 6), (7, 8, 9)],
+        window=16,
+        overlap=4,
+        progress=False,
     )
     assert model.training  # the caller's mode is restored
     with rasterio.open(result.path) as out:
@@ -198,8 +247,13 @@ def test_bad_scenes_name_the_file(tmp_path: Path, write_raster) -> None:
     folder = tmp_path / "mosaic"
     write_raster(folder / "a.tif", class_scene(20, 20)[1])
     mismatched = write_raster(folder / "b.tif", class_scene(20, 20)[1][:2])
-    for bad, words in ((text, "not a readable raster"), (no_crs, "no CRS"), (two_bands, "2 bands"),
-                       (folder, "inconsistent band counts"), (tmp_path / "missing.tif", "not found")):
+    for bad, words in (
+        (text, "not a readable raster"),
+        (no_crs, "no CRS"),
+        (two_bands, "2 bands"),
+        (folder, "inconsistent band counts"),
+        (tmp_path / "missing.tif", "not found"),
+    ):
         with pytest.raises(GeoclError, match=words) as error:
             predict_scene(argmax_model(), bad, tmp_path / "pred.tif", **kwargs)
         assert error.value.path == str(mismatched if bad == folder else bad)
@@ -221,8 +275,15 @@ def test_real_panchromatic_scene(tmp_path: Path, shared_data: Path) -> None:
         return torch.cat([-images, images], dim=1)
 
     result = predict_scene(
-        threshold, scene, tmp_path / "pred.tif", normalizer=normalizer, class_values=[0, 1],
-        window=256, overlap=64, polygons=tmp_path / "pred.gpkg", progress=False,
+        threshold,
+        scene,
+        tmp_path / "pred.tif",
+        normalizer=normalizer,
+        class_values=[0, 1],
+        window=256,
+        overlap=64,
+        polygons=tmp_path / "pred.gpkg",
+        progress=False,
     )
     with rasterio.open(result.path) as out:
         assert (out.crs, out.transform, out.shape) == grid
@@ -260,8 +321,15 @@ def test_column_blocks_give_the_prediction_of_one_pass(tmp_path: Path, write_ras
     data = noise_scene(90, 600)
     scene = write_raster(tmp_path / "scene.tif", data, nodata=0)
     model = context_model()
-    common = {"normalizer": NOISE, "class_values": [0, 1, 2, 3], "window": 48, "overlap": 12,
-              "probabilities": "float16", "progress": False, "cog": False}
+    common = {
+        "normalizer": NOISE,
+        "class_values": [0, 1, 2, 3],
+        "window": 48,
+        "overlap": 12,
+        "probabilities": "float16",
+        "progress": False,
+        "cog": False,
+    }
     whole = predict_scene(model, scene, tmp_path / "whole.tif", block=1024, **common)
     blocks = predict_scene(model, scene, tmp_path / "blocks.tif", block=256, **common)
     # one pass: 3 rows x 17 columns of windows (origins 0, 36, ..., 540, 552); in blocks [0, 256),
@@ -279,8 +347,16 @@ def test_outputs_are_valid_cogs_with_overviews(tmp_path: Path, write_raster) -> 
     data = noise_scene(600, 700)
     scene = write_raster(tmp_path / "scene.tif", data, nodata=0)
     result = predict_scene(
-        context_model(), scene, tmp_path / "pred.tif", normalizer=NOISE, class_values=[3, 7, 9, 11], window=64,
-        overlap=16, probabilities="uint8", block=256, progress=False,
+        context_model(),
+        scene,
+        tmp_path / "pred.tif",
+        normalizer=NOISE,
+        class_values=[3, 7, 9, 11],
+        window=64,
+        overlap=16,
+        probabilities="uint8",
+        block=256,
+        progress=False,
     )
     assert result.probabilities == probabilities_path(tmp_path / "pred.tif") == tmp_path / "pred_probabilities.tif"
     for path in (result.path, result.probabilities):
@@ -306,8 +382,15 @@ def test_probabilities_are_the_softmax_and_their_argmax_is_the_label(tmp_path: P
     pointwise = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.Tanh(), torch.nn.Conv2d(8, 4, 1))
     values = np.asarray([3, 7, 9, 11])
     result = predict_scene(
-        pointwise, scene, tmp_path / "pred.tif", normalizer=NOISE, class_values=values, window=32, overlap=8,
-        probabilities=dtype, progress=False,
+        pointwise,
+        scene,
+        tmp_path / "pred.tif",
+        normalizer=NOISE,
+        class_values=values,
+        window=32,
+        overlap=8,
+        probabilities=dtype,
+        progress=False,
     )
     with rasterio.open(result.path) as out, rasterio.open(result.probabilities) as scores:
         labels, stored = out.read(1), scores.read()

@@ -34,8 +34,12 @@ def write_crop(scene: Path, path: Path, rows: slice, cols: slice) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with rasterio.open(scene) as src:
         window = rasterio.windows.Window.from_slices(rows, cols)
-        profile = {**src.profile, "width": int(window.width), "height": int(window.height),
-                   "transform": src.window_transform(window)}
+        profile = {
+            **src.profile,
+            "width": int(window.width),
+            "height": int(window.height),
+            "transform": src.window_transform(window),
+        }
         profile.pop("blockxsize", None), profile.pop("blockysize", None), profile.pop("tiled", None)
         data = src.read(window=window)
     with rasterio.open(path, "w", **profile) as dst:
@@ -52,8 +56,10 @@ def scene(tiny_tiles: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def halves(scene: Path, folder: Path) -> list[Path]:
     """The scene cut into a left and a right GeoTIFF on its own grid."""
-    return [write_crop(scene, folder / "left.tif", slice(0, 96), slice(0, 64)),
-            write_crop(scene, folder / "right.tif", slice(0, 96), slice(64, 128))]
+    return [
+        write_crop(scene, folder / "left.tif", slice(0, 96), slice(0, 64)),
+        write_crop(scene, folder / "right.tif", slice(0, 96), slice(64, 128)),
+    ]
 
 
 def test_worker_entry_point_on_a_mosaic(
@@ -61,8 +67,12 @@ def test_worker_entry_point_on_a_mosaic(
 ) -> None:
     options = {**SMALL, "probabilities": "uint8"}
     result = inference.predict_with_checkpoint(
-        checkpoint, halves(scene, tmp_path / "parts"), tmp_path / "out" / "m.tif", polygons=tmp_path / "out" / "m.gpkg",
-        progress=False, **options,
+        checkpoint,
+        halves(scene, tmp_path / "parts"),
+        tmp_path / "out" / "m.tif",
+        polygons=tmp_path / "out" / "m.gpkg",
+        progress=False,
+        **options,
     )
     assert capsys.readouterr().out == ""  # nothing on the terminal of a worker
     assert pickle.loads(pickle.dumps(result)) == result  # crosses process boundaries
@@ -95,10 +105,25 @@ def test_cli_predicts_with_tta_and_probabilities(
     tmp_path: Path, checkpoint: Path, scene: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "pred.tif"
-    status = main([
-        "predict", str(checkpoint), str(scene), "--out", str(out), "--tta", "--probabilities", "float16",
-        "--window", "64", "--overlap", "16", "--no-cog", "--polygons", str(tmp_path / "pred.gpkg"),
-    ])
+    status = main(
+        [
+            "predict",
+            str(checkpoint),
+            str(scene),
+            "--out",
+            str(out),
+            "--tta",
+            "--probabilities",
+            "float16",
+            "--window",
+            "64",
+            "--overlap",
+            "16",
+            "--no-cog",
+            "--polygons",
+            str(tmp_path / "pred.gpkg"),
+        ]
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert status == 0
     assert lines[0].startswith(f"prediction: {out} (128 x 96 px, ")

@@ -16,11 +16,11 @@ from rasterio.warp import Resampling, calculate_default_transform, reproject
 
 import geocl.finetune.predict as predict_module
 from geocl.cli import main
-from geocl.data.tileset import read_metadata
 from geocl.data.medical.synthetic import make_volumes
+from geocl.data.tileset import read_metadata
+from geocl.errors import GeoclError
 from geocl.finetune.inference import check_trained_on
 from geocl.finetune.medical import run_medical_finetune
-from geocl.errors import GeoclError
 from tests.finetune.test_predict_checkpoint import checkpoint, scene, write_crop  # noqa: F401  (fixtures)
 from tests.test_io import small_disk
 
@@ -66,8 +66,12 @@ def rewrite(source: Path, path: Path, data: np.ndarray, **profile: Any) -> Path:
 
 @pytest.mark.parametrize("failing", ["preview", "labels"])
 def test_a_full_disk_names_the_file_and_keeps_the_earlier_outputs(
-    tmp_path: Path, checkpoint: Path, scene: Path, failing: str,  # noqa: F811
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    checkpoint: Path,
+    scene: Path,
+    failing: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     out = tmp_path / "out" / "pred.tif"
     assert main(predict(checkpoint, [scene], out, "--polygons", str(tmp_path / "out" / "pred.gpkg"))) == 0
@@ -83,6 +87,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_earlier_outputs(
         monkeypatch.setattr(Figure, "savefig", savefig)
         named = out.with_suffix(".png")
     else:
+
         def flush(self: Any, count: int) -> None:
             raise OSError(errno.ENOSPC, "No space left on device", self.dst.name)
 
@@ -93,7 +98,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_earlier_outputs(
     assert files(out.parent) == before  # nothing half-written, every earlier output byte for byte
 
 
-def test_a_real_full_disk(tmp_path: Path, checkpoint: Path, scene: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+def test_a_real_full_disk(tmp_path: Path, checkpoint: Path, scene: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with small_disk(tmp_path, "48k") as disk:  # room for the labels, not for the preview
         line = one_line(capsys, predict(checkpoint, [scene], disk / "pred.tif"))
         assert line == f"geocl predict: error: {disk / 'pred.png'}: cannot write (No space left on device)"
@@ -117,13 +122,26 @@ def volumes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def volume_checkpoint(tmp_path_factory: pytest.TempPathFactory, volumes: Path) -> Path:
     return run_medical_finetune(
-        data=volumes, out=tmp_path_factory.mktemp("medical") / "run", encoder="test_resnet", label_fraction=0.5,
-        seed=0, max_epochs=1, steps_per_epoch=1, batch_size=4, val_every=1, progress=False, accelerator="cpu",
+        data=volumes,
+        out=tmp_path_factory.mktemp("medical") / "run",
+        encoder="test_resnet",
+        label_fraction=0.5,
+        seed=0,
+        max_epochs=1,
+        steps_per_epoch=1,
+        batch_size=4,
+        val_every=1,
+        progress=False,
+        accelerator="cpu",
     ).checkpoint
 
 
 def test_a_checkpoint_predicts_only_what_it_was_trained_on(
-    tmp_path: Path, checkpoint: Path, scene: Path, volumes: Path, volume_checkpoint: Path,  # noqa: F811
+    tmp_path: Path,
+    checkpoint: Path,
+    scene: Path,
+    volumes: Path,
+    volume_checkpoint: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     with rasterio.open(scene) as src:
@@ -136,7 +154,10 @@ def test_a_checkpoint_predicts_only_what_it_was_trained_on(
     assert files(tmp_path / "out") == {}
     volume = sorted((volumes / "images").glob("*.nii.gz"))[0]
     line = one_line(capsys, ["predict", str(checkpoint), str(volume), "--out", str(tmp_path / "v" / "p.nii.gz")])
-    assert line == f"geocl predict: error: {checkpoint}: was finetuned on tiles, not volumes: predict GeoTIFF scenes with it"
+    assert (
+        line
+        == f"geocl predict: error: {checkpoint}: was finetuned on tiles, not volumes: predict GeoTIFF scenes with it"
+    )
     # one rule, keyed on what the checkpoint records
     check_trained_on("c.ckpt", {"medical": {}}, "volumes")
     check_trained_on("c.ckpt", {}, "tiles")
@@ -152,8 +173,17 @@ def reprojected(source: Path, path: Path, crs: str) -> Path:
     with rasterio.open(source) as src:
         transform, width, height = calculate_default_transform(src.crs, crs, src.width, src.height, *src.bounds)
         data = np.zeros((src.count, height, width), dtype=src.dtypes[0])
-        reproject(src.read(), data, src_transform=src.transform, src_crs=src.crs, dst_transform=transform,
-                  dst_crs=crs, resampling=Resampling.nearest, src_nodata=src.nodata, dst_nodata=src.nodata)
+        reproject(
+            src.read(),
+            data,
+            src_transform=src.transform,
+            src_crs=src.crs,
+            dst_transform=transform,
+            dst_crs=crs,
+            resampling=Resampling.nearest,
+            src_nodata=src.nodata,
+            dst_nodata=src.nodata,
+        )
         profile = {**src.profile, "crs": crs, "transform": transform, "width": width, "height": height}
     for key in ("blockxsize", "blockysize", "tiled"):
         profile.pop(key, None)
@@ -163,12 +193,15 @@ def reprojected(source: Path, path: Path, crs: str) -> Path:
 
 
 def test_a_mosaic_of_two_crs_is_on_the_first_scenes_grid_and_says_so(
-    tmp_path: Path, checkpoint: Path, tiny_tiles: Path, capsys: pytest.CaptureFixture[str],  # noqa: F811
+    tmp_path: Path, checkpoint: Path, tiny_tiles: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     source = Path(read_metadata(tiny_tiles)["sources"]["scene"][0])
     first = write_crop(source, tmp_path / "west.tif", slice(0, 240), slice(0, 200))
-    east = reprojected(write_crop(source, tmp_path / "crop" / "east.tif", slice(0, 240), slice(160, 320)),
-                       tmp_path / "east_34n.tif", "EPSG:32634")
+    east = reprojected(
+        write_crop(source, tmp_path / "crop" / "east.tif", slice(0, 240), slice(160, 320)),
+        tmp_path / "east_34n.tif",
+        "EPSG:32634",
+    )
     one_by_one = ("--batch-size", "1")  # a window's logits whatever windows share its batch
     alone = tmp_path / "alone" / "west.tif"
     assert main(predict(checkpoint, [first], alone, *one_by_one)) == 0
@@ -199,7 +232,7 @@ def test_a_mosaic_of_two_crs_is_on_the_first_scenes_grid_and_says_so(
 
 
 def test_scenes_as_users_have_them(
-    tmp_path: Path, checkpoint: Path, scene: Path, capsys: pytest.CaptureFixture[str],  # noqa: F811
+    tmp_path: Path, checkpoint: Path, scene: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with rasterio.open(scene) as src:
         data = src.read()
@@ -217,7 +250,10 @@ def test_scenes_as_users_have_them(
     holes[2, 10, 10] = np.inf
     nan = rewrite(scene, tmp_path / "nan.tif", holes)
     assert main(predict(checkpoint, [nan], tmp_path / "nan" / "p.tif")) == 0
-    assert "note: the scene holds NaN or infinite values: those pixels are written as nodata (255)" in capsys.readouterr().out
+    assert (
+        "note: the scene holds NaN or infinite values: those pixels are written as nodata (255)"
+        in capsys.readouterr().out
+    )
     predicted = labels(tmp_path / "nan" / "p.tif")
     assert (predicted[40:46, 50:56] == 255).all() and predicted[10, 10] == 255
     # the rest is predicted as before, up to the windows that held them (a U-Net sees its whole window);
@@ -228,7 +264,9 @@ def test_scenes_as_users_have_them(
     for name, values in (("reflectance", (data / 10_000).astype("float32")), ("bytes", (data // 64).astype("uint8"))):
         path = rewrite(scene, tmp_path / f"{name}.tif", values)
         line = one_line(capsys, predict(checkpoint, [path], tmp_path / name / "p.tif"))
-        assert line.startswith(f"geocl predict: error: {path}: its values are not on the scale of the model's training data")
+        assert line.startswith(
+            f"geocl predict: error: {path}: its values are not on the scale of the model's training data"
+        )
         assert not (tmp_path / name / "p.tif").exists()
     # another band count: one line
     three = rewrite(scene, tmp_path / "three.tif", data[:3])
@@ -237,5 +275,8 @@ def test_scenes_as_users_have_them(
     # nothing to predict: one line, no output left
     empty = rewrite(scene, tmp_path / "empty.tif", np.full(data.shape, np.nan, "float32"))
     line = one_line(capsys, predict(checkpoint, [empty], tmp_path / "empty" / "p.tif"))
-    assert line == f"geocl predict: error: {empty}: holds no pixel to predict: every pixel is nodata (0 in every band), NaN or infinite"
+    assert (
+        line
+        == f"geocl predict: error: {empty}: holds no pixel to predict: every pixel is nodata (0 in every band), NaN or infinite"
+    )
     assert files(tmp_path / "empty") == {}

@@ -36,8 +36,17 @@ def smooth_scene(path: Path, height: int, width: int) -> Path:
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
     bands = [128 + 100 * np.sin(rows / 23 + k) * np.cos(cols / 31 - 2 * k) for k in range(3)]
     data = np.clip(np.stack(bands), 1, 255).astype(np.uint8)
-    profile = {"driver": "GTiff", "width": width, "height": height, "count": 3, "dtype": "uint8", "crs": "EPSG:32633",
-               "transform": from_origin(500_000.0, 5_100_000.0, 10.0, 10.0), "tiled": True, "compress": "deflate"}
+    profile = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": 3,
+        "dtype": "uint8",
+        "crs": "EPSG:32633",
+        "transform": from_origin(500_000.0, 5_100_000.0, 10.0, 10.0),
+        "tiled": True,
+        "compress": "deflate",
+    }
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
     return path
@@ -58,8 +67,15 @@ def traced_peak(scene: Path, out: Path, **options: object) -> int:
     tracemalloc.start()
     try:
         predict_scene(
-            network, scene, out / "pred.tif", normalizer=NORMALIZER, class_values=range(CLASSES),
-            probabilities="uint8", polygons=out / "pred.gpkg", progress=False, **options,  # type: ignore[arg-type]
+            network,
+            scene,
+            out / "pred.tif",
+            normalizer=NORMALIZER,
+            class_values=range(CLASSES),
+            probabilities="uint8",
+            polygons=out / "pred.gpkg",
+            progress=False,
+            **options,  # type: ignore[arg-type]
         )
         return tracemalloc.get_traced_memory()[1]
     finally:
@@ -106,7 +122,10 @@ def peak_rss(scene: Path, out: Path, block: int) -> int:
     """Peak resident memory (bytes) of a fresh process predicting ``scene``."""
     root = Path(__file__).resolve().parents[2]
     result = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(scene), str(out), str(block)], check=True, capture_output=True, text=True,
+        [sys.executable, "-c", _CHILD, str(scene), str(out), str(block)],
+        check=True,
+        capture_output=True,
+        text=True,
         cwd=root,
     )
     return int(result.stdout.strip().splitlines()[-1])

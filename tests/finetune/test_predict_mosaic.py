@@ -13,8 +13,15 @@ from geocl.finetune.predict import predict_scene
 from tests.data.test_mosaic import ORIGIN, RES, two_crs, write_quarters
 from tests.finetune.test_predict import NOISE, context_model, noise_scene
 
-COMMON = {"normalizer": NOISE, "class_values": [0, 1, 2, 3], "window": 32, "overlap": 8,
-          "probabilities": "float16", "cog": False, "progress": False}
+COMMON = {
+    "normalizer": NOISE,
+    "class_values": [0, 1, 2, 3],
+    "window": 32,
+    "overlap": 8,
+    "probabilities": "float16",
+    "cog": False,
+    "progress": False,
+}
 
 
 def read(result) -> tuple[np.ndarray, np.ndarray, rasterio.Affine]:  # type: ignore[no-untyped-def]
@@ -78,7 +85,8 @@ def test_a_mosaic_of_two_crs_keeps_the_first_scenes_prediction(tmp_path: Path, w
     np.testing.assert_array_equal(labels[inside][scene_pixels], want_labels[scene_pixels])
     # the same logits blended over other windows: equal up to float rounding (a float16 step)
     np.testing.assert_allclose(
-        scores[(slice(None), *inside)][:, scene_pixels].astype(np.float32), want_scores[:, scene_pixels],
+        scores[(slice(None), *inside)][:, scene_pixels].astype(np.float32),
+        want_scores[:, scene_pixels],
         atol=2**-11,  # one float16 step below 1 (the blend's sums may round either way)
     )
     # its nodata hole is predicted from b where b lies, and no more nodata than in a is left

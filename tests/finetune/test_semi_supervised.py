@@ -88,11 +88,29 @@ def _logged(out: Path) -> pd.DataFrame:
 
 def test_3d_fba_net_plus_trains_a_tiny_budget_end_to_end(tmp_path: Path) -> None:
     lightning.seed_everything(0, verbose=False)
-    module = SemiSupervisedSegmenter(3, 1, 2, decoders=3, labelled_bs=2, patch_size=(16, 16, 16),
-                                     rampup_iterations=1, consistency_rampup=4, **TINY_3D)
+    module = SemiSupervisedSegmenter(
+        3,
+        1,
+        2,
+        decoders=3,
+        labelled_bs=2,
+        patch_size=(16, 16, 16),
+        rampup_iterations=1,
+        consistency_rampup=4,
+        **TINY_3D,
+    )
     before = _parameters(module)
-    trainer = fit_semi_supervised(module, Cubes(4), Cubes(6, with_mask=False, seed=1), out=tmp_path, batch_size=4,
-                                  val=Cubes(2, seed=2), max_epochs=2, steps_per_epoch=2, accelerator="cpu")
+    trainer = fit_semi_supervised(
+        module,
+        Cubes(4),
+        Cubes(6, with_mask=False, seed=1),
+        out=tmp_path,
+        batch_size=4,
+        val=Cubes(2, seed=2),
+        max_epochs=2,
+        steps_per_epoch=2,
+        accelerator="cpu",
+    )
     assert trainer.global_step == 4
     changed = {name for name, value in _parameters(module).items() if not torch.equal(value, before[name])}
     assert changed == set(before)  # encoder, all 3 decoders and all 3 contrast heads learn
@@ -127,9 +145,18 @@ def test_2d_multiclass_fba_net_plus_trains_a_tiny_budget_end_to_end(tmp_path: Pa
     )
     assert all(not head.binary for head in module.contrast)  # the per-class path of the 2D code
     before = _parameters(module)
-    trainer = fit_semi_supervised(module, Quadrants(4), Quadrants(6, with_mask=False, seed=1), out=tmp_path,
-                                  batch_size=4, val=Quadrants(2, seed=2), max_epochs=1, steps_per_epoch=3,
-                                  monitor="val/miou", accelerator="cpu")
+    trainer = fit_semi_supervised(
+        module,
+        Quadrants(4),
+        Quadrants(6, with_mask=False, seed=1),
+        out=tmp_path,
+        batch_size=4,
+        val=Quadrants(2, seed=2),
+        max_epochs=1,
+        steps_per_epoch=3,
+        monitor="val/miou",
+        accelerator="cpu",
+    )
     assert trainer.global_step == 3
     assert all(not torch.equal(p, before[n]) for n, p in _parameters(module).items())
     steps = _logged(tmp_path).dropna(subset=["train/loss"])
@@ -154,8 +181,9 @@ def released_binary_dice(foreground: torch.Tensor, target: torch.Tensor, eps: fl
 
 def test_the_loss_is_the_spec_sum_of_dice_consistency_and_contrast() -> None:
     torch.manual_seed(0)
-    module = SemiSupervisedSegmenter(3, 1, 2, decoders=3, labelled_bs=2, patch_size=(8, 8, 8), dropout=0.0,
-                                     variant="released", **TINY_3D).train()
+    module = SemiSupervisedSegmenter(
+        3, 1, 2, decoders=3, labelled_bs=2, patch_size=(8, 8, 8), dropout=0.0, variant="released", **TINY_3D
+    ).train()
     images, masks = _batch()
     step = 300  # iteration 301: floor(301 / 150) = 2 units of 40
     terms = module.losses(images, masks, step)
@@ -177,8 +205,9 @@ def test_the_loss_is_the_spec_sum_of_dice_consistency_and_contrast() -> None:
 
 def test_dice_skips_ignored_pixels_and_cross_entropy_is_optional() -> None:
     torch.manual_seed(0)
-    module = SemiSupervisedSegmenter(3, 1, 2, decoders=1, labelled_bs=2, patch_size=(8, 8, 8), ce_weight=0.7,
-                                     dropout=0.0, **TINY_3D)
+    module = SemiSupervisedSegmenter(
+        3, 1, 2, decoders=1, labelled_bs=2, patch_size=(8, 8, 8), ce_weight=0.7, dropout=0.0, **TINY_3D
+    )
     images, masks = _batch()
     masks[:, :2] = IGNORE_INDEX
     (logits,) = module.network(images)
@@ -193,8 +222,18 @@ def test_dice_skips_ignored_pixels_and_cross_entropy_is_optional() -> None:
 @pytest.mark.filterwarnings("ignore:You are trying to")  # a training step outside a Trainer
 def test_supervised_only_forwards_the_labelled_items_alone_and_is_a_plain_baseline() -> None:
     torch.manual_seed(0)
-    module = SemiSupervisedSegmenter(3, 1, 2, decoders=1, labelled_bs=2, supervised_only=True, augment=False,
-                                     patch_size=(8, 8, 8), dropout=0.0, **TINY_3D)
+    module = SemiSupervisedSegmenter(
+        3,
+        1,
+        2,
+        decoders=1,
+        labelled_bs=2,
+        supervised_only=True,
+        augment=False,
+        patch_size=(8, 8, 8),
+        dropout=0.0,
+        **TINY_3D,
+    )
     assert len(module.contrast) == 0 and module.dice_weight == 1.0
     seen: list[int] = []
     module.network.register_forward_hook(lambda _m, inputs, _o: seen.append(len(inputs[0])))
@@ -255,8 +294,16 @@ def test_bad_settings_and_batches_are_clear_errors() -> None:
 @pytest.mark.slow  # two Lightning runs with validation and test: ~15 s of CPU
 def test_tile_set_runs_semi_supervised_and_supervised_only_on_the_same_labels(tmp_path: Path, tiny_tiles: Path) -> None:
     budget = {
-        "max_epochs": 1, "steps_per_epoch": 2, "val_every": 1, "batch_size": 4, "labelled_bs": 2, "crop": 32,
-        "encoder": "test_resnet", "decoder_channels": (16, 8, 8, 8, 8), "label_fraction": 0.2, "progress": False,
+        "max_epochs": 1,
+        "steps_per_epoch": 2,
+        "val_every": 1,
+        "batch_size": 4,
+        "labelled_bs": 2,
+        "crop": 32,
+        "encoder": "test_resnet",
+        "decoder_channels": (16, 8, 8, 8, 8),
+        "label_fraction": 0.2,
+        "progress": False,
         "accelerator": "cpu",
     }
     semi = run_semi_supervised(tiles=tiny_tiles, out=tmp_path / "fba", decoders=3, **budget)
@@ -297,8 +344,9 @@ def test_the_released_preset_has_the_released_2d_dice() -> None:
     masks = torch.randint(0, 4, (3, 9, 7))
     expected = released_2d_dice(probabilities, masks, 4)
     torch.testing.assert_close(released_dice_loss(probabilities, masks), expected, atol=1e-6, rtol=0)
-    module = SemiSupervisedSegmenter(2, 1, 4, decoders=1, labelled_bs=3, contrast_weight=0, variant="released",
-                                     **TINY_2D)
+    module = SemiSupervisedSegmenter(
+        2, 1, 4, decoders=1, labelled_bs=3, contrast_weight=0, variant="released", **TINY_2D
+    )
     logits = torch.randn(3, 4, 32, 32)
     masks = torch.randint(0, 4, (3, 32, 32))
     torch.testing.assert_close(
@@ -307,8 +355,9 @@ def test_the_released_preset_has_the_released_2d_dice() -> None:
     # ignored pixels count nowhere: the released formula on the valid pixels alone
     masks[:, :, :5] = IGNORE_INDEX
     kept = torch.softmax(logits, 1)[..., 5:]
-    torch.testing.assert_close(module.supervised_loss([logits], masks), released_2d_dice(kept, masks[..., 5:], 4),
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        module.supervised_loss([logits], masks), released_2d_dice(kept, masks[..., 5:], 4), atol=1e-6, rtol=0
+    )
     # the stable preset keeps MONAI's 1 - 2I / (sum p + sum t): another value on the same tensors
     stable = SemiSupervisedSegmenter(2, 1, 4, decoders=1, labelled_bs=3, contrast_weight=0, **TINY_2D)
     assert abs(float(stable.supervised_loss([logits], masks)) - float(module.supervised_loss([logits], masks))) > 0.05
@@ -316,8 +365,18 @@ def test_the_released_preset_has_the_released_2d_dice() -> None:
 
 def test_the_stable_contrast_starts_at_a_tenth_of_the_dice_pull_and_ramps_up() -> None:
     torch.manual_seed(0)
-    module = SemiSupervisedSegmenter(2, 1, 4, decoders=3, labelled_bs=2, patch_size=(32, 32),
-                                     contrast_mode="pooled-map", pooled_grid=8, rampup_iterations=1, **TINY_2D).train()
+    module = SemiSupervisedSegmenter(
+        2,
+        1,
+        4,
+        decoders=3,
+        labelled_bs=2,
+        patch_size=(32, 32),
+        contrast_mode="pooled-map",
+        pooled_grid=8,
+        rampup_iterations=1,
+        **TINY_2D,
+    ).train()
     images, masks = torch.randn(4, 1, 32, 32), torch.randint(0, 4, (2, 32, 32))
     terms = module.losses(images, masks, 0)
     logits = module.network(images)  # the same outputs: BatchNorm in training mode on the same batch
@@ -332,22 +391,52 @@ def test_the_stable_contrast_starts_at_a_tenth_of_the_dice_pull_and_ramps_up() -
     module.losses(images, masks, 1)
     assert float(module.contrast_scale) == scale  # measured once
     # a first batch of background alone is not measured (its foreground Dice has no gradient): weight 0 until one is
-    binary = SemiSupervisedSegmenter(2, 1, 2, decoders=1, labelled_bs=2, patch_size=(32, 32),
-                                     contrast_mode="pooled-map", pooled_grid=8, rampup_iterations=1, **TINY_2D).train()
+    binary = SemiSupervisedSegmenter(
+        2,
+        1,
+        2,
+        decoders=1,
+        labelled_bs=2,
+        patch_size=(32, 32),
+        contrast_mode="pooled-map",
+        pooled_grid=8,
+        rampup_iterations=1,
+        **TINY_2D,
+    ).train()
     background = torch.zeros(2, 32, 32, dtype=torch.long)
     assert float(binary.losses(images, background, 0)["contrast_weight"]) == 0.0 and not binary.contrast_scale_set
     foreground = background.clone()
     foreground[:, 8:20, 8:20] = 1
     assert float(binary.losses(images, foreground, 1)["contrast_weight"]) > 0 and binary.contrast_scale_set
-    released = SemiSupervisedSegmenter(2, 1, 4, decoders=3, labelled_bs=2, patch_size=(32, 32), variant="released",
-                                       contrast_mode="pooled-map", pooled_grid=8, **TINY_2D)
+    released = SemiSupervisedSegmenter(
+        2,
+        1,
+        4,
+        decoders=3,
+        labelled_bs=2,
+        patch_size=(32, 32),
+        variant="released",
+        contrast_mode="pooled-map",
+        pooled_grid=8,
+        **TINY_2D,
+    )
     assert released.contrast_weight_at(0) == 1.0
 
 
 def _contrast_after_training(variant: str, steps: int) -> tuple[list[float], float]:
     torch.manual_seed(0)
-    module = SemiSupervisedSegmenter(3, 1, 2, decoders=1, labelled_bs=2, patch_size=(16, 16, 16), augment=False,
-                                     rampup_iterations=1, variant=variant, **TINY_3D).train()
+    module = SemiSupervisedSegmenter(
+        3,
+        1,
+        2,
+        decoders=1,
+        labelled_bs=2,
+        patch_size=(16, 16, 16),
+        augment=False,
+        rampup_iterations=1,
+        variant=variant,
+        **TINY_3D,
+    ).train()
     optimizer = torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)  # released
     cubes = Cubes(4)
     images = torch.stack([item["image"] for item in cubes.items])
@@ -375,7 +464,8 @@ def test_on_a_toy_batch_the_released_contrast_reaches_its_floor_and_the_stable_o
 def _in_plane_reflections(volume: torch.Tensor, plane: tuple[int, int]) -> dict[str, torch.Tensor]:
     first, second = plane
     return {
-        "flip-first": volume.flip(first), "flip-second": volume.flip(second),
+        "flip-first": volume.flip(first),
+        "flip-second": volume.flip(second),
         "transpose": volume.transpose(first, second),
         "anti-transpose": volume.flip(first).flip(second).transpose(first, second),
     }
@@ -442,8 +532,9 @@ def test_case_dice_is_the_mean_over_foreground_classes_of_one_case() -> None:
 
 @pytest.mark.filterwarnings("ignore:You are trying to")  # self.log outside a Trainer
 def test_per_case_validation_averages_case_dice_not_pooled_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
-    module = SemiSupervisedSegmenter(2, 1, 2, decoders=1, labelled_bs=2, contrast_weight=0, val_per_case=True,
-                                     **TINY_2D).eval()
+    module = SemiSupervisedSegmenter(
+        2, 1, 2, decoders=1, labelled_bs=2, contrast_weight=0, val_per_case=True, **TINY_2D
+    ).eval()
     # case A: 2 slices, a large object found exactly; case B: 1 slice, a small object half found
     masks = {"A": torch.zeros(2, 4, 4, dtype=torch.long), "B": torch.zeros(1, 4, 4, dtype=torch.long)}
     masks["A"][:, :3, :3] = 1
@@ -475,8 +566,11 @@ def test_case_slices_groups_the_slices_of_each_case() -> None:
             return len(self.cases)
 
         def __getitem__(self, item: int) -> dict:
-            return {"image": torch.full((1, 2, 2), float(item)), "mask": torch.zeros(2, 2, dtype=torch.long),
-                    "case": self.cases[item]}
+            return {
+                "image": torch.full((1, 2, 2), float(item)),
+                "mask": torch.zeros(2, 2, dtype=torch.long),
+                "case": self.cases[item],
+            }
 
     grouped = CaseSlices(Slices())
     assert len(grouped) == 2 and grouped.cases == ["a", "b"]

@@ -22,9 +22,9 @@ def test_blend_is_a_normalised_weighted_mean(tmp_path: Path, write_raster) -> No
 
     # a per-pixel regression "model" (the normalised band): any weighting gives it back
     with rasterio.open(scene) as src:
-        strips = list(sliding_window_logits(
-            lambda x: x, src, normalizer, num_classes=1, window=window, overlap=overlap,
-        ))
+        strips = list(
+            sliding_window_logits(lambda x: x, src, normalizer, num_classes=1, window=window, overlap=overlap)
+        )
     blended = np.concatenate([strip.logits for strip in strips], axis=1)[0]
     np.testing.assert_allclose(blended, (data[0] - 100.0) / 50.0, rtol=1e-5, atol=1e-5)
 
@@ -35,9 +35,9 @@ def test_blend_is_a_normalised_weighted_mean(tmp_path: Path, write_raster) -> No
         return ramp.expand(images.shape[0], 1, *images.shape[-2:]).clone()
 
     with rasterio.open(scene) as src:
-        strips = list(sliding_window_logits(
-            column_in_window, src, normalizer, num_classes=1, window=window, overlap=overlap,
-        ))
+        strips = list(
+            sliding_window_logits(column_in_window, src, normalizer, num_classes=1, window=window, overlap=overlap)
+        )
     blended = np.concatenate([strip.logits for strip in strips], axis=1)[0]
     weight = blend_weight(window)
     stride = window - overlap
@@ -47,9 +47,13 @@ def test_blend_is_a_normalised_weighted_mean(tmp_path: Path, write_raster) -> No
     for col in (0, 5, stride, stride + 3, window - 1):
         # rows 0..3 are covered by the window at row 0 only, so only column weights matter
         alone = col < stride
-        expected = col if alone else (
-            (weight[row, col] * col + weight[row, col - stride] * (col - stride))
-            / (weight[row, col] + weight[row, col - stride])
+        expected = (
+            col
+            if alone
+            else (
+                (weight[row, col] * col + weight[row, col - stride] * (col - stride))
+                / (weight[row, col] + weight[row, col - stride])
+            )
         )
         assert blended[row, col] == pytest.approx(expected, abs=1e-4)
     # the blend weight is smooth, largest at the centre and never zero
@@ -80,8 +84,14 @@ def test_streaming_matches_a_single_window_reference(tmp_path: Path, write_raste
     assert max(s.logits.shape[1] for s in rest) <= 32
 
     result = predict_scene(
-        model, scene, tmp_path / "pred.tif", normalizer=normalizer, class_values=[0, 1, 2, 3],
-        window=32, overlap=8, progress=False,
+        model,
+        scene,
+        tmp_path / "pred.tif",
+        normalizer=normalizer,
+        class_values=[0, 1, 2, 3],
+        window=32,
+        overlap=8,
+        progress=False,
     )
     with torch.no_grad():  # reference: the whole scene as one window
         reference = model(torch.from_numpy(normalizer(data, None))[None]).argmax(1)[0].numpy()

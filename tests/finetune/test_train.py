@@ -21,8 +21,8 @@ from geocl.finetune.downstream import BudgetArguments, TrainingBudget
 from geocl.finetune.inference import predict_with_checkpoint
 from geocl.finetune.model import build_segmenter, load_pretrained_encoder
 from geocl.finetune.train import label_subset, run_finetune
-from geocl.models.checkpoints import SEGMENTER_KEY
 from geocl.methods import load_recipe
+from geocl.models.checkpoints import SEGMENTER_KEY
 from geocl.recipes.options import FinetuneCommand
 from geocl.training.pretrain import run_pretrain
 from tests.conftest import write_recipe
@@ -76,8 +76,12 @@ def test_label_subset_is_deterministic_and_sized() -> None:
         label_subset(10, 0.0, 0)
 
 
-def test_tiny_finetune_from_pretrained_checkpoint_then_predict(tmp_path: Path, tiny_tiles: Path, pretrained: Path) -> None:
-    result = run_finetune(tiles=tiny_tiles, out=tmp_path / "ft", encoder_checkpoint=pretrained, label_fraction=0.2, **TINY)
+def test_tiny_finetune_from_pretrained_checkpoint_then_predict(
+    tmp_path: Path, tiny_tiles: Path, pretrained: Path
+) -> None:
+    result = run_finetune(
+        tiles=tiny_tiles, out=tmp_path / "ft", encoder_checkpoint=pretrained, label_fraction=0.2, **TINY
+    )
     metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
     assert 0.0 <= result.miou <= 1.0 and metrics["miou"] == pytest.approx(result.miou)
     assert metrics["encoder"] == "test_resnet" and result.train_tiles == metrics["train_tiles"] > 0
@@ -85,7 +89,9 @@ def test_tiny_finetune_from_pretrained_checkpoint_then_predict(tmp_path: Path, t
     assert checkpoint[SEGMENTER_KEY]["pretrain_method"] == "simclr"
 
     scene = tiny_tiles.parent / "scene" / "image.tif"
-    prediction = predict_with_checkpoint(result.checkpoint, scene, tmp_path / "pred.tif", polygons=tmp_path / "pred.gpkg")
+    prediction = predict_with_checkpoint(
+        result.checkpoint, scene, tmp_path / "pred.tif", polygons=tmp_path / "pred.gpkg"
+    )
     with rasterio.open(scene) as src, rasterio.open(prediction.path) as out:
         assert out.crs == src.crs and out.transform == src.transform and out.shape == src.shape
         values = set(np.unique(out.read(1)).tolist())
@@ -102,11 +108,18 @@ def test_prediction_refuses_a_scene_with_other_bands(tmp_path: Path, tiny_tiles:
 def test_spacenet_scene_tile_finetune_predict(tmp_path: Path, shared_data: Path) -> None:
     image = shared_data / "spacenet_atlanta_pan.tif"
     tiles = tmp_path / "tiles"
-    tile_scene(image, tiles, mask=shared_data / "spacenet_atlanta_buildings.tif",
-               options=TilingOptions(size=128, stride=128, max_nodata=0.5, split_block=256), progress=False)
+    tile_scene(
+        image,
+        tiles,
+        mask=shared_data / "spacenet_atlanta_buildings.tif",
+        options=TilingOptions(size=128, stride=128, max_nodata=0.5, split_block=256),
+        progress=False,
+    )
     result = run_finetune(tiles=tiles, out=tmp_path / "ft", encoder="test_resnet", label_fraction=0.5, **TINY)
     assert 0.0 <= result.miou <= 1.0
-    prediction = predict_with_checkpoint(result.checkpoint, image, tmp_path / "pred.tif", polygons=tmp_path / "pred.gpkg")
+    prediction = predict_with_checkpoint(
+        result.checkpoint, image, tmp_path / "pred.tif", polygons=tmp_path / "pred.gpkg"
+    )
     with rasterio.open(image) as src, rasterio.open(prediction.path) as out:
         assert out.crs == src.crs and out.transform == src.transform and out.shape == src.shape
         footprint = shapely.box(*src.bounds)

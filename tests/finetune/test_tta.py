@@ -20,12 +20,13 @@ def test_the_eight_transforms_are_distinct_and_invertible() -> None:
     assert len(views) == 8
     assert len({tuple(view.flatten().tolist()) for view in views}) == 8
     assert torch.equal(views[0], image)  # the identity first
-    for transform, view in zip(d4_transforms(), views):
+    for transform, view in zip(d4_transforms(), views, strict=False):
         assert torch.equal(d4_invert(view, transform), image)
     # the same 8 as numpy's flips and quarter turns (counter-clockwise, in the last two axes)
     reference = {
         tuple(np.rot90(m, k, axes=(-2, -1)).flatten().tolist())
-        for m in (image.numpy(), image.numpy()[..., ::-1]) for k in range(4)
+        for m in (image.numpy(), image.numpy()[..., ::-1])
+        for k in range(4)
     }
     assert {tuple(view.flatten().tolist()) for view in views} == reference
 
@@ -68,8 +69,15 @@ def symmetric_model(seed: int = 0) -> torch.nn.Module:
 def test_tta_of_an_equivariant_model_is_its_plain_prediction(tmp_path: Path, write_raster) -> None:
     data = noise_scene(70, 90)
     scene = write_raster(tmp_path / "scene.tif", data, nodata=0)
-    common = {"normalizer": NOISE, "class_values": [0, 1, 2, 3], "window": 32, "overlap": 8,
-              "probabilities": "float16", "cog": False, "progress": False}
+    common = {
+        "normalizer": NOISE,
+        "class_values": [0, 1, 2, 3],
+        "window": 32,
+        "overlap": 8,
+        "probabilities": "float16",
+        "cog": False,
+        "progress": False,
+    }
 
     def outputs(model: torch.nn.Module, name: str, tta: bool) -> tuple[np.ndarray, np.ndarray]:
         result = predict_scene(model, scene, tmp_path / f"{name}.tif", tta=tta, **common)

@@ -15,8 +15,8 @@ from geocl.errors import GeoclError
 from geocl.finetune.inference import predict_with_checkpoint
 from geocl.finetune.model import ViTSegmenter, build_segmenter, load_pretrained_encoder
 from geocl.finetune.train import run_finetune
-from geocl.models.checkpoints import SEGMENTER_KEY
 from geocl.methods import load_recipe
+from geocl.models.checkpoints import SEGMENTER_KEY
 from geocl.training.pretrain import run_pretrain
 from tests.conftest import write_recipe
 
@@ -28,10 +28,16 @@ TINY = {"max_epochs": 1, "steps_per_epoch": 2, "val_every": 1, "batch_size": 4, 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory: pytest.TempPathFactory, tiny_tiles: Path) -> Path:
     folder = tmp_path_factory.mktemp("patchmix")
-    recipe = load_recipe(write_recipe(
-        folder, tiny_tiles, METHOD, encoder=VIT,
-        data={"batch_size": 4}, trainer={"max_epochs": 1, "limit_train_batches": 2},
-    ))
+    recipe = load_recipe(
+        write_recipe(
+            folder,
+            tiny_tiles,
+            METHOD,
+            encoder=VIT,
+            data={"batch_size": 4},
+            trainer={"max_epochs": 1, "limit_train_batches": 2},
+        )
+    )
     result = run_pretrain(recipe)
     assert result.global_step == 2 and np.isfinite(result.final_loss)
     return result.checkpoint

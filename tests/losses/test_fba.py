@@ -42,7 +42,7 @@ def naive_similarity(u: torch.Tensor, v: torch.Tensor) -> list[list[float]]:
     for a in rows:
         row = []
         for b in cols:
-            dot = sum(x * y for x, y in zip(a, b))
+            dot = sum(x * y for x, y in zip(a, b, strict=False))
             norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
             cosine = dot / norm if norm > 0 else 0.0
             row.append(min(max(cosine, LOW), HIGH))
@@ -437,8 +437,9 @@ def test_feature_pool_contrast_is_largest_for_collapsed_features_or_maps() -> No
         fg, bg, _ = loss.embed(constant)
     torch.testing.assert_close(fg, bg)
     ceiling = float(similarity_min_loss(fg, bg))
-    assert ceiling == pytest.approx(-math.log(1 - HIGH) * float(rank_weights(torch.zeros(4, 4), ALPHA_MIN).mean()),
-                                    rel=1e-4)
+    assert ceiling == pytest.approx(
+        -math.log(1 - HIGH) * float(rank_weights(torch.zeros(4, 4), ALPHA_MIN).mean()), rel=1e-4
+    )
     # features that differ inside each image in the same way: the contrast can fall below it
     split = torch.zeros(4, 4, 3, 3)
     split[:, :2, :, :2] = 1.0

@@ -66,7 +66,9 @@ def test_limits_aligned_orthogonal_embeddings_and_identical_embeddings() -> None
     near_zero = MultiPositiveInfoNCELoss()(aligned, aligned, torch.arange(5), torch.tensor(100.0))
     assert float(near_zero) < 1e-6
     same = torch.ones(5, 3)
-    assert float(MultiPositiveInfoNCELoss()(same, same, torch.arange(5), torch.tensor(10.0))) == pytest.approx(math.log(5))
+    assert float(MultiPositiveInfoNCELoss()(same, same, torch.arange(5), torch.tensor(10.0))) == pytest.approx(
+        math.log(5)
+    )
 
 
 def test_symmetric_under_swapping_modalities_and_gradients_reach_both_and_the_scale() -> None:
@@ -93,7 +95,9 @@ def _ddp_worker(rank: int, world: int, out: Path) -> None:
     local_image = image[rows].clone().requires_grad_(True)
     loss = MultiPositiveInfoNCELoss()(local_text, local_image, groups[rows], torch.tensor(3.0))
     loss.backward()
-    torch.save({"loss": loss.detach(), "text_grad": local_text.grad, "image_grad": local_image.grad}, out / f"rank{rank}.pt")
+    torch.save(
+        {"loss": loss.detach(), "text_grad": local_text.grad, "image_grad": local_image.grad}, out / f"rank{rank}.pt"
+    )
 
 
 @pytest.mark.slow  # two processes; tests/losses/test_ntxent.py keeps the gathered-batch check in the default suite

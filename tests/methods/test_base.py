@@ -75,7 +75,9 @@ def test_a_learning_rate_warm_up_must_fit_in_the_budget() -> None:
     with pytest.raises(GeoclError) as caught:
         check_warmup_fits(2, 6, 10)
     assert caught.value.key == "scheduler.warmup_epochs"
-    assert str(caught.value).startswith("scheduler.warmup_epochs: 2 epochs of learning-rate warm-up are 12 optimizer steps")
+    assert str(caught.value).startswith(
+        "scheduler.warmup_epochs: 2 epochs of learning-rate warm-up are 12 optimizer steps"
+    )
     assert "budget of 10 steps" in str(caught.value)
 
 
@@ -84,8 +86,16 @@ def test_a_learning_rate_warm_up_must_fit_in_the_budget() -> None:
     [
         ("grass", {"warmup_epochs": 2}, WarmUp(2, "method.warmup_epochs", "simclr")),
         ("grass", {"warmup_epochs": 0}, None),
-        ("simclr", {"spps": {"enabled": True, "warmup_epochs": 3}}, WarmUp(3, "method.spps.warmup_epochs", "simclr without spps")),
-        ("moco", {"spps": {"enabled": True, "warmup_epochs": 2}}, WarmUp(2, "method.spps.warmup_epochs", "moco without spps")),
+        (
+            "simclr",
+            {"spps": {"enabled": True, "warmup_epochs": 3}},
+            WarmUp(3, "method.spps.warmup_epochs", "simclr without spps"),
+        ),
+        (
+            "moco",
+            {"spps": {"enabled": True, "warmup_epochs": 2}},
+            WarmUp(2, "method.spps.warmup_epochs", "moco without spps"),
+        ),
         ("moco", {"spps": {"enabled": True, "warmup_epochs": 2, "checkpoint": "mine.ckpt"}}, None),  # mines at once
         ("simclr", {"spps": {"enabled": False, "warmup_epochs": 3}}, None),
     ],

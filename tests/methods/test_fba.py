@@ -15,8 +15,7 @@ import yaml
 import geocl.finetune.semi_supervised as semi_supervised
 from geocl.errors import GeoclError
 from geocl.evaluation import FrozenLinearProbe, SegmentationFinetune, Subset
-from geocl.methods import FBA, METHODS
-from geocl.methods import load_recipe
+from geocl.methods import FBA, METHODS, load_recipe
 from geocl.training.pretrain import run_pretrain
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -92,8 +91,14 @@ def test_the_finetune_rows_run_fba_with_the_recipe_keys_and_the_comparison_budge
     assert arguments["decoders"] == 3 and arguments["supervised_only"] is False and arguments["labelled_bs"] == 4
     assert arguments["contrast_mode"] == "pooled-map" and arguments["rampup_iterations"] == 7
     assert arguments["segmenter_options"] == {
-        "embedding_dim": 128, "pooled_grid": 32, "temperature": 0.1, "detach_targets": False, "dice_weight": None,
-        "ce_weight": 0.5, "variant": "stable", "contrast_balance": None,
+        "embedding_dim": 128,
+        "pooled_grid": 32,
+        "temperature": 0.1,
+        "detach_targets": False,
+        "dice_weight": None,
+        "ce_weight": 0.5,
+        "variant": "stable",
+        "contrast_balance": None,
     }
     assert measured.metrics == {"miou": 0.5}
     assert measured.extra["iou_0"] == 0.5 and math.isnan(measured.extra["iou_1"])  # per-class IoU read back
@@ -183,10 +188,24 @@ def test_medical_recipe_trains_a_tiny_budget(path: Path, volumes: Path, tmp_path
     train = FBA.training_for("dice", recipe.method)
     data = recipe.data
     result = train(
-        data=volumes, out=tmp_path / "row", encoder_checkpoint=None, encoder=recipe.encoder.name, label_fraction=0.5,
-        seed=0, spacing=None, slice_axis=int(data.slice_axis), intensity=str(data.intensity),
-        image_size=int(data.image_size), val_fraction=float(data.val_fraction), max_epochs=1, steps_per_epoch=1,
-        val_every=1, batch_size=4, crop=32, accelerator="cpu", progress=False,
+        data=volumes,
+        out=tmp_path / "row",
+        encoder_checkpoint=None,
+        encoder=recipe.encoder.name,
+        label_fraction=0.5,
+        seed=0,
+        spacing=None,
+        slice_axis=int(data.slice_axis),
+        intensity=str(data.intensity),
+        image_size=int(data.image_size),
+        val_fraction=float(data.val_fraction),
+        max_epochs=1,
+        steps_per_epoch=1,
+        val_every=1,
+        batch_size=4,
+        crop=32,
+        accelerator="cpu",
+        progress=False,
     )
     assert 0.0 <= result.dice <= 1.0 and result.checkpoint.exists()
 

@@ -10,9 +10,8 @@ import torch
 from geocl.errors import GeoclError
 from geocl.finetune.model import read_pretrain_checkpoint
 from geocl.losses.fba import foreground_background_contrast
-from geocl.methods import METHODS
+from geocl.methods import METHODS, load_recipe
 from geocl.methods.fba_pretrain import FBAPretrain
-from geocl.methods import load_recipe
 from geocl.training.pretrain import run_pretrain
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -44,10 +43,19 @@ def test_the_loss_is_fbas_terms_on_features_pooled_under_the_encoders_own_map() 
 
 @pytest.mark.filterwarnings("ignore")
 def test_geocl_pretrain_writes_a_checkpoint_of_the_encoder(tiny_tiles: Path, tmp_path: Path) -> None:
-    recipe = load_recipe(RECIPES / "fba-pretrain.yaml", [
-        f"data.tiles={tiny_tiles}", f"out={tmp_path / 'run'}", "encoder.name=test_resnet", "data.view_size=64",
-        "data.batch_size=8", "data.num_workers=0", "trainer.max_steps=2", "trainer.max_epochs=1",
-    ])
+    recipe = load_recipe(
+        RECIPES / "fba-pretrain.yaml",
+        [
+            f"data.tiles={tiny_tiles}",
+            f"out={tmp_path / 'run'}",
+            "encoder.name=test_resnet",
+            "data.view_size=64",
+            "data.batch_size=8",
+            "data.num_workers=0",
+            "trainer.max_steps=2",
+            "trainer.max_epochs=1",
+        ],
+    )
     result = run_pretrain(recipe)
     loaded = read_pretrain_checkpoint(result.checkpoint)
     assert loaded["meta"]["method"] == "fba-pretrain" and loaded["meta"]["encoder"] == "test_resnet"

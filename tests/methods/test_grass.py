@@ -11,8 +11,7 @@ import torch
 import geocl.methods  # noqa: F401  (registers the methods)
 import geocl.methods.grass as grass
 from geocl.errors import GeoclError
-from geocl.methods import GraSS, build_method
-from geocl.methods import load_recipe
+from geocl.methods import GraSS, build_method, load_recipe
 from geocl.training.pretrain import run_pretrain
 from tests.conftest import write_recipe
 
@@ -125,7 +124,9 @@ def test_each_stage2_epoch_logs_the_mean_area_of_the_boxes_it_cropped_and_draws_
 
     monkeypatch.setattr(GraSS, "sample_regions", recording)
     method = {"name": "grass", "warmup_epochs": 1, "hidden_dim": 16, "output_dim": 8, "map_tiles": 0}
-    recipe = load_recipe(write_recipe(tmp_path, tiny_tiles, method, trainer={"max_epochs": 3, "limit_train_batches": 2}))
+    recipe = load_recipe(
+        write_recipe(tmp_path, tiny_tiles, method, trainer={"max_epochs": 3, "limit_train_batches": 2})
+    )
     run = run_pretrain(recipe).out
     logged = pd.concat(pd.read_csv(path) for path in (run / "logs").glob("version_*/metrics.csv"))
     logged = logged.dropna(subset=["train/box_area"]).set_index("epoch")["train/box_area"]

@@ -13,8 +13,7 @@ import torch.nn.functional as F
 
 import geocl.methods  # noqa: F401  (registers the methods)
 from geocl.errors import GeoclError
-from geocl.methods import MoCo, build_method
-from geocl.methods import load_recipe
+from geocl.methods import MoCo, build_method, load_recipe
 from tests.conftest import write_recipe
 from tests.distributed import run_distributed
 

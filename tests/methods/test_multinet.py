@@ -10,8 +10,7 @@ import torch
 
 import geocl.methods  # noqa: F401  (registers the methods)
 from geocl.errors import GeoclError
-from geocl.methods import CHECKPOINT_KEY, MultiNet, build_method
-from geocl.methods import load_recipe
+from geocl.methods import CHECKPOINT_KEY, MultiNet, build_method, load_recipe
 from geocl.training.pretrain import run_pretrain
 from tests.conftest import write_recipe
 from tests.distributed import run_distributed
@@ -55,9 +54,9 @@ def test_local_term_is_the_mean_of_both_directions_over_six_combinations(tmp_pat
     p1, p2 = torch.randn(BATCH, 16, generator=generator), torch.randn(BATCH, 16, generator=generator)
     c1, c2 = torch.randn(6 * BATCH, 16, generator=generator), torch.randn(6 * BATCH, 16, generator=generator)
     criterion = model.local_criterion
-    by_hand = sum(
-        float(criterion(p, c[k * BATCH : (k + 1) * BATCH])) for p, c in ((p2, c1), (p1, c2)) for k in range(6)
-    ) / 12
+    by_hand = (
+        sum(float(criterion(p, c[k * BATCH : (k + 1) * BATCH])) for p, c in ((p2, c1), (p1, c2)) for k in range(6)) / 12
+    )
     assert float(model.local_loss(p1, p2, c1, c2)) == pytest.approx(by_hand, abs=1e-6)
 
 
@@ -93,7 +92,9 @@ def test_batch_mode_tile_pass_uses_batch_statistics_and_leaves_running_statistic
     batch_targets = model.local_targets(views)
     for now, then in zip(_running_stats(model), before, strict=True):
         assert torch.equal(now, then)
-    model.params = model.params.model_copy(update={"tile_batch_norm": "train"})  # as released: same outputs, running stats move
+    model.params = model.params.model_copy(
+        update={"tile_batch_norm": "train"}
+    )  # as released: same outputs, running stats move
     torch.testing.assert_close(model.local_targets(views), batch_targets)
     assert not torch.equal(_running_stats(model)[0], before[0])
     assert all(m.track_running_stats for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
@@ -109,7 +110,9 @@ def test_no_gradient_reaches_momentum_network_queue_or_tile_pass(tmp_path: Path)
     assert not model.support.bank.requires_grad and model.support.bank.grad is None
     assert not model.local_targets(_views(1)[0]).requires_grad
     assert all(p.grad is not None for p in model.predictor.parameters())
-    model.scheduler_config = model.scheduler_config.model_copy(update={"name": "none"})  # the optimiser alone, no trainer needed
+    model.scheduler_config = model.scheduler_config.model_copy(
+        update={"name": "none"}
+    )  # the optimiser alone, no trainer needed
     optimised = {id(p) for group in model.configure_optimizers().param_groups for p in group["params"]}
     assert not optimised & {id(p) for p in momentum} and {id(p) for p in model.predictor.parameters()} <= optimised
 

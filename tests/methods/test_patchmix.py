@@ -11,8 +11,7 @@ import torch
 
 import geocl.methods  # noqa: F401  (registers the methods)
 from geocl.errors import GeoclError
-from geocl.methods import PatchMix, build_method
-from geocl.methods import load_recipe
+from geocl.methods import PatchMix, build_method, load_recipe
 from tests.conftest import write_recipe
 
 VIT = {"name": "test_vit", "args": {"patch_size": 8, "img_size": 32}}
@@ -93,7 +92,9 @@ def test_bad_patchmix_recipes_name_their_key(tmp_path: Path, monkeypatch: pytest
     assert error.value.key == "data.view_size"
     model = _patchmix(tmp_path / "c", num_mix=[5])
     # the batch size is the data module's: checked when training starts, before the first step
-    monkeypatch.setattr(PatchMix, "trainer", property(lambda self: SimpleNamespace(datamodule=SimpleNamespace(batch_size=8))))
+    monkeypatch.setattr(
+        PatchMix, "trainer", property(lambda self: SimpleNamespace(datamodule=SimpleNamespace(batch_size=8)))
+    )
     with pytest.raises(GeoclError) as error:
         model.on_fit_start()  # batch 8 < 2 * 5 - 1
     assert error.value.key == "data.batch_size"

@@ -33,7 +33,13 @@ SMALL: dict[type, dict[str, Any]] = {
     SimCLR: {"encoder": "test_resnet", "hidden_dim": 16, "output_dim": 8},
     GraSS: {"encoder": "test_resnet", "hidden_dim": 16, "output_dim": 8, "warmup_epochs": 1},
     MoCo: {"encoder": "test_resnet", "hidden_dim": 16, "output_dim": 8, "queue_size": 16},
-    MultiNet: {"encoder": "test_resnet", "hidden_dim": 16, "output_dim": 8, "predictor_hidden_dim": 8, "queue_size": 16},
+    MultiNet: {
+        "encoder": "test_resnet",
+        "hidden_dim": 16,
+        "output_dim": 8,
+        "predictor_hidden_dim": 8,
+        "queue_size": 16,
+    },
     PatchMix: {**VIT, "proj_hidden_dim": 16, "proj_output_dim": 8, "pred_hidden_dim": 16},
     # its fg/bg split needs a feature map of more than one position: 64-px views
     FBAPretrain: {"encoder": "test_resnet", "embedding_dim": 8, "view_size": 64},
@@ -67,13 +73,20 @@ def test_every_registered_method_is_covered() -> None:
 def test_each_method_is_built_and_trained_from_python_arguments(cls: type, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = cls(in_chans=BANDS, optimizer={"lr": 1e-3}, **{"view_size": 32, **SMALL[cls]})
-    assert model.name in METHODS and model.params.model_dump().items() >= {
-        k: v for k, v in SMALL[cls].items() if k not in ("encoder", "encoder_args", "view_size")
-    }.items()
+    assert (
+        model.name in METHODS
+        and model.params.model_dump().items()
+        >= {k: v for k, v in SMALL[cls].items() if k not in ("encoder", "encoder_args", "view_size")}.items()
+    )
     before = [p.detach().clone() for p in model.encoder.parameters()]
     trainer = lightning.Trainer(
-        max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path,
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
     )
     trainer.fit(model, DataLoader(RandomImages(), batch_size=8, drop_last=True))
     assert trainer.global_step == 4
@@ -93,14 +106,22 @@ def test_parameter_model_is_the_constructors_signature() -> None:
 
 def test_recipe_and_python_arguments_build_the_same_method(tmp_path: Path) -> None:
     recipe = load_recipe(
-        write_recipe(tmp_path, tmp_path / "tiles", {"name": "moco", "hidden_dim": 16, "output_dim": 8, "queue_size": 16})
+        write_recipe(
+            tmp_path, tmp_path / "tiles", {"name": "moco", "hidden_dim": 16, "output_dim": 8, "queue_size": 16}
+        )
     )
     torch.manual_seed(0)
     from_recipe = build_method(recipe, BANDS)
     torch.manual_seed(0)
     from_python = MoCo(
-        "test_resnet", BANDS, hidden_dim=16, output_dim=8, queue_size=16, view_size=32,
-        optimizer=recipe.optimizer, scheduler=recipe.scheduler,
+        "test_resnet",
+        BANDS,
+        hidden_dim=16,
+        output_dim=8,
+        queue_size=16,
+        view_size=32,
+        optimizer=recipe.optimizer,
+        scheduler=recipe.scheduler,
     )
     assert from_recipe.params == from_python.params
     assert from_recipe.optimizer_config == from_python.optimizer_config

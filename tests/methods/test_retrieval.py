@@ -13,8 +13,7 @@ import geocl.methods  # noqa: F401  (registers the methods)
 from geocl.data.natural_toy import write_toy_cifar
 from geocl.data.tile_dataset import TileDataset
 from geocl.errors import GeoclError
-from geocl.methods import Retrieval, build_method
-from geocl.methods import load_recipe
+from geocl.methods import Retrieval, build_method, load_recipe
 from geocl.retrieval.model import RETRIEVAL_KEY, load_towers
 from geocl.training.pretrain import run_pretrain
 from tests.conftest import write_recipe
@@ -66,7 +65,9 @@ def test_captions_drawn_per_step_are_a_function_of_the_generator_and_true_of_the
 def test_learning_rates_per_part_and_temperature_clamp(tmp_path: Path, tiny_tiles: Path) -> None:
     model = _method(tmp_path, tiny_tiles, image_lr_scale=0.1, text_lr_scale=0.5, learnable_temperature=True)
     image, text, rest = model.parameter_groups()
-    assert image["lr"] == pytest.approx(1e-4) and text["lr"] == pytest.approx(5e-4) and rest["lr"] == pytest.approx(1e-3)
+    assert (
+        image["lr"] == pytest.approx(1e-4) and text["lr"] == pytest.approx(5e-4) and rest["lr"] == pytest.approx(1e-3)
+    )
     assert {id(p) for p in image["params"]} == {id(p) for p in model.encoder.parameters()}
     assert any(p is model.log_scale for p in rest["params"])
     assert sum(len(group["params"]) for group in (image, text, rest)) == len(list(model.parameters()))
@@ -103,17 +104,24 @@ def test_image_encoder_starts_from_another_methods_checkpoint(tmp_path: Path, ti
 def test_an_init_checkpoint_that_does_not_fit_is_refused(tmp_path: Path, tiny_tiles: Path) -> None:
     source = _simclr_checkpoint(tmp_path / "simclr", tiny_tiles)
     with pytest.raises(GeoclError, match="set encoder.name") as error:
-        recipe = load_recipe(write_recipe(
-            tmp_path / "r", tiny_tiles, {**TINY_METHOD, "init_checkpoint": str(source)},
-            encoder={"name": "resnet18"}, augment=WHOLE_TILE,
-        ))
+        recipe = load_recipe(
+            write_recipe(
+                tmp_path / "r",
+                tiny_tiles,
+                {**TINY_METHOD, "init_checkpoint": str(source)},
+                encoder={"name": "resnet18"},
+                augment=WHOLE_TILE,
+            )
+        )
         build_method(recipe, 4, None)
     assert error.value.key == "method.init_checkpoint" and str(source) in str(error.value)
     recipe = load_recipe(write_retrieval_recipe(tmp_path / "b", tiny_tiles, init_checkpoint=str(source)))
     with pytest.raises(GeoclError, match="pretrained on 4 bands, the data has 3"):
         build_method(recipe, 3, None)
     with pytest.raises(GeoclError, match="not a checkpoint") as error:
-        build_method(load_recipe(write_retrieval_recipe(tmp_path / "c", tiny_tiles, init_checkpoint=str(tmp_path))), 4, None)
+        build_method(
+            load_recipe(write_retrieval_recipe(tmp_path / "c", tiny_tiles, init_checkpoint=str(tmp_path))), 4, None
+        )
     assert error.value.key == "method.init_checkpoint" and str(tmp_path) in str(error.value)
 
 
@@ -155,18 +163,31 @@ def test_pretrain_on_tiles_writes_a_checkpoint_search_can_read(tmp_path: Path, t
 def test_the_shipped_recipe_trains_on_natural_images_with_class_name_captions(tmp_path: Path) -> None:
     cifar = write_toy_cifar(tmp_path / "cifar", num_classes=3, per_class=8, test_per_class=2, train_batches=1)
     shipped = Path(__file__).resolve().parents[2] / "recipes" / "retrieval.yaml"
-    recipe = load_recipe(shipped, [
-        "data.format=cifar", f"data.path={cifar}", "data.tiles=''", "data.view_size=32", f"out={tmp_path / 'run'}",
-        "encoder.name=test_resnet", "data.batch_size=8", "data.num_workers=0", "trainer.max_epochs=1",
-        "trainer.limit_train_batches=2", "trainer.accelerator=cpu", "method.embed_dim=16", "method.text_width=16",
-    ])
+    recipe = load_recipe(
+        shipped,
+        [
+            "data.format=cifar",
+            f"data.path={cifar}",
+            "data.tiles=''",
+            "data.view_size=32",
+            f"out={tmp_path / 'run'}",
+            "encoder.name=test_resnet",
+            "data.batch_size=8",
+            "data.num_workers=0",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2",
+            "trainer.accelerator=cpu",
+            "method.embed_dim=16",
+            "method.text_width=16",
+        ],
+    )
     result = run_pretrain(recipe)
     assert math.isfinite(result.final_loss) and result.global_step == 2
     towers = load_towers(result.checkpoint)
     assert towers.tokenizer.vocabulary == ["class0", "class1", "class2"]
 
 
-def test_a_tile_set_without_masks_is_refused_before_training(tmp_path: Path, write_raster) -> None:  # noqa: ANN001
+def test_a_tile_set_without_masks_is_refused_before_training(tmp_path: Path, write_raster) -> None:
     from geocl.data.tiler import TilingOptions, tile_scene
     from tests.conftest import coordinate_image
 

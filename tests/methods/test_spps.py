@@ -13,9 +13,8 @@ from geocl.data.natural_toy import write_toy_cifar
 from geocl.data.semantic_pairs import SemanticPairDataset, pair_views
 from geocl.data.tile_dataset import TileDataset
 from geocl.errors import GeoclError
-from geocl.methods import GraSS, MoCo, SimCLR, build_method
+from geocl.methods import GraSS, MoCo, SimCLR, build_method, load_recipe
 from geocl.methods.moco import QUEUE_CHECKPOINT_KEY
-from geocl.methods import load_recipe
 from geocl.sampling.semantic_pairs import SemanticPairs, SemanticPairSampler, SPPSConfig, footprint_conflicts
 from geocl.training.pretrain import run_pretrain
 from tests.conftest import write_recipe

@@ -10,12 +10,7 @@ from torch import nn
 
 from geocl.errors import GeoclError
 from geocl.finetune.model import load_pretrained_encoder
-from geocl.models.fba_nets import (
-    TransposedUnetDecoderBlock,
-    build_fba_network,
-    fba_unet,
-    fba_vnet,
-)
+from geocl.models.fba_nets import TransposedUnetDecoderBlock, build_fba_network, fba_unet, fba_vnet
 from geocl.models.vnet import VNetDecoder
 
 SMALL_DECODER = (32, 16, 16, 8, 8)
@@ -40,8 +35,9 @@ def test_fba_vnet_plus_shares_one_encoder_between_three_decoders() -> None:
 def test_one_decoder_2d_network_is_smp_unet() -> None:
     torch.manual_seed(0)
     network = fba_unet(3, 4, 1, encoder="test_resnet", decoder_channels=SMALL_DECODER).eval()
-    reference = smp.Unet("tu-test_resnet", encoder_weights=None, in_channels=3, classes=4,
-                         decoder_channels=SMALL_DECODER).eval()
+    reference = smp.Unet(
+        "tu-test_resnet", encoder_weights=None, in_channels=3, classes=4, decoder_channels=SMALL_DECODER
+    ).eval()
     renamed = {
         key.replace("decoders.0.decoder.", "decoder.").replace("decoders.0.head.", "segmentation_head."): value
         for key, value in network.state_dict().items()

@@ -21,16 +21,24 @@ def released_vnet_parameters(in_chans: int, classes: int, width: int) -> int:
     c = [width * 2**level for level in range(5)]
     encoder = (
         conv_bn(in_chans, c[0])  # block_one: 1 conv
-        + conv_bn(c[0], c[1], 2) + 2 * conv_bn(c[1], c[1])  # block_one_dw, block_two: 2 convs
-        + conv_bn(c[1], c[2], 2) + 3 * conv_bn(c[2], c[2])  # block_two_dw, block_three: 3 convs
-        + conv_bn(c[2], c[3], 2) + 3 * conv_bn(c[3], c[3])
-        + conv_bn(c[3], c[4], 2) + 3 * conv_bn(c[4], c[4])
+        + conv_bn(c[0], c[1], 2)
+        + 2 * conv_bn(c[1], c[1])  # block_one_dw, block_two: 2 convs
+        + conv_bn(c[1], c[2], 2)
+        + 3 * conv_bn(c[2], c[2])  # block_two_dw, block_three: 3 convs
+        + conv_bn(c[2], c[3], 2)
+        + 3 * conv_bn(c[3], c[3])
+        + conv_bn(c[3], c[4], 2)
+        + 3 * conv_bn(c[4], c[4])
     )
     decoder = (
-        conv_bn(c[4], c[3], 2) + 3 * conv_bn(c[3], c[3])  # block_five_up (transposed 2x2x2), block_six
-        + conv_bn(c[3], c[2], 2) + 3 * conv_bn(c[2], c[2])
-        + conv_bn(c[2], c[1], 2) + 2 * conv_bn(c[1], c[1])
-        + conv_bn(c[1], c[0], 2) + 1 * conv_bn(c[0], c[0])
+        conv_bn(c[4], c[3], 2)
+        + 3 * conv_bn(c[3], c[3])  # block_five_up (transposed 2x2x2), block_six
+        + conv_bn(c[3], c[2], 2)
+        + 3 * conv_bn(c[2], c[2])
+        + conv_bn(c[2], c[1], 2)
+        + 2 * conv_bn(c[1], c[1])
+        + conv_bn(c[1], c[0], 2)
+        + 1 * conv_bn(c[0], c[0])
         + conv(c[0], classes, 1)  # out_conv
     )
     return encoder + decoder
@@ -51,7 +59,10 @@ def test_levels_have_the_stated_shapes_and_logits_the_input_size() -> None:
     encoder = VNetEncoder(in_chans=2, width=4, depth=4, dropout=0.0)
     features = encoder(torch.randn(2, 2, 16, 24, 8))
     assert [tuple(f.shape) for f in features] == [
-        (2, 4, 16, 24, 8), (2, 8, 8, 12, 4), (2, 16, 4, 6, 2), (2, 32, 2, 3, 1)
+        (2, 4, 16, 24, 8),
+        (2, 8, 8, 12, 4),
+        (2, 16, 4, 6, 2),
+        (2, 32, 2, 3, 1),
     ]
     decoder = VNetDecoder(num_classes=3, width=4, depth=4, dropout=0.0)
     assert decoder(features).shape == (2, 3, 16, 24, 8)

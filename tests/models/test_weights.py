@@ -18,10 +18,9 @@ from safetensors.torch import save_file
 import geocl.methods  # noqa: F401  (registers the methods)
 from geocl.cli import main
 from geocl.errors import GeoclError
-from geocl.methods import CHECKPOINT_KEY
+from geocl.methods import CHECKPOINT_KEY, load_recipe
 from geocl.methods.registry import build_method
 from geocl.models import WeightsNotFoundError, create_encoder, resolve_weights
-from geocl.methods import load_recipe
 from tests.conftest import write_recipe
 
 TORCHGEO_NAME = "ResNet18_Weights.SENTINEL2_ALL_MOCO"  # SSL4EO-S12 MoCo ResNet-18, 13 Sentinel-2 bands
@@ -244,10 +243,14 @@ def test_geocl_pretrain_starts_from_the_weights_and_records_them(
     path = tmp_path / "start.safetensors"
     save_file(timm_state, path)
     recipe = write_recipe(
-        tmp_path, tiny_tiles, {"name": "moco"}, encoder={"weights": str(path)},
+        tmp_path,
+        tiny_tiles,
+        {"name": "moco"},
+        encoder={"weights": str(path)},
         # one step at a learning rate that moves no weight by more than 1e-9: the step-0 state
         optimizer={"name": "sgd", "lr": 1e-9, "weight_decay": 0.0},
-        trainer={"max_epochs": 1, "limit_train_batches": 1}, monitor={"every_n_steps": 0},
+        trainer={"max_epochs": 1, "limit_train_batches": 1},
+        monitor={"every_n_steps": 0},
     )
     assert main(["pretrain", str(recipe)]) == 0
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)

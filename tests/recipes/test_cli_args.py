@@ -50,7 +50,9 @@ class ArgsOptions(BaseModel):
 def _parser(model: type[BaseModel] = ArgsOptions) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="geocl test", exit_on_error=False)
     add_model_arguments(
-        parser, model, positional=("scene",),
+        parser,
+        model,
+        positional=("scene",),
         flags={"inner.max_epochs": "--epochs", "overrides": "--override"},
         arguments={"overrides": {"action": "append", "metavar": "KEY=VALUE"}},
     )
@@ -63,13 +65,44 @@ def _options(*argv: str) -> ArgsOptions:
 
 def test_every_field_kind_becomes_an_argument() -> None:
     options = _options(
-        "a.tif", "--out", "o", "--tile-size", "64", "--fractions", "0.5", "0.25", "0.25", "--labels", "0.1",
-        "--arch", "dpt", "--freeze", "--no-resize", "--note", "hi", "--override", "a=1", "--override", "b=2",
-        "--epochs", "3", "--inner-batch-size", "4",
+        "a.tif",
+        "--out",
+        "o",
+        "--tile-size",
+        "64",
+        "--fractions",
+        "0.5",
+        "0.25",
+        "0.25",
+        "--labels",
+        "0.1",
+        "--arch",
+        "dpt",
+        "--freeze",
+        "--no-resize",
+        "--note",
+        "hi",
+        "--override",
+        "a=1",
+        "--override",
+        "b=2",
+        "--epochs",
+        "3",
+        "--inner-batch-size",
+        "4",
     )
     assert options == ArgsOptions(
-        scene=Path("a.tif"), out=Path("o"), tile_size=64, fractions=(0.5, 0.25, 0.25), labels=[0.1], arch="dpt",
-        freeze=True, resize=False, note="hi", overrides=["a=1", "b=2"], inner=ArgsInner(max_epochs=3, batch_size=4),
+        scene=Path("a.tif"),
+        out=Path("o"),
+        tile_size=64,
+        fractions=(0.5, 0.25, 0.25),
+        labels=[0.1],
+        arch="dpt",
+        freeze=True,
+        resize=False,
+        note="hi",
+        overrides=["a=1", "b=2"],
+        inner=ArgsInner(max_epochs=3, batch_size=4),
     )
 
 

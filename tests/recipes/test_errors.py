@@ -102,9 +102,19 @@ def test_good_data_validates() -> None:
         ("seed", -1, "seed", "must be in [0, 4294967296)"),
         ("data.scale", [0.5, 2], "data.scale[1]", "invalid value 2 for data.scale[1]: must be in (0, 1]"),
         ("data", 5, "data", "expected a mapping (a section with keys tiles, split, batch_size, scale, val_fraction)"),
-        ("method.temperature", "hot", "method.temperature", "invalid value 'hot' for method.temperature: expected a number"),
+        (
+            "method.temperature",
+            "hot",
+            "method.temperature",
+            "invalid value 'hot' for method.temperature: expected a number",
+        ),
         ("trainer.max_epochs", -2, "trainer.max_epochs", "must be at least 1, or -1 (no limit)"),
-        ("stages", [{}, {"window": 4}], "stages[1].window", "invalid value 4 for stages[1].window: must be at least 16"),
+        (
+            "stages",
+            [{}, {"window": 4}],
+            "stages[1].window",
+            "invalid value 4 for stages[1].window: must be at least 16",
+        ),
     ],
 )
 def test_wrong_values_name_the_dotted_key_and_the_rule(path: str, value: Any, key: str, expected: str) -> None:

@@ -226,9 +226,7 @@ MISSPELT = [
 
 
 @pytest.mark.parametrize(("section", "bad", "dotted", "suggestion"), MISSPELT)
-def test_misspelt_key_in_file(
-    tmp_path: Path, section: str | None, bad: str, dotted: str, suggestion: str
-) -> None:
+def test_misspelt_key_in_file(tmp_path: Path, section: str | None, bad: str, dotted: str, suggestion: str) -> None:
     data = example_data()
     (data if section is None else data[section])[bad] = {"lr": 1} if section is None else 1
     path = write_recipe(tmp_path, data)
@@ -241,9 +239,7 @@ def test_misspelt_key_in_file(
 
 
 @pytest.mark.parametrize(("section", "bad", "dotted", "suggestion"), MISSPELT)
-def test_misspelt_key_in_override(
-    example: Path, section: str | None, bad: str, dotted: str, suggestion: str
-) -> None:
+def test_misspelt_key_in_override(example: Path, section: str | None, bad: str, dotted: str, suggestion: str) -> None:
     override = f"{bad}.lr=1" if section is None else f"{dotted}=1"
     with pytest.raises(GeoclError) as caught:
         load_recipe(example, [override])
@@ -417,8 +413,11 @@ def test_monitor_section_defaults_off_values_empty_section_and_a_saved_run_witho
     assert load_recipe(example, ["monitor.every_n_steps=null"]).monitor.every_n_steps is None  # off
     assert load_recipe(example, ["monitor.every_n_steps=0"]).monitor.every_n_steps == 0  # off
     assert load_recipe(write_recipe(tmp_path, {**MINIMAL, "monitor": None})).monitor == monitor
-    for override, key in [("monitor.every_n_steps=-1", "monitor.every_n_steps"), ("monitor.tiles=1", "monitor.tiles"),
-                          ("monitor.temperature=0", "monitor.temperature")]:
+    for override, key in [
+        ("monitor.every_n_steps=-1", "monitor.every_n_steps"),
+        ("monitor.tiles=1", "monitor.tiles"),
+        ("monitor.temperature=0", "monitor.temperature"),
+    ]:
         with pytest.raises(GeoclError) as caught:
             load_recipe(example, [override])
         assert caught.value.key == key
@@ -431,9 +430,7 @@ def test_monitor_section_defaults_off_values_empty_section_and_a_saved_run_witho
     assert read_saved_recipe(saved) == recipe_to_dict(load_recipe(example))
 
 
-def test_save_recipe_writes_atomically(
-    example: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_save_recipe_writes_atomically(example: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     recipe = load_recipe(example, ["seed=3"])
     target = tmp_path / "run" / "config.yaml"
     save_recipe(recipe, target)
@@ -477,8 +474,16 @@ def test_registry() -> None:
 def test_loader_never_leaks_omegaconf_errors(example: Path) -> None:
     """A sweep of bad overrides: each one must come back as a GeoclError."""
     bad = [
-        "seed=abc", "seed=[1]", "data.tiles=[a, b]", "method.warmup_epochs={a: 1}", "trainer.max_steps=null",
-        "augment=[1]", "method=3", "method.name=[grass]", "trainer.accelerator=gup", "seed=-1",
+        "seed=abc",
+        "seed=[1]",
+        "data.tiles=[a, b]",
+        "method.warmup_epochs={a: 1}",
+        "trainer.max_steps=null",
+        "augment=[1]",
+        "method=3",
+        "method.name=[grass]",
+        "trainer.accelerator=gup",
+        "seed=-1",
     ]
     for override in bad:
         with pytest.raises(GeoclError):

@@ -77,8 +77,19 @@ def run_tiny_downstream(recipe: Any, data: Path, out: Path) -> None:
         run_pretrain(recipe)
     train = method_class(recipe.method.name).training_for("finetune", recipe.method)
     result = train(
-        tiles=data, out=out / "row", encoder_checkpoint=None, encoder=recipe.encoder.name, label_fraction=0.2,
-        seed=0, max_epochs=1, steps_per_epoch=1, val_every=1, batch_size=4, crop=32, accelerator="cpu", progress=False,
+        tiles=data,
+        out=out / "row",
+        encoder_checkpoint=None,
+        encoder=recipe.encoder.name,
+        label_fraction=0.2,
+        seed=0,
+        max_epochs=1,
+        steps_per_epoch=1,
+        val_every=1,
+        batch_size=4,
+        crop=32,
+        accelerator="cpu",
+        progress=False,
     )
     assert 0.0 <= result.miou <= 1.0 and result.checkpoint.exists()
 
@@ -117,9 +128,20 @@ def test_paper_recipe_runs_a_tiny_budget(path: Path, tiny_tiles: Path, tmp_path:
 
 
 def test_every_method_has_a_cpu_paper_and_natural_recipe() -> None:
-    methods = {(raw := _raw(path))["method"]["name"] + ("+spps" if raw["method"].get("spps") else "") for path in CPU_TILES}
+    methods = {
+        (raw := _raw(path))["method"]["name"] + ("+spps" if raw["method"].get("spps") else "") for path in CPU_TILES
+    }
     assert methods == {
-        "simclr", "grass", "moco", "multinet", "patchmix", "simclr+spps", "moco+spps", "fba", "fba-pretrain", "retrieval",
+        "simclr",
+        "grass",
+        "moco",
+        "multinet",
+        "patchmix",
+        "simclr+spps",
+        "moco+spps",
+        "fba",
+        "fba-pretrain",
+        "retrieval",
     }
     for path in CPU_TILES:
         assert (RECIPES / "paper" / path.name).exists(), f"no paper-scale form of {path.name}"

@@ -15,7 +15,9 @@ def test_the_line_names_the_processor_threads_versions_and_algorithms() -> None:
 
 def test_one_thread_is_singular_and_a_gpu_replaces_the_processor() -> None:
     environment = describe_environment()
-    assert "Test CPU (1 thread)," in environment_line({**environment, "gpu": None, "cpu": "Test CPU", "torch_threads": 1})
+    assert "Test CPU (1 thread)," in environment_line(
+        {**environment, "gpu": None, "cpu": "Test CPU", "torch_threads": 1}
+    )
     line = environment_line({**environment, "gpu": "NVIDIA H200", "torch_threads": 1})
     assert "Measured on NVIDIA H200," in line and "thread" not in line
     assert "default (non-deterministic) algorithms" in line

@@ -32,7 +32,10 @@ def test_two_pairs_give_the_interval_between_them() -> None:
 
 def test_a_verdict_needs_six_pairs_of_one_sign() -> None:
     # all n pairs positive with no real difference: probability 2 * 0.5**n (0.0625 for 5, 0.03125 for 6)
-    five, six = paired_difference([0.01, 0.02, 0.03, 0.04, 0.05]), paired_difference([0.01, 0.02, 0.03, 0.04, 0.05, 0.06])
+    five, six = (
+        paired_difference([0.01, 0.02, 0.03, 0.04, 0.05]),
+        paired_difference([0.01, 0.02, 0.03, 0.04, 0.05, 0.06]),
+    )
     assert five.low > 0 and five.verdict == "too few pairs"
     assert six.low > 0 and six.distinguishable and six.verdict == "better"
     assert paired_difference([-x for x in (0.01, 0.02, 0.03, 0.04, 0.05, 0.06)]).verdict == "worse"
@@ -62,12 +65,36 @@ def _results() -> pd.DataFrame:
     rows = []
     for subset_seed, seed in itertools.product(range(2), range(2)):
         base = 0.40 + 0.05 * subset_seed + 0.02 * seed  # the subset and the seed move both recipes alike
-        rows.append({"recipe": "simclr", "label_fraction": 0.05, "subset_seed": subset_seed, "seed": seed,
-                     "miou": base, "status": "ok"})
-        rows.append({"recipe": "grass", "label_fraction": 0.05, "subset_seed": subset_seed, "seed": seed,
-                     "miou": base + 0.01 + 0.001 * seed, "status": "ok"})
-        rows.append({"recipe": "random-init", "label_fraction": 0.05, "subset_seed": subset_seed, "seed": seed,
-                     "miou": base + (0.03 if seed else -0.03), "status": "ok"})
+        rows.append(
+            {
+                "recipe": "simclr",
+                "label_fraction": 0.05,
+                "subset_seed": subset_seed,
+                "seed": seed,
+                "miou": base,
+                "status": "ok",
+            }
+        )
+        rows.append(
+            {
+                "recipe": "grass",
+                "label_fraction": 0.05,
+                "subset_seed": subset_seed,
+                "seed": seed,
+                "miou": base + 0.01 + 0.001 * seed,
+                "status": "ok",
+            }
+        )
+        rows.append(
+            {
+                "recipe": "random-init",
+                "label_fraction": 0.05,
+                "subset_seed": subset_seed,
+                "seed": seed,
+                "miou": base + (0.03 if seed else -0.03),
+                "status": "ok",
+            }
+        )
     frame = pd.DataFrame(rows)
     frame.loc[(frame["recipe"] == "grass") & (frame["subset_seed"] == 1) & (frame["seed"] == 1), "status"] = "failed: x"
     return frame
@@ -105,7 +132,8 @@ def test_runs_on_every_label_are_one_subset_whatever_their_subset_seed() -> None
     # fraction 1.0 with 6 subset seeds and one training seed: six copies of one run, not six pairs
     rows = [
         {"recipe": recipe, "label_fraction": 1.0, "subset_seed": subset_seed, "seed": 0, "miou": value, "status": "ok"}
-        for subset_seed in range(6) for recipe, value in (("simclr", 0.500), ("grass", 0.505))
+        for subset_seed in range(6)
+        for recipe, value in (("simclr", 0.500), ("grass", 0.505))
     ]
     summary = paired_summary(pd.DataFrame(rows), "miou", baseline="simclr").set_index("recipe")
     grass = summary.loc["grass"]
@@ -125,10 +153,24 @@ def _sweep_summary(step_zero: bool = True) -> pd.DataFrame:
     for steps, gain in ((100, 0.05), (300, 0.10)):
         rows += [
             {**random, "pretrain_steps": steps},  # the same row again, shown in every budget's section
-            {"recipe": "simclr", "label_fraction": 0.5, "mean": 0.20 + gain, "low": 0.19 + gain, "high": 0.21 + gain,
-             "n": 4, "pretrain_steps": steps},
-            {"recipe": "vit", "label_fraction": 0.5, "mean": 0.3, "low": 0.25, "high": 0.35, "n": 4,
-             "pretrain_steps": steps},
+            {
+                "recipe": "simclr",
+                "label_fraction": 0.5,
+                "mean": 0.20 + gain,
+                "low": 0.19 + gain,
+                "high": 0.21 + gain,
+                "n": 4,
+                "pretrain_steps": steps,
+            },
+            {
+                "recipe": "vit",
+                "label_fraction": 0.5,
+                "mean": 0.3,
+                "low": 0.25,
+                "high": 0.35,
+                "n": 4,
+                "pretrain_steps": steps,
+            },
         ]
     return pd.DataFrame(rows).assign(evaluation="frozen")
 

@@ -21,13 +21,21 @@ from geocl.report.table import SUMMARY_COLUMNS, plot_results, results_markdown, 
 MIOU = MetricColumns("finetune", ("miou",), {"miou": "mIoU"}, caption="mIoU on the test tiles,", axis_label="test mIoU")
 #: Natural images: two accuracies, the second one ranks.
 TOP1 = MetricColumns(
-    "knn-probe", ("knn_top1", "probe_top1"), {"knn_top1": "kNN top-1", "probe_top1": "linear-probe top-1"},
-    primary="probe_top1", caption="Top-1 accuracy on the val split;", title="Top-1", axis_label="top-1 accuracy",
+    "knn-probe",
+    ("knn_top1", "probe_top1"),
+    {"knn_top1": "kNN top-1", "probe_top1": "linear-probe top-1"},
+    primary="probe_top1",
+    caption="Top-1 accuracy on the val split;",
+    title="Top-1",
+    axis_label="top-1 accuracy",
 )
 #: Medical volumes: two scores in [0, 1] and two distances in mm.
 DICE = MetricColumns(
-    "dice", ("dice", "jaccard", "hd95", "asd"), {"hd95": "95HD (mm)", "asd": "ASD (mm)"},
-    lower_is_better=("hd95", "asd"), axis_label="test Dice",
+    "dice",
+    ("dice", "jaccard", "hd95", "asd"),
+    {"hd95": "95HD (mm)", "asd": "ASD (mm)"},
+    lower_is_better=("hd95", "asd"),
+    axis_label="test Dice",
 )
 
 
@@ -90,7 +98,12 @@ def test_summarize_means_sample_std_counts_and_failures() -> None:
     summary = summarize(_results(), MIOU)
     assert list(summary.columns) == SUMMARY_COLUMNS
     # recipes in order of appearance, fractions ascending
-    assert list(zip(summary["recipe"], summary["label_fraction"], strict=True)) == [("a", 0.01), ("a", 0.1), ("b", 0.01), ("b", 0.1)]
+    assert list(zip(summary["recipe"], summary["label_fraction"], strict=True)) == [
+        ("a", 0.01),
+        ("a", 0.1),
+        ("b", 0.01),
+        ("b", 0.1),
+    ]
     cells = summary.set_index(["recipe", "label_fraction"])
     assert cells.loc[("a", 0.1), "mean"] == pytest.approx(0.55)
     assert cells.loc[("a", 0.1), "std"] == pytest.approx(math.sqrt(0.005))  # ddof=1; ddof=0 would be 0.05
@@ -115,13 +128,21 @@ def test_markdown_cells_n_column_and_failures() -> None:
 
 def test_markdown_uniform_n_is_one_number_and_pipes_are_escaped() -> None:
     frame = pd.DataFrame(
-        {"recipe": ["x|y"] * 2, "label_fraction": [0.5, 0.5], "seed": [0, 1], "miou": [0.2, 0.4], "status": ["ok", "ok"]}
+        {
+            "recipe": ["x|y"] * 2,
+            "label_fraction": [0.5, 0.5],
+            "seed": [0, 1],
+            "miou": [0.2, 0.4],
+            "status": ["ok", "ok"],
+        }
     )
     assert results_markdown(frame, MIOU).splitlines()[2] == "| x\\|y | 0.300 ± 0.141 | 2 |"
 
 
 def test_a_flagged_recipe_is_marked_and_its_reason_follows_the_table() -> None:
-    text = results_markdown(_results(), MIOU, flags={"b": "b: 3 pretraining steps end inside its 8-step warm-up", "zz": "not here"})
+    text = results_markdown(
+        _results(), MIOU, flags={"b": "b: 3 pretraining steps end inside its 8-step warm-up", "zz": "not here"}
+    )
     lines = text.splitlines()
     assert any(line.startswith("| b ⚠ |") for line in lines) and any(line.startswith("| a |") for line in lines)
     assert "- ⚠ b: 3 pretraining steps end inside its 8-step warm-up" in lines
@@ -175,7 +196,9 @@ def test_scores_and_distances_get_their_own_axes(tmp_path: Path, monkeypatch: py
     figures = []
     monkeypatch.setattr(table, "save_figure", lambda figure, path: figures.append(figure) or Path(path))
     rows = [("a", "simclr", 0.2, seed, 0.8 + seed / 100, 0.7, 4.0 + seed, 1.5, "ok") for seed in range(3)]
-    frame = pd.DataFrame(rows, columns=["recipe", "method", "label_fraction", "seed", "dice", "jaccard", "hd95", "asd", "status"])
+    frame = pd.DataFrame(
+        rows, columns=["recipe", "method", "label_fraction", "seed", "dice", "jaccard", "hd95", "asd", "status"]
+    )
     plot_results(frame.assign(evaluation="dice"), tmp_path / "dice.png", DICE)
     (figure,) = figures
     labels = [axes.get_ylabel() for axes in figure.axes]

@@ -11,7 +11,12 @@ from tests.conftest import write_recipe
 
 #: A CPU-tiny dual encoder (the test_resnet image encoder of write_recipe, 32 px views).
 TINY_METHOD: dict[str, Any] = {
-    "name": "retrieval", "embed_dim": 16, "text_width": 16, "text_layers": 1, "text_heads": 2, "dropout": 0.0,
+    "name": "retrieval",
+    "embed_dim": 16,
+    "text_width": 16,
+    "text_layers": 1,
+    "text_heads": 2,
+    "dropout": 0.0,
 }
 #: A caption describes the whole tile: no crop.
 WHOLE_TILE = {"scale": [1.0, 1.0], "ratio": [1.0, 1.0]}
@@ -30,8 +35,7 @@ def untrained_checkpoint(folder: Path, tiles: Path, **method: Any) -> Path:
     """
     import geocl.methods  # noqa: F401
     from geocl.data.tile_dataset import TileDataset
-    from geocl.methods import build_method
-    from geocl.methods import load_recipe
+    from geocl.methods import build_method, load_recipe
 
     recipe = load_recipe(write_retrieval_recipe(folder, tiles, **method))
     train = TileDataset(tiles, "train", with_mask=False, progress=False)

@@ -41,9 +41,15 @@ def test_attributes_of_a_tile_with_a_road_through_forest_next_to_cropland() -> N
     atoms, present = mask_attributes(_forest_with_road_and_cropland(), NAMES, CONFIG)
     assert present == ["forest", "cropland", "roads"]  # by share
     assert atoms == {
-        ("has", "forest"), ("has", "cropland"), ("has", "roads"), ("mostly", "forest"),
-        ("next_to", "cropland", "forest"), ("next_to", "forest", "roads"), ("crossing", "roads", "forest"),
-        ("without", "water"), ("without", "grassland"),
+        ("has", "forest"),
+        ("has", "cropland"),
+        ("has", "roads"),
+        ("mostly", "forest"),
+        ("next_to", "cropland", "forest"),
+        ("next_to", "forest", "roads"),
+        ("crossing", "roads", "forest"),
+        ("without", "water"),
+        ("without", "grassland"),
     }
 
 
@@ -51,7 +57,10 @@ def test_full_caption_and_statements_say_exactly_their_attributes() -> None:
     atoms, present = mask_attributes(_forest_with_road_and_cropland(), NAMES, CONFIG)
     captions = template_captions(atoms, present, CONFIG)
     full = captions[0]
-    assert full.text == "mostly forest with cropland and roads, roads crossing forest, forest next to cropland, forest next to roads"
+    assert (
+        full.text
+        == "mostly forest with cropland and roads, roads crossing forest, forest next to cropland, forest next to roads"
+    )
     assert full.attributes == atoms - {("without", "water"), ("without", "grassland")}
     texts = {caption.text: caption.attributes for caption in captions}
     assert texts["roads crossing forest"] == {("crossing", "roads", "forest"), ("has", "roads"), ("has", "forest")}
@@ -64,9 +73,10 @@ def test_full_caption_and_statements_say_exactly_their_attributes() -> None:
 
 def test_next_to_is_symmetric_and_crossing_is_not_a_road_that_ends_or_clips_a_corner() -> None:
     assert relation_caption(("next_to", "cropland", "forest"), ["forest", "cropland"]).text == "forest next to cropland"
-    assert relation_caption(("next_to", "cropland", "forest")).attributes == relation_caption(
-        ("next_to", "cropland", "forest"), ["forest", "cropland"]
-    ).attributes
+    assert (
+        relation_caption(("next_to", "cropland", "forest")).attributes
+        == relation_caption(("next_to", "cropland", "forest"), ["forest", "cropland"]).attributes
+    )
     ending = np.full((20, 20), FOREST)
     ending[:10, 4:6] = ROADS  # a dead end inside the forest: one piece of forest
     assert ("crossing", "roads", "forest") not in mask_attributes(ending, NAMES, CONFIG)[0]
@@ -106,7 +116,10 @@ def test_shares_count_only_labelled_pixels_and_small_classes_are_not_present() -
 
 def test_negation_caption() -> None:
     caption = negation_caption("forest", "bare_soil")
-    assert caption.text == "forest without bare soil" and caption.attributes == {("has", "forest"), ("without", "bare_soil")}
+    assert caption.text == "forest without bare soil" and caption.attributes == {
+        ("has", "forest"),
+        ("without", "bare_soil"),
+    }
 
 
 def test_tile_set_captions_use_the_scene_class_names(tiny_tiles: Path) -> None:
@@ -141,7 +154,7 @@ def test_a_tile_set_without_masks_needs_user_captions(unlabelled_tiles: Path, tm
     csv = tmp_path / "captions.csv"
     csv.write_text(
         f"path,caption\n{paths[0]},River next to  FARMLAND\n{Path(paths[1]).name},a road\n"
-        f"{(unlabelled_tiles / paths[0]).resolve()},\"forest, dense\"\n"
+        f'{(unlabelled_tiles / paths[0]).resolve()},"forest, dense"\n'
     )
     captions = dataset_captions(dataset, CaptionConfig(csv=str(csv)))
     assert [caption.text for caption in captions.captions[0]] == ["river next to farmland", "forest dense"]
@@ -151,10 +164,16 @@ def test_a_tile_set_without_masks_needs_user_captions(unlabelled_tiles: Path, tm
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [("images/nope.tif,a caption\n", "no tile"), ("{first},\n", "expected 'tile path, caption'"),
-     ("{first},!!!\n", "no words"), ("", "captions none of the tiles")],
+    [
+        ("images/nope.tif,a caption\n", "no tile"),
+        ("{first},\n", "expected 'tile path, caption'"),
+        ("{first},!!!\n", "no words"),
+        ("", "captions none of the tiles"),
+    ],
 )
-def test_bad_caption_files_name_the_file_and_line(unlabelled_tiles: Path, tmp_path: Path, content: str, message: str) -> None:
+def test_bad_caption_files_name_the_file_and_line(
+    unlabelled_tiles: Path, tmp_path: Path, content: str, message: str
+) -> None:
     dataset = TileDataset(unlabelled_tiles, None, with_mask=False, progress=False)
     paths = [str(path) for path in dataset.index["path"]]
     csv = tmp_path / "bad.csv"

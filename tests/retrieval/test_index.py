@@ -50,13 +50,17 @@ def test_index_holds_every_tile_with_its_footprint_path_and_caption(retrieval_in
         assert thumbnail.size == (96, 96) and thumbnail.mode == "RGB"
     left, bottom, right, top = meta["overview"]["extent"]
     bounds = tiles.bounds.numpy()
-    assert (left, bottom, right, top) == pytest.approx((bounds[:, 0].min(), bounds[:, 1].min(), bounds[:, 2].max(), bounds[:, 3].max()))
+    assert (left, bottom, right, top) == pytest.approx(
+        (bounds[:, 0].min(), bounds[:, 1].min(), bounds[:, 2].max(), bounds[:, 3].max())
+    )
     with Image.open(retrieval_index / OVERVIEW) as overview:
         assert max(overview.size) == 1024
         assert overview.size[0] / overview.size[1] == pytest.approx((right - left) / (top - bottom), rel=0.01)
 
 
-def test_a_tile_embeds_the_same_alone_or_inside_a_batch(retrieval_checkpoint: Path, retrieval_index: Path, tiny_tiles: Path) -> None:
+def test_a_tile_embeds_the_same_alone_or_inside_a_batch(
+    retrieval_checkpoint: Path, retrieval_index: Path, tiny_tiles: Path
+) -> None:
     towers = load_towers(retrieval_checkpoint)
     tiles = TileDataset(tiny_tiles, "test", progress=False)
     alone = embed_tiles(towers, tiles, batch_size=1)
@@ -95,7 +99,11 @@ def test_only_retrieval_checkpoints_are_indexed(tiny_tiles: Path, tmp_path: Path
 
 
 def test_a_crafted_checkpoint_is_never_unpickled_and_the_index_is_kept(
-    retrieval_checkpoint: Path, retrieval_index: Path, tiny_tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    retrieval_checkpoint: Path,
+    retrieval_index: Path,
+    tiny_tiles: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     crafted = tmp_path / "crafted.ckpt"
     checkpoint = torch.load(retrieval_checkpoint, weights_only=True)

@@ -43,7 +43,9 @@ def test_equal_scores_are_ranked_by_tile_id(retrieval_index: Path, tmp_path: Pat
     assert [hit.id for hit in index.search("forest", k=4)] == [0, 1, 2, 3]
 
 
-@pytest.mark.parametrize(("query", "message"), [("", "empty"), ("x" * 600, "characters long"), ("volcano", "unknown word")])
+@pytest.mark.parametrize(
+    ("query", "message"), [("", "empty"), ("x" * 600, "characters long"), ("volcano", "unknown word")]
+)
 def test_queries_it_cannot_read_raise_a_query_error(retrieval_index: Path, query: str, message: str) -> None:
     with pytest.raises(QueryError, match=message):
         SearchIndex(retrieval_index).search(query)
@@ -137,8 +139,13 @@ def no_server(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("damage", list(DAMAGES))
 @pytest.mark.parametrize("command", ["search", "serve"])
 def test_a_damaged_index_is_refused_at_once_naming_the_file_and_the_rebuild(
-    retrieval_index: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_server: None,
-    command: str, damage: str, recorded: bool,
+    retrieval_index: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    no_server: None,
+    command: str,
+    damage: str,
+    recorded: bool,
 ) -> None:
     folder = _copy(retrieval_index, tmp_path)
     name, harm = DAMAGES[damage]
@@ -150,7 +157,8 @@ def test_a_damaged_index_is_refused_at_once_naming_the_file_and_the_rebuild(
         output.write_bytes(b"earlier result")
     argv = (
         ["search", str(folder), "forest", "--gpkg", str(outputs[0]), "--png", str(outputs[1])]
-        if command == "search" else ["serve", str(folder), "--port", "0"]
+        if command == "search"
+        else ["serve", str(folder), "--port", "0"]
     )
     line = _refused_in_one_line(argv, capsys, folder / name, outputs)
     assert f"--out {folder} --overwrite" in line
@@ -192,8 +200,12 @@ def test_serve_refuses_a_damaged_index_before_it_listens(retrieval_index: Path, 
 @pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy"])
 @pytest.mark.parametrize("command", ["search", "serve"])
 def test_a_crafted_text_tower_is_never_unpickled(
-    retrieval_index: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_server: None,
-    command: str, zipped: bool,
+    retrieval_index: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    no_server: None,
+    command: str,
+    zipped: bool,
 ) -> None:
     control = tmp_path / "control.pt"  # the payload is real: unpickling it creates its marker
     torch.save({"x": Payload(tmp_path / "control-marker")}, control, _use_new_zipfile_serialization=zipped)

@@ -23,14 +23,18 @@ from geocl.retrieval.server import SearchServer
 #: Debian's Chromium (what CI installs); GEOCL_CHROMIUM points elsewhere.
 CHROMIUM = Path(os.environ.get("GEOCL_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 QUERY = "forest next to water"
 
 
 @pytest.fixture(scope="module")
-def server(retrieval_index: Path):  # noqa: ANN201
+def server(retrieval_index: Path):
     with SearchServer(retrieval_index, port=0, k=5) as running:
         yield running
 
@@ -62,11 +66,17 @@ def test_search_route_answers_hits_and_refuses_with_messages(server: SearchServe
 
 
 def test_answers_name_tiles_without_paths_of_the_server(server: SearchServer) -> None:
-    roots = [str(server.index.folder.resolve()), str(server.index.meta["tiles"]), str(Path(server.index.meta["tiles"]).parent)]
+    roots = [
+        str(server.index.folder.resolve()),
+        str(server.index.meta["tiles"]),
+        str(Path(server.index.meta["tiles"]).parent),
+    ]
     with httpx.Client(base_url=server.url, timeout=30) as client:
         answers = [
-            client.post("/api/search", json={"query": QUERY, "k": 100}), client.get("/api/info"),
-            client.get("/thumbnails/99999.png"), client.post("/api/search", json={"query": "volcano"}),
+            client.post("/api/search", json={"query": QUERY, "k": 100}),
+            client.get("/api/info"),
+            client.get("/thumbnails/99999.png"),
+            client.post("/api/search", json={"query": "volcano"}),
         ]
         assert all(root not in answer.text for answer in answers for root in roots)
         hits = answers[0].json()["hits"]
@@ -114,7 +124,9 @@ def test_the_address_of_a_search_runs_it(server: SearchServer) -> None:
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         html = page.text
         assert 'method="get"' in html and 'name="q"' in html and 'name="k"' in html
-        assert "new URLSearchParams(location.search)" in html and 'params.get("q")' in html and 'params.get("k")' in html
+        assert (
+            "new URLSearchParams(location.search)" in html and 'params.get("q")' in html and 'params.get("k")' in html
+        )
         assert "history.pushState" in html and '"popstate"' in html and "await searchFromAddress();" in html
         # what the script then asks (k as a string, as the address gives it), and what it gets
         answer = client.post("/api/search", json={"query": "water", "k": "4"}).json()
@@ -123,7 +135,11 @@ def test_the_address_of_a_search_runs_it(server: SearchServer) -> None:
 
 
 def test_twenty_concurrent_queries_all_answer(server: SearchServer) -> None:
-    queries = [f"{a} next to {b}" for a in ("forest", "water", "cropland", "grassland") for b in ("roads", "forest", "water", "cropland", "buildings")]
+    queries = [
+        f"{a} next to {b}"
+        for a in ("forest", "water", "cropland", "grassland")
+        for b in ("roads", "forest", "water", "cropland", "buildings")
+    ]
 
     async def ask_all() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
@@ -171,8 +187,10 @@ def test_a_taken_port_is_refused_in_one_line(retrieval_index: Path) -> None:
             SearchServer(retrieval_index, port=taken.getsockname()[1])
 
 
-def _chromium():  # noqa: ANN202
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright client is missing: pip install playwright")
+def _chromium():
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="the playwright client is missing: pip install playwright"
+    )
     if not CHROMIUM.exists() and shutil.which("chromium") is None:
         pytest.skip(
             f"no Chromium at {CHROMIUM}: install it (Debian/Ubuntu: sudo apt-get install chromium) "
@@ -199,7 +217,9 @@ def test_the_page_answers_a_query_in_a_headless_browser(
             assert page.locator(".hit").count() == 5
             assert page.locator("img.thumb").count() == 5
             assert page.locator("#footprints rect.footprint").count() == 5
-            page.wait_for_function("[...document.querySelectorAll('img.thumb')].every(i => i.complete && i.naturalWidth > 0)")
+            page.wait_for_function(
+                "[...document.querySelectorAll('img.thumb')].every(i => i.complete && i.naturalWidth > 0)"
+            )
             assert page.evaluate("document.getElementById('overview-image').naturalWidth") > 0
             page_names = page.locator(".hit").evaluate_all("nodes => nodes.map(n => n.dataset.name)")
             assert page.url.endswith("/?q=forest+next+to+water&k=5")  # the search is in the address

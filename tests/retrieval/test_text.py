@@ -26,16 +26,27 @@ def test_vocabulary_is_the_sorted_words_of_the_captions() -> None:
 
 def test_queries_read_synonyms_and_drop_filler_words() -> None:
     tokenizer = _tokenizer()
-    assert tokenizer.words("Show me tiles with a River beside the FARMLAND!") == ["with", "water", "next", "to", "cropland"]
+    assert tokenizer.words("Show me tiles with a River beside the FARMLAND!") == [
+        "with",
+        "water",
+        "next",
+        "to",
+        "cropland",
+    ]
     assert tokenizer.check("river next to farmland") == tokenizer.check("water next to cropland")
     assert tokenizer.words("bare_soil") == ["bare", "soil"]
 
 
 @pytest.mark.parametrize(
     ("query", "message"),
-    [("", "the query is empty"), ("   ", "the query is empty"), ("x" * (MAX_QUERY_CHARS + 1), "characters long"),
-     ("the tiles", "no words that describe tiles"), ("forest " * 13, "at most 12"),
-     ("volcano next to glacier", "unknown words 'volcano', 'glacier'")],
+    [
+        ("", "the query is empty"),
+        ("   ", "the query is empty"),
+        ("x" * (MAX_QUERY_CHARS + 1), "characters long"),
+        ("the tiles", "no words that describe tiles"),
+        ("forest " * 13, "at most 12"),
+        ("volcano next to glacier", "unknown words 'volcano', 'glacier'"),
+    ],
 )
 def test_queries_it_cannot_read_get_a_clear_message(query: str, message: str) -> None:
     with pytest.raises(QueryError, match=message) as error:

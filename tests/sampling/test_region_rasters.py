@@ -37,6 +37,9 @@ def test_region_map_keeps_the_tile_grid_and_marks_invalid_pixels(tmp_path: Path,
 def test_region_map_rejects_a_mask_of_another_shape(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         write_region_map(
-            tmp_path / "m.tif", np.zeros((4, 4)), transform=from_origin(0, 0, 1, 1), crs="EPSG:32633",
+            tmp_path / "m.tif",
+            np.zeros((4, 4)),
+            transform=from_origin(0, 0, 1, 1),
+            crs="EPSG:32633",
             valid=np.ones((4, 5), dtype=bool),
         )

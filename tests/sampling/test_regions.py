@@ -12,13 +12,7 @@ from lightly.loss import NTXentLoss
 from scipy import ndimage
 from torch import Tensor, nn
 
-from geocl.sampling.regions import (
-    crop_and_resize,
-    gradient_maps,
-    select_box,
-    select_boxes,
-    upsample_maps,
-)
+from geocl.sampling.regions import crop_and_resize, gradient_maps, select_box, select_boxes, upsample_maps
 
 VIEW = (224, 224)
 

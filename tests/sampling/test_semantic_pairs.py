@@ -101,12 +101,14 @@ def test_no_pair_passes_a_threshold_above_every_similarity() -> None:
 
 def test_footprint_conflicts_by_hand() -> None:
     anchor = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
-    others = torch.tensor([
-        [5.0, 5.0, 15.0, 15.0],     # overlaps
-        [10.0, 0.0, 20.0, 10.0],    # shares an edge: distance 0, no overlap
-        [13.0, 14.0, 20.0, 20.0],   # diagonal gap (3, 4): distance 5
-        [30.0, 0.0, 40.0, 10.0],    # 20 away
-    ])
+    others = torch.tensor(
+        [
+            [5.0, 5.0, 15.0, 15.0],  # overlaps
+            [10.0, 0.0, 20.0, 10.0],  # shares an edge: distance 0, no overlap
+            [13.0, 14.0, 20.0, 20.0],  # diagonal gap (3, 4): distance 5
+            [30.0, 0.0, 40.0, 10.0],  # 20 away
+        ]
+    )
     assert footprint_conflicts(anchor, others, 0.0).tolist() == [[True, False, False, False]]
     assert footprint_conflicts(anchor, others, 1.0).tolist() == [[True, True, False, False]]
     assert footprint_conflicts(anchor, others, 5.0).tolist() == [[True, True, False, False]]
@@ -168,7 +170,9 @@ def test_embedding_is_frozen_eval_mode_and_deterministic() -> None:
 
 
 def test_images_without_footprints_skip_the_rule() -> None:
-    _, bounds = SemanticPairSampler(SPPSConfig(enabled=True, batch_size=2)).embed(_encoder(), _Images(5, with_bounds=False))
+    _, bounds = SemanticPairSampler(SPPSConfig(enabled=True, batch_size=2)).embed(
+        _encoder(), _Images(5, with_bounds=False)
+    )
     assert bounds is None
 
 

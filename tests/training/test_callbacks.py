@@ -40,8 +40,18 @@ def test_pretraining_bar_shows_the_loss_by_its_short_name_the_probe_and_no_logge
 def test_finetuning_draws_one_bar_with_the_validation_score(
     tmp_path: Path, tiny_tiles: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run_finetune(tiles=tiny_tiles, out=tmp_path / "ft", label_fraction=0.5, max_epochs=2, val_every=1, steps_per_epoch=2,
-                 batch_size=4, crop=32, encoder="test_resnet", progress=True)
+    run_finetune(
+        tiles=tiny_tiles,
+        out=tmp_path / "ft",
+        label_fraction=0.5,
+        max_epochs=2,
+        val_every=1,
+        steps_per_epoch=2,
+        batch_size=4,
+        crop=32,
+        encoder="test_resnet",
+        progress=True,
+    )
     captured = capsys.readouterr()
     text = captured.out + captured.err
     assert "Validation" not in text and "Testing" not in text  # the passes draw no bars of their own

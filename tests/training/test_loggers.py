@@ -19,8 +19,8 @@ import pytest
 import geocl.methods  # noqa: F401  (registers the methods' recipe sections)
 from geocl.console import configure_output
 from geocl.errors import GeoclError
-from geocl.methods import load_recipe
 from geocl.experiments import CompareOptions, run_compare
+from geocl.methods import load_recipe
 from geocl.training.loggers import INSTALL_HINT, flat_keys, shown_uri, tracking_uri
 from geocl.training.pretrain import run_pretrain
 from tests.conftest import write_recipe
@@ -32,8 +32,15 @@ MlflowClient = pytest.importorskip("mlflow.tracking").MlflowClient
 
 SIMCLR = {"name": "simclr", "hidden_dim": 32, "output_dim": 16}
 #: A finetuning of each compare row: one epoch of five steps (the loss is logged every five), validated once.
-FINETUNE = {"max_epochs": 1, "steps_per_epoch": 5, "val_every": 1, "batch_size": 4, "crop": 32,
-            "accelerator": "cpu", "progress": False}
+FINETUNE = {
+    "max_epochs": 1,
+    "steps_per_epoch": 5,
+    "val_every": 1,
+    "batch_size": 4,
+    "crop": 32,
+    "accelerator": "cpu",
+    "progress": False,
+}
 
 
 @pytest.fixture
@@ -83,7 +90,9 @@ def _hparams(events: EventAccumulator) -> dict[str, Any]:
     """The session's hyperparameters as TensorBoard's HPARAMS tab reads them."""
     content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
-    return {name: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind")) for name, value in hparams.items()}
+    return {
+        name: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind")) for name, value in hparams.items()
+    }
 
 
 def _client(uri: str, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
@@ -116,8 +125,12 @@ def test_pretraining_writes_tensorboard_events_with_the_csv_values_and_the_recip
 
 
 def test_pretraining_logs_an_mlflow_run_in_a_file_store_inside_the_run_folder(
-    tmp_path: Path, tiny_tiles: Path, monkeypatch: pytest.MonkeyPatch, no_mlflow_settings: None,
-    quiet: list[warnings.WarningMessage], caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    tiny_tiles: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    no_mlflow_settings: None,
+    quiet: list[warnings.WarningMessage],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     run = _pretraining(tmp_path, tiny_tiles, "mlflow")
     assert "MLFLOW_ALLOW_FILE_STORE" not in os.environ  # set while the store opened, then put back
@@ -156,7 +169,12 @@ def test_tracking_uri_and_flat_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://user:secret@tracking.example:5000")
     assert tracking_uri(tmp_path) == "http://user:secret@tracking.example:5000"
     assert shown_uri(tracking_uri(tmp_path)) == "http://tracking.example:5000"  # no credentials in messages
-    assert flat_keys({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}, "f": None}) == {"a.b": 1, "a.c.d": [1, 2], "e": {}, "f": None}
+    assert flat_keys({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}, "f": None}) == {
+        "a.b": 1,
+        "a.c.d": [1, 2],
+        "e": {},
+        "f": None,
+    }
 
 
 def _summary_metrics(out: Path) -> dict[str, float]:
@@ -187,7 +205,12 @@ def test_a_two_row_compare_logs_its_runs_and_its_paired_summary_to_mlflow(
     for name, row in zip(["simclr-f0.5-s0", "random-init-f0.5-s0"], results.to_dict("records"), strict=True):
         found = runs[name]
         tags, params = found.data.tags, found.data.params
-        assert (tags["recipe"], tags["label_fraction"], tags["subset_seed"], tags["seed"]) == (row["recipe"], "0.5", "0", "0")
+        assert (tags["recipe"], tags["label_fraction"], tags["subset_seed"], tags["seed"]) == (
+            row["recipe"],
+            "0.5",
+            "0",
+            "0",
+        )
         assert (tags["evaluation"], tags["comparison"], tags["geocl.run"]) == ("finetune", "cmp", "finetune")
         assert params["finetune.label_fraction"] == "0.5" and params["finetune.steps_per_epoch"] == "5"
         assert found.data.metrics["miou"] == pytest.approx(row["miou"], abs=1e-9)  # as results.csv

@@ -17,8 +17,8 @@ import geocl.methods  # noqa: F401  (registers the methods' recipe sections)
 from geocl.data.synthetic import make_scene
 from geocl.data.tile_dataset import IGNORE_INDEX
 from geocl.data.tiler import TilingOptions, tile_scene
-from geocl.models import create_encoder
 from geocl.methods import load_recipe
+from geocl.models import create_encoder
 from geocl.training.monitor import (
     ProbeTiles,
     RepresentationMonitor,
@@ -50,7 +50,7 @@ def _numpy_probe(bank_x, bank_m, query_x, query_m, classes, grid, k, temperature
         for mask in masks:
             for r in range(grid):
                 for c in range(grid):
-                    block = mask[r * side:(r + 1) * side, c * side:(c + 1) * side]
+                    block = mask[r * side : (r + 1) * side, c * side : (c + 1) * side]
                     block = block[block != IGNORE_INDEX]
                     labels.append(np.bincount(block, minlength=classes).argmax() if block.size else IGNORE_INDEX)
         return np.array(labels)
@@ -65,7 +65,9 @@ def _numpy_probe(bank_x, bank_m, query_x, query_m, classes, grid, k, temperature
             votes[labels[index]] += np.exp(similarity[index] / temperature)
         predicted.append(votes.argmax())
     side = query_m.shape[1] // grid
-    pixels = np.stack([np.kron(p, np.ones((side, side), dtype=int)) for p in np.array(predicted).reshape(-1, grid, grid)])
+    pixels = np.stack(
+        [np.kron(p, np.ones((side, side), dtype=int)) for p in np.array(predicted).reshape(-1, grid, grid)]
+    )
     confusion = np.zeros((classes, classes))
     for truth, guess in zip(query_m.ravel(), pixels.ravel(), strict=True):
         if truth != IGNORE_INDEX:
@@ -196,10 +198,12 @@ def test_loss_plot_draws_the_probe_below_the_loss_with_the_random_init_as_a_line
 ) -> None:
     import geocl.report.curves as curves
 
-    for version, rows in enumerate([
-        "step,train/loss_step,monitor/miou\n0,2.0,\n0,,0.30\n1,1.8,\n2,1.7,0.35\n",
-        "step,train/loss_step,monitor/miou\n2,1.6,\n3,1.5,\n4,,0.40\n",  # a resumed start
-    ]):
+    for version, rows in enumerate(
+        [
+            "step,train/loss_step,monitor/miou\n0,2.0,\n0,,0.30\n1,1.8,\n2,1.7,0.35\n",
+            "step,train/loss_step,monitor/miou\n2,1.6,\n3,1.5,\n4,,0.40\n",  # a resumed start
+        ]
+    ):
         (tmp_path / f"version_{version}").mkdir()
         (tmp_path / f"version_{version}" / "metrics.csv").write_text(rows)
     drawn = []
@@ -217,7 +221,9 @@ def test_loss_plot_draws_the_probe_below_the_loss_with_the_random_init_as_a_line
 
 def _monitor_rows(run: Path, version: int | None = None) -> pd.DataFrame:
     logs = run / "logs"
-    paths = sorted(logs.glob("version_*/metrics.csv")) if version is None else [logs / f"version_{version}" / "metrics.csv"]
+    paths = (
+        sorted(logs.glob("version_*/metrics.csv")) if version is None else [logs / f"version_{version}" / "metrics.csv"]
+    )
     metrics = pd.concat([pd.read_csv(path) for path in paths])
     return metrics.dropna(subset=["monitor/miou"])
 

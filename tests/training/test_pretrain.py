@@ -17,8 +17,7 @@ import torch
 import geocl.methods  # noqa: F401  (registers the methods' recipe sections)
 from geocl.data.tile_dataset import TileDataset
 from geocl.errors import GeoclError
-from geocl.methods import CHECKPOINT_KEY, SimCLR
-from geocl.methods import load_recipe
+from geocl.methods import CHECKPOINT_KEY, SimCLR, load_recipe
 from geocl.training.pretrain import run_pretrain
 from tests.conftest import write_recipe
 
@@ -28,7 +27,9 @@ GRASS = {"name": "grass", "warmup_epochs": 1, "hidden_dim": 32, "output_dim": 16
 def _epoch_losses(run: Path) -> list[float]:
     frames = [pd.read_csv(path) for path in sorted((run / "logs").glob("version_*/metrics.csv"))]
     metrics = pd.concat(frames)
-    return metrics.dropna(subset=["train/loss_epoch"]).drop_duplicates("epoch", keep="last")["train/loss_epoch"].tolist()
+    return (
+        metrics.dropna(subset=["train/loss_epoch"]).drop_duplicates("epoch", keep="last")["train/loss_epoch"].tolist()
+    )
 
 
 def test_grass_runs_both_stages_and_writes_checkpoints_maps_plots_and_logs(tmp_path: Path, tiny_tiles: Path) -> None:
@@ -125,7 +126,11 @@ def test_pretrain_killed_mid_epoch_resumes_to_the_same_steps_and_loss(tmp_path: 
     subprocess.run([*command, str(killed), "--resume"], check=True, capture_output=True, timeout=300)
     done = json.loads((tmp_path / "killed" / "run" / "metrics.json").read_text())
     reference = json.loads((tmp_path / "clean" / "run" / "metrics.json").read_text())
-    assert done["global_step"] == reference["global_step"] == 3 * (len(TileDataset(tiny_tiles, "train", progress=False)) // 12)
+    assert (
+        done["global_step"]
+        == reference["global_step"]
+        == 3 * (len(TileDataset(tiny_tiles, "train", progress=False)) // 12)
+    )
     assert done["final_loss"] == pytest.approx(reference["final_loss"], rel=1e-3)
 
 
@@ -145,8 +150,12 @@ def test_gradient_clip_val_bounds_the_gradient_norm_of_every_step(
 ) -> None:
     norms: list[float] = []
 
-    def clip_and_record(self: SimCLR, optimizer: torch.optim.Optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
+    def clip_and_record(
+        self: SimCLR, optimizer: torch.optim.Optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        self.clip_gradients(
+            optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm
+        )
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
 
@@ -165,7 +174,10 @@ def test_same_recipe_runs_on_two_cpu_processes_with_ddp(tmp_path: Path, tiny_til
     overrides = ["trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu"]
     result = subprocess.run(
         [sys.executable, "-m", "geocl.cli", "pretrain", str(path), *overrides],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("final loss") == 1  # printed by the main process only

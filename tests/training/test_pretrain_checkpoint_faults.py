@@ -92,7 +92,10 @@ def reference(tmp_path_factory: pytest.TempPathFactory, tiny_tiles: Path) -> Pat
 
 
 def test_sigkill_between_the_epoch_checkpoint_and_last_ckpt_resumes_to_a_real_last_ckpt_and_the_true_loss(
-    tmp_path: Path, tiny_tiles: Path, reference: Path, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    tiny_tiles: Path,
+    reference: Path,
+    capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     recipe = str(write_recipe(tmp_path, tiny_tiles, SIMCLR))
@@ -123,11 +126,15 @@ def test_sigkill_between_the_epoch_checkpoint_and_last_ckpt_resumes_to_a_real_la
     assert all(torch.equal(ours[key], theirs[key]) for key in theirs)
 
     # a rerun finds the run complete: the same loss, and nothing rewritten
-    before = _files(tmp_path / "run" / "checkpoints") | {"metrics.json": (tmp_path / "run" / "metrics.json").read_bytes()}
+    before = _files(tmp_path / "run" / "checkpoints") | {
+        "metrics.json": (tmp_path / "run" / "metrics.json").read_bytes()
+    }
     code, out, err = _pretrain(capsys, recipe, "--resume")
     assert code == 0, err
     assert _loss_line(out).startswith(f"simclr: 6 steps, final loss {ref['final_loss']:.4f}")
-    after = _files(tmp_path / "run" / "checkpoints") | {"metrics.json": (tmp_path / "run" / "metrics.json").read_bytes()}
+    after = _files(tmp_path / "run" / "checkpoints") | {
+        "metrics.json": (tmp_path / "run" / "metrics.json").read_bytes()
+    }
     assert after == before
 
 
@@ -226,7 +233,9 @@ def test_resume_from_a_last_ckpt_that_is_no_checkpoint_of_the_run_names_it_in_on
         "finetune": "last.ckpt is a finetuning checkpoint, made by `geocl finetune`, not a pretraining checkpoint",
     }[kind]
     if kind == "payload":
-        torch.save({"state_dict": {}, "geocl": {"in_chans": 4}, "epoch": 9, "global_step": 99, "x": Payload(marker)}, last)
+        torch.save(
+            {"state_dict": {}, "geocl": {"in_chans": 4}, "epoch": 9, "global_step": 99, "x": Payload(marker)}, last
+        )
     elif kind == "text":
         last.write_text("epoch: 3\nglobal_step: 9\n")
     elif kind == "empty":
@@ -255,14 +264,24 @@ def test_checkpoints_store_plain_data_only(tmp_path: Path) -> None:
     checkpoint = {
         "state_dict": state,
         "hyper_parameters": {
-            "scale": np.float32(0.5), "steps": np.int64(3), "mean": np.array([1.0, 2.0]), "root": Path("/data"),
-            "colour": _Colour.RED, "pair": (1, np.float64(2.0)), "nested": OrderedDict(a=[Path("x")]),
+            "scale": np.float32(0.5),
+            "steps": np.int64(3),
+            "mean": np.array([1.0, 2.0]),
+            "root": Path("/data"),
+            "colour": _Colour.RED,
+            "pair": (1, np.float64(2.0)),
+            "nested": OrderedDict(a=[Path("x")]),
         },
     }
     plain = plain_data(checkpoint)
     assert plain["state_dict"] is state  # tensors untouched, the state dict (and its _metadata) kept as it is
     assert plain["hyper_parameters"] == {
-        "scale": 0.5, "steps": 3, "mean": [1.0, 2.0], "root": "/data", "colour": "red", "pair": (1, 2.0),
+        "scale": 0.5,
+        "steps": 3,
+        "mean": [1.0, 2.0],
+        "root": "/data",
+        "colour": "red",
+        "pair": (1, 2.0),
         "nested": OrderedDict(a=["x"]),
     }
     AtomicCheckpointIO().save_checkpoint(checkpoint, tmp_path / "plain.ckpt")

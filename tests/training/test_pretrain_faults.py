@@ -119,7 +119,11 @@ def reference(tmp_path_factory: pytest.TempPathFactory, tiny_tiles: Path) -> Pat
 
 
 def test_disk_full_while_writing_a_checkpoint_leaves_no_partial_file_and_resume_finishes_the_same_run(
-    tmp_path: Path, tiny_tiles: Path, reference: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    tiny_tiles: Path,
+    reference: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     recipe = str(write_recipe(tmp_path, tiny_tiles, SIMCLR, **BUDGET))
     checkpoints = tmp_path / "run" / "checkpoints"
@@ -141,12 +145,18 @@ def test_disk_full_while_writing_a_checkpoint_leaves_no_partial_file_and_resume_
     code, err = _pretrain(capsys, recipe, "--resume")
     assert code == 0, err
     _assert_same_run(tmp_path / "run", reference)
-    assert sorted(p.name for p in checkpoints.iterdir()) == sorted(p.name for p in (reference / "checkpoints").iterdir())
+    assert sorted(p.name for p in checkpoints.iterdir()) == sorted(
+        p.name for p in (reference / "checkpoints").iterdir()
+    )
 
 
 def test_checkpoint_folder_turned_read_only_names_the_newest_complete_checkpoint_which_resume_continues_from(
-    tmp_path: Path, tiny_tiles: Path, reference: Path, capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    tiny_tiles: Path,
+    reference: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     recipe = str(write_recipe(tmp_path, tiny_tiles, SIMCLR, **BUDGET))
     checkpoints = tmp_path / "run" / "checkpoints"
@@ -185,8 +195,12 @@ def test_checkpoint_folder_turned_read_only_names_the_newest_complete_checkpoint
 
 
 def test_ctrl_c_exits_130_and_a_truncated_last_ckpt_is_resumed_from_the_intact_epoch_checkpoint(
-    tmp_path: Path, tiny_tiles: Path, reference: Path, capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    tiny_tiles: Path,
+    reference: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     recipe = str(write_recipe(tmp_path, tiny_tiles, SIMCLR, **BUDGET))
     checkpoints = tmp_path / "run" / "checkpoints"
@@ -245,7 +259,9 @@ def test_resume_names_each_changed_key_with_its_old_and_new_value_and_leaves_the
     before = _files(tmp_path / "run")
     capsys.readouterr()
 
-    code, err = _pretrain(capsys, recipe, "optimizer.lr=0.01", "method.temperature=0.2", "trainer.max_epochs=2", "--resume")
+    code, err = _pretrain(
+        capsys, recipe, "optimizer.lr=0.01", "method.temperature=0.2", "trainer.max_epochs=2", "--resume"
+    )
     assert code == 2
     assert _error_line(err) == (
         f"geocl pretrain: error: {tmp_path / 'run' / 'config.yaml'}: cannot resume with a changed recipe: "
@@ -344,8 +360,10 @@ def test_nan_loss_names_the_last_good_checkpoint_file_or_that_none_was_written(
     monkeypatch.setattr(SimCLR, "contrast", poisoned)
     code, err = _pretrain(capsys, str(write_recipe(tmp_path, tiny_tiles, SIMCLR)))
     assert code == 2
-    kept = f"the last good checkpoint is {tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}" if epoch else (
-        "no checkpoint was written yet"
+    kept = (
+        f"the last good checkpoint is {tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}"
+        if epoch
+        else ("no checkpoint was written yet")
     )
     assert _error_line(err) == (
         f"geocl pretrain: error: optimizer.lr: loss became nan at epoch {epoch}, step {3 * epoch}; "

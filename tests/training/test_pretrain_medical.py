@@ -44,8 +44,14 @@ def volumes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_recipe_pretrains_on_slices(recipe_path: Path, volumes: Path, tmp_path: Path) -> None:
     recipe = load_recipe(recipe_path)
     overrides = [
-        f"data.path={volumes}", f"out={tmp_path / 'run'}", "data.batch_size=8", "data.num_workers=0",
-        "data.image_size=0", "trainer.max_epochs=2", "trainer.limit_train_batches=1", "trainer.accelerator=cpu",
+        f"data.path={volumes}",
+        f"out={tmp_path / 'run'}",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        "data.image_size=0",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=1",
+        "trainer.accelerator=cpu",
         "trainer.log_every_n_steps=1",
     ]
     if not recipe.encoder.args:  # a ViT recipe keeps its (small) ViT: its args fit no CNN

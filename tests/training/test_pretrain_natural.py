@@ -14,8 +14,7 @@ from geocl.data.image_folder import ImageFolderDataset
 from geocl.data.natural_toy import write_toy_cifar, write_toy_image_folder
 from geocl.errors import GeoclError
 from geocl.evaluation import run_evaluation
-from geocl.methods import CHECKPOINT_KEY
-from geocl.methods import load_recipe
+from geocl.methods import CHECKPOINT_KEY, load_recipe
 from geocl.training.pretrain import run_pretrain
 
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes" / "natural").glob("*.yaml"))
@@ -34,8 +33,14 @@ def _tiny(recipe_path: Path, toy: dict[str, Path], out: Path, *extra: str) -> li
     """Overrides that shrink a recipe to two one-batch epochs of a test encoder on the toy data."""
     recipe = load_recipe(recipe_path)
     overrides = [
-        f"data.path={toy[recipe.data.format]}", f"out={out}", "data.batch_size=8", "data.num_workers=0",
-        "trainer.max_epochs=2", "trainer.limit_train_batches=1", "trainer.accelerator=cpu", "trainer.log_every_n_steps=1",
+        f"data.path={toy[recipe.data.format]}",
+        f"out={out}",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=1",
+        "trainer.accelerator=cpu",
+        "trainer.log_every_n_steps=1",
     ]
     if not recipe.encoder.args:  # a ViT recipe keeps its (small) ViT: its args fit no CNN
         overrides.append("encoder.name=test_resnet")
@@ -67,7 +72,9 @@ def test_recipe_pretrains_then_evaluates(recipe_path: Path, toy: dict[str, Path]
     written = json.loads((result.out / "evaluation.json").read_text())
     assert written["knn_top1"] == evaluation.knn_top1 and written["probe_top1"] == evaluation.probe_top1
     assert 0.0 <= evaluation.knn_top1 <= 1.0 and 0.0 <= evaluation.probe_top1 <= 1.0
-    assert evaluation.train_images == len(data) and evaluation.num_classes == 4 and written["method"] == recipe.method.name
+    assert (
+        evaluation.train_images == len(data) and evaluation.num_classes == 4 and written["method"] == recipe.method.name
+    )
 
 
 def test_a_wrong_key_under_data_fails_before_training_naming_it(toy: dict[str, Path], tmp_path: Path) -> None:

@@ -214,9 +214,7 @@ def test_same_for_all_bands_shares_factor_and_shift() -> None:
     assert ratio[:, 0].std() > 1e-3  # still random across samples
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{"brightness": -0.1}, {"contrast": 1.2}, {"contrast": -0.1}, {"p": 1.5}]
-)
+@pytest.mark.parametrize("kwargs", [{"brightness": -0.1}, {"contrast": 1.2}, {"contrast": -0.1}, {"p": 1.5}])
 def test_jitter_rejects_bad_arguments(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         RandomBandBrightnessContrast(**kwargs)

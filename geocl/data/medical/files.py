@@ -195,7 +195,9 @@ def _nifti_files(folder: Path) -> list[Path]:
         if path.is_dir():
             raise GeoclError("is a folder inside a volume folder; one NIfTI file a volume is expected", path=path)
         if not is_nifti(path):
-            raise GeoclError("is not a NIfTI file (.nii or .nii.gz); convert it, or move it out of the folder", path=path)
+            raise GeoclError(
+                "is not a NIfTI file (.nii or .nii.gz); convert it, or move it out of the folder", path=path
+            )
         files.append(path)
     return files
 
@@ -221,7 +223,9 @@ def find_cases(root: str | os.PathLike[str], *, key: str = "data.path") -> list[
     layout = next(((root / a, root / b) for a, b in LAYOUTS if (root / a).is_dir()), None)
     if layout is None:
         expected = " or ".join(f"{a}/ (and {b}/)" for a, b in LAYOUTS)
-        raise GeoclError(f"holds no {expected} folder of NIfTI volumes; `geocl make-volumes` writes an example", path=root)
+        raise GeoclError(
+            f"holds no {expected} folder of NIfTI volumes; `geocl make-volumes` writes an example", path=root
+        )
     image_folder, label_folder = layout
     images: dict[str, Path] = {}
     for path in _nifti_files(image_folder):
@@ -419,8 +423,9 @@ def check_voxels(cases: Sequence[Case], *, root: str | os.PathLike[str] | None =
             labelled = True
             classes.update(label_classes(case.label, read_voxels(case.label)))
     if len(classes) > MAX_CLASSES:
-        raise GeoclError(f"label maps hold {len(classes)} classes together; at most {MAX_CLASSES} are supported",
-                         path=root)
+        raise GeoclError(
+            f"label maps hold {len(classes)} classes together; at most {MAX_CLASSES} are supported", path=root
+        )
     if labelled and classes == {0}:
         raise GeoclError("no label map holds a class other than 0 (background): nothing to segment", path=root)
     return sorted(classes)

@@ -106,8 +106,10 @@ class Preprocessing:
         if len(self.spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in self.spacing):
             raise GeoclError(f"must be three positive sizes in mm, got {list(self.spacing)}", key="data.spacing")
         if self.intensity not in INTENSITIES:
-            raise GeoclError(f"unknown intensity normalisation {self.intensity!r}; choose from {', '.join(INTENSITIES)}",
-                             key="data.intensity")
+            raise GeoclError(
+                f"unknown intensity normalisation {self.intensity!r}; choose from {', '.join(INTENSITIES)}",
+                key="data.intensity",
+            )
 
     def transform(self, with_label: bool) -> Callable[[dict[str, Any]], dict[str, Any]]:
         """A MONAI ``Compose`` over ``{"image": path[, "label": path]}`` giving ``[1, X, Y, Z]`` MetaTensors.
@@ -132,13 +134,15 @@ class Preprocessing:
             if self.intensity == "zscore"
             else ScaleIntensityRangePercentilesd("image", lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)
         )
-        return Compose([
-            LoadImaged(keys, image_only=True, reader="NibabelReader", squeeze_non_spatial_dims=True),
-            EnsureChannelFirstd(keys, channel_dim="no_channel"),
-            Orientationd(keys, axcodes="RAS", labels=None),
-            Spacingd(keys, pixdim=self.spacing, mode=modes, padding_mode="border", dtype=np.float32),
-            normalise,
-        ])
+        return Compose(
+            [
+                LoadImaged(keys, image_only=True, reader="NibabelReader", squeeze_non_spatial_dims=True),
+                EnsureChannelFirstd(keys, channel_dim="no_channel"),
+                Orientationd(keys, axcodes="RAS", labels=None),
+                Spacingd(keys, pixdim=self.spacing, mode=modes, padding_mode="border", dtype=np.float32),
+                normalise,
+            ]
+        )
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -152,9 +156,7 @@ def _root_cause(exc: BaseException) -> BaseException:
         exc = inner
 
 
-def apply_transform(
-    transform: Callable[[dict[str, Any]], dict[str, Any]], files: dict[str, str]
-) -> dict[str, Any]:
+def apply_transform(transform: Callable[[dict[str, Any]], dict[str, Any]], files: dict[str, str]) -> dict[str, Any]:
     """Run a MONAI pipeline over ``{"image": path[, "label": path]}``; a failure names the file and its reason.
 
     MONAI reports any failure as ``applying transform <... object at 0x...>``; the
@@ -305,8 +307,10 @@ class NiftiSliceDataset(Dataset[Sample]):
             raise GeoclError(f"must be 0, 1 or 2, got {slice_axis}", key="data.slice_axis")
         unlabelled = [case.id for case in cases if not case.labelled]
         if with_mask and unlabelled:
-            raise GeoclError(f"case {unlabelled[0]} has no label map in {cases[0].image.parent.parent}",
-                             path=next(c.image for c in cases if not c.labelled))
+            raise GeoclError(
+                f"case {unlabelled[0]} has no label map in {cases[0].image.parent.parent}",
+                path=next(c.image for c in cases if not c.labelled),
+            )
         self.cases = list(cases)
         self.preprocessing = preprocessing
         self.slice_axis = slice_axis
@@ -316,12 +320,17 @@ class NiftiSliceDataset(Dataset[Sample]):
         planes = [np.delete(np.asarray(v.image.shape), slice_axis) for v in self.volumes]
         self.image_size = int(image_size or math.ceil(max(int(p.max()) for p in planes) / multiple) * multiple)
         self.classes = _dataset_classes(self.volumes, classes)
-        self.index = [(volume, position) for volume in range(len(self.volumes))
-                      for position in range(self.volumes[volume].image.shape[slice_axis])]
-        self.has_foreground = np.array([
-            bool(self.volumes[v].label is not None and np.take(self.volumes[v].label, p, axis=slice_axis).any())
-            for v, p in self.index
-        ])
+        self.index = [
+            (volume, position)
+            for volume in range(len(self.volumes))
+            for position in range(self.volumes[volume].image.shape[slice_axis])
+        ]
+        self.has_foreground = np.array(
+            [
+                bool(self.volumes[v].label is not None and np.take(self.volumes[v].label, p, axis=slice_axis).any())
+                for v, p in self.index
+            ]
+        )
         stats = {"mean": [0.0], "std": [1.0]}
         self.metadata: dict[str, Any] = {"band_stats": stats, "bands": 1, "nodata": None, "classes": list(self.classes)}
         self.normalizer = BandNormalizer(stats["mean"], stats["std"], nodata=math.nan)
@@ -428,8 +437,13 @@ class NiftiVolumeDataset(Dataset[Sample]):
         keys = ["image", "label"] if labelled else ["image"]
         if labelled and self.foreground_fraction > 0 and bool(data["foreground"].any()):
             crop: Any = RandCropByPosNegLabeld(
-                keys, "foreground", self.patch_size, pos=self.foreground_fraction,
-                neg=1.0 - self.foreground_fraction, num_samples=1, allow_smaller=False,
+                keys,
+                "foreground",
+                self.patch_size,
+                pos=self.foreground_fraction,
+                neg=1.0 - self.foreground_fraction,
+                num_samples=1,
+                allow_smaller=False,
             )
         else:
             crop = RandSpatialCropd(keys, self.patch_size, random_size=False)
@@ -485,5 +499,6 @@ def open_slice_dataset(
     preprocessing = Preprocessing(tuple(spacing) if spacing else median_spacing(cases), intensity)  # type: ignore[arg-type]
     # masks: the classes of every split's label maps, so that a class means the same in each split
     classes = check_voxels(cases, root=root) if with_mask else None
-    return NiftiSliceDataset(chosen, preprocessing, slice_axis=slice_axis, image_size=image_size, with_mask=with_mask,
-                             classes=classes)
+    return NiftiSliceDataset(
+        chosen, preprocessing, slice_axis=slice_axis, image_size=image_size, with_mask=with_mask, classes=classes
+    )

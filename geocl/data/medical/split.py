@@ -109,7 +109,9 @@ def _read_splits(path: Path, cases: Sequence[Case]) -> CaseSplits:
         for name in listed.get(split, []):
             name = str(name)
             if name in seen:
-                raise GeoclError(f"case {name!r} is in {seen[name]} and in {split}; a case belongs to one split", path=path)
+                raise GeoclError(
+                    f"case {name!r} is in {seen[name]} and in {split}; a case belongs to one split", path=path
+                )
             if name not in by_id:
                 raise GeoclError(f"names case {name!r} ({split}), which the data folder does not hold", path=path)
             if split != "train" and not by_id[name].labelled:

@@ -96,7 +96,9 @@ def _ellipsoid_radius(points: np.ndarray, centre: np.ndarray, axes: np.ndarray, 
     return np.linalg.norm(local, axis=1).reshape(points.shape[:-1])
 
 
-def synthetic_case(seed: int, case: int, min_size: int = 64, max_size: int = 96) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def synthetic_case(
+    seed: int, case: int, min_size: int = 64, max_size: int = 96
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One synthetic case.
 
     Args:
@@ -139,7 +141,9 @@ def synthetic_case(seed: int, case: int, min_size: int = 64, max_size: int = 96)
     clean = 0.35 + 0.06 * _smooth_field(rng, shape, spacing, sigma_mm=4.0)
     for _ in range(int(rng.integers(1, 4))):
         where = rng.uniform(-0.4, 0.4, size=3) * extent
-        blob = _ellipsoid_radius(points, where, radius * rng.uniform(0.2, 0.45, size=3), Rotation.random(random_state=rng))
+        blob = _ellipsoid_radius(
+            points, where, radius * rng.uniform(0.2, 0.45, size=3), Rotation.random(random_state=rng)
+        )
         clean[(blob < 1) & ~organ] = rng.uniform(0.6, 0.8)
     clean[organ] = 0.8 + 0.04 * _smooth_field(rng, shape, spacing, sigma_mm=3.0)[organ]
     clean = ndimage.gaussian_filter(clean, sigma=0.5 * spacing.min() / spacing)  # partial volume, ~0.5 mm
@@ -163,7 +167,10 @@ def _affine(shape: tuple[int, ...], spacing: np.ndarray) -> np.ndarray:
 def _volumes_in(root: Path) -> list[Path]:
     """The NIfTI files of ``root``'s ``images/`` and ``labels/``."""
     return sorted(
-        path for folder in FOLDERS if (root / folder).is_dir() for path in (root / folder).iterdir()
+        path
+        for folder in FOLDERS
+        if (root / folder).is_dir()
+        for path in (root / folder).iterdir()
         if path.name.lower().endswith((".nii", ".nii.gz"))
     )
 
@@ -194,9 +201,9 @@ def _reusable(root: Path, parameters: _Parameters, names: list[str], overwrite: 
             "or choose another folder",
             path=root,
         )
-    return all((root / folder / name).exists() for folder in FOLDERS for name in names) and (
-        root / "preview.png"
-    ).exists()
+    return (
+        all((root / folder / name).exists() for folder in FOLDERS for name in names) and (root / "preview.png").exists()
+    )
 
 
 def make_volumes(

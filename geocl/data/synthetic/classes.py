@@ -3,15 +3,7 @@
 from __future__ import annotations
 
 #: Land-cover classes; the mask value of a class is its index here.
-CLASS_NAMES: tuple[str, ...] = (
-    "water",
-    "forest",
-    "cropland",
-    "grassland",
-    "buildings",
-    "roads",
-    "bare_soil",
-)
+CLASS_NAMES: tuple[str, ...] = ("water", "forest", "cropland", "grassland", "buildings", "roads", "bare_soil")
 
 #: Mask value of pixels outside the image footprint.
 MASK_NODATA: int = 255
@@ -35,14 +27,7 @@ CLASS_COLORS: tuple[tuple[int, int, int], ...] = (
 
 #: Classes of the urban scene (the ISPRS Potsdam/Vaihingen 2D labelling legend, in its
 #: order); the mask value of a class is its index here.
-URBAN_CLASS_NAMES: tuple[str, ...] = (
-    "impervious_surfaces",
-    "building",
-    "low_vegetation",
-    "tree",
-    "car",
-    "clutter",
-)
+URBAN_CLASS_NAMES: tuple[str, ...] = ("impervious_surfaces", "building", "low_vegetation", "tree", "car", "clutter")
 
 IMPERVIOUS, BUILDING, LOW_VEGETATION, TREE, CAR, CLUTTER = range(6)
 N_URBAN_CLASSES = len(URBAN_CLASS_NAMES)
@@ -64,7 +49,4 @@ SCENE_KINDS: tuple[str, ...] = ("rural", "urban")
 CLASS_NAMES_BY_KIND: dict[str, tuple[str, ...]] = {"rural": CLASS_NAMES, "urban": URBAN_CLASS_NAMES}
 
 #: Class colours per scene kind.
-CLASS_COLORS_BY_KIND: dict[str, tuple[tuple[int, int, int], ...]] = {
-    "rural": CLASS_COLORS,
-    "urban": URBAN_CLASS_COLORS,
-}
+CLASS_COLORS_BY_KIND: dict[str, tuple[tuple[int, int, int], ...]] = {"rural": CLASS_COLORS, "urban": URBAN_CLASS_COLORS}

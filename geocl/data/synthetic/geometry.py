@@ -132,14 +132,7 @@ def edge_point(rng: np.random.Generator, size: int, side: int) -> np.ndarray:
     """A random point just outside edge *side* (0 left, 1 top, 2 right, 3 bottom)."""
     t = rng.uniform(0.15, 0.85) * size
     out = -0.02 * size - 8
-    return np.array(
-        [
-            [out, t],
-            [t, out],
-            [size - out, t],
-            [t, size - out],
-        ][side]
-    )
+    return np.array([[out, t], [t, out], [size - out, t], [t, size - out]][side])
 
 
 def min_dist(point: np.ndarray, path: np.ndarray) -> float:

@@ -14,14 +14,7 @@ import numpy as np
 def _bspline_weights(factor: int) -> np.ndarray:
     """Cubic B-spline weights of shape (4, factor) for upsampling by *factor*."""
     t = (np.arange(factor, dtype=np.float64) + 0.5) / factor
-    w = np.stack(
-        [
-            (1 - t) ** 3 / 6,
-            (3 * t**3 - 6 * t**2 + 4) / 6,
-            (-3 * t**3 + 3 * t**2 + 3 * t + 1) / 6,
-            t**3 / 6,
-        ]
-    )
+    w = np.stack([(1 - t) ** 3 / 6, (3 * t**3 - 6 * t**2 + 4) / 6, (-3 * t**3 + 3 * t**2 + 3 * t + 1) / 6, t**3 / 6])
     return w.astype(np.float32)
 
 

@@ -252,9 +252,7 @@ def place_settlements(cv: Canvas, water: WaterLayout) -> list[tuple[float, float
     return settlements
 
 
-def paint_open_land(
-    cv: Canvas, settlements: list[tuple[float, float, float, float]], shape: np.ndarray
-) -> None:
+def paint_open_land(cv: Canvas, settlements: list[tuple[float, float, float, float]], shape: np.ndarray) -> None:
     """Gardens (grassland) and yards or building sites (bare soil) in the settlements; quarries."""
     rng, n, f = cv.rng, cv.n, cv.f
     urban = np.zeros((n, n), dtype=bool)

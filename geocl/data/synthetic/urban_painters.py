@@ -43,14 +43,7 @@ from geocl.data.synthetic.urban_plan import (
     rect_ring,
     tree,
 )
-from geocl.data.synthetic.urban_spectra import (
-    CLUTTER_MATERIALS,
-    FLAT_ROOF_P,
-    MARKING,
-    ROOF_MATERIALS,
-    clutter,
-    pick,
-)
+from geocl.data.synthetic.urban_spectra import CLUTTER_MATERIALS, FLAT_ROOF_P, MARKING, ROOF_MATERIALS, clutter, pick
 
 #: Block types and their probabilities (the five types first go to the five largest blocks).
 BLOCK_TYPES: tuple[str, ...] = ("perimeter", "houses", "commercial", "park", "yard")
@@ -104,10 +97,10 @@ class Street:
         return HALF_PI if self.axis == 0 else 0.0
 
 
-
 def _span(p: tuple[float, float], q: tuple[float, float]) -> tuple[float, float, float, float]:
     """``(u0, u1, v0, v1)`` of the frame-aligned box with opposite corners ``p`` and ``q``."""
     return min(p[0], q[0]), max(p[0], q[0]), min(p[1], q[1]), max(p[1], q[1])
+
 
 def _grid_lines(rng: np.random.Generator, reach: float) -> np.ndarray:
     """Street centre-line positions from -reach to reach, 55-110 m apart."""
@@ -448,10 +441,7 @@ def _perimeter_block(plan: Plan, block: Block) -> None:
                 gap = float(rng.uniform(4, 7))
                 (a, b), (c, d) = at(s, 0), at(s + gap, front + depth + 2)
                 plan.box(
-                    *_span((a, b), (c, d)),
-                    layer=GROUND,
-                    cls=IMPERVIOUS,
-                    spectrum=ground_spectrum(plan, IMPERVIOUS),
+                    *_span((a, b), (c, d)), layer=GROUND, cls=IMPERVIOUS, spectrum=ground_spectrum(plan, IMPERVIOUS)
                 )
                 s += gap
                 continue
@@ -471,10 +461,7 @@ def _courtyard(plan: Plan, occ: _Occupied, yard: Block) -> None:
         at, length, angle = yard.side(int(sides[0]))
         (a, b), (c, d) = at(0, 0), at(length, 6.0)
         plan.box(
-            *_span((a, b), (c, d)),
-            layer=GROUND,
-            cls=IMPERVIOUS,
-            spectrum=ground_spectrum(plan, IMPERVIOUS, "road"),
+            *_span((a, b), (c, d)), layer=GROUND, cls=IMPERVIOUS, spectrum=ground_spectrum(plan, IMPERVIOUS, "road")
         )
         _parking_row(plan, occ, at, angle, 1.0, length - 1.0, 0.5, float(rng.uniform(0.4, 0.9)), rng.uniform() < 0.5)
     if rng.uniform() < 0.4:  # garages
@@ -580,12 +567,7 @@ def _house_lot(
     ds = s + 0.5 if drive_left else s + width - 3.5
     drive_len = setback + house_d * float(rng.uniform(0.6, 1.0))
     (a, b), (c, d) = at(ds, 0), at(ds + 3.0, drive_len)
-    plan.box(
-        *_span((a, b), (c, d)),
-        layer=GROUND,
-        cls=IMPERVIOUS,
-        spectrum=ground_spectrum(plan, IMPERVIOUS),
-    )
+    plan.box(*_span((a, b), (c, d)), layer=GROUND, cls=IMPERVIOUS, spectrum=ground_spectrum(plan, IMPERVIOUS))
     if rng.uniform() < 0.55:
         u, v = at(ds + 1.5, 3.0)
         car(plan, u, v, angle + HALF_PI + float(rng.normal(0, 0.05)))
@@ -606,12 +588,7 @@ def _house_lot(
     back = setback + house_d
     if rng.uniform() < 0.5 and back + 4 < depth:  # terrace
         (a, b), (c, d) = at(hs + 1, back), at(hs + length * 0.7, back + float(rng.uniform(2.5, 4.5)))
-        plan.box(
-            *_span((a, b), (c, d)),
-            layer=GROUND,
-            cls=IMPERVIOUS,
-            spectrum=ground_spectrum(plan, IMPERVIOUS),
-        )
+        plan.box(*_span((a, b), (c, d)), layer=GROUND, cls=IMPERVIOUS, spectrum=ground_spectrum(plan, IMPERVIOUS))
     garden = at(s + 1, back + 2), at(s + width - 1, depth - 1)
     (a, b), (c, d) = garden
     area = _span((a, b), (c, d))

@@ -109,14 +109,7 @@ MARKING = _spectra([2900, 3000, 3050, 3200, 3100, 2900])[0]
 
 #: Typical spectrum per class, for areas without an object of their own.
 URBAN_SIGNATURES = np.stack(
-    [
-        IMPERVIOUS_MATERIALS[1],
-        ROOF_MATERIALS[2],
-        GRASS,
-        GRASS * TREE_GAIN,
-        CAR_PAINTS[2],
-        CLUTTER_MATERIALS[0],
-    ]
+    [IMPERVIOUS_MATERIALS[1], ROOF_MATERIALS[2], GRASS, GRASS * TREE_GAIN, CAR_PAINTS[2], CLUTTER_MATERIALS[0]]
 ).astype(np.float32)
 
 #: Brightness in cast shadow relative to sunlight, per base band: diffuse skylight

@@ -169,9 +169,7 @@ def make_scene(
     names = band_names(bands)
     class_names = CLASS_NAMES_BY_KIND[kind]
     version = GENERATOR_VERSIONS[kind]
-    _write_tif(
-        files.mask, mask[None], crs=crs, transform=transform, nodata=MASK_NODATA, kind="mask", scene_kind=kind
-    )
+    _write_tif(files.mask, mask[None], crs=crs, transform=transform, nodata=MASK_NODATA, kind="mask", scene_kind=kind)
     _write_tif(
         files.image,
         image,

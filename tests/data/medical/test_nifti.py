@@ -87,7 +87,9 @@ def test_slices_follow_the_tile_contract(volumes: Path) -> None:
     assert dataset.metadata["band_stats"] == {"mean": [0.0], "std": [1.0]}
     assert len(dataset) == sum(volume.image.shape[2] for volume in dataset.volumes)
     sample = dataset[len(dataset) // 2]
-    assert sample["image"].shape == (1, dataset.image_size, dataset.image_size) and sample["image"].dtype == torch.float32
+    assert (
+        sample["image"].shape == (1, dataset.image_size, dataset.image_size) and sample["image"].dtype == torch.float32
+    )
     assert sample["mask"].shape == sample["image"].shape[1:] and sample["mask"].dtype == torch.long
     volume = next(v for v in dataset.volumes if v.case.id == sample["case"])
     height, width = volume.image.shape[:2]

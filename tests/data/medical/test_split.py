@@ -17,7 +17,12 @@ HEADER = VolumeHeader((4, 4, 4), np.eye(4), (1.0, 1.0, 1.0))
 
 def _cases(labelled: int, unlabelled: int = 0) -> list[Case]:
     return [
-        Case(f"c{k:02d}", Path(f"images/c{k:02d}.nii.gz"), Path(f"labels/c{k:02d}.nii.gz") if k < labelled else None, HEADER)
+        Case(
+            f"c{k:02d}",
+            Path(f"images/c{k:02d}.nii.gz"),
+            Path(f"labels/c{k:02d}.nii.gz") if k < labelled else None,
+            HEADER,
+        )
         for k in range(labelled + unlabelled)
     ]
 

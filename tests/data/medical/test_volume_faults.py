@@ -20,8 +20,6 @@ RECIPE = Path(__file__).resolve().parents[3] / "recipes" / "medical" / "simclr.y
 SMALL = ["--cases", "3", "--size", "16", "18"]
 
 
-
-
 def test_a_full_disk_while_writing_volumes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -56,8 +54,9 @@ def test_make_volumes_never_mixes_into_another_data_set(tmp_path: Path, capsys: 
     write_nifti(root / "images" / "case_000.nii.gz", np.ones((4, 4, 4), np.int16), np.eye(4))
     before = snapshot(root)
     line = error_line(main(["make-volumes", str(root), *SMALL]), capsys)
-    assert line.startswith(f"geocl make-volumes: error: {root}: holds NIfTI volumes (images/case_000.nii.gz, ...) "
-                           "but no volumes.json")
+    assert line.startswith(
+        f"geocl make-volumes: error: {root}: holds NIfTI volumes (images/case_000.nii.gz, ...) but no volumes.json"
+    )
     assert snapshot(root) == before
     # an overwrite with fewer cases leaves none of the earlier set to be read with the new one
     other = tmp_path / "vol"
@@ -74,8 +73,17 @@ def test_pretraining_names_nan_voxels(tmp_path: Path, capsys: pytest.CaptureFixt
     voxels[1, 2, 3] = np.nan
     write_nifti(path, voxels, stored.affine)
     before = snapshot(root)
-    status = main(["pretrain", str(RECIPE), f"data.path={root}", f"out={tmp_path / 'run'}", "data.num_workers=0",
-                   "data.split=train", "data.val_fraction=0"])
+    status = main(
+        [
+            "pretrain",
+            str(RECIPE),
+            f"data.path={root}",
+            f"out={tmp_path / 'run'}",
+            "data.num_workers=0",
+            "data.split=train",
+            "data.val_fraction=0",
+        ]
+    )
     line = error_line(status, capsys)
     assert f"{path}: holds 1 non-finite voxels (NaN or inf) of {voxels.size}" in line
     assert snapshot(root) == before
@@ -86,7 +94,9 @@ def test_an_image_of_complex_voxels_is_named(tmp_path: Path) -> None:
 
     image = tmp_path / "images" / "a.nii.gz"
     write_nifti(image, np.zeros((4, 4, 4), np.complex64), np.eye(4))
-    with pytest.raises(GeoclError, match="holds complex64 voxels; an image volume holds one real number a voxel") as error:
+    with pytest.raises(
+        GeoclError, match="holds complex64 voxels; an image volume holds one real number a voxel"
+    ) as error:
         check_voxels(find_cases(tmp_path))
     assert str(error.value).startswith(str(image))
 
