@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from rasterio.transform import from_origin
 
@@ -57,7 +57,10 @@ def run(argv: list[str]) -> tuple[int, str]:
 def assert_one_error_line(status: int, err: str, command: str) -> None:
     """A refused run: exit 2, no traceback, and exactly one line, geocl's error line."""
     assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
+    # what a terminal shows: a progress bar that closed (tqdm leave=False) rewrote its line with
+    # "\r" and blanks, so of each line only the text after its last carriage return is seen
+    lines = [line.rsplit("\r", 1)[-1] for line in err.split("\n")]
+    lines = [line for line in lines if line.strip()]
     assert status == 2, (status, err)
     assert len(lines) == 1 and lines[0].startswith(f"geocl {command}: error: "), err
 
@@ -120,6 +123,10 @@ raster_cases = st.fixed_dictionaries(
 
 @PROPERTY
 @given(case=raster_cases)
+# found by this test: an all-NaN scene left a started tiles.json behind its one error line
+@example(
+    case={"dtype": "float32", "bands": 1, "side": 40, "special": "nan-all", "nodata": None, "labels": (0, 1), "seed": 0}
+)
 def test_tile_any_geotiff(case: dict[str, Any]) -> None:
     rng = np.random.default_rng(case["seed"])
     with tempfile.TemporaryDirectory() as folder:

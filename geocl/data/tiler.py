@@ -468,15 +468,16 @@ def _tile_scene(
     if options.roi is not None:
         footprint = inputs.dataset.index.geometry.union_all()
         roi = check_roi_overlaps(read_roi(options.roi, inputs.dataset.crs), footprint, options.roi)
+    # A remote scene's statistics come from the tiles as they are read: a pass of its own
+    # would fetch every block twice. A local scene's come from all its pixels (cached), read
+    # before anything is written: an all-nodata scene is refused with nothing left behind.
+    remote = any(_is_remote_source(info.path) for info in inputs.image.infos)
+    stats = None if remote else scene_band_stats(inputs.image.infos, progress=progress)
+    running = RunningBandStats(inputs.image.band_count) if remote else None
     cells = grid_cells(inputs.dataset, options, roi)
     cell_classes = _cell_class_counts(inputs.mask, cells, progress) if inputs.mask is not None else None
     tiles, dropped = split_cells(cells, options, cell_classes)
     start_metadata(out, recorded, inputs.sources)
-    # A remote scene's statistics come from the tiles as they are read: a pass of its own
-    # would fetch every block twice. A local scene's come from all its pixels (cached).
-    remote = any(_is_remote_source(info.path) for info in inputs.image.infos)
-    stats = None if remote else scene_band_stats(inputs.image.infos, progress=progress)
-    running = RunningBandStats(inputs.image.band_count) if remote else None
 
     summary = TilingSummary(out=out, index=out / INDEX_FILE, dropped_overlap=dropped)
     writer = _TileWriter(inputs, options, summary, running)

@@ -25,8 +25,6 @@ from geocl.evaluation.protocol import (
     get_evaluation,
     register_evaluation,
 )
-
-# after segmentation: tile sets keep finetuning as their default evaluation
 from geocl.evaluation.retrieval import TextRetrieval
 from geocl.evaluation.segmentation import FrozenLinearProbe, SegmentationFinetune
 

@@ -299,12 +299,29 @@ def get_evaluation(name: str) -> type[Evaluation]:
         raise GeoclError(f"unknown evaluation {name!r}; choose from {', '.join(_REGISTRY)}", key="evaluation") from None
 
 
+#: The default evaluation of each built-in ``data.format``, declared here rather than taken from
+#: the order in which modules happen to register (a sorted import once made retrieval the
+#: default for tile sets).
+DEFAULT_EVALUATIONS: dict[str, str] = {
+    "tiles": "finetune",
+    "image_folder": "knn-probe",
+    "cifar": "knn-probe",
+    "nifti": "dice",
+}
+
+
 def evaluation_for(data_format: str) -> type[Evaluation]:
-    """The default evaluation of recipes with ``data.format == data_format``: the first registered serving it.
+    """The default evaluation of recipes with ``data.format == data_format``.
+
+    The one :data:`DEFAULT_EVALUATIONS` names for a built-in format; for another format, the
+    first registered evaluation that serves it.
 
     Raises:
         GeoclError: no evaluation serves that format.
     """
+    declared = DEFAULT_EVALUATIONS.get(data_format)
+    if declared is not None and declared in _REGISTRY:
+        return _REGISTRY[declared]
     for cls in _REGISTRY.values():
         if data_format in cls.formats:
             return cls

@@ -283,3 +283,15 @@ def test_an_evaluation_that_does_not_read_the_recipes_format_is_refused(tmp_path
     with pytest.raises(GeoclError, match="not one evaluation 'knn-probe' reads"):
         run_compare(options, pretrain_fn=_pretrain, evaluation="knn-probe", echo=None)
     assert not (tmp_path / "c").exists()
+
+
+def test_default_evaluations_are_declared_not_taken_from_the_import_order() -> None:
+    import geocl.evaluation  # noqa: F401  (the built-in evaluations register)
+    from geocl.evaluation.protocol import DEFAULT_EVALUATIONS, evaluation_for
+
+    assert {fmt: evaluation_for(fmt).name for fmt in DEFAULT_EVALUATIONS} == {
+        "tiles": "finetune",
+        "image_folder": "knn-probe",
+        "cifar": "knn-probe",
+        "nifti": "dice",
+    }
