@@ -106,6 +106,17 @@ class RunningBandStats:
         )
 
 
+def scene_stats(running: RunningBandStats, scene: str | os.PathLike[str]) -> BandStats:
+    """A whole scene's statistics from ``running``.
+
+    Raises:
+        GeoclError: naming ``scene``, when it held no valid pixel.
+    """
+    if running.count == 0:
+        raise GeoclError("scene is all nodata: no valid pixel to train on", path=scene)
+    return running.result()
+
+
 def valid_pixels(block: np.ndarray, nodata: float | None) -> np.ndarray:
     """Which pixels hold data.
 
@@ -194,10 +205,7 @@ def scene_band_stats(infos: Sequence[RasterInfo], *, progress: bool = True) -> B
     finally:
         if src is not None:
             src.close()
-    if running.count == 0:
-        names = ", ".join(str(info.path) for info in infos)
-        raise GeoclError("scene is all nodata: no valid pixel to train on", path=names)
-    stats = running.result()
+    stats = scene_stats(running, ", ".join(str(info.path) for info in infos))
     cache.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cache, json.dumps({"version": _CACHE_VERSION, "stats": stats.to_dict()}, indent=1))
     return stats

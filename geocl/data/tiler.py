@@ -38,7 +38,7 @@ from geocl.data.remote import is_remote
 from geocl.data.roi import check_roi_overlaps, read_roi
 from geocl.data.scene import SceneImage, SceneMask, labelled_scene
 from geocl.data.stac import StacRaster
-from geocl.data.stats import RunningBandStats, add_valid_pixels, scene_band_stats, valid_pixels
+from geocl.data.stats import RunningBandStats, add_valid_pixels, scene_band_stats, scene_stats, valid_pixels
 from geocl.data.tileset import (
     INDEX_FILE,
     INDEX_LAYER,
@@ -493,9 +493,7 @@ def _tile_scene(
         summary.warnings.append(split_warning)
     write_index(summary.index, rows, inputs.dataset.crs)
     if running is not None:  # a remote scene's, over its tiles (a pixel in two overlapping tiles counts twice)
-        if running.count == 0:
-            raise GeoclError("scene is all nodata: no valid pixel to train on", path=scene)
-        stats = running.result()
+        stats = scene_stats(running, scene)
     assert stats is not None  # a local scene's: read before the pass
     write_metadata(out, recorded, inputs.sources, inputs.layout, summary, stats)
     return summary
