@@ -318,7 +318,9 @@ def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8000, k: int 
         sys.stdout.flush()  # the address is what a user (or a script reading the output) waits for
         try:
             server.run(sockets=[sock])
-        except KeyboardInterrupt:  # uvicorn shuts down on Ctrl-C, then raises it again: the way to stop
-            echo("search page stopped")
+        except KeyboardInterrupt:  # uvicorn shuts down on Ctrl-C and usually raises it again: the way to stop
+            pass
+        # also when uvicorn returns without raising (seen once under load: the command then said nothing)
+        echo("search page stopped")
     finally:
         sock.close()
