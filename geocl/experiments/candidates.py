@@ -21,16 +21,25 @@ class Candidate:
 
     path: Path
     recipe: Any
+    #: a budget evaluated on a snapshot of a longer run (``--snapshots``): that run
+    snapshot_of: Candidate | None = None
 
     @property
     def name(self) -> str:
         return str(self.recipe.name)
 
 
-def load_candidate(path: Path, options: CompareOptions, steps: int | None = None, sweep: bool = False) -> Candidate:
+def load_candidate(
+    path: Path,
+    options: CompareOptions,
+    steps: int | None = None,
+    sweep: bool = False,
+    snapshot_steps: list[int] | None = None,
+) -> Candidate:
     """Load one recipe with the shared overrides, compare's own ``out`` and the step budget ``steps``.
 
-    In a sweep of budgets each budget pretrains into ``pretrain/<stem>-<steps>steps``.
+    In a sweep of budgets each budget pretrains into ``pretrain/<stem>-<steps>steps``;
+    ``snapshot_steps`` are the shorter budgets that run keeps snapshots of.
     """
     path = Path(path)
     folder = path.stem if not sweep else f"{path.stem}-{steps}steps"
@@ -39,6 +48,8 @@ def load_candidate(path: Path, options: CompareOptions, steps: int | None = None
     if steps is not None:
         # one budget for every recipe: the same optimizer steps, whatever their epoch lengths
         overrides += [f"trainer.max_steps={steps}", "trainer.max_epochs=-1"]
+    if snapshot_steps:
+        overrides.append(f"trainer.snapshot_steps=[{','.join(str(step) for step in snapshot_steps)}]")
     try:
         recipe = load_recipe(path, overrides)
     except GeoclError as exc:

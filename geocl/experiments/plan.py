@@ -79,8 +79,9 @@ class Plan:
 
     @property
     def pretrainings(self) -> list[tuple[int | None, Candidate]]:
-        """(budget, recipe) of every pretraining, in run order."""
-        return [(steps, candidate) for steps in self.trained for candidate in self.by_budget[steps]]
+        """(budget, recipe) of every pretraining, in run order: with snapshots, the long runs first."""
+        order = sorted(self.trained, key=lambda steps: self.by_budget[steps][0].snapshot_of is not None)
+        return [(steps, candidate) for steps in order for candidate in self.by_budget[steps]]
 
     @property
     def encoders(self) -> int:
@@ -104,6 +105,15 @@ def plan_comparison(options: CompareOptions, evaluation: Evaluation | str | None
     step_zero = 0 in budgets
     trained = [steps for steps in budgets if steps != 0]
     by_budget = {steps: [load_candidate(path, options, steps, sweep) for path in options.recipes] for steps in trained}
+    if options.snapshots:
+        # one run per recipe, to the largest budget; the others are its snapshots (their
+        # recipes, loaded at their own budget above, still say where each snapshot stands
+        # against the method's warm-up)
+        longest, shorter = trained[-1], trained[:-1]
+        by_budget[longest] = [load_candidate(path, options, longest, sweep, shorter) for path in options.recipes]
+        for steps in shorter:
+            for candidate, long_run in zip(by_budget[steps], by_budget[longest], strict=True):
+                candidate.snapshot_of = long_run
     candidates = by_budget[trained[0]] if trained else [load_candidate(path, options) for path in options.recipes]
     check_unique_names(candidates)
     evaluations = choose_evaluations(candidates, options, evaluation)

@@ -20,9 +20,10 @@ from geocl.experiments.failures import failure_status
 from geocl.experiments.process import raise_if_terminated
 from geocl.experiments.records import differing_keys, trained_part
 from geocl.methods import read_saved_recipe
+from geocl.models.checkpoints import snapshot_path
 from geocl.recipes import recipe_to_dict, save_recipe
 
-__all__ = ["pretrain_or_reuse", "pretrain_candidate", "record_recipe"]
+__all__ = ["pretrain_or_reuse", "pretrain_candidate", "record_recipe", "snapshot_checkpoint"]
 
 
 def pretrain_or_reuse(recipe: Any, pretrain_fn: Callable[..., Any]) -> tuple[Path, bool]:
@@ -121,3 +122,21 @@ def pretrain_candidate(
     if reused:
         say(f"  reusing the finished run in {recipe.out}")
     return checkpoint, reused
+
+
+def snapshot_checkpoint(
+    long_run: Candidate, outcome: tuple[Path | None, bool] | str, steps: int
+) -> tuple[Path, bool] | str:
+    """The snapshot at ``steps`` of ``long_run`` (``--snapshots``): (checkpoint, reused), or the failure status of its rows.
+
+    Args:
+        long_run: the recipe trained to the sweep's largest budget.
+        outcome: what :func:`pretrain_candidate` gave for it (a failure is passed on).
+        steps: the shorter budget.
+    """
+    if isinstance(outcome, str):
+        return outcome
+    path = snapshot_path(Path(long_run.recipe.out) / "snapshots", steps)
+    if not path.is_file():
+        return f"failed: {path} is missing (the {long_run.recipe.trainer.max_steps}-step run kept no snapshot there)"
+    return path, outcome[1]

@@ -81,12 +81,25 @@ class RowRunner:
         self.rows: list[dict[str, Any]] = []
 
     def evaluate_encoder(
-        self, name: str, method: str, recipe: Any, checkpoint: Path | None, reuse: bool, steps: int | None
+        self,
+        name: str,
+        method: str,
+        recipe: Any,
+        checkpoint: Path | None,
+        reuse: bool,
+        steps: int | None,
+        *,
+        snapshot: bool = False,
     ) -> None:
-        """Every row of one encoder (``checkpoint``; None: random init or a method that trains at every row)."""
+        """Every row of one encoder (``checkpoint``; None: random init or a method that trains at every row).
+
+        ``snapshot``: ``checkpoint`` is the state of ``recipe``'s run at step ``steps``.
+        """
         # random-init at step 0 keeps its one folder: the same rows with or without budget 0
         folder_name = name if steps is None or steps == 0 or not self.sweep else f"{name}-{steps}steps"
         encoder = encoder_identity(recipe, random=checkpoint is None and method == "none")
+        if snapshot:
+            encoder["snapshot_step"] = steps
         for each in self.evaluations:
             test_set = self.test_sets.get(each.name)
             for subset, seed in self.grids[each.name]:

@@ -16,7 +16,7 @@ import pandas as pd
 from geocl.evaluation import Evaluation
 from geocl.experiments.budgets import say_step_zero
 from geocl.experiments.plan import Plan, plan_comparison, row_grids, state_test_sets
-from geocl.experiments.pretraining import pretrain_candidate
+from geocl.experiments.pretraining import pretrain_candidate, snapshot_checkpoint
 from geocl.experiments.process import deterministic_algorithms, stop_on_sigterm
 from geocl.experiments.results import keep_earlier_report, write_pretraining_csv, write_results
 from geocl.experiments.rows import RowRunner
@@ -118,10 +118,20 @@ def _run(
         sweep=plan.sweep,
         say=say,
     )
+    done: dict[int, tuple[Path | None, bool] | str] = {}  # id of a long run's candidate -> its outcome
     for steps, candidate in plan.pretrainings:
         method = str(candidate.recipe.method.name)
+        if candidate.snapshot_of is not None:
+            long_run = candidate.snapshot_of
+            pretrained = snapshot_checkpoint(long_run, done[id(long_run)], steps)
+            if isinstance(pretrained, str):
+                row_runner.fail_encoder(candidate.name, method, pretrained, steps)
+            else:
+                row_runner.evaluate_encoder(candidate.name, method, long_run.recipe, *pretrained, steps, snapshot=True)
+            continue
         with logging_scope(out, candidate.recipe):
             pretrained = pretrain_candidate(candidate, pretrain_fn, say)
+        done[id(candidate)] = pretrained
         if isinstance(pretrained, str):
             row_runner.fail_encoder(candidate.name, method, pretrained, steps)
         else:

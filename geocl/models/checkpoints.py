@@ -173,3 +173,9 @@ def pretrain_encoder_state(
     if not state:
         raise GeoclError("checkpoint holds no encoder weights", path=path)
     return {"meta": meta, "encoder_state": state}
+
+
+def snapshot_path(folder: Path, step: int) -> Path:
+    """Where a pretraining run keeps its state at optimizer step ``step`` (``trainer.snapshot_steps``):
+    ``<folder>/step<step>.ckpt``, ``folder`` being the run's ``snapshots/``."""
+    return Path(folder) / f"step{step}.ckpt"

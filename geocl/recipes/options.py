@@ -494,6 +494,12 @@ class CompareOptions(OptionsModel):
         "budgets sweep them (mIoU against pretraining steps); 0 is random init (the random-init rows, evaluated "
         "once: every curve's first point); default: each recipe's own trainer settings",
     )
+    snapshots: bool = Field(
+        False,
+        description="a sweep trains each recipe once, to its largest budget, and evaluates the smaller budgets "
+        "on snapshots of that run (points on one training curve, whose learning rate followed the long run's "
+        "schedule); default: a run per budget",
+    )
     protocol: Literal["finetune", "frozen", "both", "retrieval"] = Field(
         "finetune",
         description="tile sets: finetune a segmenter, train a dense linear probe on the frozen encoder "
@@ -534,6 +540,18 @@ class CompareOptions(OptionsModel):
     @classmethod
     def _budgets_ascending(cls, steps: list[int] | None) -> list[int] | None:
         return None if steps is None else sorted(set(steps))
+
+    @model_validator(mode="after")
+    def _snapshots_need_a_sweep(self) -> CompareOptions:
+        trained = [steps for steps in self.pretrain_steps or [] if steps > 0]
+        if self.snapshots and len(trained) < 2:
+            rule = field_relation(
+                "needs at least two budgets above 0 in {pretrain_steps} (the largest is trained, the others are "
+                "its snapshots)",
+                pretrain_steps="pretrain_steps",
+            )
+            raise _error_at("CompareOptions", "snapshots", self.snapshots, rule)
+        return self
 
 
 # ------------------------------------------------------------------- retrieval

@@ -216,7 +216,7 @@ def _count_or_unlimited(value: int) -> int:
 
 
 class TrainerConfig(Section):
-    """Arguments passed to the Lightning trainer (same names, same meaning).
+    """Arguments passed to the Lightning trainer (same names, same meaning), and ``snapshot_steps``.
 
     ``devices`` and ``limit_train_batches`` keep Lightning's reading of their type:
     ``devices`` is a count or ``"auto"``; for ``limit_train_batches`` an int is a
@@ -240,9 +240,21 @@ class TrainerConfig(Section):
     logger: Literal["csv", "tensorboard", "mlflow"] = Field(
         "csv", description="experiment logger beside the CSV log that is always written: csv, tensorboard or mlflow"
     )
+    snapshot_steps: list[int] = Field(
+        default_factory=list,
+        description="optimizer steps at which the run's state is kept in snapshots/step<N>.ckpt (a budget sweep's "
+        "shorter budgets)",
+    )
 
     _max_epochs = field_validator("max_epochs")(_count_or_unlimited)
     _max_steps = field_validator("max_steps")(_count_or_unlimited)
+
+    @field_validator("snapshot_steps")
+    @classmethod
+    def _positive_steps(cls, value: list[int]) -> list[int]:
+        if any(step < 1 for step in value):
+            raise ValueError("expected optimizer steps of at least 1")
+        return sorted(set(value))
 
     @model_validator(mode="after")
     def _something_stops_the_run(self) -> TrainerConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +13,18 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm, convert_inf
 from lightning.pytorch.loggers import CSVLogger
 
+from geocl.models.checkpoints import snapshot_path
 from geocl.report.curves import plot_loss_curve
 
 log = logging.getLogger(__name__)
 
 
 class LossCurvePlot(lightning.Callback):
-    """Redraw ``plots/loss.png`` from the CSV log after every epoch.
+    """Redraw ``plots/loss.png`` from the CSV log after an epoch, at most every ``every_s`` seconds.
+
+    The first epoch and the end of the run always draw it. The interval matters for
+    small tile sets, whose epochs are a single step: a redraw takes ~0.1 s, as long
+    as a step of a small CPU run.
 
     The plot is drawn from every ``logs/version_*/metrics.csv`` of the run. One that
     cannot be parsed (cut short by a full disk in an earlier start) does not stop the
@@ -26,11 +32,14 @@ class LossCurvePlot(lightning.Callback):
 
     Args:
         png: the PNG to write.
+        every_s: least time between two redraws during training, seconds.
     """
 
-    def __init__(self, png: Path) -> None:
+    def __init__(self, png: Path, every_s: float = 30.0) -> None:
         self.png = png
+        self.every_s = every_s
         self._warned = False
+        self._drawn_at: float | None = None
 
     def _draw(self, trainer: lightning.Trainer, module: lightning.LightningModule) -> None:
         csv = next((logger for logger in trainer.loggers if isinstance(logger, CSVLogger)), None)
@@ -45,10 +54,38 @@ class LossCurvePlot(lightning.Callback):
                     self._warned = True
 
     def on_train_epoch_end(self, trainer: lightning.Trainer, module: lightning.LightningModule) -> None:
-        self._draw(trainer, module)
+        now = time.monotonic()
+        if self._drawn_at is None or now - self._drawn_at >= self.every_s:
+            self._draw(trainer, module)
+            self._drawn_at = now
 
     def on_train_end(self, trainer: lightning.Trainer, module: lightning.LightningModule) -> None:
         self._draw(trainer, module)
+
+
+class StepSnapshots(lightning.Callback):
+    """Keep the whole training state at chosen optimizer steps: ``<folder>/step<N>.ckpt``.
+
+    A budget sweep reads its shorter budgets from these snapshots of one long run
+    instead of training a run per budget. A snapshot is a point on that run's curve:
+    its learning rate followed the long run's schedule, not one that ends at N.
+    Snapshots live apart from ``checkpoints/`` so that a resume never starts from one.
+
+    Args:
+        folder: where the snapshots go (the run's ``snapshots/``).
+        steps: optimizer steps to keep; a snapshot already on disk is not rewritten
+            (a resumed run passes those steps again).
+    """
+
+    def __init__(self, folder: Path, steps: list[int]) -> None:
+        self.folder = Path(folder)
+        self.steps = set(steps)
+
+    def on_train_batch_end(self, trainer: lightning.Trainer, module: lightning.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if step in self.steps and not snapshot_path(self.folder, step).exists():
+            # every rank calls it: the strategy gathers the state, rank 0 writes it
+            trainer.save_checkpoint(snapshot_path(self.folder, step))
 
 
 class EpochLoss(lightning.Callback):

@@ -42,7 +42,12 @@ class PretrainData(lightning.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader[Any]:
         own = self.trainer.lightning_module.train_loader(self)
-        return own if own is not None else self.loader(self.dataset)
+        # Workers that outlive the epoch: a small tile set makes one-step epochs, where
+        # starting the workers anew cost more than the step (measured: 30 steps of 64-px
+        # SimCLR on 48 tiles, 61 s with 2 fresh workers an epoch, 31 s with none). The
+        # sampler stays in this process, so the order is still a function of (seed, epoch).
+        persistent = self.num_workers > 0
+        return own if own is not None else self.loader(self.dataset, persistent_workers=persistent)
 
     def loader(self, dataset: Dataset[Any], sampler: Sampler[Any] | None = None, **options: Any) -> DataLoader[Any]:
         """A loader over ``dataset`` with this run's batch size and workers.
@@ -50,7 +55,7 @@ class PretrainData(lightning.LightningDataModule):
         Args:
             dataset: what to load.
             sampler: how to draw from it; default: shuffled by (seed, epoch), sharded by rank.
-            options: further DataLoader arguments (e.g. ``collate_fn``).
+            options: further DataLoader arguments (e.g. ``collate_fn``, ``persistent_workers``).
         """
         if sampler is None:
             world, rank = self.trainer.world_size, self.trainer.global_rank
@@ -62,6 +67,5 @@ class PretrainData(lightning.LightningDataModule):
             drop_last=len(sampler) >= self.batch_size,  # type: ignore[arg-type]
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
-            persistent_workers=False,
-            **options,
+            **{"persistent_workers": False, **options},
         )

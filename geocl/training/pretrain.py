@@ -68,8 +68,9 @@ from geocl.data.tile_dataset import TileDataset
 from geocl.errors import GeoclError
 from geocl.io import atomic_write_text, check_output_folder
 from geocl.methods import build_method, read_saved_recipe
+from geocl.models.checkpoints import snapshot_path
 from geocl.recipes import Recipe, recipe_to_dict, save_recipe
-from geocl.training.callbacks import EpochLoss, LossCurvePlot, progress_callbacks
+from geocl.training.callbacks import EpochLoss, LossCurvePlot, StepSnapshots, progress_callbacks
 from geocl.training.checkpoint_io import (
     LAST_NAME,
     AtomicCheckpointIO,
@@ -405,6 +406,8 @@ def _fit(
         images, out, batch_size=recipe.data.batch_size, num_workers=recipe.data.num_workers, seed=recipe.seed
     )
     callbacks: list[lightning.Callback] = [LossCurvePlot(out / "plots" / "loss.png"), EpochLoss()]
+    if recipe.trainer.snapshot_steps:
+        callbacks.append(StepSnapshots(out / "snapshots", list(recipe.trainer.snapshot_steps)))
     monitor = build_monitor(recipe)
     if monitor is not None:
         if found is not None and hasattr(model, "encoder"):  # in case the checkpoint holds no reference
@@ -551,6 +554,13 @@ def _finish(
     monitor = next((callback for callback in trainer.callbacks if isinstance(callback, RepresentationMonitor)), None)
     if monitor is not None:
         metrics.update(monitor.summary())
+    snapshots = {
+        str(step): str(path)
+        for step in recipe.trainer.snapshot_steps
+        if (path := snapshot_path(out / "snapshots", step)).is_file()
+    }
+    if snapshots:
+        metrics["snapshots"] = snapshots
     box_area = trainer.callback_metrics.get("train/box_area")  # GraSS: the last stage-2 epoch's mean box
     if box_area is not None:
         metrics["box_area"] = round(float(box_area), 4)

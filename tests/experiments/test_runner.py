@@ -640,6 +640,72 @@ def test_a_budget_sweep_pretrains_each_recipe_at_every_budget(tmp_path: Path, tw
     assert (out / "results_budget.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def _snapshotting(fakes: Fakes, seen: list[tuple[str, int, list[int]]], skip: int | None = None) -> None:
+    """Make the fake pretraining keep a snapshot file at each ``trainer.snapshot_steps`` (but ``skip``)."""
+    pretrain = fakes.pretrain
+
+    def snapshotting(recipe: Any, resume: bool = False) -> SimpleNamespace:
+        steps = list(recipe.trainer.snapshot_steps)
+        seen.append((str(recipe.name), recipe.trainer.max_steps, steps))
+        done = pretrain(recipe, resume)
+        for step in steps:
+            if step != skip:
+                path = Path(recipe.out) / "snapshots" / f"step{step}.ckpt"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(str(recipe.name))  # the finetune fake scores by the encoder's name
+        return done
+
+    fakes.pretrain = snapshotting
+
+
+def test_snapshots_train_each_recipe_once_and_read_the_shorter_budgets_from_its_snapshots(
+    tmp_path: Path, two_working: list[Path]
+) -> None:
+    out = tmp_path / "cmp"
+    fakes = Fakes(out, failing="none")
+    seen: list[tuple[str, int, list[int]]] = []
+    _snapshotting(fakes, seen)
+    options = CompareOptions(
+        recipes=two_working, label_fractions=[0.2], seeds=1, out=out, pretrain_steps=[0, 3, 9, 30], snapshots=True
+    )
+    results = _compare(options, fakes, echo=None)
+    assert seen == [("alpha", 30, [3, 9]), ("gamma", 30, [3, 9])]  # one run each, to the largest budget
+    used = {
+        (call["out"].name, Path(call["encoder_checkpoint"]).name if call["encoder_checkpoint"] else None)
+        for call in fakes.finetuned
+    }
+    assert ("alpha-3steps-f0.2-s0", "step3.ckpt") in used and ("gamma-9steps-f0.2-s0", "step9.ckpt") in used
+    assert ("alpha-30steps-f0.2-s0", "last.ckpt") in used
+    snapshot = Path(next(c for c in fakes.finetuned if c["out"].name == "alpha-9steps-f0.2-s0")["encoder_checkpoint"])
+    assert snapshot == out / "pretrain" / "a-30steps" / "snapshots" / "step9.ckpt"
+    trained = results[results["recipe"] != "random-init"]
+    assert trained.groupby("pretrain_steps").size().to_dict() == {3: 2, 9: 2, 30: 2}
+    assert (trained["status"] == "ok").all()
+    # a snapshot's rows are not the finished run's: its record says which step it read
+    record = json.loads((out / "finetune" / "alpha-9steps-f0.2-s0" / "row.json").read_text())
+    assert record["settings"]["encoder"]["snapshot_step"] == 9
+
+    # the rerun reuses every row; a missing snapshot fails its rows, not the comparison
+    calls = len(fakes.finetuned)
+    again = _compare(options, fakes, echo=None)
+    assert len(fakes.finetuned) == calls and len(seen) == 2
+    assert again["miou"].tolist() == pytest.approx(results["miou"].tolist())
+
+
+def test_a_missing_snapshot_fails_only_the_rows_of_its_budget(tmp_path: Path, two_working: list[Path]) -> None:
+    out = tmp_path / "cmp"
+    fakes = Fakes(out, failing="none")
+    _snapshotting(fakes, [], skip=3)
+    options = CompareOptions(
+        recipes=two_working, label_fractions=[0.2], seeds=1, out=out, pretrain_steps=[3, 9], snapshots=True
+    )
+    results = _compare(options, fakes, echo=None)
+    failed = results[results["status"] != "ok"]
+    assert set(failed["pretrain_steps"]) == {3} and len(failed) == 2
+    assert "snapshots/step3.ckpt is missing" in failed["status"].iloc[0]
+    assert (results[results["pretrain_steps"] == 9]["status"] == "ok").all()
+
+
 def _tile_index(tiles: Path, test_pixels: dict[str, int]) -> None:
     """tiles.json and tiles.gpkg of a 4 x 4 grid of 100 m tiles, test tiles on the diagonal."""
     import geopandas as gpd

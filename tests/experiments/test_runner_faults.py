@@ -885,3 +885,15 @@ def test_a_real_compare_sent_sigterm_stops_cleanly_and_resumes(tmp_path: Path, t
     assert results["recipe"].tolist() == ["alpha", "beta", "random-init"] and set(results["status"]) == {"ok"}
     assert alpha_row.read_bytes() == alpha_bytes and not list((out / "frozen").glob("alpha-*.stale-*"))
     assert json.loads((out / "pretrain" / "beta" / "metrics.json").read_text())["global_step"] == 6
+
+
+def test_snapshots_without_two_trained_budgets_are_one_line_naming_both_flags(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out = tmp_path / "cmp"
+    code, _, err = _geocl(
+        capsys, "compare", tmp_path / "r.yaml", "--pretrain-steps", "0", "30", "--snapshots", "--out", out
+    )
+    line = _one_error_line(code, err)
+    assert "--snapshots" in line and "--pretrain-steps" in line and "two budgets above 0" in line
+    assert not out.exists()

@@ -59,3 +59,22 @@ def test_finetuning_draws_one_bar_with_the_validation_score(
     lines = _bar_lines(captured)
     assert lines and "val/miou=" in lines[-1] and "loss=" in lines[-1] and "v_num" not in text
     assert lines[0].startswith("epoch 1/2") and lines[-1].startswith("epoch 2/2")  # counted from 1, of the budget
+
+
+def test_the_loss_plot_is_redrawn_at_most_once_an_interval_and_always_at_the_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # one-step epochs of a small tile set would otherwise redraw the PNG at every step
+    from geocl.training import callbacks
+
+    clock = [100.0]
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: clock[0])
+    plot = callbacks.LossCurvePlot(Path("unused.png"), every_s=30.0)
+    drawn: list[float] = []
+    monkeypatch.setattr(plot, "_draw", lambda trainer, module: drawn.append(clock[0]))
+    for now in (100.0, 110.0, 129.9, 130.0, 140.0, 175.0):
+        clock[0] = now
+        plot.on_train_epoch_end(None, None)  # type: ignore[arg-type]
+    assert drawn == [100.0, 130.0, 175.0]
+    plot.on_train_end(None, None)  # type: ignore[arg-type]
+    assert drawn == [100.0, 130.0, 175.0, 175.0]

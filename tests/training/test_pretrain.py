@@ -193,3 +193,35 @@ def test_a_step_budget_stops_at_that_many_steps_and_counts_samples(tmp_path: Pat
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert result.global_step == metrics["global_step"] == 5
     assert metrics["samples_seen"] == 5 * 8  # steps x batch size (write_recipe: batch 8) x one device
+
+
+def test_a_snapshot_holds_the_state_of_its_step_and_workers_that_outlive_epochs_load_the_same_batches(
+    tmp_path: Path, tiny_tiles: Path
+) -> None:
+    # No schedule, so the first 2 steps of a 5-step run are a 2-step run. The long run loads
+    # with 2 persistent workers, the short one in this process: equal weights say that the
+    # snapshot is the state of step 2 and that persistence changed no batch.
+    flat = {"scheduler": {"name": "none"}}
+    steps = {"max_epochs": -1, "limit_train_batches": 2}
+    long = write_recipe(
+        tmp_path / "long",
+        tiny_tiles,
+        {"name": "simclr"},
+        trainer={**steps, "max_steps": 5, "snapshot_steps": [4, 2]},
+        data={"num_workers": 2},
+        **flat,
+    )
+    short = write_recipe(tmp_path / "short", tiny_tiles, {"name": "simclr"}, trainer={**steps, "max_steps": 2}, **flat)
+    run_pretrain(load_recipe(long))
+    run_pretrain(load_recipe(short))
+    folder = tmp_path / "long" / "run" / "snapshots"
+    assert sorted(path.name for path in folder.iterdir()) == ["step2.ckpt", "step4.ckpt"]
+    metrics = json.loads((tmp_path / "long" / "run" / "metrics.json").read_text())
+    assert metrics["snapshots"] == {"2": str(folder / "step2.ckpt"), "4": str(folder / "step4.ckpt")}
+    snapshot = torch.load(folder / "step2.ckpt", weights_only=True)
+    reference = torch.load(tmp_path / "short" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert snapshot["global_step"] == reference["global_step"] == 2
+    for key, value in reference["state_dict"].items():
+        torch.testing.assert_close(snapshot["state_dict"][key], value, msg=key)
+    later = torch.load(folder / "step4.ckpt", weights_only=True)["state_dict"]
+    assert any(not torch.equal(later[key], value) for key, value in snapshot["state_dict"].items())
