@@ -83,6 +83,7 @@ from geocl.training.checkpoint_io import (
 from geocl.training.data import PretrainData
 from geocl.training.loggers import check_logger, experiment_loggers, flat_keys
 from geocl.training.monitor import RepresentationMonitor, build_monitor
+from geocl.transforms.augment import crop_scale_mismatch
 
 #: Keys a resumed run may change: ``trainer`` to extend or shorten training, ``monitor``
 #: because it changes nothing the run trains.
@@ -398,6 +399,10 @@ def _fit(
     lightning.seed_everything(int(recipe.seed), workers=True, verbose=False)
 
     images = train_dataset(recipe)
+    if isinstance(images, TileDataset):
+        mismatch = crop_scale_mismatch(images.tile_size, recipe.data.view_size, tuple(recipe.augment.scale))
+        if mismatch is not None:
+            log.warning("%s", mismatch)
     if found is not None:
         _check_resumed_data(recipe, found, images.band_count)
     model = build_method(recipe, images.band_count, images.metadata["band_stats"])

@@ -365,3 +365,20 @@ def test_speed_sanity_cpu() -> None:
     elapsed = time.perf_counter() - start
     print(f"\nMultiBandViewAugmentation [32, 4, 128, 128] -> 96 px on CPU: {elapsed * 1000:.1f} ms/call")
     assert views.shape == (32, 4, 96, 96)
+
+
+def test_crop_scale_mismatch_speaks_when_the_views_change_the_tiles_resolution() -> None:
+    from geocl.transforms.augment import crop_scale_mismatch
+
+    # 256-px tiles, 96-px views, [0.2, 1.0]: crop sides 114.5-256 px, i.e. 1.19-2.67x smaller
+    said = crop_scale_mismatch(256, 96, (0.2, 1.0))
+    assert said is not None
+    assert "augment.scale [0.2, 1]" in said and "shrink objects 1.2-2.7x" in said
+    # (96/256)^2 = 0.140625: 0.4x and 3.5x of it
+    assert "[0.06, 0.49]" in said
+    # the same range on 128-px tiles (0.6-1.3x), and [0.05, 0.5] on 256-px tiles (0.6-1.9x), keep it
+    assert crop_scale_mismatch(128, 96, (0.2, 1.0)) is None
+    assert crop_scale_mismatch(256, 96, (0.05, 0.5)) is None
+    # tiny crops blown up: enlarge
+    enlarged = crop_scale_mismatch(128, 96, (0.01, 0.05))
+    assert enlarged is not None and "enlarge objects 0.1-0.3x" in enlarged
