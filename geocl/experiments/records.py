@@ -40,8 +40,9 @@ _SHOWN_CHANGES = 3
 #: may be moved) and the online representation monitor, which leaves the weights as they are.
 UNTRAINED_KEYS = ("out", "monitor")
 #: Keys of the ``trainer`` section that change nothing a run trains: the experiment logger
-#: (switching a comparison to MLflow keeps its pretrainings and rows).
-UNTRAINED_TRAINER_KEYS = ("logger",)
+#: (switching a comparison to MLflow keeps its pretrainings and rows) and the steps kept as
+#: snapshots (a long run of a ``--snapshots`` sweep serves a later comparison at its own budget).
+UNTRAINED_TRAINER_KEYS = ("logger", "snapshot_steps")
 
 
 def differing_keys(before: Any, now: Any, prefix: str = "") -> list[str]:

@@ -691,6 +691,11 @@ def test_snapshots_train_each_recipe_once_and_read_the_shorter_budgets_from_its_
     assert len(fakes.finetuned) == calls and len(seen) == 2
     assert again["miou"].tolist() == pytest.approx(results["miou"].tolist())
 
+    # the final budget alone, without snapshots, is the same run and the same rows
+    final = CompareOptions(recipes=two_working, label_fractions=[0.2], seeds=1, out=out, pretrain_steps=[0, 30])
+    alone = _compare(final, fakes, echo=None)
+    assert len(fakes.finetuned) == calls and len(seen) == 2 and len(alone) == 3
+
 
 def test_a_missing_snapshot_fails_only_the_rows_of_its_budget(tmp_path: Path, two_working: list[Path]) -> None:
     out = tmp_path / "cmp"
