@@ -119,7 +119,14 @@ def write_recipe(folder: Path, tiles: Path, method: dict, **sections: dict) -> P
         "encoder": {"name": "test_resnet"},
         "method": method,
         "optimizer": {"name": "adamw", "lr": 0.001},
-        "trainer": {"max_epochs": 2, "accelerator": "cpu", "log_every_n_steps": 1, "limit_train_batches": 3},
+        # a checkpoint at every epoch (faults and resumes of tiny runs need them)
+        "trainer": {
+            "max_epochs": 2,
+            "accelerator": "cpu",
+            "log_every_n_steps": 1,
+            "limit_train_batches": 3,
+            "checkpoint_every_s": 0,
+        },
     }
     for name, values in sections.items():
         recipe.setdefault(name, {}).update(values)

@@ -41,8 +41,9 @@ _SHOWN_CHANGES = 3
 UNTRAINED_KEYS = ("out", "monitor")
 #: Keys of the ``trainer`` section that change nothing a run trains: the experiment logger
 #: (switching a comparison to MLflow keeps its pretrainings and rows) and the steps kept as
-#: snapshots (a long run of a ``--snapshots`` sweep serves a later comparison at its own budget).
-UNTRAINED_TRAINER_KEYS = ("logger", "snapshot_steps")
+#: snapshots (a long run of a ``--snapshots`` sweep serves a later comparison at its own budget),
+#: and how often checkpoints are written.
+UNTRAINED_TRAINER_KEYS = ("logger", "snapshot_steps", "checkpoint_every_s")
 
 
 def differing_keys(before: Any, now: Any, prefix: str = "") -> list[str]:

@@ -240,6 +240,12 @@ class TrainerConfig(Section):
     logger: Literal["csv", "tensorboard", "mlflow"] = Field(
         "csv", description="experiment logger beside the CSV log that is always written: csv, tensorboard or mlflow"
     )
+    checkpoint_every_s: float = Field(
+        60.0,
+        ge=0,
+        description="least time between two epoch-end checkpoints, seconds (the last epoch is always saved; "
+        "0: every epoch)",
+    )
     snapshot_steps: list[int] = Field(
         default_factory=list,
         description="optimizer steps at which the run's state is kept in snapshots/step<N>.ckpt (a budget sweep's "

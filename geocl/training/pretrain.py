@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from torch.utils.data import Dataset
 
 from geocl.data.natural import open_natural_dataset
@@ -70,7 +70,7 @@ from geocl.io import atomic_write_text, check_output_folder
 from geocl.methods import build_method, read_saved_recipe
 from geocl.models.checkpoints import snapshot_path
 from geocl.recipes import Recipe, recipe_to_dict, save_recipe
-from geocl.training.callbacks import EpochLoss, LossCurvePlot, StepSnapshots, progress_callbacks
+from geocl.training.callbacks import EpochLoss, LossCurvePlot, PacedCheckpoint, StepSnapshots, progress_callbacks
 from geocl.training.checkpoint_io import (
     LAST_NAME,
     AtomicCheckpointIO,
@@ -318,7 +318,8 @@ def build_trainer(
     rather than adding ``-v1`` copies (``enable_version_counter=False``).
     """
     config = recipe.trainer
-    checkpoints = ModelCheckpoint(
+    checkpoints = PacedCheckpoint(
+        every_s=config.checkpoint_every_s,
         dirpath=out / "checkpoints",
         filename="epoch{epoch:03d}",
         auto_insert_metric_name=False,

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -225,3 +226,32 @@ def test_a_snapshot_holds_the_state_of_its_step_and_workers_that_outlive_epochs_
         torch.testing.assert_close(snapshot["state_dict"][key], value, msg=key)
     later = torch.load(folder / "step4.ckpt", weights_only=True)["state_dict"]
     assert any(not torch.equal(later[key], value) for key, value in snapshot["state_dict"].items())
+
+
+def test_checkpoints_are_paced_and_the_last_epoch_is_always_saved(
+    tmp_path: Path, tiny_tiles: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lightning
+
+    saved: list[str] = []
+    save = lightning.Trainer.save_checkpoint
+
+    def recording(self: lightning.Trainer, filepath: Any, *args: Any, **kwargs: Any) -> None:
+        saved.append(Path(filepath).name)
+        save(self, filepath, *args, **kwargs)
+
+    monkeypatch.setattr(lightning.Trainer, "save_checkpoint", recording)
+    path = write_recipe(tmp_path, tiny_tiles, {"name": "simclr"}, trainer={"max_epochs": 4, "checkpoint_every_s": 3600})
+    result = run_pretrain(load_recipe(path))
+    # the first epoch (something to resume from at once), then nothing until the last
+    assert saved == ["epoch000.ckpt", "last.ckpt", "epoch003.ckpt", "last.ckpt"]
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == result.global_step == 4 * 3 and last["epoch"] == 3
+
+    # a step budget that ends inside an epoch is saved at its last step too
+    saved.clear()
+    budget = {"max_epochs": -1, "max_steps": 5, "limit_train_batches": 2, "checkpoint_every_s": 3600}
+    path = write_recipe(tmp_path / "steps", tiny_tiles, {"name": "simclr"}, trainer=budget)
+    run_pretrain(load_recipe(path))
+    assert saved[-1] == "last.ckpt" and saved[0] == "epoch000.ckpt" and len(saved) == 4
+    assert torch.load(tmp_path / "steps" / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
