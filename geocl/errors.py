@@ -27,3 +27,24 @@ class GeoclError(Exception):
         elif key is not None:
             prefix = f"{key}: "
         super().__init__(prefix + message)
+
+
+# The matching built-in errors too, as torchgeo's DatasetNotFoundError is a FileNotFoundError:
+# code that catches the built-in (a caller's ``except FileNotFoundError``) catches these as well,
+# and the CLI still prints them as one line.
+
+
+class MissingInputError(GeoclError, FileNotFoundError):
+    """A file or folder the user named (a scene, tile set, checkpoint, recipe) does not exist."""
+
+
+class InvalidInputError(GeoclError, ValueError):
+    """A value, file content or recipe key the user gave is out of range or malformed."""
+
+
+class OutputExistsError(GeoclError, FileExistsError):
+    """An output would overwrite something that must be kept (an input, an earlier run)."""
+
+
+class InputPermissionError(GeoclError, PermissionError):
+    """A file or folder the user named cannot be read or written with the user's rights."""
