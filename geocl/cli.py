@@ -16,7 +16,7 @@ import argparse
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -279,9 +279,10 @@ class _Parser(argparse.ArgumentParser):
     flag of several values took it (``--label-fractions 0.05 0.2 recipe.yaml`` reads the
     recipe as a third fraction)."""
 
-    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None) -> Any:
-        self._given = list(sys.argv[1:] if args is None else args)
-        return super().parse_known_args(args, namespace)
+    def parse_known_args(self, args: Iterable[str] | None = None, namespace: Any = None) -> tuple[Any, list[str]]:
+        given = None if args is None else list(args)
+        self._given = sys.argv[1:] if given is None else given
+        return super().parse_known_args(given, namespace)
 
     def error(self, message: str) -> NoReturn:
         if "arguments are required" in message:
@@ -317,7 +318,7 @@ CommandAdder = Callable[..., argparse.ArgumentParser]
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``geocl`` argument parser."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)  # only a parent: the subparsers (``_Parser``\ s) copy its flags
     # SUPPRESS: given before or after the command, neither parser overwrites the other
     common.add_argument(
         "--verbose",
@@ -366,7 +367,7 @@ def _add_scene_commands(command: CommandAdder) -> None:
     )
     add_model_arguments(tile, TileOptions, positional=("scene",), flags={"scene": "SCENE"}, arguments=TILE_ARGUMENTS)
     _add_assets(tile)
-    tile.description += " " + REMOTE_HELP
+    tile.description = f"{tile.description} {REMOTE_HELP}"
     tile.set_defaults(run=_tile)
 
 
@@ -400,7 +401,7 @@ def _add_model_commands(command: CommandAdder) -> None:
     )
     add_model_arguments(predict, PredictCommand, positional=("checkpoint", "scene"), flags=PREDICT_FLAGS)
     _add_assets(predict)
-    predict.description += " " + REMOTE_HELP
+    predict.description = f"{predict.description} {REMOTE_HELP}"
     predict.set_defaults(run=_predict)
 
     compare = command(
@@ -504,14 +505,14 @@ def _add_search_commands(command: CommandAdder) -> None:
 def _as_typed(error: GeoclError, args: argparse.Namespace) -> str:
     """The error's message, naming an option field by the flag the user typed."""
     flags = getattr(args, FLAGS_ATTRIBUTE, None) or {}
-    text = str(error)
-    if error.key not in flags:
+    text, key = str(error), error.key
+    if key is None or key not in flags:
         return text
-    flag = flags[error.key]
-    if error.path is None and text.startswith(f"{error.key}: "):
-        return flag + text[len(error.key) :]
+    flag = flags[key]
+    if error.path is None and text.startswith(f"{key}: "):
+        return flag + text[len(key) :]
     # a message led by its file names the option in its body (io.check_output_*)
-    return re.sub(rf"\b(given by|another) {re.escape(error.key)}\b", rf"\1 {flag}", text)
+    return re.sub(rf"\b(given by|another) {re.escape(key)}\b", rf"\1 {flag}", text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from geocl.distributed import ManyScenesResult, predict_scenes, tile_scenes
-from geocl.errors import GeoclError
+from geocl.errors import InvalidInputError
 from geocl.recipes.options import PredictCommand, PredictSettings, TileOptions
 
 __all__ = ["TileSetResult", "VolumePredictionResult", "run_predict", "run_tile"]
@@ -68,7 +68,10 @@ def run_tile(
         from geocl.data.benchmarks import export_benchmark
 
         if assets:
-            raise GeoclError("picks the bands of a STAC scene; --dataset keeps the dataset's bands", key="assets")
+            raise InvalidInputError(
+                "picks the bands of a STAC scene; --dataset keeps the dataset's bands", key="assets"
+            )
+        assert options.root is not None  # TileOptions requires --root with --dataset
         summary = export_benchmark(
             options.dataset,
             options.root,
@@ -176,7 +179,7 @@ def run_predict(
         GeoclError: for any bad input, naming the file or option.
     """
     if assets and options.many_scenes:  # PredictSettings, what each Dask task gets, has no assets
-        raise GeoclError(
+        raise InvalidInputError(
             "is not yet passed to scenes predicted on Dask; predict a STAC scene without --workers/--scheduler",
             key="assets",
         )
@@ -205,7 +208,7 @@ def run_predict(
 def _predict_volume(options: PredictCommand) -> VolumePredictionResult:
     """A NIfTI label map with the volume's affine; window and overlap default to the training slice's."""
     if options.polygons is not None:
-        raise GeoclError("polygons are written for GeoTIFF scenes, not NIfTI volumes", key="polygons")
+        raise InvalidInputError("polygons are written for GeoTIFF scenes, not NIfTI volumes", key="polygons")
     from geocl.finetune.medical import label_beside, predict_volume
 
     volume = options.scene[0]

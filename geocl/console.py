@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from typing import Any, cast
 
 #: Lightning's packages (the unified ``lightning`` and the standalone distributions).
 _LIGHTNING_PACKAGES = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric")
@@ -114,7 +115,8 @@ def _remove_filters() -> None:
         return
     kept = [entry for entry in warnings.filters if entry not in _installed]
     _installed.clear()
-    warnings.filters[:] = kept
+    # a list at runtime, which typeshed declares a Sequence
+    cast(list[Any], warnings.filters)[:] = kept
     # let the warnings machinery forget what it decided under the old filters
     mutated = getattr(warnings, "_filters_mutated", None)
     if mutated is not None:

@@ -128,7 +128,7 @@ def run_demo(
             label_fractions=[label_fraction],
             seeds=1,
             subset_seeds=subsets,
-            pretrain_steps=pretrain_steps,
+            pretrain_steps=[pretrain_steps],
             protocol="frozen",
             out=compare_out,
             overrides=[f"data.tiles={tiles}", f"seed={seed}", *DEMO_PRETRAIN, *overrides],

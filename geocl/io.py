@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from geocl.errors import GeoclError
+from geocl.errors import GeoclError, InputPermissionError, OutputExistsError
 
 #: errno values that mean "this output cannot be written there": the user's disk,
 #: quota, mount or permissions, not a fault of geocl.
@@ -178,15 +178,14 @@ def check_output_folder(folder: str | os.PathLike[str], *, key: str | None = Non
     folder = Path(folder)
     where = f" (given by {key})" if key else ""
     if folder.exists() and not folder.is_dir():
-        raise GeoclError(f"is a file, not a folder{where}; choose another output folder", path=folder, key=key)
+        raise OutputExistsError(f"is a file, not a folder{where}; choose another output folder", path=folder, key=key)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise GeoclError(
-            f"cannot create the output folder{where}: {exc.strerror or exc}", path=folder, key=key
-        ) from None
+        error = InputPermissionError if isinstance(exc, PermissionError) else GeoclError
+        raise error(f"cannot create the output folder{where}: {exc.strerror or exc}", path=folder, key=key) from None
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise GeoclError(f"output folder is not writable{where}", path=folder, key=key)
+        raise InputPermissionError(f"output folder is not writable{where}", path=folder, key=key)
     return folder
 
 
@@ -199,10 +198,10 @@ def check_output_file(path: str | os.PathLike[str], *, key: str | None = None) -
     path = Path(path)
     if path.is_dir():
         where = f" (given by {key})" if key else ""
-        raise GeoclError(f"is a folder, not a file{where}; give a file name", path=path, key=key)
+        raise OutputExistsError(f"is a folder, not a file{where}; give a file name", path=path, key=key)
     check_output_folder(path.parent if str(path.parent) else Path("."), key=key)
     if path.exists() and not os.access(path, os.W_OK):
-        raise GeoclError("exists and is not writable", path=path, key=key)
+        raise InputPermissionError("exists and is not writable", path=path, key=key)
     return path
 
 

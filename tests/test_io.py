@@ -20,7 +20,7 @@ import rasterio
 from rasterio.transform import from_origin
 
 import geocl.io
-from geocl.errors import GeoclError
+from geocl.errors import GeoclError, OutputExistsError
 from geocl.io import OutputWriteError, atomic_path, atomic_write_text, gdal_write_errors, save_figure, write_failure
 
 ENOSPC = OSError(errno.ENOSPC, "No space left on device")
@@ -195,3 +195,14 @@ def test_gdal_errors_logged_instead_of_raised(tmp_path: Path) -> None:
         temp.write_bytes(b"II*\0")
         gdal.info("GDAL signalled an error: err_no=%r, msg=%r", 1, 'TIFFSetField: Cannot modify tag "Photometric"')
     assert _files(tmp_path) == {"fine.tif": b"II*\0"}
+
+
+def test_an_output_folder_that_is_a_file_is_an_output_exists_error(tmp_path: Path) -> None:
+    """The error is also the built-in a caller may catch (FileExistsError), with the same message."""
+    taken = tmp_path / "taken"
+    taken.write_text("keep me")
+    with pytest.raises(OutputExistsError) as raised:
+        geocl.io.check_output_folder(taken, key="out")
+    assert isinstance(raised.value, FileExistsError)
+    assert str(raised.value) == f"{taken}: is a file, not a folder (given by out); choose another output folder"
+    assert taken.read_text() == "keep me"

@@ -32,18 +32,13 @@ MAX_PARAMETERS = 20
 LONG_MODULES = {
     # the semi-supervised trainings become thin calls on finetune/downstream.py (issue 24, Build 1)
     "geocl/finetune/semi_supervised.py": "semi-supervised FBA moves onto the downstream skeleton",
-    # one painter per land-use kind, not yet split into a package
-    "geocl/data/synthetic/urban_painters.py": "urban painters not yet split",
     # under 600 before `ruff format` spread their calls over more lines; to be split
     "geocl/finetune/medical.py": "NIfTI slice adapter and per-case scoring go to modules of their own",
-    "geocl/data/benchmarks.py": "one exporter per benchmark dataset, not yet split",
-    "geocl/data/tiler.py": "block splitting goes to a module of its own",
     "geocl/finetune/downstream.py": "the finetune folder checks and result writing go to a module of their own",
 }
 LONG_FUNCTIONS = {
     "geocl/finetune/medical_semi_supervised.py::run_medical_semi_supervised": "becomes a call on the downstream skeleton",
     "geocl/finetune/semi_supervised.py::run_semi_supervised": "becomes a call on the downstream skeleton",
-    "geocl/data/synthetic/urban_plan.py::building": "urban plan not yet split",
     "geocl/recipes/errors.py::_map": "the validation-error mapper, one branch per pydantic error type, not yet split",
 }
 MANY_PARAMETERS = {

@@ -36,7 +36,7 @@ from torchvision.transforms import v2
 
 from geocl.data.natural_dataset import NaturalDataset, Sample, check_split, stats_dict
 from geocl.data.stats import RunningBandStats
-from geocl.errors import GeoclError
+from geocl.errors import GeoclError, InvalidInputError, MissingInputError
 
 #: Side of a CIFAR image (px) and its channels.
 CIFAR_SIZE = 32
@@ -61,10 +61,14 @@ class _LocalCifar10(CIFAR10):
     """
 
     base_folder = ""
+    # torchvision's attributes, as this reader sets them (annotations only: the class
+    # values stay torchvision's, e.g. CIFAR-100's ``meta``)
+    meta: dict[str, Any]
+    classes: list[str] | None
 
     def __init__(self, folder: Path, name: str) -> None:
-        self.train_list = [[name, None]]
-        self.test_list = []
+        self.train_list: list[list[str | None]] = [[name, None]]
+        self.test_list: list[list[str | None]] = []
         self.meta = {**type(self).meta, "md5": None}
         super().__init__(str(folder), train=True, download=False)
 
@@ -76,9 +80,10 @@ class _LocalCifar10(CIFAR10):
         try:
             super()._load_meta()
         except KeyError:
-            raise GeoclError(f"corrupt CIFAR meta file: no {self.meta['key']!r}", path=path) from None
+            raise InvalidInputError(f"corrupt CIFAR meta file: no {self.meta['key']!r}", path=path) from None
         except _UNREADABLE as error:
-            raise GeoclError(f"corrupt CIFAR meta file (not a readable pickle: {error})", path=path) from None
+            raise InvalidInputError(f"corrupt CIFAR meta file (not a readable pickle: {error})", path=path) from None
+        assert self.classes is not None  # torchvision's _load_meta set them from the file
         self.classes = [item.decode() if isinstance(item, bytes) else str(item) for item in self.classes]
 
 
@@ -102,11 +107,11 @@ def _batch_number(path: Path) -> int:
 def _find_cifar_root(root: Path) -> Path:
     """The folder holding the batch files: ``root`` or the archive's own folder inside it."""
     if not root.is_dir():
-        raise GeoclError("CIFAR folder not found", path=root)
+        raise MissingInputError("CIFAR folder not found", path=root)
     for candidate in (root, root / CIFAR10.base_folder, root / CIFAR100.base_folder):
         if (candidate / "data_batch_1").exists() or (candidate / "train").is_file():
             return candidate
-    raise GeoclError(
+    raise MissingInputError(
         "not a CIFAR python folder: expected data_batch_1..5 and test_batch (CIFAR-10) "
         "or train and test (CIFAR-100), as in the 'python version' archives",
         path=root,
@@ -135,20 +140,22 @@ def _read_batch(path: Path) -> _Batch:
         GeoclError: naming the file when it is missing or not a CIFAR batch.
     """
     if not path.is_file():
-        raise GeoclError("CIFAR batch file not found", path=path)
+        raise MissingInputError("CIFAR batch file not found", path=path)
     reader = _LocalCifar10 if (path.parent / "data_batch_1").exists() else _LocalCifar100
     try:
         batch = reader(path.parent, path.name)
+    except GeoclError:  # the meta file's own error (an InvalidInputError is also a ValueError)
+        raise
     except KeyError as error:
-        raise GeoclError(
+        raise InvalidInputError(
             f"corrupt CIFAR batch file: needs 'data' and 'labels' or 'fine_labels', has no {error}", path=path
         ) from None
     except _UNREADABLE as error:
-        raise GeoclError(f"corrupt CIFAR batch file (not a readable pickle: {error})", path=path) from None
+        raise InvalidInputError(f"corrupt CIFAR batch file (not a readable pickle: {error})", path=path) from None
     labels = np.asarray(batch.targets, dtype=np.int64)
     # torchvision keeps whatever dtype 'data' had and only reshapes it to [N, 32, 32, 3].
     if batch.data.dtype != np.uint8 or len(labels) != len(batch.data):
-        raise GeoclError(
+        raise InvalidInputError(
             f"corrupt CIFAR batch file: 'data' gives {len(batch.data)} {batch.data.dtype} images for {len(labels)} "
             f"labels (expected uint8 [N, {CIFAR_CHANNELS * CIFAR_SIZE * CIFAR_SIZE}] and N labels)",
             path=path,
@@ -204,7 +211,7 @@ class CifarDataset(NaturalDataset):
             names = [str(index) for index in range(int(self.labels.max()) + 1 if len(self.labels) else 0)]
         self.classes = names
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
-            raise GeoclError(
+            raise InvalidInputError(
                 f"labels run from {self.labels.min()} to {self.labels.max()} but there are {len(self.classes)} classes",
                 path=self.root,
             )

@@ -23,7 +23,7 @@ from torchvision.transforms import v2
 
 from geocl.data.natural_dataset import NaturalDataset, Sample, check_split, stats_dict
 from geocl.data.stats import RunningBandStats
-from geocl.errors import GeoclError
+from geocl.errors import InvalidInputError, MissingInputError
 
 
 def _open_image(path: str) -> Image.Image:
@@ -32,7 +32,7 @@ def _open_image(path: str) -> Image.Image:
         with Image.open(path) as image:
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise GeoclError(f"cannot read image ({error})", path=path) from None
+        raise InvalidInputError(f"cannot read image ({error})", path=path) from None
 
 
 def _image_folder(folder: Path) -> ImageFolder:
@@ -40,7 +40,9 @@ def _image_folder(folder: Path) -> ImageFolder:
         return ImageFolder(str(folder), loader=_open_image)
     except FileNotFoundError as error:
         # torchvision says "Couldn't find any class folder" or "Found no valid file for the classes".
-        raise GeoclError(f"not an image folder (one sub-folder of images a class): {error}", path=folder) from None
+        raise MissingInputError(
+            f"not an image folder (one sub-folder of images a class): {error}", path=folder
+        ) from None
 
 
 def stratified_split(labels: Sequence[int], val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,11 +56,11 @@ def stratified_split(labels: Sequence[int], val_fraction: float, seed: int) -> t
     Returns:
         (train indices, val indices), each sorted.
     """
-    labels = np.asarray(labels)
+    values = np.asarray(labels)
     train: list[np.ndarray] = []
     val: list[np.ndarray] = []
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
+    for label in np.unique(values):
+        members = np.flatnonzero(values == label)
         order = np.random.default_rng([seed, int(label)]).permutation(members)
         count = round(len(members) * val_fraction)
         if val_fraction > 0 and len(members) >= 2:
@@ -103,12 +105,12 @@ class ImageFolderDataset(NaturalDataset):
         self.transforms = transforms
         self.image_size = image_size
         if not self.root.is_dir():
-            raise GeoclError("image folder not found", path=self.root)
+            raise MissingInputError("image folder not found", path=self.root)
         self.split_folders = (self.root / "train").is_dir() and (self.root / "val").is_dir()
         train_folder, train_rows = self._split_rows("train", val_fraction, seed)
         folder, rows = (train_folder, train_rows) if split == "train" else self._split_rows(split, val_fraction, seed)
         if folder.classes != train_folder.classes:
-            raise GeoclError(
+            raise InvalidInputError(
                 f"class folders differ from train/'s ({', '.join(train_folder.classes)})", path=folder.root
             )
         self.classes = list(folder.classes)
@@ -127,13 +129,15 @@ class ImageFolderDataset(NaturalDataset):
         if self.split_folders:
             folder = self.root / split
             if not folder.is_dir():
-                raise GeoclError(f"no {split}/ sub-folder for split {split!r}", path=self.root)
+                raise MissingInputError(f"no {split}/ sub-folder for split {split!r}", path=self.root)
             found = _image_folder(folder)
             return found, np.arange(len(found.samples))
         if split == "test":
-            raise GeoclError("no test split: the folder has no train/, val/ and test/ sub-folders", path=self.root)
+            raise MissingInputError(
+                "no test split: the folder has no train/, val/ and test/ sub-folders", path=self.root
+            )
         if split == "val" and val_fraction <= 0:
-            raise GeoclError("no val split: no val/ sub-folder and data.val_fraction is 0", path=self.root)
+            raise InvalidInputError("no val split: no val/ sub-folder and data.val_fraction is 0", path=self.root)
         found = _image_folder(self.root)
         train, val = stratified_split(found.targets, val_fraction, seed)
         return found, train if split == "train" else val
@@ -156,7 +160,7 @@ class ImageFolderDataset(NaturalDataset):
         pixels = self._load(path)
         if self._shape is not None and pixels.shape != self._shape:
             # The default collate would fail later with a message about tensor sizes.
-            raise GeoclError(
+            raise InvalidInputError(
                 f"image is {pixels.shape[2]}x{pixels.shape[1]} px but the first one is "
                 f"{self._shape[2]}x{self._shape[1]}; set data.image_size to resize them all",
                 path=path,

@@ -60,7 +60,7 @@ from rasterio.windows import Window
 
 from geocl.data.rasters import RasterInfo, RasterPath, find_rasters, inspect_rasters, nodata_value, read_error
 from geocl.data.remote import remote_env
-from geocl.errors import GeoclError
+from geocl.errors import InvalidInputError
 
 __all__ = ["RESAMPLING", "SceneMosaic", "SceneReader", "open_scene", "scene_files"]
 
@@ -110,7 +110,7 @@ def scene_files(
     """
     paths = [scene] if isinstance(scene, (str, os.PathLike)) else list(scene)
     if not paths:
-        raise GeoclError("no scene given", key="scene")
+        raise InvalidInputError("no scene given", key="scene")
     files = [file for path in paths for file in find_rasters(path, assets=assets)]
     return list(dict.fromkeys(files))
 
@@ -262,9 +262,10 @@ class SceneMosaic:
                 area = a.footprint.intersection(b.footprint).area
                 if area >= 0.5:
                     overlaps.append((a.info.path.name, b.info.path.name, area))
-        for a, b, area in overlaps[:5]:
+        for kept, filler, area in overlaps[:5]:
             notes.append(
-                f"{a} and {b} overlap (about {area:,.0f} px): {a}'s pixels are kept there, {b} fills only its nodata"
+                f"{kept} and {filler} overlap (about {area:,.0f} px): {kept}'s pixels are kept there, "
+                f"{filler} fills only its nodata"
             )
         if len(overlaps) > 5:
             notes.append(f"{len(overlaps) - 5} more pairs of files overlap: in each, the file given first wins")

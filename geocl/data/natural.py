@@ -20,7 +20,7 @@ from typing import Any
 
 from geocl.data.cifar import CifarDataset
 from geocl.data.image_folder import ImageFolderDataset
-from geocl.errors import GeoclError
+from geocl.errors import InvalidInputError
 
 #: ``data.format`` values read by this module (``tiles`` is :class:`TileDataset`'s).
 NATURAL_FORMATS: tuple[str, ...] = ("image_folder", "cifar")
@@ -40,6 +40,6 @@ def open_natural_dataset(
         return CifarDataset(root, split, image_size=image_size, band_stats=band_stats)
     if format == "image_folder":
         return ImageFolderDataset(root, split, image_size=image_size, val_fraction=val_fraction, band_stats=band_stats)
-    raise GeoclError(
+    raise InvalidInputError(
         f"unknown natural-image format {format!r}; choose from {', '.join(NATURAL_FORMATS)}", key="data.format"
     )

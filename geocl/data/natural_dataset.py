@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from geocl.data.normalize import BandNormalizer
 from geocl.data.stats import RunningBandStats
-from geocl.errors import GeoclError
+from geocl.errors import GeoclError, InvalidInputError
 
 #: Splits a natural data set can be asked for.
 NATURAL_SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -34,7 +34,7 @@ Sample = dict[str, Any]
 def check_split(split: str) -> None:
     """Raise a :class:`GeoclError` (key ``data.split``) unless ``split`` is one of :data:`NATURAL_SPLITS`."""
     if split not in NATURAL_SPLITS:
-        raise GeoclError(f"unknown split {split!r}; choose from {', '.join(NATURAL_SPLITS)}", key="data.split")
+        raise InvalidInputError(f"unknown split {split!r}; choose from {', '.join(NATURAL_SPLITS)}", key="data.split")
 
 
 def stats_dict(running: RunningBandStats, where: Path) -> dict[str, Any]:
@@ -58,7 +58,7 @@ class NaturalDataset(Dataset[Sample]):
 
     def _set_stats(self, band_stats: dict[str, Any], channels: int) -> None:
         if len(band_stats["mean"]) != channels:
-            raise GeoclError(
+            raise InvalidInputError(
                 f"statistics have {len(band_stats['mean'])} channels but the images have {channels}", path=self.root
             )
         self.metadata: dict[str, Any] = {

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from geocl.data.cifar import CIFAR_SIZE
-from geocl.errors import GeoclError
+from geocl.errors import InvalidInputError
 
 
 def toy_images(labels: np.ndarray, num_classes: int, size: int, seed: int) -> np.ndarray:
@@ -77,7 +77,7 @@ def write_toy_cifar(
         ``out``.
     """
     if variant not in ("cifar10", "cifar100"):
-        raise GeoclError(f"unknown CIFAR variant {variant!r}; choose cifar10 or cifar100", key="variant")
+        raise InvalidInputError(f"unknown CIFAR variant {variant!r}; choose cifar10 or cifar100", key="variant")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

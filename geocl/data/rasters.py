@@ -31,7 +31,7 @@ from geocl.data.malloc import computing as computing  # named here too: benchmar
 from geocl.data.malloc import streaming
 from geocl.data.remote import RemoteFile, display_url, gdal_path, is_remote, remote_env, remote_error
 from geocl.data.stac import StacRaster, is_stac, stac_rasters
-from geocl.errors import GeoclError
+from geocl.errors import GeoclError, InvalidInputError, MissingInputError
 
 #: A raster file as geocl holds it: a local path, a remote file, or a STAC item's stacked assets.
 RasterPath = Path | RemoteFile | StacRaster
@@ -242,7 +242,7 @@ def find_rasters(
     if is_stac(path):
         return list(stac_rasters(path, assets))
     if assets:
-        raise GeoclError(
+        raise InvalidInputError(
             f"--assets picks the bands of STAC items; this {role} is a raster, not a STAC document (.json)",
             path=str(path),
             key="assets",
@@ -251,12 +251,12 @@ def find_rasters(
         return [RemoteFile(os.fspath(path))]
     path = Path(path)
     if not path.exists():
-        raise GeoclError(f"{role} not found", path=path)
+        raise MissingInputError(f"{role} not found", path=path)
     if path.is_file():
         return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in RASTER_SUFFIXES)
+    files: list[RasterPath] = [p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix in RASTER_SUFFIXES]
     if not files:
-        raise GeoclError(f"{role} folder holds no GeoTIFF (*.tif, *.tiff)", path=path)
+        raise MissingInputError(f"{role} folder holds no GeoTIFF (*.tif, *.tiff)", path=path)
     return files
 
 
@@ -291,14 +291,14 @@ def inspect_raster(path: str | os.PathLike[str]) -> RasterInfo:
     except rasterio.errors.RasterioError as error:
         raise read_error(error, path, "not a readable raster (corrupt or not a GeoTIFF)") from None
     if info.count == 0 or info.width == 0 or info.height == 0:
-        raise GeoclError("raster is empty (no bands or no pixels)", path=path)
+        raise InvalidInputError("raster is empty (no bands or no pixels)", path=path)
     if info.crs is None:
-        raise GeoclError(
+        raise InvalidInputError(
             "raster has no CRS; geocl needs georeferenced data (assign one, e.g. with `gdal_edit.py -a_srs EPSG:XXXX`)",
             path=path,
         )
     if info.transform.is_identity:
-        raise GeoclError("raster has no geotransform (identity transform)", path=path)
+        raise InvalidInputError("raster has no geotransform (identity transform)", path=path)
     return info
 
 
@@ -317,7 +317,7 @@ def read_error(error: BaseException, path: RasterPath, reason: str) -> GeoclErro
     said (:func:`~geocl.data.remote.remote_error`), for a STAC item that of the asset at
     fault (each asset's header is asked again to find it: GDAL's message through a VRT
     need not name it), else ``reason: error`` naming the file."""
-    mapped = None
+    mapped: GeoclError | None = None
     if isinstance(path, RemoteFile):
         mapped = remote_error(error, path.url)
     elif isinstance(path, StacRaster):
@@ -375,7 +375,7 @@ def inspect_rasters(paths: Sequence[RasterPath], *, role: str = "scene") -> list
     first = infos[0]
     for info in infos[1:]:
         if info.count != first.count:
-            raise GeoclError(
+            raise InvalidInputError(
                 f"{role} files have inconsistent band counts: {info.count} bands here but "
                 f"{first.count} in {first.path}",
                 path=info.path,
@@ -461,7 +461,7 @@ def mask_classes(infos: Sequence[RasterInfo], unlabelled: int | None = None) -> 
             return MaskClasses(first.dtype, _whole(source_nodata), False, source_nodata)
         limits = np.iinfo(first.dtype)
         if not limits.min <= unlabelled <= limits.max:
-            raise GeoclError(
+            raise InvalidInputError(
                 f"the unlabelled value {unlabelled} (given by mask_nodata) is outside the values "
                 f"of the mask's {first.dtype} ({limits.min}..{limits.max})",
                 path=first.path,
@@ -489,7 +489,7 @@ def mask_classes(infos: Sequence[RasterInfo], unlabelled: int | None = None) -> 
             else:
                 continue
         return MaskClasses(name, nodata, True, source_nodata)
-    raise GeoclError(
+    raise InvalidInputError(
         f"class values from {low} to {high} do not fit 32-bit integers; a class mask holds class numbers",
         path=first.path,
     )
@@ -523,7 +523,7 @@ def _scan_classes(info: RasterInfo) -> tuple[int | None, int | None, bool]:
                 bad = ~missing & ~(np.isfinite(values) & (values == np.floor(values)) & (np.abs(values) < 2**31))
                 if bad.any():
                     row, col = (int(i) for i in np.argwhere(bad)[0])
-                    raise GeoclError(
+                    raise InvalidInputError(
                         f"a class mask needs integer class values, this one holds {values[row, col]} "
                         f"(row {top + row}, col {col}); classify or round it, or mark such pixels as nodata",
                         path=info.path,

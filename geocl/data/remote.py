@@ -147,8 +147,14 @@ def display_url(source: str | os.PathLike[str]) -> str:
     return urlunsplit(parts._replace(query=urlencode(query, safe="…/:,", quote_via=_quote_keeping)))
 
 
-def _quote_keeping(text: str, safe: str, *_: object) -> str:
-    """``urllib.parse.quote`` that leaves the characters in ``safe`` as they are, non-ASCII ones included."""
+def _quote_keeping(text: str | bytes, safe: str | bytes, *_: object) -> str:
+    """``urllib.parse.quote`` that leaves the characters in ``safe`` as they are, non-ASCII ones included.
+
+    ``urlencode`` passes ``str`` here (the query is text); bytes, which its ``quote_via``
+    may be given, are read as UTF-8.
+    """
+    text = text.decode() if isinstance(text, bytes) else text
+    safe = safe.decode() if isinstance(safe, bytes) else safe
     return "".join(char if char in safe else quote(char, safe="") for char in text)
 
 

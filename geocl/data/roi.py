@@ -9,7 +9,7 @@ import shapely
 from pyproj import CRS as ProjCRS
 from shapely.geometry.base import BaseGeometry
 
-from geocl.errors import GeoclError
+from geocl.errors import GeoclError, InvalidInputError
 
 
 def read_roi(path: str | os.PathLike[str], crs: ProjCRS) -> BaseGeometry:
@@ -32,9 +32,9 @@ def read_roi(path: str | os.PathLike[str], crs: ProjCRS) -> BaseGeometry:
     frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
     polygons = frame[frame.geometry.geom_type.isin(["Polygon", "MultiPolygon"])]
     if polygons.empty:
-        raise GeoclError("ROI file holds no polygon", path=path)
+        raise InvalidInputError("ROI file holds no polygon", path=path)
     if polygons.crs is None:
-        raise GeoclError("ROI file has no CRS", path=path)
+        raise InvalidInputError("ROI file has no CRS", path=path)
     geometry = polygons.to_crs(crs).geometry.make_valid().union_all()
     return shapely.normalize(geometry)
 
@@ -48,7 +48,7 @@ def check_roi_overlaps(roi: BaseGeometry, footprint: BaseGeometry, path: str | o
     inside = roi.intersection(footprint)
     if inside.is_empty or inside.area == 0:
         left, bottom, right, top = footprint.bounds
-        raise GeoclError(
+        raise InvalidInputError(
             f"ROI lies outside the scene (scene bounds {left:.1f}, {bottom:.1f}, {right:.1f}, {top:.1f})", path=path
         )
     return inside

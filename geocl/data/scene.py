@@ -23,7 +23,7 @@ from torchgeo.datasets import IntersectionDataset, RasterDataset
 
 from geocl.data.rasters import MaskClasses, RasterInfo, find_rasters, inspect_rasters, mask_classes, nodata_value
 from geocl.data.remote import remote_env
-from geocl.errors import GeoclError
+from geocl.errors import InvalidInputError
 
 Sample = dict[str, Any]
 
@@ -155,7 +155,7 @@ class SceneMask(SceneImage):
     ) -> None:
         super().__init__(path, crs=crs, res=res, dtype=torch.long, resampling=Resampling.nearest)
         if self.band_count != 1:
-            raise GeoclError(
+            raise InvalidInputError(
                 f"a class mask must have one band, this one has {self.band_count}", path=self.infos[0].path
             )
         self.mask_classes: MaskClasses = mask_classes(self.infos, unlabelled=nodata)
@@ -189,18 +189,18 @@ class SceneMask(SceneImage):
         sample = super().__getitem__(index)
         if self.mask_classes.from_float:
             sample["mask"] = self._to_classes(sample["mask"])
-        elif self._file_nodata_differs():  # the file's nodata also means unlabelled
-            sample["mask"] = sample["mask"].masked_fill(
-                sample["mask"] == int(self.mask_classes.source_nodata), self.mask_classes.nodata
-            )
+        elif (source_nodata := self._differing_file_nodata()) is not None:  # the file's nodata also means unlabelled
+            sample["mask"] = sample["mask"].masked_fill(sample["mask"] == int(source_nodata), self.mask_classes.nodata)
         if self._class_transforms is not None:
             sample = self._class_transforms(sample)
         return sample
 
-    def _file_nodata_differs(self) -> bool:
-        """An integer mask's file sets a nodata other than :attr:`mask_nodata` (``nodata`` was given)."""
+    def _differing_file_nodata(self) -> float | None:
+        """The nodata an integer mask's file sets, when it is another than :attr:`mask_nodata`
+        (``nodata`` was given), else None."""
         source, nodata = self.mask_classes.source_nodata, self.mask_classes.nodata
-        return source is not None and nodata is not None and math.isfinite(source) and source != nodata
+        differs = source is not None and nodata is not None and math.isfinite(source) and source != nodata
+        return source if differs else None
 
     def _to_classes(self, values: torch.Tensor) -> torch.Tensor:
         missing = torch.isnan(values)
@@ -209,7 +209,7 @@ class SceneMask(SceneImage):
             missing |= values == source_nodata
         fractional = ~missing & (values != torch.floor(values))
         if fractional.any():  # mask_classes read every pixel; only a file changed since can get here
-            raise GeoclError(
+            raise InvalidInputError(
                 f"a class mask needs integer class values, this one holds {values[fractional][0].item()}",
                 path=self.source,
             )
@@ -228,4 +228,4 @@ def labelled_scene(image: SceneImage, mask: SceneMask) -> IntersectionDataset:
     try:
         return IntersectionDataset(image, mask, spatial_only=True)
     except RuntimeError:
-        raise GeoclError(f"image and mask do not overlap (mask: {mask.source})", path=image.source) from None
+        raise InvalidInputError(f"image and mask do not overlap (mask: {mask.source})", path=image.source) from None

@@ -68,7 +68,7 @@ from geocl.data.remote import (
     remote_env,
     remote_error,
 )
-from geocl.errors import GeoclError
+from geocl.errors import GeoclError, InvalidInputError, MissingInputError
 
 __all__ = ["STAC_SUFFIXES", "StacRaster", "is_stac", "read_items", "select_assets", "stac_rasters", "stack_item"]
 
@@ -122,7 +122,7 @@ def _document_error(error: BaseException, href: str) -> GeoclError | None:
     if not is_remote(href):
         for item in chain:
             if isinstance(item, FileNotFoundError):
-                return GeoclError("STAC document not found", path=href)
+                return MissingInputError("STAC document not found", path=href)
         return None
     for item in chain:
         name = type(item).__module__.split(".")[0]
@@ -138,7 +138,7 @@ def _href(source: str | os.PathLike[str]) -> str:
     if "://" in text:
         scheme = urlsplit(text).scheme.lower()
         if scheme not in ("http", "https", "file"):
-            raise GeoclError(
+            raise InvalidInputError(
                 f"STAC documents are read from local files or http(s) URLs, not {scheme}:// (their assets may "
                 "be anywhere: s3://, gs://, https://)",
                 path=display_url(text),
@@ -168,7 +168,7 @@ def read_items(source: str | os.PathLike[str]) -> list[pystac.Item]:
     try:
         data = io.read_json(href)
         if not isinstance(data, dict):
-            raise GeoclError("is not a STAC document (a JSON object)", path=display_url(href))
+            raise InvalidInputError("is not a STAC document (a JSON object)", path=display_url(href))
         if data.get("type") == "FeatureCollection":
             stac: Any = pystac.ItemCollection.from_dict(data, preserve_dict=False, root=None)
         else:
@@ -180,7 +180,7 @@ def read_items(source: str | os.PathLike[str]) -> list[pystac.Item]:
         mapped = _document_error(error, href)
         if mapped is not None:
             raise mapped from None
-        raise GeoclError(
+        raise InvalidInputError(
             f"is not a STAC Item, ItemCollection, Catalog or Collection ({error})", path=display_url(href)
         ) from None
     except Exception as error:  # pystac wraps urllib's HTTPError in a bare Exception
@@ -189,7 +189,7 @@ def read_items(source: str | os.PathLike[str]) -> list[pystac.Item]:
             raise
         raise mapped from None
     if not items:
-        raise GeoclError("STAC document holds no item", path=display_url(href))
+        raise InvalidInputError("STAC document holds no item", path=display_url(href))
     return items
 
 
@@ -229,7 +229,7 @@ def select_assets(item: pystac.Item, assets: Sequence[str] | None, document: str
     if assets:
         missing = [key for key in assets if key not in item.assets]
         if missing:
-            raise GeoclError(
+            raise InvalidInputError(
                 f"item {item.id}, asset {missing[0]}: not in the item (it has {', '.join(item.assets) or 'none'})",
                 path=_where(item, document),
                 key="assets",
@@ -239,12 +239,12 @@ def select_assets(item: pystac.Item, assets: Sequence[str] | None, document: str
     if len(rasters) == 1:
         return [(rasters[0], _absolute(item.assets[rasters[0]], item, document))]
     if not rasters:
-        raise GeoclError(
+        raise InvalidInputError(
             f"item {item.id}: no GeoTIFF data asset (it has {', '.join(item.assets) or 'none'})",
             path=_where(item, document),
             key="assets",
         )
-    raise GeoclError(
+    raise InvalidInputError(
         f"item {item.id} has {len(rasters)} raster assets ({', '.join(rasters)}): pick and order the bands with "
         f"--assets, e.g. --assets {' '.join(rasters[:3])}",
         path=_where(item, document),
@@ -290,8 +290,8 @@ def _open_asset(item: pystac.Item, key: str, href: str) -> _Asset:
         if mapped is not None:
             raise mapped from None
         if not is_remote(href) and not Path(href).exists():
-            raise GeoclError(f"{where}: file not found", path=href) from None
-        raise GeoclError(f"{where}: not a readable raster ({error})", path=display_url(href)) from None
+            raise MissingInputError(f"{where}: file not found", path=href) from None
+        raise InvalidInputError(f"{where}: not a readable raster ({error})", path=display_url(href)) from None
 
 
 def _vrt(assets: Sequence[_Asset]) -> str:
@@ -343,16 +343,16 @@ def _check_grid(item: pystac.Item, assets: Sequence[_Asset]) -> None:
     for asset in assets:
         where = f"item {item.id}, asset {asset.key}"
         if asset.dtype not in _GDAL_TYPES:
-            raise GeoclError(f"{where}: data type {asset.dtype} is not supported", path=display_url(asset.href))
+            raise InvalidInputError(f"{where}: data type {asset.dtype} is not supported", path=display_url(asset.href))
         if asset.crs != grid.crs:
-            raise GeoclError(
+            raise InvalidInputError(
                 f"{where}: in {asset.crs.to_string()}, but asset {grid.key} (the grid) in {grid.crs.to_string()}; "
                 "stack assets of one CRS",
                 path=display_url(asset.href),
                 key="assets",
             )
         if asset.transform.b or asset.transform.d:
-            raise GeoclError(f"{where}: rotated grids are not supported", path=display_url(asset.href))
+            raise InvalidInputError(f"{where}: rotated grids are not supported", path=display_url(asset.href))
 
 
 class StacRaster(os.PathLike[str]):

@@ -21,7 +21,7 @@ from rasterio.windows import Window
 from tqdm.auto import tqdm
 
 from geocl.data.rasters import RasterInfo
-from geocl.errors import GeoclError
+from geocl.errors import InvalidInputError
 from geocl.io import atomic_write_text
 
 #: Pixels read per strip when streaming (all bands); bounds memory, not results.
@@ -113,7 +113,7 @@ def scene_stats(running: RunningBandStats, scene: str | os.PathLike[str]) -> Ban
         GeoclError: naming ``scene``, when it held no valid pixel.
     """
     if running.count == 0:
-        raise GeoclError("scene is all nodata: no valid pixel to train on", path=scene)
+        raise InvalidInputError("scene is all nodata: no valid pixel to train on", path=scene)
     return running.result()
 
 
@@ -191,7 +191,7 @@ def scene_band_stats(infos: Sequence[RasterInfo], *, progress: bool = True) -> B
     src = None
     try:
         for info, window in bar:
-            if info.path != current:
+            if src is None or info.path != current:
                 if src is not None:
                     src.close()
                 src = rasterio.open(info.path)
@@ -199,7 +199,7 @@ def scene_band_stats(infos: Sequence[RasterInfo], *, progress: bool = True) -> B
             try:
                 block = src.read(window=window)
             except rasterio.errors.RasterioError as error:
-                raise GeoclError(f"cannot read pixels (corrupt file?): {error}", path=info.path) from None
+                raise InvalidInputError(f"cannot read pixels (corrupt file?): {error}", path=info.path) from None
             add_valid_pixels(running, block, info.nodata if info.nodata is not None else 0.0)
             del block  # else the next strip is read while this one is still held: two strips in memory
     finally:

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from geocl.data.normalize import BandNormalizer
 from geocl.data.tileset import INDEX_FILE, INDEX_LAYER, METADATA_FILE, SPLITS, read_metadata
-from geocl.errors import GeoclError
+from geocl.errors import InvalidInputError, MissingInputError
 from geocl.io import atomic_path
 
 #: Mask value of pixels that carry no label (nodata, or a class outside the tile set).
@@ -71,12 +71,12 @@ class TileDataset(Dataset[Sample]):
         splits = [split] if isinstance(split, str) else list(split or SPLITS)
         for name in splits:
             if name not in SPLITS:
-                raise GeoclError(f"unknown split {name!r}; choose from {', '.join(SPLITS)}", key="split")
+                raise InvalidInputError(f"unknown split {name!r}; choose from {', '.join(SPLITS)}", key="split")
         self.index = gpd.read_file(self.root / INDEX_FILE, layer=INDEX_LAYER)
         has_masks = bool(self.index["mask_path"].notna().all())
         self.with_mask = has_masks if with_mask is None else with_mask
         if self.with_mask and not has_masks:
-            raise GeoclError("tile set has no masks; tile it with --mask", path=self.root)
+            raise MissingInputError("tile set has no masks; tile it with --mask", path=self.root)
         self.rows = np.flatnonzero(self.index["split"].isin(splits).to_numpy())
         self.transforms = transforms
         self.classes: list[int] = list(self.metadata["classes"])

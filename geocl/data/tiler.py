@@ -1,4 +1,4 @@
-"""Cut a scene into georeferenced GeoTIFF tiles: the grid plan, the block splits, the pass over the tiles.
+"""Cut a scene into georeferenced GeoTIFF tiles: the grid plan, its split, the pass over the tiles.
 
 One tile goes from the scene to disk at a time (TorchGeo's ``GriddedPatchSampler``
 plans the grid, the scene dataset reads each tile), so memory does not grow with the
@@ -7,8 +7,8 @@ scene. The folder is a tile set (:mod:`geocl.data.tileset`: ``tiles.json``, ``ti
 they read back as this run would write them, every file written atomically: an
 interrupted run resumes where it stopped and ends with the same files.
 
-Splits are drawn per spatial block (``split_block`` px square) so train, val and test
-tiles come from different places; a val or test tile that overlaps a train tile
+Splits are drawn per spatial block (``split_block`` px square, :mod:`geocl.data.block_splits`)
+so train, val and test tiles come from different places; a val or test tile that overlaps a train tile
 (possible when ``stride < size``) is dropped. When a split ends up empty (a scene
 with too few blocks), the summary warns and names a split block that fills it.
 
@@ -33,6 +33,7 @@ from rasterio.enums import Resampling
 from torchgeo.samplers import GriddedPatchSampler
 from tqdm.auto import tqdm
 
+from geocl.data.block_splits import Cell, draw_block_splits
 from geocl.data.rasters import bounded_memory, scene_read_error
 from geocl.data.remote import is_remote
 from geocl.data.roi import check_roi_overlaps, read_roi
@@ -55,7 +56,7 @@ from geocl.data.tileset import (
     write_index,
     write_metadata,
 )
-from geocl.errors import GeoclError
+from geocl.errors import InvalidInputError
 from geocl.io import check_output_folder
 
 # INDEX_FILE ... read_metadata are geocl.data.tileset's, named here too for the modules that import them from here
@@ -109,18 +110,18 @@ class TilingOptions:
     def validate(self) -> None:
         """Raise :class:`GeoclError` naming the first bad option."""
         if self.size < 8:
-            raise GeoclError(f"tile size must be >= 8 px, got {self.size}", key="size")
+            raise InvalidInputError(f"tile size must be >= 8 px, got {self.size}", key="size")
         if not 1 <= self.stride:
-            raise GeoclError(f"stride must be >= 1 px, got {self.stride}", key="stride")
+            raise InvalidInputError(f"stride must be >= 1 px, got {self.stride}", key="stride")
         if not 0.0 <= self.max_nodata <= 1.0:
-            raise GeoclError(f"must be within [0, 1], got {self.max_nodata}", key="max_nodata")
+            raise InvalidInputError(f"must be within [0, 1], got {self.max_nodata}", key="max_nodata")
         if self.split_block < self.stride:
-            raise GeoclError(
+            raise InvalidInputError(
                 f"split block ({self.split_block} px) must be >= stride ({self.stride} px)", key="split_block"
             )
         fractions = self.split_fractions
         if len(fractions) != 3 or min(fractions) < 0 or not math.isclose(sum(fractions), 1.0):
-            raise GeoclError(f"need 3 non-negative fractions summing to 1, got {fractions}", key="split")
+            raise InvalidInputError(f"need 3 non-negative fractions summing to 1, got {fractions}", key="split")
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,6 @@ class PlannedTile:
         return f"r{self.row:04d}_c{self.col:04d}.tif"
 
 
-Cell = tuple[int, int]
 Box = tuple[float, float, float, float]
 
 
@@ -165,7 +165,7 @@ def grid_cells(dataset: Any, options: TilingOptions, roi: shapely.Geometry | Non
     width_px, height_px = (right - left) / res_x, (top - bottom) / res_y
     if options.size > round(width_px) or options.size > round(height_px):
         where = "the part of the scene inside the ROI" if roi is not None else "the scene"
-        raise GeoclError(
+        raise InvalidInputError(
             f"tile size {options.size} px is larger than {where} ({round(width_px)} x {round(height_px)} px)",
             key="size",
         )
@@ -202,131 +202,6 @@ def split_cells(
     tiles = [PlannedTile(row, col, cells[row, col], block_split[block_of((row, col))]) for row, col in sorted(cells)]
     kept = _drop_cross_split_overlaps(tiles, options)
     return kept, len(tiles) - len(kept)
-
-
-#: A class is promised a place in the test split when its pixels lie in at least this
-#: many split blocks: one each for train, val and test.
-SPREAD_CLASS_BLOCKS = 3
-
-
-def draw_block_splits(
-    block_classes: dict[Cell, dict[int, int]],
-    fractions: tuple[float, float, float],
-    seed: int,
-    *,
-    stratify: bool = True,
-) -> dict[Cell, str]:
-    """Give every split block (``(block_row, block_col)``) a split, spread over the scene.
-
-    The rule, so that a test split can carry a claim about the whole scene:
-
-    1. **Spread.** The blocks are walked in serpentine order (left to right on even
-       block rows, right to left on odd ones), so consecutive blocks are neighbours,
-       and cut into ``n_val + n_test`` runs of near-equal length; each run gives one
-       held-out block. Held-out runs alternate between test and val by an even
-       (largest-remainder) sequence with a seeded phase, so both splits reach every
-       part of the scene instead of one corner.
-    2. **Stratify** (with class counts). Each run's block is then chosen among the run's
-       blocks by coordinate ascent over the runs: the split's classes present first, then
-       the L1 distance of its class shares to the scene's, the other runs' choices held
-       fixed, sweeping until nothing changes. Without counts (no mask) the block of a run
-       is a seeded draw.
-    3. **Cover.** A class whose pixels lie in at least :data:`SPREAD_CLASS_BLOCKS`
-       blocks but in no test block gets its largest train block moved to test, in
-       exchange for the test block whose loss costs the test split no class (train
-       keeps a block of the class, val is not touched).
-
-    Every split with a fraction > 0 gets a block when there are 3 blocks or more.
-    Deterministic for a seed.
-
-    Args:
-        block_classes: class -> pixel count of every block (empty dicts: no mask).
-        fractions: shares of blocks for train, val and test.
-        seed: seed of the phase and the within-run draws.
-        stratify: use the class counts (steps 2 and 3).
-
-    Returns:
-        block -> ``"train"``, ``"val"`` or ``"test"``.
-    """
-    blocks = sorted(block_classes, key=lambda block: (block[0], block[1] if block[0] % 2 == 0 else -block[1]))
-    n = len(blocks)
-    _, val_fraction, test_fraction = fractions
-    n_val, n_test = round(val_fraction * n), round(test_fraction * n)
-    if n >= 3:  # every split gets a block when there are enough of them
-        n_val = max(n_val, 1) if val_fraction > 0 else 0
-        n_test = max(n_test, 1) if test_fraction > 0 else 0
-    n_held = min(n_val + n_test, n)
-    n_test = min(n_test, n_held)
-    split = dict.fromkeys(blocks, "train")
-    if n_held == 0:
-        return split
-    rng = np.random.default_rng(seed)
-    phase = rng.random()
-    run_splits = [
-        "test" if math.floor((k + 1 + phase) * n_test / n_held) > math.floor((k + phase) * n_test / n_held) else "val"
-        for k in range(n_held)
-    ]
-    classes = sorted({value for counts in block_classes.values() for value in counts})
-    stratify = stratify and bool(classes)
-    scene = np.array([sum(block_classes[b].get(c, 0) for b in blocks) for c in classes], dtype=float)
-    scene_share = scene / scene.sum() if stratify else scene
-
-    def vector(block: Cell) -> np.ndarray:
-        return np.array([block_classes[block].get(c, 0) for c in classes], dtype=float)
-
-    runs = [[blocks[i] for i in rng.permutation(run)] for run in np.array_split(np.arange(n), n_held)]
-    chosen = [candidates[0] for candidates in runs]  # the seeded draw; stratified below
-    if stratify:
-
-        def score(counts: np.ndarray) -> tuple[int, float]:
-            total = counts.sum()
-            distance = float(np.abs(counts / total - scene_share).sum()) if total else 2.0
-            return int(np.sum(counts > 0)), -distance
-
-        # coordinate ascent: each run in turn takes the candidate that gives its split the
-        # most classes, then shares closest to the scene's, the other runs' choices fixed;
-        # a sweep that changes nothing ends it (a few sweeps in practice)
-        for _ in range(10):
-            changed = False
-            for k, (candidates, name) in enumerate(zip(runs, run_splits, strict=True)):
-                others = sum(
-                    (vector(chosen[j]) for j, other in enumerate(run_splits) if other == name and j != k),
-                    np.zeros(len(classes)),
-                )
-                best = max(candidates, key=lambda block: score(others + vector(block)))
-                if score(others + vector(best)) > score(others + vector(chosen[k])):
-                    chosen[k], changed = best, True
-            if not changed:
-                break
-    for block, name in zip(chosen, run_splits, strict=True):
-        split[block] = name
-    if stratify:
-        _cover_test_classes(split, blocks, classes, vector)
-    return split
-
-
-def _cover_test_classes(split: dict[Cell, str], blocks: list[Cell], classes: list[int], vector: Any) -> None:
-    """Move a train block of each spread class missing from test into test (rule 3 above)."""
-    holders = {c: [b for b in blocks if vector(b)[i] > 0] for i, c in enumerate(classes)}
-    for i, value in enumerate(classes):
-        if len(holders[value]) < SPREAD_CLASS_BLOCKS or any(split[b] == "test" for b in holders[value]):
-            continue
-        train_holders = [b for b in holders[value] if split[b] == "train"]
-        if len(train_holders) < 2:  # train keeps at least one block of the class
-            continue
-        incoming = max(train_holders, key=lambda b: vector(b)[i])
-        test_blocks = [b for b in blocks if split[b] == "test"]
-
-        def classes_only_there(block: Cell) -> int:
-            others = sum((vector(b) for b in test_blocks if b != block), np.zeros(len(classes)))  # noqa: B023 - called only within this iteration
-            return int(np.sum((vector(block) > 0) & (others == 0)))
-
-        outgoing = min(test_blocks, key=classes_only_there) if test_blocks else None
-        if outgoing is not None and classes_only_there(outgoing) > 0:
-            continue  # every test block holds a class no other one has: no free swap
-        split[incoming] = "test"
-        if outgoing is not None:
-            split[outgoing] = "train"
 
 
 def _drop_cross_split_overlaps(tiles: list[PlannedTile], options: TilingOptions) -> list[PlannedTile]:
@@ -428,7 +303,7 @@ class _Inputs:
     def layout(self) -> TileLayout:
         return TileLayout(
             crs=self.image.crs.to_wkt(),
-            res=tuple(self.image.res),
+            res=(self.image.res[0], self.image.res[1]),
             bands=self.image.band_count,
             dtype=self.image.source_dtype,
             nodata=self.image.nodata_value,
@@ -459,7 +334,7 @@ def _tile_scene(
 ) -> TilingSummary:
     options.validate()
     if options.mask_nodata is not None and mask is None:
-        raise GeoclError("an unlabelled mask value needs a mask; give --mask too", key="mask_nodata")
+        raise InvalidInputError("an unlabelled mask value needs a mask; give --mask too", key="mask_nodata")
     inputs = _open_inputs(scene, mask, options)
     out = check_output_folder(out, key="out")  # after the inputs: a bad input leaves no folder behind
     recorded = asdict(options)
@@ -484,7 +359,7 @@ def _tile_scene(
     for tile in tqdm(tiles, desc="tiling", unit="tile", disable=not progress):
         writer.add(tile)
     if not writer.tiles.rows:
-        raise GeoclError(
+        raise InvalidInputError(
             f"no tile has at most {options.max_nodata:.0%} nodata; raise --max-nodata or check the scene", path=scene
         )
     rows = writer.finish()

@@ -46,7 +46,7 @@ from rasterio.transform import from_origin
 
 from geocl.data.rasters import geotiff_profile
 from geocl.data.stats import BandStats
-from geocl.errors import GeoclError
+from geocl.errors import GeoclError, MissingInputError, OutputExistsError
 from geocl.io import atomic_path, atomic_write_bytes, atomic_write_text, write_failure
 
 __all__ = [
@@ -266,7 +266,7 @@ class TileSetWriter:
         mask_nodata: int | None,
         classes: Sequence[int] | None = None,
     ) -> None:
-        self.summary, self.crs, self.res = summary, crs, tuple(res)
+        self.summary, self.crs, self.res = summary, crs, (res[0], res[1])
         self.image_spec, self.mask_spec = image_spec, mask_spec
         self.nodata, self.mask_nodata = nodata, mask_nodata
         self.classes = None if classes is None else set(classes)
@@ -326,11 +326,13 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise GeoclError(
+        raise OutputExistsError(
             f"cannot be read ({error}); use a new output folder or delete {path.parent}", path=path
         ) from None
     if not isinstance(data, dict):
-        raise GeoclError(f"is not what `geocl tile` writes; use a new output folder or delete {path.parent}", path=path)
+        raise OutputExistsError(
+            f"is not what `geocl tile` writes; use a new output folder or delete {path.parent}", path=path
+        )
     return data
 
 
@@ -363,6 +365,13 @@ def _files_differ(was: list[str], now: list[str]) -> str:
     return "files differ: " + "; ".join(parts)
 
 
+def recorded_section(record: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """The section ``key`` (``"options"``, ``"sources"``) of a recorded ``tiles.json``, or ``{}``
+    when it has none or it is not a JSON object."""
+    section = record.get(key)
+    return section if isinstance(section, dict) else {}
+
+
 def _difference(
     earlier: Mapping[str, Any], options: Mapping[str, Any], sources: Mapping[str, Any]
 ) -> tuple[str, str] | None:
@@ -371,11 +380,11 @@ def _difference(
     Options are compared as JSON holds them (tuples as lists); an input that is a list of
     files is compared as such (``files differ: ...``), any other as its value.
     """
-    was_options = earlier.get("options") if isinstance(earlier.get("options"), dict) else {}
+    was_options = recorded_section(earlier, "options")
     for name, value in json.loads(json.dumps(dict(options))).items():
         if was_options.get(name) != value:
             return name, f"was {_shown(was_options.get(name))}, now {_shown(value)}"
-    was_sources = earlier.get("sources") if isinstance(earlier.get("sources"), dict) else {}
+    was_sources = recorded_section(earlier, "sources")
     for name, now in sources.items():
         if isinstance(now, list):
             was = was_sources.get(name) or []
@@ -410,7 +419,7 @@ def check_tile_folder(
     recorded = read_recorded(out)
     if recorded is None:
         if _holds_tiles(out):
-            raise GeoclError(
+            raise OutputExistsError(
                 f"holds tiles but no {METADATA_FILE}, so nothing says which options made them; "
                 "use a new output folder or delete this one",
                 path=out,
@@ -420,7 +429,7 @@ def check_tile_folder(
     difference = _difference(recorded, options, sources)
     if difference is not None and _holds_tiles(out):
         name, change = difference
-        raise GeoclError(
+        raise OutputExistsError(
             f"{change} for the tiles already in {out}; use a new output folder or delete that one",
             key=keys.get(name, name),
         )
@@ -555,7 +564,7 @@ def read_metadata(out: str | os.PathLike[str]) -> dict[str, Any]:
     """
     path = Path(out) / METADATA_FILE
     if not path.exists():
-        raise GeoclError("no tile set here (tiles.json missing); run `geocl tile` first", path=out)
+        raise MissingInputError("no tile set here (tiles.json missing); run `geocl tile` first", path=out)
     metadata = json.loads(path.read_text())
     if not metadata.get("complete"):
         raise GeoclError("tile set is incomplete; rerun `geocl tile` to finish it", path=out)

@@ -46,7 +46,7 @@ def describe_environment(*, deterministic: bool = False) -> dict[str, Any]:
     """The machine and libraries of this process, as plain data (``environment.json``)."""
     import torch
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in LIBRARIES:
         try:
             versions[name] = version(name)

@@ -27,7 +27,9 @@ def stretch(band: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
     return np.clip((band - low) / max(high - low, 1e-9), 0, 1)
 
 
-def quicklook(path: str | os.PathLike[str], max_side: int = 1024) -> tuple[np.ndarray, tuple[float, ...]]:
+def quicklook(
+    path: str | os.PathLike[str], max_side: int = 1024
+) -> tuple[np.ndarray, tuple[float, float, float, float]]:
     """A small display image of a raster, read decimated by GDAL (never at full size).
 
     Args:

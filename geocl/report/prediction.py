@@ -82,7 +82,7 @@ def plot_prediction_preview(
     right.set_title(f"prediction ({prediction.name})")
     # long legends list only the classes that occur in the preview
     handles = [
-        Patch(facecolor=np.asarray(c) / 255.0, edgecolor="black", label=f"class value {v}")
+        Patch(facecolor=(c[0] / 255.0, c[1] / 255.0, c[2] / 255.0), edgecolor="black", label=f"class value {v}")
         for v, c in zip(values, colours, strict=False)
         if len(values) <= 12 or (shown == v).any()
     ]

@@ -24,7 +24,8 @@ from PIL import Image
 from torchgeo.datasets import LoveDA, Potsdam2D, Vaihingen2D
 
 from geocl.cli import main
-from geocl.data.benchmarks import BENCHMARKS, _starts, ensure_recipe_tiles, export_benchmark
+from geocl.data.benchmarks import BENCHMARKS, ensure_recipe_tiles, export_benchmark
+from geocl.data.benchmarks.export import _starts
 from geocl.data.tile_dataset import IGNORE_INDEX, TileDataset
 from geocl.errors import GeoclError
 from geocl.methods import load_recipe

@@ -13,6 +13,7 @@ from rasterio.transform import from_origin
 
 import geocl.data.rasters as rasters
 from geocl.data.rasters import GDAL_CACHE_MB, bounded_memory, read_decimated
+from geocl.errors import MissingInputError
 
 
 def _write_tiled(path: Path, data: np.ndarray, *, overviews: list[int] | None = None) -> Path:
@@ -102,3 +103,12 @@ def test_bounded_memory_tunes_malloc_only_inside_a_tuning_section(monkeypatch: p
     with malloc.malloc_tuning(), bounded_memory():
         assert thresholds == [malloc.MMAP_THRESHOLD]
     assert thresholds == [malloc.MMAP_THRESHOLD, malloc.COMPUTE_MMAP_THRESHOLD]
+
+
+def test_a_missing_scene_is_a_missing_input_error(tmp_path: Path) -> None:
+    """Also a FileNotFoundError (as torchgeo's DatasetNotFoundError), with the message naming the path."""
+    missing = tmp_path / "nowhere.tif"
+    with pytest.raises(MissingInputError) as raised:
+        rasters.find_rasters(missing)
+    assert isinstance(raised.value, FileNotFoundError)
+    assert str(raised.value) == f"{missing}: scene not found"

@@ -15,12 +15,11 @@ import shapely
 from pyproj import Transformer
 from rasterio.transform import rowcol
 
-import geocl.data.tiler as tiler
 import geocl.data.tileset as tileset
 from geocl.data.stats import valid_pixels
 from geocl.data.tiler import TilingOptions, tile_scene
 from geocl.data.tileset import read_metadata
-from geocl.errors import GeoclError
+from geocl.errors import GeoclError, InvalidInputError, MissingInputError
 from tests.conftest import RasterWriter, coordinate_image
 
 ORIGIN = (500_000.0, 5_100_000.0)
@@ -321,67 +320,21 @@ def test_tiles_from_files_in_two_crs_are_reprojected(tmp_path: Path, write_raste
     assert sum(summary.splits.values()) == len(index) > 0
 
 
-def _quadrants(blocks: list[tuple[int, int]], side: int) -> set[tuple[bool, bool]]:
-    return {(row < side / 2, col < side / 2) for row, col in blocks}
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (TilingOptions(size=4), "size: tile size must be >= 8 px, got 4"),
+        (TilingOptions(split_fractions=(0.5, 0.5, 0.5)), "split: need 3 non-negative fractions summing to 1"),
+    ],
+)
+def test_a_bad_tiling_option_is_an_invalid_input_error(options: TilingOptions, message: str) -> None:
+    """Also a ValueError, naming the option."""
+    with pytest.raises(InvalidInputError, match=message) as raised:
+        options.validate()
+    assert isinstance(raised.value, ValueError)
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_held_out_blocks_are_spread_over_the_scene(seed: int) -> None:
-    """Without a mask, test (and val) blocks reach every quarter of an 8 x 8 block grid."""
-    blocks = {(row, col): {} for row in range(8) for col in range(8)}
-    split = tiler.draw_block_splits(blocks, (0.7, 0.15, 0.15), seed, stratify=False)
-    test = [block for block, name in split.items() if name == "test"]
-    val = [block for block, name in split.items() if name == "val"]
-    assert len(test) == len(val) == round(0.15 * 64)
-    assert len(_quadrants(test, 8)) == 4
-    assert len(_quadrants(val, 8)) >= 3
-    assert split == tiler.draw_block_splits(blocks, (0.7, 0.15, 0.15), seed, stratify=False)
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_stratified_split_puts_every_spread_class_in_test(seed: int) -> None:
-    """A rare class held by 3 blocks of one corner still reaches test; train keeps it too."""
-    rng = np.random.default_rng(seed)
-    blocks = {
-        (row, col): {1: int(rng.integers(500, 1000)), 2: int(rng.integers(0, 300))}
-        for row in range(6)
-        for col in range(6)
-    }
-    for block in [(0, 0), (0, 1), (1, 0)]:  # class 3: a corner only
-        blocks[block][3] = 40
-    blocks[(5, 5)][4] = 10  # class 4: one block, too few to promise anywhere
-    split = tiler.draw_block_splits(blocks, (0.7, 0.15, 0.15), seed)
-    holding = {value: {split[b] for b, counts in blocks.items() if counts.get(value)} for value in (1, 2, 3)}
-    for value, splits in holding.items():
-        assert "test" in splits, f"class {value} missing from test"
-        assert "train" in splits, f"class {value} missing from train"
-    assert sum(name == "test" for name in split.values()) == round(0.15 * 36)
-    assert len(_quadrants([b for b, name in split.items() if name == "test"], 6)) >= 3
-
-
-def test_stratified_test_shares_are_closer_to_the_scene_than_a_random_draw() -> None:
-    """Class shares of the test blocks track the scene's better than uniformly drawn blocks do."""
-    rng = np.random.default_rng(0)
-    blocks = {
-        (row, col): {
-            1: int(rng.integers(0, 1000)) * (row < 4),
-            2: int(rng.integers(0, 1000)),
-            3: int(rng.integers(0, 200)) * (col > 5),
-        }
-        for row in range(8)
-        for col in range(8)
-    }
-    scene = np.array([sum(counts[c] for counts in blocks.values()) for c in (1, 2, 3)], dtype=float)
-    scene /= scene.sum()
-
-    def distance(chosen: list[tuple[int, int]]) -> float:
-        counts = np.array([sum(blocks[b][c] for b in chosen) for c in (1, 2, 3)], dtype=float)
-        return float(np.abs(counts / counts.sum() - scene).sum())
-
-    stratified = [
-        distance([b for b, name in tiler.draw_block_splits(blocks, (0.7, 0.15, 0.15), seed).items() if name == "test"])
-        for seed in range(10)
-    ]
-    keys = list(blocks)
-    uniform = [distance([keys[i] for i in rng.permutation(64)[:10]]) for _ in range(200)]
-    assert np.mean(stratified) < 0.5 * np.mean(uniform)
+def test_reading_a_folder_without_a_tile_set_is_a_missing_input_error(tmp_path: Path) -> None:
+    with pytest.raises(MissingInputError, match=r"no tile set here \(tiles.json missing\)") as raised:
+        read_metadata(tmp_path)
+    assert isinstance(raised.value, FileNotFoundError)

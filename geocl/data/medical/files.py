@@ -31,11 +31,12 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
 
-from geocl.errors import GeoclError
+from geocl.errors import GeoclError, InvalidInputError, MissingInputError
 from geocl.io import atomic_write_bytes
 
 __all__ = [
@@ -141,19 +142,22 @@ def read_header(path: str | os.PathLike[str]) -> VolumeHeader:
     """
     path = Path(path)
     if not is_nifti(path):
-        raise GeoclError("is not a NIfTI file (.nii or .nii.gz); convert it, or move it out of the folder", path=path)
+        raise InvalidInputError(
+            "is not a NIfTI file (.nii or .nii.gz); convert it, or move it out of the folder", path=path
+        )
     try:
-        image = nib.load(path)
+        # a .nii or .nii.gz loads as a Nifti1Image (or a Nifti2Image, its subclass)
+        image = cast(nib.Nifti1Image, nib.load(path))
         shape = tuple(int(n) for n in image.shape)
         zooms = [float(z) for z in image.header.get_zooms()[:3]]
         affine = np.asarray(image.affine, dtype=np.float64)
     except Exception as exc:  # nibabel raises many types for a damaged or foreign file
-        raise GeoclError(f"cannot be read as NIfTI: {exc}", path=path) from None
+        raise InvalidInputError(f"cannot be read as NIfTI: {exc}", path=path) from None
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
     if len(shape) != 3:
         dims = "x".join(map(str, shape))
-        raise GeoclError(
+        raise InvalidInputError(
             f"is {len(shape)}D ({dims}); give one 3D volume per file (split a multi-channel or time series into "
             "files, one a volume)",
             path=path,
@@ -162,7 +166,7 @@ def read_header(path: str | os.PathLike[str]) -> VolumeHeader:
     spacing = [0.0, 0.0, 0.0]
     for voxel_axis, ras_axis in enumerate(axes):
         spacing[ras_axis] = zooms[voxel_axis]
-    return VolumeHeader(shape, affine, (spacing[0], spacing[1], spacing[2]))  # type: ignore[arg-type]
+    return VolumeHeader((shape[0], shape[1], shape[2]), affine, (spacing[0], spacing[1], spacing[2]))
 
 
 @dataclass(frozen=True)
@@ -193,9 +197,11 @@ def _nifti_files(folder: Path) -> list[Path]:
         if path.name.startswith("."):
             continue
         if path.is_dir():
-            raise GeoclError("is a folder inside a volume folder; one NIfTI file a volume is expected", path=path)
+            raise InvalidInputError(
+                "is a folder inside a volume folder; one NIfTI file a volume is expected", path=path
+            )
         if not is_nifti(path):
-            raise GeoclError(
+            raise InvalidInputError(
                 "is not a NIfTI file (.nii or .nii.gz); convert it, or move it out of the folder", path=path
             )
         files.append(path)
@@ -219,11 +225,11 @@ def find_cases(root: str | os.PathLike[str], *, key: str = "data.path") -> list[
     """
     root = Path(root)
     if not root.is_dir():
-        raise GeoclError(f"no such folder (given by {key})", path=root, key=key)
+        raise MissingInputError(f"no such folder (given by {key})", path=root, key=key)
     layout = next(((root / a, root / b) for a, b in LAYOUTS if (root / a).is_dir()), None)
     if layout is None:
         expected = " or ".join(f"{a}/ (and {b}/)" for a, b in LAYOUTS)
-        raise GeoclError(
+        raise MissingInputError(
             f"holds no {expected} folder of NIfTI volumes; `geocl make-volumes` writes an example", path=root
         )
     image_folder, label_folder = layout
@@ -231,16 +237,18 @@ def find_cases(root: str | os.PathLike[str], *, key: str = "data.path") -> list[
     for path in _nifti_files(image_folder):
         name = case_id(path)
         if name in images:
-            raise GeoclError(f"is a second image of case {name!r} (beside {images[name].name}); keep one", path=path)
+            raise InvalidInputError(
+                f"is a second image of case {name!r} (beside {images[name].name}); keep one", path=path
+            )
         images[name] = path
     if not images:
-        raise GeoclError("holds no NIfTI volumes (.nii, .nii.gz)", path=image_folder)
+        raise MissingInputError("holds no NIfTI volumes (.nii, .nii.gz)", path=image_folder)
     labels: dict[str, Path] = {}
     if label_folder.is_dir():
         for path in _nifti_files(label_folder):
             name = case_id(path)
             if name not in images:
-                raise GeoclError(f"is a label map without an image {name}.nii[.gz] in {image_folder}", path=path)
+                raise MissingInputError(f"is a label map without an image {name}.nii[.gz] in {image_folder}", path=path)
             labels[name] = path
     cases = []
     for name, image in images.items():
@@ -255,13 +263,13 @@ def find_cases(root: str | os.PathLike[str], *, key: str = "data.path") -> list[
 def _check_label_grid(label: Path, image_header: VolumeHeader, image: Path) -> None:
     header = read_header(label)
     if header.shape != image_header.shape:
-        raise GeoclError(
+        raise InvalidInputError(
             f"label map has shape {'x'.join(map(str, header.shape))} but its image {image} has "
             f"{'x'.join(map(str, image_header.shape))}; a label map must be on its image's grid",
             path=label,
         )
     if not np.allclose(header.affine, image_header.affine, atol=1e-3):
-        raise GeoclError(
+        raise InvalidInputError(
             f"label map's affine (voxel-to-mm matrix) differs from its image's ({image}); a label map must be on "
             "its image's grid",
             path=label,
@@ -285,10 +293,10 @@ def read_voxels(path: str | os.PathLike[str]) -> np.ndarray:
             damaged file whose header alone is fine).
     """
     try:
-        data = np.asanyarray(nib.load(path).dataobj)
+        data = np.asanyarray(cast(nib.Nifti1Image, nib.load(path)).dataobj)
     except _READ_ERRORS as exc:
         reason = str(exc) or type(exc).__name__
-        raise GeoclError(f"cannot read the voxels (a truncated or damaged file?): {reason}", path=path) from None
+        raise InvalidInputError(f"cannot read the voxels (a truncated or damaged file?): {reason}", path=path) from None
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     return data
@@ -312,17 +320,17 @@ def check_image_voxels(path: str | os.PathLike[str], data: np.ndarray) -> None:
             count of NaN or infinite voxels, values beyond float32.
     """
     if data.dtype.names is not None or not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
-        raise GeoclError(f"holds {data.dtype} voxels; an image volume holds one real number a voxel", path=path)
+        raise InvalidInputError(f"holds {data.dtype} voxels; an image volume holds one real number a voxel", path=path)
     if np.issubdtype(data.dtype, np.floating):
         bad = np.count_nonzero(~np.isfinite(data))
         if bad:
-            raise GeoclError(
+            raise InvalidInputError(
                 f"holds {bad} non-finite voxels (NaN or inf) of {data.size}; NIfTI has no nodata value: "
                 "replace them with a number (e.g. the background's)",
                 path=path,
             )
         if data.size and float(np.abs(data).max()) > float(np.finfo(np.float32).max):
-            raise GeoclError(
+            raise InvalidInputError(
                 f"holds values up to {float(np.abs(data).max()):.3g}, beyond float32 (the volumes are normalised "
                 "in float32); rescale the volume",
                 path=path,
@@ -344,7 +352,7 @@ def label_classes(path: str | os.PathLike[str], data: np.ndarray) -> list[int]:
         bad = ~finite
         bad[finite] = data[finite] != np.floor(data[finite])
         if bad.any():
-            raise GeoclError(
+            raise InvalidInputError(
                 f"label map holds {np.count_nonzero(bad)} voxels that are no class number ({_shown(data[bad])}); "
                 "a label map holds whole class numbers 0, 1, 2, ...",
                 path=path,
@@ -354,7 +362,7 @@ def label_classes(path: str | os.PathLike[str], data: np.ndarray) -> list[int]:
     low, high = float(data.min()), float(data.max())
     if low < 0 or high > MAX_CLASS_VALUE:
         outside = data[(data < 0) | (data > MAX_CLASS_VALUE)]
-        raise GeoclError(
+        raise InvalidInputError(
             f"label map holds {outside.size} voxels outside the class numbers 0..{MAX_CLASS_VALUE} "
             f"({_shown(outside)}); a label map holds class numbers, 0 the background",
             path=path,
@@ -362,7 +370,7 @@ def label_classes(path: str | os.PathLike[str], data: np.ndarray) -> list[int]:
     counts = np.bincount(data.astype(np.int64, copy=False).ravel(), minlength=1)
     classes = [int(value) for value in np.flatnonzero(counts)]
     if len(classes) > MAX_CLASSES:
-        raise GeoclError(
+        raise InvalidInputError(
             f"label map holds {len(classes)} distinct values ({', '.join(map(str, classes[:5]))}, ...); a label map "
             f"holds at most {MAX_CLASSES} classes: is it an image?",
             path=path,
@@ -381,7 +389,7 @@ def class_indices(values: np.ndarray, classes: Sequence[int], path: str | os.Pat
     positions = np.clip(np.searchsorted(table, values), 0, len(table) - 1)
     unknown = table[positions] != values
     if unknown.any():
-        raise GeoclError(
+        raise InvalidInputError(
             f"label map holds class {_shown(values[unknown])}, which is none of the model's classes "
             f"({', '.join(map(str, classes))})",
             path=path,
@@ -423,7 +431,7 @@ def check_voxels(cases: Sequence[Case], *, root: str | os.PathLike[str] | None =
             labelled = True
             classes.update(label_classes(case.label, read_voxels(case.label)))
     if len(classes) > MAX_CLASSES:
-        raise GeoclError(
+        raise InvalidInputError(
             f"label maps hold {len(classes)} classes together; at most {MAX_CLASSES} are supported", path=root
         )
     if labelled and classes == {0}:

@@ -64,7 +64,7 @@ from geocl.data.medical.files import (
 )
 from geocl.data.normalize import BandNormalizer
 from geocl.data.tile_dataset import IGNORE_INDEX
-from geocl.errors import GeoclError
+from geocl.errors import GeoclError, InvalidInputError, MissingInputError
 
 __all__ = [
     "Case",
@@ -104,9 +104,9 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if len(self.spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in self.spacing):
-            raise GeoclError(f"must be three positive sizes in mm, got {list(self.spacing)}", key="data.spacing")
+            raise InvalidInputError(f"must be three positive sizes in mm, got {list(self.spacing)}", key="data.spacing")
         if self.intensity not in INTENSITIES:
-            raise GeoclError(
+            raise InvalidInputError(
                 f"unknown intensity normalisation {self.intensity!r}; choose from {', '.join(INTENSITIES)}",
                 key="data.intensity",
             )
@@ -181,11 +181,13 @@ def apply_transform(transform: Callable[[dict[str, Any]], dict[str, Any]], files
         reason = (str(cause).splitlines() or [""])[0] or type(cause).__name__
         for path in files.values():
             read_voxels(path)  # names a damaged file, with nibabel's reason
-        raise GeoclError(f"cannot read the volume: {reason}", path=files["image"]) from None
+        raise InvalidInputError(f"cannot read the volume: {reason}", path=files["image"]) from None
     if not bool(torch.isfinite(torch.as_tensor(data["image"])).all()):
         check_image_voxels(files["image"], read_voxels(files["image"]))  # names the stored NaN or inf voxels
-        raise GeoclError("holds values too large to normalise in float32; rescale the volume", path=files["image"])
-    return data  # type: ignore[no-any-return]
+        raise InvalidInputError(
+            "holds values too large to normalise in float32; rescale the volume", path=files["image"]
+        )
+    return data
 
 
 @dataclass
@@ -232,7 +234,7 @@ def _dataset_classes(volumes: Sequence[LoadedCase], classes: Sequence[int] | Non
     if classes != sorted(set(classes)) or classes[0] != 0:
         raise GeoclError(f"must be distinct class numbers in ascending order from 0, got {classes}", key="classes")
     if len(classes) > MAX_CLASSES:
-        raise GeoclError(f"{len(classes)} classes; at most {MAX_CLASSES} are supported", key="classes")
+        raise InvalidInputError(f"{len(classes)} classes; at most {MAX_CLASSES} are supported", key="classes")
     for volume in volumes:  # class numbers -> positions, as tile masks (TileDataset)
         if volume.label is not None:
             volume.label = class_indices(volume.label, classes, volume.case.label)  # type: ignore[arg-type]
@@ -304,10 +306,10 @@ class NiftiSliceDataset(Dataset[Sample]):
         if not cases:
             raise GeoclError("no cases to take slices from", key="data.path")
         if slice_axis not in (0, 1, 2):
-            raise GeoclError(f"must be 0, 1 or 2, got {slice_axis}", key="data.slice_axis")
+            raise InvalidInputError(f"must be 0, 1 or 2, got {slice_axis}", key="data.slice_axis")
         unlabelled = [case.id for case in cases if not case.labelled]
         if with_mask and unlabelled:
-            raise GeoclError(
+            raise MissingInputError(
                 f"case {unlabelled[0]} has no label map in {cases[0].image.parent.parent}",
                 path=next(c.image for c in cases if not c.labelled),
             )
@@ -327,7 +329,7 @@ class NiftiSliceDataset(Dataset[Sample]):
         ]
         self.has_foreground = np.array(
             [
-                bool(self.volumes[v].label is not None and np.take(self.volumes[v].label, p, axis=slice_axis).any())
+                bool((label := self.volumes[v].label) is not None and np.take(label, p, axis=slice_axis).any())
                 for v, p in self.index
             ]
         )
@@ -406,7 +408,7 @@ class NiftiVolumeDataset(Dataset[Sample]):
         if not cases:
             raise GeoclError("no cases to draw patches from", key="data.path")
         if not 0.0 <= foreground_fraction <= 1.0:
-            raise GeoclError(f"must be in [0, 1], got {foreground_fraction}", key="foreground_fraction")
+            raise InvalidInputError(f"must be in [0, 1], got {foreground_fraction}", key="foreground_fraction")
         self.cases = list(cases)
         self.volumes = [load_case(case, preprocessing) for case in self.cases]
         self.classes = _dataset_classes(self.volumes, classes)

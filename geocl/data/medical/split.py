@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from geocl.errors import GeoclError
+from geocl.errors import GeoclError, InvalidInputError
 
 if TYPE_CHECKING:
     from geocl.data.medical.files import Case
@@ -53,13 +54,13 @@ class CaseSplits:
     def of(self, split: str) -> list[Case]:
         """The cases of ``"train"``, ``"val"`` or ``"test"``."""
         if split not in ("train", "val", "test"):
-            raise GeoclError(f"unknown split {split!r}; choose from train, val, test", key="data.split")
+            raise InvalidInputError(f"unknown split {split!r}; choose from train, val, test", key="data.split")
         return list(getattr(self, split))
 
 
 def split_cases(
     cases: Sequence[Case],
-    root: str | Path | None = None,
+    root: str | os.PathLike[str] | None = None,
     *,
     val_fraction: float = 0.1,
     test_fraction: float = TEST_FRACTION,
@@ -98,9 +99,9 @@ def _read_splits(path: Path, cases: Sequence[Case]) -> CaseSplits:
     try:
         listed = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise GeoclError(f"cannot read the case splits: {exc}", path=path) from None
+        raise InvalidInputError(f"cannot read the case splits: {exc}", path=path) from None
     if not isinstance(listed, dict) or not all(isinstance(listed.get(k, []), list) for k in ("train", "val", "test")):
-        raise GeoclError('must be a JSON object {"train": [case ids], "val": [...], "test": [...]}', path=path)
+        raise InvalidInputError('must be a JSON object {"train": [case ids], "val": [...], "test": [...]}', path=path)
     by_id = {case.id: case for case in cases}
     seen: dict[str, str] = {}
     splits: dict[str, list[Case]] = {}
@@ -109,13 +110,17 @@ def _read_splits(path: Path, cases: Sequence[Case]) -> CaseSplits:
         for name in listed.get(split, []):
             name = str(name)
             if name in seen:
-                raise GeoclError(
+                raise InvalidInputError(
                     f"case {name!r} is in {seen[name]} and in {split}; a case belongs to one split", path=path
                 )
             if name not in by_id:
-                raise GeoclError(f"names case {name!r} ({split}), which the data folder does not hold", path=path)
+                raise InvalidInputError(
+                    f"names case {name!r} ({split}), which the data folder does not hold", path=path
+                )
             if split != "train" and not by_id[name].labelled:
-                raise GeoclError(f"puts unlabelled case {name!r} in {split}; val and test need label maps", path=path)
+                raise InvalidInputError(
+                    f"puts unlabelled case {name!r} in {split}; val and test need label maps", path=path
+                )
             seen[name] = split
             chosen.append(by_id[name])
         splits[split] = sorted(chosen, key=lambda case: case.id)
@@ -137,7 +142,7 @@ def labelled_subset(train: Sequence[Case], fraction: float, seed: int) -> tuple[
         GeoclError: a fraction outside (0, 1]; no labelled train case.
     """
     if not 0.0 < fraction <= 1.0:
-        raise GeoclError(f"must be in (0, 1], got {fraction}", key="label_fraction")
+        raise InvalidInputError(f"must be in (0, 1], got {fraction}", key="label_fraction")
     candidates = [case for case in train if case.labelled]
     if not candidates:
         raise GeoclError("no labelled train case: give the cases label maps", key="data.path")

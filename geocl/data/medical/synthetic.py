@@ -42,7 +42,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from geocl.errors import GeoclError
+from geocl.errors import InvalidInputError, OutputExistsError
 from geocl.io import atomic_write_text, check_output_folder, save_figure
 
 #: The folders make_volumes writes (those of the first layout of geocl.data.medical.files).
@@ -183,7 +183,7 @@ def _reusable(root: Path, parameters: _Parameters, names: list[str], overwrite: 
     if not manifest.exists():
         found = _volumes_in(root)
         if found:
-            raise GeoclError(
+            raise OutputExistsError(
                 f"holds NIfTI volumes ({found[0].relative_to(root)}, ...) but no {MANIFEST}: another data set; "
                 "choose another folder, or pass --overwrite to replace them",
                 path=root,
@@ -196,7 +196,7 @@ def _reusable(root: Path, parameters: _Parameters, names: list[str], overwrite: 
     if before == {**asdict(parameters), "complete": False}:
         return False  # an interrupted run of these parameters: write the set again
     if before != asdict(parameters):
-        raise GeoclError(
+        raise OutputExistsError(
             "holds synthetic volumes made with other parameters; pass --overwrite to replace them, "
             "or choose another folder",
             path=root,
@@ -236,9 +236,9 @@ def make_volumes(
             ``volumes.json`` then says the set is incomplete).
     """
     if cases < 1:
-        raise GeoclError(f"must be at least 1, got {cases}", key="cases")
+        raise InvalidInputError(f"must be at least 1, got {cases}", key="cases")
     if not 16 <= min_size <= max_size:
-        raise GeoclError(f"sizes must satisfy 16 <= min <= max, got {min_size} and {max_size}", key="size")
+        raise InvalidInputError(f"sizes must satisfy 16 <= min <= max, got {min_size} and {max_size}", key="size")
     from geocl.data.medical.files import write_nifti  # nibabel: imported when volumes are written
 
     root = check_output_folder(root, key="dir")

@@ -306,7 +306,11 @@ def clutter_item(plan: Plan, u: float, v: float, length: float, width: float, an
 def building(
     plan: Plan, u: float, v: float, length: float, depth: float, angle: float, height: float, *, pitched: bool
 ) -> None:
-    """A building of *length* x *depth* m with a flat or a pitched roof (ridge along its length) and roof details."""
+    """A building of *length* x *depth* m with a flat or a pitched roof (ridge along its length) and roof details.
+
+    The details (:func:`_pitched_roof_details`, :func:`_flat_roof_details`) are drawn after the
+    building, from the scene's generator.
+    """
     rng = plan.rng
     roof = pick(rng, ROOF_MATERIALS, PITCHED_ROOF_P if pitched else FLAT_ROOF_P, 1, sd=0.1)[0]
     slope = float(math.tan(math.radians(rng.uniform(30, 48)))) if pitched else 0.0
@@ -323,48 +327,75 @@ def building(
         height=height,
         style=GABLE if pitched else FLAT,
     )
-    c, s = math.cos(angle), math.sin(angle)
-
-    def at(a: float, b: float) -> tuple[float, float]:  # building frame -> grid frame
-        return u + a * c - b * s, v + a * s + b * c
-
-    area = length * depth
+    roof_frame = _RoofFrame(u, v, angle, length, depth, height)
     if pitched:
-        for _ in range(int(rng.integers(0, 3))):  # chimneys, near the ridge
-            x, y = at(float(rng.uniform(-0.4, 0.4)) * length, float(rng.uniform(-0.15, 0.15)) * depth)
-            size = float(rng.uniform(0.5, 0.9))
-            plan.rect(
-                x,
-                y,
-                size,
-                size,
-                angle,
-                layer=ROOFTOP,
-                cls=BUILDING,
-                spectrum=ROOFTOP_MATERIALS[0] * brightness(rng, 1, 0.1, 0.03)[0],
-                height=height + 1.0,
-                base=height,
-            )
-        side = 1.0 if rng.uniform() < 0.5 else -1.0
-        for _ in range(int(rng.integers(0, 4))):  # skylights on one side
-            x, y = at(float(rng.uniform(-0.4, 0.4)) * length, side * float(rng.uniform(0.15, 0.35)) * depth)
-            plan.rect(x, y, 1.0, 1.2, angle, layer=ROOFTOP, cls=BUILDING, spectrum=ROOFTOP_MATERIALS[1], height=height)
-        if rng.uniform() < 0.2:  # solar panels on the other side
-            x, y = at(float(rng.uniform(-0.15, 0.15)) * length, -side * 0.25 * depth)
-            plan.rect(
-                x,
-                y,
-                float(rng.uniform(0.3, 0.7)) * length,
-                0.35 * depth,
-                angle,
-                layer=ROOFTOP,
-                cls=BUILDING,
-                spectrum=ROOFTOP_MATERIALS[2] * brightness(rng, 1, 0.05, 0.02)[0],
-                height=height,
-            )
-        return
+        _pitched_roof_details(plan, roof_frame)
+    else:
+        _flat_roof_details(plan, roof_frame)
+
+
+@dataclass(frozen=True)
+class _RoofFrame:
+    """A building's roof: its centre (*u*, *v*) and *angle* in the frame, its *length* x *depth* and *height*, m."""
+
+    u: float
+    v: float
+    angle: float
+    length: float
+    depth: float
+    height: float
+
+    def at(self, a: float, b: float) -> tuple[float, float]:
+        """Frame point at *a* m along the building and *b* m across it, from its centre."""
+        c, s = math.cos(self.angle), math.sin(self.angle)
+        return self.u + a * c - b * s, self.v + a * s + b * c
+
+
+def _pitched_roof_details(plan: Plan, roof: _RoofFrame) -> None:
+    """Chimneys near the ridge, skylights on one side, sometimes solar panels on the other."""
+    rng = plan.rng
+    length, depth, angle, height = roof.length, roof.depth, roof.angle, roof.height
+    for _ in range(int(rng.integers(0, 3))):  # chimneys, near the ridge
+        x, y = roof.at(float(rng.uniform(-0.4, 0.4)) * length, float(rng.uniform(-0.15, 0.15)) * depth)
+        size = float(rng.uniform(0.5, 0.9))
+        plan.rect(
+            x,
+            y,
+            size,
+            size,
+            angle,
+            layer=ROOFTOP,
+            cls=BUILDING,
+            spectrum=ROOFTOP_MATERIALS[0] * brightness(rng, 1, 0.1, 0.03)[0],
+            height=height + 1.0,
+            base=height,
+        )
+    side = 1.0 if rng.uniform() < 0.5 else -1.0
+    for _ in range(int(rng.integers(0, 4))):  # skylights on one side
+        x, y = roof.at(float(rng.uniform(-0.4, 0.4)) * length, side * float(rng.uniform(0.15, 0.35)) * depth)
+        plan.rect(x, y, 1.0, 1.2, angle, layer=ROOFTOP, cls=BUILDING, spectrum=ROOFTOP_MATERIALS[1], height=height)
+    if rng.uniform() < 0.2:  # solar panels on the other side
+        x, y = roof.at(float(rng.uniform(-0.15, 0.15)) * length, -side * 0.25 * depth)
+        plan.rect(
+            x,
+            y,
+            float(rng.uniform(0.3, 0.7)) * length,
+            0.35 * depth,
+            angle,
+            layer=ROOFTOP,
+            cls=BUILDING,
+            spectrum=ROOFTOP_MATERIALS[2] * brightness(rng, 1, 0.05, 0.02)[0],
+            height=height,
+        )
+
+
+def _flat_roof_details(plan: Plan, roof: _RoofFrame) -> None:
+    """HVAC units and hatches, and on a large roof sometimes rows of solar panels."""
+    rng = plan.rng
+    length, depth, angle, height = roof.length, roof.depth, roof.angle, roof.height
+    area = length * depth
     for _ in range(int(rng.poisson(area / 220.0))):  # HVAC units and hatches
-        x, y = at(float(rng.uniform(-0.4, 0.4)) * length, float(rng.uniform(-0.4, 0.4)) * depth)
+        x, y = roof.at(float(rng.uniform(-0.4, 0.4)) * length, float(rng.uniform(-0.4, 0.4)) * depth)
         size = float(rng.uniform(1.0, 3.0))
         plan.rect(
             x,
@@ -381,7 +412,7 @@ def building(
     if area > 150 and rng.uniform() < 0.25:  # rows of solar panels
         rows = int(rng.integers(2, 6))
         for k in range(rows):
-            x, y = at(0.0, (k - (rows - 1) / 2) * 2.6)
+            x, y = roof.at(0.0, (k - (rows - 1) / 2) * 2.6)
             if abs((k - (rows - 1) / 2) * 2.6) < depth / 2 - 1.5:
                 plan.rect(
                     x,

@@ -26,7 +26,7 @@ from geocl.data.synthetic.classes import (
 from geocl.data.synthetic.render import generate
 from geocl.data.synthetic.spectra import band_names
 from geocl.data.synthetic.urban import URBAN_GSD, generate_urban
-from geocl.errors import GeoclError
+from geocl.errors import GeoclError, InputPermissionError, InvalidInputError, OutputExistsError
 from geocl.io import atomic_path
 
 #: The kinds of synthetic scene (see :func:`make_scene`).
@@ -140,7 +140,7 @@ def make_scene(
             other kind (and not *overwrite*) or cannot be written.
     """
     if not isinstance(kind, str) or kind not in SCENE_KINDS:
-        raise GeoclError(f"must be one of {', '.join(SCENE_KINDS)}, got {kind!r}", key="kind")
+        raise InvalidInputError(f"must be one of {', '.join(SCENE_KINDS)}, got {kind!r}", key="kind")
     if resolution is None:
         resolution = DEFAULT_RESOLUTION[kind]
     params = _check_params(size=size, seed=seed, bands=bands, resolution=resolution, epsg=epsg)
@@ -149,7 +149,7 @@ def make_scene(
     if not overwrite:
         held = _held_kind(files)
         if held is not None and held != kind:
-            raise GeoclError(
+            raise OutputExistsError(
                 f"holds a synthetic {held} scene, asked for kind {kind!r}: "
                 "use another folder, or overwrite to replace it",
                 path=folder,
@@ -204,11 +204,11 @@ def _check_params(*, size: int, seed: int, bands: int, resolution: float, epsg: 
         return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
     if not is_int(size) or not _MIN_SIZE <= size <= _MAX_SIZE:
-        raise GeoclError(f"must be an integer from {_MIN_SIZE} to {_MAX_SIZE} pixels, got {size!r}", key="size")
+        raise InvalidInputError(f"must be an integer from {_MIN_SIZE} to {_MAX_SIZE} pixels, got {size!r}", key="size")
     if not is_int(seed) or seed < 0:
-        raise GeoclError(f"must be a non-negative integer, got {seed!r}", key="seed")
+        raise InvalidInputError(f"must be a non-negative integer, got {seed!r}", key="seed")
     if not is_int(bands) or not _MIN_BANDS <= bands <= _MAX_BANDS:
-        raise GeoclError(
+        raise InvalidInputError(
             f"must be an integer from {_MIN_BANDS} to {_MAX_BANDS}, got {bands!r}: the class signatures "
             "need at least blue, green, red and near-infrared",
             key="bands",
@@ -219,15 +219,15 @@ def _check_params(*, size: int, seed: int, bands: int, resolution: float, epsg: 
         or not math.isfinite(resolution)
         or resolution <= 0
     ):
-        raise GeoclError(f"must be a positive number of CRS units, got {resolution!r}", key="resolution")
+        raise InvalidInputError(f"must be a positive number of CRS units, got {resolution!r}", key="resolution")
     if not is_int(epsg):
-        raise GeoclError(f"must be an integer EPSG code, got {epsg!r}", key="epsg")
+        raise InvalidInputError(f"must be an integer EPSG code, got {epsg!r}", key="epsg")
     try:
         crs = CRS.from_epsg(int(epsg))
     except CRSError as err:
-        raise GeoclError(f"unknown EPSG code {epsg}: {err}", key="epsg") from err
+        raise InvalidInputError(f"unknown EPSG code {epsg}: {err}", key="epsg") from err
     if not crs.is_projected:
-        raise GeoclError(f"EPSG:{epsg} is not a projected CRS; the scene needs metric pixels", key="epsg")
+        raise InvalidInputError(f"EPSG:{epsg} is not a projected CRS; the scene needs metric pixels", key="epsg")
     return {
         "size": int(size),
         "seed": int(seed),
@@ -273,13 +273,13 @@ def _prepare_folder(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except FileExistsError as err:
-        raise GeoclError("exists and is not a folder", path=folder) from err
+        raise OutputExistsError("exists and is not a folder", path=folder) from err
     except OSError as err:
         raise GeoclError(f"cannot create the scene folder: {err.strerror}", path=folder) from err
     if not folder.is_dir():
-        raise GeoclError("exists and is not a folder", path=folder)
+        raise OutputExistsError("exists and is not a folder", path=folder)
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise GeoclError("the scene folder is not writable", path=folder)
+        raise InputPermissionError("the scene folder is not writable", path=folder)
 
 
 def _atomic_write_bytes(target: Path, data: bytes) -> None:

@@ -1,65 +1,14 @@
-"""TorchGeo's benchmark segmentation datasets as geocl tile sets: ISPRS Potsdam, ISPRS Vaihingen, LoveDA.
-
-``export_benchmark("potsdam", root, out)`` reads a dataset already on disk with its
-TorchGeo class (:class:`~torchgeo.datasets.Potsdam2D`, :class:`~torchgeo.datasets.Vaihingen2D`,
-:class:`~torchgeo.datasets.LoveDA`; ``download=False`` where the class has it and
-``checksum=False``: nothing is fetched, the files are trusted) and writes the folder
-``geocl tile`` writes, so that :class:`~geocl.data.tile_dataset.TileDataset`, finetuning,
-``geocl compare`` and the pretraining methods read it like any other tile set::
-
-    OUT/tiles.json          options, band statistics, classes and their names, split counts,
-                            labelled pixels per class and split ("class_pixels"), the images of each split
-    OUT/tiles.gpkg          layer "tiles": one polygon per tile (see "Grid" below)
-    OUT/images/<image>_r000_c000.tif
-    OUT/masks/<image>_r000_c000.tif
-
-Splits are the dataset's official ones, whole images never shared between splits:
-train and test as TorchGeo defines them (LoveDA's test labels are not public, so its
-official *val* images are the test split here, those TorchGeo's LoveDA data module validates on);
-val is a seeded draw of ``val_fraction`` of the official train images (at least one
-when there are two or more, and train keeps at least one).
-
-Grid: the datasets are TorchGeo ``NonGeoDataset``\\ s (no map coordinates), so each image
-is placed on a local engineering CRS ("<dataset> pixel grid", metres at the dataset's
-ground sample distance) in a grid of cells one tile apart, ordered by split and image
-name: footprints never overlap, areas are in m², and the index map shows the splits
-as bands of images. Tiles are cut at ``stride`` px from the top-left corner of an
-image; where the image side is not a multiple of the stride, the last tile of a row or
-column is moved to lie flush with the image edge (it overlaps its neighbour, inside
-the same image and split), as TorchGeo's ``convolution_arithmetic`` counts them. An image smaller
-than a tile is left out, with a warning.
-
-Masks hold the class values TorchGeo returns: ISPRS Potsdam and Vaihingen 0-5 with
-0 = clutter/background, a class (TorchGeo defines no ignore value for them; colours
-outside the legend also become 0, as in TorchGeo's ``rgb_to_mask``); LoveDA 1-7 with
-0 = no-data, which becomes the mask nodata (ignored in training and mIoU, as TorchGeo
-says it "should be ignored"). ``tiles.json`` lists every class of the dataset, present
-in the copy on disk or not, so that models have the benchmark's class count.
-
-Images are 8-bit (Potsdam RGB + near infrared, Vaihingen IR-R-G, LoveDA RGB) with no
-nodata value; the band statistics are those of the train tiles (the pixels a model
-is fitted on; test pixels inform nothing).
-
-Reruns: every file is written atomically; a rerun into the same folder goes on only
-with the same options and root (a changed one is named) and rewrites only the tiles
-that are missing or do not match, so an interrupted export resumes. One image is in
-memory at a time (a Potsdam image is 6000 x 6000 px: about 0.9 GB as TorchGeo's float
-and long tensors).
-
-Several processes (``torchrun``) must not prepare the same folder at once: run
-``geocl tile --dataset`` first, or let one process start (Lightning's own DDP launcher
-starts the others after the data is read).
+"""The export of a benchmark to a tile set: the val draw, the grid of tiles on the pixel grid,
+the pass over the images (see :mod:`geocl.data.benchmarks`).
 """
 
 from __future__ import annotations
 
-import difflib
-import inspect
 import math
 import os
 import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +18,11 @@ import rasterio.errors
 import shapely
 from pyproj import CRS as ProjCRS
 from rasterio.crs import CRS
-from torchgeo.datasets import LoveDA, Potsdam2D, Vaihingen2D
-from torchgeo.datasets.errors import DatasetNotFoundError
 from torchgeo.samplers.utils import convolution_arithmetic
 from tqdm.auto import tqdm
 
+from geocl.data.benchmarks.base import DEFAULT_TILE_SIZE, DEFAULT_VAL_FRACTION, IMAGE_DTYPE, TILE_KEYS, Benchmark
+from geocl.data.benchmarks.catalog import get_benchmark
 from geocl.data.stats import BandStats, RunningBandStats
 from geocl.data.tileset import (
     INDEX_FILE,
@@ -84,176 +33,12 @@ from geocl.data.tileset import (
     TilingSummary,
     check_tile_folder,
     class_histogram,
-    read_recorded,
     start_metadata,
     write_index,
     write_metadata,
 )
-from geocl.errors import GeoclError
+from geocl.errors import GeoclError, InvalidInputError, MissingInputError
 from geocl.io import check_output_folder
-
-#: Tile side (px) of a tile set prepared for a recipe, as ``geocl tile``'s default: the GraSS
-#: spec's ambiguity A3 ("256 or 512"); 256 px is the crop side of its finetuning protocol (A4).
-DEFAULT_TILE_SIZE = 256
-#: Share of the official train images held out as val by default.
-DEFAULT_VAL_FRACTION = 0.15
-#: The dtype of every benchmark's images on disk (TorchGeo hands them over as floats).
-IMAGE_DTYPE = "uint8"
-#: Option and input keys in error messages: the flags of ``geocl tile``.
-TILE_KEYS = {"dataset": "dataset", "root": "root", "out": "out"}
-#: The same keys in a recipe.
-RECIPE_KEYS = {"dataset": "data.dataset", "root": "data.root", "out": "data.tiles"}
-
-
-@dataclass(frozen=True)
-class Benchmark:
-    """A TorchGeo segmentation dataset and how its files become a tile set.
-
-    Attributes:
-        name: the name in recipes and on the command line.
-        title: the dataset's name for people.
-        dataset_class: its TorchGeo class.
-        official_splits: geocl split -> the TorchGeo split read for it (``train`` and ``test``).
-        gsd: ground sample distance (m per px) of the pixel grid.
-        bands: image bands as TorchGeo returns them.
-        class_values: mask values of the classes, in order.
-        class_names: names of those classes.
-        mask_nodata: mask value of unlabelled pixels, or None when every value is a class.
-        expected: what TorchGeo looks for under the root, for the error when it is missing.
-        dataset_args: further constructor arguments (LoveDA's ``scene``).
-        image_id: image file path -> the image's name in tile names and ``tiles.json``.
-    """
-
-    name: str
-    title: str
-    dataset_class: type[Any]
-    official_splits: Mapping[str, str]
-    gsd: float
-    bands: int
-    class_values: tuple[int, ...]
-    class_names: tuple[str, ...]
-    mask_nodata: int | None
-    expected: str
-    dataset_args: Mapping[str, Any] = field(default_factory=dict)
-    image_id: Callable[[str], str] = lambda path: Path(path).stem
-
-    @property
-    def crs_wkt(self) -> str:
-        """The local engineering CRS of the pixel grid (metres, x east, y north)."""
-        return (
-            f'LOCAL_CS["{self.title} pixel grid",LOCAL_DATUM["image",0],UNIT["metre",1],AXIS["x",EAST],AXIS["y",NORTH]]'
-        )
-
-    def open(self, root: Path, split: str, keys: Mapping[str, str] = TILE_KEYS) -> Any:
-        """The TorchGeo dataset of one geocl split (train or test), read from ``root``.
-
-        Raises:
-            GeoclError: naming the root and what TorchGeo expected there, when the
-                dataset is not found (nothing is downloaded).
-        """
-        arguments: dict[str, Any] = {
-            "root": str(root),
-            "split": self.official_splits[split],
-            "checksum": False,
-            **self.dataset_args,
-        }
-        if "download" in inspect.signature(self.dataset_class).parameters:
-            arguments["download"] = False
-        try:
-            return self.dataset_class(**arguments)
-        except DatasetNotFoundError:
-            raise GeoclError(
-                f"no {self.title} here (given by {keys['root']}): TorchGeo's {self.dataset_class.__name__} "
-                f"expects {self.expected}; nothing is downloaded",
-                path=root,
-                key=keys["root"],
-            ) from None
-
-
-def _potsdam_id(path: str) -> str:
-    return Path(path).name.removesuffix("_RGBIR.tif")
-
-
-def _loveda_id(path: str) -> str:
-    # .../Train/Urban/images_png/1366.png -> urban_1366 (numbers repeat across the two scenes)
-    image = Path(path)
-    return f"{image.parent.parent.name.lower()}_{image.stem}"
-
-
-_ISPRS_VALUES = tuple(range(len(Potsdam2D.classes)))
-#: LoveDA: mask 0 is no-data and 1-7 the classes; TorchGeo's ``classes`` lists the 7
-#: classes first (its trailing "no-data" entry names value 0, not value 8).
-_LOVEDA_VALUES = tuple(range(1, 8))
-
-
-def _loveda(name: str, scenes: tuple[str, ...], title: str) -> Benchmark:
-    folders = ", ".join(f"{{Train,Val}}/{scene.capitalize()}/{{images_png,masks_png}}/*.png" for scene in scenes)
-    return Benchmark(
-        name=name,
-        title=title,
-        dataset_class=LoveDA,
-        official_splits={"train": "train", "test": "val"},
-        gsd=0.3,
-        bands=3,
-        class_values=_LOVEDA_VALUES,
-        class_names=tuple(LoveDA.classes[:7]),
-        mask_nodata=0,
-        expected=f"the extracted Train.zip and Val.zip: {folders}",
-        dataset_args={"scene": list(scenes)},
-        image_id=_loveda_id,
-    )
-
-
-#: The benchmarks by name.
-BENCHMARKS: dict[str, Benchmark] = {
-    "potsdam": Benchmark(
-        name="potsdam",
-        title="ISPRS Potsdam",
-        dataset_class=Potsdam2D,
-        official_splits={"train": "train", "test": "test"},
-        gsd=0.05,
-        bands=4,
-        class_values=_ISPRS_VALUES,
-        class_names=tuple(Potsdam2D.classes),
-        mask_nodata=None,
-        expected=(
-            "4_Ortho_RGBIR/top_potsdam_<area>_RGBIR.tif images with top_potsdam_<area>_label.tif masks beside "
-            "that folder, or 4_Ortho_RGBIR.zip and 5_Labels_all.zip"
-        ),
-        image_id=_potsdam_id,
-    ),
-    "vaihingen": Benchmark(
-        name="vaihingen",
-        title="ISPRS Vaihingen",
-        dataset_class=Vaihingen2D,
-        official_splits={"train": "train", "test": "test"},
-        gsd=0.09,
-        bands=3,
-        class_values=_ISPRS_VALUES,
-        class_names=tuple(Vaihingen2D.classes),
-        mask_nodata=None,
-        expected=(
-            "top/top_mosaic_09cm_area<N>.tif images with masks of the same names beside that folder, or "
-            "ISPRS_semantic_labeling_Vaihingen.zip and ISPRS_semantic_labeling_Vaihingen_ground_truth_COMPLETE.zip"
-        ),
-    ),
-    "loveda": _loveda("loveda", ("urban", "rural"), "LoveDA"),
-    "loveda-urban": _loveda("loveda-urban", ("urban",), "LoveDA Urban"),
-    "loveda-rural": _loveda("loveda-rural", ("rural",), "LoveDA Rural"),
-}
-
-
-def get_benchmark(name: str, key: str = "dataset") -> Benchmark:
-    """The benchmark called ``name``.
-
-    Raises:
-        GeoclError: for an unknown name, listing the choices (and the closest one).
-    """
-    if name in BENCHMARKS:
-        return BENCHMARKS[name]
-    close = difflib.get_close_matches(str(name).lower(), list(BENCHMARKS), n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    raise GeoclError(f"unknown dataset {name!r}{hint} (choices: {', '.join(BENCHMARKS)})", key=key)
 
 
 @dataclass(frozen=True)
@@ -277,11 +62,11 @@ class BenchmarkOptions:
     def validate(self) -> None:
         """Raise :class:`GeoclError` naming the first bad option."""
         if self.size < 8:
-            raise GeoclError(f"tile size must be >= 8 px, got {self.size}", key="size")
+            raise InvalidInputError(f"tile size must be >= 8 px, got {self.size}", key="size")
         if not 1 <= self.stride:
-            raise GeoclError(f"stride must be >= 1 px, got {self.stride}", key="stride")
+            raise InvalidInputError(f"stride must be >= 1 px, got {self.stride}", key="stride")
         if not 0.0 <= self.val_fraction < 1.0:
-            raise GeoclError(f"must be within [0, 1), got {self.val_fraction}", key="val_fraction")
+            raise InvalidInputError(f"must be within [0, 1), got {self.val_fraction}", key="val_fraction")
 
 
 @dataclass(frozen=True)
@@ -321,7 +106,7 @@ def _image_size(path: Path) -> tuple[int, int]:
             with rasterio.open(path) as src:
                 return src.width, src.height
         except rasterio.errors.RasterioError as error:
-            raise GeoclError(f"cannot be read (corrupt file?): {error}", path=path) from None
+            raise InvalidInputError(f"cannot be read (corrupt file?): {error}", path=path) from None
 
 
 def _collect_images(
@@ -333,7 +118,7 @@ def _collect_images(
         dataset = benchmark.open(root, split, keys)
         if len(dataset) == 0:
             official = benchmark.official_splits[split]
-            raise GeoclError(
+            raise MissingInputError(
                 f"TorchGeo's {benchmark.dataset_class.__name__} finds no {official} image with its mask here "
                 f"(given by {keys['root']}); it expects {benchmark.expected}",
                 path=root,
@@ -402,7 +187,7 @@ def _to_image_dtype(array: np.ndarray, path: Path) -> np.ndarray:
     for band, values in enumerate(array):
         np.copyto(pixels[band], values, casting="unsafe")
         if not np.array_equal(pixels[band], values):
-            raise GeoclError(
+            raise InvalidInputError(
                 f"band {band + 1} holds values that are not 8-bit integers ({values.min():g} to {values.max():g}); "
                 "the benchmark's images are 8-bit",
                 path=path,
@@ -417,11 +202,11 @@ def _read_image(image: _Image) -> tuple[np.ndarray, np.ndarray]:
         try:
             sample = image.source[image.index]
         except (OSError, rasterio.errors.RasterioError, ValueError) as error:
-            raise GeoclError(f"cannot be read (corrupt file?): {error}", path=image.path) from None
+            raise InvalidInputError(f"cannot be read (corrupt file?): {error}", path=image.path) from None
     pixels = _to_image_dtype(sample["image"].numpy(), image.path)
     mask = sample["mask"].numpy().astype(np.uint8)
     if pixels.shape[1:] != (image.height, image.width) or mask.shape != pixels.shape[1:]:
-        raise GeoclError(
+        raise InvalidInputError(
             f"image is {image.width} x {image.height} px but TorchGeo read {pixels.shape[2]} x {pixels.shape[1]} "
             f"px of pixels and a {mask.shape[1]} x {mask.shape[0]} px mask",
             path=image.path,
@@ -475,7 +260,7 @@ def export_benchmark(
     options.validate()
     root = Path(root)
     if not root.is_dir():
-        raise GeoclError(
+        raise MissingInputError(
             f"no such folder (given by {keys['root']}); TorchGeo's {benchmark.dataset_class.__name__} "
             f"expects {benchmark.expected} there",
             path=root,
@@ -488,7 +273,7 @@ def export_benchmark(
     images = _collect_images(benchmark, root, options, keys)
     tiles, too_small = _plan(images, options, benchmark.gsd)
     if not tiles:
-        raise GeoclError(
+        raise InvalidInputError(
             f"every image is smaller than the tile size ({options.size} px); use a smaller size", key="size"
         )
     start_metadata(out, asdict(options), sources)
@@ -553,7 +338,9 @@ def _export(
         whole: tuple[np.ndarray, np.ndarray] | None = None
         for tile, found in zip(image_tiles, stored, strict=True):
             if found is not None:
-                pixels_tile, label = found
+                pixels_tile, stored_label = found
+                assert stored_label is not None  # the writer has a mask spec: a stored tile comes with its mask
+                label = stored_label
                 summary.reused += 1
             else:
                 if whole is None:  # read only images that have a tile to write
@@ -594,45 +381,3 @@ def _dataset_record(benchmark: Benchmark, images: list[_Image]) -> dict[str, Any
         "official_splits": dict(benchmark.official_splits),
         "images": {split: [image.id for image in images if image.split == split] for split in SPLITS},
     }
-
-
-def ensure_recipe_tiles(recipe: Any, *, progress: bool = True) -> Path | None:
-    """Prepare the tile set of a recipe whose data is a benchmark (``data.dataset``), on first use.
-
-    The tile set goes to ``data.tiles``. A complete one there made from the same dataset
-    is used as it is, whatever its tile options (so ``geocl tile --dataset ... --size 512``
-    into that folder beforehand chooses them) and wherever its root was (a tile set copied
-    to another machine stays usable); otherwise the dataset is exported with the default
-    options (:data:`DEFAULT_TILE_SIZE` px tiles), resuming an interrupted export.
-
-    Args:
-        recipe: a validated recipe (only its ``data`` section is read).
-        progress: show a tqdm bar while exporting.
-
-    Returns:
-        The tile-set folder, or None when the recipe names no benchmark.
-
-    Raises:
-        GeoclError: ``data.tiles`` holds another tile set, or the export fails (keys named
-            as the recipe's: ``data.dataset``, ``data.root``, ``data.tiles``).
-    """
-    data = recipe.data
-    if getattr(data, "format", "tiles") != "tiles" or not getattr(data, "dataset", ""):
-        return None
-    out, root = Path(data.tiles), Path(data.root)
-    earlier = read_recorded(out)
-    if earlier is not None:
-        options = earlier.get("options") if isinstance(earlier.get("options"), dict) else {}
-        sources = earlier.get("sources") if isinstance(earlier.get("sources"), dict) else {}
-        if earlier.get("complete") and options.get("dataset") == data.dataset:
-            return out
-        if earlier.get("complete"):
-            what = f"dataset {options['dataset']} (from {sources.get('root')})" if options.get("dataset") else "a scene"
-            raise GeoclError(
-                f"holds the tiles of {what}, not of dataset {data.dataset} (given by data.tiles); "
-                "point data.tiles at another folder",
-                path=out,
-                key="data.tiles",
-            )
-    export_benchmark(data.dataset, root, out, progress=progress, keys=RECIPE_KEYS)
-    return out
