@@ -66,6 +66,7 @@ docs-build: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check --quiet geocl tests benchmarks examples docs/hooks
 	$(VENV)/bin/ruff format --check --quiet geocl tests benchmarks examples docs/hooks
+	$(VENV)/bin/mypy --no-error-summary
 
 test: $(STAMP) browser lint docs-build
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS)

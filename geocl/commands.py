@@ -209,7 +209,7 @@ def _predict_volume(options: PredictCommand) -> VolumePredictionResult:
     """A NIfTI label map with the volume's affine; window and overlap default to the training slice's."""
     if options.polygons is not None:
         raise InvalidInputError("polygons are written for GeoTIFF scenes, not NIfTI volumes", key="polygons")
-    from geocl.finetune.medical import label_beside, predict_volume
+    from geocl.finetune.volume_prediction import label_beside, predict_volume
 
     volume = options.scene[0]
     window = options.window if "window" in options.model_fields_set else None  # default: the training slice side

@@ -29,24 +29,9 @@ MAX_PARAMETERS = 20
 
 #: Known offenders, path (from the repository root) or ``path::qualified.name`` -> why it is
 #: still allowed. Delete an entry when its rework lands (the test says when).
-LONG_MODULES = {
-    # the semi-supervised trainings become thin calls on finetune/downstream.py (issue 24, Build 1)
-    "geocl/finetune/semi_supervised.py": "semi-supervised FBA moves onto the downstream skeleton",
-    # under 600 before `ruff format` spread their calls over more lines; to be split
-    "geocl/finetune/medical.py": "NIfTI slice adapter and per-case scoring go to modules of their own",
-    "geocl/finetune/downstream.py": "the finetune folder checks and result writing go to a module of their own",
-}
-LONG_FUNCTIONS = {
-    "geocl/finetune/medical_semi_supervised.py::run_medical_semi_supervised": "becomes a call on the downstream skeleton",
-    "geocl/finetune/semi_supervised.py::run_semi_supervised": "becomes a call on the downstream skeleton",
-    "geocl/recipes/errors.py::_map": "the validation-error mapper, one branch per pydantic error type, not yet split",
-}
-MANY_PARAMETERS = {
-    "geocl/finetune/medical_semi_supervised.py::run_medical_semi_supervised": "takes one typed options object (Build 1)",
-    "geocl/finetune/semi_supervised.py::run_semi_supervised": "takes one typed options object (Build 1)",
-    "geocl/finetune/semi_supervised.py::SemiSupervisedSegmenter.__init__": "takes one typed options object (Build 1)",
-    "geocl/methods/fba.py::FBA.__init__": "the semi-supervised FBA moves out of methods (Build 1)",
-}
+LONG_MODULES: dict[str, str] = {}
+LONG_FUNCTIONS: dict[str, str] = {}
+MANY_PARAMETERS: dict[str, str] = {}
 
 
 def _lint(cwd: Path, env_path: Path | None = None) -> subprocess.CompletedProcess[str]:

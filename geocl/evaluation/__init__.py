@@ -34,7 +34,7 @@ _LAZY = {
     "EvaluationResult": "geocl.evaluation.evaluate",
     "run_evaluation": "geocl.evaluation.evaluate",
     "embed_labelled": "geocl.evaluation.features",
-    "load_checkpoint_encoder": "geocl.evaluation.features",
+    "load_checkpoint_encoder": "geocl.models.encoders",
     "knn_classify": "geocl.evaluation.knn",
     "knn_top1": "geocl.evaluation.knn",
     "LinearProbe": "geocl.evaluation.linear_probe",

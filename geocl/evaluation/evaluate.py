@@ -21,10 +21,11 @@ import torch
 
 from geocl.data.natural import NATURAL_FORMATS, open_natural_dataset
 from geocl.errors import GeoclError
-from geocl.evaluation.features import embed_labelled, evaluation_encoder, load_checkpoint_encoder
+from geocl.evaluation.features import embed_labelled
 from geocl.evaluation.knn import DEFAULT_TEMPERATURE, knn_top1
 from geocl.evaluation.linear_probe import linear_probe_top1
 from geocl.io import atomic_write_text
+from geocl.models.encoders import evaluation_encoder, load_checkpoint_encoder
 
 #: File written into the output folder.
 EVALUATION_FILE = "evaluation.json"
@@ -100,8 +101,8 @@ def run_evaluation(
         out: folder for ``evaluation.json``; None writes nothing.
         encoder: encoder name for a random encoder (a checkpoint brings its own).
         encoder_args: timm arguments of that random encoder (recipe ``encoder.args``).
-        k: kNN neighbours (spec values: 10, 20, 100, 200).
-        temperature: kNN vote temperature (spec: 0.07).
+        k: kNN neighbours (the usual values: 10, 20, 100, 200).
+        temperature: kNN vote temperature (InstDisc, Wu et al., arXiv 1805.01978: 0.07).
         probe_epochs: linear-probe epochs.
         probe_lr: linear-probe SGD learning rate.
         image_size: resize images to this side; None = the checkpoint recipe's
@@ -111,8 +112,8 @@ def run_evaluation(
         batch_size: images per forward pass.
         seed: seed of the random encoder and of the probe.
         num_workers: DataLoader workers.
-        momentum_encoder: evaluate the checkpoint's momentum (EMA) encoder, as the
-            PatchMix spec does, instead of the online one.
+        momentum_encoder: evaluate the checkpoint's momentum (EMA) encoder, as PatchMix
+            does (arXiv 2306.12243), instead of the online one.
 
     Raises:
         GeoclError: an unknown format, unreadable data or checkpoint, or a band-count mismatch.
@@ -137,9 +138,12 @@ def run_evaluation(
         image_size = int(recipe_data.get("image_size", 0)) if same_format else 0
     if val_fraction is None:
         val_fraction = float(recipe_data.get("val_fraction", 0.2)) if same_format else 0.2
-    options = {"image_size": image_size, "val_fraction": val_fraction, "band_stats": band_stats}
-    train = open_natural_dataset(format, data, "train", **options)
-    val = open_natural_dataset(format, data, "val", **{**options, "band_stats": train.metadata["band_stats"]})
+    train = open_natural_dataset(
+        format, data, "train", image_size=image_size, val_fraction=val_fraction, band_stats=band_stats
+    )
+    val = open_natural_dataset(
+        format, data, "val", image_size=image_size, val_fraction=val_fraction, band_stats=train.metadata["band_stats"]
+    )
     if model is None:
         torch.manual_seed(seed)
         model = evaluation_encoder(encoder, train.band_count, encoder_args).eval()

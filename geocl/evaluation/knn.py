@@ -15,7 +15,7 @@ from torch import Tensor
 
 from geocl.errors import GeoclError
 
-#: The spec's temperature (InstDisc, DINO, PatchMix ``knn.py``).
+#: The kNN vote temperature of InstDisc (Wu et al., arXiv 1805.01978), DINO and PatchMix's ``knn.py``.
 DEFAULT_TEMPERATURE = 0.07
 #: Queries scored at once: the similarity block is ``chunk x N`` floats.
 QUERY_CHUNK = 1024

@@ -95,7 +95,7 @@ class MedicalDice(Evaluation):
 
         finetune, options = row_training(recipe, self.name, self.options, self.finetune_fn)
         if finetune is None:
-            from geocl.finetune.medical import run_medical_finetune as finetune
+            finetune = _medical_finetune()
         data = recipe.data
         result = finetune(
             data=Path(str(data.path)),
@@ -135,3 +135,10 @@ class MedicalDice(Evaluation):
             f"{len(splits.test)} test volumes of {len(cases)} cases in {root} ({names}); "
             f"{len(splits.val)} val, {len(splits.train)} train cases, split by case"
         )
+
+
+def _medical_finetune() -> Callable[..., Any]:
+    """:func:`geocl.finetune.medical.run_medical_finetune`, imported when a row trains (it imports torch)."""
+    from geocl.finetune.medical import run_medical_finetune
+
+    return run_medical_finetune

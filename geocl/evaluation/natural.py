@@ -81,7 +81,9 @@ class KnnProbe(Evaluation):
     def run(self, checkpoint: Path | None, *, recipe: Any, subset: Subset, seed: int, out: Path) -> Measurement:
         evaluate = self.evaluate_fn
         if evaluate is None:  # torch and lightly: imported when a run needs them
-            from geocl.evaluation.evaluate import run_evaluation as evaluate
+            from geocl.evaluation.evaluate import run_evaluation
+
+            evaluate = run_evaluation
         from geocl.recipes import recipe_to_dict
 
         data = recipe.data

@@ -10,8 +10,8 @@ image side of a retrieval model, with the paired intervals of the comparison pro
 Gallery and queries: the test split of a tile set (spatially disjoint from the train
 split: the tiler assigns splits by blocks and drops val/test tiles that overlap train
 tiles), or the val split of natural images (CIFAR: the test batch). Every captioned
-gallery item gives one query, its full caption. Relevance (spec ambiguity 2: both are
-reported):
+gallery item gives one query, its full caption. Relevance (CLAIRES, arXiv 2306.15651,
+does not say which it used, so both are reported):
 
 * exact pair (``pair_*``): only the item the caption was made from is relevant;
 * attribute level (``attr_*``): every item whose attributes include the caption's.
@@ -29,10 +29,10 @@ query count, what a random ranking would score on the same relevant sets
 * negations: "A without B" wherever the gallery has A both with and without B:
   ``negation_hit3``, ``negation_mrr``, and ``negation_violation``, the share of the top 3
   that do contain B, beside ``plain_violation``, the same share for the query "A" (a
-  model that ignores "without" scores them alike; spec: expect it to fail).
+  model that ignores "without" scores them alike; expect it to fail).
 
-Only text -> image retrieval is measured, the use CLAIRES states (spec ambiguity 3);
-image -> text is not reported.
+Only text -> image retrieval is measured, the use CLAIRES states; image -> text is not
+reported.
 
 A run folder holds ``train/`` (the dual encoder's pretraining run), ``retrieval.json``
 (every number, the probe queries with their own scores) and ``retrieval.png``.
@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from geocl.errors import GeoclError
 from geocl.evaluation.protocol import ALL_LABELS, Evaluation, Measurement, Subset, TestSet, register_evaluation
@@ -456,15 +456,17 @@ def _plot(numbers: dict[str, float], final: Path) -> None:
     width = 0.38
     for offset, (label, values) in zip((-width / 2, width / 2), series.items(), strict=True):
         axes.bar([position + offset for position in range(len(names))], values, width, label=label)
-    for prefix, style, label in (
+    chance_lines: tuple[tuple[str, Literal["--", ":"], str], ...] = (
         ("random_attr_", "--", "random ranking, attribute-level"),
         ("random_pair_", ":", "random ranking, exact pair"),
-    ):
+    )
+    for prefix, style, line_label in chance_lines:
+        legend = line_label
         for position, key in ((1, "hit3"), (4, "mrr")):
             value = numbers.get(f"{prefix}{key}", math.nan)
             if math.isfinite(value):
-                axes.hlines(value, position - 0.45, position + 0.45, colors="black", linestyles=style, label=label)
-                label = None  # one legend entry a line style
+                axes.hlines(value, position - 0.45, position + 0.45, colors="black", linestyles=style, label=legend)
+                legend = ""  # one legend entry a line style (hlines' default label: none)
     axes.set_xticks(range(len(names)), names)
     axes.set_ylim(0, 1)
     axes.set_ylabel("score")

@@ -3,7 +3,7 @@
 Each run finetunes an smp segmenter from the encoder (:func:`geocl.finetune.train.run_finetune`)
 on a label fraction of the recipe's train tiles and reports its test mIoU; the rows of
 ``geocl compare`` for tile-set recipes. A method that trains the segmenter itself (a
-semi-supervised one: its class's ``downstream_training``) trains it instead, on the same
+semi-supervised one: an evaluation its class ``serves``) trains it instead, on the same
 label subset, seed and budget (:func:`method_training`).
 """
 
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from geocl.evaluation.protocol import Evaluation, Measurement, Subset, TestSet, option_kwargs, register_evaluation
+from geocl.finetune.method_trainings import declared_training
 
 #: Keyword arguments of the finetune function that the evaluation sets per run.
 OWN_FINETUNE_ARGS = ("tiles", "encoder_checkpoint", "encoder", "label_fraction", "seed", "subset_seed", "out")
@@ -28,18 +29,34 @@ ARCHITECTURE_OPTIONS = ("arch", "freeze_encoder")
 def method_training(recipe: Any, evaluation: str) -> Callable[..., Any] | None:
     """The training the recipe's method brings for the rows of ``evaluation``, or None (the evaluation's own).
 
-    Asks the method class (:meth:`geocl.methods.base.PretrainMethod.training_for`); a
-    method registered by its parameters alone has no class and brings none. Method
-    classes register when :mod:`geocl.methods` is imported, and no recipe can name one
-    before, so nothing is imported here.
+    Asks the method class whether it trains these rows itself
+    (:meth:`geocl.methods.base.PretrainMethod.trains_rows_of`, which also checks its keys
+    and refuses an evaluation that a method pretraining nothing cannot serve); the
+    training is then the one :data:`geocl.finetune.method_trainings.METHOD_TRAININGS`
+    declares for the method's name and ``evaluation``, bound to the recipe's ``method``
+    section (methods import nothing of ``geocl.finetune``). A method registered by its
+    parameters alone has no class and brings none. Method classes register when
+    :mod:`geocl.methods` is imported, and no recipe can name one before, so nothing is
+    imported here for a recipe without a method.
 
     Raises:
-        GeoclError: the method pretrains no encoder and cannot serve ``evaluation``.
+        GeoclError: the method pretrains no encoder and cannot serve ``evaluation``, or
+            cannot serve it with its keys.
+        LookupError: a bug: the method class serves ``evaluation`` but the table declares
+            no training for it.
     """
     registry = sys.modules.get("geocl.methods.registry")
     method = getattr(recipe, "method", None)  # a recipe-like object with its data only: no method
     cls = None if registry is None or method is None else registry.METHODS.get(str(method.name))
-    return None if cls is None else cls.training_for(evaluation, method)
+    if cls is None or not cls.trains_rows_of(evaluation, method):
+        return None
+    training = declared_training(cls.name, evaluation, method)
+    if training is None:  # the class and the table disagree: geocl's fault, not the recipe's
+        raise LookupError(
+            f"bug: method {cls.name!r} serves the {evaluation!r} evaluation ({cls.__qualname__}.serves) but "
+            f"geocl.finetune.method_trainings.METHOD_TRAININGS declares no training for it"
+        )
+    return training
 
 
 def row_training(
@@ -56,6 +73,13 @@ def row_training(
     if own is None:
         return finetune_fn, options
     return own, {key: value for key, value in options.items() if key not in ARCHITECTURE_OPTIONS}
+
+
+def default_finetune() -> Callable[..., Any]:
+    """:func:`geocl.finetune.train.run_finetune`, imported on use (Lightning and smp take seconds)."""
+    from geocl.finetune.train import run_finetune
+
+    return run_finetune
 
 
 @register_evaluation
@@ -111,9 +135,7 @@ class SegmentationFinetune(Evaluation):
 
     def run(self, checkpoint: Path | None, *, recipe: Any, subset: Subset, seed: int, out: Path) -> Measurement:
         finetune, options = row_training(recipe, self.name, self.options, self.finetune_fn)
-        if finetune is None:
-            from geocl.finetune.train import run_finetune as finetune
-        result = finetune(
+        result = (finetune if finetune is not None else default_finetune())(
             tiles=Path(str(recipe.data.tiles)),
             encoder_checkpoint=checkpoint,
             encoder=str(recipe.encoder.name),

@@ -37,8 +37,10 @@ pretrains nothing, so it is never checked against a warm-up nor flagged.
 Methods that pretrain nothing: a method class with ``pretrains = False`` (a
 semi-supervised segmenter) is itself the downstream training. Step 2 then only records
 the recipe in its pretraining folder (``config.yaml``; a different recipe recorded
-there is refused as for a pretraining), and each row trains the method's own
-``downstream_training`` in place of the evaluation's finetuning, on the same label
+there is refused as for a pretraining), and each row trains the training that
+:mod:`geocl.finetune.method_trainings` declares for the method and the evaluation (the
+evaluations it ``serves``, :meth:`geocl.methods.base.PretrainMethod.trains_rows_of`) in
+place of the evaluation's finetuning, on the same label
 subset, seed and budget, so that its rows pair with every other recipe's. A method that
 pretrains nothing and has no training for the comparison's evaluation is refused
 before any work. The random-init row takes the data and encoder of the first recipe

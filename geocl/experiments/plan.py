@@ -109,7 +109,7 @@ def plan_comparison(options: CompareOptions, evaluation: Evaluation | str | None
         # one run per recipe, to the largest budget; the others are its snapshots (their
         # recipes, loaded at their own budget above, still say where each snapshot stands
         # against the method's warm-up)
-        longest, shorter = trained[-1], trained[:-1]
+        longest, shorter = trained[-1], [int(steps) for steps in trained[:-1] if steps is not None]
         by_budget[longest] = [load_candidate(path, options, longest, sweep, shorter) for path in options.recipes]
         for steps in shorter:
             for candidate, long_run in zip(by_budget[steps], by_budget[longest], strict=True):
@@ -172,14 +172,15 @@ def _describe(evaluation: type[Evaluation]) -> str:
 
 
 def check_method_trainings(candidates: list[Candidate], evaluations: list[Evaluation]) -> None:
-    """Refuse, before any work, a recipe whose method pretrains nothing and cannot serve an evaluation."""
+    """Refuse, before any work, a recipe whose method pretrains nothing and cannot serve an evaluation, or
+    whose keys cannot serve one the method trains itself (:meth:`~geocl.methods.base.PretrainMethod.trains_rows_of`)."""
     for candidate in candidates:
         cls = method_class_of(candidate.recipe)
         if cls is None:
             continue
         for each in evaluations:
             try:
-                cls.training_for(each.name, candidate.recipe.method)
+                cls.trains_rows_of(each.name, candidate.recipe.method)
             except GeoclError as error:  # said with the recipe file, which the key alone does not name
                 message = str(error).removeprefix(f"{error.key}: ")
                 raise GeoclError(message, path=candidate.path, key=error.key) from None

@@ -121,21 +121,20 @@ def _run(
     done: dict[int, tuple[Path | None, bool] | str] = {}  # id of a long run's candidate -> its outcome
     for steps, candidate in plan.pretrainings:
         method = str(candidate.recipe.method.name)
-        if candidate.snapshot_of is not None:
+        pretrained: tuple[Path | None, bool] | str
+        if candidate.snapshot_of is not None and steps is not None:
             long_run = candidate.snapshot_of
             pretrained = snapshot_checkpoint(long_run, done[id(long_run)], steps)
-            if isinstance(pretrained, str):
-                row_runner.fail_encoder(candidate.name, method, pretrained, steps)
-            else:
-                row_runner.evaluate_encoder(candidate.name, method, long_run.recipe, *pretrained, steps, snapshot=True)
-            continue
-        with logging_scope(out, candidate.recipe):
-            pretrained = pretrain_candidate(candidate, pretrain_fn, say)
-        done[id(candidate)] = pretrained
+            recipe, snapshot = long_run.recipe, True
+        else:
+            with logging_scope(out, candidate.recipe):
+                pretrained = pretrain_candidate(candidate, pretrain_fn, say)
+            done[id(candidate)] = pretrained
+            recipe, snapshot = candidate.recipe, False
         if isinstance(pretrained, str):
             row_runner.fail_encoder(candidate.name, method, pretrained, steps)
         else:
-            row_runner.evaluate_encoder(candidate.name, method, candidate.recipe, *pretrained, steps)
+            row_runner.evaluate_encoder(candidate.name, method, recipe, *pretrained, steps, snapshot=snapshot)
     if plan.random_init is not None:
         # No pretraining: its old runs are as valid as ever. With budget 0 it is step 0.
         row_runner.evaluate_encoder(RANDOM_INIT, "none", plan.random_init, None, True, 0 if plan.step_zero else None)

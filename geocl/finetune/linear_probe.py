@@ -131,7 +131,9 @@ class DenseLinearProbe(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         size = images.shape[-2:]
         weights = torch.split(self.classifier.weight, self.widths, dim=1)
-        logits = self.classifier.bias[None, :, None, None]
+        bias = self.classifier.bias
+        assert bias is not None  # the classifier is built with a bias
+        logits = bias[None, :, None, None]
         for stage, norm, weight in zip(self.stages(images), self.norms, weights, strict=True):
             projected = F.conv2d(norm(stage), weight)  # [B, num_classes, H_s, W_s]
             logits = logits + F.interpolate(projected, size=size, mode="bilinear", align_corners=False)

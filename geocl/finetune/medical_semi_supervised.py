@@ -1,7 +1,9 @@
 """FBA on NIfTI volumes: semi-supervised 2D (slices) or 3D (patches) segmentation, scored per test case.
 
 The semi-supervised counterpart of :func:`geocl.finetune.medical.run_medical_finetune`,
-with the same data rules and outputs, so that the medical Dice evaluation reads both
+on the same downstream skeleton (:func:`geocl.finetune.downstream.run_downstream`, with the
+network of :class:`~geocl.finetune.semi_supervised.FBAFactory` and the data adapter
+:class:`SemiSupervisedVolumes`), with the same data rules and outputs, so that the medical Dice evaluation reads both
 alike: cases split train/val/test by case (:func:`~geocl.data.medical.split.split_cases`),
 every volume read once before training and the classes those of the label maps
 (:func:`~geocl.finetune.medical.read_cases`),
@@ -11,7 +13,7 @@ test cases predicted whole and scored on their own grid (Dice, Jaccard, 95HD, AS
 ``cases.csv``, ``metrics.json``, ``predictions/``, ``plots/``), and a
 :class:`~geocl.finetune.medical.MedicalFinetuneResult`.
 
-What is semi-supervised (:class:`~geocl.finetune.semi_supervised.SemiSupervisedSegmenter`,
+What is semi-supervised (:class:`~geocl.finetune.semi_supervised_module.SemiSupervisedSegmenter`,
 labelled-first batches of :mod:`geocl.sampling.labelled_first`):
 
 - labelled items: slices (2D) or patches (3D) of the labelled train cases, with masks;
@@ -31,9 +33,9 @@ The test prediction is decoder 1's (spec ambiguity 6); probabilities go back to 
 grid by inverting the preprocessing (``monai.transforms.Invertd``), then argmax.
 
 Checkpoint selection scores the val cases as the test scores the test cases: one Dice per
-case (2D: over the stack of the case's slices, :class:`~geocl.finetune.semi_supervised.CaseSlices`;
+case (2D: over the stack of the case's slices, :class:`~geocl.finetune.semi_supervised_data.CaseSlices`;
 3D: the whole volume by sliding window), averaged over cases
-(:func:`~geocl.finetune.semi_supervised.case_dice`), not a Dice of all val slices pooled,
+(:func:`~geocl.finetune.semi_supervised_data.case_dice`), not a Dice of all val slices pooled,
 which an easy case's many foreground slices make optimistic.
 
 The label budget (``label_budget``):
@@ -55,17 +57,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
-import warnings
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 import lightning
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from geocl.data.medical.files import Case, class_indices, median_spacing
 from geocl.data.medical.nifti import (
@@ -78,26 +80,29 @@ from geocl.data.medical.nifti import (
 )
 from geocl.data.medical.split import labelled_subset
 from geocl.errors import GeoclError
-from geocl.finetune.medical import (
-    CASES_FILE,
-    MEDICAL_KEY,
-    SIDE_MULTIPLE,
-    MedicalFinetuneResult,
-    case_row,
-    read_cases,
-    score_case,
-    write_cases_csv,
+from geocl.finetune.downstream import (
+    BudgetArguments,
+    DataDescription,
+    DownstreamOptions,
+    Scores,
+    budget_from,
+    run_downstream,
 )
-from geocl.finetune.model import load_pretrained_encoder, read_checkpoint, read_pretrain_checkpoint
-from geocl.finetune.semi_supervised import RAMP_END, CaseSlices, SemiSupervisedSegmenter, fit_semi_supervised
-from geocl.finetune.train import check_finetune_folder, write_result
+from geocl.finetune.medical import MedicalFinetuneResult, read_cases
+from geocl.finetune.semi_supervised import FBAFactory, FBAOptions, LabelBudget
+from geocl.finetune.semi_supervised_data import CaseSlices, semi_supervised_loaders
+from geocl.finetune.semi_supervised_module import SemiSupervisedSegmenter
 from geocl.finetune.volume_metrics import METRICS
-from geocl.losses.fba import ContrastMode
+from geocl.finetune.volume_prediction import MEDICAL_KEY, SIDE_MULTIPLE, labels_on_input_grid, score_cases
+from geocl.models.checkpoints import read_checkpoint
 
-__all__ = ["SemiSupervisedVolumePredictor", "WholeVolumes", "label_budget_split", "run_medical_semi_supervised"]
-
-#: What a label fraction is of: the train cases, or the train and val cases together (the paper's 80).
-LabelBudget = Literal["train", "train-and-val"]
+__all__ = [
+    "SemiSupervisedVolumePredictor",
+    "SemiSupervisedVolumes",
+    "WholeVolumes",
+    "label_budget_split",
+    "run_medical_semi_supervised",
+]
 
 
 class WholeVolumes(Dataset[dict[str, Any]]):
@@ -120,7 +125,8 @@ class WholeVolumes(Dataset[dict[str, Any]]):
             raise GeoclError("a validation case needs a label map", path=unlabelled[0].image)
         self.volumes = [load_case(case, preprocessing) for case in cases]
         for volume in self.volumes:
-            volume.label = class_indices(volume.label, classes, volume.case.label)  # type: ignore[arg-type]
+            if volume.label is not None and volume.case.label is not None:  # checked above: every case is labelled
+                volume.label = class_indices(volume.label, classes, volume.case.label)
 
     def __len__(self) -> int:
         return len(self.volumes)
@@ -159,7 +165,7 @@ class SemiSupervisedVolumePredictor:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.module = module.eval().to(self.device)
         self.preprocessing = preprocessing
-        self.num_classes = int(module.hparams.num_classes)
+        self.num_classes = int(module.num_classes)
         self.classes = list(range(self.num_classes)) if classes is None else [int(value) for value in classes]
         if len(self.classes) != self.num_classes:
             raise ValueError(f"{len(self.classes)} classes for a model of {self.num_classes} outputs")
@@ -171,15 +177,14 @@ class SemiSupervisedVolumePredictor:
         return self.module.predict_probabilities(images)[0]
 
     @torch.no_grad()
-    def predict(self, image: str | Path) -> np.ndarray:
+    def predict(self, image: str | os.PathLike[str]) -> np.ndarray:
         """The label map of one volume on its own grid: uint8 ``[X, Y, Z]`` class positions (in ``classes``)."""
         from monai.inferers import SliceInferer
-        from monai.transforms import Invertd
 
         transform = self.preprocessing.transform(with_label=False)
         data = apply_transform(transform, {"image": str(image)})
         volume = data["image"][None].to(self.device)  # [1, 1, X, Y, Z] MetaTensor (keeps the applied transforms)
-        if self.module.hparams.spatial_dims == 2:
+        if self.module.spatial_dims == 2:
             side = int(self.window or SIDE_MULTIPLE)
             inferer = SliceInferer(
                 roi_size=(side, side),
@@ -194,11 +199,7 @@ class SemiSupervisedVolumePredictor:
             probabilities = inferer(volume, self.decoder_one)
         else:
             probabilities = self.decoder_one(volume)
-        data["pred"] = torch.as_tensor(probabilities)[0].cpu()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            restored = Invertd("pred", transform, orig_keys="image", nearest_interp=False)(data)["pred"]
-        return np.asarray(torch.as_tensor(restored).argmax(0).numpy(), dtype=np.uint8)
+        return labels_on_input_grid(torch.as_tensor(probabilities)[0].cpu(), data, transform)
 
 
 def label_budget_split(
@@ -245,6 +246,158 @@ def _without_labels(cases: Sequence[Case]) -> list[Case]:
     return [dataclasses.replace(case, label=None) for case in cases]
 
 
+@dataclass
+class SemiSupervisedVolumes:
+    """The data of FBA on a NIfTI data folder (a :class:`~geocl.finetune.downstream.DownstreamData`).
+
+    Cases split by case, every volume read once before training
+    (:func:`~geocl.finetune.medical.read_cases`), the labelled train cases drawn under the
+    label budget (:func:`label_budget_split`), the other training cases unlabelled (their
+    label maps never read); 2D: slices, 3D: patches (module docstring). Validation by
+    case; test volumes predicted by decoder 1 and scored case by case on their own grid
+    (:func:`~geocl.finetune.volume_prediction.score_cases`).
+
+    Attributes:
+        data: a NIfTI data folder (:func:`~geocl.data.medical.files.find_cases`).
+        fba: FBA's settings (``spatial_dims``, ``label_budget``, ``patch_size``...).
+        spacing, slice_axis, intensity, image_size, val_fraction, pictures: as
+            :class:`~geocl.finetune.medical.NiftiSlices`.
+        foreground_fraction: 3D: probability that a labelled patch is centred on foreground.
+        crop: 2D training crop side (px; at most the slice side).
+    """
+
+    data: str | Path
+    fba: FBAOptions
+    spacing: Sequence[float] | None = None
+    slice_axis: int = 2
+    intensity: Intensity = "zscore"
+    image_size: int = 0
+    val_fraction: float = 0.2
+    foreground_fraction: float = 0.5
+    crop: int = 128
+    pictures: int = 2
+
+    def setup(self, options: DownstreamOptions) -> DataDescription:
+        """Read every volume once, draw the labelled cases, make the training and val items.
+
+        Raises:
+            GeoclError: as :func:`~geocl.finetune.medical.read_cases`; a bad label fraction or budget.
+        """
+        cases, self.splits, classes = read_cases(self.data, self.val_fraction, self.image_size)
+        self.classes = list(classes)
+        split = label_budget_split(
+            self.splits.train, self.splits.val, options.label_fraction, options.drawn_with, self.fba.label_budget
+        )
+        self.labelled, rest = split
+        self.unlabelled = [] if self.fba.supervised_only else _without_labels(rest)
+        x, y, z = self.spacing if self.spacing else median_spacing(cases)
+        self.preprocessing = Preprocessing((float(x), float(y), float(z)), self.intensity)
+        self.side: int | None = None
+        if self.fba.spatial_dims == 2:
+            patch = self._slices()
+        else:
+            patch = self._patches(options)
+        settings = {
+            "spacing": list(self.preprocessing.spacing),
+            "slice_axis": self.slice_axis,
+            "intensity": self.intensity,
+            "image_size": self.side,
+            "patch_size": list(patch) if self.fba.spatial_dims == 3 else None,
+        }
+        record = {
+            "labelled_cases": [case.id for case in self.labelled],
+            "unlabelled_cases": [case.id for case in self.unlabelled],
+            "test_cases": [case.id for case in self.splits.test],
+            "val_cases": [case.id for case in self.splits.val],
+        }
+        network = {
+            "labelled_bs": min(self.fba.labelled_bs, options.budget.batch_size),
+            "patch_size": patch,
+            "val_per_case": True,
+        }
+        meta = {"in_chans": 1, "classes": self.classes, MEDICAL_KEY: settings}
+        return DataDescription(meta, record, {"spacing": list(self.preprocessing.spacing)}, network)
+
+    def _slices(self) -> tuple[int, ...]:
+        """2D: the labelled and unlabelled training slices, the val cases' slices by case; the crop."""
+        train = NiftiSliceDataset(
+            self.labelled,
+            self.preprocessing,
+            slice_axis=self.slice_axis,
+            image_size=self.image_size,
+            with_mask=True,
+            classes=self.classes,
+            multiple=SIDE_MULTIPLE,
+        )
+        side = self.side = train.image_size
+        self.train: Dataset[dict[str, Any]] = train
+        self.other: Dataset[dict[str, Any]] | None = None
+        if self.unlabelled:
+            self.other = NiftiSliceDataset(
+                self.unlabelled, self.preprocessing, slice_axis=self.slice_axis, image_size=side
+            )
+        val = NiftiSliceDataset(
+            self.splits.val,
+            self.preprocessing,
+            slice_axis=self.slice_axis,
+            image_size=side,
+            with_mask=True,
+            classes=self.classes,
+        )
+        self.val: Dataset[dict[str, Any]] = CaseSlices(val)
+        return (min(self.crop, side),) * 2
+
+    def _patches(self, options: DownstreamOptions) -> tuple[int, ...]:
+        """3D: pools of labelled and unlabelled patches as large as the budget draws (none seen twice); whole val volumes."""
+        if self.fba.patch_size is None:
+            raise GeoclError(_NO_PATCH, key="method.patch_size")
+        patch = tuple(int(side) for side in self.fba.patch_size)
+        draws = options.budget.max_epochs * options.budget.draws
+        self.train = NiftiVolumeDataset(
+            self.labelled,
+            self.preprocessing,
+            patch,
+            foreground_fraction=self.foreground_fraction,
+            samples_per_case=math.ceil(draws / len(self.labelled)),
+            seed=options.seed,
+            classes=self.classes,
+        )
+        self.other = None
+        if self.unlabelled:
+            self.other = NiftiVolumeDataset(
+                self.unlabelled,
+                self.preprocessing,
+                patch,
+                foreground_fraction=0.0,
+                samples_per_case=math.ceil(draws / len(self.unlabelled)),
+                seed=options.seed,
+            )
+        self.val = WholeVolumes(self.splits.val, self.preprocessing, self.classes)
+        return patch
+
+    def loaders(
+        self, module: lightning.LightningModule, options: DownstreamOptions
+    ) -> tuple[DataLoader[dict[str, Any]], DataLoader[dict[str, Any]] | None]:
+        """Labelled-first batches (:func:`~geocl.finetune.semi_supervised_data.semi_supervised_loaders`); val cases whole."""
+        assert isinstance(module, SemiSupervisedSegmenter)
+        config, dims = module.config, module.spatial_dims
+        return semi_supervised_loaders(config, dims, self.train, self.other, self.val, options.budget, options.seed)
+
+    def score(
+        self, trainer: lightning.Trainer, module: lightning.LightningModule, checkpoint: Path, out: Path
+    ) -> Scores:
+        """Decoder 1 of ``checkpoint`` on each test case, on the input's grid: Dice, Jaccard, 95HD, ASD (mm)."""
+        assert isinstance(module, SemiSupervisedSegmenter)
+        module.load_state_dict(read_checkpoint(checkpoint)["state_dict"])  # torch.load(weights_only=True)
+        predictor = SemiSupervisedVolumePredictor(
+            module, self.preprocessing, slice_axis=self.slice_axis, window=self.side, classes=self.classes
+        )
+        return score_cases(predictor, self.splits.test, out, self.pictures)
+
+
+_NO_PATCH = "3D FBA trains on patches: set it, e.g. [112, 112, 80] (the released left-atrium patch)"
+
+
 def run_medical_semi_supervised(
     *,
     data: str | Path,
@@ -259,35 +412,13 @@ def run_medical_semi_supervised(
     intensity: Intensity = "zscore",
     image_size: int = 0,
     val_fraction: float = 0.2,
-    label_budget: LabelBudget = "train",
-    spatial_dims: Literal[2, 3] = 2,
-    supervised_only: bool = False,
-    decoders: int = 3,
-    labelled_bs: int = 2,
-    contrast_mode: ContrastMode = "pooled-map",
-    contrast_weight: float = 1.0,
-    consistency: float = 1.0,
-    consistency_rampup: float = 40.0,
-    rampup_iterations: int | None = None,
-    decoder_channels: Sequence[int] | None = None,
-    patch_size: Sequence[int] | None = None,
-    width: int = 16,
-    depth: int = 5,
-    dropout: float = 0.5,
-    segmenter_options: Mapping[str, Any] | None = None,
     foreground_fraction: float = 0.5,
     pictures: int = 2,
-    max_epochs: int = 15,
-    steps_per_epoch: int = 10,
-    val_every: int = 3,
-    patience: int = 3,
-    batch_size: int = 4,
-    lr: float = 1e-3,
+    fba: FBAOptions | None = None,
     optimizer: Literal["sgd", "adamw"] = "adamw",
+    lr: float = 1e-3,
     crop: int = 128,
-    num_workers: int = 0,
-    accelerator: str = "auto",
-    progress: bool = True,
+    **budget: Unpack[BudgetArguments],
 ) -> MedicalFinetuneResult:
     """FBA on a NIfTI data folder: a fraction of the labelled train cases plus the other train cases unlabelled.
 
@@ -298,228 +429,72 @@ def run_medical_semi_supervised(
         encoder: 2D encoder of a random init (a checkpoint brings its own).
         label_fraction, seed, subset_seed, spacing, slice_axis, intensity, image_size,
             val_fraction: as :func:`~geocl.finetune.medical.run_medical_finetune`.
-        label_budget: ``train`` or ``train-and-val`` (module docstring; :func:`label_budget_split`).
-        spatial_dims: 2 (slices, U-Net) or 3 (patches, V-Net).
-        supervised_only: the baseline on the labelled cases alone.
-        decoders: 1 (FBA-Net) or 3 (FBA-Net+).
-        labelled_bs: labelled items at the front of each batch of ``batch_size``.
-        contrast_mode, contrast_weight, consistency, consistency_rampup: see
-            :class:`~geocl.finetune.semi_supervised.SemiSupervisedSegmenter`.
-        rampup_iterations: steps per ramp unit; None: the ramp ends at 40 % of the budget.
-        decoder_channels: 2D U-Net decoder widths (default smp's).
-        patch_size: 3D training patch and sliding window (voxels a side, multiples of
-            ``2**(depth-1)``; released LA: 112 x 112 x 80); required in 3D.
-        width, depth, dropout: the 3D V-Net's.
-        segmenter_options: further :class:`SemiSupervisedSegmenter` arguments.
         foreground_fraction: 3D: probability that a labelled patch is centred on foreground.
         pictures: test cases written as PNG.
-        max_epochs, steps_per_epoch, val_every, patience, batch_size, lr, crop, num_workers,
-            accelerator, progress: the budget, as ``run_medical_finetune`` (``crop``: 2D only).
+        fba: FBA's settings (:class:`~geocl.finetune.semi_supervised.FBAOptions`:
+            ``spatial_dims`` 2 (slices, U-Net) or 3 (patches, V-Net; needs ``patch_size``),
+            ``label_budget``...); None: its defaults with ``labelled_bs`` 2.
         optimizer: ``adamw`` (every other row's) or ``sgd`` (released, momentum 0.9, constant lr).
+        lr: learning rate.
+        crop: 2D training crop side (px).
+        **budget: the keywords of :class:`~geocl.finetune.downstream.TrainingBudget`
+            (``max_epochs`` ... ``logger``); ``batch_size`` is the whole labelled-first batch.
 
     Returns:
         A :class:`~geocl.finetune.medical.MedicalFinetuneResult` (means over the test
-        cases); ``out/metrics.json`` holds it with the run's settings.
+        cases; ``val_miou`` NaN: the checkpoint is chosen by val Dice, the released
+        criterion); ``out/metrics.json`` holds it with the run's settings.
 
     Raises:
         GeoclError: as ``run_medical_finetune``; a 3D run without ``patch_size`` or
             with a (2D) encoder checkpoint; fewer items than a batch takes.
+        TypeError: an unknown keyword argument.
     """
-    start = time.perf_counter()
-    subset_seed = seed if subset_seed is None else subset_seed
-    out = check_finetune_folder(
-        out,
-        {
-            "label_fraction": label_fraction,
-            "seed": seed,
-            "subset_seed": subset_seed,
-            "spatial_dims": spatial_dims,
-            **({"encoder_checkpoint": encoder_checkpoint} if encoder_checkpoint is not None else {"encoder": encoder}),
-        },
-    )
-    if spatial_dims == 3 and patch_size is None:
-        raise GeoclError(
-            "3D FBA trains on patches: set it, e.g. [112, 112, 80] (the released left-atrium patch)",
-            key="method.patch_size",
-        )
-    if spatial_dims == 3 and encoder_checkpoint is not None:
+    fba = fba or FBAOptions(labelled_bs=2)
+    if fba.spatial_dims == 3 and fba.patch_size is None:
+        raise GeoclError(_NO_PATCH, key="method.patch_size")
+    if fba.spatial_dims == 3 and encoder_checkpoint is not None:
         raise GeoclError(
             "the 3D V-Net starts from random init (pretrain checkpoints hold 2D encoders); "
             "use spatial_dims 2 to start from one",
             key="method.init_checkpoint",
         )
-    cases, splits, classes = read_cases(data, val_fraction, image_size)
-    lightning.seed_everything(seed, workers=True, verbose=False)
-    labelled, rest = label_budget_split(splits.train, splits.val, label_fraction, subset_seed, label_budget)
-    unlabelled = [] if supervised_only else _without_labels(rest)
-    num_classes = len(classes)
-    spacing = tuple(spacing) if spacing else median_spacing(cases)
-    preprocessing = Preprocessing(spacing, intensity)  # type: ignore[arg-type]
-    labelled_bs = min(labelled_bs, batch_size)
-    total_steps = max_epochs * steps_per_epoch
-    if rampup_iterations is None:
-        rampup_iterations = max(1, round(RAMP_END * total_steps / max(consistency_rampup, 1.0)))
-
-    side: int | None = None
-    if spatial_dims == 2:
-        train: Dataset[dict[str, Any]] = NiftiSliceDataset(
-            labelled,
-            preprocessing,
-            slice_axis=slice_axis,
-            image_size=image_size,
-            with_mask=True,
-            classes=classes,
-            multiple=SIDE_MULTIPLE,
-        )
-        side = train.image_size  # type: ignore[attr-defined]
-        other: Dataset[dict[str, Any]] | None = (
-            NiftiSliceDataset(unlabelled, preprocessing, slice_axis=slice_axis, image_size=side) if unlabelled else None
-        )
-        val: Dataset[dict[str, Any]] = CaseSlices(
-            NiftiSliceDataset(
-                splits.val, preprocessing, slice_axis=slice_axis, image_size=side, with_mask=True, classes=classes
-            )
-        )
-        patch: tuple[int, ...] | None = (min(crop, side),) * 2
-        network: dict[str, Any] = {"encoder": encoder, "decoder_channels": decoder_channels}
-    else:
-        patch = tuple(int(s) for s in patch_size)  # type: ignore[union-attr]
-        # a pool of distinct patches as large as the budget draws: no patch is seen twice
-        draws = total_steps * batch_size
-        train = NiftiVolumeDataset(
-            labelled,
-            preprocessing,
-            patch,
-            foreground_fraction=foreground_fraction,
-            samples_per_case=math.ceil(draws / len(labelled)),
-            seed=seed,
-            classes=classes,
-        )
-        other = (
-            None
-            if not unlabelled
-            else NiftiVolumeDataset(
-                unlabelled,
-                preprocessing,
-                patch,
-                foreground_fraction=0.0,
-                samples_per_case=math.ceil(draws / len(unlabelled)),
-                seed=seed,
-            )
-        )
-        val = WholeVolumes(splits.val, preprocessing, classes)
-        network = {"width": width, "depth": depth, "dropout": dropout}
-    settings = {
-        "spacing": list(preprocessing.spacing),
-        "slice_axis": slice_axis,
-        "intensity": intensity,
-        "image_size": side,
-        "patch_size": list(patch) if spatial_dims == 3 else None,
-    }
-    pretrained = read_pretrain_checkpoint(encoder_checkpoint) if encoder_checkpoint is not None else None
-    if pretrained is not None:
-        encoder = pretrained["meta"]["encoder"]
-        network["encoder"] = encoder
-    meta: dict[str, Any] = {
-        "arch": f"fba-{'unet' if spatial_dims == 2 else 'vnet'}",
-        "in_chans": 1,
-        "classes": list(classes),
-        "encoder": encoder if spatial_dims == 2 else None,
-        "encoder_checkpoint": str(encoder_checkpoint) if encoder_checkpoint else None,
-        MEDICAL_KEY: settings,
-    }
-    module = SemiSupervisedSegmenter(
-        spatial_dims,
-        1,
-        num_classes,
-        decoders=decoders,
-        labelled_bs=labelled_bs,
-        supervised_only=supervised_only,
-        contrast_mode=contrast_mode,
-        contrast_weight=contrast_weight,
-        consistency=consistency,
-        consistency_rampup=consistency_rampup,
-        rampup_iterations=rampup_iterations,
-        patch_size=patch,
+    factory = FBAFactory(
+        fba=fba,
+        encoder=encoder,
+        encoder_checkpoint=encoder_checkpoint,
         optimizer=optimizer,
         lr=lr,
-        meta=meta,
-        val_per_case=True,
-        **network,
-        **dict(segmenter_options or {}),
-    )
-    if pretrained is not None:
-        load_pretrained_encoder(module.network, encoder_checkpoint, 1, loaded=pretrained)  # type: ignore[arg-type]
-        meta["pretrain_method"] = pretrained["meta"]["method"]
-    trainer = fit_semi_supervised(
-        module,
-        train,
-        other,
-        out=out,
-        batch_size=batch_size if other is not None else labelled_bs,
-        val=val,
-        max_epochs=max_epochs,
-        steps_per_epoch=steps_per_epoch,
-        val_every=val_every,
-        patience=patience,
         monitor="val/dice",
-        seed=seed,
-        num_workers=num_workers,
-        accelerator=accelerator,
-        progress=progress,
+        volumes=True,
     )
-    best = trainer.checkpoint_callback
-    checkpoint = out / "checkpoints" / "last.ckpt"
-    if best is not None and best.best_model_path:
-        checkpoint = Path(best.best_model_path)
-    if not checkpoint.exists():
-        trainer.save_checkpoint(checkpoint)
-    module.load_state_dict(read_checkpoint(checkpoint)["state_dict"])  # torch.load(weights_only=True)
-
-    predictor = SemiSupervisedVolumePredictor(
-        module, preprocessing, slice_axis=slice_axis, window=side, classes=classes
+    volumes = SemiSupervisedVolumes(
+        data,
+        fba,
+        spacing=spacing,
+        slice_axis=slice_axis,
+        intensity=intensity,
+        image_size=image_size,
+        val_fraction=val_fraction,
+        foreground_fraction=foreground_fraction,
+        crop=crop,
+        pictures=pictures,
     )
-    rows = []
-    for index, case in enumerate(splits.test):
-        picture = out / "plots" / f"{case.id}.png" if index < pictures else None
-        prediction = out / "predictions" / f"{case.id}.nii.gz"
-        metrics = score_case(predictor, case, prediction, picture)  # type: ignore[arg-type]
-        rows.append(case_row(case.id, metrics))
-    write_cases_csv(out / CASES_FILE, rows)
-    means = {name: float(np.mean([row[name] for row in rows])) for name in METRICS}
-    val_dice = best.best_model_score if best is not None else None
-    result = MedicalFinetuneResult(
-        # the checkpoint is chosen by val Dice (the released criterion): its val mIoU is not kept
-        **means,
-        val_miou=math.nan,
-        checkpoint=checkpoint,
+    options = DownstreamOptions(
         out=out,
-        labelled_cases=[case.id for case in labelled],
-        cases=rows,
+        label_fraction=label_fraction,
+        seed=seed,
+        subset_seed=subset_seed,
+        budget=budget_from(budget),
+        identity={"label_fraction": label_fraction, "seed": seed, "subset_seed": subset_seed, **factory.identity()},
+        record_options=False,
     )
-    record = {
-        **means,
-        "distance_unit": "mm",
-        "val_dice": float(val_dice) if val_dice is not None else math.nan,
-        "classes": meta["classes"],
-        "label_fraction": label_fraction,
-        "seed": seed,
-        "subset_seed": subset_seed,
-        "labelled_cases": result.labelled_cases,
-        "unlabelled_cases": [case.id for case in unlabelled],
-        "test_cases": [case.id for case in splits.test],
-        "val_cases": [case.id for case in splits.val],
-        "supervised_only": supervised_only,
-        "decoders": decoders,
-        "spatial_dims": spatial_dims,
-        "label_budget": label_budget,
-        "val_scored": "per case",
-        "encoder": meta["encoder"],
-        "encoder_checkpoint": meta["encoder_checkpoint"],
-        "arch": meta["arch"],
-        "spacing": list(preprocessing.spacing),
-        "checkpoint": str(checkpoint),
-        "seconds": round(time.perf_counter() - start, 1),
-    }
-    write_result(out, record)
-    return result
+    done = run_downstream(factory, volumes, options)
+    return MedicalFinetuneResult(
+        **{name: done.record[name] for name in METRICS},
+        val_miou=math.nan,
+        checkpoint=done.checkpoint,
+        out=done.out,
+        labelled_cases=done.record["labelled_cases"],
+        cases=done.scores.cases,
+    )

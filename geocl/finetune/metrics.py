@@ -22,6 +22,7 @@ agree, and so the rule is written down here.
 from __future__ import annotations
 
 import math
+from typing import TypedDict
 
 import torch
 from torch import Tensor
@@ -29,7 +30,7 @@ from torchmetrics.classification import MulticlassJaccardIndex
 
 from geocl.data.tile_dataset import IGNORE_INDEX
 
-__all__ = ["miou_from_confusion", "segmentation_metric", "summarize_iou"]
+__all__ = ["IoUSummary", "miou_from_confusion", "segmentation_metric", "summarize_iou"]
 
 
 def segmentation_metric(num_classes: int, ignore_index: int = IGNORE_INDEX) -> MulticlassJaccardIndex:
@@ -82,7 +83,14 @@ def miou_from_confusion(confusion: Tensor) -> tuple[Tensor, float]:
     return iou, summarize_iou(iou)["miou"]
 
 
-def summarize_iou(per_class: Tensor, present: Tensor | None = None) -> dict[str, float | list[float]]:
+class IoUSummary(TypedDict):
+    """:func:`summarize_iou`'s figures: ``miou`` (mean over present classes) and ``iou`` (one a class)."""
+
+    miou: float
+    iou: list[float]
+
+
+def summarize_iou(per_class: Tensor, present: Tensor | None = None) -> IoUSummary:
     """Reduce per-class IoU to the numbers geocl reports.
 
     Args:

@@ -14,7 +14,7 @@ al., "Vision Transformers for Dense Prediction"), see :class:`ViTSegmenter`.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, cast
 
 import segmentation_models_pytorch as smp
 import timm
@@ -78,7 +78,8 @@ class ViTSegmenter(nn.Module):
 
     def _build(self, args: dict[str, Any]) -> nn.Module:
         with torch.device("meta"):  # only the width is needed: no weights allocated
-            width = timm.create_model(self.encoder_name, in_chans=self.in_chans, num_classes=0, **args).num_features
+            timm_model = timm.create_model(self.encoder_name, in_chans=self.in_chans, num_classes=0, **args)
+            width = cast(int, timm_model.num_features)  # timm models declare their feature width
         net = smp.DPT(
             encoder_name=f"tu-{self.encoder_name}",
             encoder_weights=None,
@@ -103,12 +104,13 @@ class ViTSegmenter(nn.Module):
     @property
     def encoder(self) -> nn.Module:
         """smp's ViT encoder; ``encoder.model`` is the timm ViT (as for smp ``tu-`` CNN encoders)."""
-        return self.net.encoder
+        return self.net.get_submodule("encoder")
 
     def forward(self, images: Tensor) -> Tensor:
         # DPT's pyramid goes down to half the token grid and fuses back up by doubling, so
         # the grid must be a multiple of 4 tokens: pad the edges (replicated) and crop back
-        multiple = 4 * int(self.encoder.model.patch_embed.patch_size[0])
+        patch_size = cast(tuple[int, int], self.encoder.get_submodule("model.patch_embed").patch_size)
+        multiple = 4 * int(patch_size[0])
         height, width = images.shape[-2:]
         pad_h, pad_w = -height % multiple, -width % multiple
         if pad_h or pad_w:
@@ -195,7 +197,7 @@ def load_pretrained_encoder(
         )
     if isinstance(model, ViTSegmenter):
         model.configure(pretrained_encoder_args(meta))
-    target = model.encoder.model
+    target = model.get_submodule("encoder.model")
     own = target.state_dict()
     missing = [key for key in own if key not in loaded["encoder_state"]]
     if missing:

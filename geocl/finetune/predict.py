@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from geocl.data.mosaic import open_scene, scene_files
 from geocl.data.normalize import BandNormalizer
-from geocl.data.rasters import bounded_memory, geotiff_profile
+from geocl.data.rasters import RasterPath, bounded_memory, geotiff_profile
 from geocl.data.remote import is_remote
 from geocl.data.stac import StacRaster
 from geocl.errors import GeoclError
@@ -71,6 +71,8 @@ __all__ = [
     "probabilities_path",
 ]
 
+#: How the overviews of a COG are resampled: classes by their mode, probabilities by their average.
+OverviewResampling = Literal["mode", "average"]
 #: Smallest window side accepted (px); smaller windows give the model no context.
 MIN_WINDOW = 16
 #: Internal tile side of the GeoTIFFs written (px); column blocks are multiples of it,
@@ -111,7 +113,7 @@ class PredictionResult:
     shape: tuple[int, int]
     classes: tuple[int, ...]
     probabilities: Path | None = None
-    scenes: tuple[Path, ...] = ()
+    scenes: tuple[RasterPath, ...] = ()
     windows: int = 0
     seconds: float = 0.0
     notes: tuple[str, ...] = ()
@@ -137,13 +139,13 @@ def default_colours(count: int) -> list[Colour]:
     """``count`` distinct RGB colours from a matplotlib qualitative palette (0-255)."""
     import matplotlib
 
-    if count <= 10:
-        palette = matplotlib.colormaps["tab10"].colors
-    elif count <= 20:
-        palette = matplotlib.colormaps["tab20"].colors
+    if count <= 20:
+        qualitative = matplotlib.colormaps["tab10" if count <= 10 else "tab20"]
+        assert isinstance(qualitative, matplotlib.colors.ListedColormap)  # matplotlib's qualitative palettes are
+        palette = np.asarray(qualitative.colors, dtype=np.float64)
     else:  # no qualitative palette is that long: sample a perceptual one instead
-        palette = matplotlib.colormaps["turbo"](np.linspace(0, 1, count))[:, :3]
-    return [tuple(int(round(255 * c)) for c in palette[i][:3]) for i in range(count)]  # type: ignore[misc]
+        palette = np.asarray(matplotlib.colormaps["turbo"](np.linspace(0, 1, count)), dtype=np.float64)
+    return [(int(round(255 * r)), int(round(255 * g)), int(round(255 * b))) for r, g, b in palette[:count, :3]]
 
 
 def probabilities_path(out: str | os.PathLike[str]) -> Path:
@@ -320,7 +322,7 @@ class _BlockRowWriter:
         self.pending = [rows[:, count:]] if count < rows.shape[1] else []
 
 
-def _to_cog(source: Path, final: Path, overview_resampling: str) -> None:
+def _to_cog(source: Path, final: Path, overview_resampling: OverviewResampling) -> None:
     """Copy a tiled GeoTIFF to a Cloud-Optimized GeoTIFF with rio-cogeo (deflate, 256 px tiles, overviews).
 
     Block by block through a temporary file beside ``final`` (never in memory), so
@@ -344,7 +346,7 @@ def _to_cog(source: Path, final: Path, overview_resampling: str) -> None:
 
 @contextlib.contextmanager
 def _geotiff_output(
-    final: Path, profile: dict[str, Any], *, cog: bool, overview_resampling: str
+    final: Path, profile: dict[str, Any], *, cog: bool, overview_resampling: OverviewResampling
 ) -> Iterator[DatasetWriter]:
     """An open GeoTIFF for ``final``, written atomically; turned into a COG on close when ``cog``.
 
@@ -573,7 +575,7 @@ def predict_scene(
     if finite.found:
         notes += (f"the scene holds NaN or infinite values: those pixels are written as nodata ({nodata})",)
 
-    png = plot_prediction_preview(files, out, values, colours, nodata)
+    png = plot_prediction_preview([Path(file) for file in files], out, values, colours, nodata)
     gpkg = write_polygons(out, polygons, block=min(block, POLYGON_BLOCK)) if polygons is not None else None
     return PredictionResult(
         path=out,

@@ -236,7 +236,7 @@ def sliding_window_logits(
     own_bar = not isinstance(progress, tqdm)
     bar = (
         progress
-        if not own_bar
+        if isinstance(progress, tqdm)
         else tqdm(total=len(rows) * len(cols), unit="window", desc="predict", disable=not progress)
     )
     try:

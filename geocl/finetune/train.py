@@ -39,13 +39,6 @@ from geocl.finetune.downstream import (
     budget_from,
     run_downstream,
 )
-
-# the run folder's rules and the trainer live in geocl.finetune.downstream; the semi-supervised trainings (and
-# tests/finetune/test_outputs.py) still import these from here until they move onto the skeleton
-from geocl.finetune.downstream import _strict_json as _strict_json
-from geocl.finetune.downstream import check_finetune_folder as check_finetune_folder
-from geocl.finetune.downstream import finetune_trainer as finetune_trainer
-from geocl.finetune.downstream import write_result as write_result
 from geocl.finetune.metrics import segmentation_metric, summarize_iou
 from geocl.finetune.model import build_segmenter, load_encoder_weights, load_pretrained_encoder
 from geocl.models.checkpoints import SEGMENTER_KEY, pretrained_encoder_args, read_pretrain_checkpoint
@@ -92,13 +85,14 @@ class SegmentationModule(lightning.LightningModule):
         self.val_metric = segmentation_metric(num_classes)
         self.test_metric = segmentation_metric(num_classes)
         self.meta = meta or {}
+        self.lr, self.crop, self.freeze_encoder = lr, crop, freeze_encoder
 
     def forward(self, images: Tensor) -> Tensor:
         """``[B, C, H, W]`` -> logits ``[B, K, H, W]``."""
         return self.model(images.contiguous(memory_format=torch.channels_last))
 
     def _augment(self, images: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
-        size = self.hparams.crop
+        size = self.crop
         height, width = images.shape[-2:]
         if size < min(height, width):
             top = int(torch.randint(0, height - size + 1, ()))
@@ -130,15 +124,15 @@ class SegmentationModule(lightning.LightningModule):
         self.test_metric.update(self(batch["image"]).argmax(1), batch["mask"])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        if self.hparams.freeze_encoder:
+        if self.freeze_encoder:
             self.model.encoder.requires_grad_(False)
         params = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=1e-4)
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=1e-4)
 
     def test_scores(self) -> dict[str, Any]:
         """After ``trainer.test``: ``{"miou": float, "iou": [float a class]}`` over every test pixel (NaN: class absent)."""
         summary = summarize_iou(self.test_metric.compute())
-        return {"miou": float(summary["miou"]), "iou": [float(value) for value in summary["iou"]]}
+        return {"miou": summary["miou"], "iou": summary["iou"]}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[SEGMENTER_KEY] = self.meta

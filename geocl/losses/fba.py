@@ -325,8 +325,12 @@ class FBContrastLoss(nn.Module):
         Shape: ``[B, R, *M]`` -> ``[B, 2, dim]`` (fg, bg) when binary, ``[B, C, dim]`` otherwise.
         """
         if self.mode == "pooled-map":
-            pool = F.adaptive_avg_pool2d if self.spatial_dims == 2 else F.adaptive_avg_pool3d
-            activation = pool(activation, self.map_size)
+            if self.spatial_dims == 2:
+                height, width = self.map_size
+                activation = F.adaptive_avg_pool2d(activation, (height, width))
+            else:
+                depth, height, width = self.map_size
+                activation = F.adaptive_avg_pool3d(activation, (depth, height, width))
         flat = activation.flatten(2)  # [B, R, P]
         if self.binary:
             foreground, background = flat[:, 0], 1 - flat[:, 0]
@@ -416,6 +420,28 @@ class FeaturePoolContrast(nn.Module):
     def forward(self, features: Tensor) -> Tensor:
         foreground, background, _ = self.embed(features)
         return foreground_background_contrast(foreground, background, self.alpha_max, self.alpha_min)
+
+
+def released_dice_loss(probabilities: Tensor, masks: Tensor, ignore_index: int = -100) -> Tensor:
+    """The released 2D Dice (``DiceLoss`` of FBA-Net's ``code/utils/losses.py``): no factor 2, squares below.
+
+    ``mean_k [1 - sum(s_k t_k) / (sum s_k^2 + sum t_k^2 + 1e-10)]`` over all classes k
+    (background included), the sums over the whole batch. Pixels at ``ignore_index`` count
+    nowhere (the released code has no ignore index; on masks without one it is the
+    released formula exactly).
+
+    ``ignore_index`` defaults to geocl's (``geocl.data.tile_dataset.IGNORE_INDEX``, -100).
+
+    Shape: probabilities ``[B, K, *S]``, masks ``[B, *S]`` (class indices) -> scalar.
+    """
+    classes = probabilities.shape[1]
+    valid = (masks != ignore_index).unsqueeze(1).to(probabilities.dtype)
+    target = F.one_hot(torch.where(masks == ignore_index, 0, masks), classes).movedim(-1, 1).to(probabilities.dtype)
+    scores, target = probabilities * valid, target * valid
+    dims = [0, *range(2, probabilities.dim())]
+    intersection = (scores * target).sum(dims)
+    union = (scores * scores).sum(dims) + (target * target).sum(dims) + 1e-10
+    return (1 - intersection / union).mean()
 
 
 def sharpen(probabilities: Tensor, temperature: float = 0.1) -> Tensor:

@@ -3,12 +3,13 @@
 For every block ``k`` of targets (one combination of tiles per image, see
 :mod:`geocl.models.split_combine`), the logits are ``p · c_kᵀ / T`` over the batch and
 the positive of image ``i`` is block ``k``'s row ``i``: a cross-entropy whose target is
-the diagonal. The loss is the mean over blocks and images, so the spec's
+the diagonal. The loss is the mean over blocks and images, so the released code's
 ``(1/12) Σ`` over 6 combinations and 2 directions is the mean of two calls.
 
-Readings of the spec's ambiguities: (1) the predictions keep their gradient (only
-the targets are stop-grad), otherwise the term would not train anything; (2) across
-devices the targets are gathered and the positive of local row ``i`` is global column
+Readings taken where MNCLGLF's figure and released code (Li et al., arXiv 2306.15930)
+disagree or fit one device only: the predictions keep their gradient (only the targets
+are stop-grad, as the figure marks them; the code detaches both, so the term would not
+train anything); across devices the targets are gathered and the positive of local row ``i`` is global column
 ``rank * B + i``, so N devices compute what one device computes on the whole batch
 (every device must hold the same B, as for lightly's NT-Xent).
 """
@@ -25,7 +26,7 @@ class LocalInfoNCELoss(nn.Module):
     """Mean InfoNCE of predictions against each block of targets.
 
     Args:
-        temperature: logits are divided by it (spec: 1.0).
+        temperature: logits are divided by it (released code: 1.0).
         gather_distributed: take the other devices' targets as negatives too.
 
     Shape:
@@ -46,7 +47,7 @@ class LocalInfoNCELoss(nn.Module):
         if targets.shape[0] % batch:
             raise ValueError(f"{targets.shape[0]} target rows are not blocks of {batch}")
         predictions = F.normalize(predictions, dim=1)
-        # targets are stop-gradient (spec: c_j); detached here so no caller can leak a gradient through them
+        # targets are stop-gradient (the paper's c_j); detached here so no caller can leak a gradient through them
         keys = F.normalize(targets.detach(), dim=1).reshape(-1, batch, targets.shape[1])  # [K, B, D]
         labels = torch.arange(batch, device=predictions.device)
         if self.gather_distributed and dist.world_size() > 1:

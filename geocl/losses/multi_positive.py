@@ -8,12 +8,15 @@ equivalent when they have the same canonical attribute set)::
     Y_mn = [g_m == g_n] / |{n' : g_n' == g_m}|
     loss = 1/2 [ mean_m -sum_n Y_mn log softmax_n(L_m.)  +  mean_n -sum_m Y_nm log softmax_m(L_.n) ]
 
-(CLAIRES spec, "Proposed for us"; ``../shared/specs/claires.md``). Every row of ``Y`` sums
-to 1, and ``Y`` is symmetric because equivalence is, so the image direction uses the
-same targets as the text direction. When all captions of a batch differ ``Y`` is the
-identity and this is the one-hot CLIP loss
+Dental CLAIRES (Kabir et al., AMIA 2023 Informatics Summit, arXiv 2306.15651) trains its
+dual encoder so that true image-text pairs score high and random in-batch pairs low,
+without giving the loss; it is read here as CLIP's symmetric InfoNCE (Radford et al.,
+arXiv 2103.00020) in its multi-positive form, because template captions of tiles repeat
+within a batch. Every row of ``Y`` sums to 1, and ``Y`` is symmetric because equivalence
+is, so the image direction uses the same targets as the text direction. When all
+captions of a batch differ ``Y`` is the identity and this is the one-hot CLIP loss
 ``1/2 [CE(L, arange) + CE(L^T, arange)]``; when two tiles share a caption neither is
-pushed away from the other's caption as a negative (spec ambiguity 1's reading).
+pushed away from the other's caption as a negative.
 
 DDP (``gather_distributed``): each device contrasts its own N texts with the images
 of all devices and its own N images with the texts of all devices (lightly's

@@ -27,7 +27,7 @@ class SoftTargetInfoNCELoss(nn.Module):
     """Soft-target InfoNCE against keys gathered from all devices.
 
     Args:
-        temperature: tau (PatchMix spec: 0.2).
+        temperature: tau (PatchMix's released code: 0.2).
         gather_distributed: gather keys from all processes when torch.distributed is
             initialised (targets then have ``N * world`` columns).
 

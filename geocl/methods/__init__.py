@@ -13,22 +13,14 @@ every row; ``fba-pretrain`` is its label-free contrast as a pretraining method.
 
 from __future__ import annotations
 
-from geocl.methods.base import CHECKPOINT_KEY, PretrainMethod
+from geocl.methods.base import CHECKPOINT_KEY, PretrainMethod, parameters_model
 from geocl.methods.fba import FBA
 from geocl.methods.fba_pretrain import FBAPretrain
 from geocl.methods.grass import GraSS
 from geocl.methods.moco import MoCo
 from geocl.methods.multinet import MultiNet
 from geocl.methods.patchmix import PatchMix
-from geocl.methods.registry import (
-    METHODS,
-    build_method,
-    load_recipe,
-    method_class,
-    parameters_model,
-    read_saved_recipe,
-    register_method,
-)
+from geocl.methods.registry import METHODS, build_method, load_recipe, method_class, read_saved_recipe, register_method
 from geocl.methods.retrieval import Retrieval
 from geocl.methods.simclr import SimCLR
 

@@ -11,9 +11,11 @@ A method is built from explicit, typed keyword arguments, like TorchGeo's traine
     model = SimCLR("resnet18", in_chans=4, temperature=0.2, view_size=64)
 
 Its own arguments (those of its constructor that are not this base's) are the
-``method`` section of a recipe: :mod:`geocl.methods.registry` derives the recipe model
-from the constructor's signature, so types, ranges and defaults are written once, and
-the same model validates the arguments given from Python (:meth:`PretrainMethod.params`).
+``method`` section of a recipe: :func:`parameters_model` derives the recipe model from
+the constructor's signature (and :mod:`geocl.methods.registry`, which imports this
+module, registers it under the method's name), so types, ranges and defaults are written
+once, and the same model validates the arguments given from Python
+(:meth:`PretrainMethod.params`).
 
 Everything specific to a method stays with it, reached through hooks the generic
 pretraining loop (:mod:`geocl.training`) calls without knowing the method:
@@ -29,19 +31,24 @@ pretraining loop (:mod:`geocl.training`) calls without knowing the method:
 
 A method may also be the downstream training itself rather than a pretraining (a
 semi-supervised segmenter trained on the labelled and unlabelled tiles of each label
-subset). It sets :attr:`PretrainMethod.pretrains` to False and returns, from
-:meth:`PretrainMethod.downstream_training`, the function an evaluation calls in place of
-its own finetuning; ``geocl compare`` then pretrains nothing for it and its rows train
-that function, and ``geocl pretrain`` refuses it in one line
+subset). It sets :attr:`PretrainMethod.pretrains` to False and names, in
+:attr:`PretrainMethod.serves`, the evaluations whose rows it trains itself (checking its
+keys for each in :meth:`PretrainMethod.check_downstream`); the trainings are downstream
+trainings, declared by the method's name in :mod:`geocl.finetune.method_trainings`
+(this layer imports nothing of ``geocl.finetune``). ``geocl compare`` then pretrains
+nothing for it and its rows train the declared function in place of the evaluation's
+finetuning, and ``geocl pretrain`` refuses it in one line
 (:meth:`PretrainMethod.check_pretraining`). Compare and the evaluations ask the method
-class; they know no method by name.
+class (:meth:`PretrainMethod.trains_rows_of`); they know no method by name.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
-from collections.abc import Callable, Mapping
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -50,12 +57,12 @@ import lightning
 import torch
 from lightly.utils.lars import LARS
 from lightly.utils.scheduler import CosineWarmupScheduler
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, create_model
 from torch import Tensor
 
 from geocl.errors import GeoclError
 from geocl.models import create_encoder
-from geocl.recipes import OptimizerConfig, SchedulerConfig
+from geocl.recipes import AugmentConfig, OptimizerConfig, SchedulerConfig
 from geocl.recipes.errors import validated_section
 from geocl.transforms import MultiBandViewAugmentation, TwoViews
 
@@ -180,7 +187,8 @@ class PretrainMethod(lightning.LightningModule):
         band_stats: per-band statistics of the training data (``{"mean": [...], "std": [...]}``),
             stored in checkpoints so that downstream tasks normalise alike.
         view_size: side of the augmented views, px.
-        augment: keyword arguments of :class:`~geocl.transforms.MultiBandViewAugmentation`.
+        augment: keyword arguments of :class:`~geocl.transforms.MultiBandViewAugmentation`
+            (a :class:`~geocl.recipes.AugmentConfig` or a mapping).
         optimizer: see :class:`~geocl.recipes.OptimizerConfig` (model or mapping).
         scheduler: see :class:`~geocl.recipes.SchedulerConfig` (model or mapping).
         seed: seed of the per-step augmentation draws (a resumed run draws the same views).
@@ -191,7 +199,7 @@ class PretrainMethod(lightning.LightningModule):
         params: the method's own arguments, validated by its parameter model.
         momentum_encoder_attribute: name of the EMA copy of ``encoder`` in methods that
             keep one (None otherwise); stored in checkpoints so that evaluation can use
-            it (``geocl evaluate --momentum-encoder``, as the PatchMix spec evaluates).
+            it (``geocl evaluate --momentum-encoder``, as PatchMix, arXiv 2306.12243, evaluates).
         views: two-view augmentation of a batch ``[B, C, H, W]``.
         recipe: the whole recipe the method was built from (plain data), or None when
             it was built from Python; checkpoints store it, or the recipe equivalent to
@@ -206,6 +214,10 @@ class PretrainMethod(lightning.LightningModule):
     pretrains: ClassVar[bool] = True
     #: How to run a method that does not pretrain: the end of ``geocl pretrain``'s refusal.
     usage: ClassVar[str] = "run its recipe through `geocl compare`, which trains it at every label subset and seed"
+    #: The evaluations (registry names: ``finetune``, ``dice``, ...) whose rows the method
+    #: trains itself instead of the evaluation's finetuning; the trainings are declared by
+    #: the method's name in :data:`geocl.finetune.method_trainings.METHOD_TRAININGS`.
+    serves: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -217,7 +229,7 @@ class PretrainMethod(lightning.LightningModule):
         weights: str = "",
         band_stats: Mapping[str, Any] | None = None,
         view_size: int = 96,
-        augment: Mapping[str, Any] | None = None,
+        augment: AugmentConfig | Mapping[str, Any] | None = None,
         optimizer: OptimizerConfig | Mapping[str, Any] | None = None,
         scheduler: SchedulerConfig | Mapping[str, Any] | None = None,
         seed: int = 0,
@@ -251,13 +263,19 @@ class PretrainMethod(lightning.LightningModule):
     @classmethod
     def parameters_model(cls) -> type[BaseModel]:
         """The model of this method's own arguments (the recipe's ``method`` section)."""
-        from geocl.methods.registry import parameters_model
-
         return parameters_model(cls)
 
     def _validated_params(self) -> Any:
         own = {key: value for key, value in self.hparams.items() if key not in COMMON_ARGUMENTS}
         return validated_section("method", self.parameters_model(), own)
+
+    @property
+    def datamodule(self) -> Any:
+        """The data module being fitted (the loop's ``PretrainData``), None outside a fit.
+
+        Lightning attaches it to the trainer at fit time; its ``Trainer`` class does not declare it.
+        """
+        return getattr(self.trainer, "datamodule", None)
 
     @property
     def method_name(self) -> str:
@@ -284,26 +302,18 @@ class PretrainMethod(lightning.LightningModule):
         return False
 
     @classmethod
-    def downstream_training(cls, evaluation: str, params: Any) -> Callable[..., Any] | None:
-        """Hook: the method's own training for the rows of an evaluation, or None (default: the evaluation's).
+    def check_downstream(cls, evaluation: str, params: Any) -> None:
+        """Hook: refuse keys that cannot serve ``evaluation`` (one of :attr:`serves`), before any work.
 
-        A method that is a downstream training (semi-supervised segmentation) returns, for
-        each evaluation it serves, a function with the keyword interface of that
-        evaluation's finetune function (``finetune``: that of
-        :func:`geocl.finetune.train.run_finetune`; ``encoder_checkpoint`` None for a
-        method that does not pretrain) and the result it expects (``.miou``,
-        ``.checkpoint``, the run folder's ``metrics.json``). The evaluation calls it in
-        place of its own finetuning, without its architecture options (the method
-        builds its own network).
+        Asked by :meth:`trains_rows_of`; the default accepts every key.
 
         Args:
-            evaluation: the evaluation's registry name (``finetune``, ``frozen``, ``dice``, ...).
+            evaluation: the evaluation's registry name, one of :attr:`serves`.
             params: the recipe's ``method`` section (validated by :meth:`parameters_model`).
 
         Raises:
             GeoclError: parameters that cannot serve this evaluation (naming the key).
         """
-        return None
 
     @classmethod
     def warm_up(cls, params: Any) -> WarmUp | None:
@@ -349,21 +359,35 @@ class PretrainMethod(lightning.LightningModule):
         return None
 
     @classmethod
-    def training_for(cls, evaluation: str, params: Any) -> Callable[..., Any] | None:
-        """:meth:`downstream_training`, refusing an evaluation that a method which does not pretrain cannot serve.
+    def trains_rows_of(cls, evaluation: str, params: Any) -> bool:
+        """Whether the method trains the rows of ``evaluation`` itself (it :attr:`serves` it), keys checked.
+
+        True: the evaluation trains its rows with the function
+        :data:`geocl.finetune.method_trainings.METHOD_TRAININGS` declares for the method's
+        name and the evaluation's, with the keyword interface of the evaluation's finetune
+        function, without its architecture options (the method builds its own network)
+        and with ``encoder_checkpoint`` None for a method that does not pretrain. False:
+        the evaluation's own finetuning of the method's pretrained encoder.
+
+        Args:
+            evaluation: the evaluation's registry name (``finetune``, ``frozen``, ``dice``, ...).
+            params: the recipe's ``method`` section (validated by :meth:`parameters_model`).
 
         Raises:
-            GeoclError: the method pretrains no encoder and has no training for ``evaluation``
-                (its rows would evaluate a random encoder under the method's name).
+            GeoclError: keys that cannot serve ``evaluation`` (:meth:`check_downstream`); or
+                the method pretrains no encoder and does not serve ``evaluation`` (its rows
+                would evaluate a random encoder under the method's name).
         """
-        training = cls.downstream_training(evaluation, params)
-        if training is None and not cls.pretrains:
+        if evaluation in cls.serves:
+            cls.check_downstream(evaluation, params)
+            return True
+        if not cls.pretrains:
             raise GeoclError(
                 f"method {cls.name!r} pretrains no encoder and has no training of its own for the {evaluation!r} "
                 "evaluation; compare it with another protocol or data format",
                 key="method.name",
             )
-        return training
+        return False
 
     @classmethod
     def check_pretraining(cls) -> None:
@@ -394,7 +418,7 @@ class PretrainMethod(lightning.LightningModule):
         if not torch.isfinite(loss):
             trainer = self.trainer
             writer = getattr(trainer.strategy, "checkpoint_io", None)
-            if hasattr(writer, "last_complete"):
+            if writer is not None and hasattr(writer, "last_complete"):
                 kept = writer.last_complete
             else:
                 callback = trainer.checkpoint_callback
@@ -484,3 +508,43 @@ class PretrainMethod(lightning.LightningModule):
             "starting_weights": self.encoder.starting_weights,
             "versions": library_versions(),
         }
+
+
+#: :func:`parameters_model` of each method class asked for so far (a class builds its model once).
+_PARAMETERS_MODELS: dict[type[PretrainMethod], type[BaseModel]] = {}
+
+
+def parameters_model(cls: type[PretrainMethod]) -> type[BaseModel]:
+    """The pydantic model of a method class's own constructor arguments.
+
+    Walks the class chain up to :class:`PretrainMethod`; a parameter a subclass
+    declares again (with another default) replaces its parent's. Built once per class.
+
+    Raises:
+        TypeError: an own argument without a default (it could not be a recipe key).
+    """
+    if cls not in _PARAMETERS_MODELS:
+        _PARAMETERS_MODELS[cls] = _build_parameters_model(cls)
+    return _PARAMETERS_MODELS[cls]
+
+
+def _build_parameters_model(cls: type[PretrainMethod]) -> type[BaseModel]:
+    fields: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        if not (isinstance(klass, type) and issubclass(klass, PretrainMethod)) or klass is PretrainMethod:
+            continue
+        if "__init__" not in vars(klass):
+            continue
+        hints = typing.get_type_hints(klass.__init__, include_extras=True)
+        for name, parameter in inspect.signature(klass.__init__).parameters.items():
+            if (
+                name == "self"
+                or name in COMMON_ARGUMENTS
+                or parameter.kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+            ):
+                continue
+            if parameter.default is inspect.Parameter.empty:
+                raise TypeError(f"{klass.__qualname__}: argument {name!r} needs a default to be a recipe key")
+            fields[name] = (hints[name], parameter.default)
+    config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True, validate_default=True)
+    return create_model(f"{cls.__name__}Parameters", __config__=config, __doc__=cls.__doc__, **fields)

@@ -2,15 +2,20 @@
 
 FBA (Chung et al., MILLanD @ MICCAI 2023, arXiv 2306.15189) pretrains no
 encoder: it *is* a way of training the segmenter from few labels plus unlabelled data,
-on labelled-first batches. So this method sets ``pretrains = False`` and hands each
-evaluation it serves a training of its own (:meth:`FBA.downstream_training`); ``geocl
-compare`` then skips pretraining for it and trains it once per row (label fraction,
-label subset, seed), exactly where other methods finetune their pretrained encoder, and
-``geocl pretrain`` refuses it in one line. Its parts:
+on labelled-first batches. So this method sets ``pretrains = False`` and serves the
+``finetune`` (tiles) and ``dice`` (volumes) evaluations with a training of its own
+(:attr:`FBA.serves`; :meth:`FBA.check_downstream` checks the keys for each); ``geocl compare`` then skips
+pretraining for it and trains it once per row (label fraction, label subset, seed),
+exactly where other methods finetune their pretrained encoder, and ``geocl pretrain``
+refuses it in one line. This module holds the recipe keys and their checks only: the
+trainings are downstream trainings, in ``geocl.finetune``
+(:mod:`geocl.finetune.semi_supervised`, :mod:`geocl.finetune.medical_semi_supervised`),
+declared for this method by name in :mod:`geocl.finetune.method_trainings`, which the
+evaluations consult (methods import nothing above them). Its parts:
 
 * network: :func:`~geocl.models.fba_nets.build_fba_network`, one shared encoder and
   ``decoders`` decoders (1: FBA-Net; 3: FBA-Net+, decoders differing only in upsampling);
-* loss (:class:`~geocl.finetune.semi_supervised.SemiSupervisedSegmenter`), with ``z_d``
+* loss (:class:`~geocl.finetune.semi_supervised_module.SemiSupervisedSegmenter`), with ``z_d``
   decoder d's logits, ``p_d = softmax(z_d)`` and L the labelled items::
 
       loss = lambda * sum_d Dice(p_d[L], y) + ce_weight * sum_d CE(z_d[L], y)
@@ -44,7 +49,7 @@ are the label fraction of them (by case), the other train cases unlabelled;
 prediction (``recipes/medical/fba3d.yaml``); test volumes are scored per case (Dice,
 Jaccard, 95HD, ASD) by :func:`~geocl.finetune.medical_semi_supervised.run_medical_semi_supervised`.
 
-Two presets (``variant``; :mod:`geocl.finetune.semi_supervised` has the details):
+Two presets (``variant``; :mod:`geocl.finetune.semi_supervised_module` has the details):
 
 * ``stable`` (default): geocl's working FBA. The contrast's projection has no bias path
   (one bias-free projection for every region view, :class:`~geocl.losses.fba.FBContrastLoss`),
@@ -61,16 +66,13 @@ The label-free counterpart that pretrains an encoder (``geocl pretrain``) is
 :mod:`geocl.methods.fba_pretrain`.
 
 Readings of the spec's ambiguities are those of :mod:`geocl.losses.fba` and
-:mod:`geocl.finetune.semi_supervised` (code over paper text; targets not detached;
+:mod:`geocl.finetune.semi_supervised_module` (code over paper text; targets not detached;
 lambda per variant: 0.5 for 3D FBA-Net+, else 1.0; CE off, as released).
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -78,29 +80,56 @@ from geocl.errors import GeoclError
 from geocl.methods.base import PretrainMethod
 from geocl.methods.registry import register_method
 
-#: ``method`` keys that go to :class:`~geocl.finetune.semi_supervised.SemiSupervisedSegmenter` as they are.
-SEGMENTER_KEYS = (
-    "embedding_dim",
-    "pooled_grid",
-    "temperature",
-    "detach_targets",
-    "dice_weight",
-    "ce_weight",
-    "variant",
-    "contrast_balance",
-)
 
+class FBANetwork(PretrainMethod):
+    """The recipe keys of FBA's segmenter: decoders, how the encoder starts, the 3D V-Net (not a method of its own).
 
-@register_method("fba")
-class FBA(PretrainMethod):
-    """FBA-Net (``decoders: 1``) / FBA-Net+ (``decoders: 3``), semi-supervised (module docstring).
-
-    Not a pretraining: building it as one raises (``geocl pretrain`` says how to run it);
-    its constructor arguments are the recipe's ``method`` keys.
+    :class:`FBA` adds the keys of its loss and batches; the recipe's ``method`` section
+    holds both (a method's keys are read along its class chain,
+    :func:`~geocl.methods.base.parameters_model`).
 
     Args:
         encoder, in_chans, **common: see :class:`~geocl.methods.base.PretrainMethod`.
         decoders: 1 (FBA-Net) or 3 (FBA-Net+).
+        decoder_channels: 2D U-Net decoder widths, one per encoder level; None: smp's.
+        init_checkpoint: a pretrain checkpoint of any method to start the shared encoder
+            from ("" = random init of the recipe's encoder).
+        spatial_dims: 2 (tiles, slices: U-Net) or 3 (volumes: V-Net).
+        patch_size: 3D training patch and sliding window, voxels a side (multiples of
+            ``2**(depth-1)``; released LA: 112 x 112 x 80); required in 3D.
+        width, depth, dropout: the 3D V-Net's base width, levels and Dropout3d rate.
+    """
+
+    pretrains = False
+
+    def __init__(
+        self,
+        encoder: str = "resnet18",
+        in_chans: int = 3,
+        *,
+        decoders: Literal[1, 3] = 3,
+        decoder_channels: list[Annotated[int, Field(ge=1)]] | None = None,
+        init_checkpoint: str = "",
+        spatial_dims: Literal[2, 3] = 2,
+        patch_size: list[Annotated[int, Field(ge=1)]] | None = None,
+        width: Annotated[int, Field(ge=1)] = 16,
+        depth: Annotated[int, Field(ge=2, le=6)] = 5,
+        dropout: Annotated[float, Field(ge=0, lt=1)] = 0.5,
+        **common: Any,
+    ) -> None:
+        super().__init__(encoder, in_chans, **common)  # raises: FBA is no pretraining (check_pretraining)
+
+
+@register_method("fba")
+class FBA(FBANetwork):
+    """FBA-Net (``decoders: 1``) / FBA-Net+ (``decoders: 3``), semi-supervised (module docstring).
+
+    Not a pretraining: building it as one raises (``geocl pretrain`` says how to run it);
+    its constructor arguments, with :class:`FBANetwork`'s, are the recipe's ``method`` keys.
+
+    Args:
+        encoder, in_chans, **common: see :class:`~geocl.methods.base.PretrainMethod` (and
+            :class:`FBANetwork` for the segmenter's keys).
         supervised_only: the supervised baseline on the same labels (no unlabelled items,
             no consistency, no contrast).
         labelled_bs: labelled items at the front of each batch (the comparison's
@@ -118,34 +147,27 @@ class FBA(PretrainMethod):
         detach_targets: stop gradients through the sharpened targets (released: no).
         dice_weight: lambda; None: 0.5 for 3D FBA-Net+, else 1.0.
         ce_weight: weight of cross-entropy on the labelled items (released: 0).
-        decoder_channels: 2D U-Net decoder widths, one per encoder level; None: smp's.
-        init_checkpoint: a pretrain checkpoint of any method to start the shared encoder
-            from ("" = random init of the recipe's encoder).
         variant: ``stable`` (geocl's working preset) or ``released`` (module docstring).
         contrast_balance: ``stable``: the contrast's share of the supervised term's gradient
             norm on the logits at the first step (None: 0.1; 0: the fixed ``contrast_weight``).
         label_budget: volumes: what the label fraction is of: ``train`` (the train cases)
             or ``train-and-val`` (the paper's: its 80 training cases are geocl's train and
-            val cases; see :func:`~geocl.finetune.medical_semi_supervised.run_medical_semi_supervised`).
-        spatial_dims: 2 (tiles, slices: U-Net) or 3 (volumes: V-Net).
-        patch_size: 3D training patch and sliding window, voxels a side (multiples of
-            ``2**(depth-1)``; released LA: 112 x 112 x 80); required in 3D.
-        width, depth, dropout: the 3D V-Net's base width, levels and Dropout3d rate.
+            val cases; see :func:`~geocl.finetune.medical_semi_supervised.label_budget_split`).
     """
 
-    pretrains = False
     usage = (
         "FBA is semi-supervised segmentation, trained at every label subset of a comparison; run it with "
         "`geocl compare recipes/fba.yaml recipes/fba-supervised.yaml --baseline fba-supervised` "
         "(volumes: recipes/medical/fba3d.yaml)"
     )
+    #: The evaluations whose rows FBA trains itself (the trainings: geocl/finetune/method_trainings.py).
+    serves: ClassVar[tuple[str, ...]] = ("finetune", "dice")
 
     def __init__(
         self,
         encoder: str = "resnet18",
         in_chans: int = 3,
         *,
-        decoders: Literal[1, 3] = 3,
         supervised_only: bool = False,
         labelled_bs: Annotated[int, Field(ge=1)] = 4,
         contrast_mode: Literal["code", "pooled-map"] = "pooled-map",
@@ -159,106 +181,28 @@ class FBA(PretrainMethod):
         detach_targets: bool = False,
         dice_weight: Annotated[float, Field(ge=0)] | None = None,
         ce_weight: Annotated[float, Field(ge=0)] = 0.0,
-        decoder_channels: list[Annotated[int, Field(ge=1)]] | None = None,
-        init_checkpoint: str = "",
         variant: Literal["stable", "released"] = "stable",
         contrast_balance: Annotated[float, Field(ge=0)] | None = None,
         label_budget: Literal["train", "train-and-val"] = "train",
-        spatial_dims: Literal[2, 3] = 2,
-        patch_size: list[Annotated[int, Field(ge=1)]] | None = None,
-        width: Annotated[int, Field(ge=1)] = 16,
-        depth: Annotated[int, Field(ge=2, le=6)] = 5,
-        dropout: Annotated[float, Field(ge=0, lt=1)] = 0.5,
         **common: Any,
     ) -> None:
         super().__init__(encoder, in_chans, **common)  # raises: FBA is no pretraining (check_pretraining)
 
     @classmethod
-    def downstream_training(cls, evaluation: str, params: Any) -> Callable[..., Any] | None:
-        """FBA's training for the rows of ``finetune`` (tile sets) and ``dice`` (NIfTI volumes); None for others.
+    def check_downstream(cls, evaluation: str, params: Any) -> None:
+        """Refuse keys that cannot serve ``evaluation`` (one of :attr:`serves`), before any work.
 
         Raises:
             GeoclError: ``spatial_dims: 3`` on tiles (the 3D keys are not read in 2D); 3D
                 volumes without ``patch_size``.
         """
-        if evaluation == "finetune":
-            if params.spatial_dims != 2:
-                raise GeoclError("tiles are 2D: set it to 2 (3 is for volumes)", key="method.spatial_dims")
-            return functools.partial(train_on_tiles, params=params)
-        if evaluation == "dice":
-            if params.spatial_dims == 3 and params.patch_size is None:
-                raise GeoclError(
-                    "3D FBA trains on patches: set it, e.g. [112, 112, 80] (the released left-atrium patch)",
-                    key="method.patch_size",
-                )
-            return functools.partial(train_on_volumes, params=params)
-        return None
+        if evaluation == "finetune" and params.spatial_dims != 2:
+            raise GeoclError("tiles are 2D: set it to 2 (3 is for volumes)", key="method.spatial_dims")
+        if evaluation == "dice" and params.spatial_dims == 3 and params.patch_size is None:
+            raise GeoclError(
+                "3D FBA trains on patches: set it, e.g. [112, 112, 80] (the released left-atrium patch)",
+                key="method.patch_size",
+            )
 
 
-def semi_supervised_arguments(params: Any) -> dict[str, Any]:
-    """The :func:`~geocl.finetune.semi_supervised.run_semi_supervised` arguments of a recipe's ``method`` section."""
-    return {
-        "supervised_only": bool(params.supervised_only),
-        "decoders": int(params.decoders),
-        "labelled_bs": int(params.labelled_bs),
-        "contrast_mode": str(params.contrast_mode),
-        "contrast_weight": float(params.contrast_weight),
-        "consistency": float(params.consistency),
-        "consistency_rampup": float(params.consistency_rampup),
-        "rampup_iterations": params.rampup_iterations,
-        "decoder_channels": None if params.decoder_channels is None else [int(c) for c in params.decoder_channels],
-        "segmenter_options": {key: getattr(params, key) for key in SEGMENTER_KEYS},
-    }
-
-
-def train_on_tiles(*, params: Any, encoder_checkpoint: str | Path | None = None, **arguments: Any) -> Any:
-    """One FBA row on a tile set: :func:`~geocl.finetune.semi_supervised.run_semi_supervised` with the recipe's keys.
-
-    Args:
-        params: the recipe's ``method`` section.
-        encoder_checkpoint: the row's encoder (None for a method that does not pretrain);
-            falls back to ``params.init_checkpoint``.
-        **arguments: the finetune interface of :func:`geocl.finetune.train.run_finetune`
-            (tiles, encoder, label_fraction, seed, subset_seed, out and the budget).
-
-    Returns:
-        A :class:`~geocl.finetune.train.FinetuneResult` (test mIoU of decoder 1).
-    """
-    from geocl.finetune.semi_supervised import run_semi_supervised  # Lightning: only when a row runs
-
-    if encoder_checkpoint is None and params.init_checkpoint:
-        encoder_checkpoint = Path(params.init_checkpoint)
-    return run_semi_supervised(encoder_checkpoint=encoder_checkpoint, **semi_supervised_arguments(params), **arguments)
-
-
-def train_on_volumes(*, params: Any, encoder_checkpoint: str | Path | None = None, **arguments: Any) -> Any:
-    """One FBA row on a NIfTI data folder: :func:`~geocl.finetune.medical_semi_supervised.run_medical_semi_supervised`.
-
-    Args:
-        params: the recipe's ``method`` section (``spatial_dims`` 2: slices; 3: patches).
-        encoder_checkpoint: the row's encoder, or ``params.init_checkpoint`` (2D only).
-        **arguments: the finetune interface of :func:`geocl.finetune.medical.run_medical_finetune`
-            (data, encoder, label_fraction, seed, subset_seed, out, spacing, slice_axis,
-            intensity, image_size, val_fraction and the budget).
-
-    Returns:
-        A :class:`~geocl.finetune.medical.MedicalFinetuneResult` (means over the test cases).
-    """
-    from geocl.finetune.medical_semi_supervised import run_medical_semi_supervised  # Lightning, MONAI
-
-    if encoder_checkpoint is None and params.init_checkpoint:
-        encoder_checkpoint = Path(params.init_checkpoint)
-    volume = {
-        "spatial_dims": int(params.spatial_dims),
-        "label_budget": str(params.label_budget),
-        "patch_size": None if params.patch_size is None else [int(side) for side in params.patch_size],
-        "width": int(params.width),
-        "depth": int(params.depth),
-        "dropout": float(params.dropout),
-    }
-    return run_medical_semi_supervised(
-        encoder_checkpoint=encoder_checkpoint, **semi_supervised_arguments(params), **volume, **arguments
-    )
-
-
-__all__ = ["FBA", "semi_supervised_arguments", "train_on_tiles", "train_on_volumes"]
+__all__ = ["FBA", "FBANetwork"]

@@ -17,10 +17,10 @@ One step, for a batch of B tiles (:class:`~geocl.losses.fba.FeaturePoolContrast`
     loss   = Lmax(fg) + Lmax(bg) + Lmin(fg, bg)               FBA's terms over all 2B views
 
 Where the split comes from without labels: the network's own activation map ``a``, as
-in FBA, whose map is a learned head on the decoder's logits; with no decoder here, the
-head reads the encoder's last feature map (the spec's ``feature-pool`` mode). Nothing
-names the foreground: the map learns to separate what differs inside a tile in the same
-way across tiles.
+in FBA-Net (arXiv 2306.15189), whose map is a learned head on the decoder's logits;
+with no decoder here, the head reads the encoder's last feature map (an adaptation of
+FBA-Net, not its released form). Nothing names the foreground: the map learns to
+separate what differs inside a tile in the same way across tiles.
 
 Why it cannot collapse (the failure of the released binary term, which its free
 projection biases satisfy at no cost): fg and bg share one projection without bias, so

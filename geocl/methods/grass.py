@@ -56,16 +56,17 @@ from geocl.transforms import photometric_only
 
 @register_method("grass")
 class GraSS(SimCLR):
-    """GraSS on multi-band tiles (defaults: the spec's values where it has them).
+    """GraSS on multi-band tiles (defaults: the released code's values where it has them).
 
     Args:
         encoder, in_chans, temperature, hidden_dim, output_dim, head_batch_norm, **common:
             see :class:`~geocl.methods.simclr.SimCLR`.
-        warmup_epochs: epochs of stage 1 (instance discrimination) before stage 2 (A1).
-        threshold_ratio: map threshold as a fraction of its range (spec: 0.5).
+        warmup_epochs: epochs of stage 1 (instance discrimination) before stage 2 (the
+            paper's warm-up; the released code has no stage switch and guides from step 0).
+        threshold_ratio: map threshold as a fraction of its range (released code: 0.5).
         layer: module of the timm encoder whose output gives the map, e.g. ``layer3``;
-            empty = the last feature map (spec: ResNet ``layer4``).
-        min_box_side: smallest box side in px (A6; 0 = as released, no minimum).
+            empty = the last feature map (released code: ResNet ``layer4``).
+        min_box_side: smallest box side in px (an ablation; 0 = as released, no minimum).
         stage2_sampling: ``online`` (crop each view, as released) or ``geo`` (regions
             drawn by the gradient-region GeoSampler from maps of whole tiles).
         region_size: side of geo-sampled regions in px (0 = the tile size / 2).
@@ -91,7 +92,7 @@ class GraSS(SimCLR):
         super().__init__(encoder, in_chans, **simclr)
         params = self.params
         if params.spps.enabled:
-            # neither spec defines the mix, and geo stage 2 draws regions, not the tiles pairs index
+            # neither paper defines the mix, and geo stage 2 draws regions, not the tiles pairs index
             raise GeoclError(
                 "GraSS does not combine with semantic positive pairs; set it to false "
                 "or use method simclr or moco with spps",
@@ -124,12 +125,12 @@ class GraSS(SimCLR):
         return self.params.stage2_sampling == "geo"
 
     def configure_callbacks(self) -> list[Any]:
-        dataset = getattr(self.trainer.datamodule, "dataset", None)
+        dataset = getattr(self.datamodule, "dataset", None)
         if not isinstance(dataset, TileDataset):
             return []  # region maps are georeferenced rasters on the tiles' grids
         from geocl.methods.grass_maps import RegionMapWriter
 
-        return [RegionMapWriter(dataset, self.trainer.datamodule.out, count=self.params.map_tiles)]
+        return [RegionMapWriter(dataset, self.datamodule.out, count=self.params.map_tiles)]
 
     @property
     def gradient_layer(self) -> torch.nn.Module | None:

@@ -112,7 +112,7 @@ class MoCo(SemanticPairsHost, PretrainMethod):
     @property
     def semantic_encoder(self) -> Encoder:
         """The encoder that mines semantic pairs from this run (SPPS): the EMA one."""
-        return self.key_encoder  # type: ignore[return-value]
+        return self.key_encoder
 
     @property
     def queue(self) -> Tensor:

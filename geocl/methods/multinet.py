@@ -1,7 +1,8 @@
 """MNCLGLF: multi-network contrastive learning on global and local representations.
 
-Li, Long and Li, arXiv 2306.15930 (spec ``../shared/specs/multinet.md``). Three views
-x1, x2, x3 of each tile go through three networks:
+Li, Long and Li, "Multi-network Contrastive Learning Based on Global and Local
+Representations" (arXiv 2306.15930), and its released code (github.com/liweiquan39/MNCLGLF).
+Three views x1, x2, x3 of each tile go through three networks:
 
 * online (trained by the optimiser): encoder f, projector g, predictor q, giving
   predictions ``p_i = q(g(f(x_i)))``;
@@ -18,20 +19,22 @@ Loss: ``L = L_local + a * L_global`` with
 ``1/12`` of the sum for 6 combinations) and
 ``L_global = ½ NTX(NN(j3), p1) + ½ NTX(NN(j1), p3)`` (lightly's NT-Xent).
 
-Readings of the spec's ambiguities: (1) the predictions keep their gradient in
-``L_local``; (2) both losses gather across devices and offset the positives by
-``rank * B``; (3) the stop-gradient network is the online network (shared weights);
-(5) only ``j3`` is enqueued; (7) tile and combination blocks as in
-:mod:`geocl.models.split_combine`. The queue is filled with the targets of all
-devices, so every device holds the queue one device would hold with the whole batch.
+Where the paper's figure and the released code disagree or the code only fits one
+device, the readings taken are: the predictions keep their gradient in ``L_local`` (the
+figure stops the gradient only at the targets; the code detaches the predictions too,
+which leaves ``L_local`` without any gradient); both losses gather across devices and
+offset the positives by ``rank * B``; the stop-gradient network is the online network
+(shared weights, as in the code); only ``j3`` is enqueued (as in the code); tile and
+combination blocks as in :mod:`geocl.models.split_combine`. The queue is filled with
+the targets of all devices, so every device holds the queue one device would hold with
+the whole batch.
 
 BatchNorm in the tile pass (``tile_batch_norm``): ``batch`` (default) normalises tiles
 and combinations with their own batch statistics, as the released code does, but
 leaves the running statistics alone, so that what finetuning inherits describes whole
 views and not a mix of views and quarter-size tiles; ``eval`` uses the running
-statistics (the spec's suggestion; they lag behind early in training and describe
-full views, not tiles); ``train`` is the released behaviour (tile statistics enter
-the running statistics).
+statistics (they lag behind early in training and describe full views, not tiles);
+``train`` is the released behaviour (tile statistics enter the running statistics).
 """
 
 from __future__ import annotations
@@ -75,21 +78,21 @@ def tile_batch_norm(modules: list[nn.Module], mode: str) -> Iterator[None]:
 
 @register_method("multinet")
 class MultiNet(PretrainMethod):
-    """MNCLGLF on multi-band tiles (CPU-sized widths; the spec's values in brackets).
+    """MNCLGLF on multi-band tiles (CPU-sized widths; the released code's values in brackets).
 
     Args:
         encoder, in_chans, **common: see :class:`~geocl.methods.base.PretrainMethod`.
-        hidden_dim: projector hidden width (spec: 2048).
-        output_dim: projection, prediction and queue width (spec: 2048).
-        predictor_hidden_dim: predictor hidden width (spec: 512).
-        momentum: EMA momentum m of the momentum network (spec: 0.99, constant).
-        splits: tiles per side s of the local views (spec: 2); must divide ``data.view_size``.
-        combs: tiles averaged per local target (spec: 2, giving C(4, 2) = 6 targets).
-        queue_size: rows of the nearest-neighbour support queue (spec: 16384 for
+        hidden_dim: projector hidden width (released code: 2048).
+        output_dim: projection, prediction and queue width (released code: 2048).
+        predictor_hidden_dim: predictor hidden width (released code: 512).
+        momentum: EMA momentum m of the momentum network (released code: 0.99, constant).
+        splits: tiles per side s of the local views (released code: 2); must divide ``data.view_size``.
+        combs: tiles averaged per local target (released code: 2, giving C(4, 2) = 6 targets).
+        queue_size: rows of the nearest-neighbour support queue (released code: 16384 for
             50k-100k images); keep it well below the number of train tiles.
-        local_temperature: temperature T of the local InfoNCE (spec: 1.0).
-        global_temperature: temperature T' of the global NT-Xent (spec: 1.0).
-        global_weight: weight a of the global term (spec: 6).
+        local_temperature: temperature T of the local InfoNCE (released code: 1.0).
+        global_temperature: temperature T' of the global NT-Xent (released code: 1.0).
+        global_weight: weight a of the global term (released code: 6).
         tile_batch_norm: BatchNorm of the tile pass: batch, eval or train (module docstring).
     """
 
@@ -137,7 +140,7 @@ class MultiNet(PretrainMethod):
         self.global_criterion = NTXentLoss(temperature=params.global_temperature, gather_distributed=True)
 
     def on_fit_start(self) -> None:
-        tiles = getattr(self.trainer.datamodule, "dataset", None)
+        tiles = getattr(self.datamodule, "dataset", None)
         size = int(self.params.queue_size)
         if tiles is not None and size >= len(tiles):
             rank_zero_warn(

@@ -1,7 +1,7 @@
 """PatchMix: contrastive ViT pretraining with token-mixed images and soft targets.
 
 Shen et al., "Inter-Instance Similarity Modeling for Contrastive Learning" (arXiv
-2306.12243; spec ``../shared/specs/patchmix.md``). A MoCo-v3-style learner: an online ViT
+2306.12243), and its released code (github.com/visresearch/patchmix). A MoCo-v3-style learner: an online ViT
 (``self.encoder``) with projector and predictor, and a momentum copy of ViT + projector
 that gives the keys. Each step draws two views ``x1, x2`` and mixes each at token
 granularity (:class:`~geocl.transforms.PatchMix`); the soft targets say how much of each
@@ -10,19 +10,20 @@ key image a query holds. With ``CE`` the soft-target InfoNCE
 
     L = CE(q(x1), k(x2), Y_src) + 1/2 CE(q(x~2), k(x1), Y_mix) + 1/2 CE(q(x~2), k(x~1), Y_mm)
 
-Readings of the spec's ambiguities: (1) ``num_mix`` is a list, one m drawn per step
-(default ``[2]``, the released configs); (5) the contrasts are asymmetric as in the
-released code (only ``x1`` and ``x~2`` go through the online network); (6) the 1/2
-weights are the code's (``mix_weight``, ``mixed_pair_weight``); (8) images are mixed within
-each device's batch while keys (negatives) are gathered from all devices, so with several
-devices the mixed terms differ from one device holding the whole batch (the spec keeps
-this; ``L_src`` is identical); (9) the momentum encoder
-is on by default (``momentum_encoder: false`` uses the online network, detached, for the
-keys, as the ViT-T CIFAR config does); (10) the momentum follows the cosine schedule
+Where the paper (arXiv 2306.12243) leaves the details to its code, the readings taken
+are: ``num_mix`` is a list, one m drawn per step (default ``[2]``, the released configs);
+the contrasts are asymmetric as in the code (only ``x1`` and ``x~2`` go through the
+online network); the 1/2 weights are the code's (``mix_weight``, ``mixed_pair_weight``);
+images are mixed within each device's batch while keys (negatives) are gathered from all
+devices, as in the code, so with several devices the mixed terms differ from one device
+holding the whole batch (``L_src`` is identical); the momentum encoder is on by default
+(``momentum_encoder: false`` uses the online network, detached, for the keys, as the
+ViT-T CIFAR config does); the momentum follows the cosine schedule
 ``m_t = 1 - (1 - m0)(1 + cos(pi t / T)) / 2`` per optimizer step, applied before the
 forward (lightly's ``cosine_schedule``, which divides by ``T - 1`` so that m reaches 1 at
-the last step). Multi-crop (ImageNet only in the paper) is left out: the spec's CIFAR setting,
-which suits small tiles. Finetuning loads the online encoder (``encoder.*``), as for every
+the last step; the code's loop changes it once an epoch only, by a shadowed index).
+Multi-crop (ImageNet only in the paper) is left out, as in the released CIFAR configs,
+which suit small tiles. Finetuning loads the online encoder (``encoder.*``), as for every
 geocl method; the paper evaluates the momentum encoder, kept as ``key_encoder.*``.
 """
 
@@ -63,20 +64,20 @@ class PatchMix(PretrainMethod):
     Args:
         encoder, in_chans, **common: see :class:`~geocl.methods.base.PretrainMethod`
             (the encoder must be a ViT; ``view_size`` a multiple of its patch).
-        temperature: tau of the soft-target InfoNCE (spec: 0.2).
-        num_mix: numbers of images m mixed into one; one is drawn per step (spec: [2]).
-        mix_weight: weight of the mixed-query/original-key contrast (spec code: 0.5).
-        mixed_pair_weight: weight of the mixed/mixed contrast (spec code: 0.5).
-        proj_hidden_dim: projector hidden width (spec: 4096).
-        proj_output_dim: embedding size (spec: 256).
-        pred_hidden_dim: predictor hidden width (spec: 4096).
-        momentum_encoder: keys from a momentum copy of encoder + projector (spec: on for ViT-S/B).
-        momentum: start value m0 of the cosine momentum schedule, which ends at 1 (spec: 0.996).
-        asymmetric_blur: blur view 1 always and view 2 with p = 0.1 (the spec's BYOL-style
-            asymmetry); off = both views use ``augment.blur_p``.
+        temperature: tau of the soft-target InfoNCE (released code: 0.2).
+        num_mix: numbers of images m mixed into one; one is drawn per step (released code: [2]).
+        mix_weight: weight of the mixed-query/original-key contrast (released code: 0.5).
+        mixed_pair_weight: weight of the mixed/mixed contrast (released code: 0.5).
+        proj_hidden_dim: projector hidden width (released code: 4096).
+        proj_output_dim: embedding size (released code: 256).
+        pred_hidden_dim: predictor hidden width (released code: 4096).
+        momentum_encoder: keys from a momentum copy of encoder + projector (released code: on for ViT-S/B).
+        momentum: start value m0 of the cosine momentum schedule, which ends at 1 (released code: 0.996).
+        asymmetric_blur: blur view 1 always and view 2 with p = 0.1 (the released code's
+            BYOL-style asymmetry); off = both views use ``augment.blur_p``.
         label_smoothing: label smoothing eps of the instance target Y_src (off-value eps/G
-            over the G keys); 0.1 is the default of the released code's ``PatchMixer``,
-            which the spec's table misses (its configs do not override it).
+            over the G keys); 0.1 is the default of the released code's ``PatchMixer``
+            (its configs do not override it).
 
     Attributes:
         projector, predictor: online heads (``[B, D] -> [B, out]``).
@@ -133,7 +134,7 @@ class PatchMix(PretrainMethod):
         self.criterion = SoftTargetInfoNCELoss(temperature=params.temperature, gather_distributed=True)
 
     def on_fit_start(self) -> None:
-        batch = getattr(self.trainer.datamodule, "batch_size", None)
+        batch = getattr(self.datamodule, "batch_size", None)
         needed = 2 * max(self.num_mix) - 1
         if batch is not None and batch < needed:
             raise GeoclError(

@@ -1,6 +1,12 @@
 """Text -> tile retrieval (Dental CLAIRES adapted to satellite tiles): a dual encoder trained contrastively.
 
-Assembled from small parts (``../shared/specs/claires.md``):
+After Kabir et al., "Dental CLAIRES: Contrastive LAnguage Image REtrieval Search for
+Dental Research" (AMIA 2023 Informatics Summit, arXiv 2306.15651), of which only the
+abstract is public: a dual encoder trained so that true image-text pairs score high and
+random in-batch pairs low. Where it is silent, values marked [R] come from a public CLIP
+recipe with the encoder layout CLAIRES names (ResNet-50 and DistilBERT with projection
+heads, github.com/moein-shariatnia/OpenAI-CLIP), not from CLAIRES itself.
+Assembled from small parts:
 
 * image tower: the recipe's encoder (``self.encoder``, what every downstream task
   loads), optionally initialised from a pretrain checkpoint of any method
@@ -16,13 +22,14 @@ Assembled from small parts (``../shared/specs/claires.md``):
       L = s * T V^T  (cosines, s = exp(min(log_scale, log 100)))
       loss = 1/2 [ mean_m -sum_n Y_mn log softmax_n(L_m.) + mean_n -sum_m Y_nm log softmax_m(L_.n) ]
 
-Spec ambiguity readings: (1) the multi-positive in-batch InfoNCE; (4) cosine similarity
+The abstract leaves the loss, the similarity and what trains open; the readings taken
+are: the multi-positive in-batch InfoNCE (captions repeat among tiles); cosine similarity
 with a learnable temperature, initialised at 0.07 and clamped to a logit scale of at
-most 100 (``learnable_temperature: false`` fixes it; ``temperature: 1.0`` with it is the
-[R] setting as an ablation); (5) everything trains, the image encoder at
-``image_lr_scale`` times the base learning rate (spec [R]: 1e-4 against 1e-3 for the
-heads); the text encoder at ``text_lr_scale`` times it (1.0: it starts from scratch,
-unlike [R]'s pretrained DistilBERT at 1e-5).
+most 100, as CLIP does (Radford et al., arXiv 2103.00020; ``learnable_temperature:
+false`` fixes it; ``temperature: 1.0`` with it is the [R] setting, as an ablation);
+everything trains, the image encoder at ``image_lr_scale`` times the base learning rate
+([R]: 1e-4 against 1e-3 for the heads); the text encoder at ``text_lr_scale`` times it
+(1.0: it starts from scratch, unlike [R]'s pretrained DistilBERT at 1e-5).
 
 Views: one augmented view a tile (``augment``); overhead tiles have no orientation, so
 flips and quarter turns stay on, but the crop should keep the whole tile
@@ -56,7 +63,7 @@ from geocl.retrieval.captions import CaptionConfig, CaptionSet, dataset_captions
 from geocl.retrieval.model import RETRIEVAL_KEY, ProjectionHead, TextTower
 from geocl.retrieval.text import WordTokenizer
 
-#: Largest logit scale (CLIP's clamp, spec ambiguity 4).
+#: Largest logit scale (CLIP's clamp, Radford et al., arXiv 2103.00020).
 MAX_LOGIT_SCALE = 100.0
 
 
@@ -68,7 +75,7 @@ class Retrieval(PretrainMethod):
         encoder, in_chans, **common: see :class:`~geocl.methods.base.PretrainMethod`.
         init_checkpoint: a pretrain checkpoint of any method to start the image encoder
             from ("" = the recipe's initialisation); its encoder and band count must be the recipe's.
-        embed_dim: size of the shared space (spec: 256).
+        embed_dim: size of the shared space ([R]: 256).
         text_width: width of the text encoder.
         text_layers: Transformer blocks of the text encoder (0 = bag of words).
         text_heads: attention heads (must divide ``text_width``).
@@ -264,7 +271,8 @@ class Retrieval(PretrainMethod):
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Optimizer groups: image encoder, text encoder, and the rest (heads, temperature) at the base rate.
 
-        The base's optimizer and schedule train them, with one rate a part (spec ambiguity 5).
+        The base's optimizer and schedule train them, with one rate a part (everything trains,
+        at the rates of the module docstring: CLAIRES does not say what it froze).
         """
         lr = self.optimizer_config.lr
         params = self.params

@@ -4,11 +4,13 @@ The baseline of every comparison and stage 1 of GraSS. Negatives are gathered
 across devices (lightly's ``NTXentLoss(gather_distributed=True)``), so a run on N
 devices sees the same negatives as one device with the whole batch.
 
-With ``spps.enabled`` (SPPS, ``../shared/specs/spps.md``) the loader also yields
+With ``spps.enabled`` (SPPS, Alkhalefi et al., arXiv 2306.16122) the loader also yields
 semantic pairs (x_n, x_m) mined by a frozen encoder; view 1 comes from ``image`` and
-view 2 from ``image_pair``, and the NT-Xent loss is unchanged (ambiguity 1). Partners
-are not masked out of the negatives (ambiguity 5: lightly's loss takes no mask); with
-SPPS off the method is plain SimCLR, step for step.
+view 2 from ``image_pair``. The paper's abstract says the pairs are integrated with the
+ordinary positive pairs without saying how; the reading taken is the simplest, extra
+pairs through the unchanged NT-Xent loss. A partner that is also in the batch stays
+among the negatives (lightly's loss takes no mask); with SPPS off the method is plain
+SimCLR, step for step.
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ class SimCLR(SemanticPairsHost, PretrainMethod):
 
     Args:
         encoder, in_chans, **common: see :class:`~geocl.methods.base.PretrainMethod`.
-        temperature: NT-Xent temperature (GraSS spec: 0.5).
+        temperature: NT-Xent temperature (GraSS, arXiv 2306.15868, released config: 0.5).
         hidden_dim: projection head hidden width.
-        output_dim: embedding size (spec: 128).
-        head_batch_norm: BatchNorm in the head (spec A5 reading: none).
+        output_dim: embedding size (GraSS: 128).
+        head_batch_norm: BatchNorm in the head (GraSS: none; its head is read as SimCLR's
+            Linear-ReLU-Linear, the intent its config states, though the released code
+            drops the ReLU).
         spps: semantic positive pairs (off by default; a :class:`SPPSConfig` or a mapping).
     """
 

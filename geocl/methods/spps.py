@@ -1,8 +1,15 @@
 """SPPS as a plug-in of a host method (SimCLR, MoCo): when to mine, and the epoch's loader.
 
-Spec ``../shared/specs/spps.md``; the sampler itself (frozen embeddings, top-k ∩
-threshold, footprint rule) is :class:`~geocl.sampling.semantic_pairs.SemanticPairSampler`
-and the pair dataset :class:`~geocl.data.semantic_pairs.SemanticPairDataset`.
+SPPS: Alkhalefi, Leontidis and Zhong, "Semantic Positive Pairs for Enhancing Visual
+Representation Learning of Instance Discrimination Methods" (arXiv 2306.16122). The
+sampler itself (frozen embeddings, top-k ∩ threshold, footprint rule) is
+:class:`~geocl.sampling.semantic_pairs.SemanticPairSampler` and the pair dataset
+:class:`~geocl.data.semantic_pairs.SemanticPairDataset`.
+
+The paper's abstract does not say whether the pairs are mined again during training,
+nor how the added pairs change an epoch; the readings taken are: mined once, and
+optionally again every ``refresh_epochs``; an epoch keeps the plain dataset's length,
+a fixed fraction of it semantic pairs (``fixed_epoch_length``).
 
 From the mining epoch on (``warmup_epochs``, or 0 with ``checkpoint``) the training
 images are wrapped in a pair dataset, of which an epoch draws as many items as there
@@ -23,7 +30,7 @@ from torch.utils.data import DataLoader
 from geocl.data.semantic_pairs import SemanticPairDataset, fixed_length_epoch
 from geocl.data.tile_dataset import TileDataset
 from geocl.errors import GeoclError
-from geocl.models import Encoder
+from geocl.models import Encoder, load_checkpoint_encoder
 from geocl.sampling.semantic_pairs import SemanticPairs, SemanticPairSampler, SPPSConfig
 
 
@@ -89,8 +96,6 @@ class SemanticPairsPlugin:
     @staticmethod
     def _checkpoint_encoder(path: str, dataset: Any) -> Encoder:
         """The (online) encoder of a geocl pretrain checkpoint, for mining, built with its recipe's timm arguments."""
-        from geocl.evaluation.features import load_checkpoint_encoder
-
         encoder, meta = load_checkpoint_encoder(path)
         if int(meta["in_chans"]) != dataset.band_count:
             raise GeoclError(
@@ -108,7 +113,11 @@ class SemanticPairsHost:
     """
 
     spps: SemanticPairsPlugin
-    semantic_encoder: Encoder
+
+    @property
+    def semantic_encoder(self) -> Encoder:
+        """The encoder that mines the pairs (each host says which)."""
+        raise NotImplementedError
 
     def train_loader(self, data: Any) -> DataLoader[Any] | None:
         return self.spps.loader(self.semantic_encoder, data) if self.spps.enabled else None

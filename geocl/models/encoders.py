@@ -15,20 +15,38 @@ An encoder starts from random weights, or from the weights ``encoder.weights`` n
 TorchGeo weights name, a timm tag or a file; ``encoder.pretrained: true`` is short for
 the encoder's default timm tag), read from the local cache and fitted to the band
 count by the rule stated in :mod:`geocl.models.weights`. Nothing is downloaded.
+
+The encoder a pretraining checkpoint trained (any method, online or momentum copy) is
+rebuilt here too (:func:`load_checkpoint_encoder`), from the checkpoint's ``geocl``
+entry, read by :mod:`geocl.models.checkpoints`: evaluation, SPPS mining and retrieval
+load encoders through it.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Mapping, Sequence
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import timm
 from torch import Tensor, nn
 
 from geocl.errors import GeoclError
+from geocl.models.checkpoints import pretrained_encoder_args, read_pretrain_checkpoint
 from geocl.models.weights import load_starting_weights, starting_weights_name
+
+if TYPE_CHECKING:
+
+    class TimmBody(nn.Module):
+        """What geocl reads of a timm model beyond ``nn.Module`` (timm's conventions, for the type checker)."""
+
+        num_features: int
+        num_prefix_tokens: int  # token models (ViTs) only
+
+        def forward_features(self, x: Tensor) -> Tensor: ...
+
 
 #: ``timm.create_model`` arguments the encoder sets itself; recipe ``encoder.args`` may not.
 RESERVED_ARGS = ("in_chans", "num_classes", "global_pool", "pretrained")
@@ -125,9 +143,10 @@ class Encoder(nn.Module):
         architecture = timm_name(name)
         start = starting_weights_name(architecture, pretrained, weights)
         try:
-            self.body = timm.create_model(architecture, in_chans=in_chans, num_classes=0, global_pool="", **self.args)
+            body = timm.create_model(architecture, in_chans=in_chans, num_classes=0, global_pool="", **self.args)
         except TypeError as error:  # timm passes unknown keywords down to the model class
             raise GeoclError(f"encoder {name!r} does not take these arguments: {error}", key="encoder.args") from None
+        self.body = cast("TimmBody", body)
         self.starting_weights: dict[str, Any] | None = None
         if start:
             key = "encoder.weights" if weights else "encoder.pretrained"
@@ -135,9 +154,11 @@ class Encoder(nn.Module):
         self.num_features: int = self.body.num_features
         patch = getattr(getattr(self.body, "patch_embed", None), "patch_size", None)
         self.is_token_model = hasattr(self.body, "num_prefix_tokens") and patch is not None
-        if self.is_token_model and patch[0] != patch[1]:
-            raise GeoclError(f"need square patches, got {tuple(patch)}", key="encoder.args.patch_size")
-        self.patch_size: int | None = int(patch[0]) if self.is_token_model else None
+        self.patch_size: int | None = None
+        if self.is_token_model and patch is not None:
+            if patch[0] != patch[1]:
+                raise GeoclError(f"need square patches, got {tuple(patch)}", key="encoder.args.patch_size")
+            self.patch_size = int(patch[0])
 
     def _tokens_to_map(self, tokens: Tensor, size: tuple[int, int]) -> Tensor:
         """Patch tokens ``[B, prefix + h*w, D]`` of images ``size`` (H, W) -> ``[B, D, h, w]``."""
@@ -195,3 +216,42 @@ def create_encoder(
     if in_chans < 1:
         raise GeoclError(f"need at least one input band, got {in_chans}", key="encoder.in_chans")
     return Encoder(name, in_chans, pretrained, args, weights)
+
+
+def evaluation_encoder(name: str, in_chans: int, args: Mapping[str, Any] | None = None) -> Encoder:
+    """A randomly initialised encoder as evaluation builds it (the caller seeds torch).
+
+    A ViT gets ``dynamic_img_size`` (same weights, position embedding interpolated), so
+    it embeds whole images even when it was pretrained on smaller views.
+    """
+    args = dict(args or {})
+    if is_vision_transformer(name):
+        args["dynamic_img_size"] = True
+    return create_encoder(name, in_chans, args=args)
+
+
+def load_checkpoint_encoder(
+    path: str | os.PathLike[str], momentum_encoder: bool = False
+) -> tuple[Encoder, dict[str, Any]]:
+    """The encoder a pretraining checkpoint trained (any method), in eval mode on the CPU.
+
+    Args:
+        path: the checkpoint.
+        momentum_encoder: the method's momentum (EMA) encoder instead of the online one.
+
+    Returns:
+        (encoder, the checkpoint's ``geocl`` entry: recipe, band statistics, names...).
+
+    Raises:
+        GeoclError: naming the file if it is not a geocl pretrain checkpoint or its
+            weights do not fit the encoder it names.
+    """
+    loaded = read_pretrain_checkpoint(path, momentum_encoder)
+    meta = loaded["meta"]
+    encoder = evaluation_encoder(str(meta["encoder"]), int(meta["in_chans"]), pretrained_encoder_args(meta))
+    try:
+        encoder.body.load_state_dict(loaded["encoder_state"], strict=True)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise GeoclError(f"encoder weights do not fit {meta['encoder']!r}: {first}", path=path) from None
+    return encoder.eval(), meta

@@ -11,9 +11,11 @@ FBA-Net hangs on each decoder's logits belong to the loss
   ``network.encoder.model``). Decoder 1 is smp's own ``UnetDecoder`` (nearest
   interpolation), so one-decoder FBA-Net is exactly ``smp.Unet`` (the model ``geocl
   finetune`` trains); decoders 2 and 3 interpolate bilinearly and upsample by
-  transposed convolution. The released 2D code (a PyMIC U-Net with its own dropouts)
-  is, per the spec (ambiguity 11), a description rather than a runnable reference; what
-  FBA-Net+ needs from it is decoders that differ only in upsampling, which this keeps.
+  transposed convolution. The released 2D code of FBA-Net (Chung et al., MICCAI 2023
+  workshops, arXiv 2306.15189; a PyMIC U-Net with its own dropouts) is incomplete (it
+  imports modules missing from its repository), so it is read as a description rather
+  than a runnable reference; what FBA-Net+ needs from it is decoders that differ only in
+  upsampling, which this keeps.
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ from torch import nn
 def projection_head(input_dim: int, hidden_dim: int, output_dim: int, batch_norm: bool = False) -> nn.Module:
     """SimCLR projection head ``Linear -> [BN] -> ReLU -> Linear``.
 
-    GraSS spec, ambiguity A5: the released config's head drops the ReLU, but the
-    paper's intent is the SimCLR MLP; we use Linear-ReLU-Linear (no BN by default).
+    GraSS (arXiv 2306.15868): its released config asks for a ReLU after the first Linear
+    but the code's head drops it; the stated intent, the SimCLR MLP, is taken here:
+    Linear-ReLU-Linear (no BN by default).
 
     Args:
         input_dim: encoder feature size D.

@@ -8,7 +8,7 @@ from lightly.models.utils import deactivate_requires_grad
 from torch import nn
 
 
-def frozen_copy(module: nn.Module) -> nn.Module:
+def frozen_copy[M: nn.Module](module: M) -> M:
     """A deep copy of ``module`` that the optimiser never updates (no parameter requires grad).
 
     Its weights then follow the online module only through lightly's

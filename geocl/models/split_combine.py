@@ -5,11 +5,11 @@ and the tile features of each image are averaged over every ``combs``-subset of 
 tiles. Each subset ("combination") stands for a partial view of the scene; with
 ``s = 2, combs = 2`` an image yields C(4, 2) = 6 combined features.
 
-Layout (MNCLGLF spec, ambiguity 7): everything is kept in blocks of B rows, so block
-``k`` holds the same tile (or the same combination) for every image. Tiles are numbered
-column-major: tile ``k = col * s + row``, and tile ``k`` of image ``i`` sits at row
-``k * B + i``. Combinations follow :func:`itertools.combinations` order of the tile
-numbers.
+Layout (as MNCLGLF's released code groups them, Li et al., arXiv 2306.15930):
+everything is kept in blocks of B rows, so block ``k`` holds the same tile (or the same
+combination) for every image. Tiles are numbered column-major: tile ``k = col * s +
+row``, and tile ``k`` of image ``i`` sits at row ``k * B + i``. Combinations follow
+:func:`itertools.combinations` order of the tile numbers.
 """
 
 from __future__ import annotations

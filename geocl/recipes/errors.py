@@ -16,11 +16,13 @@ body: ``grass.yaml: invalid value 0 for data.batch_size (from override
 'data.batch_size=0'): must be at least 1``. Without one, :class:`GeoclError` leads with
 the key and the body does not repeat it: ``--size: invalid value 0: must be at least 8``.
 
-The key is found by walking the model's fields along the error's ``loc``: nested
-models, list and tuple indices, dict keys and the tags pydantic inserts for union
-members (a discriminated union's tag is the selector's value: ``method.simclr.x`` is
-reported as ``method.x ... for method 'simclr'``). The ranges of a field come from its
-``Field(ge=..., le=...)`` constraints, so a message states the whole interval.
+The key is found by walking the model's fields along the error's ``loc``
+(:mod:`geocl.recipes.locations`: nested models, list and tuple indices, dict keys and
+the tags pydantic inserts for union members; a discriminated union's tag is the
+selector's value: ``method.simclr.x`` is reported as ``method.x ... for method
+'simclr'``). The ranges of a field come from its ``Field(ge=..., le=...)`` constraints,
+so a message states the whole interval. One formatter per pydantic error type words
+the message (``_FORMATTERS``).
 
 Cross-field rules raise :func:`field_relation` errors whose message names other
 fields by placeholder, so they read ``must be smaller than --window`` on the command
@@ -33,18 +35,17 @@ import difflib
 import math
 import os
 import re
-import types
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import PurePath
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from geocl.errors import GeoclError
+from geocl.recipes.locations import Location, bare_location, literal_values, locate, model_fields
 
 #: Error type of :func:`field_relation`.
 RELATION_ERROR = "field_relation"
@@ -92,155 +93,6 @@ def field_relation(template: str, **fields: str) -> PydanticCustomError:
         :func:`validation_error` shows each as its flag or dotted key.
     """
     return PydanticCustomError(RELATION_ERROR, template, {**fields, "template": template})
-
-
-# ------------------------------------------------------------------ walking models
-
-
-@dataclass
-class _Location:
-    """What a pydantic ``loc`` points at.
-
-    Attributes:
-        parts: the key in words, one entry a level (``["data", "scale[1]"]``).
-        fields: the field names on the way, without indices or union tags (the key of
-            the ``flags`` mapping).
-        parent: the model class holding the last field (or lacking the unknown key).
-        hint: the declared type at the location (Annotated and Optional unwrapped).
-        metadata: the constraints at the location (``annotated_types.Ge`` ...).
-        context: words after an unknown key (`` for method 'simclr'``).
-        discriminator: the selector field of a discriminated union at the location.
-    """
-
-    parts: list[str] = field(default_factory=list)
-    fields: list[str] = field(default_factory=list)
-    parent: type | None = None
-    hint: Any = None
-    metadata: list[Any] = field(default_factory=list)
-    context: str = ""
-    discriminator: str | None = None
-
-    @property
-    def key(self) -> str:
-        return ".".join(self.parts)
-
-
-def _model_fields(cls: Any) -> dict[str, FieldInfo] | None:
-    """The fields of a pydantic model or pydantic dataclass, else None."""
-    if isinstance(cls, type):
-        fields = getattr(cls, "__pydantic_fields__", None)
-        if isinstance(fields, dict):
-            return fields
-    return None
-
-
-def _unwrap(hint: Any) -> tuple[Any, list[Any], str | None]:
-    """(type without Annotated/Optional, its constraints, a union discriminator)."""
-    metadata: list[Any] = []
-    discriminator: str | None = None
-    while True:
-        if typing.get_origin(hint) is typing.Annotated:
-            hint, *extra = typing.get_args(hint)
-            for item in extra:
-                if isinstance(item, FieldInfo):
-                    metadata.extend(item.metadata)
-                    if isinstance(item.discriminator, str):
-                        discriminator = item.discriminator
-                else:
-                    metadata.append(item)
-            continue
-        if typing.get_origin(hint) in (typing.Union, types.UnionType):
-            args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-            if len(args) == 1:
-                hint = args[0]
-                continue
-        return hint, metadata, discriminator
-
-
-def _union_members(hint: Any) -> list[Any]:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return [arg for arg in typing.get_args(hint) if arg is not type(None)]
-    return []
-
-
-def _literal_values(hint: Any) -> list[Any]:
-    """The values of a Literal (or of the Literals of a union), else []."""
-    hint, _, _ = _unwrap(hint)
-    if typing.get_origin(hint) is Literal:
-        return list(typing.get_args(hint))
-    values: list[Any] = []
-    for member in _union_members(hint):
-        values.extend(_literal_values(member))
-    return values
-
-
-def _member_for_tag(members: list[Any], tag: str, discriminator: str | None) -> Any:
-    """The union member pydantic's ``loc`` tag names, or None."""
-    for member in members:
-        inner, _, _ = _unwrap(member)
-        fields = _model_fields(inner)
-        if discriminator and fields and discriminator in fields:
-            if tag in _literal_values(fields[discriminator].annotation):
-                return member
-        if getattr(inner, "__name__", None) == tag:
-            return member
-    return None
-
-
-def _item_type(hint: Any, index: int) -> Any:
-    """The declared type of item ``index`` of a list or tuple type."""
-    args = typing.get_args(hint)
-    if not args:
-        return None
-    if typing.get_origin(hint) is tuple and not (len(args) == 2 and args[1] is Ellipsis):
-        return args[index] if index < len(args) else None
-    return args[0]
-
-
-def _locate(model: type, loc: Sequence[int | str]) -> _Location:
-    """Walk ``model``'s fields along ``loc``."""
-    where = _Location(hint=model)
-    hint: Any = model
-    tag_context = ""  # set by a discriminated union's tag, for the key right after it
-    for segment in loc:
-        hint, metadata, discriminator = _unwrap(hint)
-        if isinstance(segment, int):
-            if where.parts:
-                where.parts[-1] += f"[{segment}]"
-            else:
-                where.parts.append(f"[{segment}]")
-            hint = _item_type(hint, segment)
-            continue
-        fields = _model_fields(hint)
-        if fields is not None:
-            where.parent = hint
-            where.parts.append(segment)
-            where.fields.append(segment)
-            info = fields.get(segment)
-            # Annotated with the FieldInfo: its constraints (ge, le...) and discriminator
-            hint = None if info is None else typing.Annotated[info.annotation, info]
-            where.context, tag_context = tag_context, ""
-            continue
-        members = _union_members(hint)
-        if members:
-            # A tag pydantic put into the location: the selector's value of a
-            # discriminated union, or the name of the member type otherwise.
-            member = _member_for_tag(members, segment, discriminator)
-            if discriminator and member is not None and where.parts:
-                tag_context = f" for {where.parts[-1]} '{segment}'"
-            hint = member
-            continue
-        if typing.get_origin(hint) in (dict, Mapping) or hint is dict:
-            where.parts.append(str(segment))
-            where.fields.append(str(segment))
-            args = typing.get_args(hint)
-            hint = args[1] if len(args) == 2 else None
-            continue
-        where.parts.append(str(segment))
-        where.fields.append(str(segment))
-        hint = None
-    where.hint, where.metadata, where.discriminator = _unwrap(hint)
-    return where
 
 
 # ---------------------------------------------------------------------- wording
@@ -315,8 +167,8 @@ def _range_from_context(kind: str, ctx: Mapping[str, Any]) -> str:
     return f"must be {words[0]} {_number(ctx.get(words[1]))}"
 
 
-def _choices(where: _Location, ctx: Mapping[str, Any]) -> list[str]:
-    values = _literal_values(where.hint)
+def _choices(where: Location, ctx: Mapping[str, Any]) -> list[str]:
+    values = literal_values(where.hint)
     if not values:
         values = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
     return [str(value) for value in values]
@@ -336,7 +188,7 @@ def _expectations(error: Mapping[str, Any]) -> list[str]:
     if kind in _TYPE_WORDS:
         return [_TYPE_WORDS[kind]]
     if kind == "literal_error":
-        return [f"'{choice}'" for choice in _choices(_Location(), error.get("ctx") or {})]
+        return [f"'{choice}'" for choice in _choices(Location(), error.get("ctx") or {})]
     return []
 
 
@@ -354,10 +206,10 @@ class _Namer:
     def __init__(self, flags: Mapping[str, str] | None) -> None:
         self.flags = dict(flags or {})
 
-    def flag(self, where: _Location) -> str | None:
+    def flag(self, where: Location) -> str | None:
         return self.flags.get(".".join(where.fields)) if where.fields else None
 
-    def name(self, where: _Location) -> str:
+    def name(self, where: Location) -> str:
         return self.flag(where) or where.key
 
     def path(self, dotted: str) -> str:
@@ -404,6 +256,67 @@ def validation_error(
     return _map(errors[0], errors, cls, source, overrides, flags)
 
 
+@dataclass
+class _Report:
+    """One pydantic error being put into words, and what every message about it shares.
+
+    Attributes:
+        first: the error reported (pydantic's error dict).
+        errors: all the errors it came with (a union's members err together).
+        cls: the model that raised them, None when unknown.
+        source: the file the data came from (it leads the message, the body names the key).
+        overrides: dotted key -> the override that set it.
+        namer: shows a field path as its flag or dotted key.
+        where: what ``first["loc"]`` points at.
+    """
+
+    first: Mapping[str, Any]
+    errors: Sequence[Mapping[str, Any]]
+    cls: type | None
+    source: str | os.PathLike[str] | None
+    overrides: Mapping[str, str] | None
+    namer: _Namer
+    where: Location
+
+    @property
+    def kind(self) -> str:
+        return str(self.first["type"])
+
+    @property
+    def ctx(self) -> Mapping[str, Any]:
+        return self.first.get("ctx") or {}
+
+    @property
+    def flag(self) -> str | None:
+        return self.namer.flag(self.where)
+
+    @property
+    def key(self) -> str:
+        return self.namer.name(self.where)
+
+    @property
+    def note(self) -> str:
+        return _override_note(self.overrides, self.where.key)
+
+    @property
+    def named(self) -> bool:
+        """Whether the message body names the key (it does when the file leads)."""
+        return self.source is not None
+
+    def locate(self, loc: Sequence[Any]) -> Location:
+        return locate(self.cls, loc) if self.cls is not None else bare_location(loc)
+
+    def done(self, body: str, at: str | None = None) -> GeoclError:
+        """The error with message ``body`` about the key ``at`` (default: the key at fault)."""
+        return GeoclError(body, path=self.source, key=(at or self.key) or None)
+
+    def invalid(self, tail: str) -> GeoclError:
+        """``invalid value <value> [for <key>]<note><tail>``."""
+        shown = _show(self.first.get("input"), raw=self.flag is not None)
+        for_key = f" for {self.key}" if self.named else ""
+        return self.done(f"invalid value {shown}{for_key}{self.note}{tail}")
+
+
 def _map(
     first: Mapping[str, Any],
     errors: Sequence[Mapping[str, Any]],
@@ -412,98 +325,123 @@ def _map(
     overrides: Mapping[str, str] | None,
     flags: Mapping[str, str] | None,
 ) -> GeoclError:
-    """:func:`validation_error` of the error ``first`` among all ``errors``."""
-    where = _locate(cls, first["loc"]) if cls is not None else _bare_location(first["loc"])
-    namer = _Namer(flags)
-    flag = namer.flag(where)
-    key = namer.name(where)
-    ctx: Mapping[str, Any] = first.get("ctx") or {}
-    kind = first["type"]
-    value = first.get("input")
-    note = _override_note(overrides, where.key)
-    named = source is not None  # the message body names the key (the file leads)
-    shown = _show(value, raw=flag is not None)
-    for_key = f" for {key}" if named else ""
-
-    def done(body: str, at: str | None = key) -> GeoclError:
-        return GeoclError(body, path=source, key=at or None)
-
-    def invalid(tail: str, at: str | None = key) -> GeoclError:
-        return done(f"invalid value {shown}{for_key}{note}{tail}", at)
-
+    """:func:`validation_error` of the error ``first`` among all ``errors``: one formatter per error type."""
+    where = locate(cls, first["loc"]) if cls is not None else bare_location(first["loc"])
+    report = _Report(first, errors, cls, source, overrides, _Namer(flags), where)
     if not where.parts:  # a rule of the whole model (a model validator)
-        return done(_message(first) if kind not in _TYPE_WORDS else f"expected {_TYPE_WORDS[kind]}", None)
-    if kind == "extra_forbidden":
-        head = f"unknown key '{key}'" if named or flag else "unknown key"
-        siblings = list(_model_fields(where.parent) or {}) if where.parent is not None else []
-        prefix = key[: -len(where.parts[-1])] if where.parts else ""
-        match = _closest(where.parts[-1], siblings) if where.parts and siblings else None
-        if match:
-            tail = f"; did you mean '{namer.path('.'.join([*where.fields[:-1], match])) if flag else prefix + match}'?"
-        elif siblings:
-            tail = f"; valid keys: {', '.join(siblings)}"
-        else:
-            tail = ""
-        return done(f"{head}{where.context}{note}{tail}")
-    if kind == "missing" and first["loc"] and isinstance(first["loc"][-1], int):
-        # a fixed-length tuple given too few items: pydantic reports the first one absent
-        parent = _locate(cls, first["loc"][:-1]) if cls is not None else where
-        length = len(typing.get_args(parent.hint)) or "more"
-        got = len(value) if isinstance(value, Sequence) else "fewer"
-        shown = _show(value, raw=flag is not None)
-        key = namer.name(parent)
-        for_key = f" for {key}" if named else ""
-        return done(f"invalid value {shown}{for_key}{note}: expected {length} values, got {got}", key)
-    if kind == "missing":
-        return done(f"missing value for {key}{note}" if named else f"missing value{note}")
-    if kind in ("union_tag_invalid", "union_tag_not_found"):
-        selector = str(ctx.get("discriminator", "")).strip("'\"") or where.discriminator or ""
-        at = f"{key}.{selector}" if selector else key
-        if kind == "union_tag_not_found":
-            return done(f"missing value for {at}{note}" if named else f"missing value{note}", at)
-        tag = str(ctx.get("tag", ""))
-        known = re.findall(r"'([^']*)'", str(ctx.get("expected_tags", "")))
-        match = _closest(tag, known) if known else None
-        tail = (f"; did you mean '{match}'?" if match else "") + (f" (choices: {', '.join(known)})" if known else "")
-        return done(f"invalid value '{tag}'{f' for {at}' if named else ''}{note}{tail}", at)
-    if kind in ("literal_error", "enum"):
-        choices = _choices(where, ctx)
-        match = _closest(str(value), choices) if choices else None
-        tail = f"; did you mean '{match}'?" if match else ""
-        return invalid(f"{tail} (choices: {', '.join(choices)})")
-    if kind == RELATION_ERROR:
-        prefix = where.fields[:-1]
-        template = str(ctx.get("template", first.get("msg", "")))
-        body = re.sub(
-            r"\{(\w+)\}",
-            lambda m: namer.path(".".join([*prefix, str(ctx[m.group(1)])])) if m.group(1) in ctx else m.group(0),
-            template,
+        kind = report.kind
+        return GeoclError(_message(first) if kind not in _TYPE_WORDS else f"expected {_TYPE_WORDS[kind]}", path=source)
+    return _FORMATTERS.get(report.kind, _mismatch)(report)
+
+
+def _unknown_key(report: _Report) -> GeoclError:
+    where, key, flag = report.where, report.key, report.flag
+    head = f"unknown key '{key}'" if report.named or flag else "unknown key"
+    siblings = list(model_fields(where.parent) or {}) if where.parent is not None else []
+    prefix = key[: -len(where.parts[-1])] if where.parts else ""
+    match = _closest(where.parts[-1], siblings) if where.parts and siblings else None
+    if match:
+        tail = (
+            f"; did you mean '{report.namer.path('.'.join([*where.fields[:-1], match])) if flag else prefix + match}'?"
         )
-        return done(f"{key}{note}: {body}" if named else f"{body}{note}")
-    if kind in _RANGE_ERRORS:
-        return invalid(f": {_bounds(where.metadata) or _range_from_context(kind, ctx)}")
-    if kind in ("too_short", "too_long", "string_too_short", "string_too_long"):
-        return invalid(f": {_length_rule(kind, ctx, where)}")
+    elif siblings:
+        tail = f"; valid keys: {', '.join(siblings)}"
+    else:
+        tail = ""
+    return report.done(f"{head}{where.context}{report.note}{tail}")
+
+
+def _missing(report: _Report) -> GeoclError:
+    loc, note = report.first["loc"], report.note
+    if loc and isinstance(loc[-1], int):
+        # a fixed-length tuple given too few items: pydantic reports the first one absent
+        parent = report.locate(loc[:-1]) if report.cls is not None else report.where
+        length = len(typing.get_args(parent.hint)) or "more"
+        value = report.first.get("input")
+        got = len(value) if isinstance(value, Sequence) else "fewer"
+        shown = _show(value, raw=report.flag is not None)
+        key = report.namer.name(parent)
+        for_key = f" for {key}" if report.named else ""
+        return report.done(f"invalid value {shown}{for_key}{note}: expected {length} values, got {got}", key)
+    return report.done(f"missing value for {report.key}{note}" if report.named else f"missing value{note}")
+
+
+def _union_tag(report: _Report) -> GeoclError:
+    ctx, key, note = report.ctx, report.key, report.note
+    selector = str(ctx.get("discriminator", "")).strip("'\"") or report.where.discriminator or ""
+    at = f"{key}.{selector}" if selector else key
+    if report.kind == "union_tag_not_found":
+        return report.done(f"missing value for {at}{note}" if report.named else f"missing value{note}", at)
+    tag = str(ctx.get("tag", ""))
+    known = re.findall(r"'([^']*)'", str(ctx.get("expected_tags", "")))
+    match = _closest(tag, known) if known else None
+    tail = (f"; did you mean '{match}'?" if match else "") + (f" (choices: {', '.join(known)})" if known else "")
+    return report.done(f"invalid value '{tag}'{f' for {at}' if report.named else ''}{note}{tail}", at)
+
+
+def _bad_choice(report: _Report) -> GeoclError:
+    choices = _choices(report.where, report.ctx)
+    match = _closest(str(report.first.get("input")), choices) if choices else None
+    tail = f"; did you mean '{match}'?" if match else ""
+    return report.invalid(f"{tail} (choices: {', '.join(choices)})")
+
+
+def _relation(report: _Report) -> GeoclError:
+    ctx, prefix = report.ctx, report.where.fields[:-1]
+    template = str(ctx.get("template", report.first.get("msg", "")))
+    body = re.sub(
+        r"\{(\w+)\}",
+        lambda m: report.namer.path(".".join([*prefix, str(ctx[m.group(1)])])) if m.group(1) in ctx else m.group(0),
+        template,
+    )
+    return report.done(f"{report.key}{report.note}: {body}" if report.named else f"{body}{report.note}")
+
+
+def _out_of_range(report: _Report) -> GeoclError:
+    return report.invalid(f": {_bounds(report.where.metadata) or _range_from_context(report.kind, report.ctx)}")
+
+
+def _bad_length(report: _Report) -> GeoclError:
+    return report.invalid(f": {_length_rule(report.kind, report.ctx, report.where)}")
+
+
+def _mismatch(report: _Report) -> GeoclError:
+    """A wrong type, or a value no member of a union accepts, or any other error type."""
+    first, kind, where = report.first, report.kind, report.where
     # A value no member of a union accepts: each member's error comes with a tag in
     # its location. One with the right type but a bad value says most; else list them.
-    group = [e for e in errors if _same_place(cls, e["loc"], first["loc"], where)]
+    group = [e for e in report.errors if _same_place(report, e["loc"])]
     if len(group) > 1:
         specific = next((e for e in group if e["type"] not in _TYPE_WORDS and e["type"] != "literal_error"), None)
         if specific is not None and specific is not first:
-            return _map(specific, [specific], cls, source, overrides, flags)
+            return _map(specific, [specific], report.cls, report.source, report.overrides, report.namer.flags)
         words = list(dict.fromkeys(word for e in group for word in _expectations(e)))
         if words:
-            return invalid(f": expected {_either(words)}")
+            return report.invalid(f": expected {_either(words)}")
     if kind in _TYPE_WORDS:
         tail = f": expected {_TYPE_WORDS[kind]}"
-        section = _model_fields(where.hint)
+        section = model_fields(where.hint)
         if _TYPE_WORDS[kind] == "a mapping" and section:
             tail += f" (a section with keys {', '.join(section)})"
-        return invalid(tail)
-    return invalid(f": {_message(first)}")
+        return report.invalid(tail)
+    return report.invalid(f": {_message(first)}")
 
 
-def _length_rule(kind: str, ctx: Mapping[str, Any], where: _Location) -> str:
+#: Pydantic error type -> its formatter (any other type: :func:`_mismatch`).
+_FORMATTERS: dict[str, typing.Callable[[_Report], GeoclError]] = {
+    "extra_forbidden": _unknown_key,
+    "missing": _missing,
+    "union_tag_invalid": _union_tag,
+    "union_tag_not_found": _union_tag,
+    "literal_error": _bad_choice,
+    "enum": _bad_choice,
+    RELATION_ERROR: _relation,
+    **dict.fromkeys(_RANGE_ERRORS, _out_of_range),
+    **dict.fromkeys(("too_short", "too_long", "string_too_short", "string_too_long"), _bad_length),
+}
+
+
+def _length_rule(kind: str, ctx: Mapping[str, Any], where: Location) -> str:
     if kind.startswith("string"):
         least = ctx.get("min_length")
         if kind == "string_too_short":
@@ -520,22 +458,9 @@ def _length_rule(kind: str, ctx: Mapping[str, Any], where: _Location) -> str:
     return f"expected at most {ctx.get('max_length')} values, got {actual}"
 
 
-def _same_place(cls: type | None, loc: Sequence[Any], first: Sequence[Any], where: _Location) -> bool:
-    if loc == first:
-        return True
-    other = _locate(cls, loc) if cls is not None else _bare_location(loc)
-    return other.key == where.key
-
-
-def _bare_location(loc: Sequence[Any]) -> _Location:
-    where = _Location()
-    for segment in loc:
-        if isinstance(segment, int) and where.parts:
-            where.parts[-1] += f"[{segment}]"
-        else:
-            where.parts.append(str(segment))
-            where.fields.append(str(segment))
-    return where
+def _same_place(report: _Report, loc: Sequence[Any]) -> bool:
+    """Whether an error at ``loc`` is about the same key as the one reported."""
+    return loc == report.first["loc"] or report.locate(loc).key == report.where.key
 
 
 def _model_by_title(title: str) -> type | None:
@@ -547,8 +472,8 @@ def _model_by_title(title: str) -> type | None:
     pending: list[type] = [BaseModel]
     seen: set[type] = set()
     while pending:
-        cls = pending.pop()
-        for sub in cls.__subclasses__():
+        subclasses: list[type] = pending.pop().__subclasses__()
+        for sub in subclasses:
             if sub in seen:
                 continue
             seen.add(sub)
@@ -569,7 +494,8 @@ def validated_section(key: str, model: type[BaseModel], value: Any) -> Any:
         return value
     from pydantic import create_model
 
-    holder = create_model(f"Section_{key}", **{key: (model, ...)})
+    fields: dict[str, Any] = {key: (model, ...)}
+    holder = create_model(f"Section_{key}", **fields)
     data = value.model_dump() if isinstance(value, BaseModel) else dict(value or {})
     try:
         return getattr(holder.model_validate({key: data}), key)

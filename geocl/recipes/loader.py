@@ -29,7 +29,7 @@ import re
 from collections.abc import Mapping, Sequence
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -63,7 +63,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise GeoclError(f"cannot read the recipe: {exc.strerror or exc}", path=path) from None
     if not isinstance(cfg, DictConfig):
         raise GeoclError("a recipe must be a mapping of sections (name, out, data, method, ...)", path=path)
-    return OmegaConf.to_container(cfg, resolve=False)  # type: ignore[return-value]
+    return OmegaConf.to_container(cfg, resolve=False)  # type: ignore[return-value]  # a DictConfig gives a dict
 
 
 def _apply_override(data: dict[str, Any], text: str, path: Path) -> str:
@@ -84,7 +84,7 @@ def _apply_override(data: dict[str, Any], text: str, path: Path) -> str:
         update = OmegaConf.to_container(OmegaConf.from_dotlist([text]), resolve=False)
     except (OmegaConfBaseException, yaml.YAMLError) as exc:
         raise GeoclError(f"malformed override {text!r}: {str(exc).splitlines()[0]}", key=text) from None
-    _merge(data, update)  # type: ignore[arg-type]
+    _merge(data, update)  # type: ignore[arg-type]  # a dotlist is a DictConfig, so a dict
     return key
 
 
@@ -101,7 +101,7 @@ def _resolve(data: dict[str, Any], path: Path, overrides: Mapping[str, str]) -> 
     """Resolve ``${...}`` interpolations, naming the first key that cannot be resolved."""
     cfg = OmegaConf.create(data)
     try:
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]  # created from a dict
     except OmegaConfBaseException:
         pass
     for key in _leaf_keys(cfg):
@@ -118,7 +118,7 @@ def _leaf_keys(cfg: Any, prefix: str = "") -> list[str]:
     keys: list[str] = []
     items = cfg.items_ex(resolve=False) if isinstance(cfg, DictConfig) else []
     for key, _ in items:
-        dotted = f"{prefix}{key}"
+        dotted = prefix + str(key)
         child = cfg._get_node(key)
         if isinstance(child, DictConfig) and not child._is_interpolation():
             keys += _leaf_keys(child, dotted + ".")
@@ -135,7 +135,8 @@ def _with_defaults(data: dict[str, Any]) -> dict[str, Any]:
     """The schema's defaults under the file's values, so that ``${seed}`` resolves when the file omits it."""
     defaults: dict[str, Any] = {"seed": Recipe.model_fields["seed"].default}
     for key in ("data", "encoder", "augment", "optimizer", "scheduler", "trainer"):
-        defaults[key] = Recipe.model_fields[key].annotation.model_construct().model_dump()  # type: ignore[union-attr]
+        section = cast("type[BaseModel]", Recipe.model_fields[key].annotation)  # these sections are models
+        defaults[key] = section.model_construct().model_dump()
     merged = {key: value for key, value in data.items() if not (key in _SECTIONS and value is None)}
     merged.setdefault("method", {})  # so that a recipe without one is told to name its method
     _merge(defaults, merged)
@@ -211,9 +212,10 @@ def method_params(recipe: Recipe | Mapping[str, Any]) -> tuple[str, MethodParams
         section = section.model_dump()
     # validated as the section of a one-key model, so that errors name `method.<key>`
     section_field = recipe_model().model_fields["method"]
-    holder = create_model("MethodSection", method=(section_field.annotation, section_field))
+    fields: dict[str, Any] = {"method": (section_field.annotation, section_field)}
+    holder = create_model("MethodSection", **fields)
     try:
-        params = holder.model_validate({"method": section}).method  # type: ignore[attr-defined]
+        params = holder.model_validate({"method": section}).method
         return params.name, params
     except ValidationError as exc:
         raise validation_error(exc, model=holder) from None

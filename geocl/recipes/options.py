@@ -19,7 +19,9 @@ Two kinds of model:
   Their field names are the keyword arguments of the function the command calls.
 
 Field names are the library's names; the CLI maps a few to the flags users know
-(``max_epochs`` is ``--epochs``). Importing this module imports pydantic only.
+(``max_epochs`` is ``--epochs``). The models Python callers build from their defaults
+(:class:`CompareOptions` and its sections) name them ``default=``, the form a type
+checker reads. Importing this module imports pydantic only.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic_core import PydanticCustomError
 
 from geocl.recipes.errors import field_relation
-from geocl.recipes.schema import BENCHMARK_DATASETS
+from geocl.recipes.schema import BenchmarkDataset
 from geocl.recipes.types import Integer, Number
 
 #: A seed: numpy and Lightning take unsigned 32-bit integers.
@@ -70,7 +72,7 @@ class TileOptions(OptionsModel):
         "OUT/<scene name>/, one Dask task a scene",
     )
     out: Path = Field(description="output folder (rerun the same command to resume)")
-    dataset: Literal[BENCHMARK_DATASETS] | None = Field(  # type: ignore[valid-type]
+    dataset: BenchmarkDataset | None = Field(
         None, description="tile a TorchGeo benchmark dataset instead of a scene (read from --root, never downloaded)"
     )
     root: Path | None = Field(None, description="with --dataset: the folder holding it in TorchGeo's layout")
@@ -241,22 +243,22 @@ class FinetuneOptions(OptionsModel):
     """
 
     arch: Literal["unet", "deeplabv3plus", "dpt", "linear"] = Field(
-        "unet",
+        default="unet",
         description="segmentation decoder (a ViT encoder always gets dpt); linear: the frozen dense linear probe",
     )
-    max_epochs: Integer = Field(15, ge=1, description="finetuning epochs (each of a fixed number of steps)")
+    max_epochs: Integer = Field(default=15, ge=1, description="finetuning epochs (each of a fixed number of steps)")
     steps_per_epoch: Integer = Field(
-        10, ge=1, description="optimizer steps per epoch (the same for every label fraction)"
+        default=10, ge=1, description="optimizer steps per epoch (the same for every label fraction)"
     )
-    val_every: Integer = Field(3, ge=1, description="epochs between validations")
-    patience: Integer = Field(3, ge=0, description="validations without val-mIoU gain before stopping early")
-    batch_size: Integer = Field(8, ge=1, description="tiles per step")
-    lr: Number = Field(1e-3, gt=0, description="AdamW learning rate")
-    crop: Integer = Field(128, ge=8, description="side in px of the random training crops")
-    freeze_encoder: bool = Field(False, description="train the decoder only")
-    num_workers: Integer = Field(0, ge=0, description="DataLoader worker processes")
-    accelerator: Accelerator = Field("auto", description="device to train on")
-    progress: bool = Field(True, description="show progress bars")
+    val_every: Integer = Field(default=3, ge=1, description="epochs between validations")
+    patience: Integer = Field(default=3, ge=0, description="validations without val-mIoU gain before stopping early")
+    batch_size: Integer = Field(default=8, ge=1, description="tiles per step")
+    lr: Number = Field(default=1e-3, gt=0, description="AdamW learning rate")
+    crop: Integer = Field(default=128, ge=8, description="side in px of the random training crops")
+    freeze_encoder: bool = Field(default=False, description="train the decoder only")
+    num_workers: Integer = Field(default=0, ge=0, description="DataLoader worker processes")
+    accelerator: Accelerator = Field(default="auto", description="device to train on")
+    progress: bool = Field(default=True, description="show progress bars")
 
 
 class FinetuneCommand(FinetuneOptions):
@@ -292,14 +294,15 @@ class FinetuneCommand(FinetuneOptions):
 class EvaluateOptions(OptionsModel):
     """How a frozen encoder is evaluated on natural images (kNN and linear probe)."""
 
-    k: Integer = Field(20, ge=1, description="kNN neighbours")
-    temperature: Number = Field(0.07, gt=0, description="kNN vote temperature")
-    probe_epochs: Integer = Field(100, ge=1, description="linear-probe epochs")
-    probe_lr: Number = Field(0.1, gt=0, description="linear-probe SGD learning rate")
-    batch_size: Integer = Field(256, ge=1, description="images per forward pass")
-    num_workers: Integer = Field(0, ge=0, description="DataLoader worker processes")
+    k: Integer = Field(default=20, ge=1, description="kNN neighbours")
+    temperature: Number = Field(default=0.07, gt=0, description="kNN vote temperature")
+    probe_epochs: Integer = Field(default=100, ge=1, description="linear-probe epochs")
+    probe_lr: Number = Field(default=0.1, gt=0, description="linear-probe SGD learning rate")
+    batch_size: Integer = Field(default=256, ge=1, description="images per forward pass")
+    num_workers: Integer = Field(default=0, ge=0, description="DataLoader worker processes")
     momentum_encoder: bool = Field(
-        False, description="evaluate the momentum (EMA) encoder (MoCo, PatchMix, MultiNet), as the PatchMix spec does"
+        default=False,
+        description="evaluate the momentum (EMA) encoder (MoCo, PatchMix, MultiNet), as the PatchMix paper does",
     )
 
 
@@ -457,16 +460,18 @@ class RetrievalOptions(OptionsModel):
     (:class:`geocl.evaluation.retrieval.TextRetrieval`)."""
 
     recipe: Path | None = Field(
-        None,
+        default=None,
         description="the retrieval recipe whose method, optimizer and trainer every row uses "
         "(default: recipes/retrieval.yaml)",
     )
     max_steps: Integer | None = Field(
-        None, ge=1, description="optimizer steps of each dual-encoder training (default: the recipe's epochs)"
+        default=None, ge=1, description="optimizer steps of each dual-encoder training (default: the recipe's epochs)"
     )
-    batch_size: Integer | None = Field(None, ge=1, description="training batch size (default: the recipe's)")
-    overrides: list[str] = Field([], description="dotted override of the retrieval recipe, e.g. method.embed_dim=128")
-    progress: bool = Field(True, description="show the progress bar of each dual-encoder training")
+    batch_size: Integer | None = Field(default=None, ge=1, description="training batch size (default: the recipe's)")
+    overrides: list[str] = Field(
+        default=[], description="dotted override of the retrieval recipe, e.g. method.embed_dim=128"
+    )
+    progress: bool = Field(default=True, description="show the progress bar of each dual-encoder training")
 
 
 class CompareOptions(OptionsModel):
@@ -476,46 +481,48 @@ class CompareOptions(OptionsModel):
         min_length=1, description="recipe files; their file names name the pretraining folders, their names the rows"
     )
     label_fractions: list[LabelFraction] = Field(
-        [0.01, 0.05, 0.2], min_length=1, description="fractions of the labelled train tiles to finetune with"
+        default=[0.01, 0.05, 0.2], min_length=1, description="fractions of the labelled train tiles to finetune with"
     )
-    seeds: Integer = Field(3, ge=1, description="training seeds per label subset (seeds 0 .. seeds-1)")
+    seeds: Integer = Field(default=3, ge=1, description="training seeds per label subset (seeds 0 .. seeds-1)")
     subset_seeds: Integer | None = Field(
-        None,
+        default=None,
         ge=1,
         description="label subsets per fraction, drawn apart from the training seeds (subset seeds 0 .. N-1); "
         "default: each run draws its subset with its training seed",
     )
     baseline: str | None = Field(
-        None, description="recipe name the paired differences are taken to (default: the first recipe)"
+        default=None, description="recipe name the paired differences are taken to (default: the first recipe)"
     )
     pretrain_steps: list[Annotated[Integer, Field(ge=0)]] | None = Field(
-        None,
+        default=None,
         description="pretrain every recipe for this many optimizer steps (overrides their epochs); several "
         "budgets sweep them (mIoU against pretraining steps); 0 is random init (the random-init rows, evaluated "
         "once: every curve's first point); default: each recipe's own trainer settings",
     )
     snapshots: bool = Field(
-        False,
+        default=False,
         description="a sweep trains each recipe once, to its largest budget, and evaluates the smaller budgets "
         "on snapshots of that run (points on one training curve, whose learning rate followed the long run's "
         "schedule); default: a run per budget",
     )
     protocol: Literal["finetune", "frozen", "both", "retrieval"] = Field(
-        "finetune",
+        default="finetune",
         description="tile sets: finetune a segmenter, train a dense linear probe on the frozen encoder "
         "(cheap and far less noisy: it measures the representation itself), both in one table, or "
         "text-to-tile retrieval (a dual encoder trained on captions from the masks, hit@k and MRR)",
     )
     min_test_pixels: Integer = Field(
-        10_000,
+        default=10_000,
         ge=0,
         description="warn, and flag the class's IoU, when a class has fewer labelled test pixels than this",
     )
     deterministic: bool = Field(
-        False, description="use torch's deterministic algorithms (slower; still not equal across processors)"
+        default=False, description="use torch's deterministic algorithms (slower; still not equal across processors)"
     )
-    out: Path = Field(Path("runs/compare"), description="the comparison folder")
-    overrides: list[str] = Field([], description="dotted recipe override for every recipe, e.g. trainer.max_epochs=1")
+    out: Path = Field(default=Path("runs/compare"), description="the comparison folder")
+    overrides: list[str] = Field(
+        default=[], description="dotted recipe override for every recipe, e.g. trainer.max_epochs=1"
+    )
     finetune: FinetuneOptions = Field(
         default_factory=FinetuneOptions, description="finetuning of every row (tile sets)"
     )

@@ -29,7 +29,7 @@ import dataclasses
 import difflib
 import typing
 from functools import lru_cache
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -44,9 +44,10 @@ DATA_FORMATS: tuple[str, ...] = ("tiles", "image_folder", "cifar", "nifti")
 #: The TorchGeo benchmark datasets a recipe can name (``data.dataset``): the keys of
 #: ``geocl.data.benchmarks.BENCHMARKS``, repeated here because that module imports torchgeo
 #: (tests/data/test_benchmarks.py checks that the two agree).
-BENCHMARK_DATASETS: tuple[str, ...] = ("potsdam", "vaihingen", "loveda", "loveda-urban", "loveda-rural")
+BenchmarkDataset = Literal["potsdam", "vaihingen", "loveda", "loveda-urban", "loveda-rural"]
+BENCHMARK_DATASETS: tuple[str, ...] = typing.get_args(BenchmarkDataset)
 #: Lightning's ``precision`` values (2.x); checked here so a typo fails before any work.
-PRECISIONS: tuple[str, ...] = (
+Precision = Literal[
     "32-true",
     "16-mixed",
     "bf16-mixed",
@@ -59,7 +60,8 @@ PRECISIONS: tuple[str, ...] = (
     "16",
     "bf16",
     "64",
-)
+]
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 #: Lightning's built-in accelerator names.
 ACCELERATORS: tuple[str, ...] = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 
@@ -99,42 +101,47 @@ class DataConfig(Section):
     is required).
     """
 
-    tiles: str = Field("", description="a tile-set folder written by `geocl tile` (format tiles)")
-    split: Literal["train", "val", "test"] = Field("train", description="the split to train on")
-    batch_size: int = Field(32, ge=1, description="images per batch (per device)")
-    num_workers: int = Field(2, ge=0, description="DataLoader worker processes")
-    view_size: int = Field(96, ge=1, description="side in px of the augmented views")
+    tiles: str = Field(default="", description="a tile-set folder written by `geocl tile` (format tiles)")
+    split: Literal["train", "val", "test"] = Field(default="train", description="the split to train on")
+    batch_size: int = Field(default=32, ge=1, description="images per batch (per device)")
+    num_workers: int = Field(default=2, ge=0, description="DataLoader worker processes")
+    view_size: int = Field(default=96, ge=1, description="side in px of the augmented views")
     format: Literal["tiles", "image_folder", "cifar", "nifti"] = Field(
-        "tiles",
+        default="tiles",
         description="tiles, image_folder (a sub-folder of images a class), cifar (python batches) or "
         "nifti (3D medical volumes with label maps, trained on as 2D slices)",
     )
-    path: str = Field("", description="the image folder, CIFAR folder or NIfTI data folder (formats other than tiles)")
+    path: str = Field(
+        default="", description="the image folder, CIFAR folder or NIfTI data folder (formats other than tiles)"
+    )
     image_size: int = Field(
-        0,
+        default=0,
         ge=0,
         description="natural formats: resize and centre-crop images to this side in px (0 = as stored); "
         "nifti: pad or centre-crop slices to this side (0 = the largest slice)",
     )
     val_fraction: float = Field(
-        0.2,
+        default=0.2,
         ge=0,
         lt=1,
         description="image_folder without val/: share held out as val; nifti without "
         "splits.json: share of the labelled cases held out as val",
     )
     dataset: str = Field(
-        "",
+        default="",
         description="a TorchGeo benchmark (potsdam, vaihingen, loveda, ...) read from root and tiled into "
         "`tiles` on first use (format tiles)",
     )
-    root: str = Field("", description="the folder holding the benchmark dataset in TorchGeo's layout")
+    root: str = Field(default="", description="the folder holding the benchmark dataset in TorchGeo's layout")
     spacing: tuple[Millimetres, Millimetres, Millimetres] | None = Field(
-        None, description="nifti: resample volumes to this voxel size in mm per RAS axis (default: the cases' median)"
+        default=None,
+        description="nifti: resample volumes to this voxel size in mm per RAS axis (default: the cases' median)",
     )
-    slice_axis: int = Field(2, ge=0, le=2, description="nifti: the RAS axis 2D slices are taken across (2: axial)")
+    slice_axis: int = Field(
+        default=2, ge=0, le=2, description="nifti: the RAS axis 2D slices are taken across (2: axial)"
+    )
     intensity: Literal["zscore", "percentile"] = Field(
-        "zscore",
+        default="zscore",
         description="nifti: per-volume intensity normalisation, zscore (MRI) or percentile (0.5-99.5 % to [0, 1], CT)",
     )
 
@@ -179,10 +186,10 @@ class DataConfig(Section):
 class EncoderConfig(Section):
     """The backbone being pretrained."""
 
-    name: str = Field("resnet18", description="a timm model name (checked when the encoder is built)")
-    pretrained: bool = Field(False, description="start from the timm ImageNet weights")
+    name: str = Field(default="resnet18", description="a timm model name (checked when the encoder is built)")
+    pretrained: bool = Field(default=False, description="start from the timm ImageNet weights")
     weights: str = Field(
-        "",
+        default="",
         description=(
             "weights to start from: a TorchGeo weights name (e.g. ResNet18_Weights.SENTINEL2_ALL_MOCO), "
             "a timm pretrained tag (e.g. resnet18.a1_in1k) or a file; '' = random init"
@@ -196,17 +203,17 @@ class EncoderConfig(Section):
 class OptimizerConfig(Section):
     """The optimiser."""
 
-    name: Literal["sgd", "adamw", "lars"] = Field("adamw", description="sgd, adamw or lars")
-    lr: float = Field(1e-3, gt=0, description="base learning rate")
-    weight_decay: float = Field(1e-6, ge=0, description="L2 weight decay")
-    momentum: float = Field(0.9, ge=0, lt=1, description="momentum of sgd and lars (adamw ignores it)")
+    name: Literal["sgd", "adamw", "lars"] = Field(default="adamw", description="sgd, adamw or lars")
+    lr: float = Field(default=1e-3, gt=0, description="base learning rate")
+    weight_decay: float = Field(default=1e-6, ge=0, description="L2 weight decay")
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="momentum of sgd and lars (adamw ignores it)")
 
 
 class SchedulerConfig(Section):
     """The learning-rate schedule."""
 
-    name: Literal["cosine", "none"] = Field("cosine", description="cosine (decay to zero over the run) or none")
-    warmup_epochs: int = Field(0, ge=0, description="epochs of linear warm-up before the schedule")
+    name: Literal["cosine", "none"] = Field(default="cosine", description="cosine (decay to zero over the run) or none")
+    warmup_epochs: int = Field(default=0, ge=0, description="epochs of linear warm-up before the schedule")
 
 
 def _count_or_unlimited(value: int) -> int:
@@ -223,25 +230,28 @@ class TrainerConfig(Section):
     number of batches and a float a fraction of them.
     """
 
-    max_epochs: int = Field(3, description="epochs to train (-1: no limit, then max_steps must stop it)")
-    max_steps: int = Field(-1, description="optimiser steps to train (-1: no limit)")
-    devices: int | Literal["auto"] = Field(1, description="device count, -1 for all, or 'auto'")
-    num_nodes: int = Field(1, ge=1, description="machines of a multi-node DDP run (each with `devices` devices)")
+    max_epochs: int = Field(default=3, description="epochs to train (-1: no limit, then max_steps must stop it)")
+    max_steps: int = Field(default=-1, description="optimiser steps to train (-1: no limit)")
+    devices: int | Literal["auto"] = Field(default=1, description="device count, -1 for all, or 'auto'")
+    num_nodes: int = Field(
+        default=1, ge=1, description="machines of a multi-node DDP run (each with `devices` devices)"
+    )
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"] = Field(
-        "auto", description="Lightning accelerator"
+        default="auto", description="Lightning accelerator"
     )
-    strategy: str = Field("auto", description="a Lightning strategy name (auto, ddp, ...)")
-    precision: Literal[PRECISIONS] = Field("32-true", description="a Lightning precision (32-true, bf16-mixed, ...)")  # type: ignore[valid-type]
-    log_every_n_steps: int = Field(5, ge=1, description="logging interval in steps")
+    strategy: str = Field(default="auto", description="a Lightning strategy name (auto, ddp, ...)")
+    precision: Precision = Field(default="32-true", description="a Lightning precision (32-true, bf16-mixed, ...)")
+    log_every_n_steps: int = Field(default=5, ge=1, description="logging interval in steps")
     limit_train_batches: int | float = Field(
-        1.0, description="batches per epoch (integer) or a fraction of them (float in (0, 1])"
+        default=1.0, description="batches per epoch (integer) or a fraction of them (float in (0, 1])"
     )
-    gradient_clip_val: float = Field(0.0, ge=0, description="clip the global gradient norm (0: no clipping)")
+    gradient_clip_val: float = Field(default=0.0, ge=0, description="clip the global gradient norm (0: no clipping)")
     logger: Literal["csv", "tensorboard", "mlflow"] = Field(
-        "csv", description="experiment logger beside the CSV log that is always written: csv, tensorboard or mlflow"
+        default="csv",
+        description="experiment logger beside the CSV log that is always written: csv, tensorboard or mlflow",
     )
     checkpoint_every_s: float = Field(
-        60.0,
+        default=60.0,
         ge=0,
         description="least time between two epoch-end checkpoints, seconds (the last epoch is always saved; "
         "0: every epoch)",
@@ -308,12 +318,14 @@ class MonitorConfig(Section):
     """
 
     every_n_steps: Annotated[int, Field(ge=0)] | None = Field(
-        10, description="probe every N optimizer steps (and at steps 0 and last); 0 or null: off"
+        default=10, description="probe every N optimizer steps (and at steps 0 and last); 0 or null: off"
     )
-    tiles: int = Field(8, ge=2, description="labelled val tiles probed (a fixed subset; half vote, half are scored)")
-    grid: int = Field(16, ge=1, description="cells a tile side: each cell's pooled features are one kNN sample")
-    k: int = Field(20, ge=1, description="neighbours that vote for each cell")
-    temperature: float = Field(0.07, gt=0, description="T of the vote weight exp(cosine similarity / T)")
+    tiles: int = Field(
+        default=8, ge=2, description="labelled val tiles probed (a fixed subset; half vote, half are scored)"
+    )
+    grid: int = Field(default=16, ge=1, description="cells a tile side: each cell's pooled features are one kNN sample")
+    k: int = Field(default=20, ge=1, description="neighbours that vote for each cell")
+    temperature: float = Field(default=0.07, gt=0, description="T of the vote weight exp(cosine similarity / T)")
 
 
 Pair = tuple[FiniteNumber, FiniteNumber]
@@ -324,23 +336,28 @@ class AugmentConfig(Section):
     side itself is ``data.view_size``."""
 
     scale: Pair = Field(
-        (0.08, 1.0), description="range of the crop area as a fraction of the tile area, 0 < low <= high <= 1"
+        default=(0.08, 1.0), description="range of the crop area as a fraction of the tile area, 0 < low <= high <= 1"
     )
     ratio: Pair = Field(
-        (3.0 / 4.0, 4.0 / 3.0), description="range of the crop aspect ratio (width / height), 0 < low <= high"
+        default=(3.0 / 4.0, 4.0 / 3.0), description="range of the crop aspect ratio (width / height), 0 < low <= high"
     )
-    hflip_p: Probability = Field(0.5, description="probability of a horizontal flip")
-    vflip_p: Probability = Field(0.5, description="probability of a vertical flip")
-    rot90_p: Probability = Field(0.5, description="probability of a random quarter-turn rotation")
-    jitter_p: Probability = Field(0.8, description="probability of the per-band brightness/contrast jitter")
-    brightness: FiniteNumber = Field(0.4, ge=0.0, description="jitter shift half-range, normalised units (band std)")
+    hflip_p: Probability = Field(default=0.5, description="probability of a horizontal flip")
+    vflip_p: Probability = Field(default=0.5, description="probability of a vertical flip")
+    rot90_p: Probability = Field(default=0.5, description="probability of a random quarter-turn rotation")
+    jitter_p: Probability = Field(default=0.8, description="probability of the per-band brightness/contrast jitter")
+    brightness: FiniteNumber = Field(
+        default=0.4, ge=0.0, description="jitter shift half-range, normalised units (band std)"
+    )
     contrast: FiniteNumber = Field(
-        0.4, ge=0.0, le=1.0, description="jitter contrast-factor half-range around 1 (factors 1 +/- contrast stay >= 0)"
+        default=0.4,
+        ge=0.0,
+        le=1.0,
+        description="jitter contrast-factor half-range around 1 (factors 1 +/- contrast stay >= 0)",
     )
-    blur_p: Probability = Field(0.5, description="probability of a Gaussian blur")
-    blur_sigma: Pair = Field((0.1, 2.0), description="range of the blur sigma in px, 0 < low <= high")
-    noise_p: Probability = Field(0.2, description="probability of additive Gaussian noise")
-    noise_std: FiniteNumber = Field(0.05, ge=0.0, description="noise std, normalised units")
+    blur_p: Probability = Field(default=0.5, description="probability of a Gaussian blur")
+    blur_sigma: Pair = Field(default=(0.1, 2.0), description="range of the blur sigma in px, 0 < low <= high")
+    noise_p: Probability = Field(default=0.2, description="probability of additive Gaussian noise")
+    noise_std: FiniteNumber = Field(default=0.05, ge=0.0, description="noise std, normalised units")
 
     @field_validator("scale", "ratio", "blur_sigma")
     @classmethod
@@ -356,8 +373,14 @@ class AugmentConfig(Section):
 
 
 class MethodParams(Section):
-    """Base of every method's parameter model: ``name`` selects the method."""
+    """Base of every method's parameter model: ``name`` selects the method.
 
+    Attributes:
+        registered_from: the class given to :func:`register_method_config` (set on each
+            registered model).
+    """
+
+    registered_from: ClassVar[type | None] = None
     name: str
 
 
@@ -392,14 +415,19 @@ class Recipe(Section):
 _METHOD_CONFIGS: dict[str, type[MethodParams]] = {}
 
 
+def _is_model(config_cls: object) -> typing.TypeGuard[type[BaseModel]]:
+    """Whether a method's config class is a pydantic model (else it should be a dataclass)."""
+    return isinstance(config_cls, type) and issubclass(config_cls, BaseModel)
+
+
 def _params_model(name: str, config_cls: type) -> type[MethodParams]:
     """The parameter model of a method from a pydantic model or a dataclass."""
-    is_model = isinstance(config_cls, type) and issubclass(config_cls, BaseModel)
-    if is_model:
-        fields = {key: (info.annotation, info) for key, info in config_cls.model_fields.items()}
+    is_model = _is_model(config_cls)
+    fields: dict[str, Any] = {"name": (Literal[name], name)}
+    if _is_model(config_cls):
+        fields.update({key: (info.annotation, info) for key, info in config_cls.model_fields.items()})
     else:
         hints = typing.get_type_hints(config_cls, include_extras=True)
-        fields = {}
         for item in dataclasses.fields(config_cls):
             if item.default is not dataclasses.MISSING:
                 fields[item.name] = (hints[item.name], item.default)
@@ -407,15 +435,14 @@ def _params_model(name: str, config_cls: type) -> type[MethodParams]:
                 fields[item.name] = (hints[item.name], Field(default_factory=item.default_factory))
             else:
                 fields[item.name] = (hints[item.name], ...)
-    model = create_model(  # type: ignore[call-overload]
+    model = create_model(
         config_cls.__name__ if is_model else f"{config_cls.__name__}Params",
         __base__=MethodParams,
         __doc__=config_cls.__doc__,
-        name=(Literal[name], name),
         **fields,
     )
     model.registered_from = config_cls
-    return model  # type: ignore[no-any-return]
+    return model
 
 
 def register_method_config(name: str, config_cls: type) -> None:
@@ -434,10 +461,10 @@ def register_method_config(name: str, config_cls: type) -> None:
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"a method name must be a non-empty string, got {name!r}")
-    is_model = isinstance(config_cls, type) and issubclass(config_cls, BaseModel)
+    is_model = _is_model(config_cls)
     if not (is_model or (isinstance(config_cls, type) and dataclasses.is_dataclass(config_cls))):
         raise TypeError(f"method {name!r}: config class must be a pydantic model or a dataclass, got {config_cls!r}")
-    names = config_cls.model_fields if is_model else {f.name for f in dataclasses.fields(config_cls)}
+    names = config_cls.model_fields if _is_model(config_cls) else {f.name for f in dataclasses.fields(config_cls)}
     if "name" in names:
         raise ValueError(f"method {name!r}: {config_cls.__qualname__} must not have a 'name' field")
     known = getattr(_METHOD_CONFIGS.get(name), "registered_from", None)
@@ -468,4 +495,4 @@ def _recipe_model(models: tuple[type[MethodParams], ...]) -> type[Recipe]:
     if not models:
         return Recipe
     section: Any = models[0] if len(models) == 1 else Annotated[Union[models], Field(discriminator="name")]  # noqa: UP007
-    return create_model("Recipe", __base__=Recipe, __doc__=Recipe.__doc__, method=(section, ...))  # type: ignore[call-overload, no-any-return]
+    return create_model("Recipe", __base__=Recipe, __doc__=Recipe.__doc__, method=(section, ...))

@@ -1,6 +1,7 @@
 """Text -> tile retrieval: type "river next to farmland", get the matching tiles of a scene on a map.
 
-The pieces, in the order a tile meets them (CLAIRES spec, ``../shared/specs/claires.md``):
+After Dental CLAIRES (Kabir et al., AMIA 2023 Informatics Summit, arXiv 2306.15651),
+adapted to satellite tiles. The pieces, in the order a tile meets them:
 
 * :mod:`~geocl.retrieval.captions`: template captions from class masks, each with its
   canonical attribute set (so relevance is exact), user captions from a CSV, class-name

@@ -1,7 +1,8 @@
 """Captions of tiles and images, each with its canonical attribute set, so that relevance is exact.
 
-A labelled tile gets deterministic template captions from its class mask (CLAIRES spec,
-"How it applies here", option b). The attributes (atoms) of a tile, with ``share`` a
+A labelled tile gets deterministic template captions from its class mask, as Dental
+CLAIRES (Kabir et al., arXiv 2306.15651) builds its captions from structured record
+fields; here the fields are the tile's classes and their relations. The attributes (atoms) of a tile, with ``share`` a
 class's share of the tile's labelled pixels:
 
 * ``("has", A)``: share of A >= ``min_share``;
@@ -32,16 +33,16 @@ scene's ``scene.json`` (the embedded synthetic scene writes one), else ``class <
 
 User captions (``csv``: rows ``tile path, caption``; a first row ``path,caption`` is a
 header; several rows may caption one tile) replace the templates. A user caption's
-attributes are its normalised words (spec ambiguity 7: no canonical set is known, so
+attributes are its normalised words (no canonical set is known for free text, so
 captions are equivalent when they read the same after normalisation).
 
 Natural images (image folders, CIFAR) are captioned with their class name; their
 attribute set is ``{("has", name)}``.
 
-Spec ambiguity readings, as said above: relations are symmetric ("next to") or directed
-from the linear class ("crossing"); "mostly" above 60 %; the templates, thresholds and
-linear classes are recipe parameters (the spec proposes them without values, except
-60 %). The synthetic scene has one ``water`` class for rivers, lakes and ponds, so
+CLAIRES gives no caption template (its abstract only names the record fields used), so
+the readings taken, as said above: relations are symmetric ("next to") or directed from
+the linear class ("crossing"); "mostly" above 60 %; the templates, thresholds and linear
+classes are recipe parameters. The synthetic scene has one ``water`` class for rivers, lakes and ponds, so
 "river" is read as water (see :data:`DEFAULT_SYNONYMS`, applied to queries by the
 tokenizer) and ``water`` is a linear class by default: a river cuts what it crosses, a
 lake does not.
@@ -127,7 +128,7 @@ class CaptionConfig(BaseModel):
             ``classes`` (ascending mask values); [] = the scene's ``scene.json``, else
             ``class <value>``.
         min_share: smallest share of a tile's labelled pixels for a class to be present.
-        mostly_share: share above which a class is "mostly" the tile (spec: 60 %).
+        mostly_share: share above which a class is "mostly" the tile (default 60 %).
         touch_px: dilation radius of "next to", px (B within this distance of A).
         linear_classes: class names that can be "crossing" another class.
         max_classes: present classes named in a full caption (by share).
@@ -140,11 +141,11 @@ class CaptionConfig(BaseModel):
 
     csv: str = ""
     class_names: list[str] = []
-    min_share: float = Field(0.05, gt=0.0, le=1.0)
-    mostly_share: float = Field(0.6, ge=0.5, lt=1.0)
-    touch_px: int = Field(2, ge=1)
+    min_share: float = Field(default=0.05, gt=0.0, le=1.0)
+    mostly_share: float = Field(default=0.6, ge=0.5, lt=1.0)
+    touch_px: int = Field(default=2, ge=1)
     linear_classes: list[str] = ["roads", "water"]
-    max_classes: int = Field(3, ge=1)
+    max_classes: int = Field(default=3, ge=1)
     negation: bool = True
     synonyms: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_SYNONYMS))
 

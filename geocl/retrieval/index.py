@@ -2,7 +2,7 @@
 
 After training, the image tower runs in eval mode (BatchNorm uses its running
 statistics, dropout is off), so a tile's embedding does not depend on the other tiles
-of its batch (spec step 6). Tiles are resized to the view size they were trained at.
+of its batch. Tiles are resized to the view size they were trained at.
 
 Index folder::
 
@@ -17,7 +17,7 @@ Index folder::
     overview.png      a mosaic of every tile of the tile set, for drawing hits on
 
 Exact search (a matrix product over the normalised embeddings) suits up to about 10^6
-tiles (spec "Scale"); more would need an approximate index.
+tiles; more would need an approximate index.
 
 Every file is written atomically; a folder that already holds an index is refused
 unless ``overwrite``, which removes its ``index.json`` before the first new file is

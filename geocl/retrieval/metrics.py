@@ -1,7 +1,8 @@
 """Ranking metrics of text -> image retrieval: hit@k, MRR and Recall@k, and what a random ranking scores.
 
 For Q queries over a gallery of N items, with ``rank_q`` the 1-based position of the
-first relevant item in query q's ranking (CLAIRES spec, "Loss formulas")::
+first relevant item in query q's ranking (the metrics Dental CLAIRES reports, Kabir et al.,
+arXiv 2306.15651)::
 
     hit@k    = (1/Q) sum_q [rank_q <= k]
     MRR      = (1/Q) sum_q 1 / rank_q
@@ -13,7 +14,7 @@ Always ``hit@1 <= MRR <= hit@1 + (1 - hit@1)/2`` (a query that misses rank 1 add
 relevance) Recall@k equals hit@k; with many (attribute-level relevance) it says which
 share of them the top k holds.
 
-Ties (spec ambiguity 6, its reading): the ranking sorts by score, then by gallery id;
+Ties (CLAIRES does not say how it ranks them; the reading taken): the ranking sorts by score, then by gallery id;
 for metrics a relevant item tied with irrelevant ones is placed after them (the
 pessimistic rank), so an encoder whose embeddings are all equal scores as a random
 ranking would at worst, never better thanks to the id order.
@@ -158,8 +159,8 @@ def random_ranking_expectation(relevant: np.ndarray, hit_ks: Iterable[int] = HIT
     relevant = np.asarray(relevant, dtype=bool)
     n = relevant.shape[1]
     hit_ks = list(hit_ks)
-    hits = {k: [] for k in hit_ks}
-    reciprocal = []
+    hits: dict[int, list[float]] = {k: [] for k in hit_ks}
+    reciprocal: list[float] = []
     positions = np.arange(1, n + 1, dtype=np.float64)
     for count in relevant.sum(axis=1):
         ratios = np.clip(n - count - np.arange(n), 0, None) / (n - np.arange(n))

@@ -2,10 +2,11 @@
 
 Image tower: any geocl encoder (``[B, C, H, W]`` -> ``[B, D]``) + a projection head.
 Text tower: :class:`~geocl.retrieval.text.TextEncoder` + a projection head. Both heads map
-into the shared space of ``embed_dim``; similarities are cosines (spec ambiguity 4's
-reading), so embeddings are L2-normalised before they are compared or indexed.
+into the shared space of ``embed_dim``; similarities are cosines (as in CLIP, Radford et
+al., arXiv 2103.00020: CLAIRES, arXiv 2306.15651, does not say), so embeddings are L2-normalised before they are compared or indexed.
 
-The projection head is the reference recipe's ([R], spec step 4)::
+The projection head is that of a public CLIP recipe with the ResNet-50 + DistilBERT
+layout CLAIRES names ([R], github.com/moein-shariatnia/OpenAI-CLIP, ``modules.py``)::
 
     h = W1 x;   z = LayerNorm(h + Dropout(W2 GELU(h)))
 
@@ -38,7 +39,7 @@ RETRIEVAL_KEY = "geocl_retrieval"
 
 
 class ProjectionHead(nn.Module):
-    """``h = W1 x; z = LayerNorm(h + Dropout(W2 GELU(h)))`` (spec step 4, [R] modules.py).
+    """``h = W1 x; z = LayerNorm(h + Dropout(W2 GELU(h)))`` ([R] ``modules.py``, see the module docstring).
 
     Shape:
         - Input: ``[B, in_dim]``.
@@ -165,8 +166,8 @@ def load_towers(path: str | os.PathLike[str]) -> Towers:
         GeoclError: naming the file when it is not a checkpoint of the retrieval method
             or its weights do not fit.
     """
-    from geocl.evaluation.features import evaluation_encoder
     from geocl.models.checkpoints import pretrained_encoder_args, read_checkpoint
+    from geocl.models.encoders import evaluation_encoder
 
     checkpoint = read_checkpoint(path)  # torch.load(weights_only=True): nothing unpickled
     settings = checkpoint.get(RETRIEVAL_KEY)

@@ -2,7 +2,7 @@
 
 A query is embedded by the index's text tower (L2-normalised) and scored against every
 tile by cosine similarity (one matrix-vector product); the top k are taken by score,
-ties broken by tile id (spec step 7 and ambiguity 6), so the command line and the search
+ties broken by tile id (a stable order: CLAIRES does not say how it ranks ties), so the command line and the search
 page (:mod:`geocl.retrieval.server`), which both call :meth:`SearchIndex.search`, return
 the same tiles in the same order.
 

@@ -2,8 +2,8 @@
 
 Nothing is downloaded and no pretrained language model is used: the vocabulary is the
 words of the training captions (plus the words of the caption grammar), and the encoder
-is trained from scratch with the image side. That replaces CLAIRES' DistilBERT (spec
-[S]): a template caption has a few dozen distinct words, which a pretrained 66 M
+is trained from scratch with the image side. That replaces the DistilBERT that
+Dental CLAIRES (arXiv 2306.15651) is reported to use: a template caption has a few dozen distinct words, which a pretrained 66 M
 parameter model would not make more informative, and a user's query must be refused
 with a clear message when it uses a word the model never saw (it could only be
 guessed at).
@@ -17,7 +17,7 @@ get, so a word of a caption is always a word a query can use, and a query word t
 vocabulary lacks is refused, named as it was typed. :class:`TextEncoder`: word + position embeddings -> a small pre-norm
 Transformer encoder (``layers`` blocks; 0 = a bag of words, without positions) -> final LayerNorm -> mean
 over the words (padding masked) -> ``[B, width]``. Mean pooling instead of a [CLS]
-token (spec step 3): with a few short captions and no pretraining, the mean is the
+token (what CLIP recipes built on DistilBERT take): with a few short captions and no pretraining, the mean is the
 stabler summary; the padding mask makes a caption's embedding independent of the
 other captions of its batch.
 """

@@ -1,7 +1,7 @@
 """Gradient-guided sampling: GraSS region maps, crop boxes, and a map-driven TorchGeo sampler.
 
 * :mod:`geocl.sampling.regions` turns a contrastive loss's gradient on the last feature
-  map into one crop box per view and crops the views (GraSS, spec "Stage 2").
+  map into one crop box per view and crops the views (GraSS's second stage, arXiv 2306.15868).
 * :mod:`geocl.sampling.geo_sampler` stores region maps as GeoTIFFs on their tiles' grid
   and draws training boxes from a scene with probability following them.
 * :mod:`geocl.sampling.semantic_pairs` mines SPPS semantic positive pairs: images a

@@ -1,6 +1,6 @@
 """A TorchGeo sampler that draws training boxes where gradient region maps are high.
 
-GraSS (``specs/grass.md``) crops each view at the region that drives the contrastive
+GraSS (Zhang et al., IEEE TGRS 2023, arXiv 2306.15868) crops each view at the region that drives the contrastive
 loss. For geospatial data the same signal can steer *where* training boxes are cut from
 a scene: a method writes its per-tile maps with
 :func:`~geocl.sampling.region_rasters.write_region_map` (one single-band GeoTIFF on the
@@ -184,8 +184,9 @@ class GradientRegionSampler(GeoSampler):
         is_candidate = np.concatenate(candidates)
         del weights, candidates
         if not is_candidate.any():
-            first = paths[0]
-            where = self.source if self.source is not None else first.parent if isinstance(first, Path) else first
+            first_map = paths[0]
+            folder = first_map.parent if isinstance(first_map, Path) else first_map
+            where = self.source if self.source is not None else folder
             raise GeoclError(
                 f"no {self.size}x{self.size} px box lies fully inside the valid (not NaN, not nodata) area of any of "
                 f"the {len(paths)} region map(s); use a smaller size or maps with more valid pixels",

@@ -141,12 +141,12 @@ def labelled_first_loader(
         batch_size, labelled_bs, num_batches, seed: see :class:`LabelledFirstBatchSampler`.
         num_workers: DataLoader workers.
     """
-    labelled_count = len(labelled)  # type: ignore[arg-type]
+    labelled_count = len(labelled)  # type: ignore[arg-type]  # torch's Dataset declares no __len__; map-style ones have it
     parts: list[Dataset[dict[str, Any]]] = [labelled]
     unlabelled_indices: list[int] = []
     if unlabelled is not None and batch_size > labelled_bs:
         parts.append(_WithoutMask(unlabelled))
-        unlabelled_indices = list(range(labelled_count, labelled_count + len(unlabelled)))  # type: ignore[arg-type]
+        unlabelled_indices = list(range(labelled_count, labelled_count + len(unlabelled)))  # type: ignore[arg-type]  # as above
     sampler = LabelledFirstBatchSampler(
         range(labelled_count), unlabelled_indices, batch_size, labelled_bs, num_batches=num_batches, seed=seed
     )
@@ -162,7 +162,7 @@ class _WithoutMask(Dataset[dict[str, Any]]):
         self.dataset = dataset
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return len(self.dataset)  # type: ignore[arg-type]  # torch's Dataset declares no __len__; map-style ones have it
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = dict(self.dataset[index])

@@ -1,6 +1,6 @@
 """Gradient region maps as georeferenced rasters: one single-band GeoTIFF on its tile's grid.
 
-A method that computes per-tile region maps (GraSS, ``specs/grass.md``) writes them with
+A method that computes per-tile region maps (GraSS, arXiv 2306.15868) writes them with
 :func:`write_region_map`; :class:`~geocl.sampling.geo_sampler.GradientRegionSampler`
 reads them back to draw training boxes where the maps are high.
 """

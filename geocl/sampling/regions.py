@@ -6,7 +6,12 @@ components, box of the peak) -> ``crop_and_resize`` (nearest, back to the view s
 Everything here is a pure function of tensors or arrays: no model, no optimiser, so
 the training code (``geocl.methods``) decides when the guide pass runs.
 
-Spec: ``specs/grass.md``, "Stage 2", steps 4-5, and ambiguities A2 and A6.
+Zhang et al., "GraSS: Contrastive Learning with Gradient Guided Sampling Strategy for
+Remote Sensing Image Semantic Segmentation" (IEEE TGRS 2023, doi 10.1109/TGRS.2023.3336285,
+arXiv 2306.15868): the map and box steps of its second stage, as its released code
+(github.com/GeoX-Lab/GraSS, ``GraSS_train_step.py``) computes them. Where the code leaves
+a case open, the readings taken are stated where they apply: the sign of the map
+(:func:`gradient_maps`) and a minimum box side (:func:`select_box`).
 """
 
 from __future__ import annotations
@@ -30,16 +35,16 @@ _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 def gradient_maps(features: Tensor, gradients: Tensor) -> Tensor:
-    """Grad-CAM-style region map of each view (spec step 4).
+    """Grad-CAM-style region map of each view (GraSS's map step).
 
     ``alpha = mean_{i,j} G`` per channel, ``M = mean_c(alpha * A)``, then ``M / max(M)``
     per view. The raw loss gradient is used: no ReLU, no absolute value, no sign flip.
-    Ambiguity A2, a deliberate reading: the division is skipped for views whose
-    ``max(M) <= 0``. For a positive maximum this changes no box (the threshold of
-    :func:`select_box` is relative to the map's range). For a non-positive maximum it
-    does: the released code divides anyway, which flips the map (a negative maximum)
-    or blows it up (zero), so its box would surround the *least* salient region; this
-    package keeps the map's sign and boxes the most salient one.
+    The reading taken where the code and paper leave the sign open: the division is
+    skipped for views whose ``max(M) <= 0``. For a positive maximum this changes no box
+    (the threshold of :func:`select_box` is relative to the map's range). For a
+    non-positive maximum it does: the released code divides anyway, which flips the map
+    (a negative maximum) or blows it up (zero), so its box would surround the *least*
+    salient region; this package keeps the map's sign and boxes the most salient one.
 
     Args:
         features: last feature map ``A``, ``[B, C, h, w]`` (e.g. ResNet ``layer4``,
@@ -71,7 +76,7 @@ def gradient_maps(features: Tensor, gradients: Tensor) -> Tensor:
 
 
 def upsample_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize of maps to the view size (spec step 5a).
+    """Bilinear resize of maps to the view size (as the code's ``cv2.resize``).
 
     Half-pixel centres (``align_corners=False``) with edge clamping, which is what
     ``cv2.resize(..., INTER_LINEAR)`` in the official code does when enlarging.
@@ -91,7 +96,7 @@ def upsample_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def select_box(heatmap: np.ndarray | Tensor, ratio: float = 0.5, min_side: int = 0) -> Box | None:
-    """Box of the thresholded component holding the map's peak (spec step 5b-d).
+    """Box of the thresholded component holding the map's peak (GraSS's region step).
 
     Rule, as in the official code:
 
@@ -107,14 +112,14 @@ def select_box(heatmap: np.ndarray | Tensor, ratio: float = 0.5, min_side: int =
     Args:
         heatmap: ``[H, W]`` map (numpy or tensor).
         ratio: threshold as a fraction of the map's range, in ``[0, 1]`` (official 0.5).
-        min_side: ambiguity A6 ablation. ``0`` (default) keeps the official behaviour;
-            ``> 0`` grows the box symmetrically about its centre to at least this many
-            pixels per axis (capped at the map size), shifted back inside the map when
-            it would cross an edge.
+        min_side: an ablation (the code has no guard against tiny boxes). ``0`` (default)
+            keeps the official behaviour; ``> 0`` grows the box symmetrically about its
+            centre to at least this many pixels per axis (capped at the map size), shifted
+            back inside the map when it would cross an edge.
 
     Returns:
         ``(r0, r1, c0, c1)`` with ``0 <= r0 < r1 <= H`` and ``0 <= c0 < c1 <= W``, or
-        ``None`` when the map has no component: constant maps (spec step 5e: keep the
+        ``None`` when the map has no component: constant maps (GraSS keeps such a
         view), maps holding NaN or inf, and ``ratio == 1``.
 
     Raises:
@@ -169,13 +174,13 @@ def _grow(start: int, stop: int, min_side: int, extent: int) -> tuple[int, int]:
 def select_boxes(maps: Tensor, view_size: tuple[int, int], ratio: float = 0.5, min_side: int = 0) -> list[Box | None]:
     """One box per view: :func:`upsample_maps` then :func:`select_box` on each map.
 
-    Box ``k`` depends on map ``k`` only (spec test 8).
+    Box ``k`` depends on map ``k`` only.
 
     Args:
         maps: ``[B, h, w]`` maps from :func:`gradient_maps`.
         view_size: ``(H, W)`` of the views (px).
         ratio: threshold ratio (see :func:`select_box`).
-        min_side: minimum box side (px), ambiguity A6; 0 keeps the official behaviour.
+        min_side: minimum box side (px), an ablation; 0 keeps the official behaviour.
 
     Returns:
         ``B`` boxes in view pixels, ``None`` where a view keeps its full extent.
@@ -200,12 +205,12 @@ def _nearest_sources(length: int, size: int, dtype: torch.dtype, device: torch.d
 
 
 def crop_and_resize(views: Tensor, boxes: Sequence[Box | None]) -> Tensor:
-    """Cut each view's box and resize it back to the view size (spec step 5e).
+    """Cut each view's box and resize it back to the view size (GraSS's crop step).
 
     Nearest-neighbour resizing, pixel for pixel what ``F.interpolate(crop, size,
     mode="nearest")`` in the official code gives, so it introduces no new values: every
     output pixel is a pixel of the box. Crops come from the views as given, i.e. after
-    augmentation and normalisation (ambiguity A8). The whole batch is done with one
+    augmentation and normalisation (as the code does; the paper does not say). The whole batch is done with one
     gather instead of one resize per view (4x faster for 512 views, and far less
     sensitive to a busy CPU).
 

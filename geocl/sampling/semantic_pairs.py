@@ -1,21 +1,22 @@
 """SPPS semantic sampler: pairs of different images a frozen encoder finds alike.
 
 Alkhalefi et al., "Semantic Positive Pairs for Enhancing Visual Representation
-Learning of Instance Discrimination Methods" (arXiv 2306.16122; spec
-``../shared/specs/spps.md``). The sampler embeds the un-augmented training images
-with a frozen encoder, keeps for every image its top-k most cosine-similar other
-images whose similarity is at least ``min_similarity``, and returns the kept pairs
-in both orders. A host method (SimCLR, MoCo) then trains on them exactly as on its
+Learning of Instance Discrimination Methods" (arXiv 2306.16122). The sampler embeds
+the un-augmented training images with a frozen encoder, keeps for every image its
+top-k most cosine-similar other images whose similarity is at least
+``min_similarity``, and returns the kept pairs in both orders. A host method (SimCLR, MoCo) then trains on them exactly as on its
 ordinary positive pairs (see :mod:`geocl.data.semantic_pairs`).
 
-Readings of the spec's ambiguities:
+Only the paper's abstract was readable, which leaves these choices open; the readings
+taken:
 
-* 2 (which encoder, when): mined once, from a frozen encoder in eval mode without
-  gradients; the encoder is a given pretrain checkpoint (``checkpoint``), or else the
+* Which encoder, when (the abstract: a pre-trained self-supervised model on the
+  original, un-augmented images, before the main training): mined once, from a
+  frozen encoder in eval mode without gradients; the encoder is a given pretrain checkpoint (``checkpoint``), or else the
   run's own encoder after ``warmup_epochs`` epochs of the host method (the EMA key
   encoder for MoCo). ``refresh_epochs`` optionally mines again every E epochs.
-* 3 (selection rule): top-k ∩ (cosine >= ``min_similarity``), made symmetric: when n
-  chooses m, both (n, m) and (m, n) are pairs. So an image may have more than k
+* Selection rule (top-k, a threshold or both: not stated): top-k ∩ (cosine >=
+  ``min_similarity``), made symmetric: when n chooses m, both (n, m) and (m, n) are pairs. So an image may have more than k
   partners (others chose it); ``mutual`` keeps only pairs both sides chose, which
   bounds every image's partners by k.
 * Remote sensing: neighbouring tiles look alike because they overlap or touch the
@@ -51,8 +52,8 @@ class SPPSConfig(BaseModel):
 
     Attributes:
         enabled: train on semantic positive pairs too (off: the host method unchanged).
-        k: candidate partners per image (spec: small, 1-5).
-        min_similarity: smallest cosine similarity of a kept pair (spec: high, for purity).
+        k: candidate partners per image (small, 1-5, keeps pairs pure).
+        min_similarity: smallest cosine similarity of a kept pair (high, for purity).
         mutual: keep only pairs both images chose (every image then has at most k partners).
         warmup_epochs: epochs of the plain host method before the run's own encoder
             mines the pairs (ignored when ``checkpoint`` is given: mining then starts at
@@ -65,11 +66,11 @@ class SPPSConfig(BaseModel):
             epochs after the first mining (0 = mine once).
         fixed_epoch_length: keep an epoch at as many items as the plain dataset,
             ``semantic_fraction`` of them semantic pairs and the rest ordinary items,
-            drawn (seeded by epoch) without replacement (spec ambiguity 4, its "subsample
-            SPPS to a fixed fraction" reading), so the learning-rate and momentum
-            schedules, sized from the first epoch, end with the run; false: epochs hold
-            every ordinary and semantic item and grow by the pair count (the spec's first
-            reading), and those schedules end early.
+            drawn (seeded by epoch) without replacement (the paper does not say how the
+            added pairs change an epoch; read as pairs subsampled to a fixed fraction),
+            so the learning-rate and momentum schedules, sized from the first epoch, end
+            with the run; false: epochs hold every ordinary and semantic item and grow by
+            the pair count (the other reading), and those schedules end early.
         semantic_fraction: share of semantic pairs in a fixed-length epoch.
         batch_size: images per forward pass while embedding the dataset.
     """
@@ -77,16 +78,16 @@ class SPPSConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
     enabled: bool = False
-    k: int = Field(1, ge=1)
-    min_similarity: float = Field(0.8, ge=-1.0, le=1.0, description="a cosine similarity in [-1, 1]")
+    k: int = Field(default=1, ge=1)
+    min_similarity: float = Field(default=0.8, ge=-1.0, le=1.0, description="a cosine similarity in [-1, 1]")
     mutual: bool = False
-    warmup_epochs: int = Field(1, ge=0)
+    warmup_epochs: int = Field(default=1, ge=0)
     checkpoint: str = ""
-    buffer: float = Field(0.0, ge=0, description="map units")
-    refresh_epochs: int = Field(0, ge=0, description="0 = mine once")
+    buffer: float = Field(default=0.0, ge=0, description="map units")
+    refresh_epochs: int = Field(default=0, ge=0, description="0 = mine once")
     fixed_epoch_length: bool = True
-    semantic_fraction: float = Field(0.25, ge=0.0, le=1.0)
-    batch_size: int = Field(64, ge=1)
+    semantic_fraction: float = Field(default=0.25, ge=0.0, le=1.0)
+    batch_size: int = Field(default=64, ge=1)
 
     @property
     def first_epoch(self) -> int:
@@ -176,7 +177,7 @@ def mine_pairs(
     mutual: bool = False,
     block_size: int = 1024,
 ) -> SemanticPairs:
-    """Semantic positive pairs from embeddings (spec, Stage B, steps 3-5).
+    """Semantic positive pairs from embeddings (the paper's semantic sampler on frozen embeddings).
 
     Similarities are computed ``block_size`` rows at a time, so memory stays
     ``O(block_size x N)`` rather than ``O(N²)``.

@@ -47,7 +47,7 @@ class LossCurvePlot(lightning.Callback):
             csv.save()
             logs = Path(csv.log_dir).parent
             try:
-                plot_loss_curve(logs, self.png, title=module.method_name)
+                plot_loss_curve(logs, self.png, title=str(module.method_name))
             except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
                 if not self._warned:
                     log.warning("%s not redrawn: a CSV log under %s cannot be read (%s)", self.png, logs, exc)
@@ -211,7 +211,7 @@ class TrainingProgressBar(TQDMProgressBar):
             if name == "v_num" or (name.endswith("_epoch") and name.removesuffix("_epoch") + "_step" in logged):
                 continue
             shown[name.removeprefix("train/").removesuffix("_step")] = value
-        for callback in trainer.callbacks:
+        for callback in trainer_callbacks(trainer):
             fields = getattr(callback, "progress_fields", None)
             if callable(fields):
                 shown.update(fields())
@@ -221,3 +221,8 @@ class TrainingProgressBar(TQDMProgressBar):
 def progress_callbacks(progress: bool) -> list[lightning.Callback]:
     """The callbacks that draw a run's progress: geocl's bar, or none."""
     return [TrainingProgressBar()] if progress else []
+
+
+def trainer_callbacks(trainer: lightning.Trainer) -> list[lightning.Callback]:
+    """The callbacks of a trainer (Lightning sets the attribute in its constructor, out of the type checker's sight)."""
+    return list(getattr(trainer, "callbacks", []))

@@ -36,7 +36,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -122,7 +122,7 @@ def plain_data(value: Any, where: str = "checkpoint") -> Any:
         kept = type(value) in (dict, OrderedDict, Counter)
         if kept and all(new[0] is old[0] and new[1] is old[1] for new, old in zip(pairs, value.items(), strict=False)):
             return value  # unchanged: the same object (a state dict keeps its ``_metadata``)
-        plain = type(value)(pairs) if kept else dict(pairs)
+        plain = cast(Any, type(value))(pairs) if kept else dict(pairs)
         if kept and hasattr(value, "__dict__"):
             vars(plain).update(vars(value))
         return plain
@@ -134,7 +134,8 @@ def plain_data(value: Any, where: str = "checkpoint") -> Any:
             return type(value)(items)
         return tuple(items) if isinstance(value, tuple) else set(items)
     if isinstance(value, (bool, int, float, str, bytes)):  # subclasses of the built-in types
-        return next(base for base in (bool, int, float, str, bytes) if isinstance(value, base))(value)
+        base: Any = next(base for base in (bool, int, float, str, bytes) if isinstance(value, base))
+        return base(value)
     raise TypeError(
         f"{where} holds a {type(value).__module__}.{type(value).__qualname__}: a checkpoint stores plain data only, "
         "which torch.load(weights_only=True) reads back"

@@ -41,13 +41,19 @@ class PretrainData(lightning.LightningDataModule):
         self.seed = seed
 
     def train_dataloader(self) -> DataLoader[Any]:
-        own = self.trainer.lightning_module.train_loader(self)
+        module: Any = self._trainer().lightning_module  # a PretrainMethod: its train_loader hook
+        own = module.train_loader(self)
         # Workers that outlive the epoch: a small tile set makes one-step epochs, where
         # starting the workers anew cost more than the step (measured: 30 steps of 64-px
         # SimCLR on 48 tiles, 61 s with 2 fresh workers an epoch, 31 s with none). The
         # sampler stays in this process, so the order is still a function of (seed, epoch).
         persistent = self.num_workers > 0
         return own if own is not None else self.loader(self.dataset, persistent_workers=persistent)
+
+    def _trainer(self) -> lightning.Trainer:
+        if self.trainer is None:  # a bug: Lightning attaches the trainer before asking for loaders
+            raise RuntimeError("PretrainData is used outside a Lightning trainer")
+        return self.trainer
 
     def loader(self, dataset: Dataset[Any], sampler: Sampler[Any] | None = None, **options: Any) -> DataLoader[Any]:
         """A loader over ``dataset`` with this run's batch size and workers.
@@ -58,7 +64,8 @@ class PretrainData(lightning.LightningDataModule):
             options: further DataLoader arguments (e.g. ``collate_fn``, ``persistent_workers``).
         """
         if sampler is None:
-            world, rank = self.trainer.world_size, self.trainer.global_rank
+            trainer = self._trainer()
+            world, rank = trainer.world_size, trainer.global_rank
             sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
         return DataLoader(
             dataset,

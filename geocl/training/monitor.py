@@ -76,7 +76,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning
 import numpy as np
@@ -204,7 +204,7 @@ def stage_features(encoder: nn.Module, images: Tensor, stages: Sequence[int] | N
     Raises:
         ValueError: ``stages`` names a stage the CNN does not have.
     """
-    body = getattr(encoder, "body", encoder)
+    body: Any = getattr(encoder, "body", encoder)
     if hasattr(body, "forward_intermediates") and hasattr(body, "feature_info"):
         count = len(body.feature_info)
         evenly = [round((i + 1) * count / DEEP_STAGES) - 1 for i in range(DEEP_STAGES)]
@@ -217,8 +217,9 @@ def stage_features(encoder: nn.Module, images: Tensor, stages: Sequence[int] | N
             if not indices or indices[0] < 0 or indices[-1] >= count:
                 raise ValueError(f"stages must lie in 1..{count}, got {list(stages)}")
         return list(body.forward_intermediates(images, indices=indices, intermediates_only=True))
-    if hasattr(encoder, "feature_map"):
-        return [encoder.feature_map(images)]
+    feature_map = getattr(encoder, "feature_map", None)
+    if callable(feature_map):
+        return [feature_map(images)]
     return [encoder(images)]
 
 
@@ -473,7 +474,7 @@ class RepresentationMonitor(lightning.Callback):
         if not trainer.is_global_zero or not self.every_n_steps or step == self.step:
             return
         if step % self.every_n_steps == 0 or step == self._last_step:
-            self._record(trainer, self._probe(pl_module.encoder), step)
+            self._record(trainer, self._probe(cast(nn.Module, pl_module.encoder)), step)
 
     def progress_fields(self) -> dict[str, str]:
         """What the training bar shows: ``{"probe": "0.41 (init 0.38)"}``, {} before the first probe."""

@@ -70,7 +70,14 @@ from geocl.io import atomic_write_text, check_output_folder
 from geocl.methods import build_method, read_saved_recipe
 from geocl.models.checkpoints import snapshot_path
 from geocl.recipes import Recipe, recipe_to_dict, save_recipe
-from geocl.training.callbacks import EpochLoss, LossCurvePlot, PacedCheckpoint, StepSnapshots, progress_callbacks
+from geocl.training.callbacks import (
+    EpochLoss,
+    LossCurvePlot,
+    PacedCheckpoint,
+    StepSnapshots,
+    progress_callbacks,
+    trainer_callbacks,
+)
 from geocl.training.checkpoint_io import (
     LAST_NAME,
     AtomicCheckpointIO,
@@ -399,9 +406,11 @@ def _fit(
     save_recipe(recipe, out / "config.yaml")
     lightning.seed_everything(int(recipe.seed), workers=True, verbose=False)
 
-    images = train_dataset(recipe)
+    images: Any = train_dataset(recipe)  # each kind of train data has band_count and metadata
     if isinstance(images, TileDataset):
-        mismatch = crop_scale_mismatch(images.tile_size, recipe.data.view_size, tuple(recipe.augment.scale))
+        mismatch = crop_scale_mismatch(
+            images.tile_size, recipe.data.view_size, (recipe.augment.scale[0], recipe.augment.scale[1])
+        )
         if mismatch is not None:
             log.warning("%s", mismatch)
     if found is not None:
@@ -486,7 +495,7 @@ def _final_loss(out: Path, found: _Resume | None, trainer: lightning.Trainer, pr
     From the epochs this invocation trained, or, when a resumed run had nothing left to
     train, from the checkpoint it resumed from, the run's ``metrics.json`` or its logs.
     """
-    record = next((callback for callback in trainer.callbacks if isinstance(callback, EpochLoss)), None)
+    record = next((callback for callback in trainer_callbacks(trainer) if isinstance(callback, EpochLoss)), None)
     if record is not None and record.loss is not None and record.global_step == trainer.global_step:
         return record.loss
     if previous is not None and previous.get("global_step") == trainer.global_step:
@@ -557,7 +566,9 @@ def _finish(
         "checkpoint": str(result.checkpoint),
         "device": str(model.device),
     }
-    monitor = next((callback for callback in trainer.callbacks if isinstance(callback, RepresentationMonitor)), None)
+    monitor = next(
+        (callback for callback in trainer_callbacks(trainer) if isinstance(callback, RepresentationMonitor)), None
+    )
     if monitor is not None:
         metrics.update(monitor.summary())
     snapshots = {

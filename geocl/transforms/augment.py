@@ -404,8 +404,8 @@ class MultiBandViewAugmentation(nn.Module):
         if probs["noise_p"] > 0 and noise_std > 0:
             photometric.append(K.RandomGaussianNoise(mean=0.0, std=noise_std, p=probs["noise_p"]))
 
-        self.geometric = K.AugmentationSequential(*geometric)
-        self.photometric = K.AugmentationSequential(*photometric)
+        self.geometric: K.AugmentationSequential = K.AugmentationSequential(*geometric)
+        self.photometric: K.AugmentationSequential = K.AugmentationSequential(*photometric)
 
     @property
     def hparams(self) -> dict[str, Any]:

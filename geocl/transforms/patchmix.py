@@ -1,6 +1,7 @@
 """PatchMix: mix a batch at ViT-token granularity and derive the soft contrastive targets.
 
-PatchMix (Shen et al., arXiv 2306.12243; spec ``../shared/specs/patchmix.md``) cuts every
+PatchMix (Shen et al., "Inter-Instance Similarity Modeling for Contrastive Learning",
+arXiv 2306.12243, and its released code, github.com/visresearch/patchmix) cuts every
 image of a batch ``[N, C, H, W]`` into the ``T = (H/p) * (W/p)`` tokens of a ViT with patch
 side ``p``, splits the token *positions* into ``m`` random groups (one partition per call,
 shared by the whole batch) and fills group ``j`` of mixed image ``g`` from batch image
@@ -16,15 +17,15 @@ contrasts need follows from that map:
   columns are the keys gathered from all devices (``G = N * world``; this device's keys
   sit at columns ``rank * N ...``).
 
-Readings of the spec's ambiguities: (2) partners are the cyclic batch neighbours, which
-is a random pairing under the loader's shuffle; (3) one partition per call, so two views
-mixed by two calls share their source lists but not their token positions; (4) with
-``T mod m != 0`` the ``T - m * floor(T/m)`` leftover positions stay with the anchor (as in
-the released code) but the targets use the exact token fractions, never a nominal
-``1/m``; (7) targets come from the source map by summation, so they would stay correct
-if sources coincided, and a batch must still hold ``N >= 2m - 1`` images so that the
-``2m - 1`` images a mixed-to-mixed target spans are distinct (the released code's
-scatter silently overwrote there).
+Where the paper (arXiv 2306.12243) leaves the details to its code, the readings taken
+are: partners are the cyclic batch neighbours, as in the code, which is a random pairing
+under the loader's shuffle; one partition per call, so two views mixed by two calls share
+their source lists but not their token positions; with ``T mod m != 0`` the
+``T - m * floor(T/m)`` leftover positions stay with the anchor (as in the code) but the
+targets use the exact token fractions, never a nominal ``1/m``; targets come from the
+source map by summation, so they would stay correct if sources coincided, and a batch
+must still hold ``N >= 2m - 1`` images so that the ``2m - 1`` images a mixed-to-mixed
+target spans are distinct (the code's scatter silently overwrote there).
 """
 
 from __future__ import annotations

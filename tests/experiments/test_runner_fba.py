@@ -45,7 +45,7 @@ class Trainings:
 
     def semi_supervised(self, **arguments: Any) -> SimpleNamespace:
         self.semi.append(arguments)
-        gain = 0.0 if arguments["supervised_only"] else 0.1
+        gain = 0.0 if arguments["fba"].supervised_only else 0.1
         miou = 0.3 + gain + 0.01 * arguments["seed"] + 0.02 * arguments.get("subset_seed", 0)
         return self._finish(arguments["out"], miou)
 
@@ -88,7 +88,8 @@ def test_fba_and_supervised_only_pair_on_the_same_labels_without_pretraining(
     assert set(results["method"]) == {"fba"}
     # the same grid of (label subset, seed) for both recipes: every FBA row has its supervised twin
     grid = {
-        (call["supervised_only"], call["subset_seed"], call["seed"], call["label_fraction"]) for call in trainings.semi
+        (call["fba"].supervised_only, call["subset_seed"], call["seed"], call["label_fraction"])
+        for call in trainings.semi
     }
     assert grid == {(only, subset, seed, 0.05) for only in (False, True) for subset in (0, 1) for seed in (0, 1)}
     assert all(call["encoder_checkpoint"] is None and "arch" not in call for call in trainings.semi)

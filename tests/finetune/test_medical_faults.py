@@ -16,8 +16,6 @@ import pytest
 import torch
 
 import geocl.finetune.downstream as downstream
-import geocl.finetune.medical as medical
-import geocl.finetune.medical_semi_supervised as medical_semi
 from geocl.cli import main
 from geocl.data.medical.files import write_nifti
 from geocl.data.medical.nifti import Preprocessing, apply_transform
@@ -25,6 +23,8 @@ from geocl.data.medical.synthetic import make_volumes
 from geocl.errors import GeoclError
 from geocl.finetune.medical import run_medical_finetune
 from geocl.finetune.medical_semi_supervised import run_medical_semi_supervised
+from geocl.finetune.semi_supervised import FBAOptions
+from geocl.finetune.volume_metrics import case_metrics
 from tests.outputs import error_line, snapshot
 
 TINY = {
@@ -39,13 +39,7 @@ TINY = {
     "accelerator": "cpu",
     "pictures": 0,
 }
-TINY_FBA = {
-    **TINY,
-    "labelled_bs": 2,
-    "decoder_channels": [16, 8, 8, 8, 8],
-    "crop": 32,
-    "segmenter_options": {"embedding_dim": 16},
-}
+TINY_FBA = {**TINY, "fba": FBAOptions(labelled_bs=2, decoder_channels=[16, 8, 8, 8, 8], embedding_dim=16), "crop": 32}
 #: The test case of the 5-case set (val_fraction 0.2): damaged there, a run would only fail after training.
 TEST_CASE = "case_002"
 
@@ -116,7 +110,7 @@ def test_predict_beside_the_data_folder_scores_against_the_real_label(
     printed = capsys.readouterr().out
     label = np.asanyarray(nib.load(volumes / "labels" / "case_002.nii.gz").dataobj)
     prediction = np.asanyarray(nib.load(out).dataobj)
-    expected = medical.case_metrics(prediction, label, spacing=nib.load(out).header.get_zooms())["dice"]
+    expected = case_metrics(prediction, label, spacing=nib.load(out).header.get_zooms())["dice"]
     assert f"Dice {expected:.4f}" in printed and snapshot(volumes) == before
 
 
@@ -186,8 +180,7 @@ def test_every_volume_is_read_before_training(
     def no_training(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("training started")
 
-    monkeypatch.setattr(downstream, "finetune_trainer", no_training)
-    monkeypatch.setattr(medical_semi, "fit_semi_supervised", no_training)
+    monkeypatch.setattr(downstream, "finetune_trainer", no_training)  # both trainings run on the skeleton
     data = _copy(volumes, tmp_path / "data")
     image, label = data / "images" / f"{TEST_CASE}.nii.gz", data / "labels" / f"{TEST_CASE}.nii.gz"
     if fault == "truncated":

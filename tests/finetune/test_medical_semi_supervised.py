@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,33 +27,44 @@ from geocl.finetune.medical_semi_supervised import (
     label_budget_split,
     run_medical_semi_supervised,
 )
-from geocl.finetune.semi_supervised import CaseSlices
+from geocl.finetune.semi_supervised import FBAOptions
+from geocl.finetune.semi_supervised_data import CaseSlices
 
 BUDGET = {
     "max_epochs": 1,
     "steps_per_epoch": 2,
     "val_every": 1,
     "batch_size": 4,
-    "labelled_bs": 2,
     "accelerator": "cpu",
     "progress": False,
     "label_fraction": 0.5,
     "pictures": 1,
 }
-TINY_2D = {
-    "spatial_dims": 2,
-    "encoder": "test_resnet",
-    "decoder_channels": [16, 8, 8, 8, 8],
-    "crop": 32,
-    "segmenter_options": {"embedding_dim": 16},
-}
-TINY_3D = {
-    "spatial_dims": 3,
-    "patch_size": [16, 16, 16],
-    "width": 4,
-    "depth": 3,
-    "segmenter_options": {"embedding_dim": 16},
-}
+FBA_2D = FBAOptions(spatial_dims=2, labelled_bs=2, decoder_channels=[16, 8, 8, 8, 8], embedding_dim=16)
+FBA_3D = FBAOptions(spatial_dims=3, labelled_bs=2, patch_size=[16, 16, 16], width=4, depth=3, embedding_dim=16)
+TINY_2D: dict[str, Any] = {"encoder": "test_resnet", "crop": 32, "fba": FBA_2D}
+TINY_3D: dict[str, Any] = {"fba": FBA_3D}
+
+
+def stop_before_training(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Record what a run hands the trainer (module, items, batch size, monitored score) instead of training."""
+    seen: dict[str, Any] = {}
+    loaders, run_downstream = medical_semi.SemiSupervisedVolumes.loaders, medical_semi.run_downstream
+
+    def stop(self: medical_semi.SemiSupervisedVolumes, module: Any, options: Any) -> None:
+        train, _ = loaders(self, module, options)
+        sampler = train.batch_sampler
+        batch = sampler.labelled_bs + sampler.unlabelled_bs
+        seen.update(module=module, labelled=self.train, unlabelled=self.other, val=self.val, batch_size=batch)
+        raise KeyboardInterrupt  # the data is what these tests look at
+
+    def spy(factory: Any, data: Any, options: Any) -> Any:
+        seen["monitor"] = factory.monitor
+        return run_downstream(factory, data, options)
+
+    monkeypatch.setattr(medical_semi.SemiSupervisedVolumes, "loaders", stop)
+    monkeypatch.setattr(medical_semi, "run_downstream", spy)
+    return seen
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +77,7 @@ class Threshold(nn.Module):
 
     def __init__(self, spatial_dims: int) -> None:
         super().__init__()
-        self.hparams = SimpleNamespace(num_classes=2, spatial_dims=spatial_dims)
+        self.num_classes, self.spatial_dims = 2, spatial_dims
 
     def predict_probabilities(self, images: Tensor) -> tuple[Tensor, Tensor]:
         foreground = (images > 0.5).float()
@@ -92,13 +104,7 @@ def test_predictions_return_to_the_input_grid(tmp_path: Path, spatial_dims: int)
 def test_labelled_cases_by_subset_and_the_others_without_their_labels(
     volumes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    seen: dict[str, Any] = {}
-
-    def stop(module: Any, labelled: Any, unlabelled: Any, **kwargs: Any) -> None:
-        seen.update(module=module, labelled=labelled, unlabelled=unlabelled, **kwargs)
-        raise KeyboardInterrupt  # the data is what this test looks at
-
-    monkeypatch.setattr(medical_semi, "fit_semi_supervised", stop)
+    seen = stop_before_training(monkeypatch)
     splits = split_cases(find_cases(volumes), volumes, val_fraction=0.2)
     for spatial_dims, tiny in ((2, TINY_2D), (3, TINY_3D)):
         with pytest.raises(KeyboardInterrupt):
@@ -111,8 +117,8 @@ def test_labelled_cases_by_subset_and_the_others_without_their_labels(
         assert not {case.id for case in labelled} & {case.id for case in unlabelled}
         assert all(case.label is not None for case in labelled) and all(case.label is None for case in unlabelled)
         assert all(volume.label is None for volume in seen["unlabelled"].volumes)  # never read
-        assert seen["module"].hparams.spatial_dims == spatial_dims and seen["monitor"] == "val/dice"
-        assert seen["batch_size"] == 4 and seen["module"].hparams.labelled_bs == 2
+        assert seen["module"].spatial_dims == spatial_dims and seen["monitor"] == "val/dice"
+        assert seen["batch_size"] == 4 and seen["module"].config.labelled_bs == 2
     # the 3D patch pool covers every draw of the budget without repeating a patch
     assert len(seen["labelled"]) >= BUDGET["max_epochs"] * BUDGET["steps_per_epoch"] * BUDGET["batch_size"]
     # the same subset seed draws the same cases; supervised-only reads no unlabelled case
@@ -122,9 +128,7 @@ def test_labelled_cases_by_subset_and_the_others_without_their_labels(
             out=tmp_path / "base",
             seed=5,
             subset_seed=1,
-            supervised_only=True,
-            decoders=1,
-            **{**BUDGET, **TINY_3D},
+            **{**BUDGET, "fba": dataclasses.replace(FBA_3D, supervised_only=True, decoders=1)},
         )
     assert [case.id for case in seen["labelled"].cases] == [case.id for case in labelled]
     assert seen["unlabelled"] is None and seen["batch_size"] == 2
@@ -132,7 +136,9 @@ def test_labelled_cases_by_subset_and_the_others_without_their_labels(
 
 def test_bad_settings_are_named(volumes: Path, tmp_path: Path) -> None:
     with pytest.raises(GeoclError, match=r"method\.patch_size: 3D FBA trains on patches"):
-        run_medical_semi_supervised(data=volumes, out=tmp_path / "a", **{**BUDGET, **TINY_3D, "patch_size": None})
+        run_medical_semi_supervised(
+            data=volumes, out=tmp_path / "a", **{**BUDGET, "fba": dataclasses.replace(FBA_3D, patch_size=None)}
+        )
     with pytest.raises(GeoclError, match=r"method\.init_checkpoint: the 3D V-Net starts from random init"):
         run_medical_semi_supervised(
             data=volumes, out=tmp_path / "b", encoder_checkpoint=tmp_path / "x.ckpt", **{**BUDGET, **TINY_3D}
@@ -150,7 +156,7 @@ def test_fba_net_plus_trains_a_tiny_budget_end_to_end_on_the_embedded_volumes(
     splits = split_cases(find_cases(volumes), volumes, val_fraction=0.2)
     assert record["test_cases"] == [case.id for case in splits.test]
     assert record["unlabelled_cases"] and record["supervised_only"] is False and record["decoders"] == 3
-    assert record["spatial_dims"] == tiny["spatial_dims"]
+    assert record["spatial_dims"] == tiny["fba"].spatial_dims
     rows = list(csv.DictReader((out / CASES_FILE).open()))
     assert [row["case"] for row in rows] == record["test_cases"]
     for name in ("dice", "jaccard", "hd95", "asd"):
@@ -187,17 +193,11 @@ def test_the_papers_label_budget_is_16_labelled_and_64_unlabelled_of_80() -> Non
 
 
 def test_validation_scores_whole_val_cases(volumes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: dict[str, Any] = {}
-
-    def stop(module: Any, labelled: Any, unlabelled: Any, **kwargs: Any) -> None:
-        seen.update(module=module, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(medical_semi, "fit_semi_supervised", stop)
+    seen = stop_before_training(monkeypatch)
     splits = split_cases(find_cases(volumes), volumes, val_fraction=0.2)
     with pytest.raises(KeyboardInterrupt):
         run_medical_semi_supervised(data=volumes, out=tmp_path / "run", seed=0, **{**BUDGET, **TINY_2D})
-    assert seen["module"].hparams.val_per_case
+    assert seen["module"].config.val_per_case
     assert isinstance(seen["val"], CaseSlices) and seen["val"].cases == [case.id for case in splits.val]
     first = seen["val"][0]
     assert first["image"].ndim == 4 and first["mask"].shape[0] == first["image"].shape[0]  # [S, 1, H, W]

@@ -13,7 +13,8 @@ from geocl.cli import main
 from geocl.errors import GeoclError
 from geocl.finetune import inference
 from geocl.finetune.predict import predict_scene
-from geocl.finetune.train import _strict_json, check_finetune_folder, run_finetune
+from geocl.finetune.run_folder import check_finetune_folder, strict_json
+from geocl.finetune.train import run_finetune
 from tests.finetune.test_predict import CLASS_VALUES, IDENTITY, argmax_model, class_scene
 
 #: One epoch, validation every 3: before the fix, no validation ran and metrics.json got NaN.
@@ -46,7 +47,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory, tiny_tiles: Path) -> Path
     return out
 
 
-def test_fewer_epochs_than_the_validation_interval_still_validates_and_writes_strict_json(finished: Path) -> None:
+def test_fewer_epochs_than_the_validation_interval_still_validates_and_writesstrict_json(finished: Path) -> None:
     metrics = _strict((finished / "metrics.json").read_text())
     assert isinstance(metrics["val_miou"], float) and 0.0 <= metrics["val_miou"] <= 1.0
     assert isinstance(metrics["miou"], float)
@@ -55,7 +56,7 @@ def test_fewer_epochs_than_the_validation_interval_still_validates_and_writes_st
 
 
 def test_metrics_are_strict_json_whatever_the_figures() -> None:
-    cleaned = _strict_json({"miou": float("nan"), "iou": [0.5, float("nan"), float("inf")], "seed": 0, "x": None})
+    cleaned = strict_json({"miou": float("nan"), "iou": [0.5, float("nan"), float("inf")], "seed": 0, "x": None})
     assert cleaned == {"miou": None, "iou": [0.5, None, None], "seed": 0, "x": None}
     assert _strict(json.dumps(cleaned, allow_nan=False))["iou"] == [0.5, None, None]
 

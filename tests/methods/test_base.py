@@ -10,8 +10,8 @@ from lightly.utils.scheduler import cosine_warmup_schedule
 
 import geocl.methods  # noqa: F401  (registers the methods)
 from geocl.errors import GeoclError
-from geocl.methods.base import BudgetCosineScheduler, WarmUp, check_warmup_fits, steps_per_epoch
-from geocl.methods.registry import METHODS, parameters_model
+from geocl.methods.base import BudgetCosineScheduler, WarmUp, check_warmup_fits, parameters_model, steps_per_epoch
+from geocl.methods.registry import METHODS
 
 BASE_LR = 0.5
 

@@ -15,6 +15,8 @@ import yaml
 import geocl.finetune.semi_supervised as semi_supervised
 from geocl.errors import GeoclError
 from geocl.evaluation import FrozenLinearProbe, SegmentationFinetune, Subset
+from geocl.evaluation.segmentation import method_training
+from geocl.finetune.semi_supervised import FBAOptions
 from geocl.methods import FBA, METHODS, load_recipe
 from geocl.training.pretrain import run_pretrain
 
@@ -34,7 +36,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
         seen.append(arguments)
         out = Path(arguments["out"])
         out.mkdir(parents=True, exist_ok=True)
-        miou = 0.25 if arguments["supervised_only"] else 0.5
+        miou = 0.25 if arguments["fba"].supervised_only else 0.5
         (out / "metrics.json").write_text(json.dumps({"miou": miou, "classes": [0, 1], "iou": [miou, None]}))
         return SimpleNamespace(miou=miou, checkpoint=out / "best.ckpt")
 
@@ -87,19 +89,32 @@ def test_the_finetune_rows_run_fba_with_the_recipe_keys_and_the_comparison_budge
     assert (arguments["max_epochs"], arguments["lr"], arguments["crop"]) == (2, 0.01, 48)
     # the network is FBA's: no architecture options reach it
     assert "arch" not in arguments and "freeze_encoder" not in arguments
-    # the method keys
-    assert arguments["decoders"] == 3 and arguments["supervised_only"] is False and arguments["labelled_bs"] == 4
-    assert arguments["contrast_mode"] == "pooled-map" and arguments["rampup_iterations"] == 7
-    assert arguments["segmenter_options"] == {
-        "embedding_dim": 128,
-        "pooled_grid": 32,
-        "temperature": 0.1,
-        "detach_targets": False,
-        "dice_weight": None,
-        "ce_weight": 0.5,
-        "variant": "stable",
-        "contrast_balance": None,
-    }
+    # the method keys, as one typed object
+    assert arguments["fba"] == FBAOptions(
+        supervised_only=False,
+        decoders=3,
+        labelled_bs=4,
+        contrast_mode="pooled-map",
+        contrast_weight=1.0,
+        embedding_dim=128,
+        pooled_grid=32,
+        consistency=1.0,
+        consistency_rampup=40.0,
+        rampup_iterations=7,
+        temperature=0.1,
+        detach_targets=False,
+        dice_weight=None,
+        ce_weight=0.5,
+        decoder_channels=None,
+        variant="stable",
+        contrast_balance=None,
+        label_budget="train",
+        spatial_dims=2,
+        patch_size=None,
+        width=16,
+        depth=5,
+        dropout=0.5,
+    )
     assert measured.metrics == {"miou": 0.5}
     assert measured.extra["iou_0"] == 0.5 and math.isnan(measured.extra["iou_1"])  # per-class IoU read back
 
@@ -110,7 +125,7 @@ def test_the_baseline_recipe_and_an_initial_checkpoint(
     recipe = _recipe("fba-supervised.yaml", tiny_tiles, f"method.init_checkpoint={tmp_path / 'simclr.ckpt'}")
     SegmentationFinetune().run(None, recipe=recipe, subset=Subset(0.05), seed=0, out=tmp_path / "row")
     (arguments,) = calls
-    assert arguments["supervised_only"] is True and arguments["decoders"] == 1
+    assert arguments["fba"].supervised_only is True and arguments["fba"].decoders == 1
     assert arguments["encoder_checkpoint"] == tmp_path / "simclr.ckpt"  # the row has none: the recipe's
     assert "subset_seed" not in arguments  # drawn with the training seed, as run_finetune does
 
@@ -122,7 +137,7 @@ def test_evaluations_fba_cannot_serve_are_refused(
     with pytest.raises(GeoclError, match="'fba' pretrains no encoder and has no training of its own for the 'frozen'"):
         FrozenLinearProbe().run(None, recipe=recipe, subset=Subset(0.05), seed=0, out=tmp_path / "row")
     with pytest.raises(GeoclError, match=r"method\.spatial_dims: tiles are 2D"):
-        FBA.training_for("finetune", _recipe("fba.yaml", tiny_tiles, "method.spatial_dims=3").method)
+        FBA.trains_rows_of("finetune", _recipe("fba.yaml", tiny_tiles, "method.spatial_dims=3").method)
     assert not calls
 
 
@@ -165,17 +180,19 @@ def test_the_dice_rows_run_fba_on_volumes_with_the_recipe_keys(
     assert measured.metrics == {"dice": 0.8, "jaccard": 0.7, "hd95": 3.0, "asd": 1.0}
     assert arguments["data"] == volumes and (arguments["label_fraction"], arguments["subset_seed"]) == (0.2, 0)
     assert arguments["max_epochs"] == 2 and "arch" not in arguments and "freeze_encoder" not in arguments
-    assert arguments["spatial_dims"] == method.spatial_dims and arguments["supervised_only"] == method.supervised_only
-    assert arguments["decoders"] == method.decoders and arguments["labelled_bs"] == method.labelled_bs
+    fba = arguments["fba"]
+    assert fba.spatial_dims == method.spatial_dims and fba.supervised_only == method.supervised_only
+    assert fba.decoders == method.decoders and fba.labelled_bs == method.labelled_bs
+    assert fba.label_budget == method.label_budget and fba.variant == method.variant
     if method.spatial_dims == 3:
-        assert arguments["patch_size"] == method.patch_size and arguments["width"] == 16 and arguments["depth"] == 5
+        assert fba.patch_size == method.patch_size and fba.width == 16 and fba.depth == 5
         assert all(side % 16 == 0 for side in method.patch_size)  # the V-Net's halvings are exact
 
 
 def test_3d_without_a_patch_is_refused_before_any_row(volumes: Path) -> None:
     recipe = _volume_recipe(RECIPES / "medical" / "fba3d.yaml", volumes, "method.patch_size=null")
     with pytest.raises(GeoclError, match=r"method\.patch_size"):
-        FBA.training_for("dice", recipe.method)
+        FBA.trains_rows_of("dice", recipe.method)
 
 
 @pytest.mark.slow  # one step of each medical recipe's network, validation and test on 2 volumes
@@ -185,7 +202,8 @@ def test_medical_recipe_trains_a_tiny_budget(path: Path, volumes: Path, tmp_path
     if yaml.safe_load(path.read_text())["method"].get("spatial_dims", 2) == 3:
         shrink += ["method.patch_size=[16,16,16]", "method.width=4", "method.depth=3"]
     recipe = _volume_recipe(path, volumes, *shrink)
-    train = FBA.training_for("dice", recipe.method)
+    train = method_training(recipe, "dice")
+    assert train is not None
     data = recipe.data
     result = train(
         data=volumes,

@@ -1,14 +1,21 @@
-"""Encoders: ViT token outputs as a feature map and a vector; CNNs unchanged; recipe timm arguments."""
+"""Encoders: ViT token outputs as a feature map and a vector; CNNs unchanged; recipe timm arguments;
+a checkpoint's online or momentum encoder, as evaluation loads it."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import timm
 import torch
 
+import geocl.methods  # noqa: F401  (registers the methods)
 from geocl.errors import GeoclError
+from geocl.methods import load_recipe
 from geocl.models import create_encoder
-from geocl.models.encoders import is_vision_transformer
+from geocl.models.encoders import is_vision_transformer, load_checkpoint_encoder
+from geocl.training.pretrain import run_pretrain
+from tests.conftest import write_recipe
 
 ARGS = {"patch_size": 8, "img_size": 32, "dynamic_img_size": True}
 
@@ -60,3 +67,25 @@ def test_bad_encoder_arguments_name_their_key() -> None:
     with pytest.raises(GeoclError) as error:
         create_encoder("test_resnet", 4, args={"patch_size": 8})
     assert error.value.key == "encoder.args"
+
+
+def test_the_momentum_encoder_is_loaded_on_request_and_only_where_there_is_one(
+    tmp_path: Path, tiny_tiles: Path
+) -> None:
+    budget = {"trainer": {"max_epochs": 1, "limit_train_batches": 2}}
+    moco = run_pretrain(
+        load_recipe(write_recipe(tmp_path / "moco", tiny_tiles, {"name": "moco", "queue_size": 32}, **budget))
+    )
+    state = torch.load(moco.checkpoint, weights_only=False)["state_dict"]
+
+    online, _ = load_checkpoint_encoder(moco.checkpoint)
+    momentum, meta = load_checkpoint_encoder(moco.checkpoint, momentum_encoder=True)
+    assert meta["momentum_encoder_attribute"] == "key_encoder"
+    for name, value in momentum.body.state_dict().items():
+        assert torch.equal(value, state[f"key_encoder.body.{name}"])
+    # after two steps with momentum < 1 the EMA copy trails the online weights
+    assert any(not torch.equal(a, b) for a, b in zip(online.body.parameters(), momentum.body.parameters(), strict=True))
+
+    simclr = run_pretrain(load_recipe(write_recipe(tmp_path / "simclr", tiny_tiles, {"name": "simclr"}, **budget)))
+    with pytest.raises(GeoclError, match="no momentum encoder"):
+        load_checkpoint_encoder(simclr.checkpoint, momentum_encoder=True)

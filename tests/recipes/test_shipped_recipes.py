@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from geocl.errors import GeoclError
+from geocl.evaluation.segmentation import method_training
 from geocl.finetune.model import build_segmenter, load_pretrained_encoder, read_pretrain_checkpoint
 from geocl.methods import load_recipe, method_class
 from geocl.training.pretrain import run_pretrain
@@ -75,7 +76,8 @@ def run_tiny_downstream(recipe: Any, data: Path, out: Path) -> None:
     """A method that pretrains nothing: refused by pretraining in one line; its row training runs one step."""
     with pytest.raises(GeoclError, match="is not a pretraining: .*geocl compare"):
         run_pretrain(recipe)
-    train = method_class(recipe.method.name).training_for("finetune", recipe.method)
+    train = method_training(recipe, "finetune")
+    assert train is not None
     result = train(
         tiles=data,
         out=out / "row",
