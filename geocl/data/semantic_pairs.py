@@ -1,16 +1,19 @@
-"""A dataset of ordinary and semantic positive pairs (SPPS, spec Stage C step 6).
+"""A dataset of ordinary and semantic positive pairs (SPPS, Alkhalefi et al., arXiv 2306.16122).
 
 Items ``0 .. N-1`` are the base dataset's own items, the ordinary pairs (x_n, x_n);
 items ``N .. N+P-1`` are the semantic pairs (x_n, x_m) mined by
 :class:`~geocl.sampling.semantic_pairs.SemanticPairSampler` (its ``pairs`` tensor). Every item is the base
 item of the first source (``image``, ``bounds``, ... of x_n) plus ``image_pair``, the
 image of the second source; methods take view 1 from ``image`` and view 2 from
-``image_pair`` and feed both through their unchanged loss (ambiguity 1's reading).
-An epoch holds N + P items (the spec's first reading of ambiguity 4: the epoch count
-stays, the step count grows), or, with :func:`fixed_length_epoch`, N items of which a
-fixed fraction are semantic pairs (its second reading: SPPS subsampled to a fixed
-fraction). No partner masking (ambiguity 5): lightly's losses take no mask, so an image
-and its partner can meet as negatives in one batch, as the host method would have them.
+``image_pair`` and feed both through their unchanged loss. No code was released, so the
+following are geocl's readings of the paper: a semantic pair is fed exactly like an
+ordinary positive pair (the simplest reading of the abstract, which merges the semantic
+pairs with the usual positive pairs, rather than extra positives per anchor). An epoch
+holds N + P items (the epoch count stays, the step count grows), or, with
+:func:`fixed_length_epoch`, N items of which a fixed fraction are semantic pairs (SPPS
+subsampled to a fixed fraction). No partner masking: lightly's losses take no mask, so an
+image and its partner can meet as negatives in one batch, as the host method would have
+them.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Linear probe: a linear classifier trained on frozen, pooled encoder features.
 
 The encoder is frozen and its features are computed once (no augmentation), so the
-probe trains on a fixed ``[N, D]`` matrix in seconds on a CPU. Readings where the specs
+probe trains on a fixed ``[N, D]`` matrix in seconds on a CPU. Choices where the papers
 leave the protocol open: features are standardised with the train features' mean and
 std before the layer (MAE's parameter-free BatchNorm), so one learning rate fits every
 encoder's feature scale; SGD with momentum 0.9, no weight decay and a cosine-decayed

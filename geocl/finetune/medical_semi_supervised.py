@@ -29,8 +29,10 @@ labelled-first batches of :mod:`geocl.sampling.labelled_first`):
   uniform), validation and test on whole volumes by MONAI's sliding window of
   ``patch_size`` (half overlap, as :meth:`SemiSupervisedSegmenter.predict_probabilities`).
 
-The test prediction is decoder 1's (spec ambiguity 6); probabilities go back to the input's
-grid by inverting the preprocessing (``monai.transforms.Invertd``), then argmax.
+The test prediction is decoder 1's, as in the released test script (github.com/cys1102/FBA-Net
+scores decoder 1's output alone, and its README's numbers come from that path);
+probabilities go back to the input's grid by inverting the preprocessing
+(``monai.transforms.Invertd``), then argmax.
 
 Checkpoint selection scores the val cases as the test scores the test cases: one Dice per
 case (2D: over the stack of the case's slices, :class:`~geocl.finetune.semi_supervised_data.CaseSlices`;

@@ -16,7 +16,8 @@ brings its parts:
 * :class:`SemiSupervisedTiles`: the tile set's splits (those of
   :class:`~geocl.finetune.train.TileSplits`: the labelled subset is the one ``geocl
   finetune`` draws for the same fraction and seed), plus every other train tile without
-  its mask as the unlabelled part; test mIoU of decoder 1 (spec ambiguity 6).
+  its mask as the unlabelled part; test mIoU of decoder 1 (the decoder the released test
+  script of github.com/cys1102/FBA-Net scores).
 """
 
 from __future__ import annotations

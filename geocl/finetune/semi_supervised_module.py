@@ -16,14 +16,15 @@ as released)::
   exactly); ignore-index pixels count nowhere. ``released`` in 2D: the released 2D
   ``DiceLoss``, ``mean_k [1 - I_k / (sum s_k^2 + sum t_k^2)]`` over all classes
   (:func:`~geocl.losses.fba.released_dice_loss`); in 3D the binary Dice above (what the 3D code uses).
-* ``lambda`` (``dice_weight``): 0.5 for 3D FBA-Net+, 1.0 for 3D FBA-Net and for 2D (spec
-  ambiguity 7). CE is computed but not added in the released code, hence
+* ``lambda`` (``dice_weight``): 0.5 for 3D FBA-Net+, 1.0 for 3D FBA-Net and for 2D, the
+  values of the released training scripts (``code/train_fba_plus.py``, ``code/train_fba.py``,
+  ``code/train_2d.py``). CE is computed but not added in the released code, hence
   ``ce_weight = 0`` by default.
 * ``w(t)``: :func:`~geocl.losses.fba.consistency_weight` of the 1-based iteration (the
   released loop increments its counter before reading the weight).
 * ``C_d``: :class:`~geocl.losses.fba.FBContrastLoss`, one per decoder (own weights).
 
-Two presets (``variant``), chosen for what they do on geocl's data (issue 23's measurements):
+Two presets (``variant``), chosen for what they do on geocl's data (measured in docs/methods/fba.md):
 
 * ``released``: the losses of the released code: its contrast projections (free biases),
   ``contrast_weight`` fixed (1), per-channel sharpening, its 2D Dice. Its binary contrast
@@ -64,9 +65,10 @@ Augmentation (per item, training only): a random crop (or pad: image 0, mask
 patches (:mod:`geocl.data.medical.nifti`'s layout) and a flip of X or Y, never of the
 slice axis Z; D4 on ``[C, H, W]`` tiles and slices.
 
-Inference uses decoder 1 (spec ambiguity 6); the mean of all decoders' probabilities is
-logged beside it. 3D volumes larger than ``patch_size`` are predicted by MONAI's
-sliding window (foreground softmax averaged over overlaps); 2D images whole.
+Inference uses decoder 1, as the released test script does (it scores decoder 1's output
+alone, and the released README's numbers come from that path); the mean of all decoders'
+probabilities is logged beside it. 3D volumes larger than ``patch_size`` are predicted by
+MONAI's sliding window (foreground softmax averaged over overlaps); 2D images whole.
 
 Validation scores the val set as the test scores the test set, so the checkpoint is chosen
 by what the test measures: tiles by mIoU from confusion counts over all val tiles (the tile
@@ -488,7 +490,7 @@ class SemiSupervisedSegmenter(lightning.LightningModule):
         params = self.config
         if params.optimizer == "adamw":
             return torch.optim.AdamW(self.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-        # constant lr, as released (spec ambiguity 8)
+        # constant lr, as released (cys1102/FBA-Net has no decay; MC-Net+-style trainings often decay)
         return torch.optim.SGD(
             self.parameters(), lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay
         )

@@ -6,9 +6,11 @@ the train tiles (a fraction, drawn with the seed), stops early on val mIoU, and 
 checkpoint is evaluated on the test tiles, which lie in other spatial blocks than the
 train tiles. Nodata pixels are ignored (``IGNORE_INDEX``) in the loss and in the metric.
 
-Readings where the GraSS spec leaves the protocol open (A4): full finetuning by
-default (``freeze_encoder`` trains the decoder only, as FALSE's config does);
-random 128 px crops, flips and quarter turns of the labelled tiles for training.
+Choices where GraSS (arXiv 2306.15868) leaves the protocol open (its released code,
+github.com/GeoX-Lab/GraSS, is pretraining only): full finetuning by default
+(``freeze_encoder`` trains the decoder only, as the MMSegmentation configs of the same
+authors' FALSE, github.com/GeoX-Lab/FALSE, do); random 128 px crops, flips and quarter
+turns of the labelled tiles for training.
 
 The run is the downstream skeleton's (:func:`geocl.finetune.downstream.run_downstream`:
 one run a folder, ``metrics.json`` with the options that determine the result); this

@@ -13,8 +13,8 @@ sets of the prediction and the ground truth:
   that the FBA-Net tables report.
 
 Distances are in mm when ``spacing`` (mm per axis) is given, in voxels otherwise (the
-spec's tables are in voxels; geocl reports mm). Values are averaged over the foreground
-classes (one class for binary maps).
+FBA-Net tables, in the README of github.com/cys1102/FBA-Net, are in voxels; geocl reports
+mm). Values are averaged over the foreground classes (one class for binary maps).
 
 Empty sets (MONAI gives NaN or inf there): both empty -> Dice and Jaccard 1, distances
 0; one empty -> Dice and Jaccard 0, distances the diagonal of the volume (the largest

@@ -8,10 +8,11 @@ FBA-Net (Chung et al., MILLanD @ MICCAI 2023, arXiv 2306.15189), as released in
 Contrast (label free, so labelled and unlabelled samples take part alike). A small head
 turns a decoder's logits ``z`` into a soft activation map ``a = sigmoid(BN(conv(z)))``
 (:class:`ActivationMapHead`); embeddings are linear projections of that map alone,
-``e = ReLU(Linear(a / P))`` (:class:`MapProjection`), never of decoder features (spec
-ambiguities 1 and 2: the code, not the paper's wording). Nothing ties ``a`` to the
-predicted foreground; its polarity is learned freely, as released (ambiguity 12). For
-embeddings ``u``, ``v`` of the B samples of a batch::
+``e = ReLU(Linear(a / P))`` (:class:`MapProjection`), never of pooled decoder features:
+geocl follows the released code here (its head reads the logits, its embeddings project
+the map), not a reading of the paper's words as pooled features. Nothing ties ``a`` to the
+predicted foreground; its polarity is learned freely, as released (the head is a free
+convolution of the logits). For embeddings ``u``, ``v`` of the B samples of a batch::
 
     S(u, v)_mn = clamp(cos(u_m, v_n), 5e-4, 0.9995)                       (B x B)
     W_mn       = exp(-alpha * (rank of S_mn in row m, descending, 0-based) + alpha)
@@ -19,7 +20,7 @@ embeddings ``u``, ``v`` of the B samples of a batch::
     Lmin(u, v) = mean_{m,n} W_mn * -log(1 - S(u, v)_mn)     alpha = 2.5
 
 ``W`` is a constant (no gradient through the sort); the top entry of each row weighs
-``exp(alpha)`` (the released "rank - 1" offset, spec ambiguity 3, kept). Tied entries
+``exp(alpha)`` (the released "rank - 1" offset, ``code/utils/losses.py``, kept). Tied entries
 of a row have equal losses, so how the sort breaks ties does not change the value.
 
 * Binary (``num_classes == 2``, the 3D code): ``a`` has one channel; fg = ``a``, bg =
@@ -29,11 +30,12 @@ of a row have equal losses, so how the sort breaks ties does not change the valu
   2D code's ``ContraModuleNew``); ``C = [sum_n Lmax(e_n) + sum_{m != n} Lmin(e_n, e_m)] / (C (C - 1))``.
 
 Modes: ``"code"`` projects the full map (``Linear(P -> dim)``, so the input size is fixed,
-as released); ``"pooled-map"`` (the spec's adaptation for tiles of any size) first
-adaptive-average-pools the map to a fixed grid, then proceeds as ``"code"`` on the grid,
-so both agree when the map already has the grid's size. The spec's ``"feature-pool"``
-mode is :class:`FeaturePoolContrast` (the label-free pretraining's), on encoder features rather than
-decoder features.
+as released); ``"pooled-map"`` (geocl's adaptation for tiles of any size, not in the
+released code) first adaptive-average-pools the map to a fixed grid, then proceeds as
+``"code"`` on the grid, so both agree when the map already has the grid's size. The other
+adaptation, contrasting features pooled under the map as C2AM does (``"feature-pool"``),
+is :class:`FeaturePoolContrast` (the label-free pretraining's), on encoder features
+rather than decoder features.
 
 Variants (``variant``):
 
@@ -60,7 +62,8 @@ Variants (``variant``):
 Mutual consistency (FBA-Net+, MC-Net+ style) between the softmax outputs ``p_d`` of the
 decoders: ``sum_{i != j} mean((p_i - sharpen(p_j))^2)`` with
 ``sharpen(p) = p^(1/T) / (p^(1/T) + (1-p)^(1/T))`` per class channel, T = 0.1; targets are
-not detached by default (as released; spec ambiguity 5). Its weight ramps up as
+not detached by default (as released, ``code/train_fba_plus.py``; ``detach_targets``
+detaches them). Its weight ramps up as
 ``w(t) = weight * exp(-5 (1 - c/40)^2)``, ``c = min(floor(t / 150), 40)``.
 """
 
@@ -82,7 +85,7 @@ ContrastVariant = Literal["released", "stable"]
 SIMILARITY_RANGE = (5e-4, 0.9995)
 #: Rank-weight exponents of the pull (Lmax) and push (Lmin) terms.
 ALPHA_MAX, ALPHA_MIN = 0.25, 2.5
-#: Pooled-map grid side when none is given, by spatial dimensions (spec: 32x32, 16x16x16).
+#: Pooled-map grid side when none is given, by spatial dimensions (geocl's choice: 32x32, 16x16x16).
 DEFAULT_GRID = {2: 32, 3: 16}
 
 
@@ -108,7 +111,8 @@ def rank_weights(similarity: Tensor, alpha: float) -> Tensor:
 def similarity_max_loss(embeddings: Tensor, alpha: float = ALPHA_MAX) -> Tensor:
     """Lmax: pull the embeddings of one region view together across the batch.
 
-    ``mean_{m,n} W_mn * -log S(u, u)_mn``, self pairs included (spec ambiguity 4).
+    ``mean_{m,n} W_mn * -log S(u, u)_mn``, self pairs included, as released (their
+    near-zero loss slightly dilutes the mean).
 
     Shape: ``[B, D]`` -> scalar.
     """
@@ -351,7 +355,7 @@ class FBContrastLoss(nn.Module):
 
 
 class FeaturePoolContrast(nn.Module):
-    """The fg/bg contrast without labels nor logits: the spec's ``feature-pool`` mode (C2AM's form).
+    """The fg/bg contrast without labels nor logits: ``feature-pool``, geocl's adaptation in C2AM's form.
 
     For the label-free pretraining (:mod:`geocl.methods.fba_pretrain`). A head turns the
     encoder's own feature map ``F`` into a class-agnostic activation map
@@ -369,8 +373,9 @@ class FeaturePoolContrast(nn.Module):
     b whatever ``a``) both give cosine 1 between fg and bg, the *largest* push loss; a
     zero embedding gives cosine 0 with everything, the largest pull loss. The loss falls
     only when the map separates image parts whose features differ, in the same way across
-    the batch. (Which part is called foreground is arbitrary, spec ambiguity 12; the
-    contrast is symmetric in it up to the rank weights.)
+    the batch. (Which part is called foreground is arbitrary, as with the released FBA-Net
+    map, which nothing ties to the predicted foreground; the contrast is symmetric in it up
+    to the rank weights.)
 
     Args:
         channels: D, channels of the feature map.

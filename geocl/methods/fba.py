@@ -36,11 +36,11 @@ in one comparison (rows pair by label fraction, label subset and seed);
 ``recipes/fba-released.yaml`` adds the ``released`` preset beside them.
 
 Remote-sensing tiles (``data.format: tiles``, evaluation ``finetune``): a 2D U-Net on
-the recipe's encoder, the ``pooled-map`` contrast (tiles of any size; the spec's
-adaptation), AdamW at the comparison's learning rate and the comparison's budget (its
-``finetune`` options: epochs, steps, batch, crop) for every row alike. The test score is
-decoder 1's mIoU (spec ambiguity 6). ``init_checkpoint`` starts the shared encoder from
-a pretraining of any method.
+the recipe's encoder, the ``pooled-map`` contrast (tiles of any size; geocl's
+adaptation, :mod:`geocl.losses.fba`), AdamW at the comparison's learning rate and the
+comparison's budget (its ``finetune`` options: epochs, steps, batch, crop) for every row
+alike. The test score is decoder 1's mIoU (the decoder the released test script scores).
+``init_checkpoint`` starts the shared encoder from a pretraining of any method.
 
 Medical volumes (``data.format: nifti``, evaluation ``dice``): the labelled train cases
 are the label fraction of them (by case), the other train cases unlabelled;
@@ -65,9 +65,11 @@ Two presets (``variant``; :mod:`geocl.finetune.semi_supervised_module` has the d
 The label-free counterpart that pretrains an encoder (``geocl pretrain``) is
 :mod:`geocl.methods.fba_pretrain`.
 
-Readings of the spec's ambiguities are those of :mod:`geocl.losses.fba` and
-:mod:`geocl.finetune.semi_supervised_module` (code over paper text; targets not detached;
-lambda per variant: 0.5 for 3D FBA-Net+, else 1.0; CE off, as released).
+Where paper and code leave a choice open, geocl follows the released code
+(github.com/cys1102/FBA-Net), as :mod:`geocl.losses.fba` and
+:mod:`geocl.finetune.semi_supervised_module` detail: the contrast projects the map, not
+pooled features; consistency targets are not detached; lambda per variant, 0.5 for 3D
+FBA-Net+, else 1.0; CE off.
 """
 
 from __future__ import annotations

@@ -14,13 +14,17 @@ warm-up. Stage 2 makes every step two passes over the same augmented views:
 2. *training pass*: NT-Xent on the cropped views (positives: the two crops of one
    image), which alone updates the weights.
 
-Where paper and code leave a choice open, geocl reads them so (A1-A8 label these
-readings across geocl's GraSS code, e.g. :mod:`geocl.sampling.regions`): A1 the
-warm-up is a recipe parameter (``warmup_epochs``), the released code has none; A2 the
-map keeps the loss gradient's sign and is divided by its maximum only when that is
-positive; A5 the head is Linear-ReLU-Linear; A6 no minimum box side by default
-(``min_box_side`` enables one); A7 the map comes from the spatial feature map before
-pooling; A8 the crop is taken from the already augmented view.
+Where paper and code leave a choice open, geocl reads them so (A1-A8 are geocl's labels
+of these readings, used across its GraSS code, e.g. :mod:`geocl.sampling.regions`): A1
+the warm-up is a recipe parameter (``warmup_epochs``): the paper describes it, the
+released code has none, so its length is a choice; A2 the map keeps the loss gradient's
+sign and is divided by its maximum only when that is positive; A3 tiles are 256 px by
+default (``geocl tile``; the released code does not give the size of GraSS's pretraining
+patches); A4 the finetuning protocol, not released, is :mod:`geocl.finetune.train`'s; A5
+the head is Linear-ReLU-Linear, SimCLR's (the released VISSL setup drops the ReLU its
+config asks for); A6 no minimum box side by default, as released (``min_box_side``
+enables one); A7 the map comes from the spatial feature map before pooling; A8 the crop
+is taken from the already augmented view.
 
 The map's grid sets the smallest box: the paper's ResNet-50 ``layer4`` gives 7 x 7
 cells on its 224 px views, a ResNet ``layer4`` 3 x 3 on 96 px views and ``layer3``

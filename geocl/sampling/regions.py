@@ -70,7 +70,8 @@ def gradient_maps(features: Tensor, gradients: Tensor) -> Tensor:
         alpha = g.mean(dim=(2, 3), keepdim=True)  # [B, C, 1, 1]
         maps = (alpha * a).mean(dim=1)  # [B, h, w]
         peak = maps.amax(dim=(1, 2), keepdim=True)
-        # A2: keep the map as it is where its peak is not positive (also avoids 0/0).
+        # keep the map as it is where its peak is not positive (the released code divides by the
+        # peak whatever its sign; reading A2 of geocl.methods.grass; also avoids 0/0)
         scale = torch.where(peak > 0, peak, torch.ones_like(peak))
         return maps / scale
 

@@ -14,8 +14,10 @@ from torchgeo.datasets.errors import DatasetNotFoundError
 
 from geocl.errors import MissingInputError
 
-#: Tile side (px) of a tile set prepared for a recipe, as ``geocl tile``'s default: the GraSS
-#: spec's ambiguity A3 ("256 or 512"); 256 px is the crop side of its finetuning protocol (A4).
+#: Tile side (px) of a tile set prepared for a recipe, as ``geocl tile``'s default. The released
+#: GraSS code (arXiv 2306.15868, github.com/GeoX-Lab/GraSS) does not give the size of its
+#: pretraining patches; 256 px is the crop side of the finetuning configs of the same authors'
+#: FALSE (github.com/GeoX-Lab/FALSE).
 DEFAULT_TILE_SIZE = 256
 #: Share of the official train images held out as val by default.
 DEFAULT_VAL_FRACTION = 0.15
