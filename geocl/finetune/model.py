@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from geocl.errors import GeoclError
-from geocl.models.checkpoints import pretrained_encoder_args, read_checkpoint, read_pretrain_checkpoint  # noqa: F401 - re-exported until the FBA trainings import them from models
+from geocl.models.checkpoints import pretrained_encoder_args, read_pretrain_checkpoint
 from geocl.models.encoders import is_vision_transformer, timm_arguments, timm_name
 from geocl.models.weights import load_starting_weights
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from geocl.errors import GeoclError
-from geocl.finetune.model import read_pretrain_checkpoint
 from geocl.losses.fba import foreground_background_contrast
 from geocl.methods import METHODS, load_recipe
 from geocl.methods.fba_pretrain import FBAPretrain
+from geocl.models.checkpoints import read_pretrain_checkpoint
 from geocl.training.pretrain import run_pretrain
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"

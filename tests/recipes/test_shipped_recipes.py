@@ -21,8 +21,9 @@ import yaml
 
 from geocl.errors import GeoclError
 from geocl.evaluation.segmentation import method_training
-from geocl.finetune.model import build_segmenter, load_pretrained_encoder, read_pretrain_checkpoint
+from geocl.finetune.model import build_segmenter, load_pretrained_encoder
 from geocl.methods import load_recipe, method_class
+from geocl.models.checkpoints import read_pretrain_checkpoint
 from geocl.training.pretrain import run_pretrain
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"

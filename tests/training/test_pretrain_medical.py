@@ -16,8 +16,9 @@ import torch
 
 import geocl.methods  # noqa: F401  (registers the methods' recipe sections)
 from geocl.data.medical.synthetic import make_volumes
-from geocl.finetune.model import build_segmenter, load_pretrained_encoder, read_pretrain_checkpoint
+from geocl.finetune.model import build_segmenter, load_pretrained_encoder
 from geocl.methods import load_recipe
+from geocl.models.checkpoints import read_pretrain_checkpoint
 from geocl.training.pretrain import run_pretrain
 
 #: The 2D contrastive recipes (recipes/medical/ also holds FBA's semi-supervised ones).
