@@ -122,12 +122,19 @@ class StepSnapshots(lightning.Callback):
     def __init__(self, folder: Path, steps: list[int]) -> None:
         self.folder = Path(folder)
         self.steps = set(steps)
+        self._kept: set[int] = set()
+
+    def on_train_start(self, trainer: lightning.Trainer, module: lightning.LightningModule) -> None:
+        # decided once, before any rank writes: every rank must call save_checkpoint (it
+        # ends in a barrier), so none may skip a step because another rank's file appeared
+        self._kept = {step for step in self.steps if snapshot_path(self.folder, step).exists()}
 
     def on_train_batch_end(self, trainer: lightning.Trainer, module: lightning.LightningModule, *args: Any) -> None:
         step = trainer.global_step
-        if step in self.steps and not snapshot_path(self.folder, step).exists():
+        if step in self.steps and step not in self._kept:
             # every rank calls it: the strategy gathers the state, rank 0 writes it
             trainer.save_checkpoint(snapshot_path(self.folder, step))
+            self._kept.add(step)
 
 
 class EpochLoss(lightning.Callback):

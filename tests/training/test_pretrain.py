@@ -171,7 +171,8 @@ def test_gradient_clip_val_bounds_the_gradient_norm_of_every_step(
 # tests check that every rank contrasts against the gathered batch.
 @pytest.mark.slow
 def test_same_recipe_runs_on_two_cpu_processes_with_ddp(tmp_path: Path, tiny_tiles: Path) -> None:
-    path = write_recipe(tmp_path, tiny_tiles, GRASS, trainer={"limit_train_batches": 1.0})
+    # a snapshot too: every rank must take part in saving it (a barrier), or the run hangs
+    path = write_recipe(tmp_path, tiny_tiles, GRASS, trainer={"limit_train_batches": 1.0, "snapshot_steps": [1]})
     overrides = ["trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu"]
     result = subprocess.run(
         [sys.executable, "-m", "geocl.cli", "pretrain", str(path), *overrides],
@@ -186,6 +187,7 @@ def test_same_recipe_runs_on_two_cpu_processes_with_ddp(tmp_path: Path, tiny_til
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["global_step"] == 2 * (-(-train // 2) // 8)  # 2 epochs; each process takes half the tiles
     assert len(list((tmp_path / "run" / "maps" / "final").glob("*.tif"))) == 2
+    assert torch.load(tmp_path / "run" / "snapshots" / "step1.ckpt", weights_only=True)["global_step"] == 1
 
 
 def test_a_step_budget_stops_at_that_many_steps_and_counts_samples(tmp_path: Path, tiny_tiles: Path) -> None:
