@@ -19,6 +19,21 @@ from geocl.report.curves import plot_loss_curve
 log = logging.getLogger(__name__)
 
 
+class Pace:
+    """Says when at least ``every_s`` seconds have passed since it last said so (the first ask: at once)."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self._last: float | None = None
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if self._last is not None and now - self._last < self.every_s:
+            return False
+        self._last = now
+        return True
+
+
 class LossCurvePlot(lightning.Callback):
     """Redraw ``plots/loss.png`` from the CSV log after an epoch, at most every ``every_s`` seconds.
 
@@ -37,9 +52,8 @@ class LossCurvePlot(lightning.Callback):
 
     def __init__(self, png: Path, every_s: float = 30.0) -> None:
         self.png = png
-        self.every_s = every_s
+        self._pace = Pace(every_s)
         self._warned = False
-        self._drawn_at: float | None = None
 
     def _draw(self, trainer: lightning.Trainer, module: lightning.LightningModule) -> None:
         csv = next((logger for logger in trainer.loggers if isinstance(logger, CSVLogger)), None)
@@ -54,10 +68,8 @@ class LossCurvePlot(lightning.Callback):
                     self._warned = True
 
     def on_train_epoch_end(self, trainer: lightning.Trainer, module: lightning.LightningModule) -> None:
-        now = time.monotonic()
-        if self._drawn_at is None or now - self._drawn_at >= self.every_s:
+        if self._pace.due():
             self._draw(trainer, module)
-            self._drawn_at = now
 
     def on_train_end(self, trainer: lightning.Trainer, module: lightning.LightningModule) -> None:
         self._draw(trainer, module)
@@ -79,15 +91,12 @@ class PacedCheckpoint(ModelCheckpoint):
 
     def __init__(self, *, every_s: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.every_s = every_s
-        self._saved_at: float | None = None
+        self._pace = Pace(every_s)
 
     def on_train_epoch_end(self, trainer: lightning.Trainer, module: lightning.LightningModule) -> None:
-        now = time.monotonic()
-        if self._saved_at is not None and now - self._saved_at < self.every_s and not _ends_training(trainer):
-            return
-        super().on_train_epoch_end(trainer, module)
-        self._saved_at = now
+        # the last epoch is saved whatever the pace (evaluated first: `due` restarts the clock)
+        if _ends_training(trainer) or self._pace.due():
+            super().on_train_epoch_end(trainer, module)
 
     def on_train_end(self, trainer: lightning.Trainer, module: lightning.LightningModule) -> None:
         super().on_train_end(trainer, module)
