@@ -285,6 +285,17 @@ class TrainerConfig(Section):
             raise ValidationError.from_exception_data(
                 "TrainerConfig", [{"type": rule, "loc": ("max_epochs",), "input": self.max_epochs}]
             )
+        unreached = [step for step in self.snapshot_steps if self.max_steps != -1 and step > self.max_steps]
+        if unreached:
+            # a snapshot the run never reaches would only be missed when something reads it
+            rule = field_relation(
+                f"has steps beyond {{max_steps}} ({self.max_steps}): the run ends before them, so no snapshot "
+                "would be written; give steps up to the budget",
+                max_steps="max_steps",
+            )
+            raise ValidationError.from_exception_data(
+                "TrainerConfig", [{"type": rule, "loc": ("snapshot_steps",), "input": unreached}]
+            )
         return self
 
     @field_validator("precision", mode="before")

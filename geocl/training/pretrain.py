@@ -578,6 +578,13 @@ def _finish(
     }
     if snapshots:
         metrics["snapshots"] = snapshots
+    unreached = [step for step in recipe.trainer.snapshot_steps if str(step) not in snapshots]
+    if unreached:  # an epoch budget ended first (a step budget beyond them is refused with the recipe)
+        log.warning(
+            "trainer.snapshot_steps %s: the run ended at step %d, no snapshot written for them",
+            unreached,
+            result.global_step,
+        )
     box_area = trainer.callback_metrics.get("train/box_area")  # GraSS: the last stage-2 epoch's mean box
     if box_area is not None:
         metrics["box_area"] = round(float(box_area), 4)

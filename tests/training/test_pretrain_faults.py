@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import signal
 from collections.abc import Callable
@@ -25,7 +26,8 @@ import geocl.training.checkpoint_io as checkpoint_io
 from geocl.cli import main
 from geocl.data.synthetic import make_scene
 from geocl.data.tiler import TilingOptions, tile_scene
-from geocl.methods import SimCLR
+from geocl.methods import SimCLR, load_recipe
+from geocl.training.pretrain import run_pretrain
 from tests.conftest import write_recipe
 
 SIMCLR = {"name": "simclr"}
@@ -317,6 +319,31 @@ def test_resume_refuses_tiles_whose_band_count_changed_naming_data_tiles(
         "was trained on, or start a new run in another out"
     )
     assert _files(tmp_path / "run" / "checkpoints") == before
+
+
+def test_snapshot_steps_beyond_a_step_budget_are_refused_before_any_work(
+    tmp_path: Path, tiny_tiles: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = str(write_recipe(tmp_path, tiny_tiles, SIMCLR))
+    code, err = _pretrain(capsys, recipe, "trainer.max_steps=3", "trainer.snapshot_steps=[2,5]")
+    assert code == 2
+    line = _error_line(err)
+    assert "trainer.snapshot_steps" in line and "trainer.max_steps (3)" in line and "no snapshot" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_snapshot_steps_an_epoch_budget_never_reaches_are_named_at_the_end(
+    tmp_path: Path, tiny_tiles: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # an epoch budget's length is known only once the data is: the run goes on and says so
+    path = write_recipe(tmp_path, tiny_tiles, SIMCLR, trainer={"max_epochs": 1, "snapshot_steps": [1, 500]})
+    with caplog.at_level(logging.WARNING, logger="geocl"):
+        result = run_pretrain(load_recipe(path))
+    assert sorted(p.name for p in (tmp_path / "run" / "snapshots").iterdir()) == ["step1.ckpt"]
+    warned = [r.getMessage() for r in caplog.records if "snapshot_steps" in r.getMessage()]
+    assert warned == [
+        f"trainer.snapshot_steps [500]: the run ended at step {result.global_step}, no snapshot written for them"
+    ]
 
 
 def test_a_run_without_an_end_is_refused_by_the_schema_before_any_work(
