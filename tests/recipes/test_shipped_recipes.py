@@ -25,10 +25,13 @@ from geocl.finetune.model import build_segmenter, load_pretrained_encoder
 from geocl.methods import load_recipe, method_class
 from geocl.models.checkpoints import read_pretrain_checkpoint
 from geocl.training.pretrain import run_pretrain
+from geocl.transforms.augment import crop_scale_mismatch
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 CPU_TILES = sorted(RECIPES.glob("*.yaml"))
 NATURAL = sorted((RECIPES / "natural").glob("*.yaml"))
+#: The CPU recipes at the budget of the urban scene's tables (docs/methods/grass.md).
+URBAN = sorted((RECIPES / "urban").glob("*.yaml"))
 PAPER = sorted((RECIPES / "paper").glob("*.yaml"))
 #: Paper-scale recipes on tile sets (those on NIfTI volumes run in tests/methods/test_fba.py).
 PAPER_TILES = [path for path in PAPER if yaml.safe_load(path.read_text())["data"].get("format", "tiles") == "tiles"]
@@ -119,7 +122,7 @@ def run_tiny(path: Path, data: Path, out: Path) -> None:
     assert logits.shape == (1, 3, 64, 64)
 
 
-@pytest.mark.parametrize("path", CPU_TILES, ids=_id)
+@pytest.mark.parametrize("path", CPU_TILES + URBAN, ids=_id)
 def test_cpu_recipe_runs_a_tiny_budget(path: Path, tiny_tiles: Path, tmp_path: Path) -> None:
     run_tiny(path, tiny_tiles, tmp_path / "run")
 
@@ -156,11 +159,28 @@ def test_every_method_has_a_cpu_paper_and_natural_recipe() -> None:
             assert (RECIPES / "natural" / path.name).exists(), f"no natural-image form of {path.name}"
 
 
+def test_the_urban_recipes_are_the_cpu_recipes_at_the_urban_tables_settings() -> None:
+    # the urban tables hold only if these differ from the CPU recipes where their comments say:
+    # the tiles, a crop scale that keeps 256-px tiles' resolution in the views, the step budget
+    # and GraSS's warm-up scaled to it
+    assert [path.name for path in URBAN] == ["grass.yaml", "moco.yaml", "simclr.yaml"]
+    for path in URBAN:
+        urban, cpu = _raw(path), _raw(RECIPES / path.name)
+        assert crop_scale_mismatch(256, urban["data"]["view_size"], tuple(urban["augment"]["scale"])) is None
+        assert crop_scale_mismatch(256, cpu["data"]["view_size"], tuple(cpu["augment"]["scale"])) is not None
+        assert urban["trainer"]["max_steps"] == 3000 and urban["trainer"]["max_epochs"] == -1
+        for section in ("encoder", "optimizer", "scheduler"):
+            assert urban[section] == cpu[section], section
+        expected = {**cpu["method"], "warmup_epochs": 860} if cpu["method"]["name"] == "grass" else cpu["method"]
+        assert urban["method"] == expected
+        assert {**urban["data"], "tiles": None} == {**cpu["data"], "tiles": None}
+
+
 def _misspelt(key: str) -> str:
     return key[:-1] if len(key) > 3 else key + "x"
 
 
-@pytest.mark.parametrize("path", CPU_TILES + NATURAL + PAPER, ids=_id)
+@pytest.mark.parametrize("path", CPU_TILES + NATURAL + PAPER + URBAN, ids=_id)
 @pytest.mark.parametrize("section", ["method", "data"])
 def test_misspelt_key_fails_before_training_naming_it(path: Path, section: str, tmp_path: Path) -> None:
     raw = _raw(path)
