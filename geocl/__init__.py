@@ -57,7 +57,7 @@ _PUBLIC = {
     "predict_with_checkpoint": "geocl.finetune.inference",
     "run_compare": "geocl.experiments",
     "run_evaluation": "geocl.evaluation",
-    "CompareOptions": "geocl.recipes.options",
+    "CompareOptions": "geocl.recipes.compare_options",
     "FinetuneOptions": "geocl.recipes.options",
     # output
     "configure_output": "geocl.console",

@@ -1,7 +1,8 @@
 """``geocl <command>``: the command line.
 
-Thin: the flags, defaults and help of ``tile``, ``finetune``, ``evaluate``, ``predict``
-and ``compare`` come from the option models of :mod:`geocl.recipes.options`, and
+Thin: the flags, defaults and help of ``tile``, ``finetune``, ``evaluate``, ``predict``,
+``index``, ``search``, ``serve`` and ``compare`` come from the option models of
+:mod:`geocl.recipes.options` and :mod:`geocl.recipes.compare_options`, and
 their values are validated there before anything heavy (torch, Lightning, rasterio) is
 imported, so a bad value is answered at once. User errors (:class:`GeoclError`) print
 as one line ``geocl <command>: error: ...`` and exit 2, and so does a write the disk
@@ -25,8 +26,8 @@ from geocl.data.malloc import malloc_tuning
 from geocl.errors import GeoclError
 from geocl.io import write_failure
 from geocl.recipes.cli_args import FLAGS_ATTRIBUTE, add_model_arguments, options_from_args
+from geocl.recipes.compare_options import CompareOptions
 from geocl.recipes.options import (
-    CompareOptions,
     EvaluateCommand,
     FinetuneCommand,
     IndexOptions,
@@ -46,6 +47,7 @@ EPILOG = "Run 'geocl COMMAND --help' for the options of a command."
 #: Flags that differ from the option field they set (the names users know).
 TILE_ARGUMENTS = {"split": {"metavar": ("TRAIN", "VAL", "TEST")}}
 FINETUNE_FLAGS = {"encoder_checkpoint": "--encoder", "encoder": "--encoder-name", "max_epochs": "--epochs"}
+FINETUNE_ARGUMENTS = {"probe_stages": {"metavar": "STAGE"}}
 EVALUATE_FLAGS = {"checkpoint": "CHECKPOINT", "encoder": "--encoder-name"}
 PREDICT_FLAGS = {"checkpoint": "CHECKPOINT", "scene": "SCENE"}
 COMPARE_FLAGS = {
@@ -55,6 +57,7 @@ COMPARE_FLAGS = {
     "evaluate.k": "--k",
     "evaluate.temperature": "--temperature",
     "evaluate.probe_epochs": "--probe-epochs",
+    "finetune.probe_stages": "--probe-stages",
     "retrieval.overrides": "--retrieval-override",
 }
 INDEX_FLAGS = {"checkpoint": "CHECKPOINT", "tiles": "TILES"}
@@ -62,6 +65,7 @@ SEARCH_FLAGS = {"index": "INDEX", "query": "QUERY", "k": "-k"}
 SERVE_FLAGS = {"index": "INDEX", "k": "-k"}
 COMPARE_ARGUMENTS = {
     "overrides": {"action": "append", "metavar": "KEY=VALUE"},
+    "finetune.probe_stages": {"metavar": "STAGE"},
     "retrieval.overrides": {"action": "append", "metavar": "KEY=VALUE"},
 }
 
@@ -390,7 +394,7 @@ def _add_model_commands(command: CommandAdder) -> None:
         "The encoder starts from a pretrain checkpoint, from pretrained weights (--encoder-weights) or from random init; the test mIoU is measured "
         "on the test tiles with the best checkpoint on val.",
     )
-    add_model_arguments(finetune, FinetuneCommand, flags=FINETUNE_FLAGS)
+    add_model_arguments(finetune, FinetuneCommand, flags=FINETUNE_FLAGS, arguments=FINETUNE_ARGUMENTS)
     finetune.set_defaults(run=_finetune)
 
     predict = command(

@@ -93,7 +93,8 @@ def run_demo(
     """
     import geocl.methods  # noqa: F401  (registers the methods' recipe sections)
     from geocl.experiments import run_compare
-    from geocl.recipes.options import CompareOptions, FinetuneOptions
+    from geocl.recipes.compare_options import CompareOptions
+    from geocl.recipes.options import FinetuneOptions
 
     out = Path(out)
     start = time.perf_counter()

@@ -308,7 +308,8 @@ def _help(command: str) -> str:
 def test_cli_defaults_come_from_the_schema(monkeypatch: pytest.MonkeyPatch) -> None:
     from geocl import cli
     from geocl.recipes.cli_args import options_from_args
-    from geocl.recipes.options import CompareOptions, FinetuneCommand, FinetuneOptions
+    from geocl.recipes.compare_options import CompareOptions
+    from geocl.recipes.options import FinetuneCommand, FinetuneOptions
 
     models = (FinetuneOptions, FinetuneCommand, CompareOptions)
     try:
@@ -331,7 +332,7 @@ def test_cli_defaults_come_from_the_schema(monkeypatch: pytest.MonkeyPatch) -> N
 def test_compare_takes_the_retrieval_options_as_flags() -> None:
     from geocl import cli
     from geocl.recipes.cli_args import options_from_args
-    from geocl.recipes.options import CompareOptions
+    from geocl.recipes.compare_options import CompareOptions
 
     argv = [
         "compare",
@@ -351,6 +352,30 @@ def test_compare_takes_the_retrieval_options_as_flags() -> None:
     assert (options.retrieval.max_steps, options.retrieval.batch_size) == (7, 4)
     assert options.retrieval.overrides == ["method.embed_dim=64", "data.num_workers=0"]
     assert "--retrieval-max-steps" in _help("compare")
+
+
+def test_probe_stages_reach_the_frozen_rows_and_the_linear_finetune(capsys: pytest.CaptureFixture[str]) -> None:
+    from geocl import cli
+    from geocl.recipes.cli_args import options_from_args
+    from geocl.recipes.compare_options import CompareOptions
+    from geocl.recipes.options import FinetuneCommand
+
+    parser = cli.build_parser()
+    argv = ["compare", "a.yaml", "--protocol", "both", "--probe-stages", "5", "4"]
+    options = options_from_args(CompareOptions, parser.parse_args(argv))
+    assert options.finetune.probe_stages == [4, 5]  # sorted, as the probe reads them
+    assert options_from_args(CompareOptions, parser.parse_args(["compare", "a.yaml"])).finetune.probe_stages is None
+    argv = ["finetune", "--tiles", "t", "--out", "o", "--arch", "linear", "--probe-stages", "4", "5"]
+    assert options_from_args(FinetuneCommand, parser.parse_args(argv)).probe_stages == [4, 5]
+    assert "--probe-stages STAGE [STAGE ...]" in _help("compare") and "--probe-stages" in _help("finetune")
+    # set where no probe reads it: one line naming the flag, before any work
+    line = _run_error(capsys, "compare", "a.yaml", "--probe-stages", "4", "5")
+    assert line.startswith("geocl compare: error: --probe-stages: applies to the frozen protocol"), line
+    line = _run_error(capsys, "finetune", "--tiles", "t", "--out", "o", "--probe-stages", "4")
+    expected = "--probe-stages: applies to the dense linear probe only: give --arch linear, not unet"
+    assert line == f"geocl finetune: error: {expected}"
+    line = _run_error(capsys, "compare", "a.yaml", "--protocol", "frozen", "--probe-stages", "6")
+    assert line.startswith("geocl compare: error: --probe-stages: invalid value 6: must be in [1, 5]"), line
 
 
 def test_verbose_before_or_after_the_command(monkeypatch: pytest.MonkeyPatch) -> None:

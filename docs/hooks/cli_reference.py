@@ -4,8 +4,8 @@ A page that holds the marker ``<!-- geocl-cli-reference -->`` gets, in its place
 of ``geocl`` and of every subcommand exactly as ``geocl COMMAND --help`` prints it
 (:func:`geocl.cli.build_parser`; the flags and defaults of ``tile``, ``finetune``,
 ``predict``, ``evaluate``, ``compare``, ``index``, ``search`` and ``serve`` come from
-the option models of ``geocl/recipes/options.py``). So the reference cannot fall behind
-the code: a flag added to the parser appears on the next build.
+the option models of ``geocl/recipes/options.py`` and ``compare_options.py``). So the
+reference cannot fall behind the code: a flag added to the parser appears on the next build.
 
 Used by ``mkdocs.yml`` (``hooks:``).
 """

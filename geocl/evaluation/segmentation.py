@@ -17,13 +17,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
+from geocl.errors import GeoclError
 from geocl.evaluation.protocol import Evaluation, Measurement, Subset, TestSet, option_kwargs, register_evaluation
 from geocl.finetune.method_trainings import declared_training
 
 #: Keyword arguments of the finetune function that the evaluation sets per run.
 OWN_FINETUNE_ARGS = ("tiles", "encoder_checkpoint", "encoder", "label_fraction", "seed", "subset_seed", "out")
 #: Finetune options that choose the network: a method that trains its own builds it, so they are not passed to it.
-ARCHITECTURE_OPTIONS = ("arch", "freeze_encoder")
+ARCHITECTURE_OPTIONS = ("arch", "freeze_encoder", "probe_stages")
+#: The finetune option that only the dense linear probe reads (the frozen protocol's rows).
+PROBE_STAGES = "probe_stages"
 
 
 def method_training(recipe: Any, evaluation: str) -> Callable[..., Any] | None:
@@ -98,8 +101,14 @@ class SegmentationFinetune(Evaluation):
             own training (:func:`method_training`) runs that instead, without
             :data:`ARCHITECTURE_OPTIONS`.
 
+    ``probe_stages`` (which encoder stages the dense linear probe reads) is the frozen
+    protocol's alone (:attr:`reads_probe_stages`): a finetuned row has no probe, so these
+    rows refuse it, and :meth:`from_options` leaves it to the frozen rows when one
+    comparison runs both protocols (``protocol: both``).
+
     Raises:
-        GeoclError: ``options`` set one of :data:`OWN_FINETUNE_ARGS`.
+        GeoclError: ``options`` set one of :data:`OWN_FINETUNE_ARGS`, or set
+            ``probe_stages`` for rows that have no probe.
     """
 
     name: ClassVar[str] = "finetune"
@@ -112,15 +121,31 @@ class SegmentationFinetune(Evaluation):
     folder: ClassVar[str] = "finetune"
     result_file: ClassVar[str] = "metrics.json"
     doing: ClassVar[str] = "finetuning"
+    #: Whether the rows train the dense linear probe, the one network that reads ``probe_stages``.
+    reads_probe_stages: ClassVar[bool] = False
 
     def __init__(self, options: Any = None, *, finetune_fn: Callable[..., Any] | None = None) -> None:
         self.options = option_kwargs(options, OWN_FINETUNE_ARGS, "finetune", key="finetune")
+        # None (every stage) is left out: the rows' settings, which decide whether compare reuses a
+        # row, stay what they were before the option existed
+        stages = self.options.pop(PROBE_STAGES, None)
+        if stages is not None:
+            if not self.reads_probe_stages:
+                raise GeoclError(
+                    f"applies to the frozen protocol (its dense linear probe), not to the {self.name} rows",
+                    key=PROBE_STAGES,
+                )
+            self.options[PROBE_STAGES] = sorted({int(stage) for stage in stages})
         self.finetune_fn = finetune_fn
 
     @classmethod
     def from_options(cls, options: Any) -> SegmentationFinetune:
-        """Configured by ``options.finetune``."""
-        return cls(options.finetune)
+        """Configured by ``options.finetune`` (its ``probe_stages`` only where the rows read them)."""
+        finetune = options.finetune
+        if not cls.reads_probe_stages and getattr(finetune, PROBE_STAGES, None) is not None:
+            # protocol both: the stages are the frozen rows' (compare refuses them without frozen rows)
+            finetune = finetune.model_copy(update={PROBE_STAGES: None})
+        return cls(finetune)
 
     def labelled_data(self, recipe: Any) -> str:
         return str(recipe.data.tiles)
@@ -235,6 +260,12 @@ class FrozenLinearProbe(SegmentationFinetune):
     (:class:`~geocl.finetune.linear_probe.DenseLinearProbe`): every encoder weight and
     BatchNorm statistic stays as pretrained. Registered after the finetune protocol, so
     that stays the default for tile sets; ``geocl compare --protocol frozen`` picks this.
+
+    The probe reads every encoder stage unless ``probe_stages`` says which
+    (``--probe-stages 4 5``: the deep features alone). Given, the stages are among the
+    settings a row records, so a comparison rerun with other stages redoes its frozen rows;
+    left unset they are not recorded, as before the option existed, so rows made then
+    are reused.
     """
 
     name: ClassVar[str] = "frozen"
@@ -243,6 +274,7 @@ class FrozenLinearProbe(SegmentationFinetune):
     axis_label: ClassVar[str] = "test mIoU (linear probe)"
     folder: ClassVar[str] = "frozen"
     doing: ClassVar[str] = "probing"
+    reads_probe_stages: ClassVar[bool] = True
 
     def __init__(self, options: Any = None, *, finetune_fn: Callable[..., Any] | None = None) -> None:
         super().__init__(options, finetune_fn=finetune_fn)

@@ -91,7 +91,7 @@ Failures: an exception while pretraining marks all rows of that recipe failed; o
 while evaluating marks that row failed, as does a metric that is not a finite number;
 either way the other rows still run. User errors are raised before any work starts,
 since finding a typo after hours of pretraining helps nobody: bad options when
-:class:`~geocl.recipes.options.CompareOptions` is built, then a bad recipe file, two
+:class:`~geocl.recipes.compare_options.CompareOptions` is built, then a bad recipe file, two
 recipes with the same file stem or name, recipes that need different evaluations
 (tile sets and natural images: compare them separately), evaluation options an
 evaluation cannot use, a learning-rate warm-up longer than the budget and an ``out``
@@ -153,6 +153,6 @@ from geocl.experiments.failures import describe_failures
 from geocl.experiments.process import CompareInterrupted
 from geocl.experiments.results import results_columns
 from geocl.experiments.runner import run_compare
-from geocl.recipes.options import CompareOptions
+from geocl.recipes.compare_options import CompareOptions
 
 __all__ = ["CompareInterrupted", "CompareOptions", "describe_failures", "results_columns", "run_compare"]

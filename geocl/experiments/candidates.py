@@ -9,7 +9,7 @@ from typing import Any
 
 from geocl.errors import GeoclError
 from geocl.methods import load_recipe
-from geocl.recipes.options import CompareOptions
+from geocl.recipes.compare_options import CompareOptions
 from geocl.report.table import RANDOM_INIT
 
 __all__ = ["Candidate", "check_unique_names", "load_candidate", "method_class_of"]

@@ -16,7 +16,7 @@ from geocl.evaluation import Evaluation, Subset, evaluation_for, get_evaluation
 from geocl.evaluation.protocol import TestSet
 from geocl.experiments.budgets import check_budgets
 from geocl.experiments.candidates import Candidate, check_unique_names, load_candidate, method_class_of
-from geocl.recipes.options import CompareOptions
+from geocl.recipes.compare_options import CompareOptions
 from geocl.report.table import RANDOM_INIT
 
 __all__ = [

@@ -22,7 +22,7 @@ from geocl.experiments.results import keep_earlier_report, write_pretraining_csv
 from geocl.experiments.rows import RowRunner
 from geocl.experiments.tracking import check_loggers, log_summary, logging_scope
 from geocl.io import check_output_folder
-from geocl.recipes.options import CompareOptions
+from geocl.recipes.compare_options import CompareOptions
 from geocl.report.table import FLAG, RANDOM_INIT
 
 __all__ = ["run_compare"]
@@ -45,7 +45,7 @@ def run_compare(
     when it returns.
 
     Args:
-        options: what to compare (:class:`geocl.recipes.options.CompareOptions`, which
+        options: what to compare (:class:`geocl.recipes.compare_options.CompareOptions`, which
             checks its values when it is built); ``options.finetune`` and
             ``options.evaluate`` configure the evaluations (see their ``from_options``).
         pretrain_fn: ``pretrain_fn(recipe) -> result`` with ``.checkpoint``; called with

@@ -17,7 +17,9 @@ random encoder as well as through a trained one. Measured on a 0.2 m urban tile 
 stages 4-5 only widened the gap to random init by +0.6 points [0.0, +1.1] while every
 row lost 6 points of mIoU (objects of 10-20 px vanish at strides 16-32); stages 3-5
 narrowed it (-0.6 [-1.5, +0.3]). The shallow stages did not hide what pretraining
-learnt there, so the default stays every stage; ``stages`` picks fewer.
+learnt there, so the default stays every stage; ``stages`` picks fewer (the option
+``probe_stages``: ``geocl finetune --arch linear --probe-stages 4 5``, and the frozen rows
+of ``geocl compare --protocol frozen --probe-stages 4 5``).
 
 BatchNorm statistics stay the encoder's own: a random encoder keeps torch's defaults
 (mean 0, variance 1, so its BatchNorms are the identity, and its scale does not matter

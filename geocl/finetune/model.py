@@ -14,6 +14,7 @@ al., "Vision Transformers for Dense Prediction"), see :class:`ViTSegmenter`.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any, cast
 
 import segmentation_models_pytorch as smp
@@ -126,7 +127,12 @@ class ViTSegmenter(nn.Module):
 
 
 def build_segmenter(
-    arch: str, encoder: str, in_chans: int, num_classes: int, encoder_args: dict[str, Any] | None = None
+    arch: str,
+    encoder: str,
+    in_chans: int,
+    num_classes: int,
+    encoder_args: dict[str, Any] | None = None,
+    probe_stages: Sequence[int] | None = None,
 ) -> nn.Module:
     """An smp model with a timm encoder, randomly initialised (no download).
 
@@ -142,7 +148,17 @@ def build_segmenter(
         encoder_args: timm arguments of the encoder (recipe ``encoder.args``; a ViT's
             patch size and grid). :func:`load_pretrained_encoder` sets a ViT's from the
             checkpoint.
+        probe_stages: ``linear`` only: the encoder stages the probe reads, 1 (stem, output
+            stride 2) to 5 (deepest, stride 32); None: every stage
+            (:data:`~geocl.finetune.linear_probe.DEFAULT_STAGES`).
+
+    Raises:
+        GeoclError: an unknown architecture, or one the encoder cannot have (key
+            ``arch``); ``probe_stages`` with another architecture than ``linear``, or a
+            stage the encoder does not have (key ``probe_stages``).
     """
+    if probe_stages is not None and arch != "linear":
+        raise GeoclError(f"applies to the dense linear probe only (arch linear), not to {arch}", key="probe_stages")
     if is_vision_transformer(encoder):
         if arch == "linear":
             raise GeoclError(
@@ -155,7 +171,7 @@ def build_segmenter(
     if arch == "linear":
         from geocl.finetune.linear_probe import DenseLinearProbe
 
-        return DenseLinearProbe(encoder, in_chans, num_classes, encoder_args)
+        return DenseLinearProbe(encoder, in_chans, num_classes, encoder_args, stages=probe_stages)
     if arch not in ARCHITECTURES:
         hint = " (dpt is for ViT encoders)" if arch == "dpt" else ""
         raise GeoclError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}{hint}", key="arch")

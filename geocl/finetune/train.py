@@ -21,6 +21,7 @@ the one of :mod:`geocl.finetune.medical`) and the tile set's splits (:class:`Til
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Unpack, runtime_checkable
@@ -41,6 +42,7 @@ from geocl.finetune.downstream import (
     budget_from,
     run_downstream,
 )
+from geocl.finetune.linear_probe import probe_stages as checked_stages
 from geocl.finetune.metrics import segmentation_metric, summarize_iou
 from geocl.finetune.model import build_segmenter, load_encoder_weights, load_pretrained_encoder
 from geocl.models.checkpoints import SEGMENTER_KEY, pretrained_encoder_args, read_pretrain_checkpoint
@@ -51,7 +53,7 @@ class SegmentationModule(lightning.LightningModule):
     """An smp segmenter trained with cross-entropy and validated by mIoU.
 
     Args:
-        arch: ``unet`` or ``deeplabv3plus``.
+        arch: ``unet``, ``deeplabv3plus``, ``dpt`` (ViT encoders) or ``linear`` (the dense linear probe).
         encoder: timm encoder name.
         in_chans: input bands.
         num_classes: classes.
@@ -62,6 +64,9 @@ class SegmentationModule(lightning.LightningModule):
         encoder_args: timm arguments of a CNN encoder (a pretrain checkpoint's
             ``encoder.args``, e.g. ``output_stride``), so the encoder computes what it was
             pretrained to compute; a ViT's are set when its weights load.
+        probe_stages: ``linear`` only: the encoder stages the probe reads (1-5; None: every
+            one). Kept with the other arguments in the checkpoint, so that
+            :func:`geocl.finetune.inference.load_segmenter` rebuilds the same probe.
     """
 
     def __init__(
@@ -75,12 +80,13 @@ class SegmentationModule(lightning.LightningModule):
         freeze_encoder: bool = False,
         meta: dict[str, Any] | None = None,
         encoder_args: dict[str, Any] | None = None,
+        probe_stages: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         # channels-last convolutions: about 10 % faster training steps of a Unet-ResNet-18
         # on 2 CPU cores (oneDNN's preferred layout), same results
-        self.model = build_segmenter(arch, encoder, in_chans, num_classes, encoder_args).to(
+        self.model = build_segmenter(arch, encoder, in_chans, num_classes, encoder_args, probe_stages).to(
             memory_format=torch.channels_last
         )
         self.criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
@@ -148,8 +154,9 @@ class SegmenterFactory:
     pretrain checkpoint (any method; it brings its encoder name), from starting weights
     (:mod:`geocl.models.weights`) or from random init. The checkpoint's metadata is the
     data's (:class:`~geocl.finetune.downstream.DataDescription`) plus ``arch``,
-    ``encoder``, ``encoder_checkpoint`` and, as they apply, ``pretrain_method`` and
-    ``starting_weights``.
+    ``encoder``, ``encoder_checkpoint`` and, as they apply, ``pretrain_method``,
+    ``starting_weights`` and (``linear``) the ``probe_stages`` read, which ``metrics.json``
+    records too.
 
     Attributes:
         arch: ``unet``, ``deeplabv3plus``, ``dpt`` (ViT encoders) or ``linear`` (the
@@ -162,11 +169,15 @@ class SegmenterFactory:
         lr: AdamW learning rate.
         crop: side of the random training crops (px).
         freeze_encoder: train the decoder only.
+        probe_stages: ``linear`` only: the encoder stages the dense linear probe reads, 1
+            (stem, output stride 2) to 5 (deepest, stride 32); None: every stage.
         monitor: val mIoU picks the best checkpoint.
         log_every_n_steps: the trainer's logging interval.
 
     Raises:
-        GeoclError: both an encoder checkpoint and encoder weights (key ``encoder_weights``).
+        GeoclError: both an encoder checkpoint and encoder weights (key ``encoder_weights``);
+            ``probe_stages`` with another ``arch`` than ``linear``, or a stage the encoder
+            does not have (key ``probe_stages``).
     """
 
     arch: str = "unet"
@@ -176,27 +187,44 @@ class SegmenterFactory:
     lr: float = 1e-3
     crop: int = 128
     freeze_encoder: bool = False
+    probe_stages: Sequence[int] | None = None
     monitor: str = field(default="val/miou", init=False)
     log_every_n_steps: int = field(default=5, init=False)
 
     def __post_init__(self) -> None:
         if self.encoder_weights and self.encoder_checkpoint is not None:
             raise GeoclError("give an encoder checkpoint or encoder weights, not both", key="encoder_weights")
+        if self.probe_stages is not None and self.arch != "linear":
+            raise GeoclError(
+                f"applies to the dense linear probe only (arch linear), not to {self.arch}", key="probe_stages"
+            )
+        if self.arch == "linear":  # checked before any work; every stage when None
+            object.__setattr__(self, "probe_stages", checked_stages(self.probe_stages))
 
     def identity(self) -> dict[str, Any]:
-        """The network's options that determine a result: ``arch`` and how the encoder starts."""
+        """The network's options that determine a result: ``arch``, how the encoder starts and the probe's stages."""
         start = self.encoder_checkpoint
         return {
             "arch": self.arch,
             **({"encoder_checkpoint": start} if start is not None else {"encoder": self.encoder}),
             **({"encoder_weights": self.encoder_weights} if self.encoder_weights else {}),
+            **self._stages_read(),
         }
+
+    def _stages_read(self) -> dict[str, list[int]]:
+        """``{"probe_stages": [...]}`` for the dense linear probe (every stage it reads), else {}."""
+        return {} if self.probe_stages is None else {"probe_stages": list(self.probe_stages)}
 
     def build(self, data: DataDescription, options: DownstreamOptions) -> SegmentationModule:
         """The segmenter for ``data`` (bands and classes from ``data.meta``), its encoder loaded."""
         in_chans = int(data.meta["in_chans"])
         start = self.encoder_checkpoint
-        meta: dict[str, Any] = {"arch": self.arch, **data.meta, "encoder_checkpoint": str(start) if start else None}
+        meta: dict[str, Any] = {
+            "arch": self.arch,
+            **self._stages_read(),
+            **data.meta,
+            "encoder_checkpoint": str(start) if start else None,
+        }
         pretrained = read_pretrain_checkpoint(start) if start is not None else None
         encoder = pretrained["meta"]["encoder"] if pretrained is not None else self.encoder
         meta["encoder"] = encoder
@@ -215,6 +243,7 @@ class SegmenterFactory:
             freeze_encoder=self.freeze_encoder,
             meta=meta,
             encoder_args=cnn_args,
+            probe_stages=self._stages_read().get("probe_stages"),  # a list: checkpoints keep plain data
         )
         if pretrained is not None:
             load_pretrained_encoder(module.model, start, in_chans, loaded=pretrained)  # type: ignore[arg-type]
@@ -224,7 +253,8 @@ class SegmenterFactory:
         return module
 
     def record(self, module: lightning.LightningModule) -> dict[str, Any]:
-        """``encoder`` (the checkpoint's, when one is given), ``encoder_checkpoint``, ``arch``, ``encoder_weights``."""
+        """``encoder`` (the checkpoint's, when one is given), ``encoder_checkpoint``, ``arch``, ``encoder_weights``
+        and (``linear``) ``probe_stages``."""
         assert isinstance(module, SegmentationModule)
         meta = module.meta
         weights = {} if self.encoder_weights is None else {"encoder_weights": self.encoder_weights or None}
@@ -233,6 +263,7 @@ class SegmenterFactory:
             "encoder_checkpoint": meta["encoder_checkpoint"],
             "arch": self.arch,
             **weights,
+            **self._stages_read(),
         }
 
 
@@ -350,6 +381,7 @@ def run_finetune(
     lr: float = 1e-3,
     crop: int = 128,
     freeze_encoder: bool = False,
+    probe_stages: Sequence[int] | None = None,
     **budget: Unpack[BudgetArguments],
 ) -> FinetuneResult:
     """Finetune a segmenter on a fraction of the labelled train tiles; mIoU on the test tiles.
@@ -371,6 +403,9 @@ def run_finetune(
         lr: AdamW learning rate.
         crop: training crop side (px).
         freeze_encoder: train the decoder only.
+        probe_stages: ``arch`` ``linear`` only: the encoder stages the dense linear probe
+            reads, 1 (stem, output stride 2) to 5 (deepest, stride 32); None: every stage.
+            ``metrics.json`` and the checkpoint record the stages a probe read.
         **budget: ``max_epochs``, ``steps_per_epoch``, ``val_every``, ``patience``,
             ``batch_size``, ``num_workers``, ``accelerator``, ``progress``, ``logger``: see
             :class:`~geocl.finetune.downstream.TrainingBudget` (defaults 15, 10, 3, 3, 8, 0,
@@ -386,7 +421,8 @@ def run_finetune(
         GeoclError: ``out`` already holds a finetuning run (see
             :func:`~geocl.finetune.downstream.check_finetune_folder`), or is no writable
             folder; a tile set without val or test tiles; a bad ``label_fraction``;
-            both an encoder checkpoint and weights; a loss that is not finite.
+            both an encoder checkpoint and weights; ``probe_stages`` with another
+            ``arch`` than ``linear``, or a stage out of 1-5; a loss that is not finite.
         TypeError: an unknown keyword argument.
     """
     settings = budget_from(budget)
@@ -398,6 +434,7 @@ def run_finetune(
         lr=lr,
         crop=crop,
         freeze_encoder=freeze_encoder,
+        probe_stages=probe_stages,
     )
     # everything that determines the result: a folder holding a run made otherwise is named with each difference
     identity = {

@@ -1,4 +1,4 @@
-"""The options of ``geocl tile``, ``finetune``, ``evaluate``, ``predict`` and ``compare``.
+"""The options of ``geocl tile``, ``finetune``, ``evaluate``, ``predict``, ``index``, ``search`` and ``serve``.
 
 One pydantic model a command: each field holds its type, default, range
 (``Field(ge=...)``), choices (``Literal``) and a user-facing ``description``; cross-field
@@ -12,16 +12,17 @@ Two kinds of model:
 * ``*Options`` hold what a library function takes as settings: :class:`FinetuneOptions`
   and :class:`EvaluateOptions` are the training and evaluation settings that
   ``geocl compare`` passes to every row (``run_finetune(**options.model_dump(), ...)``);
-  :class:`TileOptions`, :class:`PredictOptions` and :class:`CompareOptions` a whole
-  command's.
+  :class:`TileOptions` and :class:`PredictOptions` a whole command's.
+  ``geocl compare``'s own, which hold these as sections, are in
+  :mod:`geocl.recipes.compare_options`.
 * ``*Command`` add a command's own inputs to the settings: :class:`FinetuneCommand`
   (tile set, run folder, encoder, label fraction, seed) and :class:`EvaluateCommand`.
   Their field names are the keyword arguments of the function the command calls.
 
 Field names are the library's names; the CLI maps a few to the flags users know
 (``max_epochs`` is ``--epochs``). The models Python callers build from their defaults
-(:class:`CompareOptions` and its sections) name them ``default=``, the form a type
-checker reads. Importing this module imports pydantic only.
+(the sections of ``CompareOptions``) name them ``default=``, the form a type checker
+reads. Importing this module imports pydantic only.
 """
 
 from __future__ import annotations
@@ -30,7 +31,17 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from geocl.recipes.errors import field_relation
@@ -50,6 +61,9 @@ MIN_WINDOW = 16
 #: ``geocl.finetune.predict.TILE`` and ``DEFAULT_BLOCK`` (px), repeated for the same reason.
 PREDICT_TILE = 256
 PREDICT_BLOCK = 4096
+#: The encoder stages the dense linear probe can read, 1 (stem, stride 2) to 5 (deepest, stride 32):
+#: ``geocl.finetune.linear_probe.ENCODER_STAGES``, repeated for the same reason.
+PROBE_STAGES = (1, 2, 3, 4, 5)
 
 
 class OptionsModel(BaseModel):
@@ -193,10 +207,10 @@ class TileOptions(OptionsModel):
                     dataset="dataset",
                     root="root",
                 )
-                raise _error_at("TileOptions", "scene", None, rule)
+                raise error_at("TileOptions", "scene", None, rule)
             for name in ("root", "val_fraction"):
                 if name in given:
-                    raise _error_at(
+                    raise error_at(
                         "TileOptions",
                         name,
                         getattr(self, name),
@@ -205,14 +219,14 @@ class TileOptions(OptionsModel):
             for name in ("workers", "scheduler"):
                 if name in given and len(self.scene) == 1:
                     rule = field_relation("runs several scenes on Dask; one {scene} is tiled here", scene="scene")
-                    raise _error_at("TileOptions", name, getattr(self, name), rule)
+                    raise error_at("TileOptions", name, getattr(self, name), rule)
             return self
         if self.scene is not None:
             rule = field_relation("give a scene or {dataset}, not both", dataset="dataset")
-            raise _error_at("TileOptions", "scene", " ".join(str(path) for path in self.scene), rule)
+            raise error_at("TileOptions", "scene", " ".join(str(path) for path in self.scene), rule)
         if self.root is None:
             rule = field_relation("is required with {dataset}: the folder that holds the dataset", dataset="dataset")
-            raise _error_at("TileOptions", "root", None, rule)
+            raise error_at("TileOptions", "root", None, rule)
         for name in ("mask", "mask_nodata", "roi", "max_nodata", "split_block", "split", "workers", "scheduler"):
             if name in given:
                 rule = field_relation(
@@ -220,13 +234,14 @@ class TileOptions(OptionsModel):
                     dataset="dataset",
                     val_fraction="val_fraction",
                 )
-                raise _error_at("TileOptions", name, getattr(self, name), rule)
+                raise error_at("TileOptions", name, getattr(self, name), rule)
         return self
 
 
-def _error_at(model: str, name: str, value: Any, error: PydanticCustomError) -> ValidationError:
-    """A rule over several fields, reported at field ``name``."""
-    return ValidationError.from_exception_data(model, [{"type": error, "loc": (name,), "input": value}])
+def error_at(model: str, where: str | tuple[str, ...], value: Any, error: PydanticCustomError) -> ValidationError:
+    """A rule over several fields, reported at field ``where`` (a name, or the path to a section's field)."""
+    loc = (where,) if isinstance(where, str) else where
+    return ValidationError.from_exception_data(model, [{"type": error, "loc": loc, "input": value}])
 
 
 # -------------------------------------------------------------------- finetune
@@ -238,8 +253,15 @@ class FinetuneOptions(OptionsModel):
     ``max_epochs``, ``steps_per_epoch``, ``val_every``, ``patience``, ``batch_size``,
     ``num_workers``, ``accelerator`` and ``progress`` are the training budget of every
     downstream training (``geocl.finetune.downstream.TrainingBudget``: the same names and
-    defaults, validated here); ``arch``, ``lr``, ``crop`` and ``freeze_encoder`` choose the
-    segmenter (``geocl.finetune.train.SegmenterFactory``).
+    defaults, validated here); ``arch``, ``lr``, ``crop``, ``freeze_encoder`` and
+    ``probe_stages`` choose the segmenter (``geocl.finetune.train.SegmenterFactory``).
+
+    ``probe_stages`` applies to ``arch: linear`` alone (the frozen protocol's dense linear
+    probe); the models holding this one refuse it with another ``arch``
+    (:class:`FinetuneCommand`) or protocol (``CompareOptions``). Left unset (None: every
+    stage) it is left out of :meth:`model_dump`, so the trainings that have no probe take
+    the dump as keyword arguments, and what compare records of a row is what it recorded
+    before the option existed.
     """
 
     arch: Literal["unet", "deeplabv3plus", "dpt", "linear"] = Field(
@@ -259,6 +281,25 @@ class FinetuneOptions(OptionsModel):
     num_workers: Integer = Field(default=0, ge=0, description="DataLoader worker processes")
     accelerator: Accelerator = Field(default="auto", description="device to train on")
     progress: bool = Field(default=True, description="show progress bars")
+    probe_stages: list[Annotated[Integer, Field(ge=PROBE_STAGES[0], le=PROBE_STAGES[-1])]] | None = Field(
+        default=None,
+        min_length=1,
+        description="arch linear (the frozen protocol) only: the encoder stages the dense linear probe reads, "
+        "1 (stem, stride 2) to 5 (deepest, stride 32; ResNet: 2-5 = layer1-layer4), e.g. 4 5 for the deep "
+        "features alone (default: every stage)",
+    )
+
+    @field_validator("probe_stages")
+    @classmethod
+    def _stages_once_each(cls, stages: list[int] | None) -> list[int] | None:
+        return None if stages is None else sorted(set(stages))
+
+    @model_serializer(mode="wrap")
+    def _unset_stages_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("probe_stages", ...) is None:
+            del data["probe_stages"]
+        return data
 
 
 class FinetuneCommand(FinetuneOptions):
@@ -286,6 +327,15 @@ class FinetuneCommand(FinetuneOptions):
     logger: Literal["csv", "tensorboard", "mlflow"] = Field(
         "csv", description="experiment logger beside the CSV log (tensorboard, mlflow: pip install 'geocl[loggers]')"
     )
+
+    @model_validator(mode="after")
+    def _stages_need_the_probe(self) -> FinetuneCommand:
+        if self.probe_stages is not None and self.arch != "linear":
+            rule = field_relation(
+                f"applies to the dense linear probe only: give {{arch}} linear, not {self.arch}", arch="arch"
+            )
+            raise error_at("FinetuneCommand", "probe_stages", self.probe_stages, rule)
+        return self
 
 
 # -------------------------------------------------------------------- evaluate
@@ -450,115 +500,6 @@ class PredictCommand(PredictOptions):
     def many_scenes(self) -> bool:
         """Each scene on its own, on Dask (``workers`` or ``scheduler`` given)."""
         return self.workers is not None or self.scheduler is not None
-
-
-# --------------------------------------------------------------------- compare
-
-
-class RetrievalOptions(OptionsModel):
-    """How ``geocl compare --protocol retrieval`` trains the dual encoder of every row
-    (:class:`geocl.evaluation.retrieval.TextRetrieval`)."""
-
-    recipe: Path | None = Field(
-        default=None,
-        description="the retrieval recipe whose method, optimizer and trainer every row uses "
-        "(default: recipes/retrieval.yaml)",
-    )
-    max_steps: Integer | None = Field(
-        default=None, ge=1, description="optimizer steps of each dual-encoder training (default: the recipe's epochs)"
-    )
-    batch_size: Integer | None = Field(default=None, ge=1, description="training batch size (default: the recipe's)")
-    overrides: list[str] = Field(
-        default=[], description="dotted override of the retrieval recipe, e.g. method.embed_dim=128"
-    )
-    progress: bool = Field(default=True, description="show the progress bar of each dual-encoder training")
-
-
-class CompareOptions(OptionsModel):
-    """``geocl compare``: pretrain several recipes, finetune (or evaluate) each; one table."""
-
-    recipes: list[Path] = Field(
-        min_length=1, description="recipe files; their file names name the pretraining folders, their names the rows"
-    )
-    label_fractions: list[LabelFraction] = Field(
-        default=[0.01, 0.05, 0.2], min_length=1, description="fractions of the labelled train tiles to finetune with"
-    )
-    seeds: Integer = Field(default=3, ge=1, description="training seeds per label subset (seeds 0 .. seeds-1)")
-    subset_seeds: Integer | None = Field(
-        default=None,
-        ge=1,
-        description="label subsets per fraction, drawn apart from the training seeds (subset seeds 0 .. N-1); "
-        "default: each run draws its subset with its training seed",
-    )
-    baseline: str | None = Field(
-        default=None, description="recipe name the paired differences are taken to (default: the first recipe)"
-    )
-    pretrain_steps: list[Annotated[Integer, Field(ge=0)]] | None = Field(
-        default=None,
-        description="pretrain every recipe for this many optimizer steps (overrides their epochs); several "
-        "budgets sweep them (mIoU against pretraining steps); 0 is random init (the random-init rows, evaluated "
-        "once: every curve's first point); default: each recipe's own trainer settings",
-    )
-    snapshots: bool = Field(
-        default=False,
-        description="a sweep trains each recipe once, to its largest budget, and evaluates the smaller budgets "
-        "on snapshots of that run (points on one training curve, whose learning rate followed the long run's "
-        "schedule); default: a run per budget",
-    )
-    protocol: Literal["finetune", "frozen", "both", "retrieval"] = Field(
-        default="finetune",
-        description="tile sets: finetune a segmenter, train a dense linear probe on the frozen encoder "
-        "(cheap and far less noisy: it measures the representation itself), both in one table, or "
-        "text-to-tile retrieval (a dual encoder trained on captions from the masks, hit@k and MRR)",
-    )
-    min_test_pixels: Integer = Field(
-        default=10_000,
-        ge=0,
-        description="warn, and flag the class's IoU, when a class has fewer labelled test pixels than this",
-    )
-    deterministic: bool = Field(
-        default=False, description="use torch's deterministic algorithms (slower; still not equal across processors)"
-    )
-    out: Path = Field(default=Path("runs/compare"), description="the comparison folder")
-    overrides: list[str] = Field(
-        default=[], description="dotted recipe override for every recipe, e.g. trainer.max_epochs=1"
-    )
-    finetune: FinetuneOptions = Field(
-        default_factory=FinetuneOptions, description="finetuning of every row (tile sets)"
-    )
-    evaluate: EvaluateOptions = Field(
-        default_factory=EvaluateOptions, description="evaluation of every row (natural images)"
-    )
-    retrieval: RetrievalOptions = Field(
-        default_factory=RetrievalOptions, description="dual-encoder training of every row (--protocol retrieval)"
-    )
-
-    @field_validator("label_fractions")
-    @classmethod
-    def _once_each(cls, fractions: list[float]) -> list[float]:
-        return list(dict.fromkeys(fractions))  # repeats dropped, order kept
-
-    @field_validator("pretrain_steps", mode="before")
-    @classmethod
-    def _one_budget_or_several(cls, steps: Any) -> Any:
-        return [steps] if isinstance(steps, int | str) and not isinstance(steps, bool) else steps
-
-    @field_validator("pretrain_steps")
-    @classmethod
-    def _budgets_ascending(cls, steps: list[int] | None) -> list[int] | None:
-        return None if steps is None else sorted(set(steps))
-
-    @model_validator(mode="after")
-    def _snapshots_need_a_sweep(self) -> CompareOptions:
-        trained = [steps for steps in self.pretrain_steps or [] if steps > 0]
-        if self.snapshots and len(trained) < 2:
-            rule = field_relation(
-                "needs at least two budgets above 0 in {pretrain_steps} (the largest is trained, the others are "
-                "its snapshots)",
-                pretrain_steps="pretrain_steps",
-            )
-            raise _error_at("CompareOptions", "snapshots", self.snapshots, rule)
-        return self
 
 
 # ------------------------------------------------------------------- retrieval

@@ -29,7 +29,8 @@ from geocl.data.benchmarks.export import _starts
 from geocl.data.tile_dataset import IGNORE_INDEX, TileDataset
 from geocl.errors import GeoclError
 from geocl.methods import load_recipe
-from geocl.recipes.options import CompareOptions, FinetuneOptions
+from geocl.recipes.compare_options import CompareOptions
+from geocl.recipes.options import FinetuneOptions
 from geocl.recipes.schema import BENCHMARK_DATASETS
 
 PAPER_RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "paper"

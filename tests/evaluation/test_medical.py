@@ -24,7 +24,8 @@ from geocl.evaluation import Subset, evaluation_for, get_evaluation
 from geocl.evaluation.medical import OWN_FINETUNE_ARGS, MedicalDice
 from geocl.experiments import run_compare
 from geocl.methods import load_recipe
-from geocl.recipes.options import CompareOptions, FinetuneOptions
+from geocl.recipes.compare_options import CompareOptions
+from geocl.recipes.options import FinetuneOptions
 from geocl.training.pretrain import run_pretrain
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "medical"

@@ -162,7 +162,7 @@ def test_one_row_trains_and_is_read_back(tmp_path: Path, tiny_tiles: Path) -> No
 @pytest.mark.slow  # pretrains SimCLR, then trains and scores two dual encoders: about a minute on 2 cores
 def test_compare_ranks_image_encoder_initialisations_by_retrieval(tmp_path: Path, tiny_tiles: Path) -> None:
     from geocl.experiments import run_compare
-    from geocl.recipes.options import CompareOptions
+    from geocl.recipes.compare_options import CompareOptions
 
     simclr = write_recipe(tmp_path / "simclr", tiny_tiles, SIMCLR)
     evaluation = TextRetrieval({"recipe": _tiny_retrieval_recipe(tmp_path, tiny_tiles), "max_steps": 3})

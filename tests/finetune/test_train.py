@@ -142,3 +142,34 @@ def test_a_cnn_pretrained_with_timm_arguments_is_finetuned_with_them(
     model = build_segmenter("unet", hparams["encoder"], 4, 7, hparams["encoder_args"])
     deepest = model.encoder.model(torch.zeros(1, 4, 64, 64))[-1]
     assert deepest.shape[-1] == 64 // 16  # 2 without the argument: stride 32
+
+
+def test_a_probe_of_the_deep_stages_is_recorded_and_loads_back(tmp_path: Path, tiny_tiles: Path) -> None:
+    """``probe_stages`` reach the probe, ``metrics.json`` (top level and options) and the checkpoint, which
+    :func:`~geocl.finetune.inference.load_segmenter` rebuilds with the same stages."""
+    from geocl.finetune.inference import load_segmenter
+    from geocl.finetune.linear_probe import DenseLinearProbe
+
+    run = {**TINY, "max_epochs": 1, "steps_per_epoch": 1}
+    result = run_finetune(
+        tiles=tiny_tiles, out=tmp_path / "ft", encoder="test_resnet", arch="linear", probe_stages=[5, 4], **run
+    )
+    metrics = json.loads((result.out / "metrics.json").read_text())
+    assert metrics["probe_stages"] == [4, 5] and metrics["options"]["probe_stages"] == [4, 5]
+    module, meta = load_segmenter(result.checkpoint)
+    assert isinstance(module.model, DenseLinearProbe) and module.model.read == (4, 5)
+    assert meta["probe_stages"] == [4, 5]
+    widths = module.model.encoder.out_channels
+    assert module.model.classifier.in_channels == widths[4] + widths[5]
+    # stages for a network without a probe: refused before any work, nothing written
+    with pytest.raises(GeoclError, match="dense linear probe only") as caught:
+        run_finetune(tiles=tiny_tiles, out=tmp_path / "unet", encoder="test_resnet", probe_stages=[4], **run)
+    assert caught.value.key == "probe_stages" and not (tmp_path / "unet").exists()
+
+
+def test_a_probe_of_every_stage_records_them_all() -> None:
+    """None reads every stage; the record says which, so two probes' rows are told apart."""
+    from geocl.finetune.train import SegmenterFactory
+
+    assert SegmenterFactory(arch="linear").identity()["probe_stages"] == [1, 2, 3, 4, 5]
+    assert "probe_stages" not in SegmenterFactory(arch="unet").identity()

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from geocl.recipes.compare_options import CompareOptions
 from geocl.recipes.errors import validation_error
 from geocl.recipes.options import (
-    CompareOptions,
     EvaluateCommand,
     EvaluateOptions,
     FinetuneCommand,
@@ -81,6 +81,12 @@ def _message(model: type[BaseModel], **values: Any) -> tuple[str | None, str]:
         (TileOptions, {"split": (1.2, -0.1, -0.1)}, "split", "must not be negative"),
         (EvaluateCommand, {"checkpoint": "a.ckpt"}, "encoder", "give checkpoint or encoder, not both"),
         (EvaluateCommand, {"encoder": None}, "encoder", "give checkpoint (a pretrain checkpoint) or encoder"),
+        # the dense linear probe's encoder stages: 1 (stem) to 5 (deepest), at least one, for arch linear
+        (FinetuneCommand, {"arch": "linear", "probe_stages": [0]}, "probe_stages[0]", "value 0: must be in [1, 5]"),
+        (FinetuneCommand, {"arch": "linear", "probe_stages": [4, 6]}, "probe_stages[1]", "invalid value 6: must be in"),
+        (FinetuneCommand, {"arch": "linear", "probe_stages": []}, "probe_stages", "must not be empty"),
+        (FinetuneCommand, {"probe_stages": [4, 5]}, "probe_stages", "applies to the dense linear probe only"),
+        (FinetuneCommand, {"arch": "dpt", "probe_stages": [5]}, "probe_stages", "give arch linear, not dpt"),
     ],
 )
 def test_one_wrong_value_names_the_key_and_the_fix(
@@ -136,3 +142,17 @@ def test_defaults_equal_the_library_functions() -> None:
         # every field is a keyword of the function: model_dump() feeds it
         assert set(fields) <= set(inspect.signature(function).parameters) | set(library) | {"polygons"}, model.__name__
     assert FinetuneCommand.model_fields["encoder"].default == defaults(run_finetune)["encoder"]
+
+
+def test_probe_stages_sorted_once_each_and_left_out_of_the_dump_when_unset() -> None:
+    from geocl.finetune.linear_probe import ENCODER_STAGES
+    from geocl.recipes.options import PROBE_STAGES
+
+    assert PROBE_STAGES == ENCODER_STAGES  # repeated in the options (no torch there): they must agree
+    options = FinetuneCommand(tiles="t", out="o", arch="linear", probe_stages=[5, 4, 5])
+    assert options.probe_stages == [4, 5] and options.model_dump()["probe_stages"] == [4, 5]
+    # unset (every stage) it is no keyword at all: the trainings without a probe take the dump as keywords
+    assert FinetuneOptions().probe_stages is None and "probe_stages" not in FinetuneOptions().model_dump()
+    assert set(FinetuneOptions().model_dump()) == set(FinetuneOptions.model_fields) - {"probe_stages"}
+    # a section of the finetune settings alone may hold them (compare's protocol decides, see compare_options)
+    assert FinetuneOptions(probe_stages=[3]).model_dump()["probe_stages"] == [3]
