@@ -42,6 +42,12 @@ def test_demo_runs_scene_tiles_pretraining_finetuning_and_table(
     assert "Δ vs simclr [95 % CI]" in table and "test split of" in table
     assert set(results["evaluation"]) == {"frozen"} and results.groupby("recipe").size().tolist() == [2, 2, 2]
     assert "Δ vs simclr" in printed
+    # where the budget that pays off is: the line names files that exist
+    pointer = next(line for line in printed.splitlines() if "recipes/urban/" in line)
+    root = Path(__file__).resolve().parents[1]
+    assert "3 steps is a demo's budget" in pointer
+    assert (root / "recipes" / "urban" / "grass.yaml").is_file() and (root / "docs/methods/grass.md").is_file()
+    assert "recipes/urban/" in (root / "docs/methods/grass.md").read_text()
     # GraSS's own pictures: its crop-box areas over stage 2 and a region map
     grass_plots = [Path(plot).name for plot in summary["plots"] if "/pretrain/grass/" in plot]
     assert "box_area.png" in grass_plots and any(name.startswith("regions_") for name in grass_plots)
