@@ -1,12 +1,15 @@
-"""``geocl compare``'s options: the probe's stages only where a probe reads them (the frozen rows)."""
+"""``geocl compare``'s options: nested settings as mappings; the probe's stages only where a probe reads them."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from geocl.recipes.compare_options import CompareOptions
 from geocl.recipes.errors import validation_error
+from geocl.recipes.options import EvaluateOptions, FinetuneOptions
 
 
 @pytest.mark.parametrize("protocol", ["finetune", "retrieval"])
@@ -40,3 +43,11 @@ def test_a_stage_out_of_range_names_its_place() -> None:
         CompareOptions(recipes=["a.yaml"], protocol="frozen", finetune={"probe_stages": [0]})
     error = validation_error(caught.value, model=CompareOptions)
     assert error.key == "finetune.probe_stages[0]" and "invalid value 0: must be in [1, 5]" in str(error)
+
+
+def test_compare_takes_nested_settings_as_mappings() -> None:
+    options = CompareOptions(recipes=["a.yaml"], label_fractions=[0.2, 0.05, 0.2], finetune={"val_every": 5})
+    assert options.label_fractions == [0.2, 0.05]  # repeats dropped, order kept
+    assert options.finetune == FinetuneOptions(val_every=5) and options.evaluate == EvaluateOptions()
+    assert (options.seeds, options.out, options.overrides) == (3, Path("runs/compare"), [])
+    assert CompareOptions(recipes=["b.yaml"]).overrides is not options.overrides

@@ -12,14 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from geocl.recipes.compare_options import CompareOptions
 from geocl.recipes.errors import validation_error
-from geocl.recipes.options import (
-    EvaluateCommand,
-    EvaluateOptions,
-    FinetuneCommand,
-    FinetuneOptions,
-    PredictOptions,
-    TileOptions,
-)
+from geocl.recipes.options import EvaluateCommand, FinetuneCommand, FinetuneOptions, PredictOptions, TileOptions
 
 REQUIRED: dict[type[BaseModel], dict[str, Any]] = {
     TileOptions: {"scene": "scene.tif", "out": "tiles"},
@@ -104,14 +97,6 @@ def test_defaults_resolve_and_derived_defaults_follow_the_size() -> None:
     small = TileOptions(scene="s.tif", out="t", size=32)
     assert (small.stride, small.split_block) == (32, 128)
     assert options.scene == [Path("s.tif")]  # one scene given: a list of one (several run on Dask)
-
-
-def test_compare_takes_nested_settings_as_mappings() -> None:
-    options = CompareOptions(recipes=["a.yaml"], label_fractions=[0.2, 0.05, 0.2], finetune={"val_every": 5})
-    assert options.label_fractions == [0.2, 0.05]  # repeats dropped, order kept
-    assert options.finetune == FinetuneOptions(val_every=5) and options.evaluate == EvaluateOptions()
-    assert (options.seeds, options.out, options.overrides) == (3, Path("runs/compare"), [])
-    assert CompareOptions(recipes=["b.yaml"]).overrides is not options.overrides
 
 
 def test_defaults_equal_the_library_functions() -> None:
