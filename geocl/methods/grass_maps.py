@@ -6,17 +6,21 @@ regions from them with :class:`~geocl.sampling.GradientRegionSampler` over the t
 mosaic (a TorchGeo dataset). At the end of training :class:`RegionMapWriter` writes the
 maps of a few fixed tiles to ``maps/final/``, overlays to ``plots/`` and the mean box
 area of every stage-2 epoch (``train/box_area`` in ``metrics.csv``) to
-``plots/box_area.png``.
+``plots/box_area.png``; on tiles with masks it also scores the final boxes' area and
+purity against random boxes of the same size (``box_statistics.csv``, see
+:mod:`geocl.methods.grass_boxes`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning
 import numpy as np
+import pandas as pd
 import rasterio
 import torch
 from lightning.pytorch.loggers import CSVLogger
@@ -27,11 +31,17 @@ from torchgeo.datasets import stack_samples
 from geocl.data.normalize import BandNormalizer
 from geocl.data.scene import SceneImage
 from geocl.data.tile_dataset import TileDataset
+from geocl.io import atomic_write_text
+from geocl.methods.grass_boxes import COMPARED_RATIOS, box_statistics
 from geocl.report.maps import stretch
 from geocl.report.regions import plot_box_areas, plot_region_overlay
 from geocl.sampling.geo_sampler import GradientRegionSampler
 from geocl.sampling.region_rasters import write_region_map
 from geocl.sampling.regions import select_box
+
+#: Written at the end of a GraSS run on tiles with masks: its boxes' area and purity
+#: (:func:`~geocl.methods.grass_boxes.box_statistics`) at the recipe's and stricter thresholds.
+BOX_STATISTICS = "box_statistics.csv"
 
 
 def write_tile_maps(
@@ -120,6 +130,10 @@ def region_loader(model: Any, data: Any) -> DataLoader[Any]:
 class RegionMapWriter(lightning.Callback):
     """At the end of training, write GraSS region maps of a few fixed tiles and the box-area curve.
 
+    On tiles with masks, also ``box_statistics.csv``: one row per map threshold (the
+    recipe's and :data:`~geocl.methods.grass_boxes.COMPARED_RATIOS`) with the boxes' mean
+    area and their purity beside that of random boxes of the same size.
+
     GeoTIFFs go to ``maps/final/`` (the tiles' grids), overlays to ``plots/`` and, when
     stage 2 ran, the mean box area per epoch to ``plots/box_area.png``. The maps are
     those of whole tiles (``tile_size`` px); training crops views of ``data.view_size``
@@ -141,10 +155,24 @@ class RegionMapWriter(lightning.Callback):
     def on_train_end(self, trainer: lightning.Trainer, module: Any) -> None:
         if trainer.is_global_zero:
             self._plot_box_areas(trainer, module)
+            self._write_box_statistics(module)
         if not trainer.is_global_zero or self.count <= 0:
             return
         items = list(range(min(max(self.count, 2), len(self.tiles))))
         self.pngs.extend(plot_tile_maps(module, self.tiles, items, self.out / "maps" / "final", self.out / "plots"))
+
+    def _write_box_statistics(self, module: Any) -> None:
+        """``box_statistics.csv``: area and purity of the boxes at the end (tiles with masks only)."""
+        index = self.tiles.index
+        if not bool(index["mask_path"].notna().all()) or len(self.tiles) < 2:
+            return
+        splits = sorted(set(index["split"].iloc[self.tiles.rows]))
+        labelled = TileDataset(self.tiles.root, splits, with_mask=True, progress=False)
+        ratios = sorted({*COMPARED_RATIOS, float(module.params.threshold_ratio)})
+        rows = [dataclasses.asdict(row) for row in box_statistics(module, labelled, ratios)]
+        for row in rows:
+            row["cells"] = "x".join(map(str, row["cells"]))
+        atomic_write_text(self.out / BOX_STATISTICS, pd.DataFrame(rows).to_csv(index=False, float_format="%.4f"))
 
     def _plot_box_areas(self, trainer: lightning.Trainer, module: Any) -> None:
         csv = next((logger for logger in trainer.loggers if isinstance(logger, CSVLogger)), None)

@@ -10,7 +10,15 @@
 
 from geocl.sampling.geo_sampler import GradientRegionSampler, box_sums
 from geocl.sampling.region_rasters import write_region_map
-from geocl.sampling.regions import Box, crop_and_resize, gradient_maps, select_box, select_boxes, upsample_maps
+from geocl.sampling.regions import (
+    Box,
+    box_purity,
+    crop_and_resize,
+    gradient_maps,
+    select_box,
+    select_boxes,
+    upsample_maps,
+)
 from geocl.sampling.semantic_pairs import (
     SemanticPairs,
     SemanticPairSampler,
@@ -25,6 +33,7 @@ __all__ = [
     "SPPSConfig",
     "SemanticPairSampler",
     "SemanticPairs",
+    "box_purity",
     "box_sums",
     "crop_and_resize",
     "footprint_conflicts",

@@ -190,6 +190,28 @@ def select_boxes(maps: Tensor, view_size: tuple[int, int], ratio: float = 0.5, m
     return [select_box(heat[k], ratio=ratio, min_side=min_side) for k in range(heat.shape[0])]
 
 
+def box_purity(labels: np.ndarray, box: Box) -> float:
+    """Share of a box's labelled pixels that belong to its most frequent class.
+
+    1 for a box on one class; with ``k`` classes in equal parts, ``1 / k``. It measures
+    whether a box holds one ground object's class, GraSS's aim for its crops.
+
+    Args:
+        labels: ``[H, W]`` integer class map of the view; negative values are unlabelled
+            and left out.
+        box: ``(r0, r1, c0, c1)`` inside the view.
+
+    Returns:
+        The share, or NaN when the box holds no labelled pixel.
+    """
+    r0, r1, c0, c1 = box
+    inside = np.asarray(labels)[r0:r1, c0:c1].ravel()
+    inside = inside[inside >= 0]
+    if inside.size == 0:
+        return float("nan")
+    return float(np.bincount(inside).max() / inside.size)
+
+
 @functools.lru_cache(maxsize=4096)
 def _nearest_sources(length: int, size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """Source index of each of ``size`` outputs when ``F.interpolate(mode="nearest")`` resizes ``length`` inputs.

@@ -16,6 +16,7 @@ Output folder (``recipe.out``)::
                        (one run per start; see geocl.training.loggers)
     plots/             loss.png (with the representation monitor's curve), and the method's own pictures
     maps/              the method's georeferenced outputs (same grid as their tiles; tile sets only)
+    box_statistics.csv GraSS on tiles with masks: its final boxes' area and purity (geocl.methods.grass_boxes)
     metrics.json       final loss, steps, time (and the monitor's time and scores)
 
 Tile sets with labelled val tiles get the online representation monitor (recipe section

@@ -12,7 +12,14 @@ from lightly.loss import NTXentLoss
 from scipy import ndimage
 from torch import Tensor, nn
 
-from geocl.sampling.regions import crop_and_resize, gradient_maps, select_box, select_boxes, upsample_maps
+from geocl.sampling.regions import (
+    box_purity,
+    crop_and_resize,
+    gradient_maps,
+    select_box,
+    select_boxes,
+    upsample_maps,
+)
 
 VIEW = (224, 224)
 
@@ -426,3 +433,19 @@ def test_full_chain_on_a_batch_of_512_views_is_fast() -> None:
     assert out.shape == views.shape
     assert sum(box is not None for box in boxes) == 512
     assert elapsed < 15.0
+
+
+def test_box_purity_is_the_majority_class_share_of_the_labelled_pixels() -> None:
+    labels = np.array(
+        [
+            [0, 0, 1, 2],
+            [0, 1, 1, 2],
+            [-100, -100, 2, 2],
+        ]
+    )
+    # rows 0-2, cols 0-2: 0,0,1 / 0,1,1 / 2 (the two -100 left out) -> 0: 3, 1: 3, 2: 1 of 7 labelled
+    assert box_purity(labels, (0, 3, 0, 3)) == pytest.approx(3 / 7)
+    assert box_purity(labels, (0, 2, 0, 2)) == pytest.approx(3 / 4)  # 0,0,0,1
+    assert box_purity(labels, (0, 3, 3, 4)) == 1.0  # one class
+    assert box_purity(labels, (0, 3, 0, 4)) == pytest.approx(4 / 10)  # 2 wins: 4 of 10 labelled
+    assert np.isnan(box_purity(labels, (2, 3, 0, 2)))  # no labelled pixel
