@@ -33,6 +33,11 @@ cells on its 224 px views, a ResNet ``layer4`` 3 x 3 on 96 px views and ``layer3
 counts 1), drawn at the end to ``plots/box_area.png``. The released rule keeps what
 lies above the middle of the map's range: on a map whose values spread evenly about
 that middle, as an encoder early in training gives, that is about half the view.
+Whether a box holds one object is another question: on tiles with masks a run ends by
+scoring its boxes' purity against random boxes of the same size
+(:mod:`geocl.methods.grass_boxes`), and ``box_placement: random`` (an ablation, not in
+the paper) trains with each box moved to a random place, its size kept, to measure what
+the map's location adds to the zoom of the crop.
 
 With ``stage2_sampling: geo`` the online crop is replaced by regions drawn, at scene
 scale, by :class:`~geocl.sampling.GradientRegionSampler` from gradient maps of whole
@@ -54,7 +59,7 @@ from geocl.errors import GeoclError
 from geocl.losses import NTXentLoss
 from geocl.methods.registry import register_method
 from geocl.methods.simclr import SimCLR
-from geocl.sampling.regions import Box, crop_and_resize, gradient_maps, select_boxes, upsample_maps
+from geocl.sampling.regions import Box, crop_and_resize, gradient_maps, move_boxes, select_boxes, upsample_maps
 from geocl.transforms import photometric_only
 
 
@@ -71,6 +76,10 @@ class GraSS(SimCLR):
         layer: module of the timm encoder whose output gives the map, e.g. ``layer3``;
             empty = the last feature map (released code: ResNet ``layer4``).
         min_box_side: smallest box side in px (an ablation; 0 = as released, no minimum).
+        box_placement: ``gradient`` (as released: the box of the map's peak) or
+            ``random``, an ablation not in the paper: each box keeps its size but goes to
+            a random place in its view, so a run measures what the map's location adds
+            to the zoom that cropping applies (online stage-2 sampling only).
         stage2_sampling: ``online`` (crop each view, as released) or ``geo`` (regions
             drawn by the gradient-region GeoSampler from maps of whole tiles).
         region_size: side of geo-sampled regions in px (0 = the tile size / 2).
@@ -87,6 +96,7 @@ class GraSS(SimCLR):
         threshold_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.5,
         layer: str = "",
         min_box_side: Annotated[int, Field(ge=0)] = 0,
+        box_placement: Literal["gradient", "random"] = "gradient",
         stage2_sampling: Literal["online", "geo"] = "online",
         region_size: Annotated[int, Field(ge=0)] = 0,
         regions_per_epoch: Annotated[int, Field(ge=0)] = 0,
@@ -101,6 +111,12 @@ class GraSS(SimCLR):
                 "GraSS does not combine with semantic positive pairs; set it to false "
                 "or use method simclr or moco with spps",
                 key="method.spps.enabled",
+            )
+        if params.box_placement == "random" and params.stage2_sampling == "geo":
+            raise GeoclError(
+                "box_placement 'random' moves the boxes cropped from views; geo stage-2 sampling "
+                "crops none: use stage2_sampling 'online'",
+                key="method.box_placement",
             )
         if params.layer:
             self._find_layer(params.layer)  # a wrong name fails at build time, naming its key
@@ -235,7 +251,10 @@ class GraSS(SimCLR):
         features, gradients = self.guide(views)
         maps = gradient_maps(features, gradients)
         params = self.params
-        boxes = select_boxes(maps, (views.shape[-2], views.shape[-1]), params.threshold_ratio, params.min_box_side)
+        view_size = (views.shape[-2], views.shape[-1])
+        boxes = select_boxes(maps, view_size, params.threshold_ratio, params.min_box_side)
+        if params.box_placement == "random":
+            boxes = move_boxes(boxes, view_size)  # torch's generator, seeded from the step
         return crop_and_resize(views, boxes), boxes
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:

@@ -190,6 +190,36 @@ def select_boxes(maps: Tensor, view_size: tuple[int, int], ratio: float = 0.5, m
     return [select_box(heat[k], ratio=ratio, min_side=min_side) for k in range(heat.shape[0])]
 
 
+def move_boxes(
+    boxes: Sequence[Box | None], view_size: tuple[int, int], generator: torch.Generator | None = None
+) -> list[Box | None]:
+    """Each box at a uniformly random place in its view, its height and width kept.
+
+    An ablation of GraSS (not in the paper): with the boxes' sizes unchanged and their
+    places drawn at random, what remains of the method is the zoom its crops apply;
+    comparing it with GraSS measures what the gradient map's *location* adds.
+
+    Args:
+        boxes: ``(r0, r1, c0, c1)`` per view, or None (a view kept whole stays whole).
+        view_size: ``(H, W)`` of the views (px).
+        generator: random source (default: torch's global one, seeded per training step).
+
+    Returns:
+        The moved boxes, in the same order.
+    """
+    height, width = view_size
+    moved: list[Box | None] = []
+    for box in boxes:
+        if box is None:
+            moved.append(None)
+            continue
+        rows, cols = box[1] - box[0], box[3] - box[2]
+        top = int(torch.randint(0, height - rows + 1, (1,), generator=generator))
+        left = int(torch.randint(0, width - cols + 1, (1,), generator=generator))
+        moved.append((top, top + rows, left, left + cols))
+    return moved
+
+
 def box_purity(labels: np.ndarray, box: Box) -> float:
     """Share of a box's labelled pixels that belong to its most frequent class.
 

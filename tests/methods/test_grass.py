@@ -12,6 +12,7 @@ import geocl.methods  # noqa: F401  (registers the methods)
 import geocl.methods.grass as grass
 from geocl.errors import GeoclError
 from geocl.methods import GraSS, build_method, load_recipe
+from geocl.sampling.regions import crop_and_resize
 from geocl.training.pretrain import run_pretrain
 from tests.conftest import write_recipe
 
@@ -92,6 +93,24 @@ def test_bad_grass_parameters_name_their_key(tmp_path: Path) -> None:
         _grass(tmp_path, layer="layer9")
     with pytest.raises(GeoclError, match="method.stage2_sampling"):
         _grass(tmp_path / "b", stage2_sampling="offline")
+    with pytest.raises(GeoclError, match="method.box_placement") as caught:
+        _grass(tmp_path / "c", box_placement="random", stage2_sampling="geo")
+    assert "use stage2_sampling 'online'" in str(caught.value)
+
+
+def test_random_placement_keeps_each_gradient_box_size_and_moves_it(tmp_path: Path) -> None:
+    gradient = _grass(tmp_path / "a", layer="layer1")  # a fine map: boxes smaller than the view
+    moved = _grass(tmp_path / "b", layer="layer1", box_placement="random")
+    for model in (gradient, moved):
+        model.eval()
+    views = _views()
+    _, boxes = gradient.sample_regions(views)
+    torch.manual_seed(0)
+    cropped, placed = moved.sample_regions(views)
+    sizes = [None if b is None else (b[1] - b[0], b[3] - b[2]) for b in boxes]
+    assert sizes == [None if b is None else (b[1] - b[0], b[3] - b[2]) for b in placed]
+    assert placed != boxes and any(b is not None and b[1] - b[0] < views.shape[-2] for b in boxes)
+    torch.testing.assert_close(cropped, crop_and_resize(views, placed))
 
 
 def test_a_gradient_layer_is_not_saved_twice_and_checkpoints_load_across_layers(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from geocl.sampling.regions import (
     box_purity,
     crop_and_resize,
     gradient_maps,
+    move_boxes,
     select_box,
     select_boxes,
     upsample_maps,
@@ -436,16 +437,26 @@ def test_full_chain_on_a_batch_of_512_views_is_fast() -> None:
 
 
 def test_box_purity_is_the_majority_class_share_of_the_labelled_pixels() -> None:
-    labels = np.array(
-        [
-            [0, 0, 1, 2],
-            [0, 1, 1, 2],
-            [-100, -100, 2, 2],
-        ]
-    )
+    labels = np.array([[0, 0, 1, 2], [0, 1, 1, 2], [-100, -100, 2, 2]])
     # rows 0-2, cols 0-2: 0,0,1 / 0,1,1 / 2 (the two -100 left out) -> 0: 3, 1: 3, 2: 1 of 7 labelled
     assert box_purity(labels, (0, 3, 0, 3)) == pytest.approx(3 / 7)
     assert box_purity(labels, (0, 2, 0, 2)) == pytest.approx(3 / 4)  # 0,0,0,1
     assert box_purity(labels, (0, 3, 3, 4)) == 1.0  # one class
     assert box_purity(labels, (0, 3, 0, 4)) == pytest.approx(4 / 10)  # 2 wins: 4 of 10 labelled
     assert np.isnan(box_purity(labels, (2, 3, 0, 2)))  # no labelled pixel
+
+
+def test_moved_boxes_keep_their_size_stay_inside_and_reach_every_place() -> None:
+    boxes = [(0, 2, 1, 4), None, (3, 5, 0, 5)]
+    generator = torch.Generator().manual_seed(0)
+    tops: set[tuple[int, int]] = set()
+    for _ in range(300):
+        moved = move_boxes(boxes, (5, 5), generator)
+        assert moved[1] is None  # a view kept whole stays whole
+        for box, new in zip(boxes, moved, strict=True):
+            if box is None or new is None:
+                continue
+            assert (new[1] - new[0], new[3] - new[2]) == (box[1] - box[0], box[3] - box[2])
+            assert 0 <= new[0] < new[1] <= 5 and 0 <= new[2] < new[3] <= 5
+        tops.add((moved[0][0], moved[0][2]))  # type: ignore[index]
+    assert tops == {(r, c) for r in range(4) for c in range(3)}  # a 2 x 3 box has 4 x 3 places in 5 x 5
