@@ -3,8 +3,10 @@
 A row is reused only when everything that determines it is unchanged (see
 :mod:`geocl.experiments`, Resuming): its settings are recorded in its run folder's
 ``row.json`` (:func:`row_settings`, :func:`write_row_record`), a pretraining's in its
-``config.yaml`` (compared without :data:`UNTRAINED_KEYS`, :func:`trained_part`). What
-changed between two records is said in one line (:func:`describe_changes`).
+``config.yaml`` (compared without :data:`UNTRAINED_KEYS`, :func:`trained_part`). Both are
+read as today's schema reads them, so keys it gained since take their defaults
+(:func:`with_todays_defaults`). What changed between two records is said in one line
+(:func:`describe_changes`).
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from geocl.errors import GeoclError
 from geocl.evaluation import Evaluation, Subset
 from geocl.evaluation.protocol import TestSet
 from geocl.io import atomic_write_text
-from geocl.recipes import recipe_to_dict
+from geocl.recipes import recipe_to_dict, validate_recipe
 
 __all__ = [
     "ROW_RECORD",
@@ -29,6 +32,7 @@ __all__ = [
     "reused_checkpoint",
     "row_settings",
     "trained_part",
+    "with_todays_defaults",
     "write_row_record",
 ]
 
@@ -88,6 +92,27 @@ def row_settings(
         else {"description": test_set.description, "class_pixels": test_set.class_pixels},
     }
     return json.loads(json.dumps(settings, sort_keys=True, default=str))
+
+
+def with_todays_defaults(settings: dict[str, Any]) -> dict[str, Any]:
+    """A recorded row's settings with its pretraining recipe read as today's schema reads it.
+
+    Keys the schema gained since the row was recorded take their defaults, as
+    :func:`geocl.methods.read_saved_recipe` does for a pretraining's ``config.yaml``: a
+    new method parameter whose default is the old behaviour does not make every earlier
+    row of that method count as changed. Settings without a recipe (random init), or
+    whose recipe no longer validates, are returned as they are.
+    """
+    encoder = settings.get("encoder")
+    if not isinstance(encoder, dict) or not isinstance(recipe := encoder.get("recipe"), dict):
+        return settings
+    try:
+        # out is left out of the record (it names no training) but the schema requires one
+        today = trained_part(recipe_to_dict(validate_recipe({**recipe, "out": "."})))
+    except GeoclError:
+        return settings
+    upgraded = {**settings, "encoder": {**encoder, "recipe": today}}
+    return json.loads(json.dumps(upgraded, sort_keys=True, default=str))  # as row_settings writes them
 
 
 def read_row_record(folder: Path) -> dict[str, Any] | None:

@@ -28,6 +28,7 @@ from geocl.experiments.records import (
     read_row_record,
     reused_checkpoint,
     row_settings,
+    with_todays_defaults,
     write_row_record,
 )
 from geocl.experiments.results import columns_of, write_csv
@@ -182,7 +183,8 @@ def evaluate_row(
     why = "it left no complete result" if reuse else "its encoder was pretrained again"
     if finished is not None:
         record = read_row_record(out)
-        if record is not None and record["settings"] == settings:
+        recorded = None if record is None else with_todays_defaults(record["settings"])
+        if record is not None and recorded == settings:
             seconds = math.nan if finished.seconds is None else finished.seconds
             return make_row(
                 evaluation,
@@ -198,7 +200,7 @@ def evaluate_row(
         why = (
             "it records no settings to check"
             if record is None
-            else (f"made with other settings: {describe_changes(record['settings'], settings)}")
+            else (f"made with other settings: {describe_changes(recorded or record['settings'], settings)}")
         )
     start = time.perf_counter()
     try:

@@ -1,0 +1,46 @@
+"""Row records: a recipe key the schema gained since a row was recorded does not make the row count as changed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import geocl.methods  # noqa: F401  (registers the methods)
+from geocl.experiments.records import differing_keys, encoder_identity, with_todays_defaults
+from geocl.methods import load_recipe
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+def _settings(recipe: Any, *, random: bool = False) -> dict[str, Any]:
+    # as row_settings records them: JSON data, keys sorted
+    return json.loads(json.dumps({"encoder": encoder_identity(recipe, random=random), "seed": 1}, sort_keys=True))
+
+
+def test_a_key_added_since_the_record_takes_its_default() -> None:
+    today = _settings(load_recipe(RECIPES / "grass.yaml"))
+    recorded = json.loads(json.dumps(today))
+    del recorded["encoder"]["recipe"]["method"]["box_placement"]  # a row from before the key existed
+    assert recorded != today
+    assert with_todays_defaults(recorded) == today
+
+
+def test_a_changed_value_still_counts_as_changed() -> None:
+    today = _settings(load_recipe(RECIPES / "grass.yaml"))
+    recorded = json.loads(json.dumps(today))
+    recorded["encoder"]["recipe"]["method"]["threshold_ratio"] = 0.7
+    del recorded["encoder"]["recipe"]["method"]["box_placement"]
+    assert differing_keys(with_todays_defaults(recorded), today) == ["encoder.recipe.method.threshold_ratio"]
+    # a non-default value of the new key is a change too
+    recorded = json.loads(json.dumps(today))
+    recorded["encoder"]["recipe"]["method"]["box_placement"] = "random"
+    assert differing_keys(with_todays_defaults(recorded), today) == ["encoder.recipe.method.box_placement"]
+
+
+def test_settings_without_a_valid_recipe_are_returned_as_recorded() -> None:
+    random = _settings(load_recipe(RECIPES / "simclr.yaml"), random=True)
+    assert with_todays_defaults(random) is random
+    broken = _settings(load_recipe(RECIPES / "simclr.yaml"))
+    broken["encoder"]["recipe"]["method"]["temprature"] = 0.1  # no longer a valid recipe
+    assert with_todays_defaults(broken) is broken
