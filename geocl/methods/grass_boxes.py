@@ -23,9 +23,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -143,6 +145,25 @@ def box_statistics(
         )
         for ratio in ratios
     ]
+
+
+def describe_box_statistics(path: Path, threshold_ratio: float) -> str | None:
+    """One line for people on the row of ``threshold_ratio`` in a run's ``box_statistics.csv``.
+
+    Returns:
+        The line, or None when the file or that row is absent (no masks, another method).
+    """
+    if not path.is_file():
+        return None
+    table = pd.read_csv(path)
+    rows = table[np.isclose(table["threshold_ratio"], threshold_ratio)]
+    if rows.empty:
+        return None
+    row = rows.iloc[0]
+    return (
+        f"boxes at threshold {threshold_ratio:g}: {row['area']:.2f} of the view on average, purity "
+        f"{row['purity']:.3f} against {row['random_purity']:.3f} for random boxes of their size ({path.name})"
+    )
 
 
 def _labelled_views(

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import geocl.methods  # noqa: F401  (registers the methods)
 from geocl.data.tile_dataset import IGNORE_INDEX, TileDataset
 from geocl.methods import GraSS, build_method, load_recipe
-from geocl.methods.grass_boxes import BoxStatistics, _labelled_views, box_statistics
+from geocl.methods.grass_boxes import BoxStatistics, _labelled_views, box_statistics, describe_box_statistics
 from geocl.methods.grass_maps import BOX_STATISTICS
 from geocl.training.pretrain import run_pretrain
 from tests.conftest import write_recipe
@@ -120,3 +120,11 @@ def test_a_grass_run_on_labelled_tiles_writes_its_box_statistics(tmp_path: Path,
     ]
     assert (table["cells"] == "1x1").all() and (table["views"] > 0).all()
     assert np.all(np.diff(table["area"]) <= 1e-9)  # same views, rising threshold
+    line = describe_box_statistics(run / BOX_STATISTICS, 0.55)
+    row = table.iloc[1]
+    assert line == (
+        f"boxes at threshold 0.55: {row['area']:.2f} of the view on average, purity {row['purity']:.3f} "
+        f"against {row['random_purity']:.3f} for random boxes of their size (box_statistics.csv)"
+    )
+    assert describe_box_statistics(run / BOX_STATISTICS, 0.9) is None
+    assert describe_box_statistics(run / "absent.csv", 0.5) is None
