@@ -15,11 +15,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from geocl.errors import GeoclError
 from geocl.evaluation import Evaluation, Subset
 from geocl.evaluation.protocol import TestSet
 from geocl.io import atomic_write_text
-from geocl.recipes import recipe_to_dict, validate_recipe
+from geocl.methods import todays_recipe
+from geocl.recipes import recipe_to_dict
 
 __all__ = [
     "ROW_RECORD",
@@ -97,8 +97,8 @@ def row_settings(
 def with_todays_defaults(settings: dict[str, Any]) -> dict[str, Any]:
     """A recorded row's settings with its pretraining recipe read as today's schema reads it.
 
-    Keys the schema gained since the row was recorded take their defaults, as
-    :func:`geocl.methods.read_saved_recipe` does for a pretraining's ``config.yaml``: a
+    Keys the schema gained since the row was recorded take their defaults
+    (:func:`geocl.methods.todays_recipe`, which also reads a pretraining's ``config.yaml``): a
     new method parameter whose default is the old behaviour does not make every earlier
     row of that method count as changed. Settings without a recipe (random init), or
     whose recipe no longer validates, are returned as they are.
@@ -106,12 +106,11 @@ def with_todays_defaults(settings: dict[str, Any]) -> dict[str, Any]:
     encoder = settings.get("encoder")
     if not isinstance(encoder, dict) or not isinstance(recipe := encoder.get("recipe"), dict):
         return settings
-    try:
-        # out is left out of the record (it names no training) but the schema requires one
-        today = trained_part(recipe_to_dict(validate_recipe({**recipe, "out": "."})))
-    except GeoclError:
+    # out is left out of the record (it names no training) but the schema requires one
+    today = todays_recipe({**recipe, "out": "."})
+    if today is None:
         return settings
-    upgraded = {**settings, "encoder": {**encoder, "recipe": today}}
+    upgraded = {**settings, "encoder": {**encoder, "recipe": trained_part(today)}}
     return json.loads(json.dumps(upgraded, sort_keys=True, default=str))  # as row_settings writes them
 
 

@@ -199,8 +199,8 @@ def evaluate_row(
             )
         why = (
             "it records no settings to check"
-            if record is None
-            else (f"made with other settings: {describe_changes(recorded or record['settings'], settings)}")
+            if recorded is None
+            else (f"made with other settings: {describe_changes(recorded, settings)}")
         )
     start = time.perf_counter()
     try:

@@ -20,7 +20,15 @@ from geocl.methods.grass import GraSS
 from geocl.methods.moco import MoCo
 from geocl.methods.multinet import MultiNet
 from geocl.methods.patchmix import PatchMix
-from geocl.methods.registry import METHODS, build_method, load_recipe, method_class, read_saved_recipe, register_method
+from geocl.methods.registry import (
+    METHODS,
+    build_method,
+    load_recipe,
+    method_class,
+    read_saved_recipe,
+    register_method,
+    todays_recipe,
+)
 from geocl.methods.retrieval import Retrieval
 from geocl.methods.simclr import SimCLR
 
@@ -54,5 +62,6 @@ __all__ = [
     "method_class",
     "parameters_model",
     "read_saved_recipe",
+    "todays_recipe",
     "register_method",
 ]

@@ -90,7 +90,22 @@ def read_saved_recipe(path: str | PathLike[str]) -> dict[str, Any] | None:
         The resolved recipe, or None when the file is missing or no longer a valid recipe.
     """
     try:
-        return recipe_to_dict(load_recipe(path))
+        data, _ = read_recipe(path)
+    except GeoclError:
+        return None
+    return todays_recipe(data)
+
+
+def todays_recipe(data: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Recorded recipe data (a saved ``config.yaml``, a row's record) as today's schema reads it.
+
+    Keys the schema gained since the record take their defaults (see :func:`read_saved_recipe`).
+
+    Returns:
+        The resolved recipe as plain data, or None when the data is no longer a valid recipe.
+    """
+    try:
+        return recipe_to_dict(validate_recipe(data))
     except GeoclError:
         return None
 
