@@ -39,15 +39,18 @@ one ``metrics.json`` or the CSV logs recorded. Checkpoints are read with
 ``weights_only=True`` (nothing in them is unpickled), Lightning's resume included.
 
 What the user can fix stops the run with one :class:`GeoclError` line and leaves
-every complete output as it was: a full disk or a folder that turned read-only
-(naming the file and the last complete checkpoint), a recipe that differs from the
-run being resumed (naming each key with its old and new value), data whose band
+every complete output as it was. A recipe that the data or the method refuses before
+training writes nothing: ``config.yaml`` is saved once the method is built, and the
+folders the run created are removed again. The other failures it names: a full disk
+or a folder that turned read-only (naming the file and the last complete checkpoint),
+a recipe that differs from the run being resumed (naming each key with its old and new value), data whose band
 count changed under the run. A Ctrl-C surfaces as ``KeyboardInterrupt`` (Lightning
 turns it into ``SystemExit(1)``), so the CLI can say to rerun with ``--resume``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -387,6 +390,7 @@ def run_pretrain(recipe: Recipe, *, resume: bool = False, progress: bool = True)
     check_logger(recipe.trainer.logger)  # its package installed
     if resume and not Path(recipe.out).is_dir():
         raise GeoclError("nothing to resume: no such folder (given by out)", path=recipe.out, key="out")
+    created = _missing_folders(Path(recipe.out))
     out = check_output_folder(recipe.out, key="out")
     found = _check_run_folder(recipe, out, resume)
     remove_stale_temporaries(out / "checkpoints")
@@ -399,12 +403,26 @@ def run_pretrain(recipe: Recipe, *, resume: bool = False, progress: bool = True)
         if error is None:
             raise
         raise error from exc
+    except GeoclError:
+        for folder in created:  # refused before anything was written: leave no empty folders behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only ever removes an empty folder
+        raise
+
+
+def _missing_folders(out: Path) -> list[Path]:
+    """``out`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    for folder in (out, *out.absolute().parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
 
 
 def _fit(
     recipe: Recipe, out: Path, found: _Resume | None, writer: AtomicCheckpointIO, progress: bool = True
 ) -> tuple[lightning.Trainer, lightning.LightningModule]:
-    save_recipe(recipe, out / "config.yaml")
     lightning.seed_everything(int(recipe.seed), workers=True, verbose=False)
 
     images: Any = train_dataset(recipe)  # each kind of train data has band_count and metadata
@@ -418,6 +436,8 @@ def _fit(
         _check_resumed_data(recipe, found, images.band_count)
     model = build_method(recipe, images.band_count, images.metadata["band_stats"])
     model.check_train_data(images)
+    # only now, so that a recipe the data or the method refuses leaves no config.yaml behind
+    save_recipe(recipe, out / "config.yaml")
     data = PretrainData(
         images, out, batch_size=recipe.data.batch_size, num_workers=recipe.data.num_workers, seed=recipe.seed
     )

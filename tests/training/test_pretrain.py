@@ -146,6 +146,21 @@ def test_resume_refuses_a_changed_recipe_and_a_run_folder_is_not_reused(tmp_path
     assert extended.global_step == 6
 
 
+def test_a_recipe_the_method_refuses_writes_nothing(tmp_path: Path, tiny_tiles: Path) -> None:
+    method = {"name": "grass", "box_placement": "random", "stage2_sampling": "geo"}
+    fresh = load_recipe(write_recipe(tmp_path / "fresh", tiny_tiles, method), [f"out={tmp_path}/new/deeper/run"])
+    with pytest.raises(GeoclError, match="method.box_placement"):
+        run_pretrain(fresh)
+    assert not (tmp_path / "new").exists()  # the folders it would have created are gone again
+
+    earlier = tmp_path / "earlier"  # a folder the user already had: kept, with its files as they were
+    (earlier / "run").mkdir(parents=True)
+    (earlier / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(GeoclError, match="method.box_placement"):
+        run_pretrain(load_recipe(write_recipe(earlier, tiny_tiles, method)))
+    assert sorted(p.name for p in (earlier / "run").iterdir()) == ["notes.txt"]
+
+
 def test_gradient_clip_val_bounds_the_gradient_norm_of_every_step(
     tmp_path: Path, tiny_tiles: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
