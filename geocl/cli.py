@@ -144,14 +144,8 @@ def _pretrain(args: argparse.Namespace) -> None:
         f"{result.seconds:.0f} s\n  checkpoint: {result.checkpoint}\n  run folder: {result.out} "
         "(config.yaml, logs/, plots/, maps/, metrics.json)"
     )
-    if recipe.method.name == "grass":  # do its boxes hold one object? (tiles with masks only)
-        from geocl.methods.grass_boxes import describe_box_statistics
-        from geocl.methods.grass_maps import BOX_STATISTICS
-
-        ratio = float(getattr(recipe.method, "threshold_ratio"))  # noqa: B009 (a GraSS section)
-        line = describe_box_statistics(result.out / BOX_STATISTICS, ratio)
-        if line is not None:
-            print(f"  {line}")
+    for line in result.findings:
+        print(f"  {line}")
 
 
 def _finetune(args: argparse.Namespace) -> None:

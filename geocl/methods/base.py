@@ -25,6 +25,7 @@ pretraining loop (:mod:`geocl.training`) calls without knowing the method:
   pairs, ...), or None for the plain seeded loader;
 * :attr:`PretrainMethod.reloads_data_every_epoch`: whether that loader changes per epoch;
 * Lightning's ``configure_callbacks``: outputs of its own (maps, plots);
+* :meth:`PretrainMethod.run_findings`: lines for people on what those outputs show;
 * :meth:`PretrainMethod.warm_up`: the stage it trains before its own (GraSS's SimCLR
   epochs, SPPS's epochs before the first mining), so that ``geocl compare`` can flag a
   budget that never reaches the method's own stage (its rows would be another method's).
@@ -51,6 +52,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import version
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import lightning
@@ -300,6 +302,15 @@ class PretrainMethod(lightning.LightningModule):
     def reloads_data_every_epoch(self) -> bool:
         """Hook: whether :meth:`train_loader` must be asked again every epoch."""
         return False
+
+    def run_findings(self, out: Path) -> list[str]:
+        """Hook: lines for people on what the finished run's own outputs in ``out`` show.
+
+        ``geocl pretrain`` prints them under its final line (e.g. GraSS: do its boxes
+        hold one object?). Read from files the run wrote, so a resumed run that trained
+        nothing reports the same.
+        """
+        return []
 
     @classmethod
     def check_downstream(cls, evaluation: str, params: Any) -> None:

@@ -47,6 +47,7 @@ training step then contrasts two views of each drawn region.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
@@ -143,6 +144,13 @@ class GraSS(SimCLR):
     @property
     def reloads_data_every_epoch(self) -> bool:
         return self.params.stage2_sampling == "geo"
+
+    def run_findings(self, out: Path) -> list[str]:
+        from geocl.methods.grass_boxes import describe_box_statistics
+        from geocl.methods.grass_maps import BOX_STATISTICS
+
+        line = describe_box_statistics(out / BOX_STATISTICS, self.params.threshold_ratio)
+        return [] if line is None else [line]
 
     def configure_callbacks(self) -> list[Any]:
         dataset = getattr(self.datamodule, "dataset", None)

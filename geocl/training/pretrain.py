@@ -71,7 +71,7 @@ from geocl.data.natural import open_natural_dataset
 from geocl.data.tile_dataset import TileDataset
 from geocl.errors import GeoclError
 from geocl.io import atomic_write_text, check_output_folder
-from geocl.methods import build_method, read_saved_recipe
+from geocl.methods import PretrainMethod, build_method, read_saved_recipe
 from geocl.models.checkpoints import snapshot_path
 from geocl.recipes import Recipe, recipe_to_dict, save_recipe
 from geocl.training.callbacks import (
@@ -121,6 +121,8 @@ class PretrainResult:
         seconds: wall time of this invocation.
         is_global_zero: whether this process is the main one (DDP runs one process per device).
         resumed_from: the checkpoint a resumed run continued from (None for a new run).
+        findings: lines for people on what the run's outputs show, from its method
+            (:meth:`~geocl.methods.base.PretrainMethod.run_findings`).
     """
 
     out: Path
@@ -130,6 +132,7 @@ class PretrainResult:
     seconds: float
     is_global_zero: bool = True
     resumed_from: Path | None = None
+    findings: tuple[str, ...] = ()
 
 
 @dataclass
@@ -556,6 +559,7 @@ def _finish(
         seconds=time.perf_counter() - start,
         is_global_zero=trainer.is_global_zero,
         resumed_from=found.checkpoint if found else None,
+        findings=tuple(model.run_findings(out)) if isinstance(model, PretrainMethod) else (),
     )
     if not trainer.is_global_zero:
         return result

@@ -105,7 +105,8 @@ def test_a_grass_run_on_labelled_tiles_writes_its_box_statistics(tmp_path: Path,
     recipe = load_recipe(
         write_recipe(tmp_path, tiny_tiles, method, trainer={"max_epochs": 2, "limit_train_batches": 1})
     )
-    run = run_pretrain(recipe).out
+    result = run_pretrain(recipe)
+    run = result.out
     table = pd.read_csv(run / BOX_STATISTICS)
     assert list(table["threshold_ratio"]) == [0.5, 0.55, 0.6, 0.7]  # the recipe's among the compared ones
     assert list(table.columns) == [
@@ -126,5 +127,6 @@ def test_a_grass_run_on_labelled_tiles_writes_its_box_statistics(tmp_path: Path,
         f"boxes at threshold 0.55: {row['area']:.2f} of the view on average, purity {row['purity']:.3f} "
         f"against {row['random_purity']:.3f} for random boxes of their size (box_statistics.csv)"
     )
+    assert result.findings == (line,)  # what geocl pretrain prints under its final line
     assert describe_box_statistics(run / BOX_STATISTICS, 0.9) is None
     assert describe_box_statistics(run / "absent.csv", 0.5) is None
