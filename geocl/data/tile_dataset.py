@@ -73,10 +73,13 @@ class TileDataset(Dataset[Sample]):
             if name not in SPLITS:
                 raise InvalidInputError(f"unknown split {name!r}; choose from {', '.join(SPLITS)}", key="split")
         self.index = gpd.read_file(self.root / INDEX_FILE, layer=INDEX_LAYER)
-        has_masks = bool(self.index["mask_path"].notna().all())
-        self.with_mask = has_masks if with_mask is None else with_mask
-        if self.with_mask and not has_masks:
+        #: whether the tile set has a mask for every tile (opened with masks or not)
+        self.has_masks = bool(self.index["mask_path"].notna().all())
+        self.with_mask = self.has_masks if with_mask is None else with_mask
+        if self.with_mask and not self.has_masks:
             raise MissingInputError("tile set has no masks; tile it with --mask", path=self.root)
+        #: the splits these tiles come from, in the tile set's order
+        self.splits = tuple(name for name in SPLITS if name in splits)
         self.rows = np.flatnonzero(self.index["split"].isin(splits).to_numpy())
         self.transforms = transforms
         self.classes: list[int] = list(self.metadata["classes"])
@@ -88,6 +91,17 @@ class TileDataset(Dataset[Sample]):
         self._cache_dir = self._ensure_cache(progress)
         self._images: np.ndarray | None = None
         self._masks: np.ndarray | None = None
+
+    def with_masks(self) -> TileDataset:
+        """The same tiles with their masks and without transforms (e.g. to score something a
+        method learnt on unlabelled tiles against the labels).
+
+        Raises:
+            GeoclError: if the tile set has no masks.
+        """
+        labelled = TileDataset(self.root, list(self.splits), with_mask=True, progress=False)
+        labelled.rows = np.array(self.rows)  # the same tiles, should a caller have narrowed them
+        return labelled
 
     @property
     def band_count(self) -> int:
@@ -161,7 +175,7 @@ class TileDataset(Dataset[Sample]):
             np.dtype(self.metadata["dtype"]),
             progress,
         )
-        if self.index["mask_path"].notna().all():
+        if self.has_masks:
             with rasterio.open(self.root / self.index["mask_path"].iloc[0]) as src:
                 mask_dtype = np.dtype(src.dtypes[0])
             _pack(

@@ -163,11 +163,9 @@ class RegionMapWriter(lightning.Callback):
 
     def _write_box_statistics(self, module: Any) -> None:
         """``box_statistics.csv``: area and purity of the boxes at the end (tiles with masks only)."""
-        index = self.tiles.index
-        if not bool(index["mask_path"].notna().all()) or len(self.tiles) < 2:
+        if not self.tiles.has_masks or len(self.tiles) < 2:
             return
-        splits = sorted(set(index["split"].iloc[self.tiles.rows]))
-        labelled = TileDataset(self.tiles.root, splits, with_mask=True, progress=False)
+        labelled = self.tiles.with_masks()
         ratios = sorted({*COMPARED_RATIOS, float(module.params.threshold_ratio)})
         rows = [dataclasses.asdict(row) for row in box_statistics(module, labelled, ratios)]
         for row in rows:

@@ -453,16 +453,12 @@ def _with_masks(dataset: Any) -> Any:
     Raises:
         GeoclError: the tile set has no masks (naming ``method.captions.csv`` as the way out).
     """
-    from geocl.data.tile_dataset import TileDataset
-
-    if not bool(dataset.index["mask_path"].notna().all()):
+    if not dataset.has_masks:
         raise GeoclError(
             "tile set has no masks to caption the tiles from; tile it with --mask or give method.captions.csv",
             path=dataset.root,
         )
-    labelled = TileDataset(dataset.root, None, with_mask=True, progress=False)
-    labelled.rows = np.asarray(dataset.rows)
-    return labelled
+    return dataset.with_masks()
 
 
 #: The words templates join class names with.

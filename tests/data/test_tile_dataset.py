@@ -74,6 +74,30 @@ def test_splits_partition_the_tiles(tiles: Path) -> None:
         TileDataset(tiles, "validation", progress=False)
 
 
+def test_with_masks_gives_the_same_tiles_with_their_masks(
+    tmp_path: Path, tiles: Path, write_raster: RasterWriter
+) -> None:
+    unlabelled = TileDataset(tiles, ["test", "train"], with_mask=False, progress=False)
+    assert unlabelled.has_masks and unlabelled.splits == ("train", "test")  # the tile set's order
+    assert "mask" not in unlabelled[0]
+    unlabelled.rows = unlabelled.rows[::2]  # narrowed by a caller: kept
+    labelled = unlabelled.with_masks()
+    reference = TileDataset(tiles, ["train", "test"], with_mask=True, progress=False)
+    assert len(labelled) == len(unlabelled) and labelled.with_mask
+    for item in range(len(labelled)):
+        got, want = labelled[item], reference[2 * item]
+        assert got["index"] == unlabelled[item]["index"] == want["index"]
+        assert torch.equal(got["image"], want["image"]) and torch.equal(got["mask"], want["mask"])
+
+    plain = tmp_path / "plain"
+    scene = write_raster(tmp_path / "scene.tif", coordinate_image(128, 128, bands=3))
+    tile_scene(scene, plain, options=TilingOptions(size=64, stride=64, split_block=64, seed=1), progress=False)
+    without = TileDataset(plain, progress=False)
+    assert not without.has_masks and not without.with_mask
+    with pytest.raises(GeoclError, match="no masks"):
+        without.with_masks()
+
+
 def test_dataloader_with_workers_and_pinned_memory_gives_the_same_batches(tiles: Path) -> None:
     dataset = TileDataset(tiles, "train", progress=False)
     direct = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
