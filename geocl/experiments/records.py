@@ -15,11 +15,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from geocl.errors import GeoclError
 from geocl.evaluation import Evaluation, Subset
 from geocl.evaluation.protocol import TestSet
 from geocl.io import atomic_write_text
 from geocl.methods import todays_recipe
-from geocl.recipes import recipe_to_dict
+from geocl.recipes import DataConfig, EncoderConfig, recipe_to_dict
 
 __all__ = [
     "ROW_RECORD",
@@ -100,17 +103,32 @@ def with_todays_defaults(settings: dict[str, Any]) -> dict[str, Any]:
     Keys the schema gained since the row was recorded take their defaults
     (:func:`geocl.methods.todays_recipe`, which also reads a pretraining's ``config.yaml``): a
     new method parameter whose default is the old behaviour does not make every earlier
-    row of that method count as changed. Settings without a recipe (random init), or
-    whose recipe no longer validates, are returned as they are.
+    row of that method count as changed. A random init's ``data`` and ``encoder`` sections
+    are read the same way. Settings whose recipe or sections no longer validate are
+    returned as they are.
     """
     encoder = settings.get("encoder")
-    if not isinstance(encoder, dict) or not isinstance(recipe := encoder.get("recipe"), dict):
+    if not isinstance(encoder, dict):
         return settings
-    # out is left out of the record (it names no training) but the schema requires one
-    today = todays_recipe({**recipe, "out": "."})
-    if today is None:
+    if isinstance(recipe := encoder.get("recipe"), dict):
+        # out is left out of the record (it names no training) but the schema requires one
+        today = todays_recipe({**recipe, "out": "."})
+        if today is None:
+            return settings
+        identity: dict[str, Any] = {"recipe": trained_part(today)}
+    elif isinstance(random := encoder.get("random_init"), dict):
+        try:  # as the schema reads a recipe's sections: a key added since takes its default
+            identity = {
+                "random_init": {
+                    name: section.model_validate(random[name]).model_dump(mode="json")
+                    for name, section in (("data", DataConfig), ("encoder", EncoderConfig))
+                }
+            }
+        except (KeyError, ValidationError, GeoclError):
+            return settings
+    else:
         return settings
-    upgraded = {**settings, "encoder": {**encoder, "recipe": trained_part(today)}}
+    upgraded = {**settings, "encoder": {**encoder, **identity}}
     return json.loads(json.dumps(upgraded, sort_keys=True, default=str))  # as row_settings writes them
 
 

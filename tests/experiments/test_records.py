@@ -38,8 +38,20 @@ def test_a_changed_value_still_counts_as_changed() -> None:
     assert differing_keys(with_todays_defaults(recorded), today) == ["encoder.recipe.method.box_placement"]
 
 
+def test_a_random_init_record_takes_todays_defaults_too() -> None:
+    today = _settings(load_recipe(RECIPES / "simclr.yaml"), random=True)
+    assert with_todays_defaults(today) == today
+    recorded = json.loads(json.dumps(today))
+    del recorded["encoder"]["random_init"]["data"]["slice_axis"]  # from before the key existed
+    del recorded["encoder"]["random_init"]["encoder"]["weights"]
+    assert with_todays_defaults(recorded) == today
+    recorded["encoder"]["random_init"]["encoder"]["name"] = "resnet50"  # a change stays one
+    assert differing_keys(with_todays_defaults(recorded), today) == ["encoder.random_init.encoder.name"]
+
+
 def test_settings_without_a_valid_recipe_are_returned_as_recorded() -> None:
     random = _settings(load_recipe(RECIPES / "simclr.yaml"), random=True)
+    random["encoder"]["random_init"]["data"]["batch_size"] = 0  # no longer valid
     assert with_todays_defaults(random) is random
     broken = _settings(load_recipe(RECIPES / "simclr.yaml"))
     broken["encoder"]["recipe"]["method"]["temprature"] = 0.1  # no longer a valid recipe
