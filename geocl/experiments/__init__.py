@@ -68,11 +68,25 @@ training seeds. By default a run draws its subset with its training seed; with
 ``subset_seeds`` N the subsets are drawn with subset seeds 0..N-1 apart from the
 training seeds 0..M-1, so N x M runs per fraction pair up across recipes.
     pretraining.csv  each recipe's pretraining as spent: steps, samples seen, seconds, final
-                  loss (``pretrain_steps`` gives every recipe the same step budget)
+                  loss, seed (``pretrain_steps`` gives every recipe the same step budget)
     pretrain/     one pretraining run folder per recipe
     finetune/     (or evaluate/) one run folder per row, with its ``row.json`` (the
                   settings that made it, see Resuming)
     comparison.json  the evaluations' settings of the report beside it
+
+Pretraining seeds: by default each recipe is pretrained once, so the intervals cover
+label subsets and training seeds but not the pretraining's own randomness (its
+initialisation, the order of its batches, its augmentations), and a difference between
+two recipes may be one lucky pretraining. ``pretrain_seeds`` N pretrains every recipe N
+times, with recipe seeds ``seed .. seed+N-1`` (``pretrain/<stem>[-<N>steps]-p<k>``;
+``k`` 0 is the usual folder, so the first pretraining of an earlier comparison is
+reused), and the row of training seed ``s`` reads pretraining ``s mod N``. The grid
+and its pairs stay as they were; each pair now also holds independent pretrainings,
+so its interval covers their variation. Like the random-init row, whose encoder is
+initialised with the row's seed, every seed then measures a different encoder.
+``seeds`` must be a multiple of N. A method that pretrains nothing trains at every row
+with the row's seed and is recorded once. ``pretraining.csv`` lists every pretraining
+with its ``seed``.
 
 Identical label subsets are one subset: a label fraction of 1 holds every label
 whatever its subset seed (and a tile set's fraction that rounds up to every train tile

@@ -23,10 +23,18 @@ class Candidate:
     recipe: Any
     #: a budget evaluated on a snapshot of a longer run (``--snapshots``): that run
     snapshot_of: Candidate | None = None
+    #: which of the recipe's pretrainings (``--pretrain-seeds``): recipe seed + replica
+    replica: int = 0
 
     @property
     def name(self) -> str:
         return str(self.recipe.name)
+
+    @property
+    def pretrains(self) -> bool:
+        """Whether its method pretrains an encoder (else it trains at every row: one run serves every seed)."""
+        cls = method_class_of(self.recipe)
+        return cls is None or bool(cls.pretrains)
 
 
 def load_candidate(
@@ -35,14 +43,19 @@ def load_candidate(
     steps: int | None = None,
     sweep: bool = False,
     snapshot_steps: list[int] | None = None,
+    replica: int = 0,
 ) -> Candidate:
     """Load one recipe with the shared overrides, compare's own ``out`` and the step budget ``steps``.
 
     In a sweep of budgets each budget pretrains into ``pretrain/<stem>-<steps>steps``;
-    ``snapshot_steps`` are the shorter budgets that run keeps snapshots of.
+    ``snapshot_steps`` are the shorter budgets that run keeps snapshots of. Replica ``k``
+    above 0 (``--pretrain-seeds``) is the same recipe with its seed raised by ``k``, in
+    ``pretrain/<stem>[-<steps>steps]-p<k>``; replica 0 is the recipe as written.
     """
     path = Path(path)
     folder = path.stem if not sweep else f"{path.stem}-{steps}steps"
+    if replica:
+        folder += f"-p{replica}"
     # Last, so it wins over an ``out=`` among the user's overrides: compare owns the layout.
     overrides = [*options.overrides, f"out={Path(options.out) / 'pretrain' / folder}"]
     if steps is not None:
@@ -62,7 +75,9 @@ def load_candidate(
         import geocl.methods  # noqa: F401
 
         recipe = load_recipe(path, overrides)
-    return Candidate(path, recipe)
+    if replica:
+        recipe = load_recipe(path, [*overrides, f"seed={int(recipe.seed) + replica}"])
+    return Candidate(path, recipe, replica=replica)
 
 
 def check_unique_names(candidates: list[Candidate]) -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "prepare_benchmarks",
     "random_init_recipe",
     "row_grids",
+    "rows_served",
     "state_test_sets",
     "thin_classes",
 ]
@@ -52,6 +53,8 @@ class Plan:
         random_init: the recipe whose data and encoder the random-init row evaluates, or None.
         baseline: the row name the paired differences are taken to.
         stage_flags: (recipe name, budget) -> why its budget ends inside its method's warm-up.
+        pretrain_seeds: pretrainings of each recipe at each budget (``by_budget`` holds them
+            all, replica by replica); each evaluates the rows of every N-th seed.
     """
 
     budgets: list[int | None]
@@ -61,6 +64,7 @@ class Plan:
     random_init: Any
     baseline: str
     stage_flags: dict[tuple[str, int | None], str]
+    pretrain_seeds: int = 1
 
     @property
     def sweep(self) -> bool:
@@ -85,8 +89,8 @@ class Plan:
 
     @property
     def encoders(self) -> int:
-        """Encoders evaluated: one a pretraining, plus the random-init row's."""
-        return len(self.pretrainings) + (self.random_init is not None)
+        """Full grids of rows: one per recipe and budget (its pretrainings share the seeds), plus random init's."""
+        return sum(1 for _, candidate in self.pretrainings if candidate.replica == 0) + (self.random_init is not None)
 
 
 def plan_comparison(options: CompareOptions, evaluation: Evaluation | str | None) -> Plan:
@@ -104,17 +108,33 @@ def plan_comparison(options: CompareOptions, evaluation: Evaluation | str | None
     # budget 0 is random init: the random-init row, never a pretraining (see geocl.experiments)
     step_zero = 0 in budgets
     trained = [steps for steps in budgets if steps != 0]
-    by_budget = {steps: [load_candidate(path, options, steps, sweep) for path in options.recipes] for steps in trained}
+    replicas = range(options.pretrain_seeds)
+    by_budget = {
+        steps: _replicas(
+            [load_candidate(path, options, steps, sweep, replica=k) for k in replicas for path in options.recipes]
+        )
+        for steps in trained
+    }
     if options.snapshots:
         # one run per recipe, to the largest budget; the others are its snapshots (their
         # recipes, loaded at their own budget above, still say where each snapshot stands
         # against the method's warm-up)
         longest, shorter = trained[-1], [int(steps) for steps in trained[:-1] if steps is not None]
-        by_budget[longest] = [load_candidate(path, options, longest, sweep, shorter) for path in options.recipes]
+        by_budget[longest] = _replicas(
+            [
+                load_candidate(path, options, longest, sweep, shorter, replica=k)
+                for k in replicas
+                for path in options.recipes
+            ]
+        )
         for steps in shorter:
             for candidate, long_run in zip(by_budget[steps], by_budget[longest], strict=True):
                 candidate.snapshot_of = long_run
-    candidates = by_budget[trained[0]] if trained else [load_candidate(path, options) for path in options.recipes]
+    candidates = (
+        [candidate for candidate in by_budget[trained[0]] if candidate.replica == 0]
+        if trained
+        else [load_candidate(path, options) for path in options.recipes]
+    )
     check_unique_names(candidates)
     evaluations = choose_evaluations(candidates, options, evaluation)
     check_method_trainings(candidates, evaluations)
@@ -127,7 +147,18 @@ def plan_comparison(options: CompareOptions, evaluation: Evaluation | str | None
     baseline = choose_baseline(candidates, options, random_init is not None)
     prepare_benchmarks(candidates)
     stage_flags = check_budgets([(steps, candidate) for steps in trained for candidate in by_budget[steps]])
-    return Plan(budgets, by_budget, candidates, evaluations, random_init, baseline, stage_flags)
+    return Plan(budgets, by_budget, candidates, evaluations, random_init, baseline, stage_flags, options.pretrain_seeds)
+
+
+def _replicas(candidates: list[Candidate]) -> list[Candidate]:
+    """The pretrainings to run: every replica of a method that pretrains, the first of one that does not
+    (it trains at every row, with the row's seed: further replicas would be the same training)."""
+    return [candidate for candidate in candidates if candidate.replica == 0 or candidate.pretrains]
+
+
+def rows_served(candidate: Candidate, pretrain_seeds: int) -> tuple[int, int]:
+    """``(k, n)``: the candidate evaluates the rows whose seed is ``k`` modulo ``n`` (every row: ``(0, 1)``)."""
+    return (candidate.replica, pretrain_seeds) if candidate.pretrains else (0, 1)
 
 
 def choose_evaluations(

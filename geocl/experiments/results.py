@@ -198,9 +198,10 @@ def write_pretraining_csv(candidates: list[Candidate], out: Path, budgets: list[
                 "method": str(candidate.recipe.method.name),
                 "pretrain_steps": budget,
                 **{key: metrics.get(key) for key in ("global_step", "samples_seen", "seconds", "final_loss")},
+                "seed": int(candidate.recipe.seed),
             }
         )
-    columns = ["recipe", "method", "pretrain_steps", "global_step", "samples_seen", "seconds", "final_loss"]
+    columns = ["recipe", "method", "pretrain_steps", "global_step", "samples_seen", "seconds", "final_loss", "seed"]
     with atomic_path(out / "pretraining.csv") as temp:
         pd.DataFrame(rows, columns=columns).to_csv(temp, index=False)
 

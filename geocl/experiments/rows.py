@@ -91,10 +91,13 @@ class RowRunner:
         steps: int | None,
         *,
         snapshot: bool = False,
+        seeds: tuple[int, int] = (0, 1),
     ) -> None:
         """Every row of one encoder (``checkpoint``; None: random init or a method that trains at every row).
 
         ``snapshot``: ``checkpoint`` is the state of ``recipe``'s run at step ``steps``.
+        ``seeds``: ``(k, n)``, the encoder's rows are those whose seed is ``k`` modulo ``n``
+        (the k-th of a recipe's n pretrainings, ``--pretrain-seeds``); default: all.
         """
         # random-init at step 0 keeps its one folder: the same rows with or without budget 0
         folder_name = name if steps is None or steps == 0 or not self.sweep else f"{name}-{steps}steps"
@@ -103,7 +106,7 @@ class RowRunner:
             encoder["snapshot_step"] = steps
         for each in self.evaluations:
             test_set = self.test_sets.get(each.name)
-            for subset, seed in self.grids[each.name]:
+            for subset, seed in self._grid(each, seeds):
                 settings = row_settings(each, subset, seed, encoder, test_set)
                 tags = {
                     "recipe": name,
@@ -130,11 +133,17 @@ class RowRunner:
                     )
                 self._record({**row, "recipe": name, "pretrain_steps": steps})
 
-    def fail_encoder(self, name: str, method: str, status: str, steps: int | None) -> None:
-        """Every row of an encoder whose pretraining failed, with its failure ``status``."""
+    def fail_encoder(
+        self, name: str, method: str, status: str, steps: int | None, *, seeds: tuple[int, int] = (0, 1)
+    ) -> None:
+        """Every row of an encoder whose pretraining failed, with its failure ``status`` (``seeds`` as above)."""
         for each in self.evaluations:
-            for subset, seed in self.grids[each.name]:
+            for subset, seed in self._grid(each, seeds):
                 self._record({**make_row(each, name, method, subset, seed, status=status), "pretrain_steps": steps})
+
+    def _grid(self, evaluation: Evaluation, seeds: tuple[int, int]) -> Grid:
+        replica, replicas = seeds
+        return [(subset, seed) for subset, seed in self.grids[evaluation.name] if seed % replicas == replica]
 
     def _record(self, row: dict[str, Any]) -> None:
         row["few_test_pixels"] = self.flagged.get(row["evaluation"], "")

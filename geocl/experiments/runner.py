@@ -15,7 +15,7 @@ import pandas as pd
 
 from geocl.evaluation import Evaluation
 from geocl.experiments.budgets import say_step_zero
-from geocl.experiments.plan import Plan, plan_comparison, row_grids, state_test_sets
+from geocl.experiments.plan import Plan, plan_comparison, row_grids, rows_served, state_test_sets
 from geocl.experiments.pretraining import pretrain_candidate, snapshot_checkpoint
 from geocl.experiments.process import deterministic_algorithms, stop_on_sigterm
 from geocl.experiments.results import keep_earlier_report, write_pretraining_csv, write_results
@@ -131,10 +131,13 @@ def _run(
                 pretrained = pretrain_candidate(candidate, pretrain_fn, say)
             done[id(candidate)] = pretrained
             recipe, snapshot = candidate.recipe, False
+        seeds = rows_served(candidate, plan.pretrain_seeds)  # --pretrain-seeds N: every N-th seed's rows
         if isinstance(pretrained, str):
-            row_runner.fail_encoder(candidate.name, method, pretrained, steps)
+            row_runner.fail_encoder(candidate.name, method, pretrained, steps, seeds=seeds)
         else:
-            row_runner.evaluate_encoder(candidate.name, method, recipe, *pretrained, steps, snapshot=snapshot)
+            row_runner.evaluate_encoder(
+                candidate.name, method, recipe, *pretrained, steps, snapshot=snapshot, seeds=seeds
+            )
     if plan.random_init is not None:
         # No pretraining: its old runs are as valid as ever. With budget 0 it is step 0.
         row_runner.evaluate_encoder(RANDOM_INIT, "none", plan.random_init, None, True, 0 if plan.step_zero else None)

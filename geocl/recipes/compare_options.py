@@ -60,6 +60,13 @@ class CompareOptions(OptionsModel):
         description="label subsets per fraction, drawn apart from the training seeds (subset seeds 0 .. N-1); "
         "default: each run draws its subset with its training seed",
     )
+    pretrain_seeds: Integer = Field(
+        default=1,
+        ge=1,
+        description="pretrain each recipe N times, with recipe seeds seed .. seed+N-1; the row of training seed s "
+        "evaluates pretraining s mod N, so the paired intervals cover the pretraining's own variation "
+        "(seeds must be a multiple of N)",
+    )
     baseline: str | None = Field(
         default=None, description="recipe name the paired differences are taken to (default: the first recipe)"
     )
@@ -117,6 +124,17 @@ class CompareOptions(OptionsModel):
     @classmethod
     def _budgets_ascending(cls, steps: list[int] | None) -> list[int] | None:
         return None if steps is None else sorted(set(steps))
+
+    @model_validator(mode="after")
+    def _pretrainings_share_the_seeds(self) -> CompareOptions:
+        if self.seeds % self.pretrain_seeds:
+            rule = field_relation(
+                f"must divide {{seeds}} ({self.seeds}): the rows of training seed s read pretraining "
+                f"s mod {self.pretrain_seeds}, and each pretraining serves as many rows",
+                seeds="seeds",
+            )
+            raise error_at("CompareOptions", "pretrain_seeds", self.pretrain_seeds, rule)
+        return self
 
     @model_validator(mode="after")
     def _snapshots_need_a_sweep(self) -> CompareOptions:

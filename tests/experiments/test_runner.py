@@ -711,6 +711,53 @@ def test_a_missing_snapshot_fails_only_the_rows_of_its_budget(tmp_path: Path, tw
     assert (results[results["pretrain_steps"] == 9]["status"] == "ok").all()
 
 
+def test_pretrain_seeds_pretrain_each_recipe_again_and_each_serves_every_nth_seed(
+    tmp_path: Path, two_working: list[Path]
+) -> None:
+    out = tmp_path / "cmp"
+    fakes = Fakes(out, failing="none")
+    seen: list[tuple[str, int, list[int]]] = []
+    _snapshotting(fakes, seen)
+    options = CompareOptions(
+        recipes=two_working,
+        label_fractions=[0.2],
+        seeds=2,
+        pretrain_seeds=2,
+        out=out,
+        pretrain_steps=[0, 3, 9],
+        snapshots=True,
+    )
+    results = _compare(options, fakes, echo=None)
+    assert [name for name, _, _ in seen] == ["alpha", "gamma", "alpha", "gamma"]  # each recipe twice, to 9 steps
+    for stem, seeds in (("a-9steps", 0), ("a-9steps-p1", 1), ("g-9steps-p1", 1)):
+        assert yaml.safe_load((out / "pretrain" / stem / "config.yaml").read_text())["seed"] == seeds
+    # seed s reads pretraining s mod 2, at the final budget and on its snapshots alike
+    for seed, replica in ((0, "a-9steps"), (1, "a-9steps-p1")):
+        for steps, file in ((9, "checkpoints/last.ckpt"), (3, "snapshots/step3.ckpt")):
+            call = next(c for c in fakes.finetuned if c["out"].name == f"alpha-{steps}steps-f0.2-s{seed}")
+            assert Path(call["encoder_checkpoint"]) == out / "pretrain" / replica / file
+    # one row per (recipe, budget, seed), as without replicas: the pairs are unchanged
+    trained = results[results["recipe"] != "random-init"]
+    assert trained.groupby(["recipe", "pretrain_steps"]).size().to_dict() == {
+        ("alpha", 3): 2,
+        ("alpha", 9): 2,
+        ("gamma", 3): 2,
+        ("gamma", 9): 2,
+    }
+    assert (results["status"] == "ok").all() and len(results[results["recipe"] == "random-init"]) == 2
+    record = json.loads((out / "finetune" / "alpha-9steps-f0.2-s1" / "row.json").read_text())
+    assert record["settings"]["encoder"]["recipe"]["seed"] == 1  # the row records which pretraining it read
+    spent = pd.read_csv(out / "pretraining.csv")
+    assert spent[spent["pretrain_steps"] == 9]["seed"].tolist() == [0, 0, 1, 1]
+
+
+def test_pretrain_seeds_must_divide_the_seeds(tmp_path: Path, two_working: list[Path]) -> None:
+    with pytest.raises(ValidationError) as caught:
+        CompareOptions(recipes=two_working, seeds=3, pretrain_seeds=2, out=tmp_path / "cmp")
+    line = str(validation_error(caught.value, model=CompareOptions))
+    assert "pretrain_seeds" in line and "must divide" in line and "seeds (3)" in line
+
+
 def _tile_index(tiles: Path, test_pixels: dict[str, int]) -> None:
     """tiles.json and tiles.gpkg of a 4 x 4 grid of 100 m tiles, test tiles on the diagonal."""
     import geopandas as gpd
