@@ -23,8 +23,10 @@ first recipe's data with its encoder architecture, initialised with each seed (t
 first recipe that pretrains: see below).
 
 Budgets: ``pretrain_steps`` gives every recipe the same optimizer steps; several budgets
-sweep them (``pretrain/<stem>-<N>steps``, one report section per budget and
-``results_budget.png``: the score against pretraining steps). Budget 0 is random init:
+sweep them (``pretrain/<stem>-<N>steps``, one report section per budget,
+``results_budget.png``: the score against pretraining steps, and each recipe's paired
+gain from one budget to the next, in ``results.md`` and ``results_budget_gains.csv``:
+where its curve flattens). Budget 0 is random init:
 every recipe's encoder before its first step is the same random encoder (the encoder
 section, initialised with the row's seed), so step 0 is *the* random-init row, evaluated
 once with ``pretrain_steps`` 0, not a copy per recipe (identical encoders are not

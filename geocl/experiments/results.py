@@ -26,7 +26,14 @@ from geocl.experiments.records import describe_changes
 from geocl.io import atomic_path, atomic_write_text
 from geocl.report.columns import MetricColumns
 from geocl.report.environment import describe_environment, environment_line
-from geocl.report.paired import paired_markdown, paired_summary, plot_budgets, plot_paired
+from geocl.report.paired import (
+    budget_gains,
+    budget_gains_markdown,
+    paired_markdown,
+    paired_summary,
+    plot_budgets,
+    plot_paired,
+)
 from geocl.report.table import RANDOM_INIT, per_class_markdown, plot_comparison, results_markdown
 
 __all__ = [
@@ -53,6 +60,7 @@ REPORT_FILES = (
     "results.png",
     "results_paired.png",
     "results_budget.png",
+    "results_budget_gains.csv",
     "pretraining.csv",
     "environment.json",
     COMPARISON_RECORD,
@@ -232,7 +240,10 @@ def write_results(
     the classes that have too few test pixels flagged. Budget 0's group holds the
     random-init rows alone (its own baseline). Over several budgets,
     ``results_budget.png`` draws each recipe's score against pretraining steps, starting
-    at step 0 (the random-init row) for the recipes of ``from_step_zero``.
+    at step 0 (the random-init row) for the recipes of ``from_step_zero``, and a section
+    per evaluation (and ``results_budget_gains.csv``) gives each recipe's paired gain from
+    one budget to the next (:func:`~geocl.report.paired.budget_gains`): where its curve
+    flattens.
     """
     budgets = budgets or [None]
     columns = columns_of(rows, evaluations)
@@ -241,6 +252,7 @@ def write_results(
     environment = describe_environment(deterministic=deterministic)
     atomic_write_text(out / "environment.json", json.dumps(environment, indent=1))
     sections, summaries = [], []
+    all_gains: list[pd.DataFrame] = []
     panels: list[tuple[str, Any, MetricColumns]] = []
     for evaluation in evaluations:
         metrics = metric_columns(evaluation)
@@ -276,6 +288,13 @@ def write_results(
             text += per_class_markdown(group, ";".join(thin), min_test_pixels)
             sections.append((f"## {title}\n\n" if title else "") + text)
             panels.append((title, group, metrics))
+        if len(budgets) > 1:  # where each learning curve flattens
+            gains = budget_gains(of_evaluation, metric, from_step_zero or set())
+            sections.append(
+                f"## {evaluation.name} protocol, gain from each budget to the next\n\n"
+                + budget_gains_markdown(gains, metrics.label(metric))
+            )
+            all_gains.append(gains.assign(evaluation=evaluation.name))
     test_set = (test_sets or {}).get(evaluations[0].name)
     header = f"{test_set.description}.\n\n" if test_set is not None else ""
     table = header + "\n".join(sections) + "\n" + environment_line(environment) + "\n"
@@ -292,6 +311,10 @@ def write_results(
     atomic_write_text(out / "results.md", table)
     plot_comparison(panels, out / "results.png")
     files = ["results.csv", "results_summary.csv", "results.md", "results.png", "results_paired.png"]
+    if all_gains:
+        with atomic_path(out / "results_budget_gains.csv") as temp:
+            pd.concat(all_gains, ignore_index=True).to_csv(temp, index=False)
+        files.append("results_budget_gains.csv")
     if len(budgets) > 1:
         plot_budgets(
             summary,

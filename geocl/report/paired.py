@@ -366,6 +366,104 @@ def budget_curves(summary: pd.DataFrame, from_step_zero: Collection[str] | None 
     return curves.astype({"pretrain_steps": float})
 
 
+#: Columns of :func:`budget_gains`.
+GAIN_COLUMNS = [
+    "recipe",
+    "label_fraction",
+    "from_steps",
+    "to_steps",
+    "delta",
+    "delta_low",
+    "delta_high",
+    "pairs",
+    "wins",
+    "losses",
+    "verdict",
+]
+#: A budget step's verdict, from that of its paired difference.
+_GAIN_VERDICTS = {"better": "still rising", "worse": "falling", "not distinguishable": "no gain detected"}
+
+
+def budget_gains(results: pd.DataFrame, metric: str, from_step_zero: Collection[str] | None = None) -> pd.DataFrame:
+    """Where a learning curve flattens: each recipe's paired gain from one budget of a sweep to the next.
+
+    The runs of one recipe at two budgets pair up as two recipes' runs do (label
+    fraction, subset seed, seed), so the gain of a budget step is a paired difference
+    (:func:`paired_difference`): what the extra steps added on the same labels and
+    seeds. A curve has flattened where the gain is no longer distinguishable from 0;
+    a gain smaller than about half the interval's width may still be there.
+
+    Args:
+        results: ``results.csv`` rows of one evaluation of a sweep (``pretrain_steps``;
+            :data:`RANDOM_INIT` at 0 when the sweep has budget 0).
+        metric: the metric column.
+        from_step_zero: the recipes whose first step is taken from the random-init
+            row (their encoder before training is that row's; default: every recipe).
+
+    Returns:
+        Columns :data:`GAIN_COLUMNS`, one row per (recipe, label fraction, step between
+        consecutive budgets); ``verdict`` is "still rising", "falling", "no gain
+        detected" or, with fewer than :data:`MIN_PAIRS` pairs, "too few pairs".
+    """
+    values = pd.to_numeric(results[metric], errors="coerce")
+    ok = values.notna()
+    if "status" in results:
+        ok &= results["status"].astype(str) == "ok"
+    frame = results.assign(_value=values, _steps=pd.to_numeric(results["pretrain_steps"], errors="coerce"))[ok]
+    frame = frame.assign(label_fraction=frame["label_fraction"].astype(float))
+    keys = [key for key in PAIR_KEYS if key in frame.columns]
+    frame = distinct_runs(frame, [*keys, "_steps"])  # runs on the same labels, per budget
+    start = frame[(frame["recipe"] == RANDOM_INIT) & (frame["_steps"] == 0)]
+    rows = []
+    for recipe in frame["recipe"].drop_duplicates():
+        if recipe == RANDOM_INIT:
+            continue
+        for fraction in sorted(frame["label_fraction"].unique()):
+            mine = frame[(frame["recipe"] == recipe) & (frame["label_fraction"] == fraction) & (frame["_steps"] > 0)]
+            points = [(int(steps), mine[mine["_steps"] == steps]) for steps in sorted(mine["_steps"].unique())]
+            if len(start) and (from_step_zero is None or recipe in from_step_zero):
+                points.insert(0, (0, start[start["label_fraction"] == fraction]))
+            for (before_steps, before), (after_steps, after) in zip(points, points[1:], strict=False):
+                pairs = after[keys + ["_value"]].merge(before[keys + ["_value"]], on=keys, suffixes=("", "_before"))
+                gain = paired_difference((pairs["_value"] - pairs["_value_before"]).tolist())
+                rows.append(
+                    {
+                        "recipe": recipe,
+                        "label_fraction": fraction,
+                        "from_steps": before_steps,
+                        "to_steps": after_steps,
+                        "delta": gain.mean,
+                        "delta_low": gain.low,
+                        "delta_high": gain.high,
+                        "pairs": gain.n,
+                        "wins": gain.wins,
+                        "losses": gain.losses,
+                        "verdict": _GAIN_VERDICTS.get(gain.verdict, gain.verdict),
+                    }
+                )
+    return pd.DataFrame(rows, columns=GAIN_COLUMNS)
+
+
+def budget_gains_markdown(gains: pd.DataFrame, metric_label: str) -> str:
+    """:func:`budget_gains` as a markdown table, with how to read it."""
+    lines = [
+        f"{metric_label} gained from each budget to the next: the same recipe's runs paired by label subset "
+        f"and seed (step 0: the random-init row) [95 % percentile bootstrap interval]. A curve has flattened "
+        f"where the gain is no longer distinguishable from 0; a gain smaller than about half its interval's "
+        f"width may still be there.",
+        "",
+        "| recipe | label fraction | steps | gain [95 % CI] | wins / losses | verdict |",
+        "|---|---:|---|---|---:|---|",
+    ]
+    for row in gains.itertuples(index=False):
+        gain = f"{_signed(row.delta)} [{_signed(row.delta_low)}, {_signed(row.delta_high)}]"
+        lines.append(
+            f"| {row.recipe} | {row.label_fraction:g} | {row.from_steps} → {row.to_steps} | {gain} | "
+            f"{int(row.wins)} / {int(row.losses)} of {int(row.pairs)} | {row.verdict} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def _start_point(start: pd.DataFrame) -> dict[str, Any]:
     """Step 0 of a curve: the random-init row's numbers."""
     row = start.iloc[0]

@@ -638,6 +638,13 @@ def test_a_budget_sweep_pretrains_each_recipe_at_every_budget(tmp_path: Path, tw
     assert "## finetune protocol, 3 pretraining steps" in md and "## finetune protocol, 9 pretraining steps" in md
     assert md.count("| random-init |") >= 2
     assert (out / "results_budget.png").read_bytes()[:4] == b"\x89PNG"
+    # the fake scores an encoder by its recipe's name alone: 3 -> 9 steps gains exactly nothing
+    gains = pd.read_csv(out / "results_budget_gains.csv")
+    assert gains[["recipe", "from_steps", "to_steps", "delta", "pairs"]].values.tolist() == [
+        ["alpha", 3, 9, 0.0, 2],
+        ["gamma", 3, 9, 0.0, 2],
+    ]
+    assert "## finetune protocol, gain from each budget to the next" in md
 
 
 def _snapshotting(fakes: Fakes, seen: list[tuple[str, int, list[int]]], skip: int | None = None) -> None:

@@ -9,7 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from geocl.report.paired import mean_interval, paired_difference, paired_markdown, paired_summary
+from geocl.report.paired import (
+    budget_gains,
+    budget_gains_markdown,
+    mean_interval,
+    paired_difference,
+    paired_markdown,
+    paired_summary,
+)
 
 
 def test_mean_interval_is_students_t() -> None:
@@ -220,3 +227,44 @@ def test_plot_budgets_draws_each_curve_from_step_zero(tmp_path, monkeypatch: pyt
     monkeypatch.undo()
     png = paired.plot_budgets(_sweep_summary(), tmp_path / "budget.png", [frozen])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _sweep_rows() -> pd.DataFrame:
+    """Six (subset, seed) pairs; random init at step 0, alpha at 100 and 300 steps, beta at 300 only."""
+    rows = []
+    for subset, seed in itertools.product(range(3), range(2)):
+        pair = subset * 2 + seed
+        base = 0.3 + 0.01 * pair  # what the subset and seed do to every encoder
+        rows.append(("random-init", 0, subset, seed, base, "ok"))
+        rows.append(("alpha", 100, subset, seed, base + 0.05 + 0.001 * pair, "ok"))  # +0.05..0.055
+        # 100 -> 300: +0.01 on odd pairs, -0.01 on even ones: no gain on average
+        rows.append(("alpha", 300, subset, seed, base + 0.05 + 0.001 * pair + (0.01 if pair % 2 else -0.01), "ok"))
+        rows.append(("beta", 300, subset, seed, base - 0.02, "ok" if pair else "failed: boom"))
+    return pd.DataFrame(rows, columns=["recipe", "pretrain_steps", "subset_seed", "seed", "miou", "status"]).assign(
+        label_fraction=0.05
+    )
+
+
+def test_budget_gains_pair_each_budget_with_the_one_before() -> None:
+    gains = budget_gains(_sweep_rows(), "miou")
+    assert gains[["recipe", "from_steps", "to_steps"]].values.tolist() == [
+        ["alpha", 0, 100],
+        ["alpha", 100, 300],
+        ["beta", 0, 300],
+    ]
+    first, second, beta = (gains.iloc[i] for i in range(3))
+    # by hand: 0.05 + 0.001 x (0..5) over the six pairs
+    assert first["delta"] == pytest.approx(0.05 + 0.001 * 2.5) and first["pairs"] == 6
+    assert first["wins"] == 6 and first["verdict"] == "still rising"
+    assert first["delta_low"] == pytest.approx(0.05 + 0.001 * 0.5, abs=1e-3)  # the bootstrap keeps within the data
+    assert second["delta"] == pytest.approx(0.0) and (second["wins"], second["losses"]) == (3, 3)
+    assert second["verdict"] == "no gain detected" and second["delta_low"] < 0 < second["delta_high"]
+    assert beta["delta"] == pytest.approx(-0.02) and beta["pairs"] == 5  # its failed run pairs with nothing
+    assert beta["verdict"] == "too few pairs"
+
+
+def test_budget_gains_start_at_the_first_budget_for_recipes_not_from_step_zero() -> None:
+    gains = budget_gains(_sweep_rows(), "miou", from_step_zero={"beta"})
+    assert gains[["recipe", "from_steps", "to_steps"]].values.tolist() == [["alpha", 100, 300], ["beta", 0, 300]]
+    markdown = budget_gains_markdown(gains, "mIoU")
+    assert "| alpha | 0.05 | 100 → 300 | +0.000 [" in markdown and "| 3 / 3 of 6 | no gain detected |" in markdown
