@@ -227,12 +227,16 @@ def write_results(
     min_test_pixels: int = 0,
     flags: dict[tuple[str, int | None], str] | None = None,
     from_step_zero: set[str] | None = None,
+    pretrain_seeds: int | None = None,
 ) -> pd.DataFrame:
     """results.csv, results_summary.csv, results.md and the PNGs of the finished rows; the table is echoed.
 
     ``flags``: (recipe, budget) -> why its rows are not its method's (see
     :func:`~geocl.experiments.budgets.check_budgets`): marked in the group's table, in the
     ``flag`` column of ``results_summary.csv``.
+
+    ``pretrain_seeds``: how many times each recipe was pretrained (None: no recipe
+    pretrains); a line under the test set's says what the intervals cover of it.
 
     One section per (evaluation, pretraining budget) group, random-init in every group:
     the mean ± std table, then each recipe's mean with its interval and its paired
@@ -297,6 +301,8 @@ def write_results(
             all_gains.append(gains.assign(evaluation=evaluation.name))
     test_set = (test_sets or {}).get(evaluations[0].name)
     header = f"{test_set.description}.\n\n" if test_set is not None else ""
+    if pretrain_seeds is not None:
+        header += _pretraining_line(pretrain_seeds) + "\n\n"
     table = header + "\n".join(sections) + "\n" + environment_line(environment) + "\n"
     summary = pd.concat(summaries, ignore_index=True)
     with atomic_path(out / "results_summary.csv") as temp:
@@ -325,6 +331,20 @@ def write_results(
         files.append("results_budget.png")
     say(f"\n{table}\nresults: {', '.join(str(out / name) for name in files)}")
     return pd.read_csv(out / "results.csv")  # the rows as the file holds them (empty cells: NaN)
+
+
+def _pretraining_line(pretrain_seeds: int) -> str:
+    """What the intervals cover of the pretraining's own variation (``--pretrain-seeds``)."""
+    if pretrain_seeds == 1:
+        return (
+            "Each recipe was pretrained once: the intervals cover label subsets and seeds, not the variation "
+            "between pretrainings (--pretrain-seeds pretrains each recipe several times)."
+        )
+    return (
+        f"Each recipe was pretrained {pretrain_seeds} times (recipe seeds seed .. seed+{pretrain_seeds - 1}); the "
+        f"runs of seed s read pretraining s mod {pretrain_seeds}, so the intervals include the variation "
+        "between pretrainings."
+    )
 
 
 def _group_title(evaluation: Evaluation, steps: int | None, named: bool) -> str:

@@ -158,6 +158,7 @@ def _run(
         min_test_pixels=options.min_test_pixels,
         flags=plan.stage_flags,
         from_step_zero=from_step_zero,
+        pretrain_seeds=plan.pretrain_seeds if any(candidate.pretrains for candidate in pretrainings) else None,
     )
     log_summary([candidate.recipe for candidate in pretrainings] or [plan.random_init], out, plan.baseline, say)
     return results

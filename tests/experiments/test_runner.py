@@ -224,7 +224,8 @@ def test_rows_table_plot_and_a_failing_recipe(tmp_path: Path, recipes: list[Path
     # table: means and sample stds computed by hand (mean offset 0.03, std 0.036)
     md = (out / "results.md").read_text()
     lines = md.splitlines()
-    assert lines[0] == "| recipe | 0.01 | 0.2 | n |"
+    assert lines[0].startswith("Each recipe was pretrained once")  # what the intervals leave out
+    assert lines[2] == "| recipe | 0.01 | 0.2 | n |"
     assert "| alpha | 0.340 ± 0.036 | 0.530 ± 0.036 | 3 |" in lines
     assert "| beta | failed | failed | 0 |" in lines
     assert "| random-init | 0.140 ± 0.036 | 0.330 ± 0.036 | 3 |" in lines
@@ -645,6 +646,7 @@ def test_a_budget_sweep_pretrains_each_recipe_at_every_budget(tmp_path: Path, tw
         ["gamma", 3, 9, 0.0, 2],
     ]
     assert "## finetune protocol, gain from each budget to the next" in md
+    assert "Each recipe was pretrained once: the intervals cover label subsets and seeds" in md
 
 
 def _snapshotting(fakes: Fakes, seen: list[tuple[str, int, list[int]]], skip: int | None = None) -> None:
@@ -756,6 +758,7 @@ def test_pretrain_seeds_pretrain_each_recipe_again_and_each_serves_every_nth_see
     assert record["settings"]["encoder"]["recipe"]["seed"] == 1  # the row records which pretraining it read
     spent = pd.read_csv(out / "pretraining.csv")
     assert spent[spent["pretrain_steps"] == 9]["seed"].tolist() == [0, 0, 1, 1]
+    assert "Each recipe was pretrained 2 times" in (out / "results.md").read_text()
 
 
 def test_pretrain_seeds_must_divide_the_seeds(tmp_path: Path, two_working: list[Path]) -> None:
