@@ -189,6 +189,26 @@ def check_output_folder(folder: str | os.PathLike[str], *, key: str | None = Non
     return folder
 
 
+@contextlib.contextmanager
+def output_folder(folder: str | os.PathLike[str], *, key: str | None = None) -> Iterator[Path]:
+    """:func:`check_output_folder` for a job that may still refuse its input: when the job
+    raises a :class:`GeoclError`, the folders this created are removed again while empty.
+
+    Yields:
+        The folder, as :func:`check_output_folder` returns it.
+    """
+    folder = Path(folder)
+    missing = [path for path in (folder, *folder.absolute().parents) if not path.exists()]  # deepest first
+    checked = check_output_folder(folder, key=key)
+    try:
+        yield checked
+    except GeoclError:
+        for path in missing:
+            with contextlib.suppress(OSError):  # a folder the job wrote into is not empty: it stays
+                path.rmdir()
+        raise
+
+
 def check_output_file(path: str | os.PathLike[str], *, key: str | None = None) -> Path:
     """Make sure a file can be written at ``path`` (its folder writable, it no folder), before any work.
 

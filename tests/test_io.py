@@ -21,7 +21,15 @@ from rasterio.transform import from_origin
 
 import geocl.io
 from geocl.errors import GeoclError, OutputExistsError
-from geocl.io import OutputWriteError, atomic_path, atomic_write_text, gdal_write_errors, save_figure, write_failure
+from geocl.io import (
+    OutputWriteError,
+    atomic_path,
+    atomic_write_text,
+    gdal_write_errors,
+    output_folder,
+    save_figure,
+    write_failure,
+)
 
 ENOSPC = OSError(errno.ENOSPC, "No space left on device")
 
@@ -206,3 +214,19 @@ def test_an_output_folder_that_is_a_file_is_an_output_exists_error(tmp_path: Pat
     assert isinstance(raised.value, FileExistsError)
     assert str(raised.value) == f"{taken}: is a file, not a folder (given by out); choose another output folder"
     assert taken.read_text() == "keep me"
+
+
+def test_output_folder_removes_the_empty_folders_it_made_when_the_job_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(GeoclError, match="refused"), output_folder(tmp_path / "a" / "b" / "run") as out:
+        assert out.is_dir()
+        raise GeoclError("refused")
+    assert list(tmp_path.iterdir()) == []  # a, a/b and a/b/run were all made for the job
+
+    with pytest.raises(GeoclError), output_folder(tmp_path / "c" / "run") as out:
+        (out / "partial.txt").write_text("written before the refusal")
+        raise GeoclError("refused later")
+    assert (tmp_path / "c" / "run" / "partial.txt").is_file()  # what the job wrote stays
+
+    with pytest.raises(ValueError), output_folder(tmp_path / "d") as out:
+        raise ValueError("a bug, not a refusal")
+    assert out.is_dir()

@@ -294,10 +294,7 @@ def write_results(
             panels.append((title, group, metrics))
         if len(budgets) > 1:  # where each learning curve flattens
             gains = budget_gains(of_evaluation, metric, from_step_zero or set())
-            sections.append(
-                f"## {evaluation.name} protocol, gain from each budget to the next\n\n"
-                + budget_gains_markdown(gains, metrics.label(metric))
-            )
+            sections.append(_gains_section(evaluation, gains, metrics.label(metric)))
             all_gains.append(gains.assign(evaluation=evaluation.name))
     test_set = (test_sets or {}).get(evaluations[0].name)
     header = f"{test_set.description}.\n\n" if test_set is not None else ""
@@ -331,6 +328,13 @@ def write_results(
         files.append("results_budget.png")
     say(f"\n{table}\nresults: {', '.join(str(out / name) for name in files)}")
     return pd.read_csv(out / "results.csv")  # the rows as the file holds them (empty cells: NaN)
+
+
+def _gains_section(evaluation: Evaluation, gains: pd.DataFrame, metric_label: str) -> str:
+    """The report section of :func:`~geocl.report.paired.budget_gains` for one evaluation."""
+    return f"## {evaluation.name} protocol, gain from each budget to the next\n\n" + budget_gains_markdown(
+        gains, metric_label
+    )
 
 
 def _pretraining_line(pretrain_seeds: int) -> str:

@@ -50,7 +50,6 @@ turns it into ``SystemExit(1)``), so the CLI can say to rerun with ``--resume``.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import logging
@@ -70,7 +69,7 @@ from torch.utils.data import Dataset
 from geocl.data.natural import open_natural_dataset
 from geocl.data.tile_dataset import TileDataset
 from geocl.errors import GeoclError
-from geocl.io import atomic_write_text, check_output_folder
+from geocl.io import atomic_write_text, output_folder
 from geocl.methods import PretrainMethod, build_method, read_saved_recipe
 from geocl.models.checkpoints import snapshot_path
 from geocl.recipes import Recipe, recipe_to_dict, save_recipe
@@ -393,34 +392,18 @@ def run_pretrain(recipe: Recipe, *, resume: bool = False, progress: bool = True)
     check_logger(recipe.trainer.logger)  # its package installed
     if resume and not Path(recipe.out).is_dir():
         raise GeoclError("nothing to resume: no such folder (given by out)", path=recipe.out, key="out")
-    created = _missing_folders(Path(recipe.out))
-    out = check_output_folder(recipe.out, key="out")
-    found = _check_run_folder(recipe, out, resume)
-    remove_stale_temporaries(out / "checkpoints")
-    writer = AtomicCheckpointIO(resumed_from=found.checkpoint if found else None)
-    try:
-        trainer, model = _fit(recipe, out, found, writer, progress)
-        return _finish(recipe, out, found, trainer, model, writer, start)
-    except OSError as exc:
-        error = _storage_failure(exc, out, writer)
-        if error is None:
-            raise
-        raise error from exc
-    except GeoclError:
-        for folder in created:  # refused before anything was written: leave no empty folders behind
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only ever removes an empty folder
-        raise
-
-
-def _missing_folders(out: Path) -> list[Path]:
-    """``out`` and those of its parents that do not exist yet, deepest first."""
-    missing = []
-    for folder in (out, *out.absolute().parents):
-        if folder.exists():
-            break
-        missing.append(folder)
-    return missing
+    with output_folder(recipe.out, key="out") as out:  # a refused recipe leaves no empty folder
+        found = _check_run_folder(recipe, out, resume)
+        remove_stale_temporaries(out / "checkpoints")
+        writer = AtomicCheckpointIO(resumed_from=found.checkpoint if found else None)
+        try:
+            trainer, model = _fit(recipe, out, found, writer, progress)
+            return _finish(recipe, out, found, trainer, model, writer, start)
+        except OSError as exc:
+            error = _storage_failure(exc, out, writer)
+            if error is None:
+                raise
+            raise error from exc
 
 
 def _fit(
