@@ -182,32 +182,26 @@ def paired_summary(results: pd.DataFrame, metric: str, baseline: str) -> pd.Data
                 base = frame[(frame["recipe"] == baseline) & (frame["label_fraction"].astype(float) == fraction)]
                 pairs = mine[keys + ["_value"]].merge(base[keys + ["_value"]], on=keys, suffixes=("", "_base"))
                 diff = paired_difference((pairs["_value"] - pairs["_value_base"]).tolist())
-                row.update(
-                    delta=diff.mean,
-                    delta_low=diff.low,
-                    delta_high=diff.high,
-                    pairs=diff.n,
-                    wins=diff.wins,
-                    losses=diff.losses,
-                    verdict=diff.verdict,
-                )
+                row.update(_difference_fields(diff, diff.verdict))
             rows.append(row)
-    columns = [
-        "recipe",
-        "label_fraction",
-        "mean",
-        "low",
-        "high",
-        "n",
-        "delta",
-        "delta_low",
-        "delta_high",
-        "pairs",
-        "wins",
-        "losses",
-        "verdict",
-    ]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=["recipe", "label_fraction", "mean", "low", "high", "n", *DIFFERENCE_COLUMNS])
+
+
+#: The columns a paired difference fills in a summary (:func:`paired_summary`, :func:`budget_gains`).
+DIFFERENCE_COLUMNS = ["delta", "delta_low", "delta_high", "pairs", "wins", "losses", "verdict"]
+
+
+def _difference_fields(diff: PairedDifference, verdict: str) -> dict[str, Any]:
+    """:data:`DIFFERENCE_COLUMNS` of one paired difference."""
+    return {
+        "delta": diff.mean,
+        "delta_low": diff.low,
+        "delta_high": diff.high,
+        "pairs": diff.n,
+        "wins": diff.wins,
+        "losses": diff.losses,
+        "verdict": verdict,
+    }
 
 
 #: The subset seed every run with all labels is counted under (they all hold the same labels).
@@ -367,19 +361,7 @@ def budget_curves(summary: pd.DataFrame, from_step_zero: Collection[str] | None 
 
 
 #: Columns of :func:`budget_gains`.
-GAIN_COLUMNS = [
-    "recipe",
-    "label_fraction",
-    "from_steps",
-    "to_steps",
-    "delta",
-    "delta_low",
-    "delta_high",
-    "pairs",
-    "wins",
-    "losses",
-    "verdict",
-]
+GAIN_COLUMNS = ["recipe", "label_fraction", "from_steps", "to_steps", *DIFFERENCE_COLUMNS]
 #: A budget step's verdict, from that of its paired difference.
 _GAIN_VERDICTS = {"better": "still rising", "worse": "falling", "not distinguishable": "no gain detected"}
 
@@ -432,13 +414,7 @@ def budget_gains(results: pd.DataFrame, metric: str, from_step_zero: Collection[
                         "label_fraction": fraction,
                         "from_steps": before_steps,
                         "to_steps": after_steps,
-                        "delta": gain.mean,
-                        "delta_low": gain.low,
-                        "delta_high": gain.high,
-                        "pairs": gain.n,
-                        "wins": gain.wins,
-                        "losses": gain.losses,
-                        "verdict": _GAIN_VERDICTS.get(gain.verdict, gain.verdict),
+                        **_difference_fields(gain, _GAIN_VERDICTS.get(gain.verdict, gain.verdict)),
                     }
                 )
     return pd.DataFrame(rows, columns=GAIN_COLUMNS)
