@@ -43,8 +43,8 @@ every complete output as it was. A recipe that the data or the method refuses be
 training writes nothing: ``config.yaml`` is saved once the method is built, and the
 folders the run created are removed again. The other failures it names: a full disk
 or a folder that turned read-only (naming the file and the last complete checkpoint),
-a recipe that differs from the run being resumed (naming each key with its old and new value), data whose band
-count changed under the run. A Ctrl-C surfaces as ``KeyboardInterrupt`` (Lightning
+a recipe that differs from the run being resumed (naming each key with its old and new
+value), data whose band count changed under the run. A Ctrl-C surfaces as ``KeyboardInterrupt`` (Lightning
 turns it into ``SystemExit(1)``), so the CLI can say to rerun with ``--resume``.
 """
 
@@ -98,8 +98,7 @@ from geocl.transforms.augment import crop_scale_mismatch
 #: Keys a resumed run may change: ``trainer`` to extend or shorten training, ``monitor``
 #: because it changes nothing the run trains.
 RESUMABLE_CHANGES = ("trainer", "monitor")
-#: Keys that never tell two runs apart: a run folder moved or copied (alone or inside a
-#: comparison) is still the same run.
+#: Keys that never tell two runs apart: a run folder moved or copied is still the same run.
 LOCATION_KEYS = ("out",)
 #: Differing keys named in one message before "and N more".
 SHOWN_CHANGES = 3
@@ -153,7 +152,7 @@ def _shown(value: Any) -> str:
 
 
 def recipe_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """The keys outside :data:`RESUMABLE_CHANGES` and :data:`LOCATION_KEYS` whose values differ, as ``key was OLD, now NEW``."""
+    """The keys outside :data:`RESUMABLE_CHANGES`, :data:`LOCATION_KEYS` that differ: ``key was OLD, now NEW``."""
     old, new = flat_keys(before), flat_keys(now)
     ignored = (*RESUMABLE_CHANGES, *LOCATION_KEYS)
     keys = [key for key in dict.fromkeys([*old, *new]) if key.split(".")[0] not in ignored]
@@ -534,6 +533,7 @@ def _finish(
 ) -> PretrainResult:
     metrics_path = out / "metrics.json"
     previous = _read_metrics(metrics_path)
+    reports = trainer.is_global_zero  # the other DDP processes would read the same files for nobody
     result = PretrainResult(
         out=out,
         checkpoint=out / "checkpoints" / LAST_NAME,
@@ -542,7 +542,7 @@ def _finish(
         seconds=time.perf_counter() - start,
         is_global_zero=trainer.is_global_zero,
         resumed_from=found.checkpoint if found else None,
-        findings=tuple(model.run_findings(out)) if isinstance(model, PretrainMethod) else (),
+        findings=tuple(model.run_findings(out)) if reports and isinstance(model, PretrainMethod) else (),
     )
     if not trainer.is_global_zero:
         return result
