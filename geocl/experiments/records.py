@@ -26,6 +26,7 @@ from geocl.recipes import DataConfig, EncoderConfig, recipe_to_dict
 
 __all__ = [
     "ROW_RECORD",
+    "PRETRAINING_ONLY_DATA_KEYS",
     "UNTRAINED_KEYS",
     "UNTRAINED_TRAINER_KEYS",
     "describe_changes",
@@ -51,6 +52,10 @@ UNTRAINED_KEYS = ("out", "monitor")
 #: snapshots (a long run of a ``--snapshots`` sweep serves a later comparison at its own budget),
 #: and how often checkpoints are written.
 UNTRAINED_TRAINER_KEYS = ("logger", "snapshot_steps", "checkpoint_every_s")
+#: Keys of the ``data`` section that only shape pretraining batches. A random-init row trains
+#: nothing before its evaluation, so they do not tell two of its rows apart: the same
+#: random-init rows serve comparisons whose first recipe crops other views.
+PRETRAINING_ONLY_DATA_KEYS = ("batch_size", "num_workers", "view_size")
 
 
 def differing_keys(before: Any, now: Any, prefix: str = "") -> list[str]:
@@ -76,8 +81,15 @@ def encoder_identity(recipe: Any, *, random: bool) -> dict[str, Any]:
     """What a row's encoder is, as plain data: the pretraining recipe (without ``out`` and ``monitor``), or a random init's data and encoder."""
     plain = recipe_to_dict(recipe)
     if random:
-        return {"random_init": {"data": plain.get("data"), "encoder": plain.get("encoder")}}
+        return {"random_init": {"data": _evaluated_data(plain.get("data")), "encoder": plain.get("encoder")}}
     return {"recipe": trained_part(plain)}
+
+
+def _evaluated_data(data: Any) -> Any:
+    """A random init's ``data`` section without :data:`PRETRAINING_ONLY_DATA_KEYS`."""
+    if not isinstance(data, dict):
+        return data
+    return {key: value for key, value in data.items() if key not in PRETRAINING_ONLY_DATA_KEYS}
 
 
 def row_settings(
@@ -104,7 +116,8 @@ def with_todays_defaults(settings: dict[str, Any]) -> dict[str, Any]:
     (:func:`geocl.methods.todays_recipe`, which also reads a pretraining's ``config.yaml``): a
     new method parameter whose default is the old behaviour does not make every earlier
     row of that method count as changed. A random init's ``data`` and ``encoder`` sections
-    are read the same way. Settings whose recipe or sections no longer validate are
+    are read the same way, and its data section without :data:`PRETRAINING_ONLY_DATA_KEYS`
+    (a row recorded with them matches one recorded without). Settings whose recipe or sections no longer validate are
     returned as they are.
     """
     encoder = settings.get("encoder")
@@ -118,10 +131,11 @@ def with_todays_defaults(settings: dict[str, Any]) -> dict[str, Any]:
         identity: dict[str, Any] = {"recipe": trained_part(today)}
     elif isinstance(random := encoder.get("random_init"), dict):
         try:  # as the schema reads a recipe's sections: a key added since takes its default
+            data = DataConfig.model_validate(random["data"]).model_dump(mode="json")
             identity = {
                 "random_init": {
-                    name: section.model_validate(random[name]).model_dump(mode="json")
-                    for name, section in (("data", DataConfig), ("encoder", EncoderConfig))
+                    "data": _evaluated_data(data),
+                    "encoder": EncoderConfig.model_validate(random["encoder"]).model_dump(mode="json"),
                 }
             }
         except (KeyError, ValidationError, GeoclError):

@@ -49,6 +49,19 @@ def test_a_random_init_record_takes_todays_defaults_too() -> None:
     assert differing_keys(with_todays_defaults(recorded), today) == ["encoder.random_init.encoder.name"]
 
 
+def test_a_random_init_row_does_not_depend_on_how_pretraining_batches_are_shaped() -> None:
+    recipe = load_recipe(RECIPES / "simclr.yaml")
+    today = _settings(recipe, random=True)
+    assert not {"view_size", "batch_size", "num_workers"} & set(today["encoder"]["random_init"]["data"])
+    # a row recorded before these keys were left out, by a first recipe with other views
+    recorded = json.loads(json.dumps(today))
+    recorded["encoder"]["random_init"]["data"].update(view_size=128, batch_size=8, num_workers=0)
+    assert with_todays_defaults(recorded) == today
+    # what the rows are evaluated on still counts
+    recorded["encoder"]["random_init"]["data"]["tiles"] = "elsewhere/tiles"
+    assert differing_keys(with_todays_defaults(recorded), today) == ["encoder.random_init.data.tiles"]
+
+
 def test_settings_without_a_valid_recipe_are_returned_as_recorded() -> None:
     random = _settings(load_recipe(RECIPES / "simclr.yaml"), random=True)
     random["encoder"]["random_init"]["data"]["batch_size"] = 0  # no longer valid
