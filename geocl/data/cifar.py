@@ -1,4 +1,4 @@
-"""CIFAR-10/100 "python version" batches from a local folder, read by torchvision, as training data.
+"""CIFAR-10/100 "python version" batches from a local folder, as training data.
 
 The folder holds CIFAR-10's ``data_batch_1..N``, ``test_batch`` and ``batches.meta`` or
 CIFAR-100's ``train``, ``test`` and ``meta`` (labels ``fine_labels``), as the
@@ -6,14 +6,17 @@ official archives extract them; it may also be the folder the archive was extrac
 into. Nothing is downloaded. CIFAR has no validation split: ``val`` and ``test`` both
 read the test batch, the set kNN and linear-probe results are reported on.
 
-Each batch file is read by torchvision's :class:`~torchvision.datasets.CIFAR10` /
-:class:`~torchvision.datasets.CIFAR100` (same pickle layout, same pixel order), with
-three changes made by :class:`_LocalCifar10`: files are checked to exist rather than
-against the md5 sums of the official archive (geocl's toy batches from
-:func:`~geocl.data.natural_toy.write_toy_cifar` and users' re-packed folders are not
-those bytes), a CIFAR-10 folder may hold any number of data batches, and the meta file
-(class names) may be missing. Files are read one at a time so that a missing or corrupt
-one is named in a one-line :class:`~geocl.errors.GeoclError`.
+The batch files are pickles, and a pickle can name any function for the reader to call.
+geocl never unpickles a file as :func:`pickle.load` does: :class:`_DataUnpickler` builds
+only plain data and numpy arrays and refuses a file that names anything else, in one
+line naming the file, before anything in it runs. The layout is the one torchvision's
+:class:`~torchvision.datasets.CIFAR10` reads (same keys, same pixel order, read with
+``encoding="latin1"`` so that the official Python 2 pickles load); unlike torchvision,
+files are checked to exist rather than against the md5 sums of the official archive
+(geocl's toy batches from :func:`~geocl.data.natural_toy.write_toy_cifar` and users'
+re-packed folders are not those bytes), a CIFAR-10 folder may hold any number of data
+batches, and the meta file (class names) may be missing. Files are read one at a time so
+that a missing or corrupt one is named in a one-line :class:`~geocl.errors.GeoclError`.
 
 Statistics are those of the train split, accumulated batch file by batch file with
 :class:`~geocl.data.stats.RunningBandStats`; pass ``band_stats`` to normalise with other
@@ -22,6 +25,7 @@ statistics instead, e.g. those stored in a pretraining checkpoint.
 
 from __future__ import annotations
 
+import codecs
 import os
 import pickle
 import re
@@ -31,64 +35,73 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.transforms import v2
 
 from geocl.data.natural_dataset import NaturalDataset, Sample, check_split, stats_dict
 from geocl.data.stats import RunningBandStats
-from geocl.errors import GeoclError, InvalidInputError, MissingInputError
+from geocl.errors import InvalidInputError, MissingInputError
 
 #: Side of a CIFAR image (px) and its channels.
 CIFAR_SIZE = 32
 CIFAR_CHANNELS = 3
 
-# What torchvision's reader raises on a file that is not a CIFAR pickle: the unpickler's
-# errors, and those of indexing and stacking what came out of it.
+#: The label key and class-name file of each layout (CIFAR-10's first; CIFAR-100's fine labels).
+_LABEL_KEYS = ("labels", "fine_labels")
+_META = {"batches.meta": "label_names", "meta": "fine_label_names"}
+
+# What reading a file that is not a CIFAR pickle raises: the unpickler's errors, and those
+# of indexing and reshaping what came out of it.
 _UNREADABLE = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError)
 
 
-class _LocalCifar10(CIFAR10):
-    """torchvision's CIFAR-10 reader on one batch file of a folder geocl was given.
+class _DataUnpickler(pickle.Unpickler):
+    """Unpickles plain data (dicts, lists, strings, numbers) and numpy arrays, nothing else.
 
-    ``train_list`` names that one file with md5 ``None``, which makes torchvision's
-    ``check_integrity`` an existence check; ``base_folder`` is empty because the caller
-    has already found the folder (the archive's own or its parent). ``classes`` is
-    ``None`` when the folder has no meta file.
-
-    Args:
-        folder: the folder holding the batch files.
-        name: the batch file's name in it.
+    A pickle rebuilds objects by calling the functions it names; this reader looks up only
+    the ones numpy's arrays are rebuilt with (under their NumPy 1 and NumPy 2 module names)
+    and ``codecs.encode``, with which Python 3 stores bytes in protocol-2 pickles. Any
+    other name is refused before it is called.
     """
 
-    base_folder = ""
-    # torchvision's attributes, as this reader sets them (annotations only: the class
-    # values stay torchvision's, e.g. CIFAR-100's ``meta``)
-    meta: dict[str, Any]
-    classes: list[str] | None
+    # the function numpy pickles its arrays with, taken from numpy itself, not a private path
+    _SAFE: dict[tuple[str, str], Any] = {
+        ("numpy.core.multiarray", "_reconstruct"): np.ndarray((0,)).__reduce__()[0],
+        ("numpy._core.multiarray", "_reconstruct"): np.ndarray((0,)).__reduce__()[0],
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,
+    }
 
-    def __init__(self, folder: Path, name: str) -> None:
-        self.train_list: list[list[str | None]] = [[name, None]]
-        self.test_list: list[list[str | None]] = []
-        self.meta = {**type(self).meta, "md5": None}
-        super().__init__(str(folder), train=True, download=False)
-
-    def _load_meta(self) -> None:
-        path = Path(self.root, self.base_folder, self.meta["filename"])
-        if not path.exists():
-            self.classes = None  # names are then the label numbers
-            return
+    def find_class(self, module: str, name: str) -> Any:
         try:
-            super()._load_meta()
+            return self._SAFE[(module, name)]
         except KeyError:
-            raise InvalidInputError(f"corrupt CIFAR meta file: no {self.meta['key']!r}", path=path) from None
+            raise pickle.UnpicklingError(
+                f"it names {module}.{name}, which a CIFAR batch never holds; refused without running it "
+                "(geocl unpickles plain data and numpy arrays only)"
+            ) from None
+
+
+def _unpickle_data(path: Path) -> Any:
+    """The plain data and arrays of a pickle file (:class:`_DataUnpickler`)."""
+    with path.open("rb") as handle:
+        return _DataUnpickler(handle, encoding="latin1").load()
+
+
+def _class_names(folder: Path) -> list[str] | None:
+    """The class names of the folder's meta file, or None when it has none."""
+    for name, key in _META.items():
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            names = _unpickle_data(path)[key]
+        except (KeyError, TypeError):
+            raise InvalidInputError(f"corrupt CIFAR meta file: no {key!r}", path=path) from None
         except _UNREADABLE as error:
             raise InvalidInputError(f"corrupt CIFAR meta file (not a readable pickle: {error})", path=path) from None
-        assert self.classes is not None  # torchvision's _load_meta set them from the file
-        self.classes = [item.decode() if isinstance(item, bytes) else str(item) for item in self.classes]
-
-
-class _LocalCifar100(_LocalCifar10, CIFAR100):
-    """The same on CIFAR-100's layout: meta file ``meta``, class names ``fine_label_names``."""
+        return [item.decode() if isinstance(item, bytes) else str(item) for item in names]
+    return None
 
 
 class _Batch(NamedTuple):
@@ -108,7 +121,7 @@ def _find_cifar_root(root: Path) -> Path:
     """The folder holding the batch files: ``root`` or the archive's own folder inside it."""
     if not root.is_dir():
         raise MissingInputError("CIFAR folder not found", path=root)
-    for candidate in (root, root / CIFAR10.base_folder, root / CIFAR100.base_folder):
+    for candidate in (root, root / "cifar-10-batches-py", root / "cifar-100-python"):
         if (candidate / "data_batch_1").exists() or (candidate / "train").is_file():
             return candidate
     raise MissingInputError(
@@ -134,34 +147,41 @@ def cifar_files(root: str | os.PathLike[str], split: str) -> list[Path]:
 
 
 def _read_batch(path: Path) -> _Batch:
-    """Read one batch file (of a folder :func:`cifar_files` listed) with torchvision.
+    """Read one batch file (of a folder :func:`cifar_files` listed), and the folder's class names.
 
     Raises:
         GeoclError: naming the file when it is missing or not a CIFAR batch.
     """
     if not path.is_file():
         raise MissingInputError("CIFAR batch file not found", path=path)
-    reader = _LocalCifar10 if (path.parent / "data_batch_1").exists() else _LocalCifar100
     try:
-        batch = reader(path.parent, path.name)
-    except GeoclError:  # the meta file's own error (an InvalidInputError is also a ValueError)
-        raise
-    except KeyError as error:
-        raise InvalidInputError(
-            f"corrupt CIFAR batch file: needs 'data' and 'labels' or 'fine_labels', has no {error}", path=path
-        ) from None
+        entry = _unpickle_data(path)
     except _UNREADABLE as error:
         raise InvalidInputError(f"corrupt CIFAR batch file (not a readable pickle: {error})", path=path) from None
-    labels = np.asarray(batch.targets, dtype=np.int64)
-    # torchvision keeps whatever dtype 'data' had and only reshapes it to [N, 32, 32, 3].
-    if batch.data.dtype != np.uint8 or len(labels) != len(batch.data):
+    label_key = next((key for key in _LABEL_KEYS if isinstance(entry, dict) and key in entry), None)
+    if label_key is None or "data" not in entry:
+        missing = "'labels' or 'fine_labels'" if label_key is None else "'data'"
         raise InvalidInputError(
-            f"corrupt CIFAR batch file: 'data' gives {len(batch.data)} {batch.data.dtype} images for {len(labels)} "
-            f"labels (expected uint8 [N, {CIFAR_CHANNELS * CIFAR_SIZE * CIFAR_SIZE}] and N labels)",
+            f"corrupt CIFAR batch file: needs 'data' and 'labels' or 'fine_labels', has no {missing}", path=path
+        )
+    data, labels = entry["data"], np.asarray(entry[label_key])
+    pixels = CIFAR_CHANNELS * CIFAR_SIZE * CIFAR_SIZE
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or data.size != len(labels) * pixels
+        or labels.ndim != 1
+        or not np.issubdtype(labels.dtype, np.integer)
+    ):
+        shape = f"{data.dtype} {tuple(data.shape)}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise InvalidInputError(
+            f"corrupt CIFAR batch file: 'data' is {shape} for {len(labels)} labels "
+            f"(expected uint8 [N, {pixels}] and N integer labels)",
             path=path,
         )
-    # torchvision's [N, H, W, C] is a view of the file's [N, C, H, W] rows: transposing back copies nothing.
-    return _Batch(batch.data.transpose(0, 3, 1, 2), labels, batch.classes)
+    # the file's rows are [C, H, W] images, as torchvision reads them
+    images = data.reshape(len(labels), CIFAR_CHANNELS, CIFAR_SIZE, CIFAR_SIZE)
+    return _Batch(images, labels.astype(np.int64), _class_names(path.parent))
 
 
 def _band_stats(images: Iterable[np.ndarray], where: Path) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""CIFAR batches read through torchvision: round trip of the toy writer, statistics, bad input."""
+"""CIFAR batches: round trip of the toy writer, statistics, bad input, and no code run from a pickle."""
 
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def test_without_meta_file_classes_are_label_numbers_and_bytes_keys_are_named(tm
     assert dataset.labels.tolist() == [1, 0] and dataset.classes == ["0", "1"]
     assert np.array_equal(dataset.raw(1).reshape(-1), data[1])
     # Bytes keys (a re-save of what pickle.load(..., encoding="bytes") gives) are not the
-    # official layout, which torchvision reads: a user error naming the file.
+    # official layout: a user error naming the file.
     with (root / "data_batch_1").open("wb") as handle:
         pickle.dump({b"data": data, b"labels": [1, 0], b"batch_label": b"x"}, handle, protocol=2)
     with pytest.raises(GeoclError, match="corrupt CIFAR batch file") as caught:
@@ -125,3 +125,44 @@ def test_corrupt_meta_file_and_wrong_pixel_type_are_named(tmp_path: Path) -> Non
     with pytest.raises(GeoclError, match="uint8") as caught:
         CifarDataset(root, "test", band_stats=stats)
     assert caught.value.path == str(root / "test_batch")
+
+
+class _RunsCode:
+    """Pickles as a call of os.mkdir: what a booby-trapped "CIFAR batch" would hold."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self) -> tuple:
+        import os
+
+        return (os.mkdir, (str(self.target),))
+
+
+def test_a_pickle_that_names_a_function_is_refused_before_it_runs(tmp_path: Path) -> None:
+    root = write_toy_cifar(tmp_path / "c10", num_classes=2, per_class=2, test_per_class=1, train_batches=1)
+    trapped = _unpickle(root / "test_batch")
+    marker = tmp_path / "ran"
+    trapped["batch_label"] = _RunsCode(marker)
+    payload = pickle.dumps(trapped, protocol=2)
+    (root / "test_batch").write_bytes(payload)
+    with pytest.raises(GeoclError, match="refused without running it") as caught:
+        CifarDataset(root, "test", band_stats={"mean": [0, 0, 0], "std": [1, 1, 1]})
+    assert caught.value.path == str(root / "test_batch") and "mkdir" in str(caught.value)
+    assert not marker.exists()
+    pickle.loads(payload)  # what reading it with pickle.load would have done
+    assert marker.is_dir()
+
+
+def test_the_official_python2_pickles_numpy_names_are_read(tmp_path: Path) -> None:
+    # The official archives were pickled by Python 2 and NumPy 1: arrays under
+    # numpy.core.multiarray, and protocol-2 text globals, which this NumPy writes as numpy._core.
+    root = write_toy_cifar(tmp_path / "c10", num_classes=2, per_class=3, test_per_class=1, train_batches=1)
+    content = _unpickle(root / "data_batch_1")
+    payload = pickle.dumps(content, protocol=2)
+    old = payload.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert b"numpy.core.multiarray" in old and b"numpy._core" not in old
+    (root / "data_batch_1").write_bytes(old)
+    dataset = CifarDataset(root)
+    assert np.array_equal(dataset.images.reshape(len(dataset.images), -1), content["data"])
+    assert dataset.labels.tolist() == content["labels"]
