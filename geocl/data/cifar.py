@@ -39,7 +39,7 @@ from torchvision.transforms import v2
 
 from geocl.data.natural_dataset import NaturalDataset, Sample, check_split, stats_dict
 from geocl.data.stats import RunningBandStats
-from geocl.errors import InvalidInputError, MissingInputError
+from geocl.errors import GeoclError, InvalidInputError, MissingInputError
 
 #: Side of a CIFAR image (px) and its channels.
 CIFAR_SIZE = 32
@@ -76,16 +76,28 @@ class _DataUnpickler(pickle.Unpickler):
         try:
             return self._SAFE[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(
-                f"it names {module}.{name}, which a CIFAR batch never holds; refused without running it "
-                "(geocl unpickles plain data and numpy arrays only)"
-            ) from None
+            raise _RefusedName(f"{module}.{name}") from None
+
+
+class _RefusedName(pickle.UnpicklingError):
+    """A pickle named a function :class:`_DataUnpickler` does not call (the name is the message)."""
 
 
 def _unpickle_data(path: Path) -> Any:
-    """The plain data and arrays of a pickle file (:class:`_DataUnpickler`)."""
-    with path.open("rb") as handle:
-        return _DataUnpickler(handle, encoding="latin1").load()
+    """The plain data and arrays of a pickle file (:class:`_DataUnpickler`).
+
+    Raises:
+        GeoclError: naming the file when it names any other function (nothing in it has run).
+    """
+    try:
+        with path.open("rb") as handle:
+            return _DataUnpickler(handle, encoding="latin1").load()
+    except _RefusedName as refused:
+        raise InvalidInputError(
+            f"refused: the file names {refused}, which CIFAR files never hold; nothing in it was run "
+            "(geocl unpickles plain data and numpy arrays only)",
+            path=path,
+        ) from None
 
 
 def _class_names(folder: Path) -> list[str] | None:
@@ -96,6 +108,8 @@ def _class_names(folder: Path) -> list[str] | None:
             continue
         try:
             names = _unpickle_data(path)[key]
+        except GeoclError:  # refused (an InvalidInputError is also a ValueError)
+            raise
         except (KeyError, TypeError):
             raise InvalidInputError(f"corrupt CIFAR meta file: no {key!r}", path=path) from None
         except _UNREADABLE as error:
@@ -156,6 +170,8 @@ def _read_batch(path: Path) -> _Batch:
         raise MissingInputError("CIFAR batch file not found", path=path)
     try:
         entry = _unpickle_data(path)
+    except GeoclError:  # refused (an InvalidInputError is also a ValueError)
+        raise
     except _UNREADABLE as error:
         raise InvalidInputError(f"corrupt CIFAR batch file (not a readable pickle: {error})", path=path) from None
     label_key = next((key for key in _LABEL_KEYS if isinstance(entry, dict) and key in entry), None)

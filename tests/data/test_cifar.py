@@ -146,10 +146,17 @@ def test_a_pickle_that_names_a_function_is_refused_before_it_runs(tmp_path: Path
     trapped["batch_label"] = _RunsCode(marker)
     payload = pickle.dumps(trapped, protocol=2)
     (root / "test_batch").write_bytes(payload)
-    with pytest.raises(GeoclError, match="refused without running it") as caught:
+    with pytest.raises(GeoclError, match="refused: the file names posix.mkdir") as caught:
         CifarDataset(root, "test", band_stats={"mean": [0, 0, 0], "std": [1, 1, 1]})
-    assert caught.value.path == str(root / "test_batch") and "mkdir" in str(caught.value)
+    assert caught.value.path == str(root / "test_batch") and "nothing in it was run" in str(caught.value)
     assert not marker.exists()
+    # the class-names file is read the same way
+    trapped_meta = {"label_names": ["a", "b"], "num_vis": _RunsCode(marker)}
+    (root / "batches.meta").write_bytes(pickle.dumps(trapped_meta, protocol=2))
+    (root / "test_batch").write_bytes(pickle.dumps(_unpickle(root / "data_batch_1"), protocol=2))
+    with pytest.raises(GeoclError, match="refused") as caught:
+        CifarDataset(root, "test", band_stats={"mean": [0, 0, 0], "std": [1, 1, 1]})
+    assert caught.value.path == str(root / "batches.meta") and not marker.exists()
     pickle.loads(payload)  # what reading it with pickle.load would have done
     assert marker.is_dir()
 
