@@ -62,9 +62,11 @@ Output folder::
     results.md    mean ± std per recipe and subset (see geocl.report.table), then each
                   recipe's mean [95 % t interval] and its paired difference to the
                   baseline recipe [95 % bootstrap interval], wins/losses and whether it
-                  is distinguishable (see geocl.report.paired)
+                  is distinguishable (see geocl.report.paired), then the same for every
+                  two other recipes, the one ahead first (geocl.report.paired.pairwise_differences)
     results.png   the metrics against label fraction (bars when there is one)
     results_paired.png  the paired differences with their intervals (forest plot)
+    results_pairwise.csv  the pairs besides the baseline's (three recipes or more, random init included)
 
 Pairs: every recipe (and random-init) runs the same grid of label subsets and
 training seeds. By default a run draws its subset with its training seed; with

@@ -24,16 +24,10 @@ from geocl.experiments.candidates import Candidate
 from geocl.experiments.plan import thin_classes
 from geocl.experiments.records import describe_changes
 from geocl.io import atomic_path, atomic_write_text
+from geocl.report.budgets import budget_gains, budget_gains_markdown, plot_budgets
 from geocl.report.columns import MetricColumns
 from geocl.report.environment import describe_environment, environment_line
-from geocl.report.paired import (
-    budget_gains,
-    budget_gains_markdown,
-    paired_markdown,
-    paired_summary,
-    plot_budgets,
-    plot_paired,
-)
+from geocl.report.paired import paired_markdown, paired_summary, pairwise_differences, pairwise_markdown, plot_paired
 from geocl.report.table import RANDOM_INIT, per_class_markdown, plot_comparison, results_markdown
 
 __all__ = [
@@ -61,10 +55,15 @@ REPORT_FILES = (
     "results_paired.png",
     "results_budget.png",
     "results_budget_gains.csv",
+    "results_pairwise.csv",
     "pretraining.csv",
     "environment.json",
     COMPARISON_RECORD,
 )
+
+
+#: Report files only some comparisons have (several budgets; pairs besides the baseline's).
+_OPTIONAL_REPORT_FILES = frozenset({"results_budget.png", "results_budget_gains.csv", "results_pairwise.csv"})
 
 
 def results_columns(
@@ -246,7 +245,7 @@ def write_results(
     ``results_budget.png`` draws each recipe's score against pretraining steps, starting
     at step 0 (the random-init row) for the recipes of ``from_step_zero``, and a section
     per evaluation (and ``results_budget_gains.csv``) gives each recipe's paired gain from
-    one budget to the next (:func:`~geocl.report.paired.budget_gains`): where its curve
+    one budget to the next (:func:`~geocl.report.budgets.budget_gains`): where its curve
     flattens.
     """
     budgets = budgets or [None]
@@ -257,6 +256,7 @@ def write_results(
     atomic_write_text(out / "environment.json", json.dumps(environment, indent=1))
     sections, summaries = [], []
     all_gains: list[pd.DataFrame] = []
+    pairs: list[pd.DataFrame] = []  # every two recipes but the baseline, per group
     panels: list[tuple[str, Any, MetricColumns]] = []
     for evaluation in evaluations:
         metrics = metric_columns(evaluation)
@@ -282,11 +282,9 @@ def write_results(
                     flag=[group_flags.get(recipe, "") for recipe in paired["recipe"]],
                 )
             )
-            text = (
-                results_markdown(group, metrics, flags=group_flags)
-                + "\n"
-                + paired_markdown(paired, metrics.label(metric), group_baseline)
-            )
+            pairwise = pairwise_differences(group, metric, without=group_baseline)
+            pairs.append(pairwise.assign(evaluation=evaluation.name, pretrain_steps=steps))
+            text = _group_text(group, metrics, paired, pairwise, group_baseline, group_flags)
             test_set = (test_sets or {}).get(evaluation.name)
             thin = [] if test_set is None else thin_classes(test_set, min_test_pixels)
             text += per_class_markdown(group, ";".join(thin), min_test_pixels)
@@ -314,10 +312,8 @@ def write_results(
     atomic_write_text(out / "results.md", table)
     plot_comparison(panels, out / "results.png")
     files = ["results.csv", "results_summary.csv", "results.md", "results.png", "results_paired.png"]
-    if all_gains:
-        with atomic_path(out / "results_budget_gains.csv") as temp:
-            pd.concat(all_gains, ignore_index=True).to_csv(temp, index=False)
-        files.append("results_budget_gains.csv")
+    tables = {"results_pairwise.csv": pairs, "results_budget_gains.csv": all_gains}
+    files += _write_optional_tables(out, tables)
     if len(budgets) > 1:
         plot_budgets(
             summary,
@@ -326,12 +322,41 @@ def write_results(
             from_step_zero=from_step_zero or set(),
         )
         files.append("results_budget.png")
+    for name in _OPTIONAL_REPORT_FILES.difference(files):  # an earlier report's, of other recipes or budgets
+        (out / name).unlink(missing_ok=True)
     say(f"\n{table}\nresults: {', '.join(str(out / name) for name in files)}")
     return pd.read_csv(out / "results.csv")  # the rows as the file holds them (empty cells: NaN)
 
 
+def _write_optional_tables(out: Path, tables: dict[str, list[pd.DataFrame]]) -> list[str]:
+    """Write each table that has rows (its parts concatenated); the names written."""
+    written = []
+    for name, parts in tables.items():
+        if any(not part.empty for part in parts):
+            with atomic_path(out / name) as temp:
+                pd.concat(parts, ignore_index=True).to_csv(temp, index=False)
+            written.append(name)
+    return written
+
+
+def _group_text(
+    group: pd.DataFrame,
+    metrics: MetricColumns,
+    paired: pd.DataFrame,
+    pairwise: pd.DataFrame,
+    baseline: str,
+    flags: dict[str, str],
+) -> str:
+    """A group's tables: mean ± std, each recipe against the baseline, then the other pairs."""
+    label = metrics.label(metrics.primary)
+    text = results_markdown(group, metrics, flags=flags) + "\n" + paired_markdown(paired, label, baseline)
+    if not pairwise.empty:
+        text += "\n" + pairwise_markdown(pairwise, label)
+    return text
+
+
 def _gains_section(evaluation: Evaluation, gains: pd.DataFrame, metric_label: str) -> str:
-    """The report section of :func:`~geocl.report.paired.budget_gains` for one evaluation."""
+    """The report section of :func:`~geocl.report.budgets.budget_gains` for one evaluation."""
     return f"## {evaluation.name} protocol, gain from each budget to the next\n\n" + budget_gains_markdown(
         gains, metric_label
     )

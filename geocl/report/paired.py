@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,6 @@ import pandas as pd
 from scipy import stats
 
 from geocl.io import save_figure
-from geocl.report.columns import MetricColumns
 
 #: The interval's confidence level.
 CONFIDENCE = 0.95
@@ -156,15 +155,7 @@ def paired_summary(results: pd.DataFrame, metric: str, baseline: str) -> pd.Data
         Columns ``recipe, label_fraction, mean, low, high, n, delta, delta_low,
         delta_high, pairs, wins, losses, verdict`` (the baseline's own row has no delta).
     """
-    values = pd.to_numeric(results[metric], errors="coerce")
-    ok = values.notna()
-    if "status" in results:
-        ok &= results["status"].astype(str) == "ok"
-    frame = results.assign(_value=values)[ok]
-    if "label_fraction" not in frame:
-        frame = frame.assign(label_fraction=1.0)
-    keys = [key for key in PAIR_KEYS if key in frame.columns]
-    frame = distinct_runs(frame, keys)
+    frame, keys = _scored_runs(results, metric)
     rows = []
     for recipe in results["recipe"].drop_duplicates():
         for fraction in sorted(frame["label_fraction"].astype(float).unique()):
@@ -182,17 +173,31 @@ def paired_summary(results: pd.DataFrame, metric: str, baseline: str) -> pd.Data
                 base = frame[(frame["recipe"] == baseline) & (frame["label_fraction"].astype(float) == fraction)]
                 pairs = mine[keys + ["_value"]].merge(base[keys + ["_value"]], on=keys, suffixes=("", "_base"))
                 diff = paired_difference((pairs["_value"] - pairs["_value_base"]).tolist())
-                row.update(_difference_fields(diff, diff.verdict))
+                row.update(difference_fields(diff, diff.verdict))
             rows.append(row)
     return pd.DataFrame(rows, columns=["recipe", "label_fraction", "mean", "low", "high", "n", *DIFFERENCE_COLUMNS])
 
 
-#: The columns a paired difference fills in a summary (:func:`paired_summary`, :func:`budget_gains`).
+def _scored_runs(results: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, list[str]]:
+    """The runs that succeeded, the metric as ``_value``, one per distinct labels and seed; the pair keys."""
+    values = pd.to_numeric(results[metric], errors="coerce")
+    ok = values.notna()
+    if "status" in results:
+        ok &= results["status"].astype(str) == "ok"
+    frame = results.assign(_value=values)[ok]
+    if "label_fraction" not in frame:
+        frame = frame.assign(label_fraction=1.0)
+    keys = [key for key in PAIR_KEYS if key in frame.columns]
+    return distinct_runs(frame, keys), keys
+
+
+#: The columns a paired difference fills in a summary (:func:`paired_summary`, :func:`pairwise_differences`,
+#: :func:`geocl.report.budgets.budget_gains`).
 DIFFERENCE_COLUMNS = ["delta", "delta_low", "delta_high", "pairs", "wins", "losses", "verdict"]
 
 
-def _difference_fields(diff: PairedDifference, verdict: str) -> dict[str, Any]:
-    """:data:`DIFFERENCE_COLUMNS` of one paired difference."""
+def difference_fields(diff: PairedDifference, verdict: str) -> dict[str, Any]:
+    """:data:`DIFFERENCE_COLUMNS` of one paired difference (:mod:`geocl.report.budgets` fills them too)."""
     return {
         "delta": diff.mean,
         "delta_low": diff.low,
@@ -202,6 +207,77 @@ def _difference_fields(diff: PairedDifference, verdict: str) -> dict[str, Any]:
         "losses": diff.losses,
         "verdict": verdict,
     }
+
+
+#: Columns of :func:`pairwise_differences`.
+PAIRWISE_COLUMNS = ["recipe", "versus", "label_fraction", "mean", "versus_mean", *DIFFERENCE_COLUMNS]
+
+
+def pairwise_differences(results: pd.DataFrame, metric: str, without: str | None = None) -> pd.DataFrame:
+    """The paired difference of every two recipes, per label fraction, the higher mean first.
+
+    A comparison's table pairs each recipe with its baseline; this answers the other
+    questions its rows can answer (GraSS against SimCLR when the baseline is random init)
+    with the same pairs (label fraction, subset seed, seed) and the same bootstrap.
+
+    Args:
+        results: ``results.csv`` rows of one group (one evaluation and budget).
+        metric: the metric column.
+        without: a recipe whose pairs are left out (the baseline: they are in the table above).
+
+    Returns:
+        Columns :data:`PAIRWISE_COLUMNS`: ``recipe - versus`` with ``recipe`` the one with
+        the higher mean over the pairs, so every difference reads as how much it is ahead.
+    """
+    frame, keys = _scored_runs(results, metric)
+    recipes = [name for name in results["recipe"].drop_duplicates() if name != without]
+    rows = []
+    for fraction in sorted(frame["label_fraction"].astype(float).unique()):
+        at = frame[frame["label_fraction"].astype(float) == fraction]
+        for index, first in enumerate(recipes):
+            for second in recipes[index + 1 :]:
+                pairs = at[at["recipe"] == first][keys + ["_value"]].merge(
+                    at[at["recipe"] == second][keys + ["_value"]], on=keys, suffixes=("", "_versus")
+                )
+                if pairs.empty:
+                    continue
+                ahead, behind = (
+                    (first, second) if pairs["_value"].mean() >= pairs["_value_versus"].mean() else (second, first)
+                )
+                lead, trail = ("_value", "_value_versus") if ahead == first else ("_value_versus", "_value")
+                diff = paired_difference((pairs[lead] - pairs[trail]).tolist())
+                rows.append(
+                    {
+                        "recipe": ahead,
+                        "versus": behind,
+                        "label_fraction": fraction,
+                        "mean": float(pairs[lead].mean()),
+                        "versus_mean": float(pairs[trail].mean()),
+                        **difference_fields(diff, diff.verdict),
+                    }
+                )
+    return pd.DataFrame(rows, columns=PAIRWISE_COLUMNS)
+
+
+def pairwise_markdown(pairwise: pd.DataFrame, metric_label: str) -> str:
+    """:func:`pairwise_differences` as a markdown table, with how to read it ("" when empty)."""
+    if pairwise.empty:
+        return ""
+    lines = [
+        f"Between the other recipes: {metric_label} of the one ahead minus the other's, over the runs both "
+        "have (same label subset and seed) [95 % percentile bootstrap interval].",
+        "",
+        "| recipe | versus | label fraction | means | Δ [95 % CI] | wins / losses | verdict |",
+        "|---|---|---:|---|---|---:|---|",
+    ]
+    for row in pairwise.itertuples(index=False):
+        delta = f"{signed(row.delta)} [{signed(row.delta_low)}, {signed(row.delta_high)}]"
+        lines.append(
+            f"| {row.recipe} | {row.versus} | {row.label_fraction:g} | {number(row.mean)} vs "
+            f"{number(row.versus_mean)} | {delta} | {int(row.wins)} / {int(row.losses)} of {int(row.pairs)} "
+            f"| {row.verdict} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 #: The subset seed every run with all labels is counted under (they all hold the same labels).
@@ -223,11 +299,13 @@ def distinct_runs(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     return frame.groupby(["recipe", *keys], as_index=False, sort=False, dropna=False)["_value"].mean()
 
 
-def _number(value: float) -> str:
+def number(value: float) -> str:
+    """A score in a report's tables (3 decimals, – for none)."""
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
-def _signed(value: float) -> str:
+def signed(value: float) -> str:
+    """A difference in a report's tables (signed, 3 decimals, – for none)."""
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:+.3f}"
 
 
@@ -244,11 +322,11 @@ def paired_markdown(summary: pd.DataFrame, metric_label: str, baseline: str) -> 
         "|---|---:|---|---:|---|---:|---|",
     ]
     for row in summary.itertuples(index=False):
-        interval = f"{_number(row.mean)} [{_number(row.low)}, {_number(row.high)}]"
+        interval = f"{number(row.mean)} [{number(row.low)}, {number(row.high)}]"
         if row.recipe == baseline:
             delta, record, verdict = "(baseline)", "", ""
         else:
-            delta = f"{_signed(row.delta)} [{_signed(row.delta_low)}, {_signed(row.delta_high)}]"
+            delta = f"{signed(row.delta)} [{signed(row.delta_low)}, {signed(row.delta_high)}]"
             record = f"{int(row.wins)} / {int(row.losses)} of {int(row.pairs)}"
             verdict = str(row.verdict)
         lines.append(
@@ -296,229 +374,3 @@ def plot_paired(
 
 #: The row of a comparison's random encoder (never trained): its step 0 in a budget sweep.
 RANDOM_INIT = "random-init"
-#: Columns of :func:`budget_curves`.
-CURVE_COLUMNS = ["evaluation", "label_fraction", "recipe", "pretrain_steps", "mean", "low", "high", "n"]
-
-
-def budget_curves(summary: pd.DataFrame, from_step_zero: Collection[str] | None = None) -> pd.DataFrame:
-    """The points ``results_budget.png`` draws: score against pretraining steps per recipe.
-
-    Args:
-        summary: :func:`paired_summary` rows of every group of a sweep with ``evaluation``
-            and ``pretrain_steps`` (the group's budget) columns; :data:`RANDOM_INIT` is in
-            every group with the same numbers, and alone in budget 0's group.
-        from_step_zero: the recipes whose encoder before its first step is the random-init
-            row's (default: every recipe).
-
-    Returns:
-        Columns :data:`CURVE_COLUMNS`, one row per (evaluation, label fraction, recipe,
-        steps). :data:`RANDOM_INIT` once per (evaluation, label fraction): at steps 0 when
-        the sweep has budget 0, else with steps NaN (a level without steps). Every other
-        recipe at its budgets, preceded at 0 by the random-init numbers (the same row,
-        not a run of its own) when the sweep has budget 0 and ``from_step_zero`` names it.
-    """
-    steps = pd.to_numeric(summary["pretrain_steps"], errors="coerce")
-    frame = summary.assign(pretrain_steps=steps, label_fraction=summary["label_fraction"].astype(float))
-    points: list[dict[str, Any]] = []
-    for (evaluation, fraction), cell in frame.groupby(["evaluation", "label_fraction"], sort=False):
-        random = cell[cell["recipe"] == RANDOM_INIT]
-        start = random[random["pretrain_steps"] == 0]
-        reference = (start if len(start) else random).head(1)
-        for row in reference.itertuples():
-            points.append(
-                {
-                    "evaluation": evaluation,
-                    "label_fraction": fraction,
-                    "recipe": RANDOM_INIT,
-                    "pretrain_steps": 0 if len(start) else math.nan,
-                    "mean": row.mean,
-                    "low": row.low,
-                    "high": row.high,
-                    "n": row.n,
-                }
-            )
-        trained = cell[(cell["recipe"] != RANDOM_INIT) & (cell["pretrain_steps"] > 0)]
-        for recipe in trained["recipe"].drop_duplicates():
-            if len(start) and (from_step_zero is None or recipe in from_step_zero):
-                points.append(
-                    {"evaluation": evaluation, "label_fraction": fraction, "recipe": recipe, **_start_point(start)}
-                )
-            for row in trained[trained["recipe"] == recipe].sort_values("pretrain_steps").itertuples():
-                points.append(
-                    {
-                        "evaluation": evaluation,
-                        "label_fraction": fraction,
-                        "recipe": recipe,
-                        "pretrain_steps": row.pretrain_steps,
-                        "mean": row.mean,
-                        "low": row.low,
-                        "high": row.high,
-                        "n": row.n,
-                    }
-                )
-    curves = pd.DataFrame(points, columns=CURVE_COLUMNS)
-    return curves.astype({"pretrain_steps": float})
-
-
-#: Columns of :func:`budget_gains`.
-GAIN_COLUMNS = ["recipe", "label_fraction", "from_steps", "to_steps", *DIFFERENCE_COLUMNS]
-#: A budget step's verdict, from that of its paired difference.
-_GAIN_VERDICTS = {"better": "still rising", "worse": "falling", "not distinguishable": "no gain detected"}
-
-
-def budget_gains(results: pd.DataFrame, metric: str, from_step_zero: Collection[str] | None = None) -> pd.DataFrame:
-    """Where a learning curve flattens: each recipe's paired gain from one budget of a sweep to the next.
-
-    The runs of one recipe at two budgets pair up as two recipes' runs do (label
-    fraction, subset seed, seed), so the gain of a budget step is a paired difference
-    (:func:`paired_difference`): what the extra steps added on the same labels and
-    seeds. A curve has flattened where the gain is no longer distinguishable from 0;
-    a gain smaller than about half the interval's width may still be there.
-
-    Args:
-        results: ``results.csv`` rows of one evaluation of a sweep (``pretrain_steps``;
-            :data:`RANDOM_INIT` at 0 when the sweep has budget 0).
-        metric: the metric column.
-        from_step_zero: the recipes whose first step is taken from the random-init
-            row (their encoder before training is that row's; default: every recipe).
-
-    Returns:
-        Columns :data:`GAIN_COLUMNS`, one row per (recipe, label fraction, step between
-        consecutive budgets); ``verdict`` is "still rising", "falling", "no gain
-        detected" or, with fewer than :data:`MIN_PAIRS` pairs, "too few pairs".
-    """
-    values = pd.to_numeric(results[metric], errors="coerce")
-    ok = values.notna()
-    if "status" in results:
-        ok &= results["status"].astype(str) == "ok"
-    frame = results.assign(_value=values, _steps=pd.to_numeric(results["pretrain_steps"], errors="coerce"))[ok]
-    frame = frame.assign(label_fraction=frame["label_fraction"].astype(float))
-    keys = [key for key in PAIR_KEYS if key in frame.columns]
-    frame = distinct_runs(frame, [*keys, "_steps"])  # runs on the same labels, per budget
-    start = frame[(frame["recipe"] == RANDOM_INIT) & (frame["_steps"] == 0)]
-    rows = []
-    for recipe in frame["recipe"].drop_duplicates():
-        if recipe == RANDOM_INIT:
-            continue
-        for fraction in sorted(frame["label_fraction"].unique()):
-            mine = frame[(frame["recipe"] == recipe) & (frame["label_fraction"] == fraction) & (frame["_steps"] > 0)]
-            points = [(int(steps), mine[mine["_steps"] == steps]) for steps in sorted(mine["_steps"].unique())]
-            if len(start) and (from_step_zero is None or recipe in from_step_zero):
-                points.insert(0, (0, start[start["label_fraction"] == fraction]))
-            for (before_steps, before), (after_steps, after) in zip(points, points[1:], strict=False):
-                pairs = after[keys + ["_value"]].merge(before[keys + ["_value"]], on=keys, suffixes=("", "_before"))
-                gain = paired_difference((pairs["_value"] - pairs["_value_before"]).tolist())
-                rows.append(
-                    {
-                        "recipe": recipe,
-                        "label_fraction": fraction,
-                        "from_steps": before_steps,
-                        "to_steps": after_steps,
-                        **_difference_fields(gain, _GAIN_VERDICTS.get(gain.verdict, gain.verdict)),
-                    }
-                )
-    return pd.DataFrame(rows, columns=GAIN_COLUMNS)
-
-
-def budget_gains_markdown(gains: pd.DataFrame, metric_label: str) -> str:
-    """:func:`budget_gains` as a markdown table, with how to read it."""
-    lines = [
-        f"{metric_label} gained from each budget to the next: the same recipe's runs paired by label subset "
-        f"and seed (step 0: the random-init row) [95 % percentile bootstrap interval]. A curve has flattened "
-        f"where the gain is no longer distinguishable from 0; a gain smaller than about half its interval's "
-        f"width may still be there.",
-        "",
-        "| recipe | label fraction | steps | gain [95 % CI] | wins / losses | verdict |",
-        "|---|---:|---|---|---:|---|",
-    ]
-    for row in gains.itertuples(index=False):
-        gain = f"{_signed(row.delta)} [{_signed(row.delta_low)}, {_signed(row.delta_high)}]"
-        lines.append(
-            f"| {row.recipe} | {row.label_fraction:g} | {row.from_steps} → {row.to_steps} | {gain} | "
-            f"{int(row.wins)} / {int(row.losses)} of {int(row.pairs)} | {row.verdict} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _start_point(start: pd.DataFrame) -> dict[str, Any]:
-    """Step 0 of a curve: the random-init row's numbers."""
-    row = start.iloc[0]
-    return {"pretrain_steps": 0, "mean": row["mean"], "low": row["low"], "high": row["high"], "n": row["n"]}
-
-
-def plot_budgets(
-    summary: pd.DataFrame,
-    out_png: str | os.PathLike[str],
-    evaluations: Sequence[MetricColumns],
-    from_step_zero: Collection[str] | None = None,
-) -> Path:
-    """Score against pretraining steps, one line a recipe with its 95 % t interval; one panel per
-    (evaluation, label fraction). The points are :func:`budget_curves`'.
-
-    With budget 0 each curve of ``from_step_zero`` starts at step 0, the random-init row
-    (a grey square with its interval, drawn once), and the x axis is linear up to the
-    smallest positive budget, logarithmic above (symlog); without it the axis is
-    logarithmic and random init, which has no steps, is a grey band (its interval).
-
-    Args:
-        summary: :func:`paired_summary` rows of every group with ``evaluation`` and
-            ``pretrain_steps`` columns (see :func:`budget_curves`).
-        out_png: the PNG path.
-        evaluations: the metric columns of the comparison's evaluations (``name`` matches the
-            ``evaluation`` column; titles and labels), in panel order.
-        from_step_zero: the recipes whose curves start at the random-init row
-            (default: every recipe).
-    """
-    from matplotlib.figure import Figure  # a bare Figure: no pyplot state
-
-    curves = budget_curves(summary, from_step_zero)
-    fractions = sorted(curves["label_fraction"].unique())
-    panels = [(evaluation, fraction) for evaluation in evaluations for fraction in fractions]
-    figure = Figure(figsize=(6.5 * max(1, len(panels)), 4.5))
-    for index, (evaluation, fraction) in enumerate(panels):
-        axes = figure.add_subplot(1, len(panels), index + 1)
-        cell = curves[(curves["evaluation"] == evaluation.name) & (curves["label_fraction"] == fraction)]
-        random = cell[cell["recipe"] == RANDOM_INIT]
-        for row in random[random["pretrain_steps"].isna()].itertuples():
-            if not math.isnan(row.low):
-                axes.axhspan(row.low, row.high, color="0.85", label=f"{row.recipe} (95 % interval)")
-            axes.axhline(row.mean, color="0.45", linestyle="--")
-        for recipe in cell.loc[cell["recipe"] != RANDOM_INIT, "recipe"].drop_duplicates():
-            line = cell[cell["recipe"] == recipe]
-            axes.errorbar(line["pretrain_steps"], line["mean"], yerr=_error(line), marker="o", capsize=3, label=recipe)
-        start = random[random["pretrain_steps"] == 0]
-        if len(start):  # drawn last, over the curves that start there
-            axes.errorbar(
-                start["pretrain_steps"],
-                start["mean"],
-                yerr=_error(start),
-                marker="s",
-                markersize=8,
-                capsize=3,
-                color="0.3",
-                linestyle="none",
-                label=f"{RANDOM_INIT} (step 0)",
-                zorder=3,
-            )
-        steps = sorted(cell["pretrain_steps"].dropna().unique())
-        positive = [value for value in steps if value > 0]
-        if len(start):
-            axes.set_xscale("symlog", linthresh=positive[0] if positive else 1.0)
-            axes.set_xlabel(f"pretraining steps (0: random init; log scale from {positive[0] if positive else 1:g})")
-        else:
-            axes.set_xscale("log")
-            axes.set_xlabel("pretraining steps (log scale)")
-        if steps:
-            axes.set_xticks(steps, [f"{value:g}" for value in steps])
-            axes.minorticks_off()
-        axes.set_ylabel(evaluation.axis_label)
-        axes.set_title(f"{evaluation.title} at label fraction {fraction:g}, {evaluation.name} protocol")
-        axes.grid(True, alpha=0.3)
-        axes.legend()
-    figure.tight_layout()
-    return save_figure(figure, out_png)
-
-
-def _error(line: pd.DataFrame) -> list[pd.Series]:
-    """Asymmetric error bars from a curve's interval (none where it is undefined: one run)."""
-    return [(line["mean"] - line["low"]).fillna(0.0), (line["high"] - line["mean"]).fillna(0.0)]

@@ -649,6 +649,40 @@ def test_a_budget_sweep_pretrains_each_recipe_at_every_budget(tmp_path: Path, tw
     assert "Each recipe was pretrained once: the intervals cover label subsets and seeds" in md
 
 
+def test_pairs_besides_the_baseline_are_reported_and_a_rerun_drops_what_it_no_longer_has(
+    tmp_path: Path, two_working: list[Path]
+) -> None:
+    out = tmp_path / "cmp"
+    options = CompareOptions(recipes=two_working, label_fractions=[0.2], seeds=2, out=out, pretrain_steps=[9, 3])
+    _compare(options, Fakes(out, failing="none"), echo=None)
+    # baseline alpha (the first recipe): the one other pair is gamma against random init, in each budget
+    pairwise = pd.read_csv(out / "results_pairwise.csv")
+    assert pairwise[["pretrain_steps", "recipe", "versus", "pairs"]].values.tolist() == [
+        [3, "gamma", "random-init", 2],
+        [9, "gamma", "random-init", 2],
+    ]
+    assert pairwise["delta"].tolist() == pytest.approx([BASE["gamma"] - BASE[None]] * 2)
+    md = (out / "results.md").read_text()
+    assert "Between the other recipes" in md and "| gamma | random-init | 0.2 |" in md
+    # the same comparison at one budget, with random init as the baseline: alpha against gamma
+    one = CompareOptions(
+        recipes=two_working, label_fractions=[0.2], seeds=2, out=out, pretrain_steps=[9], baseline="random-init"
+    )
+    _compare(one, Fakes(out, failing="none"), echo=None)
+    pairwise = pd.read_csv(out / "results_pairwise.csv")
+    assert pairwise[["recipe", "versus"]].values.tolist() == [["alpha", "gamma"]]
+    assert pairwise["delta"].tolist() == pytest.approx([BASE["alpha"] - BASE["gamma"]])
+    # no sweep any more: the earlier sweep's curve and gains are not left beside this report
+    assert not (out / "results_budget.png").exists() and not (out / "results_budget_gains.csv").exists()
+    # one recipe and its baseline: no other pair, no pairwise file
+    alone = CompareOptions(
+        recipes=two_working[:1], label_fractions=[0.2], seeds=2, out=out, pretrain_steps=[9], baseline="random-init"
+    )
+    _compare(alone, Fakes(out, failing="none"), echo=None)
+    assert not (out / "results_pairwise.csv").exists()
+    assert "Between the other recipes" not in (out / "results.md").read_text()
+
+
 def _snapshotting(fakes: Fakes, seen: list[tuple[str, int, list[int]]], skip: int | None = None) -> None:
     """Make the fake pretraining keep a snapshot file at each ``trainer.snapshot_steps`` (but ``skip``)."""
     pretrain = fakes.pretrain

@@ -454,7 +454,7 @@ def test_step_zero_is_the_random_init_row_evaluated_once_and_starts_every_curve(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import geocl.experiments.results as compare_module
-    from geocl.report.paired import budget_curves
+    from geocl.report.budgets import budget_curves
 
     plotted: list[tuple[pd.DataFrame, set[str]]] = []
     plot = compare_module.plot_budgets
