@@ -26,9 +26,10 @@ from geocl.report.paired import (
     PAIR_KEYS,
     RANDOM_INIT,
     difference_fields,
+    difference_text,
     distinct_runs,
     paired_difference,
-    signed,
+    record_text,
 )
 
 #: Columns of :func:`budget_curves`.
@@ -167,10 +168,9 @@ def budget_gains_markdown(gains: pd.DataFrame, metric_label: str) -> str:
         "|---|---:|---|---|---:|---|",
     ]
     for row in gains.itertuples(index=False):
-        gain = f"{signed(row.delta)} [{signed(row.delta_low)}, {signed(row.delta_high)}]"
         lines.append(
-            f"| {row.recipe} | {row.label_fraction:g} | {row.from_steps} → {row.to_steps} | {gain} | "
-            f"{int(row.wins)} / {int(row.losses)} of {int(row.pairs)} | {row.verdict} |"
+            f"| {row.recipe} | {row.label_fraction:g} | {row.from_steps} → {row.to_steps} | {difference_text(row)} | "
+            f"{record_text(row)} | {row.verdict} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -271,11 +271,10 @@ def pairwise_markdown(pairwise: pd.DataFrame, metric_label: str) -> str:
         "|---|---|---:|---|---|---:|---|",
     ]
     for row in pairwise.itertuples(index=False):
-        delta = f"{signed(row.delta)} [{signed(row.delta_low)}, {signed(row.delta_high)}]"
+        means = f"{_number(row.mean)} vs {_number(row.versus_mean)}"
         lines.append(
-            f"| {row.recipe} | {row.versus} | {row.label_fraction:g} | {number(row.mean)} vs "
-            f"{number(row.versus_mean)} | {delta} | {int(row.wins)} / {int(row.losses)} of {int(row.pairs)} "
-            f"| {row.verdict} |"
+            f"| {row.recipe} | {row.versus} | {row.label_fraction:g} | {means} | {difference_text(row)} | "
+            f"{record_text(row)} | {row.verdict} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -299,14 +298,24 @@ def distinct_runs(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     return frame.groupby(["recipe", *keys], as_index=False, sort=False, dropna=False)["_value"].mean()
 
 
-def number(value: float) -> str:
+def _number(value: float) -> str:
     """A score in a report's tables (3 decimals, – for none)."""
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
-def signed(value: float) -> str:
+def _signed(value: float) -> str:
     """A difference in a report's tables (signed, 3 decimals, – for none)."""
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:+.3f}"
+
+
+def difference_text(row: Any) -> str:
+    """A row's paired difference as a table cell: ``+0.012 [-0.003, +0.025]`` (:data:`DIFFERENCE_COLUMNS`)."""
+    return f"{_signed(row.delta)} [{_signed(row.delta_low)}, {_signed(row.delta_high)}]"
+
+
+def record_text(row: Any) -> str:
+    """A row's wins and losses as a table cell: ``5 / 1 of 6``."""
+    return f"{int(row.wins)} / {int(row.losses)} of {int(row.pairs)}"
 
 
 def paired_markdown(summary: pd.DataFrame, metric_label: str, baseline: str) -> str:
@@ -322,12 +331,11 @@ def paired_markdown(summary: pd.DataFrame, metric_label: str, baseline: str) -> 
         "|---|---:|---|---:|---|---:|---|",
     ]
     for row in summary.itertuples(index=False):
-        interval = f"{number(row.mean)} [{number(row.low)}, {number(row.high)}]"
+        interval = f"{_number(row.mean)} [{_number(row.low)}, {_number(row.high)}]"
         if row.recipe == baseline:
             delta, record, verdict = "(baseline)", "", ""
         else:
-            delta = f"{signed(row.delta)} [{signed(row.delta_low)}, {signed(row.delta_high)}]"
-            record = f"{int(row.wins)} / {int(row.losses)} of {int(row.pairs)}"
+            delta, record = difference_text(row), record_text(row)
             verdict = str(row.verdict)
         lines.append(
             f"| {row.recipe} | {row.label_fraction:g} | {interval} | {int(row.n)} | {delta} | {record} | {verdict} |"
