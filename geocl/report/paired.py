@@ -18,6 +18,9 @@ independent pairs; they collapse into one (their mean) before anything is counte
   (``scipy.stats.bootstrap``, 9999 resamples, seeded so that a report is reproducible),
   and the counts of wins and losses. When the interval covers 0 the difference is
   *not distinguishable*; a single pair gives no interval: "too few pairs".
+- **Every other pair** (:func:`pairwise_differences`): the same paired difference between
+  any two recipes of a group besides the baseline, the one with the higher mean first
+  (GraSS − SimCLR in a comparison whose baseline is random init).
 - **Too few pairs**: an interval that excludes 0 from fewer than :data:`MIN_PAIRS`
   pairs gives no verdict. The percentile bootstrap of a handful of pairs excludes 0
   whenever they all share a sign (every resample mean does), whatever their count,
