@@ -132,9 +132,10 @@ and its encoder came from a pretraining that was itself reused (a recipe pretrai
 afresh in this call has its runs redone: old ones would describe the old encoder).
 A rerun with other options therefore reuses the pretrainings and redoes the rows; the
 old rows never enter the new table. A folder without ``row.json`` (made before compare
-recorded it) is redone too. The comparison's own settings are kept in
-``comparison.json``: when they changed, the earlier report (``results.*``,
-``pretraining.csv``, ``environment.json``) is moved to ``report.stale-<n>/`` first.
+recorded it) is redone too. What the report is of (the evaluations' settings, recipes,
+budgets, baseline, label fractions, seeds, overrides) is kept in ``comparison.json``: when
+it changed, the earlier report (``results.*``, ``pretraining.csv``, ``environment.json``)
+is moved to ``report.stale-<n>/`` first.
 
 A comparison folder can be moved or copied: nothing recorded in it names the folder
 (the ``out`` of a pretraining's ``config.yaml`` is not compared, a row's checkpoint is

@@ -153,10 +153,12 @@ def write_csv(rows: list[dict[str, Any]], path: Path, columns: list[str]) -> Non
 
 
 def keep_earlier_report(out: Path, settings: dict[str, Any], say: Callable[[str], None]) -> None:
-    """Move the report of a comparison made with other evaluation settings to ``report.stale-<n>/``; record these.
+    """Move the report of a comparison made with other settings to ``report.stale-<n>/``; record these.
 
-    The rows themselves are checked one by one (``row.json``); this keeps the earlier
-    table and figures, which the new ones would replace, beside them.
+    ``settings`` are what the report is of (the evaluations' settings, and the recipes,
+    budgets and grid its tables cover): a rerun with other options keeps the earlier table
+    and figures, which the new ones would replace, beside them. The rows themselves are
+    checked one by one (``row.json``) and reused where they are the same.
     """
     settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
     record = out / COMPARISON_RECORD

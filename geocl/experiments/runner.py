@@ -99,7 +99,7 @@ def _run(
         log.warning(
             "recipes read different data; %s is evaluated on %s", RANDOM_INIT, main.labelled_data(plan.random_init)
         )
-    keep_earlier_report(out, {"evaluations": {each.name: each.settings() for each in plan.evaluations}}, say)
+    keep_earlier_report(out, _report_settings(plan, options), say)
     for text in plan.stage_flags.values():
         say(f"{FLAG} {text}")
     from_step_zero = (
@@ -162,3 +162,20 @@ def _run(
     )
     log_summary([candidate.recipe for candidate in pretrainings] or [plan.random_init], out, plan.baseline, say)
     return results
+
+
+def _report_settings(plan: Plan, options: CompareOptions) -> dict[str, Any]:
+    """What a comparison's report is of: its evaluations' settings, and the recipes, budgets and grid
+    its tables cover. A rerun that changes any of them moves the earlier report aside rather than
+    overwrite it (:func:`~geocl.experiments.results.keep_earlier_report`)."""
+    return {
+        "evaluations": {each.name: each.settings() for each in plan.evaluations},
+        "recipes": list(dict.fromkeys(candidate.name for candidate in plan.candidates)),
+        "budgets": plan.budgets,
+        "baseline": plan.baseline,
+        "label_fractions": [float(fraction) for fraction in options.label_fractions],
+        "subset_seeds": options.subset_seeds,
+        "seeds": options.seeds,
+        "pretrain_seeds": options.pretrain_seeds,
+        "overrides": list(options.overrides),
+    }

@@ -683,6 +683,27 @@ def test_pairs_besides_the_baseline_are_reported_and_a_rerun_drops_what_it_no_lo
     assert "Between the other recipes" not in (out / "results.md").read_text()
 
 
+def test_a_rerun_over_other_recipes_or_budgets_keeps_the_earlier_report_aside(
+    tmp_path: Path, two_working: list[Path]
+) -> None:
+    out = tmp_path / "cmp"
+    both = CompareOptions(recipes=two_working, label_fractions=[0.2], seeds=2, out=out, pretrain_steps=[9, 3])
+    _compare(both, Fakes(out, failing="none"), echo=None)
+    before = {name: (out / name).read_bytes() for name in ("results.md", "results.csv", "results_budget.png")}
+    said: list[str] = []
+    one = CompareOptions(recipes=two_working[:1], label_fractions=[0.2], seeds=2, out=out, pretrain_steps=[9])
+    _compare(one, Fakes(out, failing="none"), echo=said.append)
+    # the sweep's report, byte for byte, beside the new one, and the line says what changed
+    for name, content in before.items():
+        assert (out / "report.stale-1" / name).read_bytes() == content
+    assert not (out / "results_budget.png").exists()
+    moved = next(line for line in said if "held the report of an earlier comparison" in line)
+    assert "recipes" in moved and "budgets" in moved and moved.endswith("moved it to report.stale-1")
+    # the same options again: nothing moved
+    _compare(one, Fakes(out, failing="none"), echo=None)
+    assert not (out / "report.stale-2").exists()
+
+
 def _snapshotting(fakes: Fakes, seen: list[tuple[str, int, list[int]]], skip: int | None = None) -> None:
     """Make the fake pretraining keep a snapshot file at each ``trainer.snapshot_steps`` (but ``skip``)."""
     pretrain = fakes.pretrain
