@@ -25,13 +25,12 @@ statistics instead, e.g. those stored in a pretraining checkpoint.
 
 from __future__ import annotations
 
-import codecs
 import os
 import pickle
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn, cast
 
 import numpy as np
 import torch
@@ -54,22 +53,88 @@ _META = {"batches.meta": "label_names", "meta": "fine_label_names"}
 _UNREADABLE = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError)
 
 
-class _DataUnpickler(pickle.Unpickler):
-    """Unpickles plain data (dicts, lists, strings, numbers) and numpy arrays, nothing else.
+class _RefusedName(pickle.UnpicklingError):
+    """A pickle named, or called in another way, something :class:`_DataUnpickler` does not run."""
 
-    A pickle rebuilds objects by calling the functions it names; this reader looks up only
-    the ones numpy's arrays are rebuilt with (under their NumPy 1 and NumPy 2 module names)
-    and ``codecs.encode``, with which Python 3 stores bytes in protocol-2 pickles. Any
-    other name is refused before it is called.
+
+# How numpy pickles its arrays and scalars, taken from numpy itself rather than from a private
+# module path: ``_reconstruct(ndarray, (0,), b"b")`` then the array's state (protocols 0-4),
+# ``_frombuffer(buffer, dtype, shape, order)`` (protocol 5), ``scalar(dtype, raw bytes)``.
+_RECONSTRUCT = cast(Callable[..., np.ndarray], np.ndarray((0,)).__reduce__()[0])
+_FROMBUFFER = cast(Callable[..., np.ndarray], np.zeros(1).__reduce_ex__(5)[0])
+_SCALAR = cast(Callable[..., Any], np.int64(0).__reduce__()[0])
+
+
+class _ArrayType:
+    """Stands in for ``numpy.ndarray`` in a pickle: :func:`_empty_array` takes it; calling it is refused."""
+
+    def __call__(self, *args: Any) -> NoReturn:
+        _refuse("numpy.ndarray called directly")
+
+
+_ARRAY_TYPE = _ArrayType()
+
+
+def _refuse(what: str) -> NoReturn:
+    raise _RefusedName(what)
+
+
+def _empty_array(subtype: Any, shape: Any, typecode: Any) -> np.ndarray:
+    """numpy's ``_reconstruct``, for the one call numpy's pickles make: an empty array its state then fills."""
+    if subtype is not _ARRAY_TYPE or tuple(shape) != (0,) or typecode not in (b"b", "b"):
+        _refuse(f"numpy _reconstruct with {shape!r}, {typecode!r}")
+    return _RECONSTRUCT(np.ndarray, (0,), b"b")
+
+
+def _dtype(*args: Any) -> np.dtype:
+    """``numpy.dtype``, without object dtypes (a CIFAR file holds numbers and strings)."""
+    dtype = np.dtype(*args)
+    if dtype.hasobject:
+        _refuse("an array of Python objects")
+    return dtype
+
+
+def _array_from_buffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    """numpy's ``_frombuffer`` (protocol 5): an array over bytes the file holds."""
+    if not isinstance(dtype, np.dtype) or dtype.hasobject:
+        _refuse("an array of Python objects")
+    return _FROMBUFFER(buffer, dtype, shape, order)
+
+
+def _latin1_bytes(text: Any, encoding: Any = "latin1") -> bytes:
+    """``codecs.encode(text, "latin1")``, the way Python 3 writes bytes into protocol-2 pickles, and no other codec."""
+    if not isinstance(text, str) or encoding != "latin1":
+        _refuse(f"codecs.encode with {encoding!r}")
+    return text.encode("latin1")
+
+
+def _empty_bytes(*args: Any) -> bytes:
+    """``bytes()``, the way Python 3 writes empty bytes into protocol-2 pickles, with no argument to size it."""
+    if args:
+        _refuse("bytes() with arguments")
+    return b""
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """Unpickles plain data (dicts, lists, strings, numbers) and numeric numpy arrays, nothing else.
+
+    A pickle rebuilds objects by calling the functions it names. This reader hands out none
+    of them: each name numpy's pickles use (under their NumPy 1 and NumPy 2 module paths), and
+    those Python 3 uses for bytes in protocol-2 pickles, maps to a wrapper that accepts only
+    the call those pickles make (no object arrays, no codec but latin-1, no sized
+    allocation), so a file can neither run code nor make the reader allocate more than it
+    holds. Any other name is refused before it is called.
     """
 
-    # the function numpy pickles its arrays with, taken from numpy itself, not a private path
     _SAFE: dict[tuple[str, str], Any] = {
-        ("numpy.core.multiarray", "_reconstruct"): np.ndarray((0,)).__reduce__()[0],
-        ("numpy._core.multiarray", "_reconstruct"): np.ndarray((0,)).__reduce__()[0],
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): codecs.encode,
+        **{(module, "_reconstruct"): _empty_array for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
+        **{(module, "scalar"): _SCALAR for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
+        **{(module, "_frombuffer"): _array_from_buffer for module in ("numpy.core.numeric", "numpy._core.numeric")},
+        ("numpy", "ndarray"): _ARRAY_TYPE,
+        ("numpy", "dtype"): _dtype,
+        ("_codecs", "encode"): _latin1_bytes,
+        ("__builtin__", "bytes"): _empty_bytes,
+        ("builtins", "bytes"): _empty_bytes,
     }
 
     def find_class(self, module: str, name: str) -> Any:
@@ -77,10 +142,6 @@ class _DataUnpickler(pickle.Unpickler):
             return self._SAFE[(module, name)]
         except KeyError:
             raise _RefusedName(f"{module}.{name}") from None
-
-
-class _RefusedName(pickle.UnpicklingError):
-    """A pickle named a function :class:`_DataUnpickler` does not call (the name is the message)."""
 
 
 def _unpickle_data(path: Path) -> Any:
@@ -94,8 +155,8 @@ def _unpickle_data(path: Path) -> Any:
             return _DataUnpickler(handle, encoding="latin1").load()
     except _RefusedName as refused:
         raise InvalidInputError(
-            f"refused: the file names {refused}, which CIFAR files never hold; nothing in it was run "
-            "(geocl unpickles plain data and numpy arrays only)",
+            f"refused: the file asks for {refused}, which geocl does not run when it reads a pickle; nothing in "
+            "it was run (geocl reads plain data and numeric numpy arrays only)",
             path=path,
         ) from None
 
@@ -114,6 +175,8 @@ def _class_names(folder: Path) -> list[str] | None:
             raise InvalidInputError(f"corrupt CIFAR meta file: no {key!r}", path=path) from None
         except _UNREADABLE as error:
             raise InvalidInputError(f"corrupt CIFAR meta file (not a readable pickle: {error})", path=path) from None
+        if not isinstance(names, list | tuple | np.ndarray):
+            raise InvalidInputError(f"corrupt CIFAR meta file: {key!r} is not a list of names", path=path)
         return [item.decode() if isinstance(item, bytes) else str(item) for item in names]
     return None
 
@@ -180,18 +243,18 @@ def _read_batch(path: Path) -> _Batch:
         raise InvalidInputError(
             f"corrupt CIFAR batch file: needs 'data' and 'labels' or 'fine_labels', has no {missing}", path=path
         )
-    data, labels = entry["data"], np.asarray(entry[label_key])
+    data, labels = entry["data"], entry[label_key]
     pixels = CIFAR_CHANNELS * CIFAR_SIZE * CIFAR_SIZE
-    if (
-        not isinstance(data, np.ndarray)
-        or data.dtype != np.uint8
-        or data.size != len(labels) * pixels
-        or labels.ndim != 1
-        or not np.issubdtype(labels.dtype, np.integer)
-    ):
+    try:
+        labels = np.asarray(labels)
+    except ValueError:  # ragged lists
+        labels = np.asarray(None)
+    if labels.ndim != 1 or not (labels.size == 0 or np.issubdtype(labels.dtype, np.integer)):
+        raise InvalidInputError(f"corrupt CIFAR batch file: {label_key!r} is not a list of integer labels", path=path)
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.size != labels.size * pixels:
         shape = f"{data.dtype} {tuple(data.shape)}" if isinstance(data, np.ndarray) else type(data).__name__
         raise InvalidInputError(
-            f"corrupt CIFAR batch file: 'data' is {shape} for {len(labels)} labels "
+            f"corrupt CIFAR batch file: 'data' is {shape} for {labels.size} labels "
             f"(expected uint8 [N, {pixels}] and N integer labels)",
             path=path,
         )

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import pickle
+import pickletools
+import re
+import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -146,7 +151,7 @@ def test_a_pickle_that_names_a_function_is_refused_before_it_runs(tmp_path: Path
     trapped["batch_label"] = _RunsCode(marker)
     payload = pickle.dumps(trapped, protocol=2)
     (root / "test_batch").write_bytes(payload)
-    with pytest.raises(GeoclError, match="refused: the file names posix.mkdir") as caught:
+    with pytest.raises(GeoclError, match="refused: the file asks for posix.mkdir") as caught:
         CifarDataset(root, "test", band_stats={"mean": [0, 0, 0], "std": [1, 1, 1]})
     assert caught.value.path == str(root / "test_batch") and "nothing in it was run" in str(caught.value)
     assert not marker.exists()
@@ -161,15 +166,114 @@ def test_a_pickle_that_names_a_function_is_refused_before_it_runs(tmp_path: Path
     assert marker.is_dir()
 
 
-def test_the_official_python2_pickles_numpy_names_are_read(tmp_path: Path) -> None:
-    # The official archives were pickled by Python 2 and NumPy 1: arrays under
-    # numpy.core.multiarray, and protocol-2 text globals, which this NumPy writes as numpy._core.
-    root = write_toy_cifar(tmp_path / "c10", num_classes=2, per_class=3, test_per_class=1, train_batches=1)
+#: The pure-Python pickler (``pickle._Pickler``), whose per-type writers a subclass can replace.
+_PurePickler: Any = getattr(pickle, "_Pickler")  # noqa: B009  (private: typeshed does not describe it)
+
+
+class _Python2Pickler(_PurePickler):
+    """Writes str and bytes as Python 2's str (SHORT_BINSTRING / BINSTRING), as the official archives hold them."""
+
+    dispatch = dict(_PurePickler.dispatch)
+
+    def save_python2_str(self, value: str | bytes) -> None:
+        raw = value.encode("latin1") if isinstance(value, str) else value
+        self.write((b"U" + bytes([len(raw)]) if len(raw) < 256 else b"T" + struct.pack("<i", len(raw))) + raw)
+
+    dispatch[str] = save_python2_str
+    dispatch[bytes] = save_python2_str
+
+
+def _python2_pickle(content: dict) -> bytes:
+    """``content`` as Python 2 and NumPy 1 pickled it: protocol 2, byte strings, numpy.core names."""
+    buffer = io.BytesIO()
+    _Python2Pickler(buffer, 2).dump(content)
+    return buffer.getvalue().replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+
+
+@pytest.mark.parametrize("variant", ["cifar10", "cifar100"])
+def test_the_official_python2_pickles_are_read(tmp_path: Path, variant: str) -> None:
+    root = write_toy_cifar(tmp_path / variant, variant=variant, num_classes=3, per_class=2, test_per_class=1)
+    originals = {}
+    for path in root.iterdir():
+        originals[path.name] = _unpickle(path)
+        raw = _python2_pickle(originals[path.name])
+        ops = {op.name for op, _, _ in pickletools.genops(raw)}
+        assert {"SHORT_BINSTRING", "BINSTRING"} & ops and "BINUNICODE" not in ops
+        assert ("data" not in originals[path.name]) or b"numpy.core.multiarray\n_reconstruct" in raw
+        path.write_bytes(raw)
+    dataset = CifarDataset(root, "test", band_stats={"mean": [0, 0, 0], "std": [1, 1, 1]})
+    test = originals["test_batch" if variant == "cifar10" else "test"]
+    labels = test["labels" if variant == "cifar10" else "fine_labels"]
+    assert dataset.labels.tolist() == labels and dataset.classes == ["class0", "class1", "class2"]
+    assert np.array_equal(dataset.images.reshape(len(labels), -1), test["data"])
+
+
+def test_protocol_5_numpy_integer_labels_and_empty_bytes_are_read(tmp_path: Path) -> None:
+    # what a user's re-pack may hold: the newest protocol (arrays as buffers), labels as
+    # numpy integers (list(array)), an empty byte string in a protocol-2 file
+    root = write_toy_cifar(tmp_path / "c10", num_classes=2, per_class=2, test_per_class=1, train_batches=1)
     content = _unpickle(root / "data_batch_1")
-    payload = pickle.dumps(content, protocol=2)
-    old = payload.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
-    assert b"numpy.core.multiarray" in old and b"numpy._core" not in old
-    (root / "data_batch_1").write_bytes(old)
+    repacked = {**content, "labels": list(np.asarray(content["labels"], dtype=np.int64))}
+    (root / "data_batch_1").write_bytes(pickle.dumps(repacked, protocol=5))
+    (root / "test_batch").write_bytes(pickle.dumps({**_unpickle(root / "test_batch"), "batch_label": b""}, protocol=2))
     dataset = CifarDataset(root)
-    assert np.array_equal(dataset.images.reshape(len(dataset.images), -1), content["data"])
     assert dataset.labels.tolist() == content["labels"]
+    assert np.array_equal(dataset.images.reshape(len(dataset.labels), -1), content["data"])
+    CifarDataset(root, "test", band_stats={"mean": [0, 0, 0], "std": [1, 1, 1]})
+
+
+def _call(module: bytes, name: bytes, *args: bytes) -> bytes:
+    """A protocol-2 pickle that calls ``module.name(*args)`` (each arg a pickled value's opcodes)."""
+    return b"\x80\x02c" + module + b"\n" + name + b"\n(" + b"".join(args) + b"tR."
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        # numpy.ndarray called directly: 100 MB from a few bytes
+        _call(b"numpy", b"ndarray", b"J\x00\xe1\xf5\x05\x85", _call(b"numpy", b"dtype", b"X\x02\x00\x00\x00u1")[2:-1]),
+        # an object dtype
+        _call(b"numpy", b"dtype", b"X\x02\x00\x00\x00O8"),
+        # bytes() sized by the file: a gigabyte of zeros
+        _call(b"builtins", b"bytes", b"J\x00\xca\x9a\x3b"),
+        # another codec than latin-1 (hex doubles the size each time it is chained)
+        _call(b"_codecs", b"encode", b"X\x01\x00\x00\x00a", b"X\x03\x00\x00\x00hex"),
+        # _reconstruct asked for another shape
+        _call(b"numpy.core.multiarray", b"_reconstruct", b"cnumpy\nndarray\n", b"J\x00\xe1\xf5\x05\x85", b"U\x01b"),
+    ],
+    ids=["ndarray-call", "object-dtype", "sized-bytes", "hex-codec", "reconstruct-shape"],
+)
+def test_the_calls_numpy_pickles_never_make_are_refused(tmp_path: Path, payload: bytes) -> None:
+    root = write_toy_cifar(tmp_path / "c10", num_classes=2, per_class=2, test_per_class=1, train_batches=1)
+    (root / "test_batch").write_bytes(payload)
+    with pytest.raises(GeoclError) as caught:
+        CifarDataset(root, "test", band_stats={"mean": [0, 0, 0], "std": [1, 1, 1]})
+    assert caught.value.path == str(root / "test_batch")
+    assert "refused: the file asks for" in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"data": np.zeros((1, 3072), np.uint8), "labels": 5}, "'labels' is not a list of integer labels"),
+        ({"data": np.zeros((1, 3072), np.uint8), "labels": None}, "'labels' is not a list of integer labels"),
+        ({"data": np.zeros((2, 3072), np.uint8), "labels": [[1], [1, 2]]}, "'labels' is not a list of integer"),
+        ({"data": np.zeros((2, 3072), np.uint8), "labels": [0.5, 1.0]}, "'labels' is not a list of integer"),
+        ({"data": np.zeros((2, 3000), np.uint8), "labels": [0, 1]}, "'data' is uint8 (2, 3000) for 2 labels"),
+        ({"data": [1, 2], "labels": [0, 1]}, "'data' is list for 2 labels"),
+    ],
+)
+def test_malformed_batches_are_one_line_naming_the_file(tmp_path: Path, content: dict, message: str) -> None:
+    root = write_toy_cifar(tmp_path / "c10", num_classes=2, per_class=2, test_per_class=1, train_batches=1)
+    (root / "test_batch").write_bytes(pickle.dumps(content, protocol=2))
+    with pytest.raises(GeoclError, match=re.escape(message)) as caught:
+        CifarDataset(root, "test", band_stats={"mean": [0, 0, 0], "std": [1, 1, 1]})
+    assert caught.value.path == str(root / "test_batch")
+
+
+def test_a_meta_file_whose_names_are_not_a_list_is_named(tmp_path: Path) -> None:
+    root = write_toy_cifar(tmp_path / "c10", num_classes=2, per_class=2, test_per_class=1, train_batches=1)
+    (root / "batches.meta").write_bytes(pickle.dumps({"label_names": 5}, protocol=2))
+    with pytest.raises(GeoclError, match="not a list of names") as caught:
+        CifarDataset(root, "test", band_stats={"mean": [0, 0, 0], "std": [1, 1, 1]})
+    assert caught.value.path == str(root / "batches.meta")
