@@ -46,7 +46,7 @@ place of the evaluation's finetuning, on the same label
 subset, seed and budget, so that its rows pair with every other recipe's. A method that
 pretrains nothing and has no training for the comparison's evaluation is refused
 before any work. The random-init row takes the data and encoder of the first recipe
-that pretrains (its rows are reused whatever views, batch and workers that recipe sets for
+that pretrains (its rows are reused whatever batch size and workers that recipe sets for
 pretraining, which a random init never uses); when none does, there is no random-init row (there is no pretraining
 to measure, and each such recipe trains from random init itself: pair it with its own
 supervised baseline). Compare asks the method class; it knows no method by name.

@@ -53,9 +53,10 @@ UNTRAINED_KEYS = ("out", "monitor")
 #: and how often checkpoints are written.
 UNTRAINED_TRAINER_KEYS = ("logger", "snapshot_steps", "checkpoint_every_s")
 #: Keys of the ``data`` section that only shape pretraining batches. A random-init row trains
-#: nothing before its evaluation, so they do not tell two of its rows apart: the same
-#: random-init rows serve comparisons whose first recipe crops other views.
-PRETRAINING_ONLY_DATA_KEYS = ("batch_size", "num_workers", "view_size")
+#: nothing with them before its evaluation, so they do not tell two of its rows apart.
+#: ``view_size`` is not one: the retrieval protocol trains its dual encoder on the first
+#: recipe's data section, views included.
+PRETRAINING_ONLY_DATA_KEYS = ("batch_size", "num_workers")
 
 
 def differing_keys(before: Any, now: Any, prefix: str = "") -> list[str]:

@@ -52,11 +52,15 @@ def test_a_random_init_record_takes_todays_defaults_too() -> None:
 def test_a_random_init_row_does_not_depend_on_how_pretraining_batches_are_shaped() -> None:
     recipe = load_recipe(RECIPES / "simclr.yaml")
     today = _settings(recipe, random=True)
-    assert not {"view_size", "batch_size", "num_workers"} & set(today["encoder"]["random_init"]["data"])
-    # a row recorded before these keys were left out, by a first recipe with other views
+    assert not {"batch_size", "num_workers"} & set(today["encoder"]["random_init"]["data"])
+    # a row recorded before these keys were left out, by a first recipe with other batches
     recorded = json.loads(json.dumps(today))
-    recorded["encoder"]["random_init"]["data"].update(view_size=128, batch_size=8, num_workers=0)
+    recorded["encoder"]["random_init"]["data"].update(batch_size=8, num_workers=0)
     assert with_todays_defaults(recorded) == today
+    # the view size stays: retrieval trains the random-init row's dual encoder at it
+    recorded["encoder"]["random_init"]["data"]["view_size"] = 128
+    assert differing_keys(with_todays_defaults(recorded), today) == ["encoder.random_init.data.view_size"]
+    recorded["encoder"]["random_init"]["data"]["view_size"] = today["encoder"]["random_init"]["data"]["view_size"]
     # what the rows are evaluated on still counts
     recorded["encoder"]["random_init"]["data"]["tiles"] = "elsewhere/tiles"
     assert differing_keys(with_todays_defaults(recorded), today) == ["encoder.random_init.data.tiles"]
