@@ -177,5 +177,7 @@ def _report_settings(plan: Plan, options: CompareOptions) -> dict[str, Any]:
         "subset_seeds": options.subset_seeds,
         "seeds": options.seeds,
         "pretrain_seeds": options.pretrain_seeds,
+        "snapshots": options.snapshots,
+        "min_test_pixels": options.min_test_pixels,
         "overrides": list(options.overrides),
     }

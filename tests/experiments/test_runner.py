@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -664,7 +665,15 @@ def test_pairs_besides_the_baseline_are_reported_and_a_rerun_drops_what_it_no_lo
     assert pairwise["delta"].tolist() == pytest.approx([BASE["gamma"] - BASE[None]] * 2)
     md = (out / "results.md").read_text()
     assert "Between the other recipes" in md and "| gamma | random-init | 0.2 |" in md
-    # the same comparison at one budget, with random init as the baseline: alpha against gamma
+    # the same comparison again, gamma's pretrainings redone and failing: its rows have no
+    # pairs any more, and the earlier pairs are not left beside the new table
+    for folder in (out / "pretrain").glob("g-*"):
+        shutil.rmtree(folder)
+    _compare(options, Fakes(out, failing="gamma"), echo=None)
+    assert not (out / "report.stale-1").exists()  # the same comparison: its report is rewritten
+    assert not (out / "results_pairwise.csv").exists()
+    assert "Between the other recipes" not in (out / "results.md").read_text()
+    # with random init as the baseline the pair is alpha against gamma
     one = CompareOptions(
         recipes=two_working, label_fractions=[0.2], seeds=2, out=out, pretrain_steps=[9], baseline="random-init"
     )
@@ -672,15 +681,6 @@ def test_pairs_besides_the_baseline_are_reported_and_a_rerun_drops_what_it_no_lo
     pairwise = pd.read_csv(out / "results_pairwise.csv")
     assert pairwise[["recipe", "versus"]].values.tolist() == [["alpha", "gamma"]]
     assert pairwise["delta"].tolist() == pytest.approx([BASE["alpha"] - BASE["gamma"]])
-    # no sweep any more: the earlier sweep's curve and gains are not left beside this report
-    assert not (out / "results_budget.png").exists() and not (out / "results_budget_gains.csv").exists()
-    # one recipe and its baseline: no other pair, no pairwise file
-    alone = CompareOptions(
-        recipes=two_working[:1], label_fractions=[0.2], seeds=2, out=out, pretrain_steps=[9], baseline="random-init"
-    )
-    _compare(alone, Fakes(out, failing="none"), echo=None)
-    assert not (out / "results_pairwise.csv").exists()
-    assert "Between the other recipes" not in (out / "results.md").read_text()
 
 
 def test_a_rerun_over_other_recipes_or_budgets_keeps_the_earlier_report_aside(
