@@ -23,13 +23,12 @@ from geocl.io import save_figure
 from geocl.report.columns import MetricColumns
 from geocl.report.paired import (
     DIFFERENCE_COLUMNS,
-    PAIR_KEYS,
     RANDOM_INIT,
     difference_fields,
     difference_text,
-    distinct_runs,
     paired_difference,
     record_text,
+    scored_runs,
 )
 
 #: Columns of :func:`budget_curves`.
@@ -123,14 +122,9 @@ def budget_gains(results: pd.DataFrame, metric: str, from_step_zero: Collection[
         consecutive budgets); ``verdict`` is "still rising", "falling", "no gain
         detected" or, with fewer than :data:`MIN_PAIRS` pairs, "too few pairs".
     """
-    values = pd.to_numeric(results[metric], errors="coerce")
-    ok = values.notna()
-    if "status" in results:
-        ok &= results["status"].astype(str) == "ok"
-    frame = results.assign(_value=values, _steps=pd.to_numeric(results["pretrain_steps"], errors="coerce"))[ok]
+    steps = results.assign(_steps=pd.to_numeric(results["pretrain_steps"], errors="coerce"))
+    frame, keys = scored_runs(steps, metric, by=["_steps"])  # runs on the same labels, per budget
     frame = frame.assign(label_fraction=frame["label_fraction"].astype(float))
-    keys = [key for key in PAIR_KEYS if key in frame.columns]
-    frame = distinct_runs(frame, [*keys, "_steps"])  # runs on the same labels, per budget
     start = frame[(frame["recipe"] == RANDOM_INIT) & (frame["_steps"] == 0)]
     rows = []
     for recipe in frame["recipe"].drop_duplicates():

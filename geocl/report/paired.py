@@ -158,7 +158,7 @@ def paired_summary(results: pd.DataFrame, metric: str, baseline: str) -> pd.Data
         Columns ``recipe, label_fraction, mean, low, high, n, delta, delta_low,
         delta_high, pairs, wins, losses, verdict`` (the baseline's own row has no delta).
     """
-    frame, keys = _scored_runs(results, metric)
+    frame, keys = scored_runs(results, metric)
     rows = []
     for recipe in results["recipe"].drop_duplicates():
         for fraction in sorted(frame["label_fraction"].astype(float).unique()):
@@ -181,8 +181,11 @@ def paired_summary(results: pd.DataFrame, metric: str, baseline: str) -> pd.Data
     return pd.DataFrame(rows, columns=["recipe", "label_fraction", "mean", "low", "high", "n", *DIFFERENCE_COLUMNS])
 
 
-def _scored_runs(results: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, list[str]]:
-    """The runs that succeeded, the metric as ``_value``, one per distinct labels and seed; the pair keys."""
+def scored_runs(results: pd.DataFrame, metric: str, by: Sequence[str] = ()) -> tuple[pd.DataFrame, list[str]]:
+    """The runs that succeeded, the metric as ``_value``, one per distinct labels and seed; the pair keys.
+
+    ``by``: further columns that tell runs apart (a sweep's budget), kept out of the pair keys.
+    """
     values = pd.to_numeric(results[metric], errors="coerce")
     ok = values.notna()
     if "status" in results:
@@ -191,7 +194,7 @@ def _scored_runs(results: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, list
     if "label_fraction" not in frame:
         frame = frame.assign(label_fraction=1.0)
     keys = [key for key in PAIR_KEYS if key in frame.columns]
-    return distinct_runs(frame, keys), keys
+    return distinct_runs(frame, [*keys, *by]), keys
 
 
 #: The columns a paired difference fills in a summary (:func:`paired_summary`, :func:`pairwise_differences`,
@@ -232,7 +235,7 @@ def pairwise_differences(results: pd.DataFrame, metric: str, without: str | None
         Columns :data:`PAIRWISE_COLUMNS`: ``recipe - versus`` with ``recipe`` the one with
         the higher mean over the pairs, so every difference reads as how much it is ahead.
     """
-    frame, keys = _scored_runs(results, metric)
+    frame, keys = scored_runs(results, metric)
     recipes = [name for name in results["recipe"].drop_duplicates() if name != without]
     rows = []
     for fraction in sorted(frame["label_fraction"].astype(float).unique()):
