@@ -47,9 +47,9 @@ subset, seed and budget, so that its rows pair with every other recipe's. A meth
 pretrains nothing and has no training for the comparison's evaluation is refused
 before any work. The random-init row takes the data and encoder of the first recipe
 that pretrains (its rows are reused whatever batch size and workers that recipe sets for
-pretraining, which a random init never uses); when none does, there is no random-init row (there is no pretraining
-to measure, and each such recipe trains from random init itself: pair it with its own
-supervised baseline). Compare asks the method class; it knows no method by name.
+pretraining, which a random init never uses); when none does, there is no random-init
+row (there is no pretraining to measure, and each such recipe trains from random init
+itself: pair it with its own supervised baseline). Compare asks the method class; it knows no method by name.
 
 Output folder::
 

@@ -118,8 +118,8 @@ def with_todays_defaults(settings: dict[str, Any]) -> dict[str, Any]:
     new method parameter whose default is the old behaviour does not make every earlier
     row of that method count as changed. A random init's ``data`` and ``encoder`` sections
     are read the same way, and its data section without :data:`PRETRAINING_ONLY_DATA_KEYS`
-    (a row recorded with them matches one recorded without). Settings whose recipe or sections no longer validate are
-    returned as they are.
+    (a row recorded with them matches one recorded without). Settings whose recipe or
+    sections no longer validate are returned as they are.
     """
     encoder = settings.get("encoder")
     if not isinstance(encoder, dict):

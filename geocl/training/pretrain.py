@@ -44,8 +44,9 @@ training writes nothing: ``config.yaml`` is saved once the method is built, and 
 folders the run created are removed again. The other failures it names: a full disk
 or a folder that turned read-only (naming the file and the last complete checkpoint),
 a recipe that differs from the run being resumed (naming each key with its old and new
-value), data whose band count changed under the run. A Ctrl-C surfaces as ``KeyboardInterrupt`` (Lightning
-turns it into ``SystemExit(1)``), so the CLI can say to rerun with ``--resume``.
+value), data whose band count changed under the run. A Ctrl-C surfaces as
+``KeyboardInterrupt`` (Lightning turns it into ``SystemExit(1)``), so the CLI can say to
+rerun with ``--resume``.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ class PretrainResult:
         is_global_zero: whether this process is the main one (DDP runs one process per device).
         resumed_from: the checkpoint a resumed run continued from (None for a new run).
         findings: lines for people on what the run's outputs show, from its method
-            (:meth:`~geocl.methods.base.PretrainMethod.run_findings`).
+            (:meth:`~geocl.methods.base.PretrainMethod.run_findings`); main process only.
     """
 
     out: Path
@@ -533,7 +534,6 @@ def _finish(
 ) -> PretrainResult:
     metrics_path = out / "metrics.json"
     previous = _read_metrics(metrics_path)
-    reports = trainer.is_global_zero  # the other DDP processes would read the same files for nobody
     result = PretrainResult(
         out=out,
         checkpoint=out / "checkpoints" / LAST_NAME,
@@ -542,7 +542,7 @@ def _finish(
         seconds=time.perf_counter() - start,
         is_global_zero=trainer.is_global_zero,
         resumed_from=found.checkpoint if found else None,
-        findings=tuple(model.run_findings(out)) if reports and isinstance(model, PretrainMethod) else (),
+        findings=tuple(model.run_findings(out)) if trainer.is_global_zero and isinstance(model, PretrainMethod) else (),
     )
     if not trainer.is_global_zero:
         return result
