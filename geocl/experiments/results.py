@@ -275,7 +275,7 @@ def write_results(
             title = _group_title(evaluation, steps, len(evaluations) > 1 or len(budgets) > 1)
             # step 0 is random init alone: nothing to pair with another baseline
             group_baseline = RANDOM_INIT if steps == 0 else baseline
-            paired = paired_summary(group, metric, group_baseline)
+            paired = paired_summary(group, metric, group_baseline, pretrain_seeds or 1)
             group_flags = {name: text for (name, budget), text in (flags or {}).items() if budget == steps}
             summaries.append(
                 paired.assign(
@@ -284,7 +284,7 @@ def write_results(
                     flag=[group_flags.get(recipe, "") for recipe in paired["recipe"]],
                 )
             )
-            pairwise = pairwise_differences(group, metric, without=group_baseline)
+            pairwise = pairwise_differences(group, metric, group_baseline, pretrain_seeds or 1)
             pairs.append(pairwise.assign(evaluation=evaluation.name, pretrain_steps=steps))
             text = _group_text(group, metrics, paired, pairwise, group_baseline, group_flags)
             test_set = (test_sets or {}).get(evaluation.name)
@@ -293,7 +293,7 @@ def write_results(
             sections.append((f"## {title}\n\n" if title else "") + text)
             panels.append((title, group, metrics))
         if len(budgets) > 1:  # where each learning curve flattens
-            gains = budget_gains(of_evaluation, metric, from_step_zero or set())
+            gains = budget_gains(of_evaluation, metric, from_step_zero or set(), pretrain_seeds or 1)
             sections.append(_gains_section(evaluation, gains, metrics.label(metric)))
             all_gains.append(gains.assign(evaluation=evaluation.name))
     test_set = (test_sets or {}).get(evaluations[0].name)
@@ -373,8 +373,10 @@ def _pretraining_line(pretrain_seeds: int) -> str:
         )
     return (
         f"Each recipe was pretrained {pretrain_seeds} times (recipe seeds seed .. seed+{pretrain_seeds - 1}); the "
-        f"runs of seed s read pretraining s mod {pretrain_seeds}, so the intervals include the variation "
-        "between pretrainings."
+        f"runs of seed s read pretraining s mod {pretrain_seeds}; each interval of a difference resamples the "
+        f"pretrainings, then the pairs within each (two-stage bootstrap), and each difference lists its value "
+        f"per pretraining. With {pretrain_seeds} pretrainings, how much they vary is itself known from "
+        f"{pretrain_seeds} draws."
     )
 
 

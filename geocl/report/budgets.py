@@ -27,6 +27,7 @@ from geocl.report.paired import (
     difference_fields,
     difference_text,
     paired_difference,
+    pretraining_of,
     record_text,
     scored_runs,
 )
@@ -101,7 +102,9 @@ GAIN_COLUMNS = ["recipe", "label_fraction", "from_steps", "to_steps", *DIFFERENC
 _GAIN_VERDICTS = {"better": "still rising", "worse": "falling", "not distinguishable": "no gain detected"}
 
 
-def budget_gains(results: pd.DataFrame, metric: str, from_step_zero: Collection[str] | None = None) -> pd.DataFrame:
+def budget_gains(
+    results: pd.DataFrame, metric: str, from_step_zero: Collection[str] | None = None, pretrain_seeds: int = 1
+) -> pd.DataFrame:
     """Where a learning curve flattens: each recipe's paired gain from one budget of a sweep to the next.
 
     The runs of one recipe at two budgets pair up as two recipes' runs do (label
@@ -116,6 +119,9 @@ def budget_gains(results: pd.DataFrame, metric: str, from_step_zero: Collection[
         metric: the metric column.
         from_step_zero: the recipes whose first step is taken from the random-init
             row (their encoder before training is that row's; default: every recipe).
+        pretrain_seeds: pretrainings of each recipe at each budget (the run of seed ``s``
+            read pretraining ``s mod pretrain_seeds``): the interval resamples them too
+            (:func:`~geocl.report.paired.paired_difference`).
 
     Returns:
         Columns :data:`GAIN_COLUMNS`, one row per (recipe, label fraction, step between
@@ -137,7 +143,10 @@ def budget_gains(results: pd.DataFrame, metric: str, from_step_zero: Collection[
                 points.insert(0, (0, start[start["label_fraction"] == fraction]))
             for (before_steps, before), (after_steps, after) in zip(points, points[1:], strict=False):
                 pairs = after[keys + ["_value"]].merge(before[keys + ["_value"]], on=keys, suffixes=("", "_before"))
-                gain = paired_difference((pairs["_value"] - pairs["_value_before"]).tolist())
+                gain = paired_difference(
+                    (pairs["_value"] - pairs["_value_before"]).tolist(),
+                    pretrainings=pretraining_of(pairs, pretrain_seeds),
+                )
                 rows.append(
                     {
                         "recipe": recipe,

@@ -28,6 +28,20 @@ independent pairs; they collapse into one (their mean) before anything is counte
   pairs, 0.06 for five, 0.03 for six, the first count at which it falls below 5 %
   (the exact sign test's smallest sample that can reject at the 5 % level).
 
+- **Several pretrainings** (``geocl compare --pretrain-seeds N``): the run of seed ``s``
+  reads pretraining ``s mod N`` of each recipe, so the pairs of one pretraining share
+  it and are not independent draws of it: the plain bootstrap over pairs would treat
+  12 pairs from two pretrainings as 12 pretrainings and give too narrow an interval.
+  The interval is then a two-stage bootstrap (Davison & Hinkley 1997, section 3.8):
+  each resample draws N pretrainings with replacement, then, within each drawn one,
+  its pairs with replacement. Resampling both stages counts the pairs' own noise twice,
+  so the interval errs wide rather than narrow; with two pretrainings its ends lie
+  about at the two pretrainings' own differences, which every difference also lists
+  (``by_pretraining``). The verdict's pair count is unchanged: it stops chance signs
+  among pairs, not among pretrainings, so two pretrainings that both favour a recipe
+  are a hint that a third pretraining may overturn, and the report says how many
+  there were.
+
 The percentile method, not BCa: with the few pairs a comparison has (often 2-10) BCa's
 acceleration estimate is unstable or undefined, and the percentile interval of the
 mean is what a reader checks by hand.
@@ -80,6 +94,8 @@ class PairedDifference(Interval):
 
     wins: int = 0
     losses: int = 0
+    #: The mean difference of each pretraining's pairs (several pretrainings only), in pretraining order.
+    by_pretraining: tuple[float, ...] = ()
 
     @property
     def excludes_zero(self) -> bool:
@@ -118,9 +134,18 @@ def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> In
 
 
 def paired_difference(
-    differences: Sequence[float], confidence: float = CONFIDENCE, seed: int = 0, resamples: int = RESAMPLES
+    differences: Sequence[float],
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+    resamples: int = RESAMPLES,
+    pretrainings: Sequence[int] | None = None,
 ) -> PairedDifference:
-    """Mean paired difference, its percentile bootstrap interval, wins and losses."""
+    """Mean paired difference, its percentile bootstrap interval, wins and losses.
+
+    ``pretrainings``: the pretraining each pair read (one per difference). With two or
+    more distinct ones the interval is the two-stage bootstrap of the module docstring
+    and ``by_pretraining`` holds each one's mean difference.
+    """
     data = np.asarray(differences, dtype=np.float64)
     n = len(data)
     wins, losses = int((data > 0).sum()), int((data < 0).sum())
@@ -129,6 +154,11 @@ def paired_difference(
     mean = float(data.mean())
     if n == 1:
         return PairedDifference(mean, math.nan, math.nan, 1, wins, losses)
+    groups = None if pretrainings is None else np.asarray(pretrainings)
+    if groups is not None and len(np.unique(groups)) > 1:
+        by = tuple(float(data[groups == group].mean()) for group in np.unique(groups))
+        low, high = two_stage_bootstrap(data, groups, confidence, resamples, np.random.default_rng(seed))
+        return PairedDifference(mean, low, high, n, wins, losses, by)
     if np.ptp(data) == 0:  # every resample has the same mean: the interval is that point
         return PairedDifference(mean, mean, mean, n, wins, losses)
     with warnings.catch_warnings():
@@ -145,7 +175,31 @@ def paired_difference(
     return PairedDifference(mean, float(low), float(high), n, wins, losses)
 
 
-def paired_summary(results: pd.DataFrame, metric: str, baseline: str) -> pd.DataFrame:
+def two_stage_bootstrap(
+    data: np.ndarray, groups: np.ndarray, confidence: float, resamples: int, rng: np.random.Generator
+) -> tuple[float, float]:
+    """Percentile interval of the mean of ``data`` whose values come in ``groups`` (pretrainings).
+
+    Each resample draws as many groups as there are, with replacement, then, within each
+    drawn group, as many of its values as it has, with replacement; its statistic is the
+    mean of every value drawn (groups of unequal size weigh by their size, as in the
+    mean itself).
+    """
+    members = [data[groups == group] for group in np.unique(groups)]
+    drawn = rng.integers(len(members), size=(resamples, len(members)))
+    totals, counts = np.zeros(resamples), np.zeros(resamples)
+    for slot in range(len(members)):
+        for index, values in enumerate(members):
+            chosen = drawn[:, slot] == index
+            picks = rng.integers(len(values), size=(int(chosen.sum()), len(values)))
+            totals[chosen] += values[picks].sum(axis=1)
+            counts[chosen] += len(values)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(totals / counts, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def paired_summary(results: pd.DataFrame, metric: str, baseline: str, pretrain_seeds: int = 1) -> pd.DataFrame:
     """Per (recipe, label fraction): mean with interval, and the paired difference to ``baseline``.
 
     Args:
@@ -153,10 +207,13 @@ def paired_summary(results: pd.DataFrame, metric: str, baseline: str) -> pd.Data
             ``label_fraction`` and ``subset_seed`` where present).
         metric: the metric column.
         baseline: the recipe the others are compared with.
+        pretrain_seeds: how many times each recipe was pretrained (the run of seed ``s``
+            read pretraining ``s mod pretrain_seeds``; see the module docstring).
 
     Returns:
         Columns ``recipe, label_fraction, mean, low, high, n, delta, delta_low,
-        delta_high, pairs, wins, losses, verdict`` (the baseline's own row has no delta).
+        delta_high, pairs, wins, losses, by_pretraining, verdict`` (the baseline's own row has
+        no delta).
     """
     frame, keys = scored_runs(results, metric)
     rows = []
@@ -175,7 +232,10 @@ def paired_summary(results: pd.DataFrame, metric: str, baseline: str) -> pd.Data
             if recipe != baseline:
                 base = frame[(frame["recipe"] == baseline) & (frame["label_fraction"].astype(float) == fraction)]
                 pairs = mine[keys + ["_value"]].merge(base[keys + ["_value"]], on=keys, suffixes=("", "_base"))
-                diff = paired_difference((pairs["_value"] - pairs["_value_base"]).tolist())
+                diff = paired_difference(
+                    (pairs["_value"] - pairs["_value_base"]).tolist(),
+                    pretrainings=pretraining_of(pairs, pretrain_seeds),
+                )
                 row.update(difference_fields(diff, diff.verdict))
             rows.append(row)
     return pd.DataFrame(rows, columns=["recipe", "label_fraction", "mean", "low", "high", "n", *DIFFERENCE_COLUMNS])
@@ -197,9 +257,16 @@ def scored_runs(results: pd.DataFrame, metric: str, by: Sequence[str] = ()) -> t
     return distinct_runs(frame, [*keys, *by]), keys
 
 
+def pretraining_of(pairs: pd.DataFrame, pretrain_seeds: int) -> list[int] | None:
+    """The pretraining each pair read (its seed mod ``pretrain_seeds``); None for one pretraining."""
+    if pretrain_seeds <= 1 or "seed" not in pairs.columns:
+        return None
+    return (pairs["seed"].astype(int) % pretrain_seeds).tolist()
+
+
 #: The columns a paired difference fills in a summary (:func:`paired_summary`, :func:`pairwise_differences`,
 #: :func:`geocl.report.budgets.budget_gains`).
-DIFFERENCE_COLUMNS = ["delta", "delta_low", "delta_high", "pairs", "wins", "losses", "verdict"]
+DIFFERENCE_COLUMNS = ["delta", "delta_low", "delta_high", "pairs", "wins", "losses", "by_pretraining", "verdict"]
 
 
 def difference_fields(diff: PairedDifference, verdict: str) -> dict[str, Any]:
@@ -211,6 +278,7 @@ def difference_fields(diff: PairedDifference, verdict: str) -> dict[str, Any]:
         "pairs": diff.n,
         "wins": diff.wins,
         "losses": diff.losses,
+        "by_pretraining": " ".join(f"{value:+.6f}" for value in diff.by_pretraining),
         "verdict": verdict,
     }
 
@@ -219,7 +287,9 @@ def difference_fields(diff: PairedDifference, verdict: str) -> dict[str, Any]:
 PAIRWISE_COLUMNS = ["recipe", "versus", "label_fraction", "mean", "versus_mean", *DIFFERENCE_COLUMNS]
 
 
-def pairwise_differences(results: pd.DataFrame, metric: str, without: str | None = None) -> pd.DataFrame:
+def pairwise_differences(
+    results: pd.DataFrame, metric: str, without: str | None = None, pretrain_seeds: int = 1
+) -> pd.DataFrame:
     """The paired difference of every two recipes, per label fraction, the higher mean first.
 
     A comparison's table pairs each recipe with its baseline; this answers the other
@@ -230,6 +300,7 @@ def pairwise_differences(results: pd.DataFrame, metric: str, without: str | None
         results: ``results.csv`` rows of one group (one evaluation and budget).
         metric: the metric column.
         without: a recipe whose pairs are left out (the baseline: they are in the table above).
+        pretrain_seeds: as in :func:`paired_summary`.
 
     Returns:
         Columns :data:`PAIRWISE_COLUMNS`: ``recipe - versus`` with ``recipe`` the one with
@@ -251,7 +322,9 @@ def pairwise_differences(results: pd.DataFrame, metric: str, without: str | None
                     (first, second) if pairs["_value"].mean() >= pairs["_value_versus"].mean() else (second, first)
                 )
                 lead, trail = ("_value", "_value_versus") if ahead == first else ("_value_versus", "_value")
-                diff = paired_difference((pairs[lead] - pairs[trail]).tolist())
+                diff = paired_difference(
+                    (pairs[lead] - pairs[trail]).tolist(), pretrainings=pretraining_of(pairs, pretrain_seeds)
+                )
                 rows.append(
                     {
                         "recipe": ahead,
@@ -315,8 +388,13 @@ def _signed(value: float) -> str:
 
 
 def difference_text(row: Any) -> str:
-    """A row's paired difference as a table cell: ``+0.012 [-0.003, +0.025]`` (:data:`DIFFERENCE_COLUMNS`)."""
-    return f"{_signed(row.delta)} [{_signed(row.delta_low)}, {_signed(row.delta_high)}]"
+    """A row's paired difference as a table cell: ``+0.012 [-0.003, +0.025]`` (:data:`DIFFERENCE_COLUMNS`),
+    followed by each pretraining's own where there were several: ``(per pretraining +0.020, +0.004)``."""
+    text = f"{_signed(row.delta)} [{_signed(row.delta_low)}, {_signed(row.delta_high)}]"
+    by = getattr(row, "by_pretraining", "")
+    if isinstance(by, str) and by:
+        text += " (per pretraining " + ", ".join(_signed(float(value)) for value in by.split()) + ")"
+    return text
 
 
 def record_text(row: Any) -> str:

@@ -813,7 +813,8 @@ def test_pretrain_seeds_pretrain_each_recipe_again_and_each_serves_every_nth_see
     assert record["settings"]["encoder"]["recipe"]["seed"] == 1  # the row records which pretraining it read
     spent = pd.read_csv(out / "pretraining.csv")
     assert spent[spent["pretrain_steps"] == 9]["seed"].tolist() == [0, 0, 1, 1]
-    assert "Each recipe was pretrained 2 times" in (out / "results.md").read_text()
+    report = (out / "results.md").read_text()
+    assert "Each recipe was pretrained 2 times" in report and "(per pretraining " in report
 
 
 def test_pretrain_seeds_must_divide_the_seeds(tmp_path: Path, two_working: list[Path]) -> None:

@@ -123,3 +123,13 @@ def test_budget_gains_start_at_the_first_budget_for_recipes_not_from_step_zero()
     assert gains[["recipe", "from_steps", "to_steps"]].values.tolist() == [["alpha", 100, 300], ["beta", 0, 300]]
     markdown = budget_gains_markdown(gains, "mIoU")
     assert "| alpha | 0.05 | 100 → 300 | +0.000 [" in markdown and "| 3 / 3 of 6 | no gain detected |" in markdown
+
+
+def test_budget_gains_resample_the_pretrainings_when_there_are_several() -> None:
+    # seed s read pretraining s mod 2; alpha's 100 -> 300 step lost 0.01 on pretraining 0 and gained it on 1
+    gains = budget_gains(_sweep_rows(), "miou", pretrain_seeds=2).set_index(["recipe", "from_steps"])
+    step = gains.loc[("alpha", 100)]
+    assert [float(value) for value in step["by_pretraining"].split()] == pytest.approx([-0.01, 0.01])
+    assert (step["delta_low"], step["delta_high"]) == pytest.approx((-0.01, 0.01))  # constant within each
+    assert gains.loc[("alpha", 0)]["by_pretraining"] != ""  # its pairs with random init: clustered too
+    assert budget_gains(_sweep_rows(), "miou")["by_pretraining"].eq("").all()  # one pretraining: none listed

@@ -181,3 +181,66 @@ def test_runs_on_every_label_are_one_subset_whatever_their_subset_seed() -> None
     assert paired_summary(pd.DataFrame(seeds), "miou", "simclr").set_index("recipe").loc["grass", "pairs"] == 6
     partial = [{**row, "label_fraction": 0.5} for row in rows]
     assert paired_summary(pd.DataFrame(partial), "miou", "simclr").set_index("recipe").loc["grass", "pairs"] == 6
+
+
+def test_two_stage_interval_of_constant_pretrainings_spans_their_differences() -> None:
+    # pretraining 0's pairs all differ by 0.01, pretraining 1's by 0.03: a resample draws (0, 0) with
+    # probability 1/4 (mean 0.01), (1, 1) with 1/4 (0.03), a mix with 1/2 (0.02): the 2.5 % and 97.5 %
+    # points are 0.01 and 0.03, however many pairs each pretraining has
+    diff = paired_difference([0.01] * 6 + [0.03] * 6, pretrainings=[0] * 6 + [1] * 6)
+    assert (diff.low, diff.high) == pytest.approx((0.01, 0.03))
+    assert diff.by_pretraining == pytest.approx((0.01, 0.03)) and diff.n == 12 and diff.wins == 12
+    plain = paired_difference([0.01] * 6 + [0.03] * 6)  # 12 pairs as if 12 pretrainings: half as wide
+    assert plain.high - plain.low < 0.6 * (diff.high - diff.low) and plain.by_pretraining == ()
+
+
+def test_two_stage_bootstrap_matches_a_naive_loop() -> None:
+    rng = np.random.default_rng(3)
+    data = np.concatenate([rng.normal(0.02, 0.01, 5), rng.normal(-0.01, 0.02, 7), rng.normal(0.04, 0.01, 4)])
+    groups = np.repeat([0, 1, 2], [5, 7, 4])
+    members = [data[groups == group] for group in range(3)]
+    loop = np.random.default_rng(11)
+    means = []
+    for _ in range(40000):  # each resample: 3 pretrainings with replacement, then each one's pairs
+        drawn = [members[loop.integers(3)] for _ in range(3)]
+        values = np.concatenate([member[loop.integers(len(member), size=len(member))] for member in drawn])
+        means.append(values.mean())
+    reference = np.quantile(means, [0.025, 0.975])
+    diff = paired_difference(data.tolist(), pretrainings=groups.tolist(), resamples=40000)
+    assert (diff.low, diff.high) == pytest.approx(tuple(reference), abs=2e-3)
+    assert diff.by_pretraining == pytest.approx(tuple(member.mean() for member in members))
+
+
+def test_one_pretraining_is_the_plain_bootstrap() -> None:
+    data = [-0.02, 0.01, 0.03, 0.10, 0.04]
+    assert paired_difference(data, pretrainings=[1] * 5) == paired_difference(data)
+
+
+def _two_pretrainings() -> pd.DataFrame:
+    """Six subsets x two seeds; seed s read pretraining s mod 2: grass's lead is pretraining 0's alone."""
+    rows = []
+    for subset_seed, seed in itertools.product(range(6), range(2)):
+        base = 0.40 + 0.01 * subset_seed
+        lead = 0.05 if seed == 0 else -0.01
+        for recipe, value in (("simclr", base), ("grass", base + lead + 0.0012 * subset_seed)):
+            rows.append(
+                {"recipe": recipe, "label_fraction": 0.05, "subset_seed": subset_seed, "seed": seed, "miou": value}
+            )
+    return pd.DataFrame(rows).assign(status="ok")
+
+
+def test_pairs_that_share_a_pretraining_are_not_counted_as_independent() -> None:
+    results = _two_pretrainings()
+    # as if every pair had its own pretraining: 12 pairs, a narrow interval above 0, "better"
+    naive = paired_summary(results, "miou", "simclr").set_index("recipe").loc["grass"]
+    assert naive["delta_low"] > 0 and naive["verdict"] == "better"
+    # the pairs of pretraining 1 all lose: the interval resamples the two pretrainings and covers 0
+    summary = paired_summary(results, "miou", "simclr", pretrain_seeds=2).set_index("recipe").loc["grass"]
+    assert summary["delta"] == pytest.approx(naive["delta"]) and summary["pairs"] == 12
+    assert summary["delta_low"] < 0 < summary["delta_high"] and summary["verdict"] == "not distinguishable"
+    assert [float(value) for value in summary["by_pretraining"].split()] == pytest.approx([0.053, -0.007])
+    assert "(per pretraining +0.053, -0.007)" in paired_markdown(
+        paired_summary(results, "miou", "simclr", pretrain_seeds=2), "mIoU", "simclr"
+    )
+    pairwise = pairwise_differences(results, "miou", pretrain_seeds=2).iloc[0]
+    assert pairwise["delta_low"] < 0 and pairwise["by_pretraining"] == summary["by_pretraining"]
