@@ -11,7 +11,7 @@ file.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +229,7 @@ def write_results(
     flags: dict[tuple[str, int | None], str] | None = None,
     from_step_zero: set[str] | None = None,
     pretrain_seeds: int | None = None,
+    pretrained: Collection[str] = (),
 ) -> pd.DataFrame:
     """results.csv, results_summary.csv, results.md and the PNGs of the finished rows; the table is echoed.
 
@@ -236,8 +237,10 @@ def write_results(
     :func:`~geocl.experiments.budgets.check_budgets`): marked in the group's table, in the
     ``flag`` column of ``results_summary.csv``.
 
-    ``pretrain_seeds``: how many times each recipe was pretrained (None: no recipe
-    pretrains); a line under the test set's says what the intervals cover of it.
+    ``pretrain_seeds``: how many times each recipe of ``pretrained`` (the names of those
+    that pretrain) was pretrained (None: no recipe pretrains); a line under the test set's
+    says what the intervals cover of it, and the paired intervals resample the
+    pretrainings (:mod:`geocl.report.paired`).
 
     One section per (evaluation, pretraining budget) group, random-init in every group:
     the mean ± std table, then each recipe's mean with its interval and its paired
@@ -257,6 +260,7 @@ def write_results(
     environment = describe_environment(deterministic=deterministic)
     atomic_write_text(out / "environment.json", json.dumps(environment, indent=1))
     sections, summaries = [], []
+    replicas = dict.fromkeys(pretrained, pretrain_seeds or 1)  # each pretraining recipe's pretrainings
     all_gains: list[pd.DataFrame] = []
     pairs: list[pd.DataFrame] = []  # every two recipes but the baseline, per group
     panels: list[tuple[str, Any, MetricColumns]] = []
@@ -275,7 +279,7 @@ def write_results(
             title = _group_title(evaluation, steps, len(evaluations) > 1 or len(budgets) > 1)
             # step 0 is random init alone: nothing to pair with another baseline
             group_baseline = RANDOM_INIT if steps == 0 else baseline
-            paired = paired_summary(group, metric, group_baseline, pretrain_seeds or 1)
+            paired = paired_summary(group, metric, group_baseline, replicas)
             group_flags = {name: text for (name, budget), text in (flags or {}).items() if budget == steps}
             summaries.append(
                 paired.assign(
@@ -284,7 +288,7 @@ def write_results(
                     flag=[group_flags.get(recipe, "") for recipe in paired["recipe"]],
                 )
             )
-            pairwise = pairwise_differences(group, metric, group_baseline, pretrain_seeds or 1)
+            pairwise = pairwise_differences(group, metric, group_baseline, replicas)
             pairs.append(pairwise.assign(evaluation=evaluation.name, pretrain_steps=steps))
             text = _group_text(group, metrics, paired, pairwise, group_baseline, group_flags)
             test_set = (test_sets or {}).get(evaluation.name)
@@ -293,7 +297,7 @@ def write_results(
             sections.append((f"## {title}\n\n" if title else "") + text)
             panels.append((title, group, metrics))
         if len(budgets) > 1:  # where each learning curve flattens
-            gains = budget_gains(of_evaluation, metric, from_step_zero or set(), pretrain_seeds or 1)
+            gains = budget_gains(of_evaluation, metric, from_step_zero or set(), replicas)
             sections.append(_gains_section(evaluation, gains, metrics.label(metric)))
             all_gains.append(gains.assign(evaluation=evaluation.name))
     test_set = (test_sets or {}).get(evaluations[0].name)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +103,10 @@ _GAIN_VERDICTS = {"better": "still rising", "worse": "falling", "not distinguish
 
 
 def budget_gains(
-    results: pd.DataFrame, metric: str, from_step_zero: Collection[str] | None = None, pretrain_seeds: int = 1
+    results: pd.DataFrame,
+    metric: str,
+    from_step_zero: Collection[str] | None = None,
+    pretrain_seeds: Mapping[str, int] | None = None,
 ) -> pd.DataFrame:
     """Where a learning curve flattens: each recipe's paired gain from one budget of a sweep to the next.
 
@@ -119,9 +122,9 @@ def budget_gains(
         metric: the metric column.
         from_step_zero: the recipes whose first step is taken from the random-init
             row (their encoder before training is that row's; default: every recipe).
-        pretrain_seeds: pretrainings of each recipe at each budget (the run of seed ``s``
-            read pretraining ``s mod pretrain_seeds``): the interval resamples them too
-            (:func:`~geocl.report.paired.paired_difference`).
+        pretrain_seeds: by recipe, its pretrainings at each budget (the run of seed ``s``
+            read pretraining ``s mod N``): the interval resamples them too
+            (:func:`~geocl.report.paired.paired_summary`).
 
     Returns:
         Columns :data:`GAIN_COLUMNS`, one row per (recipe, label fraction, step between
@@ -145,7 +148,7 @@ def budget_gains(
                 pairs = after[keys + ["_value"]].merge(before[keys + ["_value"]], on=keys, suffixes=("", "_before"))
                 gain = paired_difference(
                     (pairs["_value"] - pairs["_value_before"]).tolist(),
-                    pretrainings=pretraining_of(pairs, pretrain_seeds),
+                    pretrainings=pretraining_of(pairs, pretrain_seeds, recipe),
                 )
                 rows.append(
                     {

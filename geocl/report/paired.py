@@ -52,7 +52,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,7 +199,9 @@ def two_stage_bootstrap(
     return float(low), float(high)
 
 
-def paired_summary(results: pd.DataFrame, metric: str, baseline: str, pretrain_seeds: int = 1) -> pd.DataFrame:
+def paired_summary(
+    results: pd.DataFrame, metric: str, baseline: str, pretrain_seeds: Mapping[str, int] | None = None
+) -> pd.DataFrame:
     """Per (recipe, label fraction): mean with interval, and the paired difference to ``baseline``.
 
     Args:
@@ -207,8 +209,10 @@ def paired_summary(results: pd.DataFrame, metric: str, baseline: str, pretrain_s
             ``label_fraction`` and ``subset_seed`` where present).
         metric: the metric column.
         baseline: the recipe the others are compared with.
-        pretrain_seeds: how many times each recipe was pretrained (the run of seed ``s``
-            read pretraining ``s mod pretrain_seeds``; see the module docstring).
+        pretrain_seeds: by recipe, how many times it was pretrained: the run of seed ``s``
+            read pretraining ``s mod N`` (see the module docstring); a recipe not named
+            reads no pretraining (random init, a semi-supervised row), and the pairs of two
+            such recipes share nothing to resample.
 
     Returns:
         Columns ``recipe, label_fraction, mean, low, high, n, delta, delta_low,
@@ -234,7 +238,7 @@ def paired_summary(results: pd.DataFrame, metric: str, baseline: str, pretrain_s
                 pairs = mine[keys + ["_value"]].merge(base[keys + ["_value"]], on=keys, suffixes=("", "_base"))
                 diff = paired_difference(
                     (pairs["_value"] - pairs["_value_base"]).tolist(),
-                    pretrainings=pretraining_of(pairs, pretrain_seeds),
+                    pretrainings=pretraining_of(pairs, pretrain_seeds, recipe, baseline),
                 )
                 row.update(difference_fields(diff, diff.verdict))
             rows.append(row)
@@ -257,11 +261,13 @@ def scored_runs(results: pd.DataFrame, metric: str, by: Sequence[str] = ()) -> t
     return distinct_runs(frame, [*keys, *by]), keys
 
 
-def pretraining_of(pairs: pd.DataFrame, pretrain_seeds: int) -> list[int] | None:
-    """The pretraining each pair read (its seed mod ``pretrain_seeds``); None for one pretraining."""
-    if pretrain_seeds <= 1 or "seed" not in pairs.columns:
+def pretraining_of(pairs: pd.DataFrame, pretrain_seeds: Mapping[str, int] | None, *recipes: str) -> list[int] | None:
+    """The pretraining each pair of ``recipes``' runs read (its seed mod N, N the larger of their
+    pretraining counts); None where neither was pretrained more than once."""
+    count = max((pretrain_seeds or {}).get(recipe, 1) for recipe in recipes)
+    if count <= 1 or "seed" not in pairs.columns:
         return None
-    return (pairs["seed"].astype(int) % pretrain_seeds).tolist()
+    return (pairs["seed"].astype(int) % count).tolist()
 
 
 #: The columns a paired difference fills in a summary (:func:`paired_summary`, :func:`pairwise_differences`,
@@ -288,7 +294,7 @@ PAIRWISE_COLUMNS = ["recipe", "versus", "label_fraction", "mean", "versus_mean",
 
 
 def pairwise_differences(
-    results: pd.DataFrame, metric: str, without: str | None = None, pretrain_seeds: int = 1
+    results: pd.DataFrame, metric: str, without: str | None = None, pretrain_seeds: Mapping[str, int] | None = None
 ) -> pd.DataFrame:
     """The paired difference of every two recipes, per label fraction, the higher mean first.
 
@@ -323,7 +329,8 @@ def pairwise_differences(
                 )
                 lead, trail = ("_value", "_value_versus") if ahead == first else ("_value_versus", "_value")
                 diff = paired_difference(
-                    (pairs[lead] - pairs[trail]).tolist(), pretrainings=pretraining_of(pairs, pretrain_seeds)
+                    (pairs[lead] - pairs[trail]).tolist(),
+                    pretrainings=pretraining_of(pairs, pretrain_seeds, first, second),
                 )
                 rows.append(
                     {

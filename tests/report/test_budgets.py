@@ -127,7 +127,9 @@ def test_budget_gains_start_at_the_first_budget_for_recipes_not_from_step_zero()
 
 def test_budget_gains_resample_the_pretrainings_when_there_are_several() -> None:
     # seed s read pretraining s mod 2; alpha's 100 -> 300 step lost 0.01 on pretraining 0 and gained it on 1
-    gains = budget_gains(_sweep_rows(), "miou", pretrain_seeds=2).set_index(["recipe", "from_steps"])
+    gains = budget_gains(_sweep_rows(), "miou", pretrain_seeds={"alpha": 2, "beta": 2}).set_index(
+        ["recipe", "from_steps"]
+    )
     step = gains.loc[("alpha", 100)]
     assert [float(value) for value in step["by_pretraining"].split()] == pytest.approx([-0.01, 0.01])
     assert (step["delta_low"], step["delta_high"]) == pytest.approx((-0.01, 0.01))  # constant within each

@@ -216,6 +216,10 @@ def test_one_pretraining_is_the_plain_bootstrap() -> None:
     assert paired_difference(data, pretrainings=[1] * 5) == paired_difference(data)
 
 
+#: Both recipes of :func:`_two_pretrainings` pretrained twice.
+TWICE = {"simclr": 2, "grass": 2}
+
+
 def _two_pretrainings() -> pd.DataFrame:
     """Six subsets x two seeds; seed s read pretraining s mod 2: grass's lead is pretraining 0's alone."""
     rows = []
@@ -235,12 +239,18 @@ def test_pairs_that_share_a_pretraining_are_not_counted_as_independent() -> None
     naive = paired_summary(results, "miou", "simclr").set_index("recipe").loc["grass"]
     assert naive["delta_low"] > 0 and naive["verdict"] == "better"
     # the pairs of pretraining 1 all lose: the interval resamples the two pretrainings and covers 0
-    summary = paired_summary(results, "miou", "simclr", pretrain_seeds=2).set_index("recipe").loc["grass"]
+    summary = paired_summary(results, "miou", "simclr", pretrain_seeds=TWICE).set_index("recipe").loc["grass"]
     assert summary["delta"] == pytest.approx(naive["delta"]) and summary["pairs"] == 12
     assert summary["delta_low"] < 0 < summary["delta_high"] and summary["verdict"] == "not distinguishable"
     assert [float(value) for value in summary["by_pretraining"].split()] == pytest.approx([0.053, -0.007])
     assert "(per pretraining +0.053, -0.007)" in paired_markdown(
-        paired_summary(results, "miou", "simclr", pretrain_seeds=2), "mIoU", "simclr"
+        paired_summary(results, "miou", "simclr", pretrain_seeds=TWICE), "mIoU", "simclr"
     )
-    pairwise = pairwise_differences(results, "miou", pretrain_seeds=2).iloc[0]
+    pairwise = pairwise_differences(results, "miou", pretrain_seeds=TWICE).iloc[0]
     assert pairwise["delta_low"] < 0 and pairwise["by_pretraining"] == summary["by_pretraining"]
+    # rows of recipes that read no pretraining (semi-supervised, random init) share none: plain pairs
+    unshared = paired_summary(results, "miou", "simclr", pretrain_seeds={"moco": 2}).set_index("recipe").loc["grass"]
+    assert unshared["by_pretraining"] == "" and unshared["delta_low"] == naive["delta_low"]
+    # one of the two pretrained is enough for its pairs to share its pretrainings
+    one = paired_summary(results, "miou", "simclr", pretrain_seeds={"grass": 2}).set_index("recipe").loc["grass"]
+    assert one["delta_low"] == summary["delta_low"]
