@@ -87,9 +87,9 @@ times, with recipe seeds ``seed .. seed+N-1`` (``pretrain/<stem>[-<N>steps]-p<k>
 ``k`` 0 is the usual folder, so the first pretraining of an earlier comparison is
 reused), and the row of training seed ``s`` reads pretraining ``s mod N``. The grid
 and its pairs stay as they were; each pair now also holds independent pretrainings,
-and each interval of a difference resamples the pretrainings, then the pairs within each
-(:mod:`geocl.report.paired`), so the pairs that share a pretraining do not count as
-independent draws of it. Like the random-init row, whose encoder is
+and a paired difference is the mean of the N pretrainings' own, with Student's t
+interval over them (:mod:`geocl.report.paired`): the pairs that share a pretraining do
+not count as independent draws of it. Like the random-init row, whose encoder is
 initialised with the row's seed, every seed then measures a different encoder.
 ``seeds`` must be a multiple of N. A method that pretrains nothing trains at every row
 with the row's seed and is recorded once. ``pretraining.csv`` lists every pretraining

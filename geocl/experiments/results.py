@@ -377,10 +377,9 @@ def _pretraining_line(pretrain_seeds: int) -> str:
         )
     return (
         f"Each recipe was pretrained {pretrain_seeds} times (recipe seeds seed .. seed+{pretrain_seeds - 1}); the "
-        f"runs of seed s read pretraining s mod {pretrain_seeds}; each interval of a difference resamples the "
-        f"pretrainings, then the pairs within each (two-stage bootstrap), and each difference lists its value "
-        f"per pretraining. With {pretrain_seeds} pretrainings, how much they vary is itself known from "
-        f"{pretrain_seeds} draws."
+        f"runs of seed s read pretraining s mod {pretrain_seeds}. A difference that involves a pretrained "
+        f"recipe lists its value per pretraining, and its interval is Student's t over those {pretrain_seeds} "
+        f"values, not a bootstrap over the pairs: the pairs of one pretraining share its luck."
     )
 
 

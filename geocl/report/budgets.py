@@ -27,6 +27,7 @@ from geocl.report.paired import (
     difference_fields,
     difference_text,
     paired_difference,
+    per_pretraining_note,
     pretraining_of,
     record_text,
     scored_runs,
@@ -168,7 +169,7 @@ def budget_gains_markdown(gains: pd.DataFrame, metric_label: str) -> str:
         f"{metric_label} gained from each budget to the next: the same recipe's runs paired by label subset "
         f"and seed (step 0: the random-init row) [95 % percentile bootstrap interval]. A curve has flattened "
         f"where the gain is no longer distinguishable from 0; a gain smaller than about half its interval's "
-        f"width may still be there.",
+        f"width may still be there." + per_pretraining_note(gains),
         "",
         "| recipe | label fraction | steps | gain [95 % CI] | wins / losses | verdict |",
         "|---|---:|---|---|---:|---|",

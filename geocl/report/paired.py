@@ -30,17 +30,17 @@ independent pairs; they collapse into one (their mean) before anything is counte
 
 - **Several pretrainings** (``geocl compare --pretrain-seeds N``): the run of seed ``s``
   reads pretraining ``s mod N`` of each recipe, so the pairs of one pretraining share
-  it and are not independent draws of it: the plain bootstrap over pairs would treat
-  12 pairs from two pretrainings as 12 pretrainings and give too narrow an interval.
-  The interval is then a two-stage bootstrap (Davison & Hinkley 1997, section 3.8):
-  each resample draws N pretrainings with replacement, then, within each drawn one,
-  its pairs with replacement. Resampling both stages counts the pairs' own noise twice,
-  so the interval errs wide rather than narrow; with two pretrainings its ends lie
-  about at the two pretrainings' own differences, which every difference also lists
-  (``by_pretraining``). The verdict's pair count is unchanged: it stops chance signs
-  among pairs, not among pretrainings, so two pretrainings that both favour a recipe
-  are a hint that a third pretraining may overturn, and the report says how many
-  there were.
+  its luck: twelve pairs from two pretrainings are two draws of it, not twelve. No
+  resampling of two values can tell how far a third would lie (a bootstrap over the
+  pretrainings keeps (N-1)/N of their spread; with two it covers the truth about half
+  the time when pretrainings differ more than pairs do). The pretraining is then the
+  unit that repeats: each pretraining's mean difference over its pairs
+  (``by_pretraining``), and Student's t interval over those N values (N-1 degrees of
+  freedom), centred on their mean, each pretraining weighing the same whatever its
+  count of pairs. It assumes their differences are roughly normal; with two,
+  t(0.975, 1) = 12.7 keeps the interval wide unless they agree closely, which is what two
+  draws can support. Where only one pretraining has pairs left (the other's runs
+  failed), there is no interval: "too few pretrainings".
 
 The percentile method, not BCa: with the few pairs a comparison has (often 2-10) BCa's
 acceleration estimate is unstable or undefined, and the percentile interval of the
@@ -113,6 +113,8 @@ class PairedDifference(Interval):
             return "no pairs"
         if self.n == 1:
             return "too few pairs"  # no interval at all: nothing was tested
+        if len(self.by_pretraining) == 1:
+            return "too few pretrainings"  # pretrainings were compared, and one is left: no interval
         if not self.excludes_zero:
             return "not distinguishable"
         if self.n < MIN_PAIRS:
@@ -142,23 +144,24 @@ def paired_difference(
 ) -> PairedDifference:
     """Mean paired difference, its percentile bootstrap interval, wins and losses.
 
-    ``pretrainings``: the pretraining each pair read (one per difference). With two or
-    more distinct ones the interval is the two-stage bootstrap of the module docstring
-    and ``by_pretraining`` holds each one's mean difference.
+    ``pretrainings``: the pretraining each pair read (one per difference). Given, the
+    difference is summarised over the pretrainings instead (module docstring):
+    ``by_pretraining`` holds each one's mean difference, and the mean and interval are
+    :func:`mean_interval`'s over them.
     """
     data = np.asarray(differences, dtype=np.float64)
     n = len(data)
     wins, losses = int((data > 0).sum()), int((data < 0).sum())
     if n == 0:
         return PairedDifference(math.nan, math.nan, math.nan, 0)
+    if pretrainings is not None:
+        groups = np.asarray(pretrainings)
+        by = tuple(float(data[groups == group].mean()) for group in np.unique(groups))
+        over = mean_interval(by, confidence)  # one value: no interval
+        return PairedDifference(over.mean, over.low, over.high, n, wins, losses, by)
     mean = float(data.mean())
     if n == 1:
         return PairedDifference(mean, math.nan, math.nan, 1, wins, losses)
-    groups = None if pretrainings is None else np.asarray(pretrainings)
-    if groups is not None and len(np.unique(groups)) > 1:
-        by = tuple(float(data[groups == group].mean()) for group in np.unique(groups))
-        low, high = two_stage_bootstrap(data, groups, confidence, resamples, np.random.default_rng(seed))
-        return PairedDifference(mean, low, high, n, wins, losses, by)
     if np.ptp(data) == 0:  # every resample has the same mean: the interval is that point
         return PairedDifference(mean, mean, mean, n, wins, losses)
     with warnings.catch_warnings():
@@ -173,30 +176,6 @@ def paired_difference(
         )
     low, high = result.confidence_interval
     return PairedDifference(mean, float(low), float(high), n, wins, losses)
-
-
-def two_stage_bootstrap(
-    data: np.ndarray, groups: np.ndarray, confidence: float, resamples: int, rng: np.random.Generator
-) -> tuple[float, float]:
-    """Percentile interval of the mean of ``data`` whose values come in ``groups`` (pretrainings).
-
-    Each resample draws as many groups as there are, with replacement, then, within each
-    drawn group, as many of its values as it has, with replacement; its statistic is the
-    mean of every value drawn (groups of unequal size weigh by their size, as in the
-    mean itself).
-    """
-    members = [data[groups == group] for group in np.unique(groups)]
-    drawn = rng.integers(len(members), size=(resamples, len(members)))
-    totals, counts = np.zeros(resamples), np.zeros(resamples)
-    for slot in range(len(members)):
-        for index, values in enumerate(members):
-            chosen = drawn[:, slot] == index
-            picks = rng.integers(len(values), size=(int(chosen.sum()), len(values)))
-            totals[chosen] += values[picks].sum(axis=1)
-            counts[chosen] += len(values)
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(totals / counts, [tail, 1 - tail])
-    return float(low), float(high)
 
 
 def paired_summary(
@@ -262,8 +241,9 @@ def scored_runs(results: pd.DataFrame, metric: str, by: Sequence[str] = ()) -> t
 
 
 def pretraining_of(pairs: pd.DataFrame, pretrain_seeds: Mapping[str, int] | None, *recipes: str) -> list[int] | None:
-    """The pretraining each pair of ``recipes``' runs read (its seed mod N, N the larger of their
-    pretraining counts); None where neither was pretrained more than once."""
+    """The pretraining each pair of ``recipes``' runs read: its seed mod N; None where neither was
+    pretrained more than once. ``geocl compare`` pretrains every recipe that pretrains N times,
+    so two recipes' counts are N or 1 (no pretraining), and N, the larger, is the one to use."""
     count = max((pretrain_seeds or {}).get(recipe, 1) for recipe in recipes)
     if count <= 1 or "seed" not in pairs.columns:
         return None
@@ -351,7 +331,7 @@ def pairwise_markdown(pairwise: pd.DataFrame, metric_label: str) -> str:
         return ""
     lines = [
         f"Between the other recipes: {metric_label} of the one ahead minus the other's, over the runs both "
-        "have (same label subset and seed) [95 % percentile bootstrap interval].",
+        "have (same label subset and seed) [95 % percentile bootstrap interval]." + per_pretraining_note(pairwise),
         "",
         "| recipe | versus | label fraction | means | Δ [95 % CI] | wins / losses | verdict |",
         "|---|---|---:|---|---|---:|---|",
@@ -394,6 +374,19 @@ def _signed(value: float) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:+.3f}"
 
 
+def per_pretraining_note(table: pd.DataFrame) -> str:
+    """How to read the differences that list a value per pretraining ("" when none does)."""
+    listed = table.get("by_pretraining", pd.Series(dtype=object)).map(
+        lambda value: isinstance(value, str) and bool(value.strip())
+    )
+    if not listed.any():  # the baseline's own row holds NaN
+        return ""
+    return (
+        " A difference that lists its value per pretraining is their mean, with Student's t interval over "
+        "those values: the pretrainings, not the pairs, are what repeats (one left: too few pretrainings)."
+    )
+
+
 def difference_text(row: Any) -> str:
     """A row's paired difference as a table cell: ``+0.012 [-0.003, +0.025]`` (:data:`DIFFERENCE_COLUMNS`),
     followed by each pretraining's own where there were several: ``(per pretraining +0.020, +0.004)``."""
@@ -416,7 +409,7 @@ def paired_markdown(summary: pd.DataFrame, metric_label: str, baseline: str) -> 
         f"[95 % percentile bootstrap interval over the pairs of label subset and seed]; "
         f"a difference whose interval covers 0 is not distinguishable; one whose interval excludes 0 "
         f"from fewer than {MIN_PAIRS} pairs gets no verdict (too few pairs: they share a sign by chance "
-        f"too often).",
+        f"too often)." + per_pretraining_note(summary),
         "",
         f"| recipe | label fraction | mean [95 % CI] | n | Δ vs {baseline} [95 % CI] | wins / losses | verdict |",
         "|---|---:|---|---:|---|---:|---|",

@@ -132,6 +132,7 @@ def test_budget_gains_resample_the_pretrainings_when_there_are_several() -> None
     )
     step = gains.loc[("alpha", 100)]
     assert [float(value) for value in step["by_pretraining"].split()] == pytest.approx([-0.01, 0.01])
-    assert (step["delta_low"], step["delta_high"]) == pytest.approx((-0.01, 0.01))  # constant within each
+    # Student's t over the two values: 0 +- t(0.975, 1) * 0.0141421 / sqrt(2) = 0 +- 0.127062
+    assert (step["delta"], step["delta_low"], step["delta_high"]) == pytest.approx((0.0, -0.127062, 0.127062), abs=1e-6)
     assert gains.loc[("alpha", 0)]["by_pretraining"] != ""  # its pairs with random init: clustered too
     assert budget_gains(_sweep_rows(), "miou")["by_pretraining"].eq("").all()  # one pretraining: none listed

@@ -183,37 +183,32 @@ def test_runs_on_every_label_are_one_subset_whatever_their_subset_seed() -> None
     assert paired_summary(pd.DataFrame(partial), "miou", "simclr").set_index("recipe").loc["grass", "pairs"] == 6
 
 
-def test_two_stage_interval_of_constant_pretrainings_spans_their_differences() -> None:
-    # pretraining 0's pairs all differ by 0.01, pretraining 1's by 0.03: a resample draws (0, 0) with
-    # probability 1/4 (mean 0.01), (1, 1) with 1/4 (0.03), a mix with 1/2 (0.02): the 2.5 % and 97.5 %
-    # points are 0.01 and 0.03, however many pairs each pretraining has
+def test_several_pretrainings_give_students_t_over_their_own_differences() -> None:
+    # pretraining 0's six pairs all differ by 0.01, pretraining 1's by 0.03: two values, mean 0.02,
+    # s = 0.0141421, t(0.975, 1) = 12.706205 (tables): half width 12.706205 * 0.0141421 / sqrt(2) = 0.127062
     diff = paired_difference([0.01] * 6 + [0.03] * 6, pretrainings=[0] * 6 + [1] * 6)
-    assert (diff.low, diff.high) == pytest.approx((0.01, 0.03))
     assert diff.by_pretraining == pytest.approx((0.01, 0.03)) and diff.n == 12 and diff.wins == 12
-    plain = paired_difference([0.01] * 6 + [0.03] * 6)  # 12 pairs as if 12 pretrainings: half as wide
-    assert plain.high - plain.low < 0.6 * (diff.high - diff.low) and plain.by_pretraining == ()
+    assert (diff.mean, diff.low, diff.high) == pytest.approx((0.02, 0.02 - 0.127062, 0.02 + 0.127062), abs=1e-6)
+    assert diff.verdict == "not distinguishable"  # twelve wins, but two draws of the pretraining's luck
+    plain = paired_difference([0.01] * 6 + [0.03] * 6)  # as if twelve pretrainings: an interval above 0
+    assert plain.low > 0 and plain.verdict == "better" and plain.by_pretraining == ()
 
 
-def test_two_stage_bootstrap_matches_a_naive_loop() -> None:
-    rng = np.random.default_rng(3)
-    data = np.concatenate([rng.normal(0.02, 0.01, 5), rng.normal(-0.01, 0.02, 7), rng.normal(0.04, 0.01, 4)])
-    groups = np.repeat([0, 1, 2], [5, 7, 4])
-    members = [data[groups == group] for group in range(3)]
-    loop = np.random.default_rng(11)
-    means = []
-    for _ in range(40000):  # each resample: 3 pretrainings with replacement, then each one's pairs
-        drawn = [members[loop.integers(3)] for _ in range(3)]
-        values = np.concatenate([member[loop.integers(len(member), size=len(member))] for member in drawn])
-        means.append(values.mean())
-    reference = np.quantile(means, [0.025, 0.975])
-    diff = paired_difference(data.tolist(), pretrainings=groups.tolist(), resamples=40000)
-    assert (diff.low, diff.high) == pytest.approx(tuple(reference), abs=2e-3)
-    assert diff.by_pretraining == pytest.approx(tuple(member.mean() for member in members))
+def test_each_pretraining_weighs_the_same_whatever_its_pairs() -> None:
+    # pretraining 0 kept two pairs (mean 0.01), pretraining 1 four (0.04), pretraining 2 three (0.07):
+    # mean of the three, 0.04, not of the nine pairs; s = 0.03, t(0.975, 2) = 4.302653: half 0.074524
+    differences = [0.0, 0.02, 0.03, 0.03, 0.05, 0.05, 0.06, 0.07, 0.08]
+    diff = paired_difference(differences, pretrainings=[0, 0, 1, 1, 1, 1, 2, 2, 2])
+    assert diff.by_pretraining == pytest.approx((0.01, 0.04, 0.07))
+    assert (diff.mean, diff.low, diff.high) == pytest.approx((0.04, 0.04 - 0.074524, 0.04 + 0.074524), abs=1e-6)
+    assert diff.n == 9 and (diff.wins, diff.losses) == (8, 0)
 
 
-def test_one_pretraining_is_the_plain_bootstrap() -> None:
-    data = [-0.02, 0.01, 0.03, 0.10, 0.04]
-    assert paired_difference(data, pretrainings=[1] * 5) == paired_difference(data)
+def test_one_pretraining_left_gives_no_interval() -> None:
+    # the other pretraining's runs all failed: its pairs say nothing about how pretrainings vary
+    diff = paired_difference([0.01, 0.02, 0.03, 0.04, 0.05, 0.06], pretrainings=[1] * 6)
+    assert diff.by_pretraining == pytest.approx((0.035,)) and math.isnan(diff.low)
+    assert diff.verdict == "too few pretrainings" and not diff.distinguishable
 
 
 #: Both recipes of :func:`_two_pretrainings` pretrained twice.
@@ -243,9 +238,9 @@ def test_pairs_that_share_a_pretraining_are_not_counted_as_independent() -> None
     assert summary["delta"] == pytest.approx(naive["delta"]) and summary["pairs"] == 12
     assert summary["delta_low"] < 0 < summary["delta_high"] and summary["verdict"] == "not distinguishable"
     assert [float(value) for value in summary["by_pretraining"].split()] == pytest.approx([0.053, -0.007])
-    assert "(per pretraining +0.053, -0.007)" in paired_markdown(
-        paired_summary(results, "miou", "simclr", pretrain_seeds=TWICE), "mIoU", "simclr"
-    )
+    text = paired_markdown(paired_summary(results, "miou", "simclr", pretrain_seeds=TWICE), "mIoU", "simclr")
+    assert "(per pretraining +0.053, -0.007)" in text and "Student's t interval over those values" in text
+    assert "per pretraining" not in paired_markdown(paired_summary(results, "miou", "simclr"), "mIoU", "simclr")
     pairwise = pairwise_differences(results, "miou", pretrain_seeds=TWICE).iloc[0]
     assert pairwise["delta_low"] < 0 and pairwise["by_pretraining"] == summary["by_pretraining"]
     # rows of recipes that read no pretraining (semi-supervised, random init) share none: plain pairs
