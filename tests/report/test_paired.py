@@ -249,3 +249,16 @@ def test_pairs_that_share_a_pretraining_are_not_counted_as_independent() -> None
     # one of the two pretrained is enough for its pairs to share its pretrainings
     one = paired_summary(results, "miou", "simclr", pretrain_seeds={"grass": 2}).set_index("recipe").loc["grass"]
     assert one["delta_low"] == summary["delta_low"]
+
+
+def test_the_interval_over_pretrainings_covers_a_null_difference_95_percent_of_the_time() -> None:
+    # two pretrainings whose luck (sd 1) dwarfs the pairs' own noise (sd 0.1), no real difference:
+    # a bootstrap over the pretrainings covered 0 in about half of such comparisons
+    rng = np.random.default_rng(0)
+    covered = 0
+    for _ in range(1000):
+        luck = rng.normal(0.0, 1.0, 2)
+        differences = np.concatenate([value + rng.normal(0.0, 0.1, 6) for value in luck])
+        diff = paired_difference(differences.tolist(), pretrainings=[0] * 6 + [1] * 6)
+        covered += diff.low <= 0.0 <= diff.high
+    assert 0.93 <= covered / 1000 <= 0.97
