@@ -112,11 +112,7 @@ def test_beside_a_pretraining_the_random_init_row_is_the_pretrained_recipe_s_pla
 
     def pretrain(recipe: Any, resume: bool = False) -> SimpleNamespace:
         pretrained.append(str(recipe.name))
-        checkpoint = Path(recipe.out) / "checkpoints" / "last.ckpt"
-        checkpoint.parent.mkdir(parents=True)
-        checkpoint.write_text("encoder")
-        (Path(recipe.out) / "metrics.json").write_text("{}")
-        return SimpleNamespace(checkpoint=checkpoint)
+        return _fake_pretraining(recipe)
 
     settings = CompareOptions(
         recipes=[PAIR[0], RECIPES / "simclr.yaml"],
@@ -133,6 +129,42 @@ def test_beside_a_pretraining_the_random_init_row_is_the_pretrained_recipe_s_pla
     simclr, random_init = trainings.plain  # plain finetuning, the architecture options kept
     assert simclr["encoder_checkpoint"].name == "last.ckpt" and random_init["encoder_checkpoint"] is None
     assert simclr["arch"] == random_init["arch"] == "unet"
+
+
+def _fake_pretraining(recipe: Any, resume: bool = False) -> SimpleNamespace:
+    checkpoint = Path(recipe.out) / "checkpoints" / "last.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_text("encoder")
+    (Path(recipe.out) / "metrics.json").write_text("{}")
+    return SimpleNamespace(checkpoint=checkpoint)
+
+
+def _listed(value: Any) -> bool:
+    """Whether a report cell lists values per pretraining."""
+    return isinstance(value, str) and bool(value)
+
+
+def test_with_several_pretrainings_only_the_pairs_of_a_pretrained_recipe_are_summarised_per_pretraining(
+    tiny_tiles: Path, tmp_path: Path, trainings: Trainings
+) -> None:
+    settings = CompareOptions(
+        recipes=[PAIR[0], RECIPES / "simclr.yaml"],
+        label_fractions=[0.05],
+        seeds=2,
+        pretrain_seeds=2,
+        out=tmp_path / "cmp",
+        overrides=[f"data.tiles={tiny_tiles}"],
+    )
+    evaluation = SegmentationFinetune(settings.finetune, finetune_fn=trainings.finetune)
+    run_compare(settings, pretrain_fn=_fake_pretraining, evaluation=evaluation, echo=None)
+
+    summary = pd.read_csv(tmp_path / "cmp" / "results_summary.csv", keep_default_na=False).set_index("recipe")
+    # simclr's two pretrainings each served one seed: its difference to fba is over them
+    assert _listed(summary.loc["simclr", "by_pretraining"]) and summary.loc["simclr", "verdict"] != ""
+    # neither fba nor random init read a pretraining: their pairs are plain pairs
+    assert summary.loc["random-init", "by_pretraining"] == ""
+    pairwise = pd.read_csv(tmp_path / "cmp" / "results_pairwise.csv", keep_default_na=False)
+    assert pairwise["by_pretraining"].map(_listed).tolist() == [True]  # simclr against random init
 
 
 def test_a_rerun_reuses_the_rows_and_a_changed_recipe_is_refused(
