@@ -146,6 +146,28 @@ def foreground_background_contrast(
     )
 
 
+def instance_foreground_contrast(foreground: Tensor, background: Tensor, temperature: float = 0.1) -> Tensor:
+    """NT-Xent over foregrounds: the two views of a tile have each other's foreground as their only
+    positive; every other foreground and every background of the batch, their own included, is a
+    negative. geocl's harder pretext for :mod:`geocl.methods.fba_pretrain`, not FBA-Net's.
+
+    Row ``i`` and row ``i + B`` are the two views of one tile (first views, then second views)::
+
+        z = normalise(fg), u = normalise(bg)
+        loss_i = -log( exp(z_i.z_p / t) / (sum_{k != i} exp(z_i.z_k / t) + sum_k exp(z_i.u_k / t)) ),  p = i +- B
+
+    Shape: ``[2B, D]``, ``[2B, D]`` -> scalar (mean over the 2B views).
+    """
+    views = len(foreground)
+    if views < 2 or views % 2:
+        raise ValueError(f"need the two views of each tile, first views then second views; got {views} rows")
+    fg, bg = F.normalize(foreground, dim=1), F.normalize(background, dim=1)
+    own = torch.eye(views, dtype=torch.bool, device=fg.device)
+    logits = torch.cat([(fg @ fg.T).masked_fill(own, float("-inf")), fg @ bg.T], dim=1) / temperature
+    partner = (torch.arange(views, device=fg.device) + views // 2) % views
+    return F.cross_entropy(logits, partner)
+
+
 def class_region_contrast(embeddings: Tensor, alpha_max: float = ALPHA_MAX, alpha_min: float = ALPHA_MIN) -> Tensor:
     """Multi-class contrast ``[sum_n Lmax(e_n) + sum_{m != n} Lmin(e_n, e_m)] / (C (C - 1))``.
 

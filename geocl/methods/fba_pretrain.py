@@ -32,18 +32,35 @@ terms also draw a tile's views together.
 
 The released mutual consistency does not apply: it ties several decoders' predictions,
 and this pretraining has one head and no decoder.
+
+``pretext: instance`` (geocl's, not FBA-Net's): the batch pretext above asks only that
+foregrounds resemble foregrounds; it is solved within a few hundred steps, and at 3,000
+steps its encoder is no better than a random one under a frozen probe. The instance
+pretext keeps the map, the pooling and the projection, and makes the two views of one
+tile pick each other's foreground out of every other foreground and every background of
+the batch (:func:`~geocl.losses.fba.instance_foreground_contrast`, NT-Xent at
+``temperature``): the split must now carry what tells one tile from another. A uniform
+map still loses, because a view's own background is a negative as close as its
+positive could be.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor
 
 from geocl.errors import GeoclError
-from geocl.losses.fba import ALPHA_MAX, ALPHA_MIN, FeaturePoolContrast, clamped_cosine, foreground_background_contrast
+from geocl.losses.fba import (
+    ALPHA_MAX,
+    ALPHA_MIN,
+    FeaturePoolContrast,
+    clamped_cosine,
+    foreground_background_contrast,
+    instance_foreground_contrast,
+)
 from geocl.methods.base import PretrainMethod
 from geocl.methods.registry import register_method
 
@@ -57,6 +74,9 @@ class FBAPretrain(PretrainMethod):
         embedding_dim: contrast embedding size (released: 128).
         alpha_max: rank-weight exponent of the pull terms (released: 0.25).
         alpha_min: rank-weight exponent of the push term (released: 2.5).
+        pretext: ``batch``, FBA's terms over the batch (the default), or ``instance``, the
+            two views' foregrounds as the only positives (module docstring).
+        temperature: NT-Xent temperature of the instance pretext.
 
     Attributes:
         contrast: the activation-map head, the projection and the loss.
@@ -77,6 +97,8 @@ class FBAPretrain(PretrainMethod):
         embedding_dim: Annotated[int, Field(ge=1)] = 128,
         alpha_max: Annotated[float, Field(ge=0)] = ALPHA_MAX,
         alpha_min: Annotated[float, Field(ge=0)] = ALPHA_MIN,
+        pretext: Literal["batch", "instance"] = "batch",
+        temperature: Annotated[float, Field(gt=0)] = 0.1,
         **common: Any,
     ) -> None:
         super().__init__(encoder, in_chans, **common)
@@ -86,7 +108,8 @@ class FBAPretrain(PretrainMethod):
         )
 
     def loss_terms(self, views: Tensor) -> dict[str, Tensor]:
-        """The loss and what it is made of for a batch of views ``[N, C, S, S]`` (N >= 2).
+        """The loss and what it is made of for a batch of views ``[N, C, S, S]`` (N >= 2; the
+        instance pretext: the first views of N / 2 tiles, then their second views).
 
         Returns:
             ``loss``, ``fg_bg_similarity`` (mean clamped cosine between fg and bg: 1 would
@@ -101,7 +124,12 @@ class FBAPretrain(PretrainMethod):
                 key="data.view_size",
             )
         foreground, background, activation = self.contrast.embed(features)
-        loss = foreground_background_contrast(foreground, background, self.contrast.alpha_max, self.contrast.alpha_min)
+        if self.params.pretext == "instance":
+            loss = instance_foreground_contrast(foreground, background, self.params.temperature)
+        else:
+            loss = foreground_background_contrast(
+                foreground, background, self.contrast.alpha_max, self.contrast.alpha_min
+            )
         return {
             "loss": loss,
             "fg_bg_similarity": clamped_cosine(foreground, background).diagonal().mean().detach(),

@@ -19,6 +19,7 @@ from geocl.losses.fba import (
     class_region_contrast,
     consistency_weight,
     foreground_background_contrast,
+    instance_foreground_contrast,
     mutual_consistency,
     rank_weights,
     sharpen,
@@ -446,3 +447,32 @@ def test_feature_pool_contrast_is_largest_for_collapsed_features_or_maps() -> No
     split[:, 2:, :, 2:] = 1.0
     fg_split, bg_split = FeaturePoolContrast.pool(split, (split[:, :1] > 0).float())
     assert float(clamped_cosine(fg_split, bg_split).max()) == pytest.approx(LOW)
+
+
+def test_instance_foreground_contrast_equals_a_loop_over_the_views() -> None:
+    torch.manual_seed(0)
+    foreground, background = torch.randn(6, 5), torch.randn(6, 5)  # 3 tiles: views 0-2, then 3-5
+    temperature = 0.2
+
+    def cos(u: torch.Tensor, v: torch.Tensor) -> float:
+        return float(torch.dot(u, v) / (u.norm() * v.norm()))
+
+    total = 0.0
+    for i in range(6):
+        partner = (i + 3) % 6
+        denominator = sum(math.exp(cos(foreground[i], foreground[k]) / temperature) for k in range(6) if k != i)
+        denominator += sum(math.exp(cos(foreground[i], background[k]) / temperature) for k in range(6))
+        total += -math.log(math.exp(cos(foreground[i], foreground[partner]) / temperature) / denominator)
+    loss = instance_foreground_contrast(foreground, background, temperature)
+    assert float(loss) == pytest.approx(total / 6, rel=1e-5)
+
+
+def test_instance_foreground_contrast_rewards_a_split_and_needs_both_views() -> None:
+    torch.manual_seed(1)
+    tiles = torch.randn(4, 8)
+    foreground = torch.cat([tiles, tiles + 0.01 * torch.randn(4, 8)])  # each tile's views agree
+    split = instance_foreground_contrast(foreground, -foreground)  # backgrounds unlike any foreground
+    uniform = instance_foreground_contrast(foreground, foreground)  # no split: bg = fg
+    assert float(split) < float(uniform)
+    with pytest.raises(ValueError, match="two views of each tile"):
+        instance_foreground_contrast(torch.randn(5, 8), torch.randn(5, 8))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from geocl.errors import GeoclError
-from geocl.losses.fba import foreground_background_contrast
+from geocl.losses.fba import foreground_background_contrast, instance_foreground_contrast
 from geocl.methods import METHODS, load_recipe
 from geocl.methods.fba_pretrain import FBAPretrain
 from geocl.models.checkpoints import read_pretrain_checkpoint
@@ -20,7 +20,7 @@ RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 def test_registered_as_a_pretraining_with_typed_keys() -> None:
     assert METHODS["fba-pretrain"] is FBAPretrain and FBAPretrain.pretrains
     fields = FBAPretrain.parameters_model().model_fields
-    assert set(fields) == {"embedding_dim", "alpha_max", "alpha_min"}
+    assert set(fields) == {"embedding_dim", "alpha_max", "alpha_min", "pretext", "temperature"}
 
 
 def test_the_loss_is_fbas_terms_on_features_pooled_under_the_encoders_own_map() -> None:
@@ -41,8 +41,20 @@ def test_the_loss_is_fbas_terms_on_features_pooled_under_the_encoders_own_map() 
     assert 0 < float(terms["map_mean"]) < 1
 
 
+def test_the_instance_pretext_contrasts_the_same_pooled_embeddings_per_tile() -> None:
+    torch.manual_seed(0)
+    method = FBAPretrain("test_resnet", 3, embedding_dim=16, view_size=32, pretext="instance", temperature=0.5)
+    views = torch.randn(4, 3, 64, 64)  # two tiles' first views, then their second views
+    terms = method.loss_terms(views)
+    foreground, background, _ = method.contrast.embed(method.encoder.feature_map(views))
+    torch.testing.assert_close(terms["loss"], instance_foreground_contrast(foreground, background, 0.5))
+    terms["loss"].backward()
+    assert method.encoder.body.conv1[0].weight.grad is not None
+
+
 @pytest.mark.filterwarnings("ignore")
-def test_geocl_pretrain_writes_a_checkpoint_of_the_encoder(tiny_tiles: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("pretext", ["batch", "instance"])
+def test_geocl_pretrain_writes_a_checkpoint_of_the_encoder(tiny_tiles: Path, tmp_path: Path, pretext: str) -> None:
     recipe = load_recipe(
         RECIPES / "fba-pretrain.yaml",
         [
@@ -54,6 +66,7 @@ def test_geocl_pretrain_writes_a_checkpoint_of_the_encoder(tiny_tiles: Path, tmp
             "data.num_workers=0",
             "trainer.max_steps=2",
             "trainer.max_epochs=1",
+            f"method.pretext={pretext}",
         ],
     )
     result = run_pretrain(recipe)
