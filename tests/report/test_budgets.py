@@ -136,3 +136,6 @@ def test_budget_gains_resample_the_pretrainings_when_there_are_several() -> None
     assert (step["delta"], step["delta_low"], step["delta_high"]) == pytest.approx((0.0, -0.127062, 0.127062), abs=1e-6)
     assert gains.loc[("alpha", 0)]["by_pretraining"] != ""  # its pairs with random init: clustered too
     assert budget_gains(_sweep_rows(), "miou")["by_pretraining"].eq("").all()  # one pretraining: none listed
+    clustered = budget_gains_markdown(gains.reset_index(), "mIoU")
+    assert "(per pretraining -0.010, +0.010)" in clustered and "Student's t interval over those values" in clustered
+    assert "per pretraining" not in budget_gains_markdown(budget_gains(_sweep_rows(), "miou"), "mIoU")
