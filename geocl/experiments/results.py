@@ -11,7 +11,7 @@ file.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -228,8 +228,7 @@ def write_results(
     min_test_pixels: int = 0,
     flags: dict[tuple[str, int | None], str] | None = None,
     from_step_zero: set[str] | None = None,
-    pretrain_seeds: int | None = None,
-    pretrained: Collection[str] = (),
+    pretrained: Mapping[str, int] | None = None,
 ) -> pd.DataFrame:
     """results.csv, results_summary.csv, results.md and the PNGs of the finished rows; the table is echoed.
 
@@ -237,9 +236,9 @@ def write_results(
     :func:`~geocl.experiments.budgets.check_budgets`): marked in the group's table, in the
     ``flag`` column of ``results_summary.csv``.
 
-    ``pretrain_seeds``: how many times each recipe of ``pretrained`` (the names of those
-    that pretrain) was pretrained (None: no recipe pretrains); a line under the test set's
-    says what the intervals cover of it, and the paired intervals resample the
+    ``pretrained``: how many times each recipe that pretrains was pretrained, by name
+    (empty: no recipe pretrains); a line under the test set's says what the intervals
+    cover of it, and the paired differences of those recipes are taken over their
     pretrainings (:mod:`geocl.report.paired`).
 
     One section per (evaluation, pretraining budget) group, random-init in every group:
@@ -260,7 +259,6 @@ def write_results(
     environment = describe_environment(deterministic=deterministic)
     atomic_write_text(out / "environment.json", json.dumps(environment, indent=1))
     sections, summaries = [], []
-    replicas = dict.fromkeys(pretrained, pretrain_seeds or 1)  # each pretraining recipe's pretrainings
     all_gains: list[pd.DataFrame] = []
     pairs: list[pd.DataFrame] = []  # every two recipes but the baseline, per group
     panels: list[tuple[str, Any, MetricColumns]] = []
@@ -279,7 +277,7 @@ def write_results(
             title = _group_title(evaluation, steps, len(evaluations) > 1 or len(budgets) > 1)
             # step 0 is random init alone: nothing to pair with another baseline
             group_baseline = RANDOM_INIT if steps == 0 else baseline
-            paired = paired_summary(group, metric, group_baseline, replicas)
+            paired = paired_summary(group, metric, group_baseline, pretrained)
             group_flags = {name: text for (name, budget), text in (flags or {}).items() if budget == steps}
             summaries.append(
                 paired.assign(
@@ -288,7 +286,7 @@ def write_results(
                     flag=[group_flags.get(recipe, "") for recipe in paired["recipe"]],
                 )
             )
-            pairwise = pairwise_differences(group, metric, group_baseline, replicas)
+            pairwise = pairwise_differences(group, metric, group_baseline, pretrained)
             pairs.append(pairwise.assign(evaluation=evaluation.name, pretrain_steps=steps))
             text = _group_text(group, metrics, paired, pairwise, group_baseline, group_flags)
             test_set = (test_sets or {}).get(evaluation.name)
@@ -297,13 +295,13 @@ def write_results(
             sections.append((f"## {title}\n\n" if title else "") + text)
             panels.append((title, group, metrics))
         if len(budgets) > 1:  # where each learning curve flattens
-            gains = budget_gains(of_evaluation, metric, from_step_zero or set(), replicas)
+            gains = budget_gains(of_evaluation, metric, from_step_zero or set(), pretrained)
             sections.append(_gains_section(evaluation, gains, metrics.label(metric)))
             all_gains.append(gains.assign(evaluation=evaluation.name))
     test_set = (test_sets or {}).get(evaluations[0].name)
     header = f"{test_set.description}.\n\n" if test_set is not None else ""
-    if pretrain_seeds is not None:
-        header += _pretraining_line(pretrain_seeds) + "\n\n"
+    if pretrained:
+        header += _pretraining_line(max(pretrained.values())) + "\n\n"
     table = header + "\n".join(sections) + "\n" + environment_line(environment) + "\n"
     summary = pd.concat(summaries, ignore_index=True)
     with atomic_path(out / "results_summary.csv") as temp:

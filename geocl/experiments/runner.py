@@ -158,8 +158,7 @@ def _run(
         min_test_pixels=options.min_test_pixels,
         flags=plan.stage_flags,
         from_step_zero=from_step_zero,
-        pretrain_seeds=plan.pretrain_seeds if any(candidate.pretrains for candidate in pretrainings) else None,
-        pretrained=[candidate.name for candidate in pretrainings if candidate.pretrains],
+        pretrained={candidate.name: plan.pretrain_seeds for candidate in pretrainings if candidate.pretrains},
     )
     log_summary([candidate.recipe for candidate in pretrainings] or [plan.random_init], out, plan.baseline, say)
     return results

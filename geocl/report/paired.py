@@ -374,12 +374,14 @@ def _signed(value: float) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:+.3f}"
 
 
+def _lists_pretrainings(cell: Any) -> bool:
+    """Whether a ``by_pretraining`` cell holds values (a baseline's own row holds NaN, a plain pair "")."""
+    return isinstance(cell, str) and bool(cell.strip())
+
+
 def per_pretraining_note(table: pd.DataFrame) -> str:
     """How to read the differences that list a value per pretraining ("" when none does)."""
-    listed = table.get("by_pretraining", pd.Series(dtype=object)).map(
-        lambda value: isinstance(value, str) and bool(value.strip())
-    )
-    if not listed.any():  # the baseline's own row holds NaN
+    if not table.get("by_pretraining", pd.Series(dtype=object)).map(_lists_pretrainings).any():
         return ""
     return (
         " A difference that lists its value per pretraining is their mean, with Student's t interval over "
@@ -392,7 +394,7 @@ def difference_text(row: Any) -> str:
     followed by each pretraining's own where there were several: ``(per pretraining +0.020, +0.004)``."""
     text = f"{_signed(row.delta)} [{_signed(row.delta_low)}, {_signed(row.delta_high)}]"
     by = getattr(row, "by_pretraining", "")
-    if isinstance(by, str) and by:
+    if _lists_pretrainings(by):
         text += " (per pretraining " + ", ".join(_signed(float(value)) for value in by.split()) + ")"
     return text
 
