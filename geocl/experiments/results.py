@@ -314,7 +314,7 @@ def write_results(
         group_labels=len(panels) > 1,
     )
     atomic_write_text(out / "results.md", table)
-    plot_comparison(panels, out / "results.png")
+    plot_comparison(panels, out / "results.png", pretrained)
     files = ["results.csv", "results_summary.csv", "results.md", "results.png", "results_paired.png"]
     tables = {"results_pairwise.csv": pairs, "results_budget_gains.csv": all_gains}
     files += _write_optional_tables(out, tables)
@@ -377,7 +377,8 @@ def _pretraining_line(pretrain_seeds: int) -> str:
         f"Each recipe was pretrained {pretrain_seeds} times (recipe seeds seed .. seed+{pretrain_seeds - 1}); the "
         f"runs of seed s read pretraining s mod {pretrain_seeds}. A difference that involves a pretrained "
         f"recipe lists its value per pretraining, and its interval is Student's t over those {pretrain_seeds} "
-        f"values, not a bootstrap over the pairs: the pairs of one pretraining share its luck."
+        f"values, not a bootstrap over the pairs: the pairs of one pretraining share its luck. A pretrained "
+        f"recipe's own mean interval, and its error bar in the plots, are over its pretrainings' means too."
     )
 
 

@@ -40,7 +40,10 @@ independent pairs; they collapse into one (their mean) before anything is counte
   count of pairs. It assumes their differences are roughly normal; with two,
   t(0.975, 1) = 12.7 keeps the interval wide unless they agree closely, which is what two
   draws can support. Where only one pretraining has pairs left (the other's runs
-  failed), there is no interval: "too few pretrainings".
+  failed), there is no interval: "too few pretrainings". A recipe's own mean is taken the
+  same way (:func:`recipe_interval`): the mean of its pretrainings' means, with the t
+  interval over them, so its cell and its point on a learning curve say how far a new
+  pretraining's score may lie, not only a new label subset's.
 
 The percentile method, not BCa: with the few pairs a comparison has (often 2-10) BCa's
 acceleration estimate is unstable or undefined, and the percentile interval of the
@@ -135,6 +138,25 @@ def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> In
     return Interval(mean, mean - half, mean + half, n)
 
 
+def pretraining_means(values: Sequence[float], pretrainings: Sequence[int]) -> tuple[float, ...]:
+    """Each pretraining's mean of ``values`` (one pretraining per value), in pretraining order."""
+    data, groups = np.asarray(values, dtype=np.float64), np.asarray(pretrainings)
+    return tuple(float(data[groups == group].mean()) for group in np.unique(groups))
+
+
+def recipe_interval(
+    values: Sequence[float], pretrainings: Sequence[int] | None = None, confidence: float = CONFIDENCE
+) -> Interval:
+    """A recipe's mean score and its interval: Student's t over its runs, or, where its runs
+    read several pretrainings, over the pretrainings' own means (each weighs the same, as in
+    :func:`paired_difference`); ``n`` stays the count of runs. The runs of one pretraining
+    share its luck, so an interval over them would not cover a new pretraining's score."""
+    if pretrainings is None:
+        return mean_interval(values, confidence)
+    over = mean_interval(pretraining_means(values, pretrainings), confidence)  # one value: no interval
+    return Interval(over.mean, over.low, over.high, len(values))
+
+
 def paired_difference(
     differences: Sequence[float],
     confidence: float = CONFIDENCE,
@@ -155,8 +177,7 @@ def paired_difference(
     if n == 0:
         return PairedDifference(math.nan, math.nan, math.nan, 0)
     if pretrainings is not None:
-        groups = np.asarray(pretrainings)
-        by = tuple(float(data[groups == group].mean()) for group in np.unique(groups))
+        by = pretraining_means(differences, pretrainings)
         over = mean_interval(by, confidence)  # one value: no interval
         return PairedDifference(over.mean, over.low, over.high, n, wins, losses, by)
     mean = float(data.mean())
@@ -196,14 +217,15 @@ def paired_summary(
     Returns:
         Columns ``recipe, label_fraction, mean, low, high, n, delta, delta_low,
         delta_high, pairs, wins, losses, by_pretraining, verdict`` (the baseline's own row has
-        no delta).
+        no delta). ``mean``/``low``/``high`` are :func:`recipe_interval`'s: over the runs, or
+        over the pretrainings of a recipe pretrained several times; ``n`` counts runs.
     """
     frame, keys = scored_runs(results, metric)
     rows = []
     for recipe in results["recipe"].drop_duplicates():
         for fraction in sorted(frame["label_fraction"].astype(float).unique()):
             mine = frame[(frame["recipe"] == recipe) & (frame["label_fraction"].astype(float) == fraction)]
-            cell = mean_interval(mine["_value"].tolist())
+            cell = recipe_interval(mine["_value"].tolist(), pretraining_of(mine, pretrain_seeds, recipe))
             row = {
                 "recipe": recipe,
                 "label_fraction": fraction,
@@ -385,7 +407,8 @@ def per_pretraining_note(table: pd.DataFrame) -> str:
         return ""
     return (
         " A difference that lists its value per pretraining is their mean, with Student's t interval over "
-        "those values: the pretrainings, not the pairs, are what repeats (one left: too few pretrainings)."
+        "those values: the pretrainings, not the pairs, are what repeats (one left: too few pretrainings). "
+        "The mean of a recipe pretrained several times is taken the same way, over its pretrainings' means."
     )
 
 

@@ -23,7 +23,10 @@ Conventions:
   there is one fraction (natural images: ``| recipe | kNN top-1 | linear-probe top-1 | n |``),
   ``<metric> @ <fraction>`` otherwise.
 - plot: each metric against label fraction (log x), one line per recipe, when there
-  are several fractions; bars per recipe, one per metric, otherwise.
+  are several fractions; bars per recipe, one per metric, otherwise. Error bars are the
+  95 % t interval of the mean over runs, or, for a recipe pretrained several times
+  (``--pretrain-seeds``), over its pretrainings' means
+  (:func:`~geocl.report.paired.recipe_interval`): the runs of one pretraining share its luck.
 """
 
 from __future__ import annotations
@@ -38,26 +41,36 @@ import pandas as pd
 
 from geocl.io import save_figure
 from geocl.report.columns import MetricColumns
-from geocl.report.paired import RANDOM_INIT  # the recipe name of the baseline row (a random encoder)
+from geocl.report.paired import RANDOM_INIT, pretraining_of, recipe_interval
 
 #: Columns of :func:`summarize`'s frame.
-SUMMARY_COLUMNS = ["recipe", "method", "label_fraction", "mean", "std", "n", "failed", "error"]
+SUMMARY_COLUMNS = ["recipe", "method", "label_fraction", "mean", "std", "n", "half_width", "failed", "error"]
 #: Shown for a std that one seed cannot give.
 NO_STD = "–"
 
 
-def summarize(results: pd.DataFrame, metrics: MetricColumns, metric: str | None = None) -> pd.DataFrame:
+def summarize(
+    results: pd.DataFrame,
+    metrics: MetricColumns,
+    metric: str | None = None,
+    pretrain_seeds: Mapping[str, int] | None = None,
+) -> pd.DataFrame:
     """Mean, std (ddof=1) and count of one metric per (recipe, label fraction), failures marked.
 
     Args:
         results: one row per run (the ``results.csv`` columns; ``method`` optional).
         metrics: which columns are metrics and their names.
         metric: the metric column; default: the primary one.
+        pretrain_seeds: by recipe, how many times it was pretrained (the run of seed ``s``
+            read pretraining ``s mod N``): its ``half_width`` is then taken over the
+            pretrainings' means.
 
     Returns:
         One row per (recipe, label fraction) with columns :data:`SUMMARY_COLUMNS`:
         ``mean``/``std`` over successful runs (NaN when none, ``std`` NaN when only
-        one), ``n`` successful runs, ``failed`` unsuccessful runs, ``error`` the
+        one), ``n`` successful runs, ``half_width`` the 95 % t interval's half-width
+        (:func:`~geocl.report.paired.recipe_interval`; NaN where it is undefined),
+        ``failed`` unsuccessful runs, ``error`` the
         first failure's message (without the ``failed: `` prefix) or ``""``.
         Recipes in order of first appearance, label fractions ascending.
     """
@@ -77,6 +90,7 @@ def summarize(results: pd.DataFrame, metrics: MetricColumns, metric: str | None 
         for fraction in sorted(of_recipe["label_fraction"].unique()):
             cell = of_recipe[of_recipe["label_fraction"] == fraction]
             good = cell.loc[cell["_ok"], "_value"]
+            interval = recipe_interval(good.tolist(), pretraining_of(cell[cell["_ok"]], pretrain_seeds, recipe))
             bad = cell[~cell["_ok"]]
             error = ""
             if len(bad):
@@ -92,6 +106,7 @@ def summarize(results: pd.DataFrame, metrics: MetricColumns, metric: str | None 
                     # pandas' std is ddof=1 and NaN for one value, which is what we want to show
                     "std": float(good.std(ddof=1)) if len(good) else math.nan,
                     "n": len(good),
+                    "half_width": interval.high - interval.mean,
                     "failed": len(bad),
                     "error": error,
                 }
@@ -99,9 +114,11 @@ def summarize(results: pd.DataFrame, metrics: MetricColumns, metric: str | None 
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
-def _summaries(results: pd.DataFrame, metrics: MetricColumns) -> dict[str, pd.DataFrame]:
+def _summaries(
+    results: pd.DataFrame, metrics: MetricColumns, pretrain_seeds: Mapping[str, int] | None = None
+) -> dict[str, pd.DataFrame]:
     """:func:`summarize` of every metric column, in column order."""
-    return {metric: summarize(results, metrics, metric) for metric in metrics.columns}
+    return {metric: summarize(results, metrics, metric, pretrain_seeds) for metric in metrics.columns}
 
 
 def _fraction_label(fraction: float) -> str:
@@ -201,8 +218,13 @@ def results_markdown(results: pd.DataFrame, metrics: MetricColumns, flags: Mappi
     return "\n".join(lines) + "\n"
 
 
-def plot_results(results: pd.DataFrame, out_png: str | os.PathLike[str], metrics: MetricColumns) -> Path:
-    """Plot the comparison (error bars: 95 % t interval of the mean over runs); written atomically.
+def plot_results(
+    results: pd.DataFrame,
+    out_png: str | os.PathLike[str],
+    metrics: MetricColumns,
+    pretrain_seeds: Mapping[str, int] | None = None,
+) -> Path:
+    """Plot the comparison (error bars: 95 % t interval of the mean, see the module docstring); written atomically.
 
     Several label fractions: each metric against label fraction (log x), one panel a
     metric, one line a recipe; the random-init baseline dashed and grey, a recipe with
@@ -213,26 +235,32 @@ def plot_results(results: pd.DataFrame, out_png: str | os.PathLike[str], metrics
         results: one row per run (see :func:`summarize`).
         out_png: the PNG path.
         metrics: which columns are metrics, their names and the plot's labels.
+        pretrain_seeds: by recipe, how many times it was pretrained (:func:`summarize`).
 
     Returns:
         The PNG path.
     """
-    return plot_comparison([("", results, metrics)], out_png)
+    return plot_comparison([("", results, metrics)], out_png, pretrain_seeds)
 
 
-def plot_comparison(panels: list[tuple[str, pd.DataFrame, MetricColumns]], out_png: str | os.PathLike[str]) -> Path:
+def plot_comparison(
+    panels: list[tuple[str, pd.DataFrame, MetricColumns]],
+    out_png: str | os.PathLike[str],
+    pretrain_seeds: Mapping[str, int] | None = None,
+) -> Path:
     """Several groups of one comparison side by side (protocols, pretraining budgets), one panel each.
 
     Each panel is drawn as :func:`plot_results` draws one group (its primary metric
     when a group has several); ``panels`` holds (title, results rows, their metric columns).
     """
+    note = interval_note(pretrain_seeds)
     # A bare Figure draws with the Agg canvas without touching pyplot's global backend,
     # so a caller's interactive session keeps its own.
     from matplotlib.figure import Figure
 
     if len(panels) == 1:
         title, results, metrics = panels[0]
-        summaries = _summaries(results, metrics)
+        summaries = _summaries(results, metrics, pretrain_seeds)
         names = list(summaries)
     else:
         names = []
@@ -244,11 +272,9 @@ def plot_comparison(panels: list[tuple[str, pd.DataFrame, MetricColumns]], out_p
         for index, (metric, summary) in enumerate(summaries.items()):
             axes = figure.add_subplot(1, count, index + 1)
             _plot_lines(axes, summary, fractions_all, metrics)
-            axes.set_title(
-                metrics.label(metric) if count > 1 else f"{metrics.title} against label fraction {INTERVAL_NOTE}"
-            )
+            axes.set_title(metrics.label(metric) if count > 1 else f"{metrics.title} against label fraction {note}")
         if count > 1:
-            figure.suptitle(f"{metrics.title} against label fraction {INTERVAL_NOTE}")
+            figure.suptitle(f"{metrics.title} against label fraction {note}")
     elif len(panels) == 1:
         recipes = list(next(iter(summaries.values()))["recipe"].drop_duplicates())
         # scores in [0, 1] share one axes; lower-is-better metrics (distances in mm) get their own
@@ -259,7 +285,8 @@ def plot_comparison(panels: list[tuple[str, pd.DataFrame, MetricColumns]], out_p
             axes = figure.add_subplot(1, len(groups), index + 1)
             distances = group[0] in lower
             axis_label = f"{', '.join(metrics.label(m) for m in group)} (lower is better)" if distances else None
-            _plot_bars(axes, {metric: summaries[metric] for metric in group}, recipes, metrics, axis_label=axis_label)
+            group_summaries = {metric: summaries[metric] for metric in group}
+            _plot_bars(axes, group_summaries, recipes, metrics, note, axis_label=axis_label)
             if fractions_all:
                 all_labels = " (all labels)" if fractions_all[0] == 1.0 else ""
                 axes.set_xlabel(f"label fraction {_fraction_label(fractions_all[0])}{all_labels}")
@@ -271,30 +298,28 @@ def plot_comparison(panels: list[tuple[str, pd.DataFrame, MetricColumns]], out_p
         for index, (title, results, metrics) in enumerate(panels):
             axes = figure.add_subplot(rows, columns, index + 1)
             metric = metrics.primary
-            summary = summarize(results, metrics, metric)
+            summary = summarize(results, metrics, metric, pretrain_seeds)
             if lines:
                 _plot_lines(axes, summary, fractions_all, metrics)
             else:
-                _plot_bars(axes, {metric: summary}, list(summary["recipe"].drop_duplicates()), metrics)
+                _plot_bars(axes, {metric: summary}, list(summary["recipe"].drop_duplicates()), metrics, note)
                 axes.set_xlabel(f"label fraction {_fraction_label(fractions_all[0])}")
             axes.set_title(title or metrics.title)
-        figure.suptitle(f"{INTERVAL_NOTE.strip('()').capitalize()}")
+        figure.suptitle(note.strip("()").capitalize())
     figure.tight_layout()
     return save_figure(figure, out_png)
 
 
-#: How the plots' error bars read.
-INTERVAL_NOTE = "(mean and 95 % t interval over runs)"
+def interval_note(pretrain_seeds: Mapping[str, int] | None = None) -> str:
+    """How the plots' error bars read: over runs, and over pretrainings where a recipe has several."""
+    if max((pretrain_seeds or {}).values(), default=1) > 1:
+        return "(mean and 95 % t interval over runs; over pretrainings for a recipe pretrained several times)"
+    return "(mean and 95 % t interval over runs)"
 
 
 def interval_half_width(summary: pd.DataFrame) -> pd.Series:
-    """Half-width of the 95 % Student t interval of each summary row's mean (0 for one run)."""
-    from scipy import stats
-
-    n = summary["n"].astype(float)
-    t = pd.Series(stats.t.ppf(0.975, (n - 1).clip(lower=1)), index=summary.index)
-    half = t * summary["std"] / n.clip(lower=1) ** 0.5
-    return half.where(n > 1, 0.0).fillna(0.0)
+    """Half-width of each summary row's 95 % t interval (:func:`summarize`); 0 where it is undefined."""
+    return summary["half_width"].astype(float).fillna(0.0)
 
 
 def per_class_markdown(results: pd.DataFrame, flagged: str, min_pixels: int) -> str:
@@ -375,9 +400,11 @@ def _plot_bars(
     summaries: dict[str, pd.DataFrame],
     recipes: list[str],
     metrics: MetricColumns,
+    note: str,
     axis_label: str | None = None,
 ) -> None:
-    """Bars of each metric per recipe (one label fraction), all in one unit; random-init hatched grey."""
+    """Bars of each metric per recipe (one label fraction), all in one unit; random-init hatched grey;
+    ``note`` (:func:`interval_note`) says how the error bars are taken."""
     width = 0.8 / len(summaries)
     top = 0.0
     for offset, (metric, summary) in enumerate(summaries.items()):
@@ -400,7 +427,7 @@ def _plot_bars(
     _no_runs(axes, list(summaries.values()))
     axes.set_ylim(0, 1 if not top > 1 else None)  # scores in [0, 1] (accuracy, IoU, Dice) on a fixed scale
     axes.set_ylabel(axis_label or metrics.axis_label)
-    axes.set_title(f"{metrics.title} {INTERVAL_NOTE}")
+    axes.set_title(f"{metrics.title} {note}")
     axes.grid(True, axis="y", alpha=0.3)
     if len(summaries) > 1:
         axes.legend()

@@ -251,6 +251,23 @@ def test_pairs_that_share_a_pretraining_are_not_counted_as_independent() -> None
     assert one["delta_low"] == summary["delta_low"]
 
 
+def test_a_recipe_pretrained_twice_takes_its_mean_interval_over_its_pretrainings() -> None:
+    results = _two_pretrainings()
+    summary = paired_summary(results, "miou", "simclr", pretrain_seeds=TWICE).set_index("recipe")
+    # grass, pretraining 0 (seed 0): 0.40 + 0.01 k + 0.05 + 0.0012 k over k = 0..5 -> 0.478;
+    # pretraining 1: 0.40 + 0.01 k - 0.01 + 0.0012 k -> 0.418. Mean 0.448, s = 0.0424264,
+    # half width t(0.975, 1) = 12.706205 * 0.0424264 / sqrt(2) = 0.381186
+    grass = summary.loc["grass"]
+    assert (grass["mean"], grass["low"], grass["high"]) == pytest.approx((0.448, 0.066814, 0.829186), abs=1e-6)
+    assert grass["n"] == 12  # n still counts the runs
+    # simclr's two pretrainings score alike (0.425 each): a zero-width interval, not one over its 12 runs
+    simclr = summary.loc["simclr"]
+    assert (simclr["mean"], simclr["low"], simclr["high"]) == pytest.approx((0.425, 0.425, 0.425))
+    once = paired_summary(results, "miou", "simclr").set_index("recipe").loc["simclr"]
+    assert once["low"] == pytest.approx(mean_interval(results.loc[results["recipe"] == "simclr", "miou"]).low)
+    assert once["high"] - once["low"] > 0.02  # over runs, the subsets' spread shows
+
+
 def test_the_interval_over_pretrainings_covers_a_null_difference_95_percent_of_the_time() -> None:
     # two pretrainings whose luck (sd 1) dwarfs the pairs' own noise (sd 0.1), no real difference:
     # a bootstrap over the pretrainings covered 0 in about half of such comparisons

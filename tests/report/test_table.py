@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from geocl.report.columns import MetricColumns
-from geocl.report.table import SUMMARY_COLUMNS, plot_results, results_markdown, summarize
+from geocl.report.table import SUMMARY_COLUMNS, interval_note, plot_results, results_markdown, summarize
 
 #: A segmentation comparison's one metric.
 MIOU = MetricColumns("finetune", ("miou",), {"miou": "mIoU"}, caption="mIoU on the test tiles,", axis_label="test mIoU")
@@ -68,6 +68,24 @@ def _natural() -> pd.DataFrame:
     ]
     frame = pd.DataFrame(rows, columns=["recipe", "method", "seed", "knn_top1", "probe_top1", "status"])
     return frame.assign(evaluation="knn-probe", label_fraction=1.0)
+
+
+def test_error_bars_are_a_t_interval_over_runs_or_over_pretrainings() -> None:
+    # a @ 0.1: 0.5, 0.6 -> t(0.975, 1) = 12.706205 * sqrt(0.005) / sqrt(2) = 0.635310
+    cells = summarize(_results(), MIOU).set_index(["recipe", "label_fraction"])
+    assert cells.loc[("a", 0.1), "half_width"] == pytest.approx(0.635310, abs=1e-6)
+    assert math.isnan(cells.loc[("a", 0.01), "half_width"])  # one run: no interval
+    # four runs, seeds 0-3, of a recipe pretrained twice: seeds 0 and 2 read pretraining 0 (mean 0.45),
+    # 1 and 3 pretraining 1 (mean 0.55); over those two means: 12.706205 * sqrt(0.005) / sqrt(2) again
+    runs = pd.DataFrame(
+        {"recipe": "a", "label_fraction": 0.1, "seed": [0, 1, 2, 3], "miou": [0.4, 0.5, 0.5, 0.6], "status": "ok"}
+    )
+    over_runs = summarize(runs, MIOU)["half_width"].iloc[0]  # s = 0.0816497, t(0.975, 3) = 3.182446
+    assert over_runs == pytest.approx(3.182446 * 0.0816497 / 2, abs=1e-6)
+    over_pretrainings = summarize(runs, MIOU, pretrain_seeds={"a": 2})["half_width"].iloc[0]
+    assert over_pretrainings == pytest.approx(0.635310, abs=1e-6)
+    assert summarize(runs, MIOU, pretrain_seeds={"other": 2})["half_width"].iloc[0] == over_runs
+    assert "over pretrainings" in interval_note({"a": 2}) and "pretrainings" not in interval_note({"a": 1})
 
 
 def test_metric_columns_default_and_check_their_primary() -> None:
