@@ -37,8 +37,9 @@ Slices are padded to a side that is a multiple of 32 (the encoders downsample 32
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Unpack
@@ -55,7 +56,9 @@ from geocl.errors import GeoclError
 from geocl.finetune.downstream import (
     BudgetArguments,
     DataDescription,
+    DownstreamData,
     DownstreamOptions,
+    ModuleFactory,
     Scores,
     budget_from,
     run_downstream,
@@ -325,6 +328,28 @@ def run_medical_finetune(
         window=window,
         pictures=pictures,
     )
+    return run_on_cases(factory, factory.identity(), slices, out, label_fraction, seed, subset_seed, budget, True)
+
+
+def run_on_cases(
+    factory: ModuleFactory,
+    network: Mapping[str, Any],
+    data: DownstreamData,
+    out: str | Path,
+    label_fraction: float,
+    seed: int,
+    subset_seed: int | None,
+    budget: BudgetArguments,
+    val_miou: bool,
+) -> MedicalFinetuneResult:
+    """One downstream training on a medical data folder's cases, scored per test case
+    (:func:`run_medical_finetune`, and the semi-supervised trainer of
+    :mod:`geocl.finetune.medical_semi_supervised`).
+
+    ``network``: what identifies the factory's network in the run folder (its ``identity()``);
+    ``val_miou``: whether the monitored validation score is a slice mIoU, reported as
+    :attr:`MedicalFinetuneResult.val_miou` (else NaN there).
+    """
     options = DownstreamOptions(
         out=out,
         label_fraction=label_fraction,
@@ -332,13 +357,13 @@ def run_medical_finetune(
         subset_seed=subset_seed,
         budget=budget_from(budget),
         # compared with a run found in out by what metrics.json holds at its top level (no options record)
-        identity={"label_fraction": label_fraction, "seed": seed, "subset_seed": subset_seed, **factory.identity()},
+        identity={"label_fraction": label_fraction, "seed": seed, "subset_seed": subset_seed, **network},
         record_options=False,
     )
-    done = run_downstream(factory, slices, options)
+    done = run_downstream(factory, data, options)
     return MedicalFinetuneResult(
         **{name: done.record[name] for name in METRICS},
-        val_miou=done.best_score,
+        val_miou=done.best_score if val_miou else math.nan,
         checkpoint=done.checkpoint,
         out=done.out,
         labelled_cases=done.record["labelled_cases"],

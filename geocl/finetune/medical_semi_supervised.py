@@ -82,19 +82,11 @@ from geocl.data.medical.nifti import (
 )
 from geocl.data.medical.split import labelled_subset
 from geocl.errors import GeoclError
-from geocl.finetune.downstream import (
-    BudgetArguments,
-    DataDescription,
-    DownstreamOptions,
-    Scores,
-    budget_from,
-    run_downstream,
-)
-from geocl.finetune.medical import MedicalFinetuneResult, read_cases
+from geocl.finetune.downstream import BudgetArguments, DataDescription, DownstreamOptions, Scores
+from geocl.finetune.medical import MedicalFinetuneResult, read_cases, run_on_cases
 from geocl.finetune.semi_supervised import FBAFactory, FBAOptions, LabelBudget
 from geocl.finetune.semi_supervised_data import CaseSlices, semi_supervised_loaders
 from geocl.finetune.semi_supervised_module import SemiSupervisedSegmenter
-from geocl.finetune.volume_metrics import METRICS
 from geocl.finetune.volume_prediction import MEDICAL_KEY, SIDE_MULTIPLE, labels_on_input_grid, score_cases
 from geocl.models.checkpoints import read_checkpoint
 
@@ -482,21 +474,5 @@ def run_medical_semi_supervised(
         crop=crop,
         pictures=pictures,
     )
-    options = DownstreamOptions(
-        out=out,
-        label_fraction=label_fraction,
-        seed=seed,
-        subset_seed=subset_seed,
-        budget=budget_from(budget),
-        identity={"label_fraction": label_fraction, "seed": seed, "subset_seed": subset_seed, **factory.identity()},
-        record_options=False,
-    )
-    done = run_downstream(factory, volumes, options)
-    return MedicalFinetuneResult(
-        **{name: done.record[name] for name in METRICS},
-        val_miou=math.nan,
-        checkpoint=done.checkpoint,
-        out=done.out,
-        labelled_cases=done.record["labelled_cases"],
-        cases=done.scores.cases,
-    )
+    # its monitor is the validation Dice per case, not a slice mIoU
+    return run_on_cases(factory, factory.identity(), volumes, out, label_fraction, seed, subset_seed, budget, False)

@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+import geocl.finetune.medical as medical
 import geocl.finetune.medical_semi_supervised as medical_semi
 from geocl.data.medical.files import find_cases, write_nifti
 from geocl.data.medical.nifti import Preprocessing
@@ -49,7 +50,7 @@ TINY_3D: dict[str, Any] = {"fba": FBA_3D}
 def stop_before_training(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Record what a run hands the trainer (module, items, batch size, monitored score) instead of training."""
     seen: dict[str, Any] = {}
-    loaders, run_downstream = medical_semi.SemiSupervisedVolumes.loaders, medical_semi.run_downstream
+    loaders, run_downstream = medical_semi.SemiSupervisedVolumes.loaders, medical.run_downstream
 
     def stop(self: medical_semi.SemiSupervisedVolumes, module: Any, options: Any) -> None:
         train, _ = loaders(self, module, options)
@@ -63,7 +64,7 @@ def stop_before_training(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         return run_downstream(factory, data, options)
 
     monkeypatch.setattr(medical_semi.SemiSupervisedVolumes, "loaders", stop)
-    monkeypatch.setattr(medical_semi, "run_downstream", spy)
+    monkeypatch.setattr(medical, "run_downstream", spy)  # the trainer both medical runs share
     return seen
 
 
