@@ -89,8 +89,9 @@ reused), and the row of training seed ``s`` reads pretraining ``s mod N``. The g
 and its pairs stay as they were; each pair now also holds independent pretrainings,
 and a paired difference is the mean of the N pretrainings' own, with Student's t
 interval over them (:mod:`geocl.report.paired`): the pairs that share a pretraining do
-not count as independent draws of it. A pretrained recipe's mean, its error bars and its
-points on the learning curves take their interval over its pretrainings' means likewise. Like the random-init row, whose encoder is
+not count as independent draws of it. A pretrained recipe's mean, its error bars and
+its points on the learning curves take their interval over its pretrainings' means
+likewise. Like the random-init row, whose encoder is
 initialised with the row's seed, every seed then measures a different encoder.
 ``seeds`` must be a multiple of N. A method that pretrains nothing trains at every row
 with the row's seed and is recorded once. ``pretraining.csv`` lists every pretraining

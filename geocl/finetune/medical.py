@@ -328,27 +328,27 @@ def run_medical_finetune(
         window=window,
         pictures=pictures,
     )
-    return run_on_cases(factory, factory.identity(), slices, out, label_fraction, seed, subset_seed, budget, True)
+    return run_on_cases(factory, slices, out, label_fraction, seed, subset_seed, budget, network=factory.identity())
 
 
 def run_on_cases(
     factory: ModuleFactory,
-    network: Mapping[str, Any],
     data: DownstreamData,
     out: str | Path,
     label_fraction: float,
     seed: int,
     subset_seed: int | None,
     budget: BudgetArguments,
-    val_miou: bool,
+    *,
+    network: Mapping[str, Any],
 ) -> MedicalFinetuneResult:
     """One downstream training on a medical data folder's cases, scored per test case
     (:func:`run_medical_finetune`, and the semi-supervised trainer of
     :mod:`geocl.finetune.medical_semi_supervised`).
 
-    ``network``: what identifies the factory's network in the run folder (its ``identity()``);
-    ``val_miou``: whether the monitored validation score is a slice mIoU, reported as
-    :attr:`MedicalFinetuneResult.val_miou` (else NaN there).
+    ``network``: what identifies the factory's network in the run folder (its ``identity()``).
+    :attr:`MedicalFinetuneResult.val_miou` is the best monitored score where the factory
+    monitors the slice mIoU, else NaN (the semi-supervised trainer monitors a Dice per case).
     """
     options = DownstreamOptions(
         out=out,
@@ -363,7 +363,7 @@ def run_on_cases(
     done = run_downstream(factory, data, options)
     return MedicalFinetuneResult(
         **{name: done.record[name] for name in METRICS},
-        val_miou=done.best_score if val_miou else math.nan,
+        val_miou=done.best_score if factory.monitor == "val/miou" else math.nan,
         checkpoint=done.checkpoint,
         out=done.out,
         labelled_cases=done.record["labelled_cases"],

@@ -474,5 +474,4 @@ def run_medical_semi_supervised(
         crop=crop,
         pictures=pictures,
     )
-    # its monitor is the validation Dice per case, not a slice mIoU
-    return run_on_cases(factory, factory.identity(), volumes, out, label_fraction, seed, subset_seed, budget, False)
+    return run_on_cases(factory, volumes, out, label_fraction, seed, subset_seed, budget, network=factory.identity())

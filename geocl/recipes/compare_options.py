@@ -65,8 +65,8 @@ class CompareOptions(OptionsModel):
         ge=1,
         description="pretrain each recipe N times, with recipe seeds seed .. seed+N-1; the row of training seed s "
         "evaluates pretraining s mod N, and a paired difference is the mean of the N pretrainings' own, with "
-        "Student's t interval over them, so it covers the pretraining's own variation (seeds must be a multiple "
-        "of N)",
+        "Student's t interval over them, so it covers the pretraining's own variation; a recipe's mean, error "
+        "bars and learning-curve points likewise (seeds must be a multiple of N)",
     )
     baseline: str | None = Field(
         default=None, description="recipe name the paired differences are taken to (default: the first recipe)"

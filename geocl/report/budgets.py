@@ -124,8 +124,8 @@ def budget_gains(
         from_step_zero: the recipes whose first step is taken from the random-init
             row (their encoder before training is that row's; default: every recipe).
         pretrain_seeds: by recipe, its pretrainings at each budget (the run of seed ``s``
-            read pretraining ``s mod N``): the interval resamples them too
-            (:func:`~geocl.report.paired.paired_summary`).
+            read pretraining ``s mod N``): a gain is then the mean of each pretraining's own,
+            with Student's t interval over them (:func:`~geocl.report.paired.paired_difference`).
 
     Returns:
         Columns :data:`GAIN_COLUMNS`, one row per (recipe, label fraction, step between
@@ -195,7 +195,9 @@ def plot_budgets(
     from_step_zero: Collection[str] | None = None,
 ) -> Path:
     """Score against pretraining steps, one line a recipe with its 95 % t interval; one panel per
-    (evaluation, label fraction). The points are :func:`budget_curves`'.
+    (evaluation, label fraction). The points are :func:`budget_curves`': their interval is over
+    runs, or over the pretrainings' means of a recipe pretrained several times (``--pretrain-seeds``;
+    the figure then says so).
 
     With budget 0 each curve of ``from_step_zero`` starts at step 0, the random-init row
     (a grey square with its interval, drawn once), and the x axis is linear up to the
@@ -257,6 +259,8 @@ def plot_budgets(
         axes.set_title(f"{evaluation.title} at label fraction {fraction:g}, {evaluation.name} protocol")
         axes.grid(True, alpha=0.3)
         axes.legend()
+    if (summary.get("pretrainings", pd.Series(dtype=int)).fillna(0) > 1).any():
+        figure.suptitle("95 % t interval over runs; over pretrainings for a recipe pretrained several times")
     figure.tight_layout()
     return save_figure(figure, out_png)
 

@@ -12,7 +12,8 @@ independent pairs; they collapse into one (their mean) before anything is counte
 
 - **Mean and its interval** per (recipe, label fraction): the mean over successful
   runs and Student's t interval ``mean ± t(0.975, n-1) s / sqrt(n)`` (``scipy.stats.t``);
-  undefined (NaN) for a single run.
+  undefined (NaN) for a single run; over the pretrainings' means instead for a recipe
+  pretrained several times (below).
 - **Paired difference** to the baseline recipe: the mean of ``recipe - baseline`` over
   the pairs both have, its 95 % percentile bootstrap interval over the pairs
   (``scipy.stats.bootstrap``, 9999 resamples, seeded so that a report is reproducible),
@@ -215,17 +216,19 @@ def paired_summary(
             such recipes share nothing to resample.
 
     Returns:
-        Columns ``recipe, label_fraction, mean, low, high, n, delta, delta_low,
+        Columns ``recipe, label_fraction, mean, low, high, n, pretrainings, delta, delta_low,
         delta_high, pairs, wins, losses, by_pretraining, verdict`` (the baseline's own row has
         no delta). ``mean``/``low``/``high`` are :func:`recipe_interval`'s: over the runs, or
-        over the pretrainings of a recipe pretrained several times; ``n`` counts runs.
+        over the ``pretrainings`` (their count; 0 where over runs) of a recipe pretrained
+        several times; ``n`` counts runs.
     """
     frame, keys = scored_runs(results, metric)
     rows = []
     for recipe in results["recipe"].drop_duplicates():
         for fraction in sorted(frame["label_fraction"].astype(float).unique()):
             mine = frame[(frame["recipe"] == recipe) & (frame["label_fraction"].astype(float) == fraction)]
-            cell = recipe_interval(mine["_value"].tolist(), pretraining_of(mine, pretrain_seeds, recipe))
+            pretrainings = pretraining_of(mine, pretrain_seeds, recipe)
+            cell = recipe_interval(mine["_value"].tolist(), pretrainings)
             row = {
                 "recipe": recipe,
                 "label_fraction": fraction,
@@ -233,6 +236,7 @@ def paired_summary(
                 "low": cell.low,
                 "high": cell.high,
                 "n": cell.n,
+                "pretrainings": len(set(pretrainings or ())),
             }
             if recipe != baseline:
                 base = frame[(frame["recipe"] == baseline) & (frame["label_fraction"].astype(float) == fraction)]
@@ -243,7 +247,8 @@ def paired_summary(
                 )
                 row.update(difference_fields(diff, diff.verdict))
             rows.append(row)
-    return pd.DataFrame(rows, columns=["recipe", "label_fraction", "mean", "low", "high", "n", *DIFFERENCE_COLUMNS])
+    columns = ["recipe", "label_fraction", "mean", "low", "high", "n", "pretrainings", *DIFFERENCE_COLUMNS]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def scored_runs(results: pd.DataFrame, metric: str, by: Sequence[str] = ()) -> tuple[pd.DataFrame, list[str]]:
@@ -407,8 +412,7 @@ def per_pretraining_note(table: pd.DataFrame) -> str:
         return ""
     return (
         " A difference that lists its value per pretraining is their mean, with Student's t interval over "
-        "those values: the pretrainings, not the pairs, are what repeats (one left: too few pretrainings). "
-        "The mean of a recipe pretrained several times is taken the same way, over its pretrainings' means."
+        "those values: the pretrainings, not the pairs, are what repeats (one left: too few pretrainings)."
     )
 
 
@@ -427,6 +431,16 @@ def record_text(row: Any) -> str:
     return f"{int(row.wins)} / {int(row.losses)} of {int(row.pairs)}"
 
 
+def _recipe_means_note(summary: pd.DataFrame) -> str:
+    """How to read the mean cells of the recipes pretrained several times ("" when none was)."""
+    if not (summary.get("pretrainings", pd.Series(dtype=int)).fillna(0) > 1).any():
+        return ""
+    return (
+        " The mean of a recipe pretrained several times is the mean of its pretrainings' means, with Student's "
+        "t interval over them, not over its runs ([–, –] where one pretraining is left); n still counts runs."
+    )
+
+
 def paired_markdown(summary: pd.DataFrame, metric_label: str, baseline: str) -> str:
     """The paired summary as a markdown table, with how to read it."""
     lines = [
@@ -434,7 +448,7 @@ def paired_markdown(summary: pd.DataFrame, metric_label: str, baseline: str) -> 
         f"[95 % percentile bootstrap interval over the pairs of label subset and seed]; "
         f"a difference whose interval covers 0 is not distinguishable; one whose interval excludes 0 "
         f"from fewer than {MIN_PAIRS} pairs gets no verdict (too few pairs: they share a sign by chance "
-        f"too often)." + per_pretraining_note(summary),
+        f"too often)." + per_pretraining_note(summary) + _recipe_means_note(summary),
         "",
         f"| recipe | label fraction | mean [95 % CI] | n | Δ vs {baseline} [95 % CI] | wins / losses | verdict |",
         "|---|---:|---|---:|---|---:|---|",
@@ -457,7 +471,8 @@ def plot_paired(
 ) -> Path:
     """A forest plot of the paired differences: one row per (recipe, label fraction), 0 marked.
 
-    Each row shows the mean difference to ``baseline`` and its 95 % bootstrap interval;
+    Each row shows the mean difference to ``baseline`` and its 95 % bootstrap interval (Student's t
+    over the pretrainings where a row lists them, :func:`paired_difference`);
     a filled marker is a distinguishable difference, a hollow one is not. With
     ``group_labels`` the rows also name their ``evaluation`` and ``pretrain_steps``.
     """
@@ -482,7 +497,9 @@ def plot_paired(
         return text
 
     axes.set_yticks(range(len(rows)), [label(r) for r in rows.itertuples()][::-1])
-    axes.set_xlabel(f"{metric_label} − {baseline} (paired, 95 % bootstrap interval)")
+    listed = summary.get("by_pretraining", pd.Series(dtype=object)).map(_lists_pretrainings).any()
+    over = " or t over pretrainings" if listed else ""
+    axes.set_xlabel(f"{metric_label} − {baseline} (paired, 95 % bootstrap interval{over})")
     axes.set_title(f"Paired differences to {baseline}; hollow: interval covers 0")
     axes.grid(True, axis="x", alpha=0.3)
     figure.tight_layout()

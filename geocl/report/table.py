@@ -44,7 +44,18 @@ from geocl.report.columns import MetricColumns
 from geocl.report.paired import RANDOM_INIT, pretraining_of, recipe_interval
 
 #: Columns of :func:`summarize`'s frame.
-SUMMARY_COLUMNS = ["recipe", "method", "label_fraction", "mean", "std", "n", "half_width", "failed", "error"]
+SUMMARY_COLUMNS = [
+    "recipe",
+    "method",
+    "label_fraction",
+    "mean",
+    "std",
+    "n",
+    "interval_mean",
+    "half_width",
+    "failed",
+    "error",
+]
 #: Shown for a std that one seed cannot give.
 NO_STD = "–"
 
@@ -68,8 +79,10 @@ def summarize(
     Returns:
         One row per (recipe, label fraction) with columns :data:`SUMMARY_COLUMNS`:
         ``mean``/``std`` over successful runs (NaN when none, ``std`` NaN when only
-        one), ``n`` successful runs, ``half_width`` the 95 % t interval's half-width
-        (:func:`~geocl.report.paired.recipe_interval`; NaN where it is undefined),
+        one), ``n`` successful runs, ``interval_mean`` and ``half_width`` the centre and
+        half-width of the 95 % t interval the plots draw (:func:`~geocl.report.paired.recipe_interval`:
+        over the runs, where ``interval_mean`` is ``mean``, or over the pretrainings' means;
+        ``half_width`` NaN where the interval is undefined),
         ``failed`` unsuccessful runs, ``error`` the
         first failure's message (without the ``failed: `` prefix) or ``""``.
         Recipes in order of first appearance, label fractions ascending.
@@ -106,6 +119,7 @@ def summarize(
                     # pandas' std is ddof=1 and NaN for one value, which is what we want to show
                     "std": float(good.std(ddof=1)) if len(good) else math.nan,
                     "n": len(good),
+                    "interval_mean": interval.mean,
                     "half_width": interval.high - interval.mean,
                     "failed": len(bad),
                     "error": error,
@@ -253,7 +267,8 @@ def plot_comparison(
     Each panel is drawn as :func:`plot_results` draws one group (its primary metric
     when a group has several); ``panels`` holds (title, results rows, their metric columns).
     """
-    note = interval_note(pretrain_seeds)
+    # results without seeds cannot say which pretraining a run read: their intervals stay over runs
+    note = interval_note(pretrain_seeds if any("seed" in results for _, results, _ in panels) else None)
     # A bare Figure draws with the Agg canvas without touching pyplot's global backend,
     # so a caller's interactive session keeps its own.
     from matplotlib.figure import Figure
@@ -374,8 +389,8 @@ def _plot_lines(axes: Any, summary: pd.DataFrame, fractions: list[float], metric
         style = {"color": "0.45", "linestyle": "--"} if recipe == RANDOM_INIT else {}
         handle = axes.errorbar(
             of_recipe["label_fraction"],
-            of_recipe["mean"],
-            yerr=interval_half_width(of_recipe),  # one run: no interval to show
+            of_recipe["interval_mean"],
+            yerr=interval_half_width(of_recipe),  # one run, or one pretraining left: no interval to show
             marker="o",
             capsize=3,
             label=str(recipe),
@@ -411,9 +426,9 @@ def _plot_bars(
         of_metric = summary.set_index("recipe").reindex(recipes)
         positions = [index + (offset - (len(summaries) - 1) / 2) * width for index in range(len(recipes))]
         half = interval_half_width(of_metric.fillna({"n": 0}))
-        top = max(top, float((of_metric["mean"] + half).max(skipna=True) or 0.0))
+        top = max(top, float((of_metric["interval_mean"] + half).max(skipna=True) or 0.0))
         bars = axes.bar(
-            positions, of_metric["mean"].fillna(0.0), width, yerr=half, capsize=3, label=metrics.label(metric)
+            positions, of_metric["interval_mean"].fillna(0.0), width, yerr=half, capsize=3, label=metrics.label(metric)
         )
         for bar, recipe in zip(bars, recipes, strict=True):
             if recipe == RANDOM_INIT:

@@ -99,6 +99,7 @@ def test_finetune_scores_the_test_cases(finetuned: Any, volumes: Path) -> None:
     for name in ("dice", "jaccard", "hd95", "asd"):
         assert record[name] == pytest.approx(np.mean([float(row[name]) for row in rows]), abs=1e-5)
         assert np.isfinite(getattr(finetuned, name))
+    assert 0.0 <= finetuned.val_miou <= 1.0  # the best monitored slice mIoU
     # the per-case numbers are those of the written label map against the case's own
     case = splits.test[0]
     written = nib.load(out / "predictions" / f"{case.id}.nii.gz")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -164,6 +165,7 @@ def test_fba_net_plus_trains_a_tiny_budget_end_to_end_on_the_embedded_volumes(
         assert record[name] == pytest.approx(np.mean([float(row[name]) for row in rows]), abs=1e-5)
         assert getattr(result, name) == pytest.approx(record[name])
     assert 0.0 <= result.dice <= 1.0
+    assert math.isnan(result.val_miou)  # it monitors the Dice per val case, not a slice mIoU
     case = splits.test[0]
     written, stored = nib.load(out / "predictions" / f"{case.id}.nii.gz"), nib.load(case.image)
     assert written.shape == stored.shape and np.array_equal(written.affine, stored.affine)

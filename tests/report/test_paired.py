@@ -263,7 +263,16 @@ def test_a_recipe_pretrained_twice_takes_its_mean_interval_over_its_pretrainings
     # simclr's two pretrainings score alike (0.425 each): a zero-width interval, not one over its 12 runs
     simclr = summary.loc["simclr"]
     assert (simclr["mean"], simclr["low"], simclr["high"]) == pytest.approx((0.425, 0.425, 0.425))
+    assert (grass["pretrainings"], simclr["pretrainings"]) == (2, 2)
+    text = paired_markdown(paired_summary(results, "miou", "simclr", pretrain_seeds=TWICE), "mIoU", "simclr")
+    assert "mean of its pretrainings' means" in text
+    assert "pretrainings' means" not in pairwise_markdown(pairwise_differences(results, "miou"), "mIoU")
+    # no pairs at all (the baseline's runs all failed): the mean cells still say how they are taken
+    failed = results.assign(miou=results["miou"].where(results["recipe"] != "simclr"))
+    alone = paired_summary(failed, "miou", "simclr", pretrain_seeds=TWICE)
+    assert "mean of its pretrainings' means" in paired_markdown(alone, "mIoU", "simclr")
     once = paired_summary(results, "miou", "simclr").set_index("recipe").loc["simclr"]
+    assert once["pretrainings"] == 0
     assert once["low"] == pytest.approx(mean_interval(results.loc[results["recipe"] == "simclr", "miou"]).low)
     assert once["high"] - once["low"] > 0.02  # over runs, the subsets' spread shows
 

@@ -85,6 +85,11 @@ def test_error_bars_are_a_t_interval_over_runs_or_over_pretrainings() -> None:
     over_pretrainings = summarize(runs, MIOU, pretrain_seeds={"a": 2})["half_width"].iloc[0]
     assert over_pretrainings == pytest.approx(0.635310, abs=1e-6)
     assert summarize(runs, MIOU, pretrain_seeds={"other": 2})["half_width"].iloc[0] == over_runs
+    # seed 3 failed: pretraining 0 keeps 0.4 and 0.5 (mean 0.45), pretraining 1 keeps 0.5 alone; the bar is
+    # centred on their mean, 0.475, as the paired table's cell is, not on the three runs' 0.4667
+    failed = runs.assign(status=["ok", "ok", "ok", "failed: boom"])
+    cell = summarize(failed, MIOU, pretrain_seeds={"a": 2}).iloc[0]
+    assert cell["mean"] == pytest.approx(1.4 / 3) and cell["interval_mean"] == pytest.approx(0.475)
     assert "over pretrainings" in interval_note({"a": 2}) and "pretrainings" not in interval_note({"a": 1})
 
 
