@@ -26,6 +26,7 @@ from geocl.report.paired import (
     RANDOM_INIT,
     difference_fields,
     difference_text,
+    means_over_pretrainings,
     paired_difference,
     per_pretraining_note,
     pretraining_of,
@@ -259,7 +260,7 @@ def plot_budgets(
         axes.set_title(f"{evaluation.title} at label fraction {fraction:g}, {evaluation.name} protocol")
         axes.grid(True, alpha=0.3)
         axes.legend()
-    if (summary.get("pretrainings", pd.Series(dtype=int)).fillna(0) > 1).any():
+    if means_over_pretrainings(summary):
         figure.suptitle("95 % t interval over runs; over pretrainings for a recipe pretrained several times")
     figure.tight_layout()
     return save_figure(figure, out_png)

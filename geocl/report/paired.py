@@ -431,9 +431,15 @@ def record_text(row: Any) -> str:
     return f"{int(row.wins)} / {int(row.losses)} of {int(row.pairs)}"
 
 
+def means_over_pretrainings(summary: pd.DataFrame) -> bool:
+    """Whether any mean of a :func:`paired_summary` is taken over pretrainings rather than runs
+    (its ``pretrainings`` column is 0 over runs, and 1 where one pretraining of several is left)."""
+    return bool((summary.get("pretrainings", pd.Series(dtype=int)).fillna(0) > 0).any())
+
+
 def _recipe_means_note(summary: pd.DataFrame) -> str:
     """How to read the mean cells of the recipes pretrained several times ("" when none was)."""
-    if not (summary.get("pretrainings", pd.Series(dtype=int)).fillna(0) > 1).any():
+    if not means_over_pretrainings(summary):
         return ""
     return (
         " The mean of a recipe pretrained several times is the mean of its pretrainings' means, with Student's "

@@ -271,6 +271,11 @@ def test_a_recipe_pretrained_twice_takes_its_mean_interval_over_its_pretrainings
     failed = results.assign(miou=results["miou"].where(results["recipe"] != "simclr"))
     alone = paired_summary(failed, "miou", "simclr", pretrain_seeds=TWICE)
     assert "mean of its pretrainings' means" in paired_markdown(alone, "mIoU", "simclr")
+    # one pretraining of two left for every recipe: its cells read [–, –], and the caption says why
+    left = results[results["seed"] == 0]
+    one_left = paired_summary(left, "miou", "simclr", pretrain_seeds=TWICE)
+    assert (one_left["pretrainings"] == 1).all() and one_left["low"].isna().all()
+    assert "[–, –] where one pretraining is left" in paired_markdown(one_left, "mIoU", "simclr")
     once = paired_summary(results, "miou", "simclr").set_index("recipe").loc["simclr"]
     assert once["pretrainings"] == 0
     assert once["low"] == pytest.approx(mean_interval(results.loc[results["recipe"] == "simclr", "miou"]).low)
