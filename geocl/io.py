@@ -285,6 +285,9 @@ def atomic_write_text(final: str | os.PathLike[str], text: str) -> None:
 def save_figure(figure: Any, final: str | os.PathLike[str], dpi: int = 110) -> Path:
     """Write a matplotlib figure (a bare ``Figure``, no pyplot state) as PNG atomically.
 
+    The canvas is fitted to what is drawn (``bbox_inches="tight"``), so a title or label longer than
+    the figure is widened into the picture rather than cut at its edge.
+
     Args:
         figure: a ``matplotlib.figure.Figure``.
         final: the PNG path.
@@ -295,7 +298,7 @@ def save_figure(figure: Any, final: str | os.PathLike[str], dpi: int = 110) -> P
     """
     final = Path(final)
     with atomic_path(final) as temp:
-        figure.savefig(temp, dpi=dpi, format="png")
+        figure.savefig(temp, dpi=dpi, format="png", bbox_inches="tight")
     return final
 
 

@@ -174,6 +174,20 @@ def test_a_png_on_a_full_disk(tiny_disk: Path) -> None:
     assert list(tiny_disk.iterdir()) == []
 
 
+def test_a_title_wider_than_the_figure_is_kept_whole(tmp_path: Path) -> None:
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    figure = Figure(figsize=(3, 2))
+    figure.subplots().plot([0, 1])
+    title = figure.suptitle("a caption much longer than three inches of figure at ten points " * 2)
+    figure.canvas.draw()
+    title_px = title.get_window_extent().width  # at the figure's 100 dpi
+    assert title_px > 300  # it does stick out of the 3-inch canvas
+    with Image.open(save_figure(figure, tmp_path / "wide.png", dpi=100)) as picture:
+        assert picture.size[0] >= title_px
+
+
 def test_the_write_guard_leaves_the_process_as_it_found_it() -> None:
     import logging
 

@@ -261,7 +261,7 @@ def plot_budgets(
         axes.grid(True, alpha=0.3)
         axes.legend()
     if means_over_pretrainings(summary):
-        figure.suptitle("95 % t interval over runs; over pretrainings for a recipe pretrained several times")
+        figure.suptitle("95 % t interval over runs;\nover pretrainings for a recipe pretrained several times")
     figure.tight_layout()
     return save_figure(figure, out_png)
 

@@ -505,7 +505,7 @@ def plot_paired(
     axes.set_yticks(range(len(rows)), [label(r) for r in rows.itertuples()][::-1])
     listed = summary.get("by_pretraining", pd.Series(dtype=object)).map(_lists_pretrainings).any()
     over = " or t over pretrainings" if listed else ""
-    axes.set_xlabel(f"{metric_label} − {baseline} (paired, 95 % bootstrap interval{over})")
+    axes.set_xlabel(f"{metric_label} − {baseline}\n(paired, 95 % bootstrap interval{over})")
     axes.set_title(f"Paired differences to {baseline}; hollow: interval covers 0")
     axes.grid(True, axis="x", alpha=0.3)
     figure.tight_layout()
