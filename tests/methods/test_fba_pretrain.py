@@ -23,9 +23,9 @@ def test_registered_as_a_pretraining_with_typed_keys() -> None:
     assert set(fields) == {"embedding_dim", "alpha_max", "alpha_min", "pretext", "temperature"}
 
 
-def test_the_loss_is_fbas_terms_on_features_pooled_under_the_encoders_own_map() -> None:
+def test_the_batch_pretext_is_fbas_terms_on_features_pooled_under_the_encoders_own_map() -> None:
     torch.manual_seed(0)
-    method = FBAPretrain("test_resnet", 3, embedding_dim=16, view_size=32)
+    method = FBAPretrain("test_resnet", 3, embedding_dim=16, view_size=32, pretext="batch")
     views = torch.randn(4, 3, 64, 64)
     terms = method.loss_terms(views)
     features = method.encoder.feature_map(views)  # BatchNorm in training mode, same batch: same features
@@ -41,9 +41,9 @@ def test_the_loss_is_fbas_terms_on_features_pooled_under_the_encoders_own_map() 
     assert 0 < float(terms["map_mean"]) < 1
 
 
-def test_the_instance_pretext_contrasts_the_same_pooled_embeddings_per_tile() -> None:
+def test_the_default_instance_pretext_contrasts_the_same_pooled_embeddings_per_tile() -> None:
     torch.manual_seed(0)
-    method = FBAPretrain("test_resnet", 3, embedding_dim=16, view_size=32, pretext="instance", temperature=0.5)
+    method = FBAPretrain("test_resnet", 3, embedding_dim=16, view_size=32, temperature=0.5)
     views = torch.randn(4, 3, 64, 64)  # two tiles' first views, then their second views
     terms = method.loss_terms(views)
     foreground, background, _ = method.contrast.embed(method.encoder.feature_map(views))
