@@ -45,7 +45,8 @@ split must now carry what tells one tile from another. A uniform map still loses
 a view's own background is a negative as close as its positive could be. It is the
 default because it is the one that pays: on the landscape's tiles it beat a random encoder
 at 500 and 1,000 steps under the frozen probe and, at 1,000, finetuned too (the FBA page
-of the documentation has the tables), where the batch pretext lost to it at 300 and 3,000.
+of the documentation has the tables), where the batch pretext lost to a random encoder at
+300 and 3,000 steps.
 """
 
 from __future__ import annotations
@@ -76,8 +77,8 @@ class FBAPretrain(PretrainMethod):
     Args:
         encoder, in_chans, **common: see :class:`~geocl.methods.base.PretrainMethod`.
         embedding_dim: contrast embedding size (released: 128).
-        alpha_max: rank-weight exponent of the pull terms (released: 0.25).
-        alpha_min: rank-weight exponent of the push term (released: 2.5).
+        alpha_max: rank-weight exponent of the pull terms of the batch pretext (released: 0.25).
+        alpha_min: rank-weight exponent of the push term of the batch pretext (released: 2.5).
         pretext: ``instance``, the two views' foregrounds as the only positives (the default),
             or ``batch``, FBA-Net's terms over the batch (module docstring).
         temperature: NT-Xent temperature of the instance pretext.
